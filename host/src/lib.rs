@@ -1,0 +1,12 @@
+//! The buslink host: everything behind the `buslink` binary, as a library so that tests and
+//! benchmarks can drive the same code. See ARCHITECTURE.md for the map.
+
+pub mod cli;
+pub mod config;
+pub mod handlers;
+pub mod logging;
+pub mod offsets;
+pub mod pipeline;
+pub mod plugin;
+pub mod run;
+pub mod shutdown;

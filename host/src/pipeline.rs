@@ -1,0 +1,400 @@
+//! The consume → dispatch → commit loop.
+//!
+//! A reader thread drives the plugin (its `poll` blocks) and sends full batches through a
+//! bounded channel; the dispatcher (the calling thread) hands each event to the handlers whose
+//! match selects it, and commits the offset cache on the configured cadence. Empty batches go
+//! back to the reader for reuse, so memory is bounded by `queue_batches` batches and no event
+//! data is allocated per event once the batches are warm.
+//!
+//! **Architecture invariant:** an offset is committed only after every matching handler
+//! returned `Ok` for its event and every handler synced (at-least-once delivery: after a crash
+//! or a handler failure, events after the last commit are delivered again).
+
+use crate::config::{CommitPolicy, StartPosition};
+use crate::handlers::{ConfiguredHandler, DispatchedEvent};
+use crate::offsets::{CacheError, OffsetCache, OffsetRecord};
+use crate::plugin::{ConsumerError, PluginConsumer};
+use crate::shutdown::Shutdown;
+use buslink_plugin_api::{EventBatch, Offset, PollStatus};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How the pipeline runs.
+#[derive(Clone, Debug)]
+pub struct PipelineOptions {
+    /// Stop when the bus is drained (one poll timed out with no event) instead of waiting.
+    pub once: bool,
+    pub timeout: Duration,
+    pub batch_size: usize,
+    pub batch_bytes: usize,
+    pub queue_batches: usize,
+    pub commit: CommitPolicy,
+    /// Where to start when the cache is empty.
+    pub start: StartPosition,
+    /// The first wait after a transient bus error; doubles up to `max_backoff`.
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+/// Why the pipeline stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("{0}")]
+    Consumer(#[from] ConsumerError),
+    #[error("handler '{handler}' failed on the event at offset {offset}: {message}; offset not committed, the event will be delivered again at the next start")]
+    Handler {
+        handler: String,
+        offset: String,
+        message: String,
+    },
+    #[error("handler '{handler}': {message}")]
+    HandlerSync { handler: String, message: String },
+    #[error("{0}")]
+    Cache(#[from] CacheError),
+    #[error("the consumer thread stopped unexpectedly")]
+    ReaderLost,
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Default)]
+pub struct RunSummary {
+    pub events_handled: u64,
+    pub last_committed: Option<Offset>,
+    pub bus_ended: bool,
+}
+
+enum ReaderMessage {
+    /// Events, with the offset that follows the last of them (when the bus defines one).
+    Batch {
+        batch: EventBatch,
+        next_after_last: Option<Offset>,
+    },
+    /// `--once` and the bus is drained, or the bus will never deliver more.
+    Finished { ended: bool },
+    Failed(ConsumerError),
+}
+
+/// Positions the consumer: after the cached offset, else at the configured start.
+fn position(
+    consumer: &mut PluginConsumer,
+    resume_after: Option<&Offset>,
+    start: &StartPosition,
+) -> Result<(), ConsumerError> {
+    match (resume_after, start) {
+        (Some(offset), _) => consumer.seek_after(offset),
+        (None, StartPosition::Beginning) => consumer.seek_to_beginning(),
+        (None, StartPosition::End) => consumer.seek_to_end(),
+        (None, StartPosition::At(offset)) => consumer.seek(offset),
+    }
+}
+
+/// Opens and positions the consumer; transient errors are retried with backoff until a stop is
+/// asked for (`Ok(false)`).
+fn connect(
+    consumer: &mut PluginConsumer,
+    resume_after: Option<&Offset>,
+    options: &PipelineOptions,
+    shutdown: &Shutdown,
+) -> Result<bool, ConsumerError> {
+    let mut backoff = options.initial_backoff;
+    loop {
+        let attempt = consumer
+            .open()
+            .and_then(|()| consumer.set_timeout(Some(options.timeout)))
+            .and_then(|()| position(consumer, resume_after, &options.start));
+        match attempt {
+            Ok(()) => return Ok(true),
+            Err(error) if error.error.kind().is_transient() && !options.once => {
+                tracing::warn!("{error}; retrying in {} ms", backoff.as_millis());
+                let _ = consumer.close();
+                if !shutdown.sleep(backoff) {
+                    return Ok(false);
+                }
+                backoff = (backoff * 2).min(options.max_backoff);
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+fn read_loop(
+    mut consumer: PluginConsumer,
+    resume_after: Option<Offset>,
+    options: PipelineOptions,
+    shutdown: Shutdown,
+    full: SyncSender<ReaderMessage>,
+    empty: Receiver<EventBatch>,
+) -> PluginConsumer {
+    let mut last_read = resume_after;
+    let mut spare: Option<EventBatch> = None;
+    let finish = |message| {
+        // The dispatcher may be gone already (it stopped on an error): nothing to tell it.
+        let _ = full.send(message);
+    };
+    match connect(&mut consumer, last_read.as_ref(), &options, &shutdown) {
+        Ok(true) => {}
+        Ok(false) => return consumer,
+        Err(error) => {
+            finish(ReaderMessage::Failed(error));
+            return consumer;
+        }
+    }
+    let mut backoff = options.initial_backoff;
+    while !shutdown.requested() {
+        let mut batch = match spare.take() {
+            Some(batch) => batch,
+            None => match empty.recv() {
+                Ok(batch) => batch,
+                Err(_) => break,
+            },
+        };
+        batch.clear();
+        match consumer.poll(&mut batch) {
+            Ok(PollStatus::Ready) if !batch.is_empty() => {
+                backoff = options.initial_backoff;
+                let last = batch.last().map(|event| event.offset);
+                let next_after_last = last.and_then(|offset| consumer.next_offset(offset));
+                last_read = last.map(|offset| offset.to_owned());
+                let message = ReaderMessage::Batch {
+                    batch,
+                    next_after_last,
+                };
+                if full.send(message).is_err() {
+                    break;
+                }
+            }
+            Ok(PollStatus::Ready | PollStatus::Idle) => {
+                spare = Some(batch);
+                if options.once {
+                    finish(ReaderMessage::Finished { ended: false });
+                    break;
+                }
+            }
+            Ok(PollStatus::Ended) => {
+                finish(ReaderMessage::Finished { ended: true });
+                break;
+            }
+            Err(error) if error.error.kind().is_transient() && !options.once => {
+                spare = Some(batch);
+                tracing::warn!("{error}; reconnecting in {} ms", backoff.as_millis());
+                let _ = consumer.close();
+                if !shutdown.sleep(backoff) {
+                    break;
+                }
+                backoff = (backoff * 2).min(options.max_backoff);
+                match connect(&mut consumer, last_read.as_ref(), &options, &shutdown) {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(error) => {
+                        finish(ReaderMessage::Failed(error));
+                        break;
+                    }
+                }
+            }
+            Err(error) => {
+                finish(ReaderMessage::Failed(error));
+                break;
+            }
+        }
+    }
+    consumer
+}
+
+/// The dispatcher's commit bookkeeping.
+struct Committer<'a> {
+    cache: &'a OffsetCache,
+    policy: CommitPolicy,
+    handled_total: u64,
+    /// The last event every matching handler accepted, not yet committed.
+    pending: Option<(Offset, Option<Offset>)>,
+    pending_count: u64,
+    pending_since: Option<Instant>,
+    last_committed: Option<Offset>,
+}
+
+impl Committer<'_> {
+    fn due(&self) -> bool {
+        self.pending.is_some()
+            && (self.pending_count >= self.policy.every_events
+                || self
+                    .pending_since
+                    .is_some_and(|since| since.elapsed() >= Duration::from_millis(self.policy.every_ms)))
+    }
+
+    fn commit(&mut self, handlers: &mut [ConfiguredHandler]) -> Result<(), PipelineError> {
+        let Some((last, next)) = self.pending.take() else {
+            return Ok(());
+        };
+        for handler in handlers.iter_mut() {
+            handler
+                .handler
+                .sync()
+                .map_err(|e| PipelineError::HandlerSync {
+                    handler: handler.name.clone(),
+                    message: e.message,
+                })?;
+        }
+        let record: OffsetRecord = self.cache.record(last.clone(), next, self.handled_total);
+        self.cache.commit(&record)?;
+        tracing::debug!("committed offset {last}");
+        self.last_committed = Some(last);
+        self.pending_count = 0;
+        self.pending_since = None;
+        Ok(())
+    }
+}
+
+/// Runs the pipeline until the bus is drained (`once`), ends, fails, or a stop is asked for.
+/// Returns the consumer (closed) with the summary.
+pub fn run(
+    consumer: PluginConsumer,
+    cached: Option<OffsetRecord>,
+    handlers: &mut [ConfiguredHandler],
+    cache: &OffsetCache,
+    options: PipelineOptions,
+    shutdown: &Shutdown,
+) -> Result<RunSummary, PipelineError> {
+    let (full_tx, full_rx) = mpsc::sync_channel::<ReaderMessage>(options.queue_batches);
+    let (empty_tx, empty_rx) = mpsc::channel::<EventBatch>();
+    for _ in 0..options.queue_batches + 1 {
+        let _ = empty_tx.send(EventBatch::new(options.batch_size, options.batch_bytes));
+    }
+    let resume_after = cached.as_ref().map(|record| record.last_offset.clone());
+    let mut committer = Committer {
+        cache,
+        policy: options.commit,
+        handled_total: cached.as_ref().map_or(0, |record| record.events_handled),
+        pending: None,
+        pending_count: 0,
+        pending_since: None,
+        last_committed: resume_after.clone(),
+    };
+    let reader = {
+        let shutdown = shutdown.clone();
+        let options = options.clone();
+        thread::Builder::new()
+            .name("consumer".into())
+            .spawn(move || read_loop(consumer, resume_after, options, shutdown, full_tx, empty_rx))
+            .map_err(|_| PipelineError::ReaderLost)?
+    };
+
+    let mut summary = RunSummary::default();
+    let tick = Duration::from_millis(options.commit.every_ms.clamp(10, 200));
+    let outcome: Result<(), PipelineError> = loop {
+        let message = match full_rx.recv_timeout(tick) {
+            Ok(message) => message,
+            Err(RecvTimeoutError::Timeout) => {
+                if committer.due() {
+                    if let Err(error) = committer.commit(handlers) {
+                        break Err(error);
+                    }
+                }
+                continue;
+            }
+            // The reader stopped (a stop was asked for) and every batch it sent was handled.
+            Err(RecvTimeoutError::Disconnected) => break Ok(()),
+        };
+        match message {
+            ReaderMessage::Batch {
+                batch,
+                next_after_last,
+            } => {
+                let result = dispatch_batch(&batch, next_after_last, handlers, &mut committer);
+                let _ = empty_tx.send(batch);
+                if let Err(error) = result {
+                    break Err(error);
+                }
+                if committer.due() {
+                    if let Err(error) = committer.commit(handlers) {
+                        break Err(error);
+                    }
+                }
+            }
+            ReaderMessage::Finished { ended } => {
+                summary.bus_ended = ended;
+                break Ok(());
+            }
+            ReaderMessage::Failed(error) => break Err(error.into()),
+        }
+    };
+    // Whatever happened, keep what was fully handled.
+    let final_commit = committer.commit(handlers);
+    drop(full_rx);
+    drop(empty_tx);
+    shutdown_reader(reader, shutdown);
+    outcome?;
+    final_commit?;
+    summary.events_handled = committer.handled_total;
+    summary.last_committed = committer.last_committed;
+    Ok(summary)
+}
+
+/// Stops the reader thread and closes the consumer.
+fn shutdown_reader(reader: thread::JoinHandle<PluginConsumer>, shutdown: &Shutdown) {
+    // The reader checks for a stop between polls; make sure it sees one.
+    let stop_flag_was_set = shutdown.requested();
+    if !stop_flag_was_set {
+        shutdown.request();
+    }
+    match reader.join() {
+        Ok(mut consumer) => {
+            if let Err(error) = consumer.close() {
+                tracing::warn!("{error}");
+            }
+        }
+        Err(_) => tracing::error!("the consumer thread panicked"),
+    }
+}
+
+/// Hands every event of the batch to the handlers that match it, stopping at the first
+/// failure; records the last fully handled event for the next commit.
+fn dispatch_batch(
+    batch: &EventBatch,
+    next_after_last: Option<Offset>,
+    handlers: &mut [ConfiguredHandler],
+    committer: &mut Committer<'_>,
+) -> Result<(), PipelineError> {
+    let mut handled = 0;
+    let mut outcome = Ok(());
+    'events: for event in batch.iter() {
+        let dispatched = DispatchedEvent::new(event);
+        for handler in handlers.iter_mut() {
+            if !handler.matcher.matches(&dispatched) {
+                continue;
+            }
+            if let Err(error) = handler.handler.handle(&dispatched) {
+                outcome = Err(PipelineError::Handler {
+                    handler: handler.name.clone(),
+                    offset: event.offset.to_string(),
+                    message: error.message,
+                });
+                break 'events;
+            }
+        }
+        handled += 1;
+    }
+    if handled > 0 {
+        if let Some(last) = batch.get(handled - 1) {
+            // The next event is the one after the last handled: the failed one, or what the
+            // bus says follows the batch.
+            let next = match batch.get(handled) {
+                Some(failed) => Some(failed.offset.to_owned()),
+                None => next_after_last,
+            };
+            committer.handled_total += handled as u64;
+            committer.pending_count += handled as u64;
+            committer.pending_since.get_or_insert_with(Instant::now);
+            committer.pending = Some((last.offset.to_owned(), next));
+        }
+    }
+    for handler in handlers.iter_mut() {
+        if let Err(error) = handler.handler.flush() {
+            return Err(PipelineError::HandlerSync {
+                handler: handler.name.clone(),
+                message: error.message,
+            });
+        }
+    }
+    outcome
+}

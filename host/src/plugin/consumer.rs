@@ -1,0 +1,128 @@
+//! The host's handle on a plugin consumer: plain Rust results, errors that name plugin, class
+//! and method.
+
+use buslink_plugin_api::ffi::{ConsumerBox, ROffset};
+use buslink_plugin_api::{EventBatch, Offset, OffsetRef, PluginError, PollStatus};
+use std::fmt;
+use std::time::Duration;
+
+/// An error from a consumer method, with the plugin, class and method it came from.
+#[derive(Debug, Clone)]
+pub struct ConsumerError {
+    pub plugin: String,
+    pub class: String,
+    pub method: &'static str,
+    pub error: PluginError,
+}
+
+impl fmt::Display for ConsumerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "plugin '{}' class '{}' {}(): [{}] {}",
+            self.plugin,
+            self.class,
+            self.method,
+            self.error.kind(),
+            self.error
+        )
+    }
+}
+
+impl std::error::Error for ConsumerError {}
+
+/// A consumer built by a plugin.
+pub struct PluginConsumer {
+    inner: ConsumerBox,
+    plugin: String,
+    class: String,
+}
+
+impl PluginConsumer {
+    pub(super) fn new(inner: ConsumerBox, plugin: &str, class: &str) -> Self {
+        PluginConsumer {
+            inner,
+            plugin: plugin.to_owned(),
+            class: class.to_owned(),
+        }
+    }
+
+    fn wrap<T>(
+        &self,
+        method: &'static str,
+        result: abi_stable::std_types::RResult<T, buslink_plugin_api::ffi::RPluginError>,
+    ) -> Result<T, ConsumerError> {
+        result.into_result().map_err(|e| ConsumerError {
+            plugin: self.plugin.clone(),
+            class: self.class.clone(),
+            method,
+            error: e.into(),
+        })
+    }
+
+    pub fn open(&mut self) -> Result<(), ConsumerError> {
+        let result = self.inner.open();
+        self.wrap("open", result)
+    }
+
+    pub fn close(&mut self) -> Result<(), ConsumerError> {
+        let result = self.inner.close();
+        self.wrap("close", result)
+    }
+
+    pub fn seek_to_beginning(&mut self) -> Result<(), ConsumerError> {
+        let result = self.inner.seek_to_beginning();
+        self.wrap("seek_to_beginning", result)
+    }
+
+    pub fn seek_to_end(&mut self) -> Result<(), ConsumerError> {
+        let result = self.inner.seek_to_end();
+        self.wrap("seek_to_end", result)
+    }
+
+    pub fn seek(&mut self, offset: &Offset) -> Result<(), ConsumerError> {
+        let result = self.inner.seek(&ROffset::from(offset));
+        self.wrap("seek", result)
+    }
+
+    pub fn seek_after(&mut self, offset: &Offset) -> Result<(), ConsumerError> {
+        let result = self.inner.seek_after(&ROffset::from(offset));
+        self.wrap("seek_after", result)
+    }
+
+    /// The offset of the event after `offset`, if the bus defines one.
+    pub fn next_offset(&self, offset: OffsetRef<'_>) -> Option<Offset> {
+        self.inner
+            .next_offset(&ROffset::from(&offset.to_owned()))
+            .into_option()
+            .map(|next| Offset::from(&next))
+    }
+
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<(), ConsumerError> {
+        let millis = timeout.map(|t| t.as_millis().min(u64::MAX as u128) as u64);
+        let result = self.inner.set_timeout(millis.into());
+        self.wrap("set_timeout", result)
+    }
+
+    pub fn poll(&mut self, batch: &mut EventBatch) -> Result<PollStatus, ConsumerError> {
+        let result = self.inner.poll(batch);
+        self.wrap("poll", result)
+    }
+
+    pub fn find_next_event_of_category(
+        &mut self,
+        category: &str,
+        found: &mut EventBatch,
+    ) -> Result<bool, ConsumerError> {
+        let result = self.inner.find_next_event_of_category(category.into(), found);
+        self.wrap("find_next_event_of_category", result)
+    }
+
+    pub fn plugin(&self) -> &str {
+        &self.plugin
+    }
+
+    pub fn class(&self) -> &str {
+        &self.class
+    }
+}

@@ -1,0 +1,350 @@
+//! Finding and loading plugin libraries, with one clear error per way it can fail.
+
+use super::consumer::PluginConsumer;
+use buslink_plugin_api::ffi::{PluginModuleRef, RClassKind, API_VERSION_SYMBOL};
+use buslink_plugin_api::{PluginError, API_VERSION};
+use std::ffi::CStr;
+use std::os::raw::c_char;
+use std::path::{Path, PathBuf};
+
+/// Why a plugin library could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("plugin '{name}' not found; tried: {}", list_paths(.tried))]
+    NotFound { name: String, tried: Vec<PathBuf> },
+    #[error("plugin library {}: no such file", .path.display())]
+    MissingFile { path: PathBuf },
+    #[error("plugin library {}: is a directory, not a library", .path.display())]
+    Directory { path: PathBuf },
+    #[error("plugin library {}: not a loadable library ({reason})", .path.display())]
+    NotALibrary { path: PathBuf, reason: String },
+    #[error("plugin library {}: not a buslink plugin (it exports no buslink plugin module)", .path.display())]
+    NotAPlugin { path: PathBuf },
+    #[error(
+        "plugin library {}: built against plugin-api {found}, but this buslink uses plugin-api \
+         {expected}; rebuild the plugin against plugin-api {expected}",
+        .path.display()
+    )]
+    IncompatibleApi {
+        path: PathBuf,
+        found: String,
+        expected: String,
+    },
+    #[error("plugin library {}: its types do not match this buslink's plugin-api {expected} \
+             ({summary}); rebuild the plugin against plugin-api {expected}", .path.display())]
+    LayoutMismatch {
+        path: PathBuf,
+        expected: String,
+        summary: String,
+    },
+    #[error("plugin library {}: {message}", .path.display())]
+    Failed { path: PathBuf, message: String },
+    #[error("plugin '{plugin}' ({}): {error}", .path.display())]
+    Plugin {
+        plugin: String,
+        path: PathBuf,
+        error: PluginError,
+    },
+}
+
+fn list_paths(paths: &[PathBuf]) -> String {
+    if paths.is_empty() {
+        return "nothing (no plugin_dirs configured)".to_owned();
+    }
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One class of a plugin.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClassInfo {
+    pub name: String,
+    pub description: String,
+    pub settings_doc: String,
+}
+
+/// What a plugin says about itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PluginInfo {
+    pub name: String,
+    pub version: String,
+    pub api_version: String,
+    pub consumer_classes: Vec<ClassInfo>,
+}
+
+/// A loaded plugin library. Libraries are never unloaded (abi_stable keeps them for the life
+/// of the process).
+pub struct LoadedPlugin {
+    path: PathBuf,
+    module: PluginModuleRef,
+    info: PluginInfo,
+}
+
+/// Finds a plugin library: `plugin` is a path (it contains a `/` or ends in `.so`, relative to
+/// `base_dir`) or a name looked up in `plugin_dirs` as `libbuslink_NAME.so`, `libNAME.so`,
+/// `NAME.so` or `NAME`.
+pub fn find_library(
+    plugin: &str,
+    base_dir: &Path,
+    plugin_dirs: &[PathBuf],
+) -> Result<PathBuf, LoadError> {
+    let as_path = Path::new(plugin);
+    if plugin.contains('/') || plugin.ends_with(std::env::consts::DLL_SUFFIX) {
+        if plugin.contains('/') || plugin_dirs.is_empty() {
+            return Ok(if as_path.is_absolute() {
+                as_path.to_path_buf()
+            } else {
+                base_dir.join(as_path)
+            });
+        }
+    }
+    let stem = plugin.replace('-', "_");
+    let (prefix, suffix) = (std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX);
+    let mut names = vec![
+        format!("{prefix}buslink_{stem}{suffix}"),
+        format!("{prefix}{stem}{suffix}"),
+        format!("{plugin}{suffix}"),
+        plugin.to_owned(),
+    ];
+    names.dedup();
+    let mut tried = Vec::new();
+    for dir in plugin_dirs {
+        for name in &names {
+            let candidate = dir.join(name);
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+            tried.push(candidate);
+        }
+    }
+    Err(LoadError::NotFound {
+        name: plugin.to_owned(),
+        tried,
+    })
+}
+
+/// Whether a plugin built against plugin-api `found` may be loaded by this host: same major
+/// version, and for 0.x versions the same minor one.
+fn api_compatible(found: &str, expected: &str) -> bool {
+    let parts = |v: &str| -> Option<(u64, u64)> {
+        let mut it = v.split('.');
+        Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+    };
+    match (parts(found), parts(expected)) {
+        (Some((0, a)), Some((0, b))) => a == b,
+        (Some((a, _)), Some((b, _))) => a == b,
+        _ => false,
+    }
+}
+
+/// Reads the plugin-api version a library was built against, without using abi_stable (which
+/// prints pages of layout diffs for an incompatible library).
+fn probe_api_version(path: &Path) -> Result<String, LoadError> {
+    let metadata = std::fs::metadata(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            LoadError::MissingFile {
+                path: path.to_path_buf(),
+            }
+        } else {
+            LoadError::NotALibrary {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            }
+        }
+    })?;
+    if metadata.is_dir() {
+        return Err(LoadError::Directory {
+            path: path.to_path_buf(),
+        });
+    }
+    // SAFETY: loading a library runs its initialisers: plugin_dirs hold trusted code, as the
+    // operator's documentation says.
+    let library = unsafe { libloading::Library::new(path) }.map_err(|e| LoadError::NotALibrary {
+        path: path.to_path_buf(),
+        reason: short_dl_error(&e.to_string(), path),
+    })?;
+    // SAFETY: the symbol is the `extern "C" fn() -> *const c_char` that export_plugin!
+    // generates; it returns a pointer to a static NUL-terminated string.
+    let version = unsafe {
+        let symbol: libloading::Symbol<'_, extern "C" fn() -> *const c_char> = library
+            .get(API_VERSION_SYMBOL.as_bytes())
+            .map_err(|_| LoadError::NotAPlugin {
+                path: path.to_path_buf(),
+            })?;
+        let pointer = symbol();
+        if pointer.is_null() {
+            return Err(LoadError::NotAPlugin {
+                path: path.to_path_buf(),
+            });
+        }
+        CStr::from_ptr(pointer).to_string_lossy().into_owned()
+    };
+    Ok(version)
+}
+
+/// dlopen errors repeat the path; keep the reason.
+fn short_dl_error(message: &str, path: &Path) -> String {
+    let path_text = path.display().to_string();
+    let reason = message.rsplit(": ").next().unwrap_or(message);
+    if reason.contains(&path_text) || reason.is_empty() {
+        message.to_owned()
+    } else {
+        reason.to_owned()
+    }
+}
+
+/// The useful lines of abi_stable's (very long) layout report.
+fn summarise_abi_report(report: &str) -> String {
+    let mut found: Vec<String> = report
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("Error:"))
+        .map(|line| line.trim().to_owned())
+        .collect();
+    found.dedup();
+    if found.is_empty() {
+        report.lines().next().unwrap_or("layout mismatch").to_owned()
+    } else {
+        found.truncate(3);
+        found.join("; ")
+    }
+}
+
+impl LoadedPlugin {
+    /// Loads a plugin library and asks it to describe itself.
+    pub fn load(path: &Path) -> Result<LoadedPlugin, LoadError> {
+        let found = probe_api_version(path)?;
+        if !api_compatible(&found, API_VERSION) {
+            return Err(LoadError::IncompatibleApi {
+                path: path.to_path_buf(),
+                found,
+                expected: API_VERSION.to_owned(),
+            });
+        }
+        let header = abi_stable::library::lib_header_from_path(path).map_err(|e| {
+            LoadError::Failed {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            }
+        })?;
+        let module = header
+            .init_root_module::<PluginModuleRef>()
+            .map_err(|e| match e {
+                abi_stable::library::LibraryError::AbiInstability(report) => {
+                    LoadError::LayoutMismatch {
+                        path: path.to_path_buf(),
+                        expected: API_VERSION.to_owned(),
+                        summary: summarise_abi_report(&report.to_string()),
+                    }
+                }
+                other => LoadError::Failed {
+                    path: path.to_path_buf(),
+                    message: summarise_abi_report(&other.to_string()),
+                },
+            })?;
+        let info = module.describe()().into_result().map_err(|e| LoadError::Plugin {
+            plugin: path.display().to_string(),
+            path: path.to_path_buf(),
+            error: e.into(),
+        })?;
+        let info = PluginInfo {
+            name: info.name.into_string(),
+            version: info.version.into_string(),
+            api_version: info.api_version.into_string(),
+            consumer_classes: info
+                .classes
+                .into_iter()
+                .filter(|class| class.kind == RClassKind::Consumer)
+                .map(|class| ClassInfo {
+                    name: class.name.into_string(),
+                    description: class.description.into_string(),
+                    settings_doc: class.settings_doc.into_string(),
+                })
+                .collect(),
+        };
+        Ok(LoadedPlugin {
+            path: path.to_path_buf(),
+            module,
+            info,
+        })
+    }
+
+    /// What the plugin says about itself.
+    pub fn info(&self) -> &PluginInfo {
+        &self.info
+    }
+
+    /// The library's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Lets the plugin check settings (JSON text) for a class, without connecting.
+    pub fn validate_settings(&self, class: &str, settings_json: &str) -> Result<(), PluginError> {
+        self.module.validate_settings()(class.into(), settings_json.into())
+            .into_result()
+            .map_err(PluginError::from)
+    }
+
+    /// Builds a consumer of `class` with its settings (JSON text); relative paths in the
+    /// settings resolve against `config_dir`.
+    pub fn new_consumer(
+        &self,
+        class: &str,
+        settings_json: &str,
+        config_dir: &Path,
+    ) -> Result<PluginConsumer, PluginError> {
+        let config_dir = config_dir.to_string_lossy();
+        let inner = self.module.new_consumer()(
+            class.into(),
+            settings_json.into(),
+            config_dir.as_ref().into(),
+        )
+        .into_result()
+        .map_err(PluginError::from)?;
+        Ok(PluginConsumer::new(inner, &self.info.name, class))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_versions_follow_semver_for_zero_versions() {
+        assert!(api_compatible("0.1.0", "0.1.3"));
+        assert!(!api_compatible("0.2.0", "0.1.0"));
+        assert!(api_compatible("1.4.0", "1.0.0"));
+        assert!(!api_compatible("2.0.0", "1.0.0"));
+        assert!(!api_compatible("garbage", "0.1.0"));
+    }
+
+    #[test]
+    fn abi_report_keeps_error_lines() {
+        let report = "lots\nof text\nError:incompatible type size Expected: 112 Found: 120\nmore";
+        assert_eq!(
+            summarise_abi_report(report),
+            "incompatible type size Expected: 112 Found: 120"
+        );
+    }
+
+    #[test]
+    fn names_are_looked_up_in_plugin_dirs_and_tried_paths_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("libbuslink_sqlite.so"), b"x").unwrap();
+        let dirs = vec![dir.path().to_path_buf()];
+        assert_eq!(
+            find_library("sqlite", Path::new("/"), &dirs).unwrap(),
+            dir.path().join("libbuslink_sqlite.so")
+        );
+        assert_eq!(
+            find_library("libbuslink_sqlite.so", Path::new("/"), &dirs).unwrap(),
+            dir.path().join("libbuslink_sqlite.so")
+        );
+        let error = find_library("hmb", Path::new("/"), &dirs).unwrap_err().to_string();
+        assert!(error.contains("libbuslink_hmb.so"), "{error}");
+        assert!(error.contains("plugin 'hmb' not found"), "{error}");
+    }
+}

@@ -1,0 +1,167 @@
+//! The trait a bus consumer implements: the Hermes "messagebus consumer" contract in Rust.
+
+use crate::error::{PluginError, PluginResult};
+use crate::event::EventBatch;
+use crate::offset::{Offset, OffsetRef};
+use abi_stable::StableAbi;
+use serde::de::DeserializeOwned;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// What a call to [`Consumer::poll`] found.
+#[repr(u8)]
+#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PollStatus {
+    /// At least one event was added to the batch.
+    Ready,
+    /// No event came before the timeout: the bus is drained for now (Hermes ends an iteration
+    /// here). The host polls again later.
+    Idle,
+    /// The bus will never deliver another event to this consumer (a closed window, for example).
+    Ended,
+}
+
+/// A consumer of one bus: what a plugin author implements, with ordinary Rust types.
+///
+/// The host calls the methods from one thread at a time, in this order: [`open`](Self::open),
+/// then one positioning call ([`seek_to_beginning`](Self::seek_to_beginning),
+/// [`seek_to_end`](Self::seek_to_end), [`seek`](Self::seek) or [`seek_after`](Self::seek_after)),
+/// then [`poll`](Self::poll) repeatedly, and [`close`](Self::close) at the end, also after an
+/// error. After a transient error it may call `close`, `open` and a positioning call again.
+///
+/// A panic in any method is caught by the export shim: the host receives an
+/// [`ErrorKind::Internal`](crate::ErrorKind::Internal) error naming the plugin, the class and
+/// the method, and the consumer is unusable afterwards.
+pub trait Consumer: Send + 'static {
+    /// Connects to the bus, using only the settings the consumer was built with.
+    fn open(&mut self) -> PluginResult<()>;
+
+    /// Disconnects. Called once at the end, and before every re-open.
+    fn close(&mut self) -> PluginResult<()>;
+
+    /// Positions on the oldest event still on the bus.
+    fn seek_to_beginning(&mut self) -> PluginResult<()>;
+
+    /// Positions after the newest event: only events produced from now on will be delivered.
+    fn seek_to_end(&mut self) -> PluginResult<()> {
+        Err(PluginError::config(
+            "this consumer cannot start at the end of the bus; use start = \"beginning\" or an offset",
+        ))
+    }
+
+    /// Positions on the event at `offset`; an [`ErrorKind::OffsetNotFound`](crate::ErrorKind)
+    /// error if it is not on the bus.
+    fn seek(&mut self, offset: &Offset) -> PluginResult<()>;
+
+    /// Positions strictly after the event at `offset`: the host resumes this way from its cache.
+    ///
+    /// The default works for integer offsets whose successor is `offset + 1`. Buses whose
+    /// offsets have no successor (strings, bytes, gaps) must implement it.
+    fn seek_after(&mut self, offset: &Offset) -> PluginResult<()> {
+        match offset {
+            Offset::Int(i) => self.seek(&Offset::Int(i.saturating_add(1))),
+            other => Err(PluginError::offset_not_found(format!(
+                "this consumer cannot resume after a {} offset ({other})",
+                other.type_name()
+            ))),
+        }
+    }
+
+    /// The offset the next event would have after the event at `offset`, if the bus defines
+    /// one; it is written to the cache as `next_offset` for people and Hermes tools.
+    fn next_offset(&self, offset: OffsetRef<'_>) -> Option<Offset> {
+        match offset {
+            OffsetRef::Int(i) => Some(Offset::Int(i.saturating_add(1))),
+            _ => None,
+        }
+    }
+
+    /// How long [`poll`](Self::poll) waits for a first event; `None` waits forever.
+    fn set_timeout(&mut self, timeout: Option<Duration>) -> PluginResult<()>;
+
+    /// Adds the next events, in bus order, to `batch` (which the host hands over empty) until
+    /// it [is full](EventBatch::is_full) or no event is waiting. When none is waiting, waits up
+    /// to the timeout for one. Must not hold more than a batch worth of events in memory.
+    fn poll(&mut self, batch: &mut EventBatch) -> PluginResult<PollStatus>;
+
+    /// Reads forward to the first event of `category` and adds it to `found` (returning
+    /// `true`), or returns `false` when the iteration ends (timeout) without one. Events passed
+    /// over are skipped; the position ends right after the event returned.
+    ///
+    /// The default polls one event at a time; override it when the bus can search faster.
+    fn find_next_event_of_category(
+        &mut self,
+        category: &str,
+        found: &mut EventBatch,
+    ) -> PluginResult<bool> {
+        let mut one = EventBatch::new(1, usize::MAX);
+        loop {
+            one.clear();
+            match self.poll(&mut one)? {
+                PollStatus::Ready => {
+                    if let Some(event) = one.iter().find(|event| event.category == category) {
+                        found.push(event);
+                        return Ok(true);
+                    }
+                }
+                PollStatus::Idle | PollStatus::Ended => return Ok(false),
+            }
+        }
+    }
+}
+
+/// A consumer class: how the host finds, documents, validates and builds a [`Consumer`].
+///
+/// List the class in [`export_plugin!`](crate::export_plugin) to make it loadable.
+pub trait ConsumerClass: Consumer + Sized {
+    /// The class name used in configs (`class = "..."`).
+    const NAME: &'static str;
+    /// One line saying what the class consumes.
+    const DESCRIPTION: &'static str;
+    /// Documentation of every setting, shown by `buslink plugins describe` (Markdown).
+    const SETTINGS_DOC: &'static str;
+
+    /// The class's settings. Derive `Deserialize` with `#[serde(deny_unknown_fields)]` so that a
+    /// misspelt key is rejected by name.
+    type Settings: DeserializeOwned;
+
+    /// Checks the settings without connecting to anything (`buslink check` calls it).
+    fn validate(settings: &Self::Settings) -> PluginResult<()> {
+        let _ = settings;
+        Ok(())
+    }
+
+    /// Builds a consumer from valid settings, without connecting yet.
+    fn new(settings: Self::Settings, context: &Context) -> PluginResult<Self>;
+}
+
+/// What the host tells a class about where it runs.
+#[derive(Clone, Debug)]
+pub struct Context {
+    config_dir: PathBuf,
+}
+
+impl Context {
+    /// A context whose relative paths resolve against `config_dir`.
+    pub fn new(config_dir: impl Into<PathBuf>) -> Self {
+        Context {
+            config_dir: config_dir.into(),
+        }
+    }
+
+    /// The directory of the config file the settings come from.
+    pub fn config_dir(&self) -> &Path {
+        &self.config_dir
+    }
+
+    /// Resolves a path from the settings: relative paths are relative to the config file's
+    /// directory, as everywhere in a buslink config.
+    pub fn resolve_path(&self, path: impl AsRef<Path>) -> PathBuf {
+        let path = path.as_ref();
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.config_dir.join(path)
+        }
+    }
+}

@@ -1,0 +1,440 @@
+//! The stable-ABI layer: the root module every plugin library exports, the FFI-safe mirror
+//! types, and the shim that turns a plain [`Consumer`] into an FFI trait object.
+//!
+//! Plugin authors never use this module directly: [`export_plugin!`](crate::export_plugin)
+//! generates everything. The host uses it through its loader only.
+#![allow(missing_docs)]
+
+use crate::consumer::{Consumer, ConsumerClass, Context, PollStatus};
+use crate::error::{ErrorKind, PluginError, PluginResult};
+use crate::event::EventBatch;
+use crate::offset::Offset;
+use abi_stable::library::RootModule;
+use abi_stable::sabi_types::VersionStrings;
+use abi_stable::std_types::{RBox, ROption, RResult, RStr, RString, RVec};
+use abi_stable::{declare_root_module_statics, package_version_strings, sabi_trait, StableAbi};
+use std::any::Any;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Duration;
+
+/// [`ErrorKind`] across the boundary.
+#[repr(u8)]
+#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RErrorKind {
+    Config,
+    Connect,
+    OffsetNotFound,
+    Timeout,
+    Protocol,
+    Internal,
+}
+
+/// [`PluginError`] across the boundary.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug)]
+pub struct RPluginError {
+    pub kind: RErrorKind,
+    pub message: RString,
+    pub key: ROption<RString>,
+}
+
+impl From<PluginError> for RPluginError {
+    fn from(error: PluginError) -> Self {
+        let kind = match error.kind() {
+            ErrorKind::Config => RErrorKind::Config,
+            ErrorKind::Connect => RErrorKind::Connect,
+            ErrorKind::OffsetNotFound => RErrorKind::OffsetNotFound,
+            ErrorKind::Timeout => RErrorKind::Timeout,
+            ErrorKind::Protocol => RErrorKind::Protocol,
+            ErrorKind::Internal => RErrorKind::Internal,
+        };
+        RPluginError {
+            kind,
+            message: error.message().into(),
+            key: error.key().map(RString::from).into(),
+        }
+    }
+}
+
+impl From<RPluginError> for PluginError {
+    fn from(error: RPluginError) -> Self {
+        let kind = match error.kind {
+            RErrorKind::Config => ErrorKind::Config,
+            RErrorKind::Connect => ErrorKind::Connect,
+            RErrorKind::OffsetNotFound => ErrorKind::OffsetNotFound,
+            RErrorKind::Timeout => ErrorKind::Timeout,
+            RErrorKind::Protocol => ErrorKind::Protocol,
+            RErrorKind::Internal => ErrorKind::Internal,
+        };
+        let plain = PluginError::new(kind, error.message.into_string());
+        match error.key.into_option() {
+            Some(key) => plain.with_key(key.into_string()),
+            None => plain,
+        }
+    }
+}
+
+/// [`Offset`] across the boundary.
+#[repr(u8)]
+#[derive(StableAbi, Clone, Debug, PartialEq)]
+pub enum ROffset {
+    Int(i64),
+    Float(f64),
+    String(RString),
+    Bytes(RVec<u8>),
+}
+
+impl From<&Offset> for ROffset {
+    fn from(offset: &Offset) -> Self {
+        match offset {
+            Offset::Int(i) => ROffset::Int(*i),
+            Offset::Float(x) => ROffset::Float(*x),
+            Offset::String(s) => ROffset::String(s.as_str().into()),
+            Offset::Bytes(b) => ROffset::Bytes(b.as_slice().into()),
+        }
+    }
+}
+
+impl From<&ROffset> for Offset {
+    fn from(offset: &ROffset) -> Self {
+        match offset {
+            ROffset::Int(i) => Offset::Int(*i),
+            ROffset::Float(x) => Offset::Float(*x),
+            ROffset::String(s) => Offset::String(s.as_str().to_owned()),
+            ROffset::Bytes(b) => Offset::Bytes(b.as_slice().to_vec()),
+        }
+    }
+}
+
+/// What kind of object a class builds.
+#[repr(u8)]
+#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RClassKind {
+    Consumer,
+}
+
+/// One class of a plugin, as `describe` reports it.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug)]
+pub struct RClassInfo {
+    pub name: RString,
+    pub kind: RClassKind,
+    pub description: RString,
+    pub settings_doc: RString,
+}
+
+/// What a plugin library says about itself.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug)]
+pub struct RPluginInfo {
+    pub name: RString,
+    pub version: RString,
+    pub api_version: RString,
+    pub classes: RVec<RClassInfo>,
+}
+
+/// The consumer object as the host sees it across the boundary.
+#[sabi_trait]
+pub trait ConsumerFfi: Send {
+    fn open(&mut self) -> RResult<(), RPluginError>;
+    fn close(&mut self) -> RResult<(), RPluginError>;
+    fn seek_to_beginning(&mut self) -> RResult<(), RPluginError>;
+    fn seek_to_end(&mut self) -> RResult<(), RPluginError>;
+    fn seek(&mut self, offset: &ROffset) -> RResult<(), RPluginError>;
+    fn seek_after(&mut self, offset: &ROffset) -> RResult<(), RPluginError>;
+    fn next_offset(&self, offset: &ROffset) -> ROption<ROffset>;
+    fn set_timeout(&mut self, timeout_ms: ROption<u64>) -> RResult<(), RPluginError>;
+    fn poll(&mut self, batch: &mut EventBatch) -> RResult<PollStatus, RPluginError>;
+    #[sabi(last_prefix_field)]
+    fn find_next_event_of_category(
+        &mut self,
+        category: RStr<'_>,
+        found: &mut EventBatch,
+    ) -> RResult<bool, RPluginError>;
+}
+
+/// A boxed consumer trait object, owned by the host.
+pub type ConsumerBox = ConsumerFfi_TO<'static, RBox<()>>;
+
+/// The root module every plugin library exports.
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = PluginModuleRef)))]
+#[sabi(missing_field(panic))]
+pub struct PluginModule {
+    pub describe: extern "C" fn() -> RResult<RPluginInfo, RPluginError>,
+    pub validate_settings: extern "C" fn(RStr<'_>, RStr<'_>) -> RResult<(), RPluginError>,
+    #[sabi(last_prefix_field)]
+    /// Arguments: class name, settings as JSON text, the config file's directory.
+    pub new_consumer:
+        extern "C" fn(RStr<'_>, RStr<'_>, RStr<'_>) -> RResult<ConsumerBox, RPluginError>,
+}
+
+impl RootModule for PluginModuleRef {
+    declare_root_module_statics! {PluginModuleRef}
+    const BASE_NAME: &'static str = "buslink_plugin";
+    const NAME: &'static str = "buslink_plugin";
+    const VERSION_STRINGS: VersionStrings = package_version_strings!();
+}
+
+/// The symbol under which [`API_VERSION_NUL`] is exported, read by the host before anything else.
+pub const API_VERSION_SYMBOL: &str = "buslink_plugin_api_version";
+
+/// The plugin-api version, NUL-terminated, as exported by every plugin.
+pub const API_VERSION_NUL: &str = concat!(env!("CARGO_PKG_VERSION"), "\0");
+
+/// One class entry of a plugin, built by [`export_plugin!`](crate::export_plugin).
+pub struct ClassEntry {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub settings_doc: &'static str,
+    pub validate: fn(&str) -> PluginResult<()>,
+    pub build: fn(&str, &Context, &'static str) -> PluginResult<ConsumerBox>,
+}
+
+impl ClassEntry {
+    /// The entry of a consumer class.
+    pub const fn consumer<C: ConsumerClass>() -> Self {
+        ClassEntry {
+            name: C::NAME,
+            description: C::DESCRIPTION,
+            settings_doc: C::SETTINGS_DOC,
+            validate: validate_class::<C>,
+            build: build_consumer::<C>,
+        }
+    }
+}
+
+/// A whole plugin: its name, version and classes, built by [`export_plugin!`](crate::export_plugin).
+pub struct PluginDefinition {
+    pub name: &'static str,
+    pub version: &'static str,
+    pub classes: &'static [ClassEntry],
+}
+
+impl PluginDefinition {
+    fn class(&self, name: &str) -> PluginResult<&ClassEntry> {
+        self.classes
+            .iter()
+            .find(|class| class.name == name)
+            .ok_or_else(|| {
+                let known: Vec<_> = self.classes.iter().map(|c| c.name).collect();
+                PluginError::config(format!(
+                    "plugin '{}' has no class '{name}' (it has: {})",
+                    self.name,
+                    known.join(", ")
+                ))
+                .with_key("class")
+            })
+    }
+}
+
+fn parse_settings<C: ConsumerClass>(settings_json: &str) -> PluginResult<C::Settings> {
+    crate::settings::from_json(C::NAME, settings_json)
+}
+
+fn validate_class<C: ConsumerClass>(settings_json: &str) -> PluginResult<()> {
+    C::validate(&parse_settings::<C>(settings_json)?)
+}
+
+fn build_consumer<C: ConsumerClass>(
+    settings_json: &str,
+    context: &Context,
+    plugin: &'static str,
+) -> PluginResult<ConsumerBox> {
+    let settings = parse_settings::<C>(settings_json)?;
+    C::validate(&settings)?;
+    let consumer = C::new(settings, context)?;
+    let shim = ConsumerShim {
+        inner: consumer,
+        plugin,
+        class: C::NAME,
+        poisoned_in: None,
+    };
+    Ok(ConsumerFfi_TO::from_value(
+        shim,
+        abi_stable::sabi_trait::TD_Opaque,
+    ))
+}
+
+/// Runs `f`; a panic becomes an [`ErrorKind::Internal`] error naming the place (`Err`), kept
+/// apart from the errors `f` returns itself (`Ok(Err(..))`).
+fn contain<T>(
+    place: impl FnOnce() -> String,
+    f: impl FnOnce() -> PluginResult<T>,
+) -> Result<PluginResult<T>, PluginError> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
+        PluginError::internal(format!(
+            "{} panicked: {}",
+            place(),
+            panic_message(payload.as_ref())
+        ))
+    })
+}
+
+/// Like [`contain`], with a panic reported as an ordinary error.
+fn contain_flat<T>(
+    place: impl FnOnce() -> String,
+    f: impl FnOnce() -> PluginResult<T>,
+) -> PluginResult<T> {
+    contain(place, f).and_then(|result| result)
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "(no message)".to_owned()
+    }
+}
+
+fn to_ffi<T>(result: PluginResult<T>) -> RResult<T, RPluginError> {
+    result.map_err(RPluginError::from).into()
+}
+
+/// `describe` for a plugin definition.
+pub fn describe(plugin: &'static PluginDefinition) -> RResult<RPluginInfo, RPluginError> {
+    to_ffi(contain_flat(
+        || format!("plugin '{}' in describe()", plugin.name),
+        || {
+            Ok(RPluginInfo {
+                name: plugin.name.into(),
+                version: plugin.version.into(),
+                api_version: env!("CARGO_PKG_VERSION").into(),
+                classes: plugin
+                    .classes
+                    .iter()
+                    .map(|class| RClassInfo {
+                        name: class.name.into(),
+                        kind: RClassKind::Consumer,
+                        description: class.description.into(),
+                        settings_doc: class.settings_doc.into(),
+                    })
+                    .collect(),
+            })
+        },
+    ))
+}
+
+/// `validate_settings` for a plugin definition.
+pub fn validate_settings(
+    plugin: &'static PluginDefinition,
+    class: RStr<'_>,
+    settings_json: RStr<'_>,
+) -> RResult<(), RPluginError> {
+    let class = class.as_str();
+    to_ffi(contain_flat(
+        || format!("plugin '{}' class '{class}' in validate()", plugin.name),
+        || (plugin.class(class)?.validate)(settings_json.as_str()),
+    ))
+}
+
+/// `new_consumer` for a plugin definition.
+pub fn new_consumer(
+    plugin: &'static PluginDefinition,
+    class: RStr<'_>,
+    settings_json: RStr<'_>,
+    config_dir: RStr<'_>,
+) -> RResult<ConsumerBox, RPluginError> {
+    let class = class.as_str();
+    let context = Context::new(config_dir.as_str());
+    to_ffi(contain_flat(
+        || format!("plugin '{}' class '{class}' in new()", plugin.name),
+        || (plugin.class(class)?.build)(settings_json.as_str(), &context, plugin.name),
+    ))
+}
+
+/// Wraps a plain [`Consumer`]: converts types, contains panics, and refuses every call after one.
+struct ConsumerShim<C> {
+    inner: C,
+    plugin: &'static str,
+    class: &'static str,
+    poisoned_in: Option<&'static str>,
+}
+
+impl<C: Consumer> ConsumerShim<C> {
+    fn guard<T>(
+        &mut self,
+        method: &'static str,
+        call: impl FnOnce(&mut C) -> PluginResult<T>,
+    ) -> RResult<T, RPluginError> {
+        if let Some(earlier) = self.poisoned_in {
+            return to_ffi(Err(PluginError::internal(format!(
+                "plugin '{}' class '{}' is unusable after it panicked in {earlier}()",
+                self.plugin, self.class
+            ))));
+        }
+        let (plugin, class) = (self.plugin, self.class);
+        let inner = &mut self.inner;
+        let result = contain(
+            || format!("plugin '{plugin}' class '{class}' in {method}()"),
+            || call(inner),
+        )
+        .unwrap_or_else(|panic| {
+            self.poisoned_in = Some(method);
+            Err(panic)
+        });
+        to_ffi(result)
+    }
+}
+
+impl<C: Consumer> ConsumerFfi for ConsumerShim<C> {
+    fn open(&mut self) -> RResult<(), RPluginError> {
+        self.guard("open", |c| c.open())
+    }
+
+    fn close(&mut self) -> RResult<(), RPluginError> {
+        self.guard("close", |c| c.close())
+    }
+
+    fn seek_to_beginning(&mut self) -> RResult<(), RPluginError> {
+        self.guard("seek_to_beginning", |c| c.seek_to_beginning())
+    }
+
+    fn seek_to_end(&mut self) -> RResult<(), RPluginError> {
+        self.guard("seek_to_end", |c| c.seek_to_end())
+    }
+
+    fn seek(&mut self, offset: &ROffset) -> RResult<(), RPluginError> {
+        let offset = Offset::from(offset);
+        self.guard("seek", |c| c.seek(&offset))
+    }
+
+    fn seek_after(&mut self, offset: &ROffset) -> RResult<(), RPluginError> {
+        let offset = Offset::from(offset);
+        self.guard("seek_after", |c| c.seek_after(&offset))
+    }
+
+    fn next_offset(&self, offset: &ROffset) -> ROption<ROffset> {
+        if self.poisoned_in.is_some() {
+            return ROption::RNone;
+        }
+        let offset = Offset::from(offset);
+        catch_unwind(AssertUnwindSafe(|| self.inner.next_offset(offset.as_ref())))
+            .ok()
+            .flatten()
+            .map(|next| ROffset::from(&next))
+            .into()
+    }
+
+    fn set_timeout(&mut self, timeout_ms: ROption<u64>) -> RResult<(), RPluginError> {
+        let timeout = timeout_ms.into_option().map(Duration::from_millis);
+        self.guard("set_timeout", |c| c.set_timeout(timeout))
+    }
+
+    fn poll(&mut self, batch: &mut EventBatch) -> RResult<PollStatus, RPluginError> {
+        self.guard("poll", |c| c.poll(batch))
+    }
+
+    fn find_next_event_of_category(
+        &mut self,
+        category: RStr<'_>,
+        found: &mut EventBatch,
+    ) -> RResult<bool, RPluginError> {
+        self.guard("find_next_event_of_category", |c| {
+            c.find_next_event_of_category(category.as_str(), found)
+        })
+    }
+}
