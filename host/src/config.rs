@@ -49,7 +49,10 @@ impl Source {
     pub fn line_column(&self, offset: usize) -> (usize, usize) {
         let before = &self.text[..offset.min(self.text.len())];
         let line = before.matches('\n').count() + 1;
-        let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+        let column = before
+            .rfind('\n')
+            .map_or(before.len(), |nl| before.len() - nl - 1)
+            + 1;
         (line, column)
     }
 
@@ -75,12 +78,57 @@ impl Source {
         self.error_at(span, Some(key_path.join(".")), message)
     }
 
+    /// An error reported by the TOML deserializer: located by its span, and named by the key
+    /// whose name or value the span falls in.
+    pub fn error_from_toml(&self, error: &toml::de::Error) -> ConfigError {
+        let span = error.span();
+        let key = span.as_ref().and_then(|span| self.key_at(span.start));
+        self.error_at(span, key, error.message().trim_end().to_owned())
+    }
+
+    /// The dotted path (`handlers[1].match`) of the innermost key whose name or value contains
+    /// the byte `offset`.
+    fn key_at(&self, offset: usize) -> Option<String> {
+        use toml::de::{DeTable, DeValue};
+        // Table values declared with a `[header]` do not span their contents, so search every
+        // table and array, and compare spans only at keys and leaf values.
+        fn walk(table: &DeTable<'_>, offset: usize, path: &str) -> Option<String> {
+            table.iter().find_map(|(key, value)| {
+                let here = if path.is_empty() {
+                    key.get_ref().to_string()
+                } else {
+                    format!("{path}.{}", key.get_ref())
+                };
+                if key.span().contains(&offset) {
+                    return Some(here);
+                }
+                descend(value.get_ref(), offset, &here)
+                    .or_else(|| value.span().contains(&offset).then_some(here))
+            })
+        }
+        fn descend(value: &DeValue<'_>, offset: usize, path: &str) -> Option<String> {
+            match value {
+                DeValue::Table(inner) => walk(inner, offset, path),
+                DeValue::Array(items) => items.iter().enumerate().find_map(|(index, item)| {
+                    let here = format!("{path}[{index}]");
+                    descend(item.get_ref(), offset, &here)
+                        .or_else(|| item.span().contains(&offset).then_some(here))
+                }),
+                _ => None,
+            }
+        }
+        let root = DeTable::parse(&self.text).ok()?;
+        walk(root.get_ref(), offset, "")
+    }
+
     fn key_span(&self, key_path: &[&str]) -> Option<Range<usize>> {
         let root = toml::de::DeTable::parse(&self.text).ok()?;
         let mut table = root.get_ref();
         let mut span = None;
         for part in key_path {
-            let (key, value) = table.iter().find(|(key, _)| key.get_ref().as_ref() == *part)?;
+            let (key, value) = table
+                .iter()
+                .find(|(key, _)| key.get_ref().as_ref() == *part)?;
             span = Some(key.span());
             match value.get_ref() {
                 toml::de::DeValue::Table(inner) => table = inner,
@@ -299,8 +347,8 @@ impl Config {
             path: path.to_path_buf(),
             text,
         };
-        let raw: RawConfig = toml::from_str(&source.text)
-            .map_err(|e| source.error_at(e.span(), None, e.message().trim_end().to_owned()))?;
+        let raw: RawConfig =
+            toml::from_str(&source.text).map_err(|e| source.error_from_toml(&e))?;
         let base_dir = path
             .parent()
             .map(Path::to_path_buf)
@@ -435,7 +483,11 @@ impl Config {
         let handler_span = raw.span();
         let raw = raw.into_inner();
         let at = |span: Range<usize>, key: &str, message: String| {
-            source.error_at(Some(span), Some(format!("handlers[{index}].{key}")), message)
+            source.error_at(
+                Some(span),
+                Some(format!("handlers[{index}].{key}")),
+                message,
+            )
         };
         let name = raw.name.get_ref().clone();
         if name.trim().is_empty() {
@@ -511,11 +563,13 @@ fn parse_start(value: toml::Value) -> Result<StartPosition, String> {
         toml::Value::Float(x) => Ok(StartPosition::At(Offset::Float(x))),
         toml::Value::Table(table) => {
             let json = serde_json::to_value(&table).map_err(|e| e.to_string())?;
-            serde_json::from_value(json).map(StartPosition::At).map_err(|_| {
-                "an offset table has one key: int, float, string or bytes (base64), \
+            serde_json::from_value(json)
+                .map(StartPosition::At)
+                .map_err(|_| {
+                    "an offset table has one key: int, float, string or bytes (base64), \
                  e.g. { string = \"end\" }"
-                    .to_owned()
-            })
+                        .to_owned()
+                })
         }
         other => Err(format!(
             "expected \"beginning\", \"end\" or an offset, found {}",
@@ -559,7 +613,10 @@ match = { eventtype = ["added", "modified"], objtype = "SRV*" }
     fn good_config_resolves_paths_and_settings() {
         let config = parse(GOOD).unwrap();
         assert_eq!(config.state_dir, Path::new("/etc/buslink/var/demo"));
-        assert_eq!(config.plugin_dirs, vec![PathBuf::from("/etc/buslink/plugins")]);
+        assert_eq!(
+            config.plugin_dirs,
+            vec![PathBuf::from("/etc/buslink/plugins")]
+        );
         assert_eq!(config.consumer.start, StartPosition::At(Offset::Int(5)));
         assert_eq!(config.consumer.settings_json, r#"{"uri":"bus.sqlite"}"#);
         assert_eq!(config.handlers.len(), 2);
@@ -574,7 +631,9 @@ match = { eventtype = ["added", "modified"], objtype = "SRV*" }
 
     #[test]
     fn unknown_key_names_line_and_key() {
-        let text = GOOD.replace("timeout_ms", "x").replace("start = 5", "strat = 5");
+        let text = GOOD
+            .replace("timeout_ms", "x")
+            .replace("start = 5", "strat = 5");
         let error = parse(&text).unwrap_err().to_string();
         assert!(error.starts_with("/etc/buslink/x.toml:9:"), "{error}");
         assert!(error.contains("unknown field `strat`"), "{error}");
@@ -584,6 +643,9 @@ match = { eventtype = ["added", "modified"], objtype = "SRV*" }
     fn settings_key_is_located() {
         let config = parse(GOOD).unwrap();
         let error = config.settings_error(Some("uri"), "bad").to_string();
-        assert_eq!(error, "/etc/buslink/x.toml:11:1: key `consumer.settings.uri`: bad");
+        assert_eq!(
+            error,
+            "/etc/buslink/x.toml:11:1: key `consumer.settings.uri`: bad"
+        );
     }
 }

@@ -204,7 +204,10 @@ mod tests {
         cache.commit(&record).unwrap();
         assert_eq!(cache.load().unwrap(), Some(record));
         let text = fs::read_to_string(cache.path()).unwrap();
-        assert!(text.contains("\"next_offset\": {\n    \"int\": 164\n  }"), "{text}");
+        assert!(
+            text.contains("\"next_offset\": {\n    \"int\": 164\n  }"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -214,12 +217,18 @@ mod tests {
         fs::write(cache.path(), "{\"version\": 1, \"consumer\": \"de").unwrap();
         assert!(matches!(cache.load(), Err(CacheError::Corrupt { .. })));
         fs::write(cache.path(), "{\"version\": 9}").unwrap();
-        assert!(matches!(cache.load(), Err(CacheError::NewerFormat { found: 9, .. })));
+        assert!(matches!(
+            cache.load(),
+            Err(CacheError::NewerFormat { found: 9, .. })
+        ));
         let other = OffsetCache::new(dir.path(), "other");
         other
             .commit(&other.record(Offset::Int(1), None, 1))
             .unwrap();
         fs::rename(other.path(), cache.path()).unwrap();
-        assert!(matches!(cache.load(), Err(CacheError::WrongConsumer { .. })));
+        assert!(matches!(
+            cache.load(),
+            Err(CacheError::WrongConsumer { .. })
+        ));
     }
 }

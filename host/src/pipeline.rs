@@ -71,7 +71,9 @@ enum ReaderMessage {
         next_after_last: Option<Offset>,
     },
     /// `--once` and the bus is drained, or the bus will never deliver more.
-    Finished { ended: bool },
+    Finished {
+        ended: bool,
+    },
     Failed(ConsumerError),
 }
 
@@ -133,7 +135,11 @@ fn read_loop(
         let _ = full.send(message);
     };
     match connect(&mut consumer, last_read.as_ref(), &options, &shutdown) {
-        Ok(true) => {}
+        Ok(true) => tracing::info!(
+            "plugin '{}' class '{}' open and positioned; consuming",
+            consumer.plugin(),
+            consumer.class()
+        ),
         Ok(false) => return consumer,
         Err(error) => {
             finish(ReaderMessage::Failed(error));
@@ -217,9 +223,9 @@ impl Committer<'_> {
     fn due(&self) -> bool {
         self.pending.is_some()
             && (self.pending_count >= self.policy.every_events
-                || self
-                    .pending_since
-                    .is_some_and(|since| since.elapsed() >= Duration::from_millis(self.policy.every_ms)))
+                || self.pending_since.is_some_and(|since| {
+                    since.elapsed() >= Duration::from_millis(self.policy.every_ms)
+                }))
     }
 
     fn commit(&mut self, handlers: &mut [ConfiguredHandler]) -> Result<(), PipelineError> {

@@ -39,7 +39,11 @@ impl AppError {
 
 /// Loads the configured plugin and builds its consumer (the plugin validates its settings).
 pub fn build_consumer(config: &Config) -> Result<(LoadedPlugin, PluginConsumer), AppError> {
-    let path = find_library(&config.consumer.plugin, &config.base_dir, &config.plugin_dirs)?;
+    let path = find_library(
+        &config.consumer.plugin,
+        &config.base_dir,
+        &config.plugin_dirs,
+    )?;
     let plugin = LoadedPlugin::load(&path)?;
     let info = plugin.info();
     if !info
@@ -95,8 +99,8 @@ pub fn build_consumer(config: &Config) -> Result<(LoadedPlugin, PluginConsumer),
 
 /// `buslink run --config FILE [--once]`.
 pub fn run(config_path: &Path, once: bool) -> Result<(), AppError> {
-    let shutdown =
-        Shutdown::install().map_err(|e| AppError::Runtime(format!("cannot install signal handlers: {e}")))?;
+    let shutdown = Shutdown::install()
+        .map_err(|e| AppError::Runtime(format!("cannot install signal handlers: {e}")))?;
     let config = Config::load(config_path)?;
     let cache = OffsetCache::new(&config.state_dir, &config.consumer.name);
     let cached = cache.load().map_err(|e| AppError::Runtime(e.to_string()))?;

@@ -34,7 +34,10 @@ impl ErrorKind {
 
     /// Whether the host should try the operation again after a pause.
     pub fn is_transient(self) -> bool {
-        matches!(self, ErrorKind::Connect | ErrorKind::Timeout | ErrorKind::Protocol)
+        matches!(
+            self,
+            ErrorKind::Connect | ErrorKind::Timeout | ErrorKind::Protocol
+        )
     }
 }
 

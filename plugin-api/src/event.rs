@@ -211,8 +211,7 @@ impl EventBatch {
         };
         Event {
             offset,
-            timestamp: DateTime::from_timestamp_micros(record.timestamp_micros)
-                .unwrap_or_default(),
+            timestamp: DateTime::from_timestamp_micros(record.timestamp_micros).unwrap_or_default(),
             category: self.text(record.category),
             body,
         }

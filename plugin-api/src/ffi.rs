@@ -14,7 +14,9 @@ use abi_stable::sabi_types::VersionStrings;
 use abi_stable::std_types::{RBox, ROption, RResult, RStr, RString, RVec};
 use abi_stable::{declare_root_module_statics, package_version_strings, sabi_trait, StableAbi};
 use std::any::Any;
+use std::cell::{Cell, RefCell};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Once;
 use std::time::Duration;
 
 /// [`ErrorKind`] across the boundary.
@@ -230,7 +232,7 @@ impl PluginDefinition {
 }
 
 fn parse_settings<C: ConsumerClass>(settings_json: &str) -> PluginResult<C::Settings> {
-    crate::settings::from_json(C::NAME, settings_json)
+    crate::settings::from_json(settings_json)
 }
 
 fn validate_class<C: ConsumerClass>(settings_json: &str) -> PluginResult<()> {
@@ -257,15 +259,50 @@ fn build_consumer<C: ConsumerClass>(
     ))
 }
 
+thread_local! {
+    /// Whether this thread is inside [`contain`], whose caller reports the panic itself.
+    static CONTAINING: Cell<bool> = const { Cell::new(false) };
+    /// Where the last contained panic happened.
+    static PANIC_LOCATION: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// The plugin has its own copy of std, so its own panic hook: make it quiet for the panics that
+/// [`contain`] reports as errors (one clear line in the host's log instead of the default
+/// message and backtrace note), and leave it as it was for every other panic.
+fn install_panic_hook() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if CONTAINING.with(Cell::get) {
+                let location = info
+                    .location()
+                    .map(|at| format!("{}:{}", at.file(), at.line()));
+                PANIC_LOCATION.with(|slot| *slot.borrow_mut() = location);
+            } else {
+                previous(info);
+            }
+        }));
+    });
+}
+
 /// Runs `f`; a panic becomes an [`ErrorKind::Internal`] error naming the place (`Err`), kept
 /// apart from the errors `f` returns itself (`Ok(Err(..))`).
 fn contain<T>(
     place: impl FnOnce() -> String,
     f: impl FnOnce() -> PluginResult<T>,
 ) -> Result<PluginResult<T>, PluginError> {
-    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
+    install_panic_hook();
+    let was_containing = CONTAINING.with(|flag| flag.replace(true));
+    let result = catch_unwind(AssertUnwindSafe(f));
+    CONTAINING.with(|flag| flag.set(was_containing));
+    result.map_err(|payload| {
+        let location = PANIC_LOCATION
+            .with(|slot| slot.borrow_mut().take())
+            .map(|at| format!(" at {at}"))
+            .unwrap_or_default();
         PluginError::internal(format!(
-            "{} panicked: {}",
+            "{} panicked{location}: {}",
             place(),
             panic_message(payload.as_ref())
         ))

@@ -3,10 +3,10 @@
 use crate::error::{PluginError, PluginResult};
 use serde::de::DeserializeOwned;
 
-/// Deserialises `json` into `T`; the error names the class and, as its key, the settings key at
-/// fault (`queues.ALERTS.seq` for nested ones), including a misspelt key that `T` rejects with
+/// Deserialises `json` into `T`; the error names, as its key, the settings key at fault
+/// (`queues.ALERTS.seq` for nested ones), including a misspelt key that `T` rejects with
 /// `#[serde(deny_unknown_fields)]`.
-pub fn from_json<T: DeserializeOwned>(class: &str, json: &str) -> PluginResult<T> {
+pub fn from_json<T: DeserializeOwned>(json: &str) -> PluginResult<T> {
     let mut deserializer = serde_json::Deserializer::from_str(json);
     serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
         let path = error.path().to_string();
@@ -26,7 +26,7 @@ pub fn from_json<T: DeserializeOwned>(class: &str, json: &str) -> PluginResult<T
             (Some(field), "." | "") => field.to_owned(),
             (_, path) => path.to_owned(),
         };
-        let error = PluginError::config(format!("invalid settings for class {class}: {message}"));
+        let error = PluginError::config(format!("invalid settings: {message}"));
         if key.is_empty() || key == "." {
             error
         } else {
@@ -58,18 +58,21 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let error = from_json::<Settings>("C", r#"{"uri":"x","urii":"y"}"#).unwrap_err();
+        let error = from_json::<Settings>(r#"{"uri":"x","urii":"y"}"#).unwrap_err();
         assert_eq!(error.key(), Some("urii"));
         assert!(error.message().contains("unknown field `urii`"), "{error}");
-        let nested = from_json::<Settings>("C", r#"{"uri":"x","inner":{"sise":1}}"#).unwrap_err();
+        let nested = from_json::<Settings>(r#"{"uri":"x","inner":{"sise":1}}"#).unwrap_err();
         assert_eq!(nested.key(), Some("inner.sise"));
     }
 
     #[test]
     fn wrong_type_and_missing_key_are_reported() {
-        let error = from_json::<Settings>("C", r#"{"uri":"x","inner":{"size":"big"}}"#).unwrap_err();
+        let error = from_json::<Settings>(r#"{"uri":"x","inner":{"size":"big"}}"#).unwrap_err();
         assert_eq!(error.key(), Some("inner.size"));
-        let missing = from_json::<Settings>("C", r#"{}"#).unwrap_err();
-        assert!(missing.message().contains("missing field `uri`"), "{missing}");
+        let missing = from_json::<Settings>(r#"{}"#).unwrap_err();
+        assert!(
+            missing.message().contains("missing field `uri`"),
+            "{missing}"
+        );
     }
 }

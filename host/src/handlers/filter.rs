@@ -19,7 +19,8 @@ fn glob_set(field: &str, patterns: &[String]) -> Result<Option<GlobSet>, String>
     let mut builder = GlobSetBuilder::new();
     for pattern in patterns {
         builder.add(
-            Glob::new(pattern).map_err(|e| format!("match.{field}: bad pattern '{pattern}': {e}"))?,
+            Glob::new(pattern)
+                .map_err(|e| format!("match.{field}: bad pattern '{pattern}': {e}"))?,
         );
     }
     builder
@@ -82,7 +83,10 @@ mod tests {
         let added = r#"{"eventtype":"added","objtype":"SRVUsers"}"#;
         assert!(matcher.matches(&event("base", added)));
         assert!(!matcher.matches(&event("initsync", added)));
-        assert!(!matcher.matches(&event("base", r#"{"eventtype":"removed","objtype":"SRVUsers"}"#)));
+        assert!(!matcher.matches(&event(
+            "base",
+            r#"{"eventtype":"removed","objtype":"SRVUsers"}"#
+        )));
         assert!(!matcher.matches(&event("base", r#"{"eventtype":"added","objtype":"Users"}"#)));
         assert!(!matcher.matches(&event("base", r#"{"eventtype":"added","objtype":null}"#)));
         let all = EventMatcher::new(&EventFilter::default()).unwrap();

@@ -114,7 +114,9 @@ impl PluginConsumer {
         category: &str,
         found: &mut EventBatch,
     ) -> Result<bool, ConsumerError> {
-        let result = self.inner.find_next_event_of_category(category.into(), found);
+        let result = self
+            .inner
+            .find_next_event_of_category(category.into(), found);
         self.wrap("find_next_event_of_category", result)
     }
 

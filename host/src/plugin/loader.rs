@@ -92,14 +92,14 @@ pub fn find_library(
     plugin_dirs: &[PathBuf],
 ) -> Result<PathBuf, LoadError> {
     let as_path = Path::new(plugin);
-    if plugin.contains('/') || plugin.ends_with(std::env::consts::DLL_SUFFIX) {
-        if plugin.contains('/') || plugin_dirs.is_empty() {
-            return Ok(if as_path.is_absolute() {
-                as_path.to_path_buf()
-            } else {
-                base_dir.join(as_path)
-            });
-        }
+    let is_path = plugin.contains('/')
+        || (plugin.ends_with(std::env::consts::DLL_SUFFIX) && plugin_dirs.is_empty());
+    if is_path {
+        return Ok(if as_path.is_absolute() {
+            as_path.to_path_buf()
+        } else {
+            base_dir.join(as_path)
+        });
     }
     let stem = plugin.replace('-', "_");
     let (prefix, suffix) = (std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX);
@@ -162,10 +162,11 @@ fn probe_api_version(path: &Path) -> Result<String, LoadError> {
     }
     // SAFETY: loading a library runs its initialisers: plugin_dirs hold trusted code, as the
     // operator's documentation says.
-    let library = unsafe { libloading::Library::new(path) }.map_err(|e| LoadError::NotALibrary {
-        path: path.to_path_buf(),
-        reason: short_dl_error(&e.to_string(), path),
-    })?;
+    let library =
+        unsafe { libloading::Library::new(path) }.map_err(|e| LoadError::NotALibrary {
+            path: path.to_path_buf(),
+            reason: short_dl_error(&e.to_string(), path),
+        })?;
     // SAFETY: the symbol is the `extern "C" fn() -> *const c_char` that export_plugin!
     // generates; it returns a pointer to a static NUL-terminated string.
     let version = unsafe {
@@ -205,7 +206,11 @@ fn summarise_abi_report(report: &str) -> String {
         .collect();
     found.dedup();
     if found.is_empty() {
-        report.lines().next().unwrap_or("layout mismatch").to_owned()
+        report
+            .lines()
+            .next()
+            .unwrap_or("layout mismatch")
+            .to_owned()
     } else {
         found.truncate(3);
         found.join("; ")
@@ -223,12 +228,11 @@ impl LoadedPlugin {
                 expected: API_VERSION.to_owned(),
             });
         }
-        let header = abi_stable::library::lib_header_from_path(path).map_err(|e| {
-            LoadError::Failed {
+        let header =
+            abi_stable::library::lib_header_from_path(path).map_err(|e| LoadError::Failed {
                 path: path.to_path_buf(),
                 message: e.to_string(),
-            }
-        })?;
+            })?;
         let module = header
             .init_root_module::<PluginModuleRef>()
             .map_err(|e| match e {
@@ -244,11 +248,13 @@ impl LoadedPlugin {
                     message: summarise_abi_report(&other.to_string()),
                 },
             })?;
-        let info = module.describe()().into_result().map_err(|e| LoadError::Plugin {
-            plugin: path.display().to_string(),
-            path: path.to_path_buf(),
-            error: e.into(),
-        })?;
+        let info = module.describe()()
+            .into_result()
+            .map_err(|e| LoadError::Plugin {
+                plugin: path.display().to_string(),
+                path: path.to_path_buf(),
+                error: e.into(),
+            })?;
         let info = PluginInfo {
             name: info.name.into_string(),
             version: info.version.into_string(),
@@ -343,7 +349,9 @@ mod tests {
             find_library("libbuslink_sqlite.so", Path::new("/"), &dirs).unwrap(),
             dir.path().join("libbuslink_sqlite.so")
         );
-        let error = find_library("hmb", Path::new("/"), &dirs).unwrap_err().to_string();
+        let error = find_library("hmb", Path::new("/"), &dirs)
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("libbuslink_hmb.so"), "{error}");
         assert!(error.contains("plugin 'hmb' not found"), "{error}");
     }

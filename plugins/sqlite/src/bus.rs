@@ -145,7 +145,11 @@ impl BusFile {
                 let msgid: i64 = row.get(0)?;
                 let timestamp: f64 = row.get(1)?;
                 let data = row.get_ref(2)?.as_str().map_err(|e| {
-                    rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, e.into())
+                    rusqlite::Error::FromSqlConversionFailure(
+                        2,
+                        rusqlite::types::Type::Text,
+                        e.into(),
+                    )
                 })?;
                 outcome.rows_read += 1;
                 outcome.last_msgid = Some(msgid);

@@ -53,18 +53,22 @@ the consumer waits for them.
 
     fn validate(settings: &SqliteSettings) -> PluginResult<()> {
         if settings.uri.trim().is_empty() {
-            return Err(PluginError::config("`uri` must name the bus database file").with_key("uri"));
+            return Err(
+                PluginError::config("`uri` must name the bus database file").with_key("uri")
+            );
         }
         if settings.poll_interval_ms == 0 {
-            return Err(
-                PluginError::config("`poll_interval_ms` must be at least 1").with_key("poll_interval_ms")
-            );
+            return Err(PluginError::config("`poll_interval_ms` must be at least 1")
+                .with_key("poll_interval_ms"));
         }
         Ok(())
     }
 
     fn new(settings: SqliteSettings, context: &Context) -> PluginResult<Self> {
-        let uri = settings.uri.strip_prefix("sqlite://").unwrap_or(&settings.uri);
+        let uri = settings
+            .uri
+            .strip_prefix("sqlite://")
+            .unwrap_or(&settings.uri);
         Ok(SqliteConsumer {
             bus: BusFile::new(context.resolve_path(uri)),
             poll_interval: Duration::from_millis(settings.poll_interval_ms),

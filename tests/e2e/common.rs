@@ -1,0 +1,102 @@
+//! Helpers shared by the end-to-end tests.
+
+use buslink_testkit::{build_dir, shared_dir, TestDir};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+/// The fixture bus written by the real Hermes server.
+pub fn fixture_bus() -> PathBuf {
+    shared_dir().join("fixtures/hermes/bus.sqlite")
+}
+
+/// One line of `bus-index.txt`: msgid, category, type, objtype.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexRow {
+    pub msgid: i64,
+    pub category: String,
+    pub eventtype: String,
+    pub objtype: Option<String>,
+}
+
+/// The fixture bus's index, as captured with the real system.
+pub fn fixture_index() -> Vec<IndexRow> {
+    let text = std::fs::read_to_string(shared_dir().join("fixtures/hermes/bus-index.txt"))
+        .expect("bus-index.txt is readable");
+    text.lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| {
+            let fields: Vec<&str> = line.split(" | ").map(str::trim).collect();
+            IndexRow {
+                msgid: fields[0].parse().expect("msgid is a number"),
+                category: fields[3].to_owned(),
+                eventtype: fields[4].to_owned(),
+                objtype: Some(fields[5].to_owned()).filter(|t| t != "-"),
+            }
+        })
+        .collect()
+}
+
+/// A config for the sqlite plugin on `bus`, with `consumer_extra` lines in `[consumer]` and
+/// `rest` appended (handlers, commit). Written to `dir/buslink.toml`.
+pub fn sqlite_config(dir: &TestDir, bus: &Path, consumer_extra: &str, rest: &str) -> PathBuf {
+    let text = format!(
+        r#"state_dir = "state"
+plugin_dirs = ["{plugins}"]
+
+[consumer]
+name = "test"
+plugin = "sqlite"
+class = "SqliteConsumer"
+timeout_ms = 200
+{consumer_extra}
+
+[consumer.settings]
+uri = "{bus}"
+poll_interval_ms = 10
+
+{rest}
+"#,
+        plugins = build_dir().display(),
+        bus = bus.display(),
+    );
+    dir.write("buslink.toml", text)
+}
+
+/// A jsonl handler writing to `out/NAME.jsonl`, with an optional match.
+pub fn jsonl_handler(name: &str, match_clause: &str) -> String {
+    let match_line = if match_clause.is_empty() {
+        String::new()
+    } else {
+        format!("match = {match_clause}\n")
+    };
+    format!("[[handlers]]\nname = \"{name}\"\ntype = \"jsonl\"\npath = \"out/{name}.jsonl\"\n{match_line}")
+}
+
+/// The JSON lines of a jsonl output file (none when it does not exist).
+pub fn read_lines(dir: &TestDir, relative: &str) -> Vec<Value> {
+    dir.read(relative)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("bad line {line:?}: {e}")))
+        .collect()
+}
+
+/// The integer offsets of event lines.
+pub fn offsets(lines: &[Value]) -> Vec<i64> {
+    lines
+        .iter()
+        .map(|line| line["offset"].as_i64().expect("integer offset"))
+        .collect()
+}
+
+/// The consumer's offset cache file, parsed.
+pub fn read_cache(dir: &TestDir) -> Value {
+    let text = dir.read("state/test.offsets.json");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("cache {text:?}: {e}"))
+}
+
+/// How many lines a file has now.
+pub fn count_lines(path: &Path) -> usize {
+    std::fs::read_to_string(path)
+        .map(|text| text.lines().count())
+        .unwrap_or(0)
+}

@@ -1,0 +1,238 @@
+//! Bad configs: each gets one clear error naming the file, the line and the key, exit code 2.
+
+use crate::common::*;
+use buslink_testkit::process::run_once;
+use buslink_testkit::{build_dir, TestDir};
+
+/// A valid config; each case below breaks one thing in it.
+fn good_config() -> String {
+    format!(
+        r#"state_dir = "state"
+plugin_dirs = ["{plugins}"]
+
+[consumer]
+name = "test"
+plugin = "sqlite"
+class = "SqliteConsumer"
+timeout_ms = 100
+
+[consumer.settings]
+uri = "{bus}"
+
+[[handlers]]
+name = "archive"
+type = "jsonl"
+path = "out/all.jsonl"
+"#,
+        plugins = build_dir().display(),
+        bus = fixture_bus().display(),
+    )
+}
+
+#[test]
+fn the_good_config_works() {
+    let dir = TestDir::new("good-config");
+    let config = dir.write("buslink.toml", good_config());
+    let run = run_once(&config);
+    assert_eq!(run.code(), Some(0), "{run}");
+}
+
+#[test]
+fn each_bad_config_gets_a_clear_error_naming_line_and_key() {
+    // (what is broken, replace this, with that, expected texts in the error)
+    let cases: &[(&str, &str, &str, &[&str])] = &[
+        (
+            "unknown top-level key",
+            "state_dir =",
+            "stat_dir = 1\nstate_dir =",
+            &["buslink.toml:1:", "unknown field `stat_dir`"],
+        ),
+        (
+            "unknown consumer key",
+            "timeout_ms = 100",
+            "timeout = 100",
+            &["buslink.toml:8:", "unknown field `timeout`"],
+        ),
+        (
+            "missing class",
+            "class = \"SqliteConsumer\"\n",
+            "",
+            &["missing field `class`"],
+        ),
+        (
+            "wrong type",
+            "timeout_ms = 100",
+            "timeout_ms = \"soon\"",
+            &["buslink.toml:8:", "timeout_ms"],
+        ),
+        (
+            "bad start",
+            "timeout_ms = 100",
+            "timeout_ms = 100\nstart = true",
+            &[
+                "buslink.toml:9:",
+                "consumer.start",
+                "expected \"beginning\", \"end\" or an offset",
+            ],
+        ),
+        (
+            "bad consumer name",
+            "name = \"test\"",
+            "name = \"../escape\"",
+            &[
+                "buslink.toml:5:",
+                "consumer.name",
+                "not a valid consumer name",
+            ],
+        ),
+        (
+            "unknown handler key",
+            "path = \"out/all.jsonl\"",
+            "path = \"out/all.jsonl\"\nformat = \"x\"",
+            &["buslink.toml:17:", "unknown field `format`"],
+        ),
+        (
+            "unknown handler type",
+            "type = \"jsonl\"",
+            "type = \"kafka\"",
+            &[
+                "buslink.toml:15:",
+                "handlers[0].type",
+                "unknown handler type 'kafka'",
+            ],
+        ),
+        (
+            "jsonl without path",
+            "path = \"out/all.jsonl\"\n",
+            "",
+            &["handlers[0].path", "needs a `path`"],
+        ),
+        (
+            "bad match key",
+            "path = \"out/all.jsonl\"",
+            "path = \"out/all.jsonl\"\nmatch = { objtyp = \"x\" }",
+            &["buslink.toml:17:", "unknown field `objtyp`"],
+        ),
+        (
+            "no handlers",
+            "[[handlers]]\nname = \"archive\"\ntype = \"jsonl\"\npath = \"out/all.jsonl\"\n",
+            "",
+            &["handlers", "no [[handlers]]"],
+        ),
+        (
+            "unknown plugin setting",
+            "[consumer.settings]\n",
+            "[consumer.settings]\nurii = \"x\"\n",
+            &[
+                "buslink.toml:11:",
+                "consumer.settings.urii",
+                "unknown field `urii`",
+            ],
+        ),
+        (
+            "plugin setting of the wrong type",
+            "[consumer.settings]\n",
+            "[consumer.settings]\npoll_interval_ms = \"fast\"\n",
+            &["buslink.toml:11:", "consumer.settings.poll_interval_ms"],
+        ),
+        (
+            "plugin setting rejected by its validator",
+            "[consumer.settings]\n",
+            "[consumer.settings]\npoll_interval_ms = 0\n",
+            &[
+                "buslink.toml:11:",
+                "consumer.settings.poll_interval_ms",
+                "at least 1",
+            ],
+        ),
+        (
+            "unknown class",
+            "class = \"SqliteConsumer\"",
+            "class = \"KafkaConsumer\"",
+            &[
+                "buslink.toml:7:",
+                "consumer.class",
+                "no consumer class 'KafkaConsumer'",
+                "SqliteConsumer",
+            ],
+        ),
+        (
+            "zero batch size",
+            "timeout_ms = 100",
+            "timeout_ms = 100\nbatch_size = 0",
+            &["buslink.toml:9:", "consumer.batch_size", "at least 1"],
+        ),
+        (
+            "not TOML at all",
+            "[consumer]",
+            "[consumer",
+            &["buslink.toml:4:"],
+        ),
+    ];
+    for (what, from, to, expected) in cases {
+        let text = good_config();
+        assert!(
+            text.contains(from),
+            "{what}: {from:?} is in the good config"
+        );
+        let dir = TestDir::new("bad-config");
+        let config = dir.write("buslink.toml", text.replacen(from, to, 1));
+        let run = run_once(&config);
+        assert_eq!(run.code(), Some(2), "{what}: {run}");
+        for text in *expected {
+            assert!(
+                run.stderr.contains(text),
+                "{what}: expected {text:?} in:\n{run}"
+            );
+        }
+        assert!(
+            run.stderr.contains(&config.to_string_lossy().to_string()),
+            "{what}: the file is named:\n{run}"
+        );
+        assert!(!dir.join("state").exists(), "{what}: nothing consumed");
+    }
+}
+
+#[test]
+fn a_missing_config_file_is_named() {
+    let dir = TestDir::new("no-config");
+    let path = dir.join("absent.toml");
+    let run = run_once(&path);
+    assert_eq!(run.code(), Some(2), "{run}");
+    assert!(
+        run.stderr.contains(&path.to_string_lossy().to_string()),
+        "{run}"
+    );
+    assert!(run.stderr.contains("cannot read config file"), "{run}");
+}
+
+#[test]
+fn a_corrupt_offset_cache_stops_the_daemon_clearly() {
+    let dir = TestDir::new("corrupt-cache");
+    let config = dir.write("buslink.toml", good_config());
+    let cache = dir.write(
+        "state/test.offsets.json",
+        "{\"version\": 1, \"consumer\": \"te",
+    );
+    let run = run_once(&config);
+    assert_eq!(run.code(), Some(1), "{run}");
+    assert!(
+        run.stderr.contains(&cache.to_string_lossy().to_string()),
+        "{run}"
+    );
+    assert!(run.stderr.contains("corrupt"), "{run}");
+    assert!(
+        run.stderr.contains("refusing to start from scratch"),
+        "{run}"
+    );
+    assert_eq!(
+        count_lines(&dir.join("out/all.jsonl")),
+        0,
+        "nothing consumed"
+    );
+    // The cache was left as it was, for a person to look at.
+    assert_eq!(
+        dir.read("state/test.offsets.json"),
+        "{\"version\": 1, \"consumer\": \"te"
+    );
+}

@@ -1,0 +1,8 @@
+//! End-to-end tests: the real `buslink` binary, real plugin libraries, real files.
+//!
+//! Build the workspace first (`cargo build --workspace`); the README's test command does.
+
+mod common;
+mod config_errors;
+mod loading;
+mod sqlite_bus;

@@ -1,0 +1,11 @@
+//! Support for buslink's end-to-end tests, benchmarks and demo: find the built binary and
+//! plugins, give each test a fresh directory, run `buslink` with a bounded life, and write
+//! Hermes sqlite buses like the real Hermes server does.
+
+pub mod bus;
+pub mod process;
+pub mod workspace;
+
+pub use bus::{hermes_events, HermesBusWriter};
+pub use process::{Daemon, RunOutput};
+pub use workspace::{build_dir, buslink_bin, shared_dir, workspace_root, TestDir};
