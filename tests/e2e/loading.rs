@@ -252,6 +252,11 @@ fn events_handled_before_a_panic_are_committed_and_the_panic_does_not_abort() {
     let run = run_once(&config);
     assert_eq!(run.code(), Some(1), "{run}");
     assert!(run.stderr.contains("in poll()"), "{run}");
+    // Poisoned: the host's later close() is refused, and says why.
+    assert!(
+        run.stderr.contains("unusable after it panicked in poll()"),
+        "{run}"
+    );
     assert_eq!(
         offsets(&read_lines(&dir, "out/all.jsonl")),
         vec![1, 2, 3, 4, 5]

@@ -4,5 +4,6 @@
 
 mod common;
 mod config_errors;
+mod durability;
 mod loading;
 mod sqlite_bus;

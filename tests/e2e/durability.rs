@@ -1,0 +1,161 @@
+//! Durability: commit cadence, crashes at any instant, and clean stops on either signal.
+
+use crate::common::*;
+use buslink_testkit::process::run_once;
+use buslink_testkit::{hermes_events, Daemon, HermesBusWriter, TestDir};
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn bus_with(dir: &TestDir, events: usize) -> std::path::PathBuf {
+    let bus = dir.join("bus.sqlite");
+    HermesBusWriter::open(&bus)
+        .and_then(|mut writer| writer.append_all(hermes_events(events)))
+        .expect("bus written");
+    bus
+}
+
+#[test]
+fn a_kill_at_any_instant_leaves_a_valid_cache_and_loses_nothing() {
+    let dir = TestDir::new("sigkill");
+    let total = 3000;
+    let bus = bus_with(&dir, total);
+    let config = sqlite_config(
+        &dir,
+        &bus,
+        "batch_size = 7",
+        &(jsonl_handler("all", "") + "[commit]\nevery_events = 1\n"),
+    );
+    let out = dir.join("out/all.jsonl");
+    let mut daemon = Daemon::run(&config);
+    daemon.wait_for("some commits", LIMIT, |_| count_lines(&out) >= 100);
+    daemon.signal(libc::SIGKILL);
+    let killed = daemon.finish(LIMIT);
+    assert_eq!(killed.code(), None, "killed by the signal: {killed}");
+
+    // The cache is complete JSON, and never ahead of what the handler wrote.
+    let cache = read_cache(&dir);
+    let committed = cache["last_offset"]["int"].as_i64().expect("an int offset");
+    let handled = offsets(&read_lines_tolerant(&dir));
+    assert!(
+        committed >= 1 && committed as usize <= handled.len(),
+        "committed {committed}, handled {}",
+        handled.len()
+    );
+    assert_eq!(
+        handled[..committed as usize],
+        (1..=committed).collect::<Vec<_>>()[..]
+    );
+
+    // The restart delivers everything after the commit: nothing is lost (events between the
+    // commit and the kill come twice: at-least-once).
+    std::fs::remove_file(&out).expect("reset output");
+    let run = run_once(&sqlite_config(&dir, &bus, "", &jsonl_handler("all", "")));
+    assert_eq!(run.code(), Some(0), "{run}");
+    assert_eq!(
+        offsets(&read_lines(&dir, "out/all.jsonl")),
+        ((committed + 1)..=total as i64).collect::<Vec<_>>()
+    );
+}
+
+/// The output lines, ignoring a last line torn by the kill.
+fn read_lines_tolerant(dir: &TestDir) -> Vec<serde_json::Value> {
+    dir.read("out/all.jsonl")
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
+}
+
+#[test]
+fn the_cache_is_committed_on_the_time_cadence_while_running() {
+    let dir = TestDir::new("cadence");
+    let bus = bus_with(&dir, 25);
+    let config = sqlite_config(
+        &dir,
+        &bus,
+        "",
+        &(jsonl_handler("all", "") + "[commit]\nevery_events = 1000000\nevery_ms = 100\n"),
+    );
+    let mut daemon = Daemon::run(&config);
+    let cache = dir.join("state/test.offsets.json");
+    daemon.wait_for("a commit by time", LIMIT, |_| {
+        std::fs::read_to_string(&cache).is_ok_and(|text| text.contains("\"int\": 25"))
+    });
+    let run = daemon.terminate(LIMIT);
+    assert_eq!(run.code(), Some(0), "{run}");
+}
+
+#[test]
+fn sigint_stops_cleanly_and_commits() {
+    let dir = TestDir::new("sigint");
+    let bus = bus_with(&dir, 40);
+    let config = sqlite_config(
+        &dir,
+        &bus,
+        "",
+        &(jsonl_handler("all", "") + "[commit]\nevery_events = 1000000\nevery_ms = 3600000\n"),
+    );
+    let out = dir.join("out/all.jsonl");
+    let mut daemon = Daemon::run(&config);
+    daemon.wait_for("all events handled", LIMIT, |_| count_lines(&out) >= 40);
+    assert!(
+        !dir.join("state/test.offsets.json").exists(),
+        "no commit before the stop"
+    );
+    daemon.signal(libc::SIGINT);
+    let run = daemon.finish(LIMIT);
+    assert_eq!(run.code(), Some(0), "{run}");
+    assert!(run.stderr.contains("stop requested"), "{run}");
+    assert_eq!(
+        read_cache(&dir)["last_offset"]["int"],
+        40,
+        "committed on stop"
+    );
+}
+
+#[test]
+fn offsets_outside_the_bus_are_refused_with_the_valid_range() {
+    let dir = TestDir::new("range");
+    let config = sqlite_config(
+        &dir,
+        &fixture_bus(),
+        "start = 500",
+        &jsonl_handler("all", ""),
+    );
+    let run = run_once(&config);
+    assert_eq!(run.code(), Some(1), "{run}");
+    for text in [
+        "offset 500 is not on bus",
+        "valid offsets are 1 to 164",
+        "seek()",
+    ] {
+        assert!(run.stderr.contains(text), "expected {text:?}:\n{run}");
+    }
+    let strings = sqlite_config(
+        &dir,
+        &fixture_bus(),
+        "start = \"abc\"",
+        &jsonl_handler("all", ""),
+    );
+    let run = run_once(&strings);
+    assert_eq!(run.code(), Some(1), "{run}");
+    assert!(run.stderr.contains("offsets are integers"), "{run}");
+    assert_eq!(count_lines(&dir.join("out/all.jsonl")), 0);
+}
+
+#[test]
+fn a_cached_offset_that_was_purged_is_an_error_not_a_silent_skip() {
+    let dir = TestDir::new("purged-cache");
+    let bus = bus_with(&dir, 30);
+    let config = sqlite_config(&dir, &bus, "", &jsonl_handler("all", ""));
+    let first = run_once(&config);
+    assert_eq!(first.code(), Some(0), "{first}");
+    // Consumer stopped at 30; the producer writes 10 more and purges through 35.
+    let mut writer = HermesBusWriter::open(&bus).expect("bus");
+    writer.append_all(hermes_events(10)).expect("append");
+    writer.purge_through(35).expect("purge");
+    let run = run_once(&config);
+    assert_eq!(run.code(), Some(1), "{run}");
+    assert!(run.stderr.contains("offset 31 is not on bus"), "{run}");
+    assert!(run.stderr.contains("events before 36 were purged"), "{run}");
+}
