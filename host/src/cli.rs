@@ -1,7 +1,7 @@
 //! The command line.
 
 use crate::logging::LogFormat;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 /// buslink: consume a message bus through a plugin and replay its events to handlers.
@@ -28,5 +28,83 @@ pub enum Command {
         /// Drain what is on the bus now, commit, and exit.
         #[arg(long)]
         once: bool,
+    },
+    /// Validate a config and everything it names, without consuming; list every problem.
+    Check {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Also open the bus and close it.
+        #[arg(long)]
+        connect: bool,
+    },
+    /// List the plugin libraries in directories (default: the config's plugin_dirs).
+    Plugins(PluginsArgs),
+    /// Show or move a consumer's committed offset (refused while its daemon runs).
+    Offsets {
+        #[command(subcommand)]
+        action: OffsetsAction,
+    },
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct PluginsArgs {
+    #[command(subcommand)]
+    pub command: Option<PluginsCommand>,
+    /// Directories to list.
+    pub dirs: Vec<PathBuf>,
+    /// List the plugin_dirs of this config.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PluginsCommand {
+    /// Print the settings documentation of a plugin's class.
+    Describe {
+        /// The plugin (a name looked up in the directories, or a path).
+        name: String,
+        /// The class.
+        class: String,
+        /// Directories to look in.
+        #[arg(long = "dir")]
+        dirs: Vec<PathBuf>,
+        /// Look in the plugin_dirs of this config.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OffsetsAction {
+    /// Print the committed offset.
+    Show {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print the cache record as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make the next start begin at OFFSET.
+    Set {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// An integer, a float or a string offset.
+        offset: String,
+        /// Take OFFSET as a string even if it looks like a number.
+        #[arg(long)]
+        string: bool,
+    },
+    /// Forget the committed offset: the next start uses the config's `start`.
+    Reset {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
     },
 }

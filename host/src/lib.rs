@@ -2,11 +2,13 @@
 //! benchmarks can drive the same code. See ARCHITECTURE.md for the map.
 
 pub mod cli;
+pub mod commands;
 pub mod config;
+pub mod dead_letter;
 pub mod handlers;
+pub mod lock;
 pub mod logging;
 pub mod offsets;
 pub mod pipeline;
 pub mod plugin;
-pub mod run;
 pub mod shutdown;

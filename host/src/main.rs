@@ -1,20 +1,47 @@
 //! The `buslink` daemon. See ARCHITECTURE.md for the map.
 
-use buslink::{cli, logging, run};
+use buslink::cli::{Cli, Command, OffsetsAction, PluginsCommand};
+use buslink::commands::{check, offsets, plugins, run, AppError};
+use buslink::logging;
 use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = Cli::parse();
     logging::init(&cli.log_level, cli.log_format);
-    let result = match &cli.command {
-        cli::Command::Run { config, once } => run::run(config, *once),
-    };
-    match result {
+    match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!("{error}");
+            // One error line per problem, each with the file, key or plugin it is about.
+            for line in error.to_string().lines() {
+                tracing::error!("{line}");
+            }
             ExitCode::from(error.exit_code())
         }
+    }
+}
+
+fn dispatch(command: Command) -> Result<(), AppError> {
+    match command {
+        Command::Run { config, once } => run::run(&config, once),
+        Command::Check { config, connect } => check::check(&config, connect),
+        Command::Plugins(args) => match args.command {
+            Some(PluginsCommand::Describe {
+                name,
+                class,
+                dirs,
+                config,
+            }) => plugins::describe(&name, &class, &dirs, config.as_deref()),
+            None => plugins::list(&args.dirs, args.config.as_deref(), args.json),
+        },
+        Command::Offsets { action } => match action {
+            OffsetsAction::Show { config, json } => offsets::show(&config, json),
+            OffsetsAction::Set {
+                config,
+                offset,
+                string,
+            } => offsets::set(&config, &offset, string),
+            OffsetsAction::Reset { config } => offsets::reset(&config),
+        },
     }
 }

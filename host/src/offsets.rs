@@ -53,15 +53,27 @@ pub struct OffsetRecord {
     pub version: u32,
     /// The consumer's name (the cache is keyed by it).
     pub consumer: String,
-    /// The offset of the last event every matching handler accepted.
-    pub last_offset: Offset,
-    /// The offset of the next event, when the bus defines it (Hermes' `nextoffset`).
+    /// The offset of the last event every matching handler accepted; a restart resumes
+    /// strictly after it. Absent after `buslink offsets set`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_offset: Option<Offset>,
+    /// The offset of the next event, when the bus defines it (Hermes' `nextoffset`). Without a
+    /// `last_offset`, a restart starts at it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_offset: Option<Offset>,
     /// How many events were handled since the cache was created.
     pub events_handled: u64,
     /// When this record was written.
     pub updated_at: DateTime<Utc>,
+}
+
+/// Where a restart begins.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ResumePoint {
+    /// Strictly after this offset (the last event handled).
+    After(Offset),
+    /// At this offset (set by an operator).
+    At(Offset),
 }
 
 /// The cache file of one consumer.
@@ -173,10 +185,31 @@ impl OffsetCache {
         Ok(())
     }
 
+    /// Where a consumer with this record resumes.
+    pub fn resume_point(record: &OffsetRecord) -> Option<ResumePoint> {
+        match (&record.last_offset, &record.next_offset) {
+            (Some(last), _) => Some(ResumePoint::After(last.clone())),
+            (None, Some(next)) => Some(ResumePoint::At(next.clone())),
+            (None, None) => None,
+        }
+    }
+
+    /// Removes the cache: the next start uses the configured `start`.
+    pub fn remove(&self) -> Result<bool, CacheError> {
+        match fs::remove_file(&self.path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(source) => Err(CacheError::Write {
+                path: self.path.clone(),
+                source,
+            }),
+        }
+    }
+
     /// A record for this consumer, stamped now.
     pub fn record(
         &self,
-        last_offset: Offset,
+        last_offset: Option<Offset>,
         next_offset: Option<Offset>,
         events_handled: u64,
     ) -> OffsetRecord {
@@ -200,7 +233,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = OffsetCache::new(&dir.path().join("state"), "demo");
         assert_eq!(cache.load().unwrap(), None);
-        let record = cache.record(Offset::Int(163), Some(Offset::Int(164)), 163);
+        let record = cache.record(Some(Offset::Int(163)), Some(Offset::Int(164)), 163);
         cache.commit(&record).unwrap();
         assert_eq!(cache.load().unwrap(), Some(record));
         let text = fs::read_to_string(cache.path()).unwrap();
@@ -223,7 +256,7 @@ mod tests {
         ));
         let other = OffsetCache::new(dir.path(), "other");
         other
-            .commit(&other.record(Offset::Int(1), None, 1))
+            .commit(&other.record(Some(Offset::Int(1)), None, 1))
             .unwrap();
         fs::rename(other.path(), cache.path()).unwrap();
         assert!(matches!(

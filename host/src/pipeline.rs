@@ -10,9 +10,10 @@
 //! returned `Ok` for its event and every handler synced (at-least-once delivery: after a crash
 //! or a handler failure, events after the last commit are delivered again).
 
-use crate::config::{CommitPolicy, StartPosition};
+use crate::config::{CommitPolicy, FailurePolicy, StartPosition};
+use crate::dead_letter::DeadLetterFile;
 use crate::handlers::{ConfiguredHandler, DispatchedEvent};
-use crate::offsets::{CacheError, OffsetCache, OffsetRecord};
+use crate::offsets::{CacheError, OffsetCache, OffsetRecord, ResumePoint};
 use crate::plugin::{ConsumerError, PluginConsumer};
 use crate::shutdown::Shutdown;
 use buslink_plugin_api::{EventBatch, Offset, PollStatus};
@@ -35,6 +36,38 @@ pub struct PipelineOptions {
     /// The first wait after a transient bus error; doubles up to `max_backoff`.
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
+    /// How often to log a progress line (`None`: never).
+    pub stats_interval: Option<Duration>,
+}
+
+/// The periodic progress line: events/s, total, last committed offset.
+struct Progress {
+    interval: Option<Duration>,
+    since: Instant,
+    handled_then: u64,
+}
+
+impl Progress {
+    fn report_if_due(&mut self, committer: &Committer<'_>) {
+        let Some(interval) = self.interval else {
+            return;
+        };
+        let elapsed = self.since.elapsed();
+        if elapsed < interval {
+            return;
+        }
+        let handled = committer.handled_total;
+        let rate = (handled - self.handled_then) as f64 / elapsed.as_secs_f64();
+        let last = committer
+            .last_committed
+            .as_ref()
+            .map_or_else(|| "none".to_owned(), |offset| offset.to_string());
+        tracing::info!(
+            "progress: {rate:.1} events/s, {handled} events in total, last committed offset {last}"
+        );
+        self.since = Instant::now();
+        self.handled_then = handled;
+    }
 }
 
 /// Why the pipeline stopped with an error.
@@ -42,12 +75,21 @@ pub struct PipelineOptions {
 pub enum PipelineError {
     #[error("{0}")]
     Consumer(#[from] ConsumerError),
-    #[error("handler '{handler}' failed on the event at offset {offset}: {message}; offset not committed, the event will be delivered again at the next start")]
+    #[error("handler '{handler}' failed on the event at offset {offset} after {attempts} attempt(s): {message}; offset not committed, the event will be delivered again at the next start")]
     Handler {
         handler: String,
         offset: String,
+        attempts: u32,
         message: String,
     },
+    #[error("dead-letter file {}: {message}", .path.display())]
+    DeadLetter {
+        path: std::path::PathBuf,
+        message: String,
+    },
+    /// A stop was asked for while a handler was being retried: the event was not handled.
+    #[error("stopped while retrying handler '{handler}' on offset {offset}")]
+    Interrupted { handler: String, offset: String },
     #[error("handler '{handler}': {message}")]
     HandlerSync { handler: String, message: String },
     #[error("{0}")]
@@ -77,14 +119,15 @@ enum ReaderMessage {
     Failed(ConsumerError),
 }
 
-/// Positions the consumer: after the cached offset, else at the configured start.
+/// Positions the consumer: at the resume point, else at the configured start.
 fn position(
     consumer: &mut PluginConsumer,
-    resume_after: Option<&Offset>,
+    resume: Option<&ResumePoint>,
     start: &StartPosition,
 ) -> Result<(), ConsumerError> {
-    match (resume_after, start) {
-        (Some(offset), _) => consumer.seek_after(offset),
+    match (resume, start) {
+        (Some(ResumePoint::After(offset)), _) => consumer.seek_after(offset),
+        (Some(ResumePoint::At(offset)), _) => consumer.seek(offset),
         (None, StartPosition::Beginning) => consumer.seek_to_beginning(),
         (None, StartPosition::End) => consumer.seek_to_end(),
         (None, StartPosition::At(offset)) => consumer.seek(offset),
@@ -95,7 +138,7 @@ fn position(
 /// asked for (`Ok(false)`).
 fn connect(
     consumer: &mut PluginConsumer,
-    resume_after: Option<&Offset>,
+    resume: Option<&ResumePoint>,
     options: &PipelineOptions,
     shutdown: &Shutdown,
 ) -> Result<bool, ConsumerError> {
@@ -104,7 +147,7 @@ fn connect(
         let attempt = consumer
             .open()
             .and_then(|()| consumer.set_timeout(Some(options.timeout)))
-            .and_then(|()| position(consumer, resume_after, &options.start));
+            .and_then(|()| position(consumer, resume, &options.start));
         match attempt {
             Ok(()) => return Ok(true),
             Err(error) if error.error.kind().is_transient() && !options.once => {
@@ -122,19 +165,20 @@ fn connect(
 
 fn read_loop(
     mut consumer: PluginConsumer,
-    resume_after: Option<Offset>,
+    resume: Option<ResumePoint>,
     options: PipelineOptions,
     shutdown: Shutdown,
     full: SyncSender<ReaderMessage>,
     empty: Receiver<EventBatch>,
 ) -> PluginConsumer {
-    let mut last_read = resume_after;
+    // Where to resume after a reconnection: after the last event read, else the start point.
+    let mut resume = resume;
     let mut spare: Option<EventBatch> = None;
     let finish = |message| {
         // The dispatcher may be gone already (it stopped on an error): nothing to tell it.
         let _ = full.send(message);
     };
-    match connect(&mut consumer, last_read.as_ref(), &options, &shutdown) {
+    match connect(&mut consumer, resume.as_ref(), &options, &shutdown) {
         Ok(true) => tracing::info!(
             "plugin '{}' class '{}' open and positioned; consuming",
             consumer.plugin(),
@@ -161,7 +205,9 @@ fn read_loop(
                 backoff = options.initial_backoff;
                 let last = batch.last().map(|event| event.offset);
                 let next_after_last = last.and_then(|offset| consumer.next_offset(offset));
-                last_read = last.map(|offset| offset.to_owned());
+                if let Some(last) = last {
+                    resume = Some(ResumePoint::After(last.to_owned()));
+                }
                 let message = ReaderMessage::Batch {
                     batch,
                     next_after_last,
@@ -189,7 +235,7 @@ fn read_loop(
                     break;
                 }
                 backoff = (backoff * 2).min(options.max_backoff);
-                match connect(&mut consumer, last_read.as_ref(), &options, &shutdown) {
+                match connect(&mut consumer, resume.as_ref(), &options, &shutdown) {
                     Ok(true) => {}
                     Ok(false) => break,
                     Err(error) => {
@@ -241,7 +287,9 @@ impl Committer<'_> {
                     message: e.message,
                 })?;
         }
-        let record: OffsetRecord = self.cache.record(last.clone(), next, self.handled_total);
+        let record: OffsetRecord = self
+            .cache
+            .record(Some(last.clone()), next, self.handled_total);
         self.cache.commit(&record)?;
         tracing::debug!("committed offset {last}");
         self.last_committed = Some(last);
@@ -258,6 +306,7 @@ pub fn run(
     cached: Option<OffsetRecord>,
     handlers: &mut [ConfiguredHandler],
     cache: &OffsetCache,
+    dead_letters: &mut DeadLetterFile,
     options: PipelineOptions,
     shutdown: &Shutdown,
 ) -> Result<RunSummary, PipelineError> {
@@ -266,7 +315,7 @@ pub fn run(
     for _ in 0..options.queue_batches + 1 {
         let _ = empty_tx.send(EventBatch::new(options.batch_size, options.batch_bytes));
     }
-    let resume_after = cached.as_ref().map(|record| record.last_offset.clone());
+    let resume = cached.as_ref().and_then(OffsetCache::resume_point);
     let mut committer = Committer {
         cache,
         policy: options.commit,
@@ -274,20 +323,28 @@ pub fn run(
         pending: None,
         pending_count: 0,
         pending_since: None,
-        last_committed: resume_after.clone(),
+        last_committed: cached
+            .as_ref()
+            .and_then(|record| record.last_offset.clone()),
     };
     let reader = {
         let shutdown = shutdown.clone();
         let options = options.clone();
         thread::Builder::new()
             .name("consumer".into())
-            .spawn(move || read_loop(consumer, resume_after, options, shutdown, full_tx, empty_rx))
+            .spawn(move || read_loop(consumer, resume, options, shutdown, full_tx, empty_rx))
             .map_err(|_| PipelineError::ReaderLost)?
     };
 
     let mut summary = RunSummary::default();
     let tick = Duration::from_millis(options.commit.every_ms.clamp(10, 200));
+    let mut progress = Progress {
+        interval: options.stats_interval,
+        since: Instant::now(),
+        handled_then: committer.handled_total,
+    };
     let outcome: Result<(), PipelineError> = loop {
+        progress.report_if_due(&committer);
         let message = match full_rx.recv_timeout(tick) {
             Ok(message) => message,
             Err(RecvTimeoutError::Timeout) => {
@@ -306,7 +363,12 @@ pub fn run(
                 batch,
                 next_after_last,
             } => {
-                let result = dispatch_batch(&batch, next_after_last, handlers, &mut committer);
+                let mut dispatcher = Dispatcher {
+                    handlers: &mut *handlers,
+                    dead_letters: &mut *dead_letters,
+                    shutdown,
+                };
+                let result = dispatcher.dispatch_batch(&batch, next_after_last, &mut committer);
                 let _ = empty_tx.send(batch);
                 if let Err(error) = result {
                     break Err(error);
@@ -329,7 +391,12 @@ pub fn run(
     drop(full_rx);
     drop(empty_tx);
     shutdown_reader(reader, shutdown);
-    outcome?;
+    match outcome {
+        Err(PipelineError::Interrupted { handler, offset }) => {
+            tracing::warn!("stopped while retrying handler '{handler}'; offset {offset} not committed, it will be delivered again");
+        }
+        other => other?,
+    }
     final_commit?;
     summary.events_handled = committer.handled_total;
     summary.last_committed = committer.last_committed;
@@ -353,54 +420,139 @@ fn shutdown_reader(reader: thread::JoinHandle<PluginConsumer>, shutdown: &Shutdo
     }
 }
 
-/// Hands every event of the batch to the handlers that match it, stopping at the first
-/// failure; records the last fully handled event for the next commit.
-fn dispatch_batch(
-    batch: &EventBatch,
-    next_after_last: Option<Offset>,
-    handlers: &mut [ConfiguredHandler],
-    committer: &mut Committer<'_>,
-) -> Result<(), PipelineError> {
-    let mut handled = 0;
-    let mut outcome = Ok(());
-    'events: for event in batch.iter() {
-        let dispatched = DispatchedEvent::new(event);
-        for handler in handlers.iter_mut() {
-            if !handler.matcher.matches(&dispatched) {
+/// How delivering one event to one handler ended.
+enum Delivery {
+    Done,
+    Failed { error: String, attempts: u32 },
+    Interrupted,
+}
+
+/// Gives one event to one handler, retrying with exponential backoff as configured.
+fn deliver(
+    handler: &mut ConfiguredHandler,
+    event: &DispatchedEvent<'_>,
+    shutdown: &Shutdown,
+) -> Delivery {
+    let mut wait = handler.retry.base;
+    let mut attempt = 1;
+    loop {
+        match handler.handler.handle(event) {
+            Ok(()) => return Delivery::Done,
+            Err(error) if attempt >= handler.retry.attempts => {
+                return Delivery::Failed {
+                    error: error.message,
+                    attempts: attempt,
+                }
+            }
+            Err(error) => {
+                tracing::warn!(
+                    "handler '{}' failed on offset {} (attempt {attempt} of {}): {}; retrying in {} ms",
+                    handler.name,
+                    event.offset_text(),
+                    handler.retry.attempts,
+                    error.message,
+                    wait.as_millis()
+                );
+                if !shutdown.sleep(wait) {
+                    return Delivery::Interrupted;
+                }
+                wait = (wait * 2).min(handler.retry.max);
+                attempt += 1;
+            }
+        }
+    }
+}
+
+/// The handlers and what they need while dispatching.
+struct Dispatcher<'a> {
+    handlers: &'a mut [ConfiguredHandler],
+    dead_letters: &'a mut DeadLetterFile,
+    shutdown: &'a Shutdown,
+}
+
+impl Dispatcher<'_> {
+    /// Gives one event to every handler that matches it; `Err` when the event is not handled.
+    fn dispatch_event(&mut self, event: &DispatchedEvent<'_>) -> Result<(), PipelineError> {
+        for handler in self.handlers.iter_mut() {
+            if !handler.matcher.matches(event) {
                 continue;
             }
-            if let Err(error) = handler.handler.handle(&dispatched) {
-                outcome = Err(PipelineError::Handler {
-                    handler: handler.name.clone(),
-                    offset: event.offset.to_string(),
-                    message: error.message,
-                });
-                break 'events;
+            match deliver(handler, event, self.shutdown) {
+                Delivery::Done => {}
+                Delivery::Interrupted => {
+                    return Err(PipelineError::Interrupted {
+                        handler: handler.name.clone(),
+                        offset: event.offset_text(),
+                    })
+                }
+                Delivery::Failed { error, attempts } => match handler.on_failure {
+                    FailurePolicy::Stop => {
+                        return Err(PipelineError::Handler {
+                            handler: handler.name.clone(),
+                            offset: event.offset_text(),
+                            attempts,
+                            message: error,
+                        })
+                    }
+                    FailurePolicy::DeadLetter => {
+                        self.dead_letters
+                            .record(&handler.name, &error, attempts, event)
+                            .map_err(|e| PipelineError::DeadLetter {
+                                path: self.dead_letters.path().to_path_buf(),
+                                message: e.to_string(),
+                            })?;
+                        tracing::warn!(
+                            "handler '{}' gave up on offset {} after {attempts} attempt(s): {error}; recorded in {}",
+                            handler.name,
+                            event.offset_text(),
+                            self.dead_letters.path().display()
+                        );
+                    }
+                },
             }
         }
-        handled += 1;
+        Ok(())
     }
-    if handled > 0 {
-        if let Some(last) = batch.get(handled - 1) {
-            // The next event is the one after the last handled: the failed one, or what the
-            // bus says follows the batch.
-            let next = match batch.get(handled) {
-                Some(failed) => Some(failed.offset.to_owned()),
-                None => next_after_last,
-            };
-            committer.handled_total += handled as u64;
-            committer.pending_count += handled as u64;
-            committer.pending_since.get_or_insert_with(Instant::now);
-            committer.pending = Some((last.offset.to_owned(), next));
+
+    /// Hands every event of the batch to the handlers that match it, stopping at the first
+    /// event not handled; records the last fully handled event for the next commit.
+    fn dispatch_batch(
+        &mut self,
+        batch: &EventBatch,
+        next_after_last: Option<Offset>,
+        committer: &mut Committer<'_>,
+    ) -> Result<(), PipelineError> {
+        let mut handled = 0;
+        let mut outcome = Ok(());
+        for event in batch.iter() {
+            if let Err(error) = self.dispatch_event(&DispatchedEvent::new(event)) {
+                outcome = Err(error);
+                break;
+            }
+            handled += 1;
         }
-    }
-    for handler in handlers.iter_mut() {
-        if let Err(error) = handler.handler.flush() {
-            return Err(PipelineError::HandlerSync {
-                handler: handler.name.clone(),
-                message: error.message,
-            });
+        if handled > 0 {
+            if let Some(last) = batch.get(handled - 1) {
+                // The next event is the one after the last handled: the failed one, or what the
+                // bus says follows the batch.
+                let next = match batch.get(handled) {
+                    Some(failed) => Some(failed.offset.to_owned()),
+                    None => next_after_last,
+                };
+                committer.handled_total += handled as u64;
+                committer.pending_count += handled as u64;
+                committer.pending_since.get_or_insert_with(Instant::now);
+                committer.pending = Some((last.offset.to_owned(), next));
+            }
         }
+        for handler in self.handlers.iter_mut() {
+            if let Err(error) = handler.handler.flush() {
+                return Err(PipelineError::HandlerSync {
+                    handler: handler.name.clone(),
+                    message: error.message,
+                });
+            }
+        }
+        outcome
     }
-    outcome
 }

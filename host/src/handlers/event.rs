@@ -2,7 +2,7 @@
 
 use base64::Engine as _;
 use buslink_plugin_api::hermes::HermesHeader;
-use buslink_plugin_api::{Body, Event};
+use buslink_plugin_api::{Body, Event, OffsetRef};
 use chrono::SecondsFormat;
 use std::cell::OnceCell;
 
@@ -29,6 +29,16 @@ impl<'a> DispatchedEvent<'a> {
             Body::Json(text) => HermesHeader::parse(text).unwrap_or_default(),
             Body::Bytes(_) => HermesHeader::default(),
         })
+    }
+
+    /// The offset as plain text (`163`, `ev-0001`, bytes in base64), for environments and logs.
+    pub fn offset_text(&self) -> String {
+        match self.event.offset {
+            OffsetRef::Int(i) => i.to_string(),
+            OffsetRef::Float(x) => x.to_string(),
+            OffsetRef::String(s) => s.to_owned(),
+            OffsetRef::Bytes(b) => base64::engine::general_purpose::STANDARD.encode(b),
+        }
     }
 
     /// The event as one JSON line (with the trailing newline):
@@ -92,7 +102,6 @@ fn transcode_compact(text: &str, out: &mut Vec<u8>) -> Result<(), serde_json::Er
 #[cfg(test)]
 mod tests {
     use super::*;
-    use buslink_plugin_api::OffsetRef;
     use chrono::DateTime;
 
     fn event(body: Body<'_>) -> Event<'_> {

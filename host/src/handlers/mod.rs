@@ -4,15 +4,20 @@
 //! [`build`]; matching, the event line format and the commit protocol are shared.
 
 mod event;
+mod exec;
 mod filter;
+mod http;
 mod jsonl;
 mod stdout;
 
 pub use event::DispatchedEvent;
+pub use exec::resolve_program;
 pub use filter::EventMatcher;
+pub use http::displayable_url;
 
-use crate::config::{HandlerConfig, HandlerKind};
+use crate::config::{FailurePolicy, HandlerConfig, HandlerKind, RetryPolicy};
 use std::fmt;
+use std::path::Path;
 
 /// A handler failure.
 #[derive(Debug)]
@@ -50,32 +55,48 @@ pub trait Handler: Send {
     }
 }
 
-/// A configured handler: its name, its match, and the handler itself.
+/// A configured handler: its name, its match, its failure handling, and the handler itself.
 pub struct ConfiguredHandler {
     pub name: String,
     pub matcher: EventMatcher,
+    pub retry: RetryPolicy,
+    pub on_failure: FailurePolicy,
     pub handler: Box<dyn Handler>,
 }
 
-/// Builds the configured handlers (opens files, checks patterns).
-pub fn build(configs: &[HandlerConfig]) -> Result<Vec<ConfiguredHandler>, String> {
-    configs
+/// Builds one handler (opens its file, finds its command, builds its HTTP client).
+pub fn build_one(config: &HandlerConfig, base_dir: &Path) -> Result<ConfiguredHandler, String> {
+    let fail = |e: String| format!("handler '{}': {e}", config.name);
+    let matcher = EventMatcher::new(&config.filter).map_err(fail)?;
+    let handler: Box<dyn Handler> = match &config.kind {
+        HandlerKind::Stdout => Box::new(stdout::StdoutHandler::new()),
+        HandlerKind::Jsonl { path } => Box::new(jsonl::JsonlHandler::open(path).map_err(fail)?),
+        HandlerKind::Exec(exec) => {
+            Box::new(exec::ExecHandler::new(&config.name, exec, base_dir).map_err(fail)?)
+        }
+        HandlerKind::Http(http) => Box::new(http::HttpHandler::new(http).map_err(fail)?),
+    };
+    Ok(ConfiguredHandler {
+        name: config.name.clone(),
+        matcher,
+        retry: config.retry,
+        on_failure: config.on_failure,
+        handler,
+    })
+}
+
+/// Builds every configured handler; the errors of all of them.
+pub fn build(
+    configs: &[HandlerConfig],
+    base_dir: &Path,
+) -> Result<Vec<ConfiguredHandler>, Vec<String>> {
+    let (built, failed): (Vec<_>, Vec<_>) = configs
         .iter()
-        .map(|config| {
-            let matcher = EventMatcher::new(&config.filter)
-                .map_err(|e| format!("handler '{}': {e}", config.name))?;
-            let handler: Box<dyn Handler> = match &config.kind {
-                HandlerKind::Stdout => Box::new(stdout::StdoutHandler::new()),
-                HandlerKind::Jsonl { path } => Box::new(
-                    jsonl::JsonlHandler::open(path)
-                        .map_err(|e| format!("handler '{}': {e}", config.name))?,
-                ),
-            };
-            Ok(ConfiguredHandler {
-                name: config.name.clone(),
-                matcher,
-                handler,
-            })
-        })
-        .collect()
+        .map(|config| build_one(config, base_dir))
+        .partition(Result::is_ok);
+    if failed.is_empty() {
+        Ok(built.into_iter().filter_map(Result::ok).collect())
+    } else {
+        Err(failed.into_iter().filter_map(Result::err).collect())
+    }
 }

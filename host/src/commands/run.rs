@@ -1,41 +1,17 @@
 //! `buslink run`: config → plugin → consumer → pipeline.
 
-use crate::config::{Config, ConfigError, StartPosition};
+use crate::commands::AppError;
+use crate::config::{Config, ConfigErrors, StartPosition};
+use crate::dead_letter::DeadLetterFile;
 use crate::handlers;
-use crate::offsets::OffsetCache;
-use crate::pipeline::{self, PipelineError, PipelineOptions};
-use crate::plugin::{find_library, LoadError, LoadedPlugin, PluginConsumer};
+use crate::lock::ConsumerLock;
+use crate::offsets::{OffsetCache, ResumePoint};
+use crate::pipeline::{self, PipelineOptions};
+use crate::plugin::{find_library, LoadedPlugin, PluginConsumer};
 use crate::shutdown::Shutdown;
 use buslink_plugin_api::ErrorKind;
 use std::path::Path;
 use std::time::Duration;
-
-/// Why `buslink run` (or another command) could not do its job; the exit code follows from it.
-#[derive(Debug, thiserror::Error)]
-pub enum AppError {
-    #[error("{0}")]
-    Config(#[from] ConfigError),
-    #[error("{0}")]
-    Load(#[from] LoadError),
-    #[error("{0}")]
-    Runtime(String),
-}
-
-impl From<PipelineError> for AppError {
-    fn from(error: PipelineError) -> Self {
-        AppError::Runtime(error.to_string())
-    }
-}
-
-impl AppError {
-    /// 2 for config and plugin errors, 1 for failures at run time.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            AppError::Config(_) | AppError::Load(_) => 2,
-            AppError::Runtime(_) => 1,
-        }
-    }
-}
 
 /// Loads the configured plugin and builds its consumer (the plugin validates its settings).
 pub fn build_consumer(config: &Config) -> Result<(LoadedPlugin, PluginConsumer), AppError> {
@@ -56,18 +32,17 @@ pub fn build_consumer(config: &Config) -> Result<(LoadedPlugin, PluginConsumer),
             .iter()
             .map(|c| c.name.as_str())
             .collect();
-        return Err(config
-            .consumer_error(
-                "class",
-                format!(
-                    "plugin '{}' ({}) has no consumer class '{}'; it has: {}",
-                    info.name,
-                    path.display(),
-                    config.consumer.class,
-                    known.join(", ")
-                ),
-            )
-            .into());
+        return Err(ConfigErrors::from(config.consumer_error(
+            "class",
+            format!(
+                "plugin '{}' ({}) has no consumer class '{}'; it has: {}",
+                info.name,
+                path.display(),
+                config.consumer.class,
+                known.join(", ")
+            ),
+        ))
+        .into());
     }
     let consumer = plugin
         .new_consumer(
@@ -83,7 +58,9 @@ pub fn build_consumer(config: &Config) -> Result<(LoadedPlugin, PluginConsumer),
                 error.message()
             );
             match error.kind() {
-                ErrorKind::Config => AppError::Config(config.settings_error(error.key(), message)),
+                ErrorKind::Config => {
+                    AppError::Config(config.settings_error(error.key(), message).into())
+                }
                 _ => AppError::Runtime(message),
             }
         })?;
@@ -102,36 +79,38 @@ pub fn run(config_path: &Path, once: bool) -> Result<(), AppError> {
     let shutdown = Shutdown::install()
         .map_err(|e| AppError::Runtime(format!("cannot install signal handlers: {e}")))?;
     let config = Config::load(config_path)?;
+    // The plugin checks its settings before anything is written.
+    let (_plugin, consumer) = build_consumer(&config)?;
+    let _lock = ConsumerLock::acquire(&config.state_dir, &config.consumer.name)
+        .map_err(|e| AppError::Runtime(e.to_string()))?;
     let cache = OffsetCache::new(&config.state_dir, &config.consumer.name);
     let cached = cache.load().map_err(|e| AppError::Runtime(e.to_string()))?;
-    let mut handlers = handlers::build(&config.handlers).map_err(AppError::Runtime)?;
-    let (_plugin, consumer) = build_consumer(&config)?;
+    let mut handlers = handlers::build(&config.handlers, &config.base_dir)
+        .map_err(|problems| AppError::Runtime(problems.join("\n")))?;
+    let mut dead_letters = DeadLetterFile::new(&config.state_dir, &config.consumer.name);
 
-    match &cached {
-        Some(record) => match &record.next_offset {
-            Some(next) => tracing::info!(
-                "consumer '{}': resumed at offset {next} (after {}, from {})",
-                config.consumer.name,
-                record.last_offset,
-                cache.path().display()
-            ),
-            None => tracing::info!(
-                "consumer '{}': resumed after offset {} (from {})",
-                config.consumer.name,
-                record.last_offset,
-                cache.path().display()
-            ),
-        },
-        None => tracing::info!(
-            "consumer '{}': no offset cache yet; starting at {}",
-            config.consumer.name,
+    let start_text = match cached.as_ref().and_then(OffsetCache::resume_point) {
+        Some(ResumePoint::After(last)) => {
+            match cached.as_ref().and_then(|r| r.next_offset.as_ref()) {
+                Some(next) => format!("resumed at offset {next} (after {last})"),
+                None => format!("resumed after offset {last}"),
+            }
+        }
+        Some(ResumePoint::At(next)) => format!("resumed at offset {next} (set by an operator)"),
+        None => format!(
+            "no committed offset; starting at {}",
             match &config.consumer.start {
                 StartPosition::Beginning => "the beginning".to_owned(),
                 StartPosition::End => "the end".to_owned(),
                 StartPosition::At(offset) => format!("offset {offset}"),
             }
         ),
-    }
+    };
+    tracing::info!(
+        "consumer '{}': {start_text} ({})",
+        config.consumer.name,
+        cache.path().display()
+    );
 
     let options = PipelineOptions {
         once,
@@ -143,8 +122,18 @@ pub fn run(config_path: &Path, once: bool) -> Result<(), AppError> {
         start: config.consumer.start.clone(),
         initial_backoff: Duration::from_millis(200),
         max_backoff: Duration::from_secs(30),
+        stats_interval: (config.stats_interval_s > 0)
+            .then(|| Duration::from_secs(config.stats_interval_s)),
     };
-    let summary = pipeline::run(consumer, cached, &mut handlers, &cache, options, &shutdown)?;
+    let summary = pipeline::run(
+        consumer,
+        cached,
+        &mut handlers,
+        &cache,
+        &mut dead_letters,
+        options,
+        &shutdown,
+    )?;
     let last = summary
         .last_committed
         .map_or_else(|| "none".to_owned(), |offset| offset.to_string());

@@ -1,0 +1,267 @@
+//! `buslink check --config FILE [--connect]`: validates everything `run` would need, without
+//! consuming, and lists every problem found.
+
+use crate::commands::run::build_consumer;
+use crate::commands::AppError;
+use crate::config::{Config, EventFilter, HandlerConfig, HandlerKind};
+use crate::handlers::{displayable_url, resolve_program};
+use crate::plugin::{find_library, LoadedPlugin, PluginInfo};
+use buslink_plugin_api::ErrorKind;
+use std::path::Path;
+
+/// What `check` found wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .problems.join("\n"))]
+pub struct Problems {
+    pub problems: Vec<String>,
+}
+
+/// Runs every check; prints the summary when all pass.
+pub fn check(config_path: &Path, connect: bool) -> Result<(), AppError> {
+    let config = Config::load(config_path)?;
+    let mut problems = Vec::new();
+    let plugin = check_plugin(&config, &mut problems);
+    for handler in &config.handlers {
+        if let Err(problem) = check_handler(handler, &config.base_dir) {
+            problems.push(format!(
+                "{}: handler '{}': {problem}",
+                config.source.path.display(),
+                handler.name
+            ));
+        }
+    }
+    if let Err(problem) = check_writable_dir(&config.state_dir) {
+        problems.push(format!(
+            "{}: state_dir {}: {problem}",
+            config.source.path.display(),
+            config.state_dir.display()
+        ));
+    }
+    let mut connected = None;
+    if connect && problems.is_empty() {
+        match try_connect(&config) {
+            Ok(()) => connected = Some("opened and closed the bus"),
+            Err(problem) => problems.push(problem),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(AppError::Check(Problems { problems }));
+    }
+    print_summary(&config, plugin.as_ref(), connected);
+    Ok(())
+}
+
+fn check_plugin(config: &Config, problems: &mut Vec<String>) -> Option<(PluginInfo, String)> {
+    let consumer = &config.consumer;
+    let path = match find_library(&consumer.plugin, &config.base_dir, &config.plugin_dirs) {
+        Ok(path) => path,
+        Err(error) => {
+            problems.push(
+                config
+                    .consumer_error("plugin", error.to_string())
+                    .to_string(),
+            );
+            return None;
+        }
+    };
+    let plugin = match LoadedPlugin::load(&path) {
+        Ok(plugin) => plugin,
+        Err(error) => {
+            problems.push(
+                config
+                    .consumer_error("plugin", error.to_string())
+                    .to_string(),
+            );
+            return None;
+        }
+    };
+    let info = plugin.info().clone();
+    if !info
+        .consumer_classes
+        .iter()
+        .any(|c| c.name == consumer.class)
+    {
+        let known: Vec<_> = info
+            .consumer_classes
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        problems.push(
+            config
+                .consumer_error(
+                    "class",
+                    format!(
+                        "plugin '{}' has no consumer class '{}'; it has: {}",
+                        info.name,
+                        consumer.class,
+                        known.join(", ")
+                    ),
+                )
+                .to_string(),
+        );
+        return Some((info, path.display().to_string()));
+    }
+    if let Err(error) = plugin.validate_settings(&consumer.class, &consumer.settings_json) {
+        let message = format!(
+            "plugin '{}' class '{}': {}",
+            info.name,
+            consumer.class,
+            error.message()
+        );
+        problems.push(match error.kind() {
+            ErrorKind::Config => config.settings_error(error.key(), message).to_string(),
+            _ => message,
+        });
+    }
+    Some((info, path.display().to_string()))
+}
+
+/// Whether `dir` exists and is writable, or could be created.
+fn check_writable_dir(dir: &Path) -> Result<(), String> {
+    let mut existing = dir;
+    while !existing.exists() {
+        match existing.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => existing = parent,
+            _ => return Ok(()),
+        }
+    }
+    if !existing.is_dir() {
+        return Err(format!("{} is not a directory", existing.display()));
+    }
+    tempfile::tempfile_in(existing)
+        .map(|_| ())
+        .map_err(|e| format!("cannot write in {}: {e}", existing.display()))
+}
+
+fn check_handler(handler: &HandlerConfig, base_dir: &Path) -> Result<(), String> {
+    match &handler.kind {
+        HandlerKind::Stdout => Ok(()),
+        HandlerKind::Jsonl { path } => {
+            if path.is_dir() {
+                return Err(format!("{} is a directory", path.display()));
+            }
+            if path.exists() {
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(path)
+                    .map(|_| ())
+                    .map_err(|e| format!("cannot append to {}: {e}", path.display()))
+            } else {
+                let parent = path.parent().unwrap_or(Path::new("."));
+                check_writable_dir(parent)
+            }
+        }
+        HandlerKind::Exec(exec) => match exec.command.first() {
+            Some(program) => resolve_program(program, base_dir).map(|_| ()),
+            None => Err("`command` is empty".into()),
+        },
+        HandlerKind::Http(_) => crate::handlers::build_one(handler, base_dir).map(|_| ()),
+    }
+}
+
+fn try_connect(config: &Config) -> Result<(), String> {
+    let (_plugin, mut consumer) = build_consumer(config).map_err(|e| e.to_string())?;
+    consumer.open().map_err(|e| e.to_string())?;
+    consumer.close().map_err(|e| e.to_string())
+}
+
+fn describe_filter(filter: &EventFilter) -> String {
+    let mut parts = Vec::new();
+    for (field, patterns) in [
+        ("category", &filter.category),
+        ("eventtype", &filter.eventtype),
+        ("objtype", &filter.objtype),
+    ] {
+        if !patterns.is_empty() {
+            parts.push(format!("{field}={}", patterns.join("|")));
+        }
+    }
+    if parts.is_empty() {
+        "every event".into()
+    } else {
+        parts.join(" ")
+    }
+}
+
+fn describe_handler(handler: &HandlerConfig) -> String {
+    let what = match &handler.kind {
+        HandlerKind::Stdout => "stdout".to_owned(),
+        HandlerKind::Jsonl { path } => format!("jsonl -> {}", path.display()),
+        HandlerKind::Exec(exec) => {
+            let env: Vec<_> = exec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            format!(
+                "exec {} (timeout {} ms{})",
+                exec.command.join(" "),
+                exec.timeout.as_millis(),
+                if env.is_empty() {
+                    String::new()
+                } else {
+                    format!(", env {}", env.join(" "))
+                }
+            )
+        }
+        HandlerKind::Http(http) => {
+            let url = reqwest::Url::parse(http.url.expose())
+                .map(|url| displayable_url(&url))
+                .unwrap_or_else(|_| "<unparsable url>".into());
+            let headers: Vec<_> = http
+                .headers
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect();
+            format!(
+                "http POST {url} (timeout {} ms{})",
+                http.timeout.as_millis(),
+                if headers.is_empty() {
+                    String::new()
+                } else {
+                    format!(", headers {}", headers.join(", "))
+                }
+            )
+        }
+    };
+    format!(
+        "{}: {what}; match {}; retry {} attempt(s) {}..{} ms; on failure {}",
+        handler.name,
+        describe_filter(&handler.filter),
+        handler.retry.attempts,
+        handler.retry.base.as_millis(),
+        handler.retry.max.as_millis(),
+        match handler.on_failure {
+            crate::config::FailurePolicy::Stop => "stop",
+            crate::config::FailurePolicy::DeadLetter => "dead-letter",
+        }
+    )
+}
+
+fn print_summary(config: &Config, plugin: Option<&(PluginInfo, String)>, connected: Option<&str>) {
+    println!("config {}: OK", config.source.path.display());
+    if let Some((info, path)) = plugin {
+        println!(
+            "plugin: {} {} (plugin-api {}) from {path}",
+            info.name, info.version, info.api_version
+        );
+        let description = info
+            .consumer_classes
+            .iter()
+            .find(|c| c.name == config.consumer.class)
+            .map(|c| c.description.as_str())
+            .unwrap_or_default();
+        println!(
+            "consumer: '{}', class {} ({description})",
+            config.consumer.name, config.consumer.class
+        );
+    }
+    println!("handlers:");
+    for handler in &config.handlers {
+        println!("  {}", describe_handler(handler));
+    }
+    println!(
+        "state: {} (offset cache {}.offsets.json)",
+        config.state_dir.display(),
+        config.consumer.name
+    );
+    if let Some(connected) = connected {
+        println!("connect: {connected}");
+    }
+}

@@ -1,0 +1,173 @@
+//! `buslink plugins [DIR...]` and `buslink plugins describe NAME CLASS`.
+
+use crate::commands::AppError;
+use crate::config::Config;
+use crate::plugin::{find_library, LoadedPlugin};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// One library found in a plugin directory.
+#[derive(Debug, Serialize)]
+pub struct LibraryReport {
+    pub path: PathBuf,
+    #[serde(flatten)]
+    pub outcome: LibraryOutcome,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum LibraryOutcome {
+    Plugin {
+        name: String,
+        version: String,
+        api_version: String,
+        classes: Vec<ClassReport>,
+    },
+    Unusable {
+        error: String,
+    },
+}
+
+#[derive(Debug, Serialize)]
+pub struct ClassReport {
+    pub name: String,
+    pub kind: &'static str,
+    pub description: String,
+}
+
+/// The directories to look in: those given, else the config's `plugin_dirs`.
+pub fn plugin_dirs(dirs: &[PathBuf], config: Option<&Path>) -> Result<Vec<PathBuf>, AppError> {
+    if !dirs.is_empty() {
+        return Ok(dirs.to_vec());
+    }
+    match config {
+        Some(path) => Ok(Config::load(path)?.plugin_dirs),
+        None => Err(AppError::Usage(
+            "name plugin directories, or a config whose plugin_dirs to list (--config FILE)".into(),
+        )),
+    }
+}
+
+/// Every shared library in `dirs`, with what it is.
+pub fn scan(dirs: &[PathBuf]) -> Result<Vec<LibraryReport>, AppError> {
+    let mut reports = Vec::new();
+    for dir in dirs {
+        let entries = std::fs::read_dir(dir).map_err(|e| {
+            AppError::Usage(format!(
+                "cannot list plugin directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|entry| entry.path())
+            .filter(|path| {
+                path.is_file()
+                    && path
+                        .to_string_lossy()
+                        .ends_with(std::env::consts::DLL_SUFFIX)
+            })
+            .collect();
+        paths.sort();
+        for path in paths {
+            let outcome = match LoadedPlugin::load(&path) {
+                Ok(plugin) => {
+                    let info = plugin.info();
+                    LibraryOutcome::Plugin {
+                        name: info.name.clone(),
+                        version: info.version.clone(),
+                        api_version: info.api_version.clone(),
+                        classes: info
+                            .consumer_classes
+                            .iter()
+                            .map(|class| ClassReport {
+                                name: class.name.clone(),
+                                kind: "consumer",
+                                description: class.description.clone(),
+                            })
+                            .collect(),
+                    }
+                }
+                Err(error) => LibraryOutcome::Unusable {
+                    error: error.to_string(),
+                },
+            };
+            reports.push(LibraryReport { path, outcome });
+        }
+    }
+    Ok(reports)
+}
+
+/// `buslink plugins`: prints what `scan` found, as text or JSON.
+pub fn list(dirs: &[PathBuf], config: Option<&Path>, json: bool) -> Result<(), AppError> {
+    let dirs = plugin_dirs(dirs, config)?;
+    let reports = scan(&dirs)?;
+    if json {
+        let text =
+            serde_json::to_string_pretty(&reports).map_err(|e| AppError::Runtime(e.to_string()))?;
+        println!("{text}");
+        return Ok(());
+    }
+    if reports.is_empty() {
+        let shown: Vec<_> = dirs.iter().map(|d| d.display().to_string()).collect();
+        println!("no libraries in {}", shown.join(", "));
+    }
+    for report in reports {
+        println!("{}", report.path.display());
+        match report.outcome {
+            LibraryOutcome::Plugin {
+                name,
+                version,
+                api_version,
+                classes,
+            } => {
+                println!("  plugin {name} {version} (plugin-api {api_version})");
+                for class in classes {
+                    println!("    {} ({}): {}", class.name, class.kind, class.description);
+                }
+            }
+            LibraryOutcome::Unusable { error } => println!("  not usable: {error}"),
+        }
+    }
+    Ok(())
+}
+
+/// `buslink plugins describe NAME CLASS`: the class's settings documentation.
+pub fn describe(
+    name: &str,
+    class: &str,
+    dirs: &[PathBuf],
+    config: Option<&Path>,
+) -> Result<(), AppError> {
+    let dirs = plugin_dirs(dirs, config)?;
+    let path = find_library(name, Path::new("."), &dirs)?;
+    let plugin = LoadedPlugin::load(&path)?;
+    let info = plugin.info();
+    let found = info
+        .consumer_classes
+        .iter()
+        .find(|c| c.name == class)
+        .ok_or_else(|| {
+            let known: Vec<_> = info
+                .consumer_classes
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect();
+            AppError::Usage(format!(
+                "plugin '{}' has no class '{class}'; it has: {}",
+                info.name,
+                known.join(", ")
+            ))
+        })?;
+    println!(
+        "{} (consumer class of plugin {} {}, {})",
+        found.name,
+        info.name,
+        info.version,
+        path.display()
+    );
+    println!("{}\n", found.description);
+    println!("Settings ([consumer.settings]):");
+    println!("{}", found.settings_doc);
+    Ok(())
+}

@@ -1,0 +1,452 @@
+//! `[[handlers]]` entries: the flat file shape, and the validated, typed handler configs.
+
+use super::source::{ConfigError, Source};
+use serde::{Deserialize, Deserializer};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+/// One `[[handlers]]` entry.
+#[derive(Clone, Debug)]
+pub struct HandlerConfig {
+    pub name: String,
+    pub kind: HandlerKind,
+    pub filter: EventFilter,
+    pub retry: RetryPolicy,
+    pub on_failure: FailurePolicy,
+}
+
+/// The handler types and their own settings.
+#[derive(Clone, Debug)]
+pub enum HandlerKind {
+    Stdout,
+    Jsonl { path: PathBuf },
+    Exec(ExecConfig),
+    Http(HttpConfig),
+}
+
+impl HandlerKind {
+    /// The `type` name.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            HandlerKind::Stdout => "stdout",
+            HandlerKind::Jsonl { .. } => "jsonl",
+            HandlerKind::Exec(_) => "exec",
+            HandlerKind::Http(_) => "http",
+        }
+    }
+}
+
+/// `type = "exec"`: run a command per event.
+#[derive(Clone, Debug)]
+pub struct ExecConfig {
+    /// The program and its arguments (never run through a shell).
+    pub command: Vec<String>,
+    pub timeout: Duration,
+    /// Added to the otherwise empty environment.
+    pub env: Vec<(String, Secret)>,
+}
+
+/// `type = "http"`: POST each event.
+#[derive(Clone, Debug)]
+pub struct HttpConfig {
+    pub url: Secret,
+    pub headers: Vec<(String, Secret)>,
+    pub timeout: Duration,
+}
+
+/// A value that may carry a credential: never printed, not even by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The value itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// How a failed `handle` is retried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Tries in all, the first included.
+    pub attempts: u32,
+    /// The wait after the first failure; doubles after each one.
+    pub base: Duration,
+    /// The longest wait.
+    pub max: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 3,
+            base: Duration::from_millis(200),
+            max: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What happens to an event after the last failed try.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailurePolicy {
+    /// Exit 1 without committing the event's offset: the next start retries it.
+    Stop,
+    /// Append the event and the error to the dead-letter file, and go on.
+    DeadLetter,
+}
+
+/// A handler's `match`: glob lists per field; an empty list matches everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    pub category: Vec<String>,
+    pub eventtype: Vec<String>,
+    pub objtype: Vec<String>,
+}
+
+/// A handler entry that may not have deserialised: each entry is checked on its own, so that
+/// one bad handler does not hide the problems of the others.
+pub(super) struct LenientHandler(Result<RawHandler, String>);
+
+impl<'de> Deserialize<'de> for LenientHandler {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(LenientHandler(
+            RawHandler::deserialize(deserializer).map_err(|e| e.to_string()),
+        ))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHandler {
+    name: Spanned<String>,
+    #[serde(rename = "type")]
+    kind: Spanned<String>,
+    #[serde(default, rename = "match")]
+    filter: Option<RawFilter>,
+    #[serde(default)]
+    retry: Option<RawRetry>,
+    #[serde(default)]
+    on_failure: Option<FailurePolicy>,
+    // Type-specific keys; `check_keys` says which type takes which.
+    #[serde(default)]
+    path: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    command: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    timeout_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    env: Option<Spanned<BTreeMap<String, String>>>,
+    #[serde(default)]
+    url: Option<Spanned<String>>,
+    #[serde(default)]
+    headers: Option<Spanned<BTreeMap<String, String>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    #[serde(default)]
+    attempts: Option<u32>,
+    #[serde(default)]
+    base_ms: Option<u64>,
+    #[serde(default)]
+    max_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFilter {
+    #[serde(default)]
+    category: Patterns,
+    #[serde(default)]
+    eventtype: Patterns,
+    #[serde(default)]
+    objtype: Patterns,
+}
+
+/// One glob or a list of them.
+#[derive(Default, Deserialize)]
+#[serde(untagged)]
+enum Patterns {
+    #[default]
+    None,
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Patterns {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            Patterns::None => Vec::new(),
+            Patterns::One(one) => vec![one],
+            Patterns::Many(many) => many,
+        }
+    }
+}
+
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Validates handler entries; every problem of every entry is reported.
+pub(super) fn validate_handlers(
+    source: &Source,
+    entries: Vec<Spanned<LenientHandler>>,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<HandlerConfig> {
+    let mut handlers: Vec<HandlerConfig> = Vec::new();
+    for (index, entry) in entries.into_iter().enumerate() {
+        let span = entry.span();
+        let raw = match entry.into_inner().0 {
+            Ok(raw) => raw,
+            Err(full_message) => {
+                // The deserializer's text: the problem, then `in `a.b`` naming the table.
+                let mut lines = full_message.lines();
+                let message = lines.next().unwrap_or_default().to_owned();
+                let table: Vec<String> = lines
+                    .filter_map(|line| line.trim().strip_prefix("in `"))
+                    .filter_map(|rest| rest.strip_suffix('`'))
+                    .flat_map(|path| path.split('.').map(str::to_owned).collect::<Vec<_>>())
+                    .collect();
+                let field = message
+                    .strip_prefix("unknown field `")
+                    .and_then(|rest| rest.split('`').next())
+                    .map(str::to_owned);
+                let index_text = index.to_string();
+                let mut key_path: Vec<&str> = vec!["handlers", &index_text];
+                key_path.extend(table.iter().map(String::as_str));
+                key_path.extend(field.as_deref());
+                errors.push(if key_path.len() > 2 {
+                    source.error_at_key(&key_path, message)
+                } else {
+                    source.error_at(Some(span), Some(format!("handlers[{index}]")), message)
+                });
+                continue;
+            }
+        };
+        if let Some(handler) = validate_one(source, index, span.clone(), raw, resolve, errors) {
+            if let Some(earlier) = handlers.iter().position(|h| h.name == handler.name) {
+                errors.push(source.error_at(
+                    Some(span),
+                    Some(format!("handlers[{index}].name")),
+                    format!(
+                        "handlers[{earlier}] and handlers[{index}] are both named '{}'",
+                        handler.name
+                    ),
+                ));
+            }
+            handlers.push(handler);
+        }
+    }
+    handlers
+}
+
+fn validate_one(
+    source: &Source,
+    index: usize,
+    span: std::ops::Range<usize>,
+    raw: RawHandler,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+    errors: &mut Vec<ConfigError>,
+) -> Option<HandlerConfig> {
+    let before = errors.len();
+    let at = |span: std::ops::Range<usize>, key: &str, message: String| {
+        source.error_at(
+            Some(span),
+            Some(format!("handlers[{index}].{key}")),
+            message,
+        )
+    };
+    let name = raw.name.get_ref().clone();
+    if name.trim().is_empty() {
+        errors.push(at(raw.name.span(), "name", "must not be empty".into()));
+    }
+    let kind_name = raw.kind.get_ref().as_str();
+    let allowed: &[&str] = match kind_name {
+        "stdout" => &[],
+        "jsonl" => &["path"],
+        "exec" => &["command", "timeout_ms", "env"],
+        "http" => &["url", "headers", "timeout_ms"],
+        other => {
+            errors.push(at(
+                raw.kind.span(),
+                "type",
+                format!("unknown handler type '{other}' (known: stdout, jsonl, exec, http)"),
+            ));
+            return None;
+        }
+    };
+    let present: [(&str, Option<std::ops::Range<usize>>); 6] = [
+        ("path", raw.path.as_ref().map(Spanned::span)),
+        ("command", raw.command.as_ref().map(Spanned::span)),
+        ("timeout_ms", raw.timeout_ms.as_ref().map(Spanned::span)),
+        ("env", raw.env.as_ref().map(Spanned::span)),
+        ("url", raw.url.as_ref().map(Spanned::span)),
+        ("headers", raw.headers.as_ref().map(Spanned::span)),
+    ];
+    for (key, key_span) in present {
+        if let Some(key_span) = key_span {
+            if !allowed.contains(&key) {
+                errors.push(at(
+                    key_span,
+                    key,
+                    format!("handler '{name}' of type {kind_name} takes no `{key}`"),
+                ));
+            }
+        }
+    }
+    let missing = |key: &str| {
+        at(
+            span.clone(),
+            key,
+            format!("handler '{name}' of type {kind_name} needs a `{key}`"),
+        )
+    };
+    let timeout = raw
+        .timeout_ms
+        .as_ref()
+        .map_or(DEFAULT_TIMEOUT, |t| Duration::from_millis(*t.get_ref()));
+    if raw.timeout_ms.as_ref().is_some_and(|t| *t.get_ref() == 0) {
+        if let Some(t) = &raw.timeout_ms {
+            errors.push(at(t.span(), "timeout_ms", "must be at least 1".into()));
+        }
+    }
+    let kind = match kind_name {
+        "stdout" => Some(HandlerKind::Stdout),
+        "jsonl" => match &raw.path {
+            Some(path) if !path.get_ref().as_os_str().is_empty() => Some(HandlerKind::Jsonl {
+                path: resolve(path.get_ref()),
+            }),
+            Some(path) => {
+                errors.push(at(path.span(), "path", "must name a file".into()));
+                None
+            }
+            None => {
+                errors.push(missing("path"));
+                None
+            }
+        },
+        "exec" => match &raw.command {
+            Some(command) if command.get_ref().first().is_some_and(|p| !p.is_empty()) => {
+                Some(HandlerKind::Exec(ExecConfig {
+                    command: command.get_ref().clone(),
+                    timeout,
+                    env: raw
+                        .env
+                        .as_ref()
+                        .map(|env| {
+                            env.get_ref()
+                                .iter()
+                                .map(|(k, v)| (k.clone(), Secret::new(v.clone())))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                }))
+            }
+            Some(command) => {
+                errors.push(at(
+                    command.span(),
+                    "command",
+                    "must list the program and its arguments, e.g. [\"/usr/bin/logger\", \"-t\", \"buslink\"]".into(),
+                ));
+                None
+            }
+            None => {
+                errors.push(missing("command"));
+                None
+            }
+        },
+        _ => match &raw.url {
+            Some(url) => match reqwest::Url::parse(url.get_ref()) {
+                Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {
+                    Some(HandlerKind::Http(HttpConfig {
+                        url: Secret::new(url.get_ref().clone()),
+                        headers: raw
+                            .headers
+                            .as_ref()
+                            .map(|h| {
+                                h.get_ref()
+                                    .iter()
+                                    .map(|(k, v)| (k.clone(), Secret::new(v.clone())))
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
+                        timeout,
+                    }))
+                }
+                Ok(parsed) => {
+                    errors.push(at(
+                        url.span(),
+                        "url",
+                        format!("scheme '{}' is not http or https", parsed.scheme()),
+                    ));
+                    None
+                }
+                Err(e) => {
+                    errors.push(at(url.span(), "url", format!("not a URL: {e}")));
+                    None
+                }
+            },
+            None => {
+                errors.push(missing("url"));
+                None
+            }
+        },
+    };
+    let mut retry = RetryPolicy::default();
+    if let Some(raw_retry) = &raw.retry {
+        retry.attempts = raw_retry.attempts.unwrap_or(retry.attempts);
+        retry.base = raw_retry.base_ms.map_or(retry.base, Duration::from_millis);
+        retry.max = raw_retry.max_ms.map_or(retry.max, Duration::from_millis);
+        if retry.attempts == 0 {
+            errors.push(source.error_at_key(
+                &["handlers", &index.to_string(), "retry"],
+                "retry.attempts must be at least 1 (the first try counts)",
+            ));
+        }
+        if retry.max < retry.base {
+            errors.push(source.error_at_key(
+                &["handlers", &index.to_string(), "retry"],
+                "retry.max_ms must not be below retry.base_ms",
+            ));
+        }
+    }
+    let filter = match raw.filter {
+        None => EventFilter::default(),
+        Some(filter) => EventFilter {
+            category: filter.category.into_vec(),
+            eventtype: filter.eventtype.into_vec(),
+            objtype: filter.objtype.into_vec(),
+        },
+    };
+    if let Err(problem) = crate::handlers::EventMatcher::new(&filter) {
+        errors.push(source.error_at_key(&["handlers", &index.to_string(), "match"], problem));
+    }
+    let kind = kind?;
+    (errors.len() == before).then_some(HandlerConfig {
+        name,
+        kind,
+        filter,
+        retry,
+        on_failure: raw.on_failure.unwrap_or(FailurePolicy::Stop),
+    })
+}

@@ -1,0 +1,449 @@
+//! The TOML config: parsing, validation, and errors that name the file, the line and the key.
+//!
+//! The key names are a contract with the tools outside the project that write configs: rename
+//! nothing. Every table rejects unknown keys. Relative paths are relative to the config file's
+//! directory. Each section is checked on its own, so that one run reports every problem.
+
+mod handler;
+mod source;
+
+pub use handler::{
+    EventFilter, ExecConfig, FailurePolicy, HandlerConfig, HandlerKind, HttpConfig, RetryPolicy,
+    Secret,
+};
+pub use source::{ConfigError, ConfigErrors, Source};
+
+use buslink_plugin_api::Offset;
+use handler::LenientHandler;
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+/// A whole config file.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub source: Source,
+    /// Where relative paths start.
+    pub base_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub plugin_dirs: Vec<PathBuf>,
+    pub consumer: ConsumerConfig,
+    pub handlers: Vec<HandlerConfig>,
+    pub commit: CommitPolicy,
+    /// Seconds between two progress lines in the log (0: none).
+    pub stats_interval_s: u64,
+}
+
+/// The `[consumer]` table.
+#[derive(Clone, Debug)]
+pub struct ConsumerConfig {
+    pub name: String,
+    pub plugin: String,
+    pub class: String,
+    pub start: StartPosition,
+    pub timeout_ms: u64,
+    pub batch_size: usize,
+    pub queue_batches: usize,
+    /// The plugin's settings, as JSON text.
+    pub settings_json: String,
+}
+
+/// Where to start when there is no cached offset.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StartPosition {
+    Beginning,
+    End,
+    At(Offset),
+}
+
+/// When the offset cache is written (always also on stop).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CommitPolicy {
+    /// Commit after this many handled events.
+    pub every_events: u64,
+    /// Commit when the oldest uncommitted event was handled this long ago.
+    pub every_ms: u64,
+}
+
+// ---- the raw file shape, one section at a time ----------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTop {
+    state_dir: Spanned<PathBuf>,
+    #[serde(default)]
+    plugin_dirs: Vec<PathBuf>,
+    #[serde(default = "default_stats_interval_s")]
+    stats_interval_s: u64,
+    // Checked by their own sections.
+    #[allow(dead_code)]
+    #[serde(default)]
+    consumer: Option<IgnoredAny>,
+    #[allow(dead_code)]
+    #[serde(default)]
+    handlers: Option<IgnoredAny>,
+    #[allow(dead_code)]
+    #[serde(default)]
+    commit: Option<IgnoredAny>,
+}
+
+fn default_stats_interval_s() -> u64 {
+    60
+}
+
+#[derive(Deserialize)]
+struct ConsumerSection {
+    consumer: RawConsumer,
+}
+
+#[derive(Deserialize)]
+struct HandlersSection {
+    #[serde(default)]
+    handlers: Vec<Spanned<LenientHandler>>,
+}
+
+#[derive(Deserialize)]
+struct CommitSection {
+    #[serde(default)]
+    commit: RawCommit,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConsumer {
+    name: Spanned<String>,
+    plugin: Spanned<String>,
+    class: Spanned<String>,
+    #[serde(default)]
+    start: Option<Spanned<toml::Value>>,
+    #[serde(default = "default_timeout_ms")]
+    timeout_ms: u64,
+    #[serde(default = "default_batch_size")]
+    batch_size: Spanned<usize>,
+    #[serde(default = "default_queue_batches")]
+    queue_batches: Spanned<usize>,
+    #[serde(default)]
+    settings: toml::Table,
+}
+
+fn default_timeout_ms() -> u64 {
+    1000
+}
+
+fn default_batch_size() -> Spanned<usize> {
+    Spanned::new(0..0, 512)
+}
+
+fn default_queue_batches() -> Spanned<usize> {
+    Spanned::new(0..0, 4)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCommit {
+    #[serde(default = "default_every_events")]
+    every_events: Spanned<u64>,
+    #[serde(default = "default_every_ms")]
+    every_ms: u64,
+}
+
+impl Default for RawCommit {
+    fn default() -> Self {
+        RawCommit {
+            every_events: default_every_events(),
+            every_ms: default_every_ms(),
+        }
+    }
+}
+
+fn default_every_events() -> Spanned<u64> {
+    Spanned::new(0..0, 1000)
+}
+
+fn default_every_ms() -> u64 {
+    1000
+}
+
+/// Characters allowed in a consumer name (it names the offset cache file).
+fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !name.starts_with('.')
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: path.to_path_buf(),
+            location: None,
+            key: None,
+            message: format!("cannot read config file: {e}"),
+        })?;
+        Self::parse(path, text)
+    }
+
+    /// Validates config text read from `path`, reporting every problem found.
+    pub fn parse(path: &Path, text: String) -> Result<Config, ConfigErrors> {
+        let source = Source {
+            path: path.to_path_buf(),
+            text,
+        };
+        // Syntax first: nothing else can be checked in a file that is not TOML.
+        toml::from_str::<toml::Table>(&source.text).map_err(|e| source.error_from_toml(&e))?;
+        let mut errors = Vec::new();
+        let top: Option<RawTop> = section(&source, &mut errors);
+        let consumer: Option<ConsumerSection> = section(&source, &mut errors);
+        let handlers: Option<HandlersSection> = section(&source, &mut errors);
+        let commit: Option<CommitSection> = section(&source, &mut errors);
+
+        let base_dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("."));
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base_dir.join(p)
+            }
+        };
+
+        if let Some(top) = &top {
+            if top.state_dir.get_ref().as_os_str().is_empty() {
+                errors.push(source.error_at(
+                    Some(top.state_dir.span()),
+                    Some("state_dir".into()),
+                    "must name a directory",
+                ));
+            }
+        }
+        let consumer = consumer.and_then(|section| {
+            Self::consumer(&source, section.consumer)
+                .map_err(|e| errors.push(e))
+                .ok()
+        });
+        let commit = commit.and_then(|section| {
+            let every_events = section.commit.every_events;
+            if *every_events.get_ref() == 0 {
+                errors.push(source.error_at(
+                    Some(every_events.span()),
+                    Some("commit.every_events".into()),
+                    "must be at least 1",
+                ));
+                return None;
+            }
+            Some(CommitPolicy {
+                every_events: every_events.into_inner(),
+                every_ms: section.commit.every_ms,
+            })
+        });
+        let handlers = handlers.map(|section| {
+            if section.handlers.is_empty() {
+                errors.push(source.error_at(
+                    None,
+                    Some("handlers".into()),
+                    "no [[handlers]]: events would be consumed and dropped; add at least one handler",
+                ));
+            }
+            handler::validate_handlers(&source, section.handlers, &resolve, &mut errors)
+        });
+
+        match (top, consumer, handlers, commit) {
+            (Some(top), Some(consumer), Some(handlers), Some(commit)) if errors.is_empty() => {
+                Ok(Config {
+                    state_dir: resolve(top.state_dir.get_ref()),
+                    plugin_dirs: top.plugin_dirs.iter().map(|d| resolve(d)).collect(),
+                    stats_interval_s: top.stats_interval_s,
+                    consumer,
+                    handlers,
+                    commit,
+                    base_dir,
+                    source,
+                })
+            }
+            _ => Err(ConfigErrors(errors)),
+        }
+    }
+
+    fn consumer(source: &Source, raw: RawConsumer) -> Result<ConsumerConfig, ConfigError> {
+        let at = |spanned_span: Range<usize>, key: &str, message: String| {
+            source.error_at(Some(spanned_span), Some(format!("consumer.{key}")), message)
+        };
+        if !is_valid_name(raw.name.get_ref()) {
+            return Err(at(
+                raw.name.span(),
+                "name",
+                format!(
+                    "'{}' is not a valid consumer name: use letters, digits, '-', '_' and '.' \
+                     (it names the offset cache file)",
+                    raw.name.get_ref()
+                ),
+            ));
+        }
+        for (key, value) in [("plugin", &raw.plugin), ("class", &raw.class)] {
+            if value.get_ref().trim().is_empty() {
+                return Err(at(value.span(), key, "must not be empty".into()));
+            }
+        }
+        let start = match raw.start {
+            None => StartPosition::Beginning,
+            Some(value) => {
+                let span = value.span();
+                parse_start(value.into_inner()).map_err(|message| at(span, "start", message))?
+            }
+        };
+        for (key, value) in [
+            ("batch_size", &raw.batch_size),
+            ("queue_batches", &raw.queue_batches),
+        ] {
+            if *value.get_ref() == 0 {
+                return Err(at(value.span(), key, "must be at least 1".into()));
+            }
+        }
+        let settings_json = serde_json::to_string(&raw.settings).map_err(|e| {
+            source.error_at_key(
+                &["consumer", "settings"],
+                format!("cannot hand these settings to a plugin: {e}"),
+            )
+        })?;
+        Ok(ConsumerConfig {
+            name: raw.name.into_inner(),
+            plugin: raw.plugin.into_inner(),
+            class: raw.class.into_inner(),
+            start,
+            timeout_ms: raw.timeout_ms,
+            batch_size: raw.batch_size.into_inner(),
+            queue_batches: raw.queue_batches.into_inner(),
+            settings_json,
+        })
+    }
+
+    /// Points at a key of the `[consumer.settings]` table (for errors the plugin reports).
+    pub fn settings_error(&self, key: Option<&str>, message: impl Into<String>) -> ConfigError {
+        match key {
+            Some(key) => {
+                let mut path = vec!["consumer", "settings"];
+                path.extend(key.split('.'));
+                self.source.error_at_key(&path, message)
+            }
+            None => self.source.error_at_key(&["consumer", "settings"], message),
+        }
+    }
+
+    /// Points at a key of the `[consumer]` table.
+    pub fn consumer_error(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        self.source.error_at_key(&["consumer", key], message)
+    }
+}
+
+/// Deserialises one section of the file; its problem, if any, joins `errors`.
+fn section<T: serde::de::DeserializeOwned>(
+    source: &Source,
+    errors: &mut Vec<ConfigError>,
+) -> Option<T> {
+    toml::from_str(&source.text)
+        .map_err(|e| errors.push(source.error_from_toml(&e)))
+        .ok()
+}
+
+fn parse_start(value: toml::Value) -> Result<StartPosition, String> {
+    match value {
+        toml::Value::String(text) if text == "beginning" => Ok(StartPosition::Beginning),
+        toml::Value::String(text) if text == "end" => Ok(StartPosition::End),
+        toml::Value::String(text) => Ok(StartPosition::At(Offset::String(text))),
+        toml::Value::Integer(i) => Ok(StartPosition::At(Offset::Int(i))),
+        toml::Value::Float(x) => Ok(StartPosition::At(Offset::Float(x))),
+        toml::Value::Table(table) => {
+            let json = serde_json::to_value(&table).map_err(|e| e.to_string())?;
+            serde_json::from_value(json)
+                .map(StartPosition::At)
+                .map_err(|_| {
+                    "an offset table has one key: int, float, string or bytes (base64), \
+                 e.g. { string = \"end\" }"
+                        .to_owned()
+                })
+        }
+        other => Err(format!(
+            "expected \"beginning\", \"end\" or an offset, found {}",
+            other.type_str()
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+state_dir = "var/demo"
+plugin_dirs = ["plugins"]
+
+[consumer]
+name = "demo"
+plugin = "sqlite"
+class = "SqliteConsumer"
+start = 5
+[consumer.settings]
+uri = "bus.sqlite"
+
+[[handlers]]
+name = "print"
+type = "stdout"
+
+[[handlers]]
+name = "archive"
+type = "jsonl"
+path = "out/events.jsonl"
+match = { eventtype = ["added", "modified"], objtype = "SRV*" }
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        Config::parse(Path::new("/etc/buslink/x.toml"), text.to_owned())
+    }
+
+    #[test]
+    fn good_config_resolves_paths_and_settings() {
+        let config = parse(GOOD).unwrap();
+        assert_eq!(config.state_dir, Path::new("/etc/buslink/var/demo"));
+        assert_eq!(
+            config.plugin_dirs,
+            vec![PathBuf::from("/etc/buslink/plugins")]
+        );
+        assert_eq!(config.consumer.start, StartPosition::At(Offset::Int(5)));
+        assert_eq!(config.consumer.settings_json, r#"{"uri":"bus.sqlite"}"#);
+        assert_eq!(config.handlers.len(), 2);
+        match &config.handlers[1].kind {
+            HandlerKind::Jsonl { path } => {
+                assert_eq!(path, Path::new("/etc/buslink/out/events.jsonl"))
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(config.handlers[1].filter.objtype, vec!["SRV*".to_owned()]);
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let text = GOOD
+            .replace("timeout_ms", "x")
+            .replace("start = 5", "strat = 5");
+        let error = parse(&text).unwrap_err().to_string();
+        assert!(error.starts_with("/etc/buslink/x.toml:9:"), "{error}");
+        assert!(error.contains("unknown field `strat`"), "{error}");
+    }
+
+    #[test]
+    fn settings_key_is_located() {
+        let config = parse(GOOD).unwrap();
+        let error = config.settings_error(Some("uri"), "bad").to_string();
+        assert_eq!(
+            error,
+            "/etc/buslink/x.toml:11:1: key `consumer.settings.uri`: bad"
+        );
+    }
+}

@@ -1,0 +1,84 @@
+//! `type = "http"`: POSTs the event line as JSON; any 2xx answer is success. Header values and
+//! the URL may hold credentials: they are never printed.
+
+use super::{DispatchedEvent, Handler, HandlerError};
+use crate::config::HttpConfig;
+use reqwest::blocking::Client;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+
+pub struct HttpHandler {
+    client: Client,
+    url: reqwest::Url,
+    /// The URL with any password removed, for messages.
+    shown_url: String,
+}
+
+/// The URL as it may be printed: user info dropped.
+pub fn displayable_url(url: &reqwest::Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_password(None);
+    let _ = shown.set_username("");
+    shown.to_string()
+}
+
+impl HttpHandler {
+    pub fn new(config: &HttpConfig) -> Result<Self, String> {
+        let url = reqwest::Url::parse(config.url.expose()).map_err(|e| format!("bad url: {e}"))?;
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        for (name, value) in &config.headers {
+            let header_name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("headers: '{name}' is not a valid header name"))?;
+            let mut header_value = HeaderValue::from_str(value.expose()).map_err(|_| {
+                format!("headers: the value of '{name}' is not a valid header value")
+            })?;
+            header_value.set_sensitive(true);
+            headers.insert(header_name, header_value);
+        }
+        let client = Client::builder()
+            .default_headers(headers)
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout)
+            .pool_idle_timeout(std::time::Duration::from_secs(90))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(HttpHandler {
+            client,
+            shown_url: displayable_url(&url),
+            url,
+        })
+    }
+}
+
+impl Handler for HttpHandler {
+    fn handle(&mut self, event: &DispatchedEvent<'_>) -> Result<(), HandlerError> {
+        let response = self
+            .client
+            .post(self.url.clone())
+            .body(event.line().to_vec())
+            .send()
+            .map_err(|e| {
+                // reqwest's errors name the URL: print ours, without credentials.
+                let kind = if e.is_timeout() { "timed out: " } else { "" };
+                let e = e.without_url();
+                let mut message = format!("POST {}: {kind}{e}", self.shown_url);
+                let mut cause = std::error::Error::source(&e);
+                while let Some(inner) = cause {
+                    message.push_str(&format!(": {inner}"));
+                    cause = inner.source();
+                }
+                HandlerError::new(message)
+            })?;
+        let status = response.status();
+        // Read the body so the connection can be reused.
+        let _ = response.bytes();
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(HandlerError::new(format!(
+                "POST {}: answered {status}",
+                self.shown_url
+            )))
+        }
+    }
+}
