@@ -40,6 +40,17 @@ pub enum Command {
     },
     /// List the plugin libraries in directories (default: the config's plugin_dirs).
     Plugins(PluginsArgs),
+    /// Run an operator command of the consumer's plugin (e.g. `features`), or list them.
+    Query {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The command (none: list the commands).
+        command: Option<String>,
+        /// Its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Show or move a consumer's committed offset (refused while its daemon runs).
     Offsets {
         #[command(subcommand)]

@@ -1,7 +1,7 @@
 //! The `buslink` daemon. See ARCHITECTURE.md for the map.
 
 use buslink::cli::{Cli, Command, OffsetsAction, PluginsCommand};
-use buslink::commands::{check, offsets, plugins, run, AppError};
+use buslink::commands::{check, offsets, plugins, query, run, AppError};
 use buslink::logging;
 use clap::Parser;
 use std::process::ExitCode;
@@ -34,6 +34,11 @@ fn dispatch(command: Command) -> Result<(), AppError> {
             }) => plugins::describe(&name, &class, &dirs, config.as_deref()),
             None => plugins::list(&args.dirs, args.config.as_deref(), args.json),
         },
+        Command::Query {
+            config,
+            command,
+            args,
+        } => query::query(&config, command.as_deref(), &args),
         Command::Offsets { action } => match action {
             OffsetsAction::Show { config, json } => offsets::show(&config, json),
             OffsetsAction::Set {

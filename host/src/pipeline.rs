@@ -40,11 +40,15 @@ pub struct PipelineOptions {
     pub stats_interval: Option<Duration>,
 }
 
-/// The periodic progress line: events/s, total, last committed offset.
+/// The plugin's counters, as the reader thread last read them.
+type SharedCounters = std::sync::Arc<std::sync::Mutex<Vec<(String, u64)>>>;
+
+/// The periodic progress line: events/s, total, last committed offset, plugin counters.
 struct Progress {
     interval: Option<Duration>,
     since: Instant,
     handled_then: u64,
+    counters: SharedCounters,
 }
 
 impl Progress {
@@ -62,8 +66,18 @@ impl Progress {
             .last_committed
             .as_ref()
             .map_or_else(|| "none".to_owned(), |offset| offset.to_string());
+        let counters: String = self
+            .counters
+            .lock()
+            .map(|counters| {
+                counters
+                    .iter()
+                    .map(|(name, value)| format!(", {name} {value}"))
+                    .collect()
+            })
+            .unwrap_or_default();
         tracing::info!(
-            "progress: {rate:.1} events/s, {handled} events in total, last committed offset {last}"
+            "progress: {rate:.1} events/s, {handled} events in total, last committed offset {last}{counters}"
         );
         self.since = Instant::now();
         self.handled_then = handled;
@@ -170,6 +184,7 @@ fn read_loop(
     shutdown: Shutdown,
     full: SyncSender<ReaderMessage>,
     empty: Receiver<EventBatch>,
+    counters: SharedCounters,
 ) -> PluginConsumer {
     // Where to resume after a reconnection: after the last event read, else the start point.
     let mut resume = resume;
@@ -200,7 +215,14 @@ fn read_loop(
             },
         };
         batch.clear();
-        match consumer.poll(&mut batch) {
+        let polled = consumer.poll(&mut batch);
+        if options.stats_interval.is_some() {
+            let now = consumer.counters();
+            if let Ok(mut shared) = counters.lock() {
+                *shared = now;
+            }
+        }
+        match polled {
             Ok(PollStatus::Ready) if !batch.is_empty() => {
                 backoff = options.initial_backoff;
                 let last = batch.last().map(|event| event.offset);
@@ -327,12 +349,18 @@ pub fn run(
             .as_ref()
             .and_then(|record| record.last_offset.clone()),
     };
+    let counters = SharedCounters::default();
     let reader = {
         let shutdown = shutdown.clone();
         let options = options.clone();
+        let counters = counters.clone();
         thread::Builder::new()
             .name("consumer".into())
-            .spawn(move || read_loop(consumer, resume, options, shutdown, full_tx, empty_rx))
+            .spawn(move || {
+                read_loop(
+                    consumer, resume, options, shutdown, full_tx, empty_rx, counters,
+                )
+            })
             .map_err(|_| PipelineError::ReaderLost)?
     };
 
@@ -342,6 +370,7 @@ pub fn run(
         interval: options.stats_interval,
         since: Instant::now(),
         handled_then: committer.handled_total,
+        counters,
     };
     let outcome: Result<(), PipelineError> = loop {
         progress.report_if_due(&committer);

@@ -84,6 +84,20 @@ pub trait Consumer: Send + 'static {
     /// to the timeout for one. Must not hold more than a batch worth of events in memory.
     fn poll(&mut self, batch: &mut EventBatch) -> PluginResult<PollStatus>;
 
+    /// Counters the host shows in its progress lines (`("gaps", 2)`, `("reconnects", 5)`).
+    fn counters(&self) -> Vec<(String, u64)> {
+        Vec::new()
+    }
+
+    /// Runs an operator command listed in [`ConsumerClass::COMMANDS`] (`buslink query`) and
+    /// returns its output. The host calls it after [`open`](Self::open).
+    fn query(&mut self, command: &str, args: &[String]) -> PluginResult<String> {
+        let _ = args;
+        Err(PluginError::config(format!(
+            "this consumer has no command '{command}'"
+        )))
+    }
+
     /// Reads forward to the first event of `category` and adds it to `found` (returning
     /// `true`), or returns `false` when the iteration ends (timeout) without one. Events passed
     /// over are skipped; the position ends right after the event returned.
@@ -121,6 +135,9 @@ pub trait ConsumerClass: Consumer + Sized {
     /// Documentation of every setting, shown by `buslink plugins describe` (Markdown).
     const SETTINGS_DOC: &'static str;
 
+    /// The operator commands [`Consumer::query`] runs (`buslink query --config F NAME ARGS`).
+    const COMMANDS: &'static [CommandInfo] = &[];
+
     /// The class's settings. Derive `Deserialize` with `#[serde(deny_unknown_fields)]` so that a
     /// misspelt key is rejected by name.
     type Settings: DeserializeOwned;
@@ -133,6 +150,17 @@ pub trait ConsumerClass: Consumer + Sized {
 
     /// Builds a consumer from valid settings, without connecting yet.
     fn new(settings: Self::Settings, context: &Context) -> PluginResult<Self>;
+}
+
+/// An operator command a consumer class offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CommandInfo {
+    /// The command's name (`features`).
+    pub name: &'static str,
+    /// Its arguments, as shown in help (`--queue Q --type T DATA`).
+    pub usage: &'static str,
+    /// One line saying what it does.
+    pub help: &'static str,
 }
 
 /// What the host tells a class about where it runs.

@@ -11,7 +11,7 @@ use crate::event::EventBatch;
 use crate::offset::Offset;
 use abi_stable::library::RootModule;
 use abi_stable::sabi_types::VersionStrings;
-use abi_stable::std_types::{RBox, ROption, RResult, RStr, RString, RVec};
+use abi_stable::std_types::{RBox, ROption, RResult, RSlice, RStr, RString, RVec, Tuple2};
 use abi_stable::{declare_root_module_statics, package_version_strings, sabi_trait, StableAbi};
 use std::any::Any;
 use std::cell::{Cell, RefCell};
@@ -115,6 +115,15 @@ pub enum RClassKind {
     Consumer,
 }
 
+/// An operator command of a class.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug)]
+pub struct RCommandInfo {
+    pub name: RString,
+    pub usage: RString,
+    pub help: RString,
+}
+
 /// One class of a plugin, as `describe` reports it.
 #[repr(C)]
 #[derive(StableAbi, Clone, Debug)]
@@ -123,6 +132,7 @@ pub struct RClassInfo {
     pub kind: RClassKind,
     pub description: RString,
     pub settings_doc: RString,
+    pub commands: RVec<RCommandInfo>,
 }
 
 /// What a plugin library says about itself.
@@ -147,6 +157,12 @@ pub trait ConsumerFfi: Send {
     fn next_offset(&self, offset: &ROffset) -> ROption<ROffset>;
     fn set_timeout(&mut self, timeout_ms: ROption<u64>) -> RResult<(), RPluginError>;
     fn poll(&mut self, batch: &mut EventBatch) -> RResult<PollStatus, RPluginError>;
+    fn counters(&self) -> RVec<Tuple2<RString, u64>>;
+    fn query(
+        &mut self,
+        command: RStr<'_>,
+        args: RSlice<'_, RString>,
+    ) -> RResult<RString, RPluginError>;
     #[sabi(last_prefix_field)]
     fn find_next_event_of_category(
         &mut self,
@@ -166,6 +182,8 @@ pub type ConsumerBox = ConsumerFfi_TO<'static, RBox<()>>;
 pub struct PluginModule {
     pub describe: extern "C" fn() -> RResult<RPluginInfo, RPluginError>,
     pub validate_settings: extern "C" fn(RStr<'_>, RStr<'_>) -> RResult<(), RPluginError>,
+    /// The host hands over its log function right after loading.
+    pub set_host_log: extern "C" fn(crate::log::HostLog),
     #[sabi(last_prefix_field)]
     /// Arguments: class name, settings as JSON text, the config file's directory.
     pub new_consumer:
@@ -190,6 +208,7 @@ pub struct ClassEntry {
     pub name: &'static str,
     pub description: &'static str,
     pub settings_doc: &'static str,
+    pub commands: &'static [crate::consumer::CommandInfo],
     pub validate: fn(&str) -> PluginResult<()>,
     pub build: fn(&str, &Context, &'static str) -> PluginResult<ConsumerBox>,
 }
@@ -201,6 +220,7 @@ impl ClassEntry {
             name: C::NAME,
             description: C::DESCRIPTION,
             settings_doc: C::SETTINGS_DOC,
+            commands: C::COMMANDS,
             validate: validate_class::<C>,
             build: build_consumer::<C>,
         }
@@ -348,11 +368,25 @@ pub fn describe(plugin: &'static PluginDefinition) -> RResult<RPluginInfo, RPlug
                         kind: RClassKind::Consumer,
                         description: class.description.into(),
                         settings_doc: class.settings_doc.into(),
+                        commands: class
+                            .commands
+                            .iter()
+                            .map(|command| RCommandInfo {
+                                name: command.name.into(),
+                                usage: command.usage.into(),
+                                help: command.help.into(),
+                            })
+                            .collect(),
                     })
                     .collect(),
             })
         },
     ))
+}
+
+/// `set_host_log` for every plugin.
+pub fn set_host_log(log: crate::log::HostLog) {
+    crate::log::install(log);
 }
 
 /// `validate_settings` for a plugin definition.
@@ -454,6 +488,28 @@ impl<C: Consumer> ConsumerFfi for ConsumerShim<C> {
             .flatten()
             .map(|next| ROffset::from(&next))
             .into()
+    }
+
+    fn counters(&self) -> RVec<Tuple2<RString, u64>> {
+        if self.poisoned_in.is_some() {
+            return RVec::new();
+        }
+        catch_unwind(AssertUnwindSafe(|| self.inner.counters()))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(name, value)| Tuple2(RString::from(name), value))
+            .collect()
+    }
+
+    fn query(
+        &mut self,
+        command: RStr<'_>,
+        args: RSlice<'_, RString>,
+    ) -> RResult<RString, RPluginError> {
+        let args: Vec<String> = args.iter().map(|arg| arg.as_str().to_owned()).collect();
+        self.guard("query", |c| {
+            c.query(command.as_str(), &args).map(RString::from)
+        })
     }
 
     fn set_timeout(&mut self, timeout_ms: ROption<u64>) -> RResult<(), RPluginError> {

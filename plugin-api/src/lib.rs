@@ -29,13 +29,14 @@ mod consumer;
 mod error;
 mod event;
 pub mod hermes;
+pub mod log;
 mod offset;
 mod settings;
 
 #[doc(hidden)]
 pub mod ffi;
 
-pub use consumer::{Consumer, ConsumerClass, Context, PollStatus};
+pub use consumer::{CommandInfo, Consumer, ConsumerClass, Context, PollStatus};
 pub use error::{ErrorKind, PluginError, PluginResult};
 pub use event::{Body, Event, EventBatch};
 pub use offset::{Offset, OffsetRef};
@@ -75,6 +76,7 @@ macro_rules! export_plugin {
             use $crate::__private::abi_stable;
             use abi_stable::std_types::{RResult, RStr};
             use $crate::ffi::{ConsumerBox, PluginModule, PluginModuleRef, RPluginError, RPluginInfo};
+            use $crate::log::HostLog;
 
             static PLUGIN: $crate::ffi::PluginDefinition = $crate::ffi::PluginDefinition {
                 name: $name,
@@ -101,11 +103,16 @@ macro_rules! export_plugin {
                 $crate::ffi::new_consumer(&PLUGIN, class, settings, config_dir)
             }
 
+            extern "C" fn set_host_log(log: HostLog) {
+                $crate::ffi::set_host_log(log)
+            }
+
             fn root_module() -> PluginModuleRef {
                 use abi_stable::prefix_type::PrefixTypeTrait;
                 PluginModule {
                     describe,
                     validate_settings,
+                    set_host_log,
                     new_consumer,
                 }
                 .leak_into_prefix()

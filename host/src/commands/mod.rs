@@ -3,6 +3,7 @@
 pub mod check;
 pub mod offsets;
 pub mod plugins;
+pub mod query;
 pub mod run;
 
 use crate::config::ConfigErrors;

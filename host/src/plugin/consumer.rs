@@ -120,6 +120,23 @@ impl PluginConsumer {
         self.wrap("find_next_event_of_category", result)
     }
 
+    /// The plugin's counters (`gaps`, `reconnects`, ...).
+    pub fn counters(&self) -> Vec<(String, u64)> {
+        self.inner
+            .counters()
+            .into_iter()
+            .map(|pair| (pair.0.into_string(), pair.1))
+            .collect()
+    }
+
+    /// Runs an operator command of the class.
+    pub fn query(&mut self, command: &str, args: &[String]) -> Result<String, ConsumerError> {
+        let args: Vec<abi_stable::std_types::RString> =
+            args.iter().map(|arg| arg.as_str().into()).collect();
+        let result = self.inner.query(command.into(), args.as_slice().into());
+        self.wrap("query", result).map(|text| text.into_string())
+    }
+
     pub fn plugin(&self) -> &str {
         &self.plugin
     }

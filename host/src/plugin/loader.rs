@@ -1,7 +1,9 @@
 //! Finding and loading plugin libraries, with one clear error per way it can fail.
 
 use super::consumer::PluginConsumer;
+use abi_stable::std_types::RStr;
 use buslink_plugin_api::ffi::{PluginModuleRef, RClassKind, API_VERSION_SYMBOL};
+use buslink_plugin_api::log::{HostLog, Level};
 use buslink_plugin_api::{PluginError, API_VERSION};
 use std::ffi::CStr;
 use std::os::raw::c_char;
@@ -64,6 +66,19 @@ pub struct ClassInfo {
     pub name: String,
     pub description: String,
     pub settings_doc: String,
+    /// Operator commands: name, usage, help.
+    pub commands: Vec<(String, String, String)>,
+}
+
+/// Where plugin log lines go: the host's tracing, tagged with the plugin.
+extern "C" fn plugin_log(level: Level, message: RStr<'_>) {
+    let message = message.as_str();
+    match level {
+        Level::Error => tracing::error!(target: "plugin", "{message}"),
+        Level::Warn => tracing::warn!(target: "plugin", "{message}"),
+        Level::Info => tracing::info!(target: "plugin", "{message}"),
+        Level::Debug => tracing::debug!(target: "plugin", "{message}"),
+    }
 }
 
 /// What a plugin says about itself.
@@ -248,6 +263,7 @@ impl LoadedPlugin {
                     message: summarise_abi_report(&other.to_string()),
                 },
             })?;
+        module.set_host_log()(HostLog { log: plugin_log });
         let info = module.describe()()
             .into_result()
             .map_err(|e| LoadError::Plugin {
@@ -267,6 +283,17 @@ impl LoadedPlugin {
                     name: class.name.into_string(),
                     description: class.description.into_string(),
                     settings_doc: class.settings_doc.into_string(),
+                    commands: class
+                        .commands
+                        .into_iter()
+                        .map(|c| {
+                            (
+                                c.name.into_string(),
+                                c.usage.into_string(),
+                                c.help.into_string(),
+                            )
+                        })
+                        .collect(),
                 })
                 .collect(),
         };
