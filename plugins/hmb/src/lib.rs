@@ -1,0 +1,1 @@
+//! The HMB (httpmsgbus) consumer plugin. Work in progress.
