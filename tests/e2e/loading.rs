@@ -107,7 +107,7 @@ fn a_library_that_is_not_a_plugin_is_refused() {
 
 /// Builds `tests/fixture-plugins/other-api` against a copy of plugin-api whose version is
 /// `0.2.0`, in a workspace and target directory of its own; returns the library.
-fn other_api_plugin() -> &'static Path {
+pub fn other_api_plugin() -> &'static Path {
     static LIBRARY: OnceLock<PathBuf> = OnceLock::new();
     LIBRARY.get_or_init(|| {
         let root = workspace_root();

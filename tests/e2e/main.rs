@@ -5,5 +5,7 @@
 mod common;
 mod config_errors;
 mod durability;
+mod handlers;
 mod loading;
+mod ops;
 mod sqlite_bus;

@@ -1,0 +1,299 @@
+//! The operator commands: check, plugins, plugins describe, offsets, query.
+
+use crate::common::*;
+use crate::loading::other_api_plugin;
+use buslink_testkit::process::{run, run_once};
+use buslink_testkit::workspace::plugin_lib;
+use buslink_testkit::{build_dir, Daemon, TestDir};
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn buslink(args: &[&str]) -> buslink_testkit::RunOutput {
+    run(args, LIMIT)
+}
+
+#[test]
+fn check_accepts_a_good_config_and_summarises_it() {
+    let dir = TestDir::new("check-good");
+    let config = sqlite_config(
+        &dir,
+        &fixture_bus(),
+        "",
+        &jsonl_handler("all", r#"{ objtype = "SRV*" }"#),
+    );
+    let out = buslink(&["check", "--config", &config.to_string_lossy(), "--connect"]);
+    assert_eq!(out.code(), Some(0), "{out}");
+    for text in [
+        "plugin: sqlite 0.1.0 (plugin-api 0.1.0)",
+        "class SqliteConsumer",
+        "all: jsonl ->",
+        "match objtype=SRV*",
+        "connect: opened and closed the bus",
+    ] {
+        assert!(out.stdout.contains(text), "expected {text:?}:\n{out}");
+    }
+    assert!(!dir.join("out").exists(), "check writes no output file");
+}
+
+#[test]
+fn check_lists_every_problem_of_a_broken_config() {
+    let dir = TestDir::new("check-broken");
+    // Each line carries its own problem; all must be reported in one run.
+    let text = format!(
+        r#"state_dir = "state"
+plugin_dirs = ["{plugins}"]
+colour = "blue"
+
+[consumer]
+name = "test"
+plugin = "sqlite"
+class = "SqliteConsumer"
+timeout = 5
+
+[consumer.settings]
+uri = "bus.sqlite"
+
+[[handlers]]
+name = "a"
+type = "jsonl"
+pth = "x.jsonl"
+
+[[handlers]]
+name = "b"
+type = "http"
+url = "ftp://example.org/"
+
+[[handlers]]
+name = "c"
+type = "stdout"
+match = {{ eventtype = "[" }}
+"#,
+        plugins = build_dir().display()
+    );
+    let config = dir.write("buslink.toml", text);
+    let out = buslink(&["check", "--config", &config.to_string_lossy()]);
+    assert_eq!(out.code(), Some(2), "{out}");
+    for text in [
+        "buslink.toml:3:1: key `colour`: unknown field `colour`",
+        "buslink.toml:9:1: key `consumer.timeout`: unknown field `timeout`",
+        "buslink.toml:17:1: key `handlers[0].pth`: unknown field `pth`",
+        "buslink.toml:22:7: key `handlers[1].url`: scheme 'ftp' is not http or https",
+        "key `handlers[2].match`",
+    ] {
+        assert!(out.stderr.contains(text), "expected {text:?}:\n{out}");
+    }
+}
+
+#[test]
+fn check_reports_plugin_settings_handlers_and_commands_together() {
+    let dir = TestDir::new("check-semantic");
+    let handlers = "[[handlers]]\nname = \"notify\"\ntype = \"exec\"\ncommand = [\"/nonexistent/notify\"]\n".to_owned()
+        + "[[handlers]]\nname = \"archive\"\ntype = \"jsonl\"\npath = \"/proc/forbidden/x.jsonl\"\n";
+    let config = sqlite_config(&dir, &fixture_bus(), "", &handlers)
+        .to_string_lossy()
+        .into_owned();
+    let text = std::fs::read_to_string(&config)
+        .expect("config")
+        .replace("poll_interval_ms = 10", "poll_interval_ms = 0");
+    std::fs::write(&config, text).expect("config");
+    let out = buslink(&["check", "--config", &config]);
+    assert_eq!(out.code(), Some(2), "{out}");
+    for text in [
+        "key `consumer.settings.poll_interval_ms`",
+        "at least 1",
+        "handler 'notify': command '/nonexistent/notify' not found",
+        "handler 'archive'",
+    ] {
+        assert!(out.stderr.contains(text), "expected {text:?}:\n{out}");
+    }
+}
+
+#[test]
+fn plugins_lists_good_incompatible_and_foreign_libraries() {
+    let dir = TestDir::new("plugins");
+    let libs = dir.join("libs");
+    std::fs::create_dir_all(&libs).expect("dir");
+    for (from, name) in [
+        (plugin_lib("sqlite"), "libbuslink_sqlite.so"),
+        (other_api_plugin().to_path_buf(), "libbuslink_other_api.so"),
+        (build_dir().join("libnot_a_plugin.so"), "libnot_a_plugin.so"),
+    ] {
+        std::fs::copy(&from, libs.join(name)).expect("copy library");
+    }
+    let out = buslink(&["plugins", &libs.to_string_lossy()]);
+    assert_eq!(out.code(), Some(0), "{out}");
+    for text in [
+        "plugin sqlite 0.1.0 (plugin-api 0.1.0)",
+        "SqliteConsumer (consumer): Hermes sqlite bus",
+        "built against plugin-api 0.2.0, but this buslink uses plugin-api 0.1.0",
+        "not a buslink plugin",
+    ] {
+        assert!(out.stdout.contains(text), "expected {text:?}:\n{out}");
+    }
+    let json = buslink(&["plugins", "--json", &libs.to_string_lossy()]);
+    assert_eq!(json.code(), Some(0), "{json}");
+    let list: serde_json::Value = serde_json::from_str(&json.stdout).expect("JSON");
+    let list = list.as_array().expect("an array");
+    assert_eq!(list.len(), 3);
+    let sqlite = list
+        .iter()
+        .find(|l| l["name"] == "sqlite")
+        .expect("sqlite listed");
+    assert_eq!(sqlite["classes"][0]["name"], "SqliteConsumer");
+    assert_eq!(list.iter().filter(|l| l.get("error").is_some()).count(), 2);
+
+    let describe = buslink(&[
+        "plugins",
+        "describe",
+        "sqlite",
+        "SqliteConsumer",
+        "--dir",
+        &libs.to_string_lossy(),
+    ]);
+    assert_eq!(describe.code(), Some(0), "{describe}");
+    assert!(
+        describe.stdout.contains("`uri` (string, required)"),
+        "{describe}"
+    );
+    assert!(describe.stdout.contains("`poll_interval_ms`"), "{describe}");
+}
+
+#[test]
+fn plugins_defaults_to_the_config_plugin_dirs() {
+    let dir = TestDir::new("plugins-config");
+    let config = sqlite_config(&dir, &fixture_bus(), "", &jsonl_handler("all", ""));
+    let out = buslink(&["plugins", "--config", &config.to_string_lossy()]);
+    assert_eq!(out.code(), Some(0), "{out}");
+    assert!(out.stdout.contains("libbuslink_sqlite.so"), "{out}");
+    assert!(out.stdout.contains("FaultyConsumer"), "{out}");
+}
+
+#[test]
+fn offsets_show_set_and_reset() {
+    let dir = TestDir::new("offsets");
+    let config = sqlite_config(&dir, &fixture_bus(), "", &jsonl_handler("all", ""));
+    let config_arg = config.to_string_lossy().into_owned();
+    let show = buslink(&["offsets", "show", "--config", &config_arg]);
+    assert_eq!(show.code(), Some(0), "{show}");
+    assert!(show.stdout.contains("no committed offset"), "{show}");
+
+    assert_eq!(run_once(&config).code(), Some(0));
+    let show = buslink(&["offsets", "show", "--config", &config_arg]);
+    assert!(
+        show.stdout
+            .contains("last handled offset 163, next offset 164; 163 events handled"),
+        "{show}"
+    );
+    let json = buslink(&["offsets", "show", "--json", "--config", &config_arg]);
+    let record: serde_json::Value = serde_json::from_str(&json.stdout).expect("JSON");
+    assert_eq!(record["last_offset"]["int"], 163);
+
+    // Move back: the next run starts at 150.
+    let set = buslink(&["offsets", "set", "--config", &config_arg, "150"]);
+    assert_eq!(set.code(), Some(0), "{set}");
+    assert!(
+        set.stdout.contains("the next start begins at offset 150"),
+        "{set}"
+    );
+    std::fs::remove_file(dir.join("out/all.jsonl")).expect("reset output");
+    let again = run_once(&config);
+    assert_eq!(again.code(), Some(0), "{again}");
+    assert_eq!(
+        offsets(&read_lines(&dir, "out/all.jsonl")),
+        (150..=163).collect::<Vec<_>>()
+    );
+
+    // Reset: the next run starts at `start` (the beginning).
+    let reset = buslink(&["offsets", "reset", "--config", &config_arg]);
+    assert_eq!(reset.code(), Some(0), "{reset}");
+    assert!(!dir.join("state/test.offsets.json").exists());
+    std::fs::remove_file(dir.join("out/all.jsonl")).expect("reset output");
+    assert_eq!(run_once(&config).code(), Some(0));
+    assert_eq!(read_lines(&dir, "out/all.jsonl").len(), 163);
+}
+
+#[test]
+fn offsets_changes_and_a_second_daemon_are_refused_while_the_consumer_runs() {
+    let dir = TestDir::new("offsets-locked");
+    let config = sqlite_config(&dir, &fixture_bus(), "", &jsonl_handler("all", ""));
+    let config_arg = config.to_string_lossy().into_owned();
+    let mut daemon = Daemon::run(&config);
+    daemon.wait_for("the consumer running", LIMIT, |d| {
+        d.stderr().contains("positioned; consuming")
+    });
+    for args in [
+        vec!["offsets", "set", "--config", &config_arg, "5"],
+        vec!["offsets", "reset", "--config", &config_arg],
+        vec!["run", "--once", "--config", &config_arg],
+    ] {
+        let out = buslink(&args);
+        assert_eq!(out.code(), Some(1), "{args:?}: {out}");
+        assert!(
+            out.stderr
+                .contains("consumer 'test' is in use by another buslink process"),
+            "{out}"
+        );
+    }
+    // Showing is allowed.
+    assert_eq!(
+        buslink(&["offsets", "show", "--config", &config_arg]).code(),
+        Some(0)
+    );
+    let stopped = daemon.terminate(LIMIT);
+    assert_eq!(stopped.code(), Some(0), "{stopped}");
+    assert_eq!(
+        buslink(&["offsets", "set", "--config", &config_arg, "5"]).code(),
+        Some(0)
+    );
+}
+
+#[test]
+fn query_lists_commands_and_refuses_unknown_ones() {
+    let dir = TestDir::new("query");
+    let config = sqlite_config(&dir, &fixture_bus(), "", &jsonl_handler("all", ""));
+    let out = buslink(&["query", "--config", &config.to_string_lossy()]);
+    assert_eq!(out.code(), Some(0), "{out}");
+    assert!(out.stdout.contains("has no commands"), "{out}");
+    let out = buslink(&["query", "--config", &config.to_string_lossy(), "features"]);
+    assert_eq!(out.code(), Some(2), "{out}");
+    assert!(out.stderr.contains("has no command 'features'"), "{out}");
+}
+
+#[test]
+fn progress_lines_are_logged_on_the_configured_interval() {
+    let dir = TestDir::new("progress");
+    let config = sqlite_config(&dir, &fixture_bus(), "", &jsonl_handler("all", ""));
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, format!("stats_interval_s = 1\n{text}")).expect("config");
+    let mut daemon = Daemon::run(&config);
+    daemon.wait_for("a progress line", LIMIT, |d| {
+        d.stderr().contains("progress:")
+            && d.stderr()
+                .contains("163 events in total, last committed offset 163")
+    });
+    assert_eq!(daemon.terminate(LIMIT).code(), Some(0));
+}
+
+#[test]
+fn logs_can_be_json() {
+    let dir = TestDir::new("json-logs");
+    let config = sqlite_config(&dir, &fixture_bus(), "", &jsonl_handler("all", ""));
+    let out = buslink(&[
+        "--log-format",
+        "json",
+        "run",
+        "--once",
+        "--config",
+        &config.to_string_lossy(),
+    ]);
+    assert_eq!(out.code(), Some(0), "{out}");
+    let lines: Vec<serde_json::Value> = out
+        .stderr
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("every log line is JSON"))
+        .collect();
+    assert!(lines.iter().any(|l| l["fields"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("stopped (bus drained)"))));
+}
