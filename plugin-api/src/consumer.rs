@@ -33,11 +33,16 @@ pub enum PollStatus {
 /// [`ErrorKind::Internal`](crate::ErrorKind::Internal) error naming the plugin, the class and
 /// the method, and the consumer is unusable afterwards.
 pub trait Consumer: Send + 'static {
-    /// Connects to the bus, using only the settings the consumer was built with.
-    fn open(&mut self) -> PluginResult<()>;
+    /// Connects to the bus, using only the settings the consumer was built with. The default
+    /// does nothing (for buses opened lazily by `poll`).
+    fn open(&mut self) -> PluginResult<()> {
+        Ok(())
+    }
 
-    /// Disconnects. Called once at the end, and before every re-open.
-    fn close(&mut self) -> PluginResult<()>;
+    /// Disconnects. Called once at the end, and before every re-open. The default does nothing.
+    fn close(&mut self) -> PluginResult<()> {
+        Ok(())
+    }
 
     /// Positions on the oldest event still on the bus.
     fn seek_to_beginning(&mut self) -> PluginResult<()>;
@@ -121,6 +126,33 @@ pub trait Consumer: Send + 'static {
                 PollStatus::Idle | PollStatus::Ended => return Ok(false),
             }
         }
+    }
+}
+
+/// The waiting loop of a bus that is polled: calls `read` (which adds what is there now to the
+/// batch and returns how many events it added) until it adds some, sleeping `interval` between
+/// two calls; [`PollStatus::Idle`] once `timeout` has passed (`None`: wait forever).
+pub fn poll_until(
+    timeout: Option<Duration>,
+    interval: Duration,
+    mut read: impl FnMut() -> PluginResult<usize>,
+) -> PluginResult<PollStatus> {
+    let deadline = timeout.map(|timeout| std::time::Instant::now() + timeout);
+    loop {
+        if read()? > 0 {
+            return Ok(PollStatus::Ready);
+        }
+        let pause = match deadline {
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return Ok(PollStatus::Idle);
+                }
+                left.min(interval)
+            }
+            None => interval,
+        };
+        std::thread::sleep(pause);
     }
 }
 

@@ -36,7 +36,7 @@ mod settings;
 #[doc(hidden)]
 pub mod ffi;
 
-pub use consumer::{CommandInfo, Consumer, ConsumerClass, Context, PollStatus};
+pub use consumer::{poll_until, CommandInfo, Consumer, ConsumerClass, Context, PollStatus};
 pub use error::{ErrorKind, PluginError, PluginResult};
 pub use event::{Body, Event, EventBatch};
 pub use offset::{Offset, OffsetRef};

@@ -111,8 +111,7 @@ pub fn other_api_plugin() -> &'static Path {
     static LIBRARY: OnceLock<PathBuf> = OnceLock::new();
     LIBRARY.get_or_init(|| {
         let root = workspace_root();
-        let fixture = build_dir().join("../other-api-fixture");
-        let work = fixture.join("src");
+        let work = build_dir().join("../fixture-sources/other-api");
         let copy = |from: &Path, to: &Path| {
             std::fs::create_dir_all(to.join("src")).expect("fixture dirs");
             for entry in std::fs::read_dir(from.join("src")).expect("fixture sources") {
@@ -158,32 +157,36 @@ pub fn other_api_plugin() -> &'static Path {
             .join("\n");
         write_if_changed(&work.join("Cargo.toml"), &workspace);
         let _ = std::fs::copy(root.join("Cargo.lock"), work.join("Cargo.lock"));
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let output = Command::new(cargo)
-            .args([
-                "build",
-                "--offline",
-                "-p",
-                "buslink-fixture-other-api",
-                "--manifest-path",
-            ])
-            .arg(work.join("Cargo.toml"))
-            .arg("--target-dir")
-            .arg(fixture.join("target"))
-            .env_remove("CARGO_TARGET_DIR")
-            .env_remove("RUSTFLAGS")
-            .output()
-            .expect("cargo runs");
-        assert!(
-            output.status.success(),
-            "building the other-api fixture failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        fixture.join("target/debug/libbuslink_other_api.so")
+        cargo_build_outside(&work.join("Cargo.toml"), "buslink-fixture-other-api")
+            .join("libbuslink_other_api.so")
     })
 }
 
-fn write_if_changed(path: &Path, text: &str) {
+/// Builds a package of a workspace that lives outside ours, offline (every dependency is
+/// already in the local registry, with our Cargo.lock's versions), into a target directory
+/// shared by such fixtures; returns the directory of its artefacts.
+pub fn cargo_build_outside(manifest: &Path, package: &str) -> PathBuf {
+    let target = build_dir().join("../fixture-builds");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let output = Command::new(cargo)
+        .args(["build", "--offline", "-p", package, "--manifest-path"])
+        .arg(manifest)
+        .arg("--target-dir")
+        .arg(&target)
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("RUSTFLAGS")
+        .output()
+        .expect("cargo runs");
+    assert!(
+        output.status.success(),
+        "building {package} ({}) failed:\n{}",
+        manifest.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    target.join("debug")
+}
+
+pub fn write_if_changed(path: &Path, text: &str) {
     if std::fs::read_to_string(path).ok().as_deref() != Some(text) {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).expect("dir");

@@ -8,4 +8,5 @@ mod durability;
 mod handlers;
 mod loading;
 mod ops;
+mod plugin_author;
 mod sqlite_bus;

@@ -2,10 +2,11 @@
 
 use crate::bus::BusFile;
 use buslink_plugin_api::{
-    Consumer, ConsumerClass, Context, EventBatch, Offset, PluginError, PluginResult, PollStatus,
+    poll_until, Consumer, ConsumerClass, Context, EventBatch, Offset, PluginError, PluginResult,
+    PollStatus,
 };
 use serde::Deserialize;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Settings of [`SqliteConsumer`].
 #[derive(Clone, Debug, Deserialize)]
@@ -87,26 +88,6 @@ impl SqliteConsumer {
             )),
         }
     }
-
-    /// Waits for the next look at the bus; `false` when the timeout has passed.
-    fn wait(&self, deadline: Option<Instant>) -> bool {
-        let pause = match deadline {
-            Some(deadline) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return false;
-                }
-                left.min(self.poll_interval)
-            }
-            None => self.poll_interval,
-        };
-        std::thread::sleep(pause);
-        true
-    }
-
-    fn deadline(&self) -> Option<Instant> {
-        self.timeout.map(|timeout| Instant::now() + timeout)
-    }
 }
 
 impl Consumer for SqliteConsumer {
@@ -166,20 +147,18 @@ impl Consumer for SqliteConsumer {
     }
 
     fn poll(&mut self, batch: &mut EventBatch) -> PluginResult<PollStatus> {
-        let deadline = self.deadline();
-        loop {
-            let from = self.position()?;
-            let outcome = self.bus.read_into(from, None, batch)?;
+        self.position()?;
+        let (bus, position) = (&mut self.bus, &mut self.position);
+        poll_until(self.timeout, self.poll_interval, || {
+            let Position::At(from) = *position else {
+                return Ok(0);
+            };
+            let outcome = bus.read_into(from, None, batch)?;
             if let Some(last) = outcome.last_msgid {
-                self.position = Position::At(last + 1);
+                *position = Position::At(last + 1);
             }
-            if outcome.events_added > 0 {
-                return Ok(PollStatus::Ready);
-            }
-            if !self.wait(deadline) {
-                return Ok(PollStatus::Idle);
-            }
-        }
+            Ok(outcome.events_added)
+        })
     }
 
     fn find_next_event_of_category(
@@ -187,23 +166,21 @@ impl Consumer for SqliteConsumer {
         category: &str,
         found: &mut EventBatch,
     ) -> PluginResult<bool> {
-        let deadline = self.deadline();
-        loop {
-            let from = self.position()?;
-            let outcome = self.bus.read_into(from, Some(category), found)?;
+        self.position()?;
+        let (bus, position) = (&mut self.bus, &mut self.position);
+        let status = poll_until(self.timeout, self.poll_interval, || loop {
+            let Position::At(from) = *position else {
+                return Ok(0);
+            };
+            let outcome = bus.read_into(from, Some(category), found)?;
             if let Some(last) = outcome.last_msgid {
-                self.position = Position::At(last + 1);
+                *position = Position::At(last + 1);
             }
-            if outcome.events_added > 0 {
-                return Ok(true);
+            // Rows of other categories were skipped: look again at once, there may be more.
+            if outcome.events_added > 0 || outcome.rows_read == 0 {
+                return Ok(outcome.events_added);
             }
-            // Rows were skipped: look again at once, there may be more.
-            if outcome.rows_read > 0 {
-                continue;
-            }
-            if !self.wait(deadline) {
-                return Ok(false);
-            }
-        }
+        })?;
+        Ok(status == PollStatus::Ready)
     }
 }
