@@ -288,6 +288,33 @@ struct Committer<'a> {
 }
 
 impl Committer<'_> {
+    /// Notes that events `from..to` of `batch` were handled by every matching handler.
+    fn record(
+        &mut self,
+        batch: &EventBatch,
+        from: usize,
+        to: usize,
+        next_after_last: &Option<Offset>,
+    ) {
+        let Some(last) = to.checked_sub(1).and_then(|index| batch.get(index)) else {
+            return;
+        };
+        if to <= from {
+            return;
+        }
+        // The next event is the one after the last handled: the next in the batch, or what
+        // the bus says follows the batch.
+        let next = match batch.get(to) {
+            Some(following) => Some(following.offset.to_owned()),
+            None => next_after_last.clone(),
+        };
+        let count = (to - from) as u64;
+        self.handled_total += count;
+        self.pending_count += count;
+        self.pending_since.get_or_insert_with(Instant::now);
+        self.pending = Some((last.offset.to_owned(), next));
+    }
+
     fn due(&self) -> bool {
         self.pending.is_some()
             && (self.pending_count >= self.policy.every_events
@@ -552,6 +579,7 @@ impl Dispatcher<'_> {
         committer: &mut Committer<'_>,
     ) -> Result<(), PipelineError> {
         let mut handled = 0;
+        let mut recorded = 0;
         let mut outcome = Ok(());
         for event in batch.iter() {
             if let Err(error) = self.dispatch_event(&DispatchedEvent::new(event)) {
@@ -559,21 +587,16 @@ impl Dispatcher<'_> {
                 break;
             }
             handled += 1;
-        }
-        if handled > 0 {
-            if let Some(last) = batch.get(handled - 1) {
-                // The next event is the one after the last handled: the failed one, or what the
-                // bus says follows the batch.
-                let next = match batch.get(handled) {
-                    Some(failed) => Some(failed.offset.to_owned()),
-                    None => next_after_last,
-                };
-                committer.handled_total += handled as u64;
-                committer.pending_count += handled as u64;
-                committer.pending_since.get_or_insert_with(Instant::now);
-                committer.pending = Some((last.offset.to_owned(), next));
+            // `every_events` holds inside a batch too: with 1, every event is committed.
+            if committer.pending_count + (handled - recorded) as u64
+                >= committer.policy.every_events
+            {
+                committer.record(batch, recorded, handled, &next_after_last);
+                recorded = handled;
+                committer.commit(self.handlers)?;
             }
         }
+        committer.record(batch, recorded, handled, &next_after_last);
         for handler in self.handlers.iter_mut() {
             if let Err(error) = handler.handler.flush() {
                 return Err(PipelineError::HandlerSync {

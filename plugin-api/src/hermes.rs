@@ -32,25 +32,140 @@ impl HermesEvent {
     }
 }
 
-/// The fields of a Hermes event that routing needs, borrowed from the body without parsing the
-/// attributes. Any JSON object parses; the fields it lacks are `None`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+/// The fields of a Hermes event that routing needs, borrowed from the body. Any JSON object
+/// parses; the fields it lacks are `None`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HermesHeader<'a> {
     /// See [`HermesEvent::evcategory`].
-    #[serde(borrow, default)]
     pub evcategory: Option<Cow<'a, str>>,
     /// See [`HermesEvent::eventtype`].
-    #[serde(borrow, default)]
     pub eventtype: Option<Cow<'a, str>>,
     /// See [`HermesEvent::objtype`].
-    #[serde(borrow, default)]
     pub objtype: Option<Cow<'a, str>>,
 }
 
 impl<'a> HermesHeader<'a> {
     /// Reads the routing fields of a JSON object; `None` when the text is not a JSON object.
+    ///
+    /// Reading stops as soon as the three fields were seen: Hermes writes them first, so the
+    /// attributes, most of the body, are not even scanned.
     pub fn parse(text: &'a str) -> Option<Self> {
-        serde_json::from_str(text).ok()
+        let mut header = HermesHeader::default();
+        let keys = ["evcategory", "eventtype", "objtype"];
+        let mut slots = [None, None, None];
+        peek_fields(text, &keys, &mut slots).then(|| {
+            let [evcategory, eventtype, objtype] = slots;
+            header.evcategory = evcategory;
+            header.eventtype = eventtype;
+            header.objtype = objtype;
+            header
+        })
+    }
+}
+
+/// A string borrowed from the JSON text when it has no escapes.
+#[derive(Deserialize)]
+struct MaybeBorrowed<'a>(#[serde(borrow)] Option<Cow<'a, str>>);
+
+/// Any JSON value: the string it is (borrowed when it has no escapes), or `None`.
+struct StringOrOther<'a>(Option<Cow<'a, str>>);
+
+impl<'de> Deserialize<'de> for StringOrOther<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+        struct Any;
+        impl<'de> Visitor<'de> for Any {
+            type Value = StringOrOther<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(StringOrOther(Some(Cow::Borrowed(v))))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(StringOrOther(Some(Cow::Owned(v.to_owned()))))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(StringOrOther(Some(Cow::Owned(v))))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(StringOrOther(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(StringOrOther(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(StringOrOther(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(StringOrOther(None))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(StringOrOther(None))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(StringOrOther(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(StringOrOther(None))
+            }
+        }
+        deserializer.deserialize_any(Any)
+    }
+}
+
+/// Why [`peek_fields`] stopped reading early (not an error).
+const ALL_FOUND: &str = "buslink: all fields found";
+
+/// Reads the string values of `keys` from a JSON object into `slots`, stopping as soon as
+/// every key was seen; returns whether `text` starts as a JSON object. A value that is not a
+/// string (or null) leaves its slot empty.
+pub fn peek_fields<'a>(text: &'a str, keys: &[&str], slots: &mut [Option<Cow<'a, str>>]) -> bool {
+    use serde::de::{Deserializer, Error, IgnoredAny, MapAccess, Visitor};
+    use std::fmt;
+
+    struct Peek<'k, 's, 'a> {
+        keys: &'k [&'k str],
+        slots: &'s mut [Option<Cow<'a, str>>],
+    }
+
+    impl<'de: 'a, 'a> Visitor<'de> for Peek<'_, '_, 'a> {
+        type Value = ();
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let mut missing = self.keys.len();
+            while let Some(key) = map.next_key::<MaybeBorrowed<'de>>()? {
+                let position = key
+                    .0
+                    .as_deref()
+                    .and_then(|key| self.keys.iter().position(|wanted| *wanted == key));
+                match position {
+                    Some(index) if self.slots[index].is_none() => {
+                        self.slots[index] = map.next_value::<StringOrOther<'de>>()?.0;
+                        missing -= 1;
+                        if missing == 0 {
+                            return Err(A::Error::custom(ALL_FOUND));
+                        }
+                    }
+                    _ => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    match (&mut deserializer).deserialize_map(Peek { keys, slots }) {
+        Ok(()) => true,
+        Err(error) => error.to_string().starts_with(ALL_FOUND),
     }
 }
 

@@ -135,7 +135,7 @@ fn check_writable_dir(dir: &Path) -> Result<(), String> {
 
 fn check_handler(handler: &HandlerConfig, base_dir: &Path) -> Result<(), String> {
     match &handler.kind {
-        HandlerKind::Stdout => Ok(()),
+        HandlerKind::Stdout | HandlerKind::Null => Ok(()),
         HandlerKind::Jsonl { path } => {
             if path.is_dir() {
                 return Err(format!("{} is a directory", path.display()));
@@ -185,6 +185,7 @@ fn describe_filter(filter: &EventFilter) -> String {
 
 fn describe_handler(handler: &HandlerConfig) -> String {
     let what = match &handler.kind {
+        HandlerKind::Null => "null (discards events)".to_owned(),
         HandlerKind::Stdout => "stdout".to_owned(),
         HandlerKind::Jsonl { path } => format!("jsonl -> {}", path.display()),
         HandlerKind::Exec(exec) => {

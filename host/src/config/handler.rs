@@ -21,8 +21,12 @@ pub struct HandlerConfig {
 /// The handler types and their own settings.
 #[derive(Clone, Debug)]
 pub enum HandlerKind {
+    /// Accepts every event and does nothing: for measuring buslink itself.
+    Null,
     Stdout,
-    Jsonl { path: PathBuf },
+    Jsonl {
+        path: PathBuf,
+    },
     Exec(ExecConfig),
     Http(HttpConfig),
 }
@@ -31,6 +35,7 @@ impl HandlerKind {
     /// The `type` name.
     pub fn type_name(&self) -> &'static str {
         match self {
+            HandlerKind::Null => "null",
             HandlerKind::Stdout => "stdout",
             HandlerKind::Jsonl { .. } => "jsonl",
             HandlerKind::Exec(_) => "exec",
@@ -282,7 +287,7 @@ fn validate_one(
     }
     let kind_name = raw.kind.get_ref().as_str();
     let allowed: &[&str] = match kind_name {
-        "stdout" => &[],
+        "stdout" | "null" => &[],
         "jsonl" => &["path"],
         "exec" => &["command", "timeout_ms", "env"],
         "http" => &["url", "headers", "timeout_ms"],
@@ -290,7 +295,7 @@ fn validate_one(
             errors.push(at(
                 raw.kind.span(),
                 "type",
-                format!("unknown handler type '{other}' (known: stdout, jsonl, exec, http)"),
+                format!("unknown handler type '{other}' (known: stdout, jsonl, exec, http, null)"),
             ));
             return None;
         }
@@ -332,6 +337,7 @@ fn validate_one(
     }
     let kind = match kind_name {
         "stdout" => Some(HandlerKind::Stdout),
+        "null" => Some(HandlerKind::Null),
         "jsonl" => match &raw.path {
             Some(path) if !path.get_ref().as_os_str().is_empty() => Some(HandlerKind::Jsonl {
                 path: resolve(path.get_ref()),

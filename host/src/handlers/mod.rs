@@ -55,6 +55,15 @@ pub trait Handler: Send {
     }
 }
 
+/// `type = "null"`: takes every event and does nothing (benchmarks measure buslink with it).
+struct NullHandler;
+
+impl Handler for NullHandler {
+    fn handle(&mut self, _event: &DispatchedEvent<'_>) -> Result<(), HandlerError> {
+        Ok(())
+    }
+}
+
 /// A configured handler: its name, its match, its failure handling, and the handler itself.
 pub struct ConfiguredHandler {
     pub name: String,
@@ -69,6 +78,7 @@ pub fn build_one(config: &HandlerConfig, base_dir: &Path) -> Result<ConfiguredHa
     let fail = |e: String| format!("handler '{}': {e}", config.name);
     let matcher = EventMatcher::new(&config.filter).map_err(fail)?;
     let handler: Box<dyn Handler> = match &config.kind {
+        HandlerKind::Null => Box::new(NullHandler),
         HandlerKind::Stdout => Box::new(stdout::StdoutHandler::new()),
         HandlerKind::Jsonl { path } => Box::new(jsonl::JsonlHandler::open(path).map_err(fail)?),
         HandlerKind::Exec(exec) => {

@@ -1,6 +1,6 @@
 //! Read access to a Hermes sqlite bus file.
 
-use buslink_plugin_api::hermes::HermesHeader;
+use buslink_plugin_api::hermes::peek_fields;
 use buslink_plugin_api::{Body, Event, EventBatch, OffsetRef, PluginError, PluginResult};
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
@@ -153,8 +153,11 @@ impl BusFile {
                 })?;
                 outcome.rows_read += 1;
                 outcome.last_msgid = Some(msgid);
-                let header = HermesHeader::parse(data).unwrap_or_default();
-                let evcategory = header.evcategory.as_deref().unwrap_or("");
+                // Only the category is needed here: stop reading at `evcategory`.
+                let mut category_slot = [None];
+                peek_fields(data, &["evcategory"], &mut category_slot);
+                let [evcategory] = category_slot;
+                let evcategory = evcategory.as_deref().unwrap_or("");
                 if category.is_some_and(|wanted| wanted != evcategory) {
                     continue;
                 }

@@ -1,0 +1,407 @@
+//! `buslink-bench`: buslink's end-to-end benchmarks, measured side by side in one run, printed
+//! as a Markdown table of ratios first. See BENCHMARKS.md.
+//!
+//! ```sh
+//! cargo build --release --workspace && target/release/buslink-bench
+//! ```
+//!
+//! Every measured program runs as a child process; wall time, CPU time (user + sys) and peak
+//! RSS come from `wait4`. Medians of `--runs` runs.
+
+use anyhow::{bail, Context};
+use buslink_plugin_api::{ConsumerClass, EventBatch, PollStatus};
+use buslink_testkit::{hermes_events, HermesBusWriter};
+use clap::{Parser, Subcommand};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(about = "buslink's benchmarks, side by side")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Mode>,
+    /// Events in the generated sqlite bus.
+    #[arg(long, default_value_t = 100_000)]
+    events: usize,
+    /// Runs of each measurement (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Where to put generated buses and configs (default: a temporary directory).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// (measured child) the bare loop: SELECT every row, parse its JSON once.
+    BareSqlite { bus: PathBuf },
+    /// (measured child) drain the bus with the sqlite consumer linked statically.
+    StaticSqlite { bus: PathBuf },
+    /// (measured child) drain the bus with the sqlite consumer loaded through the ABI.
+    LoadedSqlite { bus: PathBuf, library: PathBuf },
+}
+
+const BATCH: usize = 512;
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Mode::BareSqlite { bus }) => bare_sqlite(&bus),
+        Some(Mode::StaticSqlite { bus }) => static_sqlite(&bus),
+        Some(Mode::LoadedSqlite { bus, library }) => loaded_sqlite(&bus, &library),
+        None => run_all(cli.events, cli.runs.max(1), cli.work_dir),
+    }
+}
+
+// ---- measured children ----------------------------------------------------------------------
+
+fn bare_sqlite(bus: &Path) -> anyhow::Result<()> {
+    let connection =
+        rusqlite::Connection::open_with_flags(bus, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let mut statement =
+        connection.prepare("SELECT msgid, timestamp, data FROM hermesmessages ORDER BY msgid")?;
+    let mut rows = statement.query([])?;
+    let mut count = 0u64;
+    while let Some(row) = rows.next()? {
+        let _msgid: i64 = row.get(0)?;
+        let _timestamp: f64 = row.get(1)?;
+        let data = row.get_ref(2)?.as_str()?;
+        let _: serde::de::IgnoredAny = serde_json::from_str(data)?;
+        count += 1;
+    }
+    println!("{count}");
+    Ok(())
+}
+
+fn drain(
+    mut poll: impl FnMut(&mut EventBatch) -> anyhow::Result<PollStatus>,
+) -> anyhow::Result<()> {
+    let mut batch = EventBatch::new(BATCH, 4 << 20);
+    let mut count = 0u64;
+    loop {
+        batch.clear();
+        match poll(&mut batch)? {
+            PollStatus::Ready => count += batch.iter().count() as u64,
+            PollStatus::Idle | PollStatus::Ended => break,
+        }
+    }
+    println!("{count}");
+    Ok(())
+}
+
+fn static_sqlite(bus: &Path) -> anyhow::Result<()> {
+    use buslink_plugin_api::Consumer;
+    let settings = buslink_sqlite::SqliteSettings {
+        uri: bus.to_string_lossy().into_owned(),
+        poll_interval_ms: 5,
+    };
+    let context = buslink_plugin_api::Context::new(".");
+    let mut consumer = buslink_sqlite::SqliteConsumer::new(settings, &context)?;
+    consumer.open()?;
+    consumer.set_timeout(Some(Duration::ZERO))?;
+    consumer.seek_to_beginning()?;
+    drain(|batch| Ok(consumer.poll(batch)?))
+}
+
+fn loaded_sqlite(bus: &Path, library: &Path) -> anyhow::Result<()> {
+    let plugin = buslink::plugin::LoadedPlugin::load(library)?;
+    let settings = serde_json::json!({ "uri": bus, "poll_interval_ms": 5 }).to_string();
+    let mut consumer = plugin.new_consumer("SqliteConsumer", &settings, Path::new("."))?;
+    consumer.open()?;
+    consumer.set_timeout(Some(Duration::ZERO))?;
+    consumer.seek_to_beginning()?;
+    drain(|batch| Ok(consumer.poll(batch)?))
+}
+
+// ---- measuring ------------------------------------------------------------------------------
+
+/// One measured run of a child process.
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    wall: Duration,
+    cpu: Duration,
+    max_rss_kib: u64,
+}
+
+/// Runs `command` to completion; its resources from wait4.
+fn measure(mut command: Command) -> anyhow::Result<Sample> {
+    let start = Instant::now();
+    let child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {command:?}"))?;
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value; wait4 fills it for our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let wall = start.elapsed();
+    if waited != pid {
+        bail!("wait4 failed for {command:?}");
+    }
+    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+        let mut stderr = String::new();
+        if let Some(mut pipe) = child.stderr {
+            let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+        }
+        bail!("{command:?} failed ({status}):\n{stderr}");
+    }
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    Ok(Sample {
+        wall,
+        cpu: time(usage.ru_utime) + time(usage.ru_stime),
+        max_rss_kib: usage.ru_maxrss as u64,
+    })
+}
+
+/// The median (by wall time) of `runs` runs.
+fn median(runs: usize, mut make: impl FnMut() -> Command) -> anyhow::Result<Sample> {
+    let mut samples = (0..runs)
+        .map(|_| measure(make()))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    samples.sort_by_key(|s| s.wall);
+    Ok(samples[samples.len() / 2])
+}
+
+fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+    let path = buslink_testkit::build_dir().join(name);
+    if !path.exists() {
+        bail!(
+            "{} not found: build the workspace in release mode first",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+fn write_bus(path: &Path, events: usize) -> anyhow::Result<()> {
+    if path.exists() {
+        std::fs::remove_file(path)?;
+    }
+    HermesBusWriter::open(path)?.append_all(hermes_events(events))?;
+    Ok(())
+}
+
+fn sqlite_config(
+    dir: &Path,
+    name: &str,
+    bus: &Path,
+    extra: &str,
+    handler: &str,
+) -> anyhow::Result<PathBuf> {
+    let state = dir.join(format!("state-{name}"));
+    let plugins = buslink_testkit::build_dir();
+    let text = format!(
+        "state_dir = \"{}\"\nplugin_dirs = [\"{}\"]\nstats_interval_s = 0\n\n[consumer]\nname = \"{name}\"\nplugin = \"sqlite\"\nclass = \"SqliteConsumer\"\ntimeout_ms = 20\n\n[consumer.settings]\nuri = \"{}\"\npoll_interval_ms = 5\n\n{extra}\n[[handlers]]\nname = \"out\"\n{handler}\n",
+        state.display(),
+        plugins.display(),
+        bus.display()
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+/// `buslink run --once` on a fresh state directory.
+fn buslink_once(config: &Path) -> anyhow::Result<Command> {
+    let text = std::fs::read_to_string(config)?;
+    if let Some(state) = text.lines().find_map(|l| l.strip_prefix("state_dir = \"")) {
+        let _ = std::fs::remove_dir_all(state.trim_end_matches('"'));
+    }
+    let mut command = Command::new(sibling("buslink")?);
+    command
+        .args(["--log-level", "warn", "run", "--once", "--config"])
+        .arg(config);
+    Ok(command)
+}
+
+fn per_event(duration: Duration, events: usize) -> String {
+    format!("{:.2} us", duration.as_secs_f64() * 1e6 / events as f64)
+}
+
+fn rate(duration: Duration, events: usize) -> String {
+    format!("{:.0}", events as f64 / duration.as_secs_f64())
+}
+
+// ---- the whole run --------------------------------------------------------------------------
+
+fn run_all(events: usize, runs: usize, work_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let temp = tempfile::tempdir()?;
+    let dir = work_dir.unwrap_or_else(|| temp.path().to_path_buf());
+    std::fs::create_dir_all(&dir)?;
+    let me = std::env::current_exe()?;
+    let library = sibling("libbuslink_sqlite.so")?;
+    let bus = dir.join("bus.sqlite");
+    eprintln!("writing a {events}-event Hermes bus...");
+    write_bus(&bus, events)?;
+    let null = sqlite_config(&dir, "null", &bus, "", "type = \"null\"")?;
+
+    eprintln!("sqlite: buslink run --once vs the bare scan+parse loop...");
+    let host = median(runs, || buslink_once(&null).expect("config"))?;
+    let bare = median(runs, || {
+        let mut c = Command::new(&me);
+        c.arg("bare-sqlite").arg(&bus);
+        c
+    })?;
+    eprintln!("sqlite: statically linked vs loaded through the ABI...");
+    let linked = median(runs, || {
+        let mut c = Command::new(&me);
+        c.arg("static-sqlite").arg(&bus);
+        c
+    })?;
+    let loaded = median(runs, || {
+        let mut c = Command::new(&me);
+        c.arg("loaded-sqlite").arg(&bus).arg(&library);
+        c
+    })?;
+
+    let commit_events = (events / 10).max(1000);
+    eprintln!("commit cost on {commit_events} events...");
+    let small_bus = dir.join("small.sqlite");
+    write_bus(&small_bus, commit_events)?;
+    let every_1 = sqlite_config(
+        &dir,
+        "every1",
+        &small_bus,
+        "[commit]\nevery_events = 1\n",
+        "type = \"null\"",
+    )?;
+    let every_1000 = sqlite_config(
+        &dir,
+        "every1000",
+        &small_bus,
+        "[commit]\nevery_events = 1000\n",
+        "type = \"null\"",
+    )?;
+    let commit_1 = median(runs, || buslink_once(&every_1).expect("config"))?;
+    let commit_1000 = median(runs, || buslink_once(&every_1000).expect("config"))?;
+
+    eprintln!("peak RSS with a 3x backlog...");
+    let big_bus = dir.join("big.sqlite");
+    write_bus(&big_bus, events * 3)?;
+    let big = sqlite_config(&dir, "big", &big_bus, "", "type = \"null\"")?;
+    let host_big = median(1, || buslink_once(&big).expect("config"))?;
+
+    eprintln!("latency: sqlite bus, 100 events/s...");
+    let latency = sqlite_latency(&dir)?;
+
+    let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
+    println!("## Ratios (one run, side by side; {events} events, median of {runs})\n");
+    println!("| measure | value | target |");
+    println!("| --- | --- | --- |");
+    println!(
+        "| sqlite: buslink throughput / bare scan+parse throughput | {:.2} | >= 0.8 |",
+        ratio(bare.wall, host.wall)
+    );
+    println!(
+        "| sqlite: ABI-loaded time / statically linked time | {:.2} | <= 1.1 |",
+        ratio(loaded.wall, linked.wall)
+    );
+    println!(
+        "| commit every event time / every 1000 ({commit_events} events) | {:.2} | <= 2 |",
+        ratio(commit_1.wall, commit_1000.wall)
+    );
+    println!("| sqlite publish -> handler latency p50 / p99 (100 events/s) | {:.2} ms / {:.2} ms | p99 < 5 ms |", latency.0, latency.1);
+    println!(
+        "| buslink peak RSS, {events} / {} events backlog | {:.1} / {:.1} MiB | < 30 MiB |",
+        events * 3,
+        host.max_rss_kib as f64 / 1024.0,
+        host_big.max_rss_kib as f64 / 1024.0
+    );
+    println!("\n## Details\n");
+    println!("| run | wall | events/s | CPU (user+sys) | CPU per event | peak RSS |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for (name, sample, count) in [
+        ("buslink run --once, sqlite, null handler", host, events),
+        ("bare rusqlite scan + serde_json parse", bare, events),
+        (
+            "sqlite consumer, statically linked, poll loop",
+            linked,
+            events,
+        ),
+        (
+            "sqlite consumer, loaded through the ABI, poll loop",
+            loaded,
+            events,
+        ),
+        ("buslink, commit every event", commit_1, commit_events),
+        (
+            "buslink, commit every 1000 events",
+            commit_1000,
+            commit_events,
+        ),
+        ("buslink run --once, 3x backlog", host_big, events * 3),
+    ] {
+        println!(
+            "| {name} | {:.3} s | {} | {:.3} s | {} | {:.1} MiB |",
+            sample.wall.as_secs_f64(),
+            rate(sample.wall, count),
+            sample.cpu.as_secs_f64(),
+            per_event(sample.cpu, count),
+            sample.max_rss_kib as f64 / 1024.0
+        );
+    }
+    Ok(())
+}
+
+/// Appends events at 100/s with the current time as their timestamp while a daemon prints them;
+/// returns the p50 and p99 of (line read - timestamp), in ms.
+fn sqlite_latency(dir: &Path) -> anyhow::Result<(f64, f64)> {
+    let bus = dir.join("live.sqlite");
+    let writer = {
+        if bus.exists() {
+            std::fs::remove_file(&bus)?;
+        }
+        HermesBusWriter::open(&bus)?
+    };
+    let config = sqlite_config(dir, "live", &bus, "", "type = \"stdout\"")?;
+    let _ = std::fs::remove_dir_all(dir.join("state-live"));
+    let mut child = Command::new(sibling("buslink")?)
+        .args(["--log-level", "warn", "run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let reader = std::thread::spawn(move || {
+        let mut delays = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or_default();
+            let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if let Some(sent) = value["event"]["objattrs"]["sent"].as_f64() {
+                delays.push((now - sent) * 1000.0);
+            }
+        }
+        delays
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let count = 300;
+    for i in 0..count {
+        let sent = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs_f64();
+        let data = serde_json::json!({"evcategory": "base", "eventtype": "added", "objtype": "Probe", "objpkey": i, "objattrs": {"sent": sent}, "step": 0, "isPartiallyProcessed": false});
+        writer.append(&data.to_string(), sent)?;
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    let mut delays = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("reader thread"))?;
+    if delays.len() != count {
+        bail!("latency: {} of {count} events seen", delays.len());
+    }
+    delays.sort_by(f64::total_cmp);
+    let at = |q: f64| delays[((delays.len() - 1) as f64 * q).round() as usize];
+    Ok((at(0.5), at(0.99)))
+}
