@@ -51,6 +51,12 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The error queue: list, retry now, or drop queued events (changes refused while the
+    /// consumer's daemon runs).
+    Errors {
+        #[command(subcommand)]
+        action: ErrorsAction,
+    },
     /// Show or move a consumer's committed offset (refused while its daemon runs).
     Offsets {
         #[command(subcommand)]
@@ -117,5 +123,37 @@ pub enum OffsetsAction {
         /// The config file.
         #[arg(long, short)]
         config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ErrorsAction {
+    /// List the queued events.
+    List {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Try queued events now: every object, or the object of event ID.
+    Retry {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// A queued event's id.
+        id: Option<u64>,
+    },
+    /// Remove queued events without handling them.
+    Drop {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// A queued event's id.
+        id: Option<u64>,
+        /// Every queued event.
+        #[arg(long)]
+        all: bool,
     },
 }

@@ -1,7 +1,7 @@
 //! The `buslink` daemon. See ARCHITECTURE.md for the map.
 
-use buslink::cli::{Cli, Command, OffsetsAction, PluginsCommand};
-use buslink::commands::{check, offsets, plugins, query, run, AppError};
+use buslink::cli::{Cli, Command, ErrorsAction, OffsetsAction, PluginsCommand};
+use buslink::commands::{check, errors, offsets, plugins, query, run, AppError};
 use buslink::logging;
 use clap::Parser;
 use std::process::ExitCode;
@@ -39,6 +39,11 @@ fn dispatch(command: Command) -> Result<(), AppError> {
             command,
             args,
         } => query::query(&config, command.as_deref(), &args),
+        Command::Errors { action } => match action {
+            ErrorsAction::List { config, json } => errors::list(&config, json),
+            ErrorsAction::Retry { config, id } => errors::retry(&config, id),
+            ErrorsAction::Drop { config, id, all } => errors::drop_events(&config, id, all),
+        },
         Command::Offsets { action } => match action {
             OffsetsAction::Show { config, json } => offsets::show(&config, json),
             OffsetsAction::Set {

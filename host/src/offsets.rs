@@ -63,6 +63,15 @@ pub struct OffsetRecord {
     pub next_offset: Option<Offset>,
     /// How many events were handled since the cache was created.
     pub events_handled: u64,
+    /// Hermes mode: where the initsync sequence that was replayed starts and stops.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initstartoffset: Option<Offset>,
+    /// Hermes mode: see `initstartoffset`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initstopoffset: Option<Offset>,
+    /// Hermes mode: whether the whole initsync sequence was handled (base events follow).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub initsync_done: bool,
     /// When this record was written.
     pub updated_at: DateTime<Utc>,
 }
@@ -219,6 +228,9 @@ impl OffsetCache {
             last_offset,
             next_offset,
             events_handled,
+            initstartoffset: None,
+            initstopoffset: None,
+            initsync_done: false,
             updated_at: Utc::now(),
         }
     }

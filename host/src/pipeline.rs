@@ -12,7 +12,9 @@
 
 use crate::config::{CommitPolicy, FailurePolicy, StartPosition};
 use crate::dead_letter::DeadLetterFile;
+use crate::error_queue::{object_key, ErrorQueue, QueueError};
 use crate::handlers::{ConfiguredHandler, DispatchedEvent};
+use crate::hermes_mode::HermesFilter;
 use crate::offsets::{CacheError, OffsetCache, OffsetRecord, ResumePoint};
 use crate::plugin::{ConsumerError, PluginConsumer};
 use crate::shutdown::Shutdown;
@@ -38,6 +40,8 @@ pub struct PipelineOptions {
     pub max_backoff: Duration,
     /// How often to log a progress line (`None`: never).
     pub stats_interval: Option<Duration>,
+    /// Hermes mode: which events reach handlers.
+    pub hermes: Option<HermesFilter>,
 }
 
 /// The plugin's counters, as the reader thread last read them.
@@ -108,8 +112,17 @@ pub enum PipelineError {
     HandlerSync { handler: String, message: String },
     #[error("{0}")]
     Cache(#[from] CacheError),
+    #[error("{0}")]
+    Queue(#[from] QueueError),
     #[error("the consumer thread stopped unexpectedly")]
     ReaderLost,
+}
+
+/// Where events go: the handlers, and where failed events are kept.
+pub struct Outputs<'a> {
+    pub handlers: &'a mut [ConfiguredHandler],
+    pub dead_letters: &'a mut DeadLetterFile,
+    pub error_queue: &'a mut ErrorQueue,
 }
 
 /// What a run did.
@@ -285,6 +298,7 @@ struct Committer<'a> {
     pending_count: u64,
     pending_since: Option<Instant>,
     last_committed: Option<Offset>,
+    hermes: Option<HermesFilter>,
 }
 
 impl Committer<'_> {
@@ -323,7 +337,11 @@ impl Committer<'_> {
                 }))
     }
 
-    fn commit(&mut self, handlers: &mut [ConfiguredHandler]) -> Result<(), PipelineError> {
+    fn commit(
+        &mut self,
+        handlers: &mut [ConfiguredHandler],
+        queue: &mut ErrorQueue,
+    ) -> Result<(), PipelineError> {
         let Some((last, next)) = self.pending.take() else {
             return Ok(());
         };
@@ -336,9 +354,16 @@ impl Committer<'_> {
                     message: e.message,
                 })?;
         }
-        let record: OffsetRecord = self
-            .cache
-            .record(Some(last.clone()), next, self.handled_total);
+        // Events queued for later retries must be on disk before their offsets are passed.
+        queue.save()?;
+        let mut record: OffsetRecord =
+            self.cache
+                .record(Some(last.clone()), next, self.handled_total);
+        if let Some(hermes) = &self.hermes {
+            record.initstartoffset = Some(hermes.sequence.start.clone());
+            record.initstopoffset = Some(hermes.sequence.stop.clone());
+            record.initsync_done = hermes.initsync_done;
+        }
         self.cache.commit(&record)?;
         tracing::debug!("committed offset {last}");
         self.last_committed = Some(last);
@@ -353,12 +378,16 @@ impl Committer<'_> {
 pub fn run(
     consumer: PluginConsumer,
     cached: Option<OffsetRecord>,
-    handlers: &mut [ConfiguredHandler],
+    outputs: Outputs<'_>,
     cache: &OffsetCache,
-    dead_letters: &mut DeadLetterFile,
     options: PipelineOptions,
     shutdown: &Shutdown,
 ) -> Result<RunSummary, PipelineError> {
+    let Outputs {
+        handlers,
+        dead_letters,
+        error_queue,
+    } = outputs;
     let (full_tx, full_rx) = mpsc::sync_channel::<ReaderMessage>(options.queue_batches);
     let (empty_tx, empty_rx) = mpsc::channel::<EventBatch>();
     for _ in 0..options.queue_batches + 1 {
@@ -375,6 +404,7 @@ pub fn run(
         last_committed: cached
             .as_ref()
             .and_then(|record| record.last_offset.clone()),
+        hermes: options.hermes.clone(),
     };
     let counters = SharedCounters::default();
     let reader = {
@@ -399,15 +429,19 @@ pub fn run(
         handled_then: committer.handled_total,
         counters,
     };
+    let mut retries = QueueRetries::default();
     let outcome: Result<(), PipelineError> = loop {
         progress.report_if_due(&committer);
         let message = match full_rx.recv_timeout(tick) {
             Ok(message) => message,
             Err(RecvTimeoutError::Timeout) => {
                 if committer.due() {
-                    if let Err(error) = committer.commit(handlers) {
+                    if let Err(error) = committer.commit(handlers, error_queue) {
                         break Err(error);
                     }
+                }
+                if let Err(error) = retries.run_due(handlers, error_queue) {
+                    break Err(error);
                 }
                 continue;
             }
@@ -422,6 +456,7 @@ pub fn run(
                 let mut dispatcher = Dispatcher {
                     handlers: &mut *handlers,
                     dead_letters: &mut *dead_letters,
+                    error_queue: &mut *error_queue,
                     shutdown,
                 };
                 let result = dispatcher.dispatch_batch(&batch, next_after_last, &mut committer);
@@ -430,9 +465,12 @@ pub fn run(
                     break Err(error);
                 }
                 if committer.due() {
-                    if let Err(error) = committer.commit(handlers) {
+                    if let Err(error) = committer.commit(handlers, error_queue) {
                         break Err(error);
                     }
+                }
+                if let Err(error) = retries.run_due(handlers, error_queue) {
+                    break Err(error);
                 }
             }
             ReaderMessage::Finished { ended } => {
@@ -443,7 +481,7 @@ pub fn run(
         }
     };
     // Whatever happened, keep what was fully handled.
-    let final_commit = committer.commit(handlers);
+    let final_commit = committer.commit(handlers, error_queue);
     drop(full_rx);
     drop(empty_tx);
     shutdown_reader(reader, shutdown);
@@ -474,6 +512,117 @@ fn shutdown_reader(reader: thread::JoinHandle<PluginConsumer>, shutdown: &Shutdo
         }
         Err(_) => tracing::error!("the consumer thread panicked"),
     }
+}
+
+/// Retries of the error queue, on each handler's `retry_interval`.
+#[derive(Default)]
+struct QueueRetries {
+    last: std::collections::HashMap<String, Instant>,
+}
+
+impl QueueRetries {
+    /// Tries the oldest queued event of each object whose handler's interval has passed; after
+    /// a success the object's next events follow at once, in order.
+    fn run_due(
+        &mut self,
+        handlers: &mut [ConfiguredHandler],
+        queue: &mut ErrorQueue,
+    ) -> Result<(), PipelineError> {
+        if queue.is_empty() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let mut tried = Vec::new();
+        for handler in handlers.iter_mut() {
+            if handler.on_failure != FailurePolicy::ErrorQueue || !queue.holds_any(&handler.name) {
+                continue;
+            }
+            let last = self.last.entry(handler.name.clone()).or_insert(now);
+            if now.duration_since(*last) < handler.retry_interval {
+                continue;
+            }
+            *last = now;
+            retry_queued(handler, queue, None);
+            tried.push(handler.name.clone());
+        }
+        if tried.is_empty() {
+            return Ok(());
+        }
+        for handler in handlers.iter_mut().filter(|h| tried.contains(&h.name)) {
+            handler
+                .handler
+                .sync()
+                .map_err(|e| PipelineError::HandlerSync {
+                    handler: handler.name.clone(),
+                    message: e.message,
+                })?;
+        }
+        queue.save()?;
+        Ok(())
+    }
+}
+
+/// Tries `handler`'s queued events again (only the object of `only` when given): for each
+/// object, oldest first, until one fails. Returns how many were handled.
+pub fn retry_queued(
+    handler: &mut ConfiguredHandler,
+    queue: &mut ErrorQueue,
+    only: Option<u64>,
+) -> usize {
+    let mut done = 0;
+    for head in queue.heads() {
+        let Some(first) = queue.get(head) else {
+            continue;
+        };
+        if first.handler != handler.name
+            || only.is_some_and(|id| queue.get(id).is_none_or(|e| e.key != first.key))
+        {
+            continue;
+        }
+        let mut current = Some(head);
+        while let Some(id) = current {
+            let Some(entry) = queue.get(id).cloned() else {
+                break;
+            };
+            let body = entry.body_bytes();
+            let event = buslink_plugin_api::Event {
+                offset: entry.offset.as_ref(),
+                timestamp: entry.timestamp,
+                category: &entry.category,
+                body: match &entry.body {
+                    crate::error_queue::StoredBody::Json(text) => {
+                        buslink_plugin_api::Body::Json(text)
+                    }
+                    crate::error_queue::StoredBody::Base64(_) => {
+                        buslink_plugin_api::Body::Bytes(&body)
+                    }
+                },
+            };
+            match handler.handler.handle(&DispatchedEvent::new(event)) {
+                Ok(()) => {
+                    tracing::info!(
+                        "handler '{}': queued event #{id} (offset {}) handled on retry",
+                        handler.name,
+                        entry.offset
+                    );
+                    current = queue.next_of_same_object(id);
+                    queue.remove(id);
+                    done += 1;
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        "handler '{}': queued event #{id} (offset {}) failed again: {}",
+                        handler.name,
+                        entry.offset,
+                        error.message
+                    );
+                    queue.failed(id, error.message);
+                    break;
+                }
+            }
+        }
+    }
+    done
 }
 
 /// How delivering one event to one handler ended.
@@ -523,6 +672,7 @@ fn deliver(
 struct Dispatcher<'a> {
     handlers: &'a mut [ConfiguredHandler],
     dead_letters: &'a mut DeadLetterFile,
+    error_queue: &'a mut ErrorQueue,
     shutdown: &'a Shutdown,
 }
 
@@ -532,6 +682,23 @@ impl Dispatcher<'_> {
         for handler in self.handlers.iter_mut() {
             if !handler.matcher.matches(event) {
                 continue;
+            }
+            // An object with an event waiting in the error queue: later ones wait behind it.
+            if handler.on_failure == FailurePolicy::ErrorQueue
+                && self.error_queue.holds_any(&handler.name)
+            {
+                let key = object_key(event, handler.queue_key.as_deref());
+                if self.error_queue.holds(&handler.name, &key) {
+                    let id = self
+                        .error_queue
+                        .push(&handler.name, key, &event.event, None, 0);
+                    tracing::info!(
+                        "handler '{}': offset {} queued (#{id}) behind an earlier event of the same object",
+                        handler.name,
+                        event.offset_text()
+                    );
+                    continue;
+                }
             }
             match deliver(handler, event, self.shutdown) {
                 Delivery::Done => {}
@@ -549,6 +716,21 @@ impl Dispatcher<'_> {
                             attempts,
                             message: error,
                         })
+                    }
+                    FailurePolicy::ErrorQueue => {
+                        let key = object_key(event, handler.queue_key.as_deref());
+                        let id = self.error_queue.push(
+                            &handler.name,
+                            key.clone(),
+                            &event.event,
+                            Some(error.clone()),
+                            attempts,
+                        );
+                        tracing::warn!(
+                            "handler '{}' failed on offset {} after {attempts} attempt(s): {error}; queued as #{id} for object {key}, retried later",
+                            handler.name,
+                            event.offset_text()
+                        );
                     }
                     FailurePolicy::DeadLetter => {
                         self.dead_letters
@@ -582,9 +764,17 @@ impl Dispatcher<'_> {
         let mut recorded = 0;
         let mut outcome = Ok(());
         for event in batch.iter() {
-            if let Err(error) = self.dispatch_event(&DispatchedEvent::new(event)) {
-                outcome = Err(error);
-                break;
+            let event = DispatchedEvent::new(event);
+            // Hermes mode skips some events: they advance the offset all the same.
+            let admitted = committer.hermes.as_ref().is_none_or(|h| h.admit(&event));
+            if admitted {
+                if let Err(error) = self.dispatch_event(&event) {
+                    outcome = Err(error);
+                    break;
+                }
+            }
+            if let Some(hermes) = committer.hermes.as_mut() {
+                hermes.handled(&event);
             }
             handled += 1;
             // `every_events` holds inside a batch too: with 1, every event is committed.
@@ -593,7 +783,7 @@ impl Dispatcher<'_> {
             {
                 committer.record(batch, recorded, handled, &next_after_last);
                 recorded = handled;
-                committer.commit(self.handlers)?;
+                committer.commit(self.handlers, self.error_queue)?;
             }
         }
         committer.record(batch, recorded, handled, &next_after_last);

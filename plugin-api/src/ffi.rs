@@ -8,7 +8,10 @@
 use crate::consumer::{Consumer, ConsumerClass, Context, PollStatus};
 use crate::error::{ErrorKind, PluginError, PluginResult};
 use crate::event::EventBatch;
+use crate::event::{Body, Event};
+use crate::handler::{EventHandler, HandlerClass};
 use crate::offset::Offset;
+use crate::offset::OffsetRef;
 use abi_stable::library::RootModule;
 use abi_stable::sabi_types::VersionStrings;
 use abi_stable::std_types::{RBox, ROption, RResult, RSlice, RStr, RString, RVec, Tuple2};
@@ -113,6 +116,7 @@ impl From<&ROffset> for Offset {
 #[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RClassKind {
     Consumer,
+    Handler,
 }
 
 /// An operator command of a class.
@@ -174,6 +178,82 @@ pub trait ConsumerFfi: Send {
 /// A boxed consumer trait object, owned by the host.
 pub type ConsumerBox = ConsumerFfi_TO<'static, RBox<()>>;
 
+/// One event lent to a handler plugin for the length of a call.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy)]
+pub struct REventRef<'a> {
+    /// 0 int, 1 float, 2 string, 3 bytes.
+    pub offset_tag: u8,
+    /// The int offset, or the float's bits.
+    pub offset_number: i64,
+    /// The string or bytes offset.
+    pub offset_bytes: RSlice<'a, u8>,
+    pub timestamp_micros: i64,
+    pub category: RStr<'a>,
+    pub body_is_json: bool,
+    pub body: RSlice<'a, u8>,
+}
+
+impl<'a> REventRef<'a> {
+    /// Lends an event.
+    pub fn new(event: &Event<'a>) -> Self {
+        let (offset_tag, offset_number, offset_bytes): (u8, i64, &'a [u8]) = match event.offset {
+            OffsetRef::Int(i) => (0, i, &[]),
+            OffsetRef::Float(x) => (1, x.to_bits() as i64, &[]),
+            OffsetRef::String(s) => (2, 0, s.as_bytes()),
+            OffsetRef::Bytes(b) => (3, 0, b),
+        };
+        let (body_is_json, body) = match event.body {
+            Body::Json(text) => (true, text.as_bytes()),
+            Body::Bytes(bytes) => (false, bytes),
+        };
+        REventRef {
+            offset_tag,
+            offset_number,
+            offset_bytes: offset_bytes.into(),
+            timestamp_micros: event.timestamp.timestamp_micros(),
+            category: event.category.into(),
+            body_is_json,
+            body: body.into(),
+        }
+    }
+
+    /// The event again (text that is not UTF-8 becomes empty: the host only lends `&str`s).
+    pub fn to_event(self) -> Event<'a> {
+        let text = |bytes: &'a [u8]| std::str::from_utf8(bytes).unwrap_or("");
+        let bytes = self.offset_bytes.as_slice();
+        let offset = match self.offset_tag {
+            0 => OffsetRef::Int(self.offset_number),
+            1 => OffsetRef::Float(f64::from_bits(self.offset_number as u64)),
+            2 => OffsetRef::String(text(bytes)),
+            _ => OffsetRef::Bytes(bytes),
+        };
+        let body = self.body.as_slice();
+        Event {
+            offset,
+            timestamp: chrono::DateTime::from_timestamp_micros(self.timestamp_micros)
+                .unwrap_or_default(),
+            category: self.category.as_str(),
+            body: if self.body_is_json {
+                Body::Json(text(body))
+            } else {
+                Body::Bytes(body)
+            },
+        }
+    }
+}
+
+/// The handler object as the host sees it across the boundary.
+#[sabi_trait]
+pub trait HandlerFfi: Send {
+    fn handle(&mut self, event: REventRef<'_>) -> RResult<(), RPluginError>;
+    #[sabi(last_prefix_field)]
+    fn save(&mut self) -> RResult<(), RPluginError>;
+}
+
+/// A boxed handler trait object, owned by the host.
+pub type HandlerBox = HandlerFfi_TO<'static, RBox<()>>;
+
 /// The root module every plugin library exports.
 #[repr(C)]
 #[derive(StableAbi)]
@@ -184,10 +264,13 @@ pub struct PluginModule {
     pub validate_settings: extern "C" fn(RStr<'_>, RStr<'_>) -> RResult<(), RPluginError>,
     /// The host hands over its log function right after loading.
     pub set_host_log: extern "C" fn(crate::log::HostLog),
-    #[sabi(last_prefix_field)]
     /// Arguments: class name, settings as JSON text, the config file's directory.
     pub new_consumer:
         extern "C" fn(RStr<'_>, RStr<'_>, RStr<'_>) -> RResult<ConsumerBox, RPluginError>,
+    /// Arguments: class name, settings as JSON text, the config file's directory.
+    #[sabi(last_prefix_field)]
+    pub new_handler:
+        extern "C" fn(RStr<'_>, RStr<'_>, RStr<'_>) -> RResult<HandlerBox, RPluginError>,
 }
 
 impl RootModule for PluginModuleRef {
@@ -210,7 +293,13 @@ pub struct ClassEntry {
     pub settings_doc: &'static str,
     pub commands: &'static [crate::consumer::CommandInfo],
     pub validate: fn(&str) -> PluginResult<()>,
-    pub build: fn(&str, &Context, &'static str) -> PluginResult<ConsumerBox>,
+    pub build: Builder,
+}
+
+/// How a class builds its object.
+pub enum Builder {
+    Consumer(fn(&str, &Context, &'static str) -> PluginResult<ConsumerBox>),
+    Handler(fn(&str, &Context, &'static str) -> PluginResult<HandlerBox>),
 }
 
 impl ClassEntry {
@@ -222,7 +311,19 @@ impl ClassEntry {
             settings_doc: C::SETTINGS_DOC,
             commands: C::COMMANDS,
             validate: validate_class::<C>,
-            build: build_consumer::<C>,
+            build: Builder::Consumer(build_consumer::<C>),
+        }
+    }
+
+    /// The entry of a handler class.
+    pub const fn handler<H: HandlerClass>() -> Self {
+        ClassEntry {
+            name: H::NAME,
+            description: H::DESCRIPTION,
+            settings_doc: H::SETTINGS_DOC,
+            commands: &[],
+            validate: validate_handler_class::<H>,
+            build: Builder::Handler(build_handler::<H>),
         }
     }
 }
@@ -257,6 +358,29 @@ fn parse_settings<C: ConsumerClass>(settings_json: &str) -> PluginResult<C::Sett
 
 fn validate_class<C: ConsumerClass>(settings_json: &str) -> PluginResult<()> {
     C::validate(&parse_settings::<C>(settings_json)?)
+}
+
+fn validate_handler_class<H: HandlerClass>(settings_json: &str) -> PluginResult<()> {
+    H::validate(&crate::settings::from_json(settings_json)?)
+}
+
+fn build_handler<H: HandlerClass>(
+    settings_json: &str,
+    context: &Context,
+    plugin: &'static str,
+) -> PluginResult<HandlerBox> {
+    let settings = crate::settings::from_json(settings_json)?;
+    H::validate(&settings)?;
+    let handler = H::new(settings, context)?;
+    let shim = HandlerShim {
+        inner: handler,
+        plugin,
+        class: H::NAME,
+    };
+    Ok(HandlerFfi_TO::from_value(
+        shim,
+        abi_stable::sabi_trait::TD_Opaque,
+    ))
 }
 
 fn build_consumer<C: ConsumerClass>(
@@ -365,7 +489,10 @@ pub fn describe(plugin: &'static PluginDefinition) -> RResult<RPluginInfo, RPlug
                     .iter()
                     .map(|class| RClassInfo {
                         name: class.name.into(),
-                        kind: RClassKind::Consumer,
+                        kind: match class.build {
+                            Builder::Consumer(_) => RClassKind::Consumer,
+                            Builder::Handler(_) => RClassKind::Handler,
+                        },
                         description: class.description.into(),
                         settings_doc: class.settings_doc.into(),
                         commands: class
@@ -413,8 +540,65 @@ pub fn new_consumer(
     let context = Context::new(config_dir.as_str());
     to_ffi(contain_flat(
         || format!("plugin '{}' class '{class}' in new()", plugin.name),
-        || (plugin.class(class)?.build)(settings_json.as_str(), &context, plugin.name),
+        || match plugin.class(class)?.build {
+            Builder::Consumer(build) => build(settings_json.as_str(), &context, plugin.name),
+            Builder::Handler(_) => Err(PluginError::config(format!(
+                "class '{class}' of plugin '{}' is a handler class, not a consumer class",
+                plugin.name
+            ))
+            .with_key("class")),
+        },
     ))
+}
+
+/// `new_handler` for a plugin definition.
+pub fn new_handler(
+    plugin: &'static PluginDefinition,
+    class: RStr<'_>,
+    settings_json: RStr<'_>,
+    config_dir: RStr<'_>,
+) -> RResult<HandlerBox, RPluginError> {
+    let class = class.as_str();
+    let context = Context::new(config_dir.as_str());
+    to_ffi(contain_flat(
+        || format!("plugin '{}' class '{class}' in new()", plugin.name),
+        || match plugin.class(class)?.build {
+            Builder::Handler(build) => build(settings_json.as_str(), &context, plugin.name),
+            Builder::Consumer(_) => Err(PluginError::config(format!(
+                "class '{class}' of plugin '{}' is a consumer class, not a handler class",
+                plugin.name
+            ))
+            .with_key("class")),
+        },
+    ))
+}
+
+/// Wraps a plain [`EventHandler`]: converts types and contains panics. Unlike a consumer, a
+/// handler stays usable after a panic: the event it panicked on is a failed event (retried,
+/// then dead-lettered or queued by the host's policy) and the next events go on.
+struct HandlerShim<H> {
+    inner: H,
+    plugin: &'static str,
+    class: &'static str,
+}
+
+impl<H: EventHandler> HandlerFfi for HandlerShim<H> {
+    fn handle(&mut self, event: REventRef<'_>) -> RResult<(), RPluginError> {
+        let (plugin, class, inner) = (self.plugin, self.class, &mut self.inner);
+        let event = event.to_event();
+        to_ffi(contain_flat(
+            || format!("plugin '{plugin}' class '{class}' in handle()"),
+            || inner.handle(&event),
+        ))
+    }
+
+    fn save(&mut self) -> RResult<(), RPluginError> {
+        let (plugin, class, inner) = (self.plugin, self.class, &mut self.inner);
+        to_ffi(contain_flat(
+            || format!("plugin '{plugin}' class '{class}' in on_save()"),
+            || inner.on_save(),
+        ))
+    }
 }
 
 /// Wraps a plain [`Consumer`]: converts types, contains panics, and refuses every call after one.

@@ -6,6 +6,7 @@ mod common;
 mod config_errors;
 mod durability;
 mod handlers;
+mod hermes;
 mod loading;
 mod ops;
 mod plugin_author;

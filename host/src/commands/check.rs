@@ -22,7 +22,7 @@ pub fn check(config_path: &Path, connect: bool) -> Result<(), AppError> {
     let mut problems = Vec::new();
     let plugin = check_plugin(&config, &mut problems);
     for handler in &config.handlers {
-        if let Err(problem) = check_handler(handler, &config.base_dir) {
+        if let Err(problem) = check_handler(handler, &config.base_dir, &config.plugin_dirs) {
             problems.push(format!(
                 "{}: handler '{}': {problem}",
                 config.source.path.display(),
@@ -133,7 +133,11 @@ fn check_writable_dir(dir: &Path) -> Result<(), String> {
         .map_err(|e| format!("cannot write in {}: {e}", existing.display()))
 }
 
-fn check_handler(handler: &HandlerConfig, base_dir: &Path) -> Result<(), String> {
+fn check_handler(
+    handler: &HandlerConfig,
+    base_dir: &Path,
+    plugin_dirs: &[std::path::PathBuf],
+) -> Result<(), String> {
     match &handler.kind {
         HandlerKind::Stdout | HandlerKind::Null => Ok(()),
         HandlerKind::Jsonl { path } => {
@@ -155,7 +159,9 @@ fn check_handler(handler: &HandlerConfig, base_dir: &Path) -> Result<(), String>
             Some(program) => resolve_program(program, base_dir).map(|_| ()),
             None => Err("`command` is empty".into()),
         },
-        HandlerKind::Http(_) => crate::handlers::build_one(handler, base_dir).map(|_| ()),
+        HandlerKind::Http(_) | HandlerKind::Plugin(_) => {
+            crate::handlers::build_one(handler, base_dir, plugin_dirs).map(|_| ())
+        }
     }
 }
 
@@ -186,6 +192,7 @@ fn describe_filter(filter: &EventFilter) -> String {
 fn describe_handler(handler: &HandlerConfig) -> String {
     let what = match &handler.kind {
         HandlerKind::Null => "null (discards events)".to_owned(),
+        HandlerKind::Plugin(plugin) => format!("plugin {} class {}", plugin.plugin, plugin.class),
         HandlerKind::Stdout => "stdout".to_owned(),
         HandlerKind::Jsonl { path } => format!("jsonl -> {}", path.display()),
         HandlerKind::Exec(exec) => {
@@ -231,6 +238,7 @@ fn describe_handler(handler: &HandlerConfig) -> String {
         match handler.on_failure {
             crate::config::FailurePolicy::Stop => "stop",
             crate::config::FailurePolicy::DeadLetter => "dead-letter",
+            crate::config::FailurePolicy::ErrorQueue => "error-queue",
         }
     )
 }

@@ -1,6 +1,7 @@
 //! The subcommands of `buslink`, one module each, and the error that decides the exit code.
 
 pub mod check;
+pub mod errors;
 pub mod offsets;
 pub mod plugins;
 pub mod query;

@@ -80,9 +80,11 @@ pub fn scan(dirs: &[PathBuf]) -> Result<Vec<LibraryReport>, AppError> {
                         classes: info
                             .consumer_classes
                             .iter()
-                            .map(|class| ClassReport {
+                            .map(|class| (class, "consumer"))
+                            .chain(info.handler_classes.iter().map(|class| (class, "handler")))
+                            .map(|(class, kind)| ClassReport {
                                 name: class.name.clone(),
-                                kind: "consumer",
+                                kind,
                                 description: class.description.clone(),
                             })
                             .collect(),
@@ -143,31 +145,36 @@ pub fn describe(
     let path = find_library(name, Path::new("."), &dirs)?;
     let plugin = LoadedPlugin::load(&path)?;
     let info = plugin.info();
-    let found = info
-        .consumer_classes
-        .iter()
-        .find(|c| c.name == class)
-        .ok_or_else(|| {
-            let known: Vec<_> = info
-                .consumer_classes
-                .iter()
-                .map(|c| c.name.as_str())
-                .collect();
-            AppError::Usage(format!(
-                "plugin '{}' has no class '{class}'; it has: {}",
-                info.name,
-                known.join(", ")
-            ))
-        })?;
+    let all = || {
+        info.consumer_classes
+            .iter()
+            .map(|c| (c, "consumer"))
+            .chain(info.handler_classes.iter().map(|c| (c, "handler")))
+    };
+    let (found, kind) = all().find(|(c, _)| c.name == class).ok_or_else(|| {
+        let known: Vec<_> = all().map(|(c, _)| c.name.as_str()).collect();
+        AppError::Usage(format!(
+            "plugin '{}' has no class '{class}'; it has: {}",
+            info.name,
+            known.join(", ")
+        ))
+    })?;
     println!(
-        "{} (consumer class of plugin {} {}, {})",
+        "{} ({kind} class of plugin {} {}, {})",
         found.name,
         info.name,
         info.version,
         path.display()
     );
     println!("{}\n", found.description);
-    println!("Settings ([consumer.settings]):");
+    println!(
+        "Settings ({}):",
+        if kind == "consumer" {
+            "[consumer.settings]"
+        } else {
+            "the handler's `settings` table"
+        }
+    );
     println!("{}", found.settings_doc);
     Ok(())
 }

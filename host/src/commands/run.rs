@@ -1,12 +1,15 @@
 //! `buslink run`: config → plugin → consumer → pipeline.
 
 use crate::commands::AppError;
-use crate::config::{Config, ConfigErrors, StartPosition};
+use crate::config::{Config, ConfigErrors, HermesMode, StartPosition};
 use crate::dead_letter::DeadLetterFile;
+use crate::error_queue::ErrorQueue;
 use crate::handlers;
+use crate::hermes_mode::{self, HermesFilter, InitsyncSequence};
 use crate::lock::ConsumerLock;
+use crate::offsets::OffsetRecord;
 use crate::offsets::{OffsetCache, ResumePoint};
-use crate::pipeline::{self, PipelineOptions};
+use crate::pipeline::{self, Outputs, PipelineOptions};
 use crate::plugin::{find_library, LoadedPlugin, PluginConsumer};
 use crate::shutdown::Shutdown;
 use buslink_plugin_api::ErrorKind;
@@ -74,6 +77,56 @@ pub fn build_consumer(config: &Config) -> Result<(LoadedPlugin, PluginConsumer),
     Ok((plugin, consumer))
 }
 
+/// Hermes mode: the initsync sequence of the cache, or a new one found on the bus (then the
+/// run starts at its `init-start`). `None`: none yet and `--once`, or a stop was asked for.
+fn hermes_filter(
+    cached: &mut Option<OffsetRecord>,
+    cache: &OffsetCache,
+    consumer: &mut PluginConsumer,
+    mode: HermesMode,
+    config: &Config,
+    once: bool,
+    shutdown: &Shutdown,
+) -> Result<Option<HermesFilter>, AppError> {
+    if let Some(record) = cached.as_ref() {
+        if let (Some(start), Some(stop)) = (&record.initstartoffset, &record.initstopoffset) {
+            return Ok(Some(HermesFilter {
+                sequence: InitsyncSequence {
+                    start: start.clone(),
+                    stop: stop.clone(),
+                },
+                initsync_done: record.initsync_done,
+            }));
+        }
+    }
+    let timeout = Duration::from_millis(config.consumer.timeout_ms);
+    let sequence =
+        hermes_mode::bootstrap(consumer, mode.use_first_initsync, timeout, once, shutdown)
+            .map_err(|e| AppError::Runtime(e.to_string()))?;
+    let Some(sequence) = sequence else {
+        return Ok(None);
+    };
+    tracing::info!(
+        "Hermes mode: replaying the {} complete initsync sequence, offsets {} to {}",
+        if mode.use_first_initsync {
+            "first"
+        } else {
+            "latest"
+        },
+        sequence.start,
+        sequence.stop
+    );
+    let handled = cached.as_ref().map_or(0, |record| record.events_handled);
+    let mut record = cache.record(None, Some(sequence.start.clone()), handled);
+    record.initstartoffset = Some(sequence.start.clone());
+    record.initstopoffset = Some(sequence.stop.clone());
+    *cached = Some(record);
+    Ok(Some(HermesFilter {
+        sequence,
+        initsync_done: false,
+    }))
+}
+
 /// `buslink run --config FILE [--once]`.
 pub fn run(config_path: &Path, once: bool) -> Result<(), AppError> {
     let shutdown = Shutdown::install()
@@ -84,10 +137,38 @@ pub fn run(config_path: &Path, once: bool) -> Result<(), AppError> {
     let _lock = ConsumerLock::acquire(&config.state_dir, &config.consumer.name)
         .map_err(|e| AppError::Runtime(e.to_string()))?;
     let cache = OffsetCache::new(&config.state_dir, &config.consumer.name);
-    let cached = cache.load().map_err(|e| AppError::Runtime(e.to_string()))?;
-    let mut handlers = handlers::build(&config.handlers, &config.base_dir)
+    let mut cached = cache.load().map_err(|e| AppError::Runtime(e.to_string()))?;
+    let mut consumer = consumer;
+    let hermes = match config.consumer.hermes {
+        None => None,
+        Some(mode) => match hermes_filter(
+            &mut cached,
+            &cache,
+            &mut consumer,
+            mode,
+            &config,
+            once,
+            &shutdown,
+        )? {
+            Some(filter) => Some(filter),
+            None => {
+                tracing::info!("Hermes mode: no complete initsync sequence; nothing consumed");
+                return Ok(());
+            }
+        },
+    };
+    let mut handlers = handlers::build(&config.handlers, &config.base_dir, &config.plugin_dirs)
         .map_err(|problems| AppError::Runtime(problems.join("\n")))?;
     let mut dead_letters = DeadLetterFile::new(&config.state_dir, &config.consumer.name);
+    let mut error_queue = ErrorQueue::load(&config.state_dir, &config.consumer.name)
+        .map_err(|e| AppError::Runtime(e.to_string()))?;
+    if !error_queue.is_empty() {
+        tracing::info!(
+            "error queue {}: {} event(s) waiting for a retry",
+            error_queue.path().display(),
+            error_queue.events().len()
+        );
+    }
 
     let start_text = match cached.as_ref().and_then(OffsetCache::resume_point) {
         Some(ResumePoint::After(last)) => {
@@ -96,7 +177,7 @@ pub fn run(config_path: &Path, once: bool) -> Result<(), AppError> {
                 None => format!("resumed after offset {last}"),
             }
         }
-        Some(ResumePoint::At(next)) => format!("resumed at offset {next} (set by an operator)"),
+        Some(ResumePoint::At(next)) => format!("starting at offset {next} (a set start point)"),
         None => format!(
             "no committed offset; starting at {}",
             match &config.consumer.start {
@@ -124,13 +205,17 @@ pub fn run(config_path: &Path, once: bool) -> Result<(), AppError> {
         max_backoff: Duration::from_secs(30),
         stats_interval: (config.stats_interval_s > 0)
             .then(|| Duration::from_secs(config.stats_interval_s)),
+        hermes,
     };
     let summary = pipeline::run(
         consumer,
         cached,
-        &mut handlers,
+        Outputs {
+            handlers: &mut handlers,
+            dead_letters: &mut dead_letters,
+            error_queue: &mut error_queue,
+        },
         &cache,
-        &mut dead_letters,
         options,
         &shutdown,
     )?;

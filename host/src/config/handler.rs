@@ -16,6 +16,10 @@ pub struct HandlerConfig {
     pub filter: EventFilter,
     pub retry: RetryPolicy,
     pub on_failure: FailurePolicy,
+    /// `error-queue`: how often queued events are tried again.
+    pub retry_interval: Duration,
+    /// `error-queue`: the body field that names the object of a non-Hermes event.
+    pub queue_key: Option<String>,
 }
 
 /// The handler types and their own settings.
@@ -29,6 +33,17 @@ pub enum HandlerKind {
     },
     Exec(ExecConfig),
     Http(HttpConfig),
+    Plugin(PluginHandlerConfig),
+}
+
+/// `type = "plugin"`: a handler class from a plugin library.
+#[derive(Clone, Debug)]
+pub struct PluginHandlerConfig {
+    /// A library name (looked up in plugin_dirs) or a path.
+    pub plugin: String,
+    pub class: String,
+    /// The handler's settings, as JSON text.
+    pub settings_json: String,
 }
 
 impl HandlerKind {
@@ -40,6 +55,7 @@ impl HandlerKind {
             HandlerKind::Jsonl { .. } => "jsonl",
             HandlerKind::Exec(_) => "exec",
             HandlerKind::Http(_) => "http",
+            HandlerKind::Plugin(_) => "plugin",
         }
     }
 }
@@ -118,6 +134,8 @@ pub enum FailurePolicy {
     Stop,
     /// Append the event and the error to the dead-letter file, and go on.
     DeadLetter,
+    /// Queue the event (and its object's later events) for later retries, and go on.
+    ErrorQueue,
 }
 
 /// A handler's `match`: glob lists per field; an empty list matches everything.
@@ -152,6 +170,10 @@ pub(super) struct RawHandler {
     retry: Option<RawRetry>,
     #[serde(default)]
     on_failure: Option<FailurePolicy>,
+    #[serde(default)]
+    retry_interval_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    queue_key: Option<String>,
     // Type-specific keys; `check_keys` says which type takes which.
     #[serde(default)]
     path: Option<Spanned<PathBuf>>,
@@ -165,6 +187,12 @@ pub(super) struct RawHandler {
     url: Option<Spanned<String>>,
     #[serde(default)]
     headers: Option<Spanned<BTreeMap<String, String>>>,
+    #[serde(default)]
+    plugin: Option<Spanned<String>>,
+    #[serde(default)]
+    class: Option<Spanned<String>>,
+    #[serde(default)]
+    settings: Option<Spanned<toml::Table>>,
 }
 
 #[derive(Deserialize)]
@@ -291,16 +319,22 @@ fn validate_one(
         "jsonl" => &["path"],
         "exec" => &["command", "timeout_ms", "env"],
         "http" => &["url", "headers", "timeout_ms"],
+        "plugin" => &["plugin", "class", "settings"],
         other => {
             errors.push(at(
                 raw.kind.span(),
                 "type",
-                format!("unknown handler type '{other}' (known: stdout, jsonl, exec, http, null)"),
+                format!(
+                    "unknown handler type '{other}' (known: stdout, jsonl, exec, http, plugin, null)"
+                ),
             ));
             return None;
         }
     };
-    let present: [(&str, Option<std::ops::Range<usize>>); 6] = [
+    let present: [(&str, Option<std::ops::Range<usize>>); 9] = [
+        ("plugin", raw.plugin.as_ref().map(Spanned::span)),
+        ("class", raw.class.as_ref().map(Spanned::span)),
+        ("settings", raw.settings.as_ref().map(Spanned::span)),
         ("path", raw.path.as_ref().map(Spanned::span)),
         ("command", raw.command.as_ref().map(Spanned::span)),
         ("timeout_ms", raw.timeout_ms.as_ref().map(Spanned::span)),
@@ -348,6 +382,34 @@ fn validate_one(
             }
             None => {
                 errors.push(missing("path"));
+                None
+            }
+        },
+        "plugin" => match (&raw.plugin, &raw.class) {
+            (Some(plugin), Some(class)) => {
+                let settings = raw
+                    .settings
+                    .as_ref()
+                    .map(|t| t.get_ref().clone())
+                    .unwrap_or_default();
+                match serde_json::to_string(&settings) {
+                    Ok(settings_json) => Some(HandlerKind::Plugin(PluginHandlerConfig {
+                        plugin: plugin.get_ref().clone(),
+                        class: class.get_ref().clone(),
+                        settings_json,
+                    })),
+                    Err(e) => {
+                        errors.push(missing("settings").with_message(format!("settings: {e}")));
+                        None
+                    }
+                }
+            }
+            (None, _) => {
+                errors.push(missing("plugin"));
+                None
+            }
+            (_, None) => {
+                errors.push(missing("class"));
                 None
             }
         },
@@ -447,12 +509,32 @@ fn validate_one(
     if let Err(problem) = crate::handlers::EventMatcher::new(&filter) {
         errors.push(source.error_at_key(&["handlers", &index.to_string(), "match"], problem));
     }
+    let on_failure = raw.on_failure.unwrap_or(FailurePolicy::Stop);
+    if let Some(interval) = &raw.retry_interval_ms {
+        if on_failure != FailurePolicy::ErrorQueue {
+            errors.push(at(
+                interval.span(),
+                "retry_interval_ms",
+                "only used with on_failure = \"error-queue\"".into(),
+            ));
+        } else if *interval.get_ref() == 0 {
+            errors.push(at(
+                interval.span(),
+                "retry_interval_ms",
+                "must be at least 1".into(),
+            ));
+        }
+    }
     let kind = kind?;
     (errors.len() == before).then_some(HandlerConfig {
         name,
         kind,
         filter,
         retry,
-        on_failure: raw.on_failure.unwrap_or(FailurePolicy::Stop),
+        on_failure,
+        retry_interval: raw.retry_interval_ms.map_or(Duration::from_secs(30), |ms| {
+            Duration::from_millis(ms.into_inner())
+        }),
+        queue_key: raw.queue_key,
     })
 }

@@ -8,8 +8,8 @@ mod handler;
 mod source;
 
 pub use handler::{
-    EventFilter, ExecConfig, FailurePolicy, HandlerConfig, HandlerKind, HttpConfig, RetryPolicy,
-    Secret,
+    EventFilter, ExecConfig, FailurePolicy, HandlerConfig, HandlerKind, HttpConfig,
+    PluginHandlerConfig, RetryPolicy, Secret,
 };
 pub use source::{ConfigError, ConfigErrors, Source};
 
@@ -48,6 +48,20 @@ pub struct ConsumerConfig {
     pub queue_batches: usize,
     /// The plugin's settings, as JSON text.
     pub settings_json: String,
+    /// `[consumer.hermes]`: hermes-client semantics (initsync bootstrap, category filtering).
+    pub hermes: Option<HermesMode>,
+}
+
+/// `[consumer.hermes]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HermesMode {
+    /// Whether Hermes mode is on.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Replay the first complete initsync sequence of the bus instead of the latest.
+    #[serde(default)]
+    pub use_first_initsync: bool,
 }
 
 /// Where to start when there is no cached offset.
@@ -126,6 +140,8 @@ struct RawConsumer {
     queue_batches: Spanned<usize>,
     #[serde(default)]
     settings: toml::Table,
+    #[serde(default)]
+    hermes: Option<HermesMode>,
 }
 
 fn default_timeout_ms() -> u64 {
@@ -321,6 +337,7 @@ impl Config {
             batch_size: raw.batch_size.into_inner(),
             queue_batches: raw.queue_batches.into_inner(),
             settings_json,
+            hermes: raw.hermes.filter(|mode| mode.enabled),
         })
     }
 

@@ -17,6 +17,14 @@ pub struct ConfigError {
     pub message: String,
 }
 
+impl ConfigError {
+    /// The same place, another message.
+    pub fn with_message(mut self, message: impl Into<String>) -> Self {
+        self.message = message.into();
+        self
+    }
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.path.display())?;

@@ -8,6 +8,7 @@ mod exec;
 mod filter;
 mod http;
 mod jsonl;
+mod plugin;
 mod stdout;
 
 pub use event::DispatchedEvent;
@@ -17,7 +18,7 @@ pub use http::displayable_url;
 
 use crate::config::{FailurePolicy, HandlerConfig, HandlerKind, RetryPolicy};
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// A handler failure.
 #[derive(Debug)]
@@ -70,11 +71,18 @@ pub struct ConfiguredHandler {
     pub matcher: EventMatcher,
     pub retry: RetryPolicy,
     pub on_failure: FailurePolicy,
+    pub retry_interval: std::time::Duration,
+    pub queue_key: Option<String>,
     pub handler: Box<dyn Handler>,
 }
 
-/// Builds one handler (opens its file, finds its command, builds its HTTP client).
-pub fn build_one(config: &HandlerConfig, base_dir: &Path) -> Result<ConfiguredHandler, String> {
+/// Builds one handler (opens its file, finds its command, builds its HTTP client, loads its
+/// plugin).
+pub fn build_one(
+    config: &HandlerConfig,
+    base_dir: &Path,
+    plugin_dirs: &[PathBuf],
+) -> Result<ConfiguredHandler, String> {
     let fail = |e: String| format!("handler '{}': {e}", config.name);
     let matcher = EventMatcher::new(&config.filter).map_err(fail)?;
     let handler: Box<dyn Handler> = match &config.kind {
@@ -85,12 +93,17 @@ pub fn build_one(config: &HandlerConfig, base_dir: &Path) -> Result<ConfiguredHa
             Box::new(exec::ExecHandler::new(&config.name, exec, base_dir).map_err(fail)?)
         }
         HandlerKind::Http(http) => Box::new(http::HttpHandler::new(http).map_err(fail)?),
+        HandlerKind::Plugin(plugin) => {
+            Box::new(plugin::PluginHandler::new(plugin, base_dir, plugin_dirs).map_err(fail)?)
+        }
     };
     Ok(ConfiguredHandler {
         name: config.name.clone(),
         matcher,
         retry: config.retry,
         on_failure: config.on_failure,
+        retry_interval: config.retry_interval,
+        queue_key: config.queue_key.clone(),
         handler,
     })
 }
@@ -99,10 +112,11 @@ pub fn build_one(config: &HandlerConfig, base_dir: &Path) -> Result<ConfiguredHa
 pub fn build(
     configs: &[HandlerConfig],
     base_dir: &Path,
+    plugin_dirs: &[PathBuf],
 ) -> Result<Vec<ConfiguredHandler>, Vec<String>> {
     let (built, failed): (Vec<_>, Vec<_>) = configs
         .iter()
-        .map(|config| build_one(config, base_dir))
+        .map(|config| build_one(config, base_dir, plugin_dirs))
         .partition(Result::is_ok);
     if failed.is_empty() {
         Ok(built.into_iter().filter_map(Result::ok).collect())

@@ -2,7 +2,7 @@
 
 use super::consumer::PluginConsumer;
 use abi_stable::std_types::RStr;
-use buslink_plugin_api::ffi::{PluginModuleRef, RClassKind, API_VERSION_SYMBOL};
+use buslink_plugin_api::ffi::{HandlerBox, PluginModuleRef, RClassKind, API_VERSION_SYMBOL};
 use buslink_plugin_api::log::{HostLog, Level};
 use buslink_plugin_api::{PluginError, API_VERSION};
 use std::ffi::CStr;
@@ -88,6 +88,7 @@ pub struct PluginInfo {
     pub version: String,
     pub api_version: String,
     pub consumer_classes: Vec<ClassInfo>,
+    pub handler_classes: Vec<ClassInfo>,
 }
 
 /// A loaded plugin library. Libraries are never unloaded (abi_stable keeps them for the life
@@ -271,14 +272,12 @@ impl LoadedPlugin {
                 path: path.to_path_buf(),
                 error: e.into(),
             })?;
-        let info = PluginInfo {
-            name: info.name.into_string(),
-            version: info.version.into_string(),
-            api_version: info.api_version.into_string(),
-            consumer_classes: info
-                .classes
-                .into_iter()
-                .filter(|class| class.kind == RClassKind::Consumer)
+        let (consumers, handlers): (Vec<_>, Vec<_>) = info
+            .classes
+            .into_iter()
+            .partition(|class| class.kind == RClassKind::Consumer);
+        let classes = |list: Vec<buslink_plugin_api::ffi::RClassInfo>| -> Vec<ClassInfo> {
+            list.into_iter()
                 .map(|class| ClassInfo {
                     name: class.name.into_string(),
                     description: class.description.into_string(),
@@ -295,7 +294,14 @@ impl LoadedPlugin {
                         })
                         .collect(),
                 })
-                .collect(),
+                .collect()
+        };
+        let info = PluginInfo {
+            name: info.name.into_string(),
+            version: info.version.into_string(),
+            api_version: info.api_version.into_string(),
+            consumer_classes: classes(consumers),
+            handler_classes: classes(handlers),
         };
         Ok(LoadedPlugin {
             path: path.to_path_buf(),
@@ -338,6 +344,23 @@ impl LoadedPlugin {
         .into_result()
         .map_err(PluginError::from)?;
         Ok(PluginConsumer::new(inner, &self.info.name, class))
+    }
+
+    /// Builds a handler of `class` with its settings (JSON text).
+    pub fn new_handler(
+        &self,
+        class: &str,
+        settings_json: &str,
+        config_dir: &Path,
+    ) -> Result<HandlerBox, PluginError> {
+        let config_dir = config_dir.to_string_lossy();
+        self.module.new_handler()(
+            class.into(),
+            settings_json.into(),
+            config_dir.as_ref().into(),
+        )
+        .into_result()
+        .map_err(PluginError::from)
     }
 }
 

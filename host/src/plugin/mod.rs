@@ -1,10 +1,12 @@
 //! Plugins: finding a library, loading it through the stable ABI, and driving its consumer.
 //!
-//! **Architecture invariant:** this module is the only place that sees plugin-api's FFI types
-//! (`RString`, `RResult`, `*_TO`); everything it returns is a plain host type.
+//! **Architecture invariant:** this module (and `handlers::plugin`, which drives a handler
+//! plugin's trait object) are the only places that see plugin-api's FFI types (`RString`,
+//! `RResult`, `*_TO`); everything else gets plain host types.
 
 mod consumer;
 mod loader;
 
+pub use buslink_plugin_api::ffi::HandlerBox;
 pub use consumer::{ConsumerError, PluginConsumer};
 pub use loader::{find_library, ClassInfo, LoadError, LoadedPlugin, PluginInfo};

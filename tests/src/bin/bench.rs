@@ -36,11 +36,14 @@ struct Cli {
 #[derive(Subcommand)]
 enum Mode {
     /// (measured child) the bare loop: SELECT every row, parse its JSON once.
-    BareSqlite { bus: PathBuf },
+    #[command(name = "bare-sqlite")]
+    ScanAndParse { bus: PathBuf },
     /// (measured child) drain the bus with the sqlite consumer linked statically.
-    StaticSqlite { bus: PathBuf },
+    #[command(name = "static-sqlite")]
+    LinkedStatically { bus: PathBuf },
     /// (measured child) drain the bus with the sqlite consumer loaded through the ABI.
-    LoadedSqlite { bus: PathBuf, library: PathBuf },
+    #[command(name = "loaded-sqlite")]
+    LoadedThroughAbi { bus: PathBuf, library: PathBuf },
 }
 
 const BATCH: usize = 512;
@@ -48,9 +51,9 @@ const BATCH: usize = 512;
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Some(Mode::BareSqlite { bus }) => bare_sqlite(&bus),
-        Some(Mode::StaticSqlite { bus }) => static_sqlite(&bus),
-        Some(Mode::LoadedSqlite { bus, library }) => loaded_sqlite(&bus, &library),
+        Some(Mode::ScanAndParse { bus }) => bare_sqlite(&bus),
+        Some(Mode::LinkedStatically { bus }) => static_sqlite(&bus),
+        Some(Mode::LoadedThroughAbi { bus, library }) => loaded_sqlite(&bus, &library),
         None => run_all(cli.events, cli.runs.max(1), cli.work_dir),
     }
 }

@@ -169,8 +169,60 @@ impl Consumer for FaultyConsumer {
     }
 }
 
+/// Settings of [`PanickyHandler`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandlerSettings {
+    /// Appends the offset of every event handled, one per line.
+    record: String,
+    /// Panics on events whose body contains this text while the file `panic_while` exists.
+    panic_on: String,
+    panic_while: String,
+}
+
+/// A handler that records what it handles and panics on demand.
+pub struct PanickyHandler {
+    record: std::path::PathBuf,
+    panic_on: String,
+    panic_while: std::path::PathBuf,
+}
+
+impl buslink_plugin_api::HandlerClass for PanickyHandler {
+    const NAME: &'static str = "PanickyHandler";
+    const DESCRIPTION: &'static str = "records events, panics on demand";
+    const SETTINGS_DOC: &'static str = "- `record`, `panic_on`, `panic_while`";
+    type Settings = HandlerSettings;
+
+    fn new(settings: HandlerSettings, context: &Context) -> PluginResult<Self> {
+        Ok(PanickyHandler {
+            record: context.resolve_path(&settings.record),
+            panic_on: settings.panic_on,
+            panic_while: context.resolve_path(&settings.panic_while),
+        })
+    }
+}
+
+impl buslink_plugin_api::EventHandler for PanickyHandler {
+    fn handle(&mut self, event: &Event<'_>) -> PluginResult<()> {
+        let Body::Json(text) = event.body else {
+            return Ok(());
+        };
+        if text.contains(&self.panic_on) && self.panic_while.exists() {
+            panic!("deliberate panic on offset {}", event.offset);
+        }
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.record)
+            .map_err(|e| PluginError::internal(e.to_string()))?;
+        writeln!(file, "{}", event.offset).map_err(|e| PluginError::internal(e.to_string()))
+    }
+}
+
 buslink_plugin_api::export_plugin! {
     name: "faulty",
     version: env!("CARGO_PKG_VERSION"),
     consumers: [FaultyConsumer],
+    handlers: [PanickyHandler],
 }

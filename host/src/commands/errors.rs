@@ -1,0 +1,120 @@
+//! `buslink errors list|retry|drop --config FILE [ID]`: the error queue of a consumer.
+
+use crate::commands::AppError;
+use crate::config::{Config, FailurePolicy};
+use crate::error_queue::ErrorQueue;
+use crate::handlers;
+use crate::lock::ConsumerLock;
+use crate::pipeline::retry_queued;
+use std::path::Path;
+
+fn runtime(error: impl ToString) -> AppError {
+    AppError::Runtime(error.to_string())
+}
+
+fn load(config: &Config) -> Result<ErrorQueue, AppError> {
+    ErrorQueue::load(&config.state_dir, &config.consumer.name).map_err(runtime)
+}
+
+/// `errors list`.
+pub fn list(config_path: &Path, json: bool) -> Result<(), AppError> {
+    let config = Config::load(config_path)?;
+    let queue = load(&config)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(queue.events()).map_err(runtime)?
+        );
+        return Ok(());
+    }
+    if queue.is_empty() {
+        println!(
+            "consumer '{}': the error queue is empty",
+            config.consumer.name
+        );
+        return Ok(());
+    }
+    println!(
+        "consumer '{}': {} queued event(s)",
+        config.consumer.name,
+        queue.events().len()
+    );
+    for event in queue.events() {
+        println!(
+            "#{} handler '{}' offset {} object {} attempts {} queued {}: {}",
+            event.id,
+            event.handler,
+            event.offset,
+            event.key,
+            event.attempts,
+            event.queued_at.to_rfc3339(),
+            event
+                .error
+                .as_deref()
+                .unwrap_or("waiting behind an earlier event of the same object")
+        );
+    }
+    Ok(())
+}
+
+/// `errors retry [ID]`: tries the queued events now (all objects, or the object of ID).
+pub fn retry(config_path: &Path, id: Option<u64>) -> Result<(), AppError> {
+    let config = Config::load(config_path)?;
+    let _lock = ConsumerLock::acquire(&config.state_dir, &config.consumer.name).map_err(runtime)?;
+    let mut queue = load(&config)?;
+    if let Some(id) = id {
+        if queue.get(id).is_none() {
+            return Err(AppError::Usage(format!("no queued event #{id}")));
+        }
+    }
+    let mut handled = 0;
+    for handler_config in &config.handlers {
+        if handler_config.on_failure != FailurePolicy::ErrorQueue
+            || !queue.holds_any(&handler_config.name)
+            || id.is_some_and(|id| {
+                queue
+                    .get(id)
+                    .is_none_or(|e| e.handler != handler_config.name)
+            })
+        {
+            continue;
+        }
+        let mut handler =
+            handlers::build_one(handler_config, &config.base_dir, &config.plugin_dirs)
+                .map_err(AppError::Runtime)?;
+        handled += retry_queued(&mut handler, &mut queue, id);
+        handler.handler.sync().map_err(|e| runtime(e.message))?;
+    }
+    queue.save().map_err(runtime)?;
+    println!(
+        "consumer '{}': {handled} queued event(s) handled, {} left",
+        config.consumer.name,
+        queue.events().len()
+    );
+    Ok(())
+}
+
+/// `errors drop ID` or `errors drop --all`.
+pub fn drop_events(config_path: &Path, id: Option<u64>, all: bool) -> Result<(), AppError> {
+    let config = Config::load(config_path)?;
+    let _lock = ConsumerLock::acquire(&config.state_dir, &config.consumer.name).map_err(runtime)?;
+    let mut queue = load(&config)?;
+    let ids: Vec<u64> = match (id, all) {
+        (Some(id), false) => vec![id],
+        (None, true) => queue.events().iter().map(|e| e.id).collect(),
+        _ => return Err(AppError::Usage("name one queued event ID, or --all".into())),
+    };
+    for id in &ids {
+        queue
+            .remove(*id)
+            .ok_or_else(|| AppError::Usage(format!("no queued event #{id}")))?;
+    }
+    queue.save().map_err(runtime)?;
+    println!(
+        "consumer '{}': dropped {} event(s), {} left",
+        config.consumer.name,
+        ids.len(),
+        queue.events().len()
+    );
+    Ok(())
+}
