@@ -129,6 +129,7 @@ pub fn peek_fields<'a>(text: &'a str, keys: &[&str], slots: &mut [Option<Cow<'a,
     struct Peek<'k, 's, 'a> {
         keys: &'k [&'k str],
         slots: &'s mut [Option<Cow<'a, str>>],
+        all_found: &'s mut bool,
     }
 
     impl<'de: 'a, 'a> Visitor<'de> for Peek<'_, '_, 'a> {
@@ -150,6 +151,8 @@ pub fn peek_fields<'a>(text: &'a str, keys: &[&str], slots: &mut [Option<Cow<'a,
                         self.slots[index] = map.next_value::<StringOrOther<'de>>()?.0;
                         missing -= 1;
                         if missing == 0 {
+                            // Stop reading: the error only unwinds the parser.
+                            *self.all_found = true;
                             return Err(A::Error::custom(ALL_FOUND));
                         }
                     }
@@ -162,11 +165,14 @@ pub fn peek_fields<'a>(text: &'a str, keys: &[&str], slots: &mut [Option<Cow<'a,
         }
     }
 
+    let mut all_found = false;
     let mut deserializer = serde_json::Deserializer::from_str(text);
-    match (&mut deserializer).deserialize_map(Peek { keys, slots }) {
-        Ok(()) => true,
-        Err(error) => error.to_string().starts_with(ALL_FOUND),
-    }
+    let parsed = (&mut deserializer).deserialize_map(Peek {
+        keys,
+        slots,
+        all_found: &mut all_found,
+    });
+    parsed.is_ok() || all_found
 }
 
 /// A Hermes string value with a special meaning.
