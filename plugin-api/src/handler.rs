@@ -118,3 +118,93 @@ pub trait HandlerClass: EventHandler + Sized {
     /// Builds the handler.
     fn new(settings: Self::Settings, context: &Context) -> PluginResult<Self>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hermes_value::Attributes;
+
+    #[derive(Default)]
+    struct Recorder(Vec<String>);
+
+    impl EventHandler for Recorder {
+        fn on_added(&mut self, change: &Change) -> PluginResult<()> {
+            self.0
+                .push(format!("added {} {}", change.objtype, change.objpkey));
+            Ok(())
+        }
+        fn on_modified(&mut self, change: &Change) -> PluginResult<()> {
+            let Attributes::Diff { modified, .. } = &change.attributes else {
+                return Ok(());
+            };
+            self.0
+                .push(format!("modified {} {}", change.objpkey, modified.len()));
+            Ok(())
+        }
+        fn on_schema(&mut self, schema: &Value) -> PluginResult<()> {
+            self.0.push(format!(
+                "schema {}",
+                schema["SRVUsers"]["PRIMARYKEY_ATTRIBUTE"]
+            ));
+            Ok(())
+        }
+        fn on_initsync_start(&mut self, _schema: &Value) -> PluginResult<()> {
+            self.0.push("initsync start".into());
+            Ok(())
+        }
+        fn on_other(&mut self, _event: &Event<'_>) -> PluginResult<()> {
+            self.0.push("other".into());
+            Ok(())
+        }
+    }
+
+    fn event(body: &str) -> Event<'_> {
+        Event {
+            offset: crate::OffsetRef::Int(1),
+            timestamp: Default::default(),
+            category: "base",
+            body: Body::Json(body),
+        }
+    }
+
+    #[test]
+    fn hermes_events_are_routed_to_typed_calls() {
+        let mut handler = Recorder::default();
+        let e = |t: &str, rest: &str| {
+            format!(
+                r#"{{"evcategory":"base","eventtype":"{t}",{rest},"step":0,"isPartiallyProcessed":false}}"#
+            )
+        };
+        for body in [
+            e(
+                "init-start",
+                r#""objtype":null,"objpkey":null,"objattrs":{}"#,
+            ),
+            e(
+                "added",
+                r#""objtype":"SRVGroupsMembers","objpkey":[1,1001],"objattrs":{"group_id":1}"#,
+            ),
+            e(
+                "modified",
+                r#""objtype":"SRVUsers","objpkey":1001,"objattrs":{"added":{},"modified":{"a":1},"removed":{}}"#,
+            ),
+            e(
+                "dataschema",
+                r#""objtype":null,"objpkey":null,"objattrs":{"SRVUsers":{"PRIMARYKEY_ATTRIBUTE":"user_id"}}"#,
+            ),
+            "not a hermes event".to_owned(),
+        ] {
+            handler.handle(&event(&body)).unwrap();
+        }
+        assert_eq!(
+            handler.0,
+            [
+                "initsync start",
+                "added SRVGroupsMembers [1,1001]",
+                "modified 1001 1",
+                "schema \"user_id\"",
+                "other"
+            ]
+        );
+    }
+}

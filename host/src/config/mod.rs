@@ -455,6 +455,17 @@ match = { eventtype = ["added", "modified"], objtype = "SRV*" }
     }
 
     #[test]
+    fn secrets_never_show_in_debug_output() {
+        let text = format!(
+            "{GOOD}\n[[handlers]]\nname = \"push\"\ntype = \"http\"\nurl = \"https://u:pw-SECRET@example.org/\"\nheaders = {{ Authorization = \"Bearer tok-SECRET\" }}\n[[handlers]]\nname = \"run\"\ntype = \"exec\"\ncommand = [\"/bin/true\"]\nenv = {{ KEY = \"env-SECRET\" }}\n"
+        );
+        let config = parse(&text).unwrap();
+        let debug = format!("{:?} {:#?}", config.handlers, config.handlers);
+        assert!(!debug.contains("SECRET"), "{debug}");
+        assert!(debug.contains("<redacted>"), "{debug}");
+    }
+
+    #[test]
     fn settings_key_is_located() {
         let config = parse(GOOD).unwrap();
         let error = config.settings_error(Some("uri"), "bad").to_string();
