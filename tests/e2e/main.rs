@@ -7,6 +7,7 @@ mod config_errors;
 mod durability;
 mod handlers;
 mod hermes;
+mod hmb;
 mod loading;
 mod ops;
 mod plugin_author;

@@ -1,0 +1,366 @@
+//! The HTTP side: one keep-alive client per consumer, the HMB requests, and how HTTP failures
+//! become plugin errors.
+
+use crate::message::bson_to_json_text;
+use crate::settings::{Config, Format};
+use buslink_plugin_api::{ErrorKind, PluginError, PluginResult};
+use reqwest::blocking::{Client, RequestBuilder, Response};
+use reqwest::header::CONTENT_TYPE;
+use reqwest::{StatusCode, Url};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::sync::Arc;
+
+/// The per-queue part of an `/open` ack.
+#[derive(Clone, Debug, Deserialize)]
+pub struct AckQueue {
+    /// The resolved start seq (the next message this session gets), or null on error.
+    #[serde(default)]
+    pub seq: Option<f64>,
+    /// The error text, or null.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// An `/open` ack.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Ack {
+    /// The session id.
+    pub sid: String,
+    /// The client id.
+    #[serde(default)]
+    pub cid: String,
+    /// Per queue: resolved seq or error.
+    #[serde(default)]
+    pub queue: BTreeMap<String, AckQueue>,
+}
+
+/// One `/info` queue entry.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct InfoQueue {
+    /// The oldest seq still held.
+    #[serde(default)]
+    pub startseq: Option<f64>,
+    /// The last seq + 1.
+    #[serde(default)]
+    pub endseq: Option<f64>,
+}
+
+/// An `/info` answer.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct Info {
+    /// Per queue.
+    #[serde(default)]
+    pub queue: BTreeMap<String, InfoQueue>,
+}
+
+/// The HTTP client of one consumer.
+#[derive(Clone, Debug)]
+pub struct Http {
+    client: Client,
+    /// The resolved settings.
+    pub config: Arc<Config>,
+}
+
+/// Describes a reqwest error with its causes (there is never a password in them: URLs hold no
+/// credentials, the `Authorization` header is not part of errors).
+fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Turns a failed request into a plugin error of the right kind.
+pub fn request_error(what: &str, error: &reqwest::Error) -> PluginError {
+    let kind = if error.is_timeout() {
+        ErrorKind::Timeout
+    } else if error.is_decode() || error.is_body() {
+        ErrorKind::Protocol
+    } else {
+        ErrorKind::Connect
+    };
+    PluginError::new(kind, format!("{what}: {}", describe(error)))
+}
+
+/// Turns a failed body read into a plugin error.
+pub fn read_error(what: &str, error: &std::io::Error) -> PluginError {
+    let kind =
+        if error.kind() == std::io::ErrorKind::TimedOut || describe(error).contains("timed out") {
+            ErrorKind::Timeout
+        } else {
+            ErrorKind::Connect
+        };
+    PluginError::new(
+        kind,
+        format!("{what}: the response broke off: {}", describe(error)),
+    )
+}
+
+impl Http {
+    /// Builds the client (no connection yet).
+    pub fn new(config: Arc<Config>) -> PluginResult<Http> {
+        let mut builder = Client::builder()
+            .timeout(config.read_timeout)
+            .connect_timeout(config.connect_timeout)
+            .pool_idle_timeout(std::time::Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .user_agent(concat!("buslink-hmb/", env!("CARGO_PKG_VERSION")));
+        if let Some(pem) = &config.ca_pem {
+            let certificate = reqwest::Certificate::from_pem(pem)
+                .map_err(|e| PluginError::config(format!("ca_file: {e}")).with_key("ca_file"))?;
+            builder = builder.add_root_certificate(certificate);
+        }
+        let client = builder
+            .build()
+            .map_err(|e| PluginError::internal(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Http { client, config })
+    }
+
+    /// `BASE/method/args...`.
+    pub fn url(&self, parts: &[&str]) -> Url {
+        let mut url = self.config.base.clone();
+        if let Ok(mut segments) = url.path_segments_mut() {
+            segments.pop_if_empty();
+            segments.extend(parts);
+        }
+        url
+    }
+
+    fn authed(&self, request: RequestBuilder) -> RequestBuilder {
+        match &self.config.auth {
+            Some((user, password)) => request.basic_auth(user, Some(password.expose())),
+            None => request,
+        }
+    }
+
+    /// The bus URL, for messages.
+    pub fn base(&self) -> &str {
+        self.config.base.as_str()
+    }
+
+    /// Sends a request and checks its status: 2xx passes, everything else becomes an error
+    /// naming the request and the server's answer.
+    pub fn execute(&self, what: &str, request: RequestBuilder) -> PluginResult<Response> {
+        let response = self
+            .authed(request)
+            .send()
+            .map_err(|e| request_error(what, &e))?;
+        check_status(
+            what,
+            response,
+            self.config.auth.as_ref().map(|(u, _)| u.as_str()),
+        )
+    }
+
+    /// GET a sessionless JSON method (`features`, `info`, `status`).
+    pub fn get_json(&self, method: &str) -> PluginResult<serde_json::Value> {
+        let url = self.url(&[method]);
+        let what = format!("GET {url}");
+        let response = self.execute(&what, self.client.get(url.clone()))?;
+        let bytes = response.bytes().map_err(|e| request_error(&what, &e))?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            PluginError::protocol(format!(
+                "{what}: the answer is not JSON ({e}): {}",
+                excerpt(&bytes)
+            ))
+        })
+    }
+
+    /// The capabilities the server lists in `/features`.
+    pub fn features(&self) -> PluginResult<(Vec<String>, serde_json::Value)> {
+        let value = self.get_json("features")?;
+        let capabilities = value
+            .get("capabilities")
+            .and_then(|c| c.as_array())
+            .map(|list| {
+                list.iter()
+                    .filter_map(|c| c.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .ok_or_else(|| {
+                PluginError::protocol(format!(
+                    "GET {}: the answer has no `capabilities` list: {value}",
+                    self.url(&["features"])
+                ))
+            })?;
+        Ok((capabilities, value))
+    }
+
+    /// `/info`, typed.
+    pub fn info(&self) -> PluginResult<Info> {
+        let value = self.get_json("info")?;
+        serde_json::from_value(value).map_err(|e| {
+            PluginError::protocol(format!(
+                "GET {}: unexpected answer: {e}",
+                self.url(&["info"])
+            ))
+        })
+    }
+
+    /// Encodes a request document in the session format.
+    fn encode(&self, format: Format, value: &serde_json::Value) -> PluginResult<Vec<u8>> {
+        match format {
+            Format::Json => serde_json::to_vec(value)
+                .map_err(|e| PluginError::internal(format!("cannot encode a request: {e}"))),
+            Format::Bson => {
+                let doc = bson::to_document(value)
+                    .map_err(|e| PluginError::internal(format!("cannot encode a request: {e}")))?;
+                bson::to_vec(&doc)
+                    .map_err(|e| PluginError::internal(format!("cannot encode a request: {e}")))
+            }
+        }
+    }
+
+    /// `POST /open` with `body` in `format`.
+    pub fn open(&self, format: Format, body: &serde_json::Value) -> PluginResult<Ack> {
+        let url = self.url(&["open"]);
+        let what = format!("POST {url}");
+        let request = self
+            .client
+            .post(url)
+            .header(CONTENT_TYPE, format.content_type())
+            .body(self.encode(format, body)?);
+        let response = self.execute(&what, request)?;
+        let bytes = response.bytes().map_err(|e| request_error(&what, &e))?;
+        let text = match format {
+            Format::Json => String::from_utf8_lossy(&bytes).into_owned(),
+            Format::Bson => bson_to_json_text(&bytes)
+                .map_err(|e| PluginError::protocol(format!("{what}: undecodable BSON ack: {e}")))?,
+        };
+        serde_json::from_str(&text).map_err(|e| {
+            PluginError::protocol(format!(
+                "{what}: unexpected ack ({e}): {}",
+                excerpt(text.as_bytes())
+            ))
+        })
+    }
+
+    /// `POST /send/SID` with messages in `format`.
+    pub fn send(
+        &self,
+        format: Format,
+        sid: &str,
+        messages: &[serde_json::Value],
+    ) -> PluginResult<()> {
+        let url = self.url(&["send", sid]);
+        let what = format!("POST {}", self.url(&["send", "SID"]));
+        let body = match format {
+            Format::Json => {
+                let wrapped: serde_json::Map<String, serde_json::Value> = messages
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| (i.to_string(), m.clone()))
+                    .collect();
+                self.encode(format, &serde_json::Value::Object(wrapped))?
+            }
+            Format::Bson => {
+                let mut body = Vec::new();
+                for message in messages {
+                    body.extend(self.encode(format, message)?);
+                }
+                body
+            }
+        };
+        let request = self
+            .client
+            .post(url)
+            .header(CONTENT_TYPE, format.content_type())
+            .body(body);
+        self.execute(&what, request).map(|_| ())
+    }
+
+    /// `GET /recv/SID[/QUEUE/SEQ]` (or `/stream/...`): the response, status and content type
+    /// checked; its body is read by the caller.
+    pub fn receive(
+        &self,
+        stream: bool,
+        sid: &str,
+        suffix: Option<(&str, i64)>,
+        format: Format,
+    ) -> PluginResult<Response> {
+        let method = if stream { "stream" } else { "recv" };
+        let seq_text;
+        let mut parts = vec![method, sid];
+        if let Some((queue, seq)) = suffix {
+            seq_text = seq.to_string();
+            parts.push(queue);
+            parts.push(&seq_text);
+        }
+        let url = self.url(&parts);
+        let what = format!("GET {}", self.url(&[method, "SID"]));
+        let response = self.execute(&what, self.client.get(url))?;
+        let content_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        if content_type != format.content_type() {
+            let mut response = response;
+            let mut head = Vec::new();
+            let _ = (&mut response).take(200).read_to_end(&mut head);
+            return Err(PluginError::protocol(format!(
+                "{what}: answer of type {:?} in a {} session: {}",
+                content_type,
+                format.capability(),
+                excerpt(&head)
+            )));
+        }
+        Ok(response)
+    }
+}
+
+/// A short printable excerpt of a body.
+pub fn excerpt(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(160)]);
+    let text = text.trim();
+    if text.is_empty() {
+        "(empty body)".to_owned()
+    } else if bytes.len() > 160 {
+        format!("{text:?}...")
+    } else {
+        format!("{text:?}")
+    }
+}
+
+fn check_status(what: &str, response: Response, user: Option<&str>) -> PluginResult<Response> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let mut response = response;
+    let mut body = Vec::new();
+    let _ = (&mut response).take(400).read_to_end(&mut body);
+    let text = excerpt(&body);
+    let message = format!("{what}: HTTP {status}: {text}");
+    Err(match status {
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => PluginError::config(match user {
+            Some(user) => format!(
+                "{what}: the server refused the credentials of user '{user}' (HTTP {status}); \
+                 check `user` and the password setting"
+            ),
+            None => format!(
+                "{what}: the server requires authentication (HTTP {status}); set `user` and \
+                 one of `password`, `password_file`, `password_env`"
+            ),
+        })
+        .with_key(if user.is_some() { "user" } else { "url" }),
+        StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => PluginError::config(format!(
+            "{message}; is `url` an HMB server prefix plus a bus name?"
+        ))
+        .with_key("url"),
+        StatusCode::SERVICE_UNAVAILABLE => PluginError::connect(message),
+        StatusCode::BAD_REQUEST => PluginError::protocol(message),
+        s if s.is_server_error() => PluginError::connect(message),
+        _ => PluginError::protocol(message),
+    })
+}

@@ -1,0 +1,895 @@
+//! The background fetcher: owns one HMB session at a time, runs /recv (or /stream) in a loop,
+//! frames and parses the answers into [`Chunk`]s, and hands them to the consumer through a
+//! bounded channel, so the next answer is fetched while the host handles the current one.
+//!
+//! ## Continuity, reconnection, gaps
+//!
+//! The fetcher keeps, per queue, the next seq it expects (`next`), and for the session the
+//! continuity suffix (queue and seq of the last real message received). On a network error, a
+//! 400 (`invalid session`), a 503 or 5xx, a torn body or an undecodable message, every complete
+//! message already received is handed over, the session is dropped, and a new one is opened with
+//! `seq = next` for every queue (with backoff; the first retry after a success is immediate).
+//! Since every complete message goes to the consumer and nothing after it was counted, nothing
+//! is missed and nothing repeats; a message with a seq below `next` (which a server may send
+//! again) is dropped and counted as a duplicate.
+//!
+//! Before re-opening at known positions, `/info` is read: a queue whose server-side end lies
+//! before our position was reset (a server restarted without its messages): it is read again
+//! from the oldest message the server holds (a warning says so). For filtered queues (topics,
+//! filter, starttime), consecutive seqs prove nothing, so a position older than the oldest
+//! message held is reported as a gap of at most that many messages. For the other queues every
+//! message is checked: a seq above `next` is a gap (warning with queue, expected seq, received
+//! seq and count).
+
+use crate::client::{read_error, Http, Info};
+use crate::framing::Framer;
+use crate::message::{parse_bson, parse_json, write_value, BodySrc, Parsed};
+use crate::settings::Format;
+use buslink_plugin_api::{log, PluginError, PluginResult};
+use std::io::Read;
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Chunks in flight between the fetcher and the consumer (besides the one each side holds).
+const CHANNEL_CHUNKS: usize = 2;
+/// The size of one read from the network.
+const READ_SIZE: usize = 64 * 1024;
+/// A chunk is handed over once its answer bytes reach this size, even before the answer ends.
+const EMIT_BYTES: usize = 2 << 20;
+
+/// Counters shown by the host (`Consumer::counters`).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Times messages were found missing.
+    pub gaps: AtomicU64,
+    /// Messages known to be lost (the server no longer held them).
+    pub messages_lost: AtomicU64,
+    /// Sessions re-opened after the first.
+    pub reconnects: AtomicU64,
+    /// Messages dropped because their seq had been delivered already.
+    pub duplicates: AtomicU64,
+    /// Queues found reset on the server (restarted without its messages).
+    pub resets: AtomicU64,
+    /// Heartbeats received.
+    pub heartbeats: AtomicU64,
+    /// Not a counter: the server has more messages ready than the last answer carried (the
+    /// answer reached recv_limit, or a /stream read filled the buffer). `poll` keeps waiting
+    /// past its timeout then, so "idle" really means drained.
+    pub backlog: AtomicBool,
+}
+
+impl Counters {
+    /// The counters as the host shows them.
+    pub fn snapshot(&self) -> Vec<(String, u64)> {
+        [
+            ("gaps", &self.gaps),
+            ("messages_lost", &self.messages_lost),
+            ("reconnects", &self.reconnects),
+            ("duplicates_dropped", &self.duplicates),
+            ("queue_resets", &self.resets),
+            ("heartbeats", &self.heartbeats),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value.load(Ordering::Relaxed)))
+        .collect()
+    }
+
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// A text range inside a [`Chunk`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    start: usize,
+    len: usize,
+    extra: bool,
+}
+
+/// One event of a chunk.
+#[derive(Clone, Copy, Debug)]
+pub struct ChunkEvent {
+    /// The queue's index in the settings.
+    pub queue: usize,
+    /// Its seq.
+    pub seq: i64,
+    /// Its timestamp (microseconds since the epoch).
+    pub micros: i64,
+    /// Its category.
+    pub category: Span,
+    /// Its body (JSON text).
+    pub body: Span,
+}
+
+/// The events of one answer (or of one read, for /stream), with their text.
+#[derive(Debug, Default)]
+pub struct Chunk {
+    /// The answer itself (JSON sessions): most spans point into it, no copy made.
+    raw: String,
+    /// Text made while parsing (BSON converted to JSON, unescaped strings).
+    extra: String,
+    /// The events, in order.
+    pub events: Vec<ChunkEvent>,
+    /// Every queue's next seq right after a (re-)open, before these events.
+    pub positions: Option<Vec<Option<i64>>>,
+    /// The window ended after these events.
+    pub eof: bool,
+}
+
+impl Chunk {
+    /// The text of a span.
+    pub fn text(&self, span: Span) -> &str {
+        let source = if span.extra { &self.extra } else { &self.raw };
+        source.get(span.start..span.start + span.len).unwrap_or("")
+    }
+}
+
+/// Builds a chunk's events; the text lives in `raw` (owned by the caller) or `extra`.
+struct ChunkBuilder {
+    extra: Vec<u8>,
+    events: Vec<ChunkEvent>,
+}
+
+impl ChunkBuilder {
+    fn span(&mut self, raw: &str, text: &str) -> Span {
+        let offset = (text.as_ptr() as usize).wrapping_sub(raw.as_ptr() as usize);
+        if !raw.is_empty() && offset <= raw.len() && offset + text.len() <= raw.len() {
+            Span {
+                start: offset,
+                len: text.len(),
+                extra: false,
+            }
+        } else {
+            let start = self.extra.len();
+            self.extra.extend_from_slice(text.as_bytes());
+            Span {
+                start,
+                len: text.len(),
+                extra: true,
+            }
+        }
+    }
+
+    fn push(
+        &mut self,
+        raw: &str,
+        queue: usize,
+        seq: i64,
+        micros: i64,
+        parsed: &Parsed<'_>,
+    ) -> Result<(), String> {
+        let category = self.span(raw, parsed.category());
+        let body = match parsed.body {
+            BodySrc::Text(text) => self.span(raw, text),
+            BodySrc::Bson(value) => {
+                let start = self.extra.len();
+                write_value(value, &mut self.extra)?;
+                Span {
+                    start,
+                    len: self.extra.len() - start,
+                    extra: true,
+                }
+            }
+            BodySrc::BsonDoc(doc) => {
+                let start = self.extra.len();
+                crate::message::write_document(doc, &mut self.extra)?;
+                Span {
+                    start,
+                    len: self.extra.len() - start,
+                    extra: true,
+                }
+            }
+        };
+        self.events.push(ChunkEvent {
+            queue,
+            seq,
+            micros,
+            category,
+            body,
+        });
+        Ok(())
+    }
+}
+
+/// What the fetcher sends to the consumer.
+#[derive(Debug)]
+pub enum FetchMsg {
+    /// Events (and maybe the end of the window).
+    Chunk(Chunk),
+    /// The fetcher gave up (or met an error no retry cures); it has stopped.
+    Failed(PluginError),
+}
+
+/// Where a queue starts when the fetcher has no position for it yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartSeq {
+    /// At this seq (>= 0). `known`: it comes from an offset (a position we had reached), so a
+    /// server-side end before it means the server lost the queue.
+    Exact {
+        /// The seq.
+        seq: i64,
+        /// From an offset.
+        known: bool,
+    },
+    /// Let the server resolve it: a negative seq (-1 = only new messages), or none (= -1).
+    Server(Option<i64>),
+}
+
+struct Session {
+    sid: String,
+    /// (queue, seq) of the last real message received in this session.
+    suffix: Option<(String, i64)>,
+}
+
+/// The fetcher's state; lives on the fetcher thread once started.
+pub struct Fetcher {
+    http: Http,
+    counters: Arc<Counters>,
+    stop: Arc<AtomicBool>,
+    start: Vec<StartSeq>,
+    next: Vec<Option<i64>>,
+    filtered: Vec<bool>,
+    /// The client id, reused on every re-open (own-cid suppression stays the same).
+    pub cid: Option<String>,
+    session: Option<Session>,
+    has_info: bool,
+    pending_positions: bool,
+    failures: u32,
+    backoff: Duration,
+    opened: bool,
+}
+
+/// The consumer's end of a running fetcher; dropping it stops the fetcher (after its current
+/// request; the thread is not waited for).
+pub struct FetcherHandle {
+    /// Chunks and failures.
+    pub rx: Receiver<FetchMsg>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for FetcherHandle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+enum Flow {
+    /// The answer was handled; go on with the next request.
+    Continue,
+    /// The window ended (EOF), or the consumer went away.
+    Finished,
+}
+
+impl Fetcher {
+    /// A fetcher for the queues of `http`'s settings, starting at `start`.
+    pub fn new(
+        http: Http,
+        counters: Arc<Counters>,
+        start: Vec<StartSeq>,
+        cid: Option<String>,
+        has_info: bool,
+    ) -> Fetcher {
+        let config = Arc::clone(&http.config);
+        Fetcher {
+            counters,
+            stop: Arc::new(AtomicBool::new(false)),
+            next: vec![None; config.queues.len()],
+            filtered: config
+                .queues
+                .iter()
+                .map(|q| q.params.is_filtered() || config.cid.is_some())
+                .collect(),
+            start,
+            cid: cid.or_else(|| config.cid.clone()),
+            session: None,
+            has_info,
+            pending_positions: false,
+            failures: 0,
+            backoff: config.retry_wait,
+            opened: false,
+            http,
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Starts the fetcher thread (after a first [`open_session`](Self::open_session)).
+    pub fn spawn(self) -> PluginResult<FetcherHandle> {
+        let (tx, rx) = mpsc::sync_channel(CHANNEL_CHUNKS);
+        let stop = Arc::clone(&self.stop);
+        std::thread::Builder::new()
+            .name("hmb-fetch".into())
+            .spawn(move || self.run(tx))
+            .map_err(|e| PluginError::internal(format!("cannot start the fetch thread: {e}")))?;
+        Ok(FetcherHandle { rx, stop })
+    }
+
+    fn run(mut self, tx: SyncSender<FetchMsg>) {
+        loop {
+            if self.stopped() {
+                return;
+            }
+            if self.session.is_none() {
+                if let Err(error) = self.open_session(false) {
+                    if !self.retry_after(error, &tx) {
+                        return;
+                    }
+                    continue;
+                }
+            }
+            match self.receive_once(&tx) {
+                Ok(Flow::Continue) => {
+                    self.failures = 0;
+                    self.backoff = self.http.config.retry_wait;
+                }
+                Ok(Flow::Finished) => return,
+                Err(error) => {
+                    self.session = None;
+                    if !self.retry_after(error, &tx) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Decides what to do after a failure: `false` when the fetcher must stop (the error was
+    /// sent to the consumer).
+    fn retry_after(&mut self, error: PluginError, tx: &SyncSender<FetchMsg>) -> bool {
+        self.counters.backlog.store(false, Ordering::SeqCst);
+        if self.stopped() {
+            return false;
+        }
+        let config = Arc::clone(&self.http.config);
+        if !error.kind().is_transient() {
+            let _ = tx.send(FetchMsg::Failed(error));
+            return false;
+        }
+        self.failures += 1;
+        if config.retries > 0 && self.failures > config.retries {
+            let message = format!(
+                "{error} (gave up after {} failed attempts in a row; retries = {})",
+                self.failures, config.retries
+            );
+            let _ = tx.send(FetchMsg::Failed(PluginError::new(error.kind(), message)));
+            return false;
+        }
+        let wait = if self.failures == 1 {
+            Duration::ZERO
+        } else {
+            let wait = self.backoff;
+            self.backoff = (self.backoff * 2).min(config.retry_wait_max);
+            wait
+        };
+        log::warn(format!(
+            "HMB {}: {error}; re-opening the session {} (attempt {})",
+            self.http.base(),
+            if wait.is_zero() {
+                "now".to_owned()
+            } else {
+                format!("in {} ms", wait.as_millis())
+            },
+            self.failures
+        ));
+        let until = Instant::now() + wait;
+        while Instant::now() < until {
+            if self.stopped() {
+                return false;
+            }
+            std::thread::sleep((until - Instant::now()).min(Duration::from_millis(20)));
+        }
+        !self.stopped()
+    }
+
+    fn asked(&self, index: usize) -> (Option<i64>, bool) {
+        match (self.next[index], self.start[index]) {
+            (Some(next), _) => (Some(next), true),
+            (None, StartSeq::Exact { seq, known }) => (Some(seq), known),
+            (None, StartSeq::Server(seq)) => (seq, false),
+        }
+    }
+
+    /// Opens a session at the current positions. `first`: the open the host asked for (its
+    /// errors go to the host); otherwise a re-open by the fetcher.
+    pub fn open_session(&mut self, first: bool) -> PluginResult<()> {
+        let config = Arc::clone(&self.http.config);
+        let mut asked: Vec<(Option<i64>, bool)> =
+            (0..config.queues.len()).map(|i| self.asked(i)).collect();
+        let info = self.check_positions(&mut asked);
+        let mut touched = false;
+        loop {
+            let mut queues = serde_json::Map::new();
+            for (queue, (seq, _)) in config.queues.iter().zip(&asked) {
+                let mut params = serde_json::to_value(&queue.params)
+                    .map_err(|e| PluginError::internal(format!("queue parameters: {e}")))?;
+                if let Some(map) = params.as_object_mut() {
+                    match seq {
+                        Some(seq) => map.insert("seq".into(), (*seq).into()),
+                        None => map.remove("seq"),
+                    };
+                }
+                queues.insert(queue.name.clone(), params);
+            }
+            let mut body = serde_json::json!({
+                "heartbeat": config.heartbeat,
+                "recv_limit": config.recv_limit,
+                "queue": queues,
+            });
+            if let Some(cid) = &self.cid {
+                body["cid"] = cid.clone().into();
+            }
+            let ack = self.http.open(config.format, &body)?;
+            let mut not_found = Vec::new();
+            let mut resolved = vec![None; config.queues.len()];
+            for (index, queue) in config.queues.iter().enumerate() {
+                let Some(entry) = ack.queue.get(&queue.name) else {
+                    return Err(PluginError::protocol(format!(
+                        "POST {}: the ack does not mention queue {}",
+                        self.http.url(&["open"]),
+                        queue.name
+                    )));
+                };
+                match (&entry.error, entry.seq) {
+                    (Some(error), _) if error == "queue not found" => not_found.push(index),
+                    (Some(error), _) => {
+                        return Err(PluginError::config(format!(
+                            "HMB {}: queue {}: the server refused the subscription: {error}",
+                            self.http.base(),
+                            queue.name
+                        ))
+                        .with_key(format!("queues.{}", queue.name)))
+                    }
+                    (None, Some(seq)) => resolved[index] = Some(seq as i64),
+                    (None, None) => {
+                        return Err(PluginError::protocol(format!(
+                            "POST {}: the ack gives queue {} neither a seq nor an error",
+                            self.http.url(&["open"]),
+                            queue.name
+                        )))
+                    }
+                }
+            }
+            if !not_found.is_empty() {
+                let names: Vec<&str> = not_found
+                    .iter()
+                    .map(|&i| config.queues[i].name.as_str())
+                    .collect();
+                if config.autocreate_queues && !touched {
+                    let touches: Vec<serde_json::Value> = names
+                        .iter()
+                        .map(|name| serde_json::json!({"type": "TOUCH", "queue": name}))
+                        .collect();
+                    self.http.send(config.format, &ack.sid, &touches)?;
+                    log::info(format!(
+                        "HMB {}: created queue(s) {} (autocreate_queues: one TOUCH message each, \
+                         skipped by this consumer)",
+                        self.http.base(),
+                        names.join(", ")
+                    ));
+                    for &i in &not_found {
+                        // The TOUCH message took seq 0: start after it.
+                        if let (Some(0), known) = asked[i] {
+                            asked[i] = (Some(1), known);
+                        }
+                    }
+                    self.cid = Some(ack.cid.clone());
+                    touched = true;
+                    continue;
+                }
+                let message = format!(
+                    "HMB {}: queue not found: {}{}",
+                    self.http.base(),
+                    names.join(", "),
+                    if config.autocreate_queues {
+                        ""
+                    } else {
+                        " (set autocreate_queues = true to create missing queues)"
+                    }
+                );
+                return Err(if first {
+                    PluginError::config(message).with_key(format!("queues.{}", names[0]))
+                } else {
+                    // A server that restarted without its queues: they come back with the
+                    // next message sent to them.
+                    PluginError::connect(message)
+                });
+            }
+            for (index, queue) in config.queues.iter().enumerate() {
+                let got = resolved[index];
+                if let ((Some(want), known), Some(got)) = (asked[index], got) {
+                    if want >= 0 && got > want {
+                        let lost = (got - want) as u64;
+                        self.report_gap(&queue.name, want, got, lost, "the server starts later");
+                    } else if known && want >= 0 && got < want {
+                        log::warn(format!(
+                            "HMB {}: queue {}: asked for seq {want}, the server's queue ends at \
+                             {got}: the server lost messages (restarted?); following it from \
+                             seq {got}",
+                            self.http.base(),
+                            queue.name
+                        ));
+                        Counters::add(&self.counters.resets, 1);
+                    }
+                }
+                self.next[index] = got;
+            }
+            let which = if self.opened {
+                Counters::add(&self.counters.reconnects, 1);
+                "re-opened"
+            } else {
+                "opened"
+            };
+            self.opened = true;
+            let at: Vec<String> = config
+                .queues
+                .iter()
+                .zip(&self.next)
+                .map(|(q, n)| format!("{} at seq {}", q.name, n.unwrap_or(-1)))
+                .collect();
+            log::info(format!(
+                "HMB {}: session {which} ({} format, heartbeat {} s): {}",
+                self.http.base(),
+                config.format.capability(),
+                config.heartbeat,
+                at.join(", ")
+            ));
+            if self.cid.is_none() {
+                self.cid = Some(ack.cid.clone());
+            }
+            self.session = Some(Session {
+                sid: ack.sid,
+                suffix: None,
+            });
+            self.pending_positions = true;
+            // Messages already waiting (our position is before a queue's end): `poll` waits for
+            // the first answer rather than calling the bus idle.
+            let waiting = info.as_ref().is_some_and(|info| {
+                config.queues.iter().zip(&self.next).any(|(queue, next)| {
+                    let end = info
+                        .queue
+                        .get(&queue.name)
+                        .and_then(|held| held.endseq)
+                        .map_or(0, |e| e as i64);
+                    next.is_some_and(|next| next < end)
+                })
+            });
+            self.counters.backlog.store(waiting, Ordering::SeqCst);
+            return Ok(());
+        }
+    }
+
+    /// Checks known positions against `/info` before an open: reset queues restart at the
+    /// oldest message held; positions older than what a filtered queue holds are gaps.
+    /// Returns the `/info` answer it read, if any.
+    fn check_positions(&mut self, asked: &mut [(Option<i64>, bool)]) -> Option<Info> {
+        if !self.has_info || !asked.iter().any(|(seq, _)| seq.is_some_and(|s| s >= 0)) {
+            return None;
+        }
+        let info = match self.http.info() {
+            Ok(info) => info,
+            Err(error) => {
+                log::debug(format!("HMB: /info before the open failed: {error}"));
+                return None;
+            }
+        };
+        let config = Arc::clone(&self.http.config);
+        for (index, queue) in config.queues.iter().enumerate() {
+            let (Some(want), known) = asked[index] else {
+                continue;
+            };
+            if want < 0 {
+                continue;
+            }
+            let held = info.queue.get(&queue.name).cloned().unwrap_or_default();
+            let end = held.endseq.map_or(0, |e| e as i64);
+            let oldest = held.startseq.map(|s| s as i64);
+            if known && want > end {
+                let restart_at = oldest.unwrap_or(0);
+                log::warn(format!(
+                    "HMB {}: queue {}: expected seq {want}, but the server's queue ends before \
+                     it (next seq {end}): the server lost the queue (restarted without its \
+                     messages?); messages the old server held from seq {want} on are lost (count \
+                     unknown); reading the queue again from seq {restart_at}",
+                    self.http.base(),
+                    queue.name
+                ));
+                Counters::add(&self.counters.resets, 1);
+                Counters::add(&self.counters.gaps, 1);
+                asked[index] = (Some(restart_at), false);
+                // Later re-opens start there too, until a message gives a position.
+                self.next[index] = None;
+                self.start[index] = StartSeq::Exact {
+                    seq: restart_at,
+                    known: false,
+                };
+            } else if self.filtered[index] {
+                if let Some(oldest) = oldest.filter(|&o| o > want) {
+                    let lost = (oldest - want) as u64;
+                    self.report_gap(
+                        &queue.name,
+                        want,
+                        oldest,
+                        lost,
+                        "the server no longer holds them; with topics or a filter, some may not \
+                         have been for this consumer anyway",
+                    );
+                }
+            }
+        }
+        Some(info)
+    }
+
+    fn report_gap(&self, queue: &str, expected: i64, received: i64, lost: u64, why: &str) {
+        Counters::add(&self.counters.gaps, 1);
+        Counters::add(&self.counters.messages_lost, lost);
+        log::warn(format!(
+            "HMB {}: gap on queue {queue}: expected seq {expected}, received seq {received}: \
+             {lost} message(s) lost ({why})",
+            self.http.base()
+        ));
+    }
+
+    /// One /recv (or one /stream connection): reads, frames, parses and sends chunks.
+    fn receive_once(&mut self, tx: &SyncSender<FetchMsg>) -> PluginResult<Flow> {
+        let config = Arc::clone(&self.http.config);
+        let format = config.format;
+        let (sid, suffix) = match &self.session {
+            Some(session) => (session.sid.clone(), session.suffix.clone()),
+            None => return Err(PluginError::internal("receive without a session")),
+        };
+        let what = format!(
+            "GET {}",
+            self.http
+                .url(&[if config.stream { "stream" } else { "recv" }, "SID"])
+        );
+        let mut response = self.http.receive(
+            config.stream,
+            &sid,
+            suffix.as_ref().map(|(q, s)| (q.as_str(), *s)),
+            format,
+        )?;
+        let mut buf: Vec<u8> = Vec::with_capacity(READ_SIZE);
+        let mut framer = Framer::new(format);
+        let mut pos = 0;
+        let mut items: Vec<Range<usize>> = Vec::new();
+        let mut answer_bytes = 0usize;
+        loop {
+            let mut backlog_after = None;
+            let len = buf.len();
+            buf.resize(len + READ_SIZE, 0);
+            let (ended, read_failure) = match response.read(&mut buf[len..]) {
+                Ok(0) => {
+                    buf.truncate(len);
+                    (true, None)
+                }
+                Ok(n) => {
+                    buf.truncate(len + n);
+                    answer_bytes += n;
+                    // A full read: more is on its way. A short /stream read: drained for now.
+                    if n == READ_SIZE {
+                        self.counters.backlog.store(true, Ordering::SeqCst);
+                    } else if config.stream {
+                        backlog_after = Some(false);
+                    }
+                    (false, None)
+                }
+                Err(e) => {
+                    buf.truncate(len);
+                    self.counters.backlog.store(false, Ordering::SeqCst);
+                    (false, Some(read_error(&what, &e)))
+                }
+            };
+            if ended && !config.stream {
+                // The server ends a /recv when it is drained or when recv_limit is reached.
+                let full = answer_bytes as u64 >= config.recv_limit.saturating_mul(1024);
+                backlog_after = Some(full);
+            }
+            let received_at = chrono::Utc::now().timestamp_micros();
+            let mut frame_failure = None;
+            loop {
+                match framer.next(&buf, &mut pos) {
+                    Ok(Some(range)) => items.push(range),
+                    Ok(None) => break,
+                    Err(message) => {
+                        frame_failure = Some(PluginError::protocol(format!(
+                            "{what}: undecodable answer: {message}"
+                        )));
+                        break;
+                    }
+                }
+            }
+            let failed = read_failure.is_some() || frame_failure.is_some();
+            // /recv answers are handed over whole; /stream ones as they come; either way a
+            // chunk never grows past EMIT_BYTES plus one message.
+            let big = buf.len() >= EMIT_BYTES;
+            if !items.is_empty() && (ended || failed || config.stream || big) {
+                let (eof, closed) =
+                    self.emit(&mut buf, &mut pos, &mut items, received_at, tx, &what)?;
+                if closed || self.stopped() {
+                    return Ok(Flow::Finished);
+                }
+                if eof {
+                    return Ok(Flow::Finished);
+                }
+            }
+            // Only once the chunk is on its way: `poll` must not see "drained" before it.
+            if let Some(backlog) = backlog_after.take() {
+                self.counters.backlog.store(backlog, Ordering::SeqCst);
+            }
+            if let Some(error) = frame_failure.or(read_failure) {
+                return Err(error);
+            }
+            if ended {
+                if framer.saw_nothing() {
+                    return Err(PluginError::protocol(format!(
+                        "{what}: empty answer (the server may be shutting down)"
+                    )));
+                }
+                let trailing = buf[pos.min(buf.len())..]
+                    .iter()
+                    .any(|b| !b.is_ascii_whitespace());
+                if !framer.is_complete() || trailing {
+                    return Err(PluginError::protocol(format!(
+                        "{what}: torn answer: it ended in the middle of a message"
+                    )));
+                }
+                return Ok(Flow::Continue);
+            }
+        }
+    }
+
+    /// Parses the framed items, sends them as a chunk and drops their bytes from `buf`.
+    /// Returns (EOF seen, consumer gone).
+    fn emit(
+        &mut self,
+        buf: &mut Vec<u8>,
+        pos: &mut usize,
+        items: &mut Vec<Range<usize>>,
+        received_at: i64,
+        tx: &SyncSender<FetchMsg>,
+        what: &str,
+    ) -> PluginResult<(bool, bool)> {
+        let format = self.http.config.format;
+        let consumed = items.last().map_or(0, |r| r.end);
+        let positions = self.pending_positions.then(|| self.next.clone());
+        let mut builder = ChunkBuilder {
+            extra: Vec::new(),
+            events: Vec::with_capacity(items.len()),
+        };
+        let mut eof = false;
+        let mut last: Option<(String, i64)> = None;
+        let (raw, outcome) = match format {
+            Format::Json => {
+                let rest = buf.split_off(consumed);
+                let head = std::mem::replace(buf, rest);
+                let raw = String::from_utf8(head).map_err(|e| {
+                    PluginError::protocol(format!("{what}: the answer is not UTF-8: {e}"))
+                })?;
+                let outcome = self.process(
+                    &raw,
+                    items,
+                    |range| parse_json(raw.get(range).unwrap_or("")),
+                    &mut builder,
+                    &mut eof,
+                    &mut last,
+                    received_at,
+                    what,
+                );
+                (raw, outcome)
+            }
+            Format::Bson => {
+                let outcome = self.process(
+                    "",
+                    items,
+                    |range| parse_bson(buf.get(range).unwrap_or(&[])),
+                    &mut builder,
+                    &mut eof,
+                    &mut last,
+                    received_at,
+                    what,
+                );
+                buf.drain(..consumed);
+                (String::new(), outcome)
+            }
+        };
+        *pos -= consumed;
+        items.clear();
+        if let Some(last) = last {
+            if let Some(session) = &mut self.session {
+                session.suffix = Some(last);
+            }
+        }
+        let mut closed = false;
+        if !builder.events.is_empty() || eof {
+            let extra = String::from_utf8(builder.extra)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+            let chunk = Chunk {
+                raw,
+                extra,
+                events: builder.events,
+                positions,
+                eof,
+            };
+            self.pending_positions = false;
+            closed = tx.send(FetchMsg::Chunk(chunk)).is_err();
+        }
+        outcome.map(|()| (eof, closed))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn process<'b>(
+        &mut self,
+        raw: &str,
+        items: &[Range<usize>],
+        parse: impl Fn(Range<usize>) -> Result<Parsed<'b>, String>,
+        builder: &mut ChunkBuilder,
+        eof: &mut bool,
+        last: &mut Option<(String, i64)>,
+        received_at: i64,
+        what: &str,
+    ) -> PluginResult<()> {
+        let config = Arc::clone(&self.http.config);
+        for range in items {
+            let parsed =
+                parse(range.clone()).map_err(|e| PluginError::protocol(format!("{what}: {e}")))?;
+            match &*parsed.kind {
+                "HEARTBEAT" => {
+                    Counters::add(&self.counters.heartbeats, 1);
+                    continue;
+                }
+                "EOF" => {
+                    *eof = true;
+                    break;
+                }
+                _ => {}
+            }
+            let (Some(queue), Some(seq)) = (parsed.queue.as_deref(), parsed.seq) else {
+                return Err(PluginError::protocol(format!(
+                    "{what}: a {} message without queue or seq",
+                    parsed.kind
+                )));
+            };
+            match last {
+                Some((name, s)) if name == queue => *s = seq,
+                _ => *last = Some((queue.to_owned(), seq)),
+            }
+            let Some(index) = config.queue_index(queue) else {
+                log::debug(format!(
+                    "HMB: a message of queue {queue}, which this consumer did not ask for"
+                ));
+                continue;
+            };
+            match self.next[index] {
+                Some(next) if seq < next => {
+                    Counters::add(&self.counters.duplicates, 1);
+                    log::debug(format!(
+                        "HMB: queue {queue}: seq {seq} came again (next is {next}); dropped"
+                    ));
+                    continue;
+                }
+                Some(next) if seq > next && !self.filtered[index] => {
+                    self.report_gap(
+                        queue,
+                        next,
+                        seq,
+                        (seq - next) as u64,
+                        "the server no longer held them: buffer overrun, qlen, or a restart",
+                    );
+                }
+                _ => {}
+            }
+            self.next[index] = Some(seq + 1);
+            let micros = parsed.timestamp_micros().unwrap_or(received_at);
+            builder
+                .push(raw, index, seq, micros, &parsed)
+                .map_err(|e| PluginError::protocol(format!("{what}: {e}")))?;
+        }
+        Ok(())
+    }
+}

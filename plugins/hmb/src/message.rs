@@ -1,0 +1,374 @@
+//! Reading one HMB message (JSON or BSON) into the parts an event needs, and the BSON to JSON
+//! mapping.
+//!
+//! ## BSON to JSON
+//!
+//! | BSON | JSON |
+//! |---|---|
+//! | double | a number; an integral double below 2^53 is written as an integer (`6`, not `6.0`, as the Go server writes JSON); NaN and infinities as the strings `"NaN"`, `"Infinity"`, `"-Infinity"` |
+//! | int32, int64 | an integer, exact (int64 is not rounded through a double) |
+//! | string, boolean, null, document, array | the same |
+//! | datetime | `"HermesDatetime(2024-01-01T08:30:00.123Z)"` (UTC, milliseconds), the Hermes form; out of chrono's range: `{"$date":{"$numberLong":"ms"}}` |
+//! | binary, generic subtype | `"HermesBytes(<base64>)"`, the Hermes form |
+//! | binary, other subtypes | `{"$binary":{"base64":"...","subType":"hh"}}` (Extended JSON) |
+//! | ObjectId | `{"$oid":"<24 hex digits>"}` |
+//! | anything else (decimal128, timestamp, regex, code, symbol, min/max key, undefined, DBPointer) | MongoDB relaxed Extended JSON (`{"$numberDecimal":"1.5"}`, `{"$timestamp":{"t":..,"i":..}}`, ...) |
+
+use base64::Engine as _;
+use bson::raw::{RawBsonRef, RawDocument};
+use bson::spec::BinarySubtype;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+
+/// What a message's event body is made of.
+#[derive(Clone, Copy, Debug)]
+pub enum BodySrc<'a> {
+    /// JSON text already (the `data` of a Hermes event, or the whole message, from a JSON body).
+    Text(&'a str),
+    /// A BSON value to convert (the `data` of a Hermes event).
+    Bson(RawBsonRef<'a>),
+    /// A whole BSON message to convert.
+    BsonDoc(&'a RawDocument),
+}
+
+/// The fields of one message that the consumer looks at.
+#[derive(Debug)]
+pub struct Parsed<'a> {
+    /// `type`.
+    pub kind: Cow<'a, str>,
+    /// `queue`.
+    pub queue: Option<Cow<'a, str>>,
+    /// `topic`.
+    pub topic: Option<Cow<'a, str>>,
+    /// `seq`.
+    pub seq: Option<i64>,
+    /// `starttime`.
+    pub starttime: Option<Cow<'a, str>>,
+    /// The event body.
+    pub body: BodySrc<'a>,
+}
+
+impl Parsed<'_> {
+    /// The event category: the topic, or the type when there is no topic.
+    pub fn category(&self) -> &str {
+        match self.topic.as_deref() {
+            Some(topic) if !topic.is_empty() => topic,
+            _ => &self.kind,
+        }
+    }
+
+    /// The event time: `starttime` when present and readable.
+    pub fn timestamp_micros(&self) -> Option<i64> {
+        let text = self.starttime.as_deref()?;
+        chrono::DateTime::parse_from_rfc3339(text)
+            .ok()
+            .map(|t| t.timestamp_micros())
+    }
+}
+
+#[derive(Deserialize)]
+struct WireJson<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    queue: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    topic: Option<Cow<'a, str>>,
+    #[serde(default)]
+    seq: Option<i64>,
+    #[serde(default, borrow)]
+    starttime: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
+}
+
+/// The two fields that make a JSON object a Hermes event.
+#[derive(Deserialize)]
+struct HermesProbe<'a> {
+    #[serde(default, borrow)]
+    evcategory: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    eventtype: Option<Cow<'a, str>>,
+}
+
+/// Whether JSON text is a Hermes event: an object with string `evcategory` and `eventtype`.
+pub fn is_hermes_json(text: &str) -> bool {
+    text.trim_start().starts_with('{')
+        && serde_json::from_str::<HermesProbe<'_>>(text)
+            .is_ok_and(|p| p.evcategory.is_some() && p.eventtype.is_some())
+}
+
+/// Reads a message from its JSON text.
+pub fn parse_json(item: &str) -> Result<Parsed<'_>, String> {
+    let wire: WireJson<'_> =
+        serde_json::from_str(item).map_err(|e| format!("undecodable JSON message: {e}"))?;
+    let body = match wire.data {
+        Some(data) if is_hermes_json(data.get()) => BodySrc::Text(data.get()),
+        _ => BodySrc::Text(item),
+    };
+    Ok(Parsed {
+        kind: wire.kind,
+        queue: wire.queue,
+        topic: wire.topic,
+        seq: wire.seq,
+        starttime: wire.starttime,
+        body,
+    })
+}
+
+fn bson_str<'a>(doc: &'a RawDocument, key: &str) -> Result<Option<&'a str>, String> {
+    match doc.get(key) {
+        Ok(None) | Ok(Some(RawBsonRef::Null)) => Ok(None),
+        Ok(Some(RawBsonRef::String(s))) => Ok(Some(s)),
+        Ok(Some(other)) => Err(format!(
+            "BSON message field `{key}` is a {:?}, not a string",
+            other.element_type()
+        )),
+        Err(e) => Err(format!("undecodable BSON message: {e}")),
+    }
+}
+
+/// Reads a message from its BSON document.
+pub fn parse_bson(bytes: &[u8]) -> Result<Parsed<'_>, String> {
+    let doc =
+        RawDocument::from_bytes(bytes).map_err(|e| format!("undecodable BSON message: {e}"))?;
+    let kind = bson_str(doc, "type")?.ok_or("a BSON message without `type`")?;
+    let seq = match doc.get("seq") {
+        Ok(None) | Ok(Some(RawBsonRef::Null)) => None,
+        Ok(Some(RawBsonRef::Int32(v))) => Some(i64::from(v)),
+        Ok(Some(RawBsonRef::Int64(v))) => Some(v),
+        Ok(Some(RawBsonRef::Double(v))) if v.fract() == 0.0 && v.abs() < 9.0e15 => Some(v as i64),
+        Ok(Some(other)) => {
+            return Err(format!(
+                "BSON message field `seq` is a {:?}, not an integer",
+                other.element_type()
+            ))
+        }
+        Err(e) => return Err(format!("undecodable BSON message: {e}")),
+    };
+    let data = doc
+        .get("data")
+        .map_err(|e| format!("undecodable BSON message: {e}"))?;
+    let body = match data {
+        Some(RawBsonRef::Document(data))
+            if matches!(data.get("evcategory"), Ok(Some(RawBsonRef::String(_))))
+                && matches!(data.get("eventtype"), Ok(Some(RawBsonRef::String(_)))) =>
+        {
+            BodySrc::Bson(RawBsonRef::Document(data))
+        }
+        _ => BodySrc::BsonDoc(doc),
+    };
+    Ok(Parsed {
+        kind: Cow::Borrowed(kind),
+        queue: bson_str(doc, "queue")?.map(Cow::Borrowed),
+        topic: bson_str(doc, "topic")?.map(Cow::Borrowed),
+        seq,
+        starttime: bson_str(doc, "starttime")?.map(Cow::Borrowed),
+        body,
+    })
+}
+
+fn write_str(out: &mut Vec<u8>, s: &str) {
+    // Writing to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+fn write_f64(out: &mut Vec<u8>, v: f64) {
+    if v.is_nan() {
+        out.extend_from_slice(b"\"NaN\"");
+    } else if v.is_infinite() {
+        out.extend_from_slice(if v > 0.0 {
+            b"\"Infinity\""
+        } else {
+            b"\"-Infinity\""
+        });
+    } else if v.fract() == 0.0 && v.abs() < 9_007_199_254_740_992.0 {
+        write_i64(out, v as i64);
+    } else {
+        let _ = serde_json::to_writer(&mut *out, &v);
+    }
+}
+
+fn write_i64(out: &mut Vec<u8>, v: i64) {
+    use std::io::Write as _;
+    let _ = write!(out, "{v}");
+}
+
+/// Writes a BSON document as a JSON object.
+pub fn write_document(doc: &RawDocument, out: &mut Vec<u8>) -> Result<(), String> {
+    out.push(b'{');
+    for (i, element) in doc.iter().enumerate() {
+        let (key, value) = element.map_err(|e| format!("undecodable BSON: {e}"))?;
+        if i > 0 {
+            out.push(b',');
+        }
+        write_str(out, key);
+        out.push(b':');
+        write_value(value, out)?;
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+/// Writes a BSON value as JSON (see the module docs for the mapping).
+pub fn write_value(value: RawBsonRef<'_>, out: &mut Vec<u8>) -> Result<(), String> {
+    match value {
+        RawBsonRef::Double(v) => write_f64(out, v),
+        RawBsonRef::String(s) => write_str(out, s),
+        RawBsonRef::Document(doc) => write_document(doc, out)?,
+        RawBsonRef::Array(array) => {
+            out.push(b'[');
+            for (i, item) in array.into_iter().enumerate() {
+                let item = item.map_err(|e| format!("undecodable BSON: {e}"))?;
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_value(item, out)?;
+            }
+            out.push(b']');
+        }
+        RawBsonRef::Boolean(b) => out.extend_from_slice(if b { b"true" } else { b"false" }),
+        RawBsonRef::Null | RawBsonRef::Undefined => out.extend_from_slice(b"null"),
+        RawBsonRef::Int32(v) => write_i64(out, i64::from(v)),
+        RawBsonRef::Int64(v) => write_i64(out, v),
+        RawBsonRef::DateTime(dt) => {
+            match chrono::DateTime::from_timestamp_millis(dt.timestamp_millis()) {
+                Some(t) => write_str(
+                    out,
+                    &format!(
+                        "HermesDatetime({})",
+                        t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                    ),
+                ),
+                None => {
+                    out.extend_from_slice(b"{\"$date\":{\"$numberLong\":\"");
+                    write_i64(out, dt.timestamp_millis());
+                    out.extend_from_slice(b"\"}}");
+                }
+            }
+        }
+        RawBsonRef::Binary(binary) if binary.subtype == BinarySubtype::Generic => {
+            let encoded = base64::engine::general_purpose::STANDARD.encode(binary.bytes);
+            write_str(out, &format!("HermesBytes({encoded})"));
+        }
+        RawBsonRef::Binary(binary) => {
+            let encoded = base64::engine::general_purpose::STANDARD.encode(binary.bytes);
+            let subtype: u8 = binary.subtype.into();
+            out.extend_from_slice(b"{\"$binary\":{\"base64\":");
+            write_str(out, &encoded);
+            out.extend_from_slice(format!(",\"subType\":\"{subtype:02x}\"}}}}").as_bytes());
+        }
+        RawBsonRef::ObjectId(oid) => {
+            out.extend_from_slice(b"{\"$oid\":\"");
+            out.extend_from_slice(oid.to_hex().as_bytes());
+            out.extend_from_slice(b"\"}");
+        }
+        other => {
+            let bson = bson::Bson::try_from(other.to_raw_bson())
+                .map_err(|e| format!("undecodable BSON: {e}"))?;
+            let _ = serde_json::to_writer(&mut *out, &bson.into_relaxed_extjson());
+        }
+    }
+    Ok(())
+}
+
+/// Converts a whole BSON document to JSON text (for answers such as the /open ack).
+pub fn bson_to_json_text(bytes: &[u8]) -> Result<String, String> {
+    let doc = RawDocument::from_bytes(bytes).map_err(|e| format!("undecodable BSON: {e}"))?;
+    let mut out = Vec::with_capacity(bytes.len() + 16);
+    write_document(doc, &mut out)?;
+    String::from_utf8(out).map_err(|e| format!("BSON to JSON: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::{doc, Binary, Bson};
+
+    fn to_json(doc: &bson::Document) -> serde_json::Value {
+        let bytes = bson::to_vec(doc).unwrap();
+        serde_json::from_str(&bson_to_json_text(&bytes).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn bson_types_map_faithfully() {
+        let oid = bson::oid::ObjectId::parse_str("65a1b2c3d4e5f60718293a4b").unwrap();
+        let d = doc! {
+            "double": 2.5, "whole": 6.0, "int32": 7_i32, "int64": 9_007_199_254_740_993_i64,
+            "when": bson::DateTime::from_millis(1_704_097_800_123),
+            "bytes": Binary { subtype: BinarySubtype::Generic, bytes: vec![0, 1, 2] },
+            "uuid": Binary { subtype: BinarySubtype::Uuid, bytes: vec![1; 16] },
+            "oid": oid, "nan": f64::NAN, "list": [1_i32, "a", Bson::Null],
+            "dec": Bson::Decimal128("1.5".parse().unwrap()),
+        };
+        let json = to_json(&d);
+        assert_eq!(json["double"], 2.5);
+        assert_eq!(json["whole"].to_string(), "6");
+        assert_eq!(json["int64"].to_string(), "9007199254740993");
+        assert_eq!(json["when"], "HermesDatetime(2024-01-01T08:30:00.123Z)");
+        assert_eq!(json["bytes"], "HermesBytes(AAEC)");
+        assert_eq!(json["uuid"]["$binary"]["subType"], "04");
+        assert_eq!(json["oid"]["$oid"], "65a1b2c3d4e5f60718293a4b");
+        assert_eq!(json["nan"], "NaN");
+        assert_eq!(json["list"], serde_json::json!([1, "a", null]));
+        assert_eq!(json["dec"]["$numberDecimal"], "1.5");
+    }
+
+    #[test]
+    fn json_message_body_is_data_for_hermes_events_else_the_message() {
+        let hermes = r#"{"type":"E","queue":"Q","sender":"s","topic":"T","seq":4,"starttime":"2024-01-01T00:00:00.000001Z","data":{"evcategory":"base","eventtype":"added","objtype":"X","objpkey":1,"objattrs":{},"step":0,"isPartiallyProcessed":false}}"#;
+        let parsed = parse_json(hermes).unwrap();
+        assert_eq!(parsed.seq, Some(4));
+        assert_eq!(parsed.category(), "T");
+        assert_eq!(parsed.timestamp_micros(), Some(1_704_067_200_000_001));
+        let BodySrc::Text(body) = parsed.body else {
+            panic!("text body")
+        };
+        assert!(body.starts_with(r#"{"evcategory":"base""#));
+        let plain = r#"{"type":"NOTICE","queue":"Q","seq":1,"data":{"mag":3.5}}"#;
+        let parsed = parse_json(plain).unwrap();
+        assert_eq!(parsed.category(), "NOTICE");
+        assert!(matches!(parsed.body, BodySrc::Text(t) if t == plain));
+        assert!(parse_json(r#"{"queue":"Q"}"#).is_err());
+        assert!(parse_json("{").is_err());
+    }
+
+    #[test]
+    fn bson_message_fields() {
+        let bytes = bson::to_vec(
+            &doc! {"type": "NOTICE", "queue": "Q", "seq": 3_i64, "topic": "PICK",
+            "data": {"evcategory": "base", "eventtype": "added"}},
+        )
+        .unwrap();
+        let parsed = parse_bson(&bytes).unwrap();
+        assert_eq!(parsed.seq, Some(3));
+        assert_eq!(parsed.category(), "PICK");
+        assert!(matches!(parsed.body, BodySrc::Bson(_)));
+        let bytes = bson::to_vec(&doc! {"type": "NOTICE", "seq": 3_i32, "data": 1_i32}).unwrap();
+        assert!(matches!(
+            parse_bson(&bytes).unwrap().body,
+            BodySrc::BsonDoc(_)
+        ));
+        let bytes = bson::to_vec(&doc! {"seq": 3_i32}).unwrap();
+        assert!(parse_bson(&bytes).is_err());
+    }
+
+    #[test]
+    fn reference_capture_decodes() {
+        // shared/fixtures/hmb/recv-bson.bin: a real BSON /recv body.
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/fixtures/hmb/recv-bson.bin");
+        let Ok(body) = std::fs::read(&path) else {
+            return;
+        };
+        let mut framer = crate::framing::Framer::new(crate::settings::Format::Bson);
+        let mut pos = 0;
+        let mut kinds = Vec::new();
+        while let Some(range) = framer.next(&body, &mut pos).unwrap() {
+            kinds.push(parse_bson(&body[range]).unwrap().kind.into_owned());
+        }
+        assert_eq!(pos, body.len());
+        assert_eq!(kinds.last().map(String::as_str), Some("EOF"));
+    }
+}
