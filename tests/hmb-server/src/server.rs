@@ -217,6 +217,9 @@ async fn serve(listener: TcpListener, ctx: Arc<Ctx>, mut stop: watch::Receiver<b
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
+        // Responses are written in pieces (chunked long polls): without this, Nagle's
+        // algorithm holds the last piece until the client's delayed ACK, ~40 ms later.
+        let _ = stream.set_nodelay(true);
         conns.live.fetch_add(1, Ordering::SeqCst);
         let guard = ConnGuard(Arc::clone(&conns));
         let ctx = Arc::clone(&ctx);

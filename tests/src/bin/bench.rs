@@ -44,6 +44,15 @@ enum Mode {
     /// (measured child) drain the bus with the sqlite consumer loaded through the ABI.
     #[command(name = "loaded-sqlite")]
     LoadedThroughAbi { bus: PathBuf, library: PathBuf },
+    /// (measured child) the bare HMB loop: /open, then /recv until EOF, reading only the bytes.
+    #[command(name = "bare-hmb")]
+    BareHmb {
+        url: String,
+        #[arg(long)]
+        bson: bool,
+        #[arg(long)]
+        count: i64,
+    },
 }
 
 const BATCH: usize = 512;
@@ -54,6 +63,7 @@ fn main() -> anyhow::Result<()> {
         Some(Mode::ScanAndParse { bus }) => bare_sqlite(&bus),
         Some(Mode::LinkedStatically { bus }) => static_sqlite(&bus),
         Some(Mode::LoadedThroughAbi { bus, library }) => loaded_sqlite(&bus, &library),
+        Some(Mode::BareHmb { url, bson, count }) => bare_hmb(&url, bson, count),
         None => run_all(cli.events, cli.runs.max(1), cli.work_dir),
     }
 }
@@ -118,6 +128,85 @@ fn loaded_sqlite(bus: &Path, library: &Path) -> anyhow::Result<()> {
     drain(|batch| Ok(consumer.poll(batch)?))
 }
 
+/// The last `seq` of a /recv answer, found by scanning its bytes from the end (JSON: the last
+/// `"seq":N`; BSON: the last int32/int64 element named `seq`).
+fn last_seq(body: &[u8], bson: bool) -> Option<i64> {
+    if bson {
+        let at = body
+            .windows(5)
+            .rposition(|w| w[1..] == *b"seq\0" && (w[0] == 0x10 || w[0] == 0x12))?;
+        let value = &body[at + 5..];
+        return match body[at] {
+            0x10 => value
+                .get(..4)
+                .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64),
+            _ => value
+                .get(..8)
+                .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])),
+        };
+    }
+    let at = body.windows(6).rposition(|w| w == b"\"seq\":")?;
+    let digits: Vec<u8> = body[at + 6..]
+        .iter()
+        .copied()
+        .take_while(u8::is_ascii_digit)
+        .collect();
+    std::str::from_utf8(&digits).ok()?.parse().ok()
+}
+
+fn bare_hmb(url: &str, bson: bool, count: i64) -> anyhow::Result<()> {
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    let request = serde_json::json!({
+        "heartbeat": 10,
+        // keep = false: the server says EOF once the queue is drained (else it waits).
+        "queue": { "A": { "seq": 0, "endseq": count - 1, "keep": false } },
+    });
+    let open = if bson {
+        let document = bson::to_vec(&bson::to_document(&request)?)?;
+        client
+            .post(format!("{url}/open"))
+            .header("Content-Type", "application/bson")
+            .body(document)
+    } else {
+        client
+            .post(format!("{url}/open"))
+            .header("Content-Type", "application/json")
+            .body(request.to_string())
+    };
+    let ack = open.send()?.error_for_status()?.bytes()?;
+    let sid = if bson {
+        bson::from_slice::<bson::Document>(&ack)?
+            .get_str("sid")?
+            .to_owned()
+    } else {
+        serde_json::from_slice::<serde_json::Value>(&ack)?["sid"]
+            .as_str()
+            .context("sid")?
+            .to_owned()
+    };
+    let eof: &[u8] = if bson { b"EOF\0" } else { b"\"EOF\"" };
+    let mut suffix = String::new();
+    let mut bytes = 0usize;
+    loop {
+        let body = client
+            .get(format!("{url}/recv/{sid}{suffix}"))
+            .send()?
+            .error_for_status()?
+            .bytes()?;
+        bytes += body.len();
+        if let Some(seq) = last_seq(&body, bson) {
+            suffix = format!("/A/{seq}");
+        }
+        if body.windows(eof.len()).any(|w| w == eof) {
+            break;
+        }
+    }
+    println!("{bytes}");
+    Ok(())
+}
+
 // ---- measuring ------------------------------------------------------------------------------
 
 /// One measured run of a child process.
@@ -137,6 +226,37 @@ fn measure(mut command: Command) -> anyhow::Result<Sample> {
         .spawn()
         .with_context(|| format!("starting {command:?}"))?;
     let pid = child.id() as libc::pid_t;
+    // Peak RSS: the child's own VmHWM, read until it exits (wait4's ru_maxrss also counts the
+    // memory of this process, in which the child ran between spawn and exec).
+    let mut peak_kib = 0u64;
+    loop {
+        // SAFETY: an all-zero siginfo is valid; waitid only looks at our own child, without
+        // reaping it (WNOWAIT), so wait4 below still gets its resource usage.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        if rc != 0 || unsafe { info.si_pid() } == pid {
+            break;
+        }
+        if let Some(hwm) = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|status| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+        {
+            peak_kib = peak_kib.max(hwm);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
     let mut status = 0;
     // SAFETY: an all-zero rusage is a valid value; wait4 fills it for our own child.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -156,7 +276,7 @@ fn measure(mut command: Command) -> anyhow::Result<Sample> {
     Ok(Sample {
         wall,
         cpu: time(usage.ru_utime) + time(usage.ru_stime),
-        max_rss_kib: usage.ru_maxrss as u64,
+        max_rss_kib: peak_kib,
     })
 }
 
@@ -198,7 +318,7 @@ fn sqlite_config(
     let state = dir.join(format!("state-{name}"));
     let plugins = buslink_testkit::build_dir();
     let text = format!(
-        "state_dir = \"{}\"\nplugin_dirs = [\"{}\"]\nstats_interval_s = 0\n\n[consumer]\nname = \"{name}\"\nplugin = \"sqlite\"\nclass = \"SqliteConsumer\"\ntimeout_ms = 20\n\n[consumer.settings]\nuri = \"{}\"\npoll_interval_ms = 5\n\n{extra}\n[[handlers]]\nname = \"out\"\n{handler}\n",
+        "state_dir = \"{}\"\nplugin_dirs = [\"{}\"]\nstats_interval_s = 0\n\n[consumer]\nname = \"{name}\"\nplugin = \"sqlite\"\nclass = \"SqliteConsumer\"\ntimeout_ms = 1\n\n[consumer.settings]\nuri = \"{}\"\npoll_interval_ms = 5\n\n{extra}\n[[handlers]]\nname = \"out\"\n{handler}\n",
         state.display(),
         plugins.display(),
         bus.display()
@@ -291,6 +411,9 @@ fn run_all(events: usize, runs: usize, work_dir: Option<PathBuf>) -> anyhow::Res
     eprintln!("latency: sqlite bus, 100 events/s...");
     let latency = sqlite_latency(&dir)?;
 
+    eprintln!("HMB: {events} messages from the in-repo server, JSON and BSON...");
+    let hmb = hmb_runs(&dir, &me, events, runs)?;
+
     let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
     println!("## Ratios (one run, side by side; {events} events, median of {runs})\n");
     println!("| measure | value | target |");
@@ -313,6 +436,20 @@ fn run_all(events: usize, runs: usize, work_dir: Option<PathBuf>) -> anyhow::Res
         events * 3,
         host.max_rss_kib as f64 / 1024.0,
         host_big.max_rss_kib as f64 / 1024.0
+    );
+    for (format, host_run, bare_run) in &hmb.runs {
+        println!(
+            "| HMB {format}: buslink throughput / bare /recv loop | {:.2} | >= 0.9 |",
+            ratio(bare_run.wall, host_run.wall)
+        );
+        println!(
+            "| HMB {format}: buslink CPU per message | {} | <= 1 us |",
+            per_event(host_run.cpu, events)
+        );
+    }
+    println!(
+        "| HMB publish -> handler latency p50 / p99 (100 messages/s) | {:.2} ms / {:.2} ms | p99 < 5 ms |",
+        hmb.latency.0, hmb.latency.1
     );
     println!("\n## Details\n");
     println!("| run | wall | events/s | CPU (user+sys) | CPU per event | peak RSS |");
@@ -337,7 +474,30 @@ fn run_all(events: usize, runs: usize, work_dir: Option<PathBuf>) -> anyhow::Res
             commit_events,
         ),
         ("buslink run --once, 3x backlog", host_big, events * 3),
-    ] {
+    ]
+    .into_iter()
+    .chain(hmb.runs.iter().flat_map(|(format, host_run, bare_run)| {
+        [
+            (
+                if *format == "json" {
+                    "HMB JSON: buslink run --once, null handler"
+                } else {
+                    "HMB BSON: buslink run --once, null handler"
+                },
+                *host_run,
+                events,
+            ),
+            (
+                if *format == "json" {
+                    "HMB JSON: bare reqwest /recv loop"
+                } else {
+                    "HMB BSON: bare reqwest /recv loop"
+                },
+                *bare_run,
+                events,
+            ),
+        ]
+    })) {
         println!(
             "| {name} | {:.3} s | {} | {:.3} s | {} | {:.1} MiB |",
             sample.wall.as_secs_f64(),
@@ -407,4 +567,186 @@ fn sqlite_latency(dir: &Path) -> anyhow::Result<(f64, f64)> {
     delays.sort_by(f64::total_cmp);
     let at = |q: f64| delays[((delays.len() - 1) as f64 * q).round() as usize];
     Ok((at(0.5), at(0.99)))
+}
+
+/// What the HMB measurements found.
+struct HmbResults {
+    /// (format, buslink, bare loop).
+    runs: Vec<(&'static str, Sample, Sample)>,
+    /// p50 and p99 in ms.
+    latency: (f64, f64),
+}
+
+fn hmb_config(
+    dir: &Path,
+    name: &str,
+    url: &str,
+    format: &str,
+    queue: &str,
+    handler: &str,
+) -> anyhow::Result<PathBuf> {
+    let state = dir.join(format!("state-{name}"));
+    let _ = std::fs::remove_dir_all(&state);
+    let text = format!(
+        "state_dir = \"{}\"\nplugin_dirs = [\"{}\"]\nstats_interval_s = 0\n\n[consumer]\nname = \"{name}\"\nplugin = \"hmb\"\nclass = \"HmbConsumer\"\ntimeout_ms = 1000\nbatch_size = 1024\n\n[consumer.settings]\nurl = \"{url}\"\nformat = \"{format}\"\nheartbeat = 10\n\n[consumer.settings.queues.A]\n{queue}\n\n[[handlers]]\nname = \"out\"\n{handler}\n",
+        state.display(),
+        buslink_testkit::build_dir().display(),
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+fn hmb_runs(dir: &Path, me: &Path, events: usize, runs: usize) -> anyhow::Result<HmbResults> {
+    use buslink_hmb_server::{Incoming, Server, Settings};
+    let server = Server::start(Settings {
+        buffer_size: events + 10,
+        ..Settings::for_tests()
+    })?;
+    let url = server.bus_url("bench");
+    // ~300-byte payloads.
+    for i in 0..events {
+        let data = serde_json::json!({
+            "evcategory": "base", "eventtype": "modified", "objtype": "Station",
+            "objpkey": i, "objattrs": {"added": {}, "modified": {"latitude": 48.58, "longitude": 7.75,
+            "elevation": 142.0, "description": "Strasbourg seismological station, broadband"}, "removed": {}},
+            "step": 0, "isPartiallyProcessed": false
+        });
+        server.publish(
+            "bench",
+            Incoming::new("EVENT", "A").topic("base").data(data),
+        )?;
+    }
+    let mut results = Vec::new();
+    for (format, bson) in [("json", false), ("bson", true)] {
+        let window = format!("seq = 0\nendseq = {}\nkeep = false", events - 1);
+        let config = hmb_config(
+            dir,
+            &format!("hmb-{format}"),
+            &url,
+            format,
+            &window,
+            "type = \"null\"",
+        )?;
+        let host = median(runs, || buslink_once(&config).expect("config"))?;
+        let bare = median(runs, || {
+            let mut c = Command::new(me);
+            c.args(["bare-hmb", &url, "--count", &events.to_string()]);
+            if bson {
+                c.arg("--bson");
+            }
+            c
+        })?;
+        results.push((format, host, bare));
+    }
+    server.shutdown();
+    let latency = hmb_latency(dir)?;
+    Ok(HmbResults {
+        runs: results,
+        latency,
+    })
+}
+
+/// Publishes 300 messages at 100/s (their send time in the data) to an HMB server running as
+/// its own process, while a daemon prints them; p50 and p99 of (line read - send time), in ms.
+fn hmb_latency(dir: &Path) -> anyhow::Result<(f64, f64)> {
+    let mut server = Command::new(sibling("buslink-hmb-server")?)
+        .args(["--port", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut first = String::new();
+    BufReader::new(server.stdout.take().context("server stdout")?).read_line(&mut first)?;
+    let address = first
+        .trim()
+        .strip_prefix("listening on ")
+        .context("server address")?
+        .to_owned();
+    let base = format!("http://{address}");
+    let result = hmb_latency_with(dir, &base);
+    let _ = server.kill();
+    let _ = server.wait();
+    result
+}
+
+fn hmb_latency_with(dir: &Path, base: &str) -> anyhow::Result<(f64, f64)> {
+    let client = reqwest::blocking::Client::builder()
+        .tcp_nodelay(true)
+        .build()?;
+    let publish = format!("{base}/_admin/publish/live");
+    client
+        .post(&publish)
+        .body(r#"{"type":"TOUCH","queue":"L"}"#)
+        .send()?
+        .error_for_status()?;
+    let config = hmb_config(
+        dir,
+        "hmb-live",
+        &format!("{base}/live"),
+        "bson",
+        "seq = -1",
+        "type = \"stdout\"",
+    )?;
+    let text = std::fs::read_to_string(&config)?.replace("queues.A]", "queues.L]");
+    std::fs::write(&config, text)?;
+    let mut child = Command::new(sibling("buslink")?)
+        .args(["--log-level", "info", "run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let stderr = child.stderr.take().context("stderr")?;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("positioned; consuming") {
+                let _ = ready_tx.send(());
+            }
+        }
+    });
+    let reader = std::thread::spawn(move || {
+        let mut delays = Vec::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let now = now_seconds();
+            let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if let Some(sent) = value["event"]["data"]["sent"].as_f64() {
+                delays.push((now - sent) * 1000.0);
+            }
+        }
+        delays
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(30))
+        .context("the HMB daemon did not start")?;
+    let count = 300;
+    for i in 0..count {
+        let message = serde_json::json!({"type": "PROBE", "queue": "L", "data": {"i": i, "sent": now_seconds()}});
+        client
+            .post(&publish)
+            .body(message.to_string())
+            .send()?
+            .error_for_status()?;
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    let mut delays = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("reader thread"))?;
+    if delays.len() != count {
+        bail!("HMB latency: {} of {count} messages seen", delays.len());
+    }
+    delays.sort_by(f64::total_cmp);
+    let at = |q: f64| delays[((delays.len() - 1) as f64 * q).round() as usize];
+    Ok((at(0.5), at(0.99)))
+}
+
+fn now_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
 }
