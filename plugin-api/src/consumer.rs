@@ -86,7 +86,8 @@ pub trait Consumer: Send + 'static {
 
     /// Adds the next events, in bus order, to `batch` (which the host hands over empty) until
     /// it [is full](EventBatch::is_full) or no event is waiting. When none is waiting, waits up
-    /// to the timeout for one. Must not hold more than a batch worth of events in memory.
+    /// to the timeout for one. Memory must stay bounded whatever the backlog: read about a
+    /// batch at a time (a plugin that fetches ahead keeps a small, fixed number of answers).
     fn poll(&mut self, batch: &mut EventBatch) -> PluginResult<PollStatus>;
 
     /// Counters the host shows in its progress lines (`("gaps", 2)`, `("reconnects", 5)`).
