@@ -345,15 +345,7 @@ impl Committer<'_> {
         let Some((last, next)) = self.pending.take() else {
             return Ok(());
         };
-        for handler in handlers.iter_mut() {
-            handler
-                .handler
-                .sync()
-                .map_err(|e| PipelineError::HandlerSync {
-                    handler: handler.name.clone(),
-                    message: e.message,
-                })?;
-        }
+        for_each_handler(handlers.iter_mut(), |h| h.sync())?;
         // Events queued for later retries must be on disk before their offsets are passed.
         queue.save()?;
         let mut record: OffsetRecord =
@@ -548,15 +540,10 @@ impl QueueRetries {
         if tried.is_empty() {
             return Ok(());
         }
-        for handler in handlers.iter_mut().filter(|h| tried.contains(&h.name)) {
-            handler
-                .handler
-                .sync()
-                .map_err(|e| PipelineError::HandlerSync {
-                    handler: handler.name.clone(),
-                    message: e.message,
-                })?;
-        }
+        for_each_handler(
+            handlers.iter_mut().filter(|h| tried.contains(&h.name)),
+            |h| h.sync(),
+        )?;
         queue.save()?;
         Ok(())
     }
@@ -623,6 +610,20 @@ pub fn retry_queued(
         }
     }
     done
+}
+
+/// Runs `step` (flush or sync) on each handler; the first failure names its handler.
+fn for_each_handler<'a>(
+    handlers: impl Iterator<Item = &'a mut ConfiguredHandler>,
+    step: impl Fn(&mut dyn crate::handlers::Handler) -> Result<(), crate::handlers::HandlerError>,
+) -> Result<(), PipelineError> {
+    for handler in handlers {
+        step(handler.handler.as_mut()).map_err(|e| PipelineError::HandlerSync {
+            handler: handler.name.clone(),
+            message: e.message,
+        })?;
+    }
+    Ok(())
 }
 
 /// How delivering one event to one handler ended.
@@ -787,14 +788,7 @@ impl Dispatcher<'_> {
             }
         }
         committer.record(batch, recorded, handled, &next_after_last);
-        for handler in self.handlers.iter_mut() {
-            if let Err(error) = handler.handler.flush() {
-                return Err(PipelineError::HandlerSync {
-                    handler: handler.name.clone(),
-                    message: error.message,
-                });
-            }
-        }
+        for_each_handler(self.handlers.iter_mut(), |h| h.flush())?;
         outcome
     }
 }

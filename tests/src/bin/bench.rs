@@ -529,21 +529,7 @@ fn sqlite_latency(dir: &Path) -> anyhow::Result<(f64, f64)> {
         .stderr(Stdio::null())
         .spawn()?;
     let stdout = child.stdout.take().context("stdout")?;
-    let reader = std::thread::spawn(move || {
-        let mut delays = Vec::new();
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or_default();
-            let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-            if let Some(sent) = value["event"]["objattrs"]["sent"].as_f64() {
-                delays.push((now - sent) * 1000.0);
-            }
-        }
-        delays
-    });
+    let reader = delays_reader(stdout, &["event", "objattrs", "sent"]);
     std::thread::sleep(Duration::from_millis(300));
     let count = 300;
     for i in 0..count {
@@ -558,15 +544,10 @@ fn sqlite_latency(dir: &Path) -> anyhow::Result<(f64, f64)> {
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let _ = child.wait();
-    let mut delays = reader
+    let delays = reader
         .join()
         .map_err(|_| anyhow::anyhow!("reader thread"))?;
-    if delays.len() != count {
-        bail!("latency: {} of {count} events seen", delays.len());
-    }
-    delays.sort_by(f64::total_cmp);
-    let at = |q: f64| delays[((delays.len() - 1) as f64 * q).round() as usize];
-    Ok((at(0.5), at(0.99)))
+    percentiles(delays, count)
 }
 
 /// What the HMB measurements found.
@@ -705,17 +686,7 @@ fn hmb_latency_with(dir: &Path, base: &str) -> anyhow::Result<(f64, f64)> {
             }
         }
     });
-    let reader = std::thread::spawn(move || {
-        let mut delays = Vec::new();
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let now = now_seconds();
-            let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-            if let Some(sent) = value["event"]["data"]["sent"].as_f64() {
-                delays.push((now - sent) * 1000.0);
-            }
-        }
-        delays
-    });
+    let reader = delays_reader(stdout, &["event", "data", "sent"]);
     ready_rx
         .recv_timeout(Duration::from_secs(30))
         .context("the HMB daemon did not start")?;
@@ -733,11 +704,36 @@ fn hmb_latency_with(dir: &Path, base: &str) -> anyhow::Result<(f64, f64)> {
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let _ = child.wait();
-    let mut delays = reader
+    let delays = reader
         .join()
         .map_err(|_| anyhow::anyhow!("reader thread"))?;
+    percentiles(delays, count)
+}
+
+/// Reads event lines from a daemon's stdout; for each, the delay (ms) between now and the send
+/// time found at `path` in the line.
+fn delays_reader(
+    stdout: std::process::ChildStdout,
+    path: &'static [&'static str],
+) -> std::thread::JoinHandle<Vec<f64>> {
+    std::thread::spawn(move || {
+        let mut delays = Vec::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let now = now_seconds();
+            let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            let sent = path.iter().fold(&value, |v, key| &v[*key]).as_f64();
+            if let Some(sent) = sent {
+                delays.push((now - sent) * 1000.0);
+            }
+        }
+        delays
+    })
+}
+
+/// p50 and p99 of `delays`, which must hold one delay per event sent.
+fn percentiles(mut delays: Vec<f64>, count: usize) -> anyhow::Result<(f64, f64)> {
     if delays.len() != count {
-        bail!("HMB latency: {} of {count} messages seen", delays.len());
+        bail!("latency: {} of {count} events seen", delays.len());
     }
     delays.sort_by(f64::total_cmp);
     let at = |q: f64| delays[((delays.len() - 1) as f64 * q).round() as usize];
