@@ -36,30 +36,46 @@ pub fn fixture_index() -> Vec<IndexRow> {
         .collect()
 }
 
-/// A config for the sqlite plugin on `bus`, with `consumer_extra` lines in `[consumer]` and
-/// `rest` appended (handlers, commit). Written to `dir/buslink.toml`.
-pub fn sqlite_config(dir: &TestDir, bus: &Path, consumer_extra: &str, rest: &str) -> PathBuf {
+/// The consumer part of a test config.
+pub struct ConsumerSpec<'a> {
+    pub plugin: &'a str,
+    pub class: &'a str,
+    pub timeout_ms: u64,
+    /// More lines for `[consumer]` (or whole subtables such as `[consumer.hermes]`).
+    pub extra: &'a str,
+    /// The lines of `[consumer.settings]`.
+    pub settings: &'a str,
+}
+
+/// A config (consumer `test`, state in `state/`, plugins from the build directory) with `rest`
+/// appended (handlers, commit). Written to `dir/buslink.toml`.
+pub fn consumer_config(dir: &TestDir, consumer: ConsumerSpec<'_>, rest: &str) -> PathBuf {
     let text = format!(
-        r#"state_dir = "state"
-plugin_dirs = ["{plugins}"]
-
-[consumer]
-name = "test"
-plugin = "sqlite"
-class = "SqliteConsumer"
-timeout_ms = 200
-{consumer_extra}
-
-[consumer.settings]
-uri = "{bus}"
-poll_interval_ms = 10
-
-{rest}
-"#,
+        "state_dir = \"state\"\nplugin_dirs = [\"{plugins}\"]\n\n[consumer]\nname = \"test\"\n\
+         plugin = \"{plugin}\"\nclass = \"{class}\"\ntimeout_ms = {timeout}\n{extra}\n\n\
+         [consumer.settings]\n{settings}\n\n{rest}\n",
         plugins = build_dir().display(),
-        bus = bus.display(),
+        plugin = consumer.plugin,
+        class = consumer.class,
+        timeout = consumer.timeout_ms,
+        extra = consumer.extra,
+        settings = consumer.settings,
     );
     dir.write("buslink.toml", text)
+}
+
+/// A config for the sqlite plugin on `bus`, with `consumer_extra` lines in `[consumer]` and
+/// `rest` appended (handlers, commit).
+pub fn sqlite_config(dir: &TestDir, bus: &Path, consumer_extra: &str, rest: &str) -> PathBuf {
+    let settings = format!("uri = \"{}\"\npoll_interval_ms = 10", bus.display());
+    let consumer = ConsumerSpec {
+        plugin: "sqlite",
+        class: "SqliteConsumer",
+        timeout_ms: 200,
+        extra: consumer_extra,
+        settings: &settings,
+    };
+    consumer_config(dir, consumer, rest)
 }
 
 /// A jsonl handler writing to `out/NAME.jsonl`, with an optional match.

@@ -4,7 +4,7 @@
 use crate::common::*;
 use buslink_testkit::http_sink::{Answer, HttpSink};
 use buslink_testkit::process::run_once;
-use buslink_testkit::{build_dir, TestDir};
+use buslink_testkit::TestDir;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -12,26 +12,15 @@ const SECRET: &str = "s3cr3t-T0KEN-do-not-print";
 
 /// A config on the `faulty` in-memory bus (`events` events, offsets 1..=events) with `handlers`.
 fn memory_bus_config(dir: &TestDir, events: u32, handlers: &str) -> PathBuf {
-    dir.write(
-        "buslink.toml",
-        format!(
-            r#"state_dir = "state"
-plugin_dirs = ["{plugins}"]
-
-[consumer]
-name = "test"
-plugin = "faulty"
-class = "FaultyConsumer"
-timeout_ms = 100
-
-[consumer.settings]
-events = {events}
-
-{handlers}
-"#,
-            plugins = build_dir().display()
-        ),
-    )
+    let settings = format!("events = {events}");
+    let consumer = ConsumerSpec {
+        plugin: "faulty",
+        class: "FaultyConsumer",
+        timeout_ms: 100,
+        extra: "",
+        settings: &settings,
+    };
+    consumer_config(dir, consumer, handlers)
 }
 
 /// A shell script that records its stdin and environment, and fails (exit 3) while the file

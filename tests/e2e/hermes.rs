@@ -2,7 +2,7 @@
 
 use crate::common::*;
 use buslink_testkit::process::{run, run_once};
-use buslink_testkit::{build_dir, hermes_events, shared_dir, Daemon, HermesBusWriter, TestDir};
+use buslink_testkit::{hermes_events, shared_dir, Daemon, HermesBusWriter, TestDir};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -19,39 +19,13 @@ fn hermes_config_on(
     use_first: bool,
     extra_handlers: &str,
 ) -> std::path::PathBuf {
-    let text = format!(
-        r#"state_dir = "state"
-plugin_dirs = ["{plugins}"]
-
-[consumer]
-name = "test"
-plugin = "sqlite"
-class = "SqliteConsumer"
-timeout_ms = 200
-
-[consumer.settings]
-uri = "{bus}"
-poll_interval_ms = 10
-
-[consumer.hermes]
-enabled = true
-use_first_initsync = {use_first}
-
-{all}
-[[handlers]]
-name = "state"
-type = "plugin"
-plugin = "statefiles"
-class = "StateFilesHandler"
-settings = {{ dir = "view" }}
-
-{extra_handlers}
-"#,
-        plugins = build_dir().display(),
-        bus = bus.display(),
-        all = jsonl_handler("all", ""),
+    let hermes = format!("[consumer.hermes]\nenabled = true\nuse_first_initsync = {use_first}");
+    let handlers = format!(
+        "{}\n[[handlers]]\nname = \"state\"\ntype = \"plugin\"\nplugin = \"statefiles\"\n\
+         class = \"StateFilesHandler\"\nsettings = {{ dir = \"view\" }}\n\n{extra_handlers}",
+        jsonl_handler("all", "")
     );
-    dir.write("buslink.toml", text)
+    sqlite_config(dir, bus, &hermes, &handlers)
 }
 
 /// The fixture's rows: (msgid, event).
@@ -280,21 +254,8 @@ fn two_object_bus(dir: &TestDir, count: i64) -> std::path::PathBuf {
 }
 
 fn queue_config(dir: &TestDir, bus: &std::path::Path, extra: &str) -> std::path::PathBuf {
-    let text = format!(
-        r#"state_dir = "state"
-plugin_dirs = ["{plugins}"]
-
-[consumer]
-name = "test"
-plugin = "sqlite"
-class = "SqliteConsumer"
-timeout_ms = 100
-
-[consumer.settings]
-uri = "{bus}"
-poll_interval_ms = 10
-
-[[handlers]]
+    let handler = format!(
+        r#"[[handlers]]
 name = "target"
 type = "plugin"
 plugin = "faulty"
@@ -303,11 +264,9 @@ settings = {{ record = "handled.txt", panic_on = "\"objpkey\":1,", panic_while =
 retry = {{ attempts = 2, base_ms = 10 }}
 on_failure = "error-queue"
 {extra}
-"#,
-        plugins = build_dir().display(),
-        bus = bus.display(),
+"#
     );
-    dir.write("buslink.toml", text)
+    sqlite_config(dir, bus, "", &handler)
 }
 
 fn handled(dir: &TestDir) -> Vec<i64> {

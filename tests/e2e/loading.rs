@@ -12,25 +12,14 @@ use std::time::Duration;
 
 /// A config whose consumer uses `plugin` (a name or a path) and `class`, with `settings`.
 fn plugin_config(dir: &TestDir, plugin: &str, class: &str, settings: &str) -> PathBuf {
-    let text = format!(
-        r#"state_dir = "state"
-plugin_dirs = ["{plugins}"]
-
-[consumer]
-name = "test"
-plugin = "{plugin}"
-class = "{class}"
-timeout_ms = 100
-
-[consumer.settings]
-{settings}
-
-{handler}
-"#,
-        plugins = build_dir().display(),
-        handler = jsonl_handler("all", ""),
-    );
-    dir.write("buslink.toml", text)
+    let consumer = ConsumerSpec {
+        plugin,
+        class,
+        timeout_ms: 100,
+        extra: "",
+        settings,
+    };
+    consumer_config(dir, consumer, &jsonl_handler("all", ""))
 }
 
 fn assert_refused(dir: &TestDir, plugin: &str, expected: &[&str]) {
