@@ -52,6 +52,9 @@ enum Mode {
         bson: bool,
         #[arg(long)]
         count: i64,
+        /// Use ureq (a synchronous client) instead of reqwest's blocking client.
+        #[arg(long)]
+        ureq: bool,
     },
 }
 
@@ -63,7 +66,12 @@ fn main() -> anyhow::Result<()> {
         Some(Mode::ScanAndParse { bus }) => bare_sqlite(&bus),
         Some(Mode::LinkedStatically { bus }) => static_sqlite(&bus),
         Some(Mode::LoadedThroughAbi { bus, library }) => loaded_sqlite(&bus, &library),
-        Some(Mode::BareHmb { url, bson, count }) => bare_hmb(&url, bson, count),
+        Some(Mode::BareHmb {
+            url,
+            bson,
+            count,
+            ureq,
+        }) => bare_hmb(&url, bson, count, ureq),
         None => run_all(cli.events, cli.runs.max(1), cli.work_dir),
     }
 }
@@ -154,7 +162,7 @@ fn last_seq(body: &[u8], bson: bool) -> Option<i64> {
     std::str::from_utf8(&digits).ok()?.parse().ok()
 }
 
-fn bare_hmb(url: &str, bson: bool, count: i64) -> anyhow::Result<()> {
+fn bare_hmb(url: &str, bson: bool, count: i64, use_ureq: bool) -> anyhow::Result<()> {
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()?;
@@ -187,14 +195,23 @@ fn bare_hmb(url: &str, bson: bool, count: i64) -> anyhow::Result<()> {
             .to_owned()
     };
     let eof: &[u8] = if bson { b"EOF\0" } else { b"\"EOF\"" };
+    let agent = ureq::AgentBuilder::new().build();
     let mut suffix = String::new();
     let mut bytes = 0usize;
     loop {
-        let body = client
-            .get(format!("{url}/recv/{sid}{suffix}"))
-            .send()?
-            .error_for_status()?
-            .bytes()?;
+        let address = format!("{url}/recv/{sid}{suffix}");
+        let body: Vec<u8> = if use_ureq {
+            let mut body = Vec::new();
+            std::io::Read::read_to_end(&mut agent.get(&address).call()?.into_reader(), &mut body)?;
+            body
+        } else {
+            client
+                .get(&address)
+                .send()?
+                .error_for_status()?
+                .bytes()?
+                .to_vec()
+        };
         bytes += body.len();
         if let Some(seq) = last_seq(&body, bson) {
             suffix = format!("/A/{seq}");
@@ -497,6 +514,17 @@ fn run_all(events: usize, runs: usize, work_dir: Option<PathBuf>) -> anyhow::Res
                 events,
             ),
         ]
+    }))
+    .chain(hmb.ureq_runs.iter().map(|(format, run)| {
+        (
+            if *format == "json" {
+                "HMB JSON: bare ureq /recv loop (for comparison)"
+            } else {
+                "HMB BSON: bare ureq /recv loop (for comparison)"
+            },
+            *run,
+            events,
+        )
     })) {
         println!(
             "| {name} | {:.3} s | {} | {:.3} s | {} | {:.1} MiB |",
@@ -554,6 +582,8 @@ fn sqlite_latency(dir: &Path) -> anyhow::Result<(f64, f64)> {
 struct HmbResults {
     /// (format, buslink, bare loop).
     runs: Vec<(&'static str, Sample, Sample)>,
+    /// (format, the bare loop with ureq): how much the HTTP client costs.
+    ureq_runs: Vec<(&'static str, Sample)>,
     /// p50 and p99 in ms.
     latency: (f64, f64),
 }
@@ -599,6 +629,7 @@ fn hmb_runs(dir: &Path, me: &Path, events: usize, runs: usize) -> anyhow::Result
         )?;
     }
     let mut results = Vec::new();
+    let mut ureq_runs = Vec::new();
     for (format, bson) in [("json", false), ("bson", true)] {
         let window = format!("seq = 0\nendseq = {}\nkeep = false", events - 1);
         let config = hmb_config(
@@ -618,12 +649,22 @@ fn hmb_runs(dir: &Path, me: &Path, events: usize, runs: usize) -> anyhow::Result
             }
             c
         })?;
+        let bare_ureq = median(runs, || {
+            let mut c = Command::new(me);
+            c.args(["bare-hmb", &url, "--ureq", "--count", &events.to_string()]);
+            if bson {
+                c.arg("--bson");
+            }
+            c
+        })?;
         results.push((format, host, bare));
+        ureq_runs.push((format, bare_ureq));
     }
     server.shutdown();
     let latency = hmb_latency(dir)?;
     Ok(HmbResults {
         runs: results,
+        ureq_runs,
         latency,
     })
 }
