@@ -1,12 +1,11 @@
 //! `buslink check --config FILE [--connect]`: validates everything `run` would need, without
 //! consuming, and lists every problem found.
 
-use crate::commands::run::build_consumer;
+use crate::commands::run::{build_consumer, load_consumer_plugin, settings_refusal};
 use crate::commands::AppError;
 use crate::config::{Config, EventFilter, HandlerConfig, HandlerKind};
 use crate::handlers::{displayable_url, resolve_program};
-use crate::plugin::{find_library, LoadedPlugin, PluginInfo};
-use buslink_plugin_api::ErrorKind;
+use crate::plugin::PluginInfo;
 use std::path::Path;
 
 /// What `check` found wrong.
@@ -53,9 +52,9 @@ pub fn check(config_path: &Path, connect: bool) -> Result<(), AppError> {
 
 fn check_plugin(config: &Config, problems: &mut Vec<String>) -> Option<(PluginInfo, String)> {
     let consumer = &config.consumer;
-    let path = match find_library(&consumer.plugin, &config.base_dir, &config.plugin_dirs) {
-        Ok(path) => path,
-        Err(error) => {
+    let (plugin, path) = match load_consumer_plugin(config) {
+        Ok(found) => found,
+        Err(AppError::Load(error)) => {
             problems.push(
                 config
                     .consumer_error("plugin", error.to_string())
@@ -63,55 +62,14 @@ fn check_plugin(config: &Config, problems: &mut Vec<String>) -> Option<(PluginIn
             );
             return None;
         }
-    };
-    let plugin = match LoadedPlugin::load(&path) {
-        Ok(plugin) => plugin,
         Err(error) => {
-            problems.push(
-                config
-                    .consumer_error("plugin", error.to_string())
-                    .to_string(),
-            );
+            problems.push(error.to_string());
             return None;
         }
     };
     let info = plugin.info().clone();
-    if !info
-        .consumer_classes
-        .iter()
-        .any(|c| c.name == consumer.class)
-    {
-        let known: Vec<_> = info
-            .consumer_classes
-            .iter()
-            .map(|c| c.name.as_str())
-            .collect();
-        problems.push(
-            config
-                .consumer_error(
-                    "class",
-                    format!(
-                        "plugin '{}' has no consumer class '{}'; it has: {}",
-                        info.name,
-                        consumer.class,
-                        known.join(", ")
-                    ),
-                )
-                .to_string(),
-        );
-        return Some((info, path.display().to_string()));
-    }
     if let Err(error) = plugin.validate_settings(&consumer.class, &consumer.settings_json) {
-        let message = format!(
-            "plugin '{}' class '{}': {}",
-            info.name,
-            consumer.class,
-            error.message()
-        );
-        problems.push(match error.kind() {
-            ErrorKind::Config => config.settings_error(error.key(), message).to_string(),
-            _ => message,
-        });
+        problems.push(settings_refusal(config, &info.name, &error).to_string());
     }
     Some((info, path.display().to_string()))
 }

@@ -13,11 +13,12 @@ use crate::pipeline::{self, Outputs, PipelineOptions};
 use crate::plugin::{find_library, LoadedPlugin, PluginConsumer};
 use crate::shutdown::Shutdown;
 use buslink_plugin_api::ErrorKind;
-use std::path::Path;
+use buslink_plugin_api::PluginError;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Loads the configured plugin and builds its consumer (the plugin validates its settings).
-pub fn build_consumer(config: &Config) -> Result<(LoadedPlugin, PluginConsumer), AppError> {
+/// Finds and loads the configured consumer plugin, and checks that it has the configured class.
+pub fn load_consumer_plugin(config: &Config) -> Result<(LoadedPlugin, PathBuf), AppError> {
     let path = find_library(
         &config.consumer.plugin,
         &config.base_dir,
@@ -47,26 +48,34 @@ pub fn build_consumer(config: &Config) -> Result<(LoadedPlugin, PluginConsumer),
         ))
         .into());
     }
+    Ok((plugin, path))
+}
+
+/// The plugin's refusal of the consumer's settings (or of building the consumer): a config
+/// error pointing at the settings key when the plugin names one.
+pub fn settings_refusal(config: &Config, plugin: &str, error: &PluginError) -> AppError {
+    let message = format!(
+        "plugin '{plugin}' class '{}': {}",
+        config.consumer.class,
+        error.message()
+    );
+    match error.kind() {
+        ErrorKind::Config => AppError::Config(config.settings_error(error.key(), message).into()),
+        _ => AppError::Runtime(message),
+    }
+}
+
+/// Loads the configured plugin and builds its consumer (the plugin validates its settings).
+pub fn build_consumer(config: &Config) -> Result<(LoadedPlugin, PluginConsumer), AppError> {
+    let (plugin, path) = load_consumer_plugin(config)?;
+    let info = plugin.info();
     let consumer = plugin
         .new_consumer(
             &config.consumer.class,
             &config.consumer.settings_json,
             &config.base_dir,
         )
-        .map_err(|error| {
-            let message = format!(
-                "plugin '{}' class '{}': {}",
-                info.name,
-                config.consumer.class,
-                error.message()
-            );
-            match error.kind() {
-                ErrorKind::Config => {
-                    AppError::Config(config.settings_error(error.key(), message).into())
-                }
-                _ => AppError::Runtime(message),
-            }
-        })?;
+        .map_err(|error| settings_refusal(config, &info.name, &error))?;
     tracing::info!(
         "loaded plugin '{}' {} (plugin-api {}) from {}",
         info.name,

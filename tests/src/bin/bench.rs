@@ -568,14 +568,7 @@ fn sqlite_latency(dir: &Path) -> anyhow::Result<(f64, f64)> {
         writer.append(&data.to_string(), sent)?;
         std::thread::sleep(Duration::from_millis(10));
     }
-    std::thread::sleep(Duration::from_millis(300));
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let _ = child.wait();
-    let delays = reader
-        .join()
-        .map_err(|_| anyhow::anyhow!("reader thread"))?;
-    percentiles(delays, count)
+    finish_latency(child, reader, count)
 }
 
 /// What the HMB measurements found.
@@ -741,14 +734,7 @@ fn hmb_latency_with(dir: &Path, base: &str) -> anyhow::Result<(f64, f64)> {
             .error_for_status()?;
         std::thread::sleep(Duration::from_millis(10));
     }
-    std::thread::sleep(Duration::from_millis(300));
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let _ = child.wait();
-    let delays = reader
-        .join()
-        .map_err(|_| anyhow::anyhow!("reader thread"))?;
-    percentiles(delays, count)
+    finish_latency(child, reader, count)
 }
 
 /// Reads event lines from a daemon's stdout; for each, the delay (ms) between now and the send
@@ -769,6 +755,22 @@ fn delays_reader(
         }
         delays
     })
+}
+
+/// Lets the last events arrive, stops the daemon, and returns the p50 and p99 of the delays.
+fn finish_latency(
+    mut daemon: std::process::Child,
+    reader: std::thread::JoinHandle<Vec<f64>>,
+    count: usize,
+) -> anyhow::Result<(f64, f64)> {
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    let _ = daemon.wait();
+    let delays = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("reader thread"))?;
+    percentiles(delays, count)
 }
 
 /// p50 and p99 of `delays`, which must hold one delay per event sent.
