@@ -277,46 +277,6 @@ impl Http {
             .body(body);
         self.execute(&what, request).map(|_| ())
     }
-
-    /// `GET /recv/SID[/QUEUE/SEQ]` (or `/stream/...`): the response, status and content type
-    /// checked; its body is read by the caller.
-    pub fn receive(
-        &self,
-        stream: bool,
-        sid: &str,
-        suffix: Option<(&str, i64)>,
-        format: Format,
-    ) -> PluginResult<Response> {
-        let method = if stream { "stream" } else { "recv" };
-        let seq_text;
-        let mut parts = vec![method, sid];
-        if let Some((queue, seq)) = suffix {
-            seq_text = seq.to_string();
-            parts.push(queue);
-            parts.push(&seq_text);
-        }
-        let url = self.url(&parts);
-        let what = format!("GET {}", self.url(&[method, "SID"]));
-        let response = self.execute(&what, self.client.get(url))?;
-        let content_type = response
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
-        if content_type != format.content_type() {
-            let mut response = response;
-            let mut head = Vec::new();
-            let _ = (&mut response).take(200).read_to_end(&mut head);
-            return Err(PluginError::protocol(format!(
-                "{what}: answer of type {:?} in a {} session: {}",
-                content_type,
-                format.capability(),
-                excerpt(&head)
-            )));
-        }
-        Ok(response)
-    }
 }
 
 /// A short printable excerpt of a body.
@@ -340,9 +300,14 @@ fn check_status(what: &str, response: Response, user: Option<&str>) -> PluginRes
     let mut response = response;
     let mut body = Vec::new();
     let _ = (&mut response).take(400).read_to_end(&mut body);
-    let text = excerpt(&body);
+    Err(status_error(what, status, &body, user))
+}
+
+/// The error for an answer with a non-2xx `status` and `body` (its start).
+fn status_error(what: &str, status: StatusCode, body: &[u8], user: Option<&str>) -> PluginError {
+    let text = excerpt(body);
     let message = format!("{what}: HTTP {status}: {text}");
-    Err(match status {
+    match status {
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => PluginError::config(match user {
             Some(user) => format!(
                 "{what}: the server refused the credentials of user '{user}' (HTTP {status}); \
@@ -362,5 +327,146 @@ fn check_status(what: &str, response: Response, user: Option<&str>) -> PluginRes
         StatusCode::BAD_REQUEST => PluginError::protocol(message),
         s if s.is_server_error() => PluginError::connect(message),
         _ => PluginError::protocol(message),
-    })
+    }
+}
+
+/// The client the fetcher thread reads `/recv` and `/stream` answers with: reqwest's async
+/// client driven by a single-threaded runtime on the fetcher thread itself. Measured side by
+/// side (`buslink-bench --only hmb`), this costs about 0.5 us of CPU per message less than
+/// reqwest's blocking client, which runs the connection on a runtime thread of its own and
+/// hands every chunk over to the caller's thread.
+pub struct RecvClient {
+    runtime: tokio::runtime::Runtime,
+    client: reqwest::Client,
+    http: Http,
+}
+
+impl RecvClient {
+    /// Builds the runtime and the client (no connection yet); `http` gives the settings and
+    /// the URLs.
+    pub fn new(http: Http) -> PluginResult<RecvClient> {
+        let config = &http.config;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| PluginError::internal(format!("cannot start the HTTP runtime: {e}")))?;
+        let mut builder = reqwest::Client::builder()
+            .read_timeout(config.read_timeout)
+            .connect_timeout(config.connect_timeout)
+            .pool_idle_timeout(std::time::Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .user_agent(concat!("buslink-hmb/", env!("CARGO_PKG_VERSION")));
+        if let Some(pem) = &config.ca_pem {
+            let certificate = reqwest::Certificate::from_pem(pem)
+                .map_err(|e| PluginError::config(format!("ca_file: {e}")).with_key("ca_file"))?;
+            builder = builder.add_root_certificate(certificate);
+        }
+        let client = {
+            let _context = runtime.enter();
+            builder
+                .build()
+                .map_err(|e| PluginError::internal(format!("cannot build the HTTP client: {e}")))?
+        };
+        Ok(RecvClient {
+            runtime,
+            client,
+            http,
+        })
+    }
+
+    /// `GET /recv/SID[/QUEUE/SEQ]` (or `/stream/...`): the answer, status and content type
+    /// checked, as a reader of its body.
+    pub fn receive(
+        &self,
+        stream: bool,
+        sid: &str,
+        suffix: Option<(&str, i64)>,
+        format: Format,
+    ) -> PluginResult<BodyReader<'_>> {
+        let method = if stream { "stream" } else { "recv" };
+        let seq_text;
+        let mut parts = vec![method, sid];
+        if let Some((queue, seq)) = suffix {
+            seq_text = seq.to_string();
+            parts.push(queue);
+            parts.push(&seq_text);
+        }
+        let url = self.http.url(&parts);
+        let what = format!("GET {}", self.http.url(&[method, "SID"]));
+        let mut request = self.client.get(url);
+        if let Some((user, password)) = &self.http.config.auth {
+            request = request.basic_auth(user, Some(password.expose()));
+        }
+        let response = self
+            .runtime
+            // `send` starts its timers at once: inside the runtime.
+            .block_on(async { request.send().await })
+            .map_err(|e| request_error(&what, &e))?;
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let mut body = BodyReader {
+            runtime: &self.runtime,
+            response,
+            pending: bytes::Bytes::new(),
+        };
+        if !status.is_success() {
+            let head = body.head(400);
+            let user = self.http.config.auth.as_ref().map(|(u, _)| u.as_str());
+            return Err(status_error(&what, status, &head, user));
+        }
+        if content_type != format.content_type() {
+            let head = body.head(200);
+            return Err(PluginError::protocol(format!(
+                "{what}: answer of type {:?} in a {} session: {}",
+                content_type,
+                format.capability(),
+                excerpt(&head)
+            )));
+        }
+        Ok(body)
+    }
+}
+
+/// The body of an answer being received, read as it arrives (`std::io::Read`).
+pub struct BodyReader<'a> {
+    runtime: &'a tokio::runtime::Runtime,
+    response: reqwest::Response,
+    /// The rest of the last chunk received.
+    pending: bytes::Bytes,
+}
+
+impl BodyReader<'_> {
+    /// Up to `limit` bytes of the body, for error messages (read errors end it early).
+    fn head(&mut self, limit: u64) -> Vec<u8> {
+        let mut head = Vec::new();
+        let _ = self.take(limit).read_to_end(&mut head);
+        head
+    }
+}
+
+impl Read for BodyReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.pending.is_empty() {
+            match self.runtime.block_on(self.response.chunk()) {
+                Ok(Some(chunk)) => self.pending = chunk,
+                Ok(None) => return Ok(0),
+                Err(error) => {
+                    let kind = if error.is_timeout() {
+                        std::io::ErrorKind::TimedOut
+                    } else {
+                        std::io::ErrorKind::Other
+                    };
+                    return Err(std::io::Error::new(kind, error));
+                }
+            }
+        }
+        let n = out.len().min(self.pending.len());
+        out[..n].copy_from_slice(&self.pending.split_to(n));
+        Ok(n)
+    }
 }

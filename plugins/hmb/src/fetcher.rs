@@ -21,7 +21,7 @@
 //! message is checked: a seq above `next` is a gap (warning with queue, expected seq, received
 //! seq and count).
 
-use crate::client::{read_error, Http, Info};
+use crate::client::{read_error, Http, Info, RecvClient};
 use crate::framing::Framer;
 use crate::message::{parse_bson, parse_json, write_value, BodySrc, Parsed};
 use crate::settings::Format;
@@ -228,6 +228,8 @@ struct Session {
 /// The fetcher's state; lives on the fetcher thread once started.
 pub struct Fetcher {
     http: Http,
+    /// The client for /recv and /stream, made on the fetcher thread's first receive.
+    receiver: Option<RecvClient>,
     counters: Arc<Counters>,
     stop: Arc<AtomicBool>,
     start: Vec<StartSeq>,
@@ -292,6 +294,7 @@ impl Fetcher {
             backoff: config.retry_wait,
             opened: false,
             http,
+            receiver: None,
         }
     }
 
@@ -637,6 +640,20 @@ impl Fetcher {
 
     /// One /recv (or one /stream connection): reads, frames, parses and sends chunks.
     fn receive_once(&mut self, tx: &SyncSender<FetchMsg>) -> PluginResult<Flow> {
+        let receiver = match self.receiver.take() {
+            Some(receiver) => receiver,
+            None => RecvClient::new(self.http.clone())?,
+        };
+        let flow = self.receive_with(&receiver, tx);
+        self.receiver = Some(receiver);
+        flow
+    }
+
+    fn receive_with(
+        &mut self,
+        receiver: &RecvClient,
+        tx: &SyncSender<FetchMsg>,
+    ) -> PluginResult<Flow> {
         let config = Arc::clone(&self.http.config);
         let format = config.format;
         let (sid, suffix) = match &self.session {
@@ -648,7 +665,7 @@ impl Fetcher {
             self.http
                 .url(&[if config.stream { "stream" } else { "recv" }, "SID"])
         );
-        let mut response = self.http.receive(
+        let mut response = receiver.receive(
             config.stream,
             &sid,
             suffix.as_ref().map(|(q, s)| (q.as_str(), *s)),

@@ -17,6 +17,7 @@
 use base64::Engine as _;
 use bson::raw::{RawBsonRef, RawDocument};
 use bson::spec::BinarySubtype;
+use buslink_plugin_api::hermes::peek_fields;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
@@ -83,20 +84,13 @@ struct WireJson<'a> {
     data: Option<&'a RawValue>,
 }
 
-/// The two fields that make a JSON object a Hermes event.
-#[derive(Deserialize)]
-struct HermesProbe<'a> {
-    #[serde(default, borrow)]
-    evcategory: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    eventtype: Option<Cow<'a, str>>,
-}
-
-/// Whether JSON text is a Hermes event: an object with string `evcategory` and `eventtype`.
+/// Whether JSON text is a Hermes event: an object with string `evcategory` and `eventtype`
+/// (reading stops once both were seen: Hermes writes them first).
 pub fn is_hermes_json(text: &str) -> bool {
+    let mut slots = [None, None];
     text.trim_start().starts_with('{')
-        && serde_json::from_str::<HermesProbe<'_>>(text)
-            .is_ok_and(|p| p.evcategory.is_some() && p.eventtype.is_some())
+        && peek_fields(text, &["evcategory", "eventtype"], &mut slots)
+        && slots.iter().all(Option::is_some)
 }
 
 /// Reads a message from its JSON text.
@@ -117,54 +111,80 @@ pub fn parse_json(item: &str) -> Result<Parsed<'_>, String> {
     })
 }
 
-fn bson_str<'a>(doc: &'a RawDocument, key: &str) -> Result<Option<&'a str>, String> {
-    match doc.get(key) {
-        Ok(None) | Ok(Some(RawBsonRef::Null)) => Ok(None),
-        Ok(Some(RawBsonRef::String(s))) => Ok(Some(s)),
-        Ok(Some(other)) => Err(format!(
+/// A string field of a BSON message (null counts as absent).
+fn bson_str<'a>(key: &str, value: RawBsonRef<'a>) -> Result<Option<&'a str>, String> {
+    match value {
+        RawBsonRef::Null => Ok(None),
+        RawBsonRef::String(s) => Ok(Some(s)),
+        other => Err(format!(
             "BSON message field `{key}` is a {:?}, not a string",
             other.element_type()
         )),
-        Err(e) => Err(format!("undecodable BSON message: {e}")),
     }
 }
 
-/// Reads a message from its BSON document.
+/// Whether a BSON document is a Hermes event: string `evcategory` and `eventtype` (reading
+/// stops once both were seen).
+fn is_hermes_bson(doc: &RawDocument) -> bool {
+    let (mut category, mut event_type) = (false, false);
+    for element in doc {
+        match element {
+            Ok(("evcategory", value)) => category = matches!(value, RawBsonRef::String(_)),
+            Ok(("eventtype", value)) => event_type = matches!(value, RawBsonRef::String(_)),
+            Ok(_) => continue,
+            Err(_) => return false,
+        }
+        if category && event_type {
+            return true;
+        }
+    }
+    false
+}
+
+/// Reads a message from its BSON document, in one pass over its fields.
 pub fn parse_bson(bytes: &[u8]) -> Result<Parsed<'_>, String> {
     let doc =
         RawDocument::from_bytes(bytes).map_err(|e| format!("undecodable BSON message: {e}"))?;
-    let kind = bson_str(doc, "type")?.ok_or("a BSON message without `type`")?;
-    let seq = match doc.get("seq") {
-        Ok(None) | Ok(Some(RawBsonRef::Null)) => None,
-        Ok(Some(RawBsonRef::Int32(v))) => Some(i64::from(v)),
-        Ok(Some(RawBsonRef::Int64(v))) => Some(v),
-        Ok(Some(RawBsonRef::Double(v))) if v.fract() == 0.0 && v.abs() < 9.0e15 => Some(v as i64),
-        Ok(Some(other)) => {
-            return Err(format!(
-                "BSON message field `seq` is a {:?}, not an integer",
-                other.element_type()
-            ))
+    let (mut kind, mut queue, mut topic, mut starttime) = (None, None, None, None);
+    let (mut seq, mut data) = (None, None);
+    for element in doc {
+        let (key, value) = element.map_err(|e| format!("undecodable BSON message: {e}"))?;
+        match key {
+            "type" => kind = bson_str(key, value)?,
+            "queue" => queue = bson_str(key, value)?,
+            "topic" => topic = bson_str(key, value)?,
+            "starttime" => starttime = bson_str(key, value)?,
+            "seq" => {
+                seq = match value {
+                    RawBsonRef::Null => None,
+                    RawBsonRef::Int32(v) => Some(i64::from(v)),
+                    RawBsonRef::Int64(v) => Some(v),
+                    RawBsonRef::Double(v) if v.fract() == 0.0 && v.abs() < 9.0e15 => Some(v as i64),
+                    other => {
+                        return Err(format!(
+                            "BSON message field `seq` is a {:?}, not an integer",
+                            other.element_type()
+                        ))
+                    }
+                }
+            }
+            "data" => data = Some(value),
+            _ => {}
         }
-        Err(e) => return Err(format!("undecodable BSON message: {e}")),
-    };
-    let data = doc
-        .get("data")
-        .map_err(|e| format!("undecodable BSON message: {e}"))?;
+    }
+    let kind = kind.ok_or("a BSON message without `type`")?;
     let body = match data {
-        Some(RawBsonRef::Document(data))
-            if matches!(data.get("evcategory"), Ok(Some(RawBsonRef::String(_))))
-                && matches!(data.get("eventtype"), Ok(Some(RawBsonRef::String(_)))) =>
-        {
+        Some(RawBsonRef::Document(data)) if is_hermes_bson(data) => {
             BodySrc::Bson(RawBsonRef::Document(data))
         }
         _ => BodySrc::BsonDoc(doc),
     };
     Ok(Parsed {
         kind: Cow::Borrowed(kind),
-        queue: bson_str(doc, "queue")?.map(Cow::Borrowed),
-        topic: bson_str(doc, "topic")?.map(Cow::Borrowed),
+        queue: queue.map(Cow::Borrowed),
+        topic: topic.map(Cow::Borrowed),
         seq,
-        starttime: bson_str(doc, "starttime")?.map(Cow::Borrowed),
+        starttime: starttime.map(Cow::Borrowed),
         body,
     })
 }

@@ -31,6 +31,9 @@ struct Cli {
     /// Where to put generated buses and configs (default: a temporary directory).
     #[arg(long)]
     work_dir: Option<PathBuf>,
+    /// Run only these parts (repeatable; default: all).
+    #[arg(long, value_enum)]
+    only: Vec<Part>,
 }
 
 #[derive(Subcommand)]
@@ -52,10 +55,21 @@ enum Mode {
         bson: bool,
         #[arg(long)]
         count: i64,
-        /// Use ureq (a synchronous client) instead of reqwest's blocking client.
-        #[arg(long)]
-        ureq: bool,
+        /// The HTTP client reading /recv.
+        #[arg(long, value_enum, default_value_t = BareClient::ReqwestBlocking)]
+        client: BareClient,
     },
+}
+
+/// The HTTP clients the bare HMB loop can read /recv with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum BareClient {
+    /// reqwest's blocking client (it drives a tokio runtime on a thread of its own).
+    ReqwestBlocking,
+    /// reqwest's async client driven by a current-thread runtime on the reading thread.
+    ReqwestCurrentThread,
+    /// ureq, a synchronous client.
+    Ureq,
 }
 
 const BATCH: usize = 512;
@@ -70,9 +84,9 @@ fn main() -> anyhow::Result<()> {
             url,
             bson,
             count,
-            ureq,
-        }) => bare_hmb(&url, bson, count, ureq),
-        None => run_all(cli.events, cli.runs.max(1), cli.work_dir),
+            client,
+        }) => bare_hmb(&url, bson, count, client),
+        None => run_all(cli.events, cli.runs.max(1), cli.work_dir, &cli.only),
     }
 }
 
@@ -162,7 +176,7 @@ fn last_seq(body: &[u8], bson: bool) -> Option<i64> {
     std::str::from_utf8(&digits).ok()?.parse().ok()
 }
 
-fn bare_hmb(url: &str, bson: bool, count: i64, use_ureq: bool) -> anyhow::Result<()> {
+fn bare_hmb(url: &str, bson: bool, count: i64, bare_client: BareClient) -> anyhow::Result<()> {
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()?;
@@ -196,27 +210,50 @@ fn bare_hmb(url: &str, bson: bool, count: i64, use_ureq: bool) -> anyhow::Result
     };
     let eof: &[u8] = if bson { b"EOF\0" } else { b"\"EOF\"" };
     let agent = ureq::AgentBuilder::new().build();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let async_client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()?;
     let mut suffix = String::new();
     let mut bytes = 0usize;
     loop {
         let address = format!("{url}/recv/{sid}{suffix}");
-        let body: Vec<u8> = if use_ureq {
-            let mut body = Vec::new();
-            std::io::Read::read_to_end(&mut agent.get(&address).call()?.into_reader(), &mut body)?;
-            body
-        } else {
-            client
+        let body: Vec<u8> = match bare_client {
+            BareClient::Ureq => {
+                let mut body = Vec::new();
+                std::io::Read::read_to_end(
+                    &mut agent.get(&address).call()?.into_reader(),
+                    &mut body,
+                )?;
+                body
+            }
+            BareClient::ReqwestBlocking => client
                 .get(&address)
                 .send()?
                 .error_for_status()?
                 .bytes()?
-                .to_vec()
+                .to_vec(),
+            BareClient::ReqwestCurrentThread => runtime
+                .block_on(async {
+                    async_client
+                        .get(&address)
+                        .send()
+                        .await?
+                        .error_for_status()?
+                        .bytes()
+                        .await
+                })?
+                .to_vec(),
         };
         bytes += body.len();
         if let Some(seq) = last_seq(&body, bson) {
             suffix = format!("/A/{seq}");
         }
-        if body.windows(eof.len()).any(|w| w == eof) {
+        // EOF is the last message of its answer: only the tail needs a look.
+        let tail = &body[body.len().saturating_sub(64)..];
+        if tail.windows(eof.len()).any(|w| w == eof) {
             break;
         }
     }
@@ -368,49 +405,185 @@ fn rate(duration: Duration, events: usize) -> String {
 
 // ---- the whole run --------------------------------------------------------------------------
 
-fn run_all(events: usize, runs: usize, work_dir: Option<PathBuf>) -> anyhow::Result<()> {
+/// The parts of the whole run `--only` can pick.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Part {
+    /// sqlite throughput, static vs ABI-loaded, peak RSS, latency.
+    Sqlite,
+    /// Commit every event vs every 1000.
+    Commit,
+    /// HMB throughput (JSON, BSON) against the bare loops, latency.
+    Hmb,
+}
+
+/// The printed table: ratios first, then every measured run.
+#[derive(Default)]
+struct Report {
+    ratios: Vec<String>,
+    details: Vec<String>,
+}
+
+impl Report {
+    fn ratio(&mut self, measure: &str, value: String, target: &str) {
+        self.ratios
+            .push(format!("| {measure} | {value} | {target} |"));
+    }
+
+    fn detail(&mut self, name: &str, sample: Sample, count: usize) {
+        self.details.push(format!(
+            "| {name} | {:.3} s | {} | {:.3} s | {} | {:.1} MiB |",
+            sample.wall.as_secs_f64(),
+            rate(sample.wall, count),
+            sample.cpu.as_secs_f64(),
+            per_event(sample.cpu, count),
+            sample.max_rss_kib as f64 / 1024.0
+        ));
+    }
+
+    fn print(&self, events: usize, runs: usize) {
+        println!("## Ratios (one run, side by side; {events} events, median of {runs})\n");
+        println!("| measure | value | target |");
+        println!("| --- | --- | --- |");
+        for line in &self.ratios {
+            println!("{line}");
+        }
+        println!("\n## Details\n");
+        println!("| run | wall | events/s | CPU (user+sys) | CPU per event | peak RSS |");
+        println!("| --- | --- | --- | --- | --- | --- |");
+        for line in &self.details {
+            println!("{line}");
+        }
+    }
+}
+
+fn ratio(a: Duration, b: Duration) -> f64 {
+    a.as_secs_f64() / b.as_secs_f64()
+}
+
+fn run_all(
+    events: usize,
+    runs: usize,
+    work_dir: Option<PathBuf>,
+    only: &[Part],
+) -> anyhow::Result<()> {
     let temp = tempfile::tempdir()?;
     let dir = work_dir.unwrap_or_else(|| temp.path().to_path_buf());
     std::fs::create_dir_all(&dir)?;
     let me = std::env::current_exe()?;
+    let wanted = |part| only.is_empty() || only.contains(&part);
+    let mut report = Report::default();
+    if wanted(Part::Sqlite) {
+        sqlite_part(&mut report, &dir, &me, events, runs)?;
+    }
+    if wanted(Part::Commit) {
+        commit_part(&mut report, &dir, events, runs)?;
+    }
+    if wanted(Part::Hmb) {
+        eprintln!("HMB: {events} messages from the in-repo server, JSON and BSON...");
+        hmb_part(&mut report, &dir, &me, events, runs)?;
+    }
+    report.print(events, runs);
+    Ok(())
+}
+
+fn sqlite_part(
+    report: &mut Report,
+    dir: &Path,
+    me: &Path,
+    events: usize,
+    runs: usize,
+) -> anyhow::Result<()> {
     let library = sibling("libbuslink_sqlite.so")?;
     let bus = dir.join("bus.sqlite");
     eprintln!("writing a {events}-event Hermes bus...");
     write_bus(&bus, events)?;
-    let null = sqlite_config(&dir, "null", &bus, "", "type = \"null\"")?;
+    let null = sqlite_config(dir, "null", &bus, "", "type = \"null\"")?;
 
     eprintln!("sqlite: buslink run --once vs the bare scan+parse loop...");
     let host = median(runs, || buslink_once(&null).expect("config"))?;
     let bare = median(runs, || {
-        let mut c = Command::new(&me);
+        let mut c = Command::new(me);
         c.arg("bare-sqlite").arg(&bus);
         c
     })?;
     eprintln!("sqlite: statically linked vs loaded through the ABI...");
     let linked = median(runs, || {
-        let mut c = Command::new(&me);
+        let mut c = Command::new(me);
         c.arg("static-sqlite").arg(&bus);
         c
     })?;
     let loaded = median(runs, || {
-        let mut c = Command::new(&me);
+        let mut c = Command::new(me);
         c.arg("loaded-sqlite").arg(&bus).arg(&library);
         c
     })?;
 
+    eprintln!("peak RSS with a 3x backlog...");
+    let big_bus = dir.join("big.sqlite");
+    write_bus(&big_bus, events * 3)?;
+    let big = sqlite_config(dir, "big", &big_bus, "", "type = \"null\"")?;
+    let host_big = median(1, || buslink_once(&big).expect("config"))?;
+
+    eprintln!("latency: sqlite bus, 100 events/s...");
+    let latency = sqlite_latency(dir)?;
+
+    report.ratio(
+        "sqlite: buslink throughput / bare scan+parse throughput",
+        format!("{:.2}", ratio(bare.wall, host.wall)),
+        ">= 0.8",
+    );
+    report.ratio(
+        "sqlite: ABI-loaded time / statically linked time",
+        format!("{:.2}", ratio(loaded.wall, linked.wall)),
+        "<= 1.1",
+    );
+    report.ratio(
+        "sqlite publish -> handler latency p50 / p99 (100 events/s)",
+        format!("{:.2} ms / {:.2} ms", latency.0, latency.1),
+        "p99 < 5 ms",
+    );
+    report.ratio(
+        &format!(
+            "sqlite: buslink peak RSS, {events} / {} events backlog",
+            events * 3
+        ),
+        format!(
+            "{:.1} / {:.1} MiB",
+            host.max_rss_kib as f64 / 1024.0,
+            host_big.max_rss_kib as f64 / 1024.0
+        ),
+        "< 30 MiB",
+    );
+    report.detail("buslink run --once, sqlite, null handler", host, events);
+    report.detail("bare rusqlite scan + serde_json parse", bare, events);
+    report.detail(
+        "sqlite consumer, statically linked, poll loop",
+        linked,
+        events,
+    );
+    report.detail(
+        "sqlite consumer, loaded through the ABI, poll loop",
+        loaded,
+        events,
+    );
+    report.detail("buslink run --once, 3x backlog", host_big, events * 3);
+    Ok(())
+}
+
+fn commit_part(report: &mut Report, dir: &Path, events: usize, runs: usize) -> anyhow::Result<()> {
     let commit_events = (events / 10).max(1000);
     eprintln!("commit cost on {commit_events} events...");
     let small_bus = dir.join("small.sqlite");
     write_bus(&small_bus, commit_events)?;
     let every_1 = sqlite_config(
-        &dir,
+        dir,
         "every1",
         &small_bus,
         "[commit]\nevery_events = 1\n",
         "type = \"null\"",
     )?;
     let every_1000 = sqlite_config(
-        &dir,
+        dir,
         "every1000",
         &small_bus,
         "[commit]\nevery_events = 1000\n",
@@ -418,123 +591,17 @@ fn run_all(events: usize, runs: usize, work_dir: Option<PathBuf>) -> anyhow::Res
     )?;
     let commit_1 = median(runs, || buslink_once(&every_1).expect("config"))?;
     let commit_1000 = median(runs, || buslink_once(&every_1000).expect("config"))?;
-
-    eprintln!("peak RSS with a 3x backlog...");
-    let big_bus = dir.join("big.sqlite");
-    write_bus(&big_bus, events * 3)?;
-    let big = sqlite_config(&dir, "big", &big_bus, "", "type = \"null\"")?;
-    let host_big = median(1, || buslink_once(&big).expect("config"))?;
-
-    eprintln!("latency: sqlite bus, 100 events/s...");
-    let latency = sqlite_latency(&dir)?;
-
-    eprintln!("HMB: {events} messages from the in-repo server, JSON and BSON...");
-    let hmb = hmb_runs(&dir, &me, events, runs)?;
-
-    let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
-    println!("## Ratios (one run, side by side; {events} events, median of {runs})\n");
-    println!("| measure | value | target |");
-    println!("| --- | --- | --- |");
-    println!(
-        "| sqlite: buslink throughput / bare scan+parse throughput | {:.2} | >= 0.8 |",
-        ratio(bare.wall, host.wall)
+    report.ratio(
+        &format!("commit every event time / every 1000 ({commit_events} events)"),
+        format!("{:.2}", ratio(commit_1.wall, commit_1000.wall)),
+        "<= 2",
     );
-    println!(
-        "| sqlite: ABI-loaded time / statically linked time | {:.2} | <= 1.1 |",
-        ratio(loaded.wall, linked.wall)
+    report.detail("buslink, commit every event", commit_1, commit_events);
+    report.detail(
+        "buslink, commit every 1000 events",
+        commit_1000,
+        commit_events,
     );
-    println!(
-        "| commit every event time / every 1000 ({commit_events} events) | {:.2} | <= 2 |",
-        ratio(commit_1.wall, commit_1000.wall)
-    );
-    println!("| sqlite publish -> handler latency p50 / p99 (100 events/s) | {:.2} ms / {:.2} ms | p99 < 5 ms |", latency.0, latency.1);
-    println!(
-        "| buslink peak RSS, {events} / {} events backlog | {:.1} / {:.1} MiB | < 30 MiB |",
-        events * 3,
-        host.max_rss_kib as f64 / 1024.0,
-        host_big.max_rss_kib as f64 / 1024.0
-    );
-    for (format, host_run, bare_run) in &hmb.runs {
-        println!(
-            "| HMB {format}: buslink throughput / bare /recv loop | {:.2} | >= 0.9 |",
-            ratio(bare_run.wall, host_run.wall)
-        );
-        println!(
-            "| HMB {format}: buslink CPU per message | {} | <= 1 us |",
-            per_event(host_run.cpu, events)
-        );
-    }
-    println!(
-        "| HMB publish -> handler latency p50 / p99 (100 messages/s) | {:.2} ms / {:.2} ms | p99 < 5 ms |",
-        hmb.latency.0, hmb.latency.1
-    );
-    println!("\n## Details\n");
-    println!("| run | wall | events/s | CPU (user+sys) | CPU per event | peak RSS |");
-    println!("| --- | --- | --- | --- | --- | --- |");
-    for (name, sample, count) in [
-        ("buslink run --once, sqlite, null handler", host, events),
-        ("bare rusqlite scan + serde_json parse", bare, events),
-        (
-            "sqlite consumer, statically linked, poll loop",
-            linked,
-            events,
-        ),
-        (
-            "sqlite consumer, loaded through the ABI, poll loop",
-            loaded,
-            events,
-        ),
-        ("buslink, commit every event", commit_1, commit_events),
-        (
-            "buslink, commit every 1000 events",
-            commit_1000,
-            commit_events,
-        ),
-        ("buslink run --once, 3x backlog", host_big, events * 3),
-    ]
-    .into_iter()
-    .chain(hmb.runs.iter().flat_map(|(format, host_run, bare_run)| {
-        [
-            (
-                if *format == "json" {
-                    "HMB JSON: buslink run --once, null handler"
-                } else {
-                    "HMB BSON: buslink run --once, null handler"
-                },
-                *host_run,
-                events,
-            ),
-            (
-                if *format == "json" {
-                    "HMB JSON: bare reqwest /recv loop"
-                } else {
-                    "HMB BSON: bare reqwest /recv loop"
-                },
-                *bare_run,
-                events,
-            ),
-        ]
-    }))
-    .chain(hmb.ureq_runs.iter().map(|(format, run)| {
-        (
-            if *format == "json" {
-                "HMB JSON: bare ureq /recv loop (for comparison)"
-            } else {
-                "HMB BSON: bare ureq /recv loop (for comparison)"
-            },
-            *run,
-            events,
-        )
-    })) {
-        println!(
-            "| {name} | {:.3} s | {} | {:.3} s | {} | {:.1} MiB |",
-            sample.wall.as_secs_f64(),
-            rate(sample.wall, count),
-            sample.cpu.as_secs_f64(),
-            per_event(sample.cpu, count),
-            sample.max_rss_kib as f64 / 1024.0
-        );
-    }
     Ok(())
 }
 
@@ -571,16 +638,6 @@ fn sqlite_latency(dir: &Path) -> anyhow::Result<(f64, f64)> {
     finish_latency(child, reader, count)
 }
 
-/// What the HMB measurements found.
-struct HmbResults {
-    /// (format, buslink, bare loop).
-    runs: Vec<(&'static str, Sample, Sample)>,
-    /// (format, the bare loop with ureq): how much the HTTP client costs.
-    ureq_runs: Vec<(&'static str, Sample)>,
-    /// p50 and p99 in ms.
-    latency: (f64, f64),
-}
-
 fn hmb_config(
     dir: &Path,
     name: &str,
@@ -601,7 +658,13 @@ fn hmb_config(
     Ok(path)
 }
 
-fn hmb_runs(dir: &Path, me: &Path, events: usize, runs: usize) -> anyhow::Result<HmbResults> {
+fn hmb_part(
+    report: &mut Report,
+    dir: &Path,
+    me: &Path,
+    events: usize,
+    runs: usize,
+) -> anyhow::Result<()> {
     use buslink_hmb_server::{Incoming, Server, Settings};
     let server = Server::start(Settings {
         buffer_size: events + 10,
@@ -621,45 +684,71 @@ fn hmb_runs(dir: &Path, me: &Path, events: usize, runs: usize) -> anyhow::Result
             Incoming::new("EVENT", "A").topic("base").data(data),
         )?;
     }
-    let mut results = Vec::new();
-    let mut ureq_runs = Vec::new();
-    for (format, bson) in [("json", false), ("bson", true)] {
+    let mut details = Vec::new();
+    for (format, bson) in [("JSON", false), ("BSON", true)] {
         let window = format!("seq = 0\nendseq = {}\nkeep = false", events - 1);
         let config = hmb_config(
             dir,
             &format!("hmb-{format}"),
             &url,
-            format,
+            &format.to_lowercase(),
             &window,
             "type = \"null\"",
         )?;
         let host = median(runs, || buslink_once(&config).expect("config"))?;
-        let bare = median(runs, || {
-            let mut c = Command::new(me);
-            c.args(["bare-hmb", &url, "--count", &events.to_string()]);
-            if bson {
-                c.arg("--bson");
-            }
-            c
-        })?;
-        let bare_ureq = median(runs, || {
-            let mut c = Command::new(me);
-            c.args(["bare-hmb", &url, "--ureq", "--count", &events.to_string()]);
-            if bson {
-                c.arg("--bson");
-            }
-            c
-        })?;
-        results.push((format, host, bare));
-        ureq_runs.push((format, bare_ureq));
+        let bare = |client: &str| {
+            median(runs, || {
+                let mut c = Command::new(me);
+                c.args(["bare-hmb", &url, "--client", client]);
+                c.args(["--count", &events.to_string()]);
+                if bson {
+                    c.arg("--bson");
+                }
+                c
+            })
+        };
+        let bare_blocking = bare("reqwest-blocking")?;
+        let bare_current = bare("reqwest-current-thread")?;
+        let bare_ureq = bare("ureq")?;
+        let best_reqwest = bare_blocking.wall.min(bare_current.wall);
+        report.ratio(
+            &format!("HMB {format}: buslink throughput / bare reqwest /recv loop (the faster of its two)"),
+            format!("{:.2}", ratio(best_reqwest, host.wall)),
+            ">= 0.9",
+        );
+        report.ratio(
+            &format!("HMB {format}: buslink CPU per message"),
+            per_event(host.cpu, events),
+            "<= 1 us",
+        );
+        details.push((
+            format!("HMB {format}: buslink run --once, null handler"),
+            host,
+        ));
+        details.push((
+            format!("HMB {format}: bare /recv loop, reqwest blocking client"),
+            bare_blocking,
+        ));
+        details.push((
+            format!("HMB {format}: bare /recv loop, reqwest async client on the current thread"),
+            bare_current,
+        ));
+        details.push((
+            format!("HMB {format}: bare /recv loop, ureq (for comparison)"),
+            bare_ureq,
+        ));
     }
     server.shutdown();
     let latency = hmb_latency(dir)?;
-    Ok(HmbResults {
-        runs: results,
-        ureq_runs,
-        latency,
-    })
+    report.ratio(
+        "HMB publish -> handler latency p50 / p99 (100 messages/s)",
+        format!("{:.2} ms / {:.2} ms", latency.0, latency.1),
+        "p99 < 5 ms",
+    );
+    for (name, sample) in details {
+        report.detail(&name, sample, events);
+    }
+    Ok(())
 }
 
 /// Publishes 300 messages at 100/s (their send time in the data) to an HMB server running as
