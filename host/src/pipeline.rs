@@ -15,7 +15,7 @@ use crate::dead_letter::DeadLetterFile;
 use crate::error_queue::{object_key, ErrorQueue, QueueError};
 use crate::handlers::{ConfiguredHandler, DispatchedEvent};
 use crate::hermes_mode::HermesFilter;
-use crate::offsets::{CacheError, OffsetCache, OffsetRecord, ResumePoint};
+use crate::offsets::{CacheError, CacheWriter, OffsetCache, OffsetRecord, ResumePoint};
 use crate::plugin::{ConsumerError, PluginConsumer};
 use crate::shutdown::Shutdown;
 use buslink_plugin_api::{EventBatch, Offset, PollStatus};
@@ -291,6 +291,7 @@ fn read_loop(
 /// The dispatcher's commit bookkeeping.
 struct Committer<'a> {
     cache: &'a OffsetCache,
+    writer: CacheWriter,
     policy: CommitPolicy,
     handled_total: u64,
     /// The last event every matching handler accepted, not yet committed.
@@ -356,7 +357,7 @@ impl Committer<'_> {
             record.initstopoffset = Some(hermes.sequence.stop.clone());
             record.initsync_done = hermes.initsync_done;
         }
-        self.cache.commit(&record)?;
+        self.writer.commit(&record)?;
         tracing::debug!("committed offset {last}");
         self.last_committed = Some(last);
         self.pending_count = 0;
@@ -388,6 +389,7 @@ pub fn run(
     let resume = cached.as_ref().and_then(OffsetCache::resume_point);
     let mut committer = Committer {
         cache,
+        writer: cache.writer(options.commit.fsync)?,
         policy: options.commit,
         handled_total: cached.as_ref().map_or(0, |record| record.events_handled),
         pending: None,
@@ -472,8 +474,10 @@ pub fn run(
             ReaderMessage::Failed(error) => break Err(error.into()),
         }
     };
-    // Whatever happened, keep what was fully handled.
-    let final_commit = committer.commit(handlers, error_queue);
+    // Whatever happened, keep what was fully handled, durably.
+    let final_commit = committer
+        .commit(handlers, error_queue)
+        .and_then(|()| Ok(committer.writer.finish()?));
     drop(full_rx);
     drop(empty_tx);
     shutdown_reader(reader, shutdown);

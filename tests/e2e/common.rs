@@ -104,11 +104,26 @@ pub fn offsets(lines: &[Value]) -> Vec<i64> {
         .collect()
 }
 
-/// The consumer's offset cache file, parsed.
+/// The consumer's committed offset record, as `buslink offsets show --json` prints it (null
+/// when nothing was committed).
 pub fn read_cache(dir: &TestDir) -> Value {
-    let text = dir.read("state/test.offsets.json");
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("cache {text:?}: {e}"))
+    let config = dir.join("buslink.toml");
+    let run = buslink_testkit::process::run(
+        &[
+            "offsets",
+            "show",
+            "--json",
+            "--config",
+            &config.to_string_lossy(),
+        ],
+        std::time::Duration::from_secs(30),
+    );
+    assert_eq!(run.code(), Some(0), "offsets show: {run}");
+    serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("offsets show {run}: {e}"))
 }
+
+/// Where the consumer's offset cache lives.
+pub const CACHE_FILE: &str = "state/test.offsets";
 
 /// How many lines a file has now.
 pub fn count_lines(path: &Path) -> usize {

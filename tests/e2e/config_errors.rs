@@ -168,6 +168,18 @@ fn each_bad_config_gets_a_clear_error_naming_line_and_key() {
             "[consumer",
             &["buslink.toml:4:"],
         ),
+        (
+            "unknown fsync mode",
+            "[[handlers]]",
+            "[commit]\nfsync = \"sometimes\"\n\n[[handlers]]",
+            &[
+                "buslink.toml:14:",
+                "commit.fsync",
+                "sometimes",
+                "background",
+                "each",
+            ],
+        ),
     ];
     for (what, from, to, expected) in cases {
         let text = good_config();
@@ -208,31 +220,41 @@ fn a_missing_config_file_is_named() {
 
 #[test]
 fn a_corrupt_offset_cache_stops_the_daemon_clearly() {
-    let dir = TestDir::new("corrupt-cache");
-    let config = dir.write("buslink.toml", good_config());
-    let cache = dir.write(
-        "state/test.offsets.json",
-        "{\"version\": 1, \"consumer\": \"te",
-    );
-    let run = run_once(&config);
-    assert_eq!(run.code(), Some(1), "{run}");
-    assert!(
-        run.stderr.contains(&cache.to_string_lossy().to_string()),
-        "{run}"
-    );
-    assert!(run.stderr.contains("corrupt"), "{run}");
-    assert!(
-        run.stderr.contains("refusing to start from scratch"),
-        "{run}"
-    );
-    assert_eq!(
-        count_lines(&dir.join("out/all.jsonl")),
-        0,
-        "nothing consumed"
-    );
-    // The cache was left as it was, for a person to look at.
-    assert_eq!(
-        dir.read("state/test.offsets.json"),
-        "{\"version\": 1, \"consumer\": \"te"
-    );
+    // The cache file (in-place slots), and one of version 1 (a JSON file).
+    let cases: [(&str, &[u8], &str); 2] = [
+        (
+            "state/test.offsets",
+            b"buslink-offsets v2 gen=3 len=5 crc=00000000\n{\"ver",
+            "no intact record in any slot",
+        ),
+        (
+            "state/test.offsets.json",
+            b"{\"version\": 1, \"consumer\": \"te",
+            "EOF while parsing",
+        ),
+    ];
+    for (file, contents, why) in cases {
+        let dir = TestDir::new("corrupt-cache");
+        let config = dir.write("buslink.toml", good_config());
+        let cache = dir.write(file, contents);
+        let run = run_once(&config);
+        assert_eq!(run.code(), Some(1), "{run}");
+        assert!(
+            run.stderr.contains(&cache.to_string_lossy().to_string()),
+            "{run}"
+        );
+        assert!(run.stderr.contains("corrupt"), "{run}");
+        assert!(run.stderr.contains(why), "{run}");
+        assert!(
+            run.stderr.contains("refusing to start from scratch"),
+            "{run}"
+        );
+        assert_eq!(
+            count_lines(&dir.join("out/all.jsonl")),
+            0,
+            "nothing consumed"
+        );
+        // The cache was left as it was, for a person to look at.
+        assert_eq!(std::fs::read(&cache).expect("cache"), contents);
+    }
 }

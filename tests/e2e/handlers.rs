@@ -160,10 +160,7 @@ fn an_exec_timeout_is_a_failure() {
         run.stderr.contains("timed out after 200 ms and was killed"),
         "{run}"
     );
-    assert!(
-        !dir.join("state/test.offsets.json").exists(),
-        "nothing committed"
-    );
+    assert!(!dir.join(CACHE_FILE).exists(), "nothing committed");
 }
 
 fn http_handler(sink: &HttpSink, extra: &str) -> String {

@@ -207,7 +207,8 @@ fn offsets_show_set_and_reset() {
     // Reset: the next run starts at `start` (the beginning).
     let reset = buslink(&["offsets", "reset", "--config", &config_arg]);
     assert_eq!(reset.code(), Some(0), "{reset}");
-    assert!(!dir.join("state/test.offsets.json").exists());
+    assert!(!dir.join(CACHE_FILE).exists());
+    assert!(read_cache(&dir).is_null());
     std::fs::remove_file(dir.join("out/all.jsonl")).expect("reset output");
     assert_eq!(run_once(&config).code(), Some(0));
     assert_eq!(read_lines(&dir, "out/all.jsonl").len(), 163);

@@ -224,9 +224,17 @@ fn print_summary(config: &Config, plugin: Option<&(PluginInfo, String)>, connect
         println!("  {}", describe_handler(handler));
     }
     println!(
-        "state: {} (offset cache {}.offsets.json)",
+        "state: {} (offset cache {}, commit every {} events or {} ms, fsync {})",
         config.state_dir.display(),
-        config.consumer.name
+        crate::offsets::OffsetCache::new(&config.state_dir, &config.consumer.name)
+            .path()
+            .display(),
+        config.commit.every_events,
+        config.commit.every_ms,
+        match config.commit.fsync {
+            crate::offsets::FsyncMode::Background => "in the background",
+            crate::offsets::FsyncMode::Each => "at each commit",
+        }
     );
     if let Some(connected) = connected {
         println!("connect: {connected}");

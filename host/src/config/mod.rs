@@ -13,6 +13,7 @@ pub use handler::{
 };
 pub use source::{ConfigError, ConfigErrors, Source};
 
+use crate::offsets::FsyncMode;
 use buslink_plugin_api::Offset;
 use handler::LenientHandler;
 use serde::de::IgnoredAny;
@@ -79,6 +80,8 @@ pub struct CommitPolicy {
     pub every_events: u64,
     /// Commit when the oldest uncommitted event was handled this long ago.
     pub every_ms: u64,
+    /// When a commit is made durable.
+    pub fsync: FsyncMode,
 }
 
 // ---- the raw file shape, one section at a time ----------------------------------------------
@@ -163,6 +166,8 @@ struct RawCommit {
     every_events: Spanned<u64>,
     #[serde(default = "default_every_ms")]
     every_ms: u64,
+    #[serde(default)]
+    fsync: FsyncMode,
 }
 
 impl Default for RawCommit {
@@ -170,6 +175,7 @@ impl Default for RawCommit {
         RawCommit {
             every_events: default_every_events(),
             every_ms: default_every_ms(),
+            fsync: FsyncMode::default(),
         }
     }
 }
@@ -257,6 +263,7 @@ impl Config {
             Some(CommitPolicy {
                 every_events: every_events.into_inner(),
                 every_ms: section.commit.every_ms,
+                fsync: section.commit.fsync,
             })
         });
         let handlers = handlers.map(|section| {

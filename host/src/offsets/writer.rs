@@ -1,0 +1,372 @@
+//! Writing the cache in place: [`CacheWriter`], and the background syncer that makes commits
+//! durable while the dispatcher goes on.
+
+use super::slots::{self, DURABLE, HOT, SLOTS};
+use super::{CacheError, OffsetCache, OffsetRecord};
+use serde::Deserialize;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+/// When a commit reaches the disk (`[commit] fsync`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FsyncMode {
+    /// Each commit is written at once (it survives the daemon's death) and made durable against
+    /// a power loss by a background `fdatasync`, a few milliseconds later; commits that come
+    /// meanwhile share the next one (group commit). A clean stop waits for it.
+    #[default]
+    Background,
+    /// Each commit waits for its own `fdatasync` before the next event is handled.
+    Each,
+}
+
+/// The open cache file, for in-place slot writes.
+#[derive(Clone)]
+struct SlotFile {
+    file: Arc<File>,
+    slot_size: usize,
+    /// How many bytes the last write to each slot covered (the slot size when unknown): a
+    /// shorter record is padded to it, so no text of an older one is left behind.
+    written: [usize; SLOTS],
+}
+
+impl SlotFile {
+    fn new(file: File, slot_size: usize) -> SlotFile {
+        SlotFile {
+            file: Arc::new(file),
+            slot_size,
+            written: [slot_size; SLOTS],
+        }
+    }
+
+    fn fits(&self, slot: &[u8]) -> bool {
+        slot.len() <= self.slot_size
+    }
+
+    /// Writes `slot` (which [`fits`](Self::fits)) over slot `index`.
+    fn write(&mut self, index: usize, slot: &mut Vec<u8>) -> std::io::Result<()> {
+        let used = slot.len();
+        if used < self.written[index] {
+            slot.resize(self.written[index], b' ');
+        }
+        self.file
+            .write_all_at(slot, (index * self.slot_size) as u64)?;
+        self.written[index] = used;
+        Ok(())
+    }
+}
+
+/// Writes one consumer's cache: opened once, then one in-place slot write per commit.
+pub struct CacheWriter {
+    path: PathBuf,
+    temp_path: PathBuf,
+    dir: PathBuf,
+    legacy_path: PathBuf,
+    mode: FsyncMode,
+    /// The open file, once it exists in the version-2 layout.
+    file: Option<SlotFile>,
+    generation: u64,
+    /// Which of [`DURABLE`] the next durable write goes to.
+    next_durable: usize,
+    syncer: Option<Syncer>,
+    /// The hot slot, mapped into memory (background mode): a commit is a copy into the page
+    /// cache, no system call.
+    hot: Option<memmap2::MmapMut>,
+    /// How many bytes of the hot slot the last commit covered.
+    hot_written: usize,
+    /// Buffers kept between commits.
+    json: Vec<u8>,
+    slot: Vec<u8>,
+}
+
+impl CacheWriter {
+    /// Opens the cache of `cache` for commits (the file is made at the first commit).
+    pub fn open(cache: &OffsetCache, mode: FsyncMode) -> Result<CacheWriter, CacheError> {
+        let mut writer = CacheWriter {
+            path: cache.path.clone(),
+            temp_path: cache.temp_path.clone(),
+            dir: cache.dir.clone(),
+            legacy_path: cache.legacy_path.clone(),
+            mode,
+            file: None,
+            generation: 0,
+            next_durable: 0,
+            syncer: None,
+            hot: None,
+            hot_written: 0,
+            json: Vec::new(),
+            slot: Vec::new(),
+        };
+        let bytes = match fs::read(&writer.path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(writer),
+            Err(source) => return Err(writer.read_error(source)),
+        };
+        let (readable, _) = slots::scan(&bytes);
+        let Some(newest) = readable.iter().max_by_key(|slot| slot.generation) else {
+            // Unreadable (an operator chose to overwrite it): the first commit replaces it.
+            return Ok(writer);
+        };
+        writer.generation = newest.generation;
+        // Go on with the durable slot that does not hold the newest durable record.
+        let newest_durable = readable
+            .iter()
+            .filter(|slot| slot.index != HOT)
+            .max_by_key(|slot| slot.generation);
+        writer.next_durable = match newest_durable {
+            Some(slot) if slot.index == DURABLE[0] => 1,
+            _ => 0,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&writer.path)
+            .map_err(|e| writer.write_error(e))?;
+        writer.file = Some(SlotFile::new(file, bytes.len() / SLOTS));
+        Ok(writer)
+    }
+
+    fn read_error(&self, source: std::io::Error) -> CacheError {
+        CacheError::Read {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn write_error(&self, source: std::io::Error) -> CacheError {
+        CacheError::Write {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Writes `record`: see [`FsyncMode`] for when it is durable.
+    pub fn commit(&mut self, record: &OffsetRecord) -> Result<(), CacheError> {
+        let mut json = std::mem::take(&mut self.json);
+        json.clear();
+        serde_json::to_writer(&mut json, record)
+            .map_err(|e| self.write_error(std::io::Error::other(e)))?;
+        let generation = self.generation + 1;
+        let mut slot = std::mem::take(&mut self.slot);
+        slots::encode_into(generation, &json, &mut slot);
+        let result = self.write(generation, &json, &mut slot);
+        self.json = json;
+        self.slot = slot;
+        result.map_err(|e| self.write_error(e))?;
+        self.generation = generation;
+        Ok(())
+    }
+
+    fn write(&mut self, generation: u64, json: &[u8], slot: &mut Vec<u8>) -> std::io::Result<()> {
+        let file = match &mut self.file {
+            Some(file) if file.fits(slot) => file,
+            _ => {
+                // No file yet, or a record larger than its slots: a new file, atomically.
+                self.stop_syncer().map_err(std::io::Error::other)?;
+                return self.create(generation, json);
+            }
+        };
+        match self.mode {
+            FsyncMode::Each => {
+                let index = DURABLE[self.next_durable];
+                self.next_durable ^= 1;
+                file.write(index, slot)?;
+                file.file.sync_data()
+            }
+            FsyncMode::Background => {
+                let hot = match &mut self.hot {
+                    Some(hot) => hot,
+                    None => {
+                        // SAFETY: the mapping covers the hot slot of a file only this process
+                        // writes (the consumer's lock is held) and never truncates while the
+                        // mapping lives (`create` drops it before replacing the file).
+                        let map = unsafe {
+                            memmap2::MmapOptions::new()
+                                .offset((HOT * file.slot_size) as u64)
+                                .len(file.slot_size)
+                                .map_mut(&*file.file)?
+                        };
+                        self.hot_written = file.slot_size;
+                        self.hot.insert(map)
+                    }
+                };
+                hot[..slot.len()].copy_from_slice(slot);
+                if slot.len() < self.hot_written {
+                    hot[slot.len()..self.hot_written].fill(b' ');
+                }
+                self.hot_written = slot.len();
+                let syncer = match &self.syncer {
+                    Some(syncer) => syncer,
+                    None => self
+                        .syncer
+                        .insert(Syncer::start(file.clone(), self.next_durable)?),
+                };
+                syncer
+                    .hand_over(slot.clone())
+                    .map_err(std::io::Error::other)
+            }
+        }
+    }
+
+    /// Makes every commit durable and stops the syncer: call it on a clean stop.
+    pub fn finish(mut self) -> Result<(), CacheError> {
+        self.stop_syncer()
+    }
+
+    fn stop_syncer(&mut self) -> Result<(), CacheError> {
+        let Some(syncer) = self.syncer.take() else {
+            return Ok(());
+        };
+        let (next_durable, result) = syncer.stop();
+        self.next_durable = next_durable;
+        result.map_err(|message| self.write_error(std::io::Error::other(message)))
+    }
+
+    /// Writes a new file holding `json` in a durable slot (temp file, fsync, rename, fsync of
+    /// the directory), then drops a version-1 cache it replaces. The mapped hot slot, if any,
+    /// goes first: it belongs to the file being replaced.
+    fn create(&mut self, generation: u64, json: &[u8]) -> std::io::Result<()> {
+        self.hot = None;
+        fs::create_dir_all(&self.dir)?;
+        let slot_size = slots::slot_size_for(json);
+        let mut bytes = vec![b' '; slot_size * SLOTS];
+        let slot = slots::encode(generation, json);
+        let at = DURABLE[0] * slot_size;
+        bytes[at..at + slot.len()].copy_from_slice(&slot);
+        for index in 0..SLOTS {
+            bytes[(index + 1) * slot_size - 1] = b'\n';
+        }
+        let mut temp = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&self.temp_path)?;
+        temp.write_all(&bytes)?;
+        temp.sync_all()?;
+        drop(temp);
+        fs::rename(&self.temp_path, &self.path)?;
+        match fs::remove_file(&self.legacy_path) {
+            Ok(()) => tracing::info!(
+                "offset cache moved to {} (the in-place format); removed {}",
+                self.path.display(),
+                self.legacy_path.display()
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        File::open(&self.dir).and_then(|dir| dir.sync_all())?;
+        let file = OpenOptions::new().read(true).write(true).open(&self.path)?;
+        self.file = Some(SlotFile::new(file, slot_size));
+        self.next_durable = 1;
+        Ok(())
+    }
+}
+
+impl Drop for CacheWriter {
+    fn drop(&mut self) {
+        // A stop that skipped `finish` (an error): still make the last commit durable.
+        if let Err(error) = self.stop_syncer() {
+            tracing::error!("{error}");
+        }
+    }
+}
+
+/// The background half of [`FsyncMode::Background`]: writes the newest commit to the durable
+/// slots in turn, each followed by `fdatasync`.
+struct Syncer {
+    shared: Arc<SyncShared>,
+    thread: JoinHandle<usize>,
+}
+
+#[derive(Default)]
+struct SyncShared {
+    state: Mutex<SyncState>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct SyncState {
+    /// The newest commit not yet durable, encoded as a slot.
+    pending: Option<Vec<u8>>,
+    /// Why syncing failed (the daemon stops at its next commit).
+    failed: Option<String>,
+    /// The syncer waits for work (only then does a commit need to wake it).
+    idle: bool,
+    stop: bool,
+}
+
+impl Syncer {
+    fn start(file: SlotFile, next_durable: usize) -> std::io::Result<Syncer> {
+        let shared = Arc::new(SyncShared::default());
+        let thread = std::thread::Builder::new()
+            .name("offset-sync".into())
+            .spawn({
+                let shared = Arc::clone(&shared);
+                move || sync_loop(&shared, file, next_durable)
+            })?;
+        Ok(Syncer { shared, thread })
+    }
+
+    /// Queues a commit (replacing an older one not yet synced: only the newest matters).
+    fn hand_over(&self, slot: Vec<u8>) -> Result<(), String> {
+        let mut state = lock(&self.shared.state);
+        if let Some(failed) = &state.failed {
+            return Err(failed.clone());
+        }
+        state.pending = Some(slot);
+        if state.idle {
+            self.shared.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Syncs what is pending and ends the thread; gives back the next durable slot.
+    fn stop(self) -> (usize, Result<(), String>) {
+        lock(&self.shared.state).stop = true;
+        self.shared.wake.notify_one();
+        let next_durable = self.thread.join().unwrap_or(0);
+        let failed = lock(&self.shared.state).failed.take();
+        (next_durable, failed.map_or(Ok(()), Err))
+    }
+}
+
+fn lock(state: &Mutex<SyncState>) -> std::sync::MutexGuard<'_, SyncState> {
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn sync_loop(shared: &SyncShared, mut file: SlotFile, mut next_durable: usize) -> usize {
+    loop {
+        let mut slot = {
+            let mut state = lock(&shared.state);
+            loop {
+                if let Some(pending) = state.pending.take() {
+                    state.idle = false;
+                    break pending;
+                }
+                if state.stop {
+                    return next_durable;
+                }
+                state.idle = true;
+                state = shared
+                    .wake
+                    .wait(state)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+            }
+        };
+        let index = DURABLE[next_durable];
+        let written = file
+            .write(index, &mut slot)
+            .and_then(|()| file.file.sync_data());
+        if let Err(error) = written {
+            lock(&shared.state).failed = Some(format!("background fdatasync: {error}"));
+            return next_durable;
+        }
+        next_durable ^= 1;
+    }
+}
