@@ -116,14 +116,11 @@ impl<'de> Deserialize<'de> for StringOrOther<'de> {
     }
 }
 
-/// Why [`peek_fields`] stopped reading early (not an error).
-const ALL_FOUND: &str = "buslink: all fields found";
-
 /// Reads the string values of `keys` from a JSON object into `slots`, stopping as soon as
 /// every key was seen; returns whether `text` starts as a JSON object. A value that is not a
 /// string (or null) leaves its slot empty.
 pub fn peek_fields<'a>(text: &'a str, keys: &[&str], slots: &mut [Option<Cow<'a, str>>]) -> bool {
-    use serde::de::{Deserializer, Error, IgnoredAny, MapAccess, Visitor};
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
     use std::fmt;
 
     struct Peek<'k, 's, 'a> {
@@ -151,9 +148,11 @@ pub fn peek_fields<'a>(text: &'a str, keys: &[&str], slots: &mut [Option<Cow<'a,
                         self.slots[index] = map.next_value::<StringOrOther<'de>>()?.0;
                         missing -= 1;
                         if missing == 0 {
-                            // Stop reading: the error only unwinds the parser.
+                            // Stop reading: the parser then fails on the rest of the object,
+                            // which is not read (cheaper than a custom error, which is
+                            // formatted and searched).
                             *self.all_found = true;
-                            return Err(A::Error::custom(ALL_FOUND));
+                            return Ok(());
                         }
                     }
                     _ => {

@@ -383,6 +383,19 @@ impl RecvClient {
         suffix: Option<(&str, i64)>,
         format: Format,
     ) -> PluginResult<BodyReader<'_>> {
+        self.answer(self.send(stream, sid, suffix, format))
+    }
+
+    /// Sends `GET /recv/SID[/QUEUE/SEQ]` (or `/stream/...`) and returns once it is on the
+    /// wire: the server prepares the answer while the caller does other work (the previous
+    /// answer), and [`answer`](Self::answer) reads it.
+    pub fn send(
+        &self,
+        stream: bool,
+        sid: &str,
+        suffix: Option<(&str, i64)>,
+        format: Format,
+    ) -> PendingRecv {
         let method = if stream { "stream" } else { "recv" };
         let seq_text;
         let mut parts = vec![method, sid];
@@ -392,16 +405,39 @@ impl RecvClient {
             parts.push(&seq_text);
         }
         let url = self.http.url(&parts);
-        let what = format!("GET {}", self.http.url(&[method, "SID"]));
         let mut request = self.client.get(url);
         if let Some((user, password)) = &self.http.config.auth {
             request = request.basic_auth(user, Some(password.expose()));
         }
-        let response = self
-            .runtime
-            // `send` starts its timers at once: inside the runtime.
-            .block_on(async { request.send().await })
-            .map_err(|e| request_error(&what, &e))?;
+        let task = self.runtime.spawn(async move { request.send().await });
+        // The runtime runs on this thread only while it is driven: a few turns let the request
+        // task hand the request to its connection and the connection write it.
+        self.runtime.block_on(async {
+            for _ in 0..4 {
+                tokio::task::yield_now().await;
+            }
+        });
+        PendingRecv {
+            task,
+            what: format!("GET {}", self.http.url(&[method, "SID"])),
+            format,
+        }
+    }
+
+    /// Waits for the answer to a request [`send`](Self::send) sent: status and content type
+    /// checked, as a reader of its body.
+    pub fn answer(&self, mut pending: PendingRecv) -> PluginResult<BodyReader<'_>> {
+        let what = std::mem::take(&mut pending.what);
+        let response = match self.runtime.block_on(&mut pending.task) {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => return Err(request_error(&what, &error)),
+            Err(error) => {
+                return Err(PluginError::internal(format!(
+                    "{what}: the request task ended: {error}"
+                )))
+            }
+        };
+        let format = pending.format;
         let status = response.status();
         let content_type = response
             .headers()
@@ -432,6 +468,20 @@ impl RecvClient {
     }
 }
 
+/// A request sent by [`RecvClient::send`] whose answer was not read yet; dropping it cancels
+/// the request.
+pub struct PendingRecv {
+    task: tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
+    what: String,
+    format: Format,
+}
+
+impl Drop for PendingRecv {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// The body of an answer being received, read as it arrives (`std::io::Read`).
 pub struct BodyReader<'a> {
     runtime: &'a tokio::runtime::Runtime,
@@ -449,20 +499,32 @@ impl BodyReader<'_> {
     }
 }
 
+impl BodyReader<'_> {
+    /// The next bytes of the body as they arrived (no copy); `None` at its end.
+    pub fn chunk(&mut self) -> std::io::Result<Option<bytes::Bytes>> {
+        if !self.pending.is_empty() {
+            return Ok(Some(std::mem::take(&mut self.pending)));
+        }
+        match self.runtime.block_on(self.response.chunk()) {
+            Ok(chunk) => Ok(chunk),
+            Err(error) => {
+                let kind = if error.is_timeout() {
+                    std::io::ErrorKind::TimedOut
+                } else {
+                    std::io::ErrorKind::Other
+                };
+                Err(std::io::Error::new(kind, error))
+            }
+        }
+    }
+}
+
 impl Read for BodyReader<'_> {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         if self.pending.is_empty() {
-            match self.runtime.block_on(self.response.chunk()) {
-                Ok(Some(chunk)) => self.pending = chunk,
-                Ok(None) => return Ok(0),
-                Err(error) => {
-                    let kind = if error.is_timeout() {
-                        std::io::ErrorKind::TimedOut
-                    } else {
-                        std::io::ErrorKind::Other
-                    };
-                    return Err(std::io::Error::new(kind, error));
-                }
+            match self.chunk()? {
+                Some(chunk) => self.pending = chunk,
+                None => return Ok(0),
             }
         }
         let n = out.len().min(self.pending.len());

@@ -21,13 +21,11 @@
 //! message is checked: a seq above `next` is a gap (warning with queue, expected seq, received
 //! seq and count).
 
-use crate::client::{read_error, Http, Info, RecvClient};
-use crate::framing::Framer;
+use crate::client::{read_error, Http, Info, PendingRecv, RecvClient};
+use crate::framing::{Framer, Item};
 use crate::message::{parse_bson, parse_json, write_value, BodySrc, Parsed};
 use crate::settings::Format;
 use buslink_plugin_api::{log, PluginError, PluginResult};
-use std::io::Read;
-use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Arc;
@@ -219,6 +217,13 @@ pub enum StartSeq {
     Server(Option<i64>),
 }
 
+/// A /recv sent ahead: for this session and continuity suffix.
+struct Prefetched {
+    sid: String,
+    suffix: Option<(String, i64)>,
+    pending: PendingRecv,
+}
+
 struct Session {
     sid: String,
     /// (queue, seq) of the last real message received in this session.
@@ -230,6 +235,8 @@ pub struct Fetcher {
     http: Http,
     /// The client for /recv and /stream, made on the fetcher thread's first receive.
     receiver: Option<RecvClient>,
+    /// The next /recv, sent before the answer in hand was parsed (see `prefetch`).
+    prefetched: Option<Prefetched>,
     counters: Arc<Counters>,
     stop: Arc<AtomicBool>,
     start: Vec<StartSeq>,
@@ -295,6 +302,7 @@ impl Fetcher {
             opened: false,
             http,
             receiver: None,
+            prefetched: None,
         }
     }
 
@@ -334,6 +342,7 @@ impl Fetcher {
                 Ok(Flow::Finished) => return,
                 Err(error) => {
                     self.session = None;
+                    self.prefetched = None;
                     if !self.retry_after(error, &tx) {
                         return;
                     }
@@ -665,31 +674,42 @@ impl Fetcher {
             self.http
                 .url(&[if config.stream { "stream" } else { "recv" }, "SID"])
         );
-        let mut response = receiver.receive(
-            config.stream,
-            &sid,
-            suffix.as_ref().map(|(q, s)| (q.as_str(), *s)),
-            format,
-        )?;
-        let mut buf: Vec<u8> = Vec::with_capacity(READ_SIZE);
+        let pending = match self.prefetched.take() {
+            Some(ahead) if ahead.sid == sid && ahead.suffix == suffix => ahead.pending,
+            _ => receiver.send(
+                config.stream,
+                &sid,
+                suffix.as_ref().map(|(q, s)| (q.as_str(), *s)),
+                format,
+            ),
+        };
+        let mut response = receiver.answer(pending)?;
+        // Room for a whole answer: it grows without being copied again.
+        let capacity = if config.stream {
+            2 * READ_SIZE
+        } else {
+            (config.recv_limit as usize)
+                .saturating_mul(1024)
+                .min(EMIT_BYTES)
+                + READ_SIZE
+        };
+        let mut buf: Vec<u8> = Vec::with_capacity(capacity);
         let mut framer = Framer::new(format);
         let mut pos = 0;
-        let mut items: Vec<Range<usize>> = Vec::new();
+        let mut items: Vec<Item> = Vec::new();
         let mut answer_bytes = 0usize;
         loop {
             let mut backlog_after = None;
-            let len = buf.len();
-            buf.resize(len + READ_SIZE, 0);
-            let (ended, read_failure) = match response.read(&mut buf[len..]) {
-                Ok(0) => {
-                    buf.truncate(len);
-                    (true, None)
-                }
-                Ok(n) => {
-                    buf.truncate(len + n);
-                    answer_bytes += n;
-                    // A full read: more is on its way. A short /stream read: drained for now.
-                    if n == READ_SIZE {
+            let (ended, read_failure) = match response.chunk() {
+                Ok(None) => (true, None),
+                Ok(Some(chunk)) => {
+                    if buf.capacity() < capacity {
+                        buf.reserve(capacity - buf.len());
+                    }
+                    buf.extend_from_slice(&chunk);
+                    answer_bytes += chunk.len();
+                    // A large chunk: more is on its way. A short /stream chunk: drained for now.
+                    if chunk.len() >= READ_SIZE {
                         self.counters.backlog.store(true, Ordering::SeqCst);
                     } else if config.stream {
                         backlog_after = Some(false);
@@ -697,7 +717,6 @@ impl Fetcher {
                     (false, None)
                 }
                 Err(e) => {
-                    buf.truncate(len);
                     self.counters.backlog.store(false, Ordering::SeqCst);
                     (false, Some(read_error(&what, &e)))
                 }
@@ -707,11 +726,14 @@ impl Fetcher {
                 let full = answer_bytes as u64 >= config.recv_limit.saturating_mul(1024);
                 backlog_after = Some(full);
             }
+            if ended {
+                framer.body_ended();
+            }
             let received_at = chrono::Utc::now().timestamp_micros();
             let mut frame_failure = None;
             loop {
                 match framer.next(&buf, &mut pos) {
-                    Ok(Some(range)) => items.push(range),
+                    Ok(Some(item)) => items.push(item),
                     Ok(None) => break,
                     Err(message) => {
                         frame_failure = Some(PluginError::protocol(format!(
@@ -722,6 +744,9 @@ impl Fetcher {
                 }
             }
             let failed = read_failure.is_some() || frame_failure.is_some();
+            if ended && !failed && !config.stream {
+                self.prefetch(receiver, &sid, &buf, pos, &framer, &items);
+            }
             // /recv answers are handed over whole; /stream ones as they come; either way a
             // chunk never grows past EMIT_BYTES plus one message.
             let big = buf.len() >= EMIT_BYTES;
@@ -761,19 +786,74 @@ impl Fetcher {
         }
     }
 
+    /// Sends the next /recv before the answer that just ended is parsed, so the server prepares
+    /// it meanwhile: its continuity suffix is the last real message of the answer, found by
+    /// reading the answer's last messages only. Nothing is sent when the answer is not whole
+    /// and well formed, or holds EOF (the window ended): then the usual path decides.
+    fn prefetch(
+        &mut self,
+        receiver: &RecvClient,
+        sid: &str,
+        buf: &[u8],
+        pos: usize,
+        framer: &Framer,
+        items: &[Item],
+    ) {
+        let trailing = buf[pos.min(buf.len())..]
+            .iter()
+            .any(|b| !b.is_ascii_whitespace());
+        if self.stopped() || !framer.is_complete() || framer.saw_nothing() || trailing {
+            return;
+        }
+        let format = self.http.config.format;
+        let mut suffix = self.session.as_ref().and_then(|s| s.suffix.clone());
+        for item in items.iter().rev() {
+            let bytes = &buf[item.range.clone()];
+            let parsed = match (&item.head, format) {
+                (Some(head), _) => head.continuity(buf),
+                (None, Format::Json) => std::str::from_utf8(bytes)
+                    .map_err(|e| e.to_string())
+                    .and_then(parse_json),
+                (None, Format::Bson) => parse_bson(bytes),
+            };
+            match parsed {
+                Ok(parsed) if parsed.kind == "HEARTBEAT" => continue,
+                Ok(parsed) => match (parsed.queue, parsed.seq) {
+                    (Some(queue), Some(seq)) if parsed.kind != "EOF" => {
+                        suffix = Some((queue.into_owned(), seq));
+                        break;
+                    }
+                    _ => return,
+                },
+                Err(_) => return,
+            }
+        }
+        let pending = receiver.send(
+            false,
+            sid,
+            suffix.as_ref().map(|(q, s)| (q.as_str(), *s)),
+            format,
+        );
+        self.prefetched = Some(Prefetched {
+            sid: sid.to_owned(),
+            suffix,
+            pending,
+        });
+    }
+
     /// Parses the framed items, sends them as a chunk and drops their bytes from `buf`.
     /// Returns (EOF seen, consumer gone).
     fn emit(
         &mut self,
         buf: &mut Vec<u8>,
         pos: &mut usize,
-        items: &mut Vec<Range<usize>>,
+        items: &mut Vec<Item>,
         received_at: i64,
         tx: &SyncSender<FetchMsg>,
         what: &str,
     ) -> PluginResult<(bool, bool)> {
         let format = self.http.config.format;
-        let consumed = items.last().map_or(0, |r| r.end);
+        let consumed = items.last().map_or(0, |item| item.range.end);
         let positions = self.pending_positions.then(|| self.next.clone());
         let mut builder = ChunkBuilder {
             extra: Vec::new(),
@@ -783,7 +863,9 @@ impl Fetcher {
         let mut last: Option<(String, i64)> = None;
         let (raw, outcome) = match format {
             Format::Json => {
-                let rest = buf.split_off(consumed);
+                // The answer's bytes go to the consumer as they are; the rest (a message
+                // not yet whole) starts the next buffer, which gets its room on first use.
+                let rest = buf[consumed..].to_vec();
                 let head = std::mem::replace(buf, rest);
                 let raw = String::from_utf8(head).map_err(|e| {
                     PluginError::protocol(format!("{what}: the answer is not UTF-8: {e}"))
@@ -791,7 +873,10 @@ impl Fetcher {
                 let outcome = self.process(
                     &raw,
                     items,
-                    |range| parse_json(raw.get(range).unwrap_or("")),
+                    |item: &Item| match &item.head {
+                        Some(head) => Ok(head.parsed(&raw, item.range.clone())),
+                        None => parse_json(raw.get(item.range.clone()).unwrap_or("")),
+                    },
                     &mut builder,
                     &mut eof,
                     &mut last,
@@ -804,7 +889,7 @@ impl Fetcher {
                 let outcome = self.process(
                     "",
                     items,
-                    |range| parse_bson(buf.get(range).unwrap_or(&[])),
+                    |item: &Item| parse_bson(buf.get(item.range.clone()).unwrap_or(&[])),
                     &mut builder,
                     &mut eof,
                     &mut last,
@@ -843,8 +928,8 @@ impl Fetcher {
     fn process<'b>(
         &mut self,
         raw: &str,
-        items: &[Range<usize>],
-        parse: impl Fn(Range<usize>) -> Result<Parsed<'b>, String>,
+        items: &'b [Item],
+        parse: impl Fn(&'b Item) -> Result<Parsed<'b>, String>,
         builder: &mut ChunkBuilder,
         eof: &mut bool,
         last: &mut Option<(String, i64)>,
@@ -852,9 +937,8 @@ impl Fetcher {
         what: &str,
     ) -> PluginResult<()> {
         let config = Arc::clone(&self.http.config);
-        for range in items {
-            let parsed =
-                parse(range.clone()).map_err(|e| PluginError::protocol(format!("{what}: {e}")))?;
+        for item in items {
+            let parsed = parse(item).map_err(|e| PluginError::protocol(format!("{what}: {e}")))?;
             match &*parsed.kind {
                 "HEARTBEAT" => {
                     Counters::add(&self.counters.heartbeats, 1);

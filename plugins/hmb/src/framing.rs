@@ -4,6 +4,8 @@
 //! - JSON: one object `{"0": {...}, "1": {...}}` (for /stream, never closed until EOF).
 //! - BSON: documents back to back, each led by its little-endian int32 length.
 
+use crate::json_scan::{container_end, skip_ws, string_end};
+use crate::message::JsonHead;
 use crate::settings::Format;
 use std::ops::Range;
 
@@ -22,11 +24,26 @@ enum JsonState {
     Done,
 }
 
+/// One complete item of a body.
+#[derive(Clone, Debug)]
+pub struct Item {
+    /// Where it lies in the buffer.
+    pub range: Range<usize>,
+    /// A JSON message's fields, read while framing it.
+    pub head: Option<JsonHead>,
+}
+
+/// A message this large that is still incomplete is tried again only once the buffer has
+/// doubled past it (or the answer ended): reading it stays linear in its size.
+const RETRY_LARGE: usize = 64 * 1024;
+
 /// Finds complete items in a growing buffer.
 #[derive(Debug)]
 pub struct Framer {
     format: Format,
     json: JsonState,
+    /// (start, buffer length) of the last attempt at an incomplete JSON message.
+    incomplete: Option<(usize, usize)>,
 }
 
 impl Framer {
@@ -35,6 +52,7 @@ impl Framer {
         Framer {
             format,
             json: JsonState::Start,
+            incomplete: None,
         }
     }
 
@@ -52,17 +70,22 @@ impl Framer {
         self.format == Format::Json && self.json == JsonState::Start
     }
 
-    /// The next complete item in `buf[*pos..]`: `Ok(Some(range))` and `*pos` moved past it,
+    /// The body ended: an incomplete message is tried once more, whatever its size.
+    pub fn body_ended(&mut self) {
+        self.incomplete = None;
+    }
+
+    /// The next complete item in `buf[*pos..]`: `Ok(Some(item))` and `*pos` moved past it,
     /// `Ok(None)` when more bytes are needed (or the JSON body is complete), or an error when
     /// the bytes cannot be a valid body.
-    pub fn next(&mut self, buf: &[u8], pos: &mut usize) -> Result<Option<Range<usize>>, String> {
+    pub fn next(&mut self, buf: &[u8], pos: &mut usize) -> Result<Option<Item>, String> {
         match self.format {
-            Format::Bson => next_bson(buf, pos),
+            Format::Bson => Ok(next_bson(buf, pos)?.map(|range| Item { range, head: None })),
             Format::Json => self.next_json(buf, pos),
         }
     }
 
-    fn next_json(&mut self, buf: &[u8], pos: &mut usize) -> Result<Option<Range<usize>>, String> {
+    fn next_json(&mut self, buf: &[u8], pos: &mut usize) -> Result<Option<Item>, String> {
         let mut at = *pos;
         loop {
             at = skip_ws(buf, at);
@@ -129,9 +152,41 @@ impl Framer {
                     }
                     at = skip_ws(buf, at + 1);
                     let start = at;
+                    let mut head = None;
                     let end = match buf.get(start) {
                         None => return Ok(None),
-                        Some(b'{') | Some(b'[') => value_end(buf, start)?,
+                        Some(b'{') => {
+                            if let Some((from, len)) = self.incomplete {
+                                let partial = len - from;
+                                if from == start
+                                    && partial >= RETRY_LARGE
+                                    && buf.len() < from + 2 * partial
+                                {
+                                    return Ok(None);
+                                }
+                            }
+                            match JsonHead::read(buf, start) {
+                                Ok(Some((end, read))) => {
+                                    head = Some(read);
+                                    Some(end)
+                                }
+                                Ok(None) => {
+                                    self.incomplete = Some((start, buf.len()));
+                                    None
+                                }
+                                // A number cut by the end of the bytes (`48.`) reads as an
+                                // invalid number, not as "more needed": an error counts only
+                                // when the message is whole.
+                                Err(error) => match container_end(buf, start)? {
+                                    Some(_) => return Err(error),
+                                    None => {
+                                        self.incomplete = Some((start, buf.len()));
+                                        None
+                                    }
+                                },
+                            }
+                        }
+                        Some(b'[') => container_end(buf, start)?,
                         Some(b'"') => string_end(buf, start + 1),
                         Some(_) => {
                             // A scalar: complete only when a delimiter follows.
@@ -149,7 +204,11 @@ impl Framer {
                     };
                     *pos = end;
                     self.json = JsonState::Next;
-                    return Ok(Some(start..end));
+                    self.incomplete = None;
+                    return Ok(Some(Item {
+                        range: start..end,
+                        head,
+                    }));
                 }
             }
         }
@@ -162,54 +221,6 @@ fn show_byte(byte: u8) -> String {
     } else {
         format!("byte 0x{byte:02x}")
     }
-}
-
-fn skip_ws(buf: &[u8], mut at: usize) -> usize {
-    while let Some(b' ' | b'\n' | b'\r' | b'\t') = buf.get(at) {
-        at += 1;
-    }
-    at
-}
-
-/// The index after the closing quote of a string whose content starts at `at`.
-fn string_end(buf: &[u8], mut at: usize) -> Option<usize> {
-    while at < buf.len() {
-        match buf[at] {
-            b'"' => return Some(at + 1),
-            b'\\' => at += 2,
-            _ => at += 1,
-        }
-    }
-    None
-}
-
-/// The index after the object or array starting at `start`; `Ok(None)` when incomplete.
-fn value_end(buf: &[u8], start: usize) -> Result<Option<usize>, String> {
-    let mut depth = 0usize;
-    let mut at = start;
-    while at < buf.len() {
-        match buf[at] {
-            b'{' | b'[' => depth += 1,
-            b'}' | b']' => {
-                depth = depth
-                    .checked_sub(1)
-                    .ok_or_else(|| "unbalanced brackets in a message".to_owned())?;
-                if depth == 0 {
-                    return Ok(Some(at + 1));
-                }
-            }
-            b'"' => match string_end(buf, at + 1) {
-                Some(end) => {
-                    at = end;
-                    continue;
-                }
-                None => return Ok(None),
-            },
-            _ => {}
-        }
-        at += 1;
-    }
-    Ok(None)
 }
 
 fn next_bson(buf: &[u8], pos: &mut usize) -> Result<Option<Range<usize>>, String> {
@@ -239,7 +250,7 @@ mod tests {
         let mut items = Vec::new();
         loop {
             match framer.next(body, &mut pos) {
-                Ok(Some(range)) => items.push(body[range].to_vec()),
+                Ok(Some(item)) => items.push(body[item.range].to_vec()),
                 Ok(None) => {
                     // Once more, as the reader does after its next read.
                     let again = framer.next(body, &mut pos).map(|_| ());
@@ -269,12 +280,60 @@ mod tests {
         let mut pos = 0;
         let mut items = Vec::new();
         for end in 1..=body.len() {
-            while let Some(range) = framer.next(&body[..end], &mut pos).unwrap() {
-                items.push(range);
+            while let Some(item) = framer.next(&body[..end], &mut pos).unwrap() {
+                items.push(item.range);
             }
         }
         assert_eq!(items.len(), 2);
         assert!(!framer.is_complete());
+    }
+
+    #[test]
+    fn a_large_message_arriving_in_pieces_is_framed_once_whole() {
+        let big = "x".repeat(300_000);
+        let body = format!(
+            r#"{{"0":{{"type":"T","queue":"Q","seq":5,"data":"{big}"}},"1":{{"type":"EOF"}}}}"#
+        );
+        let body = body.as_bytes();
+        let mut framer = Framer::new(Format::Json);
+        let mut pos = 0;
+        let mut items = Vec::new();
+        for end in (1000..body.len()).step_by(1000).chain([body.len()]) {
+            while let Some(item) = framer.next(&body[..end], &mut pos).unwrap() {
+                items.push(item);
+            }
+        }
+        framer.body_ended();
+        while let Some(item) = framer.next(body, &mut pos).unwrap() {
+            items.push(item);
+        }
+        assert_eq!(items.len(), 2);
+        let raw = std::str::from_utf8(body).unwrap();
+        let first = items[0].head.as_ref().expect("a message head");
+        let parsed = first.parsed(raw, items[0].range.clone());
+        assert_eq!((&*parsed.kind, parsed.seq), ("T", Some(5)));
+        assert_eq!(parsed.queue.as_deref(), Some("Q"));
+        assert!(framer.is_complete());
+    }
+
+    #[test]
+    fn a_cut_at_any_byte_is_never_an_error() {
+        let body = br#"{"0":{"type":"T","queue":"Q","seq":-12,"data":{"lat":48.58,"e":1.5e-3,"ok":true,"n":null}},"1":{"type":"EOF"}}"#;
+        for cut in 0..=body.len() {
+            let mut framer = Framer::new(Format::Json);
+            let mut pos = 0;
+            let mut items = 0;
+            while let Some(_item) = framer
+                .next(&body[..cut], &mut pos)
+                .unwrap_or_else(|e| panic!("cut at {cut}: {e}"))
+            {
+                items += 1;
+            }
+            // Message 0 ends with `}}`, before `,"1"`; message 1 just before the last `}`.
+            let first_end = body.windows(3).position(|w| w == b"}},").expect("end") + 2;
+            let expected = usize::from(cut >= first_end) + usize::from(cut >= body.len() - 1);
+            assert_eq!(items, expected, "cut at {cut}");
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod client;
 mod consumer;
 pub mod fetcher;
 pub mod framing;
+pub mod json_scan;
 pub mod message;
 pub mod offset;
 pub mod settings;

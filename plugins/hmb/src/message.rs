@@ -21,6 +21,7 @@ use buslink_plugin_api::hermes::peek_fields;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
+use std::ops::Range;
 
 /// What a message's event body is made of.
 #[derive(Clone, Copy, Debug)]
@@ -109,6 +110,169 @@ pub fn parse_json(item: &str) -> Result<Parsed<'_>, String> {
         starttime: wire.starttime,
         body,
     })
+}
+
+/// A string of a JSON message read while framing: where it lies in the answer, or its text
+/// when it had escapes.
+#[derive(Clone, Debug)]
+pub enum HeadText {
+    /// Bytes of the answer (absolute positions).
+    At(Range<usize>),
+    /// Unescaped text.
+    Owned(String),
+}
+
+impl HeadText {
+    /// The text, reading `buf` (the answer's bytes).
+    fn text_in<'a>(&'a self, buf: &'a [u8]) -> Result<Cow<'a, str>, String> {
+        match self {
+            HeadText::At(range) => buf
+                .get(range.clone())
+                .and_then(|bytes| std::str::from_utf8(bytes).ok())
+                .map(Cow::Borrowed)
+                .ok_or_else(|| "a message string that is not UTF-8".to_owned()),
+            HeadText::Owned(text) => Ok(Cow::Borrowed(text)),
+        }
+    }
+
+    fn get<'a>(&'a self, raw: &'a str) -> Cow<'a, str> {
+        match self {
+            HeadText::At(range) => Cow::Borrowed(raw.get(range.clone()).unwrap_or("")),
+            HeadText::Owned(text) => Cow::Borrowed(text),
+        }
+    }
+}
+
+/// The fields of a JSON message, read in the same pass that finds where the message ends (so
+/// each message is scanned once): positions in the answer, valid while its bytes stay put.
+#[derive(Clone, Debug)]
+pub struct JsonHead {
+    kind: HeadText,
+    queue: Option<HeadText>,
+    topic: Option<HeadText>,
+    seq: Option<i64>,
+    starttime: Option<HeadText>,
+    data: Option<Range<usize>>,
+    /// `data` is a Hermes event (string `evcategory` and `eventtype`).
+    hermes: bool,
+}
+
+impl JsonHead {
+    /// Reads the message object starting at `buf[start]` (a `{`): its end and fields, in one
+    /// pass ([`json_scan`](crate::json_scan) says what is checked); `Ok(None)` when the bytes
+    /// end before the message does.
+    pub fn read(buf: &[u8], start: usize) -> Result<Option<(usize, JsonHead)>, String> {
+        use crate::json_scan::{
+            has_string_fields, integer_value, skip_ws, string_end, string_value, value_end, Text,
+        };
+        let text = |value: Option<Text>| {
+            value.map(|text| match text {
+                Text::Plain(range) => HeadText::At(range),
+                Text::Unescaped(owned) => HeadText::Owned(owned),
+            })
+        };
+        let (mut kind, mut queue, mut topic, mut starttime) = (None, None, None, None);
+        let (mut seq, mut data, mut hermes) = (None, None, false);
+        let mut at = start + 1;
+        let mut first = true;
+        loop {
+            at = skip_ws(buf, at);
+            match buf.get(at) {
+                None => return Ok(None),
+                Some(b'}') => break,
+                Some(b',') if !first => at = skip_ws(buf, at + 1),
+                Some(_) if first => {}
+                Some(&other) => {
+                    return Err(format!(
+                        "undecodable JSON message: `,` or `}}` expected, found `{}`",
+                        char::from(other)
+                    ))
+                }
+            }
+            first = false;
+            match buf.get(at) {
+                None => return Ok(None),
+                Some(b'"') => {}
+                Some(&other) => {
+                    return Err(format!(
+                        "undecodable JSON message: a field name expected, found `{}`",
+                        char::from(other)
+                    ))
+                }
+            }
+            let Some(key_end) = string_end(buf, at + 1) else {
+                return Ok(None);
+            };
+            let key = &buf[at + 1..key_end - 1];
+            at = skip_ws(buf, key_end);
+            match buf.get(at) {
+                None => return Ok(None),
+                Some(b':') => at = skip_ws(buf, at + 1),
+                Some(_) => return Err("undecodable JSON message: `:` expected".to_owned()),
+            }
+            let Some(end) =
+                value_end(buf, at).map_err(|e| format!("undecodable JSON message: {e}"))?
+            else {
+                return Ok(None);
+            };
+            let span = at..end;
+            match key {
+                b"type" => kind = text(string_value(buf, span, "type")?),
+                b"queue" => queue = text(string_value(buf, span, "queue")?),
+                b"topic" => topic = text(string_value(buf, span, "topic")?),
+                b"starttime" => starttime = text(string_value(buf, span, "starttime")?),
+                b"seq" => seq = integer_value(buf, span, "seq")?,
+                b"data" => {
+                    hermes = has_string_fields(buf, span.clone(), [b"evcategory", b"eventtype"]);
+                    data = Some(span);
+                }
+                _ => {}
+            }
+            at = end;
+        }
+        let kind = kind.ok_or("undecodable JSON message: missing field `type`")?;
+        let head = JsonHead {
+            kind,
+            queue,
+            topic,
+            seq,
+            starttime,
+            data,
+            hermes,
+        };
+        Ok(Some((at + 1, head)))
+    }
+
+    /// The fields continuity needs (type, queue, seq), reading `buf` (the answer's bytes); the
+    /// body is left empty.
+    pub fn continuity<'a>(&'a self, buf: &'a [u8]) -> Result<Parsed<'a>, String> {
+        Ok(Parsed {
+            kind: self.kind.text_in(buf)?,
+            queue: self.queue.as_ref().map(|t| t.text_in(buf)).transpose()?,
+            topic: None,
+            seq: self.seq,
+            starttime: None,
+            body: BodySrc::Text(""),
+        })
+    }
+
+    /// The message, `raw` being the answer's text (from its first byte) and `item` where the
+    /// message lies in it.
+    pub fn parsed<'a>(&'a self, raw: &'a str, item: Range<usize>) -> Parsed<'a> {
+        let data = self.data.clone().and_then(|range| raw.get(range));
+        let body = match data {
+            Some(data) if self.hermes => BodySrc::Text(data),
+            _ => BodySrc::Text(raw.get(item).unwrap_or("")),
+        };
+        Parsed {
+            kind: self.kind.get(raw),
+            queue: self.queue.as_ref().map(|t| t.get(raw)),
+            topic: self.topic.as_ref().map(|t| t.get(raw)),
+            seq: self.seq,
+            starttime: self.starttime.as_ref().map(|t| t.get(raw)),
+            body,
+        }
+    }
 }
 
 /// A string field of a BSON message (null counts as absent).
@@ -379,16 +543,97 @@ mod tests {
         // shared/fixtures/hmb/recv-bson.bin: a real BSON /recv body.
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../../shared/fixtures/hmb/recv-bson.bin");
-        let Ok(body) = std::fs::read(&path) else {
-            return;
-        };
+        let body = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let mut framer = crate::framing::Framer::new(crate::settings::Format::Bson);
         let mut pos = 0;
         let mut kinds = Vec::new();
-        while let Some(range) = framer.next(&body, &mut pos).unwrap() {
+        while let Some(crate::framing::Item { range, .. }) = framer.next(&body, &mut pos).unwrap() {
             kinds.push(parse_bson(&body[range]).unwrap().kind.into_owned());
         }
         assert_eq!(pos, body.len());
         assert_eq!(kinds.last().map(String::as_str), Some("EOF"));
+    }
+
+    /// Frames a JSON answer; every message read by the one-pass scanner equals what serde_json
+    /// reads from it.
+    fn scanner_agrees_with_serde(answer: &str) -> usize {
+        let mut framer = crate::framing::Framer::new(crate::settings::Format::Json);
+        let mut pos = 0;
+        let mut count = 0;
+        while let Some(item) = framer.next(answer.as_bytes(), &mut pos).unwrap() {
+            let head = item.head.as_ref().expect("a message head");
+            let fast = head.parsed(answer, item.range.clone());
+            let reference = parse_json(&answer[item.range.clone()]).unwrap();
+            assert_eq!(fast.kind, reference.kind, "{answer}");
+            assert_eq!(fast.queue, reference.queue, "{answer}");
+            assert_eq!(fast.topic, reference.topic, "{answer}");
+            assert_eq!(fast.seq, reference.seq, "{answer}");
+            assert_eq!(fast.starttime, reference.starttime, "{answer}");
+            match (fast.body, reference.body) {
+                (BodySrc::Text(a), BodySrc::Text(b)) => assert_eq!(a, b, "{answer}"),
+                other => panic!("{other:?}"),
+            }
+            count += 1;
+        }
+        assert!(framer.is_complete(), "{answer}");
+        count
+    }
+
+    #[test]
+    fn the_one_pass_scanner_reads_what_serde_reads() {
+        let cases = [
+            r#"{"0":{"type":"EVENT","queue":"A","topic":"base","seq":7,"starttime":"2026-11-23T01:02:03.456Z","data":{"evcategory":"base","eventtype":"added","objattrs":{"a":[1,{"b":"}"}]}}}}"#,
+            r#"{"0":{"data":{"x":1,"eventtype":"m","y":[],"evcategory":"c"},"seq":5,"type":"E","queue":"Q\"uoted","topic":null}}"#,
+            r#"{ "0" : { "type" : "N\u00e9" , "queue" : "A" , "seq" : -3 , "data" : "text" } , "1" : {"type":"EOF"} }"#,
+            r#"{"0":{"type":"X","queue":"A","seq":1,"data":{"evcategory":1,"eventtype":"e"}},"1":{"type":"HEARTBEAT"}}"#,
+            r#"{"0":{"type":"X","queue":"A","seq":2,"data":[{"evcategory":"c","eventtype":"e"}],"extra":{"k":"v"}}}"#,
+        ];
+        for answer in cases {
+            assert!(scanner_agrees_with_serde(answer) >= 1);
+        }
+    }
+
+    #[test]
+    fn the_one_pass_scanner_reads_the_reference_captures_as_serde_does() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/hmb");
+        let mut answers = 0;
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.unwrap().path();
+            if path.extension().and_then(|e| e.to_str()) != Some("http") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            for line in text.lines().filter(|l| l.starts_with("{\"0\":{")) {
+                scanner_agrees_with_serde(line);
+                answers += 1;
+            }
+        }
+        assert!(
+            answers >= 5,
+            "only {answers} JSON answers found in {}",
+            dir.display()
+        );
+    }
+
+    #[test]
+    fn bad_message_fields_are_named() {
+        let read = |text: &str| JsonHead::read(text.as_bytes(), 0);
+        assert!(read(r#"{"type":1}"#)
+            .unwrap_err()
+            .contains("`type` is not a string"));
+        assert!(read(r#"{"type":"A","seq":"x"}"#)
+            .unwrap_err()
+            .contains("`seq` is not an integer"));
+        assert!(read(r#"{"queue":"A"}"#)
+            .unwrap_err()
+            .contains("missing field `type`"));
+        assert!(read(r#"{"type":"A" "seq":1}"#)
+            .unwrap_err()
+            .contains("`,` or `}` expected"));
+        assert!(
+            read(r#"{"type":"A","seq":4"#).unwrap().is_none(),
+            "incomplete"
+        );
     }
 }
