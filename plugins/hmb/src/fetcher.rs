@@ -23,7 +23,7 @@
 
 use crate::client::{read_error, Http, Info, PendingRecv, RecvClient};
 use crate::framing::{Framer, Item};
-use crate::message::{parse_bson, parse_json, write_value, BodySrc, Parsed};
+use crate::message::{parse_bson, parse_json, BodySrc, Parsed};
 use crate::settings::Format;
 use buslink_plugin_api::{log, PluginError, PluginResult};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -163,18 +163,9 @@ impl ChunkBuilder {
         let category = self.span(raw, parsed.category());
         let body = match parsed.body {
             BodySrc::Text(text) => self.span(raw, text),
-            BodySrc::Bson(value) => {
-                let start = self.extra.len();
-                write_value(value, &mut self.extra)?;
-                Span {
-                    start,
-                    len: self.extra.len() - start,
-                    extra: true,
-                }
-            }
             BodySrc::BsonDoc(doc) => {
                 let start = self.extra.len();
-                crate::message::write_document(doc, &mut self.extra)?;
+                crate::bson_scan::write_document(doc, &mut self.extra)?;
                 Span {
                     start,
                     len: self.extra.len() - start,

@@ -12,6 +12,7 @@
 //!   (BSON mapped as documented in [`message`]).
 #![deny(missing_docs)]
 
+pub mod bson_scan;
 pub mod client;
 mod consumer;
 pub mod fetcher;

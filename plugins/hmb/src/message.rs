@@ -14,6 +14,7 @@
 //! | ObjectId | `{"$oid":"<24 hex digits>"}` |
 //! | anything else (decimal128, timestamp, regex, code, symbol, min/max key, undefined, DBPointer) | MongoDB relaxed Extended JSON (`{"$numberDecimal":"1.5"}`, `{"$timestamp":{"t":..,"i":..}}`, ...) |
 
+use crate::bson_scan::{self, Value};
 use base64::Engine as _;
 use bson::raw::{RawBsonRef, RawDocument};
 use bson::spec::BinarySubtype;
@@ -28,10 +29,8 @@ use std::ops::Range;
 pub enum BodySrc<'a> {
     /// JSON text already (the `data` of a Hermes event, or the whole message, from a JSON body).
     Text(&'a str),
-    /// A BSON value to convert (the `data` of a Hermes event).
-    Bson(RawBsonRef<'a>),
-    /// A whole BSON message to convert.
-    BsonDoc(&'a RawDocument),
+    /// A BSON document to convert (the `data` of a Hermes event, or the whole message).
+    BsonDoc(&'a [u8]),
 }
 
 /// The fields of one message that the consumer looks at.
@@ -276,25 +275,46 @@ impl JsonHead {
 }
 
 /// A string field of a BSON message (null counts as absent).
-fn bson_str<'a>(key: &str, value: RawBsonRef<'a>) -> Result<Option<&'a str>, String> {
+fn bson_str<'a>(key: &str, value: Value<'a>) -> Result<Option<&'a str>, String> {
     match value {
-        RawBsonRef::Null => Ok(None),
-        RawBsonRef::String(s) => Ok(Some(s)),
+        Value::Null => Ok(None),
+        Value::String(bytes) => bson_scan::text(bytes).map(Some),
         other => Err(format!(
-            "BSON message field `{key}` is a {:?}, not a string",
-            other.element_type()
+            "BSON message field `{key}` is a {}, not a string",
+            type_name(other)
         )),
+    }
+}
+
+fn type_name(value: Value<'_>) -> &'static str {
+    match value {
+        Value::Double(_) => "double",
+        Value::String(_) => "string",
+        Value::Document(_) => "document",
+        Value::Array(_) => "array",
+        Value::Binary { .. } => "binary",
+        Value::Undefined => "undefined",
+        Value::ObjectId(_) => "ObjectId",
+        Value::Boolean(_) => "boolean",
+        Value::DateTime(_) => "datetime",
+        Value::Null => "null",
+        Value::Int32(_) => "int32",
+        Value::Int64(_) => "int64",
+        Value::Other(_) => "special BSON type",
     }
 }
 
 /// Whether a BSON document is a Hermes event: string `evcategory` and `eventtype` (reading
 /// stops once both were seen).
-fn is_hermes_bson(doc: &RawDocument) -> bool {
+fn is_hermes_bson(doc: &[u8]) -> bool {
+    let Ok(fields) = bson_scan::elements(doc) else {
+        return false;
+    };
     let (mut category, mut event_type) = (false, false);
-    for element in doc {
+    for element in fields {
         match element {
-            Ok(("evcategory", value)) => category = matches!(value, RawBsonRef::String(_)),
-            Ok(("eventtype", value)) => event_type = matches!(value, RawBsonRef::String(_)),
+            Ok((b"evcategory", value)) => category = matches!(value, Value::String(_)),
+            Ok((b"eventtype", value)) => event_type = matches!(value, Value::String(_)),
             Ok(_) => continue,
             Err(_) => return false,
         }
@@ -307,41 +327,37 @@ fn is_hermes_bson(doc: &RawDocument) -> bool {
 
 /// Reads a message from its BSON document, in one pass over its fields.
 pub fn parse_bson(bytes: &[u8]) -> Result<Parsed<'_>, String> {
-    let doc =
-        RawDocument::from_bytes(bytes).map_err(|e| format!("undecodable BSON message: {e}"))?;
     let (mut kind, mut queue, mut topic, mut starttime) = (None, None, None, None);
     let (mut seq, mut data) = (None, None);
-    for element in doc {
-        let (key, value) = element.map_err(|e| format!("undecodable BSON message: {e}"))?;
+    for element in bson_scan::elements(bytes)? {
+        let (key, value) = element?;
         match key {
-            "type" => kind = bson_str(key, value)?,
-            "queue" => queue = bson_str(key, value)?,
-            "topic" => topic = bson_str(key, value)?,
-            "starttime" => starttime = bson_str(key, value)?,
-            "seq" => {
+            b"type" => kind = bson_str("type", value)?,
+            b"queue" => queue = bson_str("queue", value)?,
+            b"topic" => topic = bson_str("topic", value)?,
+            b"starttime" => starttime = bson_str("starttime", value)?,
+            b"seq" => {
                 seq = match value {
-                    RawBsonRef::Null => None,
-                    RawBsonRef::Int32(v) => Some(i64::from(v)),
-                    RawBsonRef::Int64(v) => Some(v),
-                    RawBsonRef::Double(v) if v.fract() == 0.0 && v.abs() < 9.0e15 => Some(v as i64),
+                    Value::Null => None,
+                    Value::Int32(v) => Some(i64::from(v)),
+                    Value::Int64(v) => Some(v),
+                    Value::Double(v) if v.fract() == 0.0 && v.abs() < 9.0e15 => Some(v as i64),
                     other => {
                         return Err(format!(
-                            "BSON message field `seq` is a {:?}, not an integer",
-                            other.element_type()
+                            "BSON message field `seq` is a {}, not an integer",
+                            type_name(other)
                         ))
                     }
                 }
             }
-            "data" => data = Some(value),
+            b"data" => data = Some(value),
             _ => {}
         }
     }
     let kind = kind.ok_or("a BSON message without `type`")?;
     let body = match data {
-        Some(RawBsonRef::Document(data)) if is_hermes_bson(data) => {
-            BodySrc::Bson(RawBsonRef::Document(data))
-        }
-        _ => BodySrc::BsonDoc(doc),
+        Some(Value::Document(data)) if is_hermes_bson(data) => BodySrc::BsonDoc(data),
+        _ => BodySrc::BsonDoc(bytes),
     };
     Ok(Parsed {
         kind: Cow::Borrowed(kind),
@@ -389,14 +405,15 @@ pub fn write_document(doc: &RawDocument, out: &mut Vec<u8>) -> Result<(), String
         }
         write_str(out, key);
         out.push(b':');
-        write_value(value, out)?;
+        write_bson_value(value, out)?;
     }
     out.push(b'}');
     Ok(())
 }
 
-/// Writes a BSON value as JSON (see the module docs for the mapping).
-pub fn write_value(value: RawBsonRef<'_>, out: &mut Vec<u8>) -> Result<(), String> {
+/// Writes a BSON value as JSON through the bson crate (see the module docs for the mapping):
+/// for the types [`bson_scan`] leaves to it, and for small answers such as the /open ack.
+pub fn write_bson_value(value: RawBsonRef<'_>, out: &mut Vec<u8>) -> Result<(), String> {
     match value {
         RawBsonRef::Double(v) => write_f64(out, v),
         RawBsonRef::String(s) => write_str(out, s),
@@ -408,7 +425,7 @@ pub fn write_value(value: RawBsonRef<'_>, out: &mut Vec<u8>) -> Result<(), Strin
                 if i > 0 {
                     out.push(b',');
                 }
-                write_value(item, out)?;
+                write_bson_value(item, out)?;
             }
             out.push(b']');
         }
@@ -528,11 +545,11 @@ mod tests {
         let parsed = parse_bson(&bytes).unwrap();
         assert_eq!(parsed.seq, Some(3));
         assert_eq!(parsed.category(), "PICK");
-        assert!(matches!(parsed.body, BodySrc::Bson(_)));
+        assert!(matches!(parsed.body, BodySrc::BsonDoc(data) if data.len() < bytes.len()));
         let bytes = bson::to_vec(&doc! {"type": "NOTICE", "seq": 3_i32, "data": 1_i32}).unwrap();
         assert!(matches!(
             parse_bson(&bytes).unwrap().body,
-            BodySrc::BsonDoc(_)
+            BodySrc::BsonDoc(whole) if whole == bytes
         ));
         let bytes = bson::to_vec(&doc! {"seq": 3_i32}).unwrap();
         assert!(parse_bson(&bytes).is_err());
