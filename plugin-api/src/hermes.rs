@@ -63,10 +63,6 @@ impl<'a> HermesHeader<'a> {
     }
 }
 
-/// A string borrowed from the JSON text when it has no escapes.
-#[derive(Deserialize)]
-struct MaybeBorrowed<'a>(#[serde(borrow)] Option<Cow<'a, str>>);
-
 /// Any JSON value: the string it is (borrowed when it has no escapes), or `None`.
 struct StringOrOther<'a>(Option<Cow<'a, str>>);
 
@@ -138,7 +134,8 @@ pub fn peek_fields<'a>(text: &'a str, keys: &[&str], slots: &mut [Option<Cow<'a,
 
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
             let mut missing = self.keys.len();
-            while let Some(key) = map.next_key::<MaybeBorrowed<'de>>()? {
+            // Keys through the borrowing visitor: `Option<Cow<str>>` would allocate each one.
+            while let Some(key) = map.next_key::<StringOrOther<'de>>()? {
                 let position = key
                     .0
                     .as_deref()

@@ -93,7 +93,12 @@ impl BusFile {
                 return Ok(None);
             }
             let (first, last): (Option<i64>, Option<i64>) = connection
-                .prepare_cached("SELECT min(msgid), max(msgid) FROM hermesmessages")?
+                // Two subqueries: SQLite answers a lone min() or max() from the index, but
+                // scans the whole table for both in one select.
+                .prepare_cached(
+                    "SELECT (SELECT min(msgid) FROM hermesmessages), \
+                            (SELECT max(msgid) FROM hermesmessages)",
+                )?
                 .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))?;
             let allocated: Option<i64> = connection
                 .prepare_cached("SELECT seq FROM sqlite_sequence WHERE name = 'hermesmessages'")?
