@@ -111,7 +111,9 @@ pub fn text(bytes: &[u8]) -> Result<&str, String> {
 }
 
 impl<'a> Elements<'a> {
-    fn read(&mut self) -> Result<Option<(&'a [u8], Value<'a>)>, String> {
+    /// The next element; `None` after the last.
+    #[inline]
+    pub fn read(&mut self) -> Result<Option<(&'a [u8], Value<'a>)>, String> {
         let doc = self.doc;
         let kind = doc[self.at];
         if kind == 0 {
@@ -240,10 +242,11 @@ pub fn write_str(out: &mut Vec<u8>, text: &str) {
 /// printable ASCII without quotes or backslashes (the usual case: valid, nothing to escape),
 /// else a UTF-8 check and escaping.
 pub fn write_text(out: &mut Vec<u8>, bytes: &[u8]) -> Result<(), String> {
-    if bytes
-        .iter()
-        .all(|&b| (0x20..0x80).contains(&b) && b != b'"' && b != b'\\')
-    {
+    // Branch-free over the bytes, so that the compiler checks many at a time.
+    let special = bytes.iter().fold(false, |special, &b| {
+        special | !(0x20..0x80).contains(&b) | (b == b'"') | (b == b'\\')
+    });
+    if !special {
         out.push(b'"');
         out.extend_from_slice(bytes);
         out.push(b'"');
@@ -282,9 +285,11 @@ pub fn write_document(doc: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
 
 fn write_container(doc: &[u8], out: &mut Vec<u8>, object: bool) -> Result<(), String> {
     out.push(if object { b'{' } else { b'[' });
-    for (i, element) in elements(doc)?.enumerate() {
-        let (key, value) = element?;
-        if i > 0 {
+    let mut fields = elements(doc)?;
+    let mut first = true;
+    // `read` directly rather than the iterator: measurably fewer moves per element.
+    while let Some((key, value)) = fields.read()? {
+        if !std::mem::take(&mut first) {
             out.push(b',');
         }
         if object {
