@@ -319,6 +319,37 @@ fn wait_lines(daemon: &mut Daemon, dir: &TestDir, count: usize, what: &str) {
 }
 
 #[test]
+fn hmb_once_drains_through_reconnects_slower_than_the_poll_timeout() {
+    let server = big_server();
+    let url = server.bus_url("glitch");
+    let producer = Producer::open(&url, false);
+    producer.send(&messages(&["A"], &["T"], 0, 500));
+    // Two answers in a row break off; the second re-open waits longer than a poll.
+    server.faults().inject(FaultRule {
+        endpoint: Some(Endpoint::Recv),
+        bus: None,
+        times: 2,
+        action: FaultAction::DropMidResponse { after_messages: 20 },
+    });
+    let dir = TestDir::new("hmb-once-glitch");
+    let config = hmb_config(
+        &dir,
+        &url,
+        "",
+        "format = \"json\"\nrecv_limit = 4\nretry_wait_ms = 700\nretry_wait_max_ms = 1000",
+        "[consumer.settings.queues.A]\n",
+        &jsonl_handler("all", ""),
+    );
+    let run = run_once(&config);
+    assert_eq!(run.code(), Some(0), "{run}");
+    assert!(
+        run.stderr.contains("re-opening"),
+        "the faults happened: {run}"
+    );
+    assert_exactly(&read_lines(&dir, "out/all.jsonl"), &["A"], 500);
+}
+
+#[test]
 fn hmb_faults_during_consumption_lose_and_repeat_nothing() {
     let server = big_server();
     let url = server.bus_url("faults");

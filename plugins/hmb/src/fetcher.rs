@@ -35,6 +35,8 @@ use std::time::{Duration, Instant};
 const CHANNEL_CHUNKS: usize = 2;
 /// The size of one read from the network.
 const READ_SIZE: usize = 64 * 1024;
+/// Re-opens in a row during which `poll` still waits instead of answering idle.
+const RECONNECT_PATIENCE: u32 = 3;
 /// A chunk is handed over once its answer bytes reach this size, even before the answer ends.
 const EMIT_BYTES: usize = 2 << 20;
 
@@ -363,6 +365,12 @@ impl Fetcher {
             let _ = tx.send(FetchMsg::Failed(PluginError::new(error.kind(), message)));
             return false;
         }
+        // A glitch in the middle of a drain: `poll` keeps waiting through the first re-opens,
+        // so that `buslink run --once` does not stop half-way through a backlog; after that the
+        // bus counts as unreachable and `poll` answers idle again.
+        self.counters
+            .backlog
+            .store(self.failures <= RECONNECT_PATIENCE, Ordering::SeqCst);
         let wait = if self.failures == 1 {
             Duration::ZERO
         } else {

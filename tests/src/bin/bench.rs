@@ -395,6 +395,25 @@ fn buslink_once(config: &Path) -> anyhow::Result<Command> {
     Ok(command)
 }
 
+/// Checks that the last `buslink run --once` with `config` handled every event (a run that
+/// stopped early would look fast).
+fn expect_handled(config: &Path, events: usize) -> anyhow::Result<()> {
+    let output = Command::new(sibling("buslink")?)
+        .args(["offsets", "show", "--json", "--config"])
+        .arg(config)
+        .output()?;
+    let record: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .with_context(|| format!("offsets show {}", config.display()))?;
+    let handled = record["events_handled"].as_u64().unwrap_or(0);
+    if handled != events as u64 {
+        bail!(
+            "{}: the run handled {handled} of {events} events",
+            config.display()
+        );
+    }
+    Ok(())
+}
+
 fn per_event(duration: Duration, events: usize) -> String {
     format!("{:.2} us", duration.as_secs_f64() * 1e6 / events as f64)
 }
@@ -501,6 +520,7 @@ fn sqlite_part(
 
     eprintln!("sqlite: buslink run --once vs the bare scan+parse loop...");
     let host = median(runs, || buslink_once(&null).expect("config"))?;
+    expect_handled(&null, events)?;
     let bare = median(runs, || {
         let mut c = Command::new(me);
         c.arg("bare-sqlite").arg(&bus);
@@ -523,6 +543,7 @@ fn sqlite_part(
     write_bus(&big_bus, events * 3)?;
     let big = sqlite_config(dir, "big", &big_bus, "", "type = \"null\"")?;
     let host_big = median(1, || buslink_once(&big).expect("config"))?;
+    expect_handled(&big, events * 3)?;
 
     eprintln!("latency: sqlite bus, 100 events/s...");
     let latency = sqlite_latency(dir)?;
@@ -592,7 +613,9 @@ fn commit_part(report: &mut Report, dir: &Path, events: usize, runs: usize) -> a
         let every_1 = config(1)?;
         let every_1000 = config(1000)?;
         let commit_1 = median(runs, || buslink_once(&every_1).expect("config"))?;
+        expect_handled(&every_1, count)?;
         let commit_1000 = median(runs, || buslink_once(&every_1000).expect("config"))?;
+        expect_handled(&every_1000, count)?;
         let mode = if fsync == "each" {
             "fsync = \"each\""
         } else {
@@ -711,6 +734,7 @@ fn hmb_part(
             "type = \"null\"",
         )?;
         let host = median(runs, || buslink_once(&config).expect("config"))?;
+        expect_handled(&config, events)?;
         let bare = |client: &str| {
             median(runs, || {
                 let mut c = Command::new(me);
