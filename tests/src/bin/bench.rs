@@ -334,13 +334,21 @@ fn measure(mut command: Command) -> anyhow::Result<Sample> {
     })
 }
 
-/// The median (by wall time) of `runs` runs.
+/// The medians of `runs` runs: wall time, CPU time and peak RSS, each on its own (the run
+/// with the median wall time may not have the median CPU time on a shared machine).
 fn median(runs: usize, mut make: impl FnMut() -> Command) -> anyhow::Result<Sample> {
-    let mut samples = (0..runs)
+    let samples = (0..runs)
         .map(|_| measure(make()))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    samples.sort_by_key(|s| s.wall);
-    Ok(samples[samples.len() / 2])
+    fn middle<T: Ord + Copy>(mut values: Vec<T>) -> T {
+        values.sort();
+        values[values.len() / 2]
+    }
+    Ok(Sample {
+        wall: middle(samples.iter().map(|s| s.wall).collect()),
+        cpu: middle(samples.iter().map(|s| s.cpu).collect()),
+        max_rss_kib: middle(samples.iter().map(|s| s.max_rss_kib).collect()),
+    })
 }
 
 fn sibling(name: &str) -> anyhow::Result<PathBuf> {
