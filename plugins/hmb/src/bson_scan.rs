@@ -292,6 +292,47 @@ pub fn write_f64(out: &mut Vec<u8>, value: f64) {
     }
 }
 
+/// Writes a BSON datetime: `"HermesDatetime(...)"` (UTC, milliseconds), or Extended JSON
+/// `{"$date":{"$numberLong":".."}}` outside chrono's range.
+pub fn write_datetime(out: &mut Vec<u8>, millis: i64) {
+    match chrono::DateTime::from_timestamp_millis(millis) {
+        Some(t) => write_str(
+            out,
+            &format!(
+                "HermesDatetime({})",
+                t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            ),
+        ),
+        None => {
+            out.extend_from_slice(b"{\"$date\":{\"$numberLong\":\"");
+            write_i64(out, millis);
+            out.extend_from_slice(b"\"}}");
+        }
+    }
+}
+
+/// Writes BSON binary data: `"HermesBytes(<base64>)"` for the generic subtype, else Extended
+/// JSON `{"$binary":{"base64":"..","subType":"hh"}}`.
+pub fn write_binary(out: &mut Vec<u8>, subtype: u8, bytes: &[u8]) {
+    let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
+    if subtype == 0 {
+        write_str(out, &format!("HermesBytes({encoded})"));
+    } else {
+        out.extend_from_slice(b"{\"$binary\":{\"base64\":");
+        write_str(out, &encoded);
+        out.extend_from_slice(format!(",\"subType\":\"{subtype:02x}\"}}}}").as_bytes());
+    }
+}
+
+/// Writes an ObjectId (12 bytes) as Extended JSON `{"$oid":"<24 hex digits>"}`.
+pub fn write_object_id(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(b"{\"$oid\":\"");
+    for byte in bytes {
+        out.extend_from_slice(format!("{byte:02x}").as_bytes());
+    }
+    out.extend_from_slice(b"\"}");
+}
+
 /// Writes a BSON document (its bytes) as a JSON object.
 pub fn write_document(doc: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
     write_container(doc, out, true)
@@ -327,37 +368,9 @@ fn write_value(doc: &[u8], key: &[u8], value: Value<'_>, out: &mut Vec<u8>) -> R
         Value::Null | Value::Undefined => out.extend_from_slice(b"null"),
         Value::Int32(v) => write_i64(out, i64::from(v)),
         Value::Int64(v) => write_i64(out, v),
-        Value::DateTime(millis) => match chrono::DateTime::from_timestamp_millis(millis) {
-            Some(t) => write_str(
-                out,
-                &format!(
-                    "HermesDatetime({})",
-                    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-                ),
-            ),
-            None => {
-                out.extend_from_slice(b"{\"$date\":{\"$numberLong\":\"");
-                write_i64(out, millis);
-                out.extend_from_slice(b"\"}}");
-            }
-        },
-        Value::Binary { subtype: 0, bytes } => {
-            let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
-            write_str(out, &format!("HermesBytes({encoded})"));
-        }
-        Value::Binary { subtype, bytes } => {
-            let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
-            out.extend_from_slice(b"{\"$binary\":{\"base64\":");
-            write_str(out, &encoded);
-            out.extend_from_slice(format!(",\"subType\":\"{subtype:02x}\"}}}}").as_bytes());
-        }
-        Value::ObjectId(bytes) => {
-            out.extend_from_slice(b"{\"$oid\":\"");
-            for byte in bytes {
-                out.extend_from_slice(format!("{byte:02x}").as_bytes());
-            }
-            out.extend_from_slice(b"\"}");
-        }
+        Value::DateTime(millis) => write_datetime(out, millis),
+        Value::Binary { subtype, bytes } => write_binary(out, subtype, bytes),
+        Value::ObjectId(bytes) => write_object_id(out, bytes),
         Value::Other(_) => {
             let key = text(key)?;
             let value = RawDocument::from_bytes(doc)

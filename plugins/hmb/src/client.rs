@@ -105,21 +105,30 @@ pub fn read_error(what: &str, error: &std::io::Error) -> PluginError {
     )
 }
 
-impl Http {
-    /// Builds the client (no connection yet).
-    pub fn new(config: Arc<Config>) -> PluginResult<Http> {
-        let mut builder = Client::builder()
-            .timeout(config.read_timeout)
-            .connect_timeout(config.connect_timeout)
+/// The settings both HTTP clients share (reqwest's blocking and async builders have the same
+/// methods but no common trait): connect timeout, keep-alive, no Nagle, user agent, the extra
+/// CA. Evaluates to the builder, or returns a `ca_file` error from the calling function.
+macro_rules! with_common_settings {
+    ($builder:expr, $config:expr) => {{
+        let mut builder = $builder
+            .connect_timeout($config.connect_timeout)
             .pool_idle_timeout(std::time::Duration::from_secs(60))
             .tcp_nodelay(true)
             .user_agent(concat!("buslink-hmb/", env!("CARGO_PKG_VERSION")));
-        if let Some(pem) = &config.ca_pem {
+        if let Some(pem) = &$config.ca_pem {
             let certificate = reqwest::Certificate::from_pem(pem)
                 .map_err(|e| PluginError::config(format!("ca_file: {e}")).with_key("ca_file"))?;
             builder = builder.add_root_certificate(certificate);
         }
-        let client = builder
+        builder
+    }};
+}
+
+impl Http {
+    /// Builds the client (no connection yet).
+    pub fn new(config: Arc<Config>) -> PluginResult<Http> {
+        let builder = Client::builder().timeout(config.read_timeout);
+        let client = with_common_settings!(builder, config)
             .build()
             .map_err(|e| PluginError::internal(format!("cannot build the HTTP client: {e}")))?;
         Ok(Http { client, config })
@@ -350,20 +359,10 @@ impl RecvClient {
             .enable_all()
             .build()
             .map_err(|e| PluginError::internal(format!("cannot start the HTTP runtime: {e}")))?;
-        let mut builder = reqwest::Client::builder()
-            .read_timeout(config.read_timeout)
-            .connect_timeout(config.connect_timeout)
-            .pool_idle_timeout(std::time::Duration::from_secs(60))
-            .tcp_nodelay(true)
-            .user_agent(concat!("buslink-hmb/", env!("CARGO_PKG_VERSION")));
-        if let Some(pem) = &config.ca_pem {
-            let certificate = reqwest::Certificate::from_pem(pem)
-                .map_err(|e| PluginError::config(format!("ca_file: {e}")).with_key("ca_file"))?;
-            builder = builder.add_root_certificate(certificate);
-        }
+        let builder = reqwest::Client::builder().read_timeout(config.read_timeout);
         let client = {
             let _context = runtime.enter();
-            builder
+            with_common_settings!(builder, config)
                 .build()
                 .map_err(|e| PluginError::internal(format!("cannot build the HTTP client: {e}")))?
         };

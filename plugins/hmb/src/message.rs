@@ -14,10 +14,10 @@
 //! | ObjectId | `{"$oid":"<24 hex digits>"}` |
 //! | anything else (decimal128, timestamp, regex, code, symbol, min/max key, undefined, DBPointer) | MongoDB relaxed Extended JSON (`{"$numberDecimal":"1.5"}`, `{"$timestamp":{"t":..,"i":..}}`, ...) |
 
-use crate::bson_scan::{self, Value};
-use base64::Engine as _;
+use crate::bson_scan::{
+    self, write_binary, write_datetime, write_f64, write_i64, write_object_id, write_str, Value,
+};
 use bson::raw::{RawBsonRef, RawDocument};
-use bson::spec::BinarySubtype;
 use buslink_plugin_api::hermes::peek_fields;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -369,32 +369,6 @@ pub fn parse_bson(bytes: &[u8]) -> Result<Parsed<'_>, String> {
     })
 }
 
-fn write_str(out: &mut Vec<u8>, s: &str) {
-    // Writing to a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
-}
-
-fn write_f64(out: &mut Vec<u8>, v: f64) {
-    if v.is_nan() {
-        out.extend_from_slice(b"\"NaN\"");
-    } else if v.is_infinite() {
-        out.extend_from_slice(if v > 0.0 {
-            b"\"Infinity\""
-        } else {
-            b"\"-Infinity\""
-        });
-    } else if v.fract() == 0.0 && v.abs() < 9_007_199_254_740_992.0 {
-        write_i64(out, v as i64);
-    } else {
-        let _ = serde_json::to_writer(&mut *out, &v);
-    }
-}
-
-fn write_i64(out: &mut Vec<u8>, v: i64) {
-    use std::io::Write as _;
-    let _ = write!(out, "{v}");
-}
-
 /// Writes a BSON document as a JSON object.
 pub fn write_document(doc: &RawDocument, out: &mut Vec<u8>) -> Result<(), String> {
     out.push(b'{');
@@ -433,38 +407,9 @@ pub fn write_bson_value(value: RawBsonRef<'_>, out: &mut Vec<u8>) -> Result<(), 
         RawBsonRef::Null | RawBsonRef::Undefined => out.extend_from_slice(b"null"),
         RawBsonRef::Int32(v) => write_i64(out, i64::from(v)),
         RawBsonRef::Int64(v) => write_i64(out, v),
-        RawBsonRef::DateTime(dt) => {
-            match chrono::DateTime::from_timestamp_millis(dt.timestamp_millis()) {
-                Some(t) => write_str(
-                    out,
-                    &format!(
-                        "HermesDatetime({})",
-                        t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-                    ),
-                ),
-                None => {
-                    out.extend_from_slice(b"{\"$date\":{\"$numberLong\":\"");
-                    write_i64(out, dt.timestamp_millis());
-                    out.extend_from_slice(b"\"}}");
-                }
-            }
-        }
-        RawBsonRef::Binary(binary) if binary.subtype == BinarySubtype::Generic => {
-            let encoded = base64::engine::general_purpose::STANDARD.encode(binary.bytes);
-            write_str(out, &format!("HermesBytes({encoded})"));
-        }
-        RawBsonRef::Binary(binary) => {
-            let encoded = base64::engine::general_purpose::STANDARD.encode(binary.bytes);
-            let subtype: u8 = binary.subtype.into();
-            out.extend_from_slice(b"{\"$binary\":{\"base64\":");
-            write_str(out, &encoded);
-            out.extend_from_slice(format!(",\"subType\":\"{subtype:02x}\"}}}}").as_bytes());
-        }
-        RawBsonRef::ObjectId(oid) => {
-            out.extend_from_slice(b"{\"$oid\":\"");
-            out.extend_from_slice(oid.to_hex().as_bytes());
-            out.extend_from_slice(b"\"}");
-        }
+        RawBsonRef::DateTime(dt) => write_datetime(out, dt.timestamp_millis()),
+        RawBsonRef::Binary(binary) => write_binary(out, binary.subtype.into(), binary.bytes),
+        RawBsonRef::ObjectId(oid) => write_object_id(out, &oid.bytes()),
         other => {
             let bson = bson::Bson::try_from(other.to_raw_bson())
                 .map_err(|e| format!("undecodable BSON: {e}"))?;
@@ -485,6 +430,7 @@ pub fn bson_to_json_text(bytes: &[u8]) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bson::spec::BinarySubtype;
     use bson::{doc, Binary, Bson};
 
     fn to_json(doc: &bson::Document) -> serde_json::Value {
