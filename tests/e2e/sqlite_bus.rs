@@ -294,3 +294,42 @@ fn a_missing_bus_file_is_waited_for() {
         (1..=5).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn a_row_that_is_not_text_stops_the_run_naming_its_msgid_after_the_good_ones() {
+    for (what, value) in [
+        ("invalid UTF-8", "CAST(x'7b22ff227d' AS TEXT)"),
+        ("a blob", "x'7b7d'"),
+    ] {
+        let dir = TestDir::new("bad-row");
+        let bus = dir.join("bus.sqlite");
+        let writer = HermesBusWriter::open(&bus).expect("bus created");
+        for (data, timestamp) in hermes_events(5) {
+            writer.append(&data, timestamp).expect("append");
+        }
+        rusqlite::Connection::open(&bus)
+            .and_then(|c| {
+                c.execute(
+                    &format!("INSERT INTO hermesmessages (data, timestamp) VALUES ({value}, 1.0)"),
+                    [],
+                )
+            })
+            .expect("bad row");
+        let run = run_once(&sqlite_config(&dir, &bus, "", &jsonl_handler("all", "")));
+        assert_eq!(run.code(), Some(1), "{what}: {run}");
+        assert!(
+            run.stderr.contains("the row of msgid 6 is not an event"),
+            "{what}: {run}"
+        );
+        assert!(
+            run.stderr.contains(&bus.display().to_string()),
+            "{what}: {run}"
+        );
+        assert_eq!(
+            offsets(&read_lines(&dir, "out/all.jsonl")),
+            (1..=5).collect::<Vec<_>>(),
+            "{what}"
+        );
+        assert_eq!(read_cache(&dir)["last_offset"]["int"], 5, "{what}");
+    }
+}

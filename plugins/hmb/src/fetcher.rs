@@ -866,9 +866,15 @@ impl Fetcher {
                 // not yet whole) starts the next buffer, which gets its room on first use.
                 let rest = buf[consumed..].to_vec();
                 let head = std::mem::replace(buf, rest);
-                let raw = String::from_utf8(head).map_err(|e| {
-                    PluginError::protocol(format!("{what}: the answer is not UTF-8: {e}"))
-                })?;
+                let raw = if simdutf8::basic::from_utf8(&head).is_ok() {
+                    // SAFETY: `head` was checked to be UTF-8 just above (by simdutf8, several
+                    // times faster than the standard check on a whole answer).
+                    unsafe { String::from_utf8_unchecked(head) }
+                } else {
+                    String::from_utf8(head).map_err(|e| {
+                        PluginError::protocol(format!("{what}: the answer is not UTF-8: {e}"))
+                    })?
+                };
                 let outcome = self.process(
                     &raw,
                     items,

@@ -3,6 +3,7 @@
 use buslink_plugin_api::hermes::peek_fields;
 use buslink_plugin_api::{Body, Event, EventBatch, OffsetRef, PluginError, PluginResult};
 use chrono::{DateTime, Utc};
+use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -131,9 +132,9 @@ impl BusFile {
         let Some(connection) = self.connection()? else {
             return Ok(ReadOutcome::default());
         };
-        let mut read = || -> rusqlite::Result<ReadOutcome> {
+        let mut read = || -> rusqlite::Result<Result<ReadOutcome, (i64, String)>> {
             if !Self::has_table(connection)? {
-                return Ok(ReadOutcome::default());
+                return Ok(Ok(ReadOutcome::default()));
             }
             let mut outcome = ReadOutcome::default();
             let limit = if category.is_some() {
@@ -146,16 +147,26 @@ impl BusFile {
                  WHERE msgid >= ?1 ORDER BY msgid LIMIT ?2",
             )?;
             let mut rows = statement.query((from, limit as i64))?;
+            let (mut bad_row, mut bad_msgid) = (None, 0);
             while let Some(row) = rows.next()? {
                 let msgid: i64 = row.get(0)?;
                 let timestamp: f64 = row.get(1)?;
-                let data = row.get_ref(2)?.as_str().map_err(|e| {
-                    rusqlite::Error::FromSqlConversionFailure(
-                        2,
-                        rusqlite::types::Type::Text,
-                        e.into(),
-                    )
-                })?;
+                // simdutf8: several times faster than the standard check, on every row.
+                let data = match row.get_ref(2)? {
+                    ValueRef::Text(bytes) => match simdutf8::compat::from_utf8(bytes) {
+                        Ok(text) => text,
+                        Err(e) => {
+                            bad_row = Some(format!("`data` is not UTF-8 text ({e})"));
+                            bad_msgid = msgid;
+                            break;
+                        }
+                    },
+                    other => {
+                        bad_row = Some(format!("`data` is {:?}, not text", other.data_type()));
+                        bad_msgid = msgid;
+                        break;
+                    }
+                };
                 outcome.rows_read += 1;
                 outcome.last_msgid = Some(msgid);
                 // Only the category is needed here: stop reading at `evcategory`.
@@ -177,11 +188,24 @@ impl BusFile {
                     break;
                 }
             }
-            Ok(outcome)
+            // A row that cannot be an event: the rows before it are handed over first; the
+            // next read starts at it and reports it.
+            Ok(match bad_row {
+                Some(why) if outcome.rows_read == 0 => Err((bad_msgid, why)),
+                _ => Ok(outcome),
+            })
         };
-        read().map_err(|e| {
-            PluginError::connect(format!("reading bus database {}: {e}", path.display()))
-        })
+        match read() {
+            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Err((msgid, why))) => Err(PluginError::protocol(format!(
+                "bus database {}: the row of msgid {msgid} is not an event: {why}",
+                path.display()
+            ))),
+            Err(e) => Err(PluginError::connect(format!(
+                "reading bus database {}: {e}",
+                path.display()
+            ))),
+        }
     }
 }
 
