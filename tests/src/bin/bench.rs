@@ -334,21 +334,38 @@ fn measure(mut command: Command) -> anyhow::Result<Sample> {
     })
 }
 
-/// The medians of `runs` runs: wall time, CPU time and peak RSS, each on its own (the run
-/// with the median wall time may not have the median CPU time on a shared machine).
-fn median(runs: usize, mut make: impl FnMut() -> Command) -> anyhow::Result<Sample> {
-    let samples = (0..runs)
-        .map(|_| measure(make()))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+/// Runs every command `runs` times, taking turns (A, B, C, A, B, C, ...) so that a burst of
+/// load from elsewhere on the shared machine falls on all of them alike, and returns for each
+/// the medians of its wall time, CPU time and peak RSS, each on its own.
+fn side_by_side(
+    runs: usize,
+    makers: &mut [&mut dyn FnMut() -> anyhow::Result<Command>],
+) -> anyhow::Result<Vec<Sample>> {
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); makers.len()];
+    for _ in 0..runs {
+        for (make, taken) in makers.iter_mut().zip(samples.iter_mut()) {
+            taken.push(measure(make()?)?);
+        }
+    }
     fn middle<T: Ord + Copy>(mut values: Vec<T>) -> T {
         values.sort();
         values[values.len() / 2]
     }
-    Ok(Sample {
-        wall: middle(samples.iter().map(|s| s.wall).collect()),
-        cpu: middle(samples.iter().map(|s| s.cpu).collect()),
-        max_rss_kib: middle(samples.iter().map(|s| s.max_rss_kib).collect()),
-    })
+    Ok(samples
+        .into_iter()
+        .map(|taken| Sample {
+            wall: middle(taken.iter().map(|s| s.wall).collect()),
+            cpu: middle(taken.iter().map(|s| s.cpu).collect()),
+            max_rss_kib: middle(taken.iter().map(|s| s.max_rss_kib).collect()),
+        })
+        .collect())
+}
+
+/// A child run of this benchmark binary.
+fn me_with(me: &Path, args: &[&std::ffi::OsStr]) -> Command {
+    let mut command = Command::new(me);
+    command.args(args);
+    command
 }
 
 fn sibling(name: &str) -> anyhow::Result<PathBuf> {
@@ -526,31 +543,37 @@ fn sqlite_part(
     write_bus(&bus, events)?;
     let null = sqlite_config(dir, "null", &bus, "", "type = \"null\"")?;
 
-    eprintln!("sqlite: buslink run --once vs the bare scan+parse loop...");
-    let host = median(runs, || buslink_once(&null).expect("config"))?;
+    eprintln!("sqlite: buslink run --once, the bare scan+parse loop, static and ABI-loaded...");
+    let samples = side_by_side(
+        runs,
+        &mut [
+            &mut || buslink_once(&null),
+            &mut || Ok(me_with(me, &["bare-sqlite".as_ref(), bus.as_os_str()])),
+            &mut || Ok(me_with(me, &["static-sqlite".as_ref(), bus.as_os_str()])),
+            &mut || {
+                Ok(me_with(
+                    me,
+                    &[
+                        "loaded-sqlite".as_ref(),
+                        bus.as_os_str(),
+                        library.as_os_str(),
+                    ],
+                ))
+            },
+        ],
+    )?;
+    let [host, bare, linked, loaded] = samples[..] else {
+        bail!("four runs expected");
+    };
     expect_handled(&null, events)?;
-    let bare = median(runs, || {
-        let mut c = Command::new(me);
-        c.arg("bare-sqlite").arg(&bus);
-        c
-    })?;
-    eprintln!("sqlite: statically linked vs loaded through the ABI...");
-    let linked = median(runs, || {
-        let mut c = Command::new(me);
-        c.arg("static-sqlite").arg(&bus);
-        c
-    })?;
-    let loaded = median(runs, || {
-        let mut c = Command::new(me);
-        c.arg("loaded-sqlite").arg(&bus).arg(&library);
-        c
-    })?;
 
     eprintln!("peak RSS with a 3x backlog...");
     let big_bus = dir.join("big.sqlite");
     write_bus(&big_bus, events * 3)?;
     let big = sqlite_config(dir, "big", &big_bus, "", "type = \"null\"")?;
-    let host_big = median(1, || buslink_once(&big).expect("config"))?;
+    let [host_big] = side_by_side(1, &mut [&mut || buslink_once(&big)])?[..] else {
+        bail!("one run expected");
+    };
     expect_handled(&big, events * 3)?;
 
     eprintln!("latency: sqlite bus, 100 events/s...");
@@ -620,9 +643,16 @@ fn commit_part(report: &mut Report, dir: &Path, events: usize, runs: usize) -> a
         };
         let every_1 = config(1)?;
         let every_1000 = config(1000)?;
-        let commit_1 = median(runs, || buslink_once(&every_1).expect("config"))?;
+        let samples = side_by_side(
+            runs,
+            &mut [&mut || buslink_once(&every_1), &mut || {
+                buslink_once(&every_1000)
+            }],
+        )?;
+        let [commit_1, commit_1000] = samples[..] else {
+            bail!("two runs expected");
+        };
         expect_handled(&every_1, count)?;
-        let commit_1000 = median(runs, || buslink_once(&every_1000).expect("config"))?;
         expect_handled(&every_1000, count)?;
         let mode = if fsync == "each" {
             "fsync = \"each\""
@@ -741,22 +771,28 @@ fn hmb_part(
             &window,
             "type = \"null\"",
         )?;
-        let host = median(runs, || buslink_once(&config).expect("config"))?;
-        expect_handled(&config, events)?;
         let bare = |client: &str| {
-            median(runs, || {
-                let mut c = Command::new(me);
-                c.args(["bare-hmb", &url, "--client", client]);
-                c.args(["--count", &events.to_string()]);
-                if bson {
-                    c.arg("--bson");
-                }
-                c
-            })
+            let mut c = Command::new(me);
+            c.args(["bare-hmb", &url, "--client", client]);
+            c.args(["--count", &events.to_string()]);
+            if bson {
+                c.arg("--bson");
+            }
+            Ok(c)
         };
-        let bare_blocking = bare("reqwest-blocking")?;
-        let bare_current = bare("reqwest-current-thread")?;
-        let bare_ureq = bare("ureq")?;
+        let samples = side_by_side(
+            runs,
+            &mut [
+                &mut || buslink_once(&config),
+                &mut || bare("reqwest-blocking"),
+                &mut || bare("reqwest-current-thread"),
+                &mut || bare("ureq"),
+            ],
+        )?;
+        let [host, bare_blocking, bare_current, bare_ureq] = samples[..] else {
+            bail!("four runs expected");
+        };
+        expect_handled(&config, events)?;
         let best_reqwest = bare_blocking.wall.min(bare_current.wall);
         report.ratio(
             &format!("HMB {format}: buslink throughput / bare reqwest /recv loop (the faster of its two)"),
