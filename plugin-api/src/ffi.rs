@@ -296,10 +296,13 @@ pub struct ClassEntry {
     pub build: Builder,
 }
 
+/// Builds a class's object from its settings (JSON), the context and the plugin's name.
+pub type BuildFn<T> = fn(&str, &Context, &'static str) -> PluginResult<T>;
+
 /// How a class builds its object.
 pub enum Builder {
-    Consumer(fn(&str, &Context, &'static str) -> PluginResult<ConsumerBox>),
-    Handler(fn(&str, &Context, &'static str) -> PluginResult<HandlerBox>),
+    Consumer(BuildFn<ConsumerBox>),
+    Handler(BuildFn<HandlerBox>),
 }
 
 impl ClassEntry {
@@ -529,6 +532,43 @@ pub fn validate_settings(
     ))
 }
 
+/// The kind of object a class builds, as named in errors.
+fn kind_name(builder: &Builder) -> &'static str {
+    match builder {
+        Builder::Consumer(_) => "consumer",
+        Builder::Handler(_) => "handler",
+    }
+}
+
+/// What [`new_consumer`] and [`new_handler`] share: find `class`, check that `pick` finds the
+/// wanted kind of builder in it (`wanted` names that kind), build with panics contained.
+fn build<T>(
+    plugin: &'static PluginDefinition,
+    class: RStr<'_>,
+    settings_json: RStr<'_>,
+    config_dir: RStr<'_>,
+    wanted: &str,
+    pick: fn(&Builder) -> Option<BuildFn<T>>,
+) -> RResult<T, RPluginError> {
+    let class = class.as_str();
+    let context = Context::new(config_dir.as_str());
+    to_ffi(contain_flat(
+        || format!("plugin '{}' class '{class}' in new()", plugin.name),
+        || {
+            let builder = &plugin.class(class)?.build;
+            match pick(builder) {
+                Some(build) => build(settings_json.as_str(), &context, plugin.name),
+                None => Err(PluginError::config(format!(
+                    "class '{class}' of plugin '{}' is a {} class, not a {wanted} class",
+                    plugin.name,
+                    kind_name(builder)
+                ))
+                .with_key("class")),
+            }
+        },
+    ))
+}
+
 /// `new_consumer` for a plugin definition.
 pub fn new_consumer(
     plugin: &'static PluginDefinition,
@@ -536,19 +576,17 @@ pub fn new_consumer(
     settings_json: RStr<'_>,
     config_dir: RStr<'_>,
 ) -> RResult<ConsumerBox, RPluginError> {
-    let class = class.as_str();
-    let context = Context::new(config_dir.as_str());
-    to_ffi(contain_flat(
-        || format!("plugin '{}' class '{class}' in new()", plugin.name),
-        || match plugin.class(class)?.build {
-            Builder::Consumer(build) => build(settings_json.as_str(), &context, plugin.name),
-            Builder::Handler(_) => Err(PluginError::config(format!(
-                "class '{class}' of plugin '{}' is a handler class, not a consumer class",
-                plugin.name
-            ))
-            .with_key("class")),
+    build(
+        plugin,
+        class,
+        settings_json,
+        config_dir,
+        "consumer",
+        |builder| match builder {
+            Builder::Consumer(build) => Some(*build),
+            Builder::Handler(_) => None,
         },
-    ))
+    )
 }
 
 /// `new_handler` for a plugin definition.
@@ -558,19 +596,17 @@ pub fn new_handler(
     settings_json: RStr<'_>,
     config_dir: RStr<'_>,
 ) -> RResult<HandlerBox, RPluginError> {
-    let class = class.as_str();
-    let context = Context::new(config_dir.as_str());
-    to_ffi(contain_flat(
-        || format!("plugin '{}' class '{class}' in new()", plugin.name),
-        || match plugin.class(class)?.build {
-            Builder::Handler(build) => build(settings_json.as_str(), &context, plugin.name),
-            Builder::Consumer(_) => Err(PluginError::config(format!(
-                "class '{class}' of plugin '{}' is a consumer class, not a handler class",
-                plugin.name
-            ))
-            .with_key("class")),
+    build(
+        plugin,
+        class,
+        settings_json,
+        config_dir,
+        "handler",
+        |builder| match builder {
+            Builder::Handler(build) => Some(*build),
+            Builder::Consumer(_) => None,
         },
-    ))
+    )
 }
 
 /// Wraps a plain [`EventHandler`]: converts types and contains panics. Unlike a consumer, a

@@ -328,3 +328,18 @@ fn the_sqlite_plugin_is_found_by_library_file_name_too() {
     assert_eq!(run.code(), Some(0), "{run}");
     assert_eq!(read_lines(&dir, "out/all.jsonl").len(), 163);
 }
+
+#[test]
+fn a_handler_class_named_as_the_consumer_is_refused_naming_its_kind() {
+    let dir = TestDir::new("wrong-kind");
+    let config = plugin_config(&dir, "statefiles", "StateFilesHandler", "dir = \"view\"");
+    let run = run_once(&config);
+    assert_eq!(run.code(), Some(2), "{run}");
+    assert!(run.stderr.contains("consumer.class"), "{run}");
+    assert!(run.stderr.contains("its consumer classes: none"), "{run}");
+    assert!(
+        run.stderr
+            .contains("'StateFilesHandler' is a handler class: use it in a [[handlers]] entry"),
+        "{run}"
+    );
+}

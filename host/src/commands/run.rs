@@ -31,20 +31,9 @@ pub fn load_consumer_plugin(config: &Config) -> Result<(LoadedPlugin, PathBuf), 
         .iter()
         .any(|class| class.name == config.consumer.class)
     {
-        let known: Vec<_> = info
-            .consumer_classes
-            .iter()
-            .map(|c| c.name.as_str())
-            .collect();
         return Err(ConfigErrors::from(config.consumer_error(
             "class",
-            format!(
-                "plugin '{}' ({}) has no consumer class '{}'; it has: {}",
-                info.name,
-                path.display(),
-                config.consumer.class,
-                known.join(", ")
-            ),
+            info.missing_class(&path, true, &config.consumer.class),
         ))
         .into());
     }

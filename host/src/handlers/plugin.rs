@@ -25,22 +25,7 @@ impl PluginHandler {
         let plugin = LoadedPlugin::load(&path).map_err(|e| e.to_string())?;
         let info = plugin.info();
         if !info.handler_classes.iter().any(|c| c.name == config.class) {
-            let known: Vec<_> = info
-                .handler_classes
-                .iter()
-                .map(|c| c.name.as_str())
-                .collect();
-            return Err(format!(
-                "plugin '{}' ({}) has no handler class '{}'; it has: {}",
-                info.name,
-                path.display(),
-                config.class,
-                if known.is_empty() {
-                    "none".to_owned()
-                } else {
-                    known.join(", ")
-                }
-            ));
+            return Err(info.missing_class(&path, false, &config.class));
         }
         let label = format!("plugin '{}' class '{}'", info.name, config.class);
         let inner = plugin

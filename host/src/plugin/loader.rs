@@ -91,6 +91,51 @@ pub struct PluginInfo {
     pub handler_classes: Vec<ClassInfo>,
 }
 
+impl PluginInfo {
+    /// Why class `name` cannot serve as a consumer (`consumer`) or handler class of this
+    /// plugin (at `path`): the classes it has of that kind, and whether `name` is one of the
+    /// other kind.
+    pub fn missing_class(&self, path: &Path, consumer: bool, name: &str) -> String {
+        let (kind, other, wanted, others) = if consumer {
+            (
+                "consumer",
+                "handler",
+                &self.consumer_classes,
+                &self.handler_classes,
+            )
+        } else {
+            (
+                "handler",
+                "consumer",
+                &self.handler_classes,
+                &self.consumer_classes,
+            )
+        };
+        let known: Vec<_> = wanted.iter().map(|c| c.name.as_str()).collect();
+        let mut message = format!(
+            "plugin '{}' ({}) has no {kind} class '{name}'; its {kind} classes: {}",
+            self.name,
+            path.display(),
+            if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            }
+        );
+        if others.iter().any(|c| c.name == name) {
+            message.push_str(&format!(
+                " ('{name}' is a {other} class: {})",
+                if consumer {
+                    "use it in a [[handlers]] entry with type = \"plugin\""
+                } else {
+                    "use it as [consumer] class"
+                }
+            ));
+        }
+        message
+    }
+}
+
 /// A loaded plugin library. Libraries are never unloaded (abi_stable keeps them for the life
 /// of the process).
 pub struct LoadedPlugin {
