@@ -25,8 +25,9 @@ struct Cli {
     /// Events in the generated sqlite bus.
     #[arg(long, default_value_t = 100_000)]
     events: usize,
-    /// Runs of each measurement (the median is reported).
-    #[arg(long, default_value_t = 3)]
+    /// Runs of each measurement (the median is reported; fewer than 5 is at the mercy of the
+    /// shared machine's load).
+    #[arg(long, default_value_t = 7)]
     runs: usize,
     /// Where to put generated buses and configs (default: a temporary directory).
     #[arg(long)]
