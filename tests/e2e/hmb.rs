@@ -72,6 +72,11 @@ url = "{url}"
     dir.write("buslink.toml", text)
 }
 
+/// A consumer of `url` with `settings` and `queues` whose every event goes to out/all.jsonl.
+fn archive_config(dir: &TestDir, url: &str, settings: &str, queues: &str) -> PathBuf {
+    hmb_config(dir, url, "", settings, queues, &jsonl_handler("all", ""))
+}
+
 /// A small HMB producer speaking /open and /send in JSON or BSON, as a real client does.
 struct Producer {
     client: reqwest::blocking::Client,
@@ -237,14 +242,7 @@ fn bulk(format: &str, bson_producer: bool) {
         .iter()
         .map(|q| format!("[consumer.settings.queues.{q}]\n"))
         .collect();
-    let config = hmb_config(
-        &dir,
-        &url,
-        "",
-        &format!("format = \"{format}\""),
-        &queue_tables,
-        &jsonl_handler("all", ""),
-    );
+    let config = archive_config(&dir, &url, &format!("format = \"{format}\""), &queue_tables);
     let started = Instant::now();
     let first = run_once(&config);
     let elapsed = started.elapsed();
@@ -298,13 +296,11 @@ fn hmb_json_published_read_through_bson_session() {
     Producer::open(&url, false).send(&messages(&["Q"], &["T"], 0, 50));
     Producer::open(&url, true).send(&messages(&["Q"], &["T"], 50, 100));
     let dir = TestDir::new("hmb-mix");
-    let config = hmb_config(
+    let config = archive_config(
         &dir,
         &url,
-        "",
         "format = \"bson\"",
         "[consumer.settings.queues.Q]\n",
-        &jsonl_handler("all", ""),
     );
     let run = run_once(&config);
     assert_eq!(run.code(), Some(0), "{run}");
@@ -332,13 +328,11 @@ fn hmb_once_drains_through_reconnects_slower_than_the_poll_timeout() {
         action: FaultAction::DropMidResponse { after_messages: 20 },
     });
     let dir = TestDir::new("hmb-once-glitch");
-    let config = hmb_config(
+    let config = archive_config(
         &dir,
         &url,
-        "",
         "format = \"json\"\nrecv_limit = 4\nretry_wait_ms = 700\nretry_wait_max_ms = 1000",
         "[consumer.settings.queues.A]\n",
-        &jsonl_handler("all", ""),
     );
     let run = run_once(&config);
     assert_eq!(run.code(), Some(0), "{run}");
@@ -356,13 +350,11 @@ fn hmb_faults_during_consumption_lose_and_repeat_nothing() {
     let queues = ["A", "B"];
     let producer = Producer::open(&url, false);
     let dir = TestDir::new("hmb-faults");
-    let config = hmb_config(
+    let config = archive_config(
         &dir,
         &url,
-        "",
         "format = \"json\"\nrecv_limit = 2\nread_timeout_ms = 1500",
         "[consumer.settings.queues.A]\n[consumer.settings.queues.B]\n",
-        &jsonl_handler("all", ""),
     );
     let mut daemon = Daemon::run(&config);
     let mut published = 0;
@@ -494,13 +486,11 @@ fn hmb_bson_malformed_and_torn_answers_are_retried() {
         FaultAction::DropMidResponse { after_messages: 7 },
     ));
     let dir = TestDir::new("hmb-bson-faults");
-    let config = hmb_config(
+    let config = archive_config(
         &dir,
         &url,
-        "",
         "format = \"bson\"\nrecv_limit = 1",
         "[consumer.settings.queues.Q]\n",
-        &jsonl_handler("all", ""),
     );
     let mut daemon = Daemon::run(&config);
     wait_lines(
@@ -525,13 +515,11 @@ fn hmb_gap_reported_when_the_server_no_longer_holds_messages() {
     let producer = Producer::open(&url, false);
     producer.send(&messages(&["Q"], &["T"], 0, 10));
     let dir = TestDir::new("hmb-gap");
-    let config = hmb_config(
+    let config = archive_config(
         &dir,
         &url,
-        "",
         "format = \"json\"",
         "[consumer.settings.queues.Q]\n",
-        &jsonl_handler("all", ""),
     );
     let first = run_once(&config);
     assert_eq!(first.code(), Some(0), "{first}");
@@ -560,13 +548,11 @@ fn hmb_server_restart_losing_queues_is_reported_and_new_messages_read() {
     let url = server.bus_url("reset");
     let dir = TestDir::new("hmb-reset");
     Producer::open(&url, false).send(&messages(&["Q"], &["T"], 0, 20));
-    let config = hmb_config(
+    let config = archive_config(
         &dir,
         &url,
-        "",
         "format = \"json\"",
         "[consumer.settings.queues.Q]\n",
-        &jsonl_handler("all", ""),
     );
     let mut daemon = Daemon::run(&config);
     wait_lines(&mut daemon, &dir, 20, "the first 20 messages");
@@ -609,14 +595,7 @@ endseq = 9
 keep = false
 filter = { "data.n" = { "$gte" = 15 } }
 "#;
-    let config = hmb_config(
-        &dir,
-        &url,
-        "",
-        "format = \"bson\"",
-        queues,
-        &jsonl_handler("all", ""),
-    );
+    let config = archive_config(&dir, &url, "format = \"bson\"", queues);
     // Not --once: the end of the window (EOF) ends the run by itself.
     let daemon = Daemon::run(&config);
     let run = daemon.finish(LIMIT);
@@ -647,13 +626,11 @@ fn hmb_heartbeat_only_idle_periods_keep_the_session() {
     let producer = Producer::open(&url, false);
     producer.send(&[notice("Q", "T", 0)]);
     let dir = TestDir::new("hmb-idle");
-    let config = hmb_config(
+    let config = archive_config(
         &dir,
         &url,
-        "",
         "format = \"json\"\nread_timeout_ms = 2500",
         "[consumer.settings.queues.Q]\n",
-        &jsonl_handler("all", ""),
     );
     let mut daemon = Daemon::run(&config);
     wait_lines(&mut daemon, &dir, 1, "the first message");
@@ -700,13 +677,11 @@ fn hmb_wrong_password_is_a_clear_error_and_passwords_never_logged() {
         .expect("published");
     let url = server.bus_url("auth");
     let dir = TestDir::new("hmb-auth");
-    let wrong = hmb_config(
+    let wrong = archive_config(
         &dir,
         &url,
-        "",
         "format = \"json\"\nuser = \"reader\"\npassword = \"wrong-pass-9d2e\"",
         "[consumer.settings.queues.Q]\n",
-        &jsonl_handler("all", ""),
     );
     let failed = run(
         &[
@@ -728,13 +703,11 @@ fn hmb_wrong_password_is_a_clear_error_and_passwords_never_logged() {
     );
     assert!(!failed.stderr.contains("wrong-pass-9d2e"), "{failed}");
     dir.write("secret.txt", "right-pass-4f1c\n");
-    let right = hmb_config(
+    let right = archive_config(
         &dir,
         &url,
-        "",
         "format = \"json\"\nuser = \"reader\"\npassword_file = \"secret.txt\"",
         "[consumer.settings.queues.Q]\n",
-        &jsonl_handler("all", ""),
     );
     let ok = run(
         &[
@@ -811,13 +784,11 @@ fn hmb_query_commands_print_the_server_answers_and_send() {
         .publish("ops", Incoming::new("NOTICE", "Q").data(json!({"n": 0})))
         .expect("published");
     let dir = TestDir::new("hmb-query");
-    let config = hmb_config(
+    let config = archive_config(
         &dir,
         &url,
-        "",
         "format = \"bson\"",
         "[consumer.settings.queues.Q]\n",
-        &jsonl_handler("all", ""),
     );
     let path = config.to_string_lossy().into_owned();
     let features = run(&["query", "--config", &path, "features"], LIMIT);
@@ -869,24 +840,20 @@ fn hmb_missing_capability_and_bad_settings_are_refused_clearly() {
     let server = big_server();
     let url = server.bus_url("caps");
     let dir = TestDir::new("hmb-settings");
-    let config = hmb_config(
+    let config = archive_config(
         &dir,
         &url,
-        "",
         "format = \"json\"\nheartbeat = 5\nread_timeout_ms = 3000",
         "[consumer.settings.queues.Q]\n",
-        &jsonl_handler("all", ""),
     );
     let check = run(&["check", "--config", &config.to_string_lossy()], LIMIT);
     assert_ne!(check.code(), Some(0), "{check}");
     assert!(check.stderr.contains("read_timeout_ms"), "{check}");
-    let config = hmb_config(
+    let config = archive_config(
         &dir,
         &url,
-        "",
         "format = \"json\"\nbogus = 1",
         "[consumer.settings.queues.Q]\n",
-        &jsonl_handler("all", ""),
     );
     let check = run(&["check", "--config", &config.to_string_lossy()], LIMIT);
     assert_ne!(check.code(), Some(0), "{check}");
@@ -901,13 +868,11 @@ fn hmb_missing_capability_and_bad_settings_are_refused_clearly() {
             content_type: None,
         },
     });
-    let config = hmb_config(
+    let config = archive_config(
         &dir,
         &url,
-        "",
         "format = \"bson\"",
         "[consumer.settings.queues.Q]\n",
-        &jsonl_handler("all", ""),
     );
     let refused = run_once(&config);
     assert_ne!(refused.code(), Some(0), "{refused}");
@@ -917,13 +882,11 @@ fn hmb_missing_capability_and_bad_settings_are_refused_clearly() {
     );
     server.faults().clear();
     // A queue the server does not know stops the first open, naming the queue.
-    let config = hmb_config(
+    let config = archive_config(
         &dir,
         &url,
-        "",
         "format = \"json\"",
         "[consumer.settings.queues.NOSUCH]\n",
-        &jsonl_handler("all", ""),
     );
     let run = run_once(&config);
     assert_ne!(run.code(), Some(0), "{run}");
@@ -942,13 +905,11 @@ fn hmb_stream_mode_json_and_bson_survive_faults() {
             FaultAction::DropMidResponse { after_messages: 50 },
         ));
         let dir = TestDir::new(&format!("hmb-stream-{format}"));
-        let config = hmb_config(
+        let config = archive_config(
             &dir,
             &url,
-            "",
             &format!("format = \"{format}\"\nstream = true"),
             "[consumer.settings.queues.A]\n[consumer.settings.queues.B]\n",
-            &jsonl_handler("all", ""),
         );
         let mut daemon = Daemon::run(&config);
         wait_lines(&mut daemon, &dir, 600, "the backlog through /stream");
