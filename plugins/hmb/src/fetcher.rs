@@ -855,7 +855,11 @@ impl Fetcher {
         let consumed = items.last().map_or(0, |item| item.range.end);
         let positions = self.pending_positions.then(|| self.next.clone());
         let mut builder = ChunkBuilder {
-            extra: Vec::new(),
+            // BSON bodies are converted into it: about as large as the answer (no regrowth).
+            extra: match format {
+                Format::Bson => Vec::with_capacity(consumed + consumed / 4),
+                Format::Json => Vec::new(),
+            },
             events: Vec::with_capacity(items.len()),
         };
         let mut eof = false;
