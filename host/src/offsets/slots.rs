@@ -79,13 +79,6 @@ pub fn encode_into(generation: u64, json: &[u8], out: &mut Vec<u8>) {
     out.push(b'\n');
 }
 
-/// [`encode_into`] a new vector.
-pub fn encode(generation: u64, json: &[u8]) -> Vec<u8> {
-    let mut slot = Vec::with_capacity(MAGIC.len() + 64 + json.len());
-    encode_into(generation, json, &mut slot);
-    slot
-}
-
 /// Reads one slot; `Err` says why it is not a valid record (empty, torn, foreign).
 pub fn decode(index: usize, bytes: &[u8]) -> Result<Slot<'_>, String> {
     let Some(rest) = bytes.strip_prefix(MAGIC.as_bytes()) else {
@@ -160,6 +153,13 @@ pub fn newest(bytes: &[u8]) -> Result<Slot<'_>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`encode_into`] a new vector.
+    fn encode(generation: u64, json: &[u8]) -> Vec<u8> {
+        let mut slot = Vec::with_capacity(MAGIC.len() + 64 + json.len());
+        encode_into(generation, json, &mut slot);
+        slot
+    }
 
     fn file(slots: [Option<(u64, &str)>; SLOTS], size: usize) -> Vec<u8> {
         let mut bytes = Vec::new();

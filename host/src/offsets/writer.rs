@@ -7,7 +7,6 @@ use serde::Deserialize;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
@@ -62,10 +61,8 @@ impl SlotFile {
 
 /// Writes one consumer's cache: opened once, then one in-place slot write per commit.
 pub struct CacheWriter {
-    path: PathBuf,
-    temp_path: PathBuf,
-    dir: PathBuf,
-    legacy_path: PathBuf,
+    /// Where the cache lives (its paths).
+    cache: OffsetCache,
     mode: FsyncMode,
     /// The open file, once it exists in the version-2 layout.
     file: Option<SlotFile>,
@@ -87,10 +84,7 @@ impl CacheWriter {
     /// Opens the cache of `cache` for commits (the file is made at the first commit).
     pub fn open(cache: &OffsetCache, mode: FsyncMode) -> Result<CacheWriter, CacheError> {
         let mut writer = CacheWriter {
-            path: cache.path.clone(),
-            temp_path: cache.temp_path.clone(),
-            dir: cache.dir.clone(),
-            legacy_path: cache.legacy_path.clone(),
+            cache: cache.clone(),
             mode,
             file: None,
             generation: 0,
@@ -101,7 +95,7 @@ impl CacheWriter {
             json: Vec::new(),
             slot: Vec::new(),
         };
-        let bytes = match fs::read(&writer.path) {
+        let bytes = match fs::read(&writer.cache.path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(writer),
             Err(source) => return Err(writer.read_error(source)),
@@ -124,7 +118,7 @@ impl CacheWriter {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .open(&writer.path)
+            .open(&writer.cache.path)
             .map_err(|e| writer.write_error(e))?;
         writer.file = Some(SlotFile::new(file, bytes.len() / SLOTS));
         Ok(writer)
@@ -132,14 +126,14 @@ impl CacheWriter {
 
     fn read_error(&self, source: std::io::Error) -> CacheError {
         CacheError::Read {
-            path: self.path.clone(),
+            path: self.cache.path.clone(),
             source,
         }
     }
 
     fn write_error(&self, source: std::io::Error) -> CacheError {
         CacheError::Write {
-            path: self.path.clone(),
+            path: self.cache.path.clone(),
             source,
         }
     }
@@ -153,7 +147,7 @@ impl CacheWriter {
         let generation = self.generation + 1;
         let mut slot = std::mem::take(&mut self.slot);
         slots::encode_into(generation, &json, &mut slot);
-        let result = self.write(generation, &json, &mut slot);
+        let result = self.write(&json, &mut slot);
         self.json = json;
         self.slot = slot;
         result.map_err(|e| self.write_error(e))?;
@@ -161,13 +155,13 @@ impl CacheWriter {
         Ok(())
     }
 
-    fn write(&mut self, generation: u64, json: &[u8], slot: &mut Vec<u8>) -> std::io::Result<()> {
+    fn write(&mut self, json: &[u8], slot: &mut Vec<u8>) -> std::io::Result<()> {
         let file = match &mut self.file {
             Some(file) if file.fits(slot) => file,
             _ => {
                 // No file yet, or a record larger than its slots: a new file, atomically.
                 self.stop_syncer().map_err(std::io::Error::other)?;
-                return self.create(generation, json);
+                return self.create(json, slot);
             }
         };
         match self.mode {
@@ -226,17 +220,16 @@ impl CacheWriter {
         result.map_err(|message| self.write_error(std::io::Error::other(message)))
     }
 
-    /// Writes a new file holding `json` in a durable slot (temp file, fsync, rename, fsync of
+    /// Writes a new file holding `json`, encoded as `slot`, in a durable slot (temp file, fsync, rename, fsync of
     /// the directory), then drops a version-1 cache it replaces. The mapped hot slot, if any,
     /// goes first: it belongs to the file being replaced.
-    fn create(&mut self, generation: u64, json: &[u8]) -> std::io::Result<()> {
+    fn create(&mut self, json: &[u8], slot: &[u8]) -> std::io::Result<()> {
         self.hot = None;
-        fs::create_dir_all(&self.dir)?;
+        fs::create_dir_all(&self.cache.dir)?;
         let slot_size = slots::slot_size_for(json);
         let mut bytes = vec![b' '; slot_size * SLOTS];
-        let slot = slots::encode(generation, json);
         let at = DURABLE[0] * slot_size;
-        bytes[at..at + slot.len()].copy_from_slice(&slot);
+        bytes[at..at + slot.len()].copy_from_slice(slot);
         for index in 0..SLOTS {
             bytes[(index + 1) * slot_size - 1] = b'\n';
         }
@@ -244,22 +237,25 @@ impl CacheWriter {
             .write(true)
             .create(true)
             .truncate(true)
-            .open(&self.temp_path)?;
+            .open(&self.cache.temp_path)?;
         temp.write_all(&bytes)?;
         temp.sync_all()?;
         drop(temp);
-        fs::rename(&self.temp_path, &self.path)?;
-        match fs::remove_file(&self.legacy_path) {
+        fs::rename(&self.cache.temp_path, &self.cache.path)?;
+        match fs::remove_file(&self.cache.legacy_path) {
             Ok(()) => tracing::info!(
                 "offset cache moved to {} (the in-place format); removed {}",
-                self.path.display(),
-                self.legacy_path.display()
+                self.cache.path.display(),
+                self.cache.legacy_path.display()
             ),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        File::open(&self.dir).and_then(|dir| dir.sync_all())?;
-        let file = OpenOptions::new().read(true).write(true).open(&self.path)?;
+        File::open(&self.cache.dir).and_then(|dir| dir.sync_all())?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.cache.path)?;
         self.file = Some(SlotFile::new(file, slot_size));
         self.next_durable = 1;
         Ok(())

@@ -373,18 +373,6 @@ impl RecvClient {
         })
     }
 
-    /// `GET /recv/SID[/QUEUE/SEQ]` (or `/stream/...`): the answer, status and content type
-    /// checked, as a reader of its body.
-    pub fn receive(
-        &self,
-        stream: bool,
-        sid: &str,
-        suffix: Option<(&str, i64)>,
-        format: Format,
-    ) -> PluginResult<BodyReader<'_>> {
-        self.answer(self.send(stream, sid, suffix, format))
-    }
-
     /// Sends `GET /recv/SID[/QUEUE/SEQ]` (or `/stream/...`) and returns once it is on the
     /// wire: the server prepares the answer while the caller does other work (the previous
     /// answer), and [`answer`](Self::answer) reads it.
@@ -496,9 +484,7 @@ impl BodyReader<'_> {
         let _ = self.take(limit).read_to_end(&mut head);
         head
     }
-}
 
-impl BodyReader<'_> {
     /// The next bytes of the body as they arrived (no copy); `None` at its end.
     pub fn chunk(&mut self) -> std::io::Result<Option<bytes::Bytes>> {
         if !self.pending.is_empty() {
