@@ -2,18 +2,18 @@
 //!
 //! `STATE_DIR/NAME.dead-letter.jsonl`, one JSON object per line: the event line's fields plus a
 //! `dead_letter` object (`handler`, `error`, `attempts`, `time`). Each record is fsynced before
-//! the pipeline goes on, so an event is never both skipped and unrecorded.
+//! the pipeline goes on, so an event is never both skipped and unrecorded, and is written whole
+//! or not at all ([`LineFile`]: a failed write is cut back, a torn last line cut at open).
 
+use crate::append_file::LineFile;
 use crate::handlers::DispatchedEvent;
 use chrono::{SecondsFormat, Utc};
 use serde::Serialize;
-use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub struct DeadLetterFile {
     path: PathBuf,
-    file: Option<File>,
+    file: Option<LineFile>,
 }
 
 #[derive(Serialize)]
@@ -48,15 +48,10 @@ impl DeadLetterFile {
         let file = match &mut self.file {
             Some(file) => file,
             None => {
-                if let Some(dir) = self.path.parent() {
-                    std::fs::create_dir_all(dir)?;
-                }
-                self.file.insert(
-                    OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(&self.path)?,
-                )
+                let (file, repair) =
+                    LineFile::open(&self.path, None).map_err(std::io::Error::other)?;
+                repair.log(&self.path, "dead-letter file");
+                self.file.insert(file)
             }
         };
         let header = serde_json::to_vec(&Record {
@@ -73,7 +68,7 @@ impl DeadLetterFile {
         out.extend_from_slice(&header);
         out.push(b',');
         out.extend_from_slice(line.get(1..).unwrap_or_default());
-        file.write_all(&out)?;
-        file.sync_data()
+        file.append(&out)?;
+        file.sync()
     }
 }

@@ -1,6 +1,7 @@
 //! The buslink host: everything behind the `buslink` binary, as a library so that tests and
 //! benchmarks can drive the same code. See ARCHITECTURE.md for the map.
 
+pub mod append_file;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -15,8 +15,10 @@ use crate::dead_letter::DeadLetterFile;
 use crate::error_queue::{object_key, ErrorQueue, QueueError};
 use crate::handlers::{ConfiguredHandler, DispatchedEvent};
 use crate::hermes_mode::HermesFilter;
-use crate::offsets::{CacheError, CacheWriter, OffsetCache, OffsetRecord, ResumePoint};
-use crate::plugin::{ConsumerError, PluginConsumer};
+use crate::offsets::{
+    CacheError, CacheWriter, OffsetCache, OffsetRecord, OutputPosition, ResumePoint,
+};
+use crate::plugin::{ConsumerError, LibraryWatch, PluginConsumer};
 use crate::shutdown::Shutdown;
 use buslink_plugin_api::{EventBatch, Offset, PollStatus};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
@@ -42,6 +44,8 @@ pub struct PipelineOptions {
     pub stats_interval: Option<Duration>,
     /// Hermes mode: which events reach handlers.
     pub hermes: Option<HermesFilter>,
+    /// The consumer plugin's library file, watched for changes under the daemon.
+    pub library: Option<LibraryWatch>,
 }
 
 /// The plugin's counters, as the reader thread last read them.
@@ -352,6 +356,7 @@ impl Committer<'_> {
         let mut record: OffsetRecord =
             self.cache
                 .record(Some(last.clone()), next, self.handled_total);
+        record.outputs = output_positions(handlers);
         if let Some(hermes) = &self.hermes {
             record.initstartoffset = Some(hermes.sequence.start.clone());
             record.initstopoffset = Some(hermes.sequence.stop.clone());
@@ -424,8 +429,13 @@ pub fn run(
         counters,
     };
     let mut retries = QueueRetries::default();
+    let mut positions = Vec::with_capacity(handlers.len());
+    let mut library = options.library.clone();
     let outcome: Result<(), PipelineError> = loop {
         progress.report_if_due(&committer);
+        if let Some(library) = library.as_mut() {
+            library.check();
+        }
         let message = match full_rx.recv_timeout(tick) {
             Ok(message) => message,
             Err(RecvTimeoutError::Timeout) => {
@@ -452,6 +462,7 @@ pub fn run(
                     dead_letters: &mut *dead_letters,
                     error_queue: &mut *error_queue,
                     shutdown,
+                    positions: &mut positions,
                 };
                 let result = dispatcher.dispatch_batch(&batch, next_after_last, &mut committer);
                 let _ = empty_tx.send(batch);
@@ -616,6 +627,25 @@ pub fn retry_queued(
     done
 }
 
+/// The exactly-once outputs' positions (after a `sync`: their files' lengths), by handler.
+pub fn output_positions(
+    handlers: &[ConfiguredHandler],
+) -> std::collections::BTreeMap<String, OutputPosition> {
+    handlers
+        .iter()
+        .filter_map(|h| {
+            let (path, length) = (h.handler.output_path()?, h.handler.position()?);
+            Some((
+                h.name.clone(),
+                OutputPosition {
+                    path: path.to_path_buf(),
+                    length,
+                },
+            ))
+        })
+        .collect()
+}
+
 /// Runs `step` (flush or sync) on each handler; the first failure names its handler.
 fn for_each_handler<'a>(
     handlers: impl Iterator<Item = &'a mut ConfiguredHandler>,
@@ -679,11 +709,33 @@ struct Dispatcher<'a> {
     dead_letters: &'a mut DeadLetterFile,
     error_queue: &'a mut ErrorQueue,
     shutdown: &'a Shutdown,
+    /// Each handler's [`position`](crate::handlers::Handler::position) before the event in
+    /// hand (kept between events: no allocation per event).
+    positions: &'a mut Vec<Option<u64>>,
 }
 
 impl Dispatcher<'_> {
     /// Gives one event to every handler that matches it; `Err` when the event is not handled.
     fn dispatch_event(&mut self, event: &DispatchedEvent<'_>) -> Result<(), PipelineError> {
+        let result = self.try_dispatch_event(event);
+        if result.is_err() {
+            // The event is not handled and will be delivered again: exactly-once outputs that
+            // took it already give it back.
+            for (handler, position) in self.handlers.iter_mut().zip(self.positions.iter()) {
+                if let Some(position) = *position {
+                    if let Err(error) = handler.handler.rewind(position) {
+                        tracing::error!("handler '{}': {error}", handler.name);
+                    }
+                }
+            }
+        }
+        result
+    }
+
+    fn try_dispatch_event(&mut self, event: &DispatchedEvent<'_>) -> Result<(), PipelineError> {
+        self.positions.clear();
+        self.positions
+            .extend(self.handlers.iter().map(|h| h.handler.position()));
         for handler in self.handlers.iter_mut() {
             if !handler.matcher.matches(event) {
                 continue;

@@ -1,12 +1,12 @@
 //! Helpers shared by the end-to-end tests.
 
-use buslink_testkit::{build_dir, shared_dir, TestDir};
+use buslink_testkit::{build_dir, fixture, TestDir};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 /// The fixture bus written by the real Hermes server.
 pub fn fixture_bus() -> PathBuf {
-    shared_dir().join("fixtures/hermes/bus.sqlite")
+    fixture("hermes/bus.sqlite")
 }
 
 /// One line of `bus-index.txt`: msgid, category, type, objtype.
@@ -20,7 +20,7 @@ pub struct IndexRow {
 
 /// The fixture bus's index, as captured with the real system.
 pub fn fixture_index() -> Vec<IndexRow> {
-    let text = std::fs::read_to_string(shared_dir().join("fixtures/hermes/bus-index.txt"))
+    let text = std::fs::read_to_string(fixture("hermes/bus-index.txt"))
         .expect("bus-index.txt is readable");
     text.lines()
         .filter(|line| !line.trim().is_empty())

@@ -2,7 +2,7 @@
 
 use crate::common::*;
 use buslink_testkit::process::{run, run_once};
-use buslink_testkit::{hermes_events, shared_dir, Daemon, HermesBusWriter, TestDir};
+use buslink_testkit::{fixture, hermes_events, Daemon, HermesBusWriter, TestDir};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -30,7 +30,7 @@ fn hermes_config_on(
 
 /// The fixture's rows: (msgid, event).
 fn fixture_rows() -> Vec<(i64, Value)> {
-    std::fs::read_to_string(shared_dir().join("fixtures/hermes/bus-rows.jsonl"))
+    std::fs::read_to_string(fixture("hermes/bus-rows.jsonl"))
         .expect("bus-rows.jsonl")
         .lines()
         .map(|line| {
@@ -160,10 +160,8 @@ fn both_initsync_choices_match_the_real_client_and_the_view_matches_the_bus() {
         if use_first {
             // The real client's own cache file, captured with useFirstInitsyncSequence.
             let client: Value = serde_json::from_str(
-                &std::fs::read_to_string(
-                    shared_dir().join("fixtures/hermes/client-offset-cache.json"),
-                )
-                .expect("cache"),
+                &std::fs::read_to_string(fixture("hermes/client-offset-cache.json"))
+                    .expect("cache"),
             )
             .expect("JSON");
             assert_eq!(

@@ -2,7 +2,7 @@
 
 use crate::common::*;
 use buslink_testkit::process::run_once;
-use buslink_testkit::{hermes_events, shared_dir, Daemon, HermesBusWriter, TestDir};
+use buslink_testkit::{fixture, hermes_events, Daemon, HermesBusWriter, TestDir};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -53,14 +53,14 @@ fn fixture_bus_is_consumed_completely_and_in_order() {
 
     // The cache holds the same next offset as the real hermes-client's cache.
     let real: Value = serde_json::from_str(
-        &std::fs::read_to_string(shared_dir().join("fixtures/hermes/client-offset-cache.json"))
+        &std::fs::read_to_string(fixture("hermes/client-offset-cache.json"))
             .expect("client cache fixture"),
     )
     .expect("client cache is JSON");
     let cache = read_cache(&dir);
     assert_eq!(cache["next_offset"]["int"], real["content"]["nextoffset"]);
     assert_eq!(cache["last_offset"]["int"], 163);
-    assert_eq!(cache["version"], 1);
+    assert_eq!(cache["version"], 2);
 
     // Run again: nothing new, and it says where it resumed.
     let again = run_once(&config);

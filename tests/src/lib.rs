@@ -9,4 +9,4 @@ pub mod workspace;
 
 pub use bus::{hermes_events, HermesBusWriter};
 pub use process::{Daemon, RunOutput};
-pub use workspace::{build_dir, buslink_bin, shared_dir, workspace_root, TestDir};
+pub use workspace::{build_dir, buslink_bin, fixture, workspace_root, TestDir};

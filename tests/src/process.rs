@@ -37,13 +37,17 @@ impl std::fmt::Display for RunOutput {
     }
 }
 
-/// A `buslink` command with the given arguments, logs not coloured.
+/// A `buslink` command with the given arguments, logs not coloured, in a process group of
+/// its own (a signal to the test's group never reaches it, and it never outlives its test:
+/// [`Daemon`] kills the group).
 pub fn buslink(args: &[&str]) -> Command {
+    use std::os::unix::process::CommandExt;
     let mut command = Command::new(crate::buslink_bin());
     command
         .args(args)
         .env_remove("RUST_LOG")
-        .env("NO_COLOR", "1");
+        .env("NO_COLOR", "1")
+        .process_group(0);
     command
 }
 
@@ -185,6 +189,9 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
+            // It and whatever it started (exec handlers' commands) go. SAFETY: kill(2) on the
+            // process group the still unreaped child leads (its pid).
+            unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
             let _ = self.child.kill();
             let _ = self.child.wait();
         }

@@ -1,4 +1,4 @@
-//! Where things are: the workspace, the built artefacts, `../shared`, and per-test directories.
+//! Where things are: the workspace, the built artefacts, the fixtures, and per-test directories.
 
 use std::path::{Path, PathBuf};
 
@@ -10,9 +10,17 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(".."))
 }
 
-/// `../shared` beside the repository: docs and fixtures captured from the real systems.
-pub fn shared_dir() -> PathBuf {
-    workspace_root().join("../shared")
+/// A file under `tests/fixtures/` (data captured from the real systems, see the README there),
+/// e.g. `fixture("hermes/bus.sqlite")`. Panics naming the path when the file is missing, so a
+/// test never fails later with a puzzling count.
+pub fn fixture(relative: &str) -> PathBuf {
+    let path = workspace_root().join("tests/fixtures").join(relative);
+    assert!(
+        path.is_file(),
+        "fixture {} is missing (tests/fixtures/ is part of the repository)",
+        path.display()
+    );
+    path
 }
 
 /// The directory the workspace's binaries and cdylibs were built into (`target/debug` for

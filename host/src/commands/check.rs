@@ -118,7 +118,7 @@ fn check_handler(
             None => Err("`command` is empty".into()),
         },
         HandlerKind::Http(_) | HandlerKind::Plugin(_) => {
-            crate::handlers::build_one(handler, base_dir, plugin_dirs).map(|_| ())
+            crate::handlers::build_one(handler, base_dir, plugin_dirs, None).map(|_| ())
         }
     }
 }

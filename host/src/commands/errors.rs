@@ -5,7 +5,8 @@ use crate::config::{Config, FailurePolicy};
 use crate::error_queue::ErrorQueue;
 use crate::handlers;
 use crate::lock::ConsumerLock;
-use crate::pipeline::retry_queued;
+use crate::offsets::OffsetCache;
+use crate::pipeline::{output_positions, retry_queued};
 use std::path::Path;
 
 fn runtime(error: impl ToString) -> AppError {
@@ -67,6 +68,9 @@ pub fn retry(config_path: &Path, id: Option<u64>) -> Result<(), AppError> {
             return Err(AppError::Usage(format!("no queued event #{id}")));
         }
     }
+    // Exactly-once outputs: a retry writes to them, so their committed lengths move with it.
+    let cache = OffsetCache::new(&config.state_dir, &config.consumer.name);
+    let mut record = cache.load().map_err(runtime)?;
     let mut handled = 0;
     for handler_config in &config.handlers {
         if handler_config.on_failure != FailurePolicy::ErrorQueue
@@ -79,11 +83,28 @@ pub fn retry(config_path: &Path, id: Option<u64>) -> Result<(), AppError> {
         {
             continue;
         }
-        let mut handler =
-            handlers::build_one(handler_config, &config.base_dir, &config.plugin_dirs)
-                .map_err(AppError::Runtime)?;
+        let committed = record
+            .as_ref()
+            .and_then(|r| r.outputs.get(&handler_config.name));
+        let mut handler = handlers::build_one(
+            handler_config,
+            &config.base_dir,
+            &config.plugin_dirs,
+            committed,
+        )
+        .map_err(AppError::Runtime)?;
         handled += retry_queued(&mut handler, &mut queue, id);
         handler.handler.sync().map_err(|e| runtime(e.message))?;
+        if let Some(record) = record.as_mut() {
+            record
+                .outputs
+                .extend(output_positions(std::slice::from_ref(&handler)));
+        }
+    }
+    // The outputs' lengths before the queue: a crash between the two writes repeats a retried
+    // event at the next retry rather than cutting it out of its file.
+    if let Some(record) = &record {
+        cache.commit(record).map_err(runtime)?;
     }
     queue.save().map_err(runtime)?;
     println!(

@@ -131,11 +131,17 @@ pub fn run(config_path: &Path, once: bool) -> Result<(), AppError> {
         .map_err(|e| AppError::Runtime(format!("cannot install signal handlers: {e}")))?;
     let config = Config::load(config_path)?;
     // The plugin checks its settings before anything is written.
-    let (_plugin, consumer) = build_consumer(&config)?;
+    let (plugin, consumer) = build_consumer(&config)?;
     let _lock = ConsumerLock::acquire(&config.state_dir, &config.consumer.name)
         .map_err(|e| AppError::Runtime(e.to_string()))?;
     let cache = OffsetCache::new(&config.state_dir, &config.consumer.name);
     let mut cached = cache.load().map_err(|e| AppError::Runtime(e.to_string()))?;
+    // Exactly-once outputs are cut back to these lengths (kept aside: a Hermes bootstrap
+    // replaces the record).
+    let committed_outputs = cached
+        .as_ref()
+        .map(|record| record.outputs.clone())
+        .unwrap_or_default();
     let mut consumer = consumer;
     let hermes = match config.consumer.hermes {
         None => None,
@@ -155,8 +161,13 @@ pub fn run(config_path: &Path, once: bool) -> Result<(), AppError> {
             }
         },
     };
-    let mut handlers = handlers::build(&config.handlers, &config.base_dir, &config.plugin_dirs)
-        .map_err(|problems| AppError::Runtime(problems.join("\n")))?;
+    let mut handlers = handlers::build(
+        &config.handlers,
+        &config.base_dir,
+        &config.plugin_dirs,
+        &committed_outputs,
+    )
+    .map_err(|problems| AppError::Runtime(problems.join("\n")))?;
     let mut dead_letters = DeadLetterFile::new(&config.state_dir, &config.consumer.name);
     let mut error_queue = ErrorQueue::load(&config.state_dir, &config.consumer.name)
         .map_err(|e| AppError::Runtime(e.to_string()))?;
@@ -204,6 +215,7 @@ pub fn run(config_path: &Path, once: bool) -> Result<(), AppError> {
         stats_interval: (config.stats_interval_s > 0)
             .then(|| Duration::from_secs(config.stats_interval_s)),
         hermes,
+        library: Some(plugin.watch()),
     };
     let summary = pipeline::run(
         consumer,

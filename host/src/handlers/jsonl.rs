@@ -1,49 +1,88 @@
-//! `type = "jsonl"`: appends one JSON line per event to a file, fsynced before each commit.
+//! `type = "jsonl"`: appends one JSON line per event to a file, **exactly-once**.
+//!
+//! Lines are gathered in memory and appended in one write per batch (or per 256 KiB); a failed
+//! write is cut back, so the file only ever holds whole lines ([`LineFile`]). The file's length
+//! after the `fdatasync` that precedes a commit is committed with the offset
+//! ([`Handler::position`]); at the next start the file is cut back to it, so the events after
+//! the commit, which the bus delivers again, are written once.
 
 use super::{DispatchedEvent, Handler, HandlerError};
-use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use crate::append_file::LineFile;
+use std::path::Path;
+
+/// Lines kept in memory before they are written.
+const BUFFER: usize = 256 * 1024;
 
 pub struct JsonlHandler {
-    path: PathBuf,
-    out: BufWriter<File>,
+    file: LineFile,
+    /// Lines handled but not yet written.
+    pending: Vec<u8>,
 }
 
 impl JsonlHandler {
-    /// Opens (creating it and its directory if needed) the file for appending.
-    pub fn open(path: &Path) -> Result<Self, String> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| format!("cannot create directory {}: {e}", dir.display()))?;
-        }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| format!("cannot open {} for appending: {e}", path.display()))?;
+    /// Opens (creating it and its directory if needed) the file for appending, cut back to
+    /// `committed` bytes (the length committed with the offset) or to its last whole line.
+    pub fn open(path: &Path, committed: Option<u64>) -> Result<Self, String> {
+        let (file, repair) = LineFile::open(path, committed)?;
+        repair.log(path, "jsonl output");
         Ok(JsonlHandler {
-            path: path.to_path_buf(),
-            out: BufWriter::with_capacity(256 * 1024, file),
+            file,
+            pending: Vec::with_capacity(BUFFER),
         })
     }
 
-    fn error(&self, e: std::io::Error) -> HandlerError {
-        HandlerError::new(format!("writing {}: {e}", self.path.display()))
+    /// Appends the pending lines; on failure the file is as before and they stay pending.
+    fn write_pending(&mut self) -> Result<(), HandlerError> {
+        self.file.append(&self.pending).map_err(|e| {
+            HandlerError::new(format!("writing {}: {e}", self.file.path().display()))
+        })?;
+        self.pending.clear();
+        Ok(())
     }
 }
 
 impl Handler for JsonlHandler {
     fn handle(&mut self, event: &DispatchedEvent<'_>) -> Result<(), HandlerError> {
-        self.out.write_all(event.line()).map_err(|e| self.error(e))
+        let before = self.pending.len();
+        self.pending.extend_from_slice(event.line());
+        if self.pending.len() >= BUFFER {
+            if let Err(error) = self.write_pending() {
+                // This event is not handled: its line goes (the earlier ones stay pending).
+                self.pending.truncate(before);
+                return Err(error);
+            }
+        }
+        Ok(())
     }
 
     fn flush(&mut self) -> Result<(), HandlerError> {
-        self.out.flush().map_err(|e| self.error(e))
+        self.write_pending()
     }
 
     fn sync(&mut self) -> Result<(), HandlerError> {
-        self.flush()?;
-        self.out.get_ref().sync_data().map_err(|e| self.error(e))
+        self.write_pending()?;
+        self.file
+            .sync()
+            .map_err(|e| HandlerError::new(format!("syncing {}: {e}", self.file.path().display())))
+    }
+
+    fn output_path(&self) -> Option<&Path> {
+        Some(self.file.path())
+    }
+
+    fn position(&self) -> Option<u64> {
+        Some(self.file.length() + self.pending.len() as u64)
+    }
+
+    fn rewind(&mut self, position: u64) -> Result<(), HandlerError> {
+        let written = self.file.length();
+        if position >= written {
+            self.pending.truncate((position - written) as usize);
+            return Ok(());
+        }
+        self.pending.clear();
+        self.file.cut(position).map_err(|e| {
+            HandlerError::new(format!("cutting back {}: {e}", self.file.path().display()))
+        })
     }
 }

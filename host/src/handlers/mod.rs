@@ -17,6 +17,8 @@ pub use filter::EventMatcher;
 pub use http::displayable_url;
 
 use crate::config::{FailurePolicy, HandlerConfig, HandlerKind, RetryPolicy};
+pub use crate::offsets::OutputPosition;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -54,6 +56,25 @@ pub trait Handler: Send {
     fn sync(&mut self) -> Result<(), HandlerError> {
         self.flush()
     }
+
+    /// Exactly-once outputs (`jsonl`): the output's length in bytes, counting every event
+    /// handled so far. After a `sync` it is what the file holds; the pipeline commits it with
+    /// the offset and hands it back at the next start (`build_one`'s `committed`). `None` (the
+    /// default): the output cannot be cut back, delivery is at-least-once.
+    fn position(&self) -> Option<u64> {
+        None
+    }
+
+    /// The file an exactly-once output writes (with [`position`](Self::position)).
+    fn output_path(&self) -> Option<&Path> {
+        None
+    }
+
+    /// Takes back what was handled after `position` (an earlier [`position`](Self::position)):
+    /// a later handler failed on the same event, which will be delivered again.
+    fn rewind(&mut self, _position: u64) -> Result<(), HandlerError> {
+        Ok(())
+    }
 }
 
 /// `type = "null"`: takes every event and does nothing (benchmarks measure buslink with it).
@@ -77,18 +98,23 @@ pub struct ConfiguredHandler {
 }
 
 /// Builds one handler (opens its file, finds its command, builds its HTTP client, loads its
-/// plugin).
+/// plugin). `committed`: the output position committed with the offset for this handler, if
+/// any (an exactly-once output is cut back to it).
 pub fn build_one(
     config: &HandlerConfig,
     base_dir: &Path,
     plugin_dirs: &[PathBuf],
+    committed: Option<&OutputPosition>,
 ) -> Result<ConfiguredHandler, String> {
     let fail = |e: String| format!("handler '{}': {e}", config.name);
     let matcher = EventMatcher::new(&config.filter).map_err(fail)?;
     let handler: Box<dyn Handler> = match &config.kind {
         HandlerKind::Null => Box::new(NullHandler),
         HandlerKind::Stdout => Box::new(stdout::StdoutHandler::new()),
-        HandlerKind::Jsonl { path } => Box::new(jsonl::JsonlHandler::open(path).map_err(fail)?),
+        HandlerKind::Jsonl { path } => {
+            let committed = committed.and_then(|c| c.length_of(path, &config.name));
+            Box::new(jsonl::JsonlHandler::open(path, committed).map_err(fail)?)
+        }
         HandlerKind::Exec(exec) => {
             Box::new(exec::ExecHandler::new(&config.name, exec, base_dir).map_err(fail)?)
         }
@@ -108,15 +134,17 @@ pub fn build_one(
     })
 }
 
-/// Builds every configured handler; the errors of all of them.
+/// Builds every configured handler, with the output positions committed with the offset
+/// (keyed by handler name); the errors of all of them.
 pub fn build(
     configs: &[HandlerConfig],
     base_dir: &Path,
     plugin_dirs: &[PathBuf],
+    committed: &BTreeMap<String, OutputPosition>,
 ) -> Result<Vec<ConfiguredHandler>, Vec<String>> {
     let (built, failed): (Vec<_>, Vec<_>) = configs
         .iter()
-        .map(|config| build_one(config, base_dir, plugin_dirs))
+        .map(|config| build_one(config, base_dir, plugin_dirs, committed.get(&config.name)))
         .partition(Result::is_ok);
     if failed.is_empty() {
         Ok(built.into_iter().filter_map(Result::ok).collect())

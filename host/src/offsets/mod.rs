@@ -19,11 +19,13 @@ pub use writer::{CacheWriter, FsyncMode};
 use buslink_plugin_api::Offset;
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-/// The version of the record (the JSON in each slot) this build writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The version of the record (the JSON in each slot) this build writes. 2 added `outputs`;
+/// records of version 1 are read as they are.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// A problem with the offset cache; the daemon stops rather than guess.
 #[derive(Debug, thiserror::Error)]
@@ -81,9 +83,41 @@ pub struct OffsetRecord {
     /// Hermes mode: whether the whole initsync sequence was handled (base events follow).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub initsync_done: bool,
+    /// The exactly-once outputs' lengths at this commit, by handler name (`jsonl`): at the
+    /// next start each file is cut back to its length, so what was written after the commit
+    /// (and is delivered again) is written once.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub outputs: BTreeMap<String, OutputPosition>,
     /// When this record was written (UTC, to the millisecond).
     #[serde(serialize_with = "timestamp::serialize")]
     pub updated_at: DateTime<Utc>,
+}
+
+/// An exactly-once output's committed length: `{"path": "/var/out.jsonl", "length": 5120}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputPosition {
+    /// The output file (as configured, resolved against the config's directory).
+    pub path: PathBuf,
+    /// Its length in bytes when the offset was committed (whole lines).
+    pub length: u64,
+}
+
+impl OutputPosition {
+    /// The committed length when it is of `path`; a handler whose file changed in the config
+    /// since the commit gets `None` (that file is not cut back), with a log line.
+    pub fn length_of(&self, path: &Path, handler: &str) -> Option<u64> {
+        if self.path == path {
+            return Some(self.length);
+        }
+        tracing::info!(
+            "handler '{handler}': the committed output length is of {}, not {}: the file \
+             changed in the config, so it is not cut back",
+            self.path.display(),
+            path.display()
+        );
+        None
+    }
 }
 
 /// Where a restart begins.
@@ -241,6 +275,7 @@ impl OffsetCache {
             initstartoffset: None,
             initstopoffset: None,
             initsync_done: false,
+            outputs: BTreeMap::new(),
             // What the file keeps: milliseconds.
             updated_at: Utc::now().trunc_subsecs(3),
         }
@@ -294,6 +329,44 @@ mod tests {
                 Some(Offset::Int(51))
             );
             assert_eq!(fs::metadata(cache.path()).unwrap().len(), 3 * 4096);
+        }
+    }
+
+    #[test]
+    fn a_cache_deleted_truncated_or_replaced_under_the_writer_is_written_anew() {
+        for mode in [FsyncMode::Each, FsyncMode::Background] {
+            let (_dir, cache) = state();
+            let mut writer = cache.writer(mode).unwrap();
+            let mut commit = |n: i64| {
+                writer
+                    .commit(&cache.record(Some(Offset::Int(n)), None, n as u64))
+                    .unwrap();
+                assert_eq!(
+                    cache.load().unwrap().unwrap().last_offset,
+                    Some(Offset::Int(n)),
+                    "{mode:?}"
+                );
+            };
+            commit(1);
+            fs::remove_file(cache.path()).unwrap();
+            commit(2);
+            fs::File::options()
+                .write(true)
+                .open(cache.path())
+                .unwrap()
+                .set_len(0)
+                .unwrap();
+            commit(3);
+            let other = cache.path().with_extension("other");
+            fs::write(&other, b"not a cache").unwrap();
+            fs::rename(&other, cache.path()).unwrap();
+            commit(4);
+            commit(5);
+            writer.finish().unwrap();
+            assert_eq!(
+                cache.load().unwrap().unwrap().last_offset,
+                Some(Offset::Int(5))
+            );
         }
     }
 

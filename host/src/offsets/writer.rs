@@ -6,7 +6,8 @@ use super::{CacheError, OffsetCache, OffsetRecord};
 use serde::Deserialize;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
@@ -27,6 +28,8 @@ pub enum FsyncMode {
 #[derive(Clone)]
 struct SlotFile {
     file: Arc<File>,
+    /// Device and inode of the open file: the file at the cache's path must still be it.
+    identity: (u64, u64),
     slot_size: usize,
     /// How many bytes the last write to each slot covered (the slot size when unknown): a
     /// shorter record is padded to it, so no text of an older one is left behind.
@@ -34,11 +37,31 @@ struct SlotFile {
 }
 
 impl SlotFile {
-    fn new(file: File, slot_size: usize) -> SlotFile {
-        SlotFile {
+    fn new(file: File, slot_size: usize) -> std::io::Result<SlotFile> {
+        let meta = file.metadata()?;
+        Ok(SlotFile {
             file: Arc::new(file),
+            identity: (meta.dev(), meta.ino()),
             slot_size,
             written: [slot_size; SLOTS],
+        })
+    }
+
+    /// Why the file at `path` is no longer this open file with its slots intact (another
+    /// program deleted, replaced or truncated it), or `None` when it still is.
+    fn replaced(&self, path: &Path) -> Option<String> {
+        match fs::metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("deleted".into()),
+            Err(e) => Some(format!("cannot be read ({e})")),
+            Ok(meta) if (meta.dev(), meta.ino()) != self.identity => {
+                Some("replaced by another file".into())
+            }
+            Ok(meta) if meta.len() != (self.slot_size * SLOTS) as u64 => Some(format!(
+                "truncated or extended to {} bytes (its slots take {})",
+                meta.len(),
+                self.slot_size * SLOTS
+            )),
+            Ok(_) => None,
         }
     }
 
@@ -70,11 +93,6 @@ pub struct CacheWriter {
     /// Which of [`DURABLE`] the next durable write goes to.
     next_durable: usize,
     syncer: Option<Syncer>,
-    /// The hot slot, mapped into memory (background mode): a commit is a copy into the page
-    /// cache, no system call.
-    hot: Option<memmap2::MmapMut>,
-    /// How many bytes of the hot slot the last commit covered.
-    hot_written: usize,
     /// Buffers kept between commits.
     json: Vec<u8>,
     slot: Vec<u8>,
@@ -90,8 +108,6 @@ impl CacheWriter {
             generation: 0,
             next_durable: 0,
             syncer: None,
-            hot: None,
-            hot_written: 0,
             json: Vec::new(),
             slot: Vec::new(),
         };
@@ -120,7 +136,8 @@ impl CacheWriter {
             .write(true)
             .open(&writer.cache.path)
             .map_err(|e| writer.write_error(e))?;
-        writer.file = Some(SlotFile::new(file, bytes.len() / SLOTS));
+        writer.file =
+            Some(SlotFile::new(file, bytes.len() / SLOTS).map_err(|e| writer.write_error(e))?);
         Ok(writer)
     }
 
@@ -156,6 +173,19 @@ impl CacheWriter {
     }
 
     fn write(&mut self, json: &[u8], slot: &mut Vec<u8>) -> std::io::Result<()> {
+        if let Some(why) = self
+            .file
+            .as_ref()
+            .and_then(|f| f.replaced(&self.cache.path))
+        {
+            // Never go on writing into a file nobody will read: make a new one, now.
+            tracing::warn!(
+                "offset cache {} was {why} by another program while the daemon ran; writing \
+                 it anew with this commit",
+                self.cache.path.display()
+            );
+            self.file = None;
+        }
         let file = match &mut self.file {
             Some(file) if file.fits(slot) => file,
             _ => {
@@ -172,36 +202,18 @@ impl CacheWriter {
                 file.file.sync_data()
             }
             FsyncMode::Background => {
-                let hot = match &mut self.hot {
-                    Some(hot) => hot,
-                    None => {
-                        // SAFETY: the mapping covers the hot slot of a file only this process
-                        // writes (the consumer's lock is held) and never truncates while the
-                        // mapping lives (`create` drops it before replacing the file).
-                        let map = unsafe {
-                            memmap2::MmapOptions::new()
-                                .offset((HOT * file.slot_size) as u64)
-                                .len(file.slot_size)
-                                .map_mut(&*file.file)?
-                        };
-                        self.hot_written = file.slot_size;
-                        self.hot.insert(map)
-                    }
-                };
-                hot[..slot.len()].copy_from_slice(slot);
-                if slot.len() < self.hot_written {
-                    hot[slot.len()..self.hot_written].fill(b' ');
-                }
-                self.hot_written = slot.len();
+                // One `pwrite` into the page cache: it survives the daemon's death at once.
+                // (Not a memory map: another program truncating the file would kill the
+                // daemon with SIGBUS at the next commit.)
+                let durable = slot.clone();
+                file.write(HOT, slot)?;
                 let syncer = match &self.syncer {
                     Some(syncer) => syncer,
                     None => self
                         .syncer
                         .insert(Syncer::start(file.clone(), self.next_durable)?),
                 };
-                syncer
-                    .hand_over(slot.clone())
-                    .map_err(std::io::Error::other)
+                syncer.hand_over(durable).map_err(std::io::Error::other)
             }
         }
     }
@@ -221,10 +233,8 @@ impl CacheWriter {
     }
 
     /// Writes a new file holding `json`, encoded as `slot`, in a durable slot (temp file, fsync, rename, fsync of
-    /// the directory), then drops a version-1 cache it replaces. The mapped hot slot, if any,
-    /// goes first: it belongs to the file being replaced.
+    /// the directory), then drops a version-1 cache it replaces.
     fn create(&mut self, json: &[u8], slot: &[u8]) -> std::io::Result<()> {
-        self.hot = None;
         fs::create_dir_all(&self.cache.dir)?;
         let slot_size = slots::slot_size_for(json);
         let mut bytes = vec![b' '; slot_size * SLOTS];
@@ -256,7 +266,7 @@ impl CacheWriter {
             .read(true)
             .write(true)
             .open(&self.cache.path)?;
-        self.file = Some(SlotFile::new(file, slot_size));
+        self.file = Some(SlotFile::new(file, slot_size)?);
         self.next_durable = 1;
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! Finding and loading plugin libraries, with one clear error per way it can fail.
 
 use super::consumer::PluginConsumer;
+use super::private_copy::{DiskIdentity, LibraryWatch, PrivateCopy};
 use abi_stable::std_types::RStr;
 use buslink_plugin_api::ffi::{HandlerBox, PluginModuleRef, RClassKind, API_VERSION_SYMBOL};
 use buslink_plugin_api::log::{HostLog, Level};
@@ -142,6 +143,10 @@ pub struct LoadedPlugin {
     path: PathBuf,
     module: PluginModuleRef,
     info: PluginInfo,
+    /// The file's identity when it was read.
+    on_disk: Option<DiskIdentity>,
+    /// Where the code was loaded from (kept open for the life of the library).
+    _copy: Option<PrivateCopy>,
 }
 
 /// Finds a plugin library: `plugin` is a path (it contains a `/` or ends in `.so`, relative to
@@ -201,9 +206,8 @@ fn api_compatible(found: &str, expected: &str) -> bool {
     }
 }
 
-/// Reads the plugin-api version a library was built against, without using abi_stable (which
-/// prints pages of layout diffs for an incompatible library).
-fn probe_api_version(path: &Path) -> Result<String, LoadError> {
+/// Reads a library's bytes (`path` must be a file), for its private copy.
+fn read_library(path: &Path) -> Result<Vec<u8>, LoadError> {
     let metadata = std::fs::metadata(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             LoadError::MissingFile {
@@ -221,12 +225,22 @@ fn probe_api_version(path: &Path) -> Result<String, LoadError> {
             path: path.to_path_buf(),
         });
     }
+    std::fs::read(path).map_err(|e| LoadError::NotALibrary {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// Reads the plugin-api version a library (the file at `path`, loaded from `load_path`, its
+/// private copy) was built against, without using abi_stable (which prints pages of layout
+/// diffs for an incompatible library).
+fn probe_api_version(path: &Path, load_path: &Path) -> Result<String, LoadError> {
     // SAFETY: loading a library runs its initialisers: plugin_dirs hold trusted code, as the
     // operator's documentation says.
     let library =
-        unsafe { libloading::Library::new(path) }.map_err(|e| LoadError::NotALibrary {
+        unsafe { libloading::Library::new(load_path) }.map_err(|e| LoadError::NotALibrary {
             path: path.to_path_buf(),
-            reason: short_dl_error(&e.to_string(), path),
+            reason: short_dl_error(&e.to_string(), load_path),
         })?;
     // SAFETY: the symbol is the `extern "C" fn() -> *const c_char` that export_plugin!
     // generates; it returns a pointer to a static NUL-terminated string.
@@ -280,8 +294,30 @@ fn summarise_abi_report(report: &str) -> String {
 
 impl LoadedPlugin {
     /// Loads a plugin library and asks it to describe itself.
+    ///
+    /// The library is read once and loaded from a sealed private copy ([`PrivateCopy`]), so
+    /// that writing over its file while the daemon runs cannot touch the loaded code; where
+    /// memory files are not available it is loaded from its file, with a warning.
     pub fn load(path: &Path) -> Result<LoadedPlugin, LoadError> {
-        let found = probe_api_version(path)?;
+        let on_disk = DiskIdentity::of(path);
+        let bytes = read_library(path)?;
+        let name = path
+            .file_name()
+            .map_or_else(|| "plugin".into(), |n| n.to_string_lossy());
+        let copy = match PrivateCopy::new(&name, &bytes) {
+            Ok(copy) => Some(copy),
+            Err(e) => {
+                tracing::warn!(
+                    "plugin library {}: cannot make a private copy ({e}); loading the file \
+                     itself: do not write over it while buslink runs",
+                    path.display()
+                );
+                None
+            }
+        };
+        drop(bytes);
+        let load_path = copy.as_ref().map_or(path, PrivateCopy::load_path);
+        let found = probe_api_version(path, load_path)?;
         if !api_compatible(&found, API_VERSION) {
             return Err(LoadError::IncompatibleApi {
                 path: path.to_path_buf(),
@@ -289,11 +325,12 @@ impl LoadedPlugin {
                 expected: API_VERSION.to_owned(),
             });
         }
-        let header =
-            abi_stable::library::lib_header_from_path(path).map_err(|e| LoadError::Failed {
+        let header = abi_stable::library::lib_header_from_path(load_path).map_err(|e| {
+            LoadError::Failed {
                 path: path.to_path_buf(),
                 message: e.to_string(),
-            })?;
+            }
+        })?;
         let module = header
             .init_root_module::<PluginModuleRef>()
             .map_err(|e| match e {
@@ -352,6 +389,8 @@ impl LoadedPlugin {
             path: path.to_path_buf(),
             module,
             info,
+            on_disk,
+            _copy: copy,
         })
     }
 
@@ -363,6 +402,12 @@ impl LoadedPlugin {
     /// The library's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// A watch that tells when the file at [`path`](Self::path) is no longer the one that was
+    /// loaded (written over, replaced or deleted since).
+    pub fn watch(&self) -> LibraryWatch {
+        LibraryWatch::new(&self.path, self.on_disk.clone())
     }
 
     /// Lets the plugin check settings (JSON text) for a class, without connecting.

@@ -6,7 +6,9 @@
 
 mod consumer;
 mod loader;
+mod private_copy;
 
 pub use buslink_plugin_api::ffi::HandlerBox;
 pub use consumer::{ConsumerError, PluginConsumer};
 pub use loader::{find_library, ClassInfo, LoadError, LoadedPlugin, PluginInfo};
+pub use private_copy::{DiskIdentity, LibraryWatch};

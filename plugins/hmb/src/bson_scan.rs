@@ -432,7 +432,7 @@ mod tests {
     #[test]
     fn the_reference_capture_is_written_as_the_bson_crate_reader_writes_it() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../../shared/fixtures/hmb/recv-bson.bin");
+            .join("../../tests/fixtures/hmb/recv-bson.bin");
         let body = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let mut at = 0;
         let mut documents = 0;

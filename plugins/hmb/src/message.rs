@@ -503,9 +503,9 @@ mod tests {
 
     #[test]
     fn reference_capture_decodes() {
-        // shared/fixtures/hmb/recv-bson.bin: a real BSON /recv body.
+        // tests/fixtures/hmb/recv-bson.bin: a real BSON /recv body.
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../../shared/fixtures/hmb/recv-bson.bin");
+            .join("../../tests/fixtures/hmb/recv-bson.bin");
         let body = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let mut framer = crate::framing::Framer::new(crate::settings::Format::Bson);
         let mut pos = 0;
@@ -558,8 +558,7 @@ mod tests {
 
     #[test]
     fn the_one_pass_scanner_reads_the_reference_captures_as_serde_does() {
-        let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/hmb");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/hmb");
         let mut answers = 0;
         for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
             let path = entry.unwrap().path();

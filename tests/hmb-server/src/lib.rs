@@ -1,7 +1,7 @@
 //! An in-repo HMB (httpmsgbus) server for buslink's tests.
 //!
 //! It speaks the protocol of the reference server httpmsgbus v0.16 (RAM
-//! mode) as described in `shared/docs/hmb-protocol.md`: buses and queues
+//! mode) as described in `docs/hmb-protocol.md`: buses and queues
 //! created on demand, `/features`, `/open`, `/send`, `/recv`, `/stream`,
 //! `/info`, `/status`, JSON and BSON framing, topics, filters, windows, the
 //! continuity rule, heartbeats, session expiry and the per-IP limit. On top

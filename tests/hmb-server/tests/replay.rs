@@ -1,4 +1,4 @@
-//! Replays the real-server captures of `shared/fixtures/hmb` against this
+//! Replays the real-server captures of `tests/fixtures/hmb` against this
 //! server and compares the answers: status, content type, and bodies as
 //! documents (sids, cids, ctime and peer addresses excepted).
 //!

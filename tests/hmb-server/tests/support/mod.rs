@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use bson::{Bson, Document};
 use serde_json::Value;
 
-/// Where the real-server captures live (never copied into the repo).
+/// Where the real-server captures live (copied into the repository: tests/fixtures/README.md).
 pub fn fixtures_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/hmb")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/hmb")
 }
 
 /// An HTTP answer.

@@ -1,0 +1,259 @@
+//! Append-only files of JSON lines that never keep a partial line: the `jsonl` handler's output
+//! and the dead-letter file.
+//!
+//! A line is either wholly in the file or not at all, whatever stops the write (a full disk, a
+//! file-size limit, an I/O error, the daemon killed mid-write):
+//! - a failed write is cut back at once to the last whole line ([`LineFile::append`]);
+//! - at open, bytes after the last newline (a write torn by a kill) are cut off, or, when the
+//!   caller knows the length that was committed with the offset, everything after it
+//!   ([`LineFile::open`]), which makes an output **exactly-once**: the events after the commit
+//!   are delivered again and written again, once.
+//!
+//! A new file's directory is fsynced, so a created file survives a power loss with its
+//! directory entry.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// An open append-only file of lines.
+pub struct LineFile {
+    path: PathBuf,
+    file: File,
+    /// The file's length: whole lines only.
+    len: u64,
+}
+
+/// What [`LineFile::open`] did to the file, for the log.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Repair {
+    /// Nothing to do.
+    None,
+    /// The file did not exist: created (and its directory synced).
+    Created,
+    /// Bytes written after the committed length were cut: `from` bytes down to `to`.
+    CutToCommitted { from: u64, to: u64 },
+    /// A partial last line (no newline) was cut: `from` bytes down to `to`.
+    CutPartialLine { from: u64, to: u64 },
+    /// The file is shorter than the committed length (rotated or truncated by another program):
+    /// appending goes on at its end.
+    ShorterThanCommitted { len: u64, committed: u64 },
+}
+
+impl LineFile {
+    /// Opens `path` for appending, creating it (and its directory) when missing. With
+    /// `committed = Some(n)` (the length committed with the offset) a longer file is cut back to
+    /// `n` bytes; otherwise a partial last line is cut. Errors name the path.
+    pub fn open(path: &Path, committed: Option<u64>) -> Result<(LineFile, Repair), String> {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        if let Some(dir) = dir {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create directory {}: {e}", dir.display()))?;
+        }
+        let existed = path.exists();
+        let mut file = OpenOptions::new()
+            .read(true)
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| format!("cannot open {} for appending: {e}", path.display()))?;
+        let fail = |what: &str, e: std::io::Error| format!("{what} {}: {e}", path.display());
+        if !existed {
+            if let Some(dir) = dir {
+                File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| fail("cannot sync the directory of", e))?;
+            }
+        }
+        let len = file
+            .metadata()
+            .map_err(|e| fail("cannot read the metadata of", e))?
+            .len();
+        let (keep, repair) = match committed {
+            Some(committed) if len > committed => (
+                committed,
+                Repair::CutToCommitted {
+                    from: len,
+                    to: committed,
+                },
+            ),
+            Some(committed) if len < committed => {
+                let keep = whole_lines_len(&mut file, len).map_err(|e| fail("cannot read", e))?;
+                let repair = Repair::ShorterThanCommitted { len, committed };
+                (keep, repair)
+            }
+            _ => {
+                let keep = whole_lines_len(&mut file, len).map_err(|e| fail("cannot read", e))?;
+                let repair = if keep < len {
+                    Repair::CutPartialLine {
+                        from: len,
+                        to: keep,
+                    }
+                } else if existed {
+                    Repair::None
+                } else {
+                    Repair::Created
+                };
+                (keep, repair)
+            }
+        };
+        if keep < len {
+            file.set_len(keep)
+                .and_then(|()| file.sync_data())
+                .map_err(|e| fail("cannot cut back", e))?;
+        }
+        Ok((
+            LineFile {
+                path: path.to_path_buf(),
+                file,
+                len: keep,
+            },
+            repair,
+        ))
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file's length in bytes (whole lines only).
+    pub fn length(&self) -> u64 {
+        self.len
+    }
+
+    /// Appends `lines` (whole lines, each ending in `\n`) in one write. On failure the file is
+    /// cut back to its length before the call, so no part of `lines` stays in it.
+    pub fn append(&mut self, lines: &[u8]) -> std::io::Result<()> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        match self.file.write_all(lines) {
+            Ok(()) => {
+                self.len += lines.len() as u64;
+                Ok(())
+            }
+            Err(error) => {
+                if let Err(cut) = self.file.set_len(self.len) {
+                    tracing::error!(
+                        "{}: cannot cut a failed write back to {} bytes: {cut}",
+                        self.path.display(),
+                        self.len
+                    );
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Cuts the file back to `len` bytes (a line boundary it had before).
+    pub fn cut(&mut self, len: u64) -> std::io::Result<()> {
+        if len < self.len {
+            self.file.set_len(len)?;
+            self.len = len;
+        }
+        Ok(())
+    }
+
+    /// Makes what was appended durable (`fdatasync`).
+    pub fn sync(&self) -> std::io::Result<()> {
+        self.file.sync_data()
+    }
+}
+
+impl Repair {
+    /// Logs what was done, naming the file and, for `what`, whose file it is.
+    pub fn log(&self, path: &Path, what: &str) {
+        let path = path.display();
+        match self {
+            Repair::None | Repair::Created => {}
+            Repair::CutToCommitted { from, to } => tracing::info!(
+                "{what} {path}: cut from {from} to {to} bytes, the length committed with the \
+                 offset; the {} bytes after it are delivered and written again",
+                from - to
+            ),
+            Repair::CutPartialLine { from, to } => tracing::warn!(
+                "{what} {path}: cut a partial last line ({} bytes, left by an interrupted write)",
+                from - to
+            ),
+            Repair::ShorterThanCommitted { len, committed } => tracing::warn!(
+                "{what} {path}: {len} bytes, shorter than the {committed} committed with the \
+                 offset (rotated or truncated by another program); appending at its end"
+            ),
+        }
+    }
+}
+
+/// The length of the whole lines of a file of `len` bytes: up to and including its last
+/// newline (reads backwards from the end, 4 KiB at a time).
+fn whole_lines_len(file: &mut File, len: u64) -> std::io::Result<u64> {
+    let mut end = len;
+    let mut chunk = [0u8; 4096];
+    while end > 0 {
+        let start = end.saturating_sub(chunk.len() as u64);
+        let part = &mut chunk[..(end - start) as usize];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(part)?;
+        if let Some(at) = part.iter().rposition(|&b| b == b'\n') {
+            return Ok(start + at as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partial_last_line_is_cut_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/out.jsonl");
+        let (mut file, repair) = LineFile::open(&path, None).unwrap();
+        assert_eq!(repair, Repair::Created);
+        file.append(b"{\"a\":1}\n{\"a\":2}\n").unwrap();
+        drop(file);
+        let mut torn = std::fs::read(&path).unwrap();
+        torn.extend_from_slice(b"{\"a\":3");
+        std::fs::write(&path, &torn).unwrap();
+        let (file, repair) = LineFile::open(&path, None).unwrap();
+        assert_eq!(repair, Repair::CutPartialLine { from: 22, to: 16 });
+        assert_eq!(file.length(), 16);
+        assert_eq!(std::fs::read(&path).unwrap(), b"{\"a\":1}\n{\"a\":2}\n");
+    }
+
+    #[test]
+    fn a_committed_length_cuts_what_came_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        std::fs::write(&path, b"one\ntwo\nthree\n").unwrap();
+        let (file, repair) = LineFile::open(&path, Some(4)).unwrap();
+        assert_eq!(repair, Repair::CutToCommitted { from: 14, to: 4 });
+        assert_eq!(file.length(), 4);
+        assert_eq!(std::fs::read(&path).unwrap(), b"one\n");
+        // A file shorter than committed (rotated): kept, its partial line cut.
+        std::fs::write(&path, b"x\ny").unwrap();
+        let (file, repair) = LineFile::open(&path, Some(100)).unwrap();
+        assert_eq!(
+            repair,
+            Repair::ShorterThanCommitted {
+                len: 3,
+                committed: 100
+            }
+        );
+        assert_eq!(file.length(), 2);
+    }
+
+    #[test]
+    fn a_line_longer_than_the_read_chunk_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        let mut text = vec![b'a'; 10_000];
+        text.push(b'\n');
+        text.extend(vec![b'b'; 9_000]);
+        std::fs::write(&path, &text).unwrap();
+        let (file, _) = LineFile::open(&path, None).unwrap();
+        assert_eq!(file.length(), 10_001);
+    }
+}
