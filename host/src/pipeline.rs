@@ -132,6 +132,9 @@ pub struct Outputs<'a> {
 /// What a run did.
 #[derive(Clone, Debug, Default)]
 pub struct RunSummary {
+    /// Events handled by this run.
+    pub handled_this_run: u64,
+    /// Events handled since the cache was created (this run included).
     pub events_handled: u64,
     pub last_committed: Option<Offset>,
     pub bus_ended: bool,
@@ -405,6 +408,7 @@ pub fn run(
             .and_then(|record| record.last_offset.clone()),
         hermes: options.hermes.clone(),
     };
+    let handled_before = committer.handled_total;
     let counters = SharedCounters::default();
     let reader = {
         let shutdown = shutdown.clone();
@@ -492,13 +496,32 @@ pub fn run(
     drop(full_rx);
     drop(empty_tx);
     shutdown_reader(reader, shutdown);
+    let last_committed = committer
+        .last_committed
+        .as_ref()
+        .map_or_else(|| "none".to_owned(), |offset| offset.to_string());
+    let handled_this_run = committer.handled_total - handled_before;
     match outcome {
         Err(PipelineError::Interrupted { handler, offset }) => {
             tracing::warn!("stopped while retrying handler '{handler}'; offset {offset} not committed, it will be delivered again");
         }
-        other => other?,
+        Err(error) => {
+            // What was read before the failure, so the error line is never the only news.
+            tracing::info!(
+                "stopped on an error: {handled_this_run} events handled in this run, last \
+                 committed offset {last_committed}{}",
+                if final_commit.is_ok() {
+                    ""
+                } else {
+                    " (the final commit failed too)"
+                }
+            );
+            return Err(error);
+        }
+        Ok(()) => {}
     }
     final_commit?;
+    summary.handled_this_run = handled_this_run;
     summary.events_handled = committer.handled_total;
     summary.last_committed = committer.last_committed;
     Ok(summary)

@@ -5,7 +5,7 @@ use crate::common::*;
 use buslink_hmb_server::{
     BasicAuth, Endpoint, FaultAction, FaultRule, Incoming, RunningServer, Server, Settings,
 };
-use buslink_testkit::process::{run, run_once};
+use buslink_testkit::process::{buslink, run, run_once};
 use buslink_testkit::{build_dir, Daemon, TestDir};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -1027,4 +1027,59 @@ fn hmb_errors_handed_to_the_host_resume_exactly_after_the_last_offset() {
     );
     assert!(run.stderr.contains("reconnecting in"), "{}", run.stderr);
     assert_exactly(&read_lines(&dir, "out/all.jsonl"), &["A", "B"], 400);
+}
+
+#[test]
+fn hmb_once_on_a_server_failing_mid_drain_is_a_failed_run_never_a_drained_one() {
+    let server = big_server();
+    let url = server.bus_url("failing");
+    let producer = Producer::open(&url, false);
+    let total = 3000;
+    producer.send(&messages(&["A"], &["T"], 0, total));
+    let dir = TestDir::new("hmb-once-failing");
+    let config = archive_config(
+        &dir,
+        &url,
+        "format = \"json\"\nrecv_limit = 4",
+        "[consumer.settings.queues.A]\n",
+    );
+    let out = dir.join("out/all.jsonl");
+    let mut daemon = Daemon::start(buslink(&[
+        "run",
+        "--once",
+        "--config",
+        &config.to_string_lossy(),
+    ]));
+    daemon.wait_for("part of the backlog", LIMIT, |_| count_lines(&out) >= 100);
+    // From now on the server answers every request with 500.
+    let fault = server.faults().inject(FaultRule {
+        endpoint: None,
+        bus: None,
+        times: 0,
+        action: FaultAction::Status {
+            code: 500,
+            message: None,
+        },
+    });
+    let failed = daemon.finish(LIMIT);
+    assert_eq!(failed.code(), Some(1), "not a drained bus: {failed}");
+    assert!(
+        failed
+            .stderr
+            .contains("cannot tell whether the bus is drained"),
+        "says why: {failed}"
+    );
+    assert!(
+        failed.stderr.contains("events handled in this run"),
+        "says what was read: {failed}"
+    );
+    assert!(!failed.stderr.contains("bus drained"), "{failed}");
+    let partial = read_lines(&dir, "out/all.jsonl").len() as i64;
+    assert!(partial < total, "stopped before the end: {partial}");
+
+    // The server recovers: the next run reads the rest, each message once.
+    server.faults().remove(fault);
+    let run = run_once(&config);
+    assert_eq!(run.code(), Some(0), "{run}");
+    assert_exactly(&read_lines(&dir, "out/all.jsonl"), &["A"], total);
 }

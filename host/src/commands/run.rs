@@ -240,7 +240,9 @@ pub fn run(config_path: &Path, once: bool) -> Result<(), AppError> {
         "bus drained"
     };
     tracing::info!(
-        "stopped ({why}): {} events handled in total, last committed offset {last}",
+        "stopped ({why}): {} events handled in this run ({} since the cache was created), last \
+         committed offset {last}",
+        summary.handled_this_run,
         summary.events_handled
     );
     Ok(())

@@ -1,7 +1,7 @@
 //! The `HmbConsumer` class: positioning, polling, offsets, operator commands.
 
 use crate::client::Http;
-use crate::fetcher::{Chunk, Counters, FetchMsg, Fetcher, FetcherHandle, StartSeq};
+use crate::fetcher::{lock_failing, Chunk, Counters, FetchMsg, Fetcher, FetcherHandle, StartSeq};
 use crate::offset::{format_composite, parse_composite};
 use crate::settings::{self, Config, HmbSettings};
 use buslink_plugin_api::{
@@ -390,12 +390,17 @@ impl HmbConsumer {
                 Ok(false) if added == 0 && self.counters.backlog.load(Ordering::SeqCst) => {
                     deadline = Some(Instant::now() + Duration::from_millis(20));
                 }
+                Ok(false) if added > 0 => return Ok(PollStatus::Ready),
                 Ok(false) => {
-                    return Ok(if added > 0 {
-                        PollStatus::Ready
-                    } else {
-                        PollStatus::Idle
-                    })
+                    // Idle means drained: the server answered and had nothing more. While the
+                    // fetcher is re-opening after failures that cannot be told, so it is a
+                    // connection error (`run --once` fails; the daemon re-opens and goes on).
+                    if let Some(failing) = lock_failing(&self.counters).clone() {
+                        return Err(PluginError::connect(format!(
+                            "{failing}; cannot tell whether the bus is drained"
+                        )));
+                    }
+                    return Ok(PollStatus::Idle);
                 }
                 Err(error) if added > 0 => {
                     self.pending_error = Some(error);
@@ -482,6 +487,8 @@ impl Consumer for HmbConsumer {
             }
         };
         let (capabilities, answer) = http.features()?;
+        // The server answers: earlier failures say nothing about the session to come.
+        *lock_failing(&self.counters) = None;
         let missing: Vec<String> = needed_capabilities(&self.config)
             .into_iter()
             .filter(|(capability, _)| !capabilities.iter().any(|c| c == capability))

@@ -59,6 +59,17 @@ pub struct Counters {
     /// answer reached recv_limit, or a /stream read filled the buffer). `poll` keeps waiting
     /// past its timeout then, so "idle" really means drained.
     pub backlog: AtomicBool,
+    /// Not a counter: the fetcher's last request failed and none succeeded since (it is
+    /// re-opening); `poll` then cannot tell that the bus is drained, and says so.
+    pub failing: std::sync::Mutex<Option<String>>,
+}
+
+/// The `failing` slot of `counters` (a poisoned lock still holds a usable value).
+pub fn lock_failing(counters: &Counters) -> std::sync::MutexGuard<'_, Option<String>> {
+    counters
+        .failing
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Counters {
@@ -329,6 +340,9 @@ impl Fetcher {
             }
             match self.receive_once(&tx) {
                 Ok(Flow::Continue) => {
+                    if self.failures > 0 {
+                        *lock_failing(&self.counters) = None;
+                    }
                     self.failures = 0;
                     self.backoff = self.http.config.retry_wait;
                 }
@@ -357,6 +371,11 @@ impl Fetcher {
             return false;
         }
         self.failures += 1;
+        *lock_failing(&self.counters) = Some(format!(
+            "HMB {}: {error} ({} failed attempt(s) in a row)",
+            self.http.base(),
+            self.failures
+        ));
         if config.retries > 0 && self.failures > config.retries {
             let message = format!(
                 "{error} (gave up after {} failed attempts in a row; retries = {})",
