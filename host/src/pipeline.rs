@@ -10,7 +10,7 @@
 //! returned `Ok` for its event and every handler synced (at-least-once delivery: after a crash
 //! or a handler failure, events after the last commit are delivered again).
 
-use crate::config::{CommitPolicy, FailurePolicy, StartPosition};
+use crate::config::{CommitPolicy, FailurePolicy, GapPolicy, StartPosition};
 use crate::dead_letter::DeadLetterFile;
 use crate::error_queue::{object_key, ErrorQueue, QueueError};
 use crate::handlers::{ConfiguredHandler, DispatchedEvent};
@@ -20,7 +20,8 @@ use crate::offsets::{
 };
 use crate::plugin::{ConsumerError, LibraryWatch, PluginConsumer};
 use crate::shutdown::Shutdown;
-use buslink_plugin_api::{EventBatch, Offset, PollStatus};
+use buslink_plugin_api::{EventBatch, Gap, Offset, PollStatus};
+use chrono::{DateTime, Utc};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -46,6 +47,8 @@ pub struct PipelineOptions {
     pub hermes: Option<HermesFilter>,
     /// The consumer plugin's library file, watched for changes under the daemon.
     pub library: Option<LibraryWatch>,
+    /// What a gap reported by the plugin does.
+    pub on_gap: GapPolicy,
 }
 
 /// The plugin's counters, as the reader thread last read them.
@@ -84,8 +87,12 @@ impl Progress {
                     .collect()
             })
             .unwrap_or_default();
+        let gaps = match committer.gaps {
+            0 => String::new(),
+            n => format!(", gaps {n} ({} events known lost)", committer.events_lost),
+        };
         tracing::info!(
-            "progress: {rate:.1} events/s, {handled} events in total, last committed offset {last}{counters}"
+            "progress: {rate:.1} events/s, {handled} events in total, last committed offset {last}{gaps}{counters}"
         );
         self.since = Instant::now();
         self.handled_then = handled;
@@ -120,6 +127,12 @@ pub enum PipelineError {
     Queue(#[from] QueueError),
     #[error("the consumer thread stopped unexpectedly")]
     ReaderLost,
+    #[error(
+        "gap on the bus: {range} ({count}) are gone before this consumer read them; stopped \
+             before the next event (on_gap = \"stop\"); the events before the gap were handled \
+             and committed. To go on past it: on_gap = \"warn\", or `buslink offsets set`"
+    )]
+    Gap { range: String, count: String },
 }
 
 /// Where events go: the handlers, and where failed events are kept.
@@ -168,11 +181,21 @@ fn position(
     }
 }
 
-/// Opens and positions the consumer; transient errors are retried with backoff until a stop is
-/// asked for (`Ok(false)`).
+/// Where the reader resumes after a (re)connection, and the timestamp of the event there.
+#[derive(Clone, Debug, Default)]
+pub struct Resume {
+    pub point: Option<ResumePoint>,
+    /// The timestamp of the last event handled (`point` is `After` it), for
+    /// `check_position`.
+    pub last_timestamp: Option<DateTime<Utc>>,
+}
+
+/// Opens and positions the consumer, and lets it check that the last event handled is still
+/// the one at that offset; transient errors are retried with backoff until a stop is asked
+/// for (`Ok(false)`).
 fn connect(
     consumer: &mut PluginConsumer,
-    resume: Option<&ResumePoint>,
+    resume: &Resume,
     options: &PipelineOptions,
     shutdown: &Shutdown,
 ) -> Result<bool, ConsumerError> {
@@ -181,7 +204,13 @@ fn connect(
         let attempt = consumer
             .open()
             .and_then(|()| consumer.set_timeout(Some(options.timeout)))
-            .and_then(|()| position(consumer, resume, &options.start));
+            .and_then(|()| position(consumer, resume.point.as_ref(), &options.start))
+            .and_then(|()| match (&resume.point, resume.last_timestamp) {
+                (Some(ResumePoint::After(last)), Some(timestamp)) => {
+                    consumer.check_position(last, timestamp)
+                }
+                _ => Ok(()),
+            });
         match attempt {
             Ok(()) => return Ok(true),
             Err(error) if error.error.kind().is_transient() && !options.once => {
@@ -199,7 +228,7 @@ fn connect(
 
 fn read_loop(
     mut consumer: PluginConsumer,
-    resume: Option<ResumePoint>,
+    resume: Resume,
     options: PipelineOptions,
     shutdown: Shutdown,
     full: SyncSender<ReaderMessage>,
@@ -213,7 +242,7 @@ fn read_loop(
         // The dispatcher may be gone already (it stopped on an error): nothing to tell it.
         let _ = full.send(message);
     };
-    match connect(&mut consumer, resume.as_ref(), &options, &shutdown) {
+    match connect(&mut consumer, &resume, &options, &shutdown) {
         Ok(true) => tracing::info!(
             "plugin '{}' class '{}' open and positioned; consuming",
             consumer.plugin(),
@@ -243,12 +272,14 @@ fn read_loop(
             }
         }
         match polled {
-            Ok(PollStatus::Ready) if !batch.is_empty() => {
+            // A batch with only a gap in it goes to the dispatcher too: it decides.
+            Ok(PollStatus::Ready) if !batch.is_blank() => {
                 backoff = options.initial_backoff;
-                let last = batch.last().map(|event| event.offset);
-                let next_after_last = last.and_then(|offset| consumer.next_offset(offset));
+                let last = batch.last();
+                let next_after_last = last.and_then(|event| consumer.next_offset(event.offset));
                 if let Some(last) = last {
-                    resume = Some(ResumePoint::After(last.to_owned()));
+                    resume.point = Some(ResumePoint::After(last.offset.to_owned()));
+                    resume.last_timestamp = Some(last.timestamp);
                 }
                 let message = ReaderMessage::Batch {
                     batch,
@@ -277,7 +308,7 @@ fn read_loop(
                     break;
                 }
                 backoff = (backoff * 2).min(options.max_backoff);
-                match connect(&mut consumer, resume.as_ref(), &options, &shutdown) {
+                match connect(&mut consumer, &resume, &options, &shutdown) {
                     Ok(true) => {}
                     Ok(false) => break,
                     Err(error) => {
@@ -301,8 +332,12 @@ struct Committer<'a> {
     writer: CacheWriter,
     policy: CommitPolicy,
     handled_total: u64,
-    /// The last event every matching handler accepted, not yet committed.
-    pending: Option<(Offset, Option<Offset>)>,
+    /// The last event every matching handler accepted (offset, next offset, timestamp), not
+    /// yet committed.
+    pending: Option<(Offset, Option<Offset>, DateTime<Utc>)>,
+    /// Gaps the plugin reported, and how many events they are known to hold.
+    gaps: u64,
+    events_lost: u64,
     pending_count: u64,
     pending_since: Option<Instant>,
     last_committed: Option<Offset>,
@@ -334,7 +369,7 @@ impl Committer<'_> {
         self.handled_total += count;
         self.pending_count += count;
         self.pending_since.get_or_insert_with(Instant::now);
-        self.pending = Some((last.offset.to_owned(), next));
+        self.pending = Some((last.offset.to_owned(), next, last.timestamp));
     }
 
     fn due(&self) -> bool {
@@ -350,7 +385,7 @@ impl Committer<'_> {
         handlers: &mut [ConfiguredHandler],
         queue: &mut ErrorQueue,
     ) -> Result<(), PipelineError> {
-        let Some((last, next)) = self.pending.take() else {
+        let Some((last, next, last_timestamp)) = self.pending.take() else {
             return Ok(());
         };
         for_each_handler(handlers.iter_mut(), |h| h.sync())?;
@@ -360,6 +395,7 @@ impl Committer<'_> {
             self.cache
                 .record(Some(last.clone()), next, self.handled_total);
         record.outputs = output_positions(handlers);
+        record.last_timestamp = Some(last_timestamp);
         if let Some(hermes) = &self.hermes {
             record.initstartoffset = Some(hermes.sequence.start.clone());
             record.initstopoffset = Some(hermes.sequence.stop.clone());
@@ -394,7 +430,10 @@ pub fn run(
     for _ in 0..options.queue_batches + 1 {
         let _ = empty_tx.send(EventBatch::new(options.batch_size, options.batch_bytes));
     }
-    let resume = cached.as_ref().and_then(OffsetCache::resume_point);
+    let resume = Resume {
+        point: cached.as_ref().and_then(OffsetCache::resume_point),
+        last_timestamp: cached.as_ref().and_then(|record| record.last_timestamp),
+    };
     let mut committer = Committer {
         cache,
         writer: cache.writer(options.commit.fsync)?,
@@ -403,6 +442,8 @@ pub fn run(
         pending: None,
         pending_count: 0,
         pending_since: None,
+        gaps: 0,
+        events_lost: 0,
         last_committed: cached
             .as_ref()
             .and_then(|record| record.last_offset.clone()),
@@ -467,6 +508,7 @@ pub fn run(
                     error_queue: &mut *error_queue,
                     shutdown,
                     positions: &mut positions,
+                    on_gap: options.on_gap,
                 };
                 let result = dispatcher.dispatch_batch(&batch, next_after_last, &mut committer);
                 let _ = empty_tx.send(batch);
@@ -735,6 +777,7 @@ struct Dispatcher<'a> {
     /// Each handler's [`position`](crate::handlers::Handler::position) before the event in
     /// hand (kept between events: no allocation per event).
     positions: &'a mut Vec<Option<u64>>,
+    on_gap: GapPolicy,
 }
 
 impl Dispatcher<'_> {
@@ -843,7 +886,12 @@ impl Dispatcher<'_> {
         let mut handled = 0;
         let mut recorded = 0;
         let mut outcome = Ok(());
-        for event in batch.iter() {
+        let mut gaps = batch.gaps().peekable();
+        for (index, event) in batch.iter().enumerate() {
+            if let Err(error) = self.pass_gaps(&mut gaps, index, committer) {
+                outcome = Err(error);
+                break;
+            }
             let event = DispatchedEvent::new(event);
             // Hermes mode skips some events: they advance the offset all the same.
             let admitted = committer.hermes.as_ref().is_none_or(|h| h.admit(&event));
@@ -866,8 +914,42 @@ impl Dispatcher<'_> {
                 committer.commit(self.handlers, self.error_queue)?;
             }
         }
+        if outcome.is_ok() {
+            // Gaps after the batch's last event.
+            outcome = self.pass_gaps(&mut gaps, batch.len(), committer);
+        }
         committer.record(batch, recorded, handled, &next_after_last);
         for_each_handler(self.handlers.iter_mut(), |h| h.flush())?;
         outcome
+    }
+
+    /// Deals with the gaps reported before the event at `index`, by `on_gap`: an error
+    /// (`stop`) or a warning and the counters (`warn`).
+    fn pass_gaps<'b>(
+        &mut self,
+        gaps: &mut std::iter::Peekable<impl Iterator<Item = Gap<'b>>>,
+        index: usize,
+        committer: &mut Committer<'_>,
+    ) -> Result<(), PipelineError> {
+        while let Some(gap) = gaps.next_if(|gap| gap.before_event <= index) {
+            committer.gaps += 1;
+            committer.events_lost += gap.count.unwrap_or(0);
+            let count = gap
+                .count
+                .map_or_else(|| "how many unknown".to_owned(), |n| format!("{n} events"));
+            if self.on_gap == GapPolicy::Stop {
+                return Err(PipelineError::Gap {
+                    range: gap.range.to_owned(),
+                    count,
+                });
+            }
+            tracing::warn!(
+                "gap on the bus: {} ({count}) are gone before this consumer read them; going on \
+                 (on_gap = \"warn\"); {} gap(s) so far",
+                gap.range,
+                committer.gaps
+            );
+        }
+        Ok(())
     }
 }

@@ -4,6 +4,7 @@ use crate::error::{PluginError, PluginResult};
 use crate::event::EventBatch;
 use crate::offset::{Offset, OffsetRef};
 use abi_stable::StableAbi;
+use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -102,6 +103,17 @@ pub trait Consumer: Send + 'static {
         Err(PluginError::config(format!(
             "this consumer has no command '{command}'"
         )))
+    }
+
+    /// The host's last handled event before this start or re-open: its offset and timestamp.
+    /// A plugin that can read the event at `last` checks that it is the same event (same
+    /// timestamp) and fails with an [`ErrorKind::Data`](crate::ErrorKind::Data) error when the
+    /// bus holds another event there (the bus was replaced, restored or re-created under the
+    /// same offsets), or when `last` lies beyond the end of the bus. The host calls it after the
+    /// positioning call. The default cannot tell and accepts.
+    fn check_position(&mut self, last: &Offset, timestamp: DateTime<Utc>) -> PluginResult<()> {
+        let _ = (last, timestamp);
+        Ok(())
     }
 
     /// Reads forward to the first event of `category` and adds it to `found` (returning

@@ -17,6 +17,11 @@ pub enum ErrorKind {
     Protocol,
     /// A bug or an unexpected state inside the plugin (a contained panic is reported as this).
     Internal,
+    /// An event on the bus cannot be delivered faithfully (its offset is in the message): the
+    /// events before it were delivered, the run stops there, and a restart stops there again
+    /// until the bus is fixed. A plugin uses it only where no lossless fallback exists: a body
+    /// it cannot decode is delivered as bytes instead ([`Body::Bytes`](crate::Body::Bytes)).
+    Data,
 }
 
 impl ErrorKind {
@@ -29,6 +34,7 @@ impl ErrorKind {
             ErrorKind::Timeout => "timeout",
             ErrorKind::Protocol => "protocol",
             ErrorKind::Internal => "internal",
+            ErrorKind::Data => "data",
         }
     }
 
@@ -89,6 +95,11 @@ impl PluginError {
     /// The bus answered something unexpected ([`ErrorKind::Protocol`]).
     pub fn protocol(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Protocol, message)
+    }
+
+    /// An event that cannot be delivered faithfully ([`ErrorKind::Data`]); name its offset.
+    pub fn data(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Data, message)
     }
 
     /// An unexpected state in the plugin ([`ErrorKind::Internal`]).

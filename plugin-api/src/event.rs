@@ -90,6 +90,32 @@ pub struct EventBatch {
     records: RVec<EventRecord>,
     max_events: u64,
     max_bytes: u64,
+    gaps: RVec<GapRecord>,
+}
+
+/// Events the consumer never saw are gone from the bus, found between two events of a batch:
+/// see [`EventBatch::report_gap`].
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug)]
+struct GapRecord {
+    /// How many events of the batch come before the gap.
+    before_event: u64,
+    /// How many events are missing; `u64::MAX` when the bus cannot tell.
+    count: u64,
+    /// Which events, for people: `msgids 17 to 50`, `queue A seq 17 to 50`.
+    range: abi_stable::std_types::RString,
+}
+
+/// A gap reported in a batch (see [`EventBatch::report_gap`]), as the host reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gap<'a> {
+    /// How many events of the batch come before the gap (the gap lies before the event at
+    /// this index, or after the last one when it equals the batch's length).
+    pub before_event: usize,
+    /// How many events are missing, when the bus can tell.
+    pub count: Option<u64>,
+    /// Which events, for people (`msgids 17 to 50`).
+    pub range: &'a str,
 }
 
 impl EventBatch {
@@ -101,13 +127,43 @@ impl EventBatch {
             records: RVec::with_capacity(max_events.min(4096)),
             max_events: max_events.max(1) as u64,
             max_bytes: max_bytes.max(1) as u64,
+            gaps: RVec::new(),
         }
     }
 
-    /// Removes every event, keeping the memory for reuse.
+    /// Removes every event and gap, keeping the memory for reuse.
     pub fn clear(&mut self) {
         self.data.clear();
         self.records.clear();
+        self.gaps.clear();
+    }
+
+    /// Reports a **gap** at this point of the batch (after the events pushed so far): events
+    /// the consumer never delivered are gone from the bus (purged, fell out of a server's
+    /// buffer). `range` says which, for people (`msgids 17 to 50`); `count` how many, when the
+    /// bus can tell. The host decides what happens (`on_gap`: stop before the next event, or
+    /// warn and count): a plugin reports every gap it can detect, the same way whether it
+    /// finds it while running or at its first read after a start, and never skips silently.
+    pub fn report_gap(&mut self, range: &str, count: Option<u64>) {
+        self.gaps.push(GapRecord {
+            before_event: self.records.len() as u64,
+            count: count.unwrap_or(u64::MAX),
+            range: range.into(),
+        });
+    }
+
+    /// The gaps reported in this batch, in bus order.
+    pub fn gaps(&self) -> impl ExactSizeIterator<Item = Gap<'_>> + '_ {
+        self.gaps.iter().map(|gap| Gap {
+            before_event: gap.before_event as usize,
+            count: (gap.count != u64::MAX).then_some(gap.count),
+            range: gap.range.as_str(),
+        })
+    }
+
+    /// Whether the batch holds neither an event nor a gap.
+    pub fn is_blank(&self) -> bool {
+        self.records.is_empty() && self.gaps.is_empty()
     }
 
     /// How many events the batch holds.

@@ -32,6 +32,7 @@ pub enum RErrorKind {
     Timeout,
     Protocol,
     Internal,
+    Data,
 }
 
 /// [`PluginError`] across the boundary.
@@ -52,6 +53,7 @@ impl From<PluginError> for RPluginError {
             ErrorKind::Timeout => RErrorKind::Timeout,
             ErrorKind::Protocol => RErrorKind::Protocol,
             ErrorKind::Internal => RErrorKind::Internal,
+            ErrorKind::Data => RErrorKind::Data,
         };
         RPluginError {
             kind,
@@ -70,6 +72,7 @@ impl From<RPluginError> for PluginError {
             RErrorKind::Timeout => ErrorKind::Timeout,
             RErrorKind::Protocol => ErrorKind::Protocol,
             RErrorKind::Internal => ErrorKind::Internal,
+            RErrorKind::Data => ErrorKind::Data,
         };
         let plain = PluginError::new(kind, error.message.into_string());
         match error.key.into_option() {
@@ -167,12 +170,17 @@ pub trait ConsumerFfi: Send {
         command: RStr<'_>,
         args: RSlice<'_, RString>,
     ) -> RResult<RString, RPluginError>;
-    #[sabi(last_prefix_field)]
     fn find_next_event_of_category(
         &mut self,
         category: RStr<'_>,
         found: &mut EventBatch,
     ) -> RResult<bool, RPluginError>;
+    #[sabi(last_prefix_field)]
+    fn check_position(
+        &mut self,
+        last: &ROffset,
+        timestamp_micros: i64,
+    ) -> RResult<(), RPluginError>;
 }
 
 /// A boxed consumer trait object, owned by the host.
@@ -749,5 +757,16 @@ impl<C: Consumer> ConsumerFfi for ConsumerShim<C> {
         self.guard("find_next_event_of_category", |c| {
             c.find_next_event_of_category(category.as_str(), found)
         })
+    }
+
+    fn check_position(
+        &mut self,
+        last: &ROffset,
+        timestamp_micros: i64,
+    ) -> RResult<(), RPluginError> {
+        let last = Offset::from(last);
+        let timestamp =
+            chrono::DateTime::from_timestamp_micros(timestamp_micros).unwrap_or_default();
+        self.guard("check_position", |c| c.check_position(&last, timestamp))
     }
 }

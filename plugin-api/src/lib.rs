@@ -41,7 +41,7 @@ pub mod ffi;
 
 pub use consumer::{poll_until, CommandInfo, Consumer, ConsumerClass, Context, PollStatus};
 pub use error::{ErrorKind, PluginError, PluginResult};
-pub use event::{Body, Event, EventBatch};
+pub use event::{Body, Event, EventBatch, Gap};
 pub use handler::{route, EventHandler, HandlerClass};
 pub use offset::{Offset, OffsetRef};
 

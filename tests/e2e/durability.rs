@@ -134,8 +134,8 @@ fn offsets_outside_the_bus_are_refused_with_the_valid_range() {
     let run = run_once(&config);
     assert_eq!(run.code(), Some(1), "{run}");
     for text in [
-        "offset 500 is not on bus",
-        "valid offsets are 1 to 164",
+        "offset 500 is beyond the end of bus database",
+        "(last offset 163; the next event will be 164)",
         "seek()",
     ] {
         assert!(run.stderr.contains(text), "expected {text:?}:\n{run}");
@@ -153,18 +153,39 @@ fn offsets_outside_the_bus_are_refused_with_the_valid_range() {
 }
 
 #[test]
-fn a_cached_offset_that_was_purged_is_an_error_not_a_silent_skip() {
+fn a_cached_offset_that_was_purged_is_a_gap_stopped_or_warned_never_a_silent_skip() {
     let dir = TestDir::new("purged-cache");
     let bus = bus_with(&dir, 30);
-    let config = sqlite_config(&dir, &bus, "", &jsonl_handler("all", ""));
-    let first = run_once(&config);
+    let config = |on_gap: &str| sqlite_config(&dir, &bus, on_gap, &jsonl_handler("all", ""));
+    let first = run_once(&config(""));
     assert_eq!(first.code(), Some(0), "{first}");
     // Consumer stopped at 30; the producer writes 10 more and purges through 35.
     let mut writer = HermesBusWriter::open(&bus).expect("bus");
     writer.append_all(hermes_events(10)).expect("append");
     writer.purge_through(35).expect("purge");
-    let run = run_once(&config);
-    assert_eq!(run.code(), Some(1), "{run}");
-    assert!(run.stderr.contains("offset 31 is not on bus"), "{run}");
-    assert!(run.stderr.contains("events before 36 were purged"), "{run}");
+
+    // on_gap = "stop": the run stops at the gap, naming it, and a restart stops there again.
+    for _ in 0..2 {
+        let run = run_once(&config("on_gap = \"stop\""));
+        assert_eq!(run.code(), Some(1), "{run}");
+        assert!(
+            run.stderr
+                .contains("gap on the bus: msgids 31 to 35 (5 events)"),
+            "{run}"
+        );
+        assert_eq!(read_cache(&dir)["last_offset"]["int"], 30);
+    }
+    // The default outside Hermes mode, "warn": said, counted, and the run goes on.
+    let run = run_once(&config(""));
+    assert_eq!(run.code(), Some(0), "{run}");
+    assert!(
+        run.stderr
+            .contains("gap on the bus: msgids 31 to 35 (5 events)")
+            && run.stderr.contains("going on (on_gap = \"warn\")"),
+        "{run}"
+    );
+    assert_eq!(
+        offsets(&read_lines(&dir, "out/all.jsonl")),
+        (1..=30).chain(36..=40).collect::<Vec<_>>()
+    );
 }

@@ -1083,3 +1083,104 @@ fn hmb_once_on_a_server_failing_mid_drain_is_a_failed_run_never_a_drained_one() 
     assert_eq!(run.code(), Some(0), "{run}");
     assert_exactly(&read_lines(&dir, "out/all.jsonl"), &["A"], total);
 }
+
+#[test]
+fn hmb_bson_string_not_utf8_is_delivered_as_bytes_in_order_and_counted() {
+    use base64::Engine as _;
+    let server = start_server(Settings::for_tests());
+    let url = server.bus_url("utf8");
+    let producer = Producer::open(&url, true);
+    // The middle message's data holds a string that is not UTF-8 (the real server keeps it).
+    let mut bad_data = bson::to_vec(&bson::doc! {"n": 1_i32, "name": "PLACEHOLDER"}).expect("bson");
+    let at = bad_data
+        .windows(11)
+        .position(|w| w == b"PLACEHOLDER")
+        .expect("placeholder");
+    bad_data[at..at + 11].copy_from_slice(b"caf\xe9 \xff\xfe end");
+    let mut body = Vec::new();
+    for n in 0..3 {
+        let mut message = bson::to_vec(&bson::doc! {
+            "type": "NOTICE", "queue": "Q", "topic": "T",
+            "data": {"n": n, "name": "PLACEHOLDER"},
+        })
+        .expect("bson");
+        if n == 1 {
+            // The data document is the last element: swap in the one with the bad string.
+            let data_at = message.len() - 1 - (bad_data.len());
+            message.truncate(data_at);
+            message.extend_from_slice(&bad_data);
+            message.push(0);
+            let len = (message.len() as i32).to_le_bytes();
+            message[..4].copy_from_slice(&len);
+        }
+        body.extend_from_slice(&message);
+    }
+    let sid = producer.sid.borrow().clone();
+    let status = producer
+        .client
+        .post(format!("{url}/send/{sid}"))
+        .header("Content-Type", "application/bson")
+        .body(body)
+        .send()
+        .expect("send")
+        .status();
+    assert_eq!(
+        status.as_u16(),
+        204,
+        "the server accepts it, as the real one"
+    );
+    let dir = TestDir::new("hmb-not-utf8");
+    archive_config(
+        &dir,
+        &url,
+        "format = \"bson\"",
+        "[consumer.settings.queues.Q]\n",
+    );
+    // `--once` stops at the first poll that finds nothing in timeout_ms: 2 s, so the run outlasts
+    // stats_interval_s = 1 after the events and a progress line shows the counters.
+    let text = dir
+        .read("buslink.toml")
+        .replace("timeout_ms = 400", "timeout_ms = 2000");
+    let config = dir.write("buslink.toml", text);
+    let run = run_once(&config);
+    assert_eq!(run.code(), Some(0), "{run}");
+    let lines = read_lines(&dir, "out/all.jsonl");
+    assert_eq!(offsets(&lines), vec![0, 1, 2], "{lines:?}");
+    assert_eq!(lines[0]["event"]["data"]["n"], 0);
+    assert_eq!(lines[2]["event"]["data"]["n"], 2);
+    let middle = &lines[1];
+    assert_eq!(middle["category"], "T", "{middle}");
+    assert!(middle.get("event").is_none(), "{middle}");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(middle["body_base64"].as_str().expect("body_base64"))
+        .expect("base64");
+    // The whole message as the server wrote it, its data byte for byte as sent (last field).
+    let declared = i32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+    assert_eq!(declared as usize, bytes.len());
+    let tail = [&b"\x03data\0"[..], &bad_data, b"\0"].concat();
+    assert!(bytes.ends_with(&tail), "{bytes:?}");
+    let head: bson::Document = bson::from_slice_utf8_lossy(&bytes).expect("a BSON document");
+    assert_eq!(head.get_str("type"), Ok("NOTICE"));
+    assert_eq!(head.get_str("queue"), Ok("Q"));
+    assert_eq!(head.get_i64("seq"), Ok(1));
+    let warning = run
+        .stderr
+        .lines()
+        .find(|l| l.contains("cannot be converted to JSON"))
+        .unwrap_or_else(|| panic!("no warning: {}", run.stderr));
+    assert!(warning.contains("queue Q seq 1"), "{warning}");
+    assert!(warning.contains("data.name"), "{warning}");
+    assert!(
+        run.stderr
+            .lines()
+            .any(|l| l.contains("progress:") && l.contains("undecodable_bodies 1")),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("undecodable_bodies 2"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("re-opening"), "{}", run.stderr);
+}

@@ -269,19 +269,34 @@ fn start_end_skips_the_backlog_and_start_offset_begins_there() {
 }
 
 #[test]
-fn a_missing_bus_file_is_waited_for() {
+fn a_missing_bus_file_is_an_error_with_once_and_a_warned_wait_for_the_daemon() {
     let dir = TestDir::new("missing-bus");
     let bus = dir.join("later/bus.sqlite");
     let config = sqlite_config(&dir, &bus, "", &jsonl_handler("all", ""));
-    // Drained at once: nothing there, nothing handled, a clean exit.
+    // `--once` on a bus that is not there is no success: the error names the resolved path.
     let run = run_once(&config);
-    assert_eq!(run.code(), Some(0), "{run}");
+    assert_eq!(run.code(), Some(1), "{run}");
+    assert!(
+        run.stderr
+            .contains(&format!("bus database {} does not exist", bus.display())),
+        "{run}"
+    );
     assert_eq!(count_lines(&dir.join("out/all.jsonl")), 0);
+    let check = buslink_testkit::process::run(
+        &["check", "--connect", "--config", &config.to_string_lossy()],
+        LIMIT,
+    );
+    assert_ne!(check.code(), Some(0), "{check}");
+    assert!(
+        check.stdout.contains("does not exist") || check.stderr.contains("does not exist"),
+        "{check}"
+    );
 
+    // The daemon says so (and retries) until the producer creates the bus, then reads it.
     let out = dir.join("out/all.jsonl");
     let mut daemon = Daemon::run(&config);
-    daemon.wait_for("the daemon started", LIMIT, |d| {
-        d.stderr().contains("starting at")
+    daemon.wait_for("the warning", LIMIT, |d| {
+        d.stderr().contains("does not exist") && d.stderr().contains("retrying")
     });
     std::fs::create_dir_all(dir.join("later")).expect("dir");
     let mut writer = HermesBusWriter::open(&bus).expect("bus created");
@@ -293,43 +308,229 @@ fn a_missing_bus_file_is_waited_for() {
         offsets(&read_lines(&dir, "out/all.jsonl")),
         (1..=5).collect::<Vec<_>>()
     );
+
+    // Waiting on purpose: `wait_for_bus = true`, and `--once` finds an empty bus.
+    let quiet = dir.join("quiet.toml");
+    let text = std::fs::read_to_string(&config).expect("config").replace(
+        "later/bus.sqlite\"",
+        "nowhere/bus.sqlite\"\nwait_for_bus = true",
+    );
+    std::fs::write(&quiet, text).expect("config");
+    let run = run_once(&quiet);
+    assert_eq!(run.code(), Some(0), "{run}");
+}
+
+/// A bus with the Hermes table but no NOT NULL constraints (rows the real producer never
+/// writes, to see what buslink does with them), holding `events` good rows.
+fn loose_bus(dir: &TestDir, events: usize) -> std::path::PathBuf {
+    let bus = dir.join("bus.sqlite");
+    let connection = rusqlite::Connection::open(&bus).expect("bus created");
+    connection
+        .execute(
+            "CREATE TABLE hermesmessages (msgid INTEGER PRIMARY KEY AUTOINCREMENT, data TEXT, \
+             timestamp REAL)",
+            [],
+        )
+        .expect("table");
+    for (data, timestamp) in hermes_events(events) {
+        connection
+            .execute(
+                "INSERT INTO hermesmessages (data, timestamp) VALUES (?1, ?2)",
+                (data, timestamp),
+            )
+            .expect("row");
+    }
+    bus
+}
+
+fn insert_raw(bus: &std::path::Path, data: &str, timestamp: &str) {
+    rusqlite::Connection::open(bus)
+        .and_then(|c| {
+            c.execute(
+                &format!(
+                    "INSERT INTO hermesmessages (data, timestamp) VALUES ({data}, {timestamp})"
+                ),
+                [],
+            )
+        })
+        .expect("raw row");
 }
 
 #[test]
-fn a_row_that_is_not_text_stops_the_run_naming_its_msgid_after_the_good_ones() {
-    for (what, value) in [
-        ("invalid UTF-8", "CAST(x'7b22ff227d' AS TEXT)"),
-        ("a blob", "x'7b7d'"),
+fn a_row_whose_data_is_not_text_is_delivered_as_bytes_with_a_warning() {
+    for (what, value, bytes) in [
+        (
+            "invalid UTF-8",
+            "CAST(x'7b22ff227d' AS TEXT)",
+            &b"{\"\xff\"}"[..],
+        ),
+        ("a blob", "x'7b7d'", &b"{}"[..]),
     ] {
-        let dir = TestDir::new("bad-row");
-        let bus = dir.join("bus.sqlite");
-        let writer = HermesBusWriter::open(&bus).expect("bus created");
-        for (data, timestamp) in hermes_events(5) {
-            writer.append(&data, timestamp).expect("append");
-        }
-        rusqlite::Connection::open(&bus)
-            .and_then(|c| {
-                c.execute(
-                    &format!("INSERT INTO hermesmessages (data, timestamp) VALUES ({value}, 1.0)"),
-                    [],
-                )
-            })
-            .expect("bad row");
+        let dir = TestDir::new("bytes-row");
+        let bus = loose_bus(&dir, 5);
+        insert_raw(&bus, value, "1795345300.5");
+        insert_raw(&bus, "'{\"evcategory\": \"base\"}'", "1795345301.0");
         let run = run_once(&sqlite_config(&dir, &bus, "", &jsonl_handler("all", "")));
-        assert_eq!(run.code(), Some(1), "{what}: {run}");
+        assert_eq!(run.code(), Some(0), "{what}: {run}");
         assert!(
-            run.stderr.contains("the row of msgid 6 is not an event"),
+            run.stderr
+                .contains("the `data` of msgid 6 is not UTF-8 text; delivered as bytes"),
             "{what}: {run}"
         );
+        let lines = read_lines(&dir, "out/all.jsonl");
+        assert_eq!(offsets(&lines), (1..=7).collect::<Vec<_>>(), "{what}");
+        let encoded = lines[5]["body_base64"].as_str().expect("bytes body");
+        use base64::Engine as _;
+        assert_eq!(
+            base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .expect("base64"),
+            bytes,
+            "{what}: every byte kept"
+        );
+        let timestamp = lines[5]["timestamp"].as_str().unwrap_or_default();
         assert!(
-            run.stderr.contains(&bus.display().to_string()),
-            "{what}: {run}"
+            timestamp.starts_with("2026-11-22T11:01:40.5"),
+            "{what}: {timestamp}"
+        );
+    }
+}
+
+#[test]
+fn a_row_whose_timestamp_is_null_stops_the_run_naming_its_msgid_after_the_good_ones() {
+    let dir = TestDir::new("null-timestamp");
+    let bus = loose_bus(&dir, 5);
+    insert_raw(&bus, "'{}'", "NULL");
+    insert_raw(&bus, "'{}'", "1795345301.0");
+    let config = sqlite_config(&dir, &bus, "", &jsonl_handler("all", ""));
+    for _ in 0..2 {
+        let run = run_once(&config);
+        assert_eq!(run.code(), Some(1), "{run}");
+        assert!(
+            run.stderr
+                .contains("the row of msgid 6 cannot be delivered: `timestamp` is Null"),
+            "{run}"
+        );
+        assert!(run.stderr.contains(&bus.display().to_string()), "{run}");
+        assert!(
+            !run.stderr.contains("retrying"),
+            "a data problem is not retried: {run}"
         );
         assert_eq!(
             offsets(&read_lines(&dir, "out/all.jsonl")),
-            (1..=5).collect::<Vec<_>>(),
-            "{what}"
+            (1..=5).collect::<Vec<_>>()
         );
-        assert_eq!(read_cache(&dir)["last_offset"]["int"], 5, "{what}");
+        assert_eq!(read_cache(&dir)["last_offset"]["int"], 5);
     }
+}
+
+#[test]
+fn rows_purged_while_the_daemon_is_behind_are_a_gap_the_same_as_at_a_start() {
+    for on_gap in ["warn", "stop"] {
+        let dir = TestDir::new("live-gap");
+        let bus = dir.join("bus.sqlite");
+        let writer = HermesBusWriter::open(&bus).expect("bus");
+        let events: Vec<_> = hermes_events(60).collect();
+        for (data, timestamp) in &events[..16] {
+            writer.append(data, *timestamp).expect("append");
+        }
+        let config = sqlite_config(
+            &dir,
+            &bus,
+            &format!("on_gap = \"{on_gap}\""),
+            &jsonl_handler("all", ""),
+        );
+        let out = dir.join("out/all.jsonl");
+        let mut daemon = Daemon::run(&config);
+        daemon.wait_for("the first 16", LIMIT, |_| count_lines(&out) >= 16);
+        // Rows 17..=50 are written and purged by the producer's retention before the consumer
+        // reads them (one transaction), then 51..=60 follow.
+        let mut connection = rusqlite::Connection::open(&bus).expect("bus");
+        let transaction = connection.transaction().expect("transaction");
+        for (data, timestamp) in &events[16..50] {
+            transaction
+                .execute(
+                    "INSERT INTO hermesmessages (data, timestamp) VALUES (?1, ?2)",
+                    (data, timestamp),
+                )
+                .expect("row");
+        }
+        transaction
+            .execute("DELETE FROM hermesmessages WHERE msgid <= 50", [])
+            .expect("purge");
+        transaction.commit().expect("commit");
+        for (data, timestamp) in &events[50..] {
+            writer.append(data, *timestamp).expect("append");
+        }
+        let gap = "gap on the bus: msgids 17 to 50 (34 events)";
+        if on_gap == "warn" {
+            daemon.wait_for("the rest", LIMIT, |_| count_lines(&out) >= 26);
+            let run = daemon.terminate(LIMIT);
+            assert_eq!(run.code(), Some(0), "{run}");
+            assert!(run.stderr.contains(gap), "{run}");
+            assert_eq!(
+                offsets(&read_lines(&dir, "out/all.jsonl")),
+                (1..=16).chain(51..=60).collect::<Vec<_>>()
+            );
+        } else {
+            let run = daemon.finish(LIMIT);
+            assert_eq!(run.code(), Some(1), "{run}");
+            assert!(run.stderr.contains(gap), "{run}");
+            // The same state after a restart: the same answer.
+            let again = run_once(&config);
+            assert_eq!(again.code(), Some(1), "{again}");
+            assert!(again.stderr.contains(gap), "{again}");
+            assert_eq!(
+                offsets(&read_lines(&dir, "out/all.jsonl")),
+                (1..=16).collect::<Vec<_>>()
+            );
+        }
+    }
+}
+
+#[test]
+fn a_bus_replaced_under_the_consumer_is_noticed_live_and_at_a_restart() {
+    let dir = TestDir::new("bus-replaced");
+    let bus = dir.join("bus.sqlite");
+    HermesBusWriter::open(&bus)
+        .and_then(|mut w| w.append_all(hermes_events(30)))
+        .expect("bus A");
+    // Bus B: other events (an hour later) under the same msgids, and more of them.
+    let other = dir.join("other.sqlite");
+    let writer = HermesBusWriter::open(&other).expect("bus B");
+    for (data, timestamp) in hermes_events(40) {
+        writer.append(&data, timestamp + 3600.0).expect("append");
+    }
+    drop(writer);
+    let config = sqlite_config(&dir, &bus, "", &jsonl_handler("all", ""));
+    let out = dir.join("out/all.jsonl");
+    let mut daemon = Daemon::run(&config);
+    daemon.wait_for("bus A read", LIMIT, |_| count_lines(&out) >= 30);
+    std::fs::rename(&other, &bus).expect("bus B moved over bus A");
+    let run = daemon.finish(LIMIT);
+    assert_eq!(run.code(), Some(1), "noticed within a poll: {run}");
+    let another = "holds another event at offset 30";
+    assert!(run.stderr.contains("the file was replaced"), "{run}");
+    assert!(run.stderr.contains(another), "{run}");
+    assert_eq!(read_cache(&dir)["last_offset"]["int"], 30);
+
+    // A restart on bus B: the same clear error, not a silent resume at offset 31.
+    let again = run_once(&config);
+    assert_eq!(again.code(), Some(1), "{again}");
+    assert!(again.stderr.contains(another), "{again}");
+    assert_eq!(count_lines(&out), 30);
+
+    // A smaller bus under the path: beyond its end, named as such.
+    let small = dir.join("small.sqlite");
+    HermesBusWriter::open(&small)
+        .and_then(|mut w| w.append_all(hermes_events(10)))
+        .expect("small bus");
+    std::fs::rename(&small, &bus).expect("small bus moved");
+    let small_run = run_once(&config);
+    assert_eq!(small_run.code(), Some(1), "{small_run}");
+    assert!(
+        small_run.stderr.contains("beyond the end of bus database")
+            && small_run.stderr.contains("last offset 10"),
+        "{small_run}"
+    );
 }

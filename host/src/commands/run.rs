@@ -216,6 +216,7 @@ pub fn run(config_path: &Path, once: bool) -> Result<(), AppError> {
             .then(|| Duration::from_secs(config.stats_interval_s)),
         hermes,
         library: Some(plugin.watch()),
+        on_gap: config.consumer.on_gap,
     };
     let summary = pipeline::run(
         consumer,

@@ -51,6 +51,21 @@ pub struct ConsumerConfig {
     pub settings_json: String,
     /// `[consumer.hermes]`: hermes-client semantics (initsync bootstrap, category filtering).
     pub hermes: Option<HermesMode>,
+    /// What a gap (events gone from the bus before they were read) does.
+    pub on_gap: GapPolicy,
+}
+
+/// `[consumer] on_gap`: what happens when the plugin reports a **gap**, events the consumer
+/// never saw that are gone from the bus. Default: `stop` in Hermes mode (a gap breaks a
+/// replica), `warn` otherwise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GapPolicy {
+    /// The run stops before the first event after the gap (exit 1), naming the range and
+    /// count; a restart stops there again until an operator moves the offset or says `warn`.
+    Stop,
+    /// A warning with the range and count, counted in the progress line; the run goes on.
+    Warn,
 }
 
 /// `[consumer.hermes]`.
@@ -145,6 +160,8 @@ struct RawConsumer {
     settings: toml::Table,
     #[serde(default)]
     hermes: Option<HermesMode>,
+    #[serde(default)]
+    on_gap: Option<GapPolicy>,
 }
 
 fn default_timeout_ms() -> u64 {
@@ -329,6 +346,7 @@ impl Config {
                 return Err(at(value.span(), key, "must be at least 1".into()));
             }
         }
+        let hermes = raw.hermes.filter(|mode| mode.enabled);
         let settings_json = serde_json::to_string(&raw.settings).map_err(|e| {
             source.error_at_key(
                 &["consumer", "settings"],
@@ -344,7 +362,12 @@ impl Config {
             batch_size: raw.batch_size.into_inner(),
             queue_batches: raw.queue_batches.into_inner(),
             settings_json,
-            hermes: raw.hermes.filter(|mode| mode.enabled),
+            on_gap: raw.on_gap.unwrap_or(if hermes.is_some() {
+                GapPolicy::Stop
+            } else {
+                GapPolicy::Warn
+            }),
+            hermes,
         })
     }
 

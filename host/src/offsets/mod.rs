@@ -68,6 +68,11 @@ pub struct OffsetRecord {
     /// strictly after it. Absent after `buslink offsets set`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_offset: Option<Offset>,
+    /// The timestamp of the event at `last_offset` (to the microsecond): at the next start the
+    /// plugin checks the bus still holds that event there, so a bus replaced under the same
+    /// offsets is found instead of read from the old position.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_timestamp: Option<DateTime<Utc>>,
     /// The offset of the next event, when the bus defines it (Hermes' `nextoffset`). Without a
     /// `last_offset`, a restart starts at it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -270,6 +275,7 @@ impl OffsetCache {
             version: FORMAT_VERSION,
             consumer: self.consumer.clone(),
             last_offset,
+            last_timestamp: None,
             next_offset,
             events_handled,
             initstartoffset: None,

@@ -120,6 +120,19 @@ impl PluginConsumer {
         self.wrap("find_next_event_of_category", result)
     }
 
+    /// Asks the plugin whether the event at `last` on the bus is the one handled last (same
+    /// timestamp): a bus replaced under the same offsets is a `Data` error.
+    pub fn check_position(
+        &mut self,
+        last: &Offset,
+        timestamp: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), ConsumerError> {
+        let result = self
+            .inner
+            .check_position(&ROffset::from(last), timestamp.timestamp_micros());
+        self.wrap("check_position", result)
+    }
+
     /// The plugin's counters (`gaps`, `reconnects`, ...).
     pub fn counters(&self) -> Vec<(String, u64)> {
         self.inner

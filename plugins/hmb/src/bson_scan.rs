@@ -384,6 +384,46 @@ fn write_value(doc: &[u8], key: &[u8], value: Value<'_>, out: &mut Vec<u8>) -> R
     Ok(())
 }
 
+/// Why a document cannot be written as JSON, naming the first field at fault by its path
+/// (`data.names.1`); for the warning about a body delivered raw (slow, used only then).
+pub fn why_undecodable(doc: &[u8]) -> String {
+    let mut path = Vec::new();
+    match locate(doc, true, &mut path) {
+        Some(why) if path.is_empty() => why,
+        Some(why) => format!("field `{}`: {why}", path.join(".")),
+        None => "the document cannot be written as JSON".to_owned(),
+    }
+}
+
+fn locate(doc: &[u8], object: bool, path: &mut Vec<String>) -> Option<String> {
+    let mut fields = match elements(doc) {
+        Ok(fields) => fields,
+        Err(e) => return Some(e),
+    };
+    loop {
+        let (key, value) = match fields.read() {
+            Ok(Some(element)) => element,
+            Ok(None) => return None,
+            Err(e) => return Some(e),
+        };
+        path.push(String::from_utf8_lossy(key).into_owned());
+        if object && std::str::from_utf8(key).is_err() {
+            return Some("undecodable BSON: a field name that is not UTF-8".to_owned());
+        }
+        let why = match value {
+            Value::String(bytes) => text(bytes).err(),
+            Value::Document(inner) => locate(inner, true, path),
+            Value::Array(inner) => locate(inner, false, path),
+            Value::Other(_) => write_value(doc, key, value, &mut Vec::new()).err(),
+            _ => None,
+        };
+        if why.is_some() {
+            return why;
+        }
+        path.pop();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,7 @@ use crate::fetcher::{lock_failing, Chunk, Counters, FetchMsg, Fetcher, FetcherHa
 use crate::offset::{format_composite, parse_composite};
 use crate::settings::{self, Config, HmbSettings};
 use buslink_plugin_api::{
-    log, Body, CommandInfo, Consumer, ConsumerClass, Context, Event, EventBatch, Offset, OffsetRef,
+    log, CommandInfo, Consumer, ConsumerClass, Context, Event, EventBatch, Offset, OffsetRef,
     PluginError, PluginResult, PollStatus,
 };
 use chrono::DateTime;
@@ -339,7 +339,7 @@ impl HmbConsumer {
                 offset,
                 timestamp: DateTime::from_timestamp_micros(event.micros).unwrap_or_default(),
                 category: event_category,
-                body: Body::Json(chunk.text(event.body)),
+                body: chunk.body(event.body),
             });
             added += 1;
         }

@@ -25,7 +25,7 @@ use crate::client::{read_error, Http, Info, PendingRecv, RecvClient};
 use crate::framing::{Framer, Item};
 use crate::message::{parse_bson, parse_json, BodySrc, Parsed};
 use crate::settings::Format;
-use buslink_plugin_api::{log, PluginError, PluginResult};
+use buslink_plugin_api::{log, Body, PluginError, PluginResult};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Arc;
@@ -55,6 +55,8 @@ pub struct Counters {
     pub resets: AtomicU64,
     /// Heartbeats received.
     pub heartbeats: AtomicU64,
+    /// Messages whose body could not be converted to JSON, delivered as bytes (their BSON).
+    pub undecodable_bodies: AtomicU64,
     /// Not a counter: the server has more messages ready than the last answer carried (the
     /// answer reached recv_limit, or a /stream read filled the buffer). `poll` keeps waiting
     /// past its timeout then, so "idle" really means drained.
@@ -82,6 +84,7 @@ impl Counters {
             ("duplicates_dropped", &self.duplicates),
             ("queue_resets", &self.resets),
             ("heartbeats", &self.heartbeats),
+            ("undecodable_bodies", &self.undecodable_bodies),
         ]
         .into_iter()
         .map(|(name, value)| (name.to_owned(), value.load(Ordering::Relaxed)))
@@ -93,12 +96,23 @@ impl Counters {
     }
 }
 
-/// A text range inside a [`Chunk`].
+/// Which buffer of a [`Chunk`] a [`Span`] points into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Store {
+    /// The answer's text (`raw`).
+    Raw,
+    /// Text made while parsing (`extra`).
+    Extra,
+    /// Bytes that are not (or not known to be) text: bodies delivered raw (`bytes`).
+    Bytes,
+}
+
+/// A range inside a [`Chunk`]: text, or (for a body delivered raw) bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Span {
     start: usize,
     len: usize,
-    extra: bool,
+    store: Store,
 }
 
 /// One event of a chunk.
@@ -112,7 +126,7 @@ pub struct ChunkEvent {
     pub micros: i64,
     /// Its category.
     pub category: Span,
-    /// Its body (JSON text).
+    /// Its body: JSON text, or the raw bytes of a body that cannot be converted to JSON.
     pub body: Span,
 }
 
@@ -123,6 +137,9 @@ pub struct Chunk {
     raw: String,
     /// Text made while parsing (BSON converted to JSON, unescaped strings).
     extra: String,
+    /// Bodies that cannot be converted to JSON, as they came (the BSON of the document that
+    /// would have been converted); empty, and never allocated, when there are none.
+    bytes: Vec<u8>,
     /// The events, in order.
     pub events: Vec<ChunkEvent>,
     /// Every queue's next seq right after a (re-)open, before these events.
@@ -132,16 +149,33 @@ pub struct Chunk {
 }
 
 impl Chunk {
-    /// The text of a span.
+    /// The text of a span (empty for a span of bytes: use [`body`](Self::body)).
     pub fn text(&self, span: Span) -> &str {
-        let source = if span.extra { &self.extra } else { &self.raw };
+        let source = match span.store {
+            Store::Raw => &self.raw,
+            Store::Extra => &self.extra,
+            Store::Bytes => return "",
+        };
         source.get(span.start..span.start + span.len).unwrap_or("")
+    }
+
+    /// An event body: JSON text, or the raw bytes of a body that cannot be converted to JSON.
+    pub fn body(&self, span: Span) -> Body<'_> {
+        match span.store {
+            Store::Bytes => Body::Bytes(
+                self.bytes
+                    .get(span.start..span.start + span.len)
+                    .unwrap_or(&[]),
+            ),
+            _ => Body::Json(self.text(span)),
+        }
     }
 }
 
 /// Builds a chunk's events; the text lives in `raw` (owned by the caller) or `extra`.
 struct ChunkBuilder {
     extra: Vec<u8>,
+    bytes: Vec<u8>,
     events: Vec<ChunkEvent>,
 }
 
@@ -152,7 +186,7 @@ impl ChunkBuilder {
             Span {
                 start: offset,
                 len: text.len(),
-                extra: false,
+                store: Store::Raw,
             }
         } else {
             let start = self.extra.len();
@@ -160,11 +194,14 @@ impl ChunkBuilder {
             Span {
                 start,
                 len: text.len(),
-                extra: true,
+                store: Store::Extra,
             }
         }
     }
 
+    /// Adds an event. A BSON body that cannot be converted to JSON (a string that is not
+    /// UTF-8, a broken element, ...) is kept as its bytes instead: the error is returned, for
+    /// the caller to report; the event is added either way.
     fn push(
         &mut self,
         raw: &str,
@@ -172,17 +209,25 @@ impl ChunkBuilder {
         seq: i64,
         micros: i64,
         parsed: &Parsed<'_>,
-    ) -> Result<(), String> {
+    ) -> Option<String> {
         let category = self.span(raw, parsed.category());
+        let mut undecodable = None;
         let body = match parsed.body {
             BodySrc::Text(text) => self.span(raw, text),
             BodySrc::BsonDoc(doc) => {
                 let start = self.extra.len();
-                crate::bson_scan::write_document(doc, &mut self.extra)?;
-                Span {
-                    start,
-                    len: self.extra.len() - start,
-                    extra: true,
+                match crate::bson_scan::write_document(doc, &mut self.extra) {
+                    Ok(()) => Span {
+                        start,
+                        len: self.extra.len() - start,
+                        store: Store::Extra,
+                    },
+                    Err(error) => {
+                        // The part written before the failure goes; the document, as it came.
+                        self.extra.truncate(start);
+                        undecodable = Some(error);
+                        self.raw_body(doc)
+                    }
                 }
             }
         };
@@ -193,7 +238,18 @@ impl ChunkBuilder {
             category,
             body,
         });
-        Ok(())
+        undecodable
+    }
+
+    /// Keeps a body as bytes.
+    fn raw_body(&mut self, bytes: &[u8]) -> Span {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(bytes);
+        Span {
+            start,
+            len: bytes.len(),
+            store: Store::Bytes,
+        }
     }
 }
 
@@ -754,9 +810,7 @@ impl Fetcher {
                     Ok(Some(item)) => items.push(item),
                     Ok(None) => break,
                     Err(message) => {
-                        frame_failure = Some(PluginError::protocol(format!(
-                            "{what}: undecodable answer: {message}"
-                        )));
+                        frame_failure = Some(message);
                         break;
                     }
                 }
@@ -782,7 +836,14 @@ impl Fetcher {
             if let Some(backlog) = backlog_after.take() {
                 self.counters.backlog.store(backlog, Ordering::SeqCst);
             }
-            if let Some(error) = frame_failure.or(read_failure) {
+            if let Some(message) = frame_failure {
+                // Named after the messages before it, handed over just above.
+                return Err(PluginError::protocol(format!(
+                    "{what}: undecodable answer: {message}{}",
+                    self.after(None)
+                )));
+            }
+            if let Some(error) = read_failure {
                 return Err(error);
             }
             if ended {
@@ -879,6 +940,7 @@ impl Fetcher {
                 Format::Bson => Vec::with_capacity(consumed + consumed / 4),
                 Format::Json => Vec::new(),
             },
+            bytes: Vec::new(),
             events: Vec::with_capacity(items.len()),
         };
         let mut eof = false;
@@ -942,6 +1004,7 @@ impl Fetcher {
             let chunk = Chunk {
                 raw,
                 extra,
+                bytes: builder.bytes,
                 events: builder.events,
                 positions,
                 eof,
@@ -966,7 +1029,12 @@ impl Fetcher {
     ) -> PluginResult<()> {
         let config = Arc::clone(&self.http.config);
         for item in items {
-            let parsed = parse(item).map_err(|e| PluginError::protocol(format!("{what}: {e}")))?;
+            let parsed = parse(item).map_err(|e| {
+                PluginError::protocol(format!(
+                    "{what}: undecodable message head: {e}{}",
+                    self.after(last.as_ref())
+                ))
+            })?;
             match &*parsed.kind {
                 "HEARTBEAT" => {
                     Counters::add(&self.counters.heartbeats, 1);
@@ -980,8 +1048,14 @@ impl Fetcher {
             }
             let (Some(queue), Some(seq)) = (parsed.queue.as_deref(), parsed.seq) else {
                 return Err(PluginError::protocol(format!(
-                    "{what}: a {} message without queue or seq",
-                    parsed.kind
+                    "{what}: a {} message without queue or seq{}{}",
+                    parsed.kind,
+                    parsed
+                        .queue
+                        .as_deref()
+                        .map(|q| format!(" (queue {q})"))
+                        .unwrap_or_default(),
+                    self.after(last.as_ref())
                 )));
             };
             match last {
@@ -1013,12 +1087,165 @@ impl Fetcher {
                 }
                 _ => {}
             }
-            self.next[index] = Some(seq + 1);
             let micros = parsed.timestamp_micros().unwrap_or(received_at);
-            builder
-                .push(raw, index, seq, micros, &parsed)
-                .map_err(|e| PluginError::protocol(format!("{what}: {e}")))?;
+            if let Some(error) = builder.push(raw, index, seq, micros, &parsed) {
+                self.report_undecodable(queue, seq, &parsed, &error);
+            }
+            // Only once the event is in the chunk: a message is never passed over.
+            self.next[index] = Some(seq + 1);
         }
         Ok(())
+    }
+
+    /// ` (the message after queue Q seq N)`, for errors about a message whose head cannot be
+    /// read: `last` is the last message read before it (else the session's last one).
+    fn after(&self, last: Option<&(String, i64)>) -> String {
+        let session = self.session.as_ref().and_then(|s| s.suffix.as_ref());
+        match last.or(session) {
+            Some((queue, seq)) => format!(" (the message after queue {queue} seq {seq})"),
+            None => " (the first message of the session)".to_owned(),
+        }
+    }
+
+    /// A body that cannot be converted to JSON was delivered as bytes: counted and logged with
+    /// its queue and seq.
+    fn report_undecodable(&self, queue: &str, seq: i64, parsed: &Parsed<'_>, error: &str) {
+        Counters::add(&self.counters.undecodable_bodies, 1);
+        let why = match parsed.body {
+            BodySrc::BsonDoc(doc) => crate::bson_scan::why_undecodable(doc),
+            BodySrc::Text(_) => error.to_owned(),
+        };
+        let what = if parsed.body_is_data {
+            "the BSON document of its data, a Hermes event"
+        } else {
+            "the BSON document of the whole message"
+        };
+        log::warn(format!(
+            "HMB {}: queue {queue} seq {seq}: the body cannot be converted to JSON ({why}); \
+             delivered as bytes ({what}; `body_base64` in event lines)",
+            self.http.base()
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::parse_bson;
+    use bson::doc;
+
+    /// A BSON message whose string "PLACEHOLDER" is replaced by bytes that are not UTF-8.
+    fn with_bad_string(document: bson::Document) -> Vec<u8> {
+        let mut bytes = bson::to_vec(&document).unwrap();
+        let at = bytes
+            .windows(11)
+            .position(|w| w == b"PLACEHOLDER")
+            .expect("the placeholder");
+        bytes[at..at + 11].copy_from_slice(b"ab\xff\xfe cd \xc3(x");
+        bytes
+    }
+
+    fn builder() -> ChunkBuilder {
+        ChunkBuilder {
+            extra: Vec::new(),
+            bytes: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+
+    fn chunk(builder: ChunkBuilder) -> Chunk {
+        Chunk {
+            raw: String::new(),
+            extra: String::from_utf8(builder.extra).expect("the converted bodies are text"),
+            bytes: builder.bytes,
+            events: builder.events,
+            positions: None,
+            eof: false,
+        }
+    }
+
+    #[test]
+    fn a_body_that_is_not_utf8_is_kept_as_its_bson_bytes_between_converted_ones() {
+        let good = |n: i32| {
+            bson::to_vec(
+                &doc! {"type": "NOTICE", "queue": "Q", "topic": "T", "seq": n,
+                "starttime": "2024-01-01T00:00:00Z", "data": {"n": n}},
+            )
+            .unwrap()
+        };
+        let bad = with_bad_string(doc! {"type": "NOTICE", "queue": "Q", "topic": "T",
+        "seq": 1_i32, "starttime": "2024-01-01T00:00:01Z",
+        "data": {"n": 1_i32, "names": ["ok", "PLACEHOLDER"]}});
+        let hermes = with_bad_string(doc! {"type": "EVENT", "queue": "Q", "topic": "base",
+        "seq": 3_i32, "data": {"evcategory": "base", "eventtype": "added",
+        "objattrs": {"name": "PLACEHOLDER"}}});
+        let messages = [good(0), bad.clone(), good(2), hermes.clone()];
+        let mut builder = builder();
+        let mut errors = Vec::new();
+        for (i, message) in messages.iter().enumerate() {
+            let parsed = parse_bson(message).expect("the head is readable");
+            let micros = parsed.timestamp_micros().unwrap_or(-1);
+            errors.push(builder.push("", 0, i as i64, micros, &parsed));
+        }
+        assert!(errors[0].is_none() && errors[2].is_none());
+        assert!(errors[1].as_deref().unwrap().contains("not UTF-8"));
+        let chunk = chunk(builder);
+        let bodies: Vec<Body<'_>> = chunk.events.iter().map(|e| chunk.body(e.body)).collect();
+        // The whole message, byte for byte, since its body is the whole message.
+        assert_eq!(bodies[1], Body::Bytes(&bad));
+        // A Hermes event: its data document, byte for byte.
+        let data = match parse_bson(&hermes).unwrap().body {
+            BodySrc::BsonDoc(data) => data,
+            other => panic!("{other:?}"),
+        };
+        assert!(data.len() < hermes.len());
+        assert_eq!(bodies[3], Body::Bytes(data));
+        // Its neighbours are untouched JSON (nothing of the failed conversion left behind).
+        for (i, n) in [(0, 0), (2, 2)] {
+            let Body::Json(text) = bodies[i] else {
+                panic!("{:?}", bodies[i])
+            };
+            let value: serde_json::Value = serde_json::from_str(text).expect(text);
+            assert_eq!(value["data"]["n"], n, "{text}");
+        }
+        // Category and timestamp as usual.
+        assert_eq!(chunk.text(chunk.events[1].category), "T");
+        assert_eq!(chunk.events[1].micros, 1_704_067_201_000_000);
+        assert_eq!(chunk.text(chunk.events[3].category), "base");
+        // The warning names the field at fault.
+        assert_eq!(
+            crate::bson_scan::why_undecodable(&bad),
+            "field `data.names.1`: undecodable BSON: a string that is not UTF-8"
+        );
+    }
+
+    #[test]
+    fn a_topic_that_is_not_utf8_keeps_the_event_with_the_whole_message_raw() {
+        let bad = with_bad_string(
+            doc! {"type": "NOTICE", "queue": "Q", "topic": "PLACEHOLDER",
+            "seq": 7_i32, "data": {"evcategory": "base", "eventtype": "added"}},
+        );
+        let parsed = parse_bson(&bad).expect("the head is readable");
+        assert_eq!(parsed.category(), "ab\u{fffd}\u{fffd} cd \u{fffd}(x");
+        assert!(!parsed.body_is_data, "the topic is in the body");
+        let mut builder = builder();
+        assert!(builder.push("", 0, 7, 0, &parsed).is_some());
+        let chunk = chunk(builder);
+        assert_eq!(chunk.body(chunk.events[0].body), Body::Bytes(&bad));
+    }
+
+    #[test]
+    fn an_unreadable_head_is_an_error_naming_queue_and_seq() {
+        let bad_type = with_bad_string(
+            doc! {"type": "PLACEHOLDER", "queue": "Q", "seq": 12_i32, "data": {"n": 1_i32}},
+        );
+        let error = parse_bson(&bad_type).unwrap_err();
+        assert!(error.contains("not UTF-8"), "{error}");
+        assert!(error.contains("queue Q seq 12"), "{error}");
+        let bad_queue =
+            with_bad_string(doc! {"type": "NOTICE", "queue": "PLACEHOLDER", "seq": 13_i32});
+        let error = parse_bson(&bad_queue).unwrap_err();
+        assert!(error.contains("seq 13"), "{error}");
+        assert!(error.contains("queue \"ab\u{fffd}"), "{error}");
     }
 }

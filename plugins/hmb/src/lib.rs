@@ -9,7 +9,8 @@
 //! - Offsets: one queue, the seq (`Int`); several queues, `"A=42,B=17"` (every queue's next seq
 //!   after the event, see [`offset`]).
 //! - Bodies: the message `data` when it is a Hermes event, else the whole message as JSON
-//!   (BSON mapped as documented in [`message`]).
+//!   (BSON mapped as documented in [`message`]); a BSON body that cannot be converted to JSON
+//!   (a string that is not UTF-8, ...) is delivered as its BSON bytes, counted and logged.
 #![deny(missing_docs)]
 
 pub mod bson_scan;

@@ -48,6 +48,8 @@ pub struct Parsed<'a> {
     pub starttime: Option<Cow<'a, str>>,
     /// The event body.
     pub body: BodySrc<'a>,
+    /// The body is the message's `data` (a Hermes event), not the whole message.
+    pub body_is_data: bool,
 }
 
 impl Parsed<'_> {
@@ -97,9 +99,9 @@ pub fn is_hermes_json(text: &str) -> bool {
 pub fn parse_json(item: &str) -> Result<Parsed<'_>, String> {
     let wire: WireJson<'_> =
         serde_json::from_str(item).map_err(|e| format!("undecodable JSON message: {e}"))?;
-    let body = match wire.data {
-        Some(data) if is_hermes_json(data.get()) => BodySrc::Text(data.get()),
-        _ => BodySrc::Text(item),
+    let (body, body_is_data) = match wire.data {
+        Some(data) if is_hermes_json(data.get()) => (BodySrc::Text(data.get()), true),
+        _ => (BodySrc::Text(item), false),
     };
     Ok(Parsed {
         kind: wire.kind,
@@ -108,6 +110,7 @@ pub fn parse_json(item: &str) -> Result<Parsed<'_>, String> {
         seq: wire.seq,
         starttime: wire.starttime,
         body,
+        body_is_data,
     })
 }
 
@@ -252,6 +255,7 @@ impl JsonHead {
             seq: self.seq,
             starttime: None,
             body: BodySrc::Text(""),
+            body_is_data: false,
         })
     }
 
@@ -259,9 +263,9 @@ impl JsonHead {
     /// message lies in it.
     pub fn parsed<'a>(&'a self, raw: &'a str, item: Range<usize>) -> Parsed<'a> {
         let data = self.data.clone().and_then(|range| raw.get(range));
-        let body = match data {
-            Some(data) if self.hermes => BodySrc::Text(data),
-            _ => BodySrc::Text(raw.get(item).unwrap_or("")),
+        let (body, body_is_data) = match data {
+            Some(data) if self.hermes => (BodySrc::Text(data), true),
+            _ => (BodySrc::Text(raw.get(item).unwrap_or("")), false),
         };
         Parsed {
             kind: self.kind.get(raw),
@@ -270,6 +274,7 @@ impl JsonHead {
             seq: self.seq,
             starttime: self.starttime.as_ref().map(|t| t.get(raw)),
             body,
+            body_is_data,
         }
     }
 }
@@ -326,46 +331,120 @@ fn is_hermes_bson(doc: &[u8]) -> bool {
 }
 
 /// Reads a message from its BSON document, in one pass over its fields.
+///
+/// Only the head (`type`, `queue`, `seq`) must be readable: an error names what of it is known.
+/// Anything else that cannot be read (a `topic` or `starttime` that is not UTF-8, a broken
+/// element after the head) leaves the body as the whole message, whose conversion to JSON then
+/// fails, so the event is delivered with the message's BSON bytes as its body; such a topic
+/// gives the category with U+FFFD for the bad bytes (as the server's own JSON encoder writes it).
 pub fn parse_bson(bytes: &[u8]) -> Result<Parsed<'_>, String> {
     let (mut kind, mut queue, mut topic, mut starttime) = (None, None, None, None);
     let (mut seq, mut data) = (None, None);
-    for element in bson_scan::elements(bytes)? {
-        let (key, value) = element?;
-        match key {
-            b"type" => kind = bson_str("type", value)?,
-            b"queue" => queue = bson_str("queue", value)?,
-            b"topic" => topic = bson_str("topic", value)?,
-            b"starttime" => starttime = bson_str("starttime", value)?,
-            b"seq" => {
-                seq = match value {
-                    Value::Null => None,
-                    Value::Int32(v) => Some(i64::from(v)),
-                    Value::Int64(v) => Some(v),
-                    Value::Double(v) if v.fract() == 0.0 && v.abs() < 9.0e15 => Some(v as i64),
-                    other => {
-                        return Err(format!(
-                            "BSON message field `seq` is a {}, not an integer",
-                            type_name(other)
-                        ))
-                    }
+    // A field besides the head could not be read: the body is the whole message, raw.
+    let mut damaged = false;
+    let known = |kind: Option<&str>, queue: Option<&str>, seq: Option<i64>| {
+        let mut out = String::new();
+        if let Some(kind) = kind {
+            out.push_str(&format!(" type {kind:?}"));
+        }
+        if let Some(queue) = queue {
+            out.push_str(&format!(" queue {queue}"));
+        }
+        if let Some(seq) = seq {
+            out.push_str(&format!(" seq {seq}"));
+        }
+        if out.is_empty() {
+            " (type, queue and seq unknown)".to_owned()
+        } else {
+            format!(" (of{out})")
+        }
+    };
+    // The first head field that cannot be read; the scan goes on to name queue and seq.
+    let mut head_error: Option<String> = None;
+    let mut fields = bson_scan::elements(bytes)?;
+    loop {
+        let (key, value) = match fields.read() {
+            Ok(Some(element)) => element,
+            Ok(None) => break,
+            Err(e) => {
+                // With the head read, the event is delivered (its body raw); else an error.
+                if head_error.is_none() && (kind.is_none() || queue.is_none() || seq.is_none()) {
+                    head_error = Some(e);
                 }
+                damaged = true;
+                break;
             }
+        };
+        match key {
+            b"type" => match bson_str("type", value) {
+                Ok(text) => kind = text,
+                Err(e) => {
+                    head_error.get_or_insert(e);
+                }
+            },
+            b"queue" => match bson_str("queue", value) {
+                Ok(text) => queue = text,
+                Err(e) => {
+                    let lossy = match value {
+                        Value::String(b) => format!(" (queue {:?})", String::from_utf8_lossy(b)),
+                        _ => String::new(),
+                    };
+                    head_error.get_or_insert(format!("{e}{lossy}"));
+                }
+            },
+            b"topic" | b"starttime" => {
+                let slot = if key == b"topic" {
+                    &mut topic
+                } else {
+                    &mut starttime
+                };
+                *slot = match value {
+                    Value::String(b) => match std::str::from_utf8(b) {
+                        Ok(text) => Some(Cow::Borrowed(text)),
+                        Err(_) => {
+                            damaged = true;
+                            Some(String::from_utf8_lossy(b))
+                        }
+                    },
+                    // Null counts as absent; another type is kept in the body (as JSON).
+                    _ => None,
+                };
+            }
+            b"seq" => match value {
+                Value::Null => seq = None,
+                Value::Int32(v) => seq = Some(i64::from(v)),
+                Value::Int64(v) => seq = Some(v),
+                Value::Double(v) if v.fract() == 0.0 && v.abs() < 9.0e15 => seq = Some(v as i64),
+                other => {
+                    head_error.get_or_insert(format!(
+                        "BSON message field `seq` is a {}, not an integer",
+                        type_name(other)
+                    ));
+                }
+            },
             b"data" => data = Some(value),
             _ => {}
         }
     }
-    let kind = kind.ok_or("a BSON message without `type`")?;
-    let body = match data {
-        Some(Value::Document(data)) if is_hermes_bson(data) => BodySrc::BsonDoc(data),
-        _ => BodySrc::BsonDoc(bytes),
+    if let Some(e) = head_error {
+        return Err(format!("{e}{}", known(kind, queue, seq)));
+    }
+    let kind =
+        kind.ok_or_else(|| format!("a BSON message without `type`{}", known(None, queue, seq)))?;
+    let (body, body_is_data) = match data {
+        Some(Value::Document(data)) if !damaged && is_hermes_bson(data) => {
+            (BodySrc::BsonDoc(data), true)
+        }
+        _ => (BodySrc::BsonDoc(bytes), false),
     };
     Ok(Parsed {
         kind: Cow::Borrowed(kind),
         queue: queue.map(Cow::Borrowed),
-        topic: topic.map(Cow::Borrowed),
+        topic,
         seq,
-        starttime: starttime.map(Cow::Borrowed),
+        starttime,
         body,
+        body_is_data,
     })
 }
 

@@ -2,9 +2,10 @@
 
 use crate::bus::BusFile;
 use buslink_plugin_api::{
-    poll_until, Consumer, ConsumerClass, Context, EventBatch, Offset, PluginError, PluginResult,
-    PollStatus,
+    log, poll_until, Consumer, ConsumerClass, Context, EventBatch, Offset, PluginError,
+    PluginResult, PollStatus,
 };
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -17,6 +18,10 @@ pub struct SqliteSettings {
     /// How often to look for new rows while waiting, in milliseconds.
     #[serde(default = "default_poll_interval_ms")]
     pub poll_interval_ms: u64,
+    /// A missing bus file (or one without the `hermesmessages` table) is waited for quietly
+    /// instead of being a connection error (retried with warnings; `--once` fails).
+    #[serde(default)]
+    pub wait_for_bus: bool,
 }
 
 fn default_poll_interval_ms() -> u64 {
@@ -28,8 +33,10 @@ fn default_poll_interval_ms() -> u64 {
 enum Position {
     /// No positioning call yet.
     Unset,
-    /// At msgid `n`: the next event is the first row with msgid >= n.
-    At(i64),
+    /// At msgid `n`: the next event is the first row with msgid >= n. `contiguous`: the next
+    /// event must be `n` itself (after a row read or a seek to a msgid), so a higher first
+    /// msgid is a gap; not after `seek_to_beginning`.
+    At { next: i64, contiguous: bool },
 }
 
 /// Consumes a Hermes sqlite bus.
@@ -38,6 +45,16 @@ pub struct SqliteConsumer {
     poll_interval: Duration,
     timeout: Option<Duration>,
     position: Position,
+    wait_for_bus: bool,
+    /// The last row read (msgid, timestamp), or the host's last handled event: checked against
+    /// the bus when it is (re)opened, so another bus under the same msgids is found.
+    last: Option<(i64, DateTime<Utc>)>,
+    /// The bus file was replaced or not yet checked: check `last` before reading.
+    check_last: bool,
+    /// Rows delivered as bytes (their `data` is not UTF-8 text).
+    undecodable: u64,
+    /// Gaps reported.
+    gaps: u64,
 }
 
 impl ConsumerClass for SqliteConsumer {
@@ -48,7 +65,10 @@ impl ConsumerClass for SqliteConsumer {
 - `uri` (string, required): path of the bus database file written by the Hermes server's \
 sqlite bus producer; relative to the config file. The file and its table may not exist yet: \
 the consumer waits for them.
-- `poll_interval_ms` (integer, default 50): how often to look for new rows while waiting.";
+- `poll_interval_ms` (integer, default 50): how often to look for new rows while waiting.
+- `wait_for_bus` (boolean, default false): a bus file that does not exist (or has no \
+`hermesmessages` table) is waited for quietly. By default it is a connection error naming the \
+resolved path: retried with a warning each time by the daemon, and a failed `run --once`.";
 
     type Settings = SqliteSettings;
 
@@ -75,25 +95,131 @@ the consumer waits for them.
             poll_interval: Duration::from_millis(settings.poll_interval_ms),
             timeout: None,
             position: Position::Unset,
+            wait_for_bus: settings.wait_for_bus,
+            last: None,
+            check_last: false,
+            undecodable: 0,
+            gaps: 0,
         })
     }
 }
 
 impl SqliteConsumer {
-    fn position(&self) -> PluginResult<i64> {
+    fn position(&self) -> PluginResult<(i64, bool)> {
         match self.position {
-            Position::At(msgid) => Ok(msgid),
+            Position::At { next, contiguous } => Ok((next, contiguous)),
             Position::Unset => Err(PluginError::internal(
                 "poll called before a seek: the host must position the consumer first",
             )),
         }
     }
+
+    /// The bus is missing (no file, or no table): an error naming the path unless
+    /// `wait_for_bus`.
+    fn missing_bus(&self) -> PluginResult<()> {
+        if self.wait_for_bus {
+            return Ok(());
+        }
+        let path = self.bus.path().display();
+        Err(PluginError::connect(if self.bus.exists() {
+            format!(
+                "bus database {path} has no hermesmessages table (not a Hermes bus, or no \
+                 event written yet; set wait_for_bus = true to wait for it)"
+            )
+        } else {
+            format!(
+                "bus database {path} does not exist (check `uri`; relative paths are relative \
+                 to the config file; set wait_for_bus = true to wait for it)"
+            )
+        }))
+    }
+
+    /// Before reading: a bus file replaced under the consumer is re-opened and the last event
+    /// read checked against it.
+    fn check_bus(&mut self) -> PluginResult<()> {
+        if self.bus.replaced() {
+            log::warn(format!(
+                "bus database {}: the file was replaced (or deleted and re-created) while it was \
+                 read; re-opened, checking the position against it",
+                self.bus.path().display()
+            ));
+            self.check_last = true;
+        }
+        if !self.check_last {
+            return Ok(());
+        }
+        let Some(bounds) = self.bus.bounds()? else {
+            // Not there (yet): checked when it is.
+            return self.missing_bus();
+        };
+        self.check_last = false;
+        let Some((msgid, timestamp)) = self.last else {
+            return Ok(());
+        };
+        let path = self.bus.path().display().to_string();
+        if msgid > bounds.last_allocated {
+            return Err(PluginError::data(format!(
+                "offset {msgid}, the last event handled, is beyond the end of bus database \
+                 {path} (last offset {}): this is another bus than the one consumed (replaced, \
+                 restored or re-created); reading it from offset {} would skip its events. Start \
+                 it over with `buslink offsets reset` (or set an offset)",
+                bounds.last_allocated,
+                msgid + 1
+            )));
+        }
+        match self.bus.timestamp_of(msgid)? {
+            Some(Ok(found)) if found != timestamp => Err(PluginError::data(format!(
+                "bus database {path} holds another event at offset {msgid} (timestamp {}) than \
+                 the one handled there (timestamp {}): the bus was replaced, restored or \
+                 re-created under the same offsets. Start it over with `buslink offsets reset` \
+                 (or set an offset)",
+                found.to_rfc3339(),
+                timestamp.to_rfc3339()
+            ))),
+            // Purged since, or unreadable: nothing to compare; gaps are still found.
+            _ => Ok(()),
+        }
+    }
+
+    /// One read into `batch` at the position; moves the position past what was read. Returns
+    /// how many events and how many gaps it added.
+    fn read(
+        &mut self,
+        category: Option<&str>,
+        batch: &mut EventBatch,
+    ) -> PluginResult<(usize, usize)> {
+        self.check_bus()?;
+        let (from, contiguous) = self.position()?;
+        let outcome = self.bus.read_into(from, contiguous, category, batch)?;
+        if outcome.bus_missing {
+            self.missing_bus()?;
+        }
+        if let (Some(msgid), Some(timestamp)) = (outcome.last_msgid, outcome.last_timestamp) {
+            self.position = Position::At {
+                next: msgid + 1,
+                contiguous: true,
+            };
+            self.last = Some((msgid, timestamp));
+        }
+        if let Some(next) = outcome.skipped_to {
+            self.position = Position::At {
+                next,
+                contiguous: true,
+            };
+        }
+        self.undecodable += outcome.undecodable;
+        self.gaps += outcome.gaps as u64;
+        Ok((outcome.events_added, outcome.gaps))
+    }
 }
 
 impl Consumer for SqliteConsumer {
     fn open(&mut self) -> PluginResult<()> {
-        // Checks the file can be read when it exists; a missing file is an empty bus.
-        self.bus.bounds().map(|_| ())
+        // Checks the file can be read; a missing one is an error unless waiting is asked for.
+        match self.bus.bounds()? {
+            Some(_) => Ok(()),
+            None => self.missing_bus(),
+        }
     }
 
     fn close(&mut self) -> PluginResult<()> {
@@ -102,19 +228,31 @@ impl Consumer for SqliteConsumer {
     }
 
     fn seek_to_beginning(&mut self) -> PluginResult<()> {
-        self.position = Position::At(i64::MIN);
+        self.position = Position::At {
+            next: i64::MIN,
+            contiguous: false,
+        };
         Ok(())
     }
 
     fn seek_to_end(&mut self) -> PluginResult<()> {
-        let next = match self.bus.bounds()? {
-            Some(bounds) => bounds.last_allocated + 1,
-            None => i64::MIN,
+        self.position = match self.bus.bounds()? {
+            Some(bounds) => Position::At {
+                next: bounds.last_allocated + 1,
+                contiguous: true,
+            },
+            None => Position::At {
+                next: i64::MIN,
+                contiguous: false,
+            },
         };
-        self.position = Position::At(next);
         Ok(())
     }
 
+    /// Valid for any msgid up to the last allocated + 1 (the next event). One before the
+    /// oldest row left is accepted too: the rows in between were purged, which the first read
+    /// reports as a gap (the host's `on_gap` decides), the same way as when they are purged
+    /// while the consumer runs.
     fn seek(&mut self, offset: &Offset) -> PluginResult<()> {
         let Offset::Int(msgid) = *offset else {
             return Err(PluginError::offset_not_found(format!(
@@ -124,20 +262,37 @@ impl Consumer for SqliteConsumer {
         };
         let path = self.bus.path().display().to_string();
         let Some(bounds) = self.bus.bounds()? else {
-            return Err(PluginError::offset_not_found(format!(
-                "cannot seek to offset {msgid}: bus database {path} does not exist or has no \
-                 hermesmessages table"
-            )));
+            self.missing_bus()?;
+            // Waiting for the bus: the position is checked against it when it comes.
+            self.position = Position::At {
+                next: msgid,
+                contiguous: true,
+            };
+            return Ok(());
         };
-        let next_new = bounds.last_allocated + 1;
-        let first = bounds.first.unwrap_or(next_new);
-        if msgid < first || msgid > next_new {
+        if msgid > bounds.last_allocated + 1 {
             return Err(PluginError::offset_not_found(format!(
-                "offset {msgid} is not on bus {path}: valid offsets are {first} to {next_new} \
-                 (events before {first} were purged)"
+                "offset {msgid} is beyond the end of bus database {path} (last offset {}; the \
+                 next event will be {})",
+                bounds.last_allocated,
+                bounds.last_allocated + 1
             )));
         }
-        self.position = Position::At(msgid);
+        self.position = Position::At {
+            next: msgid,
+            contiguous: true,
+        };
+        Ok(())
+    }
+
+    fn check_position(&mut self, last: &Offset, timestamp: DateTime<Utc>) -> PluginResult<()> {
+        if let Offset::Int(msgid) = *last {
+            self.last = Some((msgid, timestamp));
+            self.check_last = true;
+            if self.bus.exists() {
+                self.check_bus()?;
+            }
+        }
         Ok(())
     }
 
@@ -148,17 +303,18 @@ impl Consumer for SqliteConsumer {
 
     fn poll(&mut self, batch: &mut EventBatch) -> PluginResult<PollStatus> {
         self.position()?;
-        let (bus, position) = (&mut self.bus, &mut self.position);
-        poll_until(self.timeout, self.poll_interval, || {
-            let Position::At(from) = *position else {
-                return Ok(0);
-            };
-            let outcome = bus.read_into(from, None, batch)?;
-            if let Some(last) = outcome.last_msgid {
-                *position = Position::At(last + 1);
-            }
-            Ok(outcome.events_added)
+        let (timeout, interval) = (self.timeout, self.poll_interval);
+        poll_until(timeout, interval, || {
+            // A gap alone is news too: the host decides about it.
+            self.read(None, batch).map(|(events, gaps)| events + gaps)
         })
+    }
+
+    fn counters(&self) -> Vec<(String, u64)> {
+        vec![
+            ("gaps".to_owned(), self.gaps),
+            ("undecodable_bodies".to_owned(), self.undecodable),
+        ]
     }
 
     fn find_next_event_of_category(
@@ -167,18 +323,13 @@ impl Consumer for SqliteConsumer {
         found: &mut EventBatch,
     ) -> PluginResult<bool> {
         self.position()?;
-        let (bus, position) = (&mut self.bus, &mut self.position);
-        let status = poll_until(self.timeout, self.poll_interval, || loop {
-            let Position::At(from) = *position else {
-                return Ok(0);
-            };
-            let outcome = bus.read_into(from, Some(category), found)?;
-            if let Some(last) = outcome.last_msgid {
-                *position = Position::At(last + 1);
-            }
+        let (timeout, interval) = (self.timeout, self.poll_interval);
+        let status = poll_until(timeout, interval, || loop {
+            let before = self.position;
+            let (added, _) = self.read(Some(category), found)?;
             // Rows of other categories were skipped: look again at once, there may be more.
-            if outcome.events_added > 0 || outcome.rows_read == 0 {
-                return Ok(outcome.events_added);
+            if added > 0 || self.position == before {
+                return Ok(added);
             }
         })?;
         Ok(status == PollStatus::Ready)

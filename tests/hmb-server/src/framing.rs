@@ -87,8 +87,12 @@ pub fn bson_bytes(doc: &Document) -> Vec<u8> {
 }
 
 /// Splits a body into its BSON documents: each item is a document or the text
-/// of the error that stops reading (`invalid BSON size`, ...).
-pub fn bson_documents(body: &[u8]) -> impl Iterator<Item = Result<Document, String>> + '_ {
+/// of the error that stops reading (`invalid BSON size`, ...). Strings that are not UTF-8 are
+/// accepted, as the reference server (Go) does: such a document is decoded with U+FFFD for
+/// them and comes with its bytes as sent.
+pub fn bson_documents(
+    body: &[u8],
+) -> impl Iterator<Item = Result<(Document, Option<&[u8]>), String>> + '_ {
     let mut rest = body;
     let mut failed = false;
     std::iter::from_fn(move || {
@@ -109,13 +113,14 @@ pub fn bson_documents(body: &[u8]) -> impl Iterator<Item = Result<Document, Stri
         }
         let (doc, tail) = rest.split_at(size);
         rest = tail;
-        match Document::from_reader(doc) {
-            Ok(d) => {
-                failed = false;
-                Some(Ok(d))
-            }
-            Err(e) => Some(Err(format!("invalid BSON data: {e}"))),
-        }
+        let decoded = match Document::from_reader(doc) {
+            Ok(d) => Ok((d, None)),
+            Err(e) => bson::from_slice_utf8_lossy::<Document>(doc)
+                .map(|d| (d, Some(doc)))
+                .map_err(|_| format!("invalid BSON data: {e}")),
+        };
+        failed = decoded.is_err();
+        Some(decoded)
     })
 }
 
@@ -139,8 +144,12 @@ pub fn send_messages(body: &[u8], format: Format) -> (Vec<Incoming>, Option<Stri
         }
         Format::Bson => {
             for doc in bson_documents(body) {
-                let parsed = doc.and_then(|d| {
-                    Incoming::from_bson(&d).map_err(|e| format!("invalid BSON data: {e}"))
+                let parsed = doc.and_then(|(d, raw)| {
+                    match raw {
+                        Some(raw) => Incoming::from_lossy_bson(&d, raw),
+                        None => Incoming::from_bson(&d),
+                    }
+                    .map_err(|e| format!("invalid BSON data: {e}"))
                 });
                 match parsed {
                     Ok(m) => out.push(m),
@@ -239,5 +248,42 @@ mod tests {
         let (msgs, err) = send_messages(&body, Format::Bson);
         assert_eq!(msgs.len(), 2);
         assert_eq!(err.as_deref(), Some("unexpected EOF"));
+    }
+
+    #[test]
+    fn bson_strings_that_are_not_utf8_are_kept_as_sent() {
+        let mut body = bson_bytes(&doc! {"type": "A", "queue": "Q", "data": {"s": "XXXX", "n": 1}});
+        let at = body
+            .windows(4)
+            .position(|w| w == b"XXXX")
+            .expect("placeholder");
+        body[at..at + 4].copy_from_slice(b"a\xffb\xfe");
+        let (msgs, err) = send_messages(&body, Format::Bson);
+        assert_eq!(err, None);
+        let mut message = msgs[0].message.clone();
+        message.seq = 4;
+        let (kind, value) = message.data_raw.clone().expect("kept raw");
+        assert_eq!(kind, 0x03);
+        let data_at = body
+            .windows(value.len())
+            .position(|w| w == value.as_slice());
+        assert!(data_at.is_some(), "the data document as sent");
+        // BSON: written back as sent; JSON: U+FFFD, as the Go encoder writes it.
+        let written = message.to_bson_bytes();
+        assert!(written.windows(value.len()).any(|w| w == value.as_slice()));
+        assert_eq!(
+            i32::from_le_bytes([written[0], written[1], written[2], written[3]]) as usize,
+            written.len()
+        );
+        let lossy = bson::from_slice_utf8_lossy::<Document>(&written).expect("a document");
+        assert_eq!(lossy.get_i64("seq"), Ok(4));
+        assert_eq!(
+            lossy.get_document("data").and_then(|d| d.get_str("s")),
+            Ok("a\u{fffd}b\u{fffd}")
+        );
+        assert!(message
+            .to_json()
+            .expect("json")
+            .contains("a\u{fffd}b\u{fffd}"));
     }
 }

@@ -46,6 +46,11 @@ pub struct Message {
     pub gdacs: Option<Document>,
     /// `data`: any value; `None` when absent or null.
     pub data: Option<Bson>,
+    /// `data` exactly as a BSON sender wrote it (element type, value bytes), kept only when it
+    /// holds strings that are not UTF-8: the reference server (Go strings are bytes) stores
+    /// and writes them back as they are in BSON, while its JSON encoder writes U+FFFD for them
+    /// (`data` holds that lossy form, also for filters).
+    pub data_raw: Option<(u8, Vec<u8>)>,
 }
 
 /// A message read from a /send body (or handed to `publish`), before the queue
@@ -188,6 +193,16 @@ impl Incoming {
         Ok(inc)
     }
 
+    /// Reads a message from a BSON document decoded with U+FFFD for strings that are not
+    /// UTF-8 (see [`Message::data_raw`]): `raw` is the document as sent.
+    pub fn from_lossy_bson(doc: &Document, raw: &[u8]) -> Result<Incoming, String> {
+        let mut inc = Incoming::from_bson(doc)?;
+        if inc.message.data.is_some() {
+            inc.message.data_raw = raw_element(raw, "data");
+        }
+        Ok(inc)
+    }
+
     /// Reads a message from a BSON document; the error is the decoder text
     /// (without the `invalid BSON data: ` prefix).
     pub fn from_bson(doc: &Document) -> Result<Incoming, String> {
@@ -217,6 +232,23 @@ impl Incoming {
         }
         Ok(inc)
     }
+}
+
+/// The type and value bytes of the top-level element `name` of a BSON document, its strings
+/// not checked for UTF-8.
+fn raw_element(raw: &[u8], name: &str) -> Option<(u8, Vec<u8>)> {
+    let doc = bson::RawDocument::from_bytes(raw).ok()?;
+    let mut at = 4;
+    for element in doc.iter_elements() {
+        let element = element.ok()?;
+        let value = at + 1 + element.key().len() + 1;
+        let end = value + element.len();
+        if element.key() == name {
+            return Some((*raw.get(at)?, raw.get(value..end)?.to_vec()));
+        }
+        at = end;
+    }
+    None
 }
 
 fn json_string(v: &Value, field: &str) -> Result<String, String> {
@@ -433,11 +465,28 @@ impl Message {
             doc.insert("gdacs", d.clone());
         }
         if let Some(d) = &self.data {
-            if !matches!(d, Bson::Null) {
+            if !matches!(d, Bson::Null) && self.data_raw.is_none() {
                 doc.insert("data", d.clone());
             }
         }
         doc
+    }
+
+    /// The message as the bytes of one BSON document ([`to_bson`](Self::to_bson), with `data`
+    /// as sent when it was kept raw: it is the last field).
+    pub fn to_bson_bytes(&self) -> Vec<u8> {
+        let mut out = crate::framing::bson_bytes(&self.to_bson());
+        if let (Some((kind, value)), false) = (&self.data_raw, self.is_control()) {
+            if out.pop().is_some() {
+                out.push(*kind);
+                out.extend_from_slice(b"data\0");
+                out.extend_from_slice(value);
+                out.push(0);
+                let len = (out.len() as i32).to_le_bytes();
+                out[..4].copy_from_slice(&len);
+            }
+        }
+        out
     }
 }
 

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use crate::bus::{Bus, SessionGuard};
 use crate::faults::Faults;
-use crate::framing::{bson_bytes, Format, JsonList};
+use crate::framing::{Format, JsonList};
 use crate::hub::Hub;
 use crate::message::{Message, EOF, HEARTBEAT};
 use crate::session::Next;
@@ -94,7 +94,7 @@ impl Output {
     fn frame(&mut self, m: &Message) -> Option<Vec<u8>> {
         match self.format {
             Format::Json => m.to_json().ok().map(|j| self.list.item(&j).into_bytes()),
-            Format::Bson => Some(bson_bytes(&m.to_bson())),
+            Format::Bson => Some(m.to_bson_bytes()),
         }
     }
 

@@ -132,6 +132,7 @@ fn static_sqlite(bus: &Path) -> anyhow::Result<()> {
     let settings = buslink_sqlite::SqliteSettings {
         uri: bus.to_string_lossy().into_owned(),
         poll_interval_ms: 5,
+        wait_for_bus: false,
     };
     let context = buslink_plugin_api::Context::new(".");
     let mut consumer = buslink_sqlite::SqliteConsumer::new(settings, &context)?;
