@@ -77,22 +77,13 @@ impl Progress {
             .last_committed
             .as_ref()
             .map_or_else(|| "none".to_owned(), |offset| offset.to_string());
-        let counters: String = self
+        let counters = self
             .counters
             .lock()
-            .map(|counters| {
-                counters
-                    .iter()
-                    .map(|(name, value)| format!(", {name} {value}"))
-                    .collect()
-            })
+            .map(|counters| counters_text(committer.gaps, committer.events_lost, &counters))
             .unwrap_or_default();
-        let gaps = match committer.gaps {
-            0 => String::new(),
-            n => format!(", gaps {n} ({} events known lost)", committer.events_lost),
-        };
         tracing::info!(
-            "progress: {rate:.1} events/s, {handled} events in total, last committed offset {last}{gaps}{counters}"
+            "progress: {rate:.1} events/s, {handled} events in total, last committed offset {last}{counters}"
         );
         self.since = Instant::now();
         self.handled_then = handled;
@@ -151,6 +142,11 @@ pub struct RunSummary {
     pub events_handled: u64,
     pub last_committed: Option<Offset>,
     pub bus_ended: bool,
+    /// Gaps the plugin reported in this run, and the events they are known to hold.
+    pub gaps: u64,
+    pub events_lost: u64,
+    /// The plugin's counters at the end of the run.
+    pub counters: Vec<(String, u64)>,
 }
 
 enum ReaderMessage {
@@ -273,7 +269,7 @@ fn read_loop(
         }
         match polled {
             // A batch with only a gap in it goes to the dispatcher too: it decides.
-            Ok(PollStatus::Ready) if !batch.is_blank() => {
+            Ok(PollStatus::Ready | PollStatus::Idle) if !batch.is_blank() => {
                 backoff = options.initial_backoff;
                 let last = batch.last();
                 let next_after_last = last.and_then(|event| consumer.next_offset(event.offset));
@@ -537,7 +533,7 @@ pub fn run(
         .and_then(|()| Ok(committer.writer.finish()?));
     drop(full_rx);
     drop(empty_tx);
-    shutdown_reader(reader, shutdown);
+    let counters = shutdown_reader(reader, shutdown);
     let last_committed = committer
         .last_committed
         .as_ref()
@@ -551,7 +547,8 @@ pub fn run(
             // What was read before the failure, so the error line is never the only news.
             tracing::info!(
                 "stopped on an error: {handled_this_run} events handled in this run, last \
-                 committed offset {last_committed}{}",
+                 committed offset {last_committed}{}{}",
+                counters_text(committer.gaps, committer.events_lost, &counters),
                 if final_commit.is_ok() {
                     ""
                 } else {
@@ -564,13 +561,19 @@ pub fn run(
     }
     final_commit?;
     summary.handled_this_run = handled_this_run;
+    summary.gaps = committer.gaps;
+    summary.events_lost = committer.events_lost;
+    summary.counters = counters;
     summary.events_handled = committer.handled_total;
     summary.last_committed = committer.last_committed;
     Ok(summary)
 }
 
-/// Stops the reader thread and closes the consumer.
-fn shutdown_reader(reader: thread::JoinHandle<PluginConsumer>, shutdown: &Shutdown) {
+/// Stops the reader thread and closes the consumer; returns the plugin's last counters.
+fn shutdown_reader(
+    reader: thread::JoinHandle<PluginConsumer>,
+    shutdown: &Shutdown,
+) -> Vec<(String, u64)> {
     // The reader checks for a stop between polls; make sure it sees one.
     let stop_flag_was_set = shutdown.requested();
     if !stop_flag_was_set {
@@ -578,12 +581,30 @@ fn shutdown_reader(reader: thread::JoinHandle<PluginConsumer>, shutdown: &Shutdo
     }
     match reader.join() {
         Ok(mut consumer) => {
+            let counters = consumer.counters();
             if let Err(error) = consumer.close() {
                 tracing::warn!("{error}");
             }
+            counters
         }
-        Err(_) => tracing::error!("the consumer thread panicked"),
+        Err(_) => {
+            tracing::error!("the consumer thread panicked");
+            Vec::new()
+        }
     }
+}
+
+/// `, gaps 1 (80 events known lost), reconnects 2, ...`: the gaps (when there were any) and
+/// the plugin's counters, for the progress and stop lines.
+pub fn counters_text(gaps: u64, events_lost: u64, counters: &[(String, u64)]) -> String {
+    let mut text = match gaps {
+        0 => String::new(),
+        n => format!(", gaps {n} ({events_lost} events known lost)"),
+    };
+    for (name, value) in counters {
+        text.push_str(&format!(", {name} {value}"));
+    }
+    text
 }
 
 /// Retries of the error queue, on each handler's `retry_interval`.

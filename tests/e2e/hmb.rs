@@ -526,12 +526,32 @@ fn hmb_gap_reported_when_the_server_no_longer_holds_messages() {
     assert_eq!(read_lines(&dir, "out/all.jsonl").len(), 10);
     // 100 more while the consumer is away: the server keeps only the last 20 (seq 90..109).
     producer.send(&messages(&["Q"], &["T"], 10, 110));
+    // on_gap = "stop": the run stops at the gap, saying which messages are gone.
+    let stop = dir.write(
+        "stop.toml",
+        std::fs::read_to_string(&config)
+            .expect("config")
+            .replace("timeout_ms = 400", "timeout_ms = 400\non_gap = \"stop\""),
+    );
+    let stopped = run_once(&stop);
+    assert_eq!(stopped.code(), Some(1), "{stopped}");
+    assert!(
+        stopped
+            .stderr
+            .contains("gap on the bus: queue Q seq 10 to 89 (80 events) are gone"),
+        "{stopped}"
+    );
+    assert_eq!(read_lines(&dir, "out/all.jsonl").len(), 10);
+    // The default outside Hermes mode: warned, counted, and the rest read.
     let second = run_once(&config);
     assert_eq!(second.code(), Some(0), "{second}");
     assert!(
         second
             .stderr
-            .contains("gap on queue Q: expected seq 10, received seq 90: 80 message(s) lost"),
+            .contains("gap on queue Q: expected seq 10, received seq 90: 80 message(s) lost")
+            && second
+                .stderr
+                .contains("gap on the bus: queue Q seq 10 to 89 (80 events)"),
         "{second}"
     );
     let seqs: Vec<i64> = read_lines(&dir, "out/all.jsonl")

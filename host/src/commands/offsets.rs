@@ -37,7 +37,10 @@ pub fn show(config_path: &Path, json: bool) -> Result<(), AppError> {
             let position = match OffsetCache::resume_point(&record) {
                 Some(ResumePoint::After(last)) => format!("last handled offset {last}"),
                 Some(ResumePoint::At(next)) => format!("set to start at offset {next}"),
-                None => "no offset".to_owned(),
+                None => format!(
+                    "no offset committed yet (the next start begins at {})",
+                    describe_start(&config.consumer.start)
+                ),
             };
             let next = match (&record.last_offset, &record.next_offset) {
                 (Some(_), Some(next)) => format!(", next offset {next}"),

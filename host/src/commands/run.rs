@@ -125,6 +125,33 @@ fn hermes_filter(
     }))
 }
 
+/// Exactly-once outputs that have no committed length yet (a first run, a new handler, a new
+/// path) get theirs now, before the first event: otherwise what a run killed before its first
+/// commit wrote would stay in the file and come again.
+fn commit_new_outputs(
+    cache: &OffsetCache,
+    cached: &mut Option<OffsetRecord>,
+    committed: &std::collections::BTreeMap<String, crate::offsets::OutputPosition>,
+    handlers: &[handlers::ConfiguredHandler],
+) -> Result<(), AppError> {
+    let now = pipeline::output_positions(handlers);
+    if now
+        .iter()
+        .all(|(name, position)| committed.get(name) == Some(position))
+    {
+        return Ok(());
+    }
+    let mut record = cached
+        .clone()
+        .unwrap_or_else(|| cache.record(None, None, 0));
+    record.outputs = now;
+    cache
+        .commit(&record)
+        .map_err(|e| AppError::Runtime(e.to_string()))?;
+    *cached = Some(record);
+    Ok(())
+}
+
 /// `buslink run --config FILE [--once]`.
 pub fn run(config_path: &Path, once: bool) -> Result<(), AppError> {
     let shutdown = Shutdown::install()
@@ -168,6 +195,7 @@ pub fn run(config_path: &Path, once: bool) -> Result<(), AppError> {
         &committed_outputs,
     )
     .map_err(|problems| AppError::Runtime(problems.join("\n")))?;
+    commit_new_outputs(&cache, &mut cached, &committed_outputs, &handlers)?;
     let mut dead_letters = DeadLetterFile::new(&config.state_dir, &config.consumer.name);
     let mut error_queue = ErrorQueue::load(&config.state_dir, &config.consumer.name)
         .map_err(|e| AppError::Runtime(e.to_string()))?;
@@ -242,9 +270,10 @@ pub fn run(config_path: &Path, once: bool) -> Result<(), AppError> {
     };
     tracing::info!(
         "stopped ({why}): {} events handled in this run ({} since the cache was created), last \
-         committed offset {last}",
+         committed offset {last}{}",
         summary.handled_this_run,
-        summary.events_handled
+        summary.events_handled,
+        pipeline::counters_text(summary.gaps, summary.events_lost, &summary.counters)
     );
     Ok(())
 }

@@ -366,6 +366,9 @@ impl HmbConsumer {
         let mut deadline = self.timeout.map(|t| Instant::now() + t);
         let mut added = 0;
         loop {
+            // Gaps found by the fetcher come before the events of the chunks after them (a
+            // gap is queued before its chunk is sent).
+            self.counters.take_gaps(batch);
             added += self.drain(batch, category, limit - added);
             if added >= limit || batch.is_full() {
                 return Ok(PollStatus::Ready);
@@ -390,7 +393,8 @@ impl HmbConsumer {
                 Ok(false) if added == 0 && self.counters.backlog.load(Ordering::SeqCst) => {
                     deadline = Some(Instant::now() + Duration::from_millis(20));
                 }
-                Ok(false) if added > 0 => return Ok(PollStatus::Ready),
+                // Events, or a gap alone: news for the host.
+                Ok(false) if added > 0 || !batch.is_blank() => return Ok(PollStatus::Ready),
                 Ok(false) => {
                     // Idle means drained: the server answered and had nothing more. While the
                     // fetcher is re-opening after failures that cannot be told, so it is a

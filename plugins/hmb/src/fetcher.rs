@@ -64,6 +64,9 @@ pub struct Counters {
     /// Not a counter: the fetcher's last request failed and none succeeded since (it is
     /// re-opening); `poll` then cannot tell that the bus is drained, and says so.
     pub failing: std::sync::Mutex<Option<String>>,
+    /// Not a counter: gaps found and not yet handed to the host (range, count if known). The
+    /// consumer reports them in the batch before the events of the chunks that follow them.
+    pub pending_gaps: std::sync::Mutex<Vec<(String, Option<u64>)>>,
 }
 
 /// The `failing` slot of `counters` (a poisoned lock still holds a usable value).
@@ -75,6 +78,25 @@ pub fn lock_failing(counters: &Counters) -> std::sync::MutexGuard<'_, Option<Str
 }
 
 impl Counters {
+    /// Queues a gap for the host (see `pending_gaps`).
+    pub fn push_gap(&self, range: String, count: Option<u64>) {
+        self.pending_gaps
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push((range, count));
+    }
+
+    /// Moves the pending gaps into `batch`, at its current end.
+    pub fn take_gaps(&self, batch: &mut buslink_plugin_api::EventBatch) {
+        let mut gaps = self
+            .pending_gaps
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (range, count) in gaps.drain(..) {
+            batch.report_gap(&range, count);
+        }
+    }
+
     /// The counters as the host shows them.
     pub fn snapshot(&self) -> Vec<(String, u64)> {
         [
@@ -687,6 +709,8 @@ impl Fetcher {
                 ));
                 Counters::add(&self.counters.resets, 1);
                 Counters::add(&self.counters.gaps, 1);
+                self.counters
+                    .push_gap(format!("queue {} from seq {want} on", queue.name), None);
                 asked[index] = (Some(restart_at), false);
                 // Later re-opens start there too, until a message gives a position.
                 self.next[index] = None;
@@ -714,6 +738,12 @@ impl Fetcher {
     fn report_gap(&self, queue: &str, expected: i64, received: i64, lost: u64, why: &str) {
         Counters::add(&self.counters.gaps, 1);
         Counters::add(&self.counters.messages_lost, lost);
+        let range = if received - 1 == expected {
+            format!("queue {queue} seq {expected}")
+        } else {
+            format!("queue {queue} seq {expected} to {}", received - 1)
+        };
+        self.counters.push_gap(range, Some(lost));
         log::warn(format!(
             "HMB {}: gap on queue {queue}: expected seq {expected}, received seq {received}: \
              {lost} message(s) lost ({why})",
