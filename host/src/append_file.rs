@@ -155,6 +155,31 @@ impl LineFile {
         Ok(())
     }
 
+    /// Whether the file at the path is still the open file; when another program moved,
+    /// deleted or replaced it (log rotation), the file now at the path (created when missing)
+    /// is opened in its place: `true`. Lines already appended stay where they went.
+    pub fn reopen_if_replaced(&mut self) -> Result<bool, String> {
+        use std::os::unix::fs::MetadataExt;
+        let open = self
+            .file
+            .metadata()
+            .map_err(|e| format!("cannot read the metadata of {}: {e}", self.path.display()))?;
+        let same = std::fs::metadata(&self.path)
+            .is_ok_and(|at_path| (at_path.dev(), at_path.ino()) == (open.dev(), open.ino()));
+        if same {
+            return Ok(false);
+        }
+        let (file, repair) = LineFile::open(&self.path, None)?;
+        tracing::info!(
+            "{}: the file was moved, deleted or replaced by another program (rotated?); \
+             appending to the file now at that path",
+            self.path.display()
+        );
+        repair.log(&self.path, "output");
+        *self = file;
+        Ok(true)
+    }
+
     /// Makes what was appended durable (`fdatasync`).
     pub fn sync(&self) -> std::io::Result<()> {
         self.file.sync_data()
@@ -255,5 +280,23 @@ mod tests {
         std::fs::write(&path, &text).unwrap();
         let (file, _) = LineFile::open(&path, None).unwrap();
         assert_eq!(file.length(), 10_001);
+    }
+
+    #[test]
+    fn a_rotated_file_is_reopened_at_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        let (mut file, _) = LineFile::open(&path, None).unwrap();
+        file.append(b"one\n").unwrap();
+        assert!(!file.reopen_if_replaced().unwrap());
+        std::fs::rename(&path, dir.path().join("out.jsonl.1")).unwrap();
+        assert!(file.reopen_if_replaced().unwrap());
+        file.append(b"two\n").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two\n");
+        assert_eq!(
+            std::fs::read(dir.path().join("out.jsonl.1")).unwrap(),
+            b"one\n"
+        );
+        assert_eq!(file.length(), 4);
     }
 }

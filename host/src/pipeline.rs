@@ -494,6 +494,8 @@ pub fn run(
             Err(RecvTimeoutError::Disconnected) => break Ok(()),
         };
         match message {
+            // A stop: batches queued but not handled are dropped (they come again).
+            ReaderMessage::Batch { .. } if shutdown.requested() => break Ok(()),
             ReaderMessage::Batch {
                 batch,
                 next_after_last,
@@ -908,7 +910,13 @@ impl Dispatcher<'_> {
         let mut recorded = 0;
         let mut outcome = Ok(());
         let mut gaps = batch.gaps().peekable();
+        let mut stopped = false;
         for (index, event) in batch.iter().enumerate() {
+            // A stop ends the batch after the event in hand: the rest come again.
+            if self.shutdown.requested() {
+                stopped = true;
+                break;
+            }
             if let Err(error) = self.pass_gaps(&mut gaps, index, committer) {
                 outcome = Err(error);
                 break;
@@ -935,7 +943,7 @@ impl Dispatcher<'_> {
                 committer.commit(self.handlers, self.error_queue)?;
             }
         }
-        if outcome.is_ok() {
+        if outcome.is_ok() && !stopped {
             // Gaps after the batch's last event.
             outcome = self.pass_gaps(&mut gaps, batch.len(), committer);
         }

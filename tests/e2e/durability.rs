@@ -194,3 +194,26 @@ fn a_cached_offset_that_was_purged_is_a_gap_stopped_or_warned_never_a_silent_ski
         (1..=30).chain(36..=40).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn sigterm_with_a_slow_handler_and_a_deep_queue_stops_after_the_event_in_hand() {
+    let dir = TestDir::new("stop-deep-queue");
+    let bus = bus_with(&dir, 2000);
+    let seen = dir.join("seen.jsonl");
+    // The whole bus in one batch, and four more batches queued: 20 events/s at best.
+    let handler = format!(
+        "[[handlers]]\nname = \"slow\"\ntype = \"exec\"\ncommand = [\"sh\", \"-c\", {:?}]\n\
+         [commit]\nevery_events = 1000000\nevery_ms = 3600000\n",
+        format!("cat >> {}; sleep 0.05", seen.display())
+    );
+    let config = sqlite_config(&dir, &bus, "batch_size = 100000", &handler);
+    let mut daemon = Daemon::run(&config);
+    daemon.wait_for("a few events handled", LIMIT, |_| count_lines(&seen) >= 5);
+    let stopped = daemon.terminate(LIMIT);
+    assert_eq!(stopped.code(), Some(0), "{stopped}");
+    let handled = offsets(&read_lines(&dir, "seen.jsonl"));
+    assert!(handled.len() < 2000, "stopped early: {}", handled.len());
+    assert_eq!(handled, (1..=handled.len() as i64).collect::<Vec<_>>());
+    // Exactly what was handled is committed; the rest comes at the next start.
+    assert_eq!(read_cache(&dir)["last_offset"]["int"], handled.len() as i64);
+}

@@ -163,6 +163,47 @@ fn an_exec_timeout_is_a_failure() {
     assert!(!dir.join(CACHE_FILE).exists(), "nothing committed");
 }
 
+/// Whether process `pid` still runs (absent, or a zombie waiting for its reaper, is gone).
+fn still_running(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat
+                .rsplit(')')
+                .next()?
+                .split_whitespace()
+                .next()?
+                .to_owned();
+            Some(state != "Z" && state != "X")
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn an_exec_timeout_kills_what_the_command_started_and_leaves_nothing_behind() {
+    let dir = TestDir::new("exec-group");
+    let pid_file = dir.join("child.pid");
+    // `sh` waits for a child that would hold the pipes for ten minutes.
+    let script = format!("sleep 600 & echo $! > {}; wait", pid_file.display());
+    let handler = format!(
+        "[[handlers]]\nname = \"slow\"\ntype = \"exec\"\ncommand = [\"sh\", \"-c\", {script:?}]\n\
+         timeout_ms = 1000\nretry = {{ attempts = 1 }}\n"
+    );
+    let run = run_once(&memory_bus_config(&dir, 1, &handler));
+    assert_eq!(run.code(), Some(1), "{run}");
+    assert!(
+        run.stderr
+            .contains("timed out after 1000 ms and was killed with its process group"),
+        "{run}"
+    );
+    let pid = std::fs::read_to_string(&pid_file).expect("the command started its child");
+    assert!(
+        !still_running(pid.trim()),
+        "the command's child {} outlived the timeout",
+        pid.trim()
+    );
+}
+
 fn http_handler(sink: &HttpSink, extra: &str) -> String {
     format!(
         "[[handlers]]\nname = \"push\"\ntype = \"http\"\nurl = \"{}/hook\"\nheaders = {{ Authorization = \"Bearer {SECRET}\", X-Source = \"buslink\" }}\ntimeout_ms = 2000\n{extra}",

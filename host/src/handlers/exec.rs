@@ -4,6 +4,7 @@
 use super::{DispatchedEvent, Handler, HandlerError};
 use crate::config::ExecConfig;
 use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -79,6 +80,16 @@ impl ExecHandler {
     }
 }
 
+/// SIGKILL to the process group `group` (an exec command and what it started); a group
+/// already empty is no error.
+fn kill_group(group: i32) {
+    // SAFETY: kill(2) with a negative pid signals the process group the command leads; it
+    // touches no memory.
+    unsafe {
+        libc::kill(-group, libc::SIGKILL);
+    }
+}
+
 fn read_limited(mut pipe: impl Read) -> Vec<u8> {
     let mut kept = Vec::new();
     let mut buffer = [0u8; 4096];
@@ -109,6 +120,8 @@ impl Handler for ExecHandler {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // Its own process group: a timeout kills whatever it started too.
+            .process_group(0)
             .spawn()
             .map_err(|e| {
                 HandlerError::new(format!("cannot run {}: {e}", self.program.display()))
@@ -125,20 +138,25 @@ impl Handler for ExecHandler {
             });
             let out = scope.spawn(move || stdout.map(read_limited).unwrap_or_default());
             let err = scope.spawn(move || stderr.map(read_limited).unwrap_or_default());
+            let group = child.id() as i32;
             let status = child.wait_timeout(self.timeout);
             let status = match status {
                 Ok(Some(status)) => Ok(status),
                 Ok(None) => {
+                    kill_group(group);
                     let _ = child.kill();
                     let _ = child.wait();
                     Err(format!(
-                        "{} timed out after {} ms and was killed",
+                        "{} timed out after {} ms and was killed with its process group",
                         self.program.display(),
                         self.timeout.as_millis()
                     ))
                 }
                 Err(e) => Err(format!("waiting for {}: {e}", self.program.display())),
             };
+            // What the command left running (a background child holding its pipes) goes too:
+            // nothing outlives the event, and the pipes close so the readers end.
+            kill_group(group);
             (
                 status,
                 out.join().unwrap_or_default(),

@@ -56,11 +56,13 @@ impl Handler for JsonlHandler {
     }
 
     fn flush(&mut self) -> Result<(), HandlerError> {
+        // A rotated (moved, deleted, replaced) file: the next lines go to the file at the path.
+        self.file.reopen_if_replaced().map_err(HandlerError::new)?;
         self.write_pending()
     }
 
     fn sync(&mut self) -> Result<(), HandlerError> {
-        self.write_pending()?;
+        self.flush()?;
         self.file
             .sync()
             .map_err(|e| HandlerError::new(format!("syncing {}: {e}", self.file.path().display())))
