@@ -5,6 +5,7 @@
 mod common;
 mod config_errors;
 mod durability;
+mod examples;
 mod faults;
 mod handlers;
 mod hermes;

@@ -55,6 +55,8 @@ pub struct Counters {
     pub resets: AtomicU64,
     /// Heartbeats received.
     pub heartbeats: AtomicU64,
+    /// TOUCH messages (queue creation) passed over: never events.
+    pub touches: AtomicU64,
     /// Messages whose body could not be converted to JSON, delivered as bytes (their BSON).
     pub undecodable_bodies: AtomicU64,
     /// Not a counter: the server has more messages ready than the last answer carried (the
@@ -106,6 +108,7 @@ impl Counters {
             ("duplicates_dropped", &self.duplicates),
             ("queue_resets", &self.resets),
             ("heartbeats", &self.heartbeats),
+            ("touch_messages_skipped", &self.touches),
             ("undecodable_bodies", &self.undecodable_bodies),
         ]
         .into_iter()
@@ -1116,6 +1119,16 @@ impl Fetcher {
                     );
                 }
                 _ => {}
+            }
+            if parsed.kind == "TOUCH" {
+                // The queue-creation message `autocreate_queues` (or another client) sends:
+                // bus bookkeeping, never an event, whichever session reads it.
+                Counters::add(&self.counters.touches, 1);
+                log::debug(format!(
+                    "HMB: queue {queue} seq {seq}: a TOUCH message (queue creation), skipped"
+                ));
+                self.next[index] = Some(seq + 1);
+                continue;
             }
             let micros = parsed.timestamp_micros().unwrap_or(received_at);
             if let Some(error) = builder.push(raw, index, seq, micros, &parsed) {
