@@ -258,3 +258,57 @@ fn a_corrupt_offset_cache_stops_the_daemon_clearly() {
         assert_eq!(std::fs::read(&cache).expect("cache"), contents);
     }
 }
+
+#[test]
+fn check_reports_every_problem_run_would_hit_in_one_go() {
+    let dir = TestDir::new("check-all");
+    let config = dir.write(
+        "buslink.toml",
+        format!(
+            r#"state_dir = "state"
+plugin_dirs = ["{plugins}"]
+stats_interval_s = "x"
+[consumer]
+name = "bad name"
+plugin = "sqlite"
+class = "SqliteConsumer"
+start = "begining"
+batch_size = 0
+[consumer.settings]
+uri = "{bus}"
+urii = 3
+[[handlers]]
+name = "a"
+type = "jsonl"
+[[handlers]]
+name = "b"
+type = "exec"
+command = []
+[commit]
+every_events = 0
+"#,
+            plugins = build_dir().display(),
+            bus = fixture_bus().display(),
+        ),
+    );
+    let check = buslink_testkit::process::run(
+        &["check", "--config", &config.to_string_lossy()],
+        std::time::Duration::from_secs(60),
+    );
+    assert_eq!(check.code(), Some(2), "{check}");
+    for expected in [
+        "buslink.toml:3:20: key `stats_interval_s`",
+        "buslink.toml:5:8: key `consumer.name`",
+        "buslink.toml:8:9: key `consumer.start`: \"begining\": did you mean \"beginning\"",
+        "buslink.toml:9:14: key `consumer.batch_size`",
+        "key `consumer.settings.urii`",
+        "key `handlers[0].path`",
+        "key `handlers[1].command`",
+        "buslink.toml:21:16: key `commit.every_events`",
+    ] {
+        assert!(
+            check.stderr.contains(expected),
+            "missing {expected:?}:\n{check}"
+        );
+    }
+}

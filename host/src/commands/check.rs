@@ -17,8 +17,10 @@ pub struct Problems {
 
 /// Runs every check; prints the summary when all pass.
 pub fn check(config_path: &Path, connect: bool) -> Result<(), AppError> {
-    let config = Config::load(config_path)?;
-    let mut problems = Vec::new();
+    // Every problem in one run: the config's own, then the plugin's view of its settings and
+    // the handlers', on the config as far as it could be built.
+    let (config, config_problems) = Config::load_lenient(config_path)?;
+    let mut problems: Vec<String> = config_problems.iter().map(ToString::to_string).collect();
     let plugin = check_plugin(&config, &mut problems);
     for handler in &config.handlers {
         if let Err(problem) = check_handler(handler, &config.base_dir, &config.plugin_dirs) {

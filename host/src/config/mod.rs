@@ -121,6 +121,14 @@ struct RawTop {
     commit: Option<IgnoredAny>,
 }
 
+/// The top level's directories alone, when the rest of it is invalid.
+#[derive(Deserialize)]
+struct RawTopDirs {
+    state_dir: Spanned<PathBuf>,
+    #[serde(default)]
+    plugin_dirs: Vec<PathBuf>,
+}
+
 fn default_stats_interval_s() -> u64 {
     60
 }
@@ -228,6 +236,30 @@ impl Config {
 
     /// Validates config text read from `path`, reporting every problem found.
     pub fn parse(path: &Path, text: String) -> Result<Config, ConfigErrors> {
+        match Self::parse_lenient(path, text)? {
+            (config, errors) if errors.is_empty() => Ok(config),
+            (_, errors) => Err(ConfigErrors(errors)),
+        }
+    }
+
+    /// Reads and validates a config like [`load`](Self::load), but hands back the config as
+    /// far as it could be built (invalid values replaced by their defaults, invalid handlers
+    /// left out) together with every problem found, so that `check` can go on to the plugin's
+    /// settings and the handlers in the same run. `Err` only when nothing could be built.
+    pub fn load_lenient(path: &Path) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: path.to_path_buf(),
+            location: None,
+            key: None,
+            message: format!("cannot read config file: {e}"),
+        })?;
+        Self::parse_lenient(path, text)
+    }
+
+    fn parse_lenient(
+        path: &Path,
+        text: String,
+    ) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
         let source = Source {
             path: path.to_path_buf(),
             text,
@@ -235,7 +267,20 @@ impl Config {
         // Syntax first: nothing else can be checked in a file that is not TOML.
         toml::from_str::<toml::Table>(&source.text).map_err(|e| source.error_from_toml(&e))?;
         let mut errors = Vec::new();
-        let top: Option<RawTop> = section(&source, &mut errors);
+        let top: Option<RawTop> = section(&source, &mut errors).or_else(|| {
+            // The top level's problem is reported; go on with what it says of the directories
+            // (the rest of the file is still checked).
+            toml::from_str::<RawTopDirs>(&source.text)
+                .ok()
+                .map(|dirs| RawTop {
+                    state_dir: dirs.state_dir,
+                    plugin_dirs: dirs.plugin_dirs,
+                    stats_interval_s: default_stats_interval_s(),
+                    consumer: None,
+                    handlers: None,
+                    commit: None,
+                })
+        });
         let consumer: Option<ConsumerSection> = section(&source, &mut errors);
         let handlers: Option<HandlersSection> = section(&source, &mut errors);
         let commit: Option<CommitSection> = section(&source, &mut errors);
@@ -263,9 +308,9 @@ impl Config {
             }
         }
         let consumer = consumer.and_then(|section| {
-            Self::consumer(&source, section.consumer)
-                .map_err(|e| errors.push(e))
-                .ok()
+            let (consumer, problems) = Self::consumer(&source, section.consumer);
+            errors.extend(problems);
+            consumer
         });
         let commit = commit.and_then(|section| {
             let every_events = section.commit.every_events;
@@ -275,10 +320,9 @@ impl Config {
                     Some("commit.every_events".into()),
                     "must be at least 1",
                 ));
-                return None;
             }
             Some(CommitPolicy {
-                every_events: every_events.into_inner(),
+                every_events: every_events.into_inner().max(1),
                 every_ms: section.commit.every_ms,
                 fsync: section.commit.fsync,
             })
@@ -295,8 +339,8 @@ impl Config {
         });
 
         match (top, consumer, handlers, commit) {
-            (Some(top), Some(consumer), Some(handlers), Some(commit)) if errors.is_empty() => {
-                Ok(Config {
+            (Some(top), Some(consumer), Some(handlers), Some(commit)) => Ok((
+                Config {
                     state_dir: resolve(top.state_dir.get_ref()),
                     plugin_dirs: top.plugin_dirs.iter().map(|d| resolve(d)).collect(),
                     stats_interval_s: top.stats_interval_s,
@@ -305,18 +349,22 @@ impl Config {
                     commit,
                     base_dir,
                     source,
-                })
-            }
+                },
+                errors,
+            )),
             _ => Err(ConfigErrors(errors)),
         }
     }
 
-    fn consumer(source: &Source, raw: RawConsumer) -> Result<ConsumerConfig, ConfigError> {
+    /// The `[consumer]` table, as far as it can be built (a bad name, start or size replaced by
+    /// a default), and every problem in it.
+    fn consumer(source: &Source, raw: RawConsumer) -> (Option<ConsumerConfig>, Vec<ConfigError>) {
         let at = |spanned_span: Range<usize>, key: &str, message: String| {
             source.error_at(Some(spanned_span), Some(format!("consumer.{key}")), message)
         };
+        let mut errors = Vec::new();
         if !is_valid_name(raw.name.get_ref()) {
-            return Err(at(
+            errors.push(at(
                 raw.name.span(),
                 "name",
                 format!(
@@ -326,16 +374,21 @@ impl Config {
                 ),
             ));
         }
+        let mut buildable = true;
         for (key, value) in [("plugin", &raw.plugin), ("class", &raw.class)] {
             if value.get_ref().trim().is_empty() {
-                return Err(at(value.span(), key, "must not be empty".into()));
+                errors.push(at(value.span(), key, "must not be empty".into()));
+                buildable = false;
             }
         }
         let start = match raw.start {
             None => StartPosition::Beginning,
             Some(value) => {
                 let span = value.span();
-                parse_start(value.into_inner()).map_err(|message| at(span, "start", message))?
+                parse_start(value.into_inner()).unwrap_or_else(|message| {
+                    errors.push(at(span, "start", message));
+                    StartPosition::Beginning
+                })
             }
         };
         for (key, value) in [
@@ -343,24 +396,29 @@ impl Config {
             ("queue_batches", &raw.queue_batches),
         ] {
             if *value.get_ref() == 0 {
-                return Err(at(value.span(), key, "must be at least 1".into()));
+                errors.push(at(value.span(), key, "must be at least 1".into()));
             }
         }
         let hermes = raw.hermes.filter(|mode| mode.enabled);
-        let settings_json = serde_json::to_string(&raw.settings).map_err(|e| {
-            source.error_at_key(
-                &["consumer", "settings"],
-                format!("cannot hand these settings to a plugin: {e}"),
-            )
-        })?;
-        Ok(ConsumerConfig {
+        let settings_json = match serde_json::to_string(&raw.settings) {
+            Ok(json) => json,
+            Err(e) => {
+                errors.push(source.error_at_key(
+                    &["consumer", "settings"],
+                    format!("cannot hand these settings to a plugin: {e}"),
+                ));
+                buildable = false;
+                String::new()
+            }
+        };
+        let consumer = buildable.then(|| ConsumerConfig {
             name: raw.name.into_inner(),
             plugin: raw.plugin.into_inner(),
             class: raw.class.into_inner(),
             start,
             timeout_ms: raw.timeout_ms,
-            batch_size: raw.batch_size.into_inner(),
-            queue_batches: raw.queue_batches.into_inner(),
+            batch_size: raw.batch_size.into_inner().max(1),
+            queue_batches: raw.queue_batches.into_inner().max(1),
             settings_json,
             on_gap: raw.on_gap.unwrap_or(if hermes.is_some() {
                 GapPolicy::Stop
@@ -368,7 +426,8 @@ impl Config {
                 GapPolicy::Warn
             }),
             hermes,
-        })
+        });
+        (consumer, errors)
     }
 
     /// Points at a key of the `[consumer.settings]` table (for errors the plugin reports).
@@ -399,10 +458,43 @@ fn section<T: serde::de::DeserializeOwned>(
         .ok()
 }
 
+/// A misspelt `beginning` or `end` (`begining`, `Beginning`, `END`): at most two edits away,
+/// ignoring case.
+fn looks_like_a_keyword(text: &str) -> bool {
+    let text = text.to_lowercase();
+    ["beginning", "end"]
+        .iter()
+        .any(|keyword| edit_distance(&text, keyword) <= if keyword.len() > 3 { 2 } else { 0 })
+}
+
+/// Levenshtein distance (short strings only: config keywords).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let current = row[j + 1];
+            row[j + 1] = if ca == *cb {
+                previous
+            } else {
+                1 + previous.min(row[j]).min(current)
+            };
+            previous = current;
+        }
+    }
+    row[b.len()]
+}
+
 fn parse_start(value: toml::Value) -> Result<StartPosition, String> {
     match value {
         toml::Value::String(text) if text == "beginning" => Ok(StartPosition::Beginning),
         toml::Value::String(text) if text == "end" => Ok(StartPosition::End),
+        toml::Value::String(text) if looks_like_a_keyword(&text) => Err(format!(
+            "\"{text}\": did you mean \"beginning\" or \"end\"? (a string offset that looks \
+             like this is written {{ string = \"{text}\" }})"
+        )),
         toml::Value::String(text) => Ok(StartPosition::At(Offset::String(text))),
         toml::Value::Integer(i) => Ok(StartPosition::At(Offset::Int(i))),
         toml::Value::Float(x) => Ok(StartPosition::At(Offset::Float(x))),
