@@ -312,7 +312,7 @@ impl Config {
             errors.extend(problems);
             consumer
         });
-        let commit = commit.and_then(|section| {
+        let commit = commit.map(|section| {
             let every_events = section.commit.every_events;
             if *every_events.get_ref() == 0 {
                 errors.push(source.error_at(
@@ -321,11 +321,11 @@ impl Config {
                     "must be at least 1",
                 ));
             }
-            Some(CommitPolicy {
+            CommitPolicy {
                 every_events: every_events.into_inner().max(1),
                 every_ms: section.commit.every_ms,
                 fsync: section.commit.fsync,
-            })
+            }
         });
         let handlers = handlers.map(|section| {
             if section.handlers.is_empty() {
