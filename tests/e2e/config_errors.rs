@@ -312,3 +312,30 @@ every_events = 0
         );
     }
 }
+
+#[test]
+fn a_handler_plugin_refusing_its_settings_is_named_once_with_its_line() {
+    let dir = TestDir::new("check-handler-plugin");
+    let config = dir.write(
+        "buslink.toml",
+        good_config()
+            + "\n[[handlers]]\nname = \"state\"\ntype = \"plugin\"\nplugin = \"statefiles\"\n\
+               class = \"StateFilesHandler\"\nsettings = { bogus = 1 }\n",
+    );
+    let check = buslink_testkit::process::run(
+        &["check", "--config", &config.to_string_lossy()],
+        std::time::Duration::from_secs(60),
+    );
+    assert_eq!(check.code(), Some(2), "{check}");
+    assert!(
+        check.stderr.contains(
+            "buslink.toml:19:1: key `handlers[1].name`: handler 'state': plugin 'statefiles'"
+        ),
+        "{check}"
+    );
+    assert_eq!(
+        check.stderr.matches("handler 'state'").count(),
+        1,
+        "{check}"
+    );
+}

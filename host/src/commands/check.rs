@@ -24,11 +24,8 @@ pub fn check(config_path: &Path, connect: bool) -> Result<(), AppError> {
     let plugin = check_plugin(&config, &mut problems);
     for handler in &config.handlers {
         if let Err(problem) = check_handler(handler, &config.base_dir, &config.plugin_dirs) {
-            problems.push(format!(
-                "{}: handler '{}': {problem}",
-                config.source.path.display(),
-                handler.name
-            ));
+            let message = format!("handler '{}': {problem}", handler.name);
+            problems.push(config.handler_error(&handler.name, message).to_string());
         }
     }
     if let Err(problem) = check_writable_dir(&config.state_dir) {

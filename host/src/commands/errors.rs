@@ -92,7 +92,7 @@ pub fn retry(config_path: &Path, id: Option<u64>) -> Result<(), AppError> {
             &config.plugin_dirs,
             committed,
         )
-        .map_err(AppError::Runtime)?;
+        .map_err(|e| AppError::Runtime(format!("handler '{}': {e}", handler_config.name)))?;
         handled += retry_queued(&mut handler, &mut queue, id);
         handler.handler.sync().map_err(|e| runtime(e.message))?;
         if let Some(record) = record.as_mut() {

@@ -442,6 +442,41 @@ impl Config {
         }
     }
 
+    /// Points at the `name` key of the `[[handlers]]` entry named `name`.
+    pub fn handler_error(&self, name: &str, message: impl Into<String>) -> ConfigError {
+        let index =
+            toml::from_str::<toml::Table>(&self.source.text)
+                .ok()
+                .and_then(|table| {
+                    table.get("handlers")?.as_array()?.iter().position(|entry| {
+                        entry.get("name").and_then(toml::Value::as_str) == Some(name)
+                    })
+                });
+        let label = index.map_or_else(|| "handlers".to_owned(), |i| format!("handlers[{i}].name"));
+        // The line that names it: `name = "..."` inside a `[[handlers]]` entry.
+        let quoted = format!("\"{name}\"");
+        let mut in_handlers = false;
+        let mut at = 0;
+        let mut span = None;
+        for line in self.source.text.split_inclusive('\n') {
+            let trimmed = line.trim();
+            if trimmed.starts_with('[') {
+                in_handlers = trimmed.starts_with("[[handlers]]");
+            } else if in_handlers {
+                let mut parts = trimmed.splitn(2, '=');
+                if parts.next().map(str::trim) == Some("name")
+                    && parts.next().map(str::trim) == Some(quoted.as_str())
+                {
+                    let offset = at + (line.len() - line.trim_start().len());
+                    span = Some(offset..offset + trimmed.len());
+                    break;
+                }
+            }
+            at += line.len();
+        }
+        self.source.error_at(span, Some(label), message)
+    }
+
     /// Points at a key of the `[consumer]` table.
     pub fn consumer_error(&self, key: &str, message: impl Into<String>) -> ConfigError {
         self.source.error_at_key(&["consumer", key], message)

@@ -98,7 +98,7 @@ pub struct ConfiguredHandler {
 }
 
 /// Builds one handler (opens its file, finds its command, builds its HTTP client, loads its
-/// plugin). `committed`: the output position committed with the offset for this handler, if
+/// plugin). Errors do not name the handler: the caller does. `committed`: the output position committed with the offset for this handler, if
 /// any (an exactly-once output is cut back to it).
 pub fn build_one(
     config: &HandlerConfig,
@@ -106,21 +106,18 @@ pub fn build_one(
     plugin_dirs: &[PathBuf],
     committed: Option<&OutputPosition>,
 ) -> Result<ConfiguredHandler, String> {
-    let fail = |e: String| format!("handler '{}': {e}", config.name);
-    let matcher = EventMatcher::new(&config.filter).map_err(fail)?;
+    let matcher = EventMatcher::new(&config.filter)?;
     let handler: Box<dyn Handler> = match &config.kind {
         HandlerKind::Null => Box::new(NullHandler),
         HandlerKind::Stdout => Box::new(stdout::StdoutHandler::new()),
         HandlerKind::Jsonl { path } => {
             let committed = committed.and_then(|c| c.length_of(path, &config.name));
-            Box::new(jsonl::JsonlHandler::open(path, committed).map_err(fail)?)
+            Box::new(jsonl::JsonlHandler::open(path, committed)?)
         }
-        HandlerKind::Exec(exec) => {
-            Box::new(exec::ExecHandler::new(&config.name, exec, base_dir).map_err(fail)?)
-        }
-        HandlerKind::Http(http) => Box::new(http::HttpHandler::new(http).map_err(fail)?),
+        HandlerKind::Exec(exec) => Box::new(exec::ExecHandler::new(&config.name, exec, base_dir)?),
+        HandlerKind::Http(http) => Box::new(http::HttpHandler::new(http)?),
         HandlerKind::Plugin(plugin) => {
-            Box::new(plugin::PluginHandler::new(plugin, base_dir, plugin_dirs).map_err(fail)?)
+            Box::new(plugin::PluginHandler::new(plugin, base_dir, plugin_dirs)?)
         }
     };
     Ok(ConfiguredHandler {
@@ -144,7 +141,10 @@ pub fn build(
 ) -> Result<Vec<ConfiguredHandler>, Vec<String>> {
     let (built, failed): (Vec<_>, Vec<_>) = configs
         .iter()
-        .map(|config| build_one(config, base_dir, plugin_dirs, committed.get(&config.name)))
+        .map(|config| {
+            build_one(config, base_dir, plugin_dirs, committed.get(&config.name))
+                .map_err(|e| format!("handler '{}': {e}", config.name))
+        })
         .partition(Result::is_ok);
     if failed.is_empty() {
         Ok(built.into_iter().filter_map(Result::ok).collect())
