@@ -479,6 +479,9 @@ pub fn run(
         }
         let message = match full_rx.recv_timeout(tick) {
             Ok(message) => message,
+            // A stop while the plugin is in a long call: what was handled is committed below
+            // and the reader gets a bounded time to come back (`shutdown_reader`).
+            Err(RecvTimeoutError::Timeout) if shutdown.requested() => break Ok(()),
             Err(RecvTimeoutError::Timeout) => {
                 if committer.due() {
                     if let Err(error) = committer.commit(handlers, error_queue) {
@@ -571,6 +574,9 @@ pub fn run(
     Ok(summary)
 }
 
+/// How long a stop waits for the plugin to return from the call it is in.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
 /// Stops the reader thread and closes the consumer; returns the plugin's last counters.
 fn shutdown_reader(
     reader: thread::JoinHandle<PluginConsumer>,
@@ -580,6 +586,20 @@ fn shutdown_reader(
     let stop_flag_was_set = shutdown.requested();
     if !stop_flag_was_set {
         shutdown.request();
+    }
+    // A plugin stuck in a call (a server flooding heartbeats, a hung read) cannot hold the stop
+    // for long: after STOP_GRACE the process goes on without it (the offset is committed).
+    let deadline = Instant::now() + STOP_GRACE;
+    while !reader.is_finished() {
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                "the consumer plugin did not return from its call within {} s of the stop; \
+                 leaving it without closing it (everything handled is committed)",
+                STOP_GRACE.as_secs()
+            );
+            return Vec::new();
+        }
+        thread::sleep(Duration::from_millis(10));
     }
     match reader.join() {
         Ok(mut consumer) => {

@@ -217,3 +217,36 @@ fn sigterm_with_a_slow_handler_and_a_deep_queue_stops_after_the_event_in_hand() 
     // Exactly what was handled is committed; the rest comes at the next start.
     assert_eq!(read_cache(&dir)["last_offset"]["int"], handled.len() as i64);
 }
+
+#[test]
+fn sigterm_while_the_plugin_is_stuck_in_a_call_stops_within_the_grace_and_commits() {
+    let dir = TestDir::new("stop-stuck-plugin");
+    let consumer = ConsumerSpec {
+        plugin: "faulty",
+        class: "FaultyConsumer",
+        timeout_ms: 100,
+        extra: "",
+        settings: "events = 20\nhang_at_end = true",
+    };
+    let config = consumer_config(
+        &dir,
+        consumer,
+        &(jsonl_handler("all", "") + "[commit]\nevery_events = 1000000\nevery_ms = 3600000\n"),
+    );
+    let out = dir.join("out/all.jsonl");
+    let mut daemon = Daemon::run(&config);
+    daemon.wait_for("the 20 events", LIMIT, |_| count_lines(&out) >= 20);
+    let stopped = daemon.terminate(LIMIT);
+    assert_eq!(stopped.code(), Some(0), "{stopped}");
+    assert!(
+        stopped
+            .stderr
+            .contains("did not return from its call within 5 s of the stop"),
+        "{stopped}"
+    );
+    assert_eq!(
+        read_cache(&dir)["last_offset"]["int"],
+        20,
+        "committed on stop"
+    );
+}

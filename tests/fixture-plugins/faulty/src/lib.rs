@@ -28,6 +28,10 @@ pub struct Settings {
     /// Fail `open` with a connect error this many times before succeeding.
     #[serde(default)]
     failing_opens: u32,
+    /// Once every event was delivered, `poll` never returns (ignoring its timeout): a plugin
+    /// stuck in a call.
+    #[serde(default)]
+    hang_at_end: bool,
 }
 
 fn default_events() -> u64 {
@@ -77,7 +81,8 @@ impl ConsumerClass for FaultyConsumer {
     const DESCRIPTION: &'static str = "in-memory test bus that panics or fails on demand";
     const SETTINGS_DOC: &'static str = "- `events`: how many events (default 10)\n\
 - `string_offsets`: use string offsets\n- `panic_in`: new | open | seek | poll | close\n\
-- `panic_at_event`: with panic_in = poll, the event index\n- `failing_opens`: transient open failures";
+- `panic_at_event`: with panic_in = poll, the event index\n- `failing_opens`: transient open failures\n\
+- `hang_at_end`: once every event was delivered, poll never returns";
     type Settings = Settings;
 
     fn new(settings: Settings, _context: &Context) -> PluginResult<Self> {
@@ -141,6 +146,12 @@ impl Consumer for FaultyConsumer {
 
     fn poll(&mut self, batch: &mut EventBatch) -> PluginResult<PollStatus> {
         if self.next > self.settings.events {
+            if self.settings.hang_at_end {
+                // Stuck for good (the test process kills the daemon's group at its end).
+                loop {
+                    std::thread::sleep(Duration::from_secs(3600));
+                }
+            }
             return Ok(PollStatus::Idle);
         }
         while self.next <= self.settings.events && !batch.is_full() {
