@@ -26,9 +26,15 @@ pub struct HermesEvent {
 }
 
 impl HermesEvent {
-    /// Parses a Hermes event from JSON text.
+    /// Parses a Hermes event from JSON text, as Python's `json` writes it: a lone surrogate
+    /// escape (`"Ren\udce9"`) is read as U+FFFD instead of failing the whole event.
     pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
-        serde_json::from_str(text)
+        serde_json::from_str(text).or_else(|error| {
+            match crate::json_text::patch_lone_surrogates(text) {
+                Some(patched) => serde_json::from_str(&patched),
+                None => Err(error),
+            }
+        })
     }
 }
 

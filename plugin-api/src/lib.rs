@@ -32,6 +32,7 @@ mod event;
 mod handler;
 pub mod hermes;
 pub mod hermes_value;
+pub mod json_text;
 pub mod log;
 mod offset;
 mod settings;

@@ -356,3 +356,41 @@ fn errors_retry_and_drop_commands() {
     );
     assert_eq!(handled(&dir), vec![2, 4, 6, 3, 5]);
 }
+
+#[test]
+fn an_event_with_a_lone_surrogate_escape_reaches_the_view_as_hermes_reads_it() {
+    let dir = TestDir::new("hermes-surrogate");
+    let bus = dir.join("bus.sqlite");
+    let writer = HermesBusWriter::open(&bus).expect("bus");
+    let mut replaced = false;
+    for (data, timestamp) in hermes_events(60) {
+        // Python's json writes an undecodable byte of a name as a lone surrogate escape.
+        let data = if !replaced && data.contains("\"group1\"") {
+            replaced = true;
+            data.replacen("\"group1\"", "\"Ren\\udce9\"", 1)
+        } else {
+            data
+        };
+        writer.append(&data, timestamp).expect("append");
+    }
+    assert!(replaced, "the bus has a group1");
+    let run = run_once(&hermes_config_on(&dir, &bus, false, ""));
+    assert_eq!(run.code(), Some(0), "{run}");
+    // The event line keeps the body as JSON, the escape as written.
+    let text = dir.read("out/all.jsonl");
+    let line = text
+        .lines()
+        .find(|line| line.contains("Ren\\udce9"))
+        .unwrap_or_else(|| panic!("no line keeps the escape:\n{text}"));
+    assert!(
+        line.contains("\"event\":{") && !line.contains("body_text"),
+        "{line}"
+    );
+    // The view holds the object (a lone surrogate has no Rust string: it reads as U+FFFD).
+    let view = saved_state(&dir);
+    let names: Vec<&str> = view["SRVGroups"]
+        .values()
+        .filter_map(|group| group["name"].as_str())
+        .collect();
+    assert!(names.contains(&"Ren\u{fffd}"), "{names:?}");
+}

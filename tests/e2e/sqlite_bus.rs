@@ -534,3 +534,40 @@ fn a_bus_replaced_under_the_consumer_is_noticed_live_and_at_a_restart() {
         "{small_run}"
     );
 }
+
+#[test]
+fn a_table_without_autoincrement_is_read_like_the_hermes_plugin_reads_it() {
+    let dir = TestDir::new("no-autoincrement");
+    let bus = dir.join("bus.sqlite");
+    let connection = rusqlite::Connection::open(&bus).expect("bus created");
+    connection
+        .execute(
+            "CREATE TABLE hermesmessages (msgid INTEGER PRIMARY KEY, data TEXT NOT NULL, \
+             timestamp REAL NOT NULL)",
+            [],
+        )
+        .expect("table");
+    let insert = |events: &[(String, f64)]| {
+        for (data, timestamp) in events {
+            connection
+                .execute(
+                    "INSERT INTO hermesmessages (data, timestamp) VALUES (?1, ?2)",
+                    (data, timestamp),
+                )
+                .expect("row");
+        }
+    };
+    let events: Vec<_> = hermes_events(8).collect();
+    insert(&events[..5]);
+    let config = sqlite_config(&dir, &bus, "", &jsonl_handler("all", ""));
+    let run = run_once(&config);
+    assert_eq!(run.code(), Some(0), "{run}");
+    assert!(!run.stderr.contains("sqlite_sequence"), "{run}");
+    insert(&events[5..]);
+    let again = run_once(&config);
+    assert_eq!(again.code(), Some(0), "{again}");
+    assert_eq!(
+        offsets(&read_lines(&dir, "out/all.jsonl")),
+        (1..=8).collect::<Vec<_>>()
+    );
+}

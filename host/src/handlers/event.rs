@@ -74,8 +74,14 @@ fn write_line(out: &mut Vec<u8>, event: &Event<'_>) {
             out.extend_from_slice(b",\"event\":");
             if transcode_compact(text, out).is_err() {
                 out.truncate(mark);
-                out.extend_from_slice(b",\"body_text\":");
-                let _ = serde_json::to_writer(&mut *out, text);
+                if is_python_json(text) {
+                    // JSON to Python and Hermes (lone surrogate escapes): kept verbatim.
+                    out.extend_from_slice(b",\"event\":");
+                    compact_verbatim(text, out);
+                } else {
+                    out.extend_from_slice(b",\"body_text\":");
+                    let _ = serde_json::to_writer(&mut *out, text);
+                }
             }
         }
         Body::Bytes(bytes) => {
@@ -89,6 +95,33 @@ fn write_line(out: &mut Vec<u8>, event: &Event<'_>) {
         }
     }
     out.extend_from_slice(b"}\n");
+}
+
+/// Whether `text`, which serde_json refused, is JSON to Python's `json`: valid once its lone
+/// surrogate escapes are read as U+FFFD.
+fn is_python_json(text: &str) -> bool {
+    buslink_plugin_api::json_text::patch_lone_surrogates(text)
+        .is_some_and(|patched| serde_json::from_str::<serde::de::IgnoredAny>(&patched).is_ok())
+}
+
+/// Copies valid JSON text to `out` without the whitespace between tokens, every string
+/// (escapes included) exactly as written.
+fn compact_verbatim(text: &str, out: &mut Vec<u8>) {
+    let (mut in_string, mut escaped) = (false, false);
+    for &byte in text.as_bytes() {
+        if in_string {
+            out.push(byte);
+            match (escaped, byte) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+        } else if !matches!(byte, b' ' | b'\t' | b'\n' | b'\r') {
+            in_string = byte == b'"';
+            out.push(byte);
+        }
+    }
 }
 
 /// Copies JSON text to `out` without insignificant whitespace, validating it on the way.
@@ -122,6 +155,21 @@ mod tests {
             line,
             "{\"offset\":56,\"timestamp\":\"2026-11-22T11:01:11.747962Z\",\"category\":\"base\",\
              \"event\":{\"eventtype\":\"added\",\"name\":\"André\"}}\n"
+        );
+        assert_eq!(dispatched.header().eventtype.as_deref(), Some("added"));
+    }
+
+    #[test]
+    fn a_body_with_lone_surrogate_escapes_is_json_kept_verbatim() {
+        // What Python's json writes for an undecodable byte: Hermes reads it back.
+        let body = "{\n    \"eventtype\": \"added\",\n    \"name\": \"Ren\\udce9 \\\"x\\\"\"\n}";
+        let dispatched = DispatchedEvent::new(event(Body::Json(body)));
+        let line = std::str::from_utf8(dispatched.line()).unwrap();
+        assert!(
+            line.ends_with(
+                "\"event\":{\"eventtype\":\"added\",\"name\":\"Ren\\udce9 \\\"x\\\"\"}}\n"
+            ),
+            "{line}"
         );
         assert_eq!(dispatched.header().eventtype.as_deref(), Some("added"));
     }

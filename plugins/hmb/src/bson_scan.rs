@@ -292,16 +292,15 @@ pub fn write_f64(out: &mut Vec<u8>, value: f64) {
     }
 }
 
-/// Writes a BSON datetime: `"HermesDatetime(...)"` (UTC, milliseconds), or Extended JSON
-/// `{"$date":{"$numberLong":".."}}` outside chrono's range.
+/// Writes a BSON datetime: `"HermesDatetime(2024-01-01T08:30:00Z)"`, the only form Hermes's
+/// own `Event.from_json` turns back into a datetime (UTC, to the second: milliseconds are
+/// dropped, as Hermes itself keeps seconds), or Extended JSON `{"$date":{"$numberLong":".."}}`
+/// outside chrono's range.
 pub fn write_datetime(out: &mut Vec<u8>, millis: i64) {
     match chrono::DateTime::from_timestamp_millis(millis) {
         Some(t) => write_str(
             out,
-            &format!(
-                "HermesDatetime({})",
-                t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-            ),
+            &format!("HermesDatetime({})", t.format("%Y-%m-%dT%H:%M:%SZ")),
         ),
         None => {
             out.extend_from_slice(b"{\"$date\":{\"$numberLong\":\"");
