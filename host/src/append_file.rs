@@ -45,17 +45,31 @@ impl LineFile {
     /// `committed = Some(n)` (the length committed with the offset) a longer file is cut back to
     /// `n` bytes; otherwise a partial last line is cut. Errors name the path.
     pub fn open(path: &Path, committed: Option<u64>) -> Result<(LineFile, Repair), String> {
+        Self::open_with(OpenOptions::new(), path, committed)
+    }
+
+    /// [`open`](Self::open) for a file of the state directory: never through a symbolic link,
+    /// created 0600 ([`crate::state_file`]).
+    pub fn open_state_file(
+        path: &Path,
+        committed: Option<u64>,
+    ) -> Result<(LineFile, Repair), String> {
+        Self::open_with(crate::state_file::options(), path, committed)
+    }
+
+    fn open_with(
+        mut options: OpenOptions,
+        path: &Path,
+        committed: Option<u64>,
+    ) -> Result<(LineFile, Repair), String> {
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
         if let Some(dir) = dir {
             std::fs::create_dir_all(dir)
                 .map_err(|e| format!("cannot create directory {}: {e}", dir.display()))?;
         }
         let existed = path.exists();
-        let mut file = OpenOptions::new()
-            .read(true)
-            .create(true)
-            .append(true)
-            .open(path)
+        options.read(true).create(true).append(true);
+        let mut file = crate::state_file::open(&options, path)
             .map_err(|e| format!("cannot open {} for appending: {e}", path.display()))?;
         let fail = |what: &str, e: std::io::Error| format!("{what} {}: {e}", path.display());
         if !existed {
@@ -104,7 +118,9 @@ impl LineFile {
         }
         Ok((
             LineFile {
-                path: path.to_path_buf(),
+                // Absolute: the path committed with the offset must name this file from any
+                // working directory.
+                path: std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()),
                 file,
                 len: keep,
             },

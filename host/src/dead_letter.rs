@@ -49,7 +49,7 @@ impl DeadLetterFile {
             Some(file) => file,
             None => {
                 let (file, repair) =
-                    LineFile::open(&self.path, None).map_err(std::io::Error::other)?;
+                    LineFile::open_state_file(&self.path, None).map_err(std::io::Error::other)?;
                 repair.log(&self.path, "dead-letter file");
                 self.file.insert(file)
             }

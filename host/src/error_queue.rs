@@ -250,7 +250,7 @@ impl ErrorQueue {
             serde_json::to_vec_pretty(&self.file).map_err(|e| error(std::io::Error::other(e)))?;
         text.push(b'\n');
         let temp = self.path.with_extension("json.tmp");
-        let mut file = File::create(&temp).map_err(error)?;
+        let mut file = crate::state_file::create_temp(&temp).map_err(error)?;
         file.write_all(&text).map_err(error)?;
         file.sync_all().map_err(error)?;
         drop(file);

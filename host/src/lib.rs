@@ -15,3 +15,4 @@ pub mod offsets;
 pub mod pipeline;
 pub mod plugin;
 pub mod shutdown;
+pub mod state_file;

@@ -1,7 +1,7 @@
 //! One process per consumer: `STATE_DIR/NAME.lock`, locked (flock) by `buslink run` for its
 //! whole life, and by the `offsets` commands that change the cache.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
@@ -37,13 +37,9 @@ impl ConsumerLock {
             source,
         };
         std::fs::create_dir_all(state_dir).map_err(io)?;
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io)?;
+        let mut options = crate::state_file::options();
+        options.read(true).write(true).create(true).truncate(false);
+        let mut file = crate::state_file::open(&options, &path).map_err(io)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {

@@ -174,3 +174,33 @@ fn a_plugin_library_overwritten_in_place_under_the_daemon_neither_kills_nor_stop
     assert_eq!(stopped.code(), Some(0), "{stopped}");
     assert_eq!(whole_lines(&out), (1..=120).collect::<Vec<_>>());
 }
+
+#[test]
+fn symlinks_planted_in_the_state_dir_never_redirect_a_write() {
+    let dir = TestDir::new("state-symlinks");
+    let bus = bus_with(&dir, 10);
+    let precious = dir.write("precious.txt", "keep me");
+    let config = sqlite_config(&dir, &bus, "", &jsonl_handler("all", ""));
+    std::fs::create_dir_all(dir.join("state")).expect("state dir");
+    // A link as the cache's temp file: removed and made anew, the target untouched.
+    std::os::unix::fs::symlink(&precious, dir.join("state/test.offsets.tmp")).expect("link");
+    let run = run_once(&config);
+    assert_eq!(run.code(), Some(0), "{run}");
+    assert_eq!(dir.read("precious.txt"), "keep me");
+    assert_eq!(read_cache(&dir)["last_offset"]["int"], 10);
+    // A link as the lock file: refused, naming it.
+    std::os::unix::fs::symlink(&precious, dir.join("state/test.lock.new")).expect("link");
+    std::fs::rename(dir.join("state/test.lock.new"), dir.join("state/test.lock")).expect("swap");
+    let refused = run_once(&config);
+    assert_eq!(refused.code(), Some(1), "{refused}");
+    assert!(refused.stderr.contains("is a symbolic link"), "{refused}");
+    assert_eq!(dir.read("precious.txt"), "keep me");
+    // Files buslink creates there are 0600 whatever the umask.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.join(CACHE_FILE))
+        .expect("the cache")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "the cache's mode");
+}

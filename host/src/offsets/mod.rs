@@ -112,7 +112,9 @@ impl OutputPosition {
     /// The committed length when it is of `path`; a handler whose file changed in the config
     /// since the commit gets `None` (that file is not cut back), with a log line.
     pub fn length_of(&self, path: &Path, handler: &str) -> Option<u64> {
-        if self.path == path {
+        // The same file however it is written (relative to another working directory, ...).
+        let canonical = |p: &Path| fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        if self.path == path || canonical(&self.path) == canonical(path) {
             return Some(self.length);
         }
         tracing::info!(

@@ -4,7 +4,7 @@
 use super::slots::{self, DURABLE, HOT, SLOTS};
 use super::{CacheError, OffsetCache, OffsetRecord};
 use serde::Deserialize;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
@@ -131,10 +131,9 @@ impl CacheWriter {
             Some(slot) if slot.index == DURABLE[0] => 1,
             _ => 0,
         };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&writer.cache.path)
+        let mut options = crate::state_file::options();
+        options.read(true).write(true);
+        let file = crate::state_file::open(&options, &writer.cache.path)
             .map_err(|e| writer.write_error(e))?;
         writer.file =
             Some(SlotFile::new(file, bytes.len() / SLOTS).map_err(|e| writer.write_error(e))?);
@@ -243,11 +242,7 @@ impl CacheWriter {
         for index in 0..SLOTS {
             bytes[(index + 1) * slot_size - 1] = b'\n';
         }
-        let mut temp = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&self.cache.temp_path)?;
+        let mut temp = crate::state_file::create_temp(&self.cache.temp_path)?;
         temp.write_all(&bytes)?;
         temp.sync_all()?;
         drop(temp);
@@ -262,10 +257,9 @@ impl CacheWriter {
             Err(e) => return Err(e),
         }
         File::open(&self.cache.dir).and_then(|dir| dir.sync_all())?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&self.cache.path)?;
+        let mut options = crate::state_file::options();
+        options.read(true).write(true);
+        let file = crate::state_file::open(&options, &self.cache.path)?;
         self.file = Some(SlotFile::new(file, slot_size)?);
         self.next_durable = 1;
         Ok(())
