@@ -40,7 +40,8 @@ pub enum Command {
     },
     /// List the plugin libraries in directories (default: the config's plugin_dirs).
     Plugins(PluginsArgs),
-    /// Run an operator command of the consumer's plugin (e.g. `features`), or list them.
+    /// Run an operator command of the consumer's plugin (e.g. HMB's `status`), or, without
+    /// one, list the commands the plugin has.
     Query {
         /// The config file.
         #[arg(long, short)]

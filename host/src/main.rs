@@ -9,6 +9,15 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(&cli.log_level, cli.log_format);
+    if !matches!(cli.command, Command::Run { .. }) {
+        // The listing commands end quietly when their reader goes (`buslink offsets show |
+        // head`), as command-line tools do. `run` keeps the broken pipe as an error its stdout
+        // handler reports (and its policy handles), never a silent death before a commit.
+        // SAFETY: restoring the default action of a signal, before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

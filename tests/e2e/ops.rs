@@ -298,3 +298,19 @@ fn logs_can_be_json() {
         .as_str()
         .is_some_and(|m| m.contains("stopped (bus drained)"))));
 }
+
+#[test]
+fn plugins_describe_takes_a_library_path_without_a_directory() {
+    let library = buslink_testkit::workspace::plugin_lib("sqlite");
+    let described = buslink_testkit::process::run(
+        &[
+            "plugins",
+            "describe",
+            &library.to_string_lossy(),
+            "SqliteConsumer",
+        ],
+        std::time::Duration::from_secs(60),
+    );
+    assert_eq!(described.code(), Some(0), "{described}");
+    assert!(described.stdout.contains("`wait_for_bus`"), "{described}");
+}

@@ -35,6 +35,7 @@ pub fn check(config_path: &Path, connect: bool) -> Result<(), AppError> {
             config.state_dir.display()
         ));
     }
+    warn_if_world_writable(&config.state_dir);
     let mut connected = None;
     if connect && problems.is_empty() {
         match try_connect(&config) {
@@ -71,6 +72,22 @@ fn check_plugin(config: &Config, problems: &mut Vec<String>) -> Option<(PluginIn
         problems.push(settings_refusal(config, &info.name, &error).to_string());
     }
     Some((info, path.display().to_string()))
+}
+
+/// A state directory others may write to lets them plant files buslink reads (its own are
+/// never opened through links): worth a warning.
+fn warn_if_world_writable(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(dir) {
+        let mode = meta.permissions().mode();
+        if mode & 0o002 != 0 {
+            tracing::warn!(
+                "state_dir {} is writable by every user (mode {:o}): make it 0700 or 0750",
+                dir.display(),
+                mode & 0o7777
+            );
+        }
+    }
 }
 
 /// Whether `dir` exists and is writable, or could be created.

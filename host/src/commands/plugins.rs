@@ -141,8 +141,18 @@ pub fn describe(
     dirs: &[PathBuf],
     config: Option<&Path>,
 ) -> Result<(), AppError> {
-    let dirs = plugin_dirs(dirs, config)?;
-    let path = find_library(name, Path::new("."), &dirs)?;
+    // A path to a library needs no directories to look in.
+    let is_path = name.contains('/') || Path::new(name).is_file();
+    let dirs = if is_path {
+        dirs.to_vec()
+    } else {
+        plugin_dirs(dirs, config)?
+    };
+    let path = if is_path {
+        PathBuf::from(name)
+    } else {
+        find_library(name, Path::new("."), &dirs)?
+    };
     let plugin = LoadedPlugin::load(&path)?;
     let info = plugin.info();
     let all = || {
