@@ -66,6 +66,26 @@ fn each_bad_config_gets_a_clear_error_naming_line_and_key() {
             &["buslink.toml:8:", "timeout_ms"],
         ),
         (
+            "a zero timeout (an idle daemon would spin)",
+            "timeout_ms = 100",
+            "timeout_ms = 0",
+            &[
+                "buslink.toml:8:",
+                "consumer.timeout_ms",
+                "must be at least 1",
+            ],
+        ),
+        (
+            "a non-finite number in plugin settings",
+            "[consumer.settings]\n",
+            "[consumer.settings]\npoll_interval_ms = nan\n",
+            &[
+                "buslink.toml:11:",
+                "consumer.settings.poll_interval_ms",
+                "NaN is not a number a plugin can be given",
+            ],
+        ),
+        (
             "bad start",
             "timeout_ms = 100",
             "timeout_ms = 100\nstart = true",

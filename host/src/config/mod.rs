@@ -399,6 +399,25 @@ impl Config {
                 errors.push(at(value.span(), key, "must be at least 1".into()));
             }
         }
+        if raw.timeout_ms == 0 {
+            errors.push(source.error_at_key(
+                &["consumer", "timeout_ms"],
+                "must be at least 1 (a poll that never waits makes an idle daemon spin)",
+            ));
+        }
+        let mut non_finite = Vec::new();
+        find_non_finite(
+            &toml::Value::Table(raw.settings.clone()),
+            &mut vec!["consumer".to_owned(), "settings".to_owned()],
+            &mut non_finite,
+        );
+        for (path, value) in non_finite {
+            let path: Vec<&str> = path.iter().map(String::as_str).collect();
+            errors.push(source.error_at_key(
+                &path,
+                format!("{value} is not a number a plugin can be given (JSON has no {value})"),
+            ));
+        }
         let hermes = raw.hermes.filter(|mode| mode.enabled);
         let settings_json = match serde_json::to_string(&raw.settings) {
             Ok(json) => json,
@@ -416,7 +435,7 @@ impl Config {
             plugin: raw.plugin.into_inner(),
             class: raw.class.into_inner(),
             start,
-            timeout_ms: raw.timeout_ms,
+            timeout_ms: raw.timeout_ms.max(1),
             batch_size: raw.batch_size.into_inner().max(1),
             queue_batches: raw.queue_batches.into_inner().max(1),
             settings_json,
@@ -480,6 +499,33 @@ impl Config {
     /// Points at a key of the `[consumer]` table.
     pub fn consumer_error(&self, key: &str, message: impl Into<String>) -> ConfigError {
         self.source.error_at_key(&["consumer", key], message)
+    }
+}
+
+/// The key paths (and values) of the non-finite floats (`nan`, `inf`) under `value`: JSON,
+/// what plugins are handed, has none (serde_json would make them `null`).
+pub(crate) fn find_non_finite(
+    value: &toml::Value,
+    path: &mut Vec<String>,
+    found: &mut Vec<(Vec<String>, f64)>,
+) {
+    match value {
+        toml::Value::Float(x) if !x.is_finite() => found.push((path.clone(), *x)),
+        toml::Value::Table(table) => {
+            for (name, inner) in table {
+                path.push(name.clone());
+                find_non_finite(inner, path, found);
+                path.pop();
+            }
+        }
+        toml::Value::Array(items) => {
+            for (index, inner) in items.iter().enumerate() {
+                path.push(index.to_string());
+                find_non_finite(inner, path, found);
+                path.pop();
+            }
+        }
+        _ => {}
     }
 }
 
