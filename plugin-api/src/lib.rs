@@ -13,6 +13,11 @@
 //! refused), batches events so one call carries many ([`EventBatch`]), and checks at load time
 //! that the plugin was built against a compatible version of this crate ([`API_VERSION`]).
 //!
+//! Start with the plugin author's guide, `docs/plugin-authors.md` in the buslink repository (a
+//! complete plugin and handler, built by buslink's tests from the page itself), and the example
+//! plugin `plugins/example` (a JSON-lines file bus to copy). Handler plugins implement
+//! [`EventHandler`] and [`HandlerClass`].
+//!
 //! ```ignore
 //! buslink_plugin_api::export_plugin! {
 //!     name: "mybus",

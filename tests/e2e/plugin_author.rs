@@ -94,3 +94,94 @@ fn a_plugin_built_outside_the_workspace_is_listed_checked_and_consumed() {
         "byte offsets have no successor: {cache}"
     );
 }
+
+/// The fenced blocks of `language` in a Markdown text, in order.
+fn fenced_blocks(markdown: &str, language: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in markdown.lines() {
+        match current.as_mut() {
+            Some(block) if line.trim_start() == "```" => {
+                blocks.push(std::mem::take(block));
+                current = None;
+            }
+            Some(block) => {
+                block.push_str(line);
+                block.push('\n');
+            }
+            None if line.trim_start() == format!("```{language}") => current = Some(String::new()),
+            None => {}
+        }
+    }
+    blocks
+}
+
+#[test]
+fn the_plugin_authors_guide_compiles_and_its_config_runs() {
+    let root = workspace_root();
+    let guide = std::fs::read_to_string(root.join("docs/plugin-authors.md")).expect("guide");
+    let toml_blocks = fenced_blocks(&guide, "toml");
+    let rust_blocks = fenced_blocks(&guide, "rust");
+    assert!(
+        rust_blocks.len() >= 5,
+        "the guide's code: {} blocks",
+        rust_blocks.len()
+    );
+
+    // The crate exactly as the guide writes it, plugin-api found where this checkout has it.
+    let source = buslink_testkit::build_dir().join("../fixture-sources/guide-plugin");
+    let manifest = toml_blocks[0].replace(
+        "path = \"/path/to/buslink/plugin-api\"",
+        &format!("path = \"{}\"", root.join("plugin-api").display()),
+    ) + "\n[workspace]\n";
+    assert!(manifest.contains("name = \"my-bus\""), "{manifest}");
+    write_if_changed(&source.join("Cargo.toml"), &manifest);
+    write_if_changed(&source.join("src/lib.rs"), &rust_blocks.concat());
+    let _ = std::fs::copy(root.join("Cargo.lock"), source.join("Cargo.lock"));
+    let built = cargo_build_outside(&source.join("Cargo.toml"), "my-bus").join("libmy_bus.so");
+
+    // The guide's config, the library dropped in `plugins/`.
+    let dir = TestDir::new("guide-plugin");
+    std::fs::create_dir_all(dir.join("plugins")).expect("dir");
+    std::fs::copy(&built, dir.join("plugins/libmy_bus.so")).expect("deploy");
+    let config_text = toml_blocks
+        .iter()
+        .find(|block| block.contains("class = \"LinesConsumer\""))
+        .expect("the guide's example config");
+    let config = dir.write("my.toml", config_text);
+    let event = |eventtype: &str, key: i64| {
+        format!(
+            "{{\"evcategory\":\"base\",\"eventtype\":\"{eventtype}\",\"objtype\":\"Users\",\
+             \"objpkey\":{key},\"objattrs\":{{}},\"step\":0,\"isPartiallyProcessed\":false}}\n"
+        )
+    };
+    dir.write(
+        "events.txt",
+        event("added", 1) + &event("added", 2) + &event("added", 3),
+    );
+    let checked = run(
+        &["check", "--config", &config.to_string_lossy()],
+        Duration::from_secs(60),
+    );
+    assert_eq!(checked.code(), Some(0), "{checked}");
+    let first = run_once(&config);
+    assert_eq!(first.code(), Some(0), "{first}");
+    assert_eq!(first.stdout.lines().count(), 3, "{first}");
+
+    // A restart: the handler restores its saved set; the new lines bring it up to date.
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.join("events.txt"))
+        .expect("open");
+    std::io::Write::write_all(&mut file, event("removed", 2).as_bytes()).expect("append");
+    let second = run_once(&config);
+    assert_eq!(second.code(), Some(0), "{second}");
+    assert_eq!(
+        second.stdout.lines().count(),
+        1,
+        "only the new line: {second}"
+    );
+    let saved: serde_json::Value =
+        serde_json::from_str(&dir.read("objects.json")).expect("the saved set");
+    assert_eq!(saved, serde_json::json!({"Users": ["1", "3"]}));
+}
