@@ -1204,3 +1204,27 @@ fn hmb_bson_string_not_utf8_is_delivered_as_bytes_in_order_and_counted() {
     );
     assert!(!run.stderr.contains("re-opening"), "{}", run.stderr);
 }
+
+#[test]
+fn hmb_connection_errors_name_the_server_once() {
+    // A loopback port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let url = format!("http://127.0.0.1:{port}/nobody");
+    let dir = TestDir::new("hmb-refused");
+    let config = archive_config(&dir, &url, "", "[consumer.settings.queues.Q]\n");
+    let run = run_once(&config);
+    assert_eq!(run.code(), Some(1), "{run}");
+    let line = run
+        .stderr
+        .lines()
+        .find(|line| line.contains("ERROR"))
+        .unwrap_or_else(|| panic!("an error line: {run}"));
+    assert_eq!(
+        line.matches(&format!("127.0.0.1:{port}")).count(),
+        1,
+        "the server named once: {line}"
+    );
+}

@@ -88,7 +88,17 @@ pub fn request_error(what: &str, error: &reqwest::Error) -> PluginError {
     } else {
         ErrorKind::Connect
     };
-    PluginError::new(kind, format!("{what}: {}", describe(error)))
+    // `what` names the request (and the server); reqwest's own text would repeat its URL,
+    // session id included, in every line an operator pastes.
+    let plain = describe(error);
+    let plain = match error.url() {
+        Some(url) => plain
+            .replace(&format!(" for url ({url})"), "")
+            .replace(&format!(" ({url})"), "")
+            .replace(url.as_str(), "the server"),
+        None => plain,
+    };
+    PluginError::new(kind, format!("{what}: {plain}"))
 }
 
 /// Turns a failed body read into a plugin error.
