@@ -118,6 +118,9 @@ pub enum OffsetsAction {
         /// Take OFFSET as a string even if it looks like a number.
         #[arg(long)]
         string: bool,
+        /// Set it even if the bus says it has no such offset (or cannot be reached).
+        #[arg(long)]
+        force: bool,
     },
     /// Forget the committed offset: the next start uses the config's `start`.
     Reset {

@@ -59,7 +59,8 @@ fn dispatch(command: Command) -> Result<(), AppError> {
                 config,
                 offset,
                 string,
-            } => offsets::set(&config, &offset, string),
+                force,
+            } => offsets::set(&config, &offset, string, force),
             OffsetsAction::Reset { config } => offsets::reset(&config),
         },
     }

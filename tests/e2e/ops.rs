@@ -189,6 +189,20 @@ fn offsets_show_set_and_reset() {
     let record: serde_json::Value = serde_json::from_str(&json.stdout).expect("JSON");
     assert_eq!(record["last_offset"]["int"], 163);
 
+    // An offset the bus does not have is refused, saying where the bus ends.
+    let beyond = buslink(&["offsets", "set", "--config", &config_arg, "500"]);
+    assert_ne!(beyond.code(), Some(0), "{beyond}");
+    assert!(
+        beyond
+            .stderr
+            .contains("offset 500 is beyond the end of bus database")
+            && beyond.stderr.contains("(last offset 163;"),
+        "{beyond}"
+    );
+    let json = buslink(&["offsets", "show", "--json", "--config", &config_arg]);
+    let unchanged: serde_json::Value = serde_json::from_str(&json.stdout).expect("JSON");
+    assert_eq!(unchanged["last_offset"]["int"], 163, "not set");
+
     // Move back: the next run starts at 150.
     let set = buslink(&["offsets", "set", "--config", &config_arg, "150"]);
     assert_eq!(set.code(), Some(0), "{set}");

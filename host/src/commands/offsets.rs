@@ -1,11 +1,12 @@
 //! `buslink offsets show|set|reset --config FILE`: read or move a consumer's committed offset.
 //! Changes take the consumer's lock, so they are refused while its daemon runs.
 
+use crate::commands::run::build_consumer;
 use crate::commands::AppError;
 use crate::config::{Config, StartPosition};
 use crate::lock::ConsumerLock;
 use crate::offsets::{OffsetCache, ResumePoint};
-use buslink_plugin_api::Offset;
+use buslink_plugin_api::{ErrorKind, Offset};
 use std::path::Path;
 
 fn cache_of(config: &Config) -> OffsetCache {
@@ -81,12 +82,15 @@ pub fn parse_offset(text: &str, as_string: bool) -> Offset {
 }
 
 /// `offsets set OFFSET`: the next start begins at OFFSET.
-pub fn set(config_path: &Path, offset: &str, as_string: bool) -> Result<(), AppError> {
+pub fn set(config_path: &Path, offset: &str, as_string: bool, force: bool) -> Result<(), AppError> {
     let config = Config::load(config_path)?;
     let _lock = ConsumerLock::acquire(&config.state_dir, &config.consumer.name).map_err(runtime)?;
     let cache = cache_of(&config);
     let previous = cache.load().map_err(runtime)?;
     let offset = parse_offset(offset, as_string);
+    if !force {
+        check_on_the_bus(&config, &offset)?;
+    }
     let handled = previous.as_ref().map_or(0, |record| record.events_handled);
     cache
         .commit(&cache.record(None, Some(offset.clone()), handled))
@@ -97,6 +101,24 @@ pub fn set(config_path: &Path, offset: &str, as_string: bool) -> Result<(), AppE
         cache.path().display()
     );
     Ok(())
+}
+
+/// Asks the bus whether `offset` is on it (the plugin's `seek`): an offset it refuses is not
+/// set (`--force` sets it anyway); a bus that cannot be reached is said and not a refusal.
+fn check_on_the_bus(config: &Config, offset: &Offset) -> Result<(), AppError> {
+    let (_plugin, mut consumer) = build_consumer(config)?;
+    let checked = consumer.open().and_then(|()| consumer.seek(offset));
+    let _ = consumer.close();
+    match checked {
+        Ok(()) => Ok(()),
+        Err(error) if error.error.kind() == ErrorKind::OffsetNotFound => Err(AppError::Usage(
+            format!("not set: {error} (--force sets it anyway)"),
+        )),
+        Err(error) => {
+            tracing::warn!("could not check offset {offset} against the bus: {error}; set anyway");
+            Ok(())
+        }
+    }
 }
 
 /// `offsets reset`: forget the committed offset; the next start uses `start`.
