@@ -94,10 +94,7 @@ impl BusFile {
     }
 
     fn error(&self, error: rusqlite::Error) -> PluginError {
-        PluginError::connect(format!(
-            "reading bus database {}: {error}",
-            self.path.display()
-        ))
+        read_error(&self.path, &error)
     }
 
     /// Whether the `hermesmessages` table exists (`false` also when the file does not).
@@ -274,10 +271,7 @@ impl BusFile {
                  events before it were delivered, and the run stops at it until the row is fixed",
                 path.display()
             ))),
-            Err(e) => Err(PluginError::connect(format!(
-                "reading bus database {}: {e}",
-                path.display()
-            ))),
+            Err(e) => Err(read_error(&path, &e)),
         }
     }
 
@@ -333,6 +327,29 @@ impl BusFile {
     }
 }
 
+/// A failed read of the bus at `path`, as a connection error; SQLite's "attempt to write a
+/// readonly database" (a reader of a WAL-mode bus must create the `-shm` file) explained.
+fn read_error(path: &Path, error: &rusqlite::Error) -> PluginError {
+    let text = error.to_string();
+    let hint = if text.contains("readonly database") {
+        let dir = path
+            .parent()
+            .map_or_else(|| ".".to_owned(), |d| d.display().to_string());
+        format!(
+            " (the bus is in WAL mode and its shared-memory file {}-shm is missing: a reader \
+             must create it, so the directory {dir} must be writable by buslink, or a writer be \
+             connected)",
+            path.display()
+        )
+    } else {
+        String::new()
+    };
+    PluginError::connect(format!(
+        "reading bus database {}: {text}{hint}",
+        path.display()
+    ))
+}
+
 /// Reports the msgids `first..=last` missing.
 fn report_gap(batch: &mut EventBatch, first: i64, last: i64) {
     let range = if first == last {
@@ -372,4 +389,26 @@ fn timestamp_from_epoch(seconds: f64) -> Result<DateTime<Utc>, String> {
         return Err(format!("is {seconds}"));
     }
     DateTime::from_timestamp_micros(micros as i64).ok_or_else(|| format!("is {seconds}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_readonly_wal_bus_is_explained_naming_both_paths() {
+        let error = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_READONLY),
+            Some("attempt to write a readonly database".into()),
+        );
+        let message = read_error(Path::new("/srv/bus/bus.sqlite"), &error).to_string();
+        assert!(
+            message.contains("/srv/bus/bus.sqlite-shm is missing"),
+            "{message}"
+        );
+        assert!(
+            message.contains("the directory /srv/bus must be writable"),
+            "{message}"
+        );
+    }
 }
