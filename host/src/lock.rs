@@ -63,6 +63,48 @@ impl ConsumerLock {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// A watch that tells when the lock file at the path is no longer the one locked (deleted
+    /// or replaced by another program: a second daemon could then lock it and consume too).
+    pub fn watch(&self) -> LockWatch {
+        use std::os::unix::fs::MetadataExt;
+        LockWatch {
+            path: self.path.clone(),
+            identity: self._file.metadata().ok().map(|m| (m.dev(), m.ino())),
+            checked: std::time::Instant::now(),
+        }
+    }
+}
+
+/// See [`ConsumerLock::watch`]; looked at most every 2 s.
+#[derive(Clone, Debug)]
+pub struct LockWatch {
+    path: PathBuf,
+    identity: Option<(u64, u64)>,
+    checked: std::time::Instant,
+}
+
+impl LockWatch {
+    /// `Err` naming the file when it is no longer the locked one.
+    pub fn check(&mut self) -> Result<(), String> {
+        use std::os::unix::fs::MetadataExt;
+        if self.checked.elapsed() < std::time::Duration::from_secs(2) {
+            return Ok(());
+        }
+        self.checked = std::time::Instant::now();
+        let now = std::fs::metadata(&self.path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        if now.is_some() && now == self.identity {
+            return Ok(());
+        }
+        Err(format!(
+            "lock file {} was deleted or replaced by another program while this daemon ran: \
+             another buslink could now take the consumer and commit beside it; stopping (what \
+             was handled is committed)",
+            self.path.display()
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use crate::dead_letter::DeadLetterFile;
 use crate::error_queue::{object_key, ErrorQueue, QueueError};
 use crate::handlers::{ConfiguredHandler, DispatchedEvent};
 use crate::hermes_mode::HermesFilter;
+use crate::lock::LockWatch;
 use crate::offsets::{
     CacheError, CacheWriter, OffsetCache, OffsetRecord, OutputPosition, ResumePoint,
 };
@@ -49,6 +50,8 @@ pub struct PipelineOptions {
     pub library: Option<LibraryWatch>,
     /// What a gap reported by the plugin does.
     pub on_gap: GapPolicy,
+    /// The consumer's lock file, watched for deletion or replacement.
+    pub lock: Option<LockWatch>,
 }
 
 /// The plugin's counters, as the reader thread last read them.
@@ -118,6 +121,8 @@ pub enum PipelineError {
     Queue(#[from] QueueError),
     #[error("the consumer thread stopped unexpectedly")]
     ReaderLost,
+    #[error("{0}")]
+    LockLost(String),
     #[error(
         "gap on the bus: {range} ({count}) are gone before this consumer read them; stopped \
              before the next event (on_gap = \"stop\"); the events before the gap were handled \
@@ -472,10 +477,14 @@ pub fn run(
     let mut retries = QueueRetries::default();
     let mut positions = Vec::with_capacity(handlers.len());
     let mut library = options.library.clone();
+    let mut lock = options.lock.clone();
     let outcome: Result<(), PipelineError> = loop {
         progress.report_if_due(&committer);
         if let Some(library) = library.as_mut() {
             library.check();
+        }
+        if let Some(Err(message)) = lock.as_mut().map(LockWatch::check) {
+            break Err(PipelineError::LockLost(message));
         }
         let message = match full_rx.recv_timeout(tick) {
             Ok(message) => message,

@@ -204,3 +204,27 @@ fn symlinks_planted_in_the_state_dir_never_redirect_a_write() {
         & 0o777;
     assert_eq!(mode, 0o600, "the cache's mode");
 }
+
+#[test]
+fn a_lock_file_deleted_under_the_daemon_stops_it_before_a_second_one_can_commit_beside_it() {
+    let dir = TestDir::new("lock-deleted");
+    let bus = bus_with(&dir, 20);
+    let config = sqlite_config(&dir, &bus, "", &jsonl_handler("all", ""));
+    let out = dir.join("out/all.jsonl");
+    let mut daemon = Daemon::run(&config);
+    daemon.wait_for("the 20 events", LIMIT, |_| count_lines(&out) >= 20);
+    std::fs::remove_file(dir.join("state/test.lock")).expect("lock deleted");
+    let stopped = daemon.finish(LIMIT);
+    assert_eq!(stopped.code(), Some(1), "{stopped}");
+    assert!(
+        stopped
+            .stderr
+            .contains("was deleted or replaced by another program"),
+        "{stopped}"
+    );
+    assert_eq!(
+        read_cache(&dir)["last_offset"]["int"],
+        20,
+        "committed before stopping"
+    );
+}

@@ -159,7 +159,7 @@ pub fn run(config_path: &Path, once: bool) -> Result<(), AppError> {
     let config = Config::load(config_path)?;
     // The plugin checks its settings before anything is written.
     let (plugin, consumer) = build_consumer(&config)?;
-    let _lock = ConsumerLock::acquire(&config.state_dir, &config.consumer.name)
+    let lock = ConsumerLock::acquire(&config.state_dir, &config.consumer.name)
         .map_err(|e| AppError::Runtime(e.to_string()))?;
     let cache = OffsetCache::new(&config.state_dir, &config.consumer.name);
     let mut cached = cache.load().map_err(|e| AppError::Runtime(e.to_string()))?;
@@ -245,6 +245,7 @@ pub fn run(config_path: &Path, once: bool) -> Result<(), AppError> {
         hermes,
         library: Some(plugin.watch()),
         on_gap: config.consumer.on_gap,
+        lock: Some(lock.watch()),
     };
     let summary = pipeline::run(
         consumer,
