@@ -22,6 +22,24 @@ pub struct LineFile {
     file: File,
     /// The file's length: whole lines only.
     len: u64,
+    /// Device and inode of the open file (a committed length is only ever applied to it).
+    identity: (u64, u64),
+    /// Why the file can no longer be trusted (a cut that failed): every later write fails.
+    broken: Option<String>,
+}
+
+/// A length committed with the offset: which file, how long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Committed {
+    pub length: u64,
+    /// Device and inode of the file it is of, when known (caches of before it was kept: not).
+    pub identity: Option<(u64, u64)>,
+}
+
+/// Device and inode of an open file.
+fn identity_of(file: &File) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    file.metadata().map(|m| (m.dev(), m.ino()))
 }
 
 /// What [`LineFile::open`] did to the file, for the log.
@@ -38,13 +56,16 @@ pub enum Repair {
     /// The file is shorter than the committed length (rotated or truncated by another program):
     /// appending goes on at its end.
     ShorterThanCommitted { len: u64, committed: u64 },
+    /// The committed length is of another file (the file was rotated since, or the committed
+    /// length does not end a line of it): only a partial last line was cut.
+    OtherFile { from: u64, to: u64 },
 }
 
 impl LineFile {
     /// Opens `path` for appending, creating it (and its directory) when missing. With
     /// `committed = Some(n)` (the length committed with the offset) a longer file is cut back to
     /// `n` bytes; otherwise a partial last line is cut. Errors name the path.
-    pub fn open(path: &Path, committed: Option<u64>) -> Result<(LineFile, Repair), String> {
+    pub fn open(path: &Path, committed: Option<Committed>) -> Result<(LineFile, Repair), String> {
         Self::open_with(OpenOptions::new(), path, committed)
     }
 
@@ -52,7 +73,7 @@ impl LineFile {
     /// created 0600 ([`crate::state_file`]).
     pub fn open_state_file(
         path: &Path,
-        committed: Option<u64>,
+        committed: Option<Committed>,
     ) -> Result<(LineFile, Repair), String> {
         Self::open_with(crate::state_file::options(), path, committed)
     }
@@ -60,7 +81,7 @@ impl LineFile {
     fn open_with(
         mut options: OpenOptions,
         path: &Path,
-        committed: Option<u64>,
+        committed: Option<Committed>,
     ) -> Result<(LineFile, Repair), String> {
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
         if let Some(dir) = dir {
@@ -83,6 +104,30 @@ impl LineFile {
             .metadata()
             .map_err(|e| fail("cannot read the metadata of", e))?
             .len();
+        let identity = identity_of(&file).map_err(|e| fail("cannot read the metadata of", e))?;
+        // A committed length applies to the very file it was committed with, where it ends a
+        // line; otherwise (rotated since) only a partial last line is cut.
+        let mut other_file = false;
+        let committed = match committed {
+            Some(c) if c.identity.is_some_and(|id| id != identity) => {
+                other_file = true;
+                None
+            }
+            Some(c) if c.length > 0 && c.length <= len => {
+                let mut byte = [0u8];
+                file.seek(SeekFrom::Start(c.length - 1))
+                    .and_then(|_| file.read_exact(&mut byte))
+                    .map_err(|e| fail("cannot read", e))?;
+                if byte[0] == b'\n' {
+                    Some(c.length)
+                } else {
+                    other_file = true;
+                    None
+                }
+            }
+            Some(c) => Some(c.length),
+            None => None,
+        };
         let (keep, repair) = match committed {
             Some(committed) if len > committed => (
                 committed,
@@ -98,7 +143,12 @@ impl LineFile {
             }
             _ => {
                 let keep = whole_lines_len(&mut file, len).map_err(|e| fail("cannot read", e))?;
-                let repair = if keep < len {
+                let repair = if other_file {
+                    Repair::OtherFile {
+                        from: len,
+                        to: keep,
+                    }
+                } else if keep < len {
                     Repair::CutPartialLine {
                         from: len,
                         to: keep,
@@ -123,6 +173,8 @@ impl LineFile {
                 path: std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()),
                 file,
                 len: keep,
+                identity,
+                broken: None,
             },
             repair,
         ))
@@ -141,6 +193,9 @@ impl LineFile {
     /// Appends `lines` (whole lines, each ending in `\n`) in one write. On failure the file is
     /// cut back to its length before the call, so no part of `lines` stays in it.
     pub fn append(&mut self, lines: &[u8]) -> std::io::Result<()> {
+        if let Some(broken) = &self.broken {
+            return Err(std::io::Error::other(broken.clone()));
+        }
         if lines.is_empty() {
             return Ok(());
         }
@@ -150,11 +205,11 @@ impl LineFile {
                 Ok(())
             }
             Err(error) => {
-                if let Err(cut) = self.file.set_len(self.len) {
+                let length = self.len;
+                if let Err(cut) = self.cut(length) {
                     tracing::error!(
-                        "{}: cannot cut a failed write back to {} bytes: {cut}",
-                        self.path.display(),
-                        self.len
+                        "{}: cannot cut a failed write back to {length} bytes: {cut}",
+                        self.path.display()
                     );
                 }
                 Err(error)
@@ -162,13 +217,35 @@ impl LineFile {
         }
     }
 
-    /// Cuts the file back to `len` bytes (a line boundary it had before).
+    /// Cuts the file back to `len` bytes (a line boundary it had before), never making it
+    /// longer than it is. A cut that fails leaves the file untrusted: every later write fails.
     pub fn cut(&mut self, len: u64) -> std::io::Result<()> {
-        if len < self.len {
-            self.file.set_len(len)?;
-            self.len = len;
+        let result = self
+            .file
+            .metadata()
+            .and_then(|meta| match len < meta.len() {
+                true => self.file.set_len(len),
+                false => Ok(()),
+            });
+        match result {
+            Ok(()) => {
+                self.len = self.len.min(len);
+                Ok(())
+            }
+            Err(error) => {
+                self.broken = Some(format!(
+                    "{}: a cut back to {len} bytes failed ({error}): the file may hold a partial \
+                     or taken-back line; nothing more is written to it until a restart",
+                    self.path.display()
+                ));
+                Err(error)
+            }
         }
-        Ok(())
+    }
+
+    /// Device and inode of the open file.
+    pub fn identity(&self) -> (u64, u64) {
+        self.identity
     }
 
     /// Whether the file at the path is still the open file; when another program moved,
@@ -182,9 +259,28 @@ impl LineFile {
             .map_err(|e| format!("cannot read the metadata of {}: {e}", self.path.display()))?;
         let same = std::fs::metadata(&self.path)
             .is_ok_and(|at_path| (at_path.dev(), at_path.ino()) == (open.dev(), open.ino()));
-        if same {
+        if same && open.len() >= self.len {
             return Ok(false);
         }
+        if same {
+            // Truncated in place (`copytruncate`): go on at its (whole-lined) end.
+            let keep = whole_lines_len(&mut self.file, open.len())
+                .map_err(|e| format!("cannot read {}: {e}", self.path.display()))?;
+            tracing::info!(
+                "{}: the file was truncated by another program (rotated?) to {} bytes; \
+                 appending at its end",
+                self.path.display(),
+                open.len()
+            );
+            self.len = keep;
+            self.cut(keep)
+                .map_err(|e| format!("cannot cut {}: {e}", self.path.display()))?;
+            return Ok(true);
+        }
+        // What went to the moved file reaches its disk before the commit that counts it.
+        self.file
+            .sync_data()
+            .map_err(|e| format!("cannot sync {}: {e}", self.path.display()))?;
         let (file, repair) = LineFile::open(&self.path, None)?;
         tracing::info!(
             "{}: the file was moved, deleted or replaced by another program (rotated?); \
@@ -220,6 +316,15 @@ impl Repair {
             Repair::ShorterThanCommitted { len, committed } => tracing::warn!(
                 "{what} {path}: {len} bytes, shorter than the {committed} committed with the \
                  offset (rotated or truncated by another program); appending at its end"
+            ),
+            Repair::OtherFile { from, to } => tracing::warn!(
+                "{what} {path}: not the file whose length was committed with the offset (rotated \
+                 since?): not cut back{}; the events after the commit are appended again",
+                if from > to {
+                    format!(" (a partial last line of {} bytes was cut)", from - to)
+                } else {
+                    String::new()
+                }
             ),
         }
     }
@@ -269,13 +374,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out.jsonl");
         std::fs::write(&path, b"one\ntwo\nthree\n").unwrap();
-        let (file, repair) = LineFile::open(&path, Some(4)).unwrap();
+        let (file, repair) = LineFile::open(
+            &path,
+            Some(Committed {
+                length: 4,
+                identity: None,
+            }),
+        )
+        .unwrap();
         assert_eq!(repair, Repair::CutToCommitted { from: 14, to: 4 });
         assert_eq!(file.length(), 4);
         assert_eq!(std::fs::read(&path).unwrap(), b"one\n");
         // A file shorter than committed (rotated): kept, its partial line cut.
         std::fs::write(&path, b"x\ny").unwrap();
-        let (file, repair) = LineFile::open(&path, Some(100)).unwrap();
+        let (file, repair) = LineFile::open(
+            &path,
+            Some(Committed {
+                length: 100,
+                identity: None,
+            }),
+        )
+        .unwrap();
         assert_eq!(
             repair,
             Repair::ShorterThanCommitted {
@@ -314,5 +433,58 @@ mod tests {
             b"one\n"
         );
         assert_eq!(file.length(), 4);
+    }
+
+    #[test]
+    fn a_file_truncated_in_place_is_appended_to_at_its_end_never_padded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        let (mut file, _) = LineFile::open(&path, None).unwrap();
+        file.append(b"one\ntwo\n").unwrap();
+        // `copytruncate`: the same inode, emptied.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        assert!(file.reopen_if_replaced().unwrap());
+        assert_eq!(file.length(), 0);
+        file.append(b"three\n").unwrap();
+        file.cut(100).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"three\n");
+    }
+
+    #[test]
+    fn a_length_committed_with_another_file_is_not_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        std::fs::write(&path, b"new file line one\nnew file line two\n").unwrap();
+        let (file, _) = LineFile::open(&path, None).unwrap();
+        let (dev, ino) = file.identity();
+        drop(file);
+        // Committed with another inode (rotated since): not cut.
+        let other = Committed {
+            length: 5,
+            identity: Some((dev, ino + 1)),
+        };
+        let (file, repair) = LineFile::open(&path, Some(other)).unwrap();
+        assert_eq!(repair, Repair::OtherFile { from: 36, to: 36 });
+        assert_eq!(file.length(), 36);
+        // The same inode, but a length that does not end a line: not cut either.
+        let mid_line = Committed {
+            length: 5,
+            identity: Some((dev, ino)),
+        };
+        let (file, repair) = LineFile::open(&path, Some(mid_line)).unwrap();
+        assert_eq!(repair, Repair::OtherFile { from: 36, to: 36 });
+        assert_eq!(file.length(), 36);
+        // Its own committed length, on a line end: cut.
+        let own = Committed {
+            length: 18,
+            identity: Some((dev, ino)),
+        };
+        let (file, _) = LineFile::open(&path, Some(own)).unwrap();
+        assert_eq!(file.length(), 18);
     }
 }

@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 pub struct DeadLetterFile {
     path: PathBuf,
     file: Option<LineFile>,
+    /// Its length when this run opened it.
+    opened_at: u64,
 }
 
 #[derive(Serialize)]
@@ -30,11 +32,27 @@ impl DeadLetterFile {
         DeadLetterFile {
             path: state_dir.join(format!("{name}.dead-letter.jsonl")),
             file: None,
+            opened_at: 0,
         }
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The file's length, when it is open (`None`: nothing written by this run).
+    pub fn length(&self) -> Option<u64> {
+        self.file.as_ref().map(LineFile::length)
+    }
+
+    /// Takes back the records written after `length` (an earlier [`length`](Self::length)):
+    /// their event was not handled after all and comes again. `None`: the file was not open
+    /// then, so every record of this run goes.
+    pub fn cut(&mut self, length: Option<u64>) -> std::io::Result<()> {
+        match &mut self.file {
+            Some(file) => file.cut(length.unwrap_or(self.opened_at).min(file.length())),
+            None => Ok(()),
+        }
     }
 
     /// Appends and fsyncs one record.
@@ -51,6 +69,7 @@ impl DeadLetterFile {
                 let (file, repair) =
                     LineFile::open_state_file(&self.path, None).map_err(std::io::Error::other)?;
                 repair.log(&self.path, "dead-letter file");
+                self.opened_at = file.length();
                 self.file.insert(file)
             }
         };

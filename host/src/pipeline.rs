@@ -22,7 +22,7 @@ use crate::offsets::{
 use crate::plugin::{ConsumerError, LibraryWatch, PluginConsumer};
 use crate::shutdown::Shutdown;
 use buslink_plugin_api::{EventBatch, Gap, Offset, PollStatus};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -147,6 +147,8 @@ pub struct RunSummary {
     pub events_handled: u64,
     pub last_committed: Option<Offset>,
     pub bus_ended: bool,
+    /// The plugin said it reached the end (`--once`), or the bus ended the stream.
+    pub drained: bool,
     /// Gaps the plugin reported in this run, and the events they are known to hold.
     pub gaps: u64,
     pub events_lost: u64,
@@ -342,10 +344,30 @@ struct Committer<'a> {
     pending_count: u64,
     pending_since: Option<Instant>,
     last_committed: Option<Offset>,
+    /// The record of the last commit (or the cache's at start).
+    last_record: Option<OffsetRecord>,
     hermes: Option<HermesFilter>,
 }
 
 impl Committer<'_> {
+    /// Commits the exactly-once outputs' lengths (the handlers synced) with the offset already
+    /// committed: after events of the error queue were written on retry.
+    fn commit_outputs(&mut self, handlers: &[ConfiguredHandler]) -> Result<(), PipelineError> {
+        let mut record = self
+            .last_record
+            .clone()
+            .unwrap_or_else(|| self.cache.record(None, None, self.handled_total));
+        let outputs = output_positions(handlers);
+        if outputs == record.outputs {
+            return Ok(());
+        }
+        record.outputs = outputs;
+        record.updated_at = Utc::now().trunc_subsecs(3);
+        self.writer.commit(&record)?;
+        self.last_record = Some(record);
+        Ok(())
+    }
+
     /// Notes that events `from..to` of `batch` were handled by every matching handler.
     fn record(
         &mut self,
@@ -403,6 +425,7 @@ impl Committer<'_> {
             record.initsync_done = hermes.initsync_done;
         }
         self.writer.commit(&record)?;
+        self.last_record = Some(record);
         tracing::debug!("committed offset {last}");
         self.last_committed = Some(last);
         self.pending_count = 0;
@@ -445,6 +468,7 @@ pub fn run(
         pending_since: None,
         gaps: 0,
         events_lost: 0,
+        last_record: cached.clone(),
         last_committed: cached
             .as_ref()
             .and_then(|record| record.last_offset.clone()),
@@ -497,13 +521,15 @@ pub fn run(
                         break Err(error);
                     }
                 }
-                if let Err(error) = retries.run_due(handlers, error_queue) {
+                if let Err(error) = retries.run_due(handlers, error_queue, &mut committer) {
                     break Err(error);
                 }
                 continue;
             }
             // The reader stopped (a stop was asked for) and every batch it sent was handled.
-            Err(RecvTimeoutError::Disconnected) => break Ok(()),
+            Err(RecvTimeoutError::Disconnected) if shutdown.requested() => break Ok(()),
+            // Gone without a word (it panicked): never taken for a drained bus.
+            Err(RecvTimeoutError::Disconnected) => break Err(PipelineError::ReaderLost),
         };
         match message {
             // A stop: batches queued but not handled are dropped (they come again).
@@ -518,6 +544,7 @@ pub fn run(
                     error_queue: &mut *error_queue,
                     shutdown,
                     positions: &mut positions,
+                    queued: Vec::new(),
                     on_gap: options.on_gap,
                 };
                 let result = dispatcher.dispatch_batch(&batch, next_after_last, &mut committer);
@@ -530,12 +557,13 @@ pub fn run(
                         break Err(error);
                     }
                 }
-                if let Err(error) = retries.run_due(handlers, error_queue) {
+                if let Err(error) = retries.run_due(handlers, error_queue, &mut committer) {
                     break Err(error);
                 }
             }
             ReaderMessage::Finished { ended } => {
                 summary.bus_ended = ended;
+                summary.drained = true;
                 break Ok(());
             }
             ReaderMessage::Failed(error) => break Err(error.into()),
@@ -651,31 +679,44 @@ impl QueueRetries {
         &mut self,
         handlers: &mut [ConfiguredHandler],
         queue: &mut ErrorQueue,
+        committer: &mut Committer<'_>,
     ) -> Result<(), PipelineError> {
         if queue.is_empty() {
             return Ok(());
         }
         let now = Instant::now();
-        let mut tried = Vec::new();
-        for handler in handlers.iter_mut() {
-            if handler.on_failure != FailurePolicy::ErrorQueue || !queue.holds_any(&handler.name) {
-                continue;
-            }
-            let last = self.last.entry(handler.name.clone()).or_insert(now);
-            if now.duration_since(*last) < handler.retry_interval {
-                continue;
-            }
-            *last = now;
-            retry_queued(handler, queue, None);
-            tried.push(handler.name.clone());
-        }
-        if tried.is_empty() {
+        let due: Vec<usize> = handlers
+            .iter()
+            .enumerate()
+            .filter(|(_, handler)| {
+                handler.on_failure == FailurePolicy::ErrorQueue
+                    && queue.holds_any(&handler.name)
+                    && now.duration_since(*self.last.entry(handler.name.clone()).or_insert(now))
+                        >= handler.retry_interval
+            })
+            .map(|(index, _)| index)
+            .collect();
+        if due.is_empty() {
             return Ok(());
         }
+        // What was handled goes first, with the events it queued.
+        committer.commit(handlers, queue)?;
+        for &index in &due {
+            let handler = &mut handlers[index];
+            self.last.insert(handler.name.clone(), now);
+            retry_queued(handler, queue, None);
+        }
         for_each_handler(
-            handlers.iter_mut().filter(|h| tried.contains(&h.name)),
+            handlers
+                .iter_mut()
+                .enumerate()
+                .filter(|(index, _)| due.contains(index))
+                .map(|(_, handler)| handler),
             |h| h.sync(),
         )?;
+        // The outputs' new lengths before the queue that no longer holds what they took: a
+        // crash in between repeats a retried event rather than cutting it out of its file.
+        committer.commit_outputs(handlers)?;
         queue.save()?;
         Ok(())
     }
@@ -751,12 +792,13 @@ pub fn output_positions(
     handlers
         .iter()
         .filter_map(|h| {
-            let (path, length) = (h.handler.output_path()?, h.handler.position()?);
+            let ((path, (dev, ino)), length) = (h.handler.output_file()?, h.handler.position()?);
             Some((
                 h.name.clone(),
                 OutputPosition {
                     path: path.to_path_buf(),
                     length,
+                    file_id: Some([dev, ino]),
                 },
             ))
         })
@@ -829,22 +871,33 @@ struct Dispatcher<'a> {
     /// Each handler's [`position`](crate::handlers::Handler::position) before the event in
     /// hand (kept between events: no allocation per event).
     positions: &'a mut Vec<Option<u64>>,
+    /// The error-queue entries made for the event in hand.
+    queued: Vec<u64>,
     on_gap: GapPolicy,
 }
 
 impl Dispatcher<'_> {
     /// Gives one event to every handler that matches it; `Err` when the event is not handled.
     fn dispatch_event(&mut self, event: &DispatchedEvent<'_>) -> Result<(), PipelineError> {
+        let dead_letters_before = self.dead_letters.length();
+        self.queued.clear();
         let result = self.try_dispatch_event(event);
         if result.is_err() {
-            // The event is not handled and will be delivered again: exactly-once outputs that
-            // took it already give it back.
+            // The event is not handled and will be delivered again: what took it already gives
+            // it back (exactly-once outputs, its error-queue entries, its dead-letter records),
+            // so it is not there twice after it comes again.
             for (handler, position) in self.handlers.iter_mut().zip(self.positions.iter()) {
                 if let Some(position) = *position {
                     if let Err(error) = handler.handler.rewind(position) {
                         tracing::error!("handler '{}': {error}", handler.name);
                     }
                 }
+            }
+            for id in self.queued.drain(..) {
+                self.error_queue.remove(id);
+            }
+            if let Err(error) = self.dead_letters.cut(dead_letters_before) {
+                tracing::error!("{}: {error}", self.dead_letters.path().display());
             }
         }
         result
@@ -867,6 +920,7 @@ impl Dispatcher<'_> {
                     let id = self
                         .error_queue
                         .push(&handler.name, key, &event.event, None, 0);
+                    self.queued.push(id);
                     tracing::info!(
                         "handler '{}': offset {} queued (#{id}) behind an earlier event of the same object",
                         handler.name,
@@ -901,6 +955,7 @@ impl Dispatcher<'_> {
                             Some(error.clone()),
                             attempts,
                         );
+                        self.queued.push(id);
                         tracing::warn!(
                             "handler '{}' failed on offset {} after {attempts} attempt(s): {error}; queued as #{id} for object {key}, retried later",
                             handler.name,

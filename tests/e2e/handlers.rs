@@ -317,3 +317,25 @@ fn secrets_never_appear_in_logs_check_output_or_errors() {
         assert!(!output.contains(SECRET), "a secret leaked:\n{output}");
     }
 }
+
+#[test]
+fn an_event_a_later_handler_fails_on_is_taken_back_from_the_dead_letter_file() {
+    let dir = TestDir::new("dead-letter-rollback");
+    // `first` gives up on every event and dead-letters it; `second` then fails and stops: the
+    // event was not handled, comes again at the next start, and must not be recorded twice.
+    let handlers = "[[handlers]]\nname = \"first\"\ntype = \"exec\"\ncommand = [\"false\"]\n\
+         retry = { attempts = 1 }\non_failure = \"dead-letter\"\n\
+         [[handlers]]\nname = \"second\"\ntype = \"exec\"\ncommand = [\"false\"]\n\
+         retry = { attempts = 1 }\n";
+    let config = memory_bus_config(&dir, 3, handlers);
+    for _ in 0..2 {
+        let run = run_once(&config);
+        assert_eq!(run.code(), Some(1), "{run}");
+        assert!(run.stderr.contains("handler 'second' failed"), "{run}");
+    }
+    assert_eq!(
+        count_lines(&dir.join("state/test.dead-letter.jsonl")),
+        0,
+        "the event stopped on is in no dead-letter record"
+    );
+}

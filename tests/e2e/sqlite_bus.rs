@@ -571,3 +571,37 @@ fn a_table_without_autoincrement_is_read_like_the_hermes_plugin_reads_it() {
         (1..=8).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn a_gap_just_before_a_row_that_cannot_be_read_is_reported_once_then_the_row_stops_the_run() {
+    let dir = TestDir::new("gap-then-bad-row");
+    let bus = loose_bus(&dir, 10);
+    insert_raw(&bus, "'{}'", "NULL");
+    rusqlite::Connection::open(&bus)
+        .and_then(|c| {
+            c.execute(
+                "DELETE FROM hermesmessages WHERE msgid BETWEEN 6 AND 10",
+                [],
+            )
+        })
+        .expect("purge");
+    let config = sqlite_config(&dir, &bus, "", &jsonl_handler("all", ""));
+    // 1..=5 delivered, the gap 6..=10 said once (never again at each poll), then the row
+    // that cannot be delivered stops the run.
+    let run = run_once(&config);
+    assert_eq!(run.code(), Some(1), "{run}");
+    assert_eq!(
+        run.stderr.matches("gap on the bus: msgids 6 to 10").count(),
+        1,
+        "{run}"
+    );
+    assert!(
+        run.stderr
+            .contains("the row of msgid 11 cannot be delivered"),
+        "{run}"
+    );
+    assert_eq!(
+        offsets(&read_lines(&dir, "out/all.jsonl")),
+        (1..=5).collect::<Vec<_>>()
+    );
+}

@@ -262,6 +262,14 @@ pub fn run(config_path: &Path, once: bool) -> Result<(), AppError> {
     let last = summary
         .last_committed
         .map_or_else(|| "none".to_owned(), |offset| offset.to_string());
+    if once && !summary.drained {
+        // `--once` promises a drained bus: a stop before that is no success.
+        return Err(AppError::Runtime(format!(
+            "stopped by a signal before the bus was drained: {} events handled in this run, \
+             last committed offset {last}",
+            summary.handled_this_run
+        )));
+    }
     let why = if summary.bus_ended {
         "the bus ended the stream"
     } else if shutdown.requested() && !once {

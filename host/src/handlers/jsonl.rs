@@ -7,7 +7,7 @@
 //! the commit, which the bus delivers again, are written once.
 
 use super::{DispatchedEvent, Handler, HandlerError};
-use crate::append_file::LineFile;
+use crate::append_file::{Committed, LineFile};
 use std::path::Path;
 
 /// Lines kept in memory before they are written.
@@ -22,7 +22,7 @@ pub struct JsonlHandler {
 impl JsonlHandler {
     /// Opens (creating it and its directory if needed) the file for appending, cut back to
     /// `committed` bytes (the length committed with the offset) or to its last whole line.
-    pub fn open(path: &Path, committed: Option<u64>) -> Result<Self, String> {
+    pub fn open(path: &Path, committed: Option<Committed>) -> Result<Self, String> {
         let (file, repair) = LineFile::open(path, committed)?;
         repair.log(path, "jsonl output");
         Ok(JsonlHandler {
@@ -68,8 +68,8 @@ impl Handler for JsonlHandler {
             .map_err(|e| HandlerError::new(format!("syncing {}: {e}", self.file.path().display())))
     }
 
-    fn output_path(&self) -> Option<&Path> {
-        Some(self.file.path())
+    fn output_file(&self) -> Option<(&Path, (u64, u64))> {
+        Some((self.file.path(), self.file.identity()))
     }
 
     fn position(&self) -> Option<u64> {

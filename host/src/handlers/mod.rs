@@ -65,8 +65,9 @@ pub trait Handler: Send {
         None
     }
 
-    /// The file an exactly-once output writes (with [`position`](Self::position)).
-    fn output_path(&self) -> Option<&Path> {
+    /// The file an exactly-once output writes (with [`position`](Self::position)): its path,
+    /// device and inode.
+    fn output_file(&self) -> Option<(&Path, (u64, u64))> {
         None
     }
 

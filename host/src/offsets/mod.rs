@@ -16,6 +16,7 @@ mod writer;
 
 pub use writer::{CacheWriter, FsyncMode};
 
+use crate::append_file::Committed;
 use buslink_plugin_api::Offset;
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
@@ -106,16 +107,23 @@ pub struct OutputPosition {
     pub path: PathBuf,
     /// Its length in bytes when the offset was committed (whole lines).
     pub length: u64,
+    /// The file's device and inode: a file rotated since (another inode at the path) is not
+    /// cut to a length that was not its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_id: Option<[u64; 2]>,
 }
 
 impl OutputPosition {
     /// The committed length when it is of `path`; a handler whose file changed in the config
     /// since the commit gets `None` (that file is not cut back), with a log line.
-    pub fn length_of(&self, path: &Path, handler: &str) -> Option<u64> {
+    pub fn length_of(&self, path: &Path, handler: &str) -> Option<Committed> {
         // The same file however it is written (relative to another working directory, ...).
         let canonical = |p: &Path| fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
         if self.path == path || canonical(&self.path) == canonical(path) {
-            return Some(self.length);
+            return Some(Committed {
+                length: self.length,
+                identity: self.file_id.map(|[dev, ino]| (dev, ino)),
+            });
         }
         tracing::info!(
             "handler '{handler}': the committed output length is of {}, not {}: the file \

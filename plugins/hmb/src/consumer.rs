@@ -30,6 +30,8 @@ pub struct HmbConsumer {
     fetcher: Option<FetcherHandle>,
     current: Option<Chunk>,
     cursor: usize,
+    /// The next gap of `current` to report.
+    gap_cursor: usize,
     /// Per queue: the next seq after the last event handed to the host.
     positions: Vec<Option<i64>>,
     offset_text: String,
@@ -89,6 +91,7 @@ impl ConsumerClass for HmbConsumer {
             fetcher: None,
             current: None,
             cursor: 0,
+            gap_cursor: 0,
             positions: vec![None; queues],
             offset_text: String::new(),
             pending_error: None,
@@ -129,6 +132,7 @@ impl HmbConsumer {
         self.fetcher = None;
         self.current = None;
         self.cursor = 0;
+        self.gap_cursor = 0;
         self.pending_error = None;
         self.ended = false;
     }
@@ -278,6 +282,8 @@ impl HmbConsumer {
                 }
                 self.current = Some(chunk);
                 self.cursor = 0;
+                self.gap_cursor = 0;
+                self.gap_cursor = 0;
                 Ok(true)
             }
             Ok(FetchMsg::Failed(error)) => {
@@ -302,6 +308,7 @@ impl HmbConsumer {
         let HmbConsumer {
             current,
             cursor,
+            gap_cursor,
             positions,
             offset_text,
             config,
@@ -311,8 +318,19 @@ impl HmbConsumer {
         let Some(chunk) = current.as_ref() else {
             return 0;
         };
+        // The chunk's gaps, each before the event it was found at (or after the last one).
+        let mut report_gaps = |batch: &mut EventBatch, upto: usize| {
+            while let Some((at, range, count)) = chunk.gaps.get(*gap_cursor) {
+                if *at > upto {
+                    break;
+                }
+                batch.report_gap(range, *count);
+                *gap_cursor += 1;
+            }
+        };
         let mut added = 0;
         while *cursor < chunk.events.len() && added < limit && !batch.is_full() {
+            report_gaps(batch, *cursor);
             let event = chunk.events[*cursor];
             *cursor += 1;
             if let Some(slot) = positions.get_mut(event.queue) {
@@ -344,11 +362,13 @@ impl HmbConsumer {
             added += 1;
         }
         if *cursor >= chunk.events.len() {
+            report_gaps(batch, usize::MAX);
             if chunk.eof {
                 *ended = true;
             }
             *current = None;
             *cursor = 0;
+            *gap_cursor = 0;
         }
         added
     }
@@ -366,9 +386,6 @@ impl HmbConsumer {
         let mut deadline = self.timeout.map(|t| Instant::now() + t);
         let mut added = 0;
         loop {
-            // Gaps found by the fetcher come before the events of the chunks after them (a
-            // gap is queued before its chunk is sent).
-            self.counters.take_gaps(batch);
             added += self.drain(batch, category, limit - added);
             if added >= limit || batch.is_full() {
                 return Ok(PollStatus::Ready);

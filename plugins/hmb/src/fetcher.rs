@@ -66,9 +66,6 @@ pub struct Counters {
     /// Not a counter: the fetcher's last request failed and none succeeded since (it is
     /// re-opening); `poll` then cannot tell that the bus is drained, and says so.
     pub failing: std::sync::Mutex<Option<String>>,
-    /// Not a counter: gaps found and not yet handed to the host (range, count if known). The
-    /// consumer reports them in the batch before the events of the chunks that follow them.
-    pub pending_gaps: std::sync::Mutex<Vec<(String, Option<u64>)>>,
 }
 
 /// The `failing` slot of `counters` (a poisoned lock still holds a usable value).
@@ -80,25 +77,6 @@ pub fn lock_failing(counters: &Counters) -> std::sync::MutexGuard<'_, Option<Str
 }
 
 impl Counters {
-    /// Queues a gap for the host (see `pending_gaps`).
-    pub fn push_gap(&self, range: String, count: Option<u64>) {
-        self.pending_gaps
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push((range, count));
-    }
-
-    /// Moves the pending gaps into `batch`, at its current end.
-    pub fn take_gaps(&self, batch: &mut buslink_plugin_api::EventBatch) {
-        let mut gaps = self
-            .pending_gaps
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        for (range, count) in gaps.drain(..) {
-            batch.report_gap(&range, count);
-        }
-    }
-
     /// The counters as the host shows them.
     pub fn snapshot(&self) -> Vec<(String, u64)> {
         [
@@ -171,6 +149,8 @@ pub struct Chunk {
     pub positions: Option<Vec<Option<i64>>>,
     /// The window ended after these events.
     pub eof: bool,
+    /// Gaps, in order: (the index of the event they come before, range, count if known).
+    pub gaps: Vec<(usize, String, Option<u64>)>,
 }
 
 impl Chunk {
@@ -202,6 +182,7 @@ struct ChunkBuilder {
     extra: Vec<u8>,
     bytes: Vec<u8>,
     events: Vec<ChunkEvent>,
+    gaps: Vec<(usize, String, Option<u64>)>,
 }
 
 impl ChunkBuilder {
@@ -335,6 +316,9 @@ pub struct Fetcher {
     failures: u32,
     backoff: Duration,
     opened: bool,
+    /// Gaps found and not yet put in a chunk (range, count if known): they go in the next
+    /// one, before the event they were found at, so the host hears of each where it lies.
+    pending_gaps: Vec<(String, Option<u64>)>,
 }
 
 /// The consumer's end of a running fetcher; dropping it stops the fetcher (after its current
@@ -385,6 +369,7 @@ impl Fetcher {
             failures: 0,
             backoff: config.retry_wait,
             opened: false,
+            pending_gaps: Vec::new(),
             http,
             receiver: None,
             prefetched: None,
@@ -442,6 +427,14 @@ impl Fetcher {
     /// Decides what to do after a failure: `false` when the fetcher must stop (the error was
     /// sent to the consumer).
     fn retry_after(&mut self, error: PluginError, tx: &SyncSender<FetchMsg>) -> bool {
+        if error.kind().is_transient() {
+            // Before the backlog flag goes: a poll in between must not take the bus as drained.
+            *lock_failing(&self.counters) = Some(format!(
+                "HMB {}: {error} ({} failed attempt(s) in a row)",
+                self.http.base(),
+                self.failures + 1
+            ));
+        }
         self.counters.backlog.store(false, Ordering::SeqCst);
         if self.stopped() {
             return false;
@@ -452,11 +445,6 @@ impl Fetcher {
             return false;
         }
         self.failures += 1;
-        *lock_failing(&self.counters) = Some(format!(
-            "HMB {}: {error} ({} failed attempt(s) in a row)",
-            self.http.base(),
-            self.failures
-        ));
         if config.retries > 0 && self.failures > config.retries {
             let message = format!(
                 "{error} (gave up after {} failed attempts in a row; retries = {})",
@@ -712,8 +700,8 @@ impl Fetcher {
                 ));
                 Counters::add(&self.counters.resets, 1);
                 Counters::add(&self.counters.gaps, 1);
-                self.counters
-                    .push_gap(format!("queue {} from seq {want} on", queue.name), None);
+                self.pending_gaps
+                    .push((format!("queue {} from seq {want} on", queue.name), None));
                 asked[index] = (Some(restart_at), false);
                 // Later re-opens start there too, until a message gives a position.
                 self.next[index] = None;
@@ -738,7 +726,7 @@ impl Fetcher {
         Some(info)
     }
 
-    fn report_gap(&self, queue: &str, expected: i64, received: i64, lost: u64, why: &str) {
+    fn report_gap(&mut self, queue: &str, expected: i64, received: i64, lost: u64, why: &str) {
         Counters::add(&self.counters.gaps, 1);
         Counters::add(&self.counters.messages_lost, lost);
         let range = if received - 1 == expected {
@@ -746,7 +734,7 @@ impl Fetcher {
         } else {
             format!("queue {queue} seq {expected} to {}", received - 1)
         };
-        self.counters.push_gap(range, Some(lost));
+        self.pending_gaps.push((range, Some(lost)));
         log::warn(format!(
             "HMB {}: gap on queue {queue}: expected seq {expected}, received seq {received}: \
              {lost} message(s) lost ({why})",
@@ -975,7 +963,14 @@ impl Fetcher {
             },
             bytes: Vec::new(),
             events: Vec::with_capacity(items.len()),
+            gaps: Vec::new(),
         };
+        // Gaps found at a (re-)open come before the first message of the session.
+        builder.gaps.extend(
+            self.pending_gaps
+                .drain(..)
+                .map(|(range, count)| (0, range, count)),
+        );
         let mut eof = false;
         let mut last: Option<(String, i64)> = None;
         let (raw, outcome) = match format {
@@ -1031,7 +1026,7 @@ impl Fetcher {
             }
         }
         let mut closed = false;
-        if !builder.events.is_empty() || eof {
+        if !builder.events.is_empty() || eof || !builder.gaps.is_empty() {
             let extra = String::from_utf8(builder.extra)
                 .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
             let chunk = Chunk {
@@ -1041,6 +1036,7 @@ impl Fetcher {
                 events: builder.events,
                 positions,
                 eof,
+                gaps: builder.gaps,
             };
             self.pending_positions = false;
             closed = tx.send(FetchMsg::Chunk(chunk)).is_err();
@@ -1116,6 +1112,13 @@ impl Fetcher {
                         seq,
                         (seq - next) as u64,
                         "the server no longer held them: buffer overrun, qlen, or a restart",
+                    );
+                    // Before this message, where the missing ones were.
+                    let at = builder.events.len();
+                    builder.gaps.extend(
+                        self.pending_gaps
+                            .drain(..)
+                            .map(|(range, count)| (at, range, count)),
                     );
                 }
                 _ => {}
@@ -1193,6 +1196,7 @@ mod tests {
             extra: Vec::new(),
             bytes: Vec::new(),
             events: Vec::new(),
+            gaps: Vec::new(),
         }
     }
 
@@ -1204,6 +1208,7 @@ mod tests {
             events: builder.events,
             positions: None,
             eof: false,
+            gaps: builder.gaps,
         }
     }
 

@@ -175,11 +175,15 @@ impl BusFile {
             let mut rows = statement.query((from, limit as i64))?;
             let mut expected = contiguous.then_some(from);
             let mut bad_row = None;
+            // Whether a gap was reported right before the row in hand.
+            let mut gap_before = false;
             while let Some(row) = rows.next()? {
                 let msgid: i64 = row.get(0)?;
+                gap_before = false;
                 if let Some(expected) = expected.filter(|&e| msgid > e) {
                     report_gap(batch, expected, msgid - 1);
                     outcome.gaps += 1;
+                    gap_before = true;
                 }
                 expected = Some(msgid.saturating_add(1));
                 let timestamp = match row.get_ref(1)? {
@@ -250,6 +254,11 @@ impl BusFile {
             if let Some((msgid, why)) = bad_row {
                 if outcome.rows_read == 0 && outcome.gaps == 0 {
                     return Ok(Err((msgid, why)));
+                }
+                if gap_before {
+                    // The gap before it is reported: the next read starts at the bad row and
+                    // reports it (never the same gap twice).
+                    outcome.skipped_to = Some(msgid);
                 }
                 return Ok(Ok(outcome));
             }
