@@ -207,6 +207,7 @@ fn connect(
         let attempt = consumer
             .open()
             .and_then(|()| consumer.set_timeout(Some(options.timeout)))
+            .and_then(|()| consumer.set_stop_when_drained(options.once))
             .and_then(|()| position(consumer, resume.point.as_ref(), &options.start))
             .and_then(|()| match (&resume.point, resume.last_timestamp) {
                 (Some(ResumePoint::After(last)), Some(timestamp)) => {

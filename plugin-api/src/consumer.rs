@@ -85,6 +85,15 @@ pub trait Consumer: Send + 'static {
     /// How long [`poll`](Self::poll) waits for a first event; `None` waits forever.
     fn set_timeout(&mut self, timeout: Option<Duration>) -> PluginResult<()>;
 
+    /// `true` (`buslink run --once`): the host stops as soon as the bus is drained, so a
+    /// `poll` that *knows* nothing is waiting (a read that found no row) returns
+    /// [`PollStatus::Idle`] at once instead of waiting for its timeout. A bus that cannot tell
+    /// without waiting keeps waiting. The default ignores it.
+    fn set_stop_when_drained(&mut self, stop: bool) -> PluginResult<()> {
+        let _ = stop;
+        Ok(())
+    }
+
     /// Adds the next events, in bus order, to `batch` (which the host hands over empty) until
     /// it [is full](EventBatch::is_full) or no event is waiting. When none is waiting, waits up
     /// to the timeout for one. Memory must stay bounded whatever the backlog: read about a

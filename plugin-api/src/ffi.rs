@@ -175,12 +175,13 @@ pub trait ConsumerFfi: Send {
         category: RStr<'_>,
         found: &mut EventBatch,
     ) -> RResult<bool, RPluginError>;
-    #[sabi(last_prefix_field)]
     fn check_position(
         &mut self,
         last: &ROffset,
         timestamp_micros: i64,
     ) -> RResult<(), RPluginError>;
+    #[sabi(last_prefix_field)]
+    fn set_stop_when_drained(&mut self, stop: bool) -> RResult<(), RPluginError>;
 }
 
 /// A boxed consumer trait object, owned by the host.
@@ -768,5 +769,9 @@ impl<C: Consumer> ConsumerFfi for ConsumerShim<C> {
         let timestamp =
             chrono::DateTime::from_timestamp_micros(timestamp_micros).unwrap_or_default();
         self.guard("check_position", |c| c.check_position(&last, timestamp))
+    }
+
+    fn set_stop_when_drained(&mut self, stop: bool) -> RResult<(), RPluginError> {
+        self.guard("set_stop_when_drained", |c| c.set_stop_when_drained(stop))
     }
 }

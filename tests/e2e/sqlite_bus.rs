@@ -605,3 +605,25 @@ fn a_gap_just_before_a_row_that_cannot_be_read_is_reported_once_then_the_row_sto
         (1..=5).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn once_ends_as_soon_as_the_bus_is_drained_not_a_timeout_later() {
+    let dir = TestDir::new("once-at-once");
+    let bus = dir.join("bus.sqlite");
+    HermesBusWriter::open(&bus)
+        .and_then(|mut w| w.append_all(hermes_events(20)))
+        .expect("bus");
+    // A two-minute poll timeout: a run that waited for it would outlive run_once's limit.
+    let consumer = ConsumerSpec {
+        plugin: "sqlite",
+        class: "SqliteConsumer",
+        timeout_ms: 120_000,
+        extra: "",
+        settings: &format!("uri = \"{}\"", bus.display()),
+    };
+    let config = consumer_config(&dir, consumer, &jsonl_handler("all", ""));
+    let run = run_once(&config);
+    assert_eq!(run.code(), Some(0), "{run}");
+    assert!(run.stderr.contains("bus drained"), "{run}");
+    assert_eq!(count_lines(&dir.join("out/all.jsonl")), 20);
+}

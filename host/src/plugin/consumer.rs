@@ -120,6 +120,12 @@ impl PluginConsumer {
         self.wrap("find_next_event_of_category", result)
     }
 
+    /// `run --once`: the plugin may answer `Idle` at once when it knows nothing is waiting.
+    pub fn set_stop_when_drained(&mut self, stop: bool) -> Result<(), ConsumerError> {
+        let result = self.inner.set_stop_when_drained(stop);
+        self.wrap("set_stop_when_drained", result)
+    }
+
     /// Asks the plugin whether the event at `last` on the bus is the one handled last (same
     /// timestamp): a bus replaced under the same offsets is a `Data` error.
     pub fn check_position(

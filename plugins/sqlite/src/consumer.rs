@@ -55,6 +55,8 @@ pub struct SqliteConsumer {
     undecodable: u64,
     /// Gaps reported.
     gaps: u64,
+    /// `run --once`: a read that finds nothing answers `Idle` at once.
+    stop_when_drained: bool,
 }
 
 impl ConsumerClass for SqliteConsumer {
@@ -100,6 +102,7 @@ resolved path: retried with a warning each time by the daemon, and a failed `run
             check_last: false,
             undecodable: 0,
             gaps: 0,
+            stop_when_drained: false,
         })
     }
 }
@@ -301,9 +304,19 @@ impl Consumer for SqliteConsumer {
         Ok(())
     }
 
+    fn set_stop_when_drained(&mut self, stop: bool) -> PluginResult<()> {
+        self.stop_when_drained = stop;
+        Ok(())
+    }
+
     fn poll(&mut self, batch: &mut EventBatch) -> PluginResult<PollStatus> {
         self.position()?;
-        let (timeout, interval) = (self.timeout, self.poll_interval);
+        // Draining: one read tells whether anything is left (the snapshot holds every row
+        // committed so far), so nothing is gained by waiting.
+        let (timeout, interval) = match self.stop_when_drained {
+            true => (Some(Duration::ZERO), self.poll_interval),
+            false => (self.timeout, self.poll_interval),
+        };
         poll_until(timeout, interval, || {
             // A gap alone is news too: the host decides about it.
             self.read(None, batch).map(|(events, gaps)| events + gaps)
