@@ -72,7 +72,11 @@ pub struct OffsetRecord {
     /// The timestamp of the event at `last_offset` (to the microsecond): at the next start the
     /// plugin checks the bus still holds that event there, so a bus replaced under the same
     /// offsets is found instead of read from the old position.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "timestamp::serialize_micros"
+    )]
     pub last_timestamp: Option<DateTime<Utc>>,
     /// The offset of the next event, when the bus defines it (Hermes' `nextoffset`). Without a
     /// `last_offset`, a restart starts at it.
@@ -354,6 +358,9 @@ mod tests {
             let (_dir, cache) = state();
             let mut writer = cache.writer(mode).unwrap();
             let mut commit = |n: i64| {
+                // The writer looks at the path at most every IDENTITY_CHECK: let one pass (a
+                // bound, not a guess: the check is due after it).
+                std::thread::sleep(writer::IDENTITY_CHECK + std::time::Duration::from_millis(2));
                 writer
                     .commit(&cache.record(Some(Offset::Int(n)), None, n as u64))
                     .unwrap();

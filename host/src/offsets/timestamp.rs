@@ -6,30 +6,47 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use std::cell::RefCell;
 
 thread_local! {
-    /// The last second formatted: (seconds since the epoch, "YYYY-MM-DDTHH:MM:SS").
-    static SECOND: RefCell<(i64, String)> = const { RefCell::new((i64::MIN, String::new())) };
+    /// The last second formatted for `updated_at`: (seconds since the epoch,
+    /// "YYYY-MM-DDTHH:MM:SS").
+    static NOW_SECOND: RefCell<(i64, String)> = const { RefCell::new((i64::MIN, String::new())) };
+    /// The same for `last_timestamp` (event times: another second than now's).
+    static EVENT_SECOND: RefCell<(i64, String)> =
+        const { RefCell::new((i64::MIN, String::new())) };
 }
 
-/// `2026-11-23T01:02:03.456Z`, the form `DateTime<Utc>` reads back.
-pub fn format(time: &DateTime<Utc>) -> String {
+/// `2026-11-23T01:02:03.456Z` (`digits` = 3) or `...03.456789Z` (6), the forms `DateTime<Utc>`
+/// reads back, the date and time of day taken from `cache` when it holds that second.
+fn format_in(
+    cache: &'static std::thread::LocalKey<RefCell<(i64, String)>>,
+    time: &DateTime<Utc>,
+    digits: u32,
+) -> String {
     let seconds = time.timestamp();
-    let millis = time.timestamp_subsec_millis().min(999);
-    SECOND.with(|cell| {
+    let fraction = match digits {
+        3 => time.timestamp_subsec_millis().min(999),
+        _ => time.timestamp_subsec_micros().min(999_999),
+    };
+    cache.with(|cell| {
         let mut cached = cell.borrow_mut();
         if cached.0 != seconds {
             let whole = time.to_rfc3339_opts(SecondsFormat::Secs, true);
             cached.1 = whole.trim_end_matches('Z').to_owned();
             cached.0 = seconds;
         }
-        let mut text = String::with_capacity(cached.1.len() + 5);
+        let mut text = String::with_capacity(cached.1.len() + 8);
         text.push_str(&cached.1);
         text.push('.');
-        text.push(char::from(b'0' + (millis / 100) as u8));
-        text.push(char::from(b'0' + (millis / 10 % 10) as u8));
-        text.push(char::from(b'0' + (millis % 10) as u8));
+        for place in (0..digits).rev() {
+            text.push(char::from(b'0' + (fraction / 10u32.pow(place) % 10) as u8));
+        }
         text.push('Z');
         text
     })
+}
+
+/// `2026-11-23T01:02:03.456Z`, the form `DateTime<Utc>` reads back.
+pub fn format(time: &DateTime<Utc>) -> String {
+    format_in(&NOW_SECOND, time, 3)
 }
 
 /// serde `serialize_with` for `updated_at`.
@@ -38,6 +55,17 @@ pub fn serialize<S: serde::Serializer>(
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&format(time))
+}
+
+/// serde `serialize_with` for `last_timestamp` (to the microsecond, as events carry it).
+pub fn serialize_micros<S: serde::Serializer>(
+    time: &Option<DateTime<Utc>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match time {
+        Some(time) => serializer.serialize_str(&format_in(&EVENT_SECOND, time, 6)),
+        None => serializer.serialize_none(),
+    }
 }
 
 #[cfg(test)]
@@ -58,6 +86,8 @@ mod tests {
             assert_eq!(formatted, time.to_rfc3339_opts(SecondsFormat::Millis, true));
             let back: DateTime<Utc> = formatted.parse().unwrap();
             assert_eq!(back.timestamp_millis(), time.timestamp_millis());
+            let micros = format_in(&EVENT_SECOND, &time, 6);
+            assert_eq!(micros, time.to_rfc3339_opts(SecondsFormat::Micros, true));
         }
     }
 }

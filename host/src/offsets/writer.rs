@@ -24,6 +24,9 @@ pub enum FsyncMode {
     Each,
 }
 
+/// How often a commit checks that the file at the cache's path is still the open one.
+pub(super) const IDENTITY_CHECK: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// The open cache file, for in-place slot writes.
 #[derive(Clone)]
 struct SlotFile {
@@ -93,6 +96,8 @@ pub struct CacheWriter {
     /// Which of [`DURABLE`] the next durable write goes to.
     next_durable: usize,
     syncer: Option<Syncer>,
+    /// When the file at the cache's path was last checked to be the open one.
+    identity_checked: Option<std::time::Instant>,
     /// Buffers kept between commits.
     json: Vec<u8>,
     slot: Vec<u8>,
@@ -108,6 +113,7 @@ impl CacheWriter {
             generation: 0,
             next_durable: 0,
             syncer: None,
+            identity_checked: None,
             json: Vec::new(),
             slot: Vec::new(),
         };
@@ -172,9 +178,18 @@ impl CacheWriter {
     }
 
     fn write(&mut self, json: &[u8], slot: &mut Vec<u8>) -> std::io::Result<()> {
+        // Looked at every IDENTITY_CHECK at most (a path lookup per commit is a cost a commit
+        // per event notices); the commit that finds it replaced writes the whole record anew.
+        let due = self
+            .identity_checked
+            .is_none_or(|at| at.elapsed() >= IDENTITY_CHECK);
+        if due {
+            self.identity_checked = Some(std::time::Instant::now());
+        }
         if let Some(why) = self
             .file
             .as_ref()
+            .filter(|_| due)
             .and_then(|f| f.replaced(&self.cache.path))
         {
             // Never go on writing into a file nobody will read: make a new one, now.

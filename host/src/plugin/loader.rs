@@ -206,8 +206,8 @@ fn api_compatible(found: &str, expected: &str) -> bool {
     }
 }
 
-/// Reads a library's bytes (`path` must be a file), for its private copy.
-fn read_library(path: &Path) -> Result<Vec<u8>, LoadError> {
+/// Opens a library (`path` must be a file), for its private copy.
+fn open_library(path: &Path) -> Result<std::fs::File, LoadError> {
     let metadata = std::fs::metadata(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             LoadError::MissingFile {
@@ -225,7 +225,7 @@ fn read_library(path: &Path) -> Result<Vec<u8>, LoadError> {
             path: path.to_path_buf(),
         });
     }
-    std::fs::read(path).map_err(|e| LoadError::NotALibrary {
+    std::fs::File::open(path).map_err(|e| LoadError::NotALibrary {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })
@@ -300,11 +300,11 @@ impl LoadedPlugin {
     /// memory files are not available it is loaded from its file, with a warning.
     pub fn load(path: &Path) -> Result<LoadedPlugin, LoadError> {
         let on_disk = DiskIdentity::of(path);
-        let bytes = read_library(path)?;
+        let mut file = open_library(path)?;
         let name = path
             .file_name()
             .map_or_else(|| "plugin".into(), |n| n.to_string_lossy());
-        let copy = match PrivateCopy::new(&name, &bytes) {
+        let copy = match PrivateCopy::new(&name, &mut file) {
             Ok(copy) => Some(copy),
             Err(e) => {
                 tracing::warn!(
@@ -315,7 +315,7 @@ impl LoadedPlugin {
                 None
             }
         };
-        drop(bytes);
+        drop(file);
         let load_path = copy.as_ref().map_or(path, PrivateCopy::load_path);
         let found = probe_api_version(path, load_path)?;
         if !api_compatible(&found, API_VERSION) {

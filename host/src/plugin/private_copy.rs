@@ -8,7 +8,6 @@
 //! tells when the file on disk is no longer the one loaded (a restart picks the new one up).
 
 use std::fs::File;
-use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -22,8 +21,9 @@ pub struct PrivateCopy {
 }
 
 impl PrivateCopy {
-    /// Copies `bytes` (the library's contents) into a sealed memory file named after `name`.
-    pub fn new(name: &str, bytes: &[u8]) -> std::io::Result<PrivateCopy> {
+    /// Copies `library` (the open file) into a sealed memory file named after `name`, in the
+    /// kernel (`copy_file_range`): no copy of the library passes through the process's memory.
+    pub fn new(name: &str, library: &mut File) -> std::io::Result<PrivateCopy> {
         let c_name = std::ffi::CString::new(format!("buslink-plugin:{name}"))
             .map_err(std::io::Error::other)?;
         // SAFETY: a valid NUL-terminated name and flags; the result is checked.
@@ -35,7 +35,7 @@ impl PrivateCopy {
         }
         // SAFETY: `fd` was just created and is owned by nothing else.
         let mut file = unsafe { File::from_raw_fd(fd) };
-        file.write_all(bytes)?;
+        std::io::copy(library, &mut file)?;
         let seals =
             libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE | libc::F_SEAL_SEAL;
         // SAFETY: fcntl on an open descriptor with a valid command and argument.
