@@ -909,8 +909,14 @@ fn hmb_missing_capability_and_bad_settings_are_refused_clearly() {
         "[consumer.settings.queues.NOSUCH]\n",
     );
     let run = run_once(&config);
-    assert_ne!(run.code(), Some(0), "{run}");
+    assert_eq!(run.code(), Some(2), "a config error: {run}");
     assert!(run.stderr.contains("queue not found: NOSUCH"), "{run}");
+    // Found only at run time, it still points at the queue's line in the config.
+    assert!(
+        run.stderr.contains("buslink.toml:")
+            && run.stderr.contains("key `consumer.settings.queues.NOSUCH`"),
+        "{run}"
+    );
 }
 
 #[test]

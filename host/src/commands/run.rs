@@ -258,7 +258,15 @@ pub fn run(config_path: &Path, once: bool) -> Result<(), AppError> {
         &cache,
         options,
         &shutdown,
-    )?;
+    )
+    .map_err(|error| match error {
+        // The plugin refused its settings only once it met the bus (a queue the server does
+        // not have, ...): a config error, pointing at the key's line like any other.
+        pipeline::PipelineError::Consumer(e) if e.error.kind() == ErrorKind::Config => {
+            settings_refusal(&config, &e.plugin, &e.error)
+        }
+        other => other.into(),
+    })?;
     let last = summary
         .last_committed
         .map_or_else(|| "none".to_owned(), |offset| offset.to_string());
