@@ -47,6 +47,13 @@ fn example_toml_prints_the_60_demo_events_then_resumes() {
     assert_eq!(again.code(), Some(0), "{again}");
     assert_eq!(again.stdout, "", "nothing new the second time");
     assert!(again.stderr.contains("resumed at offset 61"), "{again}");
+    // This run's count is told from the total.
+    assert!(
+        again
+            .stderr
+            .contains("0 events handled in this run (60 since the cache was created)"),
+        "{again}"
+    );
 }
 
 #[test]

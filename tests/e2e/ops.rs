@@ -328,3 +328,12 @@ fn plugins_describe_takes_a_library_path_without_a_directory() {
     assert_eq!(described.code(), Some(0), "{described}");
     assert!(described.stdout.contains("`wait_for_bus`"), "{described}");
 }
+
+#[test]
+fn query_help_cites_a_command_a_plugin_has() {
+    let help =
+        buslink_testkit::process::run(&["query", "--help"], std::time::Duration::from_secs(60));
+    assert_eq!(help.code(), Some(0), "{help}");
+    assert!(help.stdout.contains("HMB's `status`"), "{help}");
+    assert!(!help.stdout.contains("`features`"), "{help}");
+}
