@@ -359,3 +359,23 @@ fn a_handler_plugin_refusing_its_settings_is_named_once_with_its_line() {
         "{check}"
     );
 }
+
+#[test]
+fn a_byte_that_is_not_utf8_in_a_config_is_named_by_line_and_column() {
+    let dir = TestDir::new("config-utf8");
+    let mut text = good_config().into_bytes();
+    // `name = "te\xffst"` on line 5.
+    let at = text
+        .windows(6)
+        .position(|w| w == b"\"test\"")
+        .expect("the consumer name");
+    text.splice(at + 3..at + 3, [0xff]);
+    let config = dir.write("buslink.toml", text);
+    let run = run_once(&config);
+    assert_eq!(run.code(), Some(2), "{run}");
+    assert!(
+        run.stderr
+            .contains("buslink.toml:5:11: a byte that is not UTF-8"),
+        "{run}"
+    );
+}

@@ -225,13 +225,7 @@ fn is_valid_name(name: &str) -> bool {
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            path: path.to_path_buf(),
-            location: None,
-            key: None,
-            message: format!("cannot read config file: {e}"),
-        })?;
-        Self::parse(path, text)
+        Self::parse(path, read_config(path)?)
     }
 
     /// Validates config text read from `path`, reporting every problem found.
@@ -247,13 +241,7 @@ impl Config {
     /// left out) together with every problem found, so that `check` can go on to the plugin's
     /// settings and the handlers in the same run. `Err` only when nothing could be built.
     pub fn load_lenient(path: &Path) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            path: path.to_path_buf(),
-            location: None,
-            key: None,
-            message: format!("cannot read config file: {e}"),
-        })?;
-        Self::parse_lenient(path, text)
+        Self::parse_lenient(path, read_config(path)?)
     }
 
     fn parse_lenient(
@@ -527,6 +515,34 @@ pub(crate) fn find_non_finite(
         }
         _ => {}
     }
+}
+
+/// The text of a config file; bytes that are not UTF-8 are an error at their line and column.
+fn read_config(path: &Path) -> Result<String, ConfigError> {
+    let error = |location, message: String| ConfigError {
+        path: path.to_path_buf(),
+        location,
+        key: None,
+        message,
+    };
+    let bytes =
+        std::fs::read(path).map_err(|e| error(None, format!("cannot read config file: {e}")))?;
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
+        let line_start = valid
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |at| at + 1);
+        let column = String::from_utf8_lossy(&valid[line_start..])
+            .chars()
+            .count()
+            + 1;
+        error(
+            Some((line, column)),
+            "a byte that is not UTF-8: a config file is UTF-8 text".into(),
+        )
+    })
 }
 
 /// Deserialises one section of the file; its problem, if any, joins `errors`.
