@@ -379,3 +379,16 @@ fn a_byte_that_is_not_utf8_in_a_config_is_named_by_line_and_column() {
         "{run}"
     );
 }
+
+#[test]
+fn an_empty_array_where_a_table_is_meant_is_refused() {
+    let dir = TestDir::new("config-array");
+    let config = dir.write("buslink.toml", format!("commit = []\n{}", good_config()));
+    let run = run_once(&config);
+    assert_eq!(run.code(), Some(2), "{run}");
+    assert!(
+        run.stderr
+            .contains("buslink.toml:1:1: key `commit`: must be a table, not array"),
+        "{run}"
+    );
+}

@@ -253,8 +253,30 @@ impl Config {
             text,
         };
         // Syntax first: nothing else can be checked in a file that is not TOML.
-        toml::from_str::<toml::Table>(&source.text).map_err(|e| source.error_from_toml(&e))?;
+        let table =
+            toml::from_str::<toml::Table>(&source.text).map_err(|e| source.error_from_toml(&e))?;
         let mut errors = Vec::new();
+        // serde takes an empty array for a table whose keys all have defaults (`commit = []`):
+        // a table is required where one is meant.
+        for path in [
+            &["consumer"][..],
+            &["consumer", "settings"],
+            &["consumer", "hermes"],
+            &["commit"],
+        ] {
+            let mut value = table.get(path[0]);
+            for key in &path[1..] {
+                value = value.and_then(|v| v.get(*key));
+            }
+            if let Some(value) = value.filter(|v| !v.is_table()) {
+                errors.push(
+                    source.error_at_key(path, format!("must be a table, not {}", value.type_str())),
+                );
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
         let top: Option<RawTop> = section(&source, &mut errors).or_else(|| {
             // The top level's problem is reported; go on with what it says of the directories
             // (the rest of the file is still checked).
