@@ -343,3 +343,50 @@ fn a_handler_class_named_as_the_consumer_is_refused_naming_its_kind() {
         "{run}"
     );
 }
+
+#[test]
+fn a_plugin_library_other_users_could_change_is_refused_unless_allowed() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TestDir::new("insecure-plugin");
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).expect("dir");
+    let library = plugins.join("libbuslink_sqlite.so");
+    std::fs::copy(plugin_lib("sqlite"), &library).expect("copy");
+    let config_with = |extra: &str| {
+        let text = format!(
+            "{extra}state_dir = \"state\"\nplugin_dirs = [\"plugins\"]\n[consumer]\nname = \"test\"\n\
+             plugin = \"sqlite\"\nclass = \"SqliteConsumer\"\n[consumer.settings]\nuri = \"{}\"\n\
+             [[handlers]]\nname = \"all\"\ntype = \"jsonl\"\npath = \"out/all.jsonl\"\n",
+            fixture_bus().display()
+        );
+        dir.write("buslink.toml", text)
+    };
+    for (what, file, mode) in [
+        ("a world-writable library", &library, 0o666),
+        ("a world-writable directory", &plugins, 0o777),
+    ] {
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        let config = config_with("");
+        let refused = run_once(&config);
+        assert_eq!(refused.code(), Some(2), "{what}: {refused}");
+        assert!(refused.stderr.contains("not loaded:"), "{what}: {refused}");
+        assert!(
+            refused.stderr.contains("allow_insecure_plugins = true"),
+            "{what}: says how to allow it: {refused}"
+        );
+        let listed = buslink_testkit::process::run(
+            &["plugins", "--config", &config.to_string_lossy()],
+            std::time::Duration::from_secs(60),
+        );
+        assert!(listed.stdout.contains("not usable:"), "{what}: {listed}");
+        // Allowed on purpose: loaded, with a warning.
+        let allowed = run_once(&config_with("allow_insecure_plugins = true\n"));
+        assert_eq!(allowed.code(), Some(0), "{what}: {allowed}");
+        assert!(
+            allowed.stderr.contains("loaded anyway"),
+            "{what}: {allowed}"
+        );
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o755)).expect("chmod back");
+        std::fs::remove_dir_all(dir.join("state")).expect("fresh state");
+    }
+}

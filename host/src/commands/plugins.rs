@@ -48,8 +48,17 @@ pub fn plugin_dirs(dirs: &[PathBuf], config: Option<&Path>) -> Result<Vec<PathBu
     }
 }
 
-/// Every shared library in `dirs`, with what it is.
-pub fn scan(dirs: &[PathBuf]) -> Result<Vec<LibraryReport>, AppError> {
+/// Whether the config (if one is given) allows plugin libraries other users could change.
+fn allow_insecure(config: Option<&Path>) -> Result<bool, AppError> {
+    Ok(match config {
+        Some(path) => Config::load(path)?.allow_insecure_plugins,
+        None => false,
+    })
+}
+
+/// Every shared library in `dirs`, with what it is (`allow_insecure`: the config's
+/// `allow_insecure_plugins`, so the listing says what `run` would do).
+pub fn scan(dirs: &[PathBuf], allow_insecure: bool) -> Result<Vec<LibraryReport>, AppError> {
     let mut reports = Vec::new();
     for dir in dirs {
         let entries = std::fs::read_dir(dir).map_err(|e| {
@@ -70,7 +79,7 @@ pub fn scan(dirs: &[PathBuf]) -> Result<Vec<LibraryReport>, AppError> {
             .collect();
         paths.sort();
         for path in paths {
-            let outcome = match LoadedPlugin::load(&path) {
+            let outcome = match LoadedPlugin::load(&path, allow_insecure) {
                 Ok(plugin) => {
                     let info = plugin.info();
                     LibraryOutcome::Plugin {
@@ -103,7 +112,7 @@ pub fn scan(dirs: &[PathBuf]) -> Result<Vec<LibraryReport>, AppError> {
 /// `buslink plugins`: prints what `scan` found, as text or JSON.
 pub fn list(dirs: &[PathBuf], config: Option<&Path>, json: bool) -> Result<(), AppError> {
     let dirs = plugin_dirs(dirs, config)?;
-    let reports = scan(&dirs)?;
+    let reports = scan(&dirs, allow_insecure(config)?)?;
     if json {
         let text =
             serde_json::to_string_pretty(&reports).map_err(|e| AppError::Runtime(e.to_string()))?;
@@ -153,7 +162,7 @@ pub fn describe(
     } else {
         find_library(name, Path::new("."), &dirs)?
     };
-    let plugin = LoadedPlugin::load(&path)?;
+    let plugin = LoadedPlugin::load(&path, allow_insecure(config)?)?;
     let info = plugin.info();
     let all = || {
         info.consumer_classes

@@ -24,7 +24,7 @@ pub fn load_consumer_plugin(config: &Config) -> Result<(LoadedPlugin, PathBuf), 
         &config.base_dir,
         &config.plugin_dirs,
     )?;
-    let plugin = LoadedPlugin::load(&path)?;
+    let plugin = LoadedPlugin::load(&path, config.allow_insecure_plugins)?;
     let info = plugin.info();
     if !info
         .consumer_classes

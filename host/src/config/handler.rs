@@ -44,6 +44,8 @@ pub struct PluginHandlerConfig {
     pub class: String,
     /// The handler's settings, as JSON text.
     pub settings_json: String,
+    /// The config's `allow_insecure_plugins`.
+    pub allow_insecure: bool,
 }
 
 impl HandlerKind {
@@ -411,6 +413,7 @@ fn validate_one(
                             plugin: plugin.get_ref().clone(),
                             class: class.get_ref().clone(),
                             settings_json,
+                            allow_insecure: false,
                         })),
                         Err(e) => {
                             errors.push(missing("settings").with_message(format!("settings: {e}")));

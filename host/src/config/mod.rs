@@ -35,6 +35,8 @@ pub struct Config {
     pub commit: CommitPolicy,
     /// Seconds between two progress lines in the log (0: none).
     pub stats_interval_s: u64,
+    /// Load plugin libraries that other users could change (see `plugin::trust`).
+    pub allow_insecure_plugins: bool,
 }
 
 /// The `[consumer]` table.
@@ -109,6 +111,8 @@ struct RawTop {
     plugin_dirs: Vec<PathBuf>,
     #[serde(default = "default_stats_interval_s")]
     stats_interval_s: u64,
+    #[serde(default)]
+    allow_insecure_plugins: bool,
     // Checked by their own sections.
     #[allow(dead_code)]
     #[serde(default)]
@@ -286,6 +290,7 @@ impl Config {
                     state_dir: dirs.state_dir,
                     plugin_dirs: dirs.plugin_dirs,
                     stats_interval_s: default_stats_interval_s(),
+                    allow_insecure_plugins: false,
                     consumer: None,
                     handlers: None,
                     commit: None,
@@ -345,7 +350,15 @@ impl Config {
                     "no [[handlers]]: events would be consumed and dropped; add at least one handler",
                 ));
             }
-            handler::validate_handlers(&source, section.handlers, &resolve, &mut errors)
+            let mut handlers =
+                handler::validate_handlers(&source, section.handlers, &resolve, &mut errors);
+            let allow = top.as_ref().is_some_and(|top| top.allow_insecure_plugins);
+            for handler in &mut handlers {
+                if let HandlerKind::Plugin(plugin) = &mut handler.kind {
+                    plugin.allow_insecure = allow;
+                }
+            }
+            handlers
         });
 
         match (top, consumer, handlers, commit) {
@@ -354,6 +367,7 @@ impl Config {
                     state_dir: resolve(top.state_dir.get_ref()),
                     plugin_dirs: top.plugin_dirs.iter().map(|d| resolve(d)).collect(),
                     stats_interval_s: top.stats_interval_s,
+                    allow_insecure_plugins: top.allow_insecure_plugins,
                     consumer,
                     handlers,
                     commit,

@@ -42,6 +42,13 @@ pub enum LoadError {
     },
     #[error("plugin library {}: {message}", .path.display())]
     Failed { path: PathBuf, message: String },
+    #[error(
+        "plugin library {}: not loaded: {reason}. Loading a library runs its code as buslink: \
+         make it and its directory writable only by their owner, root or buslink's user (chmod \
+         go-w, chown), or set allow_insecure_plugins = true at the top of the config",
+        .path.display()
+    )]
+    Insecure { path: PathBuf, reason: String },
     #[error("plugin '{plugin}' ({}): {error}", .path.display())]
     Plugin {
         plugin: String,
@@ -293,12 +300,25 @@ fn summarise_abi_report(report: &str) -> String {
 }
 
 impl LoadedPlugin {
-    /// Loads a plugin library and asks it to describe itself.
+    /// Loads a plugin library and asks it to describe itself. A library that another user could
+    /// change is refused unless `allow_insecure` ([`LoadError::Insecure`]).
     ///
     /// The library is read once and loaded from a sealed private copy ([`PrivateCopy`]), so
     /// that writing over its file while the daemon runs cannot touch the loaded code; where
     /// memory files are not available it is loaded from its file, with a warning.
-    pub fn load(path: &Path) -> Result<LoadedPlugin, LoadError> {
+    pub fn load(path: &Path, allow_insecure: bool) -> Result<LoadedPlugin, LoadError> {
+        if let Some(reason) = super::trust::insecure(path) {
+            if !allow_insecure {
+                return Err(LoadError::Insecure {
+                    path: path.to_path_buf(),
+                    reason,
+                });
+            }
+            tracing::warn!(
+                "plugin library {}: {reason}; loaded anyway (allow_insecure_plugins = true)",
+                path.display()
+            );
+        }
         let on_disk = DiskIdentity::of(path);
         let mut file = open_library(path)?;
         let name = path

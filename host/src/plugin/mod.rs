@@ -7,6 +7,7 @@
 mod consumer;
 mod loader;
 mod private_copy;
+mod trust;
 
 pub use buslink_plugin_api::ffi::HandlerBox;
 pub use consumer::{ConsumerError, PluginConsumer};

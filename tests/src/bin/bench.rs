@@ -143,7 +143,7 @@ fn static_sqlite(bus: &Path) -> anyhow::Result<()> {
 }
 
 fn loaded_sqlite(bus: &Path, library: &Path) -> anyhow::Result<()> {
-    let plugin = buslink::plugin::LoadedPlugin::load(library)?;
+    let plugin = buslink::plugin::LoadedPlugin::load(library, false)?;
     let settings = serde_json::json!({ "uri": bus, "poll_interval_ms": 5 }).to_string();
     let mut consumer = plugin.new_consumer("SqliteConsumer", &settings, Path::new("."))?;
     consumer.open()?;
