@@ -283,12 +283,13 @@ fn secrets_never_appear_in_logs_check_output_or_errors() {
     sink.script([Answer::Status(401); 10]);
     let dir = TestDir::new("secrets");
     let script = recorder_script(&dir);
+    // Credentials in a header (push) and in a URL (push2: the two together are refused).
+    let port = sink.url().rsplit(':').next().unwrap_or("0");
     let handlers = format!(
-        "{}retry = {{ attempts = 2, base_ms = 10 }}\n[[handlers]]\nname = \"notify\"\ntype = \"exec\"\ncommand = [\"{}\"]\nenv = {{ API_KEY = \"{SECRET}\" }}\n",
+        "{}retry = {{ attempts = 2, base_ms = 10 }}\n[[handlers]]\nname = \"push2\"\ntype = \"http\"\nurl = \"http://user:{SECRET}@127.0.0.1:{port}/hook\"\n[[handlers]]\nname = \"notify\"\ntype = \"exec\"\ncommand = [\"{}\"]\nenv = {{ API_KEY = \"{SECRET}\" }}\n",
         http_handler(&sink, ""),
         script.display()
-    )
-    .replace(&format!("{}/hook", sink.url()), &format!("http://user:{SECRET}@127.0.0.1:{}/hook", sink.url().rsplit(':').next().unwrap_or("0")));
+    );
     let config = memory_bus_config(&dir, 2, &handlers);
     let check = buslink_testkit::process::run(
         &["check", "--config", &config.to_string_lossy()],
@@ -338,4 +339,46 @@ fn an_event_a_later_handler_fails_on_is_taken_back_from_the_dead_letter_file() {
         0,
         "the event stopped on is in no dead-letter record"
     );
+}
+
+#[test]
+fn http_credentials_in_the_url_and_an_authorization_header_are_refused_together() {
+    let dir = TestDir::new("http-credentials");
+    let handler = "[[handlers]]\nname = \"push\"\ntype = \"http\"\n\
+        url = \"https://user:hunter2@example.invalid/hook\"\n\
+        headers = { Authorization = \"Bearer abc\" }\n";
+    let config = memory_bus_config(&dir, 1, handler);
+    let run = run_once(&config);
+    assert_eq!(run.code(), Some(2), "{run}");
+    assert!(run.stderr.contains("key `handlers[0].url`"), "{run}");
+    assert!(
+        run.stderr.contains("one would silently replace the other"),
+        "{run}"
+    );
+    assert!(!run.stderr.contains("hunter2"), "never printed: {run}");
+}
+
+#[test]
+fn http_ca_file_is_read_and_a_bad_one_named() {
+    let dir = TestDir::new("http-ca-file");
+    dir.write("not-a-ca.pem", "this is no certificate\n");
+    let sink = HttpSink::start();
+    let handler = http_handler(&sink, "ca_file = \"not-a-ca.pem\"\n");
+    let config = memory_bus_config(&dir, 1, &handler);
+    let check = buslink_testkit::process::run(
+        &["check", "--config", &config.to_string_lossy()],
+        std::time::Duration::from_secs(60),
+    );
+    assert_eq!(check.code(), Some(2), "{check}");
+    assert!(
+        check.stderr.contains("ca_file") && check.stderr.contains("not-a-ca.pem"),
+        "{check}"
+    );
+    // A real CA certificate is taken, and events still go out.
+    let good = buslink_testkit::fixture("test-ca.pem");
+    let handler = http_handler(&sink, &format!("ca_file = \"{}\"\n", good.display()));
+    let config = memory_bus_config(&dir, 2, &handler);
+    let run = run_once(&config);
+    assert_eq!(run.code(), Some(0), "{run}");
+    assert_eq!(sink.received().len(), 2, "{run}");
 }

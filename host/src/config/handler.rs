@@ -78,6 +78,8 @@ pub struct HttpConfig {
     pub url: Secret,
     pub headers: Vec<(String, Secret)>,
     pub timeout: Duration,
+    /// Extra CA certificates (PEM) to trust, besides the built-in roots and `SSL_CERT_FILE`.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// A value that may carry a credential: never printed, not even by `Debug`.
@@ -189,6 +191,8 @@ pub(super) struct RawHandler {
     url: Option<Spanned<String>>,
     #[serde(default)]
     headers: Option<Spanned<BTreeMap<String, String>>>,
+    #[serde(default)]
+    ca_file: Option<Spanned<PathBuf>>,
     #[serde(default)]
     plugin: Option<Spanned<String>>,
     #[serde(default)]
@@ -320,7 +324,7 @@ fn validate_one(
         "stdout" | "null" => &[],
         "jsonl" => &["path"],
         "exec" => &["command", "timeout_ms", "env"],
-        "http" => &["url", "headers", "timeout_ms"],
+        "http" => &["url", "headers", "timeout_ms", "ca_file"],
         "plugin" => &["plugin", "class", "settings"],
         other => {
             errors.push(at(
@@ -333,7 +337,7 @@ fn validate_one(
             return None;
         }
     };
-    let present: [(&str, Option<std::ops::Range<usize>>); 9] = [
+    let present: [(&str, Option<std::ops::Range<usize>>); 10] = [
         ("plugin", raw.plugin.as_ref().map(Spanned::span)),
         ("class", raw.class.as_ref().map(Spanned::span)),
         ("settings", raw.settings.as_ref().map(Spanned::span)),
@@ -343,6 +347,7 @@ fn validate_one(
         ("env", raw.env.as_ref().map(Spanned::span)),
         ("url", raw.url.as_ref().map(Spanned::span)),
         ("headers", raw.headers.as_ref().map(Spanned::span)),
+        ("ca_file", raw.ca_file.as_ref().map(Spanned::span)),
     ];
     for (key, key_span) in present {
         if let Some(key_span) = key_span {
@@ -463,6 +468,23 @@ fn validate_one(
         },
         _ => match &raw.url {
             Some(url) => match reqwest::Url::parse(url.get_ref()) {
+                Ok(parsed)
+                    if (!parsed.username().is_empty() || parsed.password().is_some())
+                        && raw.headers.as_ref().is_some_and(|h| {
+                            h.get_ref()
+                                .keys()
+                                .any(|k| k.eq_ignore_ascii_case("authorization"))
+                        }) =>
+                {
+                    errors.push(at(
+                        url.span(),
+                        "url",
+                        "the URL carries credentials (user:password@) and `headers` sets \
+                         Authorization: one would silently replace the other; keep one"
+                            .into(),
+                    ));
+                    None
+                }
                 Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {
                     Some(HandlerKind::Http(HttpConfig {
                         url: Secret::new(url.get_ref().clone()),
@@ -477,6 +499,7 @@ fn validate_one(
                             })
                             .unwrap_or_default(),
                         timeout,
+                        ca_file: raw.ca_file.as_ref().map(|f| resolve(f.get_ref())),
                     }))
                 }
                 Ok(parsed) => {

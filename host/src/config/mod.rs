@@ -712,7 +712,7 @@ match = { eventtype = ["added", "modified"], objtype = "SRV*" }
     #[test]
     fn secrets_never_show_in_debug_output() {
         let text = format!(
-            "{GOOD}\n[[handlers]]\nname = \"push\"\ntype = \"http\"\nurl = \"https://u:pw-SECRET@example.org/\"\nheaders = {{ Authorization = \"Bearer tok-SECRET\" }}\n[[handlers]]\nname = \"run\"\ntype = \"exec\"\ncommand = [\"/bin/true\"]\nenv = {{ KEY = \"env-SECRET\" }}\n"
+            "{GOOD}\n[[handlers]]\nname = \"push\"\ntype = \"http\"\nurl = \"https://u:pw-SECRET@example.org/\"\n[[handlers]]\nname = \"push2\"\ntype = \"http\"\nurl = \"https://example.org/\"\nheaders = {{ Authorization = \"Bearer tok-SECRET\" }}\n[[handlers]]\nname = \"run\"\ntype = \"exec\"\ncommand = [\"/bin/true\"]\nenv = {{ KEY = \"env-SECRET\" }}\n"
         );
         let config = parse(&text).unwrap();
         let debug = format!("{:?} {:#?}", config.handlers, config.handlers);

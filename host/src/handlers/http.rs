@@ -35,7 +35,36 @@ impl HttpHandler {
             header_value.set_sensitive(true);
             headers.insert(header_name, header_value);
         }
-        let client = Client::builder()
+        let mut builder = Client::builder();
+        // Extra roots: the handler's `ca_file`, and `SSL_CERT_FILE` as other TLS programs read it.
+        let from_env = std::env::var_os("SSL_CERT_FILE").map(std::path::PathBuf::from);
+        let read_roots = |what: &str, file: &std::path::Path| {
+            let pem = std::fs::read(file)
+                .map_err(|e| format!("{what} {}: cannot read it: {e}", file.display()))?;
+            let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| format!("{what} {}: not PEM certificates: {e}", file.display()))?;
+            if certificates.is_empty() {
+                return Err(format!("{what} {}: holds no certificate", file.display()));
+            }
+            Ok(certificates)
+        };
+        if let Some(file) = &config.ca_file {
+            for certificate in read_roots("ca_file", file)? {
+                builder = builder.add_root_certificate(certificate);
+            }
+        }
+        // Set for every TLS program of the machine: a problem with it is said, not fatal.
+        if let Some(file) = &from_env {
+            match read_roots("SSL_CERT_FILE", file) {
+                Ok(certificates) => {
+                    for certificate in certificates {
+                        builder = builder.add_root_certificate(certificate);
+                    }
+                }
+                Err(problem) => tracing::warn!("{problem}; not used"),
+            }
+        }
+        let client = builder
             .default_headers(headers)
             .timeout(config.timeout)
             .connect_timeout(config.timeout)
