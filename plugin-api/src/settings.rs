@@ -35,6 +35,53 @@ pub fn from_json<T: DeserializeOwned>(json: &str) -> PluginResult<T> {
     })
 }
 
+/// For `#[serde(deserialize_with = "buslink_plugin_api::table")]` on a field whose type is a
+/// struct (a TOML table): serde would also take an array there (`inner = []` when every key
+/// of the struct has a default), which nobody means; this takes a table only. Errors inside
+/// keep their key path (`inner.size`).
+pub fn table<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    deserializer.deserialize_map(TableVisitor(std::marker::PhantomData))
+}
+
+/// [`table`] for a map of tables (`[consumer.settings.queues.NAME]`): every entry must be a
+/// table.
+pub fn tables<'de, D, T>(deserializer: D) -> Result<std::collections::BTreeMap<String, T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    struct Entry<T>(T);
+    impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Entry<T> {
+        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            table(deserializer).map(Entry)
+        }
+    }
+    let entries: std::collections::BTreeMap<String, Entry<T>> =
+        serde::Deserialize::deserialize(deserializer)?;
+    Ok(entries
+        .into_iter()
+        .map(|(name, entry)| (name, entry.0))
+        .collect())
+}
+
+struct TableVisitor<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for TableVisitor<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a table")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+        T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,6 +101,36 @@ mod tests {
     #[allow(dead_code)]
     struct Inner {
         size: u32,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Defaults {
+        #[serde(default)]
+        size: u32,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    struct WithTables {
+        #[serde(default, deserialize_with = "crate::table")]
+        one: Defaults,
+        #[serde(default, deserialize_with = "crate::tables")]
+        many: std::collections::BTreeMap<String, Defaults>,
+    }
+
+    #[test]
+    fn an_array_where_a_table_is_meant_is_refused_and_nested_keys_still_named() {
+        let error = from_json::<WithTables>(r#"{"many":{"Q":[]}}"#).unwrap_err();
+        assert_eq!(error.key(), Some("many.Q"), "{error}");
+        assert!(error.message().contains("expected a table"), "{error}");
+        let error = from_json::<WithTables>(r#"{"one":[]}"#).unwrap_err();
+        assert_eq!(error.key(), Some("one"), "{error}");
+        let error = from_json::<WithTables>(r#"{"many":{"Q":{"size":"big"}}}"#).unwrap_err();
+        assert_eq!(error.key(), Some("many.Q.size"), "{error}");
+        let fine = from_json::<WithTables>(r#"{"one":{},"many":{"Q":{"size":3}}}"#).unwrap();
+        assert_eq!(fine.many["Q"].size, 3);
     }
 
     #[test]

@@ -1234,3 +1234,23 @@ fn hmb_connection_errors_name_the_server_once() {
         "the server named once: {line}"
     );
 }
+
+#[test]
+fn hmb_a_queue_given_as_an_array_is_refused_at_its_line() {
+    let dir = TestDir::new("hmb-queue-array");
+    let config = hmb_config(
+        &dir,
+        "http://127.0.0.1:9/bus",
+        "",
+        "",
+        "[consumer.settings.queues]\nQ = []\n",
+        &jsonl_handler("all", ""),
+    );
+    let check = run(&["check", "--config", &config.to_string_lossy()], LIMIT);
+    assert_eq!(check.code(), Some(2), "{check}");
+    assert!(
+        check.stderr.contains("key `consumer.settings.queues.Q`")
+            && check.stderr.contains("expected a table"),
+        "{check}"
+    );
+}

@@ -153,7 +153,8 @@ pub struct HmbSettings {
     /// A PEM file with extra CA certificates for https (relative to the config file).
     #[serde(default)]
     pub ca_file: Option<String>,
-    /// The queues to consume, by name.
+    /// The queues to consume, by name; each a table (`queues.X = []` is refused).
+    #[serde(deserialize_with = "buslink_plugin_api::tables")]
     pub queues: BTreeMap<String, QueueSettings>,
 }
 
