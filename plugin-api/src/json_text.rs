@@ -74,4 +74,33 @@ mod tests {
         let value: serde_json::Value = serde_json::from_str(&patched).unwrap();
         assert_eq!(value["name"], "Ren\u{fffd}");
     }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Any sequence of UTF-16 code units written as `\uXXXX` escapes (what Python's
+            /// json may write) is JSON once patched, and patching keeps the text's length.
+            #[test]
+            fn escapes_of_any_code_units_are_json_once_patched(
+                units in proptest::collection::vec(any::<u16>(), 0..40)
+            ) {
+                let text: String = std::iter::once("\"".to_owned())
+                    .chain(units.iter().map(|u| format!("\\u{u:04x}")))
+                    .chain(std::iter::once("\"".to_owned()))
+                    .collect();
+                let patched = patch_lone_surrogates(&text).unwrap_or_else(|| text.clone());
+                prop_assert_eq!(patched.len(), text.len());
+                prop_assert!(serde_json::from_str::<String>(&patched).is_ok(), "{}", patched);
+            }
+
+            #[test]
+            fn any_text_is_patched_without_a_panic(text in ".{0,200}") {
+                if let Some(patched) = patch_lone_surrogates(&text) {
+                    prop_assert_eq!(patched.len(), text.len());
+                }
+            }
+        }
+    }
 }

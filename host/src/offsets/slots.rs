@@ -235,4 +235,39 @@ mod tests {
         assert!(slot.len() > 4096 && slot.len() <= size);
         assert_eq!(decode(0, &slot).expect("valid").json, big.as_bytes());
     }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// A cache file holding anything at all (another program wrote it, a disk returned
+            /// garbage) is read without a panic: a slot or an error.
+            #[test]
+            fn any_bytes_are_read_without_a_panic(
+                bytes in proptest::collection::vec(any::<u8>(), 0..3 * SLOT_ALIGN + 100)
+            ) {
+                let _ = scan(&bytes);
+                let _ = newest(&bytes);
+            }
+
+            /// A slot written over any bytes (the rest of the file torn or random) is the one
+            /// read back, with its JSON exactly.
+            #[test]
+            fn a_slot_written_over_any_bytes_is_read_back(
+                json in "[ -~]{0,400}",
+                generation in 1u64..u64::MAX / 2,
+                index in 0usize..SLOTS,
+                mut bytes in proptest::collection::vec(any::<u8>(), 3 * SLOT_ALIGN),
+            ) {
+                let mut slot = Vec::new();
+                encode_into(generation, json.as_bytes(), &mut slot);
+                let at = index * SLOT_ALIGN;
+                bytes[at..at + slot.len()].copy_from_slice(&slot);
+                let read = newest(&bytes).map_err(TestCaseError::fail)?;
+                prop_assert_eq!(read.json, json.as_bytes());
+                prop_assert_eq!(read.generation, generation);
+            }
+        }
+    }
 }

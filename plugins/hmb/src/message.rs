@@ -678,4 +678,38 @@ mod tests {
             "incomplete"
         );
     }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Whatever a server (or something pretending to be one) sends as a message, reading
+            /// it ends in a message or an error, never a panic.
+            #[test]
+            fn any_bson_bytes_are_read_without_a_panic(
+                bytes in proptest::collection::vec(any::<u8>(), 0..300)
+            ) {
+                let _ = parse_bson(&bytes);
+            }
+
+            #[test]
+            fn any_json_text_is_read_without_a_panic(text in ".{0,300}") {
+                let _ = parse_json(&text);
+            }
+
+            /// Structured JSON messages with arbitrary field values, the scanner's fast path.
+            #[test]
+            fn json_messages_with_any_strings_are_read_without_a_panic(
+                kind in ".{0,12}", queue in ".{0,12}", seq in any::<i64>(), data in ".{0,60}"
+            ) {
+                let message = serde_json::json!({
+                    "type": kind, "queue": queue, "seq": seq, "data": {"text": data}
+                })
+                .to_string();
+                let parsed = parse_json(&message);
+                prop_assert!(parsed.is_ok(), "{}: {:?}", message, parsed.err());
+            }
+        }
+    }
 }
