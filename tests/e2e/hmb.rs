@@ -1254,3 +1254,36 @@ fn hmb_a_queue_given_as_an_array_is_refused_at_its_line() {
         "{check}"
     );
 }
+
+#[test]
+fn hmb_an_answer_that_never_ends_a_message_is_broken_off_with_memory_bounded() {
+    let server = big_server();
+    let url = server.bus_url("endless");
+    let producer = Producer::open(&url, false);
+    producer.send(&messages(&["Q"], &["T"], 0, 3));
+    // Every /recv answers an object key that never ends (200 KB of it here, a server could
+    // send gigabytes): the client must not wait for its end.
+    server.faults().inject(FaultRule {
+        endpoint: Some(Endpoint::Recv),
+        bus: None,
+        times: 0,
+        action: FaultAction::Malformed {
+            body: format!("{{\"{}", "k".repeat(200 * 1024)),
+            content_type: None,
+        },
+    });
+    let dir = TestDir::new("hmb-endless");
+    let config = archive_config(
+        &dir,
+        &url,
+        "format = \"json\"\nmax_message_kb = 64",
+        "[consumer.settings.queues.Q]\n",
+    );
+    let run = run_once(&config);
+    assert_eq!(run.code(), Some(1), "not a drained bus: {run}");
+    assert!(
+        run.stderr
+            .contains("without the end of a message (max_message_kb = 64): not read further"),
+        "{run}"
+    );
+}

@@ -836,6 +836,19 @@ impl Fetcher {
                     }
                 }
             }
+            // Bounded whatever the server sends: a message (or what stands between messages)
+            // longer than max_message is never waited for.
+            if frame_failure.is_none()
+                && (buf.len().saturating_sub(pos) > config.max_message
+                    || buf.len() > config.max_message.saturating_add(EMIT_BYTES))
+            {
+                frame_failure = Some(format!(
+                    "{} bytes without the end of a message (max_message_kb = {}): not read \
+                     further",
+                    buf.len().saturating_sub(pos),
+                    config.max_message / 1024
+                ));
+            }
             let failed = read_failure.is_some() || frame_failure.is_some();
             if ended && !failed && !config.stream {
                 self.prefetch(receiver, &sid, &buf, pos, &framer, &items);

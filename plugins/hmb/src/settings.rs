@@ -117,6 +117,9 @@ pub struct HmbSettings {
     /// Soft cap of one /recv response, in KB (default 1024).
     #[serde(default = "default_recv_limit")]
     pub recv_limit: u64,
+    /// The largest message read (KB); more without a message's end is a broken answer.
+    #[serde(default = "default_max_message_kb")]
+    pub max_message_kb: u64,
     /// The client id; the server never delivers messages sent with the same cid.
     #[serde(default)]
     pub cid: Option<String>,
@@ -220,6 +223,10 @@ impl QueueSettings {
 fn default_heartbeat() -> u64 {
     10
 }
+fn default_max_message_kb() -> u64 {
+    64 * 1024
+}
+
 fn default_recv_limit() -> u64 {
     1024
 }
@@ -243,6 +250,9 @@ answers a HEARTBEAT after this long, which proves the link is alive.
 - `read_timeout_ms` (default 3 x heartbeat): how long one read may wait for a byte; must \
 exceed the heartbeat. A dead link is noticed after this long.
 - `recv_limit` (KB, default 1024): soft cap of one /recv response.
+- `max_message_kb` (KB, default 65536): the largest message buslink reads; an answer that \
+goes on longer without a message's end (an endless key, endless whitespace) is broken off \
+with a warning and the session re-opened, so memory stays bounded whatever the server sends.
 - `cid` (string, optional): the client id. The server never delivers messages sent with the \
 same cid (own-cid suppression). Absent: the server picks one, reused on every re-open.
 - `connect_timeout_ms` (default 5000).
@@ -277,6 +287,8 @@ pub struct Config {
     pub read_timeout: Duration,
     /// recv_limit in KB.
     pub recv_limit: u64,
+    /// The largest message read, in bytes.
+    pub max_message: usize,
     /// The configured cid.
     pub cid: Option<String>,
     /// TCP connect timeout.
@@ -401,6 +413,12 @@ pub fn validate(s: &HmbSettings) -> PluginResult<()> {
                 ),
             ));
         }
+    }
+    if s.max_message_kb == 0 {
+        return Err(bad(
+            "max_message_kb",
+            "`max_message_kb` must be at least 1 (KB)",
+        ));
     }
     if s.recv_limit == 0 {
         return Err(bad("recv_limit", "`recv_limit` must be at least 1 (KB)"));
@@ -581,6 +599,7 @@ pub fn resolve(s: HmbSettings, context: &Context) -> PluginResult<Config> {
         heartbeat: s.heartbeat,
         read_timeout,
         recv_limit: s.recv_limit,
+        max_message: usize::try_from(s.max_message_kb.saturating_mul(1024)).unwrap_or(usize::MAX),
         cid: s.cid,
         connect_timeout: Duration::from_millis(s.connect_timeout_ms),
         retries: s.retries,
