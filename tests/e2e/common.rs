@@ -131,3 +131,12 @@ pub fn count_lines(path: &Path) -> usize {
         .map(|text| text.lines().count())
         .unwrap_or(0)
 }
+
+/// A Hermes bus of `events` generated events at `dir/bus.sqlite`.
+pub fn bus_with(dir: &TestDir, events: usize) -> PathBuf {
+    let bus = dir.join("bus.sqlite");
+    buslink_testkit::HermesBusWriter::open(&bus)
+        .and_then(|mut writer| writer.append_all(buslink_testkit::hermes_events(events)))
+        .expect("bus written");
+    bus
+}

@@ -7,14 +7,6 @@ use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-fn bus_with(dir: &TestDir, events: usize) -> std::path::PathBuf {
-    let bus = dir.join("bus.sqlite");
-    HermesBusWriter::open(&bus)
-        .and_then(|mut writer| writer.append_all(hermes_events(events)))
-        .expect("bus written");
-    bus
-}
-
 #[test]
 fn a_kill_at_any_instant_leaves_a_valid_cache_and_loses_nothing() {
     kill_at_any_instant("background");

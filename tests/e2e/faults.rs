@@ -11,14 +11,6 @@ use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-fn bus_with(dir: &TestDir, events: usize) -> std::path::PathBuf {
-    let bus = dir.join("bus.sqlite");
-    HermesBusWriter::open(&bus)
-        .and_then(|mut writer| writer.append_all(hermes_events(events)))
-        .expect("bus written");
-    bus
-}
-
 /// Every line of the file is whole JSON; returns the offsets in file order.
 fn whole_lines(path: &Path) -> Vec<i64> {
     let text = std::fs::read_to_string(path).unwrap_or_default();

@@ -392,50 +392,41 @@ fn validate_one(
                 None
             }
         },
-        "plugin" => {
-            match (&raw.plugin, &raw.class) {
-                (Some(plugin), Some(class)) => {
-                    let settings = raw
-                        .settings
-                        .as_ref()
-                        .map(|t| t.get_ref().clone())
-                        .unwrap_or_default();
-                    let mut non_finite = Vec::new();
-                    super::find_non_finite(
-                        &toml::Value::Table(settings.clone()),
-                        &mut vec!["handlers".into(), index.to_string(), "settings".into()],
-                        &mut non_finite,
-                    );
-                    for (path, value) in non_finite {
-                        let path: Vec<&str> = path.iter().map(String::as_str).collect();
-                        errors.push(source.error_at_key(
-                        &path,
-                        format!("{value} is not a number a plugin can be given (JSON has no {value})"),
-                    ));
+        "plugin" => match (&raw.plugin, &raw.class) {
+            (Some(plugin), Some(class)) => {
+                let settings = raw
+                    .settings
+                    .as_ref()
+                    .map(|t| t.get_ref().clone())
+                    .unwrap_or_default();
+                super::refuse_non_finite(
+                    source,
+                    &settings,
+                    &["handlers", &index.to_string(), "settings"],
+                    errors,
+                );
+                match serde_json::to_string(&settings) {
+                    Ok(settings_json) => Some(HandlerKind::Plugin(PluginHandlerConfig {
+                        plugin: plugin.get_ref().clone(),
+                        class: class.get_ref().clone(),
+                        settings_json,
+                        allow_insecure: false,
+                    })),
+                    Err(e) => {
+                        errors.push(missing("settings").with_message(format!("settings: {e}")));
+                        None
                     }
-                    match serde_json::to_string(&settings) {
-                        Ok(settings_json) => Some(HandlerKind::Plugin(PluginHandlerConfig {
-                            plugin: plugin.get_ref().clone(),
-                            class: class.get_ref().clone(),
-                            settings_json,
-                            allow_insecure: false,
-                        })),
-                        Err(e) => {
-                            errors.push(missing("settings").with_message(format!("settings: {e}")));
-                            None
-                        }
-                    }
-                }
-                (None, _) => {
-                    errors.push(missing("plugin"));
-                    None
-                }
-                (_, None) => {
-                    errors.push(missing("class"));
-                    None
                 }
             }
-        }
+            (None, _) => {
+                errors.push(missing("plugin"));
+                None
+            }
+            (_, None) => {
+                errors.push(missing("class"));
+                None
+            }
+        },
         "exec" => match &raw.command {
             Some(command) if command.get_ref().first().is_some_and(|p| !p.is_empty()) => {
                 Some(HandlerKind::Exec(ExecConfig {

@@ -429,19 +429,12 @@ impl Config {
                 "must be at least 1 (a poll that never waits makes an idle daemon spin)",
             ));
         }
-        let mut non_finite = Vec::new();
-        find_non_finite(
-            &toml::Value::Table(raw.settings.clone()),
-            &mut vec!["consumer".to_owned(), "settings".to_owned()],
-            &mut non_finite,
+        refuse_non_finite(
+            source,
+            &raw.settings,
+            &["consumer", "settings"],
+            &mut errors,
         );
-        for (path, value) in non_finite {
-            let path: Vec<&str> = path.iter().map(String::as_str).collect();
-            errors.push(source.error_at_key(
-                &path,
-                format!("{value} is not a number a plugin can be given (JSON has no {value})"),
-            ));
-        }
         let hermes = raw.hermes.filter(|mode| mode.enabled);
         let settings_json = match serde_json::to_string(&raw.settings) {
             Ok(json) => json,
@@ -528,7 +521,27 @@ impl Config {
 
 /// The key paths (and values) of the non-finite floats (`nan`, `inf`) under `value`: JSON,
 /// what plugins are handed, has none (serde_json would make them `null`).
-pub(crate) fn find_non_finite(
+/// Adds an error, at its key, for every non-finite number (`nan`, `inf`) in the plugin
+/// settings `table` found at `path`: JSON, what plugins are handed, has none.
+pub(crate) fn refuse_non_finite(
+    source: &Source,
+    table: &toml::Table,
+    path: &[&str],
+    errors: &mut Vec<ConfigError>,
+) {
+    let mut found = Vec::new();
+    let mut key: Vec<String> = path.iter().map(|part| (*part).to_owned()).collect();
+    find_non_finite(&toml::Value::Table(table.clone()), &mut key, &mut found);
+    for (key, value) in found {
+        let key: Vec<&str> = key.iter().map(String::as_str).collect();
+        errors.push(source.error_at_key(
+            &key,
+            format!("{value} is not a number a plugin can be given (JSON has no {value})"),
+        ));
+    }
+}
+
+fn find_non_finite(
     value: &toml::Value,
     path: &mut Vec<String>,
     found: &mut Vec<(Vec<String>, f64)>,
