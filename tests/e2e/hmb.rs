@@ -1256,19 +1256,94 @@ fn hmb_a_queue_given_as_an_array_is_refused_at_its_line() {
 }
 
 #[test]
+fn hmb_a_huge_answer_to_open_is_broken_off_at_its_bound() {
+    let server = big_server();
+    let url = server.bus_url("hugeopen");
+    let producer = Producer::open(&url, false);
+    producer.send(&messages(&["Q"], &["T"], 0, 3));
+    // /open answers 5 MiB (an ack is a few hundred bytes).
+    server.faults().inject(FaultRule {
+        endpoint: Some(Endpoint::Open),
+        bus: None,
+        times: 0,
+        action: FaultAction::Malformed {
+            body: format!("{{\"sid\":\"{}\"}}", "s".repeat(5 << 20)),
+            content_type: None,
+        },
+    });
+    let dir = TestDir::new("hmb-hugeopen");
+    let config = archive_config(
+        &dir,
+        &url,
+        "format = \"json\"",
+        "[consumer.settings.queues.Q]\n",
+    );
+    let run = run_once(&config);
+    assert_ne!(run.code(), Some(0), "{run}");
+    assert!(
+        run.stderr
+            .contains("/open: the answer is larger than 4 MiB: not read further"),
+        "{run}"
+    );
+}
+
+#[test]
+fn hmb_a_server_that_trickles_a_byte_at_a_time_is_broken_off_by_the_message_deadline() {
+    let server = big_server();
+    let url = server.bus_url("trickle");
+    let producer = Producer::open(&url, false);
+    producer.send(&messages(&["Q"], &["T"], 0, 3));
+    // Every /recv answers a valid start of a message, a byte every 50 ms: never quiet long
+    // enough for read_timeout_ms (3 s), never a whole message.
+    let message = format!(
+        "{{\"0\":{{\"type\":\"T\",\"queue\":\"Q\",\"seq\":0,\"data\":\"{}\"}}}}",
+        "x".repeat(2000)
+    );
+    server.faults().inject(FaultRule {
+        endpoint: Some(Endpoint::Recv),
+        bus: None,
+        times: 0,
+        action: FaultAction::Trickle {
+            body: message,
+            every_ms: 50,
+        },
+    });
+    let dir = TestDir::new("hmb-trickle");
+    let config = archive_config(
+        &dir,
+        &url,
+        "format = \"json\"\nheartbeat = 1\nread_timeout_ms = 3000\nmessage_timeout_ms = 1500",
+        "[consumer.settings.queues.Q]\n",
+    );
+    let run = run_once(&config);
+    assert_eq!(run.code(), Some(1), "not a drained bus: {run}");
+    assert!(
+        run.stderr.contains(
+            "arrived without a message being completed in 1500 ms (message_timeout_ms): the \
+             server trickles; not read further"
+        ),
+        "{run}"
+    );
+    // No message was whole: nothing was handed to the handler.
+    let out = std::fs::read_to_string(dir.path().join("out/all.jsonl")).unwrap_or_default();
+    assert_eq!(out.lines().count(), 0, "{out}");
+}
+
+#[test]
 fn hmb_an_answer_that_never_ends_a_message_is_broken_off_with_memory_bounded() {
     let server = big_server();
     let url = server.bus_url("endless");
     let producer = Producer::open(&url, false);
     producer.send(&messages(&["Q"], &["T"], 0, 3));
-    // Every /recv answers an object key that never ends (200 KB of it here, a server could
-    // send gigabytes): the client must not wait for its end.
+    // Every /recv answers a message that never ends (200 KB of it here, a server could send
+    // gigabytes): the client must not wait for its end. (An endless key is refused sooner:
+    // framing's unit tests.)
     server.faults().inject(FaultRule {
         endpoint: Some(Endpoint::Recv),
         bus: None,
         times: 0,
         action: FaultAction::Malformed {
-            body: format!("{{\"{}", "k".repeat(200 * 1024)),
+            body: format!("{{\"0\":{{\"data\":\"{}", "k".repeat(200 * 1024)),
             content_type: None,
         },
     });

@@ -185,7 +185,7 @@ impl Http {
         let url = self.url(&[method]);
         let what = format!("GET {url}");
         let response = self.execute(&what, self.client.get(url.clone()))?;
-        let bytes = response.bytes().map_err(|e| request_error(&what, &e))?;
+        let bytes = bounded_body(&what, response)?;
         serde_json::from_slice(&bytes).map_err(|e| {
             PluginError::protocol(format!(
                 "{what}: the answer is not JSON ({e}): {}",
@@ -249,7 +249,7 @@ impl Http {
             .header(CONTENT_TYPE, format.content_type())
             .body(self.encode(format, body)?);
         let response = self.execute(&what, request)?;
-        let bytes = response.bytes().map_err(|e| request_error(&what, &e))?;
+        let bytes = bounded_body(&what, response)?;
         let text = match format {
             Format::Json => String::from_utf8_lossy(&bytes).into_owned(),
             Format::Bson => bson_to_json_text(&bytes)
@@ -347,6 +347,26 @@ fn status_error(what: &str, status: StatusCode, body: &[u8], user: Option<&str>)
         s if s.is_server_error() => PluginError::connect(message),
         _ => PluginError::protocol(message),
     }
+}
+
+/// The largest answer to `/features`, `/info` or `/open` read (they are a few KB): a server
+/// that sends more (a huge `Content-Length`, an endless body) is broken off there.
+const CONTROL_ANSWER_MAX: u64 = 4 << 20;
+
+/// The body of a control answer, at most [`CONTROL_ANSWER_MAX`] bytes.
+fn bounded_body(what: &str, response: Response) -> PluginResult<Vec<u8>> {
+    let mut bytes = Vec::new();
+    response
+        .take(CONTROL_ANSWER_MAX + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| PluginError::connect(format!("{what}: reading the answer: {e}")))?;
+    if bytes.len() as u64 > CONTROL_ANSWER_MAX {
+        return Err(PluginError::protocol(format!(
+            "{what}: the answer is larger than {} MiB: not read further",
+            CONTROL_ANSWER_MAX >> 20
+        )));
+    }
+    Ok(bytes)
 }
 
 /// The client the fetcher thread reads `/recv` and `/stream` answers with: reqwest's async
@@ -497,10 +517,38 @@ impl BodyReader<'_> {
 
     /// The next bytes of the body as they arrived (no copy); `None` at its end.
     pub fn chunk(&mut self) -> std::io::Result<Option<bytes::Bytes>> {
+        self.chunk_by(None)
+    }
+
+    /// [`chunk`](Self::chunk), waiting no later than `deadline`: past it, an error of kind
+    /// `TimedOut` (the caller tells it from a read timeout by the clock).
+    pub fn chunk_by(
+        &mut self,
+        deadline: Option<std::time::Instant>,
+    ) -> std::io::Result<Option<bytes::Bytes>> {
         if !self.pending.is_empty() {
             return Ok(Some(std::mem::take(&mut self.pending)));
         }
-        match self.runtime.block_on(self.response.chunk()) {
+        let read = self.response.chunk();
+        let result = match deadline {
+            None => self.runtime.block_on(read),
+            Some(deadline) => {
+                // The timer is made inside the runtime, which drives it.
+                let timed = self.runtime.block_on(async {
+                    tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), read).await
+                });
+                match timed {
+                    Ok(result) => result,
+                    Err(_) => {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "message deadline passed",
+                        ))
+                    }
+                }
+            }
+        };
+        match result {
             Ok(chunk) => Ok(chunk),
             Err(error) => {
                 let kind = if error.is_timeout() {

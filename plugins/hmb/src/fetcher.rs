@@ -793,9 +793,15 @@ impl Fetcher {
         let mut pos = 0;
         let mut items: Vec<Item> = Vec::new();
         let mut answer_bytes = 0usize;
+        // Progress: a message completed (or the answer began). While bytes wait after the last
+        // message, the next one must be whole by `message_timeout` after it: a server that
+        // trickles a byte now and then never trips the per-read timeout.
+        let mut progress_at = Instant::now();
         loop {
             let mut backlog_after = None;
-            let (ended, read_failure) = match response.chunk() {
+            let deadline = (buf.len() > pos).then(|| progress_at + config.message_timeout);
+            let mut slow = None;
+            let (ended, read_failure) = match response.chunk_by(deadline) {
                 Ok(None) => (true, None),
                 Ok(Some(chunk)) => {
                     if buf.capacity() < capacity {
@@ -809,6 +815,11 @@ impl Fetcher {
                     } else if config.stream {
                         backlog_after = Some(false);
                     }
+                    (false, None)
+                }
+                Err(_) if deadline.is_some_and(|d| Instant::now() >= d) => {
+                    self.counters.backlog.store(false, Ordering::SeqCst);
+                    slow = Some(buf.len() - pos);
                     (false, None)
                 }
                 Err(e) => {
@@ -828,7 +839,10 @@ impl Fetcher {
             let mut frame_failure = None;
             loop {
                 match framer.next(&buf, &mut pos) {
-                    Ok(Some(item)) => items.push(item),
+                    Ok(Some(item)) => {
+                        items.push(item);
+                        progress_at = Instant::now();
+                    }
                     Ok(None) => break,
                     Err(message) => {
                         frame_failure = Some(message);
@@ -847,6 +861,20 @@ impl Fetcher {
                      further",
                     buf.len().saturating_sub(pos),
                     config.max_message / 1024
+                ));
+            }
+            if slow.is_none()
+                && frame_failure.is_none()
+                && buf.len() > pos
+                && progress_at.elapsed() >= config.message_timeout
+            {
+                slow = Some(buf.len() - pos);
+            }
+            if let Some(waiting) = slow {
+                frame_failure = Some(format!(
+                    "{waiting} bytes arrived without a message being completed in {} ms \
+                     (message_timeout_ms): the server trickles; not read further",
+                    config.message_timeout.as_millis()
                 ));
             }
             let failed = read_failure.is_some() || frame_failure.is_some();
@@ -872,8 +900,13 @@ impl Fetcher {
             }
             if let Some(message) = frame_failure {
                 // Named after the messages before it, handed over just above.
+                let broken = if slow.is_some() {
+                    "answer broken off"
+                } else {
+                    "undecodable answer"
+                };
                 return Err(PluginError::protocol(format!(
-                    "{what}: undecodable answer: {message}{}",
+                    "{what}: {broken}: {message}{}",
                     self.after(None)
                 )));
             }

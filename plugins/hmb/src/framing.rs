@@ -4,7 +4,6 @@
 //! - JSON: one object `{"0": {...}, "1": {...}}` (for /stream, never closed until EOF).
 //! - BSON: documents back to back, each led by its little-endian int32 length.
 
-use crate::json_scan::{container_end, skip_ws, string_end};
 use crate::message::JsonHead;
 use crate::settings::Format;
 use std::ops::Range;
@@ -12,17 +11,41 @@ use std::ops::Range;
 /// The largest document the reader accepts (the BSON limit of 16 MiB, with room).
 pub const MAX_ITEM: usize = 17 << 20;
 
+/// Where a JSON body's scan stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum JsonState {
+enum Step {
     /// Before the opening `{`.
     Start,
-    /// After `{`, before the first item.
+    /// After `{`: the first key or `}`.
     First,
-    /// After an item: `,` or `}` comes next.
+    /// After an item: `,` or `}`.
     Next,
+    /// After `,`: a key.
+    Key,
+    /// Inside a key; `escaped` after a backslash.
+    InKey { escaped: bool },
+    /// After a key: `:`.
+    Colon,
+    /// After `:`: a value.
+    Value,
+    /// Inside a value that starts at `value` (relative to `*pos`).
+    InValue(ValueScan),
     /// After the closing `}`.
     Done,
 }
+
+/// The scan of an unfinished value: `{...}` / `[...]` (by depth), a string, or a scalar.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ValueScan {
+    /// Where the value starts, relative to `*pos`.
+    start: usize,
+    depth: usize,
+    in_string: bool,
+    escaped: bool,
+}
+
+/// The longest message key read: HMB's keys are item numbers (`"0"`, `"1"`, ...).
+const MAX_KEY: usize = 256;
 
 /// One complete item of a body.
 #[derive(Clone, Debug)]
@@ -33,17 +56,23 @@ pub struct Item {
     pub head: Option<JsonHead>,
 }
 
-/// A message this large that is still incomplete is tried again only once the buffer has
-/// doubled past it (or the answer ended): reading it stays linear in its size.
-const RETRY_LARGE: usize = 64 * 1024;
-
 /// Finds complete items in a growing buffer.
+///
+/// JSON is scanned as a state machine that keeps its place between reads: every byte of the
+/// body is looked at once (twice for a message split across reads), so a server that sends
+/// an endless key, endless whitespace or a huge message a byte at a time costs time linear in
+/// what it sent.
 #[derive(Debug)]
 pub struct Framer {
     format: Format,
-    json: JsonState,
-    /// (start, buffer length) of the last attempt at an incomplete JSON message.
-    incomplete: Option<(usize, usize)>,
+    step: Step,
+    /// Bytes after `*pos` already scanned.
+    scanned: usize,
+    /// Where the current key started, relative to `*pos`.
+    key_start: usize,
+    /// Bytes looked at so far (tests check that reading stays linear).
+    #[cfg(test)]
+    looked: usize,
 }
 
 impl Framer {
@@ -51,8 +80,11 @@ impl Framer {
     pub fn new(format: Format) -> Self {
         Framer {
             format,
-            json: JsonState::Start,
-            incomplete: None,
+            step: Step::Start,
+            scanned: 0,
+            key_start: 0,
+            #[cfg(test)]
+            looked: 0,
         }
     }
 
@@ -60,24 +92,23 @@ impl Framer {
     /// the caller checks for leftover bytes).
     pub fn is_complete(&self) -> bool {
         match self.format {
-            Format::Json => self.json == JsonState::Done,
+            Format::Json => self.step == Step::Done,
             Format::Bson => true,
         }
     }
 
     /// Whether nothing at all was framed (an empty body).
     pub fn saw_nothing(&self) -> bool {
-        self.format == Format::Json && self.json == JsonState::Start
+        self.format == Format::Json && self.step == Step::Start
     }
 
-    /// The body ended: an incomplete message is tried once more, whatever its size.
-    pub fn body_ended(&mut self) {
-        self.incomplete = None;
-    }
+    /// The body ended (kept for the callers' symmetry; the scan needs no last attempt).
+    pub fn body_ended(&mut self) {}
 
     /// The next complete item in `buf[*pos..]`: `Ok(Some(item))` and `*pos` moved past it,
     /// `Ok(None)` when more bytes are needed (or the JSON body is complete), or an error when
-    /// the bytes cannot be a valid body.
+    /// the bytes cannot be a valid body. Between calls `buf[..*pos]` may be dropped (the
+    /// caller shifting `*pos` with it) and bytes appended; nothing else may change.
     pub fn next(&mut self, buf: &[u8], pos: &mut usize) -> Result<Option<Item>, String> {
         match self.format {
             Format::Bson => Ok(next_bson(buf, pos)?.map(|range| Item { range, head: None })),
@@ -86,130 +117,215 @@ impl Framer {
     }
 
     fn next_json(&mut self, buf: &[u8], pos: &mut usize) -> Result<Option<Item>, String> {
-        let mut at = *pos;
-        loop {
-            at = skip_ws(buf, at);
-            let Some(&byte) = buf.get(at) else {
-                return Ok(None);
-            };
-            match self.json {
-                JsonState::Start => {
+        let base = *pos;
+        let mut at = base + self.scanned;
+        while let Some(&byte) = buf.get(at) {
+            #[cfg(test)]
+            {
+                self.looked += 1;
+            }
+            let space = matches!(byte, b' ' | b'\n' | b'\r' | b'\t');
+            match self.step {
+                Step::Start => {
+                    if space {
+                        at += 1;
+                        continue;
+                    }
                     if byte != b'{' {
                         return Err(format!(
                             "the JSON body does not start with an object ({})",
                             show_byte(byte)
                         ));
                     }
-                    at += 1;
-                    *pos = at;
-                    self.json = JsonState::First;
+                    *pos = at + 1;
+                    self.scanned = 0;
+                    self.step = Step::First;
+                    return self.next_json(buf, pos);
                 }
-                JsonState::Done => {
-                    return Err(format!(
-                        "bytes after the end of the JSON body ({})",
-                        show_byte(byte)
-                    ))
-                }
-                JsonState::First | JsonState::Next => {
-                    if byte == b'}' {
-                        *pos = at + 1;
-                        self.json = JsonState::Done;
-                        return Ok(None);
+                Step::Done => {
+                    if !space {
+                        return Err(format!(
+                            "bytes after the end of the JSON body ({})",
+                            show_byte(byte)
+                        ));
                     }
-                    if self.json == JsonState::Next {
-                        if byte != b',' {
+                }
+                Step::First | Step::Next | Step::Key => {
+                    if !space {
+                        match (self.step, byte) {
+                            (Step::First | Step::Next, b'}') => {
+                                *pos = at + 1;
+                                self.scanned = 0;
+                                self.step = Step::Done;
+                                return Ok(None);
+                            }
+                            (Step::Next, b',') => self.step = Step::Key,
+                            (Step::First | Step::Key, b'"') => {
+                                self.key_start = at - base;
+                                self.step = Step::InKey { escaped: false };
+                            }
+                            (Step::Next, _) => {
+                                return Err(format!(
+                                    "expected `,` or `}}` between messages, found {}",
+                                    show_byte(byte)
+                                ))
+                            }
+                            _ => {
+                                return Err(format!(
+                                    "expected a message key, found {}",
+                                    show_byte(byte)
+                                ))
+                            }
+                        }
+                    }
+                }
+                Step::InKey { escaped } => {
+                    if at - base - self.key_start > MAX_KEY {
+                        return Err(format!(
+                            "a message key longer than {MAX_KEY} bytes (HMB numbers its \
+                             messages)"
+                        ));
+                    }
+                    self.step = match (escaped, byte) {
+                        (false, b'"') => Step::Colon,
+                        (false, b'\\') => Step::InKey { escaped: true },
+                        _ => Step::InKey { escaped: false },
+                    };
+                }
+                Step::Colon => {
+                    if !space {
+                        if byte != b':' {
                             return Err(format!(
-                                "expected `,` or `}}` between messages, found {}",
+                                "expected `:` after a message key, found {}",
                                 show_byte(byte)
                             ));
                         }
-                        at = skip_ws(buf, at + 1);
+                        self.step = Step::Value;
                     }
-                    // The key.
-                    match buf.get(at) {
-                        None => return Ok(None),
-                        Some(b'"') => {}
-                        Some(&other) => {
-                            return Err(format!(
-                                "expected a message key, found {}",
-                                show_byte(other)
-                            ))
-                        }
-                    }
-                    let Some(key_end) = string_end(buf, at + 1) else {
-                        return Ok(None);
-                    };
-                    at = skip_ws(buf, key_end);
-                    match buf.get(at) {
-                        None => return Ok(None),
-                        Some(b':') => {}
-                        Some(&other) => {
-                            return Err(format!(
-                                "expected `:` after a message key, found {}",
-                                show_byte(other)
-                            ))
-                        }
-                    }
-                    at = skip_ws(buf, at + 1);
-                    let start = at;
-                    let mut head = None;
-                    let end = match buf.get(start) {
-                        None => return Ok(None),
-                        Some(b'{') => {
-                            if let Some((from, len)) = self.incomplete {
-                                let partial = len - from;
-                                if from == start
-                                    && partial >= RETRY_LARGE
-                                    && buf.len() < from + 2 * partial
-                                {
-                                    return Ok(None);
-                                }
-                            }
-                            match JsonHead::read(buf, start) {
-                                Ok(Some((end, read))) => {
-                                    head = Some(read);
-                                    Some(end)
-                                }
-                                Ok(None) => {
-                                    self.incomplete = Some((start, buf.len()));
-                                    None
-                                }
-                                // A number cut by the end of the bytes (`48.`) reads as an
-                                // invalid number, not as "more needed": an error counts only
-                                // when the message is whole.
-                                Err(error) => match container_end(buf, start)? {
-                                    Some(_) => return Err(error),
-                                    None => {
-                                        self.incomplete = Some((start, buf.len()));
-                                        None
-                                    }
-                                },
-                            }
-                        }
-                        Some(b'[') => container_end(buf, start)?,
-                        Some(b'"') => string_end(buf, start + 1),
-                        Some(_) => {
-                            // A scalar: complete only when a delimiter follows.
-                            let stop = buf[start..].iter().position(|b| {
-                                matches!(b, b',' | b'}' | b' ' | b'\n' | b'\r' | b'\t')
-                            });
-                            stop.map(|n| start + n)
-                        }
-                    };
-                    let Some(end) = end else {
-                        if buf.len() - start > MAX_ITEM {
-                            return Err("a message is larger than 17 MiB".into());
-                        }
-                        return Ok(None);
-                    };
-                    *pos = end;
-                    self.json = JsonState::Next;
-                    self.incomplete = None;
-                    return Ok(Some(Item {
-                        range: start..end,
-                        head,
-                    }));
                 }
+                Step::Value => {
+                    if !space {
+                        if byte == b'{' {
+                            // Most messages arrive whole: their fields are read in one pass.
+                            if let Ok(Some((end, head))) = JsonHead::read(buf, at) {
+                                return Ok(Some(self.item(pos, at..end, Some(head))));
+                            }
+                            #[cfg(test)]
+                            {
+                                self.looked += buf.len() - at;
+                            }
+                        }
+                        self.step = Step::InValue(ValueScan {
+                            start: at - base,
+                            depth: 0,
+                            in_string: false,
+                            escaped: false,
+                        });
+                        continue;
+                    }
+                }
+                Step::InValue(mut scan) => {
+                    let start = base + scan.start;
+                    #[cfg(test)]
+                    {
+                        self.looked += buf.len() - at;
+                    }
+                    let end = match scan.advance(buf, start, &mut at)? {
+                        Some(end) => end,
+                        None => {
+                            self.step = Step::InValue(scan);
+                            if at - start > MAX_ITEM {
+                                return Err("a message is larger than 17 MiB".into());
+                            }
+                            break;
+                        }
+                    };
+                    let head = if buf[start] == b'{' {
+                        // Whole now: an error in it counts.
+                        match JsonHead::read(buf, start)? {
+                            Some((read_end, head)) if read_end == end => Some(head),
+                            _ => {
+                                return Err(format!(
+                                    "a message whose end cannot be read ({} bytes)",
+                                    end - start
+                                ))
+                            }
+                        }
+                    } else {
+                        None
+                    };
+                    return Ok(Some(self.item(pos, start..end, head)));
+                }
+            }
+            at += 1;
+        }
+        self.scanned = at - base;
+        Ok(None)
+    }
+
+    /// Ends the item at `range`: `*pos` moves past it and the scan restarts there.
+    fn item(&mut self, pos: &mut usize, range: Range<usize>, head: Option<JsonHead>) -> Item {
+        *pos = range.end;
+        self.scanned = 0;
+        self.step = Step::Next;
+        Item { range, head }
+    }
+}
+
+impl ValueScan {
+    /// Scans from `*at` (the value starting at `start`) to the value's end: `Some(end)` (the
+    /// index after it), or `None` with `*at` where the next read goes on.
+    fn advance(
+        &mut self,
+        buf: &[u8],
+        start: usize,
+        at: &mut usize,
+    ) -> Result<Option<usize>, String> {
+        match buf[start] {
+            b'{' | b'[' | b'"' => {
+                let quoted = buf[start] == b'"';
+                while let Some(&byte) = buf.get(*at) {
+                    *at += 1;
+                    if self.in_string {
+                        match (self.escaped, byte) {
+                            (true, _) => self.escaped = false,
+                            (false, b'\\') => self.escaped = true,
+                            (false, b'"') => {
+                                self.in_string = false;
+                                if quoted {
+                                    return Ok(Some(*at));
+                                }
+                            }
+                            _ => {}
+                        }
+                        continue;
+                    }
+                    match byte {
+                        b'"' => self.in_string = true,
+                        b'{' | b'[' => self.depth += 1,
+                        b'}' | b']' => {
+                            self.depth = self
+                                .depth
+                                .checked_sub(1)
+                                .ok_or_else(|| "unbalanced brackets in a message".to_owned())?;
+                            if self.depth == 0 {
+                                return Ok(Some(*at));
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(None)
+            }
+            _ => {
+                // A scalar: complete only when a delimiter follows.
+                while let Some(&byte) = buf.get(*at) {
+                    if matches!(byte, b',' | b'}' | b' ' | b'\n' | b'\r' | b'\t') {
+                        return Ok(Some(*at));
+                    }
+                    *at += 1;
+                }
+                Ok(None)
             }
         }
     }
@@ -362,5 +478,119 @@ mod tests {
         assert_eq!(items.len(), 2);
         let (_, _, result) = frame_all(Format::Bson, &[1, 0, 0, 0, 0, 0]);
         assert!(result.is_err());
+    }
+
+    /// Feeds `body` in pieces of `step` bytes, dropping framed bytes from the buffer as the
+    /// fetcher does; returns the items' texts, the bytes looked at and the last result.
+    fn feed(body: &[u8], cuts: &[usize]) -> (Vec<Vec<u8>>, usize, Result<(), String>) {
+        let mut framer = Framer::new(Format::Json);
+        let mut buf = Vec::new();
+        let mut pos = 0;
+        let mut items = Vec::new();
+        let mut fed = 0;
+        for &cut in cuts.iter().chain([&body.len()]) {
+            let cut = cut.clamp(fed, body.len());
+            buf.extend_from_slice(&body[fed..cut]);
+            fed = cut;
+            loop {
+                match framer.next(&buf, &mut pos) {
+                    Ok(Some(item)) => items.push(buf[item.range].to_vec()),
+                    Ok(None) => break,
+                    Err(e) => return (items, framer.looked, Err(e)),
+                }
+            }
+            // The fetcher hands framed messages over and keeps the rest.
+            buf.drain(..pos);
+            pos = 0;
+        }
+        (items, framer.looked, Ok(()))
+    }
+
+    #[test]
+    fn bytes_trickled_one_at_a_time_are_looked_at_a_bounded_number_of_times() {
+        let every_byte = |len: usize| (1..len).collect::<Vec<_>>();
+        // Endless whitespace between messages.
+        let body = format!("{{\"0\":{{\"type\":\"A\"}}{}", " ".repeat(200_000));
+        let (items, looked, result) = feed(body.as_bytes(), &every_byte(body.len()));
+        assert_eq!((items.len(), result), (1, Ok(())));
+        assert!(
+            (body.len()..=2 * body.len()).contains(&looked),
+            "{looked} for {}",
+            body.len()
+        );
+        // A huge message, a byte at a time.
+        let body = format!(
+            "{{\"0\":{{\"type\":\"T\",\"seq\":1,\"data\":\"{}\"}},\"1\":{{\"type\":\"EOF\"}}}}",
+            "x".repeat(200_000)
+        );
+        let (items, looked, result) = feed(body.as_bytes(), &every_byte(body.len()));
+        assert_eq!((items.len(), result), (2, Ok(())));
+        assert!(
+            (body.len()..=3 * body.len()).contains(&looked),
+            "{looked} for {}",
+            body.len()
+        );
+    }
+
+    #[test]
+    fn an_endless_key_is_an_error_once_longer_than_any_message_number() {
+        let body = format!("{{\"{}", "k".repeat(100_000));
+        let cuts: Vec<usize> = (1..body.len()).step_by(7).collect();
+        let (items, looked, result) = feed(body.as_bytes(), &cuts);
+        assert!(items.is_empty());
+        let error = result.expect_err("an endless key");
+        assert!(
+            error.contains("a message key longer than 256 bytes"),
+            "{error}"
+        );
+        assert!(looked < 1000, "{looked}");
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn message() -> impl Strategy<Value = String> {
+            (
+                "[A-Z]{1,8}",
+                any::<i32>(),
+                proptest::collection::vec(("[a-z]{1,5}", "[ -~]{0,12}"), 0..4),
+                "[ \n]{0,3}",
+            )
+                .prop_map(|(kind, seq, fields, space)| {
+                    let data: serde_json::Map<String, serde_json::Value> = fields
+                        .into_iter()
+                        .map(|(k, v)| (k, serde_json::Value::String(v)))
+                        .collect();
+                    let data = serde_json::Value::Object(data);
+                    format!(
+                        "{{{space}\"type\":{space}{:?},\"seq\":{seq},\"data\":{data}{space}}}",
+                        kind
+                    )
+                })
+        }
+
+        proptest! {
+            #[test]
+            fn an_answer_cut_anywhere_frames_the_messages_of_the_whole_answer(
+                messages in proptest::collection::vec(message(), 0..6),
+                mut cuts in proptest::collection::vec(0usize..2000, 0..12),
+                space in "[ \n]{0,2}",
+            ) {
+                let items: Vec<String> = messages
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| format!("{space}\"{i}\"{space}:{space}{m}"))
+                    .collect();
+                let body = format!("{space}{{{}{space}}}", items.join(","));
+                let whole = feed(body.as_bytes(), &[]);
+                prop_assert_eq!(&whole.2, &Ok(()));
+                prop_assert_eq!(whole.0.len(), messages.len());
+                cuts.sort_unstable();
+                let pieces = feed(body.as_bytes(), &cuts);
+                prop_assert_eq!(pieces.0, whole.0);
+                prop_assert_eq!(pieces.2, Ok(()));
+            }
+        }
     }
 }

@@ -114,6 +114,10 @@ pub struct HmbSettings {
     /// heartbeat, so that a healthy idle long poll is never cut short.
     #[serde(default)]
     pub read_timeout_ms: Option<u64>,
+    /// The longest a message may take to arrive while its bytes keep coming, in ms (default:
+    /// 2 x `read_timeout_ms`); must exceed the heartbeat.
+    #[serde(default)]
+    pub message_timeout_ms: Option<u64>,
     /// Soft cap of one /recv response, in KB (default 1024).
     #[serde(default = "default_recv_limit")]
     pub recv_limit: u64,
@@ -249,6 +253,11 @@ no credentials in the URL: use `user` and a password setting).
 answers a HEARTBEAT after this long, which proves the link is alive.
 - `read_timeout_ms` (default 3 x heartbeat): how long one read may wait for a byte; must \
 exceed the heartbeat. A dead link is noticed after this long.
+- `message_timeout_ms` (default 2 x read_timeout_ms): how long the bytes of one message (or \
+what stands between two messages) may keep coming before the message is whole; must exceed \
+the heartbeat. A server that trickles (a byte now and then, never long enough apart for \
+`read_timeout_ms`) is broken off after this long with a warning and the session re-opened. \
+A message that legitimately takes longer to arrive (tens of MB on a slow link) needs more.
 - `recv_limit` (KB, default 1024): soft cap of one /recv response.
 - `max_message_kb` (KB, default 65536): the largest message buslink reads; an answer that \
 goes on longer without a message's end (an endless key, endless whitespace) is broken off \
@@ -285,6 +294,8 @@ pub struct Config {
     pub heartbeat: u64,
     /// Per-read timeout.
     pub read_timeout: Duration,
+    /// How long one message may take to arrive while bytes keep coming.
+    pub message_timeout: Duration,
     /// recv_limit in KB.
     pub recv_limit: u64,
     /// The largest message read, in bytes.
@@ -408,6 +419,19 @@ pub fn validate(s: &HmbSettings) -> PluginResult<()> {
                 format!(
                     "`read_timeout_ms` ({read}) must exceed the heartbeat ({} s = {} ms), or \
                      healthy idle long polls would be cut short",
+                    s.heartbeat,
+                    s.heartbeat.saturating_mul(1000)
+                ),
+            ));
+        }
+    }
+    if let Some(timeout) = s.message_timeout_ms {
+        if timeout <= s.heartbeat.saturating_mul(1000) {
+            return Err(bad(
+                "message_timeout_ms",
+                format!(
+                    "`message_timeout_ms` ({timeout}) must exceed the heartbeat ({} s = {} ms), \
+                     or healthy idle streams would be cut short",
                     s.heartbeat,
                     s.heartbeat.saturating_mul(1000)
                 ),
@@ -593,11 +617,15 @@ pub fn resolve(s: HmbSettings, context: &Context) -> PluginResult<Config> {
         s.read_timeout_ms
             .unwrap_or_else(|| s.heartbeat.saturating_mul(3000)),
     );
+    let message_timeout = s
+        .message_timeout_ms
+        .map_or(read_timeout.saturating_mul(2), Duration::from_millis);
     Ok(Config {
         base,
         format: s.format,
         heartbeat: s.heartbeat,
         read_timeout,
+        message_timeout,
         recv_limit: s.recv_limit,
         max_message: usize::try_from(s.max_message_kb.saturating_mul(1024)).unwrap_or(usize::MAX),
         cid: s.cid,
@@ -651,6 +679,12 @@ mod tests {
         v["read_timeout_ms"] = 2000.into();
         let e = validate(&settings(v).unwrap()).unwrap_err();
         assert_eq!(e.key(), Some("read_timeout_ms"));
+        let mut v = base();
+        v["heartbeat"] = 2.into();
+        v["message_timeout_ms"] = 1500.into();
+        let e = validate(&settings(v).unwrap()).unwrap_err();
+        assert_eq!(e.key(), Some("message_timeout_ms"));
+        assert!(e.message().contains("must exceed the heartbeat"), "{e}");
     }
 
     #[test]

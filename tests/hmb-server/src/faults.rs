@@ -89,6 +89,15 @@ pub enum FaultAction {
         #[serde(default)]
         ms: Option<u64>,
     },
+    /// Answer 200 with `body` written one byte every `every_ms` milliseconds
+    /// (a server that trickles: never slow enough for a read timeout), then
+    /// end; content type as for `Malformed`. Nothing is consumed.
+    Trickle {
+        /// Raw response body.
+        body: String,
+        /// Pause before each byte, in milliseconds.
+        every_ms: u64,
+    },
     /// Answer 200 with this body instead of handling the request (nothing
     /// is consumed). Content type: `content_type` or the request's natural
     /// one (JSON; the session's format for /recv and /stream).

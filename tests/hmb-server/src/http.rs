@@ -246,6 +246,10 @@ pub async fn handle(
             let ct = content_type.unwrap_or_else(|| natural_type(endpoint, &bus, args).to_owned());
             return Ok(with_type(body, &ct));
         }
+        Some(FaultAction::Trickle { body, every_ms }) => {
+            let ct = natural_type(endpoint, &bus, args).to_owned();
+            return Ok(trickled(body, every_ms, &ct));
+        }
         Some(FaultAction::DropMidResponse { after_messages }) => {
             mid_fault = Some(MidFault::Drop {
                 after: after_messages,
@@ -292,6 +296,25 @@ fn natural_type(endpoint: Endpoint, bus: &Bus, args: &[String]) -> &'static str 
         }
         _ => "application/json",
     }
+}
+
+/// A 200 answer whose body comes a byte every `every_ms` ms; the writer ends
+/// when the body does or the client goes away.
+fn trickled(body: String, every_ms: u64, content_type: &str) -> Resp {
+    let (tx, stream) = body::channel();
+    tokio::spawn(async move {
+        for byte in body.into_bytes() {
+            tokio::time::sleep(std::time::Duration::from_millis(every_ms)).await;
+            if tx.send(Ok(Bytes::from(vec![byte]))).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut resp = Response::new(stream);
+    if let Ok(value) = HeaderValue::from_str(content_type) {
+        resp.headers_mut().insert(CONTENT_TYPE, value);
+    }
+    resp
 }
 
 /// Sends the headers and half the body of a complete response, then cuts the
