@@ -392,3 +392,31 @@ fn an_empty_array_where_a_table_is_meant_is_refused() {
         "{run}"
     );
 }
+
+#[test]
+fn check_warns_about_a_state_dir_every_user_can_write() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TestDir::new("check-state-mode");
+    let config = sqlite_config(&dir, &fixture_bus(), "", &jsonl_handler("all", ""));
+    let state = dir.join("state");
+    std::fs::create_dir_all(&state).expect("state dir");
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let check = buslink_testkit::process::run(
+        &["check", "--config", &config.to_string_lossy()],
+        std::time::Duration::from_secs(60),
+    );
+    assert_eq!(check.code(), Some(0), "a warning, not an error: {check}");
+    assert!(
+        check
+            .stderr
+            .contains("is writable by every user (mode 777): make it 0700 or 0750"),
+        "{check}"
+    );
+    // The same directory made private: no warning.
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let check = buslink_testkit::process::run(
+        &["check", "--config", &config.to_string_lossy()],
+        std::time::Duration::from_secs(60),
+    );
+    assert!(!check.stderr.contains("writable by every user"), "{check}");
+}

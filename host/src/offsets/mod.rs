@@ -193,13 +193,7 @@ impl OffsetCache {
             source,
         };
         match fs::read(&self.path) {
-            Ok(bytes) => {
-                let slot = slots::newest(&bytes).map_err(|message| CacheError::Corrupt {
-                    path: self.path.clone(),
-                    message,
-                })?;
-                self.parse(&self.path, slot.json).map(Some)
-            }
+            Ok(bytes) => self.decode(&bytes).map(Some),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 match fs::read(&self.legacy_path) {
                     Ok(bytes) => self.parse(&self.legacy_path, &bytes).map(Some),
@@ -209,6 +203,18 @@ impl OffsetCache {
             }
             Err(source) => Err(read_error(&self.path, source)),
         }
+    }
+
+    /// Reads the committed record from the bytes of a cache file (format v2: the newest
+    /// intact slot). Errors: [`CacheError::Corrupt`] when no slot is intact or its JSON is not
+    /// a record, [`CacheError::NewerFormat`], [`CacheError::WrongConsumer`]; never a panic,
+    /// whatever the bytes (fuzzed: `fuzz/`).
+    pub fn decode(&self, bytes: &[u8]) -> Result<OffsetRecord, CacheError> {
+        let slot = slots::newest(bytes).map_err(|message| CacheError::Corrupt {
+            path: self.path.clone(),
+            message,
+        })?;
+        self.parse(&self.path, slot.json)
     }
 
     /// Reads a record's JSON (from `path`, for errors).

@@ -546,6 +546,35 @@ mod tests {
         assert!(looked < 1000, "{looked}");
     }
 
+    /// Framed whole, or cut in two where the first byte says (as the fuzz target
+    /// `hmb_json_answer` does): the same messages, or an error either way.
+    fn cut_frames_as_whole(data: &[u8]) -> bool {
+        let Some((&first, body)) = data.split_first() else {
+            return true;
+        };
+        let cut = usize::from(first).min(body.len());
+        let whole = feed(body, &[]);
+        let pieces = feed(body, &[cut]);
+        match (whole.2, pieces.2) {
+            (Ok(()), Ok(())) => whole.0 == pieces.0,
+            _ => true,
+        }
+    }
+
+    #[test]
+    fn inputs_the_fuzzer_found_frame_the_same_whole_or_cut() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fuzz/regressions/hmb_json_answer");
+        let mut count = 0;
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.expect("a directory entry").path();
+            let data = std::fs::read(&path).expect("a regression input");
+            assert!(cut_frames_as_whole(&data), "{}", path.display());
+            count += 1;
+        }
+        assert!(count >= 1, "no regression inputs in {}", dir.display());
+    }
+
     mod properties {
         use super::*;
         use proptest::prelude::*;

@@ -76,10 +76,36 @@ pub fn value_end(buf: &[u8], start: usize) -> Result<Option<usize>, String> {
             "a value expected at byte {start}, found `{}`",
             char::from(buf[start])
         )),
-        Some(_) => Ok(buf[start..]
-            .iter()
-            .position(|b| matches!(b, b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t'))
-            .map(|n| start + n)),
+        Some(_) => {
+            // A number, `true`, `false` or `null`: anything else (a bracket or a quote in
+            // it) is refused here, so that where a message ends never depends on how its
+            // bytes were cut into reads (the framer's bracket count agrees).
+            let rest = &buf[start..];
+            let end = rest
+                .iter()
+                .position(|b| matches!(b, b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t'));
+            let scalar = &rest[..end.unwrap_or(rest.len())];
+            match scalar
+                .iter()
+                .position(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.')))
+            {
+                Some(bad) => Err(format!(
+                    "an invalid value at byte {} ({})",
+                    start + bad,
+                    show(scalar[bad])
+                )),
+                None => Ok(end.map(|n| start + n)),
+            }
+        }
+    }
+}
+
+/// A byte for an error message.
+fn show(byte: u8) -> String {
+    if byte.is_ascii_graphic() {
+        format!("`{}`", char::from(byte))
+    } else {
+        format!("byte 0x{byte:02x}")
     }
 }
 
