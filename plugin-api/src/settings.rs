@@ -47,6 +47,17 @@ where
     deserializer.deserialize_map(TableVisitor(std::marker::PhantomData))
 }
 
+/// [`table`] for an optional table (`Option<T>` with `#[serde(default, deserialize_with =
+/// "buslink_plugin_api::optional_table")]`): absent is `None`, a table is `Some`, anything
+/// else (an array) an error naming the key.
+pub fn optional_table<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    table(deserializer).map(Some)
+}
+
 /// [`table`] for a map of tables (`[consumer.settings.queues.NAME]`): every entry must be a
 /// table.
 pub fn tables<'de, D, T>(deserializer: D) -> Result<std::collections::BTreeMap<String, T>, D::Error>

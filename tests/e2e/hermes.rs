@@ -29,7 +29,7 @@ fn hermes_config_on(
 }
 
 /// The fixture's rows: (msgid, event).
-fn fixture_rows() -> Vec<(i64, Value)> {
+pub(crate) fn fixture_rows() -> Vec<(i64, Value)> {
     std::fs::read_to_string(fixture("hermes/bus-rows.jsonl"))
         .expect("bus-rows.jsonl")
         .lines()
@@ -44,7 +44,7 @@ fn fixture_rows() -> Vec<(i64, Value)> {
 
 /// What hermes-client would process, computed from the rows: the chosen complete initsync
 /// sequence, then every base event after it.
-fn expected_offsets(use_first: bool) -> (i64, i64, Vec<i64>) {
+pub(crate) fn expected_offsets(use_first: bool) -> (i64, i64, Vec<i64>) {
     let rows = fixture_rows();
     let mut sequences = Vec::new();
     let mut start = None;
@@ -76,7 +76,7 @@ fn expected_offsets(use_first: bool) -> (i64, i64, Vec<i64>) {
 }
 
 /// The state of every object after `offsets`, computed directly from the rows.
-fn expected_state(offsets: &[i64]) -> BTreeMap<String, Map<String, Value>> {
+pub(crate) fn expected_state(offsets: &[i64]) -> BTreeMap<String, Map<String, Value>> {
     let mut state: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
     for (msgid, event) in fixture_rows() {
         if !offsets.contains(&msgid) {
@@ -120,7 +120,7 @@ fn expected_state(offsets: &[i64]) -> BTreeMap<String, Map<String, Value>> {
     state
 }
 
-fn saved_state(dir: &TestDir) -> BTreeMap<String, Map<String, Value>> {
+pub(crate) fn saved_state(dir: &TestDir) -> BTreeMap<String, Map<String, Value>> {
     std::fs::read_dir(dir.join("view"))
         .expect("the state directory exists")
         .map(|entry| entry.expect("entry").path())

@@ -10,6 +10,7 @@ mod faults;
 mod handlers;
 mod hermes;
 mod hmb;
+mod kafka;
 mod loading;
 mod ops;
 mod plugin_author;

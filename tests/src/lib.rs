@@ -4,9 +4,11 @@
 
 pub mod bus;
 pub mod http_sink;
+pub mod kafka;
 pub mod process;
 pub mod workspace;
 
 pub use bus::{hermes_events, HermesBusWriter};
+pub use kafka::KafkaMock;
 pub use process::{Daemon, RunOutput};
 pub use workspace::{build_dir, buslink_bin, fixture, workspace_root, TestDir};

@@ -3,9 +3,8 @@
 
 use buslink_plugin_api::{Context, PluginError, PluginResult};
 use reqwest::Url;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::fmt;
 use std::time::Duration;
 
 /// The wire format of the sessions the consumer opens.
@@ -37,66 +36,8 @@ impl Format {
     }
 }
 
-/// A password: never shown by `Debug`, never quoted in an error.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a password.
-    pub fn new(text: impl Into<String>) -> Self {
-        Secret(text.into())
-    }
-
-    /// The password itself, for the `Authorization` header only.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl<'de> Deserialize<'de> for Secret {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl<'v> serde::de::Visitor<'v> for Visitor {
-            type Value = Secret;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
-                Ok(Secret(v.to_owned()))
-            }
-            // Every other type: an error that does not quote the value.
-            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Secret, E> {
-                Err(E::custom("the password must be a string (value not shown)"))
-            }
-            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Secret, E> {
-                Err(E::custom("the password must be a string (value not shown)"))
-            }
-            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Secret, E> {
-                Err(E::custom("the password must be a string (value not shown)"))
-            }
-            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Secret, E> {
-                Err(E::custom("the password must be a string (value not shown)"))
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'v>>(self, _: A) -> Result<Secret, A::Error> {
-                Err(serde::de::Error::custom(
-                    "the password must be a string (value not shown)",
-                ))
-            }
-            fn visit_map<A: serde::de::MapAccess<'v>>(self, _: A) -> Result<Secret, A::Error> {
-                Err(serde::de::Error::custom(
-                    "the password must be a string (value not shown)",
-                ))
-            }
-        }
-        deserializer.deserialize_any(Visitor)
-    }
-}
+use buslink_plugin_api::secret::PasswordSettings;
+pub use buslink_plugin_api::secret::Secret;
 
 /// The settings of [`HmbConsumer`](crate::HmbConsumer) (`[consumer.settings]`).
 #[derive(Clone, Debug, Deserialize)]
@@ -283,6 +224,16 @@ seq, -1 only new messages, -2 the last one...; absent: the oldest message held),
 leading `!` negates), `filter` (a filter document), `qlen`, `oowait`, `keep` (false: the \
 window ends at the end of the queue).";
 
+impl HmbSettings {
+    fn password_settings(&self) -> PasswordSettings {
+        PasswordSettings {
+            password: self.password.clone(),
+            password_file: self.password_file.clone(),
+            password_env: self.password_env.clone(),
+        }
+    }
+}
+
 /// The settings, checked and resolved (paths read, password found).
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -465,14 +416,7 @@ pub fn validate(s: &HmbSettings) -> PluginResult<()> {
     if s.cid.as_deref().is_some_and(|cid| cid.trim().is_empty()) {
         return Err(bad("cid", "`cid` must not be empty (leave it out instead)"));
     }
-    let sources = [
-        s.password.is_some(),
-        s.password_file.is_some(),
-        s.password_env.is_some(),
-    ]
-    .iter()
-    .filter(|set| **set)
-    .count();
+    let sources = s.password_settings().count();
     match (&s.user, sources) {
         (Some(user), _) if user.is_empty() => {
             return Err(bad("user", "`user` must not be empty"));
@@ -562,37 +506,7 @@ pub fn validate(s: &HmbSettings) -> PluginResult<()> {
 pub fn resolve(s: HmbSettings, context: &Context) -> PluginResult<Config> {
     validate(&s)?;
     let base = parse_url(&s.url)?;
-    let password = if let Some(password) = s.password {
-        Some(password)
-    } else if let Some(file) = &s.password_file {
-        let path = context.resolve_path(file);
-        let text = std::fs::read_to_string(&path).map_err(|e| {
-            bad(
-                "password_file",
-                format!("cannot read password_file {}: {e}", path.display()),
-            )
-        })?;
-        let first = text.lines().next().unwrap_or("").to_owned();
-        if first.is_empty() {
-            return Err(bad(
-                "password_file",
-                format!("password_file {} is empty", path.display()),
-            ));
-        }
-        Some(Secret::new(first))
-    } else if let Some(var) = &s.password_env {
-        match std::env::var(var) {
-            Ok(value) if !value.is_empty() => Some(Secret::new(value)),
-            _ => {
-                return Err(bad(
-                    "password_env",
-                    format!("environment variable {var} (password_env) is not set or empty"),
-                ))
-            }
-        }
-    } else {
-        None
-    };
+    let password = s.password_settings().read(context, "")?;
     let auth = s.user.clone().zip(password);
     let ca_pem = match &s.ca_file {
         Some(file) => {
