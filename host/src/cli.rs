@@ -122,6 +122,20 @@ pub enum OffsetsAction {
         #[arg(long)]
         force: bool,
     },
+    /// Take over a hermes-client's place: its cache file (`_hermes-client-NAME.json` or
+    /// `.json.gz`) gives the next offset and, for Hermes mode, the initsync sequence, so the
+    /// client is replaced without replaying the bus or re-running initsync.
+    ImportHermes {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// hermes-client's cache file.
+        path: PathBuf,
+        /// Import even if the client's error queue holds events (they are not imported) or
+        /// the bus does not hold the offset.
+        #[arg(long)]
+        force: bool,
+    },
     /// Forget the committed offset: the next start uses the config's `start`.
     Reset {
         /// The config file.

@@ -61,6 +61,11 @@ fn dispatch(command: Command) -> Result<(), AppError> {
                 string,
                 force,
             } => offsets::set(&config, &offset, string, force),
+            OffsetsAction::ImportHermes {
+                config,
+                path,
+                force,
+            } => offsets::import_hermes(&config, &path, force),
             OffsetsAction::Reset { config } => offsets::reset(&config),
         },
     }

@@ -394,3 +394,109 @@ fn an_event_with_a_lone_surrogate_escape_reaches_the_view_as_hermes_reads_it() {
         .collect();
     assert!(names.contains(&"Ren\u{fffd}"), "{names:?}");
 }
+
+/// Writes a hermes-client cache as the client does (`_hermes-client-NAME.json[.gz]`).
+pub(crate) fn write_client_cache(path: &std::path::Path, content: Value) {
+    let text = serde_json::to_string_pretty(&json!({
+        "__HERMES_VERSION__": "1.0.9",
+        "content": content,
+    }))
+    .expect("JSON");
+    if path.extension().is_some_and(|e| e == "gz") {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(text.as_bytes()).expect("gzip");
+        std::fs::write(path, gz.finish().expect("gzip")).expect("write");
+    } else {
+        std::fs::write(path, text).expect("write");
+    }
+}
+
+fn import(
+    config: &std::path::Path,
+    cache: &std::path::Path,
+    force: bool,
+) -> buslink_testkit::RunOutput {
+    let config = config.to_string_lossy();
+    let cache = cache.to_string_lossy();
+    let mut args = vec!["offsets", "import-hermes", "--config", &config, &cache];
+    if force {
+        args.push("--force");
+    }
+    run(&args, LIMIT)
+}
+
+#[test]
+fn a_hermes_client_cache_is_imported_so_the_client_is_replaced_without_a_replay() {
+    // The real client's cache (sqlite bus, useFirstInitsyncSequence: 1 / 55 / 164).
+    let dir = TestDir::new("import-hermes");
+    let config = hermes_config(&dir, true, "");
+    let imported = import(&config, &fixture("hermes/client-offset-cache.json"), false);
+    assert_eq!(imported.code(), Some(0), "{imported}");
+    assert!(
+        imported.stdout.contains(
+            "the next start begins at offset 164; Hermes mode: initsync sequence 1 to 55, \
+             already replayed"
+        ),
+        "{imported}"
+    );
+    let run1 = run_once(&config);
+    assert_eq!(run1.code(), Some(0), "{run1}");
+    assert!(run1.stderr.contains("starting at offset 164"), "{run1}");
+    assert!(
+        read_lines(&dir, "out/all.jsonl").is_empty(),
+        "nothing replayed"
+    );
+    let cache = read_cache(&dir);
+    assert_eq!(cache["initstartoffset"]["int"], json!(1));
+    assert_eq!(cache["initstopoffset"]["int"], json!(55));
+    assert_eq!(cache["initsync_done"], json!(true));
+
+    // A client part-way through the base events, gzipped as Hermes writes it by default:
+    // buslink goes on with exactly the events the client had not processed.
+    let dir = TestDir::new("import-hermes-gz");
+    let config = hermes_config(&dir, true, "");
+    let client = dir.join("_hermes-client-app.json.gz");
+    write_client_cache(
+        &client,
+        json!({"queueErrors": {}, "datamodelWarnings": {}, "exception": null,
+               "initstartoffset": 1, "initstopoffset": 55, "nextoffset": 120}),
+    );
+    let imported = import(&config, &client, false);
+    assert_eq!(imported.code(), Some(0), "{imported}");
+    let run1 = run_once(&config);
+    assert_eq!(run1.code(), Some(0), "{run1}");
+    let (_, _, all) = expected_offsets(true);
+    let rest: Vec<i64> = all.into_iter().filter(|o| *o >= 120).collect();
+    assert!(!rest.is_empty());
+    assert_eq!(offsets(&read_lines(&dir, "out/all.jsonl")), rest);
+
+    // Objects waiting in the client's error queue are not taken over silently.
+    let dir = TestDir::new("import-hermes-errors");
+    let config = hermes_config(&dir, true, "");
+    let client = dir.join("_hermes-client-app.json");
+    write_client_cache(
+        &client,
+        json!({"queueErrors": {"3": {"objtype": "SRVUsers"}}, "initstartoffset": 1,
+               "initstopoffset": 55, "nextoffset": 120}),
+    );
+    let refused = import(&config, &client, false);
+    assert_eq!(refused.code(), Some(2), "{refused}");
+    assert!(
+        refused
+            .stderr
+            .contains("holds 1 object(s) in hermes-client's error queue"),
+        "{refused}"
+    );
+    assert!(!dir.join("state/test.offsets").exists(), "nothing imported");
+    let forced = import(&config, &client, true);
+    assert_eq!(forced.code(), Some(0), "{forced}");
+    // A cache without nextoffset has no place to take over.
+    write_client_cache(
+        &client,
+        json!({"initstartoffset": null, "nextoffset": null}),
+    );
+    let empty = import(&config, &client, false);
+    assert_eq!(empty.code(), Some(2), "{empty}");
+    assert!(empty.stderr.contains("no `nextoffset`"), "{empty}");
+}

@@ -136,3 +136,60 @@ fn kafka_a_topic_with_several_partitions_needs_the_partition_named() {
         .collect();
     assert_eq!(numbers, vec![1, 4, 7]);
 }
+
+#[test]
+fn kafka_a_hermes_client_cache_is_imported_and_consumption_goes_on_from_its_nextoffset() {
+    let mut mock = KafkaMock::start(1, &[("hermes", 1)]);
+    let rows = fixture("hermes/bus-rows.jsonl");
+    mock.command(&format!("produce-rows hermes 0 {}", rows.display()));
+    let dir = TestDir::new("kafka-import");
+    let config = hermes_on_kafka(&dir, &mock, true);
+    // What hermes-client's kafka consumer stores after offset 99 (the event offsets themselves;
+    // nextoffset = last + 1).
+    let client = dir.join("_hermes-client-app.json.gz");
+    crate::hermes::write_client_cache(
+        &client,
+        serde_json::json!({"queueErrors": {}, "datamodelWarnings": {}, "exception": null,
+                           "initstartoffset": 0, "initstopoffset": 54, "nextoffset": 100}),
+    );
+    let imported = buslink_testkit::process::run(
+        &[
+            "offsets",
+            "import-hermes",
+            "--config",
+            &config.to_string_lossy(),
+            &client.to_string_lossy(),
+        ],
+        std::time::Duration::from_secs(60),
+    );
+    assert_eq!(imported.code(), Some(0), "{imported}");
+    let run = run_once(&config);
+    assert_eq!(run.code(), Some(0), "{run}");
+    let (_, _, sqlite_offsets) = expected_offsets(true);
+    let expected: Vec<i64> = sqlite_offsets
+        .iter()
+        .map(|m| m - 1)
+        .filter(|o| *o >= 100)
+        .collect();
+    assert_eq!(offsets(&read_lines(&dir, "out/all.jsonl")), expected);
+    // An offset the partition never had is refused (the bus is asked).
+    crate::hermes::write_client_cache(
+        &client,
+        serde_json::json!({"initstartoffset": 0, "initstopoffset": 54, "nextoffset": 5000}),
+    );
+    let refused = buslink_testkit::process::run(
+        &[
+            "offsets",
+            "import-hermes",
+            "--config",
+            &config.to_string_lossy(),
+            &client.to_string_lossy(),
+        ],
+        std::time::Duration::from_secs(60),
+    );
+    assert_eq!(refused.code(), Some(2), "{refused}");
+    assert!(
+        refused.stderr.contains("offset 5000 is not in"),
+        "{refused}"
+    );
+}

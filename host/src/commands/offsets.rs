@@ -1,5 +1,6 @@
-//! `buslink offsets show|set|reset --config FILE`: read or move a consumer's committed offset.
-//! Changes take the consumer's lock, so they are refused while its daemon runs.
+//! `buslink offsets show|set|reset|import-hermes --config FILE`: read or move a consumer's
+//! committed offset. Changes take the consumer's lock, so they are refused while its daemon
+//! runs.
 
 use crate::commands::run::build_consumer;
 use crate::commands::AppError;
@@ -119,6 +120,132 @@ fn check_on_the_bus(config: &Config, offset: &Offset) -> Result<(), AppError> {
             Ok(())
         }
     }
+}
+
+/// What `offsets import-hermes` takes from a hermes-client cache file.
+#[derive(Debug, PartialEq)]
+pub struct HermesClientPlace {
+    /// `nextoffset`: the offset of the next event to process.
+    pub next_offset: i64,
+    /// `initstartoffset` and `initstopoffset`: the initsync sequence the client replayed.
+    pub initsync: Option<(i64, i64)>,
+    /// How many events wait in the client's error queue (`queueErrors`).
+    pub queued_errors: usize,
+}
+
+/// Reads a hermes-client cache file (Hermes 1.0.x `HermesClientCache`, written by
+/// `LocalCache.savecachefile`): JSON `{"__HERMES_VERSION__": ..., "content": {...}}`, gzipped
+/// when its name ends in `.gz` or its first bytes say so (Hermes's default,
+/// `enable_compression`). Errors name the file and the key.
+pub fn read_hermes_client_cache(path: &Path) -> Result<HermesClientPlace, String> {
+    use std::io::Read;
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = if bytes.starts_with(&[0x1f, 0x8b]) {
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(bytes.as_slice())
+            .read_to_string(&mut text)
+            .map_err(|e| format!("{}: not a gzipped JSON file: {e}", path.display()))?;
+        text
+    } else {
+        String::from_utf8(bytes).map_err(|e| format!("{}: not UTF-8 text: {e}", path.display()))?
+    };
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| format!("{}: not a JSON file: {e}", path.display()))?;
+    // Hermes wraps the cache's attributes in `content`, with the version beside it.
+    let content = value.get("content").unwrap_or(&value);
+    let offset = |key: &str| -> Result<Option<i64>, String> {
+        match content.get(key) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(value) => value.as_i64().map(Some).ok_or_else(|| {
+                format!(
+                    "{}: `{key}` is {value}, not an integer offset (the sqlite and Kafka buses \
+                     number their events)",
+                    path.display()
+                )
+            }),
+        }
+    };
+    let next_offset = offset("nextoffset")?.ok_or_else(|| {
+        format!(
+            "{}: no `nextoffset`: the client never processed an event, so there is no place to \
+             take over (is this a hermes-client cache, `_hermes-client-NAME.json[.gz]`?)",
+            path.display()
+        )
+    })?;
+    let initsync = match (offset("initstartoffset")?, offset("initstopoffset")?) {
+        (Some(start), Some(stop)) => Some((start, stop)),
+        _ => None,
+    };
+    let queued_errors = content
+        .get("queueErrors")
+        .and_then(|q| q.as_object())
+        .map_or(0, |q| q.len());
+    Ok(HermesClientPlace {
+        next_offset,
+        initsync,
+        queued_errors,
+    })
+}
+
+/// `offsets import-hermes PATH`: the next start begins at the client's `nextoffset`; in
+/// Hermes mode with its initsync sequence (already replayed when `nextoffset` has reached its
+/// `init-stop`, as hermes-client decides).
+pub fn import_hermes(config_path: &Path, path: &Path, force: bool) -> Result<(), AppError> {
+    let config = Config::load(config_path)?;
+    let place = read_hermes_client_cache(path).map_err(AppError::Usage)?;
+    if place.queued_errors > 0 && !force {
+        return Err(AppError::Usage(format!(
+            "not imported: {} holds {} object(s) in hermes-client's error queue \
+             (`queueErrors`), which buslink does not take over: let the client retry them \
+             first (or import anyway with --force, leaving them behind)",
+            path.display(),
+            place.queued_errors
+        )));
+    }
+    let _lock = ConsumerLock::acquire(&config.state_dir, &config.consumer.name).map_err(runtime)?;
+    let next = Offset::Int(place.next_offset);
+    if !force {
+        check_on_the_bus(&config, &next)?;
+    }
+    let cache = cache_of(&config);
+    let previous = cache.load().map_err(runtime)?;
+    let handled = previous.as_ref().map_or(0, |record| record.events_handled);
+    let mut record = cache.record(None, Some(next.clone()), handled);
+    if let Some((start, stop)) = place.initsync {
+        record.initstartoffset = Some(Offset::Int(start));
+        record.initstopoffset = Some(Offset::Int(stop));
+        // hermes-client counts itself initialised once nextoffset has reached init-stop.
+        record.initsync_done = place.next_offset >= stop;
+    }
+    cache.commit(&record).map_err(runtime)?;
+    let initsync = match (place.initsync, config.consumer.hermes.is_some()) {
+        (Some((start, stop)), true) => format!(
+            "; Hermes mode: initsync sequence {start} to {stop}{}",
+            if record.initsync_done {
+                ", already replayed"
+            } else {
+                ", replay goes on"
+            }
+        ),
+        (Some(_), false) => {
+            "; its initsync offsets are kept for Hermes mode ([consumer.hermes] is off)".into()
+        }
+        (None, _) => "; the client had not replayed an initsync sequence".into(),
+    };
+    if place.queued_errors > 0 {
+        tracing::warn!(
+            "{} object(s) of hermes-client's error queue were left behind (--force)",
+            place.queued_errors
+        );
+    }
+    println!(
+        "consumer '{}': imported {}: the next start begins at offset {}{initsync} ({})",
+        config.consumer.name,
+        path.display(),
+        place.next_offset,
+        cache.path().display()
+    );
+    Ok(())
 }
 
 /// `offsets reset`: forget the committed offset; the next start uses `start`.
