@@ -184,6 +184,14 @@ fn position(
     }
 }
 
+/// A batch the dispatcher is done with, going back to the reader; `committed`: the offset of
+/// the last event committed, for a bus that keeps the position (acknowledged before the next
+/// poll).
+struct ReturnedBatch {
+    batch: EventBatch,
+    committed: Option<Offset>,
+}
+
 /// Where the reader resumes after a (re)connection, and the timestamp of the event there.
 #[derive(Clone, Debug, Default)]
 pub struct Resume {
@@ -208,12 +216,18 @@ fn connect(
             .open()
             .and_then(|()| consumer.set_timeout(Some(options.timeout)))
             .and_then(|()| consumer.set_stop_when_drained(options.once))
-            .and_then(|()| position(consumer, resume.point.as_ref(), &options.start))
-            .and_then(|()| match (&resume.point, resume.last_timestamp) {
-                (Some(ResumePoint::After(last)), Some(timestamp)) => {
-                    consumer.check_position(last, timestamp)
+            .and_then(|()| {
+                // A bus that keeps the position (a Kafka consumer group) resumes by itself.
+                if consumer.bus_owns_position() {
+                    return Ok(());
                 }
-                _ => Ok(()),
+                position(consumer, resume.point.as_ref(), &options.start)?;
+                match (&resume.point, resume.last_timestamp) {
+                    (Some(ResumePoint::After(last)), Some(timestamp)) => {
+                        consumer.check_position(last, timestamp)
+                    }
+                    _ => Ok(()),
+                }
             });
         match attempt {
             Ok(()) => return Ok(true),
@@ -236,7 +250,7 @@ fn read_loop(
     options: PipelineOptions,
     shutdown: Shutdown,
     full: SyncSender<ReaderMessage>,
-    empty: Receiver<EventBatch>,
+    empty: Receiver<ReturnedBatch>,
     counters: SharedCounters,
 ) -> PluginConsumer {
     // Where to resume after a reconnection: after the last event read, else the start point.
@@ -259,18 +273,39 @@ fn read_loop(
         }
     }
     let mut backoff = options.initial_backoff;
+    let mut lag: Option<(Instant, Option<u64>)> = None;
     while !shutdown.requested() {
         let mut batch = match spare.take() {
             Some(batch) => batch,
             None => match empty.recv() {
-                Ok(batch) => batch,
+                Ok(ReturnedBatch { batch, committed }) => {
+                    if let Some(offset) = committed {
+                        // A bus that keeps the position stores it now, before the next poll.
+                        if let Err(error) = consumer.acknowledge(&offset) {
+                            if error.error.kind().is_transient() {
+                                tracing::warn!("{error}; stored with a later acknowledgement");
+                            } else {
+                                finish(ReaderMessage::Failed(error));
+                                break;
+                            }
+                        }
+                    }
+                    batch
+                }
                 Err(_) => break,
             },
         };
         batch.clear();
         let polled = consumer.poll(&mut batch);
-        if options.stats_interval.is_some() {
-            let now = consumer.counters();
+        if let Some(interval) = options.stats_interval {
+            let mut now = consumer.counters();
+            // The lag may cost the plugin a request: asked once per progress line at most.
+            if lag.is_none_or(|(at, _)| at.elapsed() >= interval) {
+                lag = Some((Instant::now(), consumer.lag()));
+            }
+            if let Some((_, Some(events))) = lag {
+                now.push(("lag".to_owned(), events));
+            }
             if let Ok(mut shared) = counters.lock() {
                 *shared = now;
             }
@@ -450,10 +485,21 @@ pub fn run(
         dead_letters,
         error_queue,
     } = outputs;
+    // A bus that keeps the position gets the next batch only once the one before was
+    // handled, committed and acknowledged: one batch goes round.
+    let bus_owned = consumer.bus_owns_position();
+    let in_flight = if bus_owned {
+        1
+    } else {
+        options.queue_batches + 1
+    };
     let (full_tx, full_rx) = mpsc::sync_channel::<ReaderMessage>(options.queue_batches);
-    let (empty_tx, empty_rx) = mpsc::channel::<EventBatch>();
-    for _ in 0..options.queue_batches + 1 {
-        let _ = empty_tx.send(EventBatch::new(options.batch_size, options.batch_bytes));
+    let (empty_tx, empty_rx) = mpsc::channel::<ReturnedBatch>();
+    for _ in 0..in_flight {
+        let _ = empty_tx.send(ReturnedBatch {
+            batch: EventBatch::new(options.batch_size, options.batch_bytes),
+            committed: None,
+        });
     }
     let resume = Resume {
         point: cached.as_ref().and_then(OffsetCache::resume_point),
@@ -549,7 +595,25 @@ pub fn run(
                     on_gap: options.on_gap,
                 };
                 let result = dispatcher.dispatch_batch(&batch, next_after_last, &mut committer);
-                let _ = empty_tx.send(batch);
+                if bus_owned {
+                    // Handled and durably committed before the bus stores the position.
+                    let committed = result
+                        .as_ref()
+                        .ok()
+                        .map(|()| committer.commit(handlers, error_queue));
+                    if let Some(Err(error)) = committed {
+                        break Err(error);
+                    }
+                    let _ = empty_tx.send(ReturnedBatch {
+                        batch,
+                        committed: committer.last_committed.clone(),
+                    });
+                } else {
+                    let _ = empty_tx.send(ReturnedBatch {
+                        batch,
+                        committed: None,
+                    });
+                }
                 if let Err(error) = result {
                     break Err(error);
                 }

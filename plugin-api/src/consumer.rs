@@ -125,6 +125,34 @@ pub trait Consumer: Send + 'static {
         Ok(())
     }
 
+    /// How far behind the end of the bus the consumer is: the events after its position that
+    /// are on the bus now (summed over partitions or queues), or `None` when the bus cannot
+    /// tell (or not cheaply, or not now). The host calls it about once per progress line, on
+    /// the thread that polls, and shows it as `lag`. The default cannot tell.
+    fn lag(&mut self) -> Option<u64> {
+        None
+    }
+
+    /// Whether the bus keeps this consumer's position (a Kafka consumer group, whose offsets
+    /// live in the cluster). The host then never positions it from its cache (the cache still
+    /// records the last event handled, for people), calls [`acknowledge`](Self::acknowledge)
+    /// after every commit, and hands it the next batch only once everything before was
+    /// handled and committed: a rebalance inside `poll` never finds events in flight, so
+    /// what was handled can be stored on the bus before partitions are given up, and nothing
+    /// of a partition given up is handled afterwards. The default: the host keeps it.
+    fn bus_owns_position(&self) -> bool {
+        false
+    }
+
+    /// Everything up to and including the event at `offset` was handled and durably committed
+    /// by the host (its latest commit; events are acknowledged in delivery order, some may be
+    /// skipped over by a later acknowledgement). A consumer whose bus keeps its position
+    /// stores it there now; the default does nothing.
+    fn acknowledge(&mut self, offset: &Offset) -> PluginResult<()> {
+        let _ = offset;
+        Ok(())
+    }
+
     /// Reads forward to the first event of `category` and adds it to `found` (returning
     /// `true`), or returns `false` when the iteration ends (timeout) without one. Events passed
     /// over are skipped; the position ends right after the event returned.

@@ -180,8 +180,11 @@ pub trait ConsumerFfi: Send {
         last: &ROffset,
         timestamp_micros: i64,
     ) -> RResult<(), RPluginError>;
-    #[sabi(last_prefix_field)]
     fn set_stop_when_drained(&mut self, stop: bool) -> RResult<(), RPluginError>;
+    fn lag(&mut self) -> ROption<u64>;
+    fn bus_owns_position(&self) -> bool;
+    #[sabi(last_prefix_field)]
+    fn acknowledge(&mut self, offset: &ROffset) -> RResult<(), RPluginError>;
 }
 
 /// A boxed consumer trait object, owned by the host.
@@ -773,5 +776,27 @@ impl<C: Consumer> ConsumerFfi for ConsumerShim<C> {
 
     fn set_stop_when_drained(&mut self, stop: bool) -> RResult<(), RPluginError> {
         self.guard("set_stop_when_drained", |c| c.set_stop_when_drained(stop))
+    }
+
+    fn lag(&mut self) -> ROption<u64> {
+        if self.poisoned_in.is_some() {
+            return ROption::RNone;
+        }
+        catch_unwind(AssertUnwindSafe(|| self.inner.lag()))
+            .ok()
+            .flatten()
+            .into()
+    }
+
+    fn bus_owns_position(&self) -> bool {
+        if self.poisoned_in.is_some() {
+            return false;
+        }
+        catch_unwind(AssertUnwindSafe(|| self.inner.bus_owns_position())).unwrap_or(false)
+    }
+
+    fn acknowledge(&mut self, offset: &ROffset) -> RResult<(), RPluginError> {
+        let offset = Offset::from(offset);
+        self.guard("acknowledge", |c| c.acknowledge(&offset))
     }
 }

@@ -193,3 +193,34 @@ fn kafka_a_hermes_client_cache_is_imported_and_consumption_goes_on_from_its_next
         "{refused}"
     );
 }
+
+#[test]
+fn kafka_the_lag_behind_the_partition_end_is_in_the_progress_line() {
+    let mut mock = KafkaMock::start(1, &[("slow", 1)]);
+    mock.command("produce slow 30");
+    let dir = TestDir::new("kafka-lag");
+    // One event at a time, 100 ms each: the first progress lines find most of them waiting.
+    let handlers = "[[handlers]]\nname = \"slow\"\ntype = \"exec\"\n\
+                    command = [\"sh\", \"-c\", \"sleep 0.1\"]\n";
+    let config = kafka_config(&dir, &mock, "slow", "batch_size = 1", "", handlers);
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, format!("stats_interval_s = 1\n{text}")).expect("config");
+    let mut daemon = buslink_testkit::Daemon::run(&config);
+    let lag_of = |line: &str| -> Option<u64> {
+        let (_, rest) = line.split_once(", lag ")?;
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    let limit = std::time::Duration::from_secs(60);
+    daemon.wait_for("a lag above 0", limit, |d| {
+        d.stderr().lines().filter_map(lag_of).any(|lag| lag > 0)
+    });
+    daemon.wait_for("the lag back to 0", limit, |d| {
+        d.stderr()
+            .lines()
+            .any(|l| l.contains("30 events in total") && lag_of(l) == Some(0))
+    });
+    assert_eq!(daemon.terminate(limit).code(), Some(0));
+}

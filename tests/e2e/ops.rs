@@ -25,7 +25,7 @@ fn check_accepts_a_good_config_and_summarises_it() {
     let out = buslink(&["check", "--config", &config.to_string_lossy(), "--connect"]);
     assert_eq!(out.code(), Some(0), "{out}");
     for text in [
-        "plugin: sqlite 0.1.0 (plugin-api 0.2.0)",
+        "plugin: sqlite 0.1.0 (plugin-api 0.3.0)",
         "class SqliteConsumer",
         "all: jsonl ->",
         "match objtype=SRV*",
@@ -124,9 +124,9 @@ fn plugins_lists_good_incompatible_and_foreign_libraries() {
     let out = buslink(&["plugins", &libs.to_string_lossy()]);
     assert_eq!(out.code(), Some(0), "{out}");
     for text in [
-        "plugin sqlite 0.1.0 (plugin-api 0.2.0)",
+        "plugin sqlite 0.1.0 (plugin-api 0.3.0)",
         "SqliteConsumer (consumer): Hermes sqlite bus",
-        "built against plugin-api 0.3.0, but this buslink uses plugin-api 0.2.0",
+        "built against plugin-api 0.4.0, but this buslink uses plugin-api 0.3.0",
         "not a buslink plugin",
     ] {
         assert!(out.stdout.contains(text), "expected {text:?}:\n{out}");
@@ -286,6 +286,12 @@ fn progress_lines_are_logged_on_the_configured_interval() {
         d.stderr().contains("progress:")
             && d.stderr()
                 .contains("163 events in total, last committed offset 163")
+    });
+    // The sqlite plugin tells how far behind the bus's end it is: nothing left.
+    daemon.wait_for("the lag", LIMIT, |d| {
+        d.stderr()
+            .lines()
+            .any(|l| l.contains("last committed offset 163") && l.contains(", lag 0"))
     });
     assert_eq!(daemon.terminate(LIMIT).code(), Some(0));
 }

@@ -139,6 +139,22 @@ impl PluginConsumer {
         self.wrap("check_position", result)
     }
 
+    /// How far behind the end of the bus the consumer is, when the plugin can tell.
+    pub fn lag(&mut self) -> Option<u64> {
+        self.inner.lag().into_option()
+    }
+
+    /// Whether the bus keeps the consumer's position (see the plugin-api's `Consumer`).
+    pub fn bus_owns_position(&self) -> bool {
+        self.inner.bus_owns_position()
+    }
+
+    /// Tells the plugin everything up to `offset` is handled and durably committed.
+    pub fn acknowledge(&mut self, offset: &Offset) -> Result<(), ConsumerError> {
+        let result = self.inner.acknowledge(&ROffset::from(offset));
+        self.wrap("acknowledge", result)
+    }
+
     /// The plugin's counters (`gaps`, `reconnects`, ...).
     pub fn counters(&self) -> Vec<(String, u64)> {
         self.inner

@@ -508,6 +508,18 @@ impl Consumer for KafkaConsumer {
         Ok(PollStatus::Idle)
     }
 
+    /// The records after the position: the partition's end (high watermark) less the next
+    /// offset (one watermark request).
+    fn lag(&mut self) -> Option<u64> {
+        let (low, high) = self.watermarks().ok()?;
+        let next = match self.position {
+            Position::At(next) => next.max(low),
+            Position::Beginning => low,
+            Position::Unset => return None,
+        };
+        u64::try_from(high - next).ok()
+    }
+
     fn counters(&self) -> Vec<(String, u64)> {
         vec![
             ("gaps".to_owned(), self.gaps),

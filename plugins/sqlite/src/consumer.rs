@@ -323,6 +323,17 @@ impl Consumer for SqliteConsumer {
         })
     }
 
+    /// The msgids allocated after the position (rows purged meanwhile still counted: an
+    /// upper bound, exact on a bus whose rows are not purged ahead of the consumer).
+    fn lag(&mut self) -> Option<u64> {
+        let Position::At { next, .. } = self.position else {
+            return None;
+        };
+        let bounds = self.bus.bounds().ok()??;
+        let next = next.max(bounds.first.unwrap_or(bounds.last_allocated + 1));
+        u64::try_from(bounds.last_allocated + 1 - next).ok()
+    }
+
     fn counters(&self) -> Vec<(String, u64)> {
         vec![
             ("gaps".to_owned(), self.gaps),
