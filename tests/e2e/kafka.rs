@@ -224,3 +224,200 @@ fn kafka_the_lag_behind_the_partition_end_is_in_the_progress_line() {
     });
     assert_eq!(daemon.terminate(limit).code(), Some(0));
 }
+
+/// The offsets (`TOPIC:PARTITION:OFFSET`) of the whole lines of a `jsonl` file, in file order
+/// (a daemon killed mid-write may leave a torn last line: not counted).
+fn group_offsets(path: &std::path::Path) -> Vec<(i32, i64)> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let whole = match text.rfind('\n') {
+        Some(end) => &text[..=end],
+        None => "",
+    };
+    whole
+        .lines()
+        .map(|line| {
+            let value: Value = serde_json::from_str(line).expect("a whole line is JSON");
+            let offset = value["offset"].as_str().expect("a string offset");
+            let mut parts = offset.rsplitn(3, ':');
+            let at: i64 = parts.next().and_then(|p| p.parse().ok()).expect("offset");
+            let partition: i32 = parts
+                .next()
+                .and_then(|p| p.parse().ok())
+                .expect("partition");
+            (partition, at)
+        })
+        .collect()
+}
+
+/// A group member: its own directory, state and `jsonl` file; one group and topic.
+fn group_member(dir: &TestDir, mock: &KafkaMock, batch: usize) -> std::path::PathBuf {
+    let settings = "mode = \"group\"\n\
+                    [consumer.settings.properties]\n\
+                    \"session.timeout.ms\" = 6000\n\
+                    \"heartbeat.interval.ms\" = 500\n";
+    let consumer = ConsumerSpec {
+        plugin: "kafka",
+        class: "KafkaConsumer",
+        timeout_ms: 200,
+        extra: &format!("batch_size = {batch}"),
+        settings: &format!(
+            "servers = \"{}\"\ntopics = [\"scale\"]\ngroup_id = \"scale-group\"\n{settings}",
+            mock.bootstrap()
+        ),
+    };
+    let text = std::fs::read_to_string(consumer_config(dir, consumer, &jsonl_handler("all", "")))
+        .expect("config");
+    dir.write("buslink.toml", format!("stats_interval_s = 1\n{text}"))
+}
+
+#[test]
+fn kafka_a_consumer_group_shares_partitions_and_survives_a_member_killed_and_a_broker_outage() {
+    const EVENTS: i64 = 20_000;
+    const BATCH: usize = 20;
+    let limit = std::time::Duration::from_secs(120);
+    let mut mock = KafkaMock::start(1, &[("scale", 4)]);
+    let (dir_a, dir_b) = (TestDir::new("kafka-group-a"), TestDir::new("kafka-group-b"));
+    let mut a = buslink_testkit::Daemon::run(&group_member(&dir_a, &mock, BATCH));
+    let mut b = buslink_testkit::Daemon::run(&group_member(&dir_b, &mock, BATCH));
+    // Both members hold partitions before the events come.
+    let holds_partitions = |d: &buslink_testkit::Daemon| {
+        d.stderr()
+            .lines()
+            .rev()
+            .find(|l| l.contains("partitions assigned:"))
+            .is_some_and(|l| !l.ends_with("partitions assigned: none"))
+    };
+    a.wait_for("member A's partitions", limit, holds_partitions);
+    b.wait_for("member B's partitions", limit, |d| {
+        holds_partitions(d) && d.stderr().contains("partitions assigned: scale:")
+    });
+    a.wait_for("a rebalance sharing the partitions with B", limit, |d| {
+        d.stderr()
+            .lines()
+            .filter(|l| l.contains("partitions assigned: scale:"))
+            .count()
+            >= 1
+            && holds_partitions(d)
+    });
+    mock.command(&format!("produce scale {EVENTS}"));
+    let out_a = dir_a.join("out/all.jsonl");
+    let out_b = dir_b.join("out/all.jsonl");
+    // Member A is killed part-way through its share.
+    a.wait_for("member A part-way", limit, |_| {
+        group_offsets(&out_a).len() >= 500
+    });
+    a.signal(libc::SIGKILL);
+    let handled_by_a = a.finish(limit);
+    assert_eq!(handled_by_a.status.code(), None, "killed: {handled_by_a}");
+    // The broker goes down under member B and comes back.
+    mock.command("down 1");
+    let progress_lines = |d: &buslink_testkit::Daemon| d.stderr().matches("progress:").count();
+    let seen = progress_lines(&b);
+    b.wait_for("two progress lines with the broker down", limit, |d| {
+        progress_lines(d) >= seen + 2
+    });
+    mock.command("up 1");
+    // B takes over A's partitions (after the group's session timeout) and reads them all.
+    let all = |a: &[(i32, i64)], b: &[(i32, i64)]| {
+        let mut union: std::collections::BTreeSet<(i32, i64)> = a.iter().copied().collect();
+        union.extend(b.iter().copied());
+        union.len() as i64
+    };
+    let lines_a = group_offsets(&out_a);
+    b.wait_for(
+        "every event handled by one member or the other",
+        limit,
+        |_| all(&lines_a, &group_offsets(&out_b)) == EVENTS,
+    );
+    let run_b = b.terminate(limit);
+    assert_eq!(run_b.code(), Some(0), "{run_b}");
+    let lines_b = group_offsets(&out_b);
+    // Every event once at least.
+    assert_eq!(all(&lines_a, &lines_b), EVENTS);
+    // Per partition, each member handled the records in offset order: the first time it
+    // handled each one, offsets only go up (a record handled again comes from a window whose
+    // position was not committed to the group, below).
+    for lines in [&lines_a, &lines_b] {
+        for partition in 0..4 {
+            let mut seen = std::collections::BTreeSet::new();
+            let firsts: Vec<i64> = lines
+                .iter()
+                .filter(|(p, o)| *p == partition && seen.insert(*o))
+                .map(|(_, o)| *o)
+                .collect();
+            assert!(
+                firsts.windows(2).all(|w| w[0] < w[1]),
+                "partition {partition}: records handled out of order"
+            );
+        }
+    }
+    // Duplicates only from uncommitted windows: the batch A was killed in, and the batches
+    // whose commit to the group failed (a rebalance in progress), each said in the log.
+    let failed_commits = handled_by_a
+        .stderr
+        .matches("cannot commit the group's offsets")
+        .count()
+        + run_b
+            .stderr
+            .matches("cannot commit the group's offsets")
+            .count()
+        + run_b
+            .stderr
+            .matches("could not be committed before the partitions were given up")
+            .count();
+    let duplicates = lines_a.len() + lines_b.len() - EVENTS as usize;
+    assert!(
+        duplicates <= BATCH * (1 + failed_commits),
+        "{duplicates} events handled twice, more than the uncommitted windows allow ({} \
+         batches of {BATCH})",
+        1 + failed_commits
+    );
+    assert!(!lines_a.is_empty() && lines_b.len() > lines_a.len());
+    assert!(
+        run_b.stderr.contains("partitions assigned: scale:"),
+        "{run_b}"
+    );
+}
+
+#[test]
+fn kafka_group_mode_once_drains_resumes_from_the_group_and_refuses_hermes_mode() {
+    let mut mock = KafkaMock::start(1, &[("scale", 4)]);
+    mock.command("produce scale 400");
+    let dir = TestDir::new("kafka-group-once");
+    let config = group_member(&dir, &mock, 50);
+    let run1 = run_once(&config);
+    assert_eq!(run1.code(), Some(0), "{run1}");
+    let out = dir.join("out/all.jsonl");
+    assert_eq!(group_offsets(&out).len(), 400);
+    // The position lives in the group; the cache records it for people.
+    let cache = read_cache(&dir);
+    let next = cache["next_offset"]["string"].as_str().expect("a position");
+    assert_eq!(
+        next, "scale:0=100,scale:1=100,scale:2=100,scale:3=100",
+        "{cache}"
+    );
+    // More events: the next run goes on from the group's committed offsets.
+    mock.command("produce scale 40");
+    let run2 = run_once(&config);
+    assert_eq!(run2.code(), Some(0), "{run2}");
+    let lines = group_offsets(&out);
+    assert_eq!(lines.len(), 440, "each record once");
+    let unique: std::collections::BTreeSet<_> = lines.iter().collect();
+    assert_eq!(unique.len(), 440);
+    // Hermes mode needs offsets buslink keeps.
+    let hermes = dir.write(
+        "hermes.toml",
+        format!(
+            "{}\n[consumer.hermes]\nenabled = true\n",
+            std::fs::read_to_string(&config).expect("config")
+        ),
+    );
+    let refused = run_once(&hermes);
+    assert_eq!(refused.code(), Some(2), "{refused}");
+    assert!(
+        refused
+            .stderr
+            .contains("keeps its position on the bus (a consumer group)"),
+        "{refused}"
+    );
+}

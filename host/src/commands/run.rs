@@ -170,6 +170,16 @@ pub fn run(config_path: &Path, once: bool) -> Result<(), AppError> {
         .map(|record| record.outputs.clone())
         .unwrap_or_default();
     let mut consumer = consumer;
+    if config.consumer.hermes.is_some() && consumer.bus_owns_position() {
+        return Err(AppError::Usage(format!(
+            "{}: Hermes mode replays an initsync sequence from offsets buslink keeps, but plugin \
+             '{}' class '{}' keeps its position on the bus (a consumer group): use a consumer \
+             whose position buslink keeps (Kafka: mode = \"assign\", as hermes-client)",
+            config.source.path.display(),
+            consumer.plugin(),
+            consumer.class()
+        )));
+    }
     let hermes = match config.consumer.hermes {
         None => None,
         Some(mode) => match hermes_filter(

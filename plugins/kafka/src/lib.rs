@@ -11,10 +11,15 @@
 //!   handled + 1, as hermes-client's `nextoffset`.
 //! - An offset gone from the partition (retention) is reported as a gap, never skipped
 //!   silently (librdkafka's `auto.offset.reset` is `error`).
+//! - `mode = "group"`: a consumer group shares the topics' partitions among buslink processes;
+//!   the position lives in the group, committed after the host committed (see `group`).
 //! - librdkafka is built from its bundled sources with TLS (mutual TLS as Hermes's `ssl`)
 //!   and SASL PLAIN / SCRAM.
 
+mod assign;
+mod client;
 mod consumer;
+mod group;
 pub mod settings;
 
 pub use consumer::KafkaConsumer;

@@ -14,8 +14,16 @@ use std::time::Duration;
 pub struct KafkaSettings {
     /// Bootstrap brokers, `host:port`: one string or a list (as in Hermes).
     pub servers: Servers,
-    /// The topic Hermes's producer writes to.
-    pub topic: String,
+    /// `assign` (Hermes's: one partition, offsets in buslink's cache) or `group` (a consumer
+    /// group: Kafka assigns partitions, offsets committed to the group).
+    #[serde(default)]
+    pub mode: Mode,
+    /// The topic (assign mode: the one Hermes's producer writes to).
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// Group mode: the topics to subscribe to (or `topic` for one).
+    #[serde(default)]
+    pub topics: Vec<String>,
     /// The partition to read (default: the topic's only one; required when it has several).
     #[serde(default)]
     pub partition: Option<i32>,
@@ -41,6 +49,18 @@ pub struct KafkaSettings {
     /// More librdkafka properties, passed through (`"fetch.max.bytes" = 1048576`).
     #[serde(default, deserialize_with = "buslink_plugin_api::table")]
     pub properties: BTreeMap<String, serde_json::Value>,
+}
+
+/// How partitions are found and where the position lives.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// One partition assigned; the offset kept by buslink (hermes-client's way).
+    #[default]
+    Assign,
+    /// A consumer group: partitions assigned by Kafka and shared with the group's other
+    /// members; offsets committed to the group after buslink handled the events.
+    Group,
 }
 
 /// One server or several.
@@ -124,12 +144,21 @@ const MANAGED: &[(&str, &str)] = &[
 /// The documentation of every setting, shown by `buslink plugins describe`.
 pub const SETTINGS_DOC: &str = "\
 - `servers` (string or list of strings, required): bootstrap brokers, `host:port`.
-- `topic` (string, required): the topic hermes-server's kafka producer writes to.
+- `mode` (`assign` | `group`, default `assign`): `assign` reads one partition of `topic` as \
+hermes-client does, its offset kept in buslink's offset cache (Hermes mode works on it). \
+`group` joins the consumer group `group_id` on `topics`: Kafka shares the partitions among \
+the group's members (several buslink processes, on several machines) and moves them when one \
+dies; the position lives in the group, committed only after buslink handled and committed the \
+events (at-least-once; duplicates only from a batch in flight), and a new group starts at the \
+oldest records. Offsets look like `TOPIC:PARTITION:OFFSET`. Not for Hermes mode.
+- `topic` (string): the topic hermes-server's kafka producer writes to (required in \
+`assign` mode).
+- `topics` (list of strings, `group` mode): the topics to subscribe to (or `topic`).
 - `partition` (integer, optional): the partition to read. By default the topic's only \
 partition; a topic with several needs it (Hermes reads one partition: events of the other \
 partitions would never be seen).
-- `group_id` (string, default `buslink`): the consumer group id. In this mode (Hermes's: \
-`assign`) nothing is committed to Kafka: the offset lives in buslink's offset cache.
+- `group_id` (string, default `buslink`; required in `group` mode): the consumer group id. \
+In `assign` mode nothing is committed to Kafka: the offset lives in buslink's offset cache.
 - `client_id` (string, default `buslink`).
 - `api_version` (list of integers, optional, Hermes's key): becomes \
 `broker.version.fallback`; librdkafka asks brokers for their versions itself.
@@ -150,8 +179,12 @@ behaviour, security) are refused there.";
 pub struct Config {
     /// Comma-separated bootstrap brokers.
     pub servers: String,
-    /// The topic.
+    /// Assign or group.
+    pub mode: Mode,
+    /// The topic (assign mode), or the topics joined with `,` (group mode, for messages).
     pub topic: String,
+    /// Group mode: the topics subscribed to.
+    pub topics: Vec<String>,
     /// The partition, when given.
     pub partition: Option<i32>,
     /// librdkafka properties, all of them (secrets included: never logged).
@@ -186,8 +219,47 @@ pub fn validate(s: &KafkaSettings) -> PluginResult<()> {
             "`servers` must name at least one broker (`host:port`), none empty",
         ));
     }
-    if s.topic.trim().is_empty() {
-        return Err(bad("topic", "`topic` must not be empty"));
+    if s.topic.as_deref().is_some_and(|t| t.trim().is_empty())
+        || s.topics.iter().any(|t| t.trim().is_empty())
+    {
+        return Err(bad("topic", "a topic name must not be empty"));
+    }
+    match s.mode {
+        Mode::Assign => {
+            if s.topic.is_none() {
+                return Err(bad("topic", "`topic` names the topic to read"));
+            }
+            if !s.topics.is_empty() {
+                return Err(bad(
+                    "topics",
+                    "`topics` is for mode = \"group\"; assign mode reads one partition of \
+                     `topic`",
+                ));
+            }
+        }
+        Mode::Group => {
+            if s.topic.is_none() && s.topics.is_empty() {
+                return Err(bad(
+                    "topics",
+                    "`topics` (or `topic`) names the topics to read",
+                ));
+            }
+            if s.topic.is_some() && !s.topics.is_empty() {
+                return Err(bad("topics", "give `topics` or `topic`, not both"));
+            }
+            if s.partition.is_some() {
+                return Err(bad(
+                    "partition",
+                    "in group mode Kafka assigns the partitions: leave `partition` out",
+                ));
+            }
+            if s.group_id.is_none() {
+                return Err(bad(
+                    "group_id",
+                    "group mode needs `group_id`: the members of one group share the partitions",
+                ));
+            }
+        }
     }
     if s.partition.is_some_and(|p| p < 0) {
         return Err(bad("partition", "`partition` must not be negative"));
@@ -290,7 +362,17 @@ pub fn resolve(s: KafkaSettings, context: &Context) -> PluginResult<Config> {
         ),
         ("enable.auto.commit".into(), "false".into()),
         ("enable.auto.offset.store".into(), "false".into()),
-        ("auto.offset.reset".into(), "error".into()),
+        // Assign mode: an offset gone from the partition is a gap the consumer reports. A
+        // group starts at the oldest records; an offset it committed that is gone since is
+        // found at the assignment and reported as a gap too.
+        (
+            "auto.offset.reset".into(),
+            match s.mode {
+                Mode::Assign => "error",
+                Mode::Group => "earliest",
+            }
+            .into(),
+        ),
         ("enable.partition.eof".into(), "false".into()),
     ];
     if let Some(version) = &s.api_version {
@@ -341,9 +423,15 @@ pub fn resolve(s: KafkaSettings, context: &Context) -> PluginResult<Config> {
             properties.push((name.clone(), text));
         }
     }
+    let topics = match (&s.topic, s.mode) {
+        (Some(topic), _) => vec![topic.clone()],
+        (None, _) => s.topics.clone(),
+    };
     Ok(Config {
         servers,
-        topic: s.topic,
+        mode: s.mode,
+        topic: topics.join(","),
+        topics,
         partition: s.partition,
         properties,
         request_timeout: Duration::from_millis(s.request_timeout_ms),
@@ -393,6 +481,19 @@ mod tests {
         let cases = [
             (json!({"servers": [], "topic": "t"}), "servers"),
             (json!({"servers": "k:1", "topic": ""}), "topic"),
+            (json!({"servers": "k:1"}), "topic"),
+            (
+                json!({"servers": "k:1", "mode": "group", "topics": ["a"]}),
+                "group_id",
+            ),
+            (
+                json!({"servers": "k:1", "mode": "group", "group_id": "g", "topic": "a", "partition": 1}),
+                "partition",
+            ),
+            (
+                json!({"servers": "k:1", "topic": "a", "topics": ["b"]}),
+                "topics",
+            ),
             (
                 json!({"servers": "k:1", "topic": "t", "partition": -1}),
                 "partition",

@@ -1,0 +1,444 @@
+//! Group mode: a consumer group on one or more topics. Kafka assigns the partitions and moves
+//! them between the group's members; the position lives in the group, committed only after
+//! the host handled and committed the events (`acknowledge`), and what was acknowledged is
+//! committed before partitions are given up.
+
+use crate::client::{self, commit_positions, names, push_record, Partition, Reports, Tally};
+use crate::settings::Config;
+use buslink_plugin_api::{
+    Consumer, EventBatch, Offset, OffsetRef, PluginError, PluginResult, PollStatus,
+};
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Message as _, OwnedMessage};
+use rdkafka::TopicPartitionList;
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// An event's offset in group mode: `TOPIC:PARTITION:OFFSET` (topic names cannot hold `:`).
+pub fn event_offset(topic: &str, partition: i32, offset: i64) -> String {
+    format!("{topic}:{partition}:{offset}")
+}
+
+/// The parts of an [`event_offset`].
+pub fn parse_event_offset(text: &str) -> Option<(Partition, i64)> {
+    let mut parts = text.rsplitn(3, ':');
+    let offset = parts.next()?.parse().ok()?;
+    let partition = parts.next()?.parse().ok()?;
+    let topic = parts.next()?;
+    Some(((topic.to_owned(), partition), offset))
+}
+
+/// A partition, its next offset and its end, when known.
+type PartitionPosition = (Partition, Option<i64>, Option<i64>);
+
+/// Consumes the partitions a consumer group assigns it.
+pub struct GroupConsumer {
+    config: Config,
+    client: Option<BaseConsumer<Reports>>,
+    timeout: Option<Duration>,
+    stop_when_drained: bool,
+    /// Records handed over and not acknowledged yet, in delivery order.
+    delivered: VecDeque<(Partition, i64)>,
+    /// The next offset of each partition, as far as records were handed over.
+    next: BTreeMap<Partition, i64>,
+    gaps: u64,
+    tally: Tally,
+    client_errors: u64,
+    commits: u64,
+}
+
+impl GroupConsumer {
+    /// A consumer for resolved settings (no connection yet).
+    pub fn new(config: Config) -> Self {
+        GroupConsumer {
+            config,
+            client: None,
+            timeout: None,
+            stop_when_drained: false,
+            delivered: VecDeque::new(),
+            next: BTreeMap::new(),
+            gaps: 0,
+            tally: Tally::default(),
+            client_errors: 0,
+            commits: 0,
+        }
+    }
+
+    fn what(&self) -> String {
+        format!(
+            "Kafka {} consumer group {} topics {}",
+            self.config.servers,
+            self.group_id(),
+            self.config.topic
+        )
+    }
+
+    fn group_id(&self) -> &str {
+        self.config
+            .properties
+            .iter()
+            .find(|(name, _)| name == "group.id")
+            .map_or("", |(_, value)| value.as_str())
+    }
+
+    fn client(&self) -> PluginResult<&BaseConsumer<Reports>> {
+        self.client
+            .as_ref()
+            .ok_or_else(|| PluginError::internal("the consumer is not open"))
+    }
+
+    fn moved_by_the_group(&self) -> PluginError {
+        PluginError::config(format!(
+            "{}: in group mode the position lives in the consumer group and Kafka assigns the \
+             partitions; buslink does not move it (reset a group's offsets with Kafka's \
+             consumer-group tools while no member runs)",
+            self.what()
+        ))
+    }
+
+    /// Looks at what the group's callbacks noted: partitions given up are forgotten;
+    /// partitions received are checked for committed offsets gone from them (gaps).
+    fn follow_the_group(&mut self, batch: &mut EventBatch) -> PluginResult<()> {
+        let (revoked, assigned) = {
+            let client = self.client()?;
+            let mut group = client.context().group();
+            (
+                std::mem::take(&mut group.revoked),
+                std::mem::take(&mut group.assigned),
+            )
+        };
+        if !revoked.is_empty() {
+            self.delivered
+                .retain(|(partition, _)| !revoked.contains(partition));
+            for partition in &revoked {
+                self.next.remove(partition);
+            }
+        }
+        if assigned.is_empty() {
+            return Ok(());
+        }
+        let mut list = TopicPartitionList::new();
+        for (topic, partition) in &assigned {
+            list.add_partition(topic, *partition);
+        }
+        let what = self.what();
+        let client = self
+            .client
+            .as_ref()
+            .ok_or_else(|| PluginError::internal("the consumer is not open"))?;
+        let committed = match client.committed_offsets(list, self.config.request_timeout) {
+            Ok(committed) => committed,
+            Err(error) => {
+                buslink_plugin_api::log::warn(format!(
+                    "{what}: cannot read the group's committed offsets of {} to check them: \
+                     {error}",
+                    names(&assigned)
+                ));
+                return Ok(());
+            }
+        };
+        for element in committed.elements() {
+            let (topic, partition) = (element.topic().to_owned(), element.partition());
+            let (low, _) = client
+                .fetch_watermarks(&topic, partition, self.config.request_timeout)
+                .map_err(|e| {
+                    PluginError::connect(format!(
+                        "{what}: cannot read the offsets of {topic}:{partition}: {e}"
+                    ))
+                })?;
+            // Where this member starts: the group's position, or the oldest record of a
+            // partition the group never committed.
+            let at = match element.offset() {
+                rdkafka::Offset::Offset(at) => at,
+                _ => low,
+            };
+            self.next.insert((topic.clone(), partition), at.max(low));
+            if at < low {
+                // The group's position is gone from the partition (retention): librdkafka
+                // goes on from the oldest record; the events in between are lost.
+                batch.report_gap(
+                    &format!("{topic}:{partition} offsets {at} to {}", low - 1),
+                    u64::try_from(low - at).ok(),
+                );
+                self.gaps += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads records until `batch` could be full or nothing more comes within `wait`; the
+    /// records of partitions given up meanwhile are not handed over. Returns the events added.
+    fn read(&mut self, batch: &mut EventBatch, wait: Duration) -> PluginResult<usize> {
+        let deadline = Instant::now() + wait;
+        let room = batch.remaining().max(1);
+        let mut pending: Vec<OwnedMessage> = Vec::new();
+        loop {
+            let left = if pending.is_empty() {
+                deadline.saturating_duration_since(Instant::now())
+            } else {
+                Duration::ZERO
+            };
+            match self.client()?.poll(left) {
+                None => {
+                    if !pending.is_empty() || Instant::now() >= deadline {
+                        break;
+                    }
+                }
+                Some(Ok(message)) => {
+                    pending.push(message.detach());
+                    if pending.len() >= room {
+                        break;
+                    }
+                }
+                Some(Err(error)) => {
+                    self.client_errors += 1;
+                    if matches!(error, KafkaError::MessageConsumptionFatal(_)) {
+                        return Err(PluginError::connect(format!("{}: {error}", self.what())));
+                    }
+                    // A topic not created yet, a broker down: librdkafka goes on by itself.
+                    buslink_plugin_api::log::debug(format!("{}: {error}", self.what()));
+                }
+            }
+        }
+        self.follow_the_group(batch)?;
+        // Partitions given up while reading: drop what was read of them.
+        let owned: Vec<&OwnedMessage> = pending
+            .iter()
+            .filter(|m| {
+                self.client.as_ref().is_some_and(|c| {
+                    !c.context()
+                        .group()
+                        .revoked
+                        .iter()
+                        .any(|(t, p)| t == m.topic() && *p == m.partition())
+                })
+            })
+            .collect();
+        let what = self.what();
+        let mut added = 0;
+        for message in owned {
+            let text = event_offset(message.topic(), message.partition(), message.offset());
+            push_record(
+                &what,
+                message,
+                OffsetRef::String(&text),
+                batch,
+                &mut self.tally,
+            )?;
+            let partition = (message.topic().to_owned(), message.partition());
+            self.delivered
+                .push_back((partition.clone(), message.offset()));
+            self.next.insert(partition, message.offset() + 1);
+            added += 1;
+        }
+        Ok(added)
+    }
+
+    /// (partition, next offset, end) for each partition assigned to this member, from what
+    /// is known without a request: the next offset since the assignment (the group's committed
+    /// one, then the records handed over), the end from librdkafka's last fetch response.
+    fn positions(&self) -> PluginResult<Vec<PartitionPosition>> {
+        let client = self.client()?;
+        let assignment = client.assignment().map_err(|e| {
+            PluginError::connect(format!("{}: cannot read the assignment: {e}", self.what()))
+        })?;
+        Ok(assignment
+            .elements()
+            .iter()
+            .map(|element| {
+                let partition = (element.topic().to_owned(), element.partition());
+                let cached =
+                    client::cached_watermarks(client, element.topic(), element.partition());
+                let next = self
+                    .next
+                    .get(&partition)
+                    .copied()
+                    .map(|next| next.max(cached.map_or(0, |(low, _)| low)));
+                (partition, next, cached.map(|(_, high)| high))
+            })
+            .collect())
+    }
+}
+
+impl Consumer for GroupConsumer {
+    fn open(&mut self) -> PluginResult<()> {
+        let client = client::create(&self.config, &self.what())?;
+        let topics: Vec<&str> = self.config.topics.iter().map(String::as_str).collect();
+        client
+            .subscribe(&topics)
+            .map_err(|e| PluginError::connect(format!("{}: cannot subscribe: {e}", self.what())))?;
+        self.client = Some(client);
+        self.delivered.clear();
+        self.next.clear();
+        Ok(())
+    }
+
+    fn close(&mut self) -> PluginResult<()> {
+        // Dropping the client leaves the group (what was acknowledged is committed first).
+        self.client = None;
+        Ok(())
+    }
+
+    fn seek_to_beginning(&mut self) -> PluginResult<()> {
+        Err(self.moved_by_the_group())
+    }
+
+    fn seek_to_end(&mut self) -> PluginResult<()> {
+        Err(self.moved_by_the_group())
+    }
+
+    fn seek(&mut self, _offset: &Offset) -> PluginResult<()> {
+        Err(self.moved_by_the_group())
+    }
+
+    fn seek_after(&mut self, _offset: &Offset) -> PluginResult<()> {
+        Err(self.moved_by_the_group())
+    }
+
+    /// The position of every partition read so far, `TOPIC:PARTITION=NEXT,...`, for the cache
+    /// (people read it with `offsets show`; the group holds the real one).
+    fn next_offset(&self, _offset: OffsetRef<'_>) -> Option<Offset> {
+        let text: Vec<String> = self
+            .next
+            .iter()
+            .map(|((topic, partition), next)| format!("{topic}:{partition}={next}"))
+            .collect();
+        Some(Offset::String(text.join(",")))
+    }
+
+    fn set_timeout(&mut self, timeout: Option<Duration>) -> PluginResult<()> {
+        self.timeout = timeout;
+        Ok(())
+    }
+
+    fn set_stop_when_drained(&mut self, stop: bool) -> PluginResult<()> {
+        self.stop_when_drained = stop;
+        Ok(())
+    }
+
+    fn poll(&mut self, batch: &mut EventBatch) -> PluginResult<PollStatus> {
+        self.client()?;
+        if !self.stop_when_drained {
+            let wait = self.timeout.unwrap_or(Duration::from_secs(1));
+            let added = self.read(batch, wait)?;
+            return Ok(if added > 0 || !batch.is_blank() {
+                PollStatus::Ready
+            } else {
+                PollStatus::Idle
+            });
+        }
+        // Drained: this member's partitions are all at their end (once the group assigned
+        // them); a group that assigns nothing in time is an error, not a drained bus.
+        let deadline = Instant::now() + self.config.request_timeout;
+        loop {
+            let added = self.read(batch, Duration::from_millis(200))?;
+            if added > 0 || !batch.is_blank() {
+                return Ok(PollStatus::Ready);
+            }
+            let seen = self.client()?.context().group().assignment_seen;
+            let drained = |(_, next, high): &(Partition, Option<i64>, Option<i64>)| matches!((next, high), (Some(next), Some(high)) if next >= high);
+            if seen && self.positions()?.iter().all(drained) {
+                return Ok(PollStatus::Idle);
+            }
+            if Instant::now() >= deadline {
+                let why = if seen {
+                    "events are left before the end of its partitions but none came"
+                } else {
+                    "the group assigned this member no partitions"
+                };
+                return Err(PluginError::connect(format!(
+                    "{}: {why} within {} ms: cannot tell whether the bus is drained{}",
+                    self.what(),
+                    self.config.request_timeout.as_millis(),
+                    self.client()?.context().last_error()
+                )));
+            }
+        }
+    }
+
+    fn lag(&mut self) -> Option<u64> {
+        let mut lag = 0;
+        for (_, next, high) in self.positions().ok()? {
+            lag += u64::try_from(high? - next?).unwrap_or(0);
+        }
+        Some(lag)
+    }
+
+    fn bus_owns_position(&self) -> bool {
+        true
+    }
+
+    /// Commits to the group, per partition, the position after every record handed over up
+    /// to `offset` (in delivery order).
+    fn acknowledge(&mut self, offset: &Offset) -> PluginResult<()> {
+        let Offset::String(text) = offset else {
+            return Ok(());
+        };
+        let Some(acked) = parse_event_offset(text) else {
+            return Ok(());
+        };
+        if !self.delivered.contains(&acked) {
+            // Not ours (an earlier run's, or a partition given up since): nothing to store.
+            return Ok(());
+        }
+        let what = self.what();
+        let client = self
+            .client
+            .as_ref()
+            .ok_or_else(|| PluginError::internal("the consumer is not open"))?;
+        let positions = {
+            let mut group = client.context().group();
+            while let Some((partition, at)) = self.delivered.pop_front() {
+                let done = (partition.clone(), at) == acked;
+                let next = group.unstored.entry(partition).or_insert(at + 1);
+                *next = (*next).max(at + 1);
+                if done {
+                    break;
+                }
+            }
+            group.unstored.clone()
+        };
+        match commit_positions(client, &positions) {
+            Ok(()) => {
+                let mut group = client.context().group();
+                group
+                    .unstored
+                    .retain(|partition, next| positions.get(partition) != Some(next));
+                self.commits += 1;
+                Ok(())
+            }
+            Err(error) => Err(PluginError::connect(format!(
+                "{what}: cannot commit the group's offsets ({}): {error}",
+                names(&positions.keys().cloned().collect::<Vec<_>>())
+            ))),
+        }
+    }
+
+    fn counters(&self) -> Vec<(String, u64)> {
+        vec![
+            ("gaps".to_owned(), self.gaps),
+            ("undecodable_bodies".to_owned(), self.tally.undecodable),
+            ("null_values".to_owned(), self.tally.null_values),
+            ("client_errors".to_owned(), self.client_errors),
+            ("group_commits".to_owned(), self.commits),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_offsets_name_topic_partition_and_offset() {
+        let text = event_offset("hermes.events", 3, 1234);
+        assert_eq!(text, "hermes.events:3:1234");
+        assert_eq!(
+            parse_event_offset(&text),
+            Some((("hermes.events".to_owned(), 3), 1234))
+        );
+        assert_eq!(parse_event_offset("nonsense"), None);
+        assert_eq!(parse_event_offset("t:x:1"), None);
+    }
+}
