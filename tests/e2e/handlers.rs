@@ -235,6 +235,20 @@ fn http_posts_each_event_as_json_with_the_configured_headers() {
 }
 
 #[test]
+fn http_an_endpoint_answering_a_body_without_end_is_not_read_past_a_bound() {
+    let sink = HttpSink::start();
+    // Each answer: 200 and then bytes for ever (or gigabytes): only the status matters.
+    sink.script([Answer::Endless, Answer::Endless, Answer::Endless]);
+    let dir = TestDir::new("http-endless");
+    // A timeout longer than the run's limit: a handler that read the body to its end would
+    // never get past the first event.
+    let handler = http_handler(&sink, "").replace("timeout_ms = 2000", "timeout_ms = 600000");
+    let run = run_once(&memory_bus_config(&dir, 3, &handler));
+    assert_eq!(run.code(), Some(0), "{run}");
+    assert_eq!(sink.received().len(), 3, "each event posted once: {run}");
+}
+
+#[test]
 fn http_failures_are_retried_and_a_non_2xx_or_timeout_after_the_last_try_stops() {
     let sink = HttpSink::start();
     // Event 1: 503 then 200 (recovered by a retry). Event 2: 500 three times (gives up).

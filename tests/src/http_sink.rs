@@ -30,6 +30,8 @@ pub enum Answer {
     Status(u16),
     /// Wait this long, then answer 200 (to make a client time out).
     Delay(Duration),
+    /// Answer 200 with a body that never ends (until the client goes away).
+    Endless,
 }
 
 /// A recording HTTP server on 127.0.0.1; stops when dropped.
@@ -80,6 +82,18 @@ impl HttpSink {
                         Answer::Delay(pause) => {
                             std::thread::sleep(pause);
                             200
+                        }
+                        Answer::Endless => {
+                            let endless = tiny_http::Response::new(
+                                tiny_http::StatusCode(200),
+                                Vec::new(),
+                                std::io::repeat(b'x'),
+                                None,
+                                None,
+                            );
+                            // Ends when the client closes the connection.
+                            let _ = request.respond(endless);
+                            continue;
                         }
                     };
                     let _ = request.respond(tiny_http::Response::empty(status));

@@ -79,6 +79,9 @@ impl HttpHandler {
     }
 }
 
+/// The most of an answer's body the handler reads (it only needs the status).
+const ANSWER_READ_MAX: u64 = 64 * 1024;
+
 impl Handler for HttpHandler {
     fn handle(&mut self, event: &DispatchedEvent<'_>) -> Result<(), HandlerError> {
         let response = self
@@ -99,8 +102,12 @@ impl Handler for HttpHandler {
                 HandlerError::new(message)
             })?;
         let status = response.status();
-        // Read the body so the connection can be reused.
-        let _ = response.bytes();
+        // Read a small body so the connection can be reused; a larger one (an endpoint that
+        // answers megabytes, or without end) is not read: the connection is dropped instead.
+        let _ = std::io::copy(
+            &mut std::io::Read::take(response, ANSWER_READ_MAX),
+            &mut std::io::sink(),
+        );
         if status.is_success() {
             Ok(())
         } else {
