@@ -742,4 +742,159 @@ match = { eventtype = ["added", "modified"], objtype = "SRV*" }
             "/etc/buslink/x.toml:11:1: key `consumer.settings.uri`: bad"
         );
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A config using most keys, the mutations' starting point.
+        const RICH: &str = r#"
+state_dir = "state"
+plugin_dirs = ["plugins"]
+stats_interval_s = 10
+
+[consumer]
+name = "demo"
+plugin = "sqlite"
+class = "SqliteConsumer"
+start = "beginning"
+timeout_ms = 1000
+batch_size = 100
+on_gap = "warn"
+[consumer.settings]
+uri = "bus.sqlite"
+poll_interval_ms = 50
+[consumer.hermes]
+enabled = true
+use_first_initsync = false
+
+[commit]
+every_events = 100
+every_ms = 1000
+fsync = "background"
+
+[[handlers]]
+name = "archive"
+type = "jsonl"
+path = "out/events.jsonl"
+match = { eventtype = ["added", "modified"], objtype = "SRV*" }
+on_failure = "dead-letter"
+
+[[handlers]]
+name = "run"
+type = "exec"
+command = ["true"]
+timeout_ms = 5000
+retry = { attempts = 3, backoff_ms = 100 }
+
+[[handlers]]
+name = "push"
+type = "http"
+url = "http://127.0.0.1:9/hook"
+headers = { X-Source = "buslink" }
+"#;
+
+        /// The path of every value in `value` (keys and array indices).
+        fn leaves(value: &toml::Value, path: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+            match value {
+                toml::Value::Table(table) => {
+                    for (key, inner) in table {
+                        path.push(key.clone());
+                        out.push(path.clone());
+                        leaves(inner, path, out);
+                        path.pop();
+                    }
+                }
+                toml::Value::Array(items) => {
+                    for (index, inner) in items.iter().enumerate() {
+                        path.push(index.to_string());
+                        out.push(path.clone());
+                        leaves(inner, path, out);
+                        path.pop();
+                    }
+                }
+                _ => {}
+            }
+        }
+
+        /// The container holding the last step of `path`, and that step.
+        fn parent<'a>(
+            root: &'a mut toml::Value,
+            path: &'a [String],
+        ) -> Option<(&'a mut toml::Value, &'a str)> {
+            let (last, rest) = path.split_last()?;
+            let mut at = root;
+            for step in rest {
+                at = match at {
+                    toml::Value::Table(table) => table.get_mut(step)?,
+                    toml::Value::Array(items) => items.get_mut(step.parse::<usize>().ok()?)?,
+                    _ => return None,
+                };
+            }
+            Some((at, last.as_str()))
+        }
+
+        fn value() -> impl Strategy<Value = toml::Value> {
+            prop_oneof![
+                Just(toml::Value::Float(f64::NAN)),
+                Just(toml::Value::Float(f64::INFINITY)),
+                Just(toml::Value::Float(-1.5)),
+                Just(toml::Value::Integer(0)),
+                Just(toml::Value::Integer(-1)),
+                Just(toml::Value::Integer(i64::MAX)),
+                Just(toml::Value::Boolean(true)),
+                Just(toml::Value::Array(Vec::new())),
+                Just(toml::Value::Table(toml::Table::new())),
+                "[a-z./*]{0,12}".prop_map(toml::Value::String),
+                Just(toml::Value::Array(vec![toml::Value::Integer(1)])),
+            ]
+        }
+
+        proptest! {
+            /// A config changed anywhere (a value of another type or out of range, a key
+            /// removed, an unknown key added) never makes the loader panic, and every problem
+            /// it reports says where: a key or a line.
+            #[test]
+            fn config_mutations_never_panic_and_always_say_where(
+                pick in any::<prop::sample::Index>(),
+                kind in 0..3_u8,
+                replacement in value(),
+                unknown in "[a-z_]{1,10}",
+            ) {
+                let mut root: toml::Value = toml::from_str(RICH).unwrap();
+                let mut paths = Vec::new();
+                leaves(&root, &mut Vec::new(), &mut paths);
+                let path = pick.get(&paths).clone();
+                if let Some((container, step)) = parent(&mut root, &path) {
+                    match (kind, container) {
+                        (0, toml::Value::Table(table)) => {
+                            table.insert(step.to_owned(), replacement);
+                        }
+                        (0, toml::Value::Array(items)) => {
+                            if let Ok(index) = step.parse::<usize>() {
+                                items[index] = replacement;
+                            }
+                        }
+                        (1, toml::Value::Table(table)) => {
+                            table.remove(step);
+                        }
+                        (_, toml::Value::Table(table)) => {
+                            table.insert(unknown, replacement);
+                        }
+                        _ => {}
+                    }
+                }
+                let text = toml::to_string(&root).unwrap();
+                if let Err(errors) = Config::parse(Path::new("/nonexistent/buslink.toml"), text) {
+                    prop_assert!(!errors.0.is_empty());
+                    for error in &errors.0 {
+                        prop_assert!(
+                            error.key.is_some() || error.location.is_some(),
+                            "{error} says neither a key nor a line"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

@@ -463,4 +463,46 @@ mod tests {
             Err(CacheError::WrongConsumer { .. })
         ));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn offset() -> impl Strategy<Value = Offset> {
+            prop_oneof![
+                any::<i64>().prop_map(Offset::Int),
+                any::<f64>()
+                    .prop_filter("a finite number", |f| f.is_finite())
+                    .prop_map(Offset::Float),
+                // Short and long (records past a slot's first size), any characters.
+                proptest::collection::vec(any::<char>(), 0..6000)
+                    .prop_map(|chars| Offset::String(chars.into_iter().collect())),
+                proptest::collection::vec(any::<u8>(), 0..9000).prop_map(Offset::Bytes),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+
+            /// Every offset a plugin can hand over, of every type and size, is read back as
+            /// committed, in both fsync modes.
+            #[test]
+            fn offsets_of_every_type_and_size_round_trip_through_the_cache(
+                last in offset(),
+                next in proptest::option::of(offset()),
+                micros in -62_000_000_000_000_000_i64..250_000_000_000_000_000,
+                handled in any::<u64>(),
+                each in any::<bool>(),
+            ) {
+                let (_dir, cache) = state();
+                let mode = if each { FsyncMode::Each } else { FsyncMode::Background };
+                let mut record = cache.record(Some(last), next, handled);
+                record.last_timestamp = DateTime::from_timestamp_micros(micros);
+                let mut writer = cache.writer(mode).unwrap();
+                writer.commit(&record).unwrap();
+                writer.finish().unwrap();
+                prop_assert_eq!(cache.load().unwrap(), Some(record));
+            }
+        }
+    }
 }

@@ -359,3 +359,101 @@ impl Consumer for SqliteConsumer {
         Ok(status == PollStatus::Ready)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use buslink_plugin_api::{ErrorKind, OffsetRef};
+    use proptest::prelude::*;
+    use rusqlite::types::Value;
+
+    /// Any value SQLite can hold in a column.
+    fn sql_value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<i64>().prop_map(Value::Integer),
+            any::<f64>().prop_map(Value::Real),
+            (1_600_000_000.0..1_900_000_000.0_f64).prop_map(Value::Real),
+            ".{0,40}".prop_map(Value::Text),
+            Just(Value::Text("{\"evcategory\": \"base\"}".into())),
+            proptest::collection::vec(any::<u8>(), 0..40).prop_map(Value::Blob),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Rows holding anything in `timestamp` and `data` never wedge the consumer: each
+        /// poll returns; rows are delivered in msgid order (a `data` that is not text as
+        /// bytes) until one whose metadata cannot be read, which is a `data` error naming its
+        /// msgid, the rows before it delivered.
+        #[test]
+        fn rows_with_anything_in_them_are_delivered_or_named_never_wedged(
+            rows in proptest::collection::vec((sql_value(), sql_value()), 1..12),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("bus.sqlite");
+            let connection = rusqlite::Connection::open(&path).unwrap();
+            connection
+                .execute_batch(
+                    "CREATE TABLE hermesmessages (msgid INTEGER PRIMARY KEY AUTOINCREMENT, \
+                     timestamp REAL, data TEXT)",
+                )
+                .unwrap();
+            for (timestamp, data) in &rows {
+                connection
+                    .execute(
+                        "INSERT INTO hermesmessages (timestamp, data) VALUES (?1, ?2)",
+                        rusqlite::params![timestamp, data],
+                    )
+                    .unwrap();
+            }
+            drop(connection);
+            let settings = SqliteSettings {
+                uri: path.display().to_string(),
+                poll_interval_ms: 1,
+                wait_for_bus: false,
+            };
+            let mut consumer =
+                SqliteConsumer::new(settings, &Context::new(dir.path())).unwrap();
+            consumer.open().unwrap();
+            consumer.set_stop_when_drained(true).unwrap();
+            consumer.seek_to_beginning().unwrap();
+            let mut delivered = Vec::new();
+            let mut stopped_at = None;
+            // Each poll adds at least one event or ends: a bound on the calls.
+            for _ in 0..=rows.len() + 1 {
+                let mut batch = EventBatch::new(3, usize::MAX);
+                match consumer.poll(&mut batch) {
+                    Ok(PollStatus::Ready) => {
+                        for event in batch.iter() {
+                            let OffsetRef::Int(msgid) = event.offset else {
+                                panic!("an integer offset");
+                            };
+                            delivered.push(msgid);
+                        }
+                    }
+                    Ok(_) => break,
+                    Err(error) => {
+                        prop_assert_eq!(error.kind(), ErrorKind::Data, "{}", error.message());
+                        stopped_at = Some(error.message().to_owned());
+                        break;
+                    }
+                }
+            }
+            let expected: Vec<i64> = (1..=delivered.len() as i64).collect();
+            prop_assert_eq!(&delivered, &expected, "in msgid order, none skipped");
+            match stopped_at {
+                None => prop_assert_eq!(delivered.len(), rows.len(), "every row delivered"),
+                Some(message) => {
+                    let next = delivered.len() + 1;
+                    prop_assert!(
+                        message.contains(&format!("msgid {next}"))
+                            || message.contains(&format!("offset {next}")),
+                        "the error names the row: {message}"
+                    );
+                }
+            }
+        }
+    }
+}
