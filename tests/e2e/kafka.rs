@@ -421,3 +421,33 @@ fn kafka_group_mode_once_drains_resumes_from_the_group_and_refuses_hermes_mode()
         "{refused}"
     );
 }
+
+#[test]
+fn kafka_start_at_the_end_reads_only_what_comes_after() {
+    let mut mock = KafkaMock::start(1, &[("late", 1)]);
+    mock.command("produce late 10");
+    let dir = TestDir::new("kafka-end");
+    let config = kafka_config(
+        &dir,
+        &mock,
+        "late",
+        "start = \"end\"",
+        "",
+        &jsonl_handler("all", ""),
+    );
+    let mut daemon = buslink_testkit::Daemon::run(&config);
+    let limit = std::time::Duration::from_secs(60);
+    daemon.wait_for("the consumer positioned", limit, |d| {
+        d.stderr().contains("open and positioned")
+    });
+    mock.command("produce late 5");
+    daemon.wait_for("the 5 new events", limit, |_| {
+        dir.read("out/all.jsonl").lines().count() >= 5
+    });
+    let run = daemon.terminate(limit);
+    assert_eq!(run.code(), Some(0), "{run}");
+    assert_eq!(
+        offsets(&read_lines(&dir, "out/all.jsonl")),
+        (10..15).collect::<Vec<_>>()
+    );
+}
