@@ -14,5 +14,6 @@ pub mod logging;
 pub mod offsets;
 pub mod pipeline;
 pub mod plugin;
+pub mod service;
 pub mod shutdown;
 pub mod state_file;

@@ -233,6 +233,7 @@ fn connect(
             Ok(()) => return Ok(true),
             Err(error) if error.error.kind().is_transient() && !options.once => {
                 tracing::warn!("{error}; retrying in {} ms", backoff.as_millis());
+                crate::service::status(&format!("waiting for the bus: {error}"));
                 let _ = consumer.close();
                 if !shutdown.sleep(backoff) {
                     return Ok(false);
@@ -261,11 +262,14 @@ fn read_loop(
         let _ = full.send(message);
     };
     match connect(&mut consumer, &resume, &options, &shutdown) {
-        Ok(true) => tracing::info!(
-            "plugin '{}' class '{}' open and positioned; consuming",
-            consumer.plugin(),
-            consumer.class()
-        ),
+        Ok(true) => {
+            tracing::info!(
+                "plugin '{}' class '{}' open and positioned; consuming",
+                consumer.plugin(),
+                consumer.class()
+            );
+            crate::service::status("consuming");
+        }
         Ok(false) => return consumer,
         Err(error) => {
             finish(ReaderMessage::Failed(error));
@@ -342,13 +346,14 @@ fn read_loop(
             Err(error) if error.error.kind().is_transient() && !options.once => {
                 spare = Some(batch);
                 tracing::warn!("{error}; reconnecting in {} ms", backoff.as_millis());
+                crate::service::status(&format!("reconnecting: {error}"));
                 let _ = consumer.close();
                 if !shutdown.sleep(backoff) {
                     break;
                 }
                 backoff = (backoff * 2).min(options.max_backoff);
                 match connect(&mut consumer, &resume, &options, &shutdown) {
-                    Ok(true) => {}
+                    Ok(true) => crate::service::status("consuming"),
                     Ok(false) => break,
                     Err(error) => {
                         finish(ReaderMessage::Failed(error));
@@ -537,6 +542,8 @@ pub fn run(
             .map_err(|_| PipelineError::ReaderLost)?
     };
 
+    crate::service::ready("connecting to the bus");
+    let mut watchdog = crate::service::Watchdog::from_env();
     let mut summary = RunSummary::default();
     let tick = Duration::from_millis(options.commit.every_ms.clamp(10, 200));
     let mut progress = Progress {
@@ -551,6 +558,7 @@ pub fn run(
     let mut lock = options.lock.clone();
     let outcome: Result<(), PipelineError> = loop {
         progress.report_if_due(&committer);
+        watchdog.tick();
         if let Some(library) = library.as_mut() {
             library.check();
         }
@@ -634,6 +642,9 @@ pub fn run(
             ReaderMessage::Failed(error) => break Err(error.into()),
         }
     };
+    if shutdown.requested() {
+        crate::service::stopping();
+    }
     // Whatever happened, keep what was fully handled, durably.
     let final_commit = committer
         .commit(handlers, error_queue)

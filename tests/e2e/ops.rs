@@ -343,3 +343,63 @@ fn query_help_cites_a_command_a_plugin_has() {
     assert!(help.stdout.contains("HMB's `status`"), "{help}");
     assert!(!help.stdout.contains("`features`"), "{help}");
 }
+
+/// Reads the service manager's socket until `wanted` was received (or panics after `limit`).
+fn notifications_until(
+    socket: &std::os::unix::net::UnixDatagram,
+    seen: &mut Vec<String>,
+    wanted: &str,
+    limit: Duration,
+) {
+    let deadline = std::time::Instant::now() + limit;
+    let mut buffer = [0u8; 4096];
+    while !seen
+        .iter()
+        .any(|message| message.lines().any(|line| line == wanted))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {wanted} within {limit:?}; got {seen:?}"
+        );
+        if let Ok(n) = socket.recv(&mut buffer) {
+            seen.push(String::from_utf8_lossy(&buffer[..n]).into_owned());
+        }
+    }
+}
+
+#[test]
+fn systemd_hears_ready_status_watchdog_pings_and_stopping() {
+    let dir = TestDir::new("sd-notify");
+    let config = sqlite_config(&dir, &fixture_bus(), "", &jsonl_handler("all", ""));
+    let socket_path = dir.join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).expect("socket");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    let mut command =
+        buslink_testkit::process::buslink(&["run", "--config", &config.to_string_lossy()]);
+    command
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "400000");
+    let daemon = Daemon::start(command);
+    let mut seen = Vec::new();
+    notifications_until(&socket, &mut seen, "READY=1", LIMIT);
+    notifications_until(&socket, &mut seen, "STATUS=consuming", LIMIT);
+    // WatchdogSec=0.4 s: pings every 0.2 s, again and again.
+    let pings = |seen: &[String]| {
+        seen.iter()
+            .filter(|m| m.lines().any(|line| line == "WATCHDOG=1"))
+            .count()
+    };
+    let deadline = std::time::Instant::now() + LIMIT;
+    let mut buffer = [0u8; 4096];
+    while pings(&seen) < 3 {
+        assert!(std::time::Instant::now() < deadline, "pings: {seen:?}");
+        if let Ok(n) = socket.recv(&mut buffer) {
+            seen.push(String::from_utf8_lossy(&buffer[..n]).into_owned());
+        }
+    }
+    let run = daemon.terminate(LIMIT);
+    assert_eq!(run.code(), Some(0), "{run}");
+    notifications_until(&socket, &mut seen, "STOPPING=1", LIMIT);
+}

@@ -1,0 +1,66 @@
+//! Telling the service manager (systemd, `Type=notify`) how the daemon is: `READY=1` once the
+//! pipeline runs, `STATUS=` lines as the consumer connects, consumes or retries, `STOPPING=1`
+//! when a stop begins, and `WATCHDOG=1` pings at half the `WatchdogSec` it asks for.
+//!
+//! Everything here does nothing without `NOTIFY_SOCKET` (not started by systemd). A failure to
+//! send is logged at debug level only: the daemon's work never depends on the service manager.
+
+use std::time::{Duration, Instant};
+
+fn send(states: &[sd_notify::NotifyState<'_>]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    if let Err(error) = sd_notify::notify(states) {
+        tracing::debug!("cannot notify the service manager: {error}");
+    }
+}
+
+/// The daemon is up: the pipeline runs (the bus may still be connecting: see the status).
+pub fn ready(status: &str) {
+    send(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(status),
+    ]);
+}
+
+/// One line for `systemctl status` (`consuming`, `reconnecting: ...`).
+pub fn status(status: &str) {
+    send(&[sd_notify::NotifyState::Status(status)]);
+}
+
+/// A stop began (the offset of what was handled is being committed).
+pub fn stopping() {
+    send(&[
+        sd_notify::NotifyState::Stopping,
+        sd_notify::NotifyState::Status("stopping: committing what was handled"),
+    ]);
+}
+
+/// Watchdog pings, when the service manager asks for them (`WATCHDOG_USEC`).
+pub struct Watchdog {
+    every: Option<Duration>,
+    last: Instant,
+}
+
+impl Watchdog {
+    /// Reads the interval the service manager asks for; pings at half of it.
+    pub fn from_env() -> Watchdog {
+        Watchdog {
+            every: sd_notify::watchdog_enabled().map(|timeout| timeout / 2),
+            last: Instant::now(),
+        }
+    }
+
+    /// Pings if due: called from the dispatcher's loop, which turns at least every 200 ms
+    /// while the daemon is alive (a daemon stuck there stops pinging and is restarted).
+    pub fn tick(&mut self) {
+        let Some(every) = self.every else {
+            return;
+        };
+        if self.last.elapsed() >= every {
+            send(&[sd_notify::NotifyState::Watchdog]);
+            self.last = Instant::now();
+        }
+    }
+}
