@@ -11,6 +11,7 @@ pub mod handlers;
 pub mod hermes_mode;
 pub mod lock;
 pub mod logging;
+pub mod metrics;
 pub mod offsets;
 pub mod pipeline;
 pub mod plugin;

@@ -16,6 +16,7 @@ use crate::error_queue::{object_key, ErrorQueue, QueueError};
 use crate::handlers::{ConfiguredHandler, DispatchedEvent};
 use crate::hermes_mode::HermesFilter;
 use crate::lock::LockWatch;
+use crate::metrics::{Metrics, Outcome, State};
 use crate::offsets::{
     CacheError, CacheWriter, OffsetCache, OffsetRecord, OutputPosition, ResumePoint,
 };
@@ -52,6 +53,8 @@ pub struct PipelineOptions {
     pub on_gap: GapPolicy,
     /// The consumer's lock file, watched for deletion or replacement.
     pub lock: Option<LockWatch>,
+    /// The metrics and health state, when `[metrics]` is on.
+    pub metrics: Option<std::sync::Arc<Metrics>>,
 }
 
 /// The plugin's counters, as the reader thread last read them.
@@ -184,6 +187,16 @@ fn position(
     }
 }
 
+/// How often the plugin's counters reach the metrics at most (when `[metrics]` is on).
+const METRICS_REFRESH: Duration = Duration::from_secs(5);
+
+/// Tells the metrics' health state, when they are on.
+fn set_state(options: &PipelineOptions, state: State) {
+    if let Some(metrics) = &options.metrics {
+        metrics.set_state(state);
+    }
+}
+
 /// A batch the dispatcher is done with, going back to the reader; `committed`: the offset of
 /// the last event committed, for a bus that keeps the position (acknowledged before the next
 /// poll).
@@ -234,6 +247,7 @@ fn connect(
             Err(error) if error.error.kind().is_transient() && !options.once => {
                 tracing::warn!("{error}; retrying in {} ms", backoff.as_millis());
                 crate::service::status(&format!("waiting for the bus: {error}"));
+                set_state(options, State::Waiting(error.to_string()));
                 let _ = consumer.close();
                 if !shutdown.sleep(backoff) {
                     return Ok(false);
@@ -269,6 +283,7 @@ fn read_loop(
                 consumer.class()
             );
             crate::service::status("consuming");
+            set_state(&options, State::Consuming);
         }
         Ok(false) => return consumer,
         Err(error) => {
@@ -301,7 +316,12 @@ fn read_loop(
         };
         batch.clear();
         let polled = consumer.poll(&mut batch);
-        if let Some(interval) = options.stats_interval {
+        let counters_every = match (options.stats_interval, &options.metrics) {
+            (Some(interval), Some(_)) => Some(interval.min(METRICS_REFRESH)),
+            (None, Some(_)) => Some(METRICS_REFRESH),
+            (interval, None) => interval,
+        };
+        if let Some(interval) = counters_every {
             let mut now = consumer.counters();
             // The lag may cost the plugin a request: asked once per progress line at most.
             if lag.is_none_or(|(at, _)| at.elapsed() >= interval) {
@@ -309,6 +329,9 @@ fn read_loop(
             }
             if let Some((_, Some(events))) = lag {
                 now.push(("lag".to_owned(), events));
+            }
+            if let Some(metrics) = &options.metrics {
+                metrics.plugin_counters(&now);
             }
             if let Ok(mut shared) = counters.lock() {
                 *shared = now;
@@ -347,13 +370,20 @@ fn read_loop(
                 spare = Some(batch);
                 tracing::warn!("{error}; reconnecting in {} ms", backoff.as_millis());
                 crate::service::status(&format!("reconnecting: {error}"));
+                set_state(&options, State::Waiting(error.to_string()));
+                if let Some(metrics) = &options.metrics {
+                    metrics.reconnected();
+                }
                 let _ = consumer.close();
                 if !shutdown.sleep(backoff) {
                     break;
                 }
                 backoff = (backoff * 2).min(options.max_backoff);
                 match connect(&mut consumer, &resume, &options, &shutdown) {
-                    Ok(true) => crate::service::status("consuming"),
+                    Ok(true) => {
+                        crate::service::status("consuming");
+                        set_state(&options, State::Consuming);
+                    }
                     Ok(false) => break,
                     Err(error) => {
                         finish(ReaderMessage::Failed(error));
@@ -388,6 +418,8 @@ struct Committer<'a> {
     /// The record of the last commit (or the cache's at start).
     last_record: Option<OffsetRecord>,
     hermes: Option<HermesFilter>,
+    /// The metrics, when `[metrics]` is on.
+    metrics: Option<&'a Metrics>,
 }
 
 impl Committer<'_> {
@@ -469,6 +501,9 @@ impl Committer<'_> {
         self.last_record = Some(record);
         tracing::debug!("committed offset {last}");
         self.last_committed = Some(last);
+        if let Some(metrics) = self.metrics {
+            metrics.committed();
+        }
         self.pending_count = 0;
         self.pending_since = None;
         Ok(())
@@ -525,6 +560,7 @@ pub fn run(
             .as_ref()
             .and_then(|record| record.last_offset.clone()),
         hermes: options.hermes.clone(),
+        metrics: options.metrics.as_deref(),
     };
     let handled_before = committer.handled_total;
     let counters = SharedCounters::default();
@@ -601,6 +637,7 @@ pub fn run(
                     positions: &mut positions,
                     queued: Vec::new(),
                     on_gap: options.on_gap,
+                    metrics: options.metrics.as_deref(),
                 };
                 let result = dispatcher.dispatch_batch(&batch, next_after_last, &mut committer);
                 if bus_owned {
@@ -644,6 +681,9 @@ pub fn run(
     };
     if shutdown.requested() {
         crate::service::stopping();
+        set_state(&options, State::Stopping);
+    } else if let Err(error) = &outcome {
+        set_state(&options, State::Failed(error.to_string()));
     }
     // Whatever happened, keep what was fully handled, durably.
     let final_commit = committer
@@ -907,19 +947,30 @@ fn deliver(
     handler: &mut ConfiguredHandler,
     event: &DispatchedEvent<'_>,
     shutdown: &Shutdown,
+    metrics: Option<&Metrics>,
 ) -> Delivery {
     let mut wait = handler.retry.base;
     let mut attempt = 1;
+    let count = |outcome| {
+        if let Some(metrics) = metrics {
+            metrics.handler(&handler.name, outcome);
+        }
+    };
     loop {
         match handler.handler.handle(event) {
-            Ok(()) => return Delivery::Done,
+            Ok(()) => {
+                count(Outcome::Success);
+                return Delivery::Done;
+            }
             Err(error) if attempt >= handler.retry.attempts => {
+                count(Outcome::Failure);
                 return Delivery::Failed {
                     error: error.message,
                     attempts: attempt,
-                }
+                };
             }
             Err(error) => {
+                count(Outcome::Retry);
                 tracing::warn!(
                     "handler '{}' failed on offset {} (attempt {attempt} of {}): {}; retrying in {} ms",
                     handler.name,
@@ -950,6 +1001,7 @@ struct Dispatcher<'a> {
     /// The error-queue entries made for the event in hand.
     queued: Vec<u64>,
     on_gap: GapPolicy,
+    metrics: Option<&'a Metrics>,
 }
 
 impl Dispatcher<'_> {
@@ -1005,7 +1057,7 @@ impl Dispatcher<'_> {
                     continue;
                 }
             }
-            match deliver(handler, event, self.shutdown) {
+            match deliver(handler, event, self.shutdown, self.metrics) {
                 Delivery::Done => {}
                 Delivery::Interrupted => {
                     return Err(PipelineError::Interrupted {
@@ -1032,6 +1084,9 @@ impl Dispatcher<'_> {
                             attempts,
                         );
                         self.queued.push(id);
+                        if let Some(metrics) = self.metrics {
+                            metrics.handler(&handler.name, Outcome::Queued);
+                        }
                         tracing::warn!(
                             "handler '{}' failed on offset {} after {attempts} attempt(s): {error}; queued as #{id} for object {key}, retried later",
                             handler.name,
@@ -1045,6 +1100,9 @@ impl Dispatcher<'_> {
                                 path: self.dead_letters.path().to_path_buf(),
                                 message: e.to_string(),
                             })?;
+                        if let Some(metrics) = self.metrics {
+                            metrics.handler(&handler.name, Outcome::DeadLettered);
+                        }
                         tracing::warn!(
                             "handler '{}' gave up on offset {} after {attempts} attempt(s): {error}; recorded in {}",
                             handler.name,
@@ -1093,6 +1151,9 @@ impl Dispatcher<'_> {
             if let Some(hermes) = committer.hermes.as_mut() {
                 hermes.handled(&event);
             }
+            if let Some(metrics) = self.metrics {
+                metrics.event(event.event.category);
+            }
             handled += 1;
             // `every_events` holds inside a batch too: with 1, every event is committed.
             if committer.pending_count + (handled - recorded) as u64
@@ -1123,6 +1184,9 @@ impl Dispatcher<'_> {
         while let Some(gap) = gaps.next_if(|gap| gap.before_event <= index) {
             committer.gaps += 1;
             committer.events_lost += gap.count.unwrap_or(0);
+            if let Some(metrics) = self.metrics {
+                metrics.gap(gap.count.unwrap_or(0));
+            }
             let count = gap
                 .count
                 .map_or_else(|| "how many unknown".to_owned(), |n| format!("{n} events"));

@@ -403,3 +403,102 @@ fn systemd_hears_ready_status_watchdog_pings_and_stopping() {
     assert_eq!(run.code(), Some(0), "{run}");
     notifications_until(&socket, &mut seen, "STOPPING=1", LIMIT);
 }
+
+/// `GET http://ADDRESS/PATH`: (status, body).
+fn scrape(address: &str, path: &str) -> (u16, String) {
+    let response = reqwest::blocking::get(format!("http://{address}{path}")).expect("a scrape");
+    let status = response.status().as_u16();
+    (status, response.text().expect("a body"))
+}
+
+/// The value of the metrics line that starts with `series` (`name{labels}`).
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
+
+#[test]
+fn metrics_and_health_are_served_and_move_with_the_events() {
+    let dir = TestDir::new("metrics");
+    // A handler that fails on base events and dead-letters them, beside the archive.
+    let handlers = format!(
+        "{}\n[[handlers]]\nname = \"refuse\"\ntype = \"exec\"\ncommand = [\"false\"]\n\
+         match = {{ category = \"base\" }}\non_failure = \"dead-letter\"\n\
+         retry = {{ attempts = 2, base_ms = 1 }}\n",
+        jsonl_handler("all", "")
+    );
+    let config = sqlite_config(&dir, &fixture_bus(), "", &handlers);
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        format!("{text}\n[metrics]\nlisten = \"127.0.0.1:0\"\n"),
+    )
+    .expect("config");
+    let mut daemon = Daemon::run(&config);
+    daemon.wait_for("the metrics address", LIMIT, |d| {
+        d.stderr().contains("metrics on http://")
+    });
+    let stderr = daemon.stderr();
+    let address = stderr
+        .split("metrics on http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .expect("an address")
+        .to_owned();
+    // Every event handled, counted by category; the failures counted per outcome.
+    daemon.wait_for("the events in the metrics", LIMIT, |_| {
+        let (_, text) = scrape(&address, "/metrics");
+        sample(
+            &text,
+            "buslink_events_total{consumer=\"test\",category=\"base\"}",
+        ) == Some(46.0)
+    });
+    let (status, text) = scrape(&address, "/metrics");
+    assert_eq!(status, 200);
+    let expect = [
+        ("buslink_events_total{consumer=\"test\",category=\"initsync\"}", 117.0),
+        (
+            "buslink_handler_events_total{consumer=\"test\",handler=\"all\",outcome=\"success\"}",
+            163.0,
+        ),
+        (
+            "buslink_handler_events_total{consumer=\"test\",handler=\"refuse\",outcome=\"retry\"}",
+            46.0,
+        ),
+        (
+            "buslink_handler_events_total{consumer=\"test\",handler=\"refuse\",outcome=\"failure\"}",
+            46.0,
+        ),
+        (
+            "buslink_handler_events_total{consumer=\"test\",handler=\"refuse\",outcome=\"dead_lettered\"}",
+            46.0,
+        ),
+    ];
+    for (series, value) in expect {
+        assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
+    }
+    daemon.wait_for("a commit in the metrics", LIMIT, |_| {
+        let (_, text) = scrape(&address, "/metrics");
+        sample(&text, "buslink_commits_total{consumer=\"test\"}").is_some_and(|n| n >= 1.0)
+            && sample(&text, "buslink_lag_events{consumer=\"test\"}") == Some(0.0)
+    });
+    let (_, text) = scrape(&address, "/metrics");
+    let committed_at = sample(
+        &text,
+        "buslink_last_commit_timestamp_seconds{consumer=\"test\"}",
+    )
+    .expect("a commit time");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    assert!(
+        (now - committed_at).abs() < 600.0,
+        "{committed_at} vs {now}"
+    );
+    assert_eq!(scrape(&address, "/health"), (200, "ok\n".to_owned()));
+    assert_eq!(scrape(&address, "/ready"), (200, "ready\n".to_owned()));
+    assert_eq!(scrape(&address, "/nope").0, 404);
+    let run = daemon.terminate(LIMIT);
+    assert_eq!(run.code(), Some(0), "{run}");
+}

@@ -240,6 +240,23 @@ pub fn run(config_path: &Path, once: bool) -> Result<(), AppError> {
         cache.path().display()
     );
 
+    // Opt-in metrics and health endpoints, up before the pipeline so that a scrape sees it
+    // connect.
+    let metrics = config
+        .metrics_listen
+        .map(|_| std::sync::Arc::new(crate::metrics::Metrics::new(&config.consumer.name)));
+    let _metrics_server = match (config.metrics_listen, &metrics) {
+        (Some(listen), Some(metrics)) => {
+            let server = crate::metrics::MetricsServer::start(listen, metrics.clone())
+                .map_err(AppError::Runtime)?;
+            tracing::info!(
+                "metrics on http://{0}/metrics, health on http://{0}/health and /ready",
+                server.address()
+            );
+            Some(server)
+        }
+        _ => None,
+    };
     let options = PipelineOptions {
         once,
         timeout: Duration::from_millis(config.consumer.timeout_ms),
@@ -256,6 +273,7 @@ pub fn run(config_path: &Path, once: bool) -> Result<(), AppError> {
         library: Some(plugin.watch()),
         on_gap: config.consumer.on_gap,
         lock: Some(lock.watch()),
+        metrics: metrics.clone(),
     };
     let summary = pipeline::run(
         consumer,

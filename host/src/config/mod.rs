@@ -37,6 +37,8 @@ pub struct Config {
     pub stats_interval_s: u64,
     /// Load plugin libraries that other users could change (see `plugin::trust`).
     pub allow_insecure_plugins: bool,
+    /// `[metrics] listen`: where the metrics and health endpoints listen (off when absent).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// The `[consumer]` table.
@@ -123,6 +125,9 @@ struct RawTop {
     #[allow(dead_code)]
     #[serde(default)]
     commit: Option<IgnoredAny>,
+    #[allow(dead_code)]
+    #[serde(default)]
+    metrics: Option<IgnoredAny>,
 }
 
 /// The top level's directories alone, when the rest of it is invalid.
@@ -146,6 +151,20 @@ struct ConsumerSection {
 struct HandlersSection {
     #[serde(default)]
     handlers: Vec<Spanned<LenientHandler>>,
+}
+
+#[derive(Deserialize)]
+struct MetricsSection {
+    #[serde(default)]
+    metrics: Option<RawMetrics>,
+}
+
+/// `[metrics]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    /// `HOST:PORT` (`127.0.0.1:9464`; port 0: any free port, logged).
+    listen: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -267,6 +286,7 @@ impl Config {
             &["consumer", "settings"],
             &["consumer", "hermes"],
             &["commit"],
+            &["metrics"],
         ] {
             let mut value = table.get(path[0]);
             for key in &path[1..] {
@@ -294,11 +314,30 @@ impl Config {
                     consumer: None,
                     handlers: None,
                     commit: None,
+                    metrics: None,
                 })
         });
         let consumer: Option<ConsumerSection> = section(&source, &mut errors);
         let handlers: Option<HandlersSection> = section(&source, &mut errors);
         let commit: Option<CommitSection> = section(&source, &mut errors);
+        let metrics: Option<MetricsSection> = section(&source, &mut errors);
+        let metrics_listen =
+            metrics.and_then(|section| section.metrics).and_then(|raw| {
+                match raw.listen.get_ref().parse::<std::net::SocketAddr>() {
+                    Ok(address) => Some(address),
+                    Err(_) => {
+                        errors.push(source.error_at(
+                            Some(raw.listen.span()),
+                            Some("metrics.listen".into()),
+                            format!(
+                                "{:?} is not an IP address and port (e.g. \"127.0.0.1:9464\")",
+                                raw.listen.get_ref()
+                            ),
+                        ));
+                        None
+                    }
+                }
+            });
 
         let base_dir = path
             .parent()
@@ -368,6 +407,7 @@ impl Config {
                     plugin_dirs: top.plugin_dirs.iter().map(|d| resolve(d)).collect(),
                     stats_interval_s: top.stats_interval_s,
                     allow_insecure_plugins: top.allow_insecure_plugins,
+                    metrics_listen,
                     consumer,
                     handlers,
                     commit,
@@ -785,7 +825,7 @@ name = "run"
 type = "exec"
 command = ["true"]
 timeout_ms = 5000
-retry = { attempts = 3, backoff_ms = 100 }
+retry = { attempts = 3, base_ms = 100 }
 
 [[handlers]]
 name = "push"
@@ -848,6 +888,16 @@ headers = { X-Source = "buslink" }
                 "[a-z./*]{0,12}".prop_map(toml::Value::String),
                 Just(toml::Value::Array(vec![toml::Value::Integer(1)])),
             ]
+        }
+
+        #[test]
+        fn the_starting_point_is_valid() {
+            let parsed = Config::parse(Path::new("/nonexistent/buslink.toml"), RICH.to_owned());
+            assert!(
+                parsed.is_ok(),
+                "{}",
+                parsed.err().map(|e| e.to_string()).unwrap_or_default()
+            );
         }
 
         proptest! {

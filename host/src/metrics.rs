@@ -1,0 +1,393 @@
+//! Metrics and health over HTTP, opt-in (`[metrics] listen = "127.0.0.1:9464"`):
+//!
+//! - `GET /metrics`: Prometheus / OpenMetrics text (the `prometheus-client` crate), per
+//!   consumer: events by category, handler outcomes, commits and the last commit's time, gaps
+//!   and events lost, reconnects, lag, and the plugin's own counters.
+//! - `GET /health`: 200 while the consumer runs or waits for its bus normally; 503 with the
+//!   reason once it stops or failed.
+//! - `GET /ready`: 200 once the consumer is open and positioned; 503 with the reason while it
+//!   connects or reconnects.
+//!
+//! Names follow Prometheus conventions: `buslink_` prefix, `_total` for counters, seconds.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConsumerLabel {
+    consumer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CategoryLabels {
+    consumer: String,
+    category: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandlerLabels {
+    consumer: String,
+    handler: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginLabels {
+    consumer: String,
+    counter: String,
+}
+
+/// How a handler's delivery of one event ended, for `buslink_handler_events_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Accepted.
+    Success,
+    /// A failed attempt that is retried.
+    Retry,
+    /// Failed after its last attempt (then stopped, dead-lettered or queued).
+    Failure,
+    /// Written to the dead-letter file.
+    DeadLettered,
+    /// Put in the error queue.
+    Queued,
+}
+
+impl Outcome {
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Retry => "retry",
+            Outcome::Failure => "failure",
+            Outcome::DeadLettered => "dead_lettered",
+            Outcome::Queued => "queued",
+        }
+    }
+}
+
+/// Where the consumer is, for `/health` and `/ready`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Opening the consumer.
+    Connecting,
+    /// Open and positioned: consuming.
+    Consuming,
+    /// The bus failed; retrying (why).
+    Waiting(String),
+    /// A stop began.
+    Stopping,
+    /// Stopped on an error (why).
+    Failed(String),
+}
+
+/// The metrics of one consumer.
+pub struct Metrics {
+    consumer: ConsumerLabel,
+    registry: Registry,
+    events: Family<CategoryLabels, Counter>,
+    handler: Family<HandlerLabels, Counter>,
+    commits: Counter,
+    last_commit: Gauge<f64, AtomicU64>,
+    gaps: Counter,
+    events_lost: Counter,
+    reconnects: Counter,
+    lag: Gauge,
+    plugin: Family<PluginLabels, Gauge>,
+    state: Mutex<State>,
+}
+
+impl Metrics {
+    /// The metrics of consumer `name`, all at zero.
+    pub fn new(name: &str) -> Metrics {
+        let consumer = ConsumerLabel {
+            consumer: name.to_owned(),
+        };
+        let mut registry = Registry::default();
+        let events = Family::<CategoryLabels, Counter>::default();
+        let handler = Family::<HandlerLabels, Counter>::default();
+        let plugin = Family::<PluginLabels, Gauge>::default();
+        let commits = Family::<ConsumerLabel, Counter>::default();
+        let last_commit = Family::<ConsumerLabel, Gauge<f64, AtomicU64>>::default();
+        let gaps = Family::<ConsumerLabel, Counter>::default();
+        let events_lost = Family::<ConsumerLabel, Counter>::default();
+        let reconnects = Family::<ConsumerLabel, Counter>::default();
+        let lag = Family::<ConsumerLabel, Gauge>::default();
+        registry.register(
+            "buslink_events",
+            "Events handled (every matching handler accepted them), by category",
+            events.clone(),
+        );
+        registry.register(
+            "buslink_handler_events",
+            "Deliveries to a handler by outcome: success, retry, failure, dead_lettered, queued",
+            handler.clone(),
+        );
+        registry.register("buslink_commits", "Offset commits", commits.clone());
+        registry.register(
+            "buslink_last_commit_timestamp_seconds",
+            "When the offset was last committed (Unix time); the commit's age is time() minus it",
+            last_commit.clone(),
+        );
+        registry.register(
+            "buslink_gaps",
+            "Gaps: events gone from the bus before this consumer read them",
+            gaps.clone(),
+        );
+        registry.register(
+            "buslink_events_lost",
+            "Events in the gaps, where the bus could count them",
+            events_lost.clone(),
+        );
+        registry.register(
+            "buslink_reconnects",
+            "Re-opens of the consumer after a bus error",
+            reconnects.clone(),
+        );
+        registry.register(
+            "buslink_lag_events",
+            "Events on the bus after the consumer's position, where the plugin can tell",
+            lag.clone(),
+        );
+        registry.register(
+            "buslink_plugin_counter",
+            "The consumer plugin's own counters, by name",
+            plugin.clone(),
+        );
+        Metrics {
+            commits: commits.get_or_create_owned(&consumer),
+            last_commit: last_commit.get_or_create_owned(&consumer),
+            gaps: gaps.get_or_create_owned(&consumer),
+            events_lost: events_lost.get_or_create_owned(&consumer),
+            reconnects: reconnects.get_or_create_owned(&consumer),
+            lag: lag.get_or_create_owned(&consumer),
+            consumer,
+            registry,
+            events,
+            handler,
+            plugin,
+            state: Mutex::new(State::Connecting),
+        }
+    }
+
+    /// An event of `category` was handled.
+    pub fn event(&self, category: &str) {
+        self.events
+            .get_or_create(&CategoryLabels {
+                consumer: self.consumer.consumer.clone(),
+                category: category.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A handler's delivery ended so.
+    pub fn handler(&self, handler: &str, outcome: Outcome) {
+        self.handler
+            .get_or_create(&HandlerLabels {
+                consumer: self.consumer.consumer.clone(),
+                handler: handler.to_owned(),
+                outcome: outcome.label().to_owned(),
+            })
+            .inc();
+    }
+
+    /// The offset was committed now.
+    pub fn committed(&self) {
+        self.commits.inc();
+        let now = chrono::Utc::now();
+        self.last_commit
+            .set(now.timestamp() as f64 + f64::from(now.timestamp_subsec_millis()) / 1000.0);
+    }
+
+    /// A gap of `lost` events (0 when unknown).
+    pub fn gap(&self, lost: u64) {
+        self.gaps.inc();
+        self.events_lost.inc_by(lost);
+    }
+
+    /// The consumer was re-opened after a bus error.
+    pub fn reconnected(&self) {
+        self.reconnects.inc();
+    }
+
+    /// The plugin's counters and lag, as the reader last read them.
+    pub fn plugin_counters(&self, counters: &[(String, u64)]) {
+        for (name, value) in counters {
+            if name == "lag" {
+                self.lag.set(i64::try_from(*value).unwrap_or(i64::MAX));
+                continue;
+            }
+            self.plugin
+                .get_or_create(&PluginLabels {
+                    consumer: self.consumer.consumer.clone(),
+                    counter: name.clone(),
+                })
+                .set(i64::try_from(*value).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// The consumer's state changed.
+    pub fn set_state(&self, state: State) {
+        if let Ok(mut current) = self.state.lock() {
+            *current = state;
+        }
+    }
+
+    fn state(&self) -> State {
+        self.state
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or(State::Failed("state unknown".into()))
+    }
+
+    /// The text for `GET /metrics`.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
+            text.clear();
+        }
+        text
+    }
+
+    /// (status, body) for a path.
+    fn answer(&self, path: &str) -> (u16, String) {
+        let state = self.state();
+        match path {
+            "/metrics" => (200, self.encode()),
+            "/health" => match state {
+                State::Stopping => (503, "stopping\n".into()),
+                State::Failed(why) => (503, format!("failed: {why}\n")),
+                State::Waiting(why) => (200, format!("ok (waiting for the bus: {why})\n")),
+                _ => (200, "ok\n".into()),
+            },
+            "/ready" => match state {
+                State::Consuming => (200, "ready\n".into()),
+                State::Connecting => (503, "connecting to the bus\n".into()),
+                State::Waiting(why) => (503, format!("waiting for the bus: {why}\n")),
+                State::Stopping => (503, "stopping\n".into()),
+                State::Failed(why) => (503, format!("failed: {why}\n")),
+            },
+            _ => (404, "not found: /metrics, /health, /ready\n".into()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Metrics({})", self.consumer.consumer)
+    }
+}
+
+/// The HTTP server of the metrics, on its own thread until dropped.
+pub struct MetricsServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    address: SocketAddr,
+}
+
+impl MetricsServer {
+    /// Listens on `listen` (port 0: any free port, see [`address`](Self::address)).
+    pub fn start(listen: SocketAddr, metrics: Arc<Metrics>) -> Result<MetricsServer, String> {
+        let server = tiny_http::Server::http(listen)
+            .map_err(|e| format!("[metrics] listen = \"{listen}\": cannot listen: {e}"))?;
+        let address = server
+            .server_addr()
+            .to_ip()
+            .ok_or_else(|| format!("[metrics] listen = \"{listen}\": not an IP address"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("metrics".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::SeqCst) {
+                        let Ok(Some(request)) = server.recv_timeout(Duration::from_millis(200))
+                        else {
+                            continue;
+                        };
+                        let path = request.url().split('?').next().unwrap_or("").to_owned();
+                        let (status, body) = if request.method() == &tiny_http::Method::Get {
+                            metrics.answer(&path)
+                        } else {
+                            (405, "GET only\n".into())
+                        };
+                        let content_type = if path == "/metrics" {
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8"
+                        } else {
+                            "text/plain; charset=utf-8"
+                        };
+                        let mut response =
+                            tiny_http::Response::from_string(body).with_status_code(status);
+                        if let Ok(header) =
+                            tiny_http::Header::from_bytes("Content-Type", content_type)
+                        {
+                            response = response.with_header(header);
+                        }
+                        let _ = request.respond(response);
+                    }
+                })
+                .map_err(|e| format!("cannot start the metrics thread: {e}"))?
+        };
+        Ok(MetricsServer {
+            stop,
+            thread: Some(thread),
+            address,
+        })
+    }
+
+    /// The address it listens on.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_prometheus_conventions() {
+        let metrics = Metrics::new("demo");
+        metrics.event("base");
+        metrics.event("base");
+        metrics.handler("archive", Outcome::Success);
+        metrics.committed();
+        metrics.gap(34);
+        metrics.plugin_counters(&[("lag".into(), 7), ("reconnects".into(), 2)]);
+        let text = metrics.encode();
+        for line in [
+            "buslink_events_total{consumer=\"demo\",category=\"base\"} 2",
+            "buslink_handler_events_total{consumer=\"demo\",handler=\"archive\",outcome=\"success\"} 1",
+            "buslink_commits_total{consumer=\"demo\"} 1",
+            "buslink_gaps_total{consumer=\"demo\"} 1",
+            "buslink_events_lost_total{consumer=\"demo\"} 34",
+            "buslink_lag_events{consumer=\"demo\"} 7",
+            "buslink_plugin_counter{consumer=\"demo\",counter=\"reconnects\"} 2",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+        assert_eq!(metrics.answer("/ready").0, 503);
+        metrics.set_state(State::Consuming);
+        assert_eq!(metrics.answer("/ready").0, 200);
+        metrics.set_state(State::Failed("the bus is gone".into()));
+        assert_eq!(
+            metrics.answer("/health"),
+            (503, "failed: the bus is gone\n".into())
+        );
+    }
+}
