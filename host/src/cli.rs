@@ -63,6 +63,30 @@ pub enum Command {
         #[command(subcommand)]
         action: OffsetsAction,
     },
+    /// Talk to the running daemon through its control socket (STATE_DIR/NAME.sock).
+    Ctl {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: CtlAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CtlAction {
+    /// State, plugin, committed offset and its time, events/s, lag, error queue, last error.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Handle no more events (the offset of what was handled is committed; the bus stays open).
+    Pause,
+    /// Go on exactly where the pause stopped.
+    Resume,
+    /// Stop the daemon, as SIGTERM does.
+    Quit,
 }
 
 #[derive(Debug, Args)]

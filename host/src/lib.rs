@@ -5,6 +5,7 @@ pub mod append_file;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod control;
 pub mod dead_letter;
 pub mod error_queue;
 pub mod handlers;

@@ -1,6 +1,6 @@
 //! The `buslink` daemon. See ARCHITECTURE.md for the map.
 
-use buslink::cli::{Cli, Command, ErrorsAction, OffsetsAction, PluginsCommand};
+use buslink::cli::{Cli, Command, CtlAction, ErrorsAction, OffsetsAction, PluginsCommand};
 use buslink::commands::{check, errors, offsets, plugins, query, run, AppError};
 use buslink::logging;
 use clap::Parser;
@@ -68,5 +68,15 @@ fn dispatch(command: Command) -> Result<(), AppError> {
             } => offsets::import_hermes(&config, &path, force),
             OffsetsAction::Reset { config } => offsets::reset(&config),
         },
+        Command::Ctl { config, action } => {
+            let command = match action {
+                CtlAction::Status { json: false } => "status",
+                CtlAction::Status { json: true } => "status --json",
+                CtlAction::Pause => "pause",
+                CtlAction::Resume => "resume",
+                CtlAction::Quit => "quit",
+            };
+            buslink::commands::ctl(&config, command)
+        }
     }
 }

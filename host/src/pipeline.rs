@@ -55,6 +55,8 @@ pub struct PipelineOptions {
     pub lock: Option<LockWatch>,
     /// The metrics and health state, when `[metrics]` is on.
     pub metrics: Option<std::sync::Arc<Metrics>>,
+    /// What the control socket shows and the pause it asks for.
+    pub control: Option<std::sync::Arc<crate::control::Shared>>,
 }
 
 /// The plugin's counters, as the reader thread last read them.
@@ -192,9 +194,29 @@ const METRICS_REFRESH: Duration = Duration::from_secs(5);
 
 /// Tells the metrics' health state, when they are on.
 fn set_state(options: &PipelineOptions, state: State) {
+    if let Some(control) = &options.control {
+        let text = match &state {
+            State::Connecting => "connecting".to_owned(),
+            State::Consuming => "running".to_owned(),
+            State::Waiting(why) => format!("waiting for the bus: {why}"),
+            State::Stopping => "stopping".to_owned(),
+            State::Failed(why) => format!("failed: {why}"),
+        };
+        control.update(|status| {
+            if let State::Waiting(why) | State::Failed(why) = &state {
+                status.last_error = Some(why.clone());
+            }
+            status.state = text;
+        });
+    }
     if let Some(metrics) = &options.metrics {
         metrics.set_state(state);
     }
+}
+
+/// Whether the control socket asked for a pause.
+fn paused(options: &PipelineOptions) -> bool {
+    options.control.as_ref().is_some_and(|c| c.paused())
 }
 
 /// A batch the dispatcher is done with, going back to the reader; `committed`: the offset of
@@ -315,11 +337,19 @@ fn read_loop(
             },
         };
         batch.clear();
+        // Paused: the bus stays open, nothing is read until resumed.
+        while paused(&options) && !shutdown.requested() {
+            shutdown.sleep(Duration::from_millis(50));
+        }
+        if shutdown.requested() {
+            break;
+        }
         let polled = consumer.poll(&mut batch);
-        let counters_every = match (options.stats_interval, &options.metrics) {
-            (Some(interval), Some(_)) => Some(interval.min(METRICS_REFRESH)),
-            (None, Some(_)) => Some(METRICS_REFRESH),
-            (interval, None) => interval,
+        let shown = options.metrics.is_some() || options.control.is_some();
+        let counters_every = match (options.stats_interval, shown) {
+            (Some(interval), true) => Some(interval.min(METRICS_REFRESH)),
+            (None, true) => Some(METRICS_REFRESH),
+            (interval, false) => interval,
         };
         if let Some(interval) = counters_every {
             let mut now = consumer.counters();
@@ -332,6 +362,10 @@ fn read_loop(
             }
             if let Some(metrics) = &options.metrics {
                 metrics.plugin_counters(&now);
+            }
+            if let Some(control) = &options.control {
+                let lag = now.iter().find(|(name, _)| name == "lag").map(|(_, v)| *v);
+                control.update(|status| status.lag = lag);
             }
             if let Ok(mut shared) = counters.lock() {
                 *shared = now;
@@ -420,6 +454,10 @@ struct Committer<'a> {
     hermes: Option<HermesFilter>,
     /// The metrics, when `[metrics]` is on.
     metrics: Option<&'a Metrics>,
+    /// What the control socket shows.
+    control: Option<&'a crate::control::Shared>,
+    /// Events handled before this run (the control socket shows this run's).
+    handled_before: u64,
 }
 
 impl Committer<'_> {
@@ -504,6 +542,19 @@ impl Committer<'_> {
         if let Some(metrics) = self.metrics {
             metrics.committed();
         }
+        if let Some(control) = self.control {
+            let (offset, handled, queued) = (
+                self.last_committed.as_ref().map(ToString::to_string),
+                self.handled_total - self.handled_before,
+                queue.events().len(),
+            );
+            control.update(|status| {
+                status.error_queue = queued;
+                status.committed_offset = offset;
+                status.committed_at = Some(Utc::now().to_rfc3339());
+                status.events_handled = handled;
+            });
+        }
         self.pending_count = 0;
         self.pending_since = None;
         Ok(())
@@ -561,6 +612,8 @@ pub fn run(
             .and_then(|record| record.last_offset.clone()),
         hermes: options.hermes.clone(),
         metrics: options.metrics.as_deref(),
+        control: options.control.as_deref(),
+        handled_before: cached.as_ref().map_or(0, |record| record.events_handled),
     };
     let handled_before = committer.handled_total;
     let counters = SharedCounters::default();
@@ -592,6 +645,8 @@ pub fn run(
     let mut positions = Vec::with_capacity(handlers.len());
     let mut library = options.library.clone();
     let mut lock = options.lock.clone();
+    // A batch received while paused, handled first after the resume.
+    let mut held: Option<ReaderMessage> = None;
     let outcome: Result<(), PipelineError> = loop {
         progress.report_if_due(&committer);
         watchdog.tick();
@@ -601,7 +656,25 @@ pub fn run(
         if let Some(Err(message)) = lock.as_mut().map(LockWatch::check) {
             break Err(PipelineError::LockLost(message));
         }
-        let message = match full_rx.recv_timeout(tick) {
+        // Paused through the control socket: what was handled is committed, batches already
+        // read wait (handled first after the resume).
+        if paused(&options) && !shutdown.requested() {
+            if let Err(error) = committer.commit(handlers, error_queue) {
+                break Err(error);
+            }
+            shutdown.sleep(tick);
+            continue;
+        }
+        let received = match held.take() {
+            Some(message) => Ok(message),
+            None => full_rx.recv_timeout(tick),
+        };
+        let message = match received {
+            // A batch read just before a pause waits for the resume.
+            Ok(message @ ReaderMessage::Batch { .. }) if paused(&options) => {
+                held = Some(message);
+                continue;
+            }
             Ok(message) => message,
             // A stop while the plugin is in a long call: what was handled is committed below
             // and the reader gets a bounded time to come back (`shutdown_reader`).

@@ -502,3 +502,78 @@ fn metrics_and_health_are_served_and_move_with_the_events() {
     let run = daemon.terminate(LIMIT);
     assert_eq!(run.code(), Some(0), "{run}");
 }
+
+/// `buslink ctl --config CONFIG ARGS...`.
+fn ctl(config: &std::path::Path, args: &[&str]) -> buslink_testkit::RunOutput {
+    let config = config.to_string_lossy();
+    let mut all = vec!["ctl", "--config", config.as_ref()];
+    all.extend_from_slice(args);
+    buslink(&all)
+}
+
+#[test]
+fn the_control_socket_shows_status_pauses_resumes_and_quits() {
+    let dir = TestDir::new("ctl");
+    let bus = bus_with(&dir, 20);
+    let config = sqlite_config(&dir, &bus, "", &jsonl_handler("all", ""));
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, format!("stats_interval_s = 1\n{text}")).expect("config");
+    // No daemon yet: a clear error.
+    let none = ctl(&config, &["status"]);
+    assert_eq!(none.code(), Some(1), "{none}");
+    assert!(none.stderr.contains("no daemon answers on"), "{none}");
+    let mut daemon = Daemon::run(&config);
+    let out = dir.join("out/all.jsonl");
+    daemon.wait_for("the 20 events", LIMIT, |_| count_lines(&out) == 20);
+    // The socket is private.
+    let socket = dir.join("state/test.sock");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&socket)
+            .expect("the socket")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    daemon.wait_for("a committed status", LIMIT, |_| {
+        let status = ctl(&config, &["status", "--json"]);
+        let value: serde_json::Value = serde_json::from_str(&status.stdout).unwrap_or_default();
+        value["committed_offset"] == "20" && value["state"] == "running"
+    });
+    let status = ctl(&config, &["status"]);
+    assert_eq!(status.code(), Some(0), "{status}");
+    for expected in [
+        "consumer test: running (plugin sqlite class SqliteConsumer)",
+        "committed offset: 20 at ",
+        "events handled: 20",
+        "error queue: 0 events",
+    ] {
+        assert!(status.stdout.contains(expected), "{expected} in {status}");
+    }
+    // Paused: events written meanwhile wait; the status says so across progress lines.
+    assert_eq!(ctl(&config, &["pause"]).stdout, "paused\n");
+    buslink_testkit::HermesBusWriter::open(&bus)
+        .and_then(|mut writer| writer.append_all(buslink_testkit::hermes_events(5)))
+        .expect("more events");
+    let progress_lines = |d: &Daemon| d.stderr().matches("progress:").count();
+    let seen = progress_lines(&daemon);
+    daemon.wait_for("three progress lines while paused", LIMIT, |d| {
+        progress_lines(d) >= seen + 3
+    });
+    assert_eq!(count_lines(&out), 20, "nothing handled while paused");
+    let value: serde_json::Value =
+        serde_json::from_str(&ctl(&config, &["status", "--json"]).stdout).expect("JSON");
+    assert_eq!(value["state"], "paused");
+    // Resumed: exactly where it stopped.
+    assert_eq!(ctl(&config, &["resume"]).stdout, "resumed\n");
+    daemon.wait_for("the 5 new events", LIMIT, |_| count_lines(&out) == 25);
+    let offsets = offsets(&read_lines(&dir, "out/all.jsonl"));
+    assert_eq!(offsets, (1..=25).collect::<Vec<_>>());
+    // Quit stops the daemon as SIGTERM does.
+    assert_eq!(ctl(&config, &["quit"]).stdout, "stopping\n");
+    let run = daemon.finish(LIMIT);
+    assert_eq!(run.code(), Some(0), "{run}");
+    assert!(
+        run.stderr.contains("stop asked through the control socket"),
+        "{run}"
+    );
+    assert!(!socket.exists(), "the socket is removed at exit");
+}

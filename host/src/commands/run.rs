@@ -240,6 +240,18 @@ pub fn run(config_path: &Path, once: bool) -> Result<(), AppError> {
         cache.path().display()
     );
 
+    // The control socket (`buslink ctl`): status, pause, resume, quit.
+    let control = std::sync::Arc::new(crate::control::Shared::new(
+        &config.consumer.name,
+        &config.consumer.plugin,
+        &config.consumer.class,
+    ));
+    let _control_server = crate::control::server::ControlServer::start(
+        &crate::control::socket_path(&config.state_dir, &config.consumer.name),
+        control.clone(),
+        shutdown.clone(),
+    )
+    .map_err(AppError::Runtime)?;
     // Opt-in metrics and health endpoints, up before the pipeline so that a scrape sees it
     // connect.
     let metrics = config
@@ -274,6 +286,7 @@ pub fn run(config_path: &Path, once: bool) -> Result<(), AppError> {
         on_gap: config.consumer.on_gap,
         lock: Some(lock.watch()),
         metrics: metrics.clone(),
+        control: Some(control.clone()),
     };
     let summary = pipeline::run(
         consumer,

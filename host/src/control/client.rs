@@ -1,0 +1,25 @@
+//! `buslink ctl`: the client side of the control socket.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+/// Sends `command` to the daemon listening on `path` and returns its answer.
+pub fn send(path: &Path, command: &str) -> Result<String, String> {
+    let mut stream = UnixStream::connect(path).map_err(|e| {
+        format!(
+            "no daemon answers on {} ({e}): is `buslink run` running for this config?",
+            path.display()
+        )
+    })?;
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    stream
+        .write_all(format!("{command}\n").as_bytes())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(answer)
+}

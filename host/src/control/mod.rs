@@ -1,0 +1,107 @@
+//! The control socket, hermes-client's CLI socket and more: `STATE_DIR/NAME.sock` (mode 0600),
+//! one line in, one answer out. The running daemon serves it (`server`); `buslink ctl` is the
+//! client (`client`).
+//!
+//! Commands: `status` (human text) and `status --json`, `pause` (no more events handled, the
+//! offset committed, the bus left open), `resume` (goes on exactly where it stopped), `quit`
+//! (a stop, as SIGTERM).
+//!
+//! **Invariant:** the socket only reads the [`Shared`] state and sets its two flags (paused,
+//! and the stop request through [`Shutdown`](crate::shutdown::Shutdown)); the pipeline alone
+//! changes the consumer.
+
+pub mod client;
+pub mod server;
+
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// The socket of consumer `name`.
+pub fn socket_path(state_dir: &Path, name: &str) -> PathBuf {
+    state_dir.join(format!("{name}.sock"))
+}
+
+/// What the pipeline tells the socket, and the pause flag the socket sets.
+#[derive(Debug)]
+pub struct Shared {
+    paused: AtomicBool,
+    status: Mutex<Status>,
+    started: Instant,
+}
+
+/// The consumer's status, as `status --json` prints it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Status {
+    /// The consumer's name.
+    pub consumer: String,
+    /// `plugin` / `class`.
+    pub plugin: String,
+    pub class: String,
+    /// `connecting`, `running`, `paused`, `waiting for the bus: WHY`, `stopping`.
+    pub state: String,
+    /// The last committed offset (as the cache shows it) and when (RFC 3339).
+    pub committed_offset: Option<String>,
+    pub committed_at: Option<String>,
+    /// Events handled in this run, and per second since the start.
+    pub events_handled: u64,
+    pub events_per_second: f64,
+    /// Events behind the bus's end, where the plugin can tell.
+    pub lag: Option<u64>,
+    /// Events waiting in the error queue.
+    pub error_queue: usize,
+    /// The last error or warning the pipeline met, if any.
+    pub last_error: Option<String>,
+}
+
+impl Shared {
+    /// The state of consumer `name` (plugin, class) at start.
+    pub fn new(consumer: &str, plugin: &str, class: &str) -> Shared {
+        Shared {
+            paused: AtomicBool::new(false),
+            status: Mutex::new(Status {
+                consumer: consumer.to_owned(),
+                plugin: plugin.to_owned(),
+                class: class.to_owned(),
+                state: "connecting".to_owned(),
+                ..Status::default()
+            }),
+            started: Instant::now(),
+        }
+    }
+
+    /// Whether `pause` was asked for (and no `resume` since).
+    pub fn paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+    }
+
+    fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::SeqCst);
+    }
+
+    /// Changes the status (a poisoned lock is taken over).
+    pub fn update(&self, change: impl FnOnce(&mut Status)) {
+        let mut status = self
+            .status
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        change(&mut status);
+    }
+
+    /// A copy of the status, with the derived fields filled.
+    pub fn status(&self) -> Status {
+        let mut status = self
+            .status
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        let seconds = self.started.elapsed().as_secs_f64().max(0.001);
+        status.events_per_second = (status.events_handled as f64 / seconds * 10.0).round() / 10.0;
+        if self.paused() && status.state == "running" {
+            status.state = "paused".to_owned();
+        }
+        status
+    }
+}
