@@ -101,7 +101,13 @@ pub struct Metrics {
     lag: Gauge,
     plugin: Family<PluginLabels, Gauge>,
     state: Mutex<State>,
+    /// The categories with a series of their own (at most [`MAX_CATEGORIES`]).
+    categories: Mutex<std::collections::HashSet<String>>,
 }
+
+/// Distinct categories counted apart; the rest are counted as `other` (a bus whose categories
+/// are free text, Kafka keys for example, must not grow the metrics without bound).
+const MAX_CATEGORIES: usize = 100;
 
 impl Metrics {
     /// The metrics of consumer `name`, all at zero.
@@ -173,15 +179,24 @@ impl Metrics {
             handler,
             plugin,
             state: Mutex::new(State::Connecting),
+            categories: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
     /// An event of `category` was handled.
     pub fn event(&self, category: &str) {
+        let counted = match self.categories.lock() {
+            Ok(known) if known.contains(category) => category,
+            Ok(mut known) if known.len() < MAX_CATEGORIES => {
+                known.insert(category.to_owned());
+                category
+            }
+            _ => "other",
+        };
         self.events
             .get_or_create(&CategoryLabels {
                 consumer: self.consumer.consumer.clone(),
-                category: category.to_owned(),
+                category: counted.to_owned(),
             })
             .inc();
     }
@@ -381,6 +396,15 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} in\n{text}");
         }
+        for n in 0..150 {
+            metrics.event(&format!("key-{n}"));
+        }
+        let text = metrics.encode();
+        assert_eq!(
+            text.matches("buslink_events_total{").count(),
+            MAX_CATEGORIES + 1
+        );
+        assert!(text.contains("category=\"other\"} 51"), "{text}");
         assert_eq!(metrics.answer("/ready").0, 503);
         metrics.set_state(State::Consuming);
         assert_eq!(metrics.answer("/ready").0, 200);

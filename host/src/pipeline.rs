@@ -551,7 +551,7 @@ impl Committer<'_> {
             control.update(|status| {
                 status.error_queue = queued;
                 status.committed_offset = offset;
-                status.committed_at = Some(Utc::now().to_rfc3339());
+                status.committed_time = Some(Utc::now());
                 status.events_handled = handled;
             });
         }
@@ -632,7 +632,7 @@ pub fn run(
     };
 
     crate::service::ready("connecting to the bus");
-    let mut watchdog = crate::service::Watchdog::from_env();
+    let watchdog = crate::service::Watchdog::from_env();
     let mut summary = RunSummary::default();
     let tick = Duration::from_millis(options.commit.every_ms.clamp(10, 200));
     let mut progress = Progress {
@@ -671,7 +671,9 @@ pub fn run(
         };
         let message = match received {
             // A batch read just before a pause waits for the resume.
-            Ok(message @ ReaderMessage::Batch { .. }) if paused(&options) => {
+            Ok(message @ ReaderMessage::Batch { .. })
+                if paused(&options) && !shutdown.requested() =>
+            {
                 held = Some(message);
                 continue;
             }
@@ -711,6 +713,7 @@ pub fn run(
                     queued: Vec::new(),
                     on_gap: options.on_gap,
                     metrics: options.metrics.as_deref(),
+                    watchdog: &watchdog,
                 };
                 let result = dispatcher.dispatch_batch(&batch, next_after_last, &mut committer);
                 if bus_owned {
@@ -1021,6 +1024,7 @@ fn deliver(
     event: &DispatchedEvent<'_>,
     shutdown: &Shutdown,
     metrics: Option<&Metrics>,
+    watchdog: &crate::service::Watchdog,
 ) -> Delivery {
     let mut wait = handler.retry.base;
     let mut attempt = 1;
@@ -1052,8 +1056,17 @@ fn deliver(
                     error.message,
                     wait.as_millis()
                 );
-                if !shutdown.sleep(wait) {
-                    return Delivery::Interrupted;
+                // In steps of a second at most: the watchdog keeps hearing from a long wait.
+                let until = Instant::now() + wait;
+                loop {
+                    watchdog.tick();
+                    let left = until.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    if !shutdown.sleep(left.min(Duration::from_secs(1))) {
+                        return Delivery::Interrupted;
+                    }
                 }
                 wait = (wait * 2).min(handler.retry.max);
                 attempt += 1;
@@ -1075,11 +1088,13 @@ struct Dispatcher<'a> {
     queued: Vec<u64>,
     on_gap: GapPolicy,
     metrics: Option<&'a Metrics>,
+    watchdog: &'a crate::service::Watchdog,
 }
 
 impl Dispatcher<'_> {
     /// Gives one event to every handler that matches it; `Err` when the event is not handled.
     fn dispatch_event(&mut self, event: &DispatchedEvent<'_>) -> Result<(), PipelineError> {
+        self.watchdog.tick();
         let dead_letters_before = self.dead_letters.length();
         self.queued.clear();
         let result = self.try_dispatch_event(event);
@@ -1130,7 +1145,7 @@ impl Dispatcher<'_> {
                     continue;
                 }
             }
-            match deliver(handler, event, self.shutdown, self.metrics) {
+            match deliver(handler, event, self.shutdown, self.metrics, self.watchdog) {
                 Delivery::Done => {}
                 Delivery::Interrupted => {
                     return Err(PipelineError::Interrupted {

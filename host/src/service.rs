@@ -40,7 +40,7 @@ pub fn stopping() {
 /// Watchdog pings, when the service manager asks for them (`WATCHDOG_USEC`).
 pub struct Watchdog {
     every: Option<Duration>,
-    last: Instant,
+    last: std::sync::Mutex<Instant>,
 }
 
 impl Watchdog {
@@ -48,19 +48,23 @@ impl Watchdog {
     pub fn from_env() -> Watchdog {
         Watchdog {
             every: sd_notify::watchdog_enabled().map(|timeout| timeout / 2),
-            last: Instant::now(),
+            last: std::sync::Mutex::new(Instant::now()),
         }
     }
 
-    /// Pings if due: called from the dispatcher's loop, which turns at least every 200 ms
-    /// while the daemon is alive (a daemon stuck there stops pinging and is restarted).
-    pub fn tick(&mut self) {
+    /// Pings if due: called from the dispatcher's loop (at least every 200 ms while it waits),
+    /// for every event it hands over and between a handler's retries, so a long batch of slow
+    /// handlers keeps pinging; a daemon stuck anywhere else stops pinging and is restarted.
+    pub fn tick(&self) {
         let Some(every) = self.every else {
             return;
         };
-        if self.last.elapsed() >= every {
+        let Ok(mut last) = self.last.lock() else {
+            return;
+        };
+        if last.elapsed() >= every {
             send(&[sd_notify::NotifyState::Watchdog]);
-            self.last = Instant::now();
+            *last = Instant::now();
         }
     }
 }

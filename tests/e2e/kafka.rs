@@ -404,6 +404,24 @@ fn kafka_group_mode_once_drains_resumes_from_the_group_and_refuses_hermes_mode()
     assert_eq!(lines.len(), 440, "each record once");
     let unique: std::collections::BTreeSet<_> = lines.iter().collect();
     assert_eq!(unique.len(), 440);
+    // The position is the group's: moving the cache's offset is refused, even with --force.
+    for force in [false, true] {
+        let mut args = vec!["offsets", "set", "--config"];
+        let config_text = config.to_string_lossy().into_owned();
+        args.push(&config_text);
+        args.push("scale:0:5");
+        if force {
+            args.push("--force");
+        }
+        let refused = buslink_testkit::process::run(&args, std::time::Duration::from_secs(60));
+        assert_eq!(refused.code(), Some(2), "{refused}");
+        assert!(
+            refused
+                .stderr
+                .contains("its bus keeps the position (a consumer group)"),
+            "{refused}"
+        );
+    }
     // Hermes mode needs offsets buslink keeps.
     let hermes = dir.write(
         "hermes.toml",

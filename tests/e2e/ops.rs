@@ -567,7 +567,8 @@ fn the_control_socket_shows_status_pauses_resumes_and_quits() {
     daemon.wait_for("the 5 new events", LIMIT, |_| count_lines(&out) == 25);
     let offsets = offsets(&read_lines(&dir, "out/all.jsonl"));
     assert_eq!(offsets, (1..=25).collect::<Vec<_>>());
-    // Quit stops the daemon as SIGTERM does.
+    // Quit stops the daemon as SIGTERM does, paused or not.
+    assert_eq!(ctl(&config, &["pause"]).stdout, "paused\n");
     assert_eq!(ctl(&config, &["quit"]).stdout, "stopping\n");
     let run = daemon.finish(LIMIT);
     assert_eq!(run.code(), Some(0), "{run}");

@@ -89,7 +89,9 @@ pub fn set(config_path: &Path, offset: &str, as_string: bool, force: bool) -> Re
     let cache = cache_of(&config);
     let previous = cache.load().map_err(runtime)?;
     let offset = parse_offset(offset, as_string);
-    if !force {
+    if force {
+        refuse_bus_owned(&config, &build_consumer(&config)?.1)?;
+    } else {
         check_on_the_bus(&config, &offset)?;
     }
     let handled = previous.as_ref().map_or(0, |record| record.events_handled);
@@ -108,6 +110,7 @@ pub fn set(config_path: &Path, offset: &str, as_string: bool, force: bool) -> Re
 /// set (`--force` sets it anyway); a bus that cannot be reached is said and not a refusal.
 fn check_on_the_bus(config: &Config, offset: &Offset) -> Result<(), AppError> {
     let (_plugin, mut consumer) = build_consumer(config)?;
+    refuse_bus_owned(config, &consumer)?;
     let checked = consumer.open().and_then(|()| consumer.seek(offset));
     let _ = consumer.close();
     match checked {
@@ -204,7 +207,9 @@ pub fn import_hermes(config_path: &Path, path: &Path, force: bool) -> Result<(),
     }
     let _lock = ConsumerLock::acquire(&config.state_dir, &config.consumer.name).map_err(runtime)?;
     let next = Offset::Int(place.next_offset);
-    if !force {
+    if force {
+        refuse_bus_owned(&config, &build_consumer(&config)?.1)?;
+    } else {
         check_on_the_bus(&config, &next)?;
     }
     let cache = cache_of(&config);
@@ -245,6 +250,23 @@ pub fn import_hermes(config_path: &Path, path: &Path, force: bool) -> Result<(),
         place.next_offset,
         cache.path().display()
     );
+    Ok(())
+}
+
+/// A consumer whose bus keeps the position (a Kafka group) never starts from the cache: moving
+/// the cache's offset would be a success that did not happen.
+fn refuse_bus_owned(
+    config: &Config,
+    consumer: &crate::plugin::PluginConsumer,
+) -> Result<(), AppError> {
+    if consumer.bus_owns_position() {
+        return Err(AppError::Usage(format!(
+            "consumer '{}': its bus keeps the position (a consumer group), not buslink's cache; \
+             move it with the bus's own tools (Kafka: kafka-consumer-groups --reset-offsets) \
+             while no member runs",
+            config.consumer.name
+        )));
+    }
     Ok(())
 }
 

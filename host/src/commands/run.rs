@@ -180,6 +180,11 @@ pub fn run(config_path: &Path, once: bool) -> Result<(), AppError> {
             consumer.class()
         )));
     }
+    if config.consumer.hermes.is_some() {
+        // The bootstrap may wait long for a complete initsync sequence: the service manager
+        // hears the daemon is up (and why it consumes nothing yet) instead of timing out.
+        crate::service::ready("Hermes mode: looking for a complete initsync sequence");
+    }
     let hermes = match config.consumer.hermes {
         None => None,
         Some(mode) => match hermes_filter(
@@ -252,6 +257,9 @@ pub fn run(config_path: &Path, once: bool) -> Result<(), AppError> {
         shutdown.clone(),
     )
     .map_err(AppError::Runtime)?;
+    if consumer.bus_owns_position() {
+        control.forbid_pause();
+    }
     // Opt-in metrics and health endpoints, up before the pipeline so that a scrape sees it
     // connect.
     let metrics = config

@@ -28,6 +28,9 @@ pub fn socket_path(state_dir: &Path, name: &str) -> PathBuf {
 #[derive(Debug)]
 pub struct Shared {
     paused: AtomicBool,
+    /// Whether `pause` is allowed: not for a consumer whose bus keeps the position (a Kafka
+    /// group would take its partitions away from a member that stops polling).
+    pausable: AtomicBool,
     status: Mutex<Status>,
     started: Instant,
 }
@@ -45,6 +48,9 @@ pub struct Status {
     /// The last committed offset (as the cache shows it) and when (RFC 3339).
     pub committed_offset: Option<String>,
     pub committed_at: Option<String>,
+    /// When, as the pipeline notes it (formatted only when the status is asked for).
+    #[serde(skip)]
+    pub committed_time: Option<chrono::DateTime<chrono::Utc>>,
     /// Events handled in this run, and per second since the start.
     pub events_handled: u64,
     pub events_per_second: f64,
@@ -61,6 +67,7 @@ impl Shared {
     pub fn new(consumer: &str, plugin: &str, class: &str) -> Shared {
         Shared {
             paused: AtomicBool::new(false),
+            pausable: AtomicBool::new(true),
             status: Mutex::new(Status {
                 consumer: consumer.to_owned(),
                 plugin: plugin.to_owned(),
@@ -75,6 +82,15 @@ impl Shared {
     /// Whether `pause` was asked for (and no `resume` since).
     pub fn paused(&self) -> bool {
         self.paused.load(Ordering::SeqCst)
+    }
+
+    /// Refuses `pause` from now on (see the field).
+    pub fn forbid_pause(&self) {
+        self.pausable.store(false, Ordering::SeqCst);
+    }
+
+    fn pausable(&self) -> bool {
+        self.pausable.load(Ordering::SeqCst)
     }
 
     fn set_paused(&self, paused: bool) {
@@ -99,6 +115,7 @@ impl Shared {
             .clone();
         let seconds = self.started.elapsed().as_secs_f64().max(0.001);
         status.events_per_second = (status.events_handled as f64 / seconds * 10.0).round() / 10.0;
+        status.committed_at = status.committed_time.map(|t| t.to_rfc3339());
         if self.paused() && status.state == "running" {
             status.state = "paused".to_owned();
         }

@@ -2,7 +2,7 @@
 
 use super::Shared;
 use crate::shutdown::Shutdown;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -79,14 +79,23 @@ impl Drop for ControlServer {
 /// One connection: one command line, one answer.
 fn serve(stream: std::os::unix::net::UnixStream, shared: &Shared, shutdown: &Shutdown) {
     let _ = stream.set_nonblocking(false);
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
     let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
-    let mut line = String::new();
-    // One line, and not an endless one.
-    let mut reader = BufReader::new(std::io::Read::take(&stream, 1024));
-    if reader.read_line(&mut line).is_err() {
-        return;
+    // One line of at most 1 KiB within 2 s in all: a client that trickles cannot hold the
+    // socket (nor the daemon's stop, which waits for this thread).
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.len() < 1024 && !line.ends_with(b"\n") {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match std::io::Read::read(&mut &stream, &mut byte) {
+            Ok(1) => line.push(byte[0]),
+            _ => break,
+        }
     }
+    let line = String::from_utf8_lossy(&line).into_owned();
     let answer = answer(line.trim(), shared, shutdown);
     let mut stream = &stream;
     let _ = stream.write_all(answer.as_bytes());
@@ -97,6 +106,10 @@ pub fn answer(command: &str, shared: &Shared, shutdown: &Shutdown) -> String {
     match command {
         "status" => human(&shared.status()),
         "status --json" => serde_json::to_string(&shared.status()).unwrap_or_default() + "\n",
+        "pause" if !shared.pausable() => "error: this consumer's bus keeps its position (a \
+            consumer group): a member that stops reading loses its partitions to the others; \
+            stop it (quit) instead\n"
+            .to_owned(),
         "pause" => {
             shared.set_paused(true);
             tracing::info!("paused through the control socket: no more events handled");
@@ -144,4 +157,24 @@ fn human(status: &super::Status) -> String {
         text.push_str(&format!("  last error: {error}\n"));
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_answer_and_pause_is_refused_where_the_bus_keeps_the_position() {
+        let shared = Shared::new("demo", "kafka", "KafkaConsumer");
+        let shutdown = Shutdown::default();
+        assert_eq!(answer("pause", &shared, &shutdown), "paused\n");
+        assert!(shared.paused());
+        assert_eq!(answer("resume", &shared, &shutdown), "resumed\n");
+        assert!(answer("nonsense", &shared, &shutdown).starts_with("error: unknown command"));
+        shared.forbid_pause();
+        assert!(answer("pause", &shared, &shutdown).starts_with("error: this consumer's bus"));
+        assert!(!shared.paused());
+        assert_eq!(answer("quit", &shared, &shutdown), "stopping\n");
+        assert!(shutdown.requested());
+    }
 }

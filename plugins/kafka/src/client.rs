@@ -101,6 +101,10 @@ impl ConsumerContext for Reports {
             .iter()
             .map(|e| (e.topic().to_owned(), e.partition()))
             .collect();
+        // Never stored later: the next owner's position must not be moved back.
+        group
+            .unstored
+            .retain(|partition, _| !revoked.contains(partition));
         if !revoked.is_empty() {
             log::info(format!(
                 "Kafka consumer group: partitions given up: {}",

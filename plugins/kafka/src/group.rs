@@ -97,9 +97,10 @@ impl GroupConsumer {
         ))
     }
 
-    /// Looks at what the group's callbacks noted: partitions given up are forgotten;
-    /// partitions received are checked for committed offsets gone from them (gaps).
-    fn follow_the_group(&mut self, batch: &mut EventBatch) -> PluginResult<()> {
+    /// Looks at what the group's callbacks noted: partitions given up are forgotten (and
+    /// returned: what was read of them is not handed over); partitions received are checked
+    /// for committed offsets gone from them (gaps).
+    fn follow_the_group(&mut self, batch: &mut EventBatch) -> PluginResult<Vec<Partition>> {
         let (revoked, assigned) = {
             let client = self.client()?;
             let mut group = client.context().group();
@@ -116,7 +117,7 @@ impl GroupConsumer {
             }
         }
         if assigned.is_empty() {
-            return Ok(());
+            return Ok(revoked);
         }
         let mut list = TopicPartitionList::new();
         for (topic, partition) in &assigned {
@@ -135,7 +136,7 @@ impl GroupConsumer {
                      {error}",
                     names(&assigned)
                 ));
-                return Ok(());
+                return Ok(revoked);
             }
         };
         for element in committed.elements() {
@@ -164,7 +165,7 @@ impl GroupConsumer {
                 self.gaps += 1;
             }
         }
-        Ok(())
+        Ok(revoked)
     }
 
     /// Reads records until `batch` could be full or nothing more comes within `wait`; the
@@ -201,23 +202,18 @@ impl GroupConsumer {
                 }
             }
         }
-        self.follow_the_group(batch)?;
-        // Partitions given up while reading: drop what was read of them.
-        let owned: Vec<&OwnedMessage> = pending
-            .iter()
-            .filter(|m| {
-                self.client.as_ref().is_some_and(|c| {
-                    !c.context()
-                        .group()
-                        .revoked
-                        .iter()
-                        .any(|(t, p)| t == m.topic() && *p == m.partition())
-                })
-            })
-            .collect();
+        let revoked = self.follow_the_group(batch)?;
         let what = self.what();
         let mut added = 0;
-        for message in owned {
+        for message in &pending {
+            // Partitions given up while reading: what was read of them is not handed over.
+            if revoked
+                .iter()
+                .any(|(t, p)| t == message.topic() && *p == message.partition())
+            {
+                continue;
+            }
+            self.check_continuity(message, batch);
             let text = event_offset(message.topic(), message.partition(), message.offset());
             push_record(
                 &what,
@@ -233,6 +229,37 @@ impl GroupConsumer {
             added += 1;
         }
         Ok(added)
+    }
+
+    /// A record after a jump past the partition's oldest offset: the records in between were
+    /// deleted (retention) before this member read them, and librdkafka went on from the
+    /// oldest (`auto.offset.reset = earliest`): a gap, said before the record. (A jump within
+    /// the partition's range, a compacted topic's or a transaction marker's, is not one.)
+    fn check_continuity(&mut self, message: &OwnedMessage, batch: &mut EventBatch) {
+        let partition = (message.topic().to_owned(), message.partition());
+        let Some(&expected) = self.next.get(&partition) else {
+            return;
+        };
+        if message.offset() <= expected {
+            return;
+        }
+        let low = self
+            .client
+            .as_ref()
+            .and_then(|c| client::cached_watermarks(c, message.topic(), message.partition()))
+            .map_or(0, |(low, _)| low);
+        if low > expected {
+            let last = low.min(message.offset()) - 1;
+            batch.report_gap(
+                &format!(
+                    "{}:{} offsets {expected} to {last}",
+                    message.topic(),
+                    message.partition()
+                ),
+                u64::try_from(last - expected + 1).ok(),
+            );
+            self.gaps += 1;
+        }
     }
 
     /// (partition, next offset, end) for each partition assigned to this member, from what
