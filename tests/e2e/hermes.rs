@@ -412,7 +412,8 @@ pub(crate) fn write_client_cache(path: &std::path::Path, content: Value) {
     }
 }
 
-fn import(
+/// `buslink offsets import-hermes --config CONFIG CACHE [--force]`.
+pub(crate) fn import(
     config: &std::path::Path,
     cache: &std::path::Path,
     force: bool,

@@ -152,16 +152,7 @@ fn kafka_a_hermes_client_cache_is_imported_and_consumption_goes_on_from_its_next
         serde_json::json!({"queueErrors": {}, "datamodelWarnings": {}, "exception": null,
                            "initstartoffset": 0, "initstopoffset": 54, "nextoffset": 100}),
     );
-    let imported = buslink_testkit::process::run(
-        &[
-            "offsets",
-            "import-hermes",
-            "--config",
-            &config.to_string_lossy(),
-            &client.to_string_lossy(),
-        ],
-        std::time::Duration::from_secs(60),
-    );
+    let imported = crate::hermes::import(&config, &client, false);
     assert_eq!(imported.code(), Some(0), "{imported}");
     let run = run_once(&config);
     assert_eq!(run.code(), Some(0), "{run}");
@@ -177,16 +168,7 @@ fn kafka_a_hermes_client_cache_is_imported_and_consumption_goes_on_from_its_next
         &client,
         serde_json::json!({"initstartoffset": 0, "initstopoffset": 54, "nextoffset": 5000}),
     );
-    let refused = buslink_testkit::process::run(
-        &[
-            "offsets",
-            "import-hermes",
-            "--config",
-            &config.to_string_lossy(),
-            &client.to_string_lossy(),
-        ],
-        std::time::Duration::from_secs(60),
-    );
+    let refused = crate::hermes::import(&config, &client, false);
     assert_eq!(refused.code(), Some(2), "{refused}");
     assert!(
         refused.stderr.contains("offset 5000 is not in"),
