@@ -31,9 +31,8 @@ pub enum Command {
     },
     /// Validate a config and everything it names, without consuming; list every problem.
     Check {
-        /// The config file.
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        target: Target,
         /// Also open the bus and close it.
         #[arg(long)]
         connect: bool,
@@ -43,9 +42,8 @@ pub enum Command {
     /// Run an operator command of the consumer's plugin (e.g. HMB's `status`), or, without
     /// one, list the commands the plugin has.
     Query {
-        /// The config file.
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        target: Target,
         /// The command (none: list the commands).
         command: Option<String>,
         /// Its arguments.
@@ -63,7 +61,8 @@ pub enum Command {
         #[command(subcommand)]
         action: OffsetsAction,
     },
-    /// Talk to the running daemon through its control socket (STATE_DIR/NAME.sock).
+    /// Talk to the running daemon through its control socket (STATE_DIR/buslink.sock, or
+    /// `[control] path`).
     Ctl {
         /// The config file.
         #[arg(long, short)]
@@ -73,18 +72,46 @@ pub enum Command {
     },
 }
 
+/// `--config FILE [--consumer NAME]`: the consumer a command is about.
+#[derive(Debug, Args)]
+pub struct Target {
+    /// The config file.
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// The consumer, where the config has several (`[[consumers]]`).
+    #[arg(long)]
+    pub consumer: Option<String>,
+}
+
+impl Target {
+    /// The config of the chosen consumer (`--consumer`, or the config's only one).
+    pub fn load(&self) -> Result<crate::config::Config, crate::config::ConfigErrors> {
+        crate::config::Config::load_consumer(&self.config, self.consumer.as_deref())
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum CtlAction {
     /// State, plugin, committed offset and its time, events/s, lag, error queue, last error.
     Status {
-        /// Print JSON.
+        /// Print JSON: `{"consumers": [...]}`, or one consumer's object when CONSUMER is named.
         #[arg(long)]
         json: bool,
+        /// One consumer (default: every consumer of the daemon).
+        consumer: Option<String>,
     },
     /// Handle no more events (the offset of what was handled is committed; the bus stays open).
-    Pause,
+    Pause {
+        /// One consumer (default: every consumer of the daemon).
+        consumer: Option<String>,
+    },
     /// Go on exactly where the pause stopped.
-    Resume,
+    Resume {
+        /// One consumer (default: every consumer of the daemon).
+        consumer: Option<String>,
+    },
+    /// Re-read the config, as SIGHUP does.
+    Reload,
     /// Stop the daemon, as SIGTERM does.
     Quit,
 }
@@ -125,18 +152,16 @@ pub enum PluginsCommand {
 pub enum OffsetsAction {
     /// Print the committed offset.
     Show {
-        /// The config file.
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        target: Target,
         /// Print the cache record as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Make the next start begin at OFFSET.
     Set {
-        /// The config file.
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        target: Target,
         /// An integer, a float or a string offset.
         offset: String,
         /// Take OFFSET as a string even if it looks like a number.
@@ -150,9 +175,8 @@ pub enum OffsetsAction {
     /// `.json.gz`) gives the next offset and, for Hermes mode, the initsync sequence, so the
     /// client is replaced without replaying the bus or re-running initsync.
     ImportHermes {
-        /// The config file.
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        target: Target,
         /// hermes-client's cache file.
         path: PathBuf,
         /// Import even if the client's error queue holds events (they are not imported) or
@@ -162,9 +186,8 @@ pub enum OffsetsAction {
     },
     /// Forget the committed offset: the next start uses the config's `start`.
     Reset {
-        /// The config file.
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        target: Target,
     },
 }
 
@@ -172,26 +195,23 @@ pub enum OffsetsAction {
 pub enum ErrorsAction {
     /// List the queued events.
     List {
-        /// The config file.
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        target: Target,
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
     /// Try queued events now: every object, or the object of event ID.
     Retry {
-        /// The config file.
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        target: Target,
         /// A queued event's id.
         id: Option<u64>,
     },
     /// Remove queued events without handling them.
     Drop {
-        /// The config file.
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        target: Target,
         /// A queued event's id.
         id: Option<u64>,
         /// Every queued event.

@@ -19,3 +19,4 @@ pub mod plugin;
 pub mod service;
 pub mod shutdown;
 pub mod state_file;
+pub mod supervisor;

@@ -33,7 +33,9 @@ fn main() -> ExitCode {
 fn dispatch(command: Command) -> Result<(), AppError> {
     match command {
         Command::Run { config, once } => run::run(&config, once),
-        Command::Check { config, connect } => check::check(&config, connect),
+        Command::Check { target, connect } => {
+            check::check(&target.config, connect, target.consumer.as_deref())
+        }
         Command::Plugins(args) => match args.command {
             Some(PluginsCommand::Describe {
                 name,
@@ -44,39 +46,50 @@ fn dispatch(command: Command) -> Result<(), AppError> {
             None => plugins::list(&args.dirs, args.config.as_deref(), args.json),
         },
         Command::Query {
-            config,
+            target,
             command,
             args,
-        } => query::query(&config, command.as_deref(), &args),
+        } => query::query(&target, command.as_deref(), &args),
         Command::Errors { action } => match action {
-            ErrorsAction::List { config, json } => errors::list(&config, json),
-            ErrorsAction::Retry { config, id } => errors::retry(&config, id),
-            ErrorsAction::Drop { config, id, all } => errors::drop_events(&config, id, all),
+            ErrorsAction::List { target, json } => errors::list(&target, json),
+            ErrorsAction::Retry { target, id } => errors::retry(&target, id),
+            ErrorsAction::Drop { target, id, all } => errors::drop_events(&target, id, all),
         },
         Command::Offsets { action } => match action {
-            OffsetsAction::Show { config, json } => offsets::show(&config, json),
+            OffsetsAction::Show { target, json } => offsets::show(&target, json),
             OffsetsAction::Set {
-                config,
+                target,
                 offset,
                 string,
                 force,
-            } => offsets::set(&config, &offset, string, force),
+            } => offsets::set(&target, &offset, string, force),
             OffsetsAction::ImportHermes {
-                config,
+                target,
                 path,
                 force,
-            } => offsets::import_hermes(&config, &path, force),
-            OffsetsAction::Reset { config } => offsets::reset(&config),
+            } => offsets::import_hermes(&target, &path, force),
+            OffsetsAction::Reset { target } => offsets::reset(&target),
         },
         Command::Ctl { config, action } => {
-            let command = match action {
-                CtlAction::Status { json: false } => "status",
-                CtlAction::Status { json: true } => "status --json",
-                CtlAction::Pause => "pause",
-                CtlAction::Resume => "resume",
-                CtlAction::Quit => "quit",
+            let with = |command: &str, consumer: Option<String>| match consumer {
+                Some(name) => format!("{command} {name}"),
+                None => command.to_owned(),
             };
-            buslink::commands::ctl(&config, command)
+            let command = match action {
+                CtlAction::Status {
+                    json: false,
+                    consumer,
+                } => with("status", consumer),
+                CtlAction::Status {
+                    json: true,
+                    consumer,
+                } => with("status --json", consumer),
+                CtlAction::Pause { consumer } => with("pause", consumer),
+                CtlAction::Resume { consumer } => with("resume", consumer),
+                CtlAction::Reload => "reload".to_owned(),
+                CtlAction::Quit => "quit".to_owned(),
+            };
+            buslink::commands::ctl(&config, &command)
         }
     }
 }

@@ -87,10 +87,189 @@ pub enum State {
     Failed(String),
 }
 
-/// The metrics of one consumer.
+/// The series every consumer reports into, labelled with its name.
+#[derive(Clone, Default)]
+struct Families {
+    events: Family<CategoryLabels, Counter>,
+    handler: Family<HandlerLabels, Counter>,
+    commits: Family<ConsumerLabel, Counter>,
+    last_commit: Family<ConsumerLabel, Gauge<f64, AtomicU64>>,
+    gaps: Family<ConsumerLabel, Counter>,
+    events_lost: Family<ConsumerLabel, Counter>,
+    reconnects: Family<ConsumerLabel, Counter>,
+    lag: Family<ConsumerLabel, Gauge>,
+    plugin: Family<PluginLabels, Gauge>,
+}
+
+/// The process's metrics: one registry that every consumer's [`Metrics`] reports into, and the
+/// health of them all.
+pub struct MetricsRegistry {
+    registry: Registry,
+    families: Families,
+    consumers: Mutex<Vec<Arc<Metrics>>>,
+}
+
+impl Default for MetricsRegistry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MetricsRegistry {
+    /// The registry, with no consumer yet.
+    pub fn new() -> MetricsRegistry {
+        let mut registry = Registry::default();
+        let families = Families::default();
+        registry.register(
+            "buslink_events",
+            "Events handled (every matching handler accepted them), by category",
+            families.events.clone(),
+        );
+        registry.register(
+            "buslink_handler_events",
+            "Deliveries to a handler by outcome: success, retry, failure, dead_lettered, queued",
+            families.handler.clone(),
+        );
+        registry.register(
+            "buslink_commits",
+            "Offset commits",
+            families.commits.clone(),
+        );
+        registry.register(
+            "buslink_last_commit_timestamp_seconds",
+            "When the offset was last committed (Unix time); the commit's age is time() minus it",
+            families.last_commit.clone(),
+        );
+        registry.register(
+            "buslink_gaps",
+            "Gaps: events gone from the bus before this consumer read them",
+            families.gaps.clone(),
+        );
+        registry.register(
+            "buslink_events_lost",
+            "Events in the gaps, where the bus could count them",
+            families.events_lost.clone(),
+        );
+        registry.register(
+            "buslink_reconnects",
+            "Re-opens of the consumer after a bus error",
+            families.reconnects.clone(),
+        );
+        registry.register(
+            "buslink_lag_events",
+            "Events on the bus after the consumer's position, where the plugin can tell",
+            families.lag.clone(),
+        );
+        registry.register(
+            "buslink_plugin_counter",
+            "The consumer plugin's own counters, by name",
+            families.plugin.clone(),
+        );
+        MetricsRegistry {
+            registry,
+            families,
+            consumers: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The metrics of consumer `name`, all at zero (the same ones when asked again: a
+    /// restarted consumer goes on counting).
+    pub fn consumer(&self, name: &str) -> Arc<Metrics> {
+        let mut consumers = self
+            .consumers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(known) = consumers.iter().find(|m| m.consumer.consumer == name) {
+            return known.clone();
+        }
+        let families = &self.families;
+        let consumer = ConsumerLabel {
+            consumer: name.to_owned(),
+        };
+        let metrics = Arc::new(Metrics {
+            commits: families.commits.get_or_create_owned(&consumer),
+            last_commit: families.last_commit.get_or_create_owned(&consumer),
+            gaps: families.gaps.get_or_create_owned(&consumer),
+            events_lost: families.events_lost.get_or_create_owned(&consumer),
+            reconnects: families.reconnects.get_or_create_owned(&consumer),
+            lag: families.lag.get_or_create_owned(&consumer),
+            consumer,
+            events: families.events.clone(),
+            handler: families.handler.clone(),
+            plugin: families.plugin.clone(),
+            state: Mutex::new(State::Connecting),
+            categories: Mutex::new(std::collections::HashSet::new()),
+        });
+        consumers.push(metrics.clone());
+        metrics
+    }
+
+    /// The text for `GET /metrics`.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
+            text.clear();
+        }
+        text
+    }
+
+    /// (status, body) for a path. With several consumers, `/health` and `/ready` answer 200
+    /// only when each would alone, and the body has a line per consumer.
+    fn answer(&self, path: &str) -> (u16, String) {
+        if path == "/metrics" {
+            return (200, self.encode());
+        }
+        let consumers = self
+            .consumers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        let answers: Vec<(String, (u16, String))> = consumers
+            .iter()
+            .map(|m| (m.consumer.consumer.clone(), health_answer(&m.state(), path)))
+            .collect();
+        match answers.as_slice() {
+            [] => (503, "no consumer yet\n".into()),
+            [(_, one)] => one.clone(),
+            several => {
+                let status = several
+                    .iter()
+                    .map(|(_, (status, _))| *status)
+                    .max()
+                    .unwrap_or(503);
+                let body = several
+                    .iter()
+                    .map(|(name, (_, body))| format!("{name}: {body}"))
+                    .collect();
+                (status, body)
+            }
+        }
+    }
+}
+
+/// One consumer's answer to `/health` or `/ready`.
+fn health_answer(state: &State, path: &str) -> (u16, String) {
+    match path {
+        "/health" => match state {
+            State::Stopping => (503, "stopping\n".into()),
+            State::Failed(why) => (503, format!("failed: {why}\n")),
+            State::Waiting(why) => (200, format!("ok (waiting for the bus: {why})\n")),
+            _ => (200, "ok\n".into()),
+        },
+        "/ready" => match state {
+            State::Consuming => (200, "ready\n".into()),
+            State::Connecting => (503, "connecting to the bus\n".into()),
+            State::Waiting(why) => (503, format!("waiting for the bus: {why}\n")),
+            State::Stopping => (503, "stopping\n".into()),
+            State::Failed(why) => (503, format!("failed: {why}\n")),
+        },
+        _ => (404, "not found: /metrics, /health, /ready\n".into()),
+    }
+}
+
+/// The metrics of one consumer (made by [`MetricsRegistry::consumer`]).
 pub struct Metrics {
     consumer: ConsumerLabel,
-    registry: Registry,
     events: Family<CategoryLabels, Counter>,
     handler: Family<HandlerLabels, Counter>,
     commits: Counter,
@@ -110,79 +289,6 @@ pub struct Metrics {
 const MAX_CATEGORIES: usize = 100;
 
 impl Metrics {
-    /// The metrics of consumer `name`, all at zero.
-    pub fn new(name: &str) -> Metrics {
-        let consumer = ConsumerLabel {
-            consumer: name.to_owned(),
-        };
-        let mut registry = Registry::default();
-        let events = Family::<CategoryLabels, Counter>::default();
-        let handler = Family::<HandlerLabels, Counter>::default();
-        let plugin = Family::<PluginLabels, Gauge>::default();
-        let commits = Family::<ConsumerLabel, Counter>::default();
-        let last_commit = Family::<ConsumerLabel, Gauge<f64, AtomicU64>>::default();
-        let gaps = Family::<ConsumerLabel, Counter>::default();
-        let events_lost = Family::<ConsumerLabel, Counter>::default();
-        let reconnects = Family::<ConsumerLabel, Counter>::default();
-        let lag = Family::<ConsumerLabel, Gauge>::default();
-        registry.register(
-            "buslink_events",
-            "Events handled (every matching handler accepted them), by category",
-            events.clone(),
-        );
-        registry.register(
-            "buslink_handler_events",
-            "Deliveries to a handler by outcome: success, retry, failure, dead_lettered, queued",
-            handler.clone(),
-        );
-        registry.register("buslink_commits", "Offset commits", commits.clone());
-        registry.register(
-            "buslink_last_commit_timestamp_seconds",
-            "When the offset was last committed (Unix time); the commit's age is time() minus it",
-            last_commit.clone(),
-        );
-        registry.register(
-            "buslink_gaps",
-            "Gaps: events gone from the bus before this consumer read them",
-            gaps.clone(),
-        );
-        registry.register(
-            "buslink_events_lost",
-            "Events in the gaps, where the bus could count them",
-            events_lost.clone(),
-        );
-        registry.register(
-            "buslink_reconnects",
-            "Re-opens of the consumer after a bus error",
-            reconnects.clone(),
-        );
-        registry.register(
-            "buslink_lag_events",
-            "Events on the bus after the consumer's position, where the plugin can tell",
-            lag.clone(),
-        );
-        registry.register(
-            "buslink_plugin_counter",
-            "The consumer plugin's own counters, by name",
-            plugin.clone(),
-        );
-        Metrics {
-            commits: commits.get_or_create_owned(&consumer),
-            last_commit: last_commit.get_or_create_owned(&consumer),
-            gaps: gaps.get_or_create_owned(&consumer),
-            events_lost: events_lost.get_or_create_owned(&consumer),
-            reconnects: reconnects.get_or_create_owned(&consumer),
-            lag: lag.get_or_create_owned(&consumer),
-            consumer,
-            registry,
-            events,
-            handler,
-            plugin,
-            state: Mutex::new(State::Connecting),
-            categories: Mutex::new(std::collections::HashSet::new()),
-        }
-    }
-
     /// An event of `category` was handled.
     pub fn event(&self, category: &str) {
         let counted = match self.categories.lock() {
@@ -260,37 +366,6 @@ impl Metrics {
             .map(|s| s.clone())
             .unwrap_or(State::Failed("state unknown".into()))
     }
-
-    /// The text for `GET /metrics`.
-    pub fn encode(&self) -> String {
-        let mut text = String::new();
-        if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
-            text.clear();
-        }
-        text
-    }
-
-    /// (status, body) for a path.
-    fn answer(&self, path: &str) -> (u16, String) {
-        let state = self.state();
-        match path {
-            "/metrics" => (200, self.encode()),
-            "/health" => match state {
-                State::Stopping => (503, "stopping\n".into()),
-                State::Failed(why) => (503, format!("failed: {why}\n")),
-                State::Waiting(why) => (200, format!("ok (waiting for the bus: {why})\n")),
-                _ => (200, "ok\n".into()),
-            },
-            "/ready" => match state {
-                State::Consuming => (200, "ready\n".into()),
-                State::Connecting => (503, "connecting to the bus\n".into()),
-                State::Waiting(why) => (503, format!("waiting for the bus: {why}\n")),
-                State::Stopping => (503, "stopping\n".into()),
-                State::Failed(why) => (503, format!("failed: {why}\n")),
-            },
-            _ => (404, "not found: /metrics, /health, /ready\n".into()),
-        }
-    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -308,7 +383,10 @@ pub struct MetricsServer {
 
 impl MetricsServer {
     /// Listens on `listen` (port 0: any free port, see [`address`](Self::address)).
-    pub fn start(listen: SocketAddr, metrics: Arc<Metrics>) -> Result<MetricsServer, String> {
+    pub fn start(
+        listen: SocketAddr,
+        metrics: Arc<MetricsRegistry>,
+    ) -> Result<MetricsServer, String> {
         let server = tiny_http::Server::http(listen)
             .map_err(|e| format!("[metrics] listen = \"{listen}\": cannot listen: {e}"))?;
         let address = server
@@ -377,14 +455,15 @@ mod tests {
 
     #[test]
     fn names_follow_prometheus_conventions() {
-        let metrics = Metrics::new("demo");
+        let registry = MetricsRegistry::new();
+        let metrics = registry.consumer("demo");
         metrics.event("base");
         metrics.event("base");
         metrics.handler("archive", Outcome::Success);
         metrics.committed();
         metrics.gap(34);
         metrics.plugin_counters(&[("lag".into(), 7), ("reconnects".into(), 2)]);
-        let text = metrics.encode();
+        let text = registry.encode();
         for line in [
             "buslink_events_total{consumer=\"demo\",category=\"base\"} 2",
             "buslink_handler_events_total{consumer=\"demo\",handler=\"archive\",outcome=\"success\"} 1",
@@ -399,18 +478,18 @@ mod tests {
         for n in 0..150 {
             metrics.event(&format!("key-{n}"));
         }
-        let text = metrics.encode();
+        let text = registry.encode();
         assert_eq!(
             text.matches("buslink_events_total{").count(),
             MAX_CATEGORIES + 1
         );
         assert!(text.contains("category=\"other\"} 51"), "{text}");
-        assert_eq!(metrics.answer("/ready").0, 503);
+        assert_eq!(registry.answer("/ready").0, 503);
         metrics.set_state(State::Consuming);
-        assert_eq!(metrics.answer("/ready").0, 200);
+        assert_eq!(registry.answer("/ready").0, 200);
         metrics.set_state(State::Failed("the bus is gone".into()));
         assert_eq!(
-            metrics.answer("/health"),
+            registry.answer("/health"),
             (503, "failed: the bus is gone\n".into())
         );
     }

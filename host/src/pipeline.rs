@@ -621,9 +621,12 @@ pub fn run(
         let shutdown = shutdown.clone();
         let options = options.clone();
         let counters = counters.clone();
+        // The reader's log lines carry the consumer's span (its name, in a daemon of several).
+        let span = tracing::Span::current();
         thread::Builder::new()
             .name("consumer".into())
             .spawn(move || {
+                let _span = span.entered();
                 read_loop(
                     consumer, resume, options, shutdown, full_tx, empty_rx, counters,
                 )

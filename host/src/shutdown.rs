@@ -3,10 +3,14 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-/// A stop request shared by the threads of the daemon.
+/// A stop request shared by the threads of the daemon. A [`child`](Shutdown::child) sees its
+/// parent's request and has one of its own: one consumer's pipeline stops itself (after an
+/// error) without stopping the others.
 #[derive(Clone, Default)]
 pub struct Shutdown {
     requested: Arc<AtomicBool>,
+    /// The flags of its parents (the process's first).
+    parents: Vec<Arc<AtomicBool>>,
 }
 
 impl Shutdown {
@@ -25,9 +29,23 @@ impl Shutdown {
         Ok(shutdown)
     }
 
-    /// Whether a stop was asked for.
+    /// Whether a stop was asked for (of this one, or of its parent).
     pub fn requested(&self) -> bool {
         self.requested.load(Ordering::SeqCst)
+            || self
+                .parents
+                .iter()
+                .any(|parent| parent.load(Ordering::SeqCst))
+    }
+
+    /// A stop request of its own that also follows this one's (and its parents').
+    pub fn child(&self) -> Shutdown {
+        let mut parents = self.parents.clone();
+        parents.push(self.requested.clone());
+        Shutdown {
+            requested: Arc::new(AtomicBool::new(false)),
+            parents,
+        }
     }
 
     /// Asks for a stop (as a signal would).

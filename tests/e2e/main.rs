@@ -4,6 +4,7 @@
 
 mod common;
 mod config_errors;
+mod daemon;
 mod durability;
 mod examples;
 mod faults;

@@ -526,7 +526,7 @@ fn the_control_socket_shows_status_pauses_resumes_and_quits() {
     let out = dir.join("out/all.jsonl");
     daemon.wait_for("the 20 events", LIMIT, |_| count_lines(&out) == 20);
     // The socket is private.
-    let socket = dir.join("state/test.sock");
+    let socket = dir.join("state/buslink.sock");
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(&socket)
             .expect("the socket")
@@ -534,7 +534,7 @@ fn the_control_socket_shows_status_pauses_resumes_and_quits() {
     );
     assert_eq!(mode & 0o777, 0o600);
     daemon.wait_for("a committed status", LIMIT, |_| {
-        let status = ctl(&config, &["status", "--json"]);
+        let status = ctl(&config, &["status", "--json", "test"]);
         let value: serde_json::Value = serde_json::from_str(&status.stdout).unwrap_or_default();
         value["committed_offset"] == "20" && value["state"] == "running"
     });
@@ -561,7 +561,7 @@ fn the_control_socket_shows_status_pauses_resumes_and_quits() {
     assert_eq!(count_lines(&out), 20, "nothing handled while paused");
     let value: serde_json::Value =
         serde_json::from_str(&ctl(&config, &["status", "--json"]).stdout).expect("JSON");
-    assert_eq!(value["state"], "paused");
+    assert_eq!(value["consumers"][0]["state"], "paused");
     // Resumed: exactly where it stopped.
     assert_eq!(ctl(&config, &["resume"]).stdout, "resumed\n");
     daemon.wait_for("the 5 new events", LIMIT, |_| count_lines(&out) == 25);

@@ -15,38 +15,64 @@ pub struct Problems {
     pub problems: Vec<String>,
 }
 
-/// Runs every check; prints the summary when all pass.
-pub fn check(config_path: &Path, connect: bool) -> Result<(), AppError> {
+/// Runs every check, of every consumer or of consumer `only`; prints the summary when all pass.
+pub fn check(config_path: &Path, connect: bool, only: Option<&str>) -> Result<(), AppError> {
     // Every problem in one run: the config's own, then the plugin's view of its settings and
     // the handlers', on the config as far as it could be built.
-    let (config, config_problems) = Config::load_lenient(config_path)?;
+    let (mut configs, config_problems) = Config::load_lenient(config_path)?;
     let mut problems: Vec<String> = config_problems.iter().map(ToString::to_string).collect();
-    let plugin = check_plugin(&config, &mut problems);
-    for handler in &config.handlers {
-        if let Err(problem) = check_handler(handler, &config.base_dir, &config.plugin_dirs) {
-            let message = format!("handler '{}': {problem}", handler.name);
-            problems.push(config.handler_error(&handler.name, message).to_string());
+    if let Some(name) = only {
+        if !configs.iter().any(|c| c.consumer.name == name) {
+            problems.push(format!(
+                "{}: no consumer named '{name}' (the config has: {})",
+                config_path.display(),
+                configs
+                    .iter()
+                    .map(|c| c.consumer.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        configs.retain(|c| c.consumer.name == name);
+    }
+    let mut plugins = Vec::new();
+    for config in &configs {
+        plugins.push(check_plugin(config, &mut problems));
+        for handler in &config.handlers {
+            if let Err(problem) = check_handler(handler, &config.base_dir, &config.plugin_dirs) {
+                let message = format!("handler '{}': {problem}", handler.name);
+                problems.push(config.handler_error(&handler.name, message).to_string());
+            }
         }
     }
-    if let Err(problem) = check_writable_dir(&config.state_dir) {
-        problems.push(format!(
-            "{}: state_dir {}: {problem}",
-            config.source.path.display(),
-            config.state_dir.display()
-        ));
+    if let Some(config) = configs.first() {
+        if let Err(problem) = check_writable_dir(&config.state_dir) {
+            problems.push(format!(
+                "{}: state_dir {}: {problem}",
+                config.source.path.display(),
+                config.state_dir.display()
+            ));
+        }
+        warn_if_world_writable(&config.state_dir);
     }
-    warn_if_world_writable(&config.state_dir);
-    let mut connected = None;
+    let mut connected = vec![None; configs.len()];
     if connect && problems.is_empty() {
-        match try_connect(&config) {
-            Ok(()) => connected = Some("opened and closed the bus"),
-            Err(problem) => problems.push(problem),
+        for (config, connected) in configs.iter().zip(&mut connected) {
+            match try_connect(config) {
+                Ok(()) => *connected = Some("opened and closed the bus"),
+                Err(problem) => problems.push(problem),
+            }
         }
     }
     if !problems.is_empty() {
         return Err(AppError::Check(Problems { problems }));
     }
-    print_summary(&config, plugin.as_ref(), connected);
+    if let Some(config) = configs.first() {
+        println!("config {}: OK", config.source.path.display());
+    }
+    for ((config, plugin), connected) in configs.iter().zip(&plugins).zip(connected) {
+        print_summary(config, plugin.as_ref(), connected);
+    }
     Ok(())
 }
 
@@ -218,7 +244,6 @@ fn describe_handler(handler: &HandlerConfig) -> String {
 }
 
 fn print_summary(config: &Config, plugin: Option<&(PluginInfo, String)>, connected: Option<&str>) {
-    println!("config {}: OK", config.source.path.display());
     if let Some((info, path)) = plugin {
         println!(
             "plugin: {} {} (plugin-api {}) from {path}",

@@ -7,7 +7,6 @@ use crate::handlers;
 use crate::lock::ConsumerLock;
 use crate::offsets::OffsetCache;
 use crate::pipeline::{output_positions, retry_queued};
-use std::path::Path;
 
 fn runtime(error: impl ToString) -> AppError {
     AppError::Runtime(error.to_string())
@@ -18,8 +17,8 @@ fn load(config: &Config) -> Result<ErrorQueue, AppError> {
 }
 
 /// `errors list`.
-pub fn list(config_path: &Path, json: bool) -> Result<(), AppError> {
-    let config = Config::load(config_path)?;
+pub fn list(target: &crate::cli::Target, json: bool) -> Result<(), AppError> {
+    let config = target.load()?;
     let queue = load(&config)?;
     if json {
         println!(
@@ -59,8 +58,8 @@ pub fn list(config_path: &Path, json: bool) -> Result<(), AppError> {
 }
 
 /// `errors retry [ID]`: tries the queued events now (all objects, or the object of ID).
-pub fn retry(config_path: &Path, id: Option<u64>) -> Result<(), AppError> {
-    let config = Config::load(config_path)?;
+pub fn retry(target: &crate::cli::Target, id: Option<u64>) -> Result<(), AppError> {
+    let config = target.load()?;
     let _lock = ConsumerLock::acquire(&config.state_dir, &config.consumer.name).map_err(runtime)?;
     let mut queue = load(&config)?;
     if let Some(id) = id {
@@ -116,8 +115,12 @@ pub fn retry(config_path: &Path, id: Option<u64>) -> Result<(), AppError> {
 }
 
 /// `errors drop ID` or `errors drop --all`.
-pub fn drop_events(config_path: &Path, id: Option<u64>, all: bool) -> Result<(), AppError> {
-    let config = Config::load(config_path)?;
+pub fn drop_events(
+    target: &crate::cli::Target,
+    id: Option<u64>,
+    all: bool,
+) -> Result<(), AppError> {
+    let config = target.load()?;
     let _lock = ConsumerLock::acquire(&config.state_dir, &config.consumer.name).map_err(runtime)?;
     let mut queue = load(&config)?;
     let ids: Vec<u64> = match (id, all) {

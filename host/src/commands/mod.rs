@@ -45,9 +45,15 @@ impl AppError {
 /// `buslink ctl --config FILE COMMAND`: sends COMMAND to the running daemon's control socket
 /// and prints its answer.
 pub fn ctl(config_path: &std::path::Path, command: &str) -> Result<(), AppError> {
-    let config = crate::config::Config::load(config_path)?;
-    let socket = crate::control::socket_path(&config.state_dir, &config.consumer.name);
-    let answer = crate::control::client::send(&socket, command).map_err(AppError::Runtime)?;
+    let configs = crate::config::Config::load_all(config_path)?;
+    let Some(config) = configs.first() else {
+        return Err(AppError::Usage(format!(
+            "{}: no consumer",
+            config_path.display()
+        )));
+    };
+    let answer =
+        crate::control::client::send(&config.control.path, command).map_err(AppError::Runtime)?;
     if let Some(error) = answer.strip_prefix("error: ") {
         return Err(AppError::Usage(error.trim_end().to_owned()));
     }

@@ -19,8 +19,8 @@ fn runtime(error: impl ToString) -> AppError {
 }
 
 /// `offsets show`.
-pub fn show(config_path: &Path, json: bool) -> Result<(), AppError> {
-    let config = Config::load(config_path)?;
+pub fn show(target: &crate::cli::Target, json: bool) -> Result<(), AppError> {
+    let config = target.load()?;
     let cache = cache_of(&config);
     let record = cache.load().map_err(runtime)?;
     if json {
@@ -83,8 +83,13 @@ pub fn parse_offset(text: &str, as_string: bool) -> Offset {
 }
 
 /// `offsets set OFFSET`: the next start begins at OFFSET.
-pub fn set(config_path: &Path, offset: &str, as_string: bool, force: bool) -> Result<(), AppError> {
-    let config = Config::load(config_path)?;
+pub fn set(
+    target: &crate::cli::Target,
+    offset: &str,
+    as_string: bool,
+    force: bool,
+) -> Result<(), AppError> {
+    let config = target.load()?;
     let _lock = ConsumerLock::acquire(&config.state_dir, &config.consumer.name).map_err(runtime)?;
     let cache = cache_of(&config);
     let previous = cache.load().map_err(runtime)?;
@@ -193,8 +198,12 @@ pub fn read_hermes_client_cache(path: &Path) -> Result<HermesClientPlace, String
 /// `offsets import-hermes PATH`: the next start begins at the client's `nextoffset`; in
 /// Hermes mode with its initsync sequence (already replayed when `nextoffset` has reached its
 /// `init-stop`, as hermes-client decides).
-pub fn import_hermes(config_path: &Path, path: &Path, force: bool) -> Result<(), AppError> {
-    let config = Config::load(config_path)?;
+pub fn import_hermes(
+    target: &crate::cli::Target,
+    path: &Path,
+    force: bool,
+) -> Result<(), AppError> {
+    let config = target.load()?;
     let place = read_hermes_client_cache(path).map_err(AppError::Usage)?;
     if place.queued_errors > 0 && !force {
         return Err(AppError::Usage(format!(
@@ -271,8 +280,8 @@ fn refuse_bus_owned(
 }
 
 /// `offsets reset`: forget the committed offset; the next start uses `start`.
-pub fn reset(config_path: &Path) -> Result<(), AppError> {
-    let config = Config::load(config_path)?;
+pub fn reset(target: &crate::cli::Target) -> Result<(), AppError> {
+    let config = target.load()?;
     let _lock = ConsumerLock::acquire(&config.state_dir, &config.consumer.name).map_err(runtime)?;
     let cache = cache_of(&config);
     let removed = cache.remove().map_err(runtime)?;

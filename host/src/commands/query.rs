@@ -3,11 +3,13 @@
 
 use crate::commands::run::build_consumer;
 use crate::commands::AppError;
-use crate::config::Config;
-use std::path::Path;
 
-pub fn query(config_path: &Path, command: Option<&str>, args: &[String]) -> Result<(), AppError> {
-    let config = Config::load(config_path)?;
+pub fn query(
+    target: &crate::cli::Target,
+    command: Option<&str>,
+    args: &[String],
+) -> Result<(), AppError> {
+    let config = target.load()?;
     let (plugin, mut consumer) = build_consumer(&config)?;
     let info = plugin.info();
     let commands = info

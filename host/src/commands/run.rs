@@ -2,6 +2,7 @@
 
 use crate::commands::AppError;
 use crate::config::{Config, ConfigErrors, HermesMode, StartPosition};
+use crate::control::{Registry, Shared};
 use crate::dead_letter::DeadLetterFile;
 use crate::error_queue::ErrorQueue;
 use crate::handlers;
@@ -15,6 +16,7 @@ use crate::shutdown::Shutdown;
 use buslink_plugin_api::ErrorKind;
 use buslink_plugin_api::PluginError;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Finds and loads the configured consumer plugin, and checks that it has the configured class.
@@ -54,17 +56,35 @@ pub fn settings_refusal(config: &Config, plugin: &str, error: &PluginError) -> A
     }
 }
 
-/// Loads the configured plugin and builds its consumer (the plugin validates its settings).
-pub fn build_consumer(config: &Config) -> Result<(LoadedPlugin, PluginConsumer), AppError> {
-    let (plugin, path) = load_consumer_plugin(config)?;
-    let info = plugin.info();
+/// A new consumer of the configured class from a loaded `plugin` (which validates the
+/// settings).
+pub fn new_consumer(config: &Config, plugin: &LoadedPlugin) -> Result<PluginConsumer, AppError> {
     let consumer = plugin
         .new_consumer(
             &config.consumer.class,
             &config.consumer.settings_json,
             &config.base_dir,
         )
-        .map_err(|error| settings_refusal(config, &info.name, &error))?;
+        .map_err(|error| settings_refusal(config, &plugin.info().name, &error))?;
+    if config.consumer.hermes.is_some() && consumer.bus_owns_position() {
+        return Err(AppError::Usage(format!(
+            "{}: {}: Hermes mode replays an initsync sequence from offsets buslink keeps, but \
+             plugin '{}' class '{}' keeps its position on the bus (a consumer group): use a \
+             consumer whose position buslink keeps (Kafka: mode = \"assign\", as hermes-client)",
+            config.source.path.display(),
+            config.consumer_label(),
+            consumer.plugin(),
+            consumer.class()
+        )));
+    }
+    Ok(consumer)
+}
+
+/// Loads the configured plugin and builds its consumer (the plugin validates its settings).
+pub fn build_consumer(config: &Config) -> Result<(LoadedPlugin, PluginConsumer), AppError> {
+    let (plugin, path) = load_consumer_plugin(config)?;
+    let info = plugin.info();
+    let consumer = new_consumer(config, &plugin)?;
     tracing::info!(
         "loaded plugin '{}' {} (plugin-api {}) from {}",
         info.name,
@@ -152,15 +172,126 @@ fn commit_new_outputs(
     Ok(())
 }
 
-/// `buslink run --config FILE [--once]`.
+/// `buslink run --config FILE [--once]`: every consumer of the config, each its own
+/// pipeline. One `[consumer]`: its failure ends the process (a service manager restarts it);
+/// `[[consumers]]`: the [`supervisor`](crate::supervisor) restarts a failed one with backoff.
 pub fn run(config_path: &Path, once: bool) -> Result<(), AppError> {
     let shutdown = Shutdown::install()
         .map_err(|e| AppError::Runtime(format!("cannot install signal handlers: {e}")))?;
-    let config = Config::load(config_path)?;
-    // The plugin checks its settings before anything is written.
-    let (plugin, consumer) = build_consumer(&config)?;
-    let lock = ConsumerLock::acquire(&config.state_dir, &config.consumer.name)
-        .map_err(|e| AppError::Runtime(e.to_string()))?;
+    let configs = Config::load_all(config_path)?;
+    let Some(first) = configs.first() else {
+        return Err(AppError::Usage(format!(
+            "{}: no consumer",
+            config_path.display()
+        )));
+    };
+    let single = first.consumer_key == ["consumer"];
+    // Every plugin checks its settings before anything runs or is written.
+    let mut units = Vec::new();
+    for config in configs {
+        let (plugin, consumer) = build_consumer(&config)?;
+        let lock = ConsumerLock::acquire(&config.state_dir, &config.consumer.name)
+            .map_err(|e| AppError::Runtime(e.to_string()))?;
+        units.push((config, plugin, consumer, lock));
+    }
+    let shared: Vec<Arc<Shared>> = units
+        .iter()
+        .map(|(config, ..)| {
+            Arc::new(Shared::new(
+                &config.consumer.name,
+                &config.consumer.plugin,
+                &config.consumer.class,
+            ))
+        })
+        .collect();
+    for ((_, _, consumer, _), shared) in units.iter().zip(&shared) {
+        if consumer.bus_owns_position() {
+            shared.forbid_pause();
+        }
+    }
+    let registry = Arc::new(Registry::new(shared.clone()));
+    // The control socket (`buslink ctl`): status, pause, resume, reload, quit.
+    let first = &units[0].0;
+    let _control_server = crate::control::server::ControlServer::start(
+        &first.control,
+        registry.clone(),
+        shutdown.clone(),
+    )
+    .map_err(AppError::Runtime)?;
+    // Opt-in metrics and health endpoints, up before the pipelines so that a scrape sees them
+    // connect.
+    let metrics_registry = first
+        .metrics_listen
+        .map(|_| Arc::new(crate::metrics::MetricsRegistry::new()));
+    let _metrics_server = match (first.metrics_listen, &metrics_registry) {
+        (Some(listen), Some(metrics)) => {
+            let server = crate::metrics::MetricsServer::start(listen, metrics.clone())
+                .map_err(AppError::Runtime)?;
+            tracing::info!(
+                "metrics on http://{0}/metrics, health on http://{0}/health and /ready",
+                server.address()
+            );
+            Some(server)
+        }
+        _ => None,
+    };
+    let units: Vec<crate::supervisor::Unit> = units
+        .into_iter()
+        .zip(shared)
+        .map(|((config, plugin, consumer, lock), control)| {
+            let metrics = metrics_registry
+                .as_ref()
+                .map(|registry| registry.consumer(&config.consumer.name));
+            crate::supervisor::Unit {
+                context: ConsumerContext {
+                    control,
+                    metrics,
+                    lock,
+                },
+                config,
+                plugin,
+                consumer: Some(consumer),
+            }
+        })
+        .collect();
+    if single {
+        let mut units = units;
+        let unit = units.remove(0);
+        let consumer = unit
+            .consumer
+            .ok_or_else(|| AppError::Runtime("no consumer".into()))?;
+        return run_consumer(
+            &unit.config,
+            &unit.plugin,
+            consumer,
+            &unit.context,
+            once,
+            &shutdown,
+        );
+    }
+    crate::supervisor::run(units, &registry, once, &shutdown)
+}
+
+/// What one consumer's pipeline shares with the rest of the daemon, kept across restarts.
+pub struct ConsumerContext {
+    /// What the control socket shows of it, and its pause flag.
+    pub control: Arc<Shared>,
+    /// Its metrics, when `[metrics]` is on.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// Its lock, held for the daemon's life.
+    pub lock: ConsumerLock,
+}
+
+/// Runs one consumer until it stops: the offset cache, the Hermes bootstrap, the handlers, the
+/// pipeline. `Ok` when it stopped as asked (a stop request, `--once` drained, the bus ended).
+pub fn run_consumer(
+    config: &Config,
+    plugin: &LoadedPlugin,
+    consumer: PluginConsumer,
+    context: &ConsumerContext,
+    once: bool,
+    shutdown: &Shutdown,
+) -> Result<(), AppError> {
     let cache = OffsetCache::new(&config.state_dir, &config.consumer.name);
     let mut cached = cache.load().map_err(|e| AppError::Runtime(e.to_string()))?;
     // Exactly-once outputs are cut back to these lengths (kept aside: a Hermes bootstrap
@@ -170,16 +301,6 @@ pub fn run(config_path: &Path, once: bool) -> Result<(), AppError> {
         .map(|record| record.outputs.clone())
         .unwrap_or_default();
     let mut consumer = consumer;
-    if config.consumer.hermes.is_some() && consumer.bus_owns_position() {
-        return Err(AppError::Usage(format!(
-            "{}: Hermes mode replays an initsync sequence from offsets buslink keeps, but plugin \
-             '{}' class '{}' keeps its position on the bus (a consumer group): use a consumer \
-             whose position buslink keeps (Kafka: mode = \"assign\", as hermes-client)",
-            config.source.path.display(),
-            consumer.plugin(),
-            consumer.class()
-        )));
-    }
     if config.consumer.hermes.is_some() {
         // The bootstrap may wait long for a complete initsync sequence: the service manager
         // hears the daemon is up (and why it consumes nothing yet) instead of timing out.
@@ -192,9 +313,9 @@ pub fn run(config_path: &Path, once: bool) -> Result<(), AppError> {
             &cache,
             &mut consumer,
             mode,
-            &config,
+            config,
             once,
-            &shutdown,
+            shutdown,
         )? {
             Some(filter) => Some(filter),
             None => {
@@ -245,38 +366,6 @@ pub fn run(config_path: &Path, once: bool) -> Result<(), AppError> {
         cache.path().display()
     );
 
-    // The control socket (`buslink ctl`): status, pause, resume, quit.
-    let control = std::sync::Arc::new(crate::control::Shared::new(
-        &config.consumer.name,
-        &config.consumer.plugin,
-        &config.consumer.class,
-    ));
-    let _control_server = crate::control::server::ControlServer::start(
-        &crate::control::socket_path(&config.state_dir, &config.consumer.name),
-        control.clone(),
-        shutdown.clone(),
-    )
-    .map_err(AppError::Runtime)?;
-    if consumer.bus_owns_position() {
-        control.forbid_pause();
-    }
-    // Opt-in metrics and health endpoints, up before the pipeline so that a scrape sees it
-    // connect.
-    let metrics = config
-        .metrics_listen
-        .map(|_| std::sync::Arc::new(crate::metrics::Metrics::new(&config.consumer.name)));
-    let _metrics_server = match (config.metrics_listen, &metrics) {
-        (Some(listen), Some(metrics)) => {
-            let server = crate::metrics::MetricsServer::start(listen, metrics.clone())
-                .map_err(AppError::Runtime)?;
-            tracing::info!(
-                "metrics on http://{0}/metrics, health on http://{0}/health and /ready",
-                server.address()
-            );
-            Some(server)
-        }
-        _ => None,
-    };
     let options = PipelineOptions {
         once,
         timeout: Duration::from_millis(config.consumer.timeout_ms),
@@ -292,9 +381,9 @@ pub fn run(config_path: &Path, once: bool) -> Result<(), AppError> {
         hermes,
         library: Some(plugin.watch()),
         on_gap: config.consumer.on_gap,
-        lock: Some(lock.watch()),
-        metrics: metrics.clone(),
-        control: Some(control.clone()),
+        lock: Some(context.lock.watch()),
+        metrics: context.metrics.clone(),
+        control: Some(context.control.clone()),
     };
     let summary = pipeline::run(
         consumer,
@@ -306,13 +395,13 @@ pub fn run(config_path: &Path, once: bool) -> Result<(), AppError> {
         },
         &cache,
         options,
-        &shutdown,
+        shutdown,
     )
     .map_err(|error| match error {
         // The plugin refused its settings only once it met the bus (a queue the server does
         // not have, ...): a config error, pointing at the key's line like any other.
         pipeline::PipelineError::Consumer(e) if e.error.kind() == ErrorKind::Config => {
-            settings_refusal(&config, &e.plugin, &e.error)
+            settings_refusal(config, &e.plugin, &e.error)
         }
         other => other.into(),
     })?;

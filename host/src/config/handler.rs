@@ -245,9 +245,57 @@ impl Patterns {
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Where a list of handler entries is in the file: `handlers` at the top level (with a single
+/// `[consumer]`), or `consumers[N].handlers`.
+#[derive(Clone, Debug, Default)]
+pub(super) struct HandlersPlace {
+    /// The key path above `handlers` (`[]` or `["consumers", "1"]`).
+    pub base: Vec<String>,
+}
+
+impl HandlersPlace {
+    /// The key path of entry `index`, then `rest`.
+    fn path(&self, index: usize, rest: &[&str]) -> Vec<String> {
+        let mut path = self.base.clone();
+        path.push("handlers".into());
+        path.push(index.to_string());
+        path.extend(rest.iter().map(|part| (*part).to_owned()));
+        path
+    }
+
+    /// `handlers[1]` or `consumers[0].handlers[1]`.
+    fn label(&self, index: usize) -> String {
+        let mut label = String::new();
+        for part in &self.base {
+            if part.parse::<usize>().is_ok() {
+                label.push_str(&format!("[{part}]"));
+            } else {
+                label.push_str(part);
+            }
+        }
+        if !label.is_empty() {
+            label.push('.');
+        }
+        format!("{label}handlers[{index}]")
+    }
+
+    fn error_at_key(
+        &self,
+        source: &Source,
+        index: usize,
+        rest: &[&str],
+        message: impl Into<String>,
+    ) -> ConfigError {
+        let path = self.path(index, rest);
+        let path: Vec<&str> = path.iter().map(String::as_str).collect();
+        source.error_at_key(&path, message)
+    }
+}
+
 /// Validates handler entries; every problem of every entry is reported.
 pub(super) fn validate_handlers(
     source: &Source,
+    place: &HandlersPlace,
     entries: Vec<Spanned<LenientHandler>>,
     resolve: &dyn Fn(&Path) -> PathBuf,
     errors: &mut Vec<ConfigError>,
@@ -270,25 +318,27 @@ pub(super) fn validate_handlers(
                     .strip_prefix("unknown field `")
                     .and_then(|rest| rest.split('`').next())
                     .map(str::to_owned);
-                let index_text = index.to_string();
-                let mut key_path: Vec<&str> = vec!["handlers", &index_text];
-                key_path.extend(table.iter().map(String::as_str));
-                key_path.extend(field.as_deref());
-                errors.push(if key_path.len() > 2 {
-                    source.error_at_key(&key_path, message)
+                let mut rest: Vec<&str> = table.iter().map(String::as_str).collect();
+                rest.extend(field.as_deref());
+                errors.push(if !rest.is_empty() {
+                    place.error_at_key(source, index, &rest, message)
                 } else {
-                    source.error_at(Some(span), Some(format!("handlers[{index}]")), message)
+                    source.error_at(Some(span), Some(place.label(index)), message)
                 });
                 continue;
             }
         };
-        if let Some(handler) = validate_one(source, index, span.clone(), raw, resolve, errors) {
+        if let Some(handler) =
+            validate_one(source, place, index, span.clone(), raw, resolve, errors)
+        {
             if let Some(earlier) = handlers.iter().position(|h| h.name == handler.name) {
                 errors.push(source.error_at(
                     Some(span),
-                    Some(format!("handlers[{index}].name")),
+                    Some(format!("{}.name", place.label(index))),
                     format!(
-                        "handlers[{earlier}] and handlers[{index}] are both named '{}'",
+                        "{} and {} are both named '{}'",
+                        place.label(earlier),
+                        place.label(index),
                         handler.name
                     ),
                 ));
@@ -301,6 +351,7 @@ pub(super) fn validate_handlers(
 
 fn validate_one(
     source: &Source,
+    place: &HandlersPlace,
     index: usize,
     span: std::ops::Range<usize>,
     raw: RawHandler,
@@ -311,7 +362,7 @@ fn validate_one(
     let at = |span: std::ops::Range<usize>, key: &str, message: String| {
         source.error_at(
             Some(span),
-            Some(format!("handlers[{index}].{key}")),
+            Some(format!("{}.{key}", place.label(index))),
             message,
         )
     };
@@ -399,12 +450,9 @@ fn validate_one(
                     .as_ref()
                     .map(|t| t.get_ref().clone())
                     .unwrap_or_default();
-                super::refuse_non_finite(
-                    source,
-                    &settings,
-                    &["handlers", &index.to_string(), "settings"],
-                    errors,
-                );
+                let settings_path = place.path(index, &["settings"]);
+                let settings_path: Vec<&str> = settings_path.iter().map(String::as_str).collect();
+                super::refuse_non_finite(source, &settings, &settings_path, errors);
                 match serde_json::to_string(&settings) {
                     Ok(settings_json) => Some(HandlerKind::Plugin(PluginHandlerConfig {
                         plugin: plugin.get_ref().clone(),
@@ -518,14 +566,18 @@ fn validate_one(
         retry.base = raw_retry.base_ms.map_or(retry.base, Duration::from_millis);
         retry.max = raw_retry.max_ms.map_or(retry.max, Duration::from_millis);
         if retry.attempts == 0 {
-            errors.push(source.error_at_key(
-                &["handlers", &index.to_string(), "retry"],
+            errors.push(place.error_at_key(
+                source,
+                index,
+                &["retry"],
                 "retry.attempts must be at least 1 (the first try counts)",
             ));
         }
         if retry.max < retry.base {
-            errors.push(source.error_at_key(
-                &["handlers", &index.to_string(), "retry"],
+            errors.push(place.error_at_key(
+                source,
+                index,
+                &["retry"],
                 "retry.max_ms must not be below retry.base_ms",
             ));
         }
@@ -539,7 +591,7 @@ fn validate_one(
         },
     };
     if let Err(problem) = crate::handlers::EventMatcher::new(&filter) {
-        errors.push(source.error_at_key(&["handlers", &index.to_string(), "match"], problem));
+        errors.push(place.error_at_key(source, index, &["match"], problem));
     }
     let on_failure = raw.on_failure.unwrap_or(FailurePolicy::Stop);
     if let Some(interval) = &raw.retry_interval_ms {

@@ -15,7 +15,7 @@ pub use source::{ConfigError, ConfigErrors, Source};
 
 use crate::offsets::FsyncMode;
 use buslink_plugin_api::Offset;
-use handler::LenientHandler;
+use handler::{HandlersPlace, LenientHandler};
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 use std::ops::Range;
@@ -39,6 +39,94 @@ pub struct Config {
     pub allow_insecure_plugins: bool,
     /// `[metrics] listen`: where the metrics and health endpoints listen (off when absent).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `[control]`: the control socket.
+    pub control: ControlSocketConfig,
+    /// Where this consumer's table is in the file: `["consumer"]` or `["consumers", "N"]`.
+    pub consumer_key: Vec<String>,
+    /// The names of every consumer of the file, in order.
+    pub consumer_names: Vec<String>,
+}
+
+/// `[control]`: the control socket's place and who may use it (hermes-client's `cli_socket`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControlSocketConfig {
+    /// `path` (default `STATE_DIR/buslink.sock`).
+    pub path: PathBuf,
+    /// `owner` and `group`: names or numeric ids the socket file is given (default: the
+    /// daemon's user and group).
+    pub owner: Option<String>,
+    pub group: Option<String>,
+    /// `mode`, an octal string such as `"0660"` (default `0600`).
+    pub mode: u32,
+}
+
+impl Default for ControlSocketConfig {
+    fn default() -> Self {
+        ControlSocketConfig {
+            path: PathBuf::new(),
+            owner: None,
+            group: None,
+            mode: 0o600,
+        }
+    }
+}
+
+impl ControlSocketConfig {
+    fn from_raw(
+        source: &Source,
+        raw: RawControl,
+        resolve: &dyn Fn(&Path) -> PathBuf,
+        errors: &mut Vec<ConfigError>,
+    ) -> ControlSocketConfig {
+        let mode = match &raw.mode {
+            None => 0o600,
+            Some(text) => match u32::from_str_radix(text.get_ref().trim_start_matches("0o"), 8) {
+                Ok(mode) if mode <= 0o777 && mode & 0o600 == 0o600 => mode,
+                Ok(_) => {
+                    errors.push(source.error_at(
+                        Some(text.span()),
+                        Some("control.mode".into()),
+                        format!(
+                            "{:?}: the owner must keep read and write (0600 at least), and only \
+                             permission bits (at most 0777) are taken",
+                            text.get_ref()
+                        ),
+                    ));
+                    0o600
+                }
+                Err(_) => {
+                    errors.push(source.error_at(
+                        Some(text.span()),
+                        Some("control.mode".into()),
+                        format!("{:?} is not an octal mode such as \"0660\"", text.get_ref()),
+                    ));
+                    0o600
+                }
+            },
+        };
+        ControlSocketConfig {
+            path: raw.path.map(|p| resolve(&p)).unwrap_or_default(),
+            owner: raw.owner,
+            group: raw.group,
+            mode,
+        }
+    }
+}
+
+/// `consumers[1]` for `["consumers", "1"]`.
+fn key_label(path: &[String]) -> String {
+    let mut label = String::new();
+    for part in path {
+        if part.parse::<usize>().is_ok() {
+            label.push_str(&format!("[{part}]"));
+        } else {
+            if !label.is_empty() {
+                label.push('.');
+            }
+            label.push_str(part);
+        }
+    }
+    label
 }
 
 /// The `[consumer]` table.
@@ -121,6 +209,12 @@ struct RawTop {
     consumer: Option<IgnoredAny>,
     #[allow(dead_code)]
     #[serde(default)]
+    consumers: Option<IgnoredAny>,
+    #[allow(dead_code)]
+    #[serde(default)]
+    control: Option<IgnoredAny>,
+    #[allow(dead_code)]
+    #[serde(default)]
     handlers: Option<IgnoredAny>,
     #[allow(dead_code)]
     #[serde(default)]
@@ -144,13 +238,40 @@ fn default_stats_interval_s() -> u64 {
 
 #[derive(Deserialize)]
 struct ConsumerSection {
-    consumer: RawConsumer,
+    #[serde(default)]
+    consumer: Option<RawConsumer>,
+}
+
+#[derive(Deserialize)]
+struct ConsumersSection {
+    #[serde(default)]
+    consumers: Option<Vec<Spanned<RawConsumer>>>,
 }
 
 #[derive(Deserialize)]
 struct HandlersSection {
     #[serde(default)]
-    handlers: Vec<Spanned<LenientHandler>>,
+    handlers: Option<Vec<Spanned<LenientHandler>>>,
+}
+
+#[derive(Deserialize)]
+struct ControlSection {
+    #[serde(default)]
+    control: Option<RawControl>,
+}
+
+/// `[control]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawControl {
+    #[serde(default)]
+    path: Option<PathBuf>,
+    #[serde(default)]
+    owner: Option<String>,
+    #[serde(default)]
+    group: Option<String>,
+    #[serde(default)]
+    mode: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -193,6 +314,12 @@ struct RawConsumer {
     hermes: Option<HermesMode>,
     #[serde(default)]
     on_gap: Option<GapPolicy>,
+    /// `[[consumers.handlers]]` (only in `[[consumers]]` entries).
+    #[serde(default)]
+    handlers: Option<Vec<Spanned<LenientHandler>>>,
+    /// `[consumers.commit]` (only in `[[consumers]]` entries; replaces the top-level one).
+    #[serde(default)]
+    commit: Option<RawCommit>,
 }
 
 fn default_timeout_ms() -> u64 {
@@ -246,31 +373,86 @@ fn is_valid_name(name: &str) -> bool {
 }
 
 impl Config {
-    /// Reads and validates a config file.
+    /// Reads and validates a config file with one consumer (`[consumer]`, or `[[consumers]]`
+    /// with one entry); with several, the error names them and asks for `--consumer`.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        Self::parse(path, read_config(path)?)
+        Self::load_consumer(path, None)
+    }
+
+    /// Reads and validates a config file, and picks consumer `name` (`None`: the only one).
+    pub fn load_consumer(path: &Path, name: Option<&str>) -> Result<Config, ConfigErrors> {
+        Self::pick(Self::load_all(path)?, name)
+    }
+
+    /// Reads and validates a config file: one [`Config`] per consumer, in file order.
+    pub fn load_all(path: &Path) -> Result<Vec<Config>, ConfigErrors> {
+        Self::parse_all(path, read_config(path)?)
+    }
+
+    /// Validates config text read from `path` (one consumer, as [`load`](Self::load)).
+    pub fn parse(path: &Path, text: String) -> Result<Config, ConfigErrors> {
+        Self::pick(Self::parse_all(path, text)?, None)
     }
 
     /// Validates config text read from `path`, reporting every problem found.
-    pub fn parse(path: &Path, text: String) -> Result<Config, ConfigErrors> {
+    pub fn parse_all(path: &Path, text: String) -> Result<Vec<Config>, ConfigErrors> {
         match Self::parse_lenient(path, text)? {
-            (config, errors) if errors.is_empty() => Ok(config),
+            (configs, errors) if errors.is_empty() => Ok(configs),
             (_, errors) => Err(ConfigErrors(errors)),
         }
     }
 
-    /// Reads and validates a config like [`load`](Self::load), but hands back the config as
-    /// far as it could be built (invalid values replaced by their defaults, invalid handlers
-    /// left out) together with every problem found, so that `check` can go on to the plugin's
-    /// settings and the handlers in the same run. `Err` only when nothing could be built.
-    pub fn load_lenient(path: &Path) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
+    /// Consumer `name` of `configs` (`None`: the only one).
+    pub fn pick(mut configs: Vec<Config>, name: Option<&str>) -> Result<Config, ConfigErrors> {
+        let names = || {
+            configs
+                .iter()
+                .map(|c| c.consumer.name.clone())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let Some(first) = configs.first() else {
+            return Err(ConfigErrors(Vec::new()));
+        };
+        let source = first.source.clone();
+        match name {
+            None if configs.len() == 1 => Ok(configs.remove(0)),
+            None => Err(source
+                .error_at_key(
+                    &["consumers"],
+                    format!(
+                        "this config has {} consumers ({}): name one with --consumer NAME",
+                        configs.len(),
+                        names()
+                    ),
+                )
+                .into()),
+            Some(name) => match configs.iter().position(|c| c.consumer.name == name) {
+                Some(index) => Ok(configs.remove(index)),
+                None => Err(source
+                    .error_at(
+                        None,
+                        None,
+                        format!("no consumer named '{name}' (the config has: {})", names()),
+                    )
+                    .into()),
+            },
+        }
+    }
+
+    /// Reads and validates a config like [`load_all`](Self::load_all), but hands back the
+    /// consumers as far as they could be built (invalid values replaced by their defaults,
+    /// invalid handlers left out) together with every problem found, so that `check` can go
+    /// on to the plugin's settings and the handlers in the same run. `Err` only when nothing
+    /// could be built.
+    pub fn load_lenient(path: &Path) -> Result<(Vec<Config>, Vec<ConfigError>), ConfigErrors> {
         Self::parse_lenient(path, read_config(path)?)
     }
 
     fn parse_lenient(
         path: &Path,
         text: String,
-    ) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
+    ) -> Result<(Vec<Config>, Vec<ConfigError>), ConfigErrors> {
         let source = Source {
             path: path.to_path_buf(),
             text,
@@ -281,22 +463,50 @@ impl Config {
         let mut errors = Vec::new();
         // serde takes an empty array for a table whose keys all have defaults (`commit = []`):
         // a table is required where one is meant.
-        for path in [
+        let mut tables: Vec<Vec<String>> = [
             &["consumer"][..],
             &["consumer", "settings"],
             &["consumer", "hermes"],
             &["commit"],
             &["metrics"],
-        ] {
-            let mut value = table.get(path[0]);
+            &["control"],
+        ]
+        .iter()
+        .map(|path| path.iter().map(|part| (*part).to_owned()).collect())
+        .collect();
+        if let Some(entries) = table.get("consumers").and_then(toml::Value::as_array) {
+            for index in 0..entries.len() {
+                for inner in [&[][..], &["settings"], &["hermes"], &["commit"]] {
+                    let mut path = vec!["consumers".to_owned(), index.to_string()];
+                    path.extend(inner.iter().map(|part| (*part).to_owned()));
+                    tables.push(path);
+                }
+            }
+        }
+        for path in &tables {
+            let mut value = table.get(&path[0]);
             for key in &path[1..] {
-                value = value.and_then(|v| v.get(*key));
+                value = value.and_then(|v| match key.parse::<usize>() {
+                    Ok(index) => v.get(index),
+                    Err(_) => v.get(key.as_str()),
+                });
             }
             if let Some(value) = value.filter(|v| !v.is_table()) {
+                let path: Vec<&str> = path.iter().map(String::as_str).collect();
                 errors.push(
-                    source.error_at_key(path, format!("must be a table, not {}", value.type_str())),
+                    source
+                        .error_at_key(&path, format!("must be a table, not {}", value.type_str())),
                 );
             }
+        }
+        if let Some(value) = table.get("consumers").filter(|v| !v.is_array()) {
+            errors.push(source.error_at_key(
+                &["consumers"],
+                format!(
+                    "must be an array of tables ([[consumers]]), not {}",
+                    value.type_str()
+                ),
+            ));
         }
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
@@ -312,15 +522,19 @@ impl Config {
                     stats_interval_s: default_stats_interval_s(),
                     allow_insecure_plugins: false,
                     consumer: None,
+                    consumers: None,
                     handlers: None,
                     commit: None,
                     metrics: None,
+                    control: None,
                 })
         });
         let consumer: Option<ConsumerSection> = section(&source, &mut errors);
+        let consumers: Option<ConsumersSection> = section(&source, &mut errors);
         let handlers: Option<HandlersSection> = section(&source, &mut errors);
         let commit: Option<CommitSection> = section(&source, &mut errors);
         let metrics: Option<MetricsSection> = section(&source, &mut errors);
+        let control: Option<ControlSection> = section(&source, &mut errors);
         let metrics_listen =
             metrics.and_then(|section| section.metrics).and_then(|raw| {
                 match raw.listen.get_ref().parse::<std::net::SocketAddr>() {
@@ -351,6 +565,12 @@ impl Config {
                 base_dir.join(p)
             }
         };
+        let control = control.map(|section| {
+            section
+                .control
+                .map(|raw| ControlSocketConfig::from_raw(&source, raw, &resolve, &mut errors))
+                .unwrap_or_default()
+        });
 
         if let Some(top) = &top {
             if top.state_dir.get_ref().as_os_str().is_empty() {
@@ -361,70 +581,233 @@ impl Config {
                 ));
             }
         }
-        let consumer = consumer.and_then(|section| {
-            let (consumer, problems) = Self::consumer(&source, section.consumer);
-            errors.extend(problems);
-            consumer
-        });
-        let commit = commit.map(|section| {
-            let every_events = section.commit.every_events;
-            if *every_events.get_ref() == 0 {
-                errors.push(source.error_at(
-                    Some(every_events.span()),
-                    Some("commit.every_events".into()),
-                    "must be at least 1",
-                ));
-            }
-            CommitPolicy {
-                every_events: every_events.into_inner().max(1),
-                every_ms: section.commit.every_ms,
-                fsync: section.commit.fsync,
-            }
-        });
-        let handlers = handlers.map(|section| {
-            if section.handlers.is_empty() {
+        let commit = commit.map(|section| Self::commit(&source, &[], section.commit, &mut errors));
+        let allow = top.as_ref().is_some_and(|top| top.allow_insecure_plugins);
+        let handlers_of = |place: &HandlersPlace,
+                           entries: Vec<Spanned<LenientHandler>>,
+                           errors: &mut Vec<ConfigError>| {
+            if entries.is_empty() {
                 errors.push(source.error_at(
                     None,
-                    Some("handlers".into()),
-                    "no [[handlers]]: events would be consumed and dropped; add at least one handler",
+                    Some(if place.base.is_empty() {
+                        "handlers".to_owned()
+                    } else {
+                        format!("consumers[{}].handlers", place.base[1])
+                    }),
+                    if place.base.is_empty() {
+                        "no [[handlers]]: events would be consumed and dropped; add at least one \
+                         handler"
+                    } else {
+                        "no [[consumers.handlers]]: events would be consumed and dropped; add at \
+                         least one handler to this consumer"
+                    },
                 ));
             }
             let mut handlers =
-                handler::validate_handlers(&source, section.handlers, &resolve, &mut errors);
-            let allow = top.as_ref().is_some_and(|top| top.allow_insecure_plugins);
+                handler::validate_handlers(&source, place, entries, &resolve, errors);
             for handler in &mut handlers {
                 if let HandlerKind::Plugin(plugin) = &mut handler.kind {
                     plugin.allow_insecure = allow;
                 }
             }
             handlers
-        });
+        };
 
-        match (top, consumer, handlers, commit) {
-            (Some(top), Some(consumer), Some(handlers), Some(commit)) => Ok((
-                Config {
-                    state_dir: resolve(top.state_dir.get_ref()),
-                    plugin_dirs: top.plugin_dirs.iter().map(|d| resolve(d)).collect(),
-                    stats_interval_s: top.stats_interval_s,
-                    allow_insecure_plugins: top.allow_insecure_plugins,
-                    metrics_listen,
-                    consumer,
-                    handlers,
-                    commit,
-                    base_dir,
-                    source,
-                },
-                errors,
+        // (consumer, handlers, commit, where the consumer's table is) per consumer.
+        let mut built: Vec<(
+            ConsumerConfig,
+            Vec<HandlerConfig>,
+            CommitPolicy,
+            Vec<String>,
+        )> = Vec::new();
+        let single = consumer.and_then(|section| section.consumer);
+        let several = consumers.and_then(|section| section.consumers);
+        let top_handlers = handlers.map(|section| section.handlers);
+        // The shape is what the file says, even where a section is broken (its problem is
+        // already reported): a broken [consumer] still gets its [[handlers]] checked.
+        let shape = (
+            table.contains_key("consumer"),
+            table.contains_key("consumers"),
+        );
+        match shape {
+            (true, true) => errors.push(source.error_at_key(
+                &["consumers"],
+                "a config has either one [consumer] (with [[handlers]]) or [[consumers]] \
+                 entries (each with its own [[consumers.handlers]]), not both",
             )),
-            _ => Err(ConfigErrors(errors)),
+            (false, false) => errors.push(source.error_at_key(
+                &["consumer"],
+                "no [consumer]: name the bus to consume (a [consumer] table with name, plugin \
+                 and class, or several [[consumers]])",
+            )),
+            (true, false) => {
+                let key = vec!["consumer".to_owned()];
+                for misplaced in ["handlers", "commit"] {
+                    if table
+                        .get("consumer")
+                        .and_then(|c| c.get(misplaced))
+                        .is_some()
+                    {
+                        errors.push(source.error_at_key(
+                            &["consumer", misplaced],
+                            format!(
+                                "with a single [consumer], {misplaced} are top-level \
+                                 ([[handlers]], [commit]); consumer.{misplaced} belongs to \
+                                 [[consumers]] entries"
+                            ),
+                        ));
+                    }
+                }
+                let consumer = single.and_then(|raw| {
+                    let (consumer, problems) = Self::consumer(&source, &key, raw);
+                    errors.extend(problems);
+                    consumer
+                });
+                let handlers = top_handlers.map(|entries| {
+                    handlers_of(
+                        &HandlersPlace::default(),
+                        entries.unwrap_or_default(),
+                        &mut errors,
+                    )
+                });
+                if let (Some(consumer), Some(handlers), Some(commit)) = (consumer, handlers, commit)
+                {
+                    built.push((consumer, handlers, commit, key));
+                }
+            }
+            (false, true) => {
+                let entries = several.unwrap_or_default();
+                if top_handlers.as_ref().is_some_and(Option::is_some) {
+                    errors.push(source.error_at_key(
+                        &["handlers"],
+                        "[[handlers]] go with a single [consumer]; with [[consumers]], give each \
+                         consumer its own [[consumers.handlers]]",
+                    ));
+                }
+                if entries.is_empty() && errors.is_empty() {
+                    errors
+                        .push(source.error_at_key(&["consumers"], "no consumer in [[consumers]]"));
+                }
+                for (index, entry) in entries.into_iter().enumerate() {
+                    let key = vec!["consumers".to_owned(), index.to_string()];
+                    let mut raw = entry.into_inner();
+                    let own_handlers = raw.handlers.take().unwrap_or_default();
+                    let own_commit = raw.commit.take();
+                    let (consumer, problems) = Self::consumer(&source, &key, raw);
+                    errors.extend(problems);
+                    let place = HandlersPlace { base: key.clone() };
+                    let handlers = handlers_of(&place, own_handlers, &mut errors);
+                    let commit = match own_commit {
+                        Some(raw) => Some(Self::commit(&source, &key, raw, &mut errors)),
+                        None => commit,
+                    };
+                    if let Some(consumer) = consumer {
+                        if let Some((_, _, _, earlier)) =
+                            built.iter().find(|(c, ..)| c.name == consumer.name)
+                        {
+                            errors.push(source.error_at_key(
+                                &["consumers", &index.to_string(), "name"],
+                                format!(
+                                    "consumers[{}] and consumers[{index}] are both named '{}' \
+                                     (the name keys the offset cache and the lock)",
+                                    earlier[1], consumer.name
+                                ),
+                            ));
+                        }
+                        if let Some(commit) = commit {
+                            built.push((consumer, handlers, commit, key));
+                        }
+                    }
+                }
+            }
+        }
+
+        let Some(top) = top else {
+            return Err(ConfigErrors(errors));
+        };
+        let (Some(control), Some(_)) = (control, commit) else {
+            return Err(ConfigErrors(errors));
+        };
+        if built.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        let state_dir = resolve(top.state_dir.get_ref());
+        let control = ControlSocketConfig {
+            path: if control.path.as_os_str().is_empty() {
+                crate::control::default_socket_path(&state_dir)
+            } else {
+                control.path.clone()
+            },
+            ..control
+        };
+        let names: Vec<String> = built.iter().map(|(c, ..)| c.name.clone()).collect();
+        let configs = built
+            .into_iter()
+            .map(|(consumer, handlers, commit, consumer_key)| Config {
+                state_dir: state_dir.clone(),
+                plugin_dirs: top.plugin_dirs.iter().map(|d| resolve(d)).collect(),
+                stats_interval_s: top.stats_interval_s,
+                allow_insecure_plugins: top.allow_insecure_plugins,
+                metrics_listen,
+                control: control.clone(),
+                consumer,
+                handlers,
+                commit,
+                base_dir: base_dir.clone(),
+                source: source.clone(),
+                consumer_key,
+                consumer_names: names.clone(),
+            })
+            .collect();
+        Ok((configs, errors))
+    }
+
+    /// A `[commit]` table (`base`: where it is, `[]` for the top level).
+    fn commit(
+        source: &Source,
+        base: &[String],
+        raw: RawCommit,
+        errors: &mut Vec<ConfigError>,
+    ) -> CommitPolicy {
+        let every_events = raw.every_events;
+        if *every_events.get_ref() == 0 {
+            let mut label = key_label(base);
+            if !label.is_empty() {
+                label.push('.');
+            }
+            errors.push(source.error_at(
+                Some(every_events.span()),
+                Some(format!("{label}commit.every_events")),
+                "must be at least 1",
+            ));
+        }
+        CommitPolicy {
+            every_events: every_events.into_inner().max(1),
+            every_ms: raw.every_ms,
+            fsync: raw.fsync,
         }
     }
 
     /// The `[consumer]` table, as far as it can be built (a bad name, start or size replaced by
     /// a default), and every problem in it.
-    fn consumer(source: &Source, raw: RawConsumer) -> (Option<ConsumerConfig>, Vec<ConfigError>) {
+    fn consumer(
+        source: &Source,
+        base: &[String],
+        raw: RawConsumer,
+    ) -> (Option<ConsumerConfig>, Vec<ConfigError>) {
+        let label = key_label(base);
         let at = |spanned_span: Range<usize>, key: &str, message: String| {
-            source.error_at(Some(spanned_span), Some(format!("consumer.{key}")), message)
+            source.error_at(Some(spanned_span), Some(format!("{label}.{key}")), message)
+        };
+        let path = |rest: &[&str]| {
+            let mut path: Vec<String> = base.to_vec();
+            path.extend(rest.iter().map(|part| (*part).to_owned()));
+            path
+        };
+        let at_key = |rest: &[&str], message: String| {
+            let path = path(rest);
+            let path: Vec<&str> = path.iter().map(String::as_str).collect();
+            source.error_at_key(&path, message)
         };
         let mut errors = Vec::new();
         if !is_valid_name(raw.name.get_ref()) {
@@ -464,23 +847,20 @@ impl Config {
             }
         }
         if raw.timeout_ms == 0 {
-            errors.push(source.error_at_key(
-                &["consumer", "timeout_ms"],
-                "must be at least 1 (a poll that never waits makes an idle daemon spin)",
+            errors.push(at_key(
+                &["timeout_ms"],
+                "must be at least 1 (a poll that never waits makes an idle daemon spin)".into(),
             ));
         }
-        refuse_non_finite(
-            source,
-            &raw.settings,
-            &["consumer", "settings"],
-            &mut errors,
-        );
+        let settings_path = path(&["settings"]);
+        let settings_path: Vec<&str> = settings_path.iter().map(String::as_str).collect();
+        refuse_non_finite(source, &raw.settings, &settings_path, &mut errors);
         let hermes = raw.hermes.filter(|mode| mode.enabled);
         let settings_json = match serde_json::to_string(&raw.settings) {
             Ok(json) => json,
             Err(e) => {
-                errors.push(source.error_at_key(
-                    &["consumer", "settings"],
+                errors.push(at_key(
+                    &["settings"],
                     format!("cannot hand these settings to a plugin: {e}"),
                 ));
                 buildable = false;
@@ -506,56 +886,68 @@ impl Config {
         (consumer, errors)
     }
 
-    /// Points at a key of the `[consumer.settings]` table (for errors the plugin reports).
+    /// Points at a key of this consumer's `settings` table (for errors the plugin reports).
     pub fn settings_error(&self, key: Option<&str>, message: impl Into<String>) -> ConfigError {
-        match key {
-            Some(key) => {
-                let mut path = vec!["consumer", "settings"];
-                path.extend(key.split('.'));
+        let mut path: Vec<&str> = self.consumer_key.iter().map(String::as_str).collect();
+        path.push("settings");
+        if let Some(key) = key {
+            path.extend(key.split('.'));
+        }
+        self.source.error_at_key(&path, message)
+    }
+
+    /// Points at the `name` key of this consumer's handler entry named `name`.
+    pub fn handler_error(&self, name: &str, message: impl Into<String>) -> ConfigError {
+        let entries = toml::from_str::<toml::Table>(&self.source.text)
+            .ok()
+            .and_then(|table| {
+                let mut value = toml::Value::Table(table);
+                if self.consumer_key.first().map(String::as_str) == Some("consumers") {
+                    for part in &self.consumer_key {
+                        value = match part.parse::<usize>() {
+                            Ok(index) => value.get(index)?.clone(),
+                            Err(_) => value.get(part.as_str())?.clone(),
+                        };
+                    }
+                }
+                value.get("handlers")?.as_array().cloned()
+            });
+        let index = entries.and_then(|entries| {
+            entries
+                .iter()
+                .position(|entry| entry.get("name").and_then(toml::Value::as_str) == Some(name))
+        });
+        let mut path: Vec<String> =
+            if self.consumer_key.first().map(String::as_str) == Some("consumers") {
+                self.consumer_key.clone()
+            } else {
+                Vec::new()
+            };
+        path.push("handlers".into());
+        match index {
+            Some(index) => {
+                path.push(index.to_string());
+                path.push("name".into());
+                let path: Vec<&str> = path.iter().map(String::as_str).collect();
                 self.source.error_at_key(&path, message)
             }
-            None => self.source.error_at_key(&["consumer", "settings"], message),
-        }
-    }
-
-    /// Points at the `name` key of the `[[handlers]]` entry named `name`.
-    pub fn handler_error(&self, name: &str, message: impl Into<String>) -> ConfigError {
-        let index =
-            toml::from_str::<toml::Table>(&self.source.text)
-                .ok()
-                .and_then(|table| {
-                    table.get("handlers")?.as_array()?.iter().position(|entry| {
-                        entry.get("name").and_then(toml::Value::as_str) == Some(name)
-                    })
-                });
-        let label = index.map_or_else(|| "handlers".to_owned(), |i| format!("handlers[{i}].name"));
-        // The line that names it: `name = "..."` inside a `[[handlers]]` entry.
-        let quoted = format!("\"{name}\"");
-        let mut in_handlers = false;
-        let mut at = 0;
-        let mut span = None;
-        for line in self.source.text.split_inclusive('\n') {
-            let trimmed = line.trim();
-            if trimmed.starts_with('[') {
-                in_handlers = trimmed.starts_with("[[handlers]]");
-            } else if in_handlers {
-                let mut parts = trimmed.splitn(2, '=');
-                if parts.next().map(str::trim) == Some("name")
-                    && parts.next().map(str::trim) == Some(quoted.as_str())
-                {
-                    let offset = at + (line.len() - line.trim_start().len());
-                    span = Some(offset..offset + trimmed.len());
-                    break;
-                }
+            None => {
+                let path: Vec<&str> = path.iter().map(String::as_str).collect();
+                self.source.error_at_key(&path, message)
             }
-            at += line.len();
         }
-        self.source.error_at(span, Some(label), message)
     }
 
-    /// Points at a key of the `[consumer]` table.
+    /// Points at a key of this consumer's table.
     pub fn consumer_error(&self, key: &str, message: impl Into<String>) -> ConfigError {
-        self.source.error_at_key(&["consumer", key], message)
+        let mut path: Vec<&str> = self.consumer_key.iter().map(String::as_str).collect();
+        path.push(key);
+        self.source.error_at_key(&path, message)
+    }
+
+    /// `consumer` or `consumers[1]`: where this consumer is, for messages.
+    pub fn consumer_label(&self) -> String {
+        key_label(&self.consumer_key)
     }
 }
 

@@ -1,14 +1,16 @@
-//! The control socket, hermes-client's CLI socket and more: `STATE_DIR/NAME.sock` (mode 0600),
-//! one line in, one answer out. The running daemon serves it (`server`); `buslink ctl` is the
-//! client (`client`).
+//! The control socket, hermes-client's CLI socket and more: `STATE_DIR/buslink.sock` (or
+//! `[control] path`; mode 0600 unless `[control] mode` says otherwise), one line in, one answer
+//! out. The running daemon serves it (`server`); `buslink ctl` is the client (`client`).
 //!
-//! Commands: `status` (human text) and `status --json`, `pause` (no more events handled, the
-//! offset committed, the bus left open), `resume` (goes on exactly where it stopped), `quit`
+//! Commands (`NAME`: one consumer; without it, every consumer of the daemon): `status [NAME]`
+//! (human text) and `status --json [NAME]` (`{"consumers": [..]}`, or one consumer's object),
+//! `pause [NAME]` (no more events handled, the offset committed, the bus left open), `resume
+//! [NAME]` (goes on exactly where it stopped), `reload` (re-read the config, as SIGHUP), `quit`
 //! (a stop, as SIGTERM).
 //!
-//! **Invariant:** the socket only reads the [`Shared`] state and sets its two flags (paused,
-//! and the stop request through [`Shutdown`](crate::shutdown::Shutdown)); the pipeline alone
-//! changes the consumer.
+//! **Invariant:** the socket only reads the [`Shared`] state and sets flags (paused, the reload
+//! request, and the stop request through [`Shutdown`](crate::shutdown::Shutdown)); the
+//! pipelines alone change their consumers.
 
 pub mod client;
 pub mod server;
@@ -19,9 +21,52 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-/// The socket of consumer `name`.
-pub fn socket_path(state_dir: &Path, name: &str) -> PathBuf {
-    state_dir.join(format!("{name}.sock"))
+/// The daemon's socket when `[control] path` does not say: `STATE_DIR/buslink.sock`.
+pub fn default_socket_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("buslink.sock")
+}
+
+/// Every consumer the daemon runs, as the socket sees them, and the reload request.
+#[derive(Debug, Default)]
+pub struct Registry {
+    consumers: Mutex<Vec<std::sync::Arc<Shared>>>,
+    reload: AtomicBool,
+}
+
+impl Registry {
+    /// A registry of `consumers`.
+    pub fn new(consumers: Vec<std::sync::Arc<Shared>>) -> Registry {
+        Registry {
+            consumers: Mutex::new(consumers),
+            reload: AtomicBool::new(false),
+        }
+    }
+
+    /// The consumers, in config order.
+    pub fn consumers(&self) -> Vec<std::sync::Arc<Shared>> {
+        self.consumers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Replaces the consumers (after a reload).
+    pub fn set_consumers(&self, consumers: Vec<std::sync::Arc<Shared>>) {
+        *self
+            .consumers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = consumers;
+    }
+
+    /// Asks the daemon to re-read its config.
+    pub fn request_reload(&self) {
+        self.reload.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a reload was asked for since the last call (the flag is cleared).
+    pub fn take_reload(&self) -> bool {
+        self.reload.swap(false, Ordering::SeqCst)
+    }
 }
 
 /// What the pipeline tells the socket, and the pause flag the socket sets.
@@ -82,6 +127,15 @@ impl Shared {
     /// Whether `pause` was asked for (and no `resume` since).
     pub fn paused(&self) -> bool {
         self.paused.load(Ordering::SeqCst)
+    }
+
+    /// The consumer's name.
+    pub fn name(&self) -> String {
+        self.status
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .consumer
+            .clone()
     }
 
     /// Refuses `pause` from now on (see the field).

@@ -1,6 +1,7 @@
 //! The daemon's side of the control socket.
 
-use super::Shared;
+use super::{Registry, Shared, Status};
+use crate::config::ControlSocketConfig;
 use crate::shutdown::Shutdown;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -18,13 +19,14 @@ pub struct ControlServer {
 }
 
 impl ControlServer {
-    /// Listens on `path`, mode 0600. A file left there by an earlier daemon is replaced: the
-    /// caller holds the consumer's lock, so no other daemon serves it.
+    /// Listens on `config.path`, with the configured mode, owner and group. A socket file left
+    /// there by an earlier daemon is replaced; one a running daemon answers on is not.
     pub fn start(
-        path: &Path,
-        shared: Arc<Shared>,
+        config: &ControlSocketConfig,
+        registry: Arc<Registry>,
         shutdown: Shutdown,
     ) -> Result<ControlServer, String> {
+        let path = config.path.as_path();
         match std::fs::symlink_metadata(path) {
             Ok(meta) if meta.file_type().is_symlink() => {
                 return Err(format!(
@@ -32,38 +34,110 @@ impl ControlServer {
                     path.display()
                 ))
             }
-            Ok(_) => std::fs::remove_file(path)
-                .map_err(|e| format!("cannot remove the old socket {}: {e}", path.display()))?,
+            Ok(_) => {
+                if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                    return Err(format!(
+                        "another buslink daemon answers on {}: two daemons with one state_dir \
+                         need their own [control] path",
+                        path.display()
+                    ));
+                }
+                std::fs::remove_file(path)
+                    .map_err(|e| format!("cannot remove the old socket {}: {e}", path.display()))?
+            }
             Err(_) => {}
         }
         let listener = UnixListener::bind(path)
             .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| format!("cannot make {} private: {e}", path.display()))?;
+        let server_guard = ControlServer {
+            path: path.to_path_buf(),
+            thread: None,
+            stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(config.mode))
+            .map_err(|e| format!("cannot set the mode of {}: {e}", path.display()))?;
+        if config.owner.is_some() || config.group.is_some() {
+            let uid = config.owner.as_deref().map(user_id).transpose()?;
+            let gid = config.group.as_deref().map(group_id).transpose()?;
+            std::os::unix::fs::chown(path, uid, gid)
+                .map_err(|e| format!("cannot give {} its owner and group: {e}", path.display()))?;
+        }
         listener
             .set_nonblocking(true)
             .map_err(|e| format!("{}: {e}", path.display()))?;
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut server = server_guard;
         let thread = {
-            let (stop, shutdown) = (stop.clone(), shutdown.clone());
+            let (stop, shutdown) = (server.stop.clone(), shutdown.clone());
             std::thread::Builder::new()
                 .name("control".into())
                 .spawn(move || {
                     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                         match listener.accept() {
-                            Ok((stream, _)) => serve(stream, &shared, &shutdown),
+                            Ok((stream, _)) => serve(stream, &registry, &shutdown),
                             Err(_) => std::thread::sleep(Duration::from_millis(20)),
                         }
                     }
                 })
                 .map_err(|e| format!("cannot start the control thread: {e}"))?
         };
-        Ok(ControlServer {
-            path: path.to_path_buf(),
-            thread: Some(thread),
-            stop,
-        })
+        server.thread = Some(thread);
+        Ok(server)
     }
+
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// A user name or numeric id.
+fn user_id(name: &str) -> Result<u32, String> {
+    if let Ok(id) = name.parse() {
+        return Ok(id);
+    }
+    let c_name = std::ffi::CString::new(name).map_err(|_| format!("bad user name {name:?}"))?;
+    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buffer = vec![0u8; 16 * 1024];
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; the buffer outlives it.
+    let code = unsafe {
+        libc::getpwnam_r(
+            c_name.as_ptr(),
+            &mut entry,
+            buffer.as_mut_ptr().cast(),
+            buffer.len(),
+            &mut found,
+        )
+    };
+    if code != 0 || found.is_null() {
+        return Err(format!("[control] owner: no user named {name:?}"));
+    }
+    Ok(entry.pw_uid)
+}
+
+/// A group name or numeric id.
+fn group_id(name: &str) -> Result<u32, String> {
+    if let Ok(id) = name.parse() {
+        return Ok(id);
+    }
+    let c_name = std::ffi::CString::new(name).map_err(|_| format!("bad group name {name:?}"))?;
+    let mut entry: libc::group = unsafe { std::mem::zeroed() };
+    let mut buffer = vec![0u8; 16 * 1024];
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; the buffer outlives it.
+    let code = unsafe {
+        libc::getgrnam_r(
+            c_name.as_ptr(),
+            &mut entry,
+            buffer.as_mut_ptr().cast(),
+            buffer.len(),
+            &mut found,
+        )
+    };
+    if code != 0 || found.is_null() {
+        return Err(format!("[control] group: no group named {name:?}"));
+    }
+    Ok(entry.gr_gid)
 }
 
 impl Drop for ControlServer {
@@ -77,7 +151,7 @@ impl Drop for ControlServer {
 }
 
 /// One connection: one command line, one answer.
-fn serve(stream: std::os::unix::net::UnixStream, shared: &Shared, shutdown: &Shutdown) {
+fn serve(stream: std::os::unix::net::UnixStream, registry: &Registry, shutdown: &Shutdown) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
     // One line of at most 1 KiB within 2 s in all: a client that trickles cannot hold the
@@ -96,38 +170,116 @@ fn serve(stream: std::os::unix::net::UnixStream, shared: &Shared, shutdown: &Shu
         }
     }
     let line = String::from_utf8_lossy(&line).into_owned();
-    let answer = answer(line.trim(), shared, shutdown);
+    let answer = answer(line.trim(), registry, shutdown);
     let mut stream = &stream;
     let _ = stream.write_all(answer.as_bytes());
 }
 
-/// The answer to one command.
-pub fn answer(command: &str, shared: &Shared, shutdown: &Shutdown) -> String {
-    match command {
-        "status" => human(&shared.status()),
-        "status --json" => serde_json::to_string(&shared.status()).unwrap_or_default() + "\n",
-        "pause" if !shared.pausable() => "error: this consumer's bus keeps its position (a \
-            consumer group): a member that stops reading loses its partitions to the others; \
-            stop it (quit) instead\n"
-            .to_owned(),
-        "pause" => {
-            shared.set_paused(true);
-            tracing::info!("paused through the control socket: no more events handled");
-            "paused\n".to_owned()
+const COMMANDS: &str = "status [--json] [CONSUMER], pause [CONSUMER], resume [CONSUMER], \
+                        reload, quit";
+
+/// The answer to one command line.
+pub fn answer(line: &str, registry: &Registry, shutdown: &Shutdown) -> String {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let all = registry.consumers();
+    let json = words.get(1) == Some(&"--json");
+    let named: Vec<&str> = words
+        .iter()
+        .skip(1)
+        .filter(|word| **word != "--json")
+        .copied()
+        .collect();
+    let chosen = || -> Result<Vec<Arc<Shared>>, String> {
+        match named.as_slice() {
+            [] => Ok(all.clone()),
+            [name] => all
+                .iter()
+                .find(|shared| shared.name() == *name)
+                .map(|shared| vec![shared.clone()])
+                .ok_or_else(|| {
+                    format!(
+                        "error: no consumer named {name:?} in this daemon (it runs: {})\n",
+                        all.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")
+                    )
+                }),
+            _ => Err(format!("error: one consumer at most ({COMMANDS})\n")),
         }
-        "resume" => {
-            shared.set_paused(false);
-            tracing::info!("resumed through the control socket");
-            "resumed\n".to_owned()
+    };
+    let command = words.first().copied().unwrap_or("");
+    let takes_args = matches!(command, "status" | "pause" | "resume");
+    if !takes_args && words.len() > 1 || (json && command != "status") {
+        return format!("error: unknown command {line:?} ({COMMANDS})\n");
+    }
+    match command {
+        "status" => match chosen() {
+            Err(error) => error,
+            Ok(chosen) if json && named.len() == 1 => {
+                serde_json::to_string(&chosen[0].status()).unwrap_or_default() + "\n"
+            }
+            Ok(chosen) if json => {
+                let statuses: Vec<Status> = chosen.iter().map(|s| s.status()).collect();
+                serde_json::to_string(&serde_json::json!({ "consumers": statuses }))
+                    .unwrap_or_default()
+                    + "\n"
+            }
+            Ok(chosen) => chosen.iter().map(|s| human(&s.status())).collect(),
+        },
+        "pause" => match chosen() {
+            Err(error) => error,
+            Ok(chosen) => {
+                let refused: Vec<String> = chosen
+                    .iter()
+                    .filter(|s| !s.pausable())
+                    .map(|s| s.name())
+                    .collect();
+                if !refused.is_empty() {
+                    return format!(
+                        "error: {}: this consumer's bus keeps its position (a consumer group): \
+                         a member that stops reading loses its partitions to the others; stop \
+                         it (quit) instead{}\n",
+                        refused.join(", "),
+                        if named.is_empty() && chosen.len() > 1 {
+                            " (nothing was paused; name the consumers to pause)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+                for shared in &chosen {
+                    shared.set_paused(true);
+                    tracing::info!(
+                        "consumer '{}': paused through the control socket: no more events \
+                         handled",
+                        shared.name()
+                    );
+                }
+                "paused\n".to_owned()
+            }
+        },
+        "resume" => match chosen() {
+            Err(error) => error,
+            Ok(chosen) => {
+                for shared in &chosen {
+                    shared.set_paused(false);
+                    tracing::info!(
+                        "consumer '{}': resumed through the control socket",
+                        shared.name()
+                    );
+                }
+                "resumed\n".to_owned()
+            }
+        },
+        "reload" => {
+            tracing::info!("reload asked through the control socket");
+            registry.request_reload();
+            "reloading\n".to_owned()
         }
         "quit" => {
             tracing::info!("stop asked through the control socket");
             shutdown.request();
             "stopping\n".to_owned()
         }
-        other => format!(
-            "error: unknown command {other:?} (status, status --json, pause, resume, quit)\n"
-        ),
+        _ => format!("error: unknown command {line:?} ({COMMANDS})\n"),
     }
 }
 
@@ -165,16 +317,32 @@ mod tests {
 
     #[test]
     fn commands_answer_and_pause_is_refused_where_the_bus_keeps_the_position() {
-        let shared = Shared::new("demo", "kafka", "KafkaConsumer");
+        let shared = Arc::new(Shared::new("demo", "kafka", "KafkaConsumer"));
+        let other = Arc::new(Shared::new("other", "sqlite", "SqliteConsumer"));
+        let registry = Registry::new(vec![shared.clone(), other.clone()]);
         let shutdown = Shutdown::default();
-        assert_eq!(answer("pause", &shared, &shutdown), "paused\n");
-        assert!(shared.paused());
-        assert_eq!(answer("resume", &shared, &shutdown), "resumed\n");
-        assert!(answer("nonsense", &shared, &shutdown).starts_with("error: unknown command"));
+        assert_eq!(answer("pause", &registry, &shutdown), "paused\n");
+        assert!(shared.paused() && other.paused());
+        assert_eq!(answer("resume demo", &registry, &shutdown), "resumed\n");
+        assert!(!shared.paused() && other.paused());
+        assert!(answer("resume nobody", &registry, &shutdown).starts_with("error: no consumer"));
+        assert!(answer("nonsense", &registry, &shutdown).starts_with("error: unknown command"));
+        assert!(answer("quit now", &registry, &shutdown).starts_with("error: unknown command"));
+        let status: serde_json::Value =
+            serde_json::from_str(&answer("status --json", &registry, &shutdown)).expect("JSON");
+        assert_eq!(status["consumers"][1]["consumer"], "other");
+        assert_eq!(status["consumers"][1]["state"], "connecting");
+        let one: serde_json::Value =
+            serde_json::from_str(&answer("status --json demo", &registry, &shutdown))
+                .expect("JSON");
+        assert_eq!(one["consumer"], "demo");
         shared.forbid_pause();
-        assert!(answer("pause", &shared, &shutdown).starts_with("error: this consumer's bus"));
+        assert!(answer("pause demo", &registry, &shutdown)
+            .starts_with("error: demo: this consumer's bus"));
         assert!(!shared.paused());
-        assert_eq!(answer("quit", &shared, &shutdown), "stopping\n");
+        assert_eq!(answer("reload", &registry, &shutdown), "reloading\n");
+        assert!(registry.take_reload() && !registry.take_reload());
+        assert_eq!(answer("quit", &registry, &shutdown), "stopping\n");
         assert!(shutdown.requested());
     }
 }

@@ -1,0 +1,348 @@
+//! Several consumers in one process (`[[consumers]]`): each its own pipeline, cache and lock;
+//! one control socket and one metrics endpoint; a failed consumer restarted without touching
+//! the others.
+
+use crate::common::*;
+use buslink_testkit::process::run;
+use buslink_testkit::{build_dir, Daemon, HermesBusWriter, TestDir};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn buslink(args: &[&str]) -> buslink_testkit::RunOutput {
+    run(args, LIMIT)
+}
+
+/// A `[[consumers]]` entry on the sqlite bus `bus`, with a jsonl handler `out/NAME.jsonl`.
+pub fn sqlite_consumer(name: &str, bus: &Path) -> String {
+    format!(
+        "[[consumers]]\nname = \"{name}\"\nplugin = \"sqlite\"\nclass = \"SqliteConsumer\"\n\
+         timeout_ms = 200\n[consumers.settings]\nuri = \"{bus}\"\npoll_interval_ms = 10\n\
+         [[consumers.handlers]]\nname = \"out\"\ntype = \"jsonl\"\npath = \"out/{name}.jsonl\"\n",
+        bus = bus.display()
+    )
+}
+
+/// A `[[consumers]]` entry on the in-memory `faulty` bus with `settings`.
+fn faulty_consumer(name: &str, settings: &str) -> String {
+    format!(
+        "[[consumers]]\nname = \"{name}\"\nplugin = \"faulty\"\nclass = \"FaultyConsumer\"\n\
+         timeout_ms = 100\nbatch_size = 5\n[consumers.settings]\n{settings}\n\
+         [[consumers.handlers]]\nname = \"out\"\ntype = \"jsonl\"\npath = \"out/{name}.jsonl\"\n"
+    )
+}
+
+/// A config of `entries` (state in `state/`, plugins from the build directory).
+pub fn several(dir: &TestDir, head: &str, entries: &[String]) -> PathBuf {
+    dir.write(
+        "buslink.toml",
+        format!(
+            "state_dir = \"state\"\nplugin_dirs = [\"{}\"]\n{head}\n{}",
+            build_dir().display(),
+            entries.join("\n")
+        ),
+    )
+}
+
+fn bus(dir: &TestDir, name: &str, events: usize) -> PathBuf {
+    let bus = dir.join(name);
+    append(&bus, events);
+    bus
+}
+
+fn append(bus: &Path, events: usize) {
+    HermesBusWriter::open(bus)
+        .and_then(|mut writer| writer.append_all(buslink_testkit::hermes_events(events)))
+        .expect("events written");
+}
+
+fn ctl(config: &Path, args: &[&str]) -> buslink_testkit::RunOutput {
+    let config = config.to_string_lossy();
+    let mut all = vec!["ctl", "--config", config.as_ref()];
+    all.extend_from_slice(args);
+    buslink(&all)
+}
+
+fn status(config: &Path) -> Value {
+    serde_json::from_str(&ctl(config, &["status", "--json"]).stdout).unwrap_or_default()
+}
+
+/// The status object of consumer `name` in `status --json`.
+fn consumer_status(status: &Value, name: &str) -> Value {
+    status["consumers"]
+        .as_array()
+        .and_then(|all| all.iter().find(|c| c["consumer"] == name))
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[test]
+fn two_consumers_on_two_buses_run_in_one_process_each_with_its_own_offsets() {
+    let dir = TestDir::new("two-consumers");
+    let (bus_a, bus_b) = (bus(&dir, "a.sqlite", 20), bus(&dir, "b.sqlite", 30));
+    let config = several(
+        &dir,
+        "",
+        &[
+            sqlite_consumer("alpha", &bus_a),
+            sqlite_consumer("beta", &bus_b),
+        ],
+    );
+    let check = buslink(&["check", "--config", &config.to_string_lossy()]);
+    assert_eq!(check.code(), Some(0), "{check}");
+    assert!(check.stdout.contains("consumer: 'alpha'"), "{check}");
+    assert!(check.stdout.contains("consumer: 'beta'"), "{check}");
+
+    let mut daemon = Daemon::run(&config);
+    daemon.wait_for("both buses handled", LIMIT, |_| {
+        count_lines(&dir.join("out/alpha.jsonl")) == 20
+            && count_lines(&dir.join("out/beta.jsonl")) == 30
+    });
+    daemon.wait_for("both committed", LIMIT, |_| {
+        let status = status(&config);
+        consumer_status(&status, "alpha")["committed_offset"] == "20"
+            && consumer_status(&status, "beta")["committed_offset"] == "30"
+    });
+    let text = ctl(&config, &["status"]);
+    assert!(
+        text.stdout
+            .contains("consumer alpha: running (plugin sqlite class SqliteConsumer)"),
+        "{text}"
+    );
+    assert!(text.stdout.contains("consumer beta: running"), "{text}");
+    // Pausing one leaves the other running.
+    assert_eq!(ctl(&config, &["pause", "alpha"]).stdout, "paused\n");
+    append(&bus_a, 5);
+    append(&bus_b, 5);
+    daemon.wait_for("beta's new events", LIMIT, |_| {
+        count_lines(&dir.join("out/beta.jsonl")) == 35
+    });
+    let one: Value =
+        serde_json::from_str(&ctl(&config, &["status", "--json", "alpha"]).stdout).expect("JSON");
+    assert_eq!(one["state"], "paused");
+    assert_eq!(count_lines(&dir.join("out/alpha.jsonl")), 20);
+    assert_eq!(ctl(&config, &["resume", "alpha"]).stdout, "resumed\n");
+    daemon.wait_for("alpha's new events", LIMIT, |_| {
+        count_lines(&dir.join("out/alpha.jsonl")) == 25
+    });
+    let unknown = ctl(&config, &["pause", "gamma"]);
+    assert_eq!(unknown.code(), Some(2), "{unknown}");
+    assert!(
+        unknown.stderr.contains("no consumer named \"gamma\""),
+        "{unknown}"
+    );
+    let run = daemon.terminate(LIMIT);
+    assert_eq!(run.code(), Some(0), "{run}");
+    assert!(
+        run.stderr.contains("running 2 consumers in one process"),
+        "{run}"
+    );
+    // Log lines name their consumer.
+    assert!(run.stderr.contains("consumer{name=alpha}"), "{run}");
+
+    // Each consumer has its own offset cache; commands about one need --consumer.
+    let config_arg = config.to_string_lossy();
+    let ambiguous = buslink(&["offsets", "show", "--config", &config_arg]);
+    assert_eq!(ambiguous.code(), Some(2), "{ambiguous}");
+    assert!(
+        ambiguous
+            .stderr
+            .contains("this config has 2 consumers (alpha, beta): name one with --consumer"),
+        "{ambiguous}"
+    );
+    for (name, last) in [("alpha", 25), ("beta", 35)] {
+        let show = buslink(&[
+            "offsets",
+            "show",
+            "--json",
+            "--config",
+            &config_arg,
+            "--consumer",
+            name,
+        ]);
+        assert_eq!(show.code(), Some(0), "{show}");
+        let record: Value = serde_json::from_str(&show.stdout).expect("JSON");
+        assert_eq!(record["last_offset"]["int"], last, "{name}: {show}");
+        assert_eq!(
+            offsets(&read_lines(&dir, &format!("out/{name}.jsonl"))),
+            (1..=last).collect::<Vec<_>>()
+        );
+    }
+    // --once drains both and exits 0.
+    append(&bus_a, 3);
+    let once = buslink(&["run", "--once", "--config", &config_arg]);
+    assert_eq!(once.code(), Some(0), "{once}");
+    assert_eq!(count_lines(&dir.join("out/alpha.jsonl")), 28);
+    assert_eq!(count_lines(&dir.join("out/beta.jsonl")), 35);
+}
+
+#[test]
+fn a_failing_consumer_is_restarted_with_backoff_and_the_others_go_on() {
+    let dir = TestDir::new("failing-consumer");
+    let bus_b = bus(&dir, "b.sqlite", 10);
+    // `broken` panics when event 8 is next: events 1-5 are handled, then every restart fails
+    // at once (it resumes after 5).
+    let config = several(
+        &dir,
+        "[metrics]\nlisten = \"127.0.0.1:0\"\n",
+        &[
+            faulty_consumer(
+                "broken",
+                "events = 20\npanic_in = \"poll\"\npanic_at_event = 8",
+            ),
+            sqlite_consumer("steady", &bus_b),
+        ],
+    );
+    let mut daemon = Daemon::run(&config);
+    daemon.wait_for("a second restart", LIMIT, |d| {
+        d.stderr().contains("restart 2 in 2 s")
+    });
+    let stderr = daemon.stderr();
+    assert!(
+        stderr.contains("restart 1 in 1 s (the other consumers go on)"),
+        "{stderr}"
+    );
+    // The other consumer is untouched: it handles what comes meanwhile.
+    append(&bus_b, 5);
+    daemon.wait_for("steady's events", LIMIT, |_| {
+        count_lines(&dir.join("out/steady.jsonl")) == 15
+    });
+    let broken = consumer_status(&status(&config), "broken");
+    let state = broken["state"].as_str().unwrap_or_default();
+    assert!(
+        state.starts_with("failed: ") || state == "connecting",
+        "{broken}"
+    );
+    assert!(
+        broken["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("deliberate panic in poll")),
+        "{broken}"
+    );
+    // /health says which consumer is failing.
+    let address = stderr
+        .split("metrics on http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .expect("an address")
+        .to_owned();
+    daemon.wait_for("a failed health", LIMIT, |_| {
+        let response = reqwest::blocking::get(format!("http://{address}/health"));
+        response.is_ok_and(|r| {
+            r.status().as_u16() == 503
+                && r.text().is_ok_and(|body| {
+                    body.contains("broken: failed:") && body.contains("steady: ok")
+                })
+        })
+    });
+    assert_eq!(
+        offsets(&read_lines(&dir, "out/broken.jsonl")),
+        vec![1, 2, 3, 4, 5],
+        "what broken handled before its panic stays, nothing twice"
+    );
+    daemon.terminate(LIMIT);
+}
+
+#[test]
+fn once_drains_every_consumer_and_fails_when_one_failed() {
+    let dir = TestDir::new("once-several");
+    let bus_b = bus(&dir, "b.sqlite", 12);
+    let config = several(
+        &dir,
+        "",
+        &[
+            faulty_consumer(
+                "broken",
+                "events = 20\npanic_in = \"poll\"\npanic_at_event = 8",
+            ),
+            sqlite_consumer("steady", &bus_b),
+        ],
+    );
+    let once = buslink(&["run", "--once", "--config", &config.to_string_lossy()]);
+    assert_eq!(once.code(), Some(1), "{once}");
+    assert!(once.stderr.contains("consumer 'broken':"), "{once}");
+    assert!(!once.stderr.contains("ERROR consumer 'steady'"), "{once}");
+    assert_eq!(count_lines(&dir.join("out/steady.jsonl")), 12);
+    assert_eq!(count_lines(&dir.join("out/broken.jsonl")), 5);
+}
+
+#[test]
+fn several_consumer_configs_are_checked_entry_by_entry() {
+    let dir = TestDir::new("several-config-errors");
+    let bus_a = bus(&dir, "a.sqlite", 1);
+    let duplicate = several(
+        &dir,
+        "",
+        &[
+            sqlite_consumer("same", &bus_a),
+            sqlite_consumer("same", &bus_a),
+        ],
+    );
+    let out = buslink(&["check", "--config", &duplicate.to_string_lossy()]);
+    assert_eq!(out.code(), Some(2), "{out}");
+    assert!(
+        out.stderr.contains(
+            "key `consumers[1].name`: consumers[0] and consumers[1] are both named 'same'"
+        ),
+        "{out}"
+    );
+    // A plugin's refusal of a setting points at that consumer's own table.
+    let bad_setting = several(
+        &dir,
+        "",
+        &[
+            sqlite_consumer("good", &bus_a),
+            sqlite_consumer("bad", &bus_a)
+                .replace("poll_interval_ms = 10", "poll_interval_ms = -1"),
+        ],
+    );
+    let out = buslink(&["check", "--config", &bad_setting.to_string_lossy()]);
+    assert_eq!(out.code(), Some(2), "{out}");
+    assert!(
+        out.stderr
+            .contains("key `consumers[1].settings.poll_interval_ms`"),
+        "{out}"
+    );
+    let only_good = buslink(&[
+        "check",
+        "--config",
+        &bad_setting.to_string_lossy(),
+        "--consumer",
+        "good",
+    ]);
+    assert_eq!(only_good.code(), Some(0), "{only_good}");
+    // Mixing the two shapes is refused.
+    let text = format!(
+        "{}\n[[handlers]]\nname = \"x\"\ntype = \"stdout\"\n",
+        std::fs::read_to_string(&duplicate).expect("config")
+    );
+    let mixed = dir.write(
+        "mixed.toml",
+        text.replace("name = \"same\"", "name = \"one\""),
+    );
+    let out = buslink(&["check", "--config", &mixed.to_string_lossy()]);
+    assert_eq!(out.code(), Some(2), "{out}");
+    assert!(
+        out.stderr
+            .contains("[[handlers]] go with a single [consumer]"),
+        "{out}"
+    );
+    // A consumer without handlers.
+    let bare = dir.write(
+        "bare.toml",
+        format!(
+            "state_dir = \"state\"\n[[consumers]]\nname = \"x\"\nplugin = \"sqlite\"\n\
+             class = \"SqliteConsumer\"\n[consumers.settings]\nuri = \"{}\"\n",
+            bus_a.display()
+        ),
+    );
+    let out = buslink(&["check", "--config", &bare.to_string_lossy()]);
+    assert_eq!(out.code(), Some(2), "{out}");
+    assert!(
+        out.stderr
+            .contains("key `consumers[0].handlers`: no [[consumers.handlers]]"),
+        "{out}"
+    );
+}
