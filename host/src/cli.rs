@@ -61,6 +61,31 @@ pub enum Command {
         #[command(subcommand)]
         action: OffsetsAction,
     },
+    /// Re-deliver a past range of the bus to chosen handlers; the committed offset stays
+    /// where it is (a running daemon goes on beside it).
+    Replay {
+        #[command(flatten)]
+        target: Target,
+        /// Where to start: `beginning`, or an offset (included).
+        #[arg(long)]
+        from: String,
+        /// The last offset to deliver (included); default: the end of the bus when met.
+        #[arg(long)]
+        to: Option<String>,
+        /// Take --from and --to as strings even if they look like numbers.
+        #[arg(long)]
+        string: bool,
+        /// Only this handler of the consumer (repeatable; default: all of them).
+        #[arg(long = "handler", value_name = "NAME")]
+        handlers: Vec<String>,
+        /// Only events matching FIELD=GLOB, FIELD one of category, eventtype, objtype
+        /// (repeatable; the handlers' own matches apply too).
+        #[arg(long = "match", value_name = "FIELD=GLOB")]
+        matches: Vec<String>,
+        /// Read the range and count what each handler would get; deliver nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Talk to the running daemon through its control socket (STATE_DIR/buslink.sock, or
     /// `[control] path`).
     Ctl {

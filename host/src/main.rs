@@ -1,7 +1,7 @@
 //! The `buslink` daemon. See ARCHITECTURE.md for the map.
 
 use buslink::cli::{Cli, Command, CtlAction, ErrorsAction, OffsetsAction, PluginsCommand};
-use buslink::commands::{check, errors, offsets, plugins, query, run, AppError};
+use buslink::commands::{check, errors, offsets, plugins, query, replay, run, AppError};
 use buslink::logging;
 use clap::Parser;
 use std::process::ExitCode;
@@ -70,6 +70,25 @@ fn dispatch(command: Command) -> Result<(), AppError> {
             } => offsets::import_hermes(&target, &path, force),
             OffsetsAction::Reset { target } => offsets::reset(&target),
         },
+        Command::Replay {
+            target,
+            from,
+            to,
+            string,
+            handlers,
+            matches,
+            dry_run,
+        } => replay::replay(
+            &target,
+            &replay::ReplayRequest {
+                from,
+                to,
+                string,
+                handlers,
+                matches,
+                dry_run,
+            },
+        ),
         Command::Ctl { config, action } => {
             let with = |command: &str, consumer: Option<String>| match consumer {
                 Some(name) => format!("{command} {name}"),

@@ -1015,14 +1015,14 @@ fn for_each_handler<'a>(
 }
 
 /// How delivering one event to one handler ended.
-enum Delivery {
+pub(crate) enum Delivery {
     Done,
     Failed { error: String, attempts: u32 },
     Interrupted,
 }
 
 /// Gives one event to one handler, retrying with exponential backoff as configured.
-fn deliver(
+pub(crate) fn deliver(
     handler: &mut ConfiguredHandler,
     event: &DispatchedEvent<'_>,
     shutdown: &Shutdown,

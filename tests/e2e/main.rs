@@ -15,4 +15,5 @@ mod kafka;
 mod loading;
 mod ops;
 mod plugin_author;
+mod replay;
 mod sqlite_bus;

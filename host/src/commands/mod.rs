@@ -5,6 +5,7 @@ pub mod errors;
 pub mod offsets;
 pub mod plugins;
 pub mod query;
+pub mod replay;
 pub mod run;
 
 use crate::config::ConfigErrors;

@@ -1,0 +1,416 @@
+//! `buslink replay --config FILE [--consumer NAME] --from OFFSET|beginning [--to OFFSET]
+//! [--handler NAME ...] [--match FIELD=GLOB ...] [--dry-run]`: re-delivers a past range of the
+//! bus to chosen handlers. The committed offset stays where it is, and a daemon may keep
+//! running beside it: the replay opens a consumer instance of its own, takes no lock and
+//! writes no state file (no offset, dead-letter or error queue).
+//!
+//! The range is `--from` (included) to `--to` (included; integer and float offsets also stop
+//! at the first offset past it) or, without `--to`, the end of the bus when the replay meets
+//! it. A handler failing after its retries stops the replay (exit 1) and names the offset to
+//! go on `--from`. Exactly-once outputs (`jsonl`) are refused: their committed length belongs
+//! to the daemon, which would cut replayed lines off at its next start.
+//!
+//! Progress: a bar on a terminal, else a JSON line a second on stderr (`{"replay":"progress",
+//! "events":N,"delivered":N,"offset":"X"}`); a summary on stdout at the end.
+
+use crate::cli::Target;
+use crate::commands::offsets::parse_offset;
+use crate::commands::run::{build_consumer, settings_refusal};
+use crate::commands::AppError;
+use crate::config::{EventFilter, HandlerKind};
+use crate::handlers::{self, ConfiguredHandler, DispatchedEvent, EventMatcher};
+use crate::plugin::PluginConsumer;
+use crate::shutdown::Shutdown;
+use buslink_plugin_api::{ErrorKind, EventBatch, Offset, OffsetRef, PollStatus};
+use std::time::{Duration, Instant};
+
+/// What `buslink replay` was asked.
+#[derive(Debug)]
+pub struct ReplayRequest {
+    /// `beginning` or an offset.
+    pub from: String,
+    pub to: Option<String>,
+    /// Take `from` and `to` as string offsets.
+    pub string: bool,
+    /// Handler names (empty: all of the consumer's).
+    pub handlers: Vec<String>,
+    /// `FIELD=GLOB` (category, eventtype, objtype).
+    pub matches: Vec<String>,
+    pub dry_run: bool,
+}
+
+/// The `--match` filters as one [`EventFilter`].
+fn match_filter(matches: &[String]) -> Result<EventFilter, AppError> {
+    let mut filter = EventFilter::default();
+    for text in matches {
+        let Some((field, glob)) = text.split_once('=') else {
+            return Err(AppError::Usage(format!(
+                "--match {text:?}: write FIELD=GLOB (category, eventtype or objtype)"
+            )));
+        };
+        let list = match field.trim() {
+            "category" => &mut filter.category,
+            "eventtype" => &mut filter.eventtype,
+            "objtype" => &mut filter.objtype,
+            other => {
+                return Err(AppError::Usage(format!(
+                    "--match {text:?}: no field {other:?} (category, eventtype or objtype)"
+                )))
+            }
+        };
+        list.push(glob.trim().to_owned());
+    }
+    Ok(filter)
+}
+
+/// Whether `offset` is past `to`: beyond it for integers and floats (a bus without that exact
+/// offset still ends the range), never for other types (they end at `to` itself).
+fn past(offset: OffsetRef<'_>, to: &Offset) -> bool {
+    let number = |o: OffsetRef<'_>| match o {
+        OffsetRef::Int(i) => Some(i as f64),
+        OffsetRef::Float(x) => Some(x),
+        _ => None,
+    };
+    match (offset, to) {
+        (OffsetRef::Int(a), Offset::Int(b)) => a > *b,
+        _ => match (number(offset), number(to.as_ref())) {
+            (Some(a), Some(b)) => a > b,
+            _ => false,
+        },
+    }
+}
+
+/// How far the replay got, shown as it goes.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    last_line: Instant,
+    events: u64,
+    delivered: u64,
+    offset: String,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} replay: {pos} events read, {msg} [{elapsed}, {per_sec}]",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            );
+            bar
+        });
+        Progress {
+            bar,
+            last_line: Instant::now(),
+            events: 0,
+            delivered: 0,
+            offset: String::new(),
+        }
+    }
+
+    fn show(&mut self) {
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(self.events);
+                bar.set_message(format!(
+                    "{} deliveries, at offset {}",
+                    self.delivered, self.offset
+                ));
+            }
+            None if self.last_line.elapsed() >= Duration::from_secs(1) => {
+                self.last_line = Instant::now();
+                eprintln!("{}", self.json("progress"));
+            }
+            None => {}
+        }
+    }
+
+    fn json(&self, kind: &str) -> String {
+        serde_json::json!({
+            "replay": kind,
+            "events": self.events,
+            "delivered": self.delivered,
+            "offset": self.offset,
+        })
+        .to_string()
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// `buslink replay`.
+pub fn replay(target: &Target, request: &ReplayRequest) -> Result<(), AppError> {
+    let shutdown = Shutdown::install()
+        .map_err(|e| AppError::Runtime(format!("cannot install signal handlers: {e}")))?;
+    let config = target.load()?;
+    let extra = EventMatcher::new(&match_filter(&request.matches)?).map_err(AppError::Usage)?;
+    let chosen: Vec<_> = if request.handlers.is_empty() {
+        config.handlers.clone()
+    } else {
+        let mut chosen = Vec::new();
+        for name in &request.handlers {
+            match config.handlers.iter().find(|h| &h.name == name) {
+                Some(handler) => chosen.push(handler.clone()),
+                None => {
+                    return Err(AppError::Usage(format!(
+                        "--handler {name:?}: consumer '{}' has no such handler (it has: {})",
+                        config.consumer.name,
+                        config
+                            .handlers
+                            .iter()
+                            .map(|h| h.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )))
+                }
+            }
+        }
+        chosen
+    };
+    if !request.dry_run {
+        if let Some(jsonl) = chosen
+            .iter()
+            .find(|h| matches!(h.kind, HandlerKind::Jsonl { .. }))
+        {
+            return Err(AppError::Usage(format!(
+                "handler '{}' is an exactly-once jsonl output: its committed length belongs to \
+                 the daemon, which would cut replayed lines off at its next start; replay to \
+                 other handlers (--handler), or look with --dry-run",
+                jsonl.name
+            )));
+        }
+    }
+    // Matchers of the chosen handlers (a dry run builds no handler: nothing is touched).
+    let matchers: Vec<(String, EventMatcher)> = chosen
+        .iter()
+        .map(|h| {
+            EventMatcher::new(&h.filter)
+                .map(|m| (h.name.clone(), m))
+                .map_err(AppError::Usage)
+        })
+        .collect::<Result<_, _>>()?;
+    let mut built: Vec<ConfiguredHandler> = if request.dry_run {
+        Vec::new()
+    } else {
+        handlers::build(
+            &chosen,
+            &config.base_dir,
+            &config.plugin_dirs,
+            &Default::default(),
+        )
+        .map_err(|problems| AppError::Runtime(problems.join("\n")))?
+    };
+    let (_plugin, mut consumer) = build_consumer(&config)?;
+    let from = (request.from != "beginning").then(|| parse_offset(&request.from, request.string));
+    let to = request
+        .to
+        .as_deref()
+        .map(|t| parse_offset(t, request.string));
+    let positioned = consumer
+        .open()
+        .and_then(|()| {
+            consumer.set_timeout(Some(Duration::from_millis(config.consumer.timeout_ms)))
+        })
+        .and_then(|()| consumer.set_stop_when_drained(true))
+        .and_then(|()| match &from {
+            None => consumer.seek_to_beginning(),
+            Some(offset) => consumer.seek(offset),
+        });
+    if let Err(error) = positioned {
+        let _ = consumer.close();
+        return Err(match error.error.kind() {
+            ErrorKind::Config => settings_refusal(&config, &error.plugin, &error.error),
+            _ => AppError::Runtime(error.to_string()),
+        });
+    }
+    tracing::info!(
+        "replaying consumer '{}' from {} to {}{} (the committed offset is not touched)",
+        config.consumer.name,
+        from.as_ref()
+            .map_or_else(|| "the beginning".to_owned(), |o| format!("offset {o}")),
+        to.as_ref().map_or_else(
+            || "the end of the bus".to_owned(),
+            |o| format!("offset {o}")
+        ),
+        if request.dry_run { " (dry run)" } else { "" }
+    );
+    let mut counts = vec![0u64; matchers.len()];
+    let mut progress = Progress::new();
+    let result = replay_loop(
+        &mut consumer,
+        &mut built,
+        &matchers,
+        &extra,
+        to.as_ref(),
+        &mut counts,
+        &mut progress,
+        &shutdown,
+    );
+    progress.finish();
+    let flushed = built
+        .iter_mut()
+        .try_for_each(|h| h.handler.sync().map_err(|e| (h.name.clone(), e)));
+    if let Err(error) = consumer.close() {
+        tracing::warn!("{error}");
+    }
+    let verb = if request.dry_run {
+        "would deliver"
+    } else {
+        "delivered"
+    };
+    println!(
+        "replay of consumer '{}': {} events read{}",
+        config.consumer.name,
+        progress.events,
+        if progress.offset.is_empty() {
+            String::new()
+        } else {
+            format!(", the last at offset {}", progress.offset)
+        }
+    );
+    for ((name, _), count) in matchers.iter().zip(&counts) {
+        println!("  handler {name}: {verb} {count} events");
+    }
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        eprintln!("{}", progress.json("done"));
+    }
+    if let Err((name, error)) = flushed {
+        return Err(AppError::Runtime(format!(
+            "handler '{name}' could not make its deliveries durable: {error}"
+        )));
+    }
+    match result? {
+        End::Reached => Ok(()),
+        End::Drained => {
+            if let Some(to) = &to {
+                if !matches!(to, Offset::Int(_) | Offset::Float(_)) {
+                    tracing::warn!("offset {to} was not met: replayed to the end of the bus");
+                }
+            }
+            Ok(())
+        }
+        End::Stopped => Err(AppError::Runtime(format!(
+            "stopped by a signal: replayed up to offset {}; go on with --from after it",
+            if progress.offset.is_empty() {
+                "none"
+            } else {
+                &progress.offset
+            }
+        ))),
+    }
+}
+
+/// How the replay loop ended.
+enum End {
+    /// `--to` was met or passed.
+    Reached,
+    /// The bus had nothing more.
+    Drained,
+    /// A stop was asked for.
+    Stopped,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn replay_loop(
+    consumer: &mut PluginConsumer,
+    built: &mut [ConfiguredHandler],
+    matchers: &[(String, EventMatcher)],
+    extra: &EventMatcher,
+    to: Option<&Offset>,
+    counts: &mut [u64],
+    progress: &mut Progress,
+    shutdown: &Shutdown,
+) -> Result<End, AppError> {
+    let mut batch = EventBatch::new(512, 4 << 20);
+    let watchdog = crate::service::Watchdog::from_env();
+    loop {
+        if shutdown.requested() {
+            return Ok(End::Stopped);
+        }
+        batch.clear();
+        let status = consumer.poll(&mut batch).map_err(|e| {
+            AppError::Runtime(format!("{e}: replayed up to offset {}", progress.offset))
+        })?;
+        for gap in batch.gaps() {
+            tracing::warn!(
+                "gap: {} event(s) gone from the bus ({}) are not replayed",
+                gap.count
+                    .map_or_else(|| "some".to_owned(), |c| c.to_string()),
+                gap.range
+            );
+        }
+        for event in batch.iter() {
+            if to.is_some_and(|to| past(event.offset, to)) {
+                return Ok(End::Reached);
+            }
+            let dispatched = DispatchedEvent::new(event);
+            progress.events += 1;
+            progress.offset = dispatched.offset_text();
+            if extra.matches(&dispatched) {
+                for (index, (name, matcher)) in matchers.iter().enumerate() {
+                    if !matcher.matches(&dispatched) {
+                        continue;
+                    }
+                    if let Some(handler) = built.iter_mut().find(|h| &h.name == name) {
+                        match crate::pipeline::deliver(
+                            handler,
+                            &dispatched,
+                            shutdown,
+                            None,
+                            &watchdog,
+                        ) {
+                            crate::pipeline::Delivery::Done => {}
+                            crate::pipeline::Delivery::Interrupted => return Ok(End::Stopped),
+                            crate::pipeline::Delivery::Failed { error, attempts } => {
+                                return Err(AppError::Runtime(format!(
+                                    "handler '{name}' failed on offset {} after {attempts} \
+                                     attempt(s): {error}; the replay stopped there (go on \
+                                     with --from {})",
+                                    progress.offset, progress.offset
+                                )))
+                            }
+                        }
+                    }
+                    counts[index] += 1;
+                    progress.delivered += 1;
+                }
+            }
+            progress.show();
+            if to.is_some_and(|to| event.offset == to.as_ref()) {
+                return Ok(End::Reached);
+            }
+        }
+        for handler in built.iter_mut() {
+            handler
+                .handler
+                .flush()
+                .map_err(|e| AppError::Runtime(format!("handler '{}': {e}", handler.name)))?;
+        }
+        match status {
+            PollStatus::Ready => {}
+            PollStatus::Idle | PollStatus::Ended => return Ok(End::Drained),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numeric_offsets_end_the_range_past_to_and_others_only_at_it() {
+        assert!(past(OffsetRef::Int(8), &Offset::Int(7)));
+        assert!(!past(OffsetRef::Int(7), &Offset::Int(7)));
+        assert!(past(OffsetRef::Float(7.5), &Offset::Int(7)));
+        assert!(!past(OffsetRef::String("b"), &Offset::String("a".into())));
+        assert!(match_filter(&["objtype=SRV*".into(), "category=base".into()]).is_ok());
+        assert!(match_filter(&["colour=red".into()]).is_err());
+        assert!(match_filter(&["objtype".into()]).is_err());
+    }
+}

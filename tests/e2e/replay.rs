@@ -1,0 +1,147 @@
+//! `buslink replay`: a past range to chosen handlers, the committed offset untouched, with the
+//! daemon running beside it.
+
+use crate::common::*;
+use buslink_testkit::process::{run, run_once};
+use buslink_testkit::{Daemon, TestDir};
+use serde_json::Value;
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn buslink(args: &[&str]) -> buslink_testkit::RunOutput {
+    run(args, LIMIT)
+}
+
+#[test]
+fn a_range_is_replayed_to_one_handler_while_the_daemon_runs_and_the_offset_stays() {
+    let dir = TestDir::new("replay");
+    let bus = bus_with(&dir, 20);
+    let hook_file = dir.join("out/hook.jsonl");
+    let handlers = format!(
+        "{}\n[[handlers]]\nname = \"hook\"\ntype = \"exec\"\n\
+         command = [\"sh\", \"-c\", \"cat >> {}\"]\n",
+        jsonl_handler("archive", ""),
+        hook_file.display()
+    );
+    let config = sqlite_config(&dir, &bus, "", &handlers);
+    let config_arg = config.to_string_lossy().into_owned();
+    let first = run_once(&config);
+    assert_eq!(first.code(), Some(0), "{first}");
+    assert_eq!(count_lines(&hook_file), 20);
+    let before = buslink(&["offsets", "show", "--json", "--config", &config_arg]);
+    assert_eq!(before.code(), Some(0), "{before}");
+    let cache_before: Value = serde_json::from_str(&before.stdout).expect("JSON");
+    assert_eq!(cache_before["last_offset"]["int"], 20);
+
+    let mut daemon = Daemon::run(&config);
+    daemon.wait_for("the daemon consuming", LIMIT, |d| {
+        d.stderr().contains("open and positioned")
+    });
+    let replay = buslink(&[
+        "replay",
+        "--config",
+        &config_arg,
+        "--from",
+        "5",
+        "--to",
+        "9",
+        "--handler",
+        "hook",
+    ]);
+    assert_eq!(replay.code(), Some(0), "{replay}");
+    assert!(
+        replay.stdout.contains("handler hook: delivered 5 events"),
+        "{replay}"
+    );
+    // Not a terminal: a JSON summary line on stderr.
+    let done: Value = replay
+        .stderr
+        .lines()
+        .find_map(|line| serde_json::from_str::<Value>(line).ok())
+        .expect("a JSON progress line");
+    assert_eq!(done["replay"], "done");
+    assert_eq!(done["delivered"], 5);
+    let hooked = offsets(&read_lines(&dir, "out/hook.jsonl"));
+    let mut expected: Vec<i64> = (1..=20).collect();
+    expected.extend(5..=9);
+    assert_eq!(
+        hooked, expected,
+        "events 5 to 9 once more, after the first 20"
+    );
+    assert_eq!(
+        count_lines(&dir.join("out/archive.jsonl")),
+        20,
+        "archive untouched"
+    );
+
+    // The exactly-once archive is refused; a dry run only counts.
+    let refused = buslink(&["replay", "--config", &config_arg, "--from", "beginning"]);
+    assert_eq!(refused.code(), Some(2), "{refused}");
+    assert!(
+        refused
+            .stderr
+            .contains("handler 'archive' is an exactly-once jsonl output"),
+        "{refused}"
+    );
+    let dry = buslink(&[
+        "replay",
+        "--config",
+        &config_arg,
+        "--from",
+        "beginning",
+        "--match",
+        "objtype=SRVGroups",
+        "--dry-run",
+    ]);
+    assert_eq!(dry.code(), Some(0), "{dry}");
+    assert!(dry.stdout.contains("20 events read"), "{dry}");
+    assert!(
+        dry.stdout
+            .contains("handler archive: would deliver 4 events"),
+        "{dry}"
+    );
+    assert!(
+        dry.stdout.contains("handler hook: would deliver 4 events"),
+        "{dry}"
+    );
+    assert_eq!(count_lines(&hook_file), 25, "a dry run delivers nothing");
+
+    let stopped = daemon.terminate(LIMIT);
+    assert_eq!(stopped.code(), Some(0), "{stopped}");
+    let after = buslink(&["offsets", "show", "--json", "--config", &config_arg]);
+    let cache_after: Value = serde_json::from_str(&after.stdout).expect("JSON");
+    assert_eq!(cache_after["last_offset"], cache_before["last_offset"]);
+    assert_eq!(
+        cache_after["events_handled"],
+        cache_before["events_handled"]
+    );
+
+    // A failing handler stops the replay and says where to go on.
+    let failing = config_arg.replace("buslink.toml", "failing.toml");
+    let text = std::fs::read_to_string(&config)
+        .expect("config")
+        .replace("cat >> ", "exit 3; cat >> ")
+        .replace(
+            "[[handlers]]\nname = \"hook\"",
+            "[[handlers]]\nname = \"hook\"\nretry = { attempts = 1 }",
+        );
+    std::fs::write(&failing, text).expect("config");
+    let failed = buslink(&[
+        "replay",
+        "--config",
+        &failing,
+        "--from",
+        "12",
+        "--handler",
+        "hook",
+    ]);
+    assert_eq!(failed.code(), Some(1), "{failed}");
+    assert!(
+        failed
+            .stderr
+            .contains("handler 'hook' failed on offset 12 after 1 attempt(s)"),
+        "{failed}"
+    );
+    assert!(failed.stderr.contains("go on with --from 12"), "{failed}");
+}
