@@ -1,21 +1,36 @@
-//! Several consumers in one process (`[[consumers]]`): one thread per consumer, each running
-//! its own pipeline ([`run_consumer`]: its reader, dispatcher, offset cache and lock). They
-//! share the process, the log (each line carries a `consumer{name=..}` span), the control
-//! socket and the metrics.
+//! The daemon's consumers: one thread per consumer, each running its own pipeline
+//! ([`run_consumer`]: its reader, dispatcher, offset cache and lock). They share the process,
+//! the log (each line carries a `consumer{name=..}` span), the control socket and the metrics.
 //!
-//! A consumer that fails is logged, shown as `failed: WHY (restart N in S s)` by `status` and
-//! `/health`, and restarted with backoff (1 s doubling to 60 s; back to 1 s after a run of a
-//! minute or more) without touching the others. The plugin library stays loaded; each restart
-//! is a new consumer instance of it. With `--once` every consumer drains and there is no
-//! restart: the run fails if any consumer failed.
+//! **Failures.** With `[[consumers]]`, a consumer that fails is logged, shown as `failed: WHY
+//! (restart N in S s)` by `status` and `/health`, and restarted with backoff (1 s doubling to
+//! 60 s; back to 1 s after a run of a minute or more) without touching the others; the plugin
+//! library stays loaded and each restart is a new consumer instance. With one `[consumer]`, a
+//! failure ends the process (exit 1; a service manager restarts it), as it always did. With
+//! `--once` every consumer drains, there is no restart, and the run fails if any consumer did.
+//!
+//! **Reload** (SIGHUP, `buslink ctl reload`): the config is read again and checked whole (the
+//! plugins validate their settings, the handlers are checked as `buslink check` does); if
+//! anything is wrong it is logged and the running config stays. Otherwise a consumer whose
+//! table, handlers or commit policy changed is stopped at a batch boundary (what it handled is
+//! committed) and started again with the new config, resuming right after its committed
+//! offset; a new consumer is started, a removed one stopped; the others are not touched.
+//! State dir, `[metrics]` and `[control]` take effect at the next start.
+//!
+//! **Invariant:** only a consumer's own thread runs its pipeline; the reloader (the main
+//! thread) only hands it a replacement and asks its current run to stop.
 
-use crate::commands::run::{new_consumer, run_consumer, ConsumerContext};
+use crate::commands::run::{build_consumer, new_consumer, run_consumer, ConsumerContext};
 use crate::commands::AppError;
 use crate::config::Config;
-use crate::control::Registry;
-use crate::metrics::State;
+use crate::control::{Registry, Shared};
+use crate::lock::ConsumerLock;
+use crate::metrics::{MetricsRegistry, State};
 use crate::plugin::{LoadedPlugin, PluginConsumer};
 use crate::shutdown::Shutdown;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::thread::{Scope, ScopedJoinHandle};
 use std::time::{Duration, Instant};
 
 /// The first wait before a failed consumer is restarted.
@@ -34,44 +49,98 @@ pub struct Unit {
     pub context: ConsumerContext,
 }
 
-/// Runs every unit on a thread of its own until each stopped; the error names every consumer
-/// that ended failed.
-pub fn run(
-    units: Vec<Unit>,
-    _registry: &Registry,
-    once: bool,
-    shutdown: &Shutdown,
-) -> Result<(), AppError> {
-    let names: Vec<String> = units
-        .iter()
-        .map(|u| u.config.consumer.name.clone())
-        .collect();
-    tracing::info!(
-        "running {} consumers in one process: {}",
-        units.len(),
-        names.join(", ")
-    );
+/// What the process's consumers share.
+pub struct Daemon<'a> {
+    /// The config file (read again at a reload).
+    pub config_path: &'a Path,
+    pub registry: Arc<Registry>,
+    pub metrics: Option<Arc<MetricsRegistry>>,
+    pub once: bool,
+    pub shutdown: &'a Shutdown,
+    /// One `[consumer]`: a failure ends the process instead of a restart.
+    pub single: bool,
+}
+
+/// A new config, plugin and first instance for a consumer's next run.
+struct Replacement {
+    config: Config,
+    plugin: LoadedPlugin,
+    consumer: PluginConsumer,
+}
+
+/// What the reloader and a consumer's thread share, under one lock.
+#[derive(Default)]
+struct Steering {
+    /// The stop flag of the run under way.
+    attempt: Option<Shutdown>,
+    /// What the next run runs (set with a stop of the run under way).
+    replacement: Option<Replacement>,
+    /// End the consumer (it left the config).
+    retire: bool,
+}
+
+type Steer = Arc<Mutex<Steering>>;
+
+fn steer(steer: &Steer) -> std::sync::MutexGuard<'_, Steering> {
+    steer
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The main thread's handle on one consumer.
+struct Handle<'scope> {
+    name: String,
+    fingerprint: String,
+    shared: Arc<Shared>,
+    steer: Steer,
+    thread: std::io::Result<ScopedJoinHandle<'scope, Result<(), AppError>>>,
+}
+
+impl Handle<'_> {
+    fn finished(&self) -> bool {
+        self.thread.as_ref().map_or(true, |t| t.is_finished())
+    }
+}
+
+/// Runs every unit on a thread of its own until each stopped (reloading on request); the error
+/// names every consumer that ended failed.
+pub fn run(units: Vec<Unit>, daemon: &Daemon<'_>) -> Result<(), AppError> {
+    if units.len() > 1 {
+        tracing::info!(
+            "running {} consumers in one process: {}",
+            units.len(),
+            units
+                .iter()
+                .map(|u| u.config.consumer.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let process_fingerprint = units
+        .first()
+        .map(|u| u.config.process_fingerprint())
+        .unwrap_or_default();
     let results: Vec<(String, Result<(), AppError>)> = std::thread::scope(|scope| {
-        let threads: Vec<_> = units
+        let mut handles: Vec<Handle<'_>> = units
             .into_iter()
-            .map(|unit| {
-                let name = unit.config.consumer.name.clone();
-                let thread = std::thread::Builder::new()
-                    .name(format!("consumer {name}"))
-                    .spawn_scoped(scope, move || supervise(unit, once, shutdown));
-                (name, thread)
-            })
+            .map(|unit| spawn(scope, unit, daemon))
             .collect();
-        threads
+        while !handles.iter().all(Handle::finished) {
+            if !daemon.once && daemon.registry.take_reload() {
+                reload(scope, &mut handles, daemon, &process_fingerprint);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        handles
             .into_iter()
-            .map(|(name, thread)| {
-                let result = match thread {
+            .map(|handle| {
+                let result = match handle.thread {
                     Ok(thread) => thread.join().unwrap_or_else(|_| {
                         Err(AppError::Runtime("its thread panicked".to_owned()))
                     }),
                     Err(e) => Err(AppError::Runtime(format!("cannot start its thread: {e}"))),
                 };
-                (name, result)
+                (handle.name, result)
             })
             .collect()
     });
@@ -81,6 +150,7 @@ pub fn run(
         .collect();
     match failed.len() {
         0 => Ok(()),
+        1 if daemon.single => Err(failed.remove(0).1),
         1 => {
             let (name, error) = failed.remove(0);
             Err(match error {
@@ -100,37 +170,95 @@ pub fn run(
     }
 }
 
-/// One consumer's life: run, and after a failure wait and run a new instance, until it stops
-/// as asked (or, with `--once`, fails).
-fn supervise(mut unit: Unit, once: bool, shutdown: &Shutdown) -> Result<(), AppError> {
+fn spawn<'scope, 'env>(
+    scope: &'scope Scope<'scope, 'env>,
+    unit: Unit,
+    daemon: &'env Daemon<'env>,
+) -> Handle<'scope> {
+    let name = unit.config.consumer.name.clone();
+    let fingerprint = unit.config.consumer_fingerprint();
+    let shared = unit.context.control.clone();
+    let steering: Steer = Arc::default();
+    let thread = {
+        let steering = steering.clone();
+        std::thread::Builder::new()
+            .name(format!("consumer {name}"))
+            .spawn_scoped(scope, move || supervise(unit, daemon, &steering))
+    };
+    Handle {
+        name,
+        fingerprint,
+        shared,
+        steer: steering,
+        thread,
+    }
+}
+
+/// One consumer's life: run; after a failure wait and run a new instance; after a reload run
+/// the replacement; until it stops as asked (or fails where there is no restart).
+fn supervise(mut unit: Unit, daemon: &Daemon<'_>, steering: &Steer) -> Result<(), AppError> {
     let span = tracing::info_span!("consumer", name = %unit.config.consumer.name);
     let _span = span.enter();
+    let shutdown = daemon.shutdown;
     let mut backoff = FIRST_BACKOFF;
     let mut restarts = 0u64;
     loop {
+        // Its own stop flag: a pipeline stops itself after an error, and a reload stops it,
+        // without stopping the others.
+        let attempt_stop = shutdown.child();
+        {
+            let mut steering = steer(steering);
+            if steering.retire {
+                return Ok(());
+            }
+            if let Some(replacement) = steering.replacement.take() {
+                unit.context.control.update(|status| {
+                    status.plugin = replacement.config.consumer.plugin.clone();
+                    status.class = replacement.config.consumer.class.clone();
+                });
+                unit.context
+                    .control
+                    .set_pausable(!replacement.consumer.bus_owns_position());
+                unit.config = replacement.config;
+                unit.plugin = replacement.plugin;
+                unit.consumer = Some(replacement.consumer);
+                backoff = FIRST_BACKOFF;
+            }
+            steering.attempt = Some(attempt_stop.clone());
+        }
         let started = Instant::now();
         let attempt = match unit.consumer.take() {
             Some(consumer) => Ok(consumer),
             None => new_consumer(&unit.config, &unit.plugin),
         };
         let result = attempt.and_then(|consumer| {
-            // Its own stop flag: a pipeline stops itself after an error, not the others.
-            let own_stop = shutdown.child();
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 run_consumer(
                     &unit.config,
                     &unit.plugin,
                     consumer,
                     &unit.context,
-                    once,
-                    &own_stop,
+                    daemon.once,
+                    &attempt_stop,
                 )
             }))
             .unwrap_or_else(|_| Err(AppError::Runtime("the pipeline panicked".to_owned())))
         });
+        {
+            let mut steering = steer(steering);
+            steering.attempt = None;
+            if steering.retire {
+                return Ok(());
+            }
+            if steering.replacement.is_some() && !shutdown.requested() {
+                continue;
+            }
+        }
         let error = match result {
             Ok(()) => return Ok(()),
-            Err(error) if once || shutdown.requested() => return Err(error),
+            Err(error) if daemon.once || daemon.single || shutdown.requested() => {
+                return Err(error)
+            }
             Err(error) => error,
         };
         if started.elapsed() >= HEALTHY_RUN {
@@ -155,8 +283,19 @@ fn supervise(mut unit: Unit, once: bool, shutdown: &Shutdown) -> Result<(), AppE
         if let Some(metrics) = &unit.context.metrics {
             metrics.set_state(State::Failed(state));
         }
-        if !shutdown.sleep(backoff) {
-            return Err(error);
+        // The wait ends early for a stop, a reload's replacement, or a retirement.
+        let until = Instant::now() + backoff;
+        while Instant::now() < until {
+            if shutdown.requested() {
+                return Err(error);
+            }
+            {
+                let steering = steer(steering);
+                if steering.retire || steering.replacement.is_some() {
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
         unit.context.control.update(|status| {
@@ -166,4 +305,172 @@ fn supervise(mut unit: Unit, once: bool, shutdown: &Shutdown) -> Result<(), AppE
             metrics.set_state(State::Connecting);
         }
     }
+}
+
+/// What a reload found for one consumer of the new config.
+enum Change {
+    Same,
+    Changed(Replacement),
+    Added(Unit),
+}
+
+/// Reads the config again and applies it whole, or logs why not and changes nothing.
+fn reload<'scope, 'env>(
+    scope: &'scope Scope<'scope, 'env>,
+    handles: &mut Vec<Handle<'scope>>,
+    daemon: &'env Daemon<'env>,
+    process_fingerprint: &str,
+) {
+    let path = daemon.config_path;
+    tracing::info!("reloading {}", path.display());
+    let refuse = |problems: &str| {
+        for line in problems.lines() {
+            tracing::error!("reload refused, the running config stays: {line}");
+        }
+    };
+    let configs = match Config::load_all(path) {
+        Ok(configs) => configs,
+        Err(errors) => return refuse(&errors.to_string()),
+    };
+    if let Some(first) = configs.first() {
+        if first.process_fingerprint() != process_fingerprint {
+            tracing::warn!(
+                "reload: state_dir, [metrics], [control] or the config's shape changed: they \
+                 take effect at the next start"
+            );
+        }
+    }
+    // Everything is checked before anything changes.
+    let mut problems = Vec::new();
+    let mut changes = Vec::new();
+    for config in configs {
+        let running = handles
+            .iter()
+            .find(|h| h.name == config.consumer.name && !h.finished());
+        if running.is_some_and(|h| h.fingerprint == config.consumer_fingerprint()) {
+            changes.push((config.consumer.name.clone(), Change::Same));
+            continue;
+        }
+        for handler in &config.handlers {
+            if let Err(problem) = crate::commands::check::check_handler(
+                handler,
+                &config.base_dir,
+                &config.plugin_dirs,
+            ) {
+                problems.push(
+                    config
+                        .handler_error(
+                            &handler.name,
+                            format!("handler '{}': {problem}", handler.name),
+                        )
+                        .to_string(),
+                );
+            }
+        }
+        let (plugin, consumer) = match build_consumer(&config) {
+            Ok(built) => built,
+            Err(error) => {
+                problems.push(error.to_string());
+                continue;
+            }
+        };
+        let name = config.consumer.name.clone();
+        if running.is_some() {
+            changes.push((
+                name,
+                Change::Changed(Replacement {
+                    config,
+                    plugin,
+                    consumer,
+                }),
+            ));
+            continue;
+        }
+        // A consumer new to this process: its lock first (another daemon may run it).
+        let lock = match ConsumerLock::acquire(&config.state_dir, &name) {
+            Ok(lock) => lock,
+            Err(error) => {
+                problems.push(error.to_string());
+                continue;
+            }
+        };
+        let control = Arc::new(Shared::new(
+            &name,
+            &config.consumer.plugin,
+            &config.consumer.class,
+        ));
+        if consumer.bus_owns_position() {
+            control.forbid_pause();
+        }
+        let metrics = daemon.metrics.as_ref().map(|m| m.consumer(&name));
+        changes.push((
+            name,
+            Change::Added(Unit {
+                config,
+                plugin,
+                consumer: Some(consumer),
+                context: ConsumerContext {
+                    control,
+                    metrics,
+                    lock,
+                },
+            }),
+        ));
+    }
+    if !problems.is_empty() {
+        return refuse(&problems.join("\n"));
+    }
+    let (mut same, mut restarted, mut added, mut removed) = (0, 0, 0, 0);
+    let kept: Vec<String> = changes.iter().map(|(name, _)| name.clone()).collect();
+    for handle in handles.iter().filter(|h| !h.finished()) {
+        if !kept.contains(&handle.name) {
+            tracing::info!(
+                "reload: consumer '{}' left the config: stopping it",
+                handle.name
+            );
+            let mut steering = steer(&handle.steer);
+            steering.retire = true;
+            if let Some(stop) = &steering.attempt {
+                stop.request();
+            }
+            removed += 1;
+        }
+    }
+    for (name, change) in changes {
+        match change {
+            Change::Same => same += 1,
+            Change::Changed(replacement) => {
+                let Some(handle) = handles.iter_mut().find(|h| h.name == name && !h.finished())
+                else {
+                    continue;
+                };
+                tracing::info!(
+                    "reload: consumer '{name}' changed: restarting it at a batch boundary (what \
+                     it handled is committed; it resumes right after)"
+                );
+                handle.fingerprint = replacement.config.consumer_fingerprint();
+                let mut steering = steer(&handle.steer);
+                steering.replacement = Some(replacement);
+                if let Some(stop) = &steering.attempt {
+                    stop.request();
+                }
+                restarted += 1;
+            }
+            Change::Added(unit) => {
+                tracing::info!("reload: consumer '{name}' is new: starting it");
+                handles.push(spawn(scope, unit, daemon));
+                added += 1;
+            }
+        }
+    }
+    let running: Vec<Arc<Shared>> = handles
+        .iter()
+        .filter(|h| !h.finished() && !steer(&h.steer).retire)
+        .map(|h| h.shared.clone())
+        .collect();
+    daemon.registry.set_consumers(running);
+    tracing::info!(
+        "reloaded: {same} consumer(s) unchanged, {restarted} restarted, {added} started, \
+         {removed} stopped"
+    );
 }

@@ -346,3 +346,119 @@ fn several_consumer_configs_are_checked_entry_by_entry() {
         "{out}"
     );
 }
+
+#[test]
+fn sighup_restarts_a_consumer_whose_handlers_changed_and_a_bad_config_changes_nothing() {
+    let dir = TestDir::new("reload");
+    let bus = bus_with(&dir, 20);
+    let config = sqlite_config(&dir, &bus, "", &jsonl_handler("a", ""));
+    let mut daemon = Daemon::run(&config);
+    daemon.wait_for("the 20 events", LIMIT, |_| {
+        count_lines(&dir.join("out/a.jsonl")) == 20
+    });
+    // A second handler: the consumer restarts at a batch boundary and resumes after 20.
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, format!("{text}\n{}", jsonl_handler("b", ""))).expect("config");
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_for("the reload", LIMIT, |d| {
+        d.stderr()
+            .contains("reloaded: 0 consumer(s) unchanged, 1 restarted, 0 started, 0 stopped")
+    });
+    append(&bus, 5);
+    daemon.wait_for("the new events in both", LIMIT, |_| {
+        count_lines(&dir.join("out/a.jsonl")) == 25 && count_lines(&dir.join("out/b.jsonl")) == 5
+    });
+    assert_eq!(
+        offsets(&read_lines(&dir, "out/a.jsonl")),
+        (1..=25).collect::<Vec<_>>(),
+        "nothing lost, nothing twice across the restart"
+    );
+    assert_eq!(
+        offsets(&read_lines(&dir, "out/b.jsonl")),
+        (21..=25).collect::<Vec<_>>()
+    );
+    // An invalid config is logged and the running one stays (through `ctl reload` this time).
+    let good = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        format!("{good}\n[[handlers]]\nname = \"c\"\ntype = \"carrier-pigeon\"\n"),
+    )
+    .expect("config");
+    assert_eq!(ctl(&config, &["reload"]).stdout, "reloading\n");
+    daemon.wait_for("the refusal", LIMIT, |d| {
+        d.stderr()
+            .contains("reload refused, the running config stays:")
+            && d.stderr().contains("carrier-pigeon")
+    });
+    // A plugin's refusal of its settings is caught before anything stops, too.
+    std::fs::write(
+        &config,
+        good.replace("poll_interval_ms = 10", "poll_interval_ms = \"soon\""),
+    )
+    .expect("config");
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_for("the second refusal", LIMIT, |d| {
+        d.stderr()
+            .matches("reload refused, the running config stays:")
+            .count()
+            >= 2
+            && d.stderr().contains("consumer.settings.poll_interval_ms")
+    });
+    append(&bus, 3);
+    daemon.wait_for("the old config still at work", LIMIT, |_| {
+        count_lines(&dir.join("out/a.jsonl")) == 28 && count_lines(&dir.join("out/b.jsonl")) == 8
+    });
+    let run = daemon.terminate(LIMIT);
+    assert_eq!(run.code(), Some(0), "{run}");
+    assert_eq!(run.stderr.matches("reloaded:").count(), 1, "{run}");
+}
+
+#[test]
+fn a_reload_starts_a_new_consumer_and_stops_a_removed_one_leaving_the_rest() {
+    let dir = TestDir::new("reload-several");
+    let (bus_a, bus_b) = (bus(&dir, "a.sqlite", 10), bus(&dir, "b.sqlite", 15));
+    let config = several(&dir, "", &[sqlite_consumer("alpha", &bus_a)]);
+    let mut daemon = Daemon::run(&config);
+    daemon.wait_for("alpha's events", LIMIT, |_| {
+        count_lines(&dir.join("out/alpha.jsonl")) == 10
+    });
+    several(
+        &dir,
+        "",
+        &[
+            sqlite_consumer("alpha", &bus_a),
+            sqlite_consumer("beta", &bus_b),
+        ],
+    );
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_for("beta's events", LIMIT, |_| {
+        count_lines(&dir.join("out/beta.jsonl")) == 15
+    });
+    assert!(daemon
+        .stderr()
+        .contains("reloaded: 1 consumer(s) unchanged, 0 restarted, 1 started, 0 stopped"));
+    // alpha leaves the config: it stops; beta goes on.
+    several(&dir, "", &[sqlite_consumer("beta", &bus_b)]);
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_for("alpha stopped", LIMIT, |d| {
+        d.stderr()
+            .contains("reloaded: 1 consumer(s) unchanged, 0 restarted, 0 started, 1 stopped")
+    });
+    daemon.wait_for("only beta in the status", LIMIT, |_| {
+        let status = status(&config);
+        status["consumers"].as_array().map(Vec::len) == Some(1)
+            && consumer_status(&status, "beta")["state"] == "running"
+    });
+    append(&bus_a, 4);
+    append(&bus_b, 4);
+    daemon.wait_for("beta's new events", LIMIT, |_| {
+        count_lines(&dir.join("out/beta.jsonl")) == 19
+    });
+    assert_eq!(
+        count_lines(&dir.join("out/alpha.jsonl")),
+        10,
+        "alpha stopped"
+    );
+    let run = daemon.terminate(LIMIT);
+    assert_eq!(run.code(), Some(0), "{run}");
+}

@@ -133,7 +133,7 @@ fn check_writable_dir(dir: &Path) -> Result<(), String> {
         .map_err(|e| format!("cannot write in {}: {e}", existing.display()))
 }
 
-fn check_handler(
+pub(crate) fn check_handler(
     handler: &HandlerConfig,
     base_dir: &Path,
     plugin_dirs: &[std::path::PathBuf],

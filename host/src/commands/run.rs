@@ -254,22 +254,20 @@ pub fn run(config_path: &Path, once: bool) -> Result<(), AppError> {
             }
         })
         .collect();
-    if single {
-        let mut units = units;
-        let unit = units.remove(0);
-        let consumer = unit
-            .consumer
-            .ok_or_else(|| AppError::Runtime("no consumer".into()))?;
-        return run_consumer(
-            &unit.config,
-            &unit.plugin,
-            consumer,
-            &unit.context,
+    registry
+        .reload_on_sighup()
+        .map_err(|e| AppError::Runtime(format!("cannot install the SIGHUP handler: {e}")))?;
+    crate::supervisor::run(
+        units,
+        &crate::supervisor::Daemon {
+            config_path,
+            registry: registry.clone(),
+            metrics: metrics_registry.clone(),
             once,
-            &shutdown,
-        );
-    }
-    crate::supervisor::run(units, &registry, once, &shutdown)
+            shutdown: &shutdown,
+            single,
+        },
+    )
 }
 
 /// What one consumer's pipeline shares with the rest of the daemon, kept across restarts.

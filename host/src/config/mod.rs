@@ -945,6 +945,56 @@ impl Config {
         self.source.error_at_key(&path, message)
     }
 
+    /// What decides this consumer's pipeline, as written in the file: its table, its handlers
+    /// and the commit policy it uses. A reload restarts the consumer when this changed.
+    pub fn consumer_fingerprint(&self) -> String {
+        let Ok(table) = toml::from_str::<toml::Table>(&self.source.text) else {
+            return String::new();
+        };
+        let mut value = toml::Value::Table(table.clone());
+        for part in &self.consumer_key {
+            value = match part.parse::<usize>() {
+                Ok(index) => value
+                    .get(index)
+                    .cloned()
+                    .unwrap_or(toml::Value::Boolean(false)),
+                Err(_) => value
+                    .get(part.as_str())
+                    .cloned()
+                    .unwrap_or(toml::Value::Boolean(false)),
+            };
+        }
+        let parts = [
+            Some(value),
+            table.get("handlers").cloned(),
+            table.get("commit").cloned(),
+            Some(toml::Value::Boolean(self.allow_insecure_plugins)),
+            Some(toml::Value::Integer(
+                i64::try_from(self.stats_interval_s).unwrap_or(i64::MAX),
+            )),
+            Some(toml::Value::Array(
+                self.plugin_dirs
+                    .iter()
+                    .map(|d| toml::Value::String(d.display().to_string()))
+                    .collect(),
+            )),
+        ];
+        format!("{parts:?}")
+    }
+
+    /// What the whole process shares, as written: a reload cannot change it (a restart does).
+    pub fn process_fingerprint(&self) -> String {
+        format!(
+            "{:?}",
+            (
+                &self.state_dir,
+                &self.metrics_listen,
+                &self.control,
+                self.consumer_key.first() == Some(&"consumer".to_owned()),
+            )
+        )
+    }
+
     /// `consumer` or `consumers[1]`: where this consumer is, for messages.
     pub fn consumer_label(&self) -> String {
         key_label(&self.consumer_key)

@@ -30,7 +30,8 @@ pub fn default_socket_path(state_dir: &Path) -> PathBuf {
 #[derive(Debug, Default)]
 pub struct Registry {
     consumers: Mutex<Vec<std::sync::Arc<Shared>>>,
-    reload: AtomicBool,
+    /// Set by `reload` and by SIGHUP.
+    reload: std::sync::Arc<AtomicBool>,
 }
 
 impl Registry {
@@ -38,8 +39,13 @@ impl Registry {
     pub fn new(consumers: Vec<std::sync::Arc<Shared>>) -> Registry {
         Registry {
             consumers: Mutex::new(consumers),
-            reload: AtomicBool::new(false),
+            reload: std::sync::Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Makes SIGHUP ask for a reload.
+    pub fn reload_on_sighup(&self) -> std::io::Result<()> {
+        signal_hook::flag::register(signal_hook::consts::SIGHUP, self.reload.clone()).map(|_| ())
     }
 
     /// The consumers, in config order.
@@ -136,6 +142,14 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .consumer
             .clone()
+    }
+
+    /// Allows or refuses `pause` (a reload may change the consumer).
+    pub fn set_pausable(&self, pausable: bool) {
+        self.pausable.store(pausable, Ordering::SeqCst);
+        if !pausable {
+            self.set_paused(false);
+        }
     }
 
     /// Refuses `pause` from now on (see the field).
