@@ -135,10 +135,47 @@ pub enum CtlAction {
         /// One consumer (default: every consumer of the daemon).
         consumer: Option<String>,
     },
+    /// The error queue through the running daemon: list, retry now, or drop queued events.
+    Errors {
+        #[command(subcommand)]
+        action: CtlErrorsAction,
+    },
     /// Re-read the config, as SIGHUP does.
     Reload,
     /// Stop the daemon, as SIGTERM does.
     Quit,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CtlErrorsAction {
+    /// List the queued events.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// One consumer (default: every consumer of the daemon).
+        #[arg(long)]
+        consumer: Option<String>,
+    },
+    /// Try queued events now: every object, or the object of event ID.
+    Retry {
+        /// A queued event's id (then --consumer is needed where the daemon runs several).
+        id: Option<u64>,
+        /// One consumer (default: every consumer of the daemon).
+        #[arg(long)]
+        consumer: Option<String>,
+    },
+    /// Remove queued events without handling them.
+    Drop {
+        /// A queued event's id.
+        id: Option<u64>,
+        /// Every queued event.
+        #[arg(long)]
+        all: bool,
+        /// The consumer (needed where the daemon runs several).
+        #[arg(long)]
+        consumer: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -134,6 +134,36 @@ impl ErrorQueue {
         &self.path
     }
 
+    /// The queue as `buslink errors list` prints it (`json`: a pretty JSON array).
+    pub fn describe(&self, consumer: &str, json: bool) -> String {
+        if json {
+            return serde_json::to_string_pretty(self.events()).unwrap_or_default() + "\n";
+        }
+        if self.is_empty() {
+            return format!("consumer '{consumer}': the error queue is empty\n");
+        }
+        let mut text = format!(
+            "consumer '{consumer}': {} queued event(s)\n",
+            self.events().len()
+        );
+        for event in self.events() {
+            text.push_str(&format!(
+                "#{} handler '{}' offset {} object {} attempts {} queued {}: {}\n",
+                event.id,
+                event.handler,
+                event.offset,
+                event.key,
+                event.attempts,
+                event.queued_at.to_rfc3339(),
+                event
+                    .error
+                    .as_deref()
+                    .unwrap_or("waiting behind an earlier event of the same object")
+            ));
+        }
+        text
+    }
+
     pub fn events(&self) -> &[QueuedEvent] {
         &self.file.events
     }

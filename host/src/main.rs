@@ -1,6 +1,8 @@
 //! The `buslink` daemon. See ARCHITECTURE.md for the map.
 
-use buslink::cli::{Cli, Command, CtlAction, ErrorsAction, OffsetsAction, PluginsCommand};
+use buslink::cli::{
+    Cli, Command, CtlAction, CtlErrorsAction, ErrorsAction, OffsetsAction, PluginsCommand,
+};
 use buslink::commands::{check, errors, offsets, plugins, query, replay, run, AppError};
 use buslink::logging;
 use clap::Parser;
@@ -105,6 +107,29 @@ fn dispatch(command: Command) -> Result<(), AppError> {
                 } => with("status --json", consumer),
                 CtlAction::Pause { consumer } => with("pause", consumer),
                 CtlAction::Resume { consumer } => with("resume", consumer),
+                CtlAction::Errors { action } => {
+                    let on = |consumer: Option<String>| {
+                        consumer.map_or_else(String::new, |name| format!(" --consumer {name}"))
+                    };
+                    match action {
+                        CtlErrorsAction::List { json, consumer } => format!(
+                            "errors list{}{}",
+                            if json { " --json" } else { "" },
+                            on(consumer)
+                        ),
+                        CtlErrorsAction::Retry { id, consumer } => format!(
+                            "errors retry{}{}",
+                            on(consumer),
+                            id.map_or_else(String::new, |id| format!(" {id}"))
+                        ),
+                        CtlErrorsAction::Drop { id, all, consumer } => format!(
+                            "errors drop{}{}{}",
+                            on(consumer),
+                            id.map_or_else(String::new, |id| format!(" {id}")),
+                            if all { " --all" } else { "" }
+                        ),
+                    }
+                }
                 CtlAction::Reload => "reload".to_owned(),
                 CtlAction::Quit => "quit".to_owned(),
             };

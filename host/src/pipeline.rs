@@ -650,9 +650,18 @@ pub fn run(
     let mut lock = options.lock.clone();
     // A batch received while paused, handled first after the resume.
     let mut held: Option<ReaderMessage> = None;
+    if let Some(control) = &options.control {
+        control.set_serving(true);
+    }
     let outcome: Result<(), PipelineError> = loop {
         progress.report_if_due(&committer);
         watchdog.tick();
+        if let Some(control) = options.control.as_deref().filter(|c| c.has_requests()) {
+            if let Err(error) = serve_queue_requests(control, handlers, error_queue, &mut committer)
+            {
+                break Err(error);
+            }
+        }
         if let Some(library) = library.as_mut() {
             library.check();
         }
@@ -764,6 +773,9 @@ pub fn run(
     } else if let Err(error) = &outcome {
         set_state(&options, State::Failed(error.to_string()));
     }
+    if let Some(control) = &options.control {
+        control.set_serving(false);
+    }
     // Whatever happened, keep what was fully handled, durably.
     let final_commit = committer
         .commit(handlers, error_queue)
@@ -859,6 +871,86 @@ pub fn counters_text(gaps: u64, events_lost: u64, counters: &[(String, u64)]) ->
         text.push_str(&format!(", {name} {value}"));
     }
     text
+}
+
+/// Carries out the error-queue commands of the control socket (`ctl errors`), between batches.
+fn serve_queue_requests(
+    control: &crate::control::Shared,
+    handlers: &mut [ConfiguredHandler],
+    queue: &mut ErrorQueue,
+    committer: &mut Committer<'_>,
+) -> Result<(), PipelineError> {
+    use crate::control::QueueCommand;
+    let name = control.name();
+    for request in control.take_requests() {
+        let answer = match &request.command {
+            QueueCommand::List { json } => queue.describe(&name, *json),
+            QueueCommand::Retry { id: Some(id) } if queue.get(*id).is_none() => {
+                format!("error: consumer '{name}' has no queued event #{id}\n")
+            }
+            QueueCommand::Retry { id } => {
+                // What was handled goes first, with the events it queued.
+                committer.commit(handlers, queue)?;
+                let mut handled = 0;
+                let mut touched = Vec::new();
+                for (index, handler) in handlers.iter_mut().enumerate() {
+                    let holds = match id {
+                        Some(id) => queue.get(*id).is_some_and(|e| e.handler == handler.name),
+                        None => queue.holds_any(&handler.name),
+                    };
+                    if handler.on_failure == FailurePolicy::ErrorQueue && holds {
+                        handled += retry_queued(handler, queue, *id);
+                        touched.push(index);
+                    }
+                }
+                for_each_handler(
+                    handlers
+                        .iter_mut()
+                        .enumerate()
+                        .filter(|(index, _)| touched.contains(index))
+                        .map(|(_, handler)| handler),
+                    |h| h.sync(),
+                )?;
+                // As on the retry interval: the outputs' lengths before the queue.
+                committer.commit_outputs(handlers)?;
+                queue.save()?;
+                format!(
+                    "consumer '{name}': {handled} queued event(s) handled, {} left\n",
+                    queue.events().len()
+                )
+            }
+            QueueCommand::Drop { ids } => {
+                let ids: Vec<u64> = match ids {
+                    Some(ids) => ids.clone(),
+                    None => queue.events().iter().map(|e| e.id).collect(),
+                };
+                match ids.iter().find(|id| queue.get(**id).is_none()) {
+                    Some(missing) => {
+                        format!("error: consumer '{name}' has no queued event #{missing}\n")
+                    }
+                    None => {
+                        for id in &ids {
+                            queue.remove(*id);
+                        }
+                        queue.save()?;
+                        tracing::info!(
+                            "dropped {} queued event(s) through the control socket",
+                            ids.len()
+                        );
+                        format!(
+                            "consumer '{name}': dropped {} event(s), {} left\n",
+                            ids.len(),
+                            queue.events().len()
+                        )
+                    }
+                }
+            }
+        };
+        let left = queue.events().len();
+        control.update(|status| status.error_queue = left);
+        let _ = request.reply.send(answer);
+    }
+    Ok(())
 }
 
 /// Retries of the error queue, on each handler's `retry_interval`.

@@ -543,6 +543,7 @@ fn the_control_socket_shows_status_pauses_resumes_and_quits() {
     for expected in [
         "consumer test: running (plugin sqlite class SqliteConsumer)",
         "committed offset: 20 at ",
+        " s ago)",
         "events handled: 20",
         "error queue: 0 events",
     ] {

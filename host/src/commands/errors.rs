@@ -12,6 +12,18 @@ fn runtime(error: impl ToString) -> AppError {
     AppError::Runtime(error.to_string())
 }
 
+/// The consumer's lock, or an error that points at `buslink ctl errors` when its daemon runs.
+fn lock(config: &Config, action: &str) -> Result<ConsumerLock, AppError> {
+    ConsumerLock::acquire(&config.state_dir, &config.consumer.name).map_err(|error| match error {
+        crate::lock::LockError::Held { .. } => AppError::Runtime(format!(
+            "{error}: its daemon owns the error queue; do it through the daemon: buslink ctl \
+             --config {} errors {action}",
+            config.source.path.display()
+        )),
+        other => runtime(other),
+    })
+}
+
 fn load(config: &Config) -> Result<ErrorQueue, AppError> {
     ErrorQueue::load(&config.state_dir, &config.consumer.name).map_err(runtime)
 }
@@ -20,47 +32,14 @@ fn load(config: &Config) -> Result<ErrorQueue, AppError> {
 pub fn list(target: &crate::cli::Target, json: bool) -> Result<(), AppError> {
     let config = target.load()?;
     let queue = load(&config)?;
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(queue.events()).map_err(runtime)?
-        );
-        return Ok(());
-    }
-    if queue.is_empty() {
-        println!(
-            "consumer '{}': the error queue is empty",
-            config.consumer.name
-        );
-        return Ok(());
-    }
-    println!(
-        "consumer '{}': {} queued event(s)",
-        config.consumer.name,
-        queue.events().len()
-    );
-    for event in queue.events() {
-        println!(
-            "#{} handler '{}' offset {} object {} attempts {} queued {}: {}",
-            event.id,
-            event.handler,
-            event.offset,
-            event.key,
-            event.attempts,
-            event.queued_at.to_rfc3339(),
-            event
-                .error
-                .as_deref()
-                .unwrap_or("waiting behind an earlier event of the same object")
-        );
-    }
+    print!("{}", queue.describe(&config.consumer.name, json));
     Ok(())
 }
 
 /// `errors retry [ID]`: tries the queued events now (all objects, or the object of ID).
 pub fn retry(target: &crate::cli::Target, id: Option<u64>) -> Result<(), AppError> {
     let config = target.load()?;
-    let _lock = ConsumerLock::acquire(&config.state_dir, &config.consumer.name).map_err(runtime)?;
+    let _lock = lock(&config, "retry")?;
     let mut queue = load(&config)?;
     if let Some(id) = id {
         if queue.get(id).is_none() {
@@ -121,7 +100,7 @@ pub fn drop_events(
     all: bool,
 ) -> Result<(), AppError> {
     let config = target.load()?;
-    let _lock = ConsumerLock::acquire(&config.state_dir, &config.consumer.name).map_err(runtime)?;
+    let _lock = lock(&config, "drop")?;
     let mut queue = load(&config)?;
     let ids: Vec<u64> = match (id, all) {
         (Some(id), false) => vec![id],

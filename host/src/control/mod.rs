@@ -75,9 +75,37 @@ impl Registry {
     }
 }
 
+/// An error-queue command the socket hands to a consumer's dispatcher (`ctl errors`), which
+/// carries it out between two batches: the queue is the dispatcher's alone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum QueueCommand {
+    /// The queued events (`json`: as a JSON array).
+    List { json: bool },
+    /// Try the queued events now: every object, or the object of event `id`.
+    Retry { id: Option<u64> },
+    /// Remove events without handling them (`None`: all).
+    Drop { ids: Option<Vec<u64>> },
+}
+
+/// A [`QueueCommand`] waiting for the dispatcher, and where its answer goes.
+#[derive(Debug)]
+pub struct QueueRequest {
+    pub command: QueueCommand,
+    asked: Instant,
+    pub reply: std::sync::mpsc::Sender<String>,
+}
+
+/// How long the socket waits for a dispatcher's answer; a request older than this is dropped
+/// unanswered (its client gave up: it must not happen later by surprise).
+pub const QUEUE_ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What the pipeline tells the socket, and the pause flag the socket sets.
 #[derive(Debug)]
 pub struct Shared {
+    /// Error-queue commands waiting for the dispatcher.
+    requests: Mutex<Vec<QueueRequest>>,
+    /// Whether a dispatcher runs and takes requests.
+    serving: AtomicBool,
     paused: AtomicBool,
     /// Whether `pause` is allowed: not for a consumer whose bus keeps the position (a Kafka
     /// group would take its partitions away from a member that stops polling).
@@ -99,6 +127,8 @@ pub struct Status {
     /// The last committed offset (as the cache shows it) and when (RFC 3339).
     pub committed_offset: Option<String>,
     pub committed_at: Option<String>,
+    /// Seconds since that commit.
+    pub committed_age_seconds: Option<f64>,
     /// When, as the pipeline notes it (formatted only when the status is asked for).
     #[serde(skip)]
     pub committed_time: Option<chrono::DateTime<chrono::Utc>>,
@@ -117,6 +147,8 @@ impl Shared {
     /// The state of consumer `name` (plugin, class) at start.
     pub fn new(consumer: &str, plugin: &str, class: &str) -> Shared {
         Shared {
+            requests: Mutex::new(Vec::new()),
+            serving: AtomicBool::new(false),
             paused: AtomicBool::new(false),
             pausable: AtomicBool::new(true),
             status: Mutex::new(Status {
@@ -142,6 +174,57 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .consumer
             .clone()
+    }
+
+    /// Whether the dispatcher takes error-queue commands (it says so while it runs).
+    pub fn set_serving(&self, serving: bool) {
+        self.serving.store(serving, Ordering::SeqCst);
+    }
+
+    /// Whether a dispatcher runs.
+    pub fn serving(&self) -> bool {
+        self.serving.load(Ordering::SeqCst)
+    }
+
+    /// Hands `command` to the dispatcher and waits for its answer ([`QUEUE_ANSWER_WAIT`]).
+    pub fn ask(&self, command: QueueCommand) -> Result<String, String> {
+        let (reply, answer) = std::sync::mpsc::channel();
+        self.requests
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(QueueRequest {
+                command,
+                asked: Instant::now(),
+                reply,
+            });
+        answer.recv_timeout(QUEUE_ANSWER_WAIT).map_err(|_| {
+            format!(
+                "consumer '{}' did not answer within {} s (a handler busy with retries?); \
+                 the command was not carried out",
+                self.name(),
+                QUEUE_ANSWER_WAIT.as_secs()
+            )
+        })
+    }
+
+    /// Whether a request waits (cheap: the dispatcher asks at every turn).
+    pub fn has_requests(&self) -> bool {
+        self.requests
+            .lock()
+            .map(|requests| !requests.is_empty())
+            .unwrap_or(false)
+    }
+
+    /// The waiting requests whose client still waits.
+    pub fn take_requests(&self) -> Vec<QueueRequest> {
+        let mut requests = self
+            .requests
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        std::mem::take(&mut *requests)
+            .into_iter()
+            .filter(|request| request.asked.elapsed() < QUEUE_ANSWER_WAIT)
+            .collect()
     }
 
     /// Allows or refuses `pause` (a reload may change the consumer).
@@ -184,6 +267,10 @@ impl Shared {
         let seconds = self.started.elapsed().as_secs_f64().max(0.001);
         status.events_per_second = (status.events_handled as f64 / seconds * 10.0).round() / 10.0;
         status.committed_at = status.committed_time.map(|t| t.to_rfc3339());
+        status.committed_age_seconds = status.committed_time.map(|t| {
+            let millis = (chrono::Utc::now() - t).num_milliseconds().max(0);
+            (millis as f64 / 100.0).round() / 10.0
+        });
         if self.paused() && status.state == "running" {
             status.state = "paused".to_owned();
         }

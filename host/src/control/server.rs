@@ -1,6 +1,6 @@
 //! The daemon's side of the control socket.
 
-use super::{Registry, Shared, Status};
+use super::{QueueCommand, Registry, Shared, Status};
 use crate::config::ControlSocketConfig;
 use crate::shutdown::Shutdown;
 use std::io::Write;
@@ -176,11 +176,15 @@ fn serve(stream: std::os::unix::net::UnixStream, registry: &Registry, shutdown: 
 }
 
 const COMMANDS: &str = "status [--json] [CONSUMER], pause [CONSUMER], resume [CONSUMER], \
-                        reload, quit";
+                        errors list [--json] [--consumer NAME], errors retry [--consumer NAME] \
+                        [ID], errors drop [--consumer NAME] ID|--all, reload, quit";
 
 /// The answer to one command line.
 pub fn answer(line: &str, registry: &Registry, shutdown: &Shutdown) -> String {
     let words: Vec<&str> = line.split_whitespace().collect();
+    if words.first() == Some(&"errors") {
+        return errors(&words[1..], registry);
+    }
     let all = registry.consumers();
     let json = words.get(1) == Some(&"--json");
     let named: Vec<&str> = words
@@ -283,6 +287,103 @@ pub fn answer(line: &str, registry: &Registry, shutdown: &Shutdown) -> String {
     }
 }
 
+/// `errors list|retry|drop`, carried out by the consumers' dispatchers.
+fn errors(words: &[&str], registry: &Registry) -> String {
+    let usage = || format!("error: unknown command (errors: {COMMANDS})\n");
+    let Some((&action, mut rest)) = words.split_first() else {
+        return usage();
+    };
+    let mut consumer = None;
+    let mut json = false;
+    let mut all = false;
+    let mut ids = Vec::new();
+    while let Some((&word, tail)) = rest.split_first() {
+        rest = tail;
+        match word {
+            "--consumer" => match rest.split_first() {
+                Some((&name, tail)) => {
+                    consumer = Some(name);
+                    rest = tail;
+                }
+                None => return usage(),
+            },
+            "--json" if action == "list" => json = true,
+            "--all" if action == "drop" => all = true,
+            id => match id.parse::<u64>() {
+                Ok(id) if action != "list" => ids.push(id),
+                _ => return usage(),
+            },
+        }
+    }
+    let consumers = registry.consumers();
+    let chosen: Vec<Arc<Shared>> = match consumer {
+        Some(name) => match consumers.iter().find(|s| s.name() == name) {
+            Some(shared) => vec![shared.clone()],
+            None => {
+                return format!(
+                    "error: no consumer named {name:?} in this daemon (it runs: {})\n",
+                    consumers
+                        .iter()
+                        .map(|s| s.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        },
+        None => consumers.clone(),
+    };
+    let command = match (action, ids.as_slice(), all) {
+        ("list", [], false) => QueueCommand::List { json },
+        ("retry", [], false) => QueueCommand::Retry { id: None },
+        ("retry", [id], false) => QueueCommand::Retry { id: Some(*id) },
+        ("drop", [], true) => QueueCommand::Drop { ids: None },
+        ("drop", ids, false) if !ids.is_empty() => QueueCommand::Drop {
+            ids: Some(ids.to_vec()),
+        },
+        _ => return usage(),
+    };
+    // An event id, or dropping, is about one consumer's queue.
+    if chosen.len() > 1
+        && !matches!(
+            command,
+            QueueCommand::List { .. } | QueueCommand::Retry { id: None }
+        )
+    {
+        return "error: this daemon runs several consumers: name one with --consumer NAME\n"
+            .to_owned();
+    }
+    let mut answers = String::new();
+    let mut lists = Vec::new();
+    for shared in &chosen {
+        if !shared.serving() {
+            return format!(
+                "error: consumer '{}' is not consuming now ({}): its queue is taken only \
+                 between two batches; try again once it runs\n",
+                shared.name(),
+                shared.status().state
+            );
+        }
+        match shared.ask(command.clone()) {
+            Ok(answer) if answer.starts_with("error: ") => return answer,
+            Ok(answer) if json => lists.push((shared.name(), answer)),
+            Ok(answer) => answers.push_str(&answer),
+            Err(why) => return format!("error: {why}\n"),
+        }
+    }
+    if json {
+        // One JSON document: the array of one consumer, or an object of arrays by name.
+        if let [(_, one)] = lists.as_slice() {
+            return one.clone();
+        }
+        let by_name: serde_json::Map<String, serde_json::Value> = lists
+            .into_iter()
+            .map(|(name, text)| (name, serde_json::from_str(&text).unwrap_or_default()))
+            .collect();
+        return serde_json::to_string_pretty(&by_name).unwrap_or_default() + "\n";
+    }
+    answers
+}
+
 fn human(status: &super::Status) -> String {
     let mut text = format!(
         "consumer {}: {} (plugin {} class {})\n",
@@ -291,11 +392,11 @@ fn human(status: &super::Status) -> String {
     text.push_str(&format!(
         "  committed offset: {}{}\n",
         status.committed_offset.as_deref().unwrap_or("none"),
-        status
-            .committed_at
-            .as_deref()
-            .map(|at| format!(" at {at}"))
-            .unwrap_or_default()
+        match (&status.committed_at, status.committed_age_seconds) {
+            (Some(at), Some(age)) => format!(" at {at} ({age} s ago)"),
+            (Some(at), None) => format!(" at {at}"),
+            _ => String::new(),
+        }
     ));
     text.push_str(&format!(
         "  events handled: {} ({} events/s)\n",
