@@ -538,3 +538,53 @@ fn the_error_queue_is_listed_retried_and_dropped_through_the_running_daemon() {
     let after = buslink(&["errors", "list", "--config", &config_arg]);
     assert!(after.stdout.contains("the error queue is empty"), "{after}");
 }
+
+#[test]
+fn the_control_socket_takes_its_path_mode_and_group_from_the_config() {
+    let dir = TestDir::new("ctl-socket");
+    let bus = bus_with(&dir, 3);
+    let gid = unsafe { libc::getgid() };
+    let config = sqlite_config(&dir, &bus, "", &jsonl_handler("all", ""));
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        format!("{text}\n[control]\npath = \"run/ctl.sock\"\nmode = \"0660\"\ngroup = \"{gid}\"\n"),
+    )
+    .expect("config");
+    std::fs::create_dir_all(dir.join("run")).expect("run dir");
+    let mut daemon = Daemon::run(&config);
+    daemon.wait_for("the events", LIMIT, |_| {
+        count_lines(&dir.join("out/all.jsonl")) == 3
+    });
+    let socket = dir.join("run/ctl.sock");
+    let meta = std::fs::metadata(&socket).expect("the socket");
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+        0o660
+    );
+    assert_eq!(std::os::unix::fs::MetadataExt::gid(&meta), gid);
+    assert!(!dir.join("state/buslink.sock").exists());
+    let status = ctl(&config, &["status"]);
+    assert!(status.stdout.contains("consumer test: running"), "{status}");
+    // A second daemon with the same socket is refused before it consumes anything.
+    let other = dir.write(
+        "other.toml",
+        std::fs::read_to_string(&config)
+            .expect("config")
+            .replace("name = \"test\"", "name = \"other\""),
+    );
+    let second = buslink(&["run", "--once", "--config", &other.to_string_lossy()]);
+    assert_eq!(second.code(), Some(1), "{second}");
+    assert!(
+        second.stderr.contains("another buslink daemon answers on"),
+        "{second}"
+    );
+    daemon.terminate(LIMIT);
+    assert!(!socket.exists(), "removed at exit");
+    // A mode that locks the owner out is a config error.
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, text.replace("mode = \"0660\"", "mode = \"0460\"")).expect("config");
+    let check = buslink(&["check", "--config", &config.to_string_lossy()]);
+    assert_eq!(check.code(), Some(2), "{check}");
+    assert!(check.stderr.contains("key `control.mode`"), "{check}");
+}
