@@ -61,6 +61,19 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome, in the order of their series.
+    const ALL: [Outcome; 5] = [
+        Outcome::Success,
+        Outcome::Retry,
+        Outcome::Failure,
+        Outcome::DeadLettered,
+        Outcome::Queued,
+    ];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
     fn label(self) -> &'static str {
         match self {
             Outcome::Success => "success",
@@ -69,6 +82,17 @@ impl Outcome {
             Outcome::DeadLettered => "dead_lettered",
             Outcome::Queued => "queued",
         }
+    }
+}
+
+/// One handler's counters by [`Outcome`]: counting is one atomic add.
+#[derive(Clone, Debug)]
+pub struct HandlerCounters([Counter; 5]);
+
+impl HandlerCounters {
+    /// One delivery ended so.
+    pub fn count(&self, outcome: Outcome) {
+        self.0[outcome.index()].inc();
     }
 }
 
@@ -198,7 +222,8 @@ impl MetricsRegistry {
             handler: families.handler.clone(),
             plugin: families.plugin.clone(),
             state: Mutex::new(State::Connecting),
-            categories: Mutex::new(std::collections::HashSet::new()),
+            categories: Mutex::new(std::collections::HashMap::new()),
+            handlers: Mutex::new(std::collections::HashMap::new()),
         });
         consumers.push(metrics.clone());
         metrics
@@ -280,8 +305,11 @@ pub struct Metrics {
     lag: Gauge,
     plugin: Family<PluginLabels, Gauge>,
     state: Mutex<State>,
-    /// The categories with a series of their own (at most [`MAX_CATEGORIES`]).
-    categories: Mutex<std::collections::HashSet<String>>,
+    /// The counter of each category met (at most [`MAX_CATEGORIES`], then `other`): found by
+    /// the event's `&str`, so that counting an event allocates nothing.
+    categories: Mutex<std::collections::HashMap<String, Counter>>,
+    /// Each handler's counters, by [`Outcome`] (in the order of [`Outcome::ALL`]).
+    handlers: Mutex<std::collections::HashMap<String, HandlerCounters>>,
 }
 
 /// Distinct categories counted apart; the rest are counted as `other` (a bus whose categories
@@ -291,31 +319,59 @@ const MAX_CATEGORIES: usize = 100;
 impl Metrics {
     /// An event of `category` was handled.
     pub fn event(&self, category: &str) {
-        let counted = match self.categories.lock() {
-            Ok(known) if known.contains(category) => category,
-            Ok(mut known) if known.len() < MAX_CATEGORIES => {
-                known.insert(category.to_owned());
-                category
-            }
-            _ => "other",
+        self.events_by(category, 1);
+    }
+
+    /// `count` events of `category` were handled (a batch's tally).
+    pub fn events_by(&self, category: &str, count: u64) {
+        let mut known = self
+            .categories
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(counter) = known.get(category) {
+            counter.inc_by(count);
+            return;
+        }
+        let counted = if known.len() < MAX_CATEGORIES {
+            category
+        } else {
+            "other"
         };
-        self.events
-            .get_or_create(&CategoryLabels {
-                consumer: self.consumer.consumer.clone(),
-                category: counted.to_owned(),
+        known
+            .entry(counted.to_owned())
+            .or_insert_with(|| {
+                self.events.get_or_create_owned(&CategoryLabels {
+                    consumer: self.consumer.consumer.clone(),
+                    category: counted.to_owned(),
+                })
             })
-            .inc();
+            .inc_by(count);
     }
 
     /// A handler's delivery ended so.
     pub fn handler(&self, handler: &str, outcome: Outcome) {
-        self.handler
-            .get_or_create(&HandlerLabels {
+        self.handler_counters(handler).count(outcome);
+    }
+
+    /// The outcome counters of `handler`, to count with no lookup (the dispatcher takes them
+    /// once per run).
+    pub fn handler_counters(&self, handler: &str) -> HandlerCounters {
+        let mut known = self
+            .handlers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(counters) = known.get(handler) {
+            return counters.clone();
+        }
+        let counters = HandlerCounters(Outcome::ALL.map(|outcome| {
+            self.handler.get_or_create_owned(&HandlerLabels {
                 consumer: self.consumer.consumer.clone(),
                 handler: handler.to_owned(),
                 outcome: outcome.label().to_owned(),
             })
-            .inc();
+        }));
+        known.insert(handler.to_owned(), counters.clone());
+        counters
     }
 
     /// The offset was committed now.
@@ -376,6 +432,8 @@ impl std::fmt::Debug for Metrics {
 
 /// The HTTP server of the metrics, on its own thread until dropped.
 pub struct MetricsServer {
+    /// Kept to wake its thread at the stop (`unblock`).
+    server: Arc<tiny_http::Server>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     address: SocketAddr,
@@ -389,6 +447,7 @@ impl MetricsServer {
     ) -> Result<MetricsServer, String> {
         let server = tiny_http::Server::http(listen)
             .map_err(|e| format!("[metrics] listen = \"{listen}\": cannot listen: {e}"))?;
+        let server = Arc::new(server);
         let address = server
             .server_addr()
             .to_ip()
@@ -396,6 +455,7 @@ impl MetricsServer {
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let stop = stop.clone();
+            let server = server.clone();
             std::thread::Builder::new()
                 .name("metrics".into())
                 .spawn(move || {
@@ -431,6 +491,7 @@ impl MetricsServer {
             stop,
             thread: Some(thread),
             address,
+            server,
         })
     }
 
@@ -443,6 +504,7 @@ impl MetricsServer {
 impl Drop for MetricsServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        self.server.unblock();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }

@@ -16,7 +16,7 @@ use crate::error_queue::{object_key, ErrorQueue, QueueError};
 use crate::handlers::{ConfiguredHandler, DispatchedEvent};
 use crate::hermes_mode::HermesFilter;
 use crate::lock::LockWatch;
-use crate::metrics::{Metrics, Outcome, State};
+use crate::metrics::{HandlerCounters, Metrics, Outcome, State};
 use crate::offsets::{
     CacheError, CacheWriter, OffsetCache, OffsetRecord, OutputPosition, ResumePoint,
 };
@@ -653,6 +653,16 @@ pub fn run(
     if let Some(control) = &options.control {
         control.set_serving(true);
     }
+    let handler_counters: Vec<HandlerCounters> = options
+        .metrics
+        .as_deref()
+        .map(|metrics| {
+            handlers
+                .iter()
+                .map(|h| metrics.handler_counters(&h.name))
+                .collect()
+        })
+        .unwrap_or_default();
     let outcome: Result<(), PipelineError> = loop {
         progress.report_if_due(&committer);
         watchdog.tick();
@@ -725,6 +735,7 @@ pub fn run(
                     queued: Vec::new(),
                     on_gap: options.on_gap,
                     metrics: options.metrics.as_deref(),
+                    counters: &handler_counters,
                     watchdog: &watchdog,
                 };
                 let result = dispatcher.dispatch_batch(&batch, next_after_last, &mut committer);
@@ -1118,14 +1129,14 @@ pub(crate) fn deliver(
     handler: &mut ConfiguredHandler,
     event: &DispatchedEvent<'_>,
     shutdown: &Shutdown,
-    metrics: Option<&Metrics>,
+    counters: Option<&HandlerCounters>,
     watchdog: &crate::service::Watchdog,
 ) -> Delivery {
     let mut wait = handler.retry.base;
     let mut attempt = 1;
     let count = |outcome| {
-        if let Some(metrics) = metrics {
-            metrics.handler(&handler.name, outcome);
+        if let Some(counters) = counters {
+            counters.count(outcome);
         }
     };
     loop {
@@ -1183,6 +1194,8 @@ struct Dispatcher<'a> {
     queued: Vec<u64>,
     on_gap: GapPolicy,
     metrics: Option<&'a Metrics>,
+    /// Each handler's outcome counters, in the handlers' order (empty without metrics).
+    counters: &'a [HandlerCounters],
     watchdog: &'a crate::service::Watchdog,
 }
 
@@ -1218,7 +1231,8 @@ impl Dispatcher<'_> {
         self.positions.clear();
         self.positions
             .extend(self.handlers.iter().map(|h| h.handler.position()));
-        for handler in self.handlers.iter_mut() {
+        for (index, handler) in self.handlers.iter_mut().enumerate() {
+            let counters = self.counters.get(index);
             if !handler.matcher.matches(event) {
                 continue;
             }
@@ -1240,7 +1254,7 @@ impl Dispatcher<'_> {
                     continue;
                 }
             }
-            match deliver(handler, event, self.shutdown, self.metrics, self.watchdog) {
+            match deliver(handler, event, self.shutdown, counters, self.watchdog) {
                 Delivery::Done => {}
                 Delivery::Interrupted => {
                     return Err(PipelineError::Interrupted {
@@ -1267,8 +1281,8 @@ impl Dispatcher<'_> {
                             attempts,
                         );
                         self.queued.push(id);
-                        if let Some(metrics) = self.metrics {
-                            metrics.handler(&handler.name, Outcome::Queued);
+                        if let Some(counters) = counters {
+                            counters.count(Outcome::Queued);
                         }
                         tracing::warn!(
                             "handler '{}' failed on offset {} after {attempts} attempt(s): {error}; queued as #{id} for object {key}, retried later",
@@ -1283,8 +1297,8 @@ impl Dispatcher<'_> {
                                 path: self.dead_letters.path().to_path_buf(),
                                 message: e.to_string(),
                             })?;
-                        if let Some(metrics) = self.metrics {
-                            metrics.handler(&handler.name, Outcome::DeadLettered);
+                        if let Some(counters) = counters {
+                            counters.count(Outcome::DeadLettered);
                         }
                         tracing::warn!(
                             "handler '{}' gave up on offset {} after {attempts} attempt(s): {error}; recorded in {}",
@@ -1310,6 +1324,8 @@ impl Dispatcher<'_> {
         let mut handled = 0;
         let mut recorded = 0;
         let mut outcome = Ok(());
+        // Events by category, counted into the metrics once per batch.
+        let mut tally: Vec<(&str, u64)> = Vec::new();
         let mut gaps = batch.gaps().peekable();
         let mut stopped = false;
         for (index, event) in batch.iter().enumerate() {
@@ -1335,7 +1351,13 @@ impl Dispatcher<'_> {
                 hermes.handled(&event);
             }
             if let Some(metrics) = self.metrics {
-                metrics.event(event.event.category);
+                let category = event.event.category;
+                match tally.iter().position(|(known, _)| *known == category) {
+                    Some(at) => tally[at].1 += 1,
+                    // Free-text categories (Kafka keys) are counted one by one.
+                    None if tally.len() >= 16 => metrics.event(category),
+                    None => tally.push((category, 1)),
+                }
             }
             handled += 1;
             // `every_events` holds inside a batch too: with 1, every event is committed.
@@ -1350,6 +1372,11 @@ impl Dispatcher<'_> {
         if outcome.is_ok() && !stopped {
             // Gaps after the batch's last event.
             outcome = self.pass_gaps(&mut gaps, batch.len(), committer);
+        }
+        if let Some(metrics) = self.metrics {
+            for (category, count) in tally {
+                metrics.events_by(category, count);
+            }
         }
         committer.record(batch, recorded, handled, &next_after_last);
         for_each_handler(self.handlers.iter_mut(), |h| h.flush())?;

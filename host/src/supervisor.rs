@@ -43,7 +43,7 @@ const HEALTHY_RUN: Duration = Duration::from_secs(60);
 /// One consumer of the daemon.
 pub struct Unit {
     pub config: Config,
-    pub plugin: LoadedPlugin,
+    pub plugin: Arc<LoadedPlugin>,
     /// The first instance, built (settings validated) before anything ran.
     pub consumer: Option<PluginConsumer>,
     pub context: ConsumerContext,
@@ -64,7 +64,7 @@ pub struct Daemon<'a> {
 /// A new config, plugin and first instance for a consumer's next run.
 struct Replacement {
     config: Config,
-    plugin: LoadedPlugin,
+    plugin: Arc<LoadedPlugin>,
     consumer: PluginConsumer,
 }
 
@@ -120,16 +120,18 @@ pub fn run(units: Vec<Unit>, daemon: &Daemon<'_>) -> Result<(), AppError> {
         .first()
         .map(|u| u.config.process_fingerprint())
         .unwrap_or_default();
+    // Each consumer's thread says when it ends (woken at once, not at the next look).
+    let (ended_tx, ended) = std::sync::mpsc::channel::<()>();
     let results: Vec<(String, Result<(), AppError>)> = std::thread::scope(|scope| {
         let mut handles: Vec<Handle<'_>> = units
             .into_iter()
-            .map(|unit| spawn(scope, unit, daemon))
+            .map(|unit| spawn(scope, unit, daemon, ended_tx.clone()))
             .collect();
         while !handles.iter().all(Handle::finished) {
             if !daemon.once && daemon.registry.take_reload() {
-                reload(scope, &mut handles, daemon, &process_fingerprint);
+                reload(scope, &mut handles, daemon, &process_fingerprint, &ended_tx);
             }
-            std::thread::sleep(Duration::from_millis(50));
+            let _ = ended.recv_timeout(Duration::from_millis(50));
         }
         handles
             .into_iter()
@@ -170,10 +172,20 @@ pub fn run(units: Vec<Unit>, daemon: &Daemon<'_>) -> Result<(), AppError> {
     }
 }
 
+/// Sends on its channel when dropped: a thread's end, even by a panic.
+struct EndNotice(std::sync::mpsc::Sender<()>);
+
+impl Drop for EndNotice {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
+    }
+}
+
 fn spawn<'scope, 'env>(
     scope: &'scope Scope<'scope, 'env>,
     unit: Unit,
     daemon: &'env Daemon<'env>,
+    ended: std::sync::mpsc::Sender<()>,
 ) -> Handle<'scope> {
     let name = unit.config.consumer.name.clone();
     let fingerprint = unit.config.consumer_fingerprint();
@@ -183,7 +195,10 @@ fn spawn<'scope, 'env>(
         let steering = steering.clone();
         std::thread::Builder::new()
             .name(format!("consumer {name}"))
-            .spawn_scoped(scope, move || supervise(unit, daemon, &steering))
+            .spawn_scoped(scope, move || {
+                let _notice = EndNotice(ended);
+                supervise(unit, daemon, &steering)
+            })
     };
     Handle {
         name,
@@ -320,6 +335,7 @@ fn reload<'scope, 'env>(
     handles: &mut Vec<Handle<'scope>>,
     daemon: &'env Daemon<'env>,
     process_fingerprint: &str,
+    ended: &std::sync::mpsc::Sender<()>,
 ) {
     let path = daemon.config_path;
     tracing::info!("reloading {}", path.display());
@@ -458,7 +474,7 @@ fn reload<'scope, 'env>(
             }
             Change::Added(unit) => {
                 tracing::info!("reload: consumer '{name}' is new: starting it");
-                handles.push(spawn(scope, unit, daemon));
+                handles.push(spawn(scope, unit, daemon, ended.clone()));
                 added += 1;
             }
         }

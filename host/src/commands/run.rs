@@ -20,13 +20,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Finds and loads the configured consumer plugin, and checks that it has the configured class.
-pub fn load_consumer_plugin(config: &Config) -> Result<(LoadedPlugin, PathBuf), AppError> {
+pub fn load_consumer_plugin(config: &Config) -> Result<(Arc<LoadedPlugin>, PathBuf), AppError> {
     let path = find_library(
         &config.consumer.plugin,
         &config.base_dir,
         &config.plugin_dirs,
     )?;
-    let plugin = LoadedPlugin::load(&path, config.allow_insecure_plugins)?;
+    let plugin = LoadedPlugin::shared(&path, config.allow_insecure_plugins)?;
     let info = plugin.info();
     if !info
         .consumer_classes
@@ -81,7 +81,7 @@ pub fn new_consumer(config: &Config, plugin: &LoadedPlugin) -> Result<PluginCons
 }
 
 /// Loads the configured plugin and builds its consumer (the plugin validates its settings).
-pub fn build_consumer(config: &Config) -> Result<(LoadedPlugin, PluginConsumer), AppError> {
+pub fn build_consumer(config: &Config) -> Result<(Arc<LoadedPlugin>, PluginConsumer), AppError> {
     let (plugin, path) = load_consumer_plugin(config)?;
     let info = plugin.info();
     let consumer = new_consumer(config, &plugin)?;

@@ -13,6 +13,8 @@ use std::time::Duration;
 
 /// The socket server, on a thread of its own until dropped (the socket file is removed then).
 pub struct ControlServer {
+    /// Written to at the stop: wakes the thread from its wait for a connection.
+    wake: Option<std::os::unix::net::UnixStream>,
     path: PathBuf,
     thread: Option<JoinHandle<()>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
@@ -49,7 +51,10 @@ impl ControlServer {
         }
         let listener = UnixListener::bind(path)
             .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+        let (wake, woken) = std::os::unix::net::UnixStream::pair()
+            .map_err(|e| format!("cannot make the control thread's wake-up pair: {e}"))?;
         let server_guard = ControlServer {
+            wake: Some(wake),
             path: path.to_path_buf(),
             thread: None,
             stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
@@ -72,9 +77,12 @@ impl ControlServer {
                 .name("control".into())
                 .spawn(move || {
                     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                        match listener.accept() {
-                            Ok((stream, _)) => serve(stream, &registry, &shutdown),
-                            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                        // Woken at once by a connection or by the stop.
+                        if !readable(&listener, &woken) {
+                            continue;
+                        }
+                        if let Ok((stream, _)) = listener.accept() {
+                            serve(stream, &registry, &shutdown);
                         }
                     }
                 })
@@ -88,6 +96,27 @@ impl ControlServer {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// Waits until `listener` has a connection (`true`) or `woken` is written to or closed
+/// (`false`; also every second, to look at the stop flag).
+fn readable(listener: &UnixListener, woken: &std::os::unix::net::UnixStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut entries = [
+        libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: woken.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    // SAFETY: two valid pollfds, for the duration of the call.
+    let ready = unsafe { libc::poll(entries.as_mut_ptr(), 2, 1000) };
+    ready > 0 && entries[0].revents & libc::POLLIN != 0 && entries[1].revents == 0
 }
 
 /// A user name or numeric id.
@@ -143,6 +172,8 @@ fn group_id(name: &str) -> Result<u32, String> {
 impl Drop for ControlServer {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Closing our end wakes the thread's poll (its end becomes readable).
+        drop(self.wake.take());
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }

@@ -22,7 +22,8 @@ impl PluginHandler {
     ) -> Result<Self, String> {
         let path =
             find_library(&config.plugin, base_dir, plugin_dirs).map_err(|e| e.to_string())?;
-        let plugin = LoadedPlugin::load(&path, config.allow_insecure).map_err(|e| e.to_string())?;
+        let plugin =
+            LoadedPlugin::shared(&path, config.allow_insecure).map_err(|e| e.to_string())?;
         let info = plugin.info();
         if !info.handler_classes.iter().any(|c| c.name == config.class) {
             return Err(info.missing_class(&path, false, &config.class));

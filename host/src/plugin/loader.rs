@@ -299,7 +299,46 @@ fn summarise_abi_report(report: &str) -> String {
     }
 }
 
+/// The libraries this process loaded, by path, with the file's identity then.
+type LoadedLibraries = Vec<(PathBuf, DiskIdentity, std::sync::Arc<LoadedPlugin>)>;
+static LOADED: std::sync::Mutex<LoadedLibraries> = std::sync::Mutex::new(Vec::new());
+
 impl LoadedPlugin {
+    /// [`load`](Self::load), once per library file: consumers of one library in one process
+    /// share its code (and its private copy). A file changed since (an upgraded plugin) is
+    /// loaded anew; the older code stays loaded for the consumers that run it.
+    pub fn shared(
+        path: &Path,
+        allow_insecure: bool,
+    ) -> Result<std::sync::Arc<LoadedPlugin>, LoadError> {
+        let identity = DiskIdentity::of(path);
+        let mut loaded = LOADED
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(identity) = &identity {
+            if let Some((_, _, plugin)) = loaded
+                .iter()
+                .find(|(known, same, _)| known == path && same == identity)
+            {
+                // The trust check holds for every use, not only the first.
+                if !allow_insecure {
+                    if let Some(reason) = super::trust::insecure(path) {
+                        return Err(LoadError::Insecure {
+                            path: path.to_path_buf(),
+                            reason,
+                        });
+                    }
+                }
+                return Ok(plugin.clone());
+            }
+        }
+        let plugin = std::sync::Arc::new(LoadedPlugin::load(path, allow_insecure)?);
+        if let Some(identity) = plugin.on_disk.clone() {
+            loaded.push((path.to_path_buf(), identity, plugin.clone()));
+        }
+        Ok(plugin)
+    }
+
     /// Loads a plugin library and asks it to describe itself. A library that another user could
     /// change is refused unless `allow_insecure` ([`LoadError::Insecure`]).
     ///

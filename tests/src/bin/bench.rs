@@ -460,6 +460,9 @@ enum Part {
     Commit,
     /// HMB throughput (JSON, BSON) against the bare loops, latency.
     Hmb,
+    /// The daemon's operations: metrics on vs off, `status` round trip while consuming,
+    /// memory of several consumers in one process vs one process each.
+    Ops,
 }
 
 /// The printed table: ratios first, then every measured run.
@@ -527,6 +530,9 @@ fn run_all(
     if wanted(Part::Hmb) {
         eprintln!("HMB: {events} messages from the in-repo server, JSON and BSON...");
         hmb_part(&mut report, &dir, &me, events, runs)?;
+    }
+    if wanted(Part::Ops) {
+        ops_part(&mut report, &dir, events, runs)?;
     }
     report.print(events, runs);
     Ok(())
@@ -681,6 +687,196 @@ fn commit_part(report: &mut Report, dir: &Path, events: usize, runs: usize) -> a
         report.detail(&name, sample, count);
     }
     Ok(())
+}
+
+/// A config of `names.len()` consumers (`[[consumers]]`), each on its own bus, null handlers.
+fn several_config(dir: &Path, file: &str, buses: &[(String, PathBuf)]) -> anyhow::Result<PathBuf> {
+    let mut text = format!(
+        "state_dir = \"{}\"\nplugin_dirs = [\"{}\"]\nstats_interval_s = 0\n",
+        dir.join(format!("state-{file}")).display(),
+        buslink_testkit::build_dir().display()
+    );
+    for (name, bus) in buses {
+        text.push_str(&format!(
+            "\n[[consumers]]\nname = \"{name}\"\nplugin = \"sqlite\"\nclass = \"SqliteConsumer\"\n\
+             timeout_ms = 1\n[consumers.settings]\nuri = \"{}\"\npoll_interval_ms = 5\n\
+             [[consumers.handlers]]\nname = \"out\"\ntype = \"null\"\n",
+            bus.display()
+        ));
+    }
+    let path = dir.join(format!("{file}.toml"));
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+fn ops_part(report: &mut Report, dir: &Path, events: usize, runs: usize) -> anyhow::Result<()> {
+    // A 3x backlog: what is compared is throughput, not the start.
+    let backlog = events * 3;
+    let bus = dir.join("status.sqlite");
+    if !bus.exists() {
+        eprintln!("writing a {backlog}-event Hermes bus...");
+        write_bus(&bus, backlog)?;
+    }
+    eprintln!("ops: metrics on vs off...");
+    let off = sqlite_config(dir, "metrics-off", &bus, "", "type = \"null\"")?;
+    let on = sqlite_config(
+        dir,
+        "metrics-on",
+        &bus,
+        "[metrics]\nlisten = \"127.0.0.1:0\"\n",
+        "type = \"null\"",
+    )?;
+    let samples = side_by_side(
+        runs,
+        &mut [&mut || buslink_once(&off), &mut || buslink_once(&on)],
+    )?;
+    let [metrics_off, metrics_on] = samples[..] else {
+        bail!("two runs expected");
+    };
+    expect_handled(&off, backlog)?;
+    expect_handled(&on, backlog)?;
+    report.ratio(
+        &format!("throughput with metrics on / off ({backlog} events)"),
+        format!("{:.2}", ratio(metrics_off.wall, metrics_on.wall)),
+        ">= 0.97",
+    );
+    report.detail(
+        "buslink run --once, 3x backlog, metrics off",
+        metrics_off,
+        backlog,
+    );
+    report.detail(
+        "buslink run --once, 3x backlog, metrics on",
+        metrics_on,
+        backlog,
+    );
+
+    eprintln!("ops: 4 consumers in one process vs 4 processes...");
+    let quarter = (events / 4).max(1);
+    let buses: Vec<(String, PathBuf)> = (0..4)
+        .map(|i| (format!("c{i}"), dir.join(format!("ops-{i}.sqlite"))))
+        .collect();
+    for (_, path) in &buses {
+        if !path.exists() {
+            write_bus(path, quarter)?;
+        }
+    }
+    let together = several_config(dir, "four", &buses)?;
+    let singles: Vec<PathBuf> = buses
+        .iter()
+        .map(|(name, path)| sqlite_config(dir, name, path, "", "type = \"null\""))
+        .collect::<anyhow::Result<_>>()?;
+    let mut makers: Vec<Box<dyn FnMut() -> anyhow::Result<Command>>> =
+        vec![Box::new(|| buslink_once(&together))];
+    for single in &singles {
+        makers.push(Box::new(move || buslink_once(single)));
+    }
+    let mut makers_ref: Vec<&mut dyn FnMut() -> anyhow::Result<Command>> = makers
+        .iter_mut()
+        .map(|m| m.as_mut() as &mut dyn FnMut() -> anyhow::Result<Command>)
+        .collect();
+    let samples = side_by_side(runs, &mut makers_ref)?;
+    let one_process = samples[0];
+    let four_processes_kib: u64 = samples[1..].iter().map(|s| s.max_rss_kib).sum();
+    for single in &singles {
+        expect_handled(single, quarter)?;
+    }
+    report.ratio(
+        "peak RSS, 4 consumers in one process / 4 processes (sum)",
+        format!(
+            "{:.2} ({:.1} / {:.1} MiB)",
+            one_process.max_rss_kib as f64 / four_processes_kib as f64,
+            one_process.max_rss_kib as f64 / 1024.0,
+            four_processes_kib as f64 / 1024.0
+        ),
+        "well under 1",
+    );
+    report.detail(
+        "buslink run --once, 4 consumers in one process",
+        one_process,
+        quarter * 4,
+    );
+    report.detail(
+        "buslink run --once, one of the 4 single processes",
+        samples[1],
+        quarter,
+    );
+
+    eprintln!("ops: status round trips while consuming...");
+    let (p50, p99, count) = status_round_trips(dir, events)?;
+    report.ratio(
+        &format!("`status` round trip p50 / p99 while consuming at full speed ({count} asked)"),
+        format!("{p50:.2} ms / {p99:.2} ms"),
+        "p99 < 10 ms",
+    );
+    Ok(())
+}
+
+/// Asks `status` over the control socket, one after the other, while a daemon drains a
+/// backlog of 3x `events` at full speed; the p50 and p99 of the round trips (ms) answered
+/// before it was done, and how many.
+fn status_round_trips(dir: &Path, events: usize) -> anyhow::Result<(f64, f64, usize)> {
+    use std::io::{Read, Write};
+    let bus = dir.join("status.sqlite");
+    if !bus.exists() {
+        write_bus(&bus, events * 3)?;
+    }
+    let config = sqlite_config(dir, "status", &bus, "", "type = \"null\"")?;
+    let state = dir.join("state-status");
+    let _ = std::fs::remove_dir_all(&state);
+    let socket = state.join("buslink.sock");
+    let mut child = Command::new(sibling("buslink")?)
+        .args(["--log-level", "warn", "run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut delays = Vec::new();
+    let result = (|| -> anyhow::Result<()> {
+        while !socket.exists() {
+            if Instant::now() > deadline {
+                bail!("no control socket at {}", socket.display());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        loop {
+            if Instant::now() > deadline {
+                bail!("the backlog was not drained within 60 s");
+            }
+            let start = Instant::now();
+            let Ok(mut stream) = std::os::unix::net::UnixStream::connect(&socket) else {
+                continue;
+            };
+            stream.write_all(b"status --json status\n")?;
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer)?;
+            let took = start.elapsed().as_secs_f64() * 1000.0;
+            let status: serde_json::Value = serde_json::from_str(&answer)?;
+            let handled = status["events_handled"].as_u64().unwrap_or(0);
+            if status["state"] != "running" {
+                continue;
+            }
+            if handled >= (events * 3) as u64 {
+                return Ok(());
+            }
+            if handled > 0 {
+                delays.push(took);
+            }
+        }
+    })();
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let _ = child.wait();
+    result?;
+    let count = delays.len();
+    if count == 0 {
+        bail!("no status answered while the daemon consumed");
+    }
+    let (p50, p99) = percentiles(delays, count)?;
+    Ok((p50, p99, count))
 }
 
 /// Appends events at 100/s with the current time as their timestamp while a daemon prints them;
