@@ -116,3 +116,39 @@ fn hmb_example_toml_prints_the_message_its_recipe_sends_and_never_a_touch() {
     assert_eq!(again.stdout, "", "{again}");
     assert!(!again.stdout.contains("TOUCH"), "{again}");
 }
+
+#[test]
+fn several_consumers_toml_runs_both_consumers_each_with_its_own_offsets() {
+    let dir = TestDir::new("example-several");
+    let config = example(&dir, "several-consumers.toml", &[]);
+    copy_demo_bus(&dir);
+    let first = run_once(&config);
+    assert_eq!(first.code(), Some(0), "{first}");
+    let lines = |name: &str| {
+        std::fs::read_to_string(dir.join(format!("var/several/{name}.jsonl")))
+            .map(|text| text.lines().count())
+            .unwrap_or(0)
+    };
+    let (users, groups) = (lines("users"), lines("groups"));
+    assert!(users > 0 && groups > 0, "{first}");
+    let config_arg = config.to_string_lossy();
+    for name in ["users", "groups"] {
+        let show = run(
+            &[
+                "offsets",
+                "show",
+                "--json",
+                "--config",
+                &config_arg,
+                "--consumer",
+                name,
+            ],
+            LIMIT,
+        );
+        let record: serde_json::Value = serde_json::from_str(&show.stdout).expect("JSON");
+        assert_eq!(record["last_offset"]["int"], 60, "{name}: {show}");
+    }
+    let again = run_once(&config);
+    assert_eq!(again.code(), Some(0), "{again}");
+    assert_eq!((lines("users"), lines("groups")), (users, groups));
+}

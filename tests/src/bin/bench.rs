@@ -740,6 +740,11 @@ fn ops_part(report: &mut Report, dir: &Path, events: usize, runs: usize) -> anyh
         format!("{:.2}", ratio(metrics_off.wall, metrics_on.wall)),
         ">= 0.97",
     );
+    report.ratio(
+        &format!("CPU time with metrics on / off ({backlog} events)"),
+        format!("{:.2}", ratio(metrics_on.cpu, metrics_off.cpu)),
+        "<= 1.03",
+    );
     report.detail(
         "buslink run --once, 3x backlog, metrics off",
         metrics_off,
