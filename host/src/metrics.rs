@@ -120,6 +120,7 @@ struct Families {
     last_commit: Family<ConsumerLabel, Gauge<f64, AtomicU64>>,
     gaps: Family<ConsumerLabel, Counter>,
     events_lost: Family<ConsumerLabel, Counter>,
+    skipped: Family<ConsumerLabel, Counter>,
     reconnects: Family<ConsumerLabel, Counter>,
     lag: Family<ConsumerLabel, Gauge>,
     plugin: Family<PluginLabels, Gauge>,
@@ -175,6 +176,12 @@ impl MetricsRegistry {
             families.events_lost.clone(),
         );
         registry.register(
+            "buslink_events_skipped",
+            "Events read and committed without reaching a handler on purpose: Hermes mode's \
+             initsync events outside the replayed sequence",
+            families.skipped.clone(),
+        );
+        registry.register(
             "buslink_reconnects",
             "Re-opens of the consumer after a bus error",
             families.reconnects.clone(),
@@ -215,6 +222,7 @@ impl MetricsRegistry {
             last_commit: families.last_commit.get_or_create_owned(&consumer),
             gaps: families.gaps.get_or_create_owned(&consumer),
             events_lost: families.events_lost.get_or_create_owned(&consumer),
+            skipped: families.skipped.get_or_create_owned(&consumer),
             reconnects: families.reconnects.get_or_create_owned(&consumer),
             lag: families.lag.get_or_create_owned(&consumer),
             consumer,
@@ -301,6 +309,7 @@ pub struct Metrics {
     last_commit: Gauge<f64, AtomicU64>,
     gaps: Counter,
     events_lost: Counter,
+    skipped: Counter,
     reconnects: Counter,
     lag: Gauge,
     plugin: Family<PluginLabels, Gauge>,
@@ -386,6 +395,11 @@ impl Metrics {
     pub fn gap(&self, lost: u64) {
         self.gaps.inc();
         self.events_lost.inc_by(lost);
+    }
+
+    /// `count` events were skipped on purpose (Hermes mode).
+    pub fn skipped(&self, count: u64) {
+        self.skipped.inc_by(count);
     }
 
     /// The consumer was re-opened after a bus error.
@@ -524,6 +538,7 @@ mod tests {
         metrics.handler("archive", Outcome::Success);
         metrics.committed();
         metrics.gap(34);
+        metrics.skipped(3);
         metrics.plugin_counters(&[("lag".into(), 7), ("reconnects".into(), 2)]);
         let text = registry.encode();
         for line in [
@@ -532,6 +547,7 @@ mod tests {
             "buslink_commits_total{consumer=\"demo\"} 1",
             "buslink_gaps_total{consumer=\"demo\"} 1",
             "buslink_events_lost_total{consumer=\"demo\"} 34",
+            "buslink_events_skipped_total{consumer=\"demo\"} 3",
             "buslink_lag_events{consumer=\"demo\"} 7",
             "buslink_plugin_counter{consumer=\"demo\",counter=\"reconnects\"} 2",
         ] {

@@ -1324,8 +1324,10 @@ impl Dispatcher<'_> {
         let mut handled = 0;
         let mut recorded = 0;
         let mut outcome = Ok(());
-        // Events by category, counted into the metrics once per batch.
+        // Events by category, and those Hermes mode skips, counted into the metrics once per
+        // batch.
         let mut tally: Vec<(&str, u64)> = Vec::new();
+        let mut skipped = 0;
         let mut gaps = batch.gaps().peekable();
         let mut stopped = false;
         for (index, event) in batch.iter().enumerate() {
@@ -1346,6 +1348,8 @@ impl Dispatcher<'_> {
                     outcome = Err(error);
                     break;
                 }
+            } else {
+                skipped += 1;
             }
             if let Some(hermes) = committer.hermes.as_mut() {
                 hermes.handled(&event);
@@ -1376,6 +1380,9 @@ impl Dispatcher<'_> {
         if let Some(metrics) = self.metrics {
             for (category, count) in tally {
                 metrics.events_by(category, count);
+            }
+            if skipped > 0 {
+                metrics.skipped(skipped);
             }
         }
         committer.record(batch, recorded, handled, &next_after_last);
