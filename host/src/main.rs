@@ -11,7 +11,17 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(&cli.log_level, cli.log_format);
-    if !matches!(cli.command, Command::Run { .. }) {
+    // `run`, `replay` and `errors retry` deliver to handlers: a handler's closed pipe (an `exec` command that
+    // exits without reading) is its failure, handled by its policy, never a silent death.
+    let delivers = matches!(
+        cli.command,
+        Command::Run { .. }
+            | Command::Replay { .. }
+            | Command::Errors {
+                action: ErrorsAction::Retry { .. }
+            }
+    );
+    if !delivers {
         // The listing commands end quietly when their reader goes (`buslink offsets show |
         // head`), as command-line tools do. `run` keeps the broken pipe as an error its stdout
         // handler reports (and its policy handles), never a silent death before a commit.

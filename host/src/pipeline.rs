@@ -138,7 +138,8 @@ pub enum PipelineError {
 
 /// Where events go: the handlers, and where failed events are kept.
 pub struct Outputs<'a> {
-    pub handlers: &'a mut [ConfiguredHandler],
+    /// A `Vec`: a reload may swap them for new ones at a batch boundary.
+    pub handlers: &'a mut Vec<ConfiguredHandler>,
     pub dead_letters: &'a mut DeadLetterFile,
     pub error_queue: &'a mut ErrorQueue,
 }
@@ -653,19 +654,33 @@ pub fn run(
     if let Some(control) = &options.control {
         control.set_serving(true);
     }
-    let handler_counters: Vec<HandlerCounters> = options
-        .metrics
-        .as_deref()
-        .map(|metrics| {
-            handlers
-                .iter()
-                .map(|h| metrics.handler_counters(&h.name))
-                .collect()
-        })
-        .unwrap_or_default();
+    let counters_of = |handlers: &[ConfiguredHandler]| -> Vec<HandlerCounters> {
+        options
+            .metrics
+            .as_deref()
+            .map(|metrics| {
+                handlers
+                    .iter()
+                    .map(|h| metrics.handler_counters(&h.name))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut handler_counters = counters_of(handlers);
     let outcome: Result<(), PipelineError> = loop {
         progress.report_if_due(&committer);
         watchdog.tick();
+        // A reload that changed only the handlers: swapped here, between two batches.
+        if let Some(swap) = options
+            .control
+            .as_deref()
+            .and_then(crate::control::Shared::take_handler_swap)
+        {
+            match swap_handlers(swap, handlers, error_queue, &mut committer) {
+                Ok(()) => handler_counters = counters_of(handlers),
+                Err(error) => break Err(error),
+            }
+        }
         if let Some(control) = options.control.as_deref().filter(|c| c.has_requests()) {
             if let Err(error) = serve_queue_requests(control, handlers, error_queue, &mut committer)
             {
@@ -882,6 +897,47 @@ pub fn counters_text(gaps: u64, events_lost: u64, counters: &[(String, u64)]) ->
         text.push_str(&format!(", {name} {value}"));
     }
     text
+}
+
+/// Replaces the handlers by those of a reload, between two batches: what was handled is
+/// committed first (the old handlers synced), the new ones are built with the output positions
+/// just committed (an exactly-once file they keep is not cut), and their positions are
+/// committed before the next event. New handlers that cannot be built leave the old ones.
+fn swap_handlers(
+    swap: crate::control::HandlerSwap,
+    handlers: &mut Vec<ConfiguredHandler>,
+    queue: &mut ErrorQueue,
+    committer: &mut Committer<'_>,
+) -> Result<(), PipelineError> {
+    committer.commit(handlers, queue)?;
+    let committed = committer
+        .last_record
+        .as_ref()
+        .map(|record| record.outputs.clone())
+        .unwrap_or_default();
+    match crate::handlers::build(
+        &swap.handlers,
+        &swap.base_dir,
+        &swap.plugin_dirs,
+        &committed,
+    ) {
+        Ok(new) => {
+            let names: Vec<&str> = new.iter().map(|h| h.name.as_str()).collect();
+            tracing::info!(
+                "reload: handlers swapped at a batch boundary: {}",
+                names.join(", ")
+            );
+            *handlers = new;
+            committer.commit_outputs(handlers)?;
+        }
+        Err(problems) => {
+            tracing::error!(
+                "reload: the new handlers could not be built; the old ones stay: {}",
+                problems.join("; ")
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Carries out the error-queue commands of the control socket (`ctl errors`), between batches.

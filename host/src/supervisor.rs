@@ -12,9 +12,11 @@
 //! **Reload** (SIGHUP, `buslink ctl reload`): the config is read again and checked whole (the
 //! plugins validate their settings, the handlers are checked as `buslink check` does); if
 //! anything is wrong it is logged and the running config stays. Otherwise a consumer whose
-//! table, handlers or commit policy changed is stopped at a batch boundary (what it handled is
-//! committed) and started again with the new config, resuming right after its committed
-//! offset; a new consumer is started, a removed one stopped; the others are not touched.
+//! handlers alone changed gets them swapped in by its dispatcher at the next batch boundary
+//! (`control::HandlerSwap`; the bus stays open); one whose table or commit policy changed is
+//! stopped at a batch boundary (what it handled is committed) and started again with the new
+//! config, resuming right after its committed offset; a new consumer is started, a removed one
+//! stopped; the others are not touched.
 //! State dir, `[metrics]` and `[control]` take effect at the next start.
 //!
 //! **Invariant:** only a consumer's own thread runs its pipeline; the reloader (the main
@@ -77,6 +79,8 @@ struct Steering {
     replacement: Option<Replacement>,
     /// End the consumer (it left the config).
     retire: bool,
+    /// The config of handlers swapped in the running pipeline: the next run starts with it.
+    config: Option<Config>,
 }
 
 type Steer = Arc<Mutex<Steering>>;
@@ -91,6 +95,7 @@ fn steer(steer: &Steer) -> std::sync::MutexGuard<'_, Steering> {
 struct Handle<'scope> {
     name: String,
     fingerprint: String,
+    handlers_fingerprint: String,
     shared: Arc<Shared>,
     steer: Steer,
     thread: std::io::Result<ScopedJoinHandle<'scope, Result<(), AppError>>>,
@@ -189,6 +194,7 @@ fn spawn<'scope, 'env>(
 ) -> Handle<'scope> {
     let name = unit.config.consumer.name.clone();
     let fingerprint = unit.config.consumer_fingerprint();
+    let handlers_fingerprint = unit.config.handlers_fingerprint();
     let shared = unit.context.control.clone();
     let steering: Steer = Arc::default();
     let thread = {
@@ -203,6 +209,7 @@ fn spawn<'scope, 'env>(
     Handle {
         name,
         fingerprint,
+        handlers_fingerprint,
         shared,
         steer: steering,
         thread,
@@ -225,6 +232,11 @@ fn supervise(mut unit: Unit, daemon: &Daemon<'_>, steering: &Steer) -> Result<()
             let mut steering = steer(steering);
             if steering.retire {
                 return Ok(());
+            }
+            if let Some(config) = steering.config.take() {
+                // This run builds the new handlers itself: a swap not yet taken is moot.
+                unit.config = config;
+                unit.context.control.take_handler_swap();
             }
             if let Some(replacement) = steering.replacement.take() {
                 unit.context.control.update(|status| {
@@ -325,6 +337,8 @@ fn supervise(mut unit: Unit, daemon: &Daemon<'_>, steering: &Steer) -> Result<()
 /// What a reload found for one consumer of the new config.
 enum Change {
     Same,
+    /// Only its handlers changed: swapped in the running pipeline.
+    Handlers(Config),
     Changed(Replacement),
     Added(Unit),
 }
@@ -363,7 +377,10 @@ fn reload<'scope, 'env>(
         let running = handles
             .iter()
             .find(|h| h.name == config.consumer.name && !h.finished());
-        if running.is_some_and(|h| h.fingerprint == config.consumer_fingerprint()) {
+        let same_pipeline = running.is_some_and(|h| h.fingerprint == config.consumer_fingerprint());
+        let same_handlers =
+            running.is_some_and(|h| h.handlers_fingerprint == config.handlers_fingerprint());
+        if same_pipeline && same_handlers {
             changes.push((config.consumer.name.clone(), Change::Same));
             continue;
         }
@@ -382,6 +399,10 @@ fn reload<'scope, 'env>(
                         .to_string(),
                 );
             }
+        }
+        if same_pipeline {
+            changes.push((config.consumer.name.clone(), Change::Handlers(config)));
+            continue;
         }
         let (plugin, consumer) = match build_consumer(&config) {
             Ok(built) => built,
@@ -436,7 +457,7 @@ fn reload<'scope, 'env>(
     if !problems.is_empty() {
         return refuse(&problems.join("\n"));
     }
-    let (mut same, mut restarted, mut added, mut removed) = (0, 0, 0, 0);
+    let (mut same, mut swapped, mut restarted, mut added, mut removed) = (0, 0, 0, 0, 0);
     let kept: Vec<String> = changes.iter().map(|(name, _)| name.clone()).collect();
     for handle in handles.iter().filter(|h| !h.finished()) {
         if !kept.contains(&handle.name) {
@@ -455,6 +476,24 @@ fn reload<'scope, 'env>(
     for (name, change) in changes {
         match change {
             Change::Same => same += 1,
+            Change::Handlers(config) => {
+                let Some(handle) = handles.iter_mut().find(|h| h.name == name && !h.finished())
+                else {
+                    continue;
+                };
+                tracing::info!(
+                    "reload: consumer '{name}': handlers changed: swapping them at the next \
+                     batch boundary (the bus stays open)"
+                );
+                handle.handlers_fingerprint = config.handlers_fingerprint();
+                handle.shared.offer_handlers(crate::control::HandlerSwap {
+                    handlers: config.handlers.clone(),
+                    base_dir: config.base_dir.clone(),
+                    plugin_dirs: config.plugin_dirs.clone(),
+                });
+                steer(&handle.steer).config = Some(config);
+                swapped += 1;
+            }
             Change::Changed(replacement) => {
                 let Some(handle) = handles.iter_mut().find(|h| h.name == name && !h.finished())
                 else {
@@ -465,6 +504,7 @@ fn reload<'scope, 'env>(
                      it handled is committed; it resumes right after)"
                 );
                 handle.fingerprint = replacement.config.consumer_fingerprint();
+                handle.handlers_fingerprint = replacement.config.handlers_fingerprint();
                 let mut steering = steer(&handle.steer);
                 steering.replacement = Some(replacement);
                 if let Some(stop) = &steering.attempt {
@@ -486,7 +526,7 @@ fn reload<'scope, 'env>(
         .collect();
     daemon.registry.set_consumers(running);
     tracing::info!(
-        "reloaded: {same} consumer(s) unchanged, {restarted} restarted, {added} started, \
-         {removed} stopped"
+        "reloaded: {same} consumer(s) unchanged, {swapped} with new handlers, {restarted} \
+         restarted, {added} started, {removed} stopped"
     );
 }

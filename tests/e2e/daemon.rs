@@ -348,7 +348,7 @@ fn several_consumer_configs_are_checked_entry_by_entry() {
 }
 
 #[test]
-fn sighup_restarts_a_consumer_whose_handlers_changed_and_a_bad_config_changes_nothing() {
+fn sighup_swaps_changed_handlers_restarts_a_changed_consumer_and_refuses_a_bad_config() {
     let dir = TestDir::new("reload");
     let bus = bus_with(&dir, 20);
     let config = sqlite_config(&dir, &bus, "", &jsonl_handler("a", ""));
@@ -356,27 +356,42 @@ fn sighup_restarts_a_consumer_whose_handlers_changed_and_a_bad_config_changes_no
     daemon.wait_for("the 20 events", LIMIT, |_| {
         count_lines(&dir.join("out/a.jsonl")) == 20
     });
-    // A second handler: the consumer restarts at a batch boundary and resumes after 20.
+    // A second handler: swapped in at a batch boundary, the bus left open; the new handler
+    // gets what comes after 20.
     let text = std::fs::read_to_string(&config).expect("config");
     std::fs::write(&config, format!("{text}\n{}", jsonl_handler("b", ""))).expect("config");
     daemon.signal(libc::SIGHUP);
     daemon.wait_for("the reload", LIMIT, |d| {
-        d.stderr()
-            .contains("reloaded: 0 consumer(s) unchanged, 1 restarted, 0 started, 0 stopped")
+        d.stderr().contains(
+            "reloaded: 0 consumer(s) unchanged, 1 with new handlers, 0 restarted, 0 started, 0 stopped",
+        ) && d.stderr().contains("handlers swapped at a batch boundary: a, b")
     });
+    assert_eq!(
+        daemon.stderr().matches("open and positioned").count(),
+        1,
+        "the bus was not re-opened"
+    );
     append(&bus, 5);
     daemon.wait_for("the new events in both", LIMIT, |_| {
         count_lines(&dir.join("out/a.jsonl")) == 25 && count_lines(&dir.join("out/b.jsonl")) == 5
     });
-    assert_eq!(
-        offsets(&read_lines(&dir, "out/a.jsonl")),
-        (1..=25).collect::<Vec<_>>(),
-        "nothing lost, nothing twice across the restart"
-    );
-    assert_eq!(
-        offsets(&read_lines(&dir, "out/b.jsonl")),
-        (21..=25).collect::<Vec<_>>()
-    );
+    // A changed consumer table restarts the consumer: it resumes right after what it handled.
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        text.replace("timeout_ms = 200", "timeout_ms = 150"),
+    )
+    .expect("config");
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_for("the restart", LIMIT, |d| {
+        d.stderr().contains(
+            "reloaded: 0 consumer(s) unchanged, 0 with new handlers, 1 restarted, 0 started, 0 stopped",
+        ) && d.stderr().matches("open and positioned").count() == 2
+    });
+    append(&bus, 2);
+    daemon.wait_for("the events after the restart", LIMIT, |_| {
+        count_lines(&dir.join("out/a.jsonl")) == 27 && count_lines(&dir.join("out/b.jsonl")) == 7
+    });
     // An invalid config is logged and the running one stays (through `ctl reload` this time).
     let good = std::fs::read_to_string(&config).expect("config");
     std::fs::write(
@@ -406,11 +421,20 @@ fn sighup_restarts_a_consumer_whose_handlers_changed_and_a_bad_config_changes_no
     });
     append(&bus, 3);
     daemon.wait_for("the old config still at work", LIMIT, |_| {
-        count_lines(&dir.join("out/a.jsonl")) == 28 && count_lines(&dir.join("out/b.jsonl")) == 8
+        count_lines(&dir.join("out/a.jsonl")) == 30 && count_lines(&dir.join("out/b.jsonl")) == 10
     });
     let run = daemon.terminate(LIMIT);
     assert_eq!(run.code(), Some(0), "{run}");
-    assert_eq!(run.stderr.matches("reloaded:").count(), 1, "{run}");
+    assert_eq!(run.stderr.matches("reloaded:").count(), 2, "{run}");
+    assert_eq!(
+        offsets(&read_lines(&dir, "out/a.jsonl")),
+        (1..=30).collect::<Vec<_>>(),
+        "nothing lost, nothing twice across the swap and the restart"
+    );
+    assert_eq!(
+        offsets(&read_lines(&dir, "out/b.jsonl")),
+        (21..=30).collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -434,15 +458,15 @@ fn a_reload_starts_a_new_consumer_and_stops_a_removed_one_leaving_the_rest() {
     daemon.wait_for("beta's events", LIMIT, |_| {
         count_lines(&dir.join("out/beta.jsonl")) == 15
     });
-    assert!(daemon
-        .stderr()
-        .contains("reloaded: 1 consumer(s) unchanged, 0 restarted, 1 started, 0 stopped"));
+    assert!(daemon.stderr().contains(
+        "reloaded: 1 consumer(s) unchanged, 0 with new handlers, 0 restarted, 1 started, 0 stopped"
+    ));
     // alpha leaves the config: it stops; beta goes on.
     several(&dir, "", &[sqlite_consumer("beta", &bus_b)]);
     daemon.signal(libc::SIGHUP);
     daemon.wait_for("alpha stopped", LIMIT, |d| {
         d.stderr()
-            .contains("reloaded: 1 consumer(s) unchanged, 0 restarted, 0 started, 1 stopped")
+            .contains("reloaded: 1 consumer(s) unchanged, 0 with new handlers, 0 restarted, 0 started, 1 stopped")
     });
     daemon.wait_for("only beta in the status", LIMIT, |_| {
         let status = status(&config);

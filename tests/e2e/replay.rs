@@ -145,3 +145,42 @@ fn a_range_is_replayed_to_one_handler_while_the_daemon_runs_and_the_offset_stays
     );
     assert!(failed.stderr.contains("go on with --from 12"), "{failed}");
 }
+
+/// Every command that delivers to handlers (`run`, `replay`, `errors retry`) takes an `exec`
+/// command that exits without reading its event as that handler's failure: never a death by
+/// SIGPIPE.
+#[test]
+fn an_exec_command_that_does_not_read_its_event_fails_it_in_every_command_that_delivers() {
+    let dir = TestDir::new("epipe");
+    let bus = dir.join("bus.sqlite");
+    // An event far larger than a pipe's buffer: writing it blocks until the command, which
+    // closes its stdin at once, is gone, so the write meets a closed pipe every time.
+    let writer = buslink_testkit::HermesBusWriter::open(&bus).expect("bus");
+    let body = serde_json::json!({"evcategory": "base", "eventtype": "added", "objtype": "Big",
+        "objpkey": 1, "objattrs": {"blob": "x".repeat(1 << 20)}, "step": 0,
+        "isPartiallyProcessed": false});
+    writer
+        .append(&body.to_string(), 1_795_345_271.0)
+        .expect("event");
+    let handler = "[[handlers]]\nname = \"deaf\"\ntype = \"exec\"\n\
+                   command = [\"sh\", \"-c\", \"exec 0<&-; sleep 0.2; exit 3\"]\n\
+                   retry = { attempts = 1 }\non_failure = \"error-queue\"\n\
+                   retry_interval_ms = 3600000\n";
+    let config = sqlite_config(&dir, &bus, "", handler);
+    let config_arg = config.to_string_lossy().into_owned();
+    let first = run_once(&config);
+    assert_eq!(first.code(), Some(0), "{first}");
+    assert!(first.stderr.contains("queued as #1"), "{first}");
+    let retry = buslink(&["errors", "retry", "--config", &config_arg]);
+    assert_eq!(retry.code(), Some(0), "{retry}");
+    assert!(
+        retry.stdout.contains("0 queued event(s) handled, 1 left"),
+        "{retry}"
+    );
+    let replay = buslink(&["replay", "--config", &config_arg, "--from", "beginning"]);
+    assert_eq!(replay.code(), Some(1), "{replay}");
+    assert!(
+        replay.stderr.contains("handler 'deaf' failed on offset 1"),
+        "{replay}"
+    );
+}

@@ -945,28 +945,31 @@ impl Config {
         self.source.error_at_key(&path, message)
     }
 
-    /// What decides this consumer's pipeline, as written in the file: its table, its handlers
-    /// and the commit policy it uses. A reload restarts the consumer when this changed.
-    pub fn consumer_fingerprint(&self) -> String {
-        let Ok(table) = toml::from_str::<toml::Table>(&self.source.text) else {
-            return String::new();
-        };
+    /// This consumer's table as written (`[consumer]`, or its `[[consumers]]` entry).
+    fn consumer_value(&self) -> Option<(toml::Table, toml::Value)> {
+        let table = toml::from_str::<toml::Table>(&self.source.text).ok()?;
         let mut value = toml::Value::Table(table.clone());
         for part in &self.consumer_key {
             value = match part.parse::<usize>() {
-                Ok(index) => value
-                    .get(index)
-                    .cloned()
-                    .unwrap_or(toml::Value::Boolean(false)),
-                Err(_) => value
-                    .get(part.as_str())
-                    .cloned()
-                    .unwrap_or(toml::Value::Boolean(false)),
+                Ok(index) => value.get(index)?.clone(),
+                Err(_) => value.get(part.as_str())?.clone(),
             };
+        }
+        Some((table, value))
+    }
+
+    /// What decides this consumer's pipeline besides its handlers, as written in the file: its
+    /// table, the commit policy it uses, and what plugins are loaded from. A reload restarts
+    /// the consumer when this changed.
+    pub fn consumer_fingerprint(&self) -> String {
+        let Some((table, mut value)) = self.consumer_value() else {
+            return String::new();
+        };
+        if let Some(entry) = value.as_table_mut() {
+            entry.remove("handlers");
         }
         let parts = [
             Some(value),
-            table.get("handlers").cloned(),
             table.get("commit").cloned(),
             Some(toml::Value::Boolean(self.allow_insecure_plugins)),
             Some(toml::Value::Integer(
@@ -980,6 +983,20 @@ impl Config {
             )),
         ];
         format!("{parts:?}")
+    }
+
+    /// This consumer's handlers as written: a reload that changed only these swaps them in
+    /// the running pipeline.
+    pub fn handlers_fingerprint(&self) -> String {
+        let Some((table, value)) = self.consumer_value() else {
+            return String::new();
+        };
+        let handlers = if self.consumer_key.first().map(String::as_str) == Some("consumers") {
+            value.get("handlers").cloned()
+        } else {
+            table.get("handlers").cloned()
+        };
+        format!("{handlers:?}")
     }
 
     /// What the whole process shares, as written: a reload cannot change it (a restart does).

@@ -75,6 +75,16 @@ impl Registry {
     }
 }
 
+/// New handlers for a running consumer: a reload that changed only them hands them to its
+/// dispatcher, which swaps them in between two batches (the bus stays open: a consumer group
+/// member keeps its partitions).
+#[derive(Debug)]
+pub struct HandlerSwap {
+    pub handlers: Vec<crate::config::HandlerConfig>,
+    pub base_dir: PathBuf,
+    pub plugin_dirs: Vec<PathBuf>,
+}
+
 /// An error-queue command the socket hands to a consumer's dispatcher (`ctl errors`), which
 /// carries it out between two batches: the queue is the dispatcher's alone.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -102,6 +112,8 @@ pub const QUEUE_ANSWER_WAIT: std::time::Duration = std::time::Duration::from_sec
 /// What the pipeline tells the socket, and the pause flag the socket sets.
 #[derive(Debug)]
 pub struct Shared {
+    /// New handlers waiting for the dispatcher (a reload).
+    handler_swap: Mutex<Option<HandlerSwap>>,
     /// Error-queue commands waiting for the dispatcher.
     requests: Mutex<Vec<QueueRequest>>,
     /// Whether a dispatcher runs and takes requests.
@@ -147,6 +159,7 @@ impl Shared {
     /// The state of consumer `name` (plugin, class) at start.
     pub fn new(consumer: &str, plugin: &str, class: &str) -> Shared {
         Shared {
+            handler_swap: Mutex::new(None),
             requests: Mutex::new(Vec::new()),
             serving: AtomicBool::new(false),
             paused: AtomicBool::new(false),
@@ -174,6 +187,22 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .consumer
             .clone()
+    }
+
+    /// Hands new handlers to the dispatcher (replacing any not yet taken).
+    pub fn offer_handlers(&self, swap: HandlerSwap) {
+        *self
+            .handler_swap
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(swap);
+    }
+
+    /// New handlers to swap in, if a reload left some.
+    pub fn take_handler_swap(&self) -> Option<HandlerSwap> {
+        self.handler_swap
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
     }
 
     /// Whether the dispatcher takes error-queue commands (it says so while it runs).
