@@ -151,4 +151,8 @@ fn several_consumers_toml_runs_both_consumers_each_with_its_own_offsets() {
     let again = run_once(&config);
     assert_eq!(again.code(), Some(0), "{again}");
     assert_eq!((lines("users"), lines("groups")), (users, groups));
+    // The top-level keys are every consumer's: `plugins --config` needs no --consumer.
+    let plugins = run(&["plugins", "--config", &config_arg], LIMIT);
+    assert_eq!(plugins.code(), Some(0), "{plugins}");
+    assert!(plugins.stdout.contains("SqliteConsumer"), "{plugins}");
 }

@@ -35,13 +35,22 @@ pub struct ClassReport {
     pub description: String,
 }
 
+/// A config's first consumer: the top-level keys (`plugin_dirs`, `allow_insecure_plugins`) are
+/// every consumer's.
+fn first_config(path: &Path) -> Result<Config, AppError> {
+    Config::load_all(path)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| AppError::Usage(format!("{}: no consumer", path.display())))
+}
+
 /// The directories to look in: those given, else the config's `plugin_dirs`.
 pub fn plugin_dirs(dirs: &[PathBuf], config: Option<&Path>) -> Result<Vec<PathBuf>, AppError> {
     if !dirs.is_empty() {
         return Ok(dirs.to_vec());
     }
     match config {
-        Some(path) => Ok(Config::load(path)?.plugin_dirs),
+        Some(path) => Ok(first_config(path)?.plugin_dirs),
         None => Err(AppError::Usage(
             "name plugin directories, or a config whose plugin_dirs to list (--config FILE)".into(),
         )),
@@ -51,7 +60,7 @@ pub fn plugin_dirs(dirs: &[PathBuf], config: Option<&Path>) -> Result<Vec<PathBu
 /// Whether the config (if one is given) allows plugin libraries other users could change.
 fn allow_insecure(config: Option<&Path>) -> Result<bool, AppError> {
     Ok(match config {
-        Some(path) => Config::load(path)?.allow_insecure_plugins,
+        Some(path) => first_config(path)?.allow_insecure_plugins,
         None => false,
     })
 }
