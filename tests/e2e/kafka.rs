@@ -451,3 +451,45 @@ fn kafka_start_at_the_end_reads_only_what_comes_after() {
         (10..15).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn kafka_a_reload_that_changes_only_handlers_keeps_the_group_member_s_partitions() {
+    let limit = std::time::Duration::from_secs(120);
+    let mut mock = KafkaMock::start(1, &[("scale", 4)]);
+    let dir = TestDir::new("kafka-group-reload");
+    let config = group_member(&dir, &mock, 50);
+    let mut daemon = buslink_testkit::Daemon::run(&config);
+    daemon.wait_for("its partitions", limit, |d| {
+        d.stderr().contains("partitions assigned: scale:")
+    });
+    mock.command("produce scale 200");
+    let out = dir.join("out/all.jsonl");
+    daemon.wait_for("the 200 records", limit, |_| {
+        group_offsets(&out).len() == 200
+    });
+    let assignments =
+        |d: &buslink_testkit::Daemon| d.stderr().matches("partitions assigned:").count();
+    let before = assignments(&daemon);
+    // A second handler: swapped in, the member stays in the group.
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, format!("{text}\n{}", jsonl_handler("extra", ""))).expect("config");
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_for("the swap", limit, |d| {
+        d.stderr()
+            .contains("handlers swapped at a batch boundary: all, extra")
+    });
+    mock.command("produce scale 100");
+    let extra = dir.join("out/extra.jsonl");
+    daemon.wait_for("the 100 new records in both", limit, |_| {
+        group_offsets(&out).len() == 300 && group_offsets(&extra).len() == 100
+    });
+    assert_eq!(
+        assignments(&daemon),
+        before,
+        "no rebalance: {}",
+        daemon.stderr()
+    );
+    let unique: std::collections::BTreeSet<_> = group_offsets(&out).into_iter().collect();
+    assert_eq!(unique.len(), 300, "each record once");
+    assert_eq!(daemon.terminate(limit).code(), Some(0));
+}
