@@ -404,6 +404,23 @@ fn kafka_group_mode_once_drains_resumes_from_the_group_and_refuses_hermes_mode()
             "{refused}"
         );
     }
+    // A replay would join the group and take partitions from its members: refused.
+    let replay = buslink_testkit::process::run(
+        &[
+            "replay",
+            "--config",
+            &config.to_string_lossy(),
+            "--from",
+            "beginning",
+            "--dry-run",
+        ],
+        std::time::Duration::from_secs(60),
+    );
+    assert_eq!(replay.code(), Some(2), "{replay}");
+    assert!(
+        replay.stderr.contains("a replay would join the group"),
+        "{replay}"
+    );
     // Hermes mode needs offsets buslink keeps.
     let hermes = dir.write(
         "hermes.toml",

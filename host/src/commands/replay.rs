@@ -8,7 +8,8 @@
 //! at the first offset past it) or, without `--to`, the end of the bus when the replay meets
 //! it. A handler failing after its retries stops the replay (exit 1) and names the offset to
 //! go on `--from`. Exactly-once outputs (`jsonl`) are refused: their committed length belongs
-//! to the daemon, which would cut replayed lines off at its next start.
+//! to the daemon, which would cut replayed lines off at its next start. So is a consumer whose
+//! bus keeps the position (a Kafka consumer group): the replay would join the group.
 //!
 //! Progress: a bar on a terminal, else a JSON line a second on stderr (`{"replay":"progress",
 //! "events":N,"delivered":N,"offset":"X"}`); a summary on stdout at the end.
@@ -207,6 +208,14 @@ pub fn replay(target: &Target, request: &ReplayRequest) -> Result<(), AppError> 
         .map_err(|problems| AppError::Runtime(problems.join("\n")))?
     };
     let (_plugin, mut consumer) = build_consumer(&config)?;
+    if consumer.bus_owns_position() {
+        return Err(AppError::Usage(format!(
+            "consumer '{}' keeps its position on the bus (a consumer group): a replay would join \
+             the group and take partitions from its members; replay with a config that reads \
+             the topic without a group (Kafka: mode = \"assign\" and the partition)",
+            config.consumer.name
+        )));
+    }
     let from = (request.from != "beginning").then(|| parse_offset(&request.from, request.string));
     let to = request
         .to
