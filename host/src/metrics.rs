@@ -237,6 +237,15 @@ impl MetricsRegistry {
         metrics
     }
 
+    /// Forgets the consumers not in `names` for `/health` and `/ready` (a reload removed
+    /// them; their series stay, as counters do).
+    pub fn keep_only(&self, names: &[String]) {
+        self.consumers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .retain(|m| names.contains(&m.consumer.consumer));
+    }
+
     /// The text for `GET /metrics`.
     pub fn encode(&self) -> String {
         let mut text = String::new();

@@ -134,7 +134,8 @@ pub fn run(units: Vec<Unit>, daemon: &Daemon<'_>) -> Result<(), AppError> {
             .collect();
         while !handles.iter().all(Handle::finished) {
             if !daemon.once && daemon.registry.take_reload() {
-                reload(scope, &mut handles, daemon, &process_fingerprint, &ended_tx);
+                let outcome = reload(scope, &mut handles, daemon, &process_fingerprint, &ended_tx);
+                daemon.registry.reloaded(outcome);
             }
             let _ = ended.recv_timeout(Duration::from_millis(50));
         }
@@ -343,31 +344,41 @@ enum Change {
     Added(Unit),
 }
 
-/// Reads the config again and applies it whole, or logs why not and changes nothing.
+/// How long a reload waits for removed consumers to stop before it starts new ones (one may
+/// take over the other's files: a renamed consumer).
+const RETIRE_WAIT: Duration = Duration::from_secs(15);
+
+/// Reads the config again and applies it whole (`Ok`: what changed), or logs why not and
+/// changes nothing (`Err`: the first problem).
 fn reload<'scope, 'env>(
     scope: &'scope Scope<'scope, 'env>,
     handles: &mut Vec<Handle<'scope>>,
     daemon: &'env Daemon<'env>,
     process_fingerprint: &str,
     ended: &std::sync::mpsc::Sender<()>,
-) {
+) -> Result<String, String> {
     let path = daemon.config_path;
     tracing::info!("reloading {}", path.display());
     let refuse = |problems: &str| {
         for line in problems.lines() {
             tracing::error!("reload refused, the running config stays: {line}");
         }
+        Err(problems.lines().next().unwrap_or_default().to_owned())
     };
     let configs = match Config::load_all(path) {
         Ok(configs) => configs,
         Err(errors) => return refuse(&errors.to_string()),
     };
     if let Some(first) = configs.first() {
+        // What the whole process was started with (where the offsets, locks and socket are)
+        // cannot move under running consumers: a consumer would start over from an empty
+        // state dir, beside its own lock.
         if first.process_fingerprint() != process_fingerprint {
-            tracing::warn!(
-                "reload: state_dir, [metrics], [control] or the config's shape changed: they \
-                 take effect at the next start"
-            );
+            return refuse(&format!(
+                "{}: state_dir, [metrics], [control] or the config's shape ([consumer] or \
+                 [[consumers]]) changed: these need a restart (systemctl restart), not a reload",
+                path.display()
+            ));
         }
     }
     // Everything is checked before anything changes.
@@ -473,6 +484,21 @@ fn reload<'scope, 'env>(
             removed += 1;
         }
     }
+    // Removed consumers stop first: a new one may take over their files (a renamed consumer).
+    let deadline = std::time::Instant::now() + RETIRE_WAIT;
+    while handles
+        .iter()
+        .any(|h| !h.finished() && steer(&h.steer).retire)
+    {
+        if std::time::Instant::now() >= deadline {
+            tracing::warn!(
+                "reload: a removed consumer did not stop within {} s; starting the new ones",
+                RETIRE_WAIT.as_secs()
+            );
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     for (name, change) in changes {
         match change {
             Change::Same => same += 1,
@@ -525,8 +551,18 @@ fn reload<'scope, 'env>(
         .map(|h| h.shared.clone())
         .collect();
     daemon.registry.set_consumers(running);
-    tracing::info!(
+    if let Some(metrics) = &daemon.metrics {
+        let names: Vec<String> = handles
+            .iter()
+            .filter(|h| !steer(&h.steer).retire)
+            .map(|h| h.name.clone())
+            .collect();
+        metrics.keep_only(&names);
+    }
+    let summary = format!(
         "reloaded: {same} consumer(s) unchanged, {swapped} with new handlers, {restarted} \
          restarted, {added} started, {removed} stopped"
     );
+    tracing::info!("{summary}");
+    Ok(summary)
 }

@@ -399,12 +399,29 @@ fn sighup_swaps_changed_handlers_restarts_a_changed_consumer_and_refuses_a_bad_c
         format!("{good}\n[[handlers]]\nname = \"c\"\ntype = \"carrier-pigeon\"\n"),
     )
     .expect("config");
-    assert_eq!(ctl(&config, &["reload"]).stdout, "reloading\n");
-    daemon.wait_for("the refusal", LIMIT, |d| {
-        d.stderr()
+    let refused = ctl(&config, &["reload"]);
+    assert_eq!(refused.code(), Some(2), "{refused}");
+    assert!(
+        refused
+            .stderr
             .contains("reload refused, the running config stays:")
-            && d.stderr().contains("carrier-pigeon")
+            && refused.stderr.contains("carrier-pigeon"),
+        "{refused}"
+    );
+    assert!(daemon.stderr().contains("carrier-pigeon"));
+    // Where the offsets and locks are cannot move under running consumers: a restart's job.
+    std::fs::write(
+        &config,
+        good.replace("state_dir = \"state\"", "state_dir = \"elsewhere\""),
+    )
+    .expect("config");
+    // (SIGHUP: `ctl` looks for the socket where the new config says.)
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_for("the state_dir refusal", LIMIT, |d| {
+        d.stderr()
+            .contains("need a restart (systemctl restart), not a reload")
     });
+    assert!(!dir.join("elsewhere").exists());
     // A plugin's refusal of its settings is caught before anything stops, too.
     std::fs::write(
         &config,
@@ -441,14 +458,15 @@ fn sighup_swaps_changed_handlers_restarts_a_changed_consumer_and_refuses_a_bad_c
 fn a_reload_starts_a_new_consumer_and_stops_a_removed_one_leaving_the_rest() {
     let dir = TestDir::new("reload-several");
     let (bus_a, bus_b) = (bus(&dir, "a.sqlite", 10), bus(&dir, "b.sqlite", 15));
-    let config = several(&dir, "", &[sqlite_consumer("alpha", &bus_a)]);
+    let metrics = "[metrics]\nlisten = \"127.0.0.1:0\"\n";
+    let config = several(&dir, metrics, &[sqlite_consumer("alpha", &bus_a)]);
     let mut daemon = Daemon::run(&config);
     daemon.wait_for("alpha's events", LIMIT, |_| {
         count_lines(&dir.join("out/alpha.jsonl")) == 10
     });
     several(
         &dir,
-        "",
+        metrics,
         &[
             sqlite_consumer("alpha", &bus_a),
             sqlite_consumer("beta", &bus_b),
@@ -462,7 +480,7 @@ fn a_reload_starts_a_new_consumer_and_stops_a_removed_one_leaving_the_rest() {
         "reloaded: 1 consumer(s) unchanged, 0 with new handlers, 0 restarted, 1 started, 0 stopped"
     ));
     // alpha leaves the config: it stops; beta goes on.
-    several(&dir, "", &[sqlite_consumer("beta", &bus_b)]);
+    several(&dir, metrics, &[sqlite_consumer("beta", &bus_b)]);
     daemon.signal(libc::SIGHUP);
     daemon.wait_for("alpha stopped", LIMIT, |d| {
         d.stderr()

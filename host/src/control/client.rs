@@ -13,7 +13,8 @@ pub fn send(path: &Path, command: &str) -> Result<String, String> {
             path.display()
         )
     })?;
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    // A reload may wait for consumers to stop (25 s at most on the daemon's side).
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
     stream
         .write_all(format!("{command}\n").as_bytes())
         .map_err(|e| format!("{}: {e}", path.display()))?;

@@ -32,6 +32,8 @@ pub struct Registry {
     consumers: Mutex<Vec<std::sync::Arc<Shared>>>,
     /// Set by `reload` and by SIGHUP.
     reload: std::sync::Arc<AtomicBool>,
+    /// Where the outcome of the next reload goes (`ctl reload` waits for it).
+    reload_waiters: Mutex<Vec<std::sync::mpsc::Sender<Result<String, String>>>>,
 }
 
 impl Registry {
@@ -40,6 +42,37 @@ impl Registry {
         Registry {
             consumers: Mutex::new(consumers),
             reload: std::sync::Arc::new(AtomicBool::new(false)),
+            reload_waiters: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Asks for a reload and waits for its outcome (`Err`: refused, the first problem; or no
+    /// outcome within `wait`).
+    pub fn reload_and_wait(&self, wait: std::time::Duration) -> Result<String, String> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.reload_waiters
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(tx);
+        self.request_reload();
+        rx.recv_timeout(wait).unwrap_or_else(|_| {
+            Err(format!(
+                "no outcome within {} s (see the daemon's log)",
+                wait.as_secs()
+            ))
+        })
+    }
+
+    /// Hands a reload's outcome to those waiting for it.
+    pub fn reloaded(&self, outcome: Result<String, String>) {
+        let waiters = std::mem::take(
+            &mut *self
+                .reload_waiters
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        for waiter in waiters {
+            let _ = waiter.send(outcome.clone());
         }
     }
 

@@ -206,6 +206,9 @@ fn serve(stream: std::os::unix::net::UnixStream, registry: &Registry, shutdown: 
     let _ = stream.write_all(answer.as_bytes());
 }
 
+/// How long `reload` waits for the daemon's outcome (removed consumers get 15 s to stop).
+const RELOAD_WAIT: Duration = Duration::from_secs(25);
+
 const COMMANDS: &str = "status [--json] [CONSUMER], pause [CONSUMER], resume [CONSUMER], \
                         errors list [--json] [--consumer NAME], errors retry [--consumer NAME] \
                         [ID], errors drop [--consumer NAME] ID|--all, reload, quit";
@@ -306,8 +309,10 @@ pub fn answer(line: &str, registry: &Registry, shutdown: &Shutdown) -> String {
         },
         "reload" => {
             tracing::info!("reload asked through the control socket");
-            registry.request_reload();
-            "reloading\n".to_owned()
+            match registry.reload_and_wait(RELOAD_WAIT) {
+                Ok(summary) => format!("{summary}\n"),
+                Err(why) => format!("error: reload refused, the running config stays: {why}\n"),
+            }
         }
         "quit" => {
             tracing::info!("stop asked through the control socket");
@@ -472,8 +477,16 @@ mod tests {
         assert!(answer("pause demo", &registry, &shutdown)
             .starts_with("error: demo: this consumer's bus"));
         assert!(!shared.paused());
-        assert_eq!(answer("reload", &registry, &shutdown), "reloading\n");
-        assert!(registry.take_reload() && !registry.take_reload());
+        // A reload's outcome reaches whoever waits for it.
+        let reloads = Arc::new(Registry::new(Vec::new()));
+        let asker = reloads.clone();
+        let waiting = std::thread::spawn(move || asker.reload_and_wait(Duration::from_secs(5)));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !reloads.take_reload() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        reloads.reloaded(Err("bad key".into()));
+        assert_eq!(waiting.join().expect("thread"), Err("bad key".to_owned()));
         assert_eq!(answer("quit", &registry, &shutdown), "stopping\n");
         assert!(shutdown.requested());
     }
