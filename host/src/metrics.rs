@@ -395,9 +395,13 @@ impl Metrics {
     /// The offset was committed now.
     pub fn committed(&self) {
         self.commits.inc();
-        let now = chrono::Utc::now();
+        self.set_last_commit(chrono::Utc::now());
+    }
+
+    /// When the committed offset was committed (at start: the cache's time).
+    pub fn set_last_commit(&self, at: chrono::DateTime<chrono::Utc>) {
         self.last_commit
-            .set(now.timestamp() as f64 + f64::from(now.timestamp_subsec_millis()) / 1000.0);
+            .set(at.timestamp() as f64 + f64::from(at.timestamp_subsec_millis()) / 1000.0);
     }
 
     /// A gap of `lost` events (0 when unknown).

@@ -617,6 +617,22 @@ pub fn run(
         handled_before: cached.as_ref().map_or(0, |record| record.events_handled),
     };
     let handled_before = committer.handled_total;
+    // What a restart resumes from is committed already: status and metrics say so from the
+    // start (a commit-age alert must not fire because the daemon restarted on an idle bus).
+    if let Some(record) = cached.as_ref() {
+        if let Some(control) = &options.control {
+            let queued = error_queue.events().len();
+            control.update(|status| {
+                status.committed_offset = record.last_offset.as_ref().map(ToString::to_string);
+                status.committed_time = Some(record.updated_at);
+                status.error_queue = queued;
+                status.events_handled = 0;
+            });
+        }
+        if let Some(metrics) = &options.metrics {
+            metrics.set_last_commit(record.updated_at);
+        }
+    }
     let counters = SharedCounters::default();
     let reader = {
         let shutdown = shutdown.clone();

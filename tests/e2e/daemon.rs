@@ -313,6 +313,24 @@ fn several_consumer_configs_are_checked_entry_by_entry() {
         "good",
     ]);
     assert_eq!(only_good.code(), Some(0), "{only_good}");
+    // Two writers of one exactly-once file (here ./out/same.jsonl spelt two ways).
+    let shared = several(
+        &dir,
+        "",
+        &[
+            sqlite_consumer("one", &bus_a).replace("out/one.jsonl", "out/same.jsonl"),
+            sqlite_consumer("two", &bus_a).replace("out/two.jsonl", "./out/../out/same.jsonl"),
+        ],
+    );
+    let out = buslink(&["check", "--config", &shared.to_string_lossy()]);
+    assert_eq!(out.code(), Some(2), "{out}");
+    assert!(
+        out.stderr.contains("key `consumers[1].handlers[0].name`")
+            && out
+                .stderr
+                .contains("which handler 'out' of consumer 'one' writes too"),
+        "{out}"
+    );
     // Mixing the two shapes is refused.
     let text = format!(
         "{}\n[[handlers]]\nname = \"x\"\ntype = \"stdout\"\n",
@@ -629,4 +647,44 @@ fn the_control_socket_takes_its_path_mode_and_group_from_the_config() {
     let check = buslink(&["check", "--config", &config.to_string_lossy()]);
     assert_eq!(check.code(), Some(2), "{check}");
     assert!(check.stderr.contains("key `control.mode`"), "{check}");
+}
+
+#[test]
+fn after_a_restart_status_and_metrics_show_the_offset_committed_before_it() {
+    let dir = TestDir::new("status-restart");
+    let bus = bus_with(&dir, 5);
+    let config = sqlite_config(&dir, &bus, "", &jsonl_handler("all", ""));
+    let once = buslink_testkit::process::run_once(&config);
+    assert_eq!(once.code(), Some(0), "{once}");
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        format!("{text}\n[metrics]\nlisten = \"127.0.0.1:0\"\n"),
+    )
+    .expect("config");
+    let mut daemon = Daemon::run(&config);
+    daemon.wait_for("a running consumer", LIMIT, |_| {
+        consumer_status(&status(&config), "test")["state"] == "running"
+    });
+    // Nothing new on the bus: what is shown is what the cache holds.
+    let test = consumer_status(&status(&config), "test");
+    assert_eq!(test["committed_offset"], "5", "{test}");
+    assert!(test["committed_at"].is_string(), "{test}");
+    let stderr = daemon.stderr();
+    let address = stderr
+        .split("metrics on http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .expect("an address")
+        .to_owned();
+    let text = reqwest::blocking::get(format!("http://{address}/metrics"))
+        .and_then(|r| r.text())
+        .expect("metrics");
+    let last_commit: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("buslink_last_commit_timestamp_seconds{consumer=\"test\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the last commit's time");
+    assert!(last_commit > 1.7e9, "{text}");
+    daemon.terminate(LIMIT);
 }

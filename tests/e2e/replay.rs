@@ -48,8 +48,16 @@ fn a_range_is_replayed_to_one_handler_while_the_daemon_runs_and_the_offset_stays
         "9",
         "--handler",
         "hook",
+        // Named twice: delivered once.
+        "--handler",
+        "hook",
     ]);
     assert_eq!(replay.code(), Some(0), "{replay}");
+    assert_eq!(
+        replay.stdout.matches("handler hook:").count(),
+        1,
+        "{replay}"
+    );
     assert!(
         replay.stdout.contains("handler hook: delivered 5 events"),
         "{replay}"

@@ -154,8 +154,12 @@ pub fn replay(target: &Target, request: &ReplayRequest) -> Result<(), AppError> 
     let chosen: Vec<_> = if request.handlers.is_empty() {
         config.handlers.clone()
     } else {
-        let mut chosen = Vec::new();
+        let mut chosen: Vec<crate::config::HandlerConfig> = Vec::new();
         for name in &request.handlers {
+            // Named twice: delivered once.
+            if chosen.iter().any(|h| &h.name == name) {
+                continue;
+            }
             match config.handlers.iter().find(|h| &h.name == name) {
                 Some(handler) => chosen.push(handler.clone()),
                 None => {

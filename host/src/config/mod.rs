@@ -113,6 +113,60 @@ impl ControlSocketConfig {
     }
 }
 
+/// An error for every `jsonl` file that a second handler (of any consumer) also writes: an
+/// exactly-once file has one writer, whose committed length is the truth about it.
+fn shared_outputs(configs: &[Config]) -> Vec<ConfigError> {
+    let mut seen: Vec<(PathBuf, String, String)> = Vec::new();
+    let mut errors = Vec::new();
+    for config in configs {
+        for handler in &config.handlers {
+            let HandlerKind::Jsonl { path } = &handler.kind else {
+                continue;
+            };
+            let key = same_file_key(path);
+            match seen.iter().find(|(known, ..)| *known == key) {
+                Some((_, consumer, other)) => errors.push(config.handler_error(
+                    &handler.name,
+                    format!(
+                        "handler '{}' writes {}, which handler '{other}' of consumer \
+                         '{consumer}' writes too: an exactly-once file has one writer (its \
+                         committed length says what it holds)",
+                        handler.name,
+                        path.display()
+                    ),
+                )),
+                None => seen.push((key, config.consumer.name.clone(), handler.name.clone())),
+            }
+        }
+    }
+    errors
+}
+
+/// What names the same file as `path` (its directory resolved where it exists; `.` and `..`
+/// taken out otherwise).
+fn same_file_key(path: &Path) -> PathBuf {
+    let lexical = |path: &Path| {
+        let mut out = PathBuf::new();
+        for part in path.components() {
+            match part {
+                std::path::Component::CurDir => {}
+                std::path::Component::ParentDir => {
+                    out.pop();
+                }
+                other => out.push(other),
+            }
+        }
+        out
+    };
+    match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) => match std::fs::canonicalize(parent) {
+            Ok(parent) => parent.join(name),
+            Err(_) => lexical(path),
+        },
+        _ => lexical(path),
+    }
+}
+
 /// `consumers[1]` for `["consumers", "1"]`.
 fn key_label(path: &[String]) -> String {
     let mut label = String::new();
@@ -741,7 +795,7 @@ impl Config {
             ..control
         };
         let names: Vec<String> = built.iter().map(|(c, ..)| c.name.clone()).collect();
-        let configs = built
+        let configs: Vec<Config> = built
             .into_iter()
             .map(|(consumer, handlers, commit, consumer_key)| Config {
                 state_dir: state_dir.clone(),
@@ -759,6 +813,7 @@ impl Config {
                 consumer_names: names.clone(),
             })
             .collect();
+        errors.extend(shared_outputs(&configs));
         Ok((configs, errors))
     }
 
@@ -959,18 +1014,21 @@ impl Config {
     }
 
     /// What decides this consumer's pipeline besides its handlers, as written in the file: its
-    /// table, the commit policy it uses, and what plugins are loaded from. A reload restarts
+    /// table, the commit policy in effect for it, the progress-line period, and what plugins
+    /// are loaded from (a change of one of these top-level keys restarts every consumer). A reload restarts
     /// the consumer when this changed.
     pub fn consumer_fingerprint(&self) -> String {
-        let Some((table, mut value)) = self.consumer_value() else {
+        let Some((_, mut value)) = self.consumer_value() else {
             return String::new();
         };
         if let Some(entry) = value.as_table_mut() {
             entry.remove("handlers");
         }
+        // The commit policy in effect (its own, or the top-level one): a change of the
+        // top-level [commit] does not touch a consumer with its own.
         let parts = [
             Some(value),
-            table.get("commit").cloned(),
+            Some(toml::Value::String(format!("{:?}", self.commit))),
             Some(toml::Value::Boolean(self.allow_insecure_plugins)),
             Some(toml::Value::Integer(
                 i64::try_from(self.stats_interval_s).unwrap_or(i64::MAX),
@@ -1405,5 +1463,36 @@ headers = { X-Source = "buslink" }
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_reload_restarts_only_the_consumers_whose_effective_config_changed() {
+        let text = |top_commit: u64| {
+            format!(
+                "state_dir = \"s\"\n[commit]\nevery_events = {top_commit}\n\
+                 [[consumers]]\nname = \"own\"\nplugin = \"p\"\nclass = \"C\"\n\
+                 [consumers.commit]\nevery_events = 5\n\
+                 [[consumers.handlers]]\nname = \"h\"\ntype = \"stdout\"\n\
+                 [[consumers]]\nname = \"shared\"\nplugin = \"p\"\nclass = \"C\"\n\
+                 [[consumers.handlers]]\nname = \"h\"\ntype = \"stdout\"\n"
+            )
+        };
+        let parse = |text: String| {
+            Config::parse_all(Path::new("/nonexistent/x.toml"), text).expect("valid")
+        };
+        let (before, after) = (parse(text(10)), parse(text(20)));
+        assert_eq!(
+            before[0].consumer_fingerprint(),
+            after[0].consumer_fingerprint(),
+            "its own [consumers.commit] is what it uses"
+        );
+        assert_ne!(
+            before[1].consumer_fingerprint(),
+            after[1].consumer_fingerprint()
+        );
+        assert_eq!(
+            before[1].handlers_fingerprint(),
+            after[1].handlers_fingerprint()
+        );
     }
 }
