@@ -666,7 +666,8 @@ pub fn run(
     let mut library = options.library.clone();
     let mut lock = options.lock.clone();
     // A batch received while paused, handled first after the resume.
-    let mut held: Option<ReaderMessage> = None;
+    // (with the index of its first event not handled yet: a pause may come mid-batch).
+    let mut held: Option<(ReaderMessage, usize)> = None;
     if let Some(control) = &options.control {
         control.set_serving(true);
     }
@@ -718,16 +719,16 @@ pub fn run(
             shutdown.sleep(tick);
             continue;
         }
-        let received = match held.take() {
-            Some(message) => Ok(message),
-            None => full_rx.recv_timeout(tick),
+        let (received, start) = match held.take() {
+            Some((message, start)) => (Ok(message), start),
+            None => (full_rx.recv_timeout(tick), 0),
         };
         let message = match received {
             // A batch read just before a pause waits for the resume.
             Ok(message @ ReaderMessage::Batch { .. })
                 if paused(&options) && !shutdown.requested() =>
             {
-                held = Some(message);
+                held = Some((message, start));
                 continue;
             }
             Ok(message) => message,
@@ -767,9 +768,23 @@ pub fn run(
                     on_gap: options.on_gap,
                     metrics: options.metrics.as_deref(),
                     counters: &handler_counters,
+                    control: options.control.as_deref(),
                     watchdog: &watchdog,
                 };
-                let result = dispatcher.dispatch_batch(&batch, next_after_last, &mut committer);
+                let result =
+                    dispatcher.dispatch_batch(&batch, start, &next_after_last, &mut committer);
+                // Paused mid-batch: what was handled is committed; the rest waits, here.
+                if let Ok(Some(paused_at)) = result {
+                    held = Some((
+                        ReaderMessage::Batch {
+                            batch,
+                            next_after_last,
+                        },
+                        paused_at,
+                    ));
+                    continue;
+                }
+                let result = result.map(|_| ());
                 if bus_owned {
                     // Handled and durably committed before the bus stores the position.
                     let committed = result
@@ -1268,6 +1283,8 @@ struct Dispatcher<'a> {
     metrics: Option<&'a Metrics>,
     /// Each handler's outcome counters, in the handlers' order (empty without metrics).
     counters: &'a [HandlerCounters],
+    /// The control socket's pause and error-queue commands, looked at between two events.
+    control: Option<&'a crate::control::Shared>,
     watchdog: &'a crate::service::Watchdog,
 }
 
@@ -1387,26 +1404,48 @@ impl Dispatcher<'_> {
 
     /// Hands every event of the batch to the handlers that match it, stopping at the first
     /// event not handled; records the last fully handled event for the next commit.
+    ///
+    /// Starts at event `start` (a batch taken up again after a pause). `Ok(Some(i))`: paused
+    /// before event `i`, what came before it committed.
     fn dispatch_batch(
         &mut self,
         batch: &EventBatch,
-        next_after_last: Option<Offset>,
+        start: usize,
+        next_after_last: &Option<Offset>,
         committer: &mut Committer<'_>,
-    ) -> Result<(), PipelineError> {
-        let mut handled = 0;
-        let mut recorded = 0;
+    ) -> Result<Option<usize>, PipelineError> {
+        let mut handled = start;
+        let mut recorded = start;
+        let mut paused_at = None;
         let mut outcome = Ok(());
         // Events by category, and those Hermes mode skips, counted into the metrics once per
         // batch.
         let mut tally: Vec<(&str, u64)> = Vec::new();
         let mut skipped = 0;
-        let mut gaps = batch.gaps().peekable();
+        // (The gaps before `start` were dealt with before the pause.)
+        let mut gaps = batch
+            .gaps()
+            .filter(|gap| gap.before_event >= start)
+            .peekable();
         let mut stopped = false;
-        for (index, event) in batch.iter().enumerate() {
+        for (index, event) in batch.iter().enumerate().skip(start) {
             // A stop ends the batch after the event in hand: the rest come again.
             if self.shutdown.requested() {
                 stopped = true;
                 break;
+            }
+            // The control socket, between two events: what was handled is committed first,
+            // then error-queue commands are carried out, and a pause holds the rest.
+            if let Some(control) = self.control.filter(|c| c.paused() || c.has_requests()) {
+                committer.record(batch, recorded, handled, next_after_last);
+                recorded = handled;
+                committer.commit(self.handlers, self.error_queue)?;
+                serve_queue_requests(control, self.handlers, self.error_queue, committer)?;
+                if control.paused() {
+                    paused_at = Some(index);
+                    stopped = true;
+                    break;
+                }
             }
             if let Err(error) = self.pass_gaps(&mut gaps, index, committer) {
                 outcome = Err(error);
@@ -1440,7 +1479,7 @@ impl Dispatcher<'_> {
             if committer.pending_count + (handled - recorded) as u64
                 >= committer.policy.every_events
             {
-                committer.record(batch, recorded, handled, &next_after_last);
+                committer.record(batch, recorded, handled, next_after_last);
                 recorded = handled;
                 committer.commit(self.handlers, self.error_queue)?;
             }
@@ -1457,9 +1496,9 @@ impl Dispatcher<'_> {
                 metrics.skipped(skipped);
             }
         }
-        committer.record(batch, recorded, handled, &next_after_last);
+        committer.record(batch, recorded, handled, next_after_last);
         for_each_handler(self.handlers.iter_mut(), |h| h.flush())?;
-        outcome
+        outcome.map(|()| paused_at)
     }
 
     /// Deals with the gaps reported before the event at `index`, by `on_gap`: an error

@@ -688,3 +688,52 @@ fn after_a_restart_status_and_metrics_show_the_offset_committed_before_it() {
     assert!(last_commit > 1.7e9, "{text}");
     daemon.terminate(LIMIT);
 }
+
+#[test]
+fn pause_takes_effect_between_two_events_even_in_a_long_batch() {
+    let dir = TestDir::new("pause-mid-batch");
+    let bus = bus_with(&dir, 300);
+    let seen = dir.join("seen.jsonl");
+    // A slow handler: one batch of 300 events takes seconds.
+    let handler = format!(
+        "[[handlers]]\nname = \"slow\"\ntype = \"exec\"\n\
+         command = [\"sh\", \"-c\", \"cat >> {}; sleep 0.01\"]\n",
+        seen.display()
+    );
+    let config = sqlite_config(&dir, &bus, "batch_size = 512", &handler);
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, format!("stats_interval_s = 1\n{text}")).expect("config");
+    let mut daemon = Daemon::run(&config);
+    daemon.wait_for("the batch under way", LIMIT, |_| count_lines(&seen) >= 20);
+    assert_eq!(ctl(&config, &["pause"]).stdout, "paused\n");
+    let at_pause = count_lines(&seen);
+    // The queue is answered mid-batch too (between two events, not after the batch).
+    let listed = ctl(&config, &["errors", "list"]);
+    assert!(
+        listed.stdout.contains("the error queue is empty"),
+        "{listed}"
+    );
+    let progress_lines = |d: &Daemon| d.stderr().matches("progress:").count();
+    let lines_then = progress_lines(&daemon);
+    daemon.wait_for("two progress lines while paused", LIMIT, |d| {
+        progress_lines(d) >= lines_then + 2
+    });
+    let held = count_lines(&seen);
+    assert!(
+        held <= at_pause + 1,
+        "at most the event in hand after the pause: {at_pause} then {held}"
+    );
+    assert!(held < 300, "the batch was not finished");
+    // What was handled before the pause is committed.
+    let committed = consumer_status(&status(&config), "test")["committed_offset"].clone();
+    assert_eq!(committed, held.to_string(), "{committed}");
+    assert_eq!(ctl(&config, &["resume"]).stdout, "resumed\n");
+    daemon.wait_for("the rest of the batch", LIMIT, |_| {
+        count_lines(&seen) == 300
+    });
+    assert_eq!(
+        offsets(&read_lines(&dir, "seen.jsonl")),
+        (1..=300).collect::<Vec<_>>()
+    );
+    daemon.terminate(LIMIT);
+}
