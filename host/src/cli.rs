@@ -170,7 +170,7 @@ pub enum CtlErrorsAction {
         /// A queued event's id.
         id: Option<u64>,
         /// Every queued event.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "id")]
         all: bool,
         /// The consumer (needed where the daemon runs several).
         #[arg(long)]
@@ -277,7 +277,7 @@ pub enum ErrorsAction {
         /// A queued event's id.
         id: Option<u64>,
         /// Every queued event.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "id")]
         all: bool,
     },
 }

@@ -492,11 +492,15 @@ impl MetricsServer {
                             continue;
                         };
                         let path = request.url().split('?').next().unwrap_or("").to_owned();
-                        let (status, body) = if request.method() == &tiny_http::Method::Get {
+                        let head = request.method() == &tiny_http::Method::Head;
+                        let (status, body) = if request.method() == &tiny_http::Method::Get || head
+                        {
                             metrics.answer(&path)
                         } else {
-                            (405, "GET only\n".into())
+                            (405, "GET or HEAD only\n".into())
                         };
+                        // HEAD: the status alone (load balancers' health checks).
+                        let body = if head { String::new() } else { body };
                         let content_type = if path == "/metrics" {
                             "application/openmetrics-text; version=1.0.0; charset=utf-8"
                         } else {

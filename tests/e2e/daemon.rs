@@ -737,3 +737,37 @@ fn pause_takes_effect_between_two_events_even_in_a_long_batch() {
     );
     daemon.terminate(LIMIT);
 }
+
+#[test]
+fn clients_that_say_nothing_do_not_hold_up_the_control_socket() {
+    use std::io::Read;
+    let dir = TestDir::new("ctl-idle-clients");
+    let bus = bus_with(&dir, 3);
+    let config = sqlite_config(&dir, &bus, "", &jsonl_handler("all", ""));
+    let mut daemon = Daemon::run(&config);
+    daemon.wait_for("the events", LIMIT, |_| {
+        count_lines(&dir.join("out/all.jsonl")) == 3
+    });
+    let socket = dir.join("state/buslink.sock");
+    // Four clients connect and say nothing (the daemon gives each 2 s).
+    let idle: Vec<_> = (0..4)
+        .map(|_| std::os::unix::net::UnixStream::connect(&socket).expect("connect"))
+        .collect();
+    let status = ctl(&config, &["status"]);
+    assert!(status.stdout.contains("consumer test: running"), "{status}");
+    // Answered while the silent ones are still waited for: none was closed yet.
+    for mut client in idle {
+        client.set_nonblocking(true).expect("nonblocking");
+        let mut byte = [0u8; 1];
+        let read = client.read(&mut byte);
+        assert!(
+            matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "a silent client was already dealt with: {read:?}"
+        );
+    }
+    // A command of several lines never reaches the daemon.
+    let bad = ctl(&config, &["status", "test\nquit"]);
+    assert_eq!(bad.code(), Some(2), "{bad}");
+    assert!(bad.stderr.contains("no line breaks"), "{bad}");
+    daemon.terminate(LIMIT);
+}

@@ -12,13 +12,15 @@ fn runtime(error: impl ToString) -> AppError {
     AppError::Runtime(error.to_string())
 }
 
-/// The consumer's lock, or an error that points at `buslink ctl errors` when its daemon runs.
+/// The consumer's lock, or an error that points at `buslink ctl errors ACTION` (the same
+/// command through the daemon) when its daemon runs.
 fn lock(config: &Config, action: &str) -> Result<ConsumerLock, AppError> {
     ConsumerLock::acquire(&config.state_dir, &config.consumer.name).map_err(|error| match error {
         crate::lock::LockError::Held { .. } => AppError::Runtime(format!(
             "{error}: its daemon owns the error queue; do it through the daemon: buslink ctl \
-             --config {} errors {action}",
-            config.source.path.display()
+             --config {} errors {action} --consumer {}",
+            config.source.path.display(),
+            config.consumer.name
         )),
         other => runtime(other),
     })
@@ -39,7 +41,13 @@ pub fn list(target: &crate::cli::Target, json: bool) -> Result<(), AppError> {
 /// `errors retry [ID]`: tries the queued events now (all objects, or the object of ID).
 pub fn retry(target: &crate::cli::Target, id: Option<u64>) -> Result<(), AppError> {
     let config = target.load()?;
-    let _lock = lock(&config, "retry")?;
+    let _lock = lock(
+        &config,
+        &format!(
+            "retry{}",
+            id.map_or_else(String::new, |id| format!(" {id}"))
+        ),
+    )?;
     let mut queue = load(&config)?;
     if let Some(id) = id {
         if queue.get(id).is_none() {
@@ -100,7 +108,13 @@ pub fn drop_events(
     all: bool,
 ) -> Result<(), AppError> {
     let config = target.load()?;
-    let _lock = lock(&config, "drop")?;
+    let _lock = lock(
+        &config,
+        &match (id, all) {
+            (Some(id), _) => format!("drop {id}"),
+            (None, _) => "drop --all".to_owned(),
+        },
+    )?;
     let mut queue = load(&config)?;
     let ids: Vec<u64> = match (id, all) {
         (Some(id), false) => vec![id],

@@ -55,6 +55,13 @@ pub fn ctl(config_path: &std::path::Path, command: &str) -> Result<(), AppError>
             config_path.display()
         )));
     };
+    if command.len() > 1000 || command.contains(['\n', '\r']) {
+        return Err(AppError::Usage(
+            "a consumer name is letters, digits, '-', '_' and '.': no line breaks, and a \
+             command is one line of at most 1000 bytes"
+                .into(),
+        ));
+    }
     let answer =
         crate::control::client::send(&config.control.path, command).map_err(AppError::Runtime)?;
     if let Some(error) = answer.strip_prefix("error: ") {

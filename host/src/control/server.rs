@@ -7,6 +7,7 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -73,6 +74,7 @@ impl ControlServer {
         let mut server = server_guard;
         let thread = {
             let (stop, shutdown) = (server.stop.clone(), shutdown.clone());
+            let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));
             std::thread::Builder::new()
                 .name("control".into())
                 .spawn(move || {
@@ -82,7 +84,30 @@ impl ControlServer {
                             continue;
                         }
                         if let Ok((stream, _)) = listener.accept() {
-                            serve(stream, &registry, &shutdown);
+                            // A thread per connection: a client that says nothing (it has
+                            // 2 s) or a reload that waits does not hold the others up.
+                            if busy.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+                                busy.fetch_sub(1, Ordering::SeqCst);
+                                let mut stream = &stream;
+                                let _ = stream.write_all(
+                                    b"error: the control socket is busy (too many connections \
+                                      at once); try again\n",
+                                );
+                                continue;
+                            }
+                            let (registry, shutdown, busy) =
+                                (registry.clone(), shutdown.clone(), busy.clone());
+                            let spawned = std::thread::Builder::new()
+                                .name("control-client".into())
+                                .spawn(move || {
+                                    serve(stream, &registry, &shutdown);
+                                    busy.fetch_sub(1, Ordering::SeqCst);
+                                });
+                            if spawned.is_err() {
+                                tracing::warn!(
+                                    "control socket: cannot start a thread for a client"
+                                );
+                            }
                         }
                     }
                 })
@@ -205,6 +230,9 @@ fn serve(stream: std::os::unix::net::UnixStream, registry: &Registry, shutdown: 
     let mut stream = &stream;
     let _ = stream.write_all(answer.as_bytes());
 }
+
+/// Clients served at once; more are told the socket is busy.
+const MAX_CONNECTIONS: usize = 16;
 
 /// How long `reload` waits for the daemon's outcome (removed consumers get 15 s to stop).
 const RELOAD_WAIT: Duration = Duration::from_secs(25);
