@@ -193,6 +193,16 @@ fn position(
 /// How often the plugin's counters reach the metrics at most (when `[metrics]` is on).
 const METRICS_REFRESH: Duration = Duration::from_secs(5);
 
+/// A status line for the service manager, naming the consumer where the daemon runs several.
+fn notify_status(options: &PipelineOptions, text: &str) {
+    let name = options
+        .control
+        .as_ref()
+        .map(|control| control.name())
+        .unwrap_or_default();
+    crate::service::consumer_status(&name, text);
+}
+
 /// Tells the metrics' health state, when they are on.
 fn set_state(options: &PipelineOptions, state: State) {
     if let Some(control) = &options.control {
@@ -269,7 +279,7 @@ fn connect(
             Ok(()) => return Ok(true),
             Err(error) if error.error.kind().is_transient() && !options.once => {
                 tracing::warn!("{error}; retrying in {} ms", backoff.as_millis());
-                crate::service::status(&format!("waiting for the bus: {error}"));
+                notify_status(options, &format!("waiting for the bus: {error}"));
                 set_state(options, State::Waiting(error.to_string()));
                 let _ = consumer.close();
                 if !shutdown.sleep(backoff) {
@@ -305,7 +315,7 @@ fn read_loop(
                 consumer.plugin(),
                 consumer.class()
             );
-            crate::service::status("consuming");
+            notify_status(&options, "consuming");
             set_state(&options, State::Consuming);
         }
         Ok(false) => return consumer,
@@ -404,7 +414,7 @@ fn read_loop(
             Err(error) if error.error.kind().is_transient() && !options.once => {
                 spare = Some(batch);
                 tracing::warn!("{error}; reconnecting in {} ms", backoff.as_millis());
-                crate::service::status(&format!("reconnecting: {error}"));
+                notify_status(&options, &format!("reconnecting: {error}"));
                 set_state(&options, State::Waiting(error.to_string()));
                 if let Some(metrics) = &options.metrics {
                     metrics.reconnected();
@@ -416,7 +426,7 @@ fn read_loop(
                 backoff = (backoff * 2).min(options.max_backoff);
                 match connect(&mut consumer, &resume, &options, &shutdown) {
                     Ok(true) => {
-                        crate::service::status("consuming");
+                        notify_status(&options, "consuming");
                         set_state(&options, State::Consuming);
                     }
                     Ok(false) => break,
@@ -825,7 +835,6 @@ pub fn run(
         }
     };
     if shutdown.requested() {
-        crate::service::stopping();
         set_state(&options, State::Stopping);
     } else if let Err(error) = &outcome {
         set_state(&options, State::Failed(error.to_string()));

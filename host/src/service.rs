@@ -5,7 +5,27 @@
 //! Everything here does nothing without `NOTIFY_SOCKET` (not started by systemd). A failure to
 //! send is logged at debug level only: the daemon's work never depends on the service manager.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+/// How many consumers the daemon runs: with several, each status line names its consumer.
+static CONSUMERS: AtomicUsize = AtomicUsize::new(1);
+/// Whether `STOPPING=1` was sent (once per process).
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// Tells how many consumers run (the supervisor, at start and after a reload).
+pub fn set_consumer_count(count: usize) {
+    CONSUMERS.store(count, Ordering::SeqCst);
+}
+
+/// One consumer's status line: `NAME: text` where the daemon runs several, else `text`.
+pub fn consumer_status(name: &str, text: &str) {
+    if CONSUMERS.load(Ordering::SeqCst) > 1 {
+        status(&format!("{name}: {text}"));
+    } else {
+        status(text);
+    }
+}
 
 fn send(states: &[sd_notify::NotifyState<'_>]) {
     if std::env::var_os("NOTIFY_SOCKET").is_none() {
@@ -29,8 +49,12 @@ pub fn status(status: &str) {
     send(&[sd_notify::NotifyState::Status(status)]);
 }
 
-/// A stop began (the offset of what was handled is being committed).
+/// The process's stop began (the offsets of what was handled are being committed); sent once.
+/// A consumer restarted by a reload or after a failure is no stop of the service.
 pub fn stopping() {
+    if STOPPING.swap(true, Ordering::SeqCst) {
+        return;
+    }
     send(&[
         sd_notify::NotifyState::Stopping,
         sd_notify::NotifyState::Status("stopping: committing what was handled"),

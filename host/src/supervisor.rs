@@ -132,10 +132,21 @@ pub fn run(units: Vec<Unit>, daemon: &Daemon<'_>) -> Result<(), AppError> {
             .into_iter()
             .map(|unit| spawn(scope, unit, daemon, ended_tx.clone()))
             .collect();
+        crate::service::set_consumer_count(handles.len());
         while !handles.iter().all(Handle::finished) {
+            if daemon.shutdown.requested() {
+                // The service's stop (sent once): not a consumer's restart.
+                crate::service::stopping();
+            }
             if !daemon.once && daemon.registry.take_reload() {
                 let outcome = reload(scope, &mut handles, daemon, &process_fingerprint, &ended_tx);
                 daemon.registry.reloaded(outcome);
+                crate::service::set_consumer_count(
+                    handles
+                        .iter()
+                        .filter(|h| !h.finished() && !steer(&h.steer).retire)
+                        .count(),
+                );
             }
             let _ = ended.recv_timeout(Duration::from_millis(50));
         }
@@ -308,6 +319,7 @@ fn supervise(mut unit: Unit, daemon: &Daemon<'_>, steering: &Steer) -> Result<()
             status.state = format!("failed: {state}");
             status.last_error = Some(why.clone());
         });
+        crate::service::consumer_status(&unit.config.consumer.name, &format!("failed: {state}"));
         if let Some(metrics) = &unit.context.metrics {
             metrics.set_state(State::Failed(state));
         }

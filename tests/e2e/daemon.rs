@@ -771,3 +771,64 @@ fn clients_that_say_nothing_do_not_hold_up_the_control_socket() {
     assert!(bad.stderr.contains("no line breaks"), "{bad}");
     daemon.terminate(LIMIT);
 }
+
+#[test]
+fn with_several_consumers_the_service_manager_hears_which_one_and_stopping_only_at_the_stop() {
+    use crate::ops::notifications_until;
+    let dir = TestDir::new("notify-several");
+    let bus_b = bus(&dir, "b.sqlite", 5);
+    let config = several(
+        &dir,
+        "",
+        &[
+            faulty_consumer(
+                "broken",
+                "events = 20\npanic_in = \"poll\"\npanic_at_event = 8",
+            ),
+            sqlite_consumer("steady", &bus_b),
+        ],
+    );
+    let socket_path = dir.join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).expect("socket");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    let mut command =
+        buslink_testkit::process::buslink(&["run", "--config", &config.to_string_lossy()]);
+    command.env("NOTIFY_SOCKET", &socket_path);
+    let mut daemon = Daemon::start(command);
+    let mut seen = Vec::new();
+    notifications_until(&socket, &mut seen, "READY=1", LIMIT);
+    notifications_until(&socket, &mut seen, "STATUS=steady: consuming", LIMIT);
+    daemon.wait_for("a second restart of broken", LIMIT, |d| {
+        d.stderr().contains("restart 2 in 2 s")
+    });
+    let failed = |seen: &[String]| {
+        seen.iter().any(|m| {
+            m.lines().any(|l| {
+                l.starts_with("STATUS=broken: failed:") && l.contains("(restart 1 in 1 s)")
+            })
+        })
+    };
+    let deadline = std::time::Instant::now() + LIMIT;
+    let mut buffer = [0u8; 4096];
+    while !failed(&seen) {
+        assert!(std::time::Instant::now() < deadline, "{seen:?}");
+        if let Ok(n) = socket.recv(&mut buffer) {
+            seen.push(String::from_utf8_lossy(&buffer[..n]).into_owned());
+        }
+    }
+    assert!(
+        !seen.iter().any(|m| m.contains("STOPPING=1")),
+        "a consumer's restart is no stop of the service: {seen:?}"
+    );
+    // (Its exit code depends on whether `broken` was failing or just restarted at the stop.)
+    let run = daemon.terminate(LIMIT);
+    assert!(run.code().is_some(), "{run}");
+    notifications_until(&socket, &mut seen, "STOPPING=1", LIMIT);
+    assert_eq!(
+        seen.iter().filter(|m| m.contains("STOPPING=1")).count(),
+        1,
+        "{seen:?}"
+    );
+}

@@ -345,7 +345,7 @@ fn query_help_cites_a_command_a_plugin_has() {
 }
 
 /// Reads the service manager's socket until `wanted` was received (or panics after `limit`).
-fn notifications_until(
+pub fn notifications_until(
     socket: &std::os::unix::net::UnixDatagram,
     seen: &mut Vec<String>,
     wanted: &str,
