@@ -647,6 +647,40 @@ fn the_control_socket_takes_its_path_mode_and_group_from_the_config() {
     let check = buslink(&["check", "--config", &config.to_string_lossy()]);
     assert_eq!(check.code(), Some(2), "{check}");
     assert!(check.stderr.contains("key `control.mode`"), "{check}");
+    // Names that do not exist and a directory that does not are config problems too.
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        text.replace(
+            "mode = \"0460\"",
+            "mode = \"0660\"\nowner = \"no-such-user-here\"",
+        )
+        .replace("run/ctl.sock", "nowhere/ctl.sock"),
+    )
+    .expect("config");
+    let check = buslink(&["check", "--config", &config.to_string_lossy()]);
+    assert_eq!(check.code(), Some(2), "{check}");
+    assert!(
+        check
+            .stderr
+            .contains("key `control.owner`: no user named \"no-such-user-here\""),
+        "{check}"
+    );
+    let run = buslink(&["run", "--once", "--config", &config.to_string_lossy()]);
+    assert_eq!(run.code(), Some(2), "{run}");
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&config)
+            .expect("config")
+            .replace("owner = \"no-such-user-here\"\n", ""),
+    )
+    .expect("config");
+    let check = buslink(&["check", "--config", &config.to_string_lossy()]);
+    assert_eq!(check.code(), Some(2), "{check}");
+    assert!(
+        check.stderr.contains("nowhere is not a directory"),
+        "{check}"
+    );
 }
 
 #[test]

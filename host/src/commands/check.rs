@@ -54,6 +54,28 @@ pub fn check(config_path: &Path, connect: bool, only: Option<&str>) -> Result<()
             ));
         }
         warn_if_world_writable(&config.state_dir);
+        // A socket elsewhere than the state dir needs its directory (the daemon makes none).
+        if let Some(dir) = config
+            .control
+            .path
+            .parent()
+            .filter(|dir| *dir != config.state_dir)
+        {
+            if !dir.is_dir() {
+                problems.push(
+                    config
+                        .source
+                        .error_at_key(
+                            &["control", "path"],
+                            format!(
+                                "{} is not a directory: the socket cannot be made",
+                                dir.display()
+                            ),
+                        )
+                        .to_string(),
+                );
+            }
+        }
     }
     let mut connected = vec![None; configs.len()];
     if connect && problems.is_empty() {

@@ -104,6 +104,25 @@ impl ControlSocketConfig {
                 }
             },
         };
+        // Names are looked up now: a typo is a config error, not a failed start.
+        for (key, name, lookup) in [
+            (
+                "control.owner",
+                &raw.owner,
+                crate::control::server::user_id as fn(&str) -> Result<u32, String>,
+            ),
+            (
+                "control.group",
+                &raw.group,
+                crate::control::server::group_id,
+            ),
+        ] {
+            if let Some(name) = name {
+                if let Err(problem) = lookup(name) {
+                    errors.push(source.error_at_key(&key.split('.').collect::<Vec<_>>(), problem));
+                }
+            }
+        }
         ControlSocketConfig {
             path: raw.path.map(|p| resolve(&p)).unwrap_or_default(),
             owner: raw.owner,
@@ -794,6 +813,22 @@ impl Config {
             },
             ..control
         };
+        // A Unix socket's path has room for 107 bytes.
+        if control.path.as_os_str().len() > 107 {
+            let key: &[&str] = if table.get("control").and_then(|c| c.get("path")).is_some() {
+                &["control", "path"]
+            } else {
+                &["state_dir"]
+            };
+            errors.push(source.error_at_key(
+                key,
+                format!(
+                    "the control socket {} is longer than a Unix socket path may be (107 \
+                     bytes): set a shorter [control] path",
+                    control.path.display()
+                ),
+            ));
+        }
         let names: Vec<String> = built.iter().map(|(c, ..)| c.name.clone()).collect();
         let configs: Vec<Config> = built
             .into_iter()

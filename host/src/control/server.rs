@@ -145,7 +145,7 @@ fn readable(listener: &UnixListener, woken: &std::os::unix::net::UnixStream) -> 
 }
 
 /// A user name or numeric id.
-fn user_id(name: &str) -> Result<u32, String> {
+pub(crate) fn user_id(name: &str) -> Result<u32, String> {
     if let Ok(id) = name.parse() {
         return Ok(id);
     }
@@ -164,13 +164,13 @@ fn user_id(name: &str) -> Result<u32, String> {
         )
     };
     if code != 0 || found.is_null() {
-        return Err(format!("[control] owner: no user named {name:?}"));
+        return Err(format!("no user named {name:?}"));
     }
     Ok(entry.pw_uid)
 }
 
 /// A group name or numeric id.
-fn group_id(name: &str) -> Result<u32, String> {
+pub(crate) fn group_id(name: &str) -> Result<u32, String> {
     if let Ok(id) = name.parse() {
         return Ok(id);
     }
@@ -189,7 +189,7 @@ fn group_id(name: &str) -> Result<u32, String> {
         )
     };
     if code != 0 || found.is_null() {
-        return Err(format!("[control] group: no group named {name:?}"));
+        return Err(format!("no group named {name:?}"));
     }
     Ok(entry.gr_gid)
 }
