@@ -192,3 +192,72 @@ fn an_exec_command_that_does_not_read_its_event_fails_it_in_every_command_that_d
         "{replay}"
     );
 }
+
+/// A range whose end is before its start, of another type than the bus's offsets, or not on
+/// the bus at all is refused before anything is delivered.
+#[test]
+fn a_range_that_cannot_be_is_refused_before_anything_is_delivered() {
+    let dir = TestDir::new("replay-ranges");
+    let hook_file = dir.join("hook.jsonl");
+    let hook = format!(
+        "[[handlers]]\nname = \"hook\"\ntype = \"exec\"\ncommand = [\"sh\", \"-c\", \"cat >> {}\"]\n",
+        hook_file.display()
+    );
+    let faulty = |name: &str, settings: &str| {
+        let consumer = ConsumerSpec {
+            plugin: "faulty",
+            class: "FaultyConsumer",
+            timeout_ms: 100,
+            extra: "",
+            settings,
+        };
+        let config = consumer_config(&dir, consumer, &hook);
+        let renamed = dir.join(format!("{name}.toml"));
+        std::fs::rename(&config, &renamed).expect("config");
+        renamed.to_string_lossy().into_owned()
+    };
+    let ints = faulty("ints", "events = 20");
+    let strings = faulty("strings", "events = 20\nstring_offsets = true");
+    let replay = |config: &str, range: &[&str]| {
+        let mut args = vec!["replay", "--config", config];
+        args.extend_from_slice(range);
+        buslink(&args)
+    };
+    let backwards = replay(&ints, &["--from", "6", "--to", "3"]);
+    assert_eq!(backwards.code(), Some(2), "{backwards}");
+    assert!(
+        backwards.stderr.contains("comes before --from 6"),
+        "{backwards}"
+    );
+    let mistyped = replay(&ints, &["--from", "6", "--to", "ev-0009"]);
+    assert_eq!(mistyped.code(), Some(2), "{mistyped}");
+    assert!(
+        mistyped
+            .stderr
+            .contains("no such offset on the bus after offset 6"),
+        "{mistyped}"
+    );
+    let other_type = replay(&strings, &["--from", "ev-0005", "--to", "9"]);
+    assert_eq!(other_type.code(), Some(2), "{other_type}");
+    assert!(
+        other_type
+            .stderr
+            .contains("--to 9 is int, but the bus's offsets are string"),
+        "{other_type}"
+    );
+    let missing = replay(&strings, &["--from", "ev-0005", "--to", "nosuch"]);
+    assert_eq!(missing.code(), Some(2), "{missing}");
+    assert_eq!(count_lines(&hook_file), 0, "nothing was delivered");
+    // A range that is there: exactly it.
+    let good = replay(&strings, &["--from", "ev-0005", "--to", "ev-0007"]);
+    assert_eq!(good.code(), Some(0), "{good}");
+    assert!(
+        good.stdout.contains("handler hook: delivered 3 events"),
+        "{good}"
+    );
+    let offsets: Vec<String> = read_lines(&dir, "hook.jsonl")
+        .iter()
+        .map(|line| line["offset"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(offsets, ["ev-0005", "ev-0006", "ev-0007"]);
+}

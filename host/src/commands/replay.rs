@@ -6,7 +6,9 @@
 //!
 //! The range is `--from` (included) to `--to` (included; integer and float offsets also stop
 //! at the first offset past it) or, without `--to`, the end of the bus when the replay meets
-//! it. A handler failing after its retries stops the replay (exit 1) and names the offset to
+//! it. A range that cannot be is refused before anything is delivered: `--to` before `--from`,
+//! of another type than the bus's offsets, or, for offsets that are not numbers (which can
+//! only be met, not passed), not found by a first read of the range that delivers nothing. A handler failing after its retries stops the replay (exit 1) and names the offset to
 //! go on `--from`. Exactly-once outputs (`jsonl`) are refused: their committed length belongs
 //! to the daemon, which would cut replayed lines off at its next start. So is a consumer whose
 //! bus keeps the position (a Kafka consumer group): the replay would join the group.
@@ -16,7 +18,7 @@
 
 use crate::cli::Target;
 use crate::commands::offsets::parse_offset;
-use crate::commands::run::{build_consumer, settings_refusal};
+use crate::commands::run::{build_consumer, new_consumer, settings_refusal};
 use crate::commands::AppError;
 use crate::config::{EventFilter, HandlerKind};
 use crate::handlers::{self, ConfiguredHandler, DispatchedEvent, EventMatcher};
@@ -145,6 +147,59 @@ impl Progress {
     }
 }
 
+/// Opens `consumer`, drained-aware, at `from` (`None`: the beginning).
+fn position(
+    consumer: &mut PluginConsumer,
+    from: Option<&Offset>,
+    timeout: Duration,
+) -> Result<(), crate::plugin::ConsumerError> {
+    let positioned = consumer
+        .open()
+        .and_then(|()| consumer.set_timeout(Some(timeout)))
+        .and_then(|()| consumer.set_stop_when_drained(true))
+        .and_then(|()| match from {
+            None => consumer.seek_to_beginning(),
+            Some(offset) => consumer.seek(offset),
+        });
+    if positioned.is_err() {
+        let _ = consumer.close();
+    }
+    positioned
+}
+
+/// A plugin's refusal: a config error at the settings key where it names one.
+fn refusal(config: &crate::config::Config, error: crate::plugin::ConsumerError) -> AppError {
+    match error.error.kind() {
+        ErrorKind::Config => settings_refusal(config, &error.plugin, &error.error),
+        _ => AppError::Runtime(error.to_string()),
+    }
+}
+
+/// Reads on until `to` is met (`Some(true)`), the bus has no more (`Some(false)`), or a stop
+/// is asked for (`None`).
+fn find(
+    consumer: &mut PluginConsumer,
+    to: &Offset,
+    shutdown: &Shutdown,
+) -> Result<Option<bool>, AppError> {
+    let mut batch = EventBatch::new(512, 4 << 20);
+    loop {
+        if shutdown.requested() {
+            return Ok(None);
+        }
+        batch.clear();
+        let status = consumer
+            .poll(&mut batch)
+            .map_err(|e| AppError::Runtime(format!("looking for --to {to}: {e}")))?;
+        if batch.iter().any(|event| event.offset == to.as_ref()) {
+            return Ok(Some(true));
+        }
+        if !matches!(status, PollStatus::Ready) {
+            return Ok(Some(false));
+        }
+    }
+}
+
 /// `buslink replay`.
 pub fn replay(target: &Target, request: &ReplayRequest) -> Result<(), AppError> {
     let shutdown = Shutdown::install()
@@ -211,7 +266,7 @@ pub fn replay(target: &Target, request: &ReplayRequest) -> Result<(), AppError> 
         )
         .map_err(|problems| AppError::Runtime(problems.join("\n")))?
     };
-    let (_plugin, mut consumer) = build_consumer(&config)?;
+    let (plugin, mut consumer) = build_consumer(&config)?;
     if consumer.bus_owns_position() {
         return Err(AppError::Usage(format!(
             "consumer '{}' keeps its position on the bus (a consumer group): a replay would join \
@@ -225,23 +280,39 @@ pub fn replay(target: &Target, request: &ReplayRequest) -> Result<(), AppError> 
         .to
         .as_deref()
         .map(|t| parse_offset(t, request.string));
-    let positioned = consumer
-        .open()
-        .and_then(|()| {
-            consumer.set_timeout(Some(Duration::from_millis(config.consumer.timeout_ms)))
-        })
-        .and_then(|()| consumer.set_stop_when_drained(true))
-        .and_then(|()| match &from {
-            None => consumer.seek_to_beginning(),
-            Some(offset) => consumer.seek(offset),
-        });
-    if let Err(error) = positioned {
-        let _ = consumer.close();
-        return Err(match error.error.kind() {
-            ErrorKind::Config => settings_refusal(&config, &error.plugin, &error.error),
-            _ => AppError::Runtime(error.to_string()),
-        });
+    if let (Some(from), Some(to)) = (&from, &to) {
+        if past(from.as_ref(), to) {
+            return Err(AppError::Usage(format!(
+                "--to {to} comes before --from {from}: nothing to replay"
+            )));
+        }
     }
+    let timeout = Duration::from_millis(config.consumer.timeout_ms);
+    // An end that is not a number cannot be passed, only met: it is looked for first (a read
+    // of the range that delivers nothing), so that a --to not on the bus delivers nothing.
+    if let Some(to) = to
+        .as_ref()
+        .filter(|to| !matches!(to, Offset::Int(_) | Offset::Float(_)))
+    {
+        let mut scout = new_consumer(&config, &plugin)?;
+        position(&mut scout, from.as_ref(), timeout).map_err(|error| refusal(&config, error))?;
+        let found = find(&mut scout, to, &shutdown);
+        if let Err(error) = scout.close() {
+            tracing::warn!("{error}");
+        }
+        match found? {
+            Some(true) => {}
+            Some(false) => {
+                return Err(AppError::Usage(format!(
+                    "--to {to}: no such offset on the bus after {}: nothing was delivered",
+                    from.as_ref()
+                        .map_or_else(|| "its beginning".to_owned(), |o| format!("offset {o}"))
+                )));
+            }
+            None => return Err(AppError::Runtime("stopped by a signal".to_owned())),
+        }
+    }
+    position(&mut consumer, from.as_ref(), timeout).map_err(|error| refusal(&config, error))?;
     tracing::info!(
         "replaying consumer '{}' from {} to {}{} (the committed offset is not touched)",
         config.consumer.name,
@@ -291,7 +362,12 @@ pub fn replay(target: &Target, request: &ReplayRequest) -> Result<(), AppError> 
         println!("  handler {name}: {verb} {count} events");
     }
     if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        eprintln!("{}", progress.json("done"));
+        let ended = match &result {
+            Ok(End::Reached | End::Drained) if flushed.is_ok() => "done",
+            Ok(End::Stopped) => "stopped",
+            _ => "failed",
+        };
+        eprintln!("{}", progress.json(ended));
     }
     if let Err((name, error)) = flushed {
         return Err(AppError::Runtime(format!(
@@ -359,6 +435,16 @@ fn replay_loop(
             );
         }
         for event in batch.iter() {
+            if let Some(to) = to.filter(|_| progress.events == 0) {
+                let numeric = |name: &str| name == "int" || name == "float";
+                let (bus, given) = (event.offset.type_name(), to.type_name());
+                if bus != given && !(numeric(bus) && numeric(given)) {
+                    return Err(AppError::Usage(format!(
+                        "--to {to} is {given}, but the bus's offsets are {bus} (take --to as \
+                         a string with --string): nothing was delivered"
+                    )));
+                }
+            }
             if to.is_some_and(|to| past(event.offset, to)) {
                 return Ok(End::Reached);
             }
