@@ -866,3 +866,56 @@ fn with_several_consumers_the_service_manager_hears_which_one_and_stopping_only_
         "{seen:?}"
     );
 }
+
+#[test]
+fn several_consumers_killed_again_and_again_lose_nothing_and_repeat_nothing() {
+    const EVENTS: usize = 3000;
+    let dir = TestDir::new("several-kill9");
+    let names = ["alpha", "beta", "gamma"];
+    let entries: Vec<String> = names
+        .iter()
+        .map(|name| {
+            sqlite_consumer(name, &bus(&dir, &format!("{name}.sqlite"), EVENTS))
+                .replace("timeout_ms = 200", "timeout_ms = 200\nbatch_size = 37")
+        })
+        .collect();
+    // A commit made durable at every event: slow enough for the kills to land mid-stream.
+    let config = several(
+        &dir,
+        "[commit]\nevery_events = 1\nfsync = \"each\"\n",
+        &entries,
+    );
+    let total = |dir: &TestDir| {
+        names
+            .iter()
+            .map(|name| count_lines(&dir.join(format!("out/{name}.jsonl"))))
+            .sum::<usize>()
+    };
+    // Killed five times part-way, each time further on (a reload in between, once).
+    for round in 1..=5 {
+        let mut daemon = Daemon::run(&config);
+        let target = round * EVENTS * names.len() / 6;
+        daemon.wait_for("more events written", LIMIT, |_| total(&dir) >= target);
+        if round == 3 {
+            daemon.signal(libc::SIGHUP);
+            daemon.wait_for("the reload", LIMIT, |d| d.stderr().contains("reloaded:"));
+        }
+        daemon.signal(libc::SIGKILL);
+        eprintln!(
+            "round {round}: killed with {} of {} events written",
+            total(&dir),
+            EVENTS * 3
+        );
+        let killed = daemon.finish(LIMIT);
+        assert_eq!(killed.status.code(), None, "killed: {killed}");
+    }
+    let rest = buslink_testkit::process::run_once(&config);
+    assert_eq!(rest.code(), Some(0), "{rest}");
+    for name in names {
+        assert_eq!(
+            offsets(&read_lines(&dir, &format!("out/{name}.jsonl"))),
+            (1..=EVENTS as i64).collect::<Vec<_>>(),
+            "{name}: every event once, in order"
+        );
+    }
+}
