@@ -1226,6 +1226,7 @@ pub(crate) fn deliver(
     event: &DispatchedEvent<'_>,
     shutdown: &Shutdown,
     counters: Option<&HandlerCounters>,
+    control: Option<&crate::control::Shared>,
     watchdog: &crate::service::Watchdog,
 ) -> Delivery {
     let mut wait = handler.retry.base;
@@ -1250,14 +1251,18 @@ pub(crate) fn deliver(
             }
             Err(error) => {
                 count(Outcome::Retry);
-                tracing::warn!(
-                    "handler '{}' failed on offset {} (attempt {attempt} of {}): {}; retrying in {} ms",
+                let problem = format!(
+                    "handler '{}' failed on offset {} (attempt {attempt} of {}): {}",
                     handler.name,
                     event.offset_text(),
                     handler.retry.attempts,
                     error.message,
-                    wait.as_millis()
                 );
+                tracing::warn!("{problem}; retrying in {} ms", wait.as_millis());
+                // `status` shows why the consumer is not moving while it retries.
+                if let Some(control) = control {
+                    control.update(|status| status.last_error = Some(problem));
+                }
                 // In steps of a second at most: the watchdog keeps hearing from a long wait.
                 let until = Instant::now() + wait;
                 loop {
@@ -1352,7 +1357,14 @@ impl Dispatcher<'_> {
                     continue;
                 }
             }
-            match deliver(handler, event, self.shutdown, counters, self.watchdog) {
+            match deliver(
+                handler,
+                event,
+                self.shutdown,
+                counters,
+                self.control,
+                self.watchdog,
+            ) {
                 Delivery::Done => {}
                 Delivery::Interrupted => {
                     return Err(PipelineError::Interrupted {

@@ -919,3 +919,48 @@ fn several_consumers_killed_again_and_again_lose_nothing_and_repeat_nothing() {
         );
     }
 }
+
+#[test]
+fn status_pause_and_quit_answer_while_a_handler_fails_and_retries() {
+    let dir = TestDir::new("ctl-failing-handler");
+    let bus = bus_with(&dir, 10);
+    let flag = dir.join("ok");
+    // Fails until `ok` exists, with long waits between its tries.
+    let handler = format!(
+        "[[handlers]]\nname = \"flaky\"\ntype = \"exec\"\n\
+         command = [\"sh\", \"-c\", \"test -e {}\"]\n\
+         retry = {{ attempts = 1000, base_ms = 500, max_ms = 500 }}\n",
+        flag.display()
+    );
+    let config = sqlite_config(&dir, &bus, "", &handler);
+    let mut daemon = Daemon::run(&config);
+    daemon.wait_for("a retry", LIMIT, |d| {
+        d.stderr().contains("retrying in 500 ms")
+    });
+    let test = consumer_status(&status(&config), "test");
+    assert_eq!(test["state"], "running", "{test}");
+    assert!(
+        test["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("handler 'flaky' failed on offset 1 (attempt")),
+        "{test}"
+    );
+    assert_eq!(test["committed_offset"], Value::Null, "{test}");
+    assert_eq!(ctl(&config, &["pause"]).stdout, "paused\n");
+    // Quit ends the retries at once (the event comes again at the next start).
+    assert_eq!(ctl(&config, &["quit"]).stdout, "stopping\n");
+    let run = daemon.finish(LIMIT);
+    assert_eq!(run.code(), Some(0), "{run}");
+    let show = buslink(&[
+        "offsets",
+        "show",
+        "--json",
+        "--config",
+        &config.to_string_lossy(),
+    ]);
+    assert_eq!(
+        show.stdout.trim(),
+        "null",
+        "nothing handled, nothing committed: {show}"
+    );
+}

@@ -462,6 +462,7 @@ fn replay_loop(
                             &dispatched,
                             shutdown,
                             None,
+                            None,
                             &watchdog,
                         ) {
                             crate::pipeline::Delivery::Done => {}
