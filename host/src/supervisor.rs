@@ -94,6 +94,8 @@ fn steer(steer: &Steer) -> std::sync::MutexGuard<'_, Steering> {
 /// The main thread's handle on one consumer.
 struct Handle<'scope> {
     name: String,
+    /// The plugin library its current run uses (a reload restarts it when the file changed).
+    plugin: Arc<LoadedPlugin>,
     fingerprint: String,
     handlers_fingerprint: String,
     shared: Arc<Shared>,
@@ -208,6 +210,7 @@ fn spawn<'scope, 'env>(
     let fingerprint = unit.config.consumer_fingerprint();
     let handlers_fingerprint = unit.config.handlers_fingerprint();
     let shared = unit.context.control.clone();
+    let plugin = unit.plugin.clone();
     let steering: Steer = Arc::default();
     let thread = {
         let steering = steering.clone();
@@ -220,6 +223,7 @@ fn spawn<'scope, 'env>(
     };
     Handle {
         name,
+        plugin,
         fingerprint,
         handlers_fingerprint,
         shared,
@@ -400,7 +404,18 @@ fn reload<'scope, 'env>(
         let running = handles
             .iter()
             .find(|h| h.name == config.consumer.name && !h.finished());
-        let same_pipeline = running.is_some_and(|h| h.fingerprint == config.consumer_fingerprint());
+        // An upgraded plugin library (its file replaced) counts as a changed consumer.
+        let upgraded = running.filter(|h| h.plugin.changed_on_disk());
+        if let Some(handle) = upgraded {
+            tracing::info!(
+                "reload: consumer '{}': its plugin library {} changed on disk: it restarts on \
+                 the new code",
+                handle.name,
+                handle.plugin.path().display()
+            );
+        }
+        let same_pipeline = upgraded.is_none()
+            && running.is_some_and(|h| h.fingerprint == config.consumer_fingerprint());
         let same_handlers =
             running.is_some_and(|h| h.handlers_fingerprint == config.handlers_fingerprint());
         if same_pipeline && same_handlers {
@@ -543,6 +558,7 @@ fn reload<'scope, 'env>(
                 );
                 handle.fingerprint = replacement.config.consumer_fingerprint();
                 handle.handlers_fingerprint = replacement.config.handlers_fingerprint();
+                handle.plugin = replacement.plugin.clone();
                 let mut steering = steer(&handle.steer);
                 steering.replacement = Some(replacement);
                 if let Some(stop) = &steering.attempt {

@@ -964,3 +964,53 @@ fn status_pause_and_quit_answer_while_a_handler_fails_and_retries() {
         "nothing handled, nothing committed: {show}"
     );
 }
+
+#[test]
+fn a_reload_after_a_plugin_library_was_replaced_restarts_its_consumer_on_the_new_code() {
+    let dir = TestDir::new("reload-upgrade");
+    let bus = bus_with(&dir, 10);
+    // The plugin from a directory of this test's own, replaced as a package upgrade does
+    // (a new file renamed over the old one).
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).expect("plugins dir");
+    let library = plugins.join("libbuslink_sqlite.so");
+    std::fs::copy(build_dir().join("libbuslink_sqlite.so"), &library).expect("library");
+    let config = sqlite_config(&dir, &bus, "", &jsonl_handler("all", ""));
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        text.replace(
+            &format!("plugin_dirs = [\"{}\"]", build_dir().display()),
+            &format!("plugin_dirs = [\"{}\"]", plugins.display()),
+        ),
+    )
+    .expect("config");
+    let mut daemon = Daemon::run(&config);
+    daemon.wait_for("the 10 events", LIMIT, |_| {
+        count_lines(&dir.join("out/all.jsonl")) == 10
+    });
+    // Unchanged: a reload touches nothing.
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_for("a first reload", LIMIT, |d| {
+        d.stderr().contains("reloaded: 1 consumer(s) unchanged")
+    });
+    let upgrade = plugins.join("upgrade.tmp");
+    std::fs::copy(build_dir().join("libbuslink_sqlite.so"), &upgrade).expect("upgrade");
+    std::fs::rename(&upgrade, &library).expect("upgrade in place");
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_for("the restart on the new library", LIMIT, |d| {
+        d.stderr()
+            .contains("changed on disk: it restarts on the new code")
+            && d.stderr().contains("1 restarted")
+    });
+    assert_eq!(daemon.stderr().matches("loaded plugin 'sqlite'").count(), 2);
+    append(&bus, 5);
+    daemon.wait_for("the new events", LIMIT, |_| {
+        count_lines(&dir.join("out/all.jsonl")) == 15
+    });
+    assert_eq!(
+        offsets(&read_lines(&dir, "out/all.jsonl")),
+        (1..=15).collect::<Vec<_>>()
+    );
+    daemon.terminate(LIMIT);
+}
