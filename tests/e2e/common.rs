@@ -140,3 +140,13 @@ pub fn bus_with(dir: &TestDir, events: usize) -> PathBuf {
         .expect("bus written");
     bus
 }
+
+/// The address of the metrics endpoints a daemon logged (`metrics on http://ADDRESS/...`).
+pub fn metrics_address(stderr: &str) -> String {
+    stderr
+        .split("metrics on http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .expect("an address")
+        .to_owned()
+}

@@ -222,12 +222,7 @@ fn a_failing_consumer_is_restarted_with_backoff_and_the_others_go_on() {
         "{broken}"
     );
     // /health says which consumer is failing.
-    let address = stderr
-        .split("metrics on http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .expect("an address")
-        .to_owned();
+    let address = metrics_address(&stderr);
     daemon.wait_for("a failed health", LIMIT, |_| {
         let response = reqwest::blocking::get(format!("http://{address}/health"));
         response.is_ok_and(|r| {
@@ -705,12 +700,7 @@ fn after_a_restart_status_and_metrics_show_the_offset_committed_before_it() {
     assert_eq!(test["committed_offset"], "5", "{test}");
     assert!(test["committed_at"].is_string(), "{test}");
     let stderr = daemon.stderr();
-    let address = stderr
-        .split("metrics on http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .expect("an address")
-        .to_owned();
+    let address = metrics_address(&stderr);
     let text = reqwest::blocking::get(format!("http://{address}/metrics"))
         .and_then(|r| r.text())
         .expect("metrics");

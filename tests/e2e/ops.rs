@@ -439,12 +439,7 @@ fn metrics_and_health_are_served_and_move_with_the_events() {
         d.stderr().contains("metrics on http://")
     });
     let stderr = daemon.stderr();
-    let address = stderr
-        .split("metrics on http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .expect("an address")
-        .to_owned();
+    let address = metrics_address(&stderr);
     // Every event handled, counted by category; the failures counted per outcome.
     daemon.wait_for("the events in the metrics", LIMIT, |_| {
         let (_, text) = scrape(&address, "/metrics");

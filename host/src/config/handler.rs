@@ -265,18 +265,7 @@ impl HandlersPlace {
 
     /// `handlers[1]` or `consumers[0].handlers[1]`.
     fn label(&self, index: usize) -> String {
-        let mut label = String::new();
-        for part in &self.base {
-            if part.parse::<usize>().is_ok() {
-                label.push_str(&format!("[{part}]"));
-            } else {
-                label.push_str(part);
-            }
-        }
-        if !label.is_empty() {
-            label.push('.');
-        }
-        format!("{label}handlers[{index}]")
+        super::key_label(&self.path(index, &[]))
     }
 
     fn error_at_key(

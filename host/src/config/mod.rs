@@ -11,7 +11,7 @@ pub use handler::{
     EventFilter, ExecConfig, FailurePolicy, HandlerConfig, HandlerKind, HttpConfig,
     PluginHandlerConfig, RetryPolicy, Secret,
 };
-pub use source::{ConfigError, ConfigErrors, Source};
+pub use source::{key_label, ConfigError, ConfigErrors, Source};
 
 use crate::offsets::FsyncMode;
 use buslink_plugin_api::Offset;
@@ -184,22 +184,6 @@ fn same_file_key(path: &Path) -> PathBuf {
         },
         _ => lexical(path),
     }
-}
-
-/// `consumers[1]` for `["consumers", "1"]`.
-fn key_label(path: &[String]) -> String {
-    let mut label = String::new();
-    for part in path {
-        if part.parse::<usize>().is_ok() {
-            label.push_str(&format!("[{part}]"));
-        } else {
-            if !label.is_empty() {
-                label.push('.');
-            }
-            label.push_str(part);
-        }
-    }
-    label
 }
 
 /// The `[consumer]` table.

@@ -4,6 +4,24 @@ use std::fmt;
 use std::ops::Range;
 use std::path::PathBuf;
 
+/// A key path as people read it: `consumers[1].settings.uri` for
+/// `["consumers", "1", "settings", "uri"]`.
+pub fn key_label<S: AsRef<str>>(key_path: &[S]) -> String {
+    let mut label = String::new();
+    for part in key_path {
+        let part = part.as_ref();
+        if part.parse::<usize>().is_ok() {
+            label.push_str(&format!("[{part}]"));
+        } else {
+            if !label.is_empty() {
+                label.push('.');
+            }
+            label.push_str(part);
+        }
+    }
+    label
+}
+
 /// A problem in a config file, located as precisely as possible.
 #[derive(Debug, thiserror::Error)]
 pub struct ConfigError {
@@ -76,18 +94,7 @@ impl Source {
     /// points at the key's line when the key is in the file, else at its closest parent.
     pub fn error_at_key(&self, key_path: &[&str], message: impl Into<String>) -> ConfigError {
         let span = self.key_span(key_path);
-        let mut label = String::new();
-        for part in key_path {
-            if part.parse::<usize>().is_ok() {
-                label.push_str(&format!("[{part}]"));
-            } else {
-                if !label.is_empty() {
-                    label.push('.');
-                }
-                label.push_str(part);
-            }
-        }
-        self.error_at(span, Some(label), message)
+        self.error_at(span, Some(key_label(key_path)), message)
     }
 
     /// An error reported by the TOML deserializer: located by its span, and named by the key

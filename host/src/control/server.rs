@@ -146,52 +146,57 @@ fn readable(listener: &UnixListener, woken: &std::os::unix::net::UnixStream) -> 
 
 /// A user name or numeric id.
 pub(crate) fn user_id(name: &str) -> Result<u32, String> {
-    if let Ok(id) = name.parse() {
-        return Ok(id);
-    }
-    let c_name = std::ffi::CString::new(name).map_err(|_| format!("bad user name {name:?}"))?;
-    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut buffer = vec![0u8; 16 * 1024];
-    let mut found: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call; the buffer outlives it.
-    let code = unsafe {
-        libc::getpwnam_r(
-            c_name.as_ptr(),
-            &mut entry,
-            buffer.as_mut_ptr().cast(),
-            buffer.len(),
-            &mut found,
-        )
-    };
-    if code != 0 || found.is_null() {
-        return Err(format!("no user named {name:?}"));
-    }
-    Ok(entry.pw_uid)
+    // SAFETY (the closure): the pointers come from `lookup`, valid for the call.
+    lookup(
+        name,
+        "user",
+        |name, entry, buffer, size, found| unsafe {
+            libc::getpwnam_r(name, entry, buffer, size, found)
+        },
+        |entry: &libc::passwd| entry.pw_uid,
+    )
 }
 
 /// A group name or numeric id.
 pub(crate) fn group_id(name: &str) -> Result<u32, String> {
-    if let Ok(id) = name.parse() {
+    // SAFETY (the closure): the pointers come from `lookup`, valid for the call.
+    lookup(
+        name,
+        "group",
+        |name, entry, buffer, size, found| unsafe {
+            libc::getgrnam_r(name, entry, buffer, size, found)
+        },
+        |entry: &libc::group| entry.gr_gid,
+    )
+}
+
+/// A numeric id as it is, or the id of the entry `call` (`getpwnam_r`, `getgrnam_r`) finds
+/// for `name`.
+fn lookup<E>(
+    name: &str,
+    what: &str,
+    call: impl FnOnce(*const libc::c_char, *mut E, *mut libc::c_char, usize, *mut *mut E) -> i32,
+    id: impl FnOnce(&E) -> u32,
+) -> Result<u32, String> {
+    if let Ok(id) = name.parse::<u32>() {
         return Ok(id);
     }
-    let c_name = std::ffi::CString::new(name).map_err(|_| format!("bad group name {name:?}"))?;
-    let mut entry: libc::group = unsafe { std::mem::zeroed() };
-    let mut buffer = vec![0u8; 16 * 1024];
-    let mut found: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call; the buffer outlives it.
-    let code = unsafe {
-        libc::getgrnam_r(
-            c_name.as_ptr(),
-            &mut entry,
-            buffer.as_mut_ptr().cast(),
-            buffer.len(),
-            &mut found,
-        )
-    };
+    let c_name = std::ffi::CString::new(name).map_err(|_| format!("bad {what} name {name:?}"))?;
+    // SAFETY: an all-zero passwd or group is a valid value to be filled in.
+    let mut entry: E = unsafe { std::mem::zeroed() };
+    let mut buffer = vec![0 as libc::c_char; 16 * 1024];
+    let mut found: *mut E = std::ptr::null_mut();
+    let code = call(
+        c_name.as_ptr(),
+        &mut entry,
+        buffer.as_mut_ptr(),
+        buffer.len(),
+        &mut found,
+    );
     if code != 0 || found.is_null() {
-        return Err(format!("no group named {name:?}"));
+        return Err(format!("no {what} named {name:?}"));
     }
-    Ok(entry.gr_gid)
+    Ok(id(&entry))
 }
 
 impl Drop for ControlServer {
