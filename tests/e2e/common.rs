@@ -150,3 +150,9 @@ pub fn metrics_address(stderr: &str) -> String {
         .expect("an address")
         .to_owned()
 }
+
+/// Appends `text` (tables: `[metrics]`, `[[handlers]]`) to the config file at `config`.
+pub fn append_to(config: &Path, text: &str) {
+    let before = std::fs::read_to_string(config).expect("config");
+    std::fs::write(config, format!("{before}\n{text}")).expect("config");
+}

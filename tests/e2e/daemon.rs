@@ -34,6 +34,22 @@ fn faulty_consumer(name: &str, settings: &str) -> String {
     )
 }
 
+/// `broken` (panics when event 8 is next: it handles 1-5, then every restart fails at once)
+/// beside `steady` on the sqlite bus `bus`.
+fn broken_and_steady(dir: &TestDir, head: &str, bus: &Path) -> PathBuf {
+    several(
+        dir,
+        head,
+        &[
+            faulty_consumer(
+                "broken",
+                "events = 20\npanic_in = \"poll\"\npanic_at_event = 8",
+            ),
+            sqlite_consumer("steady", bus),
+        ],
+    )
+}
+
 /// A config of `entries` (state in `state/`, plugins from the build directory).
 pub fn several(dir: &TestDir, head: &str, entries: &[String]) -> PathBuf {
     dir.write(
@@ -184,17 +200,7 @@ fn a_failing_consumer_is_restarted_with_backoff_and_the_others_go_on() {
     let bus_b = bus(&dir, "b.sqlite", 10);
     // `broken` panics when event 8 is next: events 1-5 are handled, then every restart fails
     // at once (it resumes after 5).
-    let config = several(
-        &dir,
-        "[metrics]\nlisten = \"127.0.0.1:0\"\n",
-        &[
-            faulty_consumer(
-                "broken",
-                "events = 20\npanic_in = \"poll\"\npanic_at_event = 8",
-            ),
-            sqlite_consumer("steady", &bus_b),
-        ],
-    );
+    let config = broken_and_steady(&dir, "[metrics]\nlisten = \"127.0.0.1:0\"\n", &bus_b);
     let mut daemon = Daemon::run(&config);
     daemon.wait_for("a second restart", LIMIT, |d| {
         d.stderr().contains("restart 2 in 2 s")
@@ -244,17 +250,7 @@ fn a_failing_consumer_is_restarted_with_backoff_and_the_others_go_on() {
 fn once_drains_every_consumer_and_fails_when_one_failed() {
     let dir = TestDir::new("once-several");
     let bus_b = bus(&dir, "b.sqlite", 12);
-    let config = several(
-        &dir,
-        "",
-        &[
-            faulty_consumer(
-                "broken",
-                "events = 20\npanic_in = \"poll\"\npanic_at_event = 8",
-            ),
-            sqlite_consumer("steady", &bus_b),
-        ],
-    );
+    let config = broken_and_steady(&dir, "", &bus_b);
     let once = buslink(&["run", "--once", "--config", &config.to_string_lossy()]);
     assert_eq!(once.code(), Some(1), "{once}");
     assert!(once.stderr.contains("consumer 'broken':"), "{once}");
@@ -685,12 +681,12 @@ fn after_a_restart_status_and_metrics_show_the_offset_committed_before_it() {
     let config = sqlite_config(&dir, &bus, "", &jsonl_handler("all", ""));
     let once = buslink_testkit::process::run_once(&config);
     assert_eq!(once.code(), Some(0), "{once}");
-    let text = std::fs::read_to_string(&config).expect("config");
-    std::fs::write(
+    append_to(
         &config,
-        format!("{text}\n[metrics]\nlisten = \"127.0.0.1:0\"\n"),
-    )
-    .expect("config");
+        "[metrics]
+listen = \"127.0.0.1:0\"
+",
+    );
     let mut daemon = Daemon::run(&config);
     daemon.wait_for("a running consumer", LIMIT, |_| {
         consumer_status(&status(&config), "test")["state"] == "running"
@@ -801,17 +797,7 @@ fn with_several_consumers_the_service_manager_hears_which_one_and_stopping_only_
     use crate::ops::notifications_until;
     let dir = TestDir::new("notify-several");
     let bus_b = bus(&dir, "b.sqlite", 5);
-    let config = several(
-        &dir,
-        "",
-        &[
-            faulty_consumer(
-                "broken",
-                "events = 20\npanic_in = \"poll\"\npanic_at_event = 8",
-            ),
-            sqlite_consumer("steady", &bus_b),
-        ],
-    );
+    let config = broken_and_steady(&dir, "", &bus_b);
     let socket_path = dir.join("notify.sock");
     let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).expect("socket");
     socket

@@ -428,12 +428,12 @@ fn metrics_and_health_are_served_and_move_with_the_events() {
         jsonl_handler("all", "")
     );
     let config = sqlite_config(&dir, &fixture_bus(), "", &handlers);
-    let text = std::fs::read_to_string(&config).expect("config");
-    std::fs::write(
+    append_to(
         &config,
-        format!("{text}\n[metrics]\nlisten = \"127.0.0.1:0\"\n"),
-    )
-    .expect("config");
+        "[metrics]
+listen = \"127.0.0.1:0\"
+",
+    );
     let mut daemon = Daemon::run(&config);
     daemon.wait_for("the metrics address", LIMIT, |d| {
         d.stderr().contains("metrics on http://")
