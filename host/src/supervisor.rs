@@ -30,7 +30,7 @@ use crate::lock::ConsumerLock;
 use crate::metrics::{MetricsRegistry, State};
 use crate::plugin::{LoadedPlugin, PluginConsumer};
 use crate::shutdown::Shutdown;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::{Scope, ScopedJoinHandle};
 use std::time::{Duration, Instant};
@@ -94,6 +94,9 @@ fn steer(steer: &Steer) -> std::sync::MutexGuard<'_, Steering> {
 /// The main thread's handle on one consumer.
 struct Handle<'scope> {
     name: String,
+    /// The exactly-once files its handlers write (a reload must not hand one to another
+    /// consumer: the two would write it at once until both reached a batch boundary).
+    outputs: Vec<PathBuf>,
     /// The plugin library its current run uses (a reload restarts it when the file changed).
     plugin: Arc<LoadedPlugin>,
     fingerprint: String,
@@ -207,6 +210,7 @@ fn spawn<'scope, 'env>(
     ended: std::sync::mpsc::Sender<()>,
 ) -> Handle<'scope> {
     let name = unit.config.consumer.name.clone();
+    let outputs = exactly_once_files(&unit.config);
     let fingerprint = unit.config.consumer_fingerprint();
     let handlers_fingerprint = unit.config.handlers_fingerprint();
     let shared = unit.context.control.clone();
@@ -223,6 +227,7 @@ fn spawn<'scope, 'env>(
     };
     Handle {
         name,
+        outputs,
         plugin,
         fingerprint,
         handlers_fingerprint,
@@ -351,6 +356,18 @@ fn supervise(mut unit: Unit, daemon: &Daemon<'_>, steering: &Steer) -> Result<()
     }
 }
 
+/// The `jsonl` files a consumer's handlers write.
+fn exactly_once_files(config: &Config) -> Vec<PathBuf> {
+    config
+        .handlers
+        .iter()
+        .filter_map(|h| match &h.kind {
+            crate::config::HandlerKind::Jsonl { path } => Some(crate::config::same_file_key(path)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// What a reload found for one consumer of the new config.
 enum Change {
     Same,
@@ -400,6 +417,33 @@ fn reload<'scope, 'env>(
     // Everything is checked before anything changes.
     let mut problems = Vec::new();
     let mut changes = Vec::new();
+    for config in &configs {
+        // A consumer a reload removed that has not stopped yet cannot come back yet.
+        if handles
+            .iter()
+            .any(|h| h.name == config.consumer.name && !h.finished() && steer(&h.steer).retire)
+        {
+            problems.push(format!(
+                "consumer '{}' is still stopping (a reload removed it): reload again once it \
+                 stopped",
+                config.consumer.name
+            ));
+        }
+        // An exactly-once file may not change hands between two running consumers.
+        for file in exactly_once_files(config) {
+            if let Some(other) = handles.iter().find(|h| {
+                h.name != config.consumer.name && !h.finished() && h.outputs.contains(&file)
+            }) {
+                problems.push(format!(
+                    "consumer '{}' would write {}, which consumer '{}' writes now: an \
+                     exactly-once file changes hands only with a restart",
+                    config.consumer.name,
+                    file.display(),
+                    other.name
+                ));
+            }
+        }
+    }
     for config in configs {
         let running = handles
             .iter()
@@ -539,6 +583,7 @@ fn reload<'scope, 'env>(
                      batch boundary (the bus stays open)"
                 );
                 handle.handlers_fingerprint = config.handlers_fingerprint();
+                handle.outputs = exactly_once_files(&config);
                 handle.shared.offer_handlers(crate::control::HandlerSwap {
                     handlers: config.handlers.clone(),
                     base_dir: config.base_dir.clone(),
@@ -559,6 +604,7 @@ fn reload<'scope, 'env>(
                 handle.fingerprint = replacement.config.consumer_fingerprint();
                 handle.handlers_fingerprint = replacement.config.handlers_fingerprint();
                 handle.plugin = replacement.plugin.clone();
+                handle.outputs = exactly_once_files(&replacement.config);
                 let mut steering = steer(&handle.steer);
                 steering.replacement = Some(replacement);
                 if let Some(stop) = &steering.attempt {

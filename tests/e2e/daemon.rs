@@ -990,3 +990,45 @@ fn a_reload_after_a_plugin_library_was_replaced_restarts_its_consumer_on_the_new
     );
     daemon.terminate(LIMIT);
 }
+
+#[test]
+fn a_reload_that_hands_an_exactly_once_file_to_another_consumer_is_refused() {
+    let dir = TestDir::new("reload-swap-files");
+    let (bus_a, bus_b) = (bus(&dir, "a.sqlite", 5), bus(&dir, "b.sqlite", 5));
+    let config = several(
+        &dir,
+        "",
+        &[
+            sqlite_consumer("alpha", &bus_a),
+            sqlite_consumer("beta", &bus_b),
+        ],
+    );
+    let mut daemon = Daemon::run(&config);
+    daemon.wait_for("both", LIMIT, |_| {
+        count_lines(&dir.join("out/alpha.jsonl")) == 5
+            && count_lines(&dir.join("out/beta.jsonl")) == 5
+    });
+    // The two swap their files: both would write one file until each reached a batch end.
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        text.replace("out/alpha.jsonl", "out/TMP")
+            .replace("out/beta.jsonl", "out/alpha.jsonl")
+            .replace("out/TMP", "out/beta.jsonl"),
+    )
+    .expect("config");
+    let refused = ctl(&config, &["reload"]);
+    assert_eq!(refused.code(), Some(2), "{refused}");
+    assert!(
+        refused
+            .stderr
+            .contains("an exactly-once file changes hands only with a restart"),
+        "{refused}"
+    );
+    append(&bus_a, 2);
+    daemon.wait_for("alpha goes on with its own file", LIMIT, |_| {
+        count_lines(&dir.join("out/alpha.jsonl")) == 7
+    });
+    assert_eq!(count_lines(&dir.join("out/beta.jsonl")), 5);
+    daemon.terminate(LIMIT);
+}

@@ -54,12 +54,12 @@ fn a_range_is_replayed_to_one_handler_while_the_daemon_runs_and_the_offset_stays
     ]);
     assert_eq!(replay.code(), Some(0), "{replay}");
     assert_eq!(
-        replay.stdout.matches("handler hook:").count(),
+        replay.stderr.matches("handler hook:").count(),
         1,
         "{replay}"
     );
     assert!(
-        replay.stdout.contains("handler hook: delivered 5 events"),
+        replay.stderr.contains("handler hook: delivered 5 events"),
         "{replay}"
     );
     // Not a terminal: a JSON summary line on stderr.
@@ -68,6 +68,8 @@ fn a_range_is_replayed_to_one_handler_while_the_daemon_runs_and_the_offset_stays
         .lines()
         .find_map(|line| serde_json::from_str::<Value>(line).ok())
         .expect("a JSON progress line");
+    // stdout is the handlers' (a `stdout` handler's lines): the summary is not there.
+    assert_eq!(replay.stdout, "", "{replay}");
     assert_eq!(done["replay"], "done");
     assert_eq!(done["delivered"], 5);
     let hooked = offsets(&read_lines(&dir, "out/hook.jsonl"));
@@ -92,6 +94,33 @@ fn a_range_is_replayed_to_one_handler_while_the_daemon_runs_and_the_offset_stays
             .contains("handler 'archive' is an exactly-once jsonl output"),
         "{refused}"
     );
+    // A handler plugin keeps the daemon's state (a view): refused too.
+    let view = config_arg.replace("buslink.toml", "view.toml");
+    std::fs::write(
+        &view,
+        format!(
+            "{}\n[[handlers]]\nname = \"view\"\ntype = \"plugin\"\nplugin = \"statefiles\"\n\
+             class = \"StateFilesHandler\"\nsettings = {{ dir = \"view\" }}\n",
+            std::fs::read_to_string(&config).expect("config")
+        ),
+    )
+    .expect("config");
+    let refused = buslink(&[
+        "replay",
+        "--config",
+        &view,
+        "--from",
+        "3",
+        "--handler",
+        "view",
+    ]);
+    assert_eq!(refused.code(), Some(2), "{refused}");
+    assert!(
+        refused
+            .stderr
+            .contains("handler 'view' is a handler plugin"),
+        "{refused}"
+    );
     let dry = buslink(&[
         "replay",
         "--config",
@@ -103,14 +132,14 @@ fn a_range_is_replayed_to_one_handler_while_the_daemon_runs_and_the_offset_stays
         "--dry-run",
     ]);
     assert_eq!(dry.code(), Some(0), "{dry}");
-    assert!(dry.stdout.contains("20 events read"), "{dry}");
+    assert!(dry.stderr.contains("20 events read"), "{dry}");
     assert!(
-        dry.stdout
+        dry.stderr
             .contains("handler archive: would deliver 4 events"),
         "{dry}"
     );
     assert!(
-        dry.stdout.contains("handler hook: would deliver 4 events"),
+        dry.stderr.contains("handler hook: would deliver 4 events"),
         "{dry}"
     );
     assert_eq!(count_lines(&hook_file), 25, "a dry run delivers nothing");
@@ -252,7 +281,7 @@ fn a_range_that_cannot_be_is_refused_before_anything_is_delivered() {
     let good = replay(&strings, &["--from", "ev-0005", "--to", "ev-0007"]);
     assert_eq!(good.code(), Some(0), "{good}");
     assert!(
-        good.stdout.contains("handler hook: delivered 3 events"),
+        good.stderr.contains("handler hook: delivered 3 events"),
         "{good}"
     );
     let offsets: Vec<String> = read_lines(&dir, "hook.jsonl")

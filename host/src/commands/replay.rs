@@ -14,7 +14,9 @@
 //! bus keeps the position (a Kafka consumer group): the replay would join the group.
 //!
 //! Progress: a bar on a terminal, else a JSON line a second on stderr (`{"replay":"progress",
-//! "events":N,"delivered":N,"offset":"X"}`); a summary on stdout at the end.
+//! "events":N,"delivered":N,"offset":"X"}`, `would_deliver` in a dry run); a summary on stderr
+//! at the end (stdout is a `stdout` handler's). Handler plugins are refused like `jsonl`: the
+//! state they keep (a materialised view) is the daemon's.
 
 use crate::cli::Target;
 use crate::commands::offsets::parse_offset;
@@ -86,6 +88,7 @@ fn past(offset: OffsetRef<'_>, to: &Offset) -> bool {
 /// How far the replay got, shown as it goes.
 struct Progress {
     bar: Option<indicatif::ProgressBar>,
+    dry_run: bool,
     last_line: Instant,
     events: u64,
     delivered: u64,
@@ -93,7 +96,7 @@ struct Progress {
 }
 
 impl Progress {
-    fn new() -> Progress {
+    fn new(dry_run: bool) -> Progress {
         let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
             let bar = indicatif::ProgressBar::new_spinner();
             bar.set_style(
@@ -106,6 +109,7 @@ impl Progress {
         });
         Progress {
             bar,
+            dry_run,
             last_line: Instant::now(),
             events: 0,
             delivered: 0,
@@ -131,10 +135,16 @@ impl Progress {
     }
 
     fn json(&self, kind: &str) -> String {
+        // A dry run delivers nothing: it says what it would have.
+        let delivered = if self.dry_run {
+            "would_deliver"
+        } else {
+            "delivered"
+        };
         serde_json::json!({
             "replay": kind,
             "events": self.events,
-            "delivered": self.delivered,
+            delivered: self.delivered,
             "offset": self.offset,
         })
         .to_string()
@@ -245,6 +255,19 @@ pub fn replay(target: &Target, request: &ReplayRequest) -> Result<(), AppError> 
                 jsonl.name
             )));
         }
+        // A handler plugin keeps state the daemon's instance saves too (a materialised view):
+        // old events replayed into it would roll that state back under the daemon.
+        if let Some(plugin) = chosen
+            .iter()
+            .find(|h| matches!(h.kind, HandlerKind::Plugin(_)))
+        {
+            return Err(AppError::Usage(format!(
+                "handler '{}' is a handler plugin: the state it keeps is the daemon's, and past \
+                 events would roll it back; replay to other handlers (--handler), or look with \
+                 --dry-run",
+                plugin.name
+            )));
+        }
     }
     // Matchers of the chosen handlers (a dry run builds no handler: nothing is touched).
     let matchers: Vec<(String, EventMatcher)> = chosen
@@ -325,7 +348,7 @@ pub fn replay(target: &Target, request: &ReplayRequest) -> Result<(), AppError> 
         if request.dry_run { " (dry run)" } else { "" }
     );
     let mut counts = vec![0u64; matchers.len()];
-    let mut progress = Progress::new();
+    let mut progress = Progress::new(request.dry_run);
     let result = replay_loop(
         &mut consumer,
         &mut built,
@@ -348,7 +371,8 @@ pub fn replay(target: &Target, request: &ReplayRequest) -> Result<(), AppError> 
     } else {
         "delivered"
     };
-    println!(
+    // The summary goes to stderr: stdout is a `stdout` handler's.
+    eprintln!(
         "replay of consumer '{}': {} events read{}",
         config.consumer.name,
         progress.events,
@@ -359,7 +383,7 @@ pub fn replay(target: &Target, request: &ReplayRequest) -> Result<(), AppError> 
         }
     );
     for ((name, _), count) in matchers.iter().zip(&counts) {
-        println!("  handler {name}: {verb} {count} events");
+        eprintln!("  handler {name}: {verb} {count} events");
     }
     if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         let ended = match &result {

@@ -163,7 +163,7 @@ fn shared_outputs(configs: &[Config]) -> Vec<ConfigError> {
 
 /// What names the same file as `path` (its directory resolved where it exists; `.` and `..`
 /// taken out otherwise).
-fn same_file_key(path: &Path) -> PathBuf {
+pub(crate) fn same_file_key(path: &Path) -> PathBuf {
     let lexical = |path: &Path| {
         let mut out = PathBuf::new();
         for part in path.components() {

@@ -88,6 +88,11 @@ impl ControlServer {
                             // 2 s) or a reload that waits does not hold the others up.
                             if busy.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
                                 busy.fetch_sub(1, Ordering::SeqCst);
+                                // The request is read first (briefly): closing with it unread
+                                // would reset the connection before the client reads why.
+                                let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+                                let mut request = [0u8; 1024];
+                                let _ = std::io::Read::read(&mut &stream, &mut request);
                                 let mut stream = &stream;
                                 let _ = stream.write_all(
                                     b"error: the control socket is busy (too many connections \
