@@ -36,6 +36,33 @@ pub enum StoredBody {
     Base64(String),
 }
 
+/// Warns about queued events whose handler the config no longer has (or no longer queues
+/// for): nothing will ever retry them, and they are named so that an operator drops them or
+/// brings the handler back.
+pub fn warn_orphans(queue: &ErrorQueue, handlers: &[crate::config::HandlerConfig]) {
+    let mut orphans: Vec<(&str, usize)> = Vec::new();
+    for event in queue.events() {
+        let retried = handlers.iter().any(|h| {
+            h.name == event.handler && h.on_failure == crate::config::FailurePolicy::ErrorQueue
+        });
+        if retried {
+            continue;
+        }
+        match orphans.iter_mut().find(|(name, _)| *name == event.handler) {
+            Some((_, count)) => *count += 1,
+            None => orphans.push((&event.handler, 1)),
+        }
+    }
+    for (handler, count) in orphans {
+        tracing::warn!(
+            "error queue {}: {count} event(s) of handler '{handler}', which the config no longer \
+             has with on_failure = \"error-queue\": nothing will retry them; bring the handler \
+             back, or drop them (buslink ctl errors drop, buslink errors drop)",
+            queue.path().display()
+        );
+    }
+}
+
 /// One queued event.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct QueuedEvent {

@@ -85,6 +85,13 @@ impl Outcome {
     }
 }
 
+/// A lock, taken over when poisoned.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// One handler's counters by [`Outcome`]: counting is one atomic add.
 #[derive(Clone, Debug)]
 pub struct HandlerCounters([Counter; 5]);
@@ -232,18 +239,61 @@ impl MetricsRegistry {
             state: Mutex::new(State::Connecting),
             categories: Mutex::new(std::collections::HashMap::new()),
             handlers: Mutex::new(std::collections::HashMap::new()),
+            plugin_counters: Mutex::new(std::collections::HashSet::new()),
         });
         consumers.push(metrics.clone());
         metrics
     }
 
-    /// Forgets the consumers not in `names` for `/health` and `/ready` (a reload removed
-    /// them; their series stay, as counters do).
+    /// Forgets the consumers not in `names` (a reload removed them): their series go from
+    /// `/metrics` (an alert on a commit's age must not fire for a consumer that is gone) and
+    /// they leave `/health` and `/ready`.
     pub fn keep_only(&self, names: &[String]) {
-        self.consumers
+        let mut consumers = self
+            .consumers
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .retain(|m| names.contains(&m.consumer.consumer));
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for gone in consumers
+            .iter()
+            .filter(|m| !names.contains(&m.consumer.consumer))
+        {
+            self.remove_series(gone);
+        }
+        consumers.retain(|m| names.contains(&m.consumer.consumer));
+    }
+
+    fn remove_series(&self, gone: &Metrics) {
+        let families = &self.families;
+        let label = &gone.consumer;
+        families.commits.remove(label);
+        families.last_commit.remove(label);
+        families.gaps.remove(label);
+        families.events_lost.remove(label);
+        families.skipped.remove(label);
+        families.reconnects.remove(label);
+        families.lag.remove(label);
+        let consumer = || label.consumer.clone();
+        for category in lock(&gone.categories).keys() {
+            families.events.remove(&CategoryLabels {
+                consumer: consumer(),
+                category: category.clone(),
+            });
+        }
+        for handler in lock(&gone.handlers).keys() {
+            for outcome in Outcome::ALL {
+                families.handler.remove(&HandlerLabels {
+                    consumer: consumer(),
+                    handler: handler.clone(),
+                    outcome: outcome.label().to_owned(),
+                });
+            }
+        }
+        for counter in lock(&gone.plugin_counters).iter() {
+            families.plugin.remove(&PluginLabels {
+                consumer: consumer(),
+                counter: counter.clone(),
+            });
+        }
     }
 
     /// The text for `GET /metrics`.
@@ -328,6 +378,8 @@ pub struct Metrics {
     categories: Mutex<std::collections::HashMap<String, Counter>>,
     /// Each handler's counters, by [`Outcome`] (in the order of [`Outcome::ALL`]).
     handlers: Mutex<std::collections::HashMap<String, HandlerCounters>>,
+    /// The names of the plugin's counters met (to remove their series with the consumer).
+    plugin_counters: Mutex<std::collections::HashSet<String>>,
 }
 
 /// Distinct categories counted apart; the rest are counted as `other` (a bus whose categories
@@ -422,10 +474,14 @@ impl Metrics {
 
     /// The plugin's counters and lag, as the reader last read them.
     pub fn plugin_counters(&self, counters: &[(String, u64)]) {
+        let mut known = lock(&self.plugin_counters);
         for (name, value) in counters {
             if name == "lag" {
                 self.lag.set(i64::try_from(*value).unwrap_or(i64::MAX));
                 continue;
+            }
+            if !known.contains(name) {
+                known.insert(name.clone());
             }
             self.plugin
                 .get_or_create(&PluginLabels {
@@ -587,5 +643,26 @@ mod tests {
             registry.answer("/health"),
             (503, "failed: the bus is gone\n".into())
         );
+    }
+
+    #[test]
+    fn a_consumer_removed_by_a_reload_leaves_no_series_behind() {
+        let registry = MetricsRegistry::new();
+        let gone = registry.consumer("gone");
+        let kept = registry.consumer("kept");
+        for metrics in [&gone, &kept] {
+            metrics.event("base");
+            metrics.handler("archive", Outcome::Success);
+            metrics.committed();
+            metrics.plugin_counters(&[("lag".into(), 1), ("reconnects".into(), 2)]);
+        }
+        registry.keep_only(&["kept".to_owned()]);
+        let text = registry.encode();
+        assert!(!text.contains("consumer=\"gone\""), "{text}");
+        assert!(
+            text.contains("buslink_commits_total{consumer=\"kept\"} 1"),
+            "{text}"
+        );
+        assert_eq!(registry.answer("/health").0, 200);
     }
 }

@@ -364,8 +364,16 @@ fn read_loop(
         };
         if let Some(interval) = counters_every {
             let mut now = consumer.counters();
-            // The lag may cost the plugin a request: asked once per progress line at most.
-            if lag.is_none_or(|(at, _)| at.elapsed() >= interval) {
+            // The lag may cost the plugin a request: asked once per progress line at most, and
+            // once a second when the bus has just gone quiet while the last figure said events
+            // were behind (so a drained consumer does not show a stale lag for long).
+            let quiet = matches!(polled, Ok(PollStatus::Idle)) && batch.is_blank();
+            let stale = lag.as_ref().is_some_and(|(at, known)| {
+                quiet
+                    && known.is_some_and(|behind| behind > 0)
+                    && at.elapsed() >= Duration::from_secs(1)
+            });
+            if stale || lag.is_none_or(|(at, _)| at.elapsed() >= interval) {
                 lag = Some((Instant::now(), consumer.lag()));
             }
             if let Some((_, Some(events))) = lag {
@@ -661,7 +669,14 @@ pub fn run(
             .map_err(|_| PipelineError::ReaderLost)?
     };
 
-    crate::service::ready("connecting to the bus");
+    crate::service::consumer_ready(
+        &options
+            .control
+            .as_ref()
+            .map(|control| control.name())
+            .unwrap_or_default(),
+        "connecting to the bus",
+    );
     let watchdog = crate::service::Watchdog::from_env();
     let mut summary = RunSummary::default();
     let tick = Duration::from_millis(options.commit.every_ms.clamp(10, 200));
@@ -703,7 +718,13 @@ pub fn run(
             .as_deref()
             .and_then(crate::control::Shared::take_handler_swap)
         {
-            match swap_handlers(swap, handlers, error_queue, &mut committer) {
+            match swap_handlers(
+                options.control.as_deref(),
+                swap,
+                handlers,
+                error_queue,
+                &mut committer,
+            ) {
                 Ok(()) => handler_counters = counters_of(handlers),
                 Err(error) => break Err(error),
             }
@@ -751,7 +772,12 @@ pub fn run(
                         break Err(error);
                     }
                 }
-                if let Err(error) = retries.run_due(handlers, error_queue, &mut committer) {
+                if let Err(error) = retries.run_due(
+                    handlers,
+                    error_queue,
+                    &mut committer,
+                    options.control.as_deref(),
+                ) {
                     break Err(error);
                 }
                 continue;
@@ -822,7 +848,12 @@ pub fn run(
                         break Err(error);
                     }
                 }
-                if let Err(error) = retries.run_due(handlers, error_queue, &mut committer) {
+                if let Err(error) = retries.run_due(
+                    handlers,
+                    error_queue,
+                    &mut committer,
+                    options.control.as_deref(),
+                ) {
                     break Err(error);
                 }
             }
@@ -944,6 +975,7 @@ pub fn counters_text(gaps: u64, events_lost: u64, counters: &[(String, u64)]) ->
 /// just committed (an exactly-once file they keep is not cut), and their positions are
 /// committed before the next event. New handlers that cannot be built leave the old ones.
 fn swap_handlers(
+    control: Option<&crate::control::Shared>,
     swap: crate::control::HandlerSwap,
     handlers: &mut Vec<ConfiguredHandler>,
     queue: &mut ErrorQueue,
@@ -969,12 +1001,17 @@ fn swap_handlers(
             );
             *handlers = new;
             committer.commit_outputs(handlers)?;
+            crate::error_queue::warn_orphans(queue, &swap.handlers);
         }
         Err(problems) => {
             tracing::error!(
-                "reload: the new handlers could not be built; the old ones stay: {}",
+                "reload: the new handlers could not be built; the old ones stay (the next \
+                 reload tries again): {}",
                 problems.join("; ")
             );
+            if let Some(control) = control {
+                control.note_swap_failure();
+            }
         }
     }
     Ok(())
@@ -1074,6 +1111,7 @@ impl QueueRetries {
         handlers: &mut [ConfiguredHandler],
         queue: &mut ErrorQueue,
         committer: &mut Committer<'_>,
+        control: Option<&crate::control::Shared>,
     ) -> Result<(), PipelineError> {
         if queue.is_empty() {
             return Ok(());
@@ -1112,6 +1150,10 @@ impl QueueRetries {
         // crash in between repeats a retried event rather than cutting it out of its file.
         committer.commit_outputs(handlers)?;
         queue.save()?;
+        if let Some(control) = control {
+            let left = queue.events().len();
+            control.update(|status| status.error_queue = left);
+        }
         Ok(())
     }
 }

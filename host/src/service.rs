@@ -18,13 +18,23 @@ pub fn set_consumer_count(count: usize) {
     CONSUMERS.store(count, Ordering::SeqCst);
 }
 
-/// One consumer's status line: `NAME: text` where the daemon runs several, else `text`.
-pub fn consumer_status(name: &str, text: &str) {
+/// `NAME: text` where the daemon runs several consumers, else `text`.
+fn of_consumer(name: &str, text: &str) -> String {
     if CONSUMERS.load(Ordering::SeqCst) > 1 {
-        status(&format!("{name}: {text}"));
+        format!("{name}: {text}")
     } else {
-        status(text);
+        text.to_owned()
     }
+}
+
+/// One consumer's status line (named where the daemon runs several).
+pub fn consumer_status(name: &str, text: &str) {
+    status(&of_consumer(name, text));
+}
+
+/// Ready (the service manager takes the first), with one consumer's status line.
+pub fn consumer_ready(name: &str, text: &str) {
+    ready(&of_consumer(name, text));
 }
 
 fn send(states: &[sd_notify::NotifyState<'_>]) {

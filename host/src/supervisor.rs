@@ -143,6 +143,12 @@ pub fn run(units: Vec<Unit>, daemon: &Daemon<'_>) -> Result<(), AppError> {
                 // The service's stop (sent once): not a consumer's restart.
                 crate::service::stopping();
             }
+            // New handlers a dispatcher could not build: the next reload tries them again.
+            for handle in &mut handles {
+                if handle.shared.take_swap_failure() {
+                    handle.handlers_fingerprint.clear();
+                }
+            }
             if !daemon.once && daemon.registry.take_reload() {
                 let outcome = reload(scope, &mut handles, daemon, &process_fingerprint, &ended_tx);
                 daemon.registry.reloaded(outcome);

@@ -1032,3 +1032,46 @@ fn a_reload_that_hands_an_exactly_once_file_to_another_consumer_is_refused() {
     assert_eq!(count_lines(&dir.join("out/beta.jsonl")), 5);
     daemon.terminate(LIMIT);
 }
+
+#[test]
+fn the_error_queue_in_status_follows_background_retries_and_orphans_are_named() {
+    let dir = TestDir::new("queue-status");
+    let bus = bus_with(&dir, 20);
+    let flag = dir.join("ok");
+    let handler = format!(
+        "[[handlers]]\nname = \"hook\"\ntype = \"exec\"\n\
+         command = [\"sh\", \"-c\", \"test -e {}\"]\n\
+         match = {{ objtype = \"SRVGroups\" }}\nretry = {{ attempts = 1 }}\n\
+         on_failure = \"error-queue\"\nretry_interval_ms = 100\n",
+        flag.display()
+    );
+    let config = sqlite_config(&dir, &bus, "", &handler);
+    let mut daemon = Daemon::run(&config);
+    daemon.wait_for("four queued", LIMIT, |_| {
+        consumer_status(&status(&config), "test")["error_queue"] == 4
+    });
+    // The cause goes away: the background retries drain the queue on an idle bus, and the
+    // status follows.
+    std::fs::write(&flag, "").expect("flag");
+    daemon.wait_for("an empty queue in the status", LIMIT, |_| {
+        consumer_status(&status(&config), "test")["error_queue"] == 0
+    });
+    daemon.terminate(LIMIT);
+    // Events queued for a handler the config no longer has are named at the next start.
+    std::fs::remove_file(&flag).expect("flag");
+    append(&bus, 10);
+    let once = buslink_testkit::process::run_once(&config);
+    assert_eq!(once.code(), Some(0), "{once}");
+    let renamed = std::fs::read_to_string(&config)
+        .expect("config")
+        .replace("name = \"hook\"", "name = \"renamed\"");
+    std::fs::write(&config, renamed).expect("config");
+    let again = buslink_testkit::process::run_once(&config);
+    assert_eq!(again.code(), Some(0), "{again}");
+    assert!(
+        again
+            .stderr
+            .contains("event(s) of handler 'hook', which the config no longer has"),
+        "{again}"
+    );
+}

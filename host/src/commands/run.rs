@@ -302,7 +302,10 @@ pub fn run_consumer(
     if config.consumer.hermes.is_some() {
         // The bootstrap may wait long for a complete initsync sequence: the service manager
         // hears the daemon is up (and why it consumes nothing yet) instead of timing out.
-        crate::service::ready("Hermes mode: looking for a complete initsync sequence");
+        crate::service::consumer_ready(
+            &config.consumer.name,
+            "Hermes mode: looking for a complete initsync sequence",
+        );
     }
     let hermes = match config.consumer.hermes {
         None => None,
@@ -340,6 +343,7 @@ pub fn run_consumer(
             error_queue.events().len()
         );
     }
+    crate::error_queue::warn_orphans(&error_queue, &config.handlers);
 
     let start_text = match cached.as_ref().and_then(OffsetCache::resume_point) {
         Some(ResumePoint::After(last)) => {

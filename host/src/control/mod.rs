@@ -147,6 +147,9 @@ pub const QUEUE_ANSWER_WAIT: std::time::Duration = std::time::Duration::from_sec
 pub struct Shared {
     /// New handlers waiting for the dispatcher (a reload).
     handler_swap: Mutex<Option<HandlerSwap>>,
+    /// Set when new handlers could not be built (the old ones stay): the next reload tries
+    /// again.
+    swap_failed: AtomicBool,
     /// Error-queue commands waiting for the dispatcher.
     requests: Mutex<Vec<QueueRequest>>,
     /// Whether a dispatcher runs and takes requests.
@@ -193,6 +196,7 @@ impl Shared {
     pub fn new(consumer: &str, plugin: &str, class: &str) -> Shared {
         Shared {
             handler_swap: Mutex::new(None),
+            swap_failed: AtomicBool::new(false),
             requests: Mutex::new(Vec::new()),
             serving: AtomicBool::new(false),
             paused: AtomicBool::new(false),
@@ -228,6 +232,16 @@ impl Shared {
             .handler_swap
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(swap);
+    }
+
+    /// The dispatcher could not build the new handlers.
+    pub fn note_swap_failure(&self) {
+        self.swap_failed.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a swap failed since the last call.
+    pub fn take_swap_failure(&self) -> bool {
+        self.swap_failed.swap(false, Ordering::SeqCst)
     }
 
     /// New handlers to swap in, if a reload left some.
