@@ -1502,8 +1502,15 @@ impl Dispatcher<'_> {
             if let Some(control) = self.control.filter(|c| c.paused() || c.has_requests()) {
                 committer.record(batch, recorded, handled, next_after_last);
                 recorded = handled;
-                committer.commit(self.handlers, self.error_queue)?;
-                serve_queue_requests(control, self.handlers, self.error_queue, committer)?;
+                let served = committer
+                    .commit(self.handlers, self.error_queue)
+                    .and_then(|()| {
+                        serve_queue_requests(control, self.handlers, self.error_queue, committer)
+                    });
+                if let Err(error) = served {
+                    outcome = Err(error);
+                    break;
+                }
                 if control.paused() {
                     paused_at = Some(index);
                     stopped = true;
@@ -1528,7 +1535,8 @@ impl Dispatcher<'_> {
             if let Some(hermes) = committer.hermes.as_mut() {
                 hermes.handled(&event);
             }
-            if let Some(metrics) = self.metrics {
+            // `buslink_events_total` counts what reached the handlers; skipped ones apart.
+            if let Some(metrics) = self.metrics.filter(|_| admitted) {
                 let category = event.event.category;
                 match tally.iter().position(|(known, _)| *known == category) {
                     Some(at) => tally[at].1 += 1,
@@ -1544,7 +1552,10 @@ impl Dispatcher<'_> {
             {
                 committer.record(batch, recorded, handled, next_after_last);
                 recorded = handled;
-                committer.commit(self.handlers, self.error_queue)?;
+                if let Err(error) = committer.commit(self.handlers, self.error_queue) {
+                    outcome = Err(error);
+                    break;
+                }
             }
         }
         if outcome.is_ok() && !stopped {

@@ -480,7 +480,8 @@ fn replay_loop(
                     if !matcher.matches(&dispatched) {
                         continue;
                     }
-                    if let Some(handler) = built.iter_mut().find(|h| &h.name == name) {
+                    // `built` is in the matchers' order (empty in a dry run).
+                    if let Some(handler) = built.get_mut(index) {
                         match crate::pipeline::deliver(
                             handler,
                             &dispatched,

@@ -13,10 +13,14 @@ pub fn send(path: &Path, command: &str) -> Result<String, String> {
             path.display()
         )
     })?;
-    // A reload may wait for consumers to stop (25 s at most on the daemon's side); any other
-    // answer comes at once, or within 10 s for an error-queue command.
-    let wait = if command == "reload" { 30 } else { 12 };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(wait)));
+    // The daemon's own bounds, and a margin: a reload waits for consumers to stop, an
+    // error-queue command for the dispatchers; anything else answers at once.
+    let wait = match command.split_whitespace().next() {
+        Some("reload") => super::RELOAD_WAIT + Duration::from_secs(5),
+        Some("errors") => super::QUEUE_ANSWER_WAIT * 2 + Duration::from_secs(3),
+        _ => Duration::from_secs(10),
+    };
+    let _ = stream.set_read_timeout(Some(wait));
     let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
     stream
         .write_all(format!("{command}\n").as_bytes())
@@ -26,8 +30,9 @@ pub fn send(path: &Path, command: &str) -> Result<String, String> {
         .read_to_string(&mut answer)
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => format!(
-                "{}: no answer within {wait} s (is the daemon stopped or stuck?)",
-                path.display()
+                "{}: no answer within {} s (is the daemon stopped or stuck?)",
+                path.display(),
+                wait.as_secs()
             ),
             _ => format!("{}: {e}", path.display()),
         })?;

@@ -134,17 +134,32 @@ pub enum QueueCommand {
 #[derive(Debug)]
 pub struct QueueRequest {
     pub command: QueueCommand,
-    asked: Instant,
+    id: u64,
     pub reply: std::sync::mpsc::Sender<String>,
 }
 
-/// How long the socket waits for a dispatcher's answer; a request older than this is dropped
-/// unanswered (its client gave up: it must not happen later by surprise).
+/// How long the socket waits for a dispatcher to take a request. One not taken by then is
+/// withdrawn (it never happens later by surprise); one taken gets as long again to be answered.
 pub const QUEUE_ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long `reload` waits for the daemon's outcome (removed consumers get 15 s to stop).
+pub const RELOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(25);
+
+/// A request handed to a dispatcher, not answered yet.
+pub struct PendingRequest {
+    id: u64,
+    answer: std::sync::mpsc::Receiver<String>,
+}
 
 /// What the pipeline tells the socket, and the pause flag the socket sets.
 #[derive(Debug)]
 pub struct Shared {
+    /// The consumer's name (it never changes).
+    name: String,
+    /// Whether a request waits: one atomic load per event for the dispatcher.
+    asked: AtomicBool,
+    /// Numbers the requests (to withdraw one).
+    next_request: std::sync::atomic::AtomicU64,
     /// New handlers waiting for the dispatcher (a reload).
     handler_swap: Mutex<Option<HandlerSwap>>,
     /// Set when new handlers could not be built (the old ones stay): the next reload tries
@@ -195,6 +210,9 @@ impl Shared {
     /// The state of consumer `name` (plugin, class) at start.
     pub fn new(consumer: &str, plugin: &str, class: &str) -> Shared {
         Shared {
+            name: consumer.to_owned(),
+            asked: AtomicBool::new(false),
+            next_request: std::sync::atomic::AtomicU64::new(0),
             handler_swap: Mutex::new(None),
             swap_failed: AtomicBool::new(false),
             requests: Mutex::new(Vec::new()),
@@ -219,11 +237,7 @@ impl Shared {
 
     /// The consumer's name.
     pub fn name(&self) -> String {
-        self.status
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .consumer
-            .clone()
+        self.name.clone()
     }
 
     /// Hands new handlers to the dispatcher (replacing any not yet taken).
@@ -262,45 +276,66 @@ impl Shared {
         self.serving.load(Ordering::SeqCst)
     }
 
-    /// Hands `command` to the dispatcher and waits for its answer ([`QUEUE_ANSWER_WAIT`]).
-    pub fn ask(&self, command: QueueCommand) -> Result<String, String> {
+    /// Hands `command` to the dispatcher; [`wait`](Self::wait) for the answer.
+    pub fn submit(&self, command: QueueCommand) -> PendingRequest {
         let (reply, answer) = std::sync::mpsc::channel();
-        self.requests
+        let id = self.next_request.fetch_add(1, Ordering::SeqCst);
+        let mut requests = self
+            .requests
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push(QueueRequest {
-                command,
-                asked: Instant::now(),
-                reply,
-            });
-        answer.recv_timeout(QUEUE_ANSWER_WAIT).map_err(|_| {
-            format!(
-                "consumer '{}' did not answer within {} s (a handler busy with retries?); \
-                 the command was not carried out",
-                self.name(),
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        requests.push(QueueRequest { command, id, reply });
+        self.asked.store(true, Ordering::SeqCst);
+        PendingRequest { id, answer }
+    }
+
+    /// The answer to `pending`, waiting until `deadline` for the dispatcher to take it: a
+    /// request not taken by then is withdrawn (`Err`: not carried out); one taken is waited
+    /// for [`QUEUE_ANSWER_WAIT`] more (`Err` then: the outcome is unknown).
+    pub fn wait(&self, pending: PendingRequest, deadline: Instant) -> Result<String, String> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Ok(answer) = pending.answer.recv_timeout(left) {
+            return Ok(answer);
+        }
+        let withdrawn = {
+            let mut requests = self
+                .requests
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let before = requests.len();
+            requests.retain(|request| request.id != pending.id);
+            requests.len() < before
+        };
+        if withdrawn {
+            return Err(format!(
+                "consumer '{}' did not take the command within {} s (a handler busy with \
+                 retries?): it was not carried out",
+                self.name,
                 QUEUE_ANSWER_WAIT.as_secs()
+            ));
+        }
+        pending.answer.recv_timeout(QUEUE_ANSWER_WAIT).map_err(|_| {
+            format!(
+                "consumer '{}' took the command but has not answered: its outcome is unknown \
+                 (see the daemon's log)",
+                self.name
             )
         })
     }
 
-    /// Whether a request waits (cheap: the dispatcher asks at every turn).
+    /// Whether a request waits (one atomic load: the dispatcher asks between two events).
     pub fn has_requests(&self) -> bool {
-        self.requests
-            .lock()
-            .map(|requests| !requests.is_empty())
-            .unwrap_or(false)
+        self.asked.load(Ordering::SeqCst)
     }
 
-    /// The waiting requests whose client still waits.
+    /// The waiting requests (each answered by the dispatcher).
     pub fn take_requests(&self) -> Vec<QueueRequest> {
         let mut requests = self
             .requests
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.asked.store(false, Ordering::SeqCst);
         std::mem::take(&mut *requests)
-            .into_iter()
-            .filter(|request| request.asked.elapsed() < QUEUE_ANSWER_WAIT)
-            .collect()
     }
 
     /// Allows or refuses `pause` (a reload may change the consumer).

@@ -244,9 +244,6 @@ fn serve(stream: std::os::unix::net::UnixStream, registry: &Registry, shutdown: 
 /// Clients served at once; more are told the socket is busy.
 const MAX_CONNECTIONS: usize = 16;
 
-/// How long `reload` waits for the daemon's outcome (removed consumers get 15 s to stop).
-const RELOAD_WAIT: Duration = Duration::from_secs(25);
-
 const COMMANDS: &str = "status [--json] [CONSUMER], pause [CONSUMER], resume [CONSUMER], \
                         errors list [--json] [--consumer NAME], errors retry [--consumer NAME] \
                         [ID], errors drop [--consumer NAME] ID|--all, reload, quit";
@@ -347,7 +344,7 @@ pub fn answer(line: &str, registry: &Registry, shutdown: &Shutdown) -> String {
         },
         "reload" => {
             tracing::info!("reload asked through the control socket");
-            match registry.reload_and_wait(RELOAD_WAIT) {
+            match registry.reload_and_wait(super::RELOAD_WAIT) {
                 Ok(summary) => format!("{summary}\n"),
                 Err(why) => format!("error: reload refused, the running config stays: {why}\n"),
             }
@@ -426,36 +423,55 @@ fn errors(words: &[&str], registry: &Registry) -> String {
         return "error: this daemon runs several consumers: name one with --consumer NAME\n"
             .to_owned();
     }
-    let mut answers = String::new();
-    let mut lists = Vec::new();
-    for shared in &chosen {
-        if !shared.serving() {
-            return format!(
-                "error: consumer '{}' is not consuming now ({}): its queue is taken only \
-                 between two batches; try again once it runs\n",
-                shared.name(),
-                shared.status().state
-            );
-        }
-        match shared.ask(command.clone()) {
-            Ok(answer) if answer.starts_with("error: ") => return answer,
-            Ok(answer) if json => lists.push((shared.name(), answer)),
-            Ok(answer) => answers.push_str(&answer),
-            Err(why) => return format!("error: {why}\n"),
-        }
+    if let Some(idle) = chosen.iter().find(|shared| !shared.serving()) {
+        return format!(
+            "error: consumer '{}' is not consuming now ({}): its queue is taken only between \
+             two events; try again once it runs\n",
+            idle.name(),
+            idle.status().state
+        );
     }
+    // Every consumer gets the command at once; one deadline for all of them.
+    let pending: Vec<_> = chosen
+        .iter()
+        .map(|shared| shared.submit(command.clone()))
+        .collect();
+    let deadline = std::time::Instant::now() + super::QUEUE_ANSWER_WAIT;
+    let answers: Vec<(String, Result<String, String>)> = chosen
+        .iter()
+        .zip(pending)
+        .map(|(shared, pending)| (shared.name(), shared.wait(pending, deadline)))
+        .collect();
+    // Each consumer's outcome is told, the failures too (ctl then exits 2).
+    let failed = answers
+        .iter()
+        .any(|(_, answer)| !matches!(answer, Ok(text) if !text.starts_with("error: ")));
+    if failed {
+        let mut text = String::from("error: ");
+        for (name, answer) in &answers {
+            match answer {
+                Ok(answer) => text.push_str(answer.trim_start_matches("error: ")),
+                Err(why) => text.push_str(&format!("consumer '{name}': {why}\n")),
+            }
+        }
+        return text;
+    }
+    let answers: Vec<(String, String)> = answers
+        .into_iter()
+        .filter_map(|(name, answer)| answer.ok().map(|text| (name, text)))
+        .collect();
     if json {
         // One JSON document: the array of one consumer, or an object of arrays by name.
-        if let [(_, one)] = lists.as_slice() {
+        if let [(_, one)] = answers.as_slice() {
             return one.clone();
         }
-        let by_name: serde_json::Map<String, serde_json::Value> = lists
+        let by_name: serde_json::Map<String, serde_json::Value> = answers
             .into_iter()
             .map(|(name, text)| (name, serde_json::from_str(&text).unwrap_or_default()))
             .collect();
         return serde_json::to_string_pretty(&by_name).unwrap_or_default() + "\n";
     }
-    answers
+    answers.into_iter().map(|(_, text)| text).collect()
 }
 
 fn human(status: &super::Status) -> String {
@@ -527,5 +543,29 @@ mod tests {
         assert_eq!(waiting.join().expect("thread"), Err("bad key".to_owned()));
         assert_eq!(answer("quit", &registry, &shutdown), "stopping\n");
         assert!(shutdown.requested());
+    }
+
+    #[test]
+    fn a_queue_command_not_taken_in_time_is_withdrawn_never_run_later() {
+        let shared = Shared::new("demo", "sqlite", "SqliteConsumer");
+        let pending = shared.submit(QueueCommand::Drop { ids: None });
+        assert!(shared.has_requests());
+        let deadline = std::time::Instant::now() + Duration::from_millis(20);
+        let outcome = shared.wait(pending, deadline);
+        assert!(
+            outcome
+                .as_ref()
+                .is_err_and(|why| why.contains("it was not carried out")),
+            "{outcome:?}"
+        );
+        // The dispatcher, coming late, finds nothing to do.
+        assert!(shared.take_requests().is_empty());
+        // One taken in time is answered.
+        let pending = shared.submit(QueueCommand::List { json: false });
+        let taken = shared.take_requests();
+        assert_eq!(taken.len(), 1);
+        let _ = taken[0].reply.send("listed\n".into());
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        assert_eq!(shared.wait(pending, deadline), Ok("listed\n".to_owned()));
     }
 }

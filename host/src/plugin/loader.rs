@@ -463,14 +463,14 @@ impl LoadedPlugin {
         &self.path
     }
 
-    /// A watch that tells when the file at [`path`](Self::path) is no longer the one that was
-    /// loaded (written over, replaced or deleted since).
     /// Whether the library's file changed since it was read (an upgraded plugin): a reload
     /// restarts its consumers on the new code.
     pub fn changed_on_disk(&self) -> bool {
         self.on_disk.is_some() && DiskIdentity::of(&self.path) != self.on_disk
     }
 
+    /// A watch that tells when the file at [`path`](Self::path) is no longer the one that was
+    /// loaded (written over, replaced or deleted since).
     pub fn watch(&self) -> LibraryWatch {
         LibraryWatch::new(&self.path, self.on_disk.clone())
     }
