@@ -1033,31 +1033,21 @@ fn serve_queue_requests(
                 format!("error: consumer '{name}' has no queued event #{id}\n")
             }
             QueueCommand::Retry { id } => {
-                // What was handled goes first, with the events it queued.
-                committer.commit(handlers, queue)?;
-                let mut handled = 0;
-                let mut touched = Vec::new();
-                for (index, handler) in handlers.iter_mut().enumerate() {
-                    let holds = match id {
-                        Some(id) => queue.get(*id).is_some_and(|e| e.handler == handler.name),
-                        None => queue.holds_any(&handler.name),
-                    };
-                    if handler.on_failure == FailurePolicy::ErrorQueue && holds {
-                        handled += retry_queued(handler, queue, *id);
-                        touched.push(index);
-                    }
-                }
-                for_each_handler(
-                    handlers
-                        .iter_mut()
-                        .enumerate()
-                        .filter(|(index, _)| touched.contains(index))
-                        .map(|(_, handler)| handler),
-                    |h| h.sync(),
-                )?;
-                // As on the retry interval: the outputs' lengths before the queue.
-                committer.commit_outputs(handlers)?;
-                queue.save()?;
+                let chosen: Vec<usize> = handlers
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, handler)| {
+                        handler.on_failure == FailurePolicy::ErrorQueue
+                            && match id {
+                                Some(id) => {
+                                    queue.get(*id).is_some_and(|e| e.handler == handler.name)
+                                }
+                                None => queue.holds_any(&handler.name),
+                            }
+                    })
+                    .map(|(index, _)| index)
+                    .collect();
+                let handled = retry_handlers(handlers, &chosen, *id, queue, committer)?;
                 format!(
                     "consumer '{name}': {handled} queued event(s) handled, {} left\n",
                     queue.events().len()
@@ -1131,31 +1121,47 @@ impl QueueRetries {
         if due.is_empty() {
             return Ok(());
         }
-        // What was handled goes first, with the events it queued.
-        committer.commit(handlers, queue)?;
         for &index in &due {
-            let handler = &mut handlers[index];
-            self.last.insert(handler.name.clone(), now);
-            retry_queued(handler, queue, None);
+            self.last.insert(handlers[index].name.clone(), now);
         }
-        for_each_handler(
-            handlers
-                .iter_mut()
-                .enumerate()
-                .filter(|(index, _)| due.contains(index))
-                .map(|(_, handler)| handler),
-            |h| h.sync(),
-        )?;
-        // The outputs' new lengths before the queue that no longer holds what they took: a
-        // crash in between repeats a retried event rather than cutting it out of its file.
-        committer.commit_outputs(handlers)?;
-        queue.save()?;
+        retry_handlers(handlers, &due, None, queue, committer)?;
         if let Some(control) = control {
             let left = queue.events().len();
             control.update(|status| status.error_queue = left);
         }
         Ok(())
     }
+}
+
+/// Tries the queued events of the handlers at `chosen` (only the object of `only` when given),
+/// as the retry interval and `ctl errors retry` do: what was handled is committed first (with
+/// the events it queued), the retried handlers are synced, their outputs' new lengths are
+/// committed before the queue that no longer holds what they took is saved (a crash in between
+/// repeats a retried event rather than cutting it out of its file). Returns how many were
+/// handled.
+fn retry_handlers(
+    handlers: &mut [ConfiguredHandler],
+    chosen: &[usize],
+    only: Option<u64>,
+    queue: &mut ErrorQueue,
+    committer: &mut Committer<'_>,
+) -> Result<usize, PipelineError> {
+    committer.commit(handlers, queue)?;
+    let mut handled = 0;
+    for &index in chosen {
+        handled += retry_queued(&mut handlers[index], queue, only);
+    }
+    for_each_handler(
+        handlers
+            .iter_mut()
+            .enumerate()
+            .filter(|(index, _)| chosen.contains(index))
+            .map(|(_, handler)| handler),
+        |h| h.sync(),
+    )?;
+    committer.commit_outputs(handlers)?;
+    queue.save()?;
+    Ok(handled)
 }
 
 /// Tries `handler`'s queued events again (only the object of `only` when given): for each
