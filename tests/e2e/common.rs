@@ -156,3 +156,12 @@ pub fn append_to(config: &Path, text: &str) {
     let before = std::fs::read_to_string(config).expect("config");
     std::fs::write(config, format!("{before}\n{text}")).expect("config");
 }
+
+/// `[metrics]` on any free port (the daemon logs which: [`metrics_address`]).
+pub const METRICS_ON_ANY_PORT: &str = "[metrics]\nlisten = \"127.0.0.1:0\"\n";
+
+/// The value of the metrics line that starts with `series` (`name{labels}`).
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}

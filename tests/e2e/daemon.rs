@@ -200,7 +200,7 @@ fn a_failing_consumer_is_restarted_with_backoff_and_the_others_go_on() {
     let bus_b = bus(&dir, "b.sqlite", 10);
     // `broken` panics when event 8 is next: events 1-5 are handled, then every restart fails
     // at once (it resumes after 5).
-    let config = broken_and_steady(&dir, "[metrics]\nlisten = \"127.0.0.1:0\"\n", &bus_b);
+    let config = broken_and_steady(&dir, METRICS_ON_ANY_PORT, &bus_b);
     let mut daemon = Daemon::run(&config);
     daemon.wait_for("a second restart", LIMIT, |d| {
         d.stderr().contains("restart 2 in 2 s")
@@ -467,7 +467,7 @@ fn sighup_swaps_changed_handlers_restarts_a_changed_consumer_and_refuses_a_bad_c
 fn a_reload_starts_a_new_consumer_and_stops_a_removed_one_leaving_the_rest() {
     let dir = TestDir::new("reload-several");
     let (bus_a, bus_b) = (bus(&dir, "a.sqlite", 10), bus(&dir, "b.sqlite", 15));
-    let metrics = "[metrics]\nlisten = \"127.0.0.1:0\"\n";
+    let metrics = METRICS_ON_ANY_PORT;
     let config = several(&dir, metrics, &[sqlite_consumer("alpha", &bus_a)]);
     let mut daemon = Daemon::run(&config);
     daemon.wait_for("alpha's events", LIMIT, |_| {
@@ -681,12 +681,7 @@ fn after_a_restart_status_and_metrics_show_the_offset_committed_before_it() {
     let config = sqlite_config(&dir, &bus, "", &jsonl_handler("all", ""));
     let once = buslink_testkit::process::run_once(&config);
     assert_eq!(once.code(), Some(0), "{once}");
-    append_to(
-        &config,
-        "[metrics]
-listen = \"127.0.0.1:0\"
-",
-    );
+    append_to(&config, METRICS_ON_ANY_PORT);
     let mut daemon = Daemon::run(&config);
     daemon.wait_for("a running consumer", LIMIT, |_| {
         consumer_status(&status(&config), "test")["state"] == "running"
@@ -700,11 +695,11 @@ listen = \"127.0.0.1:0\"
     let text = reqwest::blocking::get(format!("http://{address}/metrics"))
         .and_then(|r| r.text())
         .expect("metrics");
-    let last_commit: f64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("buslink_last_commit_timestamp_seconds{consumer=\"test\"} "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("the last commit's time");
+    let last_commit = sample(
+        &text,
+        "buslink_last_commit_timestamp_seconds{consumer=\"test\"}",
+    )
+    .expect("the last commit's time");
     assert!(last_commit > 1.7e9, "{text}");
     daemon.terminate(LIMIT);
 }

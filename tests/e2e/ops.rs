@@ -411,12 +411,6 @@ fn scrape(address: &str, path: &str) -> (u16, String) {
     (status, response.text().expect("a body"))
 }
 
-/// The value of the metrics line that starts with `series` (`name{labels}`).
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-}
-
 #[test]
 fn metrics_and_health_are_served_and_move_with_the_events() {
     let dir = TestDir::new("metrics");
@@ -428,12 +422,7 @@ fn metrics_and_health_are_served_and_move_with_the_events() {
         jsonl_handler("all", "")
     );
     let config = sqlite_config(&dir, &fixture_bus(), "", &handlers);
-    append_to(
-        &config,
-        "[metrics]
-listen = \"127.0.0.1:0\"
-",
-    );
+    append_to(&config, METRICS_ON_ANY_PORT);
     let mut daemon = Daemon::run(&config);
     daemon.wait_for("the metrics address", LIMIT, |d| {
         d.stderr().contains("metrics on http://")
