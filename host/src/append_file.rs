@@ -26,6 +26,9 @@ pub struct LineFile {
     identity: (u64, u64),
     /// Why the file can no longer be trusted (a cut that failed): every later write fails.
     broken: Option<String>,
+    /// How it was opened (mode, links refused or not): a file made anew after a rotation is
+    /// made the same way.
+    options: OpenOptions,
 }
 
 /// A length committed with the offset: which file, how long.
@@ -64,9 +67,17 @@ pub enum Repair {
 impl LineFile {
     /// Opens `path` for appending, creating it (and its directory) when missing. With
     /// `committed = Some(n)` (the length committed with the offset) a longer file is cut back to
-    /// `n` bytes; otherwise a partial last line is cut. Errors name the path.
-    pub fn open(path: &Path, committed: Option<Committed>) -> Result<(LineFile, Repair), String> {
-        Self::open_with(OpenOptions::new(), path, committed)
+    /// `n` bytes; otherwise a partial last line is cut. A new file gets `mode` (permission bits,
+    /// the umask can only take away; an existing file keeps its own), a new directory
+    /// [`DIR_MODE`](crate::state_file::DIR_MODE). Errors name the path.
+    pub fn open(
+        path: &Path,
+        committed: Option<Committed>,
+        mode: u32,
+    ) -> Result<(LineFile, Repair), String> {
+        let mut options = OpenOptions::new();
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
+        Self::open_with(options, path, committed)
     }
 
     /// [`open`](Self::open) for a file of the state directory: never through a symbolic link,
@@ -85,10 +96,11 @@ impl LineFile {
     ) -> Result<(LineFile, Repair), String> {
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
         if let Some(dir) = dir {
-            std::fs::create_dir_all(dir)
+            crate::state_file::create_dir_all(dir)
                 .map_err(|e| format!("cannot create directory {}: {e}", dir.display()))?;
         }
         let existed = path.exists();
+        let kept = options.clone();
         options.read(true).create(true).append(true);
         let mut file = crate::state_file::open(&options, path)
             .map_err(|e| format!("cannot open {} for appending: {e}", path.display()))?;
@@ -175,6 +187,7 @@ impl LineFile {
                 len: keep,
                 identity,
                 broken: None,
+                options: kept,
             },
             repair,
         ))
@@ -281,7 +294,7 @@ impl LineFile {
         self.file
             .sync_data()
             .map_err(|e| format!("cannot sync {}: {e}", self.path.display()))?;
-        let (file, repair) = LineFile::open(&self.path, None)?;
+        let (file, repair) = LineFile::open_with(self.options.clone(), &self.path, None)?;
         tracing::info!(
             "{}: the file was moved, deleted or replaced by another program (rotated?); \
              appending to the file now at that path",
@@ -356,14 +369,15 @@ mod tests {
     fn a_partial_last_line_is_cut_at_open() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/out.jsonl");
-        let (mut file, repair) = LineFile::open(&path, None).unwrap();
+        let (mut file, repair) =
+            LineFile::open(&path, None, crate::state_file::OUTPUT_MODE).unwrap();
         assert_eq!(repair, Repair::Created);
         file.append(b"{\"a\":1}\n{\"a\":2}\n").unwrap();
         drop(file);
         let mut torn = std::fs::read(&path).unwrap();
         torn.extend_from_slice(b"{\"a\":3");
         std::fs::write(&path, &torn).unwrap();
-        let (file, repair) = LineFile::open(&path, None).unwrap();
+        let (file, repair) = LineFile::open(&path, None, crate::state_file::OUTPUT_MODE).unwrap();
         assert_eq!(repair, Repair::CutPartialLine { from: 22, to: 16 });
         assert_eq!(file.length(), 16);
         assert_eq!(std::fs::read(&path).unwrap(), b"{\"a\":1}\n{\"a\":2}\n");
@@ -380,6 +394,7 @@ mod tests {
                 length: 4,
                 identity: None,
             }),
+            crate::state_file::OUTPUT_MODE,
         )
         .unwrap();
         assert_eq!(repair, Repair::CutToCommitted { from: 14, to: 4 });
@@ -393,6 +408,7 @@ mod tests {
                 length: 100,
                 identity: None,
             }),
+            crate::state_file::OUTPUT_MODE,
         )
         .unwrap();
         assert_eq!(
@@ -413,7 +429,7 @@ mod tests {
         text.push(b'\n');
         text.extend(vec![b'b'; 9_000]);
         std::fs::write(&path, &text).unwrap();
-        let (file, _) = LineFile::open(&path, None).unwrap();
+        let (file, _) = LineFile::open(&path, None, crate::state_file::OUTPUT_MODE).unwrap();
         assert_eq!(file.length(), 10_001);
     }
 
@@ -421,7 +437,7 @@ mod tests {
     fn a_rotated_file_is_reopened_at_its_path() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out.jsonl");
-        let (mut file, _) = LineFile::open(&path, None).unwrap();
+        let (mut file, _) = LineFile::open(&path, None, crate::state_file::OUTPUT_MODE).unwrap();
         file.append(b"one\n").unwrap();
         assert!(!file.reopen_if_replaced().unwrap());
         std::fs::rename(&path, dir.path().join("out.jsonl.1")).unwrap();
@@ -439,7 +455,7 @@ mod tests {
     fn a_file_truncated_in_place_is_appended_to_at_its_end_never_padded() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out.jsonl");
-        let (mut file, _) = LineFile::open(&path, None).unwrap();
+        let (mut file, _) = LineFile::open(&path, None, crate::state_file::OUTPUT_MODE).unwrap();
         file.append(b"one\ntwo\n").unwrap();
         // `copytruncate`: the same inode, emptied.
         std::fs::OpenOptions::new()
@@ -460,7 +476,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out.jsonl");
         std::fs::write(&path, b"new file line one\nnew file line two\n").unwrap();
-        let (file, _) = LineFile::open(&path, None).unwrap();
+        let (file, _) = LineFile::open(&path, None, crate::state_file::OUTPUT_MODE).unwrap();
         let (dev, ino) = file.identity();
         drop(file);
         // Committed with another inode (rotated since): not cut.
@@ -468,7 +484,8 @@ mod tests {
             length: 5,
             identity: Some((dev, ino + 1)),
         };
-        let (file, repair) = LineFile::open(&path, Some(other)).unwrap();
+        let (file, repair) =
+            LineFile::open(&path, Some(other), crate::state_file::OUTPUT_MODE).unwrap();
         assert_eq!(repair, Repair::OtherFile { from: 36, to: 36 });
         assert_eq!(file.length(), 36);
         // The same inode, but a length that does not end a line: not cut either.
@@ -476,7 +493,8 @@ mod tests {
             length: 5,
             identity: Some((dev, ino)),
         };
-        let (file, repair) = LineFile::open(&path, Some(mid_line)).unwrap();
+        let (file, repair) =
+            LineFile::open(&path, Some(mid_line), crate::state_file::OUTPUT_MODE).unwrap();
         assert_eq!(repair, Repair::OtherFile { from: 36, to: 36 });
         assert_eq!(file.length(), 36);
         // Its own committed length, on a line end: cut.
@@ -484,7 +502,7 @@ mod tests {
             length: 18,
             identity: Some((dev, ino)),
         };
-        let (file, _) = LineFile::open(&path, Some(own)).unwrap();
+        let (file, _) = LineFile::open(&path, Some(own), crate::state_file::OUTPUT_MODE).unwrap();
         assert_eq!(file.length(), 18);
     }
 }

@@ -302,7 +302,7 @@ impl ErrorQueue {
             path: self.path.clone(),
             message: e.to_string(),
         };
-        fs::create_dir_all(&self.dir).map_err(error)?;
+        crate::state_file::create_dir_all(&self.dir).map_err(error)?;
         let mut text =
             serde_json::to_vec_pretty(&self.file).map_err(|e| error(std::io::Error::other(e)))?;
         text.push(b'\n');

@@ -36,7 +36,7 @@ impl ConsumerLock {
             path: path.clone(),
             source,
         };
-        std::fs::create_dir_all(state_dir).map_err(io)?;
+        crate::state_file::create_dir_all(state_dir).map_err(io)?;
         let mut options = crate::state_file::options();
         options.read(true).write(true).create(true).truncate(false);
         let mut file = crate::state_file::open(&options, &path).map_err(io)?;

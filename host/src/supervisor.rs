@@ -368,7 +368,9 @@ fn exactly_once_files(config: &Config) -> Vec<PathBuf> {
         .handlers
         .iter()
         .filter_map(|h| match &h.kind {
-            crate::config::HandlerKind::Jsonl { path } => Some(crate::config::same_file_key(path)),
+            crate::config::HandlerKind::Jsonl { path, .. } => {
+                Some(crate::config::same_file_key(path))
+            }
             _ => None,
         })
         .collect()

@@ -14,6 +14,7 @@ mod hmb;
 mod kafka;
 mod loading;
 mod ops;
+mod permissions;
 mod plugin_author;
 mod replay;
 mod sqlite_bus;

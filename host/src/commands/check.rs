@@ -162,7 +162,7 @@ pub(crate) fn check_handler(
 ) -> Result<(), String> {
     match &handler.kind {
         HandlerKind::Stdout | HandlerKind::Null => Ok(()),
-        HandlerKind::Jsonl { path } => {
+        HandlerKind::Jsonl { path, .. } => {
             if path.is_dir() {
                 return Err(format!("{} is a directory", path.display()));
             }
@@ -216,7 +216,7 @@ fn describe_handler(handler: &HandlerConfig) -> String {
         HandlerKind::Null => "null (discards events)".to_owned(),
         HandlerKind::Plugin(plugin) => format!("plugin {} class {}", plugin.plugin, plugin.class),
         HandlerKind::Stdout => "stdout".to_owned(),
-        HandlerKind::Jsonl { path } => format!("jsonl -> {}", path.display()),
+        HandlerKind::Jsonl { path, .. } => format!("jsonl -> {}", path.display()),
         HandlerKind::Exec(exec) => {
             let env: Vec<_> = exec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
             format!(

@@ -30,6 +30,9 @@ pub enum HandlerKind {
     Stdout,
     Jsonl {
         path: PathBuf,
+        /// The permission bits a new file gets (`mode = "0640"`, the default; never
+        /// writable by others).
+        mode: u32,
     },
     Exec(ExecConfig),
     Http(HttpConfig),
@@ -181,6 +184,8 @@ pub(super) struct RawHandler {
     // Type-specific keys; `check_keys` says which type takes which.
     #[serde(default)]
     path: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    mode: Option<Spanned<String>>,
     #[serde(default)]
     command: Option<Spanned<Vec<String>>>,
     #[serde(default)]
@@ -362,7 +367,7 @@ fn validate_one(
     let kind_name = raw.kind.get_ref().as_str();
     let allowed: &[&str] = match kind_name {
         "stdout" | "null" => &[],
-        "jsonl" => &["path"],
+        "jsonl" => &["path", "mode"],
         "exec" => &["command", "timeout_ms", "env"],
         "http" => &["url", "headers", "timeout_ms", "ca_file"],
         "plugin" => &["plugin", "class", "settings"],
@@ -377,7 +382,8 @@ fn validate_one(
             return None;
         }
     };
-    let present: [(&str, Option<std::ops::Range<usize>>); 10] = [
+    let present: [(&str, Option<std::ops::Range<usize>>); 11] = [
+        ("mode", raw.mode.as_ref().map(Spanned::span)),
         ("plugin", raw.plugin.as_ref().map(Spanned::span)),
         ("class", raw.class.as_ref().map(Spanned::span)),
         ("settings", raw.settings.as_ref().map(Spanned::span)),
@@ -420,9 +426,21 @@ fn validate_one(
         "stdout" => Some(HandlerKind::Stdout),
         "null" => Some(HandlerKind::Null),
         "jsonl" => match &raw.path {
-            Some(path) if !path.get_ref().as_os_str().is_empty() => Some(HandlerKind::Jsonl {
-                path: resolve(path.get_ref()),
-            }),
+            Some(path) if !path.get_ref().as_os_str().is_empty() => {
+                let mode = match &raw.mode {
+                    None => crate::state_file::OUTPUT_MODE,
+                    Some(text) => {
+                        crate::state_file::parse_mode(text.get_ref()).unwrap_or_else(|problem| {
+                            errors.push(at(text.span(), "mode", problem));
+                            crate::state_file::OUTPUT_MODE
+                        })
+                    }
+                };
+                Some(HandlerKind::Jsonl {
+                    path: resolve(path.get_ref()),
+                    mode,
+                })
+            }
             Some(path) => {
                 errors.push(at(path.span(), "path", "must name a file".into()));
                 None

@@ -80,29 +80,14 @@ impl ControlSocketConfig {
     ) -> ControlSocketConfig {
         let mode = match &raw.mode {
             None => 0o600,
-            Some(text) => match u32::from_str_radix(text.get_ref().trim_start_matches("0o"), 8) {
-                Ok(mode) if mode <= 0o777 && mode & 0o600 == 0o600 => mode,
-                Ok(_) => {
-                    errors.push(source.error_at(
-                        Some(text.span()),
-                        Some("control.mode".into()),
-                        format!(
-                            "{:?}: the owner must keep read and write (0600 at least), and only \
-                             permission bits (at most 0777) are taken",
-                            text.get_ref()
-                        ),
-                    ));
-                    0o600
-                }
-                Err(_) => {
-                    errors.push(source.error_at(
-                        Some(text.span()),
-                        Some("control.mode".into()),
-                        format!("{:?} is not an octal mode such as \"0660\"", text.get_ref()),
-                    ));
-                    0o600
-                }
-            },
+            Some(text) => crate::state_file::parse_mode(text.get_ref()).unwrap_or_else(|problem| {
+                errors.push(source.error_at(
+                    Some(text.span()),
+                    Some("control.mode".into()),
+                    problem,
+                ));
+                0o600
+            }),
         };
         // Names are looked up now: a typo is a config error, not a failed start.
         for (key, name, lookup) in [
@@ -139,7 +124,7 @@ fn shared_outputs(configs: &[Config]) -> Vec<ConfigError> {
     let mut errors = Vec::new();
     for config in configs {
         for handler in &config.handlers {
-            let HandlerKind::Jsonl { path } = &handler.kind else {
+            let HandlerKind::Jsonl { path, .. } = &handler.kind else {
                 continue;
             };
             let key = same_file_key(path);
@@ -1280,7 +1265,7 @@ match = { eventtype = ["added", "modified"], objtype = "SRV*" }
         assert_eq!(config.consumer.settings_json, r#"{"uri":"bus.sqlite"}"#);
         assert_eq!(config.handlers.len(), 2);
         match &config.handlers[1].kind {
-            HandlerKind::Jsonl { path } => {
+            HandlerKind::Jsonl { path, .. } => {
                 assert_eq!(path, Path::new("/etc/buslink/out/events.jsonl"))
             }
             other => panic!("unexpected {other:?}"),

@@ -50,8 +50,7 @@ impl ControlServer {
             }
             Err(_) => {}
         }
-        let listener = UnixListener::bind(path)
-            .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+        let listener = bind_private(path, config)?;
         let (wake, woken) = std::os::unix::net::UnixStream::pair()
             .map_err(|e| format!("cannot make the control thread's wake-up pair: {e}"))?;
         let server_guard = ControlServer {
@@ -60,14 +59,6 @@ impl ControlServer {
             thread: None,
             stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         };
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(config.mode))
-            .map_err(|e| format!("cannot set the mode of {}: {e}", path.display()))?;
-        if config.owner.is_some() || config.group.is_some() {
-            let uid = config.owner.as_deref().map(user_id).transpose()?;
-            let gid = config.group.as_deref().map(group_id).transpose()?;
-            std::os::unix::fs::chown(path, uid, gid)
-                .map_err(|e| format!("cannot give {} its owner and group: {e}", path.display()))?;
-        }
         listener
             .set_nonblocking(true)
             .map_err(|e| format!("{}: {e}", path.display()))?;
@@ -130,6 +121,41 @@ impl ControlServer {
 
 /// Waits until `listener` has a connection (`true`) or `woken` is written to or closed
 /// (`false`; also every second, to look at the stop flag).
+/// Binds the socket at `path` with its configured mode, owner and group already set before it
+/// appears there: it is made in a private directory (0700) beside `path` and renamed into
+/// place, so no umask ever leaves it open to others, even for an instant.
+fn bind_private(path: &Path, config: &ControlSocketConfig) -> Result<UnixListener, String> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let private = dir.join(format!(".buslink-sock.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(|e| format!("cannot create {}: {e}", private.display()))?;
+    let inside = private.join("sock");
+    let bound = (|| {
+        let listener = UnixListener::bind(&inside)
+            .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+        std::fs::set_permissions(&inside, std::fs::Permissions::from_mode(config.mode))
+            .map_err(|e| format!("cannot set the mode of {}: {e}", path.display()))?;
+        if config.owner.is_some() || config.group.is_some() {
+            let uid = config.owner.as_deref().map(user_id).transpose()?;
+            let gid = config.group.as_deref().map(group_id).transpose()?;
+            std::os::unix::fs::chown(&inside, uid, gid)
+                .map_err(|e| format!("cannot give {} its owner and group: {e}", path.display()))?;
+        }
+        std::fs::rename(&inside, path)
+            .map_err(|e| format!("cannot move the socket to {}: {e}", path.display()))?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&private);
+    bound
+}
+
 fn readable(listener: &UnixListener, woken: &std::os::unix::net::UnixStream) -> bool {
     use std::os::fd::AsRawFd;
     let mut entries = [

@@ -21,9 +21,10 @@ pub struct JsonlHandler {
 
 impl JsonlHandler {
     /// Opens (creating it and its directory if needed) the file for appending, cut back to
-    /// `committed` bytes (the length committed with the offset) or to its last whole line.
-    pub fn open(path: &Path, committed: Option<Committed>) -> Result<Self, String> {
-        let (file, repair) = LineFile::open(path, committed)?;
+    /// `committed` bytes (the length committed with the offset) or to its last whole line. A
+    /// new file gets `mode` (the handler's `mode`, default 0640).
+    pub fn open(path: &Path, committed: Option<Committed>, mode: u32) -> Result<Self, String> {
+        let (file, repair) = LineFile::open(path, committed, mode)?;
         repair.log(path, "jsonl output");
         Ok(JsonlHandler {
             file,

@@ -111,9 +111,9 @@ pub fn build_one(
     let handler: Box<dyn Handler> = match &config.kind {
         HandlerKind::Null => Box::new(NullHandler),
         HandlerKind::Stdout => Box::new(stdout::StdoutHandler::new()),
-        HandlerKind::Jsonl { path } => {
+        HandlerKind::Jsonl { path, mode } => {
             let committed = committed.and_then(|c| c.length_of(path, &config.name));
-            Box::new(jsonl::JsonlHandler::open(path, committed)?)
+            Box::new(jsonl::JsonlHandler::open(path, committed, *mode)?)
         }
         HandlerKind::Exec(exec) => Box::new(exec::ExecHandler::new(&config.name, exec, base_dir)?),
         HandlerKind::Http(http) => Box::new(http::HttpHandler::new(http)?),

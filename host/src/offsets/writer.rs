@@ -249,7 +249,7 @@ impl CacheWriter {
     /// Writes a new file holding `json`, encoded as `slot`, in a durable slot (temp file, fsync, rename, fsync of
     /// the directory), then drops a version-1 cache it replaces.
     fn create(&mut self, json: &[u8], slot: &[u8]) -> std::io::Result<()> {
-        fs::create_dir_all(&self.cache.dir)?;
+        crate::state_file::create_dir_all(&self.cache.dir)?;
         let slot_size = slots::slot_size_for(json);
         let mut bytes = vec![b' '; slot_size * SLOTS];
         let at = DURABLE[0] * slot_size;

@@ -12,7 +12,13 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::PathBuf;
+
+/// The view's files: read by the owner's group at most, whatever the umask.
+const FILE_MODE: u32 = 0o640;
+/// The view's directory: never writable by others.
+const DIR_MODE: u32 = 0o750;
 
 /// `settings` of the handler.
 #[derive(Deserialize)]
@@ -128,7 +134,13 @@ impl StateFilesHandler {
             })
             .collect();
         let temp = self.dir.join(format!(".{objtype}.json.tmp"));
-        let mut file = std::fs::File::create(&temp)?;
+        // Never more open than 0640, whatever the umask (a stale temp file is replaced).
+        let _ = std::fs::remove_file(&temp);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(FILE_MODE)
+            .open(&temp)?;
         file.write_all(serde_json::to_string_pretty(&json)?.as_bytes())?;
         file.sync_all()?;
         std::fs::rename(&temp, &path)?;
@@ -162,7 +174,10 @@ impl EventHandler for StateFilesHandler {
         if self.dirty.is_empty() {
             return Ok(());
         }
-        std::fs::create_dir_all(&self.dir)
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(&self.dir)
             .map_err(|e| PluginError::internal(format!("{}: {e}", self.dir.display())))?;
         for objtype in &self.dirty {
             self.write_atomically(objtype, self.state.get(objtype))
