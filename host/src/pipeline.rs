@@ -155,6 +155,9 @@ pub struct RunSummary {
     pub bus_ended: bool,
     /// The plugin said it reached the end (`--once`), or the bus ended the stream.
     pub drained: bool,
+    /// `--once` ended on a plugin that cannot tell whether its bus is drained
+    /// ([`PollStatus::Idle`]): no event came within the timeout, that is all that is known.
+    pub drained_unknown: bool,
     /// Gaps the plugin reported in this run, and the events they are known to hold.
     pub gaps: u64,
     pub events_lost: u64,
@@ -168,9 +171,11 @@ enum ReaderMessage {
         batch: EventBatch,
         next_after_last: Option<Offset>,
     },
-    /// `--once` and the bus is drained, or the bus will never deliver more.
+    /// `--once` and the bus is drained (`unknown`: the plugin cannot tell, no event came in
+    /// time), or the bus will never deliver more (`ended`).
     Finished {
         ended: bool,
+        unknown: bool,
     },
     Failed(ConsumerError),
 }
@@ -367,7 +372,8 @@ fn read_loop(
             // The lag may cost the plugin a request: asked once per progress line at most, and
             // once a second when the bus has just gone quiet while the last figure said events
             // were behind (so a drained consumer does not show a stale lag for long).
-            let quiet = matches!(polled, Ok(PollStatus::Idle)) && batch.is_blank();
+            let quiet =
+                matches!(polled, Ok(PollStatus::Idle | PollStatus::Drained)) && batch.is_blank();
             let stale = lag.as_ref().is_some_and(|(at, known)| {
                 quiet
                     && known.is_some_and(|behind| behind > 0)
@@ -392,7 +398,7 @@ fn read_loop(
         }
         match polled {
             // A batch with only a gap in it goes to the dispatcher too: it decides.
-            Ok(PollStatus::Ready | PollStatus::Idle) if !batch.is_blank() => {
+            Ok(PollStatus::Ready | PollStatus::Idle | PollStatus::Drained) if !batch.is_blank() => {
                 backoff = options.initial_backoff;
                 let last = batch.last();
                 let next_after_last = last.and_then(|event| consumer.next_offset(event.offset));
@@ -408,15 +414,23 @@ fn read_loop(
                     break;
                 }
             }
-            Ok(PollStatus::Ready | PollStatus::Idle) => {
+            // `--once` stops at the first end it reaches: the bus's own "nothing more", or, from
+            // a plugin that cannot tell, no event within the timeout (said so at the stop).
+            Ok(status @ (PollStatus::Ready | PollStatus::Idle | PollStatus::Drained)) => {
                 spare = Some(batch);
-                if options.once {
-                    finish(ReaderMessage::Finished { ended: false });
+                if options.once && status != PollStatus::Ready {
+                    finish(ReaderMessage::Finished {
+                        ended: false,
+                        unknown: status == PollStatus::Idle,
+                    });
                     break;
                 }
             }
             Ok(PollStatus::Ended) => {
-                finish(ReaderMessage::Finished { ended: true });
+                finish(ReaderMessage::Finished {
+                    ended: true,
+                    unknown: false,
+                });
                 break;
             }
             Err(error) if error.error.kind().is_transient() && !options.once => {
@@ -857,9 +871,10 @@ pub fn run(
                     break Err(error);
                 }
             }
-            ReaderMessage::Finished { ended } => {
+            ReaderMessage::Finished { ended, unknown } => {
                 summary.bus_ended = ended;
                 summary.drained = true;
+                summary.drained_unknown = unknown;
                 break Ok(());
             }
             ReaderMessage::Failed(error) => break Err(error.into()),

@@ -10,16 +10,27 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// What a call to [`Consumer::poll`] found.
+///
+/// `Drained` and `Idle` both mean "no event now" (a daemon polls again either way); they differ
+/// in what the plugin *knows*, and `buslink run --once` (stop when drained) says which one ended
+/// it. Since plugin-api 0.4.
 #[repr(u8)]
 #[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PollStatus {
     /// At least one event was added to the batch.
     Ready,
-    /// No event came before the timeout: the bus is drained for now (Hermes ends an iteration
-    /// here). The host polls again later.
+    /// No event came before the timeout, and the plugin cannot tell whether the bus holds
+    /// more: it may be slow, stalled, or unreachable without an error yet. A plugin that can
+    /// get a positive answer from its bus returns [`Drained`](Self::Drained) instead; one that
+    /// cannot (a bus without a way to ask) returns this.
     Idle,
     /// The bus will never deliver another event to this consumer (a closed window, for example).
     Ended,
+    /// The bus itself answered, just now, that nothing more is there for this consumer (a read
+    /// that found no row after the last one, a high watermark reached, a server's "nothing
+    /// ready" in a healthy session). Silence, a stalled answer or a failing session is never
+    /// that answer: return `Idle`, or an error once the plugin knows the bus is unreachable.
+    Drained,
 }
 
 /// A consumer of one bus: what a plugin author implements, with ordinary Rust types.
@@ -85,10 +96,12 @@ pub trait Consumer: Send + 'static {
     /// How long [`poll`](Self::poll) waits for a first event; `None` waits forever.
     fn set_timeout(&mut self, timeout: Option<Duration>) -> PluginResult<()>;
 
-    /// `true` (`buslink run --once`): the host stops as soon as the bus is drained, so a
-    /// `poll` that *knows* nothing is waiting (a read that found no row) returns
-    /// [`PollStatus::Idle`] at once instead of waiting for its timeout. A bus that cannot tell
-    /// without waiting keeps waiting. The default ignores it.
+    /// `true` (`buslink run --once`): the host stops at the first [`PollStatus::Drained`] (or,
+    /// from a plugin that cannot tell, [`PollStatus::Idle`]), so a `poll` that *knows* nothing
+    /// is waiting (a read that found no row) returns `Drained` at once instead of waiting for
+    /// its timeout, and one that has no positive answer yet keeps waiting for one (bounded by
+    /// the bus's read timeout, then an error naming what it waited for). The default ignores
+    /// it.
     fn set_stop_when_drained(&mut self, stop: bool) -> PluginResult<()> {
         let _ = stop;
         Ok(())
@@ -173,7 +186,7 @@ pub trait Consumer: Send + 'static {
                         return Ok(true);
                     }
                 }
-                PollStatus::Idle | PollStatus::Ended => return Ok(false),
+                PollStatus::Idle | PollStatus::Drained | PollStatus::Ended => return Ok(false),
             }
         }
     }
@@ -181,7 +194,9 @@ pub trait Consumer: Send + 'static {
 
 /// The waiting loop of a bus that is polled: calls `read` (which adds what is there now to the
 /// batch and returns how many events it added) until it adds some, sleeping `interval` between
-/// two calls; [`PollStatus::Idle`] once `timeout` has passed (`None`: wait forever).
+/// two calls; [`PollStatus::Drained`] once `timeout` has passed (`None`: wait forever): every
+/// `read` was an answer of the bus that nothing is there (a read that cannot tell returns an
+/// error instead).
 pub fn poll_until(
     timeout: Option<Duration>,
     interval: Duration,
@@ -196,7 +211,7 @@ pub fn poll_until(
             Some(deadline) => {
                 let left = deadline.saturating_duration_since(std::time::Instant::now());
                 if left.is_zero() {
-                    return Ok(PollStatus::Idle);
+                    return Ok(PollStatus::Drained);
                 }
                 left.min(interval)
             }

@@ -220,3 +220,33 @@ fn a_lock_file_deleted_under_the_daemon_stops_it_before_a_second_one_can_commit_
         "committed before stopping"
     );
 }
+
+/// `--once` says which end stopped it: the bus's own word that nothing more is there ("bus
+/// drained"), or, from a plugin whose bus cannot say (`PollStatus::Idle`), no event within the
+/// timeout, named as such.
+#[test]
+fn once_says_whether_the_bus_answered_drained_or_the_plugin_cannot_tell() {
+    for (cannot_tell, said) in [
+        (false, "stopped (bus drained): 7 events handled"),
+        (
+            true,
+            "stopped (no event within 100 ms; the plugin cannot tell whether the bus is \
+             drained): 7 events handled",
+        ),
+    ] {
+        let dir = TestDir::new("once-drained-or-unknown");
+        let settings = format!("events = 7\ncannot_tell = {cannot_tell}");
+        let consumer = ConsumerSpec {
+            plugin: "faulty",
+            class: "FaultyConsumer",
+            timeout_ms: 100,
+            extra: "",
+            settings: &settings,
+        };
+        let config = consumer_config(&dir, consumer, &jsonl_handler("all", ""));
+        let run = run_once(&config);
+        assert_eq!(run.code(), Some(0), "{run}");
+        assert!(run.stderr.contains(said), "expected {said:?}: {run}");
+        assert_eq!(count_lines(&dir.join("out/all.jsonl")), 7);
+    }
+}

@@ -1362,3 +1362,103 @@ fn hmb_an_answer_that_never_ends_a_message_is_broken_off_with_memory_bounded() {
         "{run}"
     );
 }
+
+/// When `--once` meets a frozen server (the server **process** stopped by SIGSTOP: the port
+/// still accepts, nothing answers).
+#[derive(Clone, Copy, Debug)]
+enum Freeze {
+    /// As soon as the consumer is open: before or around its first answer.
+    AtOpen,
+    /// Once some events were handled: in the middle of the backlog (mid-answer or between
+    /// two answers, wherever the stream is then).
+    MidDrain,
+}
+
+/// `run --once` over a queue of 30 000 messages (`heartbeat = 1`, `recv_limit = 16`, as the
+/// field report), the server process frozen at `freeze`: the run fails (exit 1), never
+/// "drained", saying what it read and why it stopped; thawed, the next run reads the rest,
+/// each message once.
+fn once_against_a_frozen_server(format: &str, stream: bool, freeze: Freeze) {
+    let total = 30_000;
+    let server = buslink_testkit::hmb_process::HmbServerProcess::start(total as u32 + 100, &[]);
+    let url = server.bus_url("frozen");
+    Producer::open(&url, format == "bson").send(&messages(&["A"], &["T"], 0, total));
+    let dir = TestDir::new(&format!("hmb-frozen-{format}-{stream}-{freeze:?}"));
+    let config = archive_config(
+        &dir,
+        &url,
+        &format!(
+            "format = \"{format}\"\nstream = {stream}\nrecv_limit = 16\nread_timeout_ms = 1500"
+        ),
+        "[consumer.settings.queues.A]\n",
+    );
+    let out = dir.join("out/all.jsonl");
+    let mut daemon = Daemon::start(buslink(&[
+        "run",
+        "--once",
+        "--config",
+        &config.to_string_lossy(),
+    ]));
+    match freeze {
+        Freeze::AtOpen => daemon.wait_for("the consumer open", LIMIT, |d| {
+            d.stderr().contains("open and positioned")
+        }),
+        Freeze::MidDrain => {
+            daemon.wait_for("part of the backlog", LIMIT, |_| count_lines(&out) >= 1000)
+        }
+    }
+    server.freeze();
+    let failed = daemon.finish(LIMIT);
+    let handled = count_lines(&out);
+    server.thaw();
+    assert_eq!(
+        failed.code(),
+        Some(1),
+        "a frozen server is no drained bus: {failed}"
+    );
+    assert!(!failed.stderr.contains("bus drained"), "{failed}");
+    assert!(
+        failed
+            .stderr
+            .contains("cannot tell whether the bus is drained"),
+        "says why: {failed}"
+    );
+    assert!(
+        failed
+            .stderr
+            .contains(&format!("{handled} events handled in this run")),
+        "says what was read ({handled}): {failed}"
+    );
+    assert!(
+        handled < total as usize,
+        "stopped before the end: {handled}"
+    );
+    let run = run_once(&config);
+    assert_eq!(run.code(), Some(0), "{run}");
+    assert!(run.stderr.contains("stopped (bus drained)"), "{run}");
+    assert_exactly(&read_lines(&dir, "out/all.jsonl"), &["A"], total);
+}
+
+#[test]
+fn hmb_once_recv_bson_against_a_server_process_frozen_by_sigstop_fails_never_drained() {
+    once_against_a_frozen_server("bson", false, Freeze::MidDrain);
+    once_against_a_frozen_server("bson", false, Freeze::AtOpen);
+}
+
+#[test]
+fn hmb_once_recv_json_against_a_server_process_frozen_by_sigstop_fails_never_drained() {
+    once_against_a_frozen_server("json", false, Freeze::MidDrain);
+    once_against_a_frozen_server("json", false, Freeze::AtOpen);
+}
+
+#[test]
+fn hmb_once_stream_bson_against_a_server_process_frozen_by_sigstop_fails_never_drained() {
+    once_against_a_frozen_server("bson", true, Freeze::MidDrain);
+    once_against_a_frozen_server("bson", true, Freeze::AtOpen);
+}
+
+#[test]
+fn hmb_once_stream_json_against_a_server_process_frozen_by_sigstop_fails_never_drained() {
+    once_against_a_frozen_server("json", true, Freeze::MidDrain);
+    once_against_a_frozen_server("json", true, Freeze::AtOpen);
+}

@@ -95,7 +95,7 @@ fn a_library_that_is_not_a_plugin_is_refused() {
 }
 
 /// Builds `tests/fixture-plugins/other-api` against a copy of plugin-api whose version is
-/// `0.4.0`, in a workspace and target directory of its own; returns the library.
+/// `0.9.0`, in a workspace and target directory of its own; returns the library.
 pub fn other_api_plugin() -> &'static Path {
     static LIBRARY: OnceLock<PathBuf> = OnceLock::new();
     LIBRARY.get_or_init(|| {
@@ -125,9 +125,9 @@ pub fn other_api_plugin() -> &'static Path {
             .split("\n[dev-dependencies]")
             .next()
             .unwrap_or(&api_manifest);
-        let api_manifest = library_part.replacen("version = \"0.3.0\"", "version = \"0.4.0\"", 1);
+        let api_manifest = library_part.replacen("version = \"0.4.0\"", "version = \"0.9.0\"", 1);
         assert!(
-            api_manifest.contains("version = \"0.4.0\""),
+            api_manifest.contains("version = \"0.9.0\""),
             "plugin-api version bumped"
         );
         write_if_changed(&work.join("plugin-api/Cargo.toml"), &api_manifest);
@@ -198,9 +198,9 @@ fn a_plugin_built_against_another_plugin_api_is_refused_naming_both_versions() {
     assert_eq!(run.code(), Some(2), "{run}");
     for text in [
         library.to_string_lossy().as_ref(),
-        "built against plugin-api 0.4.0",
-        "this buslink uses plugin-api 0.3.0",
-        "rebuild the plugin against plugin-api 0.3.0",
+        "built against plugin-api 0.9.0",
+        "this buslink uses plugin-api 0.4.0",
+        "rebuild the plugin against plugin-api 0.4.0",
     ] {
         assert!(run.stderr.contains(text), "expected {text:?} in:\n{run}");
     }

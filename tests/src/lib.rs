@@ -3,6 +3,7 @@
 //! Hermes sqlite buses like the real Hermes server does.
 
 pub mod bus;
+pub mod hmb_process;
 pub mod http_sink;
 pub mod kafka;
 pub mod process;

@@ -519,7 +519,7 @@ fn replay_loop(
         }
         match status {
             PollStatus::Ready => {}
-            PollStatus::Idle | PollStatus::Ended => return Ok(End::Drained),
+            PollStatus::Idle | PollStatus::Drained | PollStatus::Ended => return Ok(End::Drained),
         }
     }
 }

@@ -419,11 +419,16 @@ pub fn run_consumer(
         )));
     }
     let why = if summary.bus_ended {
-        "the bus ended the stream"
+        "the bus ended the stream".to_owned()
     } else if shutdown.requested() && !once {
-        "stop requested"
+        "stop requested".to_owned()
+    } else if summary.drained_unknown {
+        format!(
+            "no event within {} ms; the plugin cannot tell whether the bus is drained",
+            config.consumer.timeout_ms
+        )
     } else {
-        "bus drained"
+        "bus drained".to_owned()
     };
     tracing::info!(
         "stopped ({why}): {} events handled in this run ({} since the cache was created), last \

@@ -22,6 +22,8 @@ pub struct JsonLinesConsumer {
     path: std::path::PathBuf,
     timeout: Option<Duration>,
     position: u64,
+    /// The last read stopped at a line still being written: the end is not known yet.
+    writing: bool,
 }
 
 impl ConsumerClass for JsonLinesConsumer {
@@ -44,6 +46,7 @@ impl ConsumerClass for JsonLinesConsumer {
             path,
             timeout: None,
             position: 0,
+            writing: false,
         })
     }
 }
@@ -63,6 +66,7 @@ impl JsonLinesConsumer {
             line.clear();
             let read = reader.read_line(&mut line).map_err(io)?;
             if read == 0 || !line.ends_with('\n') {
+                self.writing = read > 0;
                 break; // The end, or a line still being written.
             }
             batch.push(Event {
@@ -111,8 +115,13 @@ impl Consumer for JsonLinesConsumer {
         Ok(())
     }
 
+    /// The end of the file is the bus's own answer (`Drained`), unless a line is still being
+    /// written there: then it cannot tell (`Idle`).
     fn poll(&mut self, batch: &mut EventBatch) -> PluginResult<PollStatus> {
-        poll_until(self.timeout, Duration::from_millis(20), || self.read(batch))
+        match poll_until(self.timeout, Duration::from_millis(20), || self.read(batch))? {
+            PollStatus::Drained if self.writing => Ok(PollStatus::Idle),
+            status => Ok(status),
+        }
     }
 }
 

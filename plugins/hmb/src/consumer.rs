@@ -37,6 +37,9 @@ pub struct HmbConsumer {
     offset_text: String,
     pending_error: Option<PluginError>,
     ended: bool,
+    /// `buslink run --once`: `poll` answers only with events, the server's word that nothing
+    /// is ready (`Drained`), or an error.
+    stop_when_drained: bool,
 }
 
 const COMMANDS: &[CommandInfo] = &[
@@ -96,6 +99,7 @@ impl ConsumerClass for HmbConsumer {
             offset_text: String::new(),
             pending_error: None,
             ended: false,
+            stop_when_drained: false,
         })
     }
 }
@@ -385,6 +389,10 @@ impl HmbConsumer {
         }
         let mut deadline = self.timeout.map(|t| Instant::now() + t);
         let mut added = 0;
+        // Draining (`--once`): the last news from the fetcher; without a word from the server
+        // that nothing is ready, `poll` waits for one this long after it.
+        let mut news_at = Instant::now();
+        let patience = self.config.read_timeout.saturating_mul(2);
         loop {
             added += self.drain(batch, category, limit - added);
             if added >= limit || batch.is_full() {
@@ -404,18 +412,36 @@ impl HmbConsumer {
                 deadline
             };
             match self.next_chunk(wait) {
-                Ok(true) => continue,
-                // The server has more ready (the last answer was cut by recv_limit): not idle,
-                // wait on (a stall ends with the read timeout, which clears it).
-                Ok(false) if added == 0 && self.counters.backlog.load(Ordering::SeqCst) => {
-                    deadline = Some(Instant::now() + Duration::from_millis(20));
+                Ok(true) => {
+                    news_at = Instant::now();
+                    continue;
                 }
                 // Events, or a gap alone: news for the host.
                 Ok(false) if added > 0 || !batch.is_blank() => return Ok(PollStatus::Ready),
+                // The server's own word: nothing more was ready (a heartbeat, a /recv that
+                // ended before its limit, /info at the open).
+                Ok(false) if self.counters.drained.load(Ordering::SeqCst) => {
+                    return Ok(PollStatus::Drained)
+                }
+                // Draining without that word yet (a backlog on its way, a re-open, or a server
+                // gone quiet mid-answer): wait for it, as long as two reads may take.
+                Ok(false) if self.stop_when_drained && news_at.elapsed() < patience => {
+                    deadline = Some(Instant::now() + Duration::from_millis(20));
+                }
+                Ok(false) if self.stop_when_drained => {
+                    let failing = lock_failing(&self.counters).clone();
+                    return Err(PluginError::connect(format!(
+                        "HMB {}: no word from the server for {} ms that nothing more is ready \
+                         (a heartbeat or a whole answer){}: cannot tell whether the bus is \
+                         drained",
+                        self.http()?.base(),
+                        patience.as_millis(),
+                        failing.map(|f| format!("; {f}")).unwrap_or_default()
+                    )));
+                }
                 Ok(false) => {
-                    // Idle means drained: the server answered and had nothing more. While the
-                    // fetcher is re-opening after failures that cannot be told, so it is a
-                    // connection error (`run --once` fails; the daemon re-opens and goes on).
+                    // While the fetcher is re-opening after failures nothing can be told: a
+                    // connection error (the daemon shows it waiting for the bus and re-opens).
                     if let Some(failing) = lock_failing(&self.counters).clone() {
                         return Err(PluginError::connect(format!(
                             "{failing}; cannot tell whether the bus is drained"
@@ -581,6 +607,11 @@ impl Consumer for HmbConsumer {
 
     fn set_timeout(&mut self, timeout: Option<Duration>) -> PluginResult<()> {
         self.timeout = timeout;
+        Ok(())
+    }
+
+    fn set_stop_when_drained(&mut self, stop: bool) -> PluginResult<()> {
+        self.stop_when_drained = stop;
         Ok(())
     }
 

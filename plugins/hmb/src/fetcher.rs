@@ -35,8 +35,6 @@ use std::time::{Duration, Instant};
 const CHANNEL_CHUNKS: usize = 2;
 /// The size of one read from the network.
 const READ_SIZE: usize = 64 * 1024;
-/// Re-opens in a row during which `poll` still waits instead of answering idle.
-const RECONNECT_PATIENCE: u32 = 3;
 /// A chunk is handed over once its answer bytes reach this size, even before the answer ends.
 const EMIT_BYTES: usize = 2 << 20;
 
@@ -59,10 +57,14 @@ pub struct Counters {
     pub touches: AtomicU64,
     /// Messages whose body could not be converted to JSON, delivered as bytes (their BSON).
     pub undecodable_bodies: AtomicU64,
-    /// Not a counter: the server has more messages ready than the last answer carried (the
-    /// answer reached recv_limit, or a /stream read filled the buffer). `poll` keeps waiting
-    /// past its timeout then, so "idle" really means drained.
-    pub backlog: AtomicBool,
+    /// Not a counter: the server's last word, handed over already, was that nothing more was
+    /// ready for this session: a HEARTBEAT (the server writes one only when no message is
+    /// ready), a /recv answer that ended whole before recv_limit (the server ends a /recv as
+    /// soon as it has written what was ready), or, right after an open, `/info` showing every
+    /// queue's end at this session's position. Cleared by the next message, a failure or a
+    /// re-open. `poll` answers [`PollStatus::Drained`](buslink_plugin_api::PollStatus) on it
+    /// alone: silence, a stalled answer or a failing session never set it.
+    pub drained: AtomicBool,
     /// Not a counter: the fetcher's last request failed and none succeeded since (it is
     /// re-opening); `poll` then cannot tell that the bus is drained, and says so.
     pub failing: std::sync::Mutex<Option<String>>,
@@ -313,6 +315,8 @@ pub struct Fetcher {
     session: Option<Session>,
     has_info: bool,
     pending_positions: bool,
+    /// The last item the server sent was a HEARTBEAT: nothing was ready then.
+    heard_idle: bool,
     failures: u32,
     backoff: Duration,
     opened: bool,
@@ -366,6 +370,7 @@ impl Fetcher {
             session: None,
             has_info,
             pending_positions: false,
+            heard_idle: false,
             failures: 0,
             backoff: config.retry_wait,
             opened: false,
@@ -428,14 +433,14 @@ impl Fetcher {
     /// sent to the consumer).
     fn retry_after(&mut self, error: PluginError, tx: &SyncSender<FetchMsg>) -> bool {
         if error.kind().is_transient() {
-            // Before the backlog flag goes: a poll in between must not take the bus as drained.
             *lock_failing(&self.counters) = Some(format!(
                 "HMB {}: {error} ({} failed attempt(s) in a row)",
                 self.http.base(),
                 self.failures + 1
             ));
         }
-        self.counters.backlog.store(false, Ordering::SeqCst);
+        self.counters.drained.store(false, Ordering::SeqCst);
+        self.heard_idle = false;
         if self.stopped() {
             return false;
         }
@@ -453,12 +458,6 @@ impl Fetcher {
             let _ = tx.send(FetchMsg::Failed(PluginError::new(error.kind(), message)));
             return false;
         }
-        // A glitch in the middle of a drain: `poll` keeps waiting through the first re-opens,
-        // so that `buslink run --once` does not stop half-way through a backlog; after that the
-        // bus counts as unreachable and `poll` answers idle again.
-        self.counters
-            .backlog
-            .store(self.failures <= RECONNECT_PATIENCE, Ordering::SeqCst);
         let wait = if self.failures == 1 {
             Duration::ZERO
         } else {
@@ -646,19 +645,21 @@ impl Fetcher {
                 suffix: None,
             });
             self.pending_positions = true;
-            // Messages already waiting (our position is before a queue's end): `poll` waits for
-            // the first answer rather than calling the bus idle.
-            let waiting = info.as_ref().is_some_and(|info| {
-                config.queues.iter().zip(&self.next).any(|(queue, next)| {
+            // The server's own word that nothing is waiting: every queue's end (as /info has
+            // it, read just before the open) at this session's known position. Otherwise the
+            // first answer tells.
+            let at_end = info.as_ref().is_some_and(|info| {
+                config.queues.iter().zip(&self.next).all(|(queue, next)| {
                     let end = info
                         .queue
                         .get(&queue.name)
                         .and_then(|held| held.endseq)
                         .map_or(0, |e| e as i64);
-                    next.is_some_and(|next| next < end)
+                    next.is_some_and(|next| next >= end)
                 })
             });
-            self.counters.backlog.store(waiting, Ordering::SeqCst);
+            self.heard_idle = false;
+            self.counters.drained.store(at_end, Ordering::SeqCst);
             return Ok(());
         }
     }
@@ -798,7 +799,8 @@ impl Fetcher {
         // trickles a byte now and then never trips the per-read timeout.
         let mut progress_at = Instant::now();
         loop {
-            let mut backlog_after = None;
+            // What the end of this read says of the server's readiness, once handed over.
+            let mut drained_after = None;
             let deadline = (buf.len() > pos).then(|| progress_at + config.message_timeout);
             let mut slow = None;
             let (ended, read_failure) = match response.chunk_by(deadline) {
@@ -809,28 +811,23 @@ impl Fetcher {
                     }
                     buf.extend_from_slice(&chunk);
                     answer_bytes += chunk.len();
-                    // A large chunk: more is on its way. A short /stream chunk: drained for now.
-                    if chunk.len() >= READ_SIZE {
-                        self.counters.backlog.store(true, Ordering::SeqCst);
-                    } else if config.stream {
-                        backlog_after = Some(false);
-                    }
                     (false, None)
                 }
                 Err(_) if deadline.is_some_and(|d| Instant::now() >= d) => {
-                    self.counters.backlog.store(false, Ordering::SeqCst);
+                    self.counters.drained.store(false, Ordering::SeqCst);
                     slow = Some(buf.len() - pos);
                     (false, None)
                 }
                 Err(e) => {
-                    self.counters.backlog.store(false, Ordering::SeqCst);
+                    self.counters.drained.store(false, Ordering::SeqCst);
                     (false, Some(read_error(&what, &e)))
                 }
             };
             if ended && !config.stream {
-                // The server ends a /recv when it is drained or when recv_limit is reached.
+                // The server ends a /recv when it has written what was ready, or when
+                // recv_limit is reached: only the first says nothing more is ready.
                 let full = answer_bytes as u64 >= config.recv_limit.saturating_mul(1024);
-                backlog_after = Some(full);
+                drained_after = Some(!full);
             }
             if ended {
                 framer.body_ended();
@@ -894,9 +891,18 @@ impl Fetcher {
                     return Ok(Flow::Finished);
                 }
             }
-            // Only once the chunk is on its way: `poll` must not see "drained" before it.
-            if let Some(backlog) = backlog_after.take() {
-                self.counters.backlog.store(backlog, Ordering::SeqCst);
+            // Only once the chunk is on its way (`poll` must not see "drained" before it), and
+            // never from an answer that broke: a HEARTBEAT last, or a /recv that ended whole
+            // before its limit.
+            if !failed {
+                match drained_after.take() {
+                    Some(done) => self
+                        .counters
+                        .drained
+                        .store(done || self.heard_idle, Ordering::SeqCst),
+                    None if self.heard_idle => self.counters.drained.store(true, Ordering::SeqCst),
+                    None => {}
+                }
             }
             if let Some(message) = frame_failure {
                 // Named after the messages before it, handed over just above.
@@ -1085,6 +1091,11 @@ impl Fetcher {
                 gaps: builder.gaps,
             };
             self.pending_positions = false;
+            if !chunk.events.is_empty() {
+                // News after the last "nothing ready": not drained until the server says so
+                // again.
+                self.counters.drained.store(false, Ordering::SeqCst);
+            }
             closed = tx.send(FetchMsg::Chunk(chunk)).is_err();
         }
         outcome.map(|()| (eof, closed))
@@ -1113,13 +1124,15 @@ impl Fetcher {
             match &*parsed.kind {
                 "HEARTBEAT" => {
                     Counters::add(&self.counters.heartbeats, 1);
+                    // Written by the server only when no message is ready.
+                    self.heard_idle = true;
                     continue;
                 }
                 "EOF" => {
                     *eof = true;
                     break;
                 }
-                _ => {}
+                _ => self.heard_idle = false,
             }
             let (Some(queue), Some(seq)) = (parsed.queue.as_deref(), parsed.seq) else {
                 return Err(PluginError::protocol(format!(

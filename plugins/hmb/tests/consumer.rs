@@ -156,7 +156,7 @@ fn find_next_event_of_category_filters_by_topic() {
         .expect("find"));
     // The position is right after the last event returned: nothing left.
     let mut batch = EventBatch::new(16, 1 << 20);
-    assert_eq!(c.poll(&mut batch).expect("poll"), PollStatus::Idle);
+    assert_eq!(c.poll(&mut batch).expect("poll"), PollStatus::Drained);
 }
 
 #[test]

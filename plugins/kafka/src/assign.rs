@@ -36,6 +36,10 @@ pub struct AssignConsumer {
     assigned: Option<Position>,
     timeout: Option<Duration>,
     stop_when_drained: bool,
+    /// The partition's end (high watermark) as the broker answered it for `--once`: asked at
+    /// the first poll after a positioning and not again, so a drain costs one request and
+    /// stops at the first end it reaches (it never chases a faster producer).
+    end: Option<i64>,
     gaps: u64,
     tally: Tally,
     client_errors: u64,
@@ -52,6 +56,7 @@ impl AssignConsumer {
             assigned: None,
             timeout: None,
             stop_when_drained: false,
+            end: None,
             gaps: 0,
             tally: Tally::default(),
             client_errors: 0,
@@ -306,6 +311,7 @@ impl Consumer for AssignConsumer {
     }
 
     fn close(&mut self) -> PluginResult<()> {
+        self.end = None;
         self.client = None;
         self.assigned = None;
         Ok(())
@@ -416,15 +422,22 @@ impl Consumer for AssignConsumer {
     fn poll(&mut self, batch: &mut EventBatch) -> PluginResult<PollStatus> {
         self.ensure_assigned()?;
         let wait = if self.stop_when_drained {
-            // Drained means at the end the partition has now: ask it, then wait for what is
-            // left (a fetch can take a moment) but never past the request timeout.
-            let (low, high) = self.watermarks()?;
-            let drained = match self.position {
-                Position::At(next) => next >= high,
-                _ => low >= high,
+            // Drained means at the end the partition had when the broker was asked (once: the
+            // records before it are read without another request); then wait for what is left
+            // (a fetch can take a moment) but never past the request timeout.
+            let end = match self.end {
+                Some(end) => end,
+                None => {
+                    let (low, high) = self.watermarks()?;
+                    if !matches!(self.position, Position::At(_)) && low >= high {
+                        return Ok(PollStatus::Drained);
+                    }
+                    self.end = Some(high);
+                    high
+                }
             };
-            if drained {
-                return Ok(PollStatus::Idle);
+            if matches!(self.position, Position::At(next) if next >= end) {
+                return Ok(PollStatus::Drained);
             }
             self.config.request_timeout
         } else {

@@ -365,8 +365,9 @@ impl Consumer for GroupConsumer {
             }
             let seen = self.client()?.context().group().assignment_seen;
             let drained = |(_, next, high): &(Partition, Option<i64>, Option<i64>)| matches!((next, high), (Some(next), Some(high)) if next >= high);
+            // The ends are the broker's last fetch answers for these partitions.
             if seen && self.positions()?.iter().all(drained) {
-                return Ok(PollStatus::Idle);
+                return Ok(PollStatus::Drained);
             }
             if Instant::now() >= deadline {
                 let why = if seen {

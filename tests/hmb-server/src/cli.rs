@@ -51,6 +51,9 @@ pub struct Cli {
     /// Password for --user.
     #[arg(long, requires = "user")]
     pub password: Option<String>,
+    /// Exit after this many seconds (a bounded life for tests; 0 = run until stopped).
+    #[arg(long, default_value_t = 0)]
+    pub max_seconds: u64,
 }
 
 impl Cli {

@@ -43,9 +43,17 @@ fn main() -> ExitCode {
                 None => std::future::pending().await,
             }
         };
+        let max_seconds = cli.max_seconds;
+        let lifetime = async move {
+            match max_seconds {
+                0 => std::future::pending().await,
+                seconds => tokio::time::sleep(std::time::Duration::from_secs(seconds)).await,
+            }
+        };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = sigterm => {}
+            _ = lifetime => {}
             _ = server.stop_requested() => {}
         }
     });

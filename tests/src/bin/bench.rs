@@ -120,7 +120,7 @@ fn drain(
         batch.clear();
         match poll(&mut batch)? {
             PollStatus::Ready => count += batch.iter().count() as u64,
-            PollStatus::Idle | PollStatus::Ended => break,
+            PollStatus::Idle | PollStatus::Drained | PollStatus::Ended => break,
         }
     }
     println!("{count}");

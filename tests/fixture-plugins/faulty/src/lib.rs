@@ -32,6 +32,10 @@ pub struct Settings {
     /// stuck in a call.
     #[serde(default)]
     hang_at_end: bool,
+    /// At the end, answer `Idle` (cannot tell) instead of `Drained`: a plugin whose bus has no
+    /// way to say it is drained.
+    #[serde(default)]
+    cannot_tell: bool,
 }
 
 fn default_events() -> u64 {
@@ -152,7 +156,11 @@ impl Consumer for FaultyConsumer {
                     std::thread::sleep(Duration::from_secs(3600));
                 }
             }
-            return Ok(PollStatus::Idle);
+            return Ok(if self.settings.cannot_tell {
+                PollStatus::Idle
+            } else {
+                PollStatus::Drained
+            });
         }
         while self.next <= self.settings.events && !batch.is_full() {
             self.maybe_panic("poll");

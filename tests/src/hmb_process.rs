@@ -1,0 +1,79 @@
+//! The in-repo HMB server as a process of its own (`buslink-hmb-server`), for tests that
+//! freeze it (SIGSTOP: the port still accepts, nothing answers) or kill it, as operators see a
+//! real server hang. It runs in a process group of its own with a bounded life and is killed
+//! with its test.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+
+/// A running `buslink-hmb-server`.
+pub struct HmbServerProcess {
+    child: Child,
+    address: String,
+}
+
+impl HmbServerProcess {
+    /// Starts the server on a free loopback port, holding `buffer_size` messages per queue,
+    /// with `extra` flags; it exits by itself after five minutes at the latest.
+    pub fn start(buffer_size: u32, extra: &[&str]) -> HmbServerProcess {
+        let path = crate::build_dir().join("buslink-hmb-server");
+        assert!(
+            path.is_file(),
+            "{} does not exist: build the workspace first (`cargo build --workspace`)",
+            path.display()
+        );
+        let mut child = Command::new(path)
+            .args(["--port", "0", "--max-seconds", "300"])
+            .args(["--buffer-size", &buffer_size.to_string()])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("buslink-hmb-server starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("piped stdout"))
+            .read_line(&mut line)
+            .expect("the listening line");
+        let address = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("buslink-hmb-server said {line:?}"))
+            .to_owned();
+        HmbServerProcess { child, address }
+    }
+
+    /// The URL of bus `bus` (`http://127.0.0.1:PORT/bus`).
+    pub fn bus_url(&self, bus: &str) -> String {
+        format!("http://{}/{bus}", self.address)
+    }
+
+    /// Freezes the process (SIGSTOP): connections are still accepted by the kernel, nothing
+    /// is answered.
+    pub fn freeze(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Lets a frozen process go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
+        assert_eq!(rc, 0, "kill({}, {signal})", self.child.id());
+    }
+}
+
+impl Drop for HmbServerProcess {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the process group the server leads (SIGKILL ends a frozen one).
+        unsafe {
+            libc::kill(-(self.child.id() as i32), libc::SIGKILL);
+        }
+        let _ = self.child.wait();
+    }
+}
