@@ -9,6 +9,7 @@ pub mod control;
 pub mod dead_letter;
 pub mod error_queue;
 pub mod handlers;
+pub mod health;
 pub mod hermes_mode;
 pub mod lock;
 pub mod logging;

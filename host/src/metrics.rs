@@ -3,10 +3,14 @@
 //! - `GET /metrics`: Prometheus / OpenMetrics text (the `prometheus-client` crate), per
 //!   consumer: events by category, handler outcomes, commits and the last commit's time, gaps
 //!   and events lost, reconnects, lag, and the plugin's own counters.
-//! - `GET /health`: 200 while the consumer runs or waits for its bus normally; 503 with the
-//!   reason once it stops or failed.
-//! - `GET /ready`: 200 once the consumer is open and positioned; 503 with the reason while it
-//!   connects or reconnects.
+//! - `GET /health`: 200 while the consumer runs, is paused or waits for its bus; 503 with the
+//!   reason when it is stalled, stopping or failed. `/health/NAME`: one consumer's (a stalled
+//!   consumer must not make a liveness probe restart the others).
+//! - `GET /ready`: 200 while the consumer runs (or is paused); 503 with the reason while it
+//!   connects, waits for its bus, is stalled, stops or failed. `/ready/NAME`: one consumer's.
+//!
+//! The state and the lag are the [`health`](crate::health) monitor's, published here (and in
+//! `buslink_consumer_state`) every tick.
 //!
 //! Names follow Prometheus conventions: `buslink_` prefix, `_total` for counters, seconds.
 
@@ -37,6 +41,12 @@ struct HandlerLabels {
     consumer: String,
     handler: String,
     outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    consumer: String,
+    state: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -103,20 +113,7 @@ impl HandlerCounters {
     }
 }
 
-/// Where the consumer is, for `/health` and `/ready`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum State {
-    /// Opening the consumer.
-    Connecting,
-    /// Open and positioned: consuming.
-    Consuming,
-    /// The bus failed; retrying (why).
-    Waiting(String),
-    /// A stop began.
-    Stopping,
-    /// Stopped on an error (why).
-    Failed(String),
-}
+use crate::health::{State, View};
 
 /// The series every consumer reports into, labelled with its name.
 #[derive(Clone, Default)]
@@ -130,6 +127,7 @@ struct Families {
     skipped: Family<ConsumerLabel, Counter>,
     reconnects: Family<ConsumerLabel, Counter>,
     lag: Family<ConsumerLabel, Gauge>,
+    state: Family<StateLabels, Gauge>,
     plugin: Family<PluginLabels, Gauge>,
 }
 
@@ -195,8 +193,15 @@ impl MetricsRegistry {
         );
         registry.register(
             "buslink_lag_events",
-            "Events on the bus after the consumer's position, where the plugin can tell",
+            "Events on the bus after the last handled event (committed or not); absent while \
+             unknown (the bus cannot be asked)",
             families.lag.clone(),
+        );
+        registry.register(
+            "buslink_consumer_state",
+            "1 for the consumer's current state (connecting, running, paused, waiting, \
+             stalled, stopping, failed), 0 for the others",
+            families.state.clone(),
         );
         registry.register(
             "buslink_plugin_counter",
@@ -231,12 +236,14 @@ impl MetricsRegistry {
             events_lost: families.events_lost.get_or_create_owned(&consumer),
             skipped: families.skipped.get_or_create_owned(&consumer),
             reconnects: families.reconnects.get_or_create_owned(&consumer),
-            lag: families.lag.get_or_create_owned(&consumer),
+            lag: families.lag.clone(),
+            state_series: families.state.clone(),
             consumer,
             events: families.events.clone(),
             handler: families.handler.clone(),
             plugin: families.plugin.clone(),
             state: Mutex::new(State::Connecting),
+            shown: Mutex::new(None),
             categories: Mutex::new(std::collections::HashMap::new()),
             handlers: Mutex::new(std::collections::HashMap::new()),
             plugin_counters: Mutex::new(std::collections::HashSet::new()),
@@ -273,6 +280,12 @@ impl MetricsRegistry {
         families.reconnects.remove(label);
         families.lag.remove(label);
         let consumer = || label.consumer.clone();
+        for state in State::LABELS {
+            families.state.remove(&StateLabels {
+                consumer: consumer(),
+                state: state.to_owned(),
+            });
+        }
         for category in lock(&gone.categories).keys() {
             families.events.remove(&CategoryLabels {
                 consumer: consumer(),
@@ -305,8 +318,17 @@ impl MetricsRegistry {
         text
     }
 
+    /// The metrics of consumer `name`, if it has some.
+    pub fn get(&self, name: &str) -> Option<Arc<Metrics>> {
+        lock(&self.consumers)
+            .iter()
+            .find(|m| m.consumer.consumer == name)
+            .cloned()
+    }
+
     /// (status, body) for a path. With several consumers, `/health` and `/ready` answer 200
-    /// only when each would alone, and the body has a line per consumer.
+    /// only when each would alone, and the body has a line per consumer; `/health/NAME` and
+    /// `/ready/NAME` answer for one.
     fn answer(&self, path: &str) -> (u16, String) {
         if path == "/metrics" {
             return (200, self.encode());
@@ -316,6 +338,19 @@ impl MetricsRegistry {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone();
+        let (path, only) = match path
+            .strip_prefix("/health/")
+            .or(path.strip_prefix("/ready/"))
+        {
+            Some(name) => (&path[..path.len() - name.len() - 1], Some(name)),
+            None => (path, None),
+        };
+        if let Some(name) = only {
+            return match consumers.iter().find(|m| m.consumer.consumer == name) {
+                Some(m) => health_answer(&m.state(), path),
+                None => (404, format!("no consumer '{name}'\n")),
+            };
+        }
         let answers: Vec<(String, (u16, String))> = consumers
             .iter()
             .map(|m| (m.consumer.consumer.clone(), health_answer(&m.state(), path)))
@@ -343,19 +378,22 @@ impl MetricsRegistry {
 fn health_answer(state: &State, path: &str) -> (u16, String) {
     match path {
         "/health" => match state {
-            State::Stopping => (503, "stopping\n".into()),
-            State::Failed(why) => (503, format!("failed: {why}\n")),
-            State::Waiting(why) => (200, format!("ok (waiting for the bus: {why})\n")),
-            _ => (200, "ok\n".into()),
+            State::Stalled { .. } | State::Stopping | State::Failed(_) => {
+                (503, format!("{}\n", state.text()))
+            }
+            State::Waiting(_) | State::Paused => (200, format!("ok ({})\n", state.text())),
+            State::Connecting | State::Running => (200, "ok\n".into()),
         },
         "/ready" => match state {
-            State::Consuming => (200, "ready\n".into()),
+            State::Running => (200, "ready\n".into()),
+            State::Paused => (200, "ready (paused)\n".into()),
             State::Connecting => (503, "connecting to the bus\n".into()),
-            State::Waiting(why) => (503, format!("waiting for the bus: {why}\n")),
-            State::Stopping => (503, "stopping\n".into()),
-            State::Failed(why) => (503, format!("failed: {why}\n")),
+            other => (503, format!("{}\n", other.text())),
         },
-        _ => (404, "not found: /metrics, /health, /ready\n".into()),
+        _ => (
+            404,
+            "not found: /metrics, /health[/NAME], /ready[/NAME]\n".into(),
+        ),
     }
 }
 
@@ -370,9 +408,12 @@ pub struct Metrics {
     events_lost: Counter,
     skipped: Counter,
     reconnects: Counter,
-    lag: Gauge,
+    lag: Family<ConsumerLabel, Gauge>,
+    state_series: Family<StateLabels, Gauge>,
     plugin: Family<PluginLabels, Gauge>,
     state: Mutex<State>,
+    /// The state label and lag last published (series change only when they do).
+    shown: Mutex<Option<(&'static str, Option<u64>)>>,
     /// The counter of each category met (at most [`MAX_CATEGORIES`], then `other`): found by
     /// the event's `&str`, so that counting an event allocates nothing.
     categories: Mutex<std::collections::HashMap<String, Counter>>,
@@ -472,14 +513,10 @@ impl Metrics {
         self.reconnects.inc();
     }
 
-    /// The plugin's counters and lag, as the reader last read them.
+    /// The plugin's counters, as the reader last read them.
     pub fn plugin_counters(&self, counters: &[(String, u64)]) {
         let mut known = lock(&self.plugin_counters);
         for (name, value) in counters {
-            if name == "lag" {
-                self.lag.set(i64::try_from(*value).unwrap_or(i64::MAX));
-                continue;
-            }
             if !known.contains(name) {
                 known.insert(name.clone());
             }
@@ -492,10 +529,33 @@ impl Metrics {
         }
     }
 
-    /// The consumer's state changed.
-    pub fn set_state(&self, state: State) {
-        if let Ok(mut current) = self.state.lock() {
-            *current = state;
+    /// The monitor's view of the consumer: its state (`/health`, `/ready`,
+    /// `buslink_consumer_state`) and lag (`buslink_lag_events`, absent while unknown).
+    pub fn set_view(&self, view: &View) {
+        *lock(&self.state) = view.state.clone();
+        let now = (view.state.label(), view.lag);
+        let mut shown = lock(&self.shown);
+        if *shown == Some(now) {
+            return;
+        }
+        *shown = Some(now);
+        for label in State::LABELS {
+            self.state_series
+                .get_or_create(&StateLabels {
+                    consumer: self.consumer.consumer.clone(),
+                    state: label.to_owned(),
+                })
+                .set(i64::from(label == now.0));
+        }
+        match view.lag {
+            Some(lag) => {
+                self.lag
+                    .get_or_create(&self.consumer)
+                    .set(i64::try_from(lag).unwrap_or(i64::MAX));
+            }
+            None => {
+                self.lag.remove(&self.consumer);
+            }
         }
     }
 
@@ -612,7 +672,12 @@ mod tests {
         metrics.committed();
         metrics.gap(34);
         metrics.skipped(3);
-        metrics.plugin_counters(&[("lag".into(), 7), ("reconnects".into(), 2)]);
+        metrics.plugin_counters(&[("reconnects".into(), 2)]);
+        metrics.set_view(&View {
+            state: State::Running,
+            lag: Some(7),
+            events_per_second: 0.0,
+        });
         let text = registry.encode();
         for line in [
             "buslink_events_total{consumer=\"demo\",category=\"base\"} 2",
@@ -622,6 +687,8 @@ mod tests {
             "buslink_events_lost_total{consumer=\"demo\"} 34",
             "buslink_events_skipped_total{consumer=\"demo\"} 3",
             "buslink_lag_events{consumer=\"demo\"} 7",
+            "buslink_consumer_state{consumer=\"demo\",state=\"running\"} 1",
+            "buslink_consumer_state{consumer=\"demo\",state=\"stalled\"} 0",
             "buslink_plugin_counter{consumer=\"demo\",counter=\"reconnects\"} 2",
         ] {
             assert!(text.contains(line), "{line} in\n{text}");
@@ -635,14 +702,24 @@ mod tests {
             MAX_CATEGORIES + 1
         );
         assert!(text.contains("category=\"other\"} 51"), "{text}");
+        let view = |state, lag| View {
+            state,
+            lag,
+            events_per_second: 0.0,
+        };
+        metrics.set_view(&view(State::Connecting, None));
         assert_eq!(registry.answer("/ready").0, 503);
-        metrics.set_state(State::Consuming);
+        // An unknown lag is absent, not 0.
+        assert!(!registry.encode().contains("buslink_lag_events{"));
+        metrics.set_view(&view(State::Running, Some(0)));
         assert_eq!(registry.answer("/ready").0, 200);
-        metrics.set_state(State::Failed("the bus is gone".into()));
+        metrics.set_view(&view(State::Failed("the bus is gone".into()), None));
         assert_eq!(
             registry.answer("/health"),
             (503, "failed: the bus is gone\n".into())
         );
+        assert_eq!(registry.answer("/health/demo").0, 503);
+        assert_eq!(registry.answer("/health/other").0, 404);
     }
 
     #[test]
@@ -654,7 +731,12 @@ mod tests {
             metrics.event("base");
             metrics.handler("archive", Outcome::Success);
             metrics.committed();
-            metrics.plugin_counters(&[("lag".into(), 1), ("reconnects".into(), 2)]);
+            metrics.plugin_counters(&[("reconnects".into(), 2)]);
+            metrics.set_view(&View {
+                state: State::Running,
+                lag: Some(1),
+                events_per_second: 0.0,
+            });
         }
         registry.keep_only(&["kept".to_owned()]);
         let text = registry.encode();

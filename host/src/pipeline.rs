@@ -14,9 +14,10 @@ use crate::config::{CommitPolicy, FailurePolicy, GapPolicy, StartPosition};
 use crate::dead_letter::DeadLetterFile;
 use crate::error_queue::{object_key, ErrorQueue, QueueError};
 use crate::handlers::{ConfiguredHandler, DispatchedEvent};
+use crate::health::{Health, Phase, LAG_REFRESH};
 use crate::hermes_mode::HermesFilter;
 use crate::lock::LockWatch;
-use crate::metrics::{HandlerCounters, Metrics, Outcome, State};
+use crate::metrics::{HandlerCounters, Metrics, Outcome};
 use crate::offsets::{
     CacheError, CacheWriter, OffsetCache, OffsetRecord, OutputPosition, ResumePoint,
 };
@@ -24,7 +25,7 @@ use crate::plugin::{ConsumerError, LibraryWatch, PluginConsumer};
 use crate::shutdown::Shutdown;
 use buslink_plugin_api::{EventBatch, Gap, Offset, PollStatus};
 use chrono::{DateTime, SubsecRound, Utc};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use crossbeam_channel::{RecvTimeoutError, SendTimeoutError, Sender};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -45,6 +46,8 @@ pub struct PipelineOptions {
     pub max_backoff: Duration,
     /// How often to log a progress line (`None`: never).
     pub stats_interval: Option<Duration>,
+    /// Events waiting and none handled for this long is the `stalled` state.
+    pub stall_after: Duration,
     /// Hermes mode: which events reach handlers.
     pub hermes: Option<HermesFilter>,
     /// The consumer plugin's library file, watched for changes under the daemon.
@@ -57,45 +60,6 @@ pub struct PipelineOptions {
     pub metrics: Option<std::sync::Arc<Metrics>>,
     /// What the control socket shows and the pause it asks for.
     pub control: Option<std::sync::Arc<crate::control::Shared>>,
-}
-
-/// The plugin's counters, as the reader thread last read them.
-type SharedCounters = std::sync::Arc<std::sync::Mutex<Vec<(String, u64)>>>;
-
-/// The periodic progress line: events/s, total, last committed offset, plugin counters.
-struct Progress {
-    interval: Option<Duration>,
-    since: Instant,
-    handled_then: u64,
-    counters: SharedCounters,
-}
-
-impl Progress {
-    fn report_if_due(&mut self, committer: &Committer<'_>) {
-        let Some(interval) = self.interval else {
-            return;
-        };
-        let elapsed = self.since.elapsed();
-        if elapsed < interval {
-            return;
-        }
-        let handled = committer.handled_total;
-        let rate = (handled - self.handled_then) as f64 / elapsed.as_secs_f64();
-        let last = committer
-            .last_committed
-            .as_ref()
-            .map_or_else(|| "none".to_owned(), |offset| offset.to_string());
-        let counters = self
-            .counters
-            .lock()
-            .map(|counters| counters_text(committer.gaps, committer.events_lost, &counters))
-            .unwrap_or_default();
-        tracing::info!(
-            "progress: {rate:.1} events/s, {handled} events in total, last committed offset {last}{counters}"
-        );
-        self.since = Instant::now();
-        self.handled_then = handled;
-    }
 }
 
 /// Why the pipeline stopped with an error.
@@ -195,38 +159,38 @@ fn position(
     }
 }
 
-/// How often the plugin's counters reach the metrics at most (when `[metrics]` is on).
-const METRICS_REFRESH: Duration = Duration::from_secs(5);
-
-/// A status line for the service manager, naming the consumer where the daemon runs several.
-fn notify_status(options: &PipelineOptions, text: &str) {
-    let name = options
+/// The consumer's facts, where the monitor reads them (the control socket's shared state).
+fn health(options: &PipelineOptions) -> Option<&Health> {
+    options
         .control
-        .as_ref()
-        .map(|control| control.name())
-        .unwrap_or_default();
-    crate::service::consumer_status(&name, text);
+        .as_deref()
+        .map(|control| control.health().as_ref())
 }
 
-/// Tells the metrics' health state, when they are on.
-fn set_state(options: &PipelineOptions, state: State) {
+/// Tells the monitor where the run is; a reason to wait or fail is also the last error.
+fn set_phase(options: &PipelineOptions, phase: Phase) {
     if let Some(control) = &options.control {
-        let text = match &state {
-            State::Connecting => "connecting".to_owned(),
-            State::Consuming => "running".to_owned(),
-            State::Waiting(why) => format!("waiting for the bus: {why}"),
-            State::Stopping => "stopping".to_owned(),
-            State::Failed(why) => format!("failed: {why}"),
-        };
-        control.update(|status| {
-            if let State::Waiting(why) | State::Failed(why) = &state {
-                status.last_error = Some(why.clone());
-            }
-            status.state = text;
-        });
+        if let Phase::Waiting(why) | Phase::Failed(why) = &phase {
+            let why = why.clone();
+            control.update(|status| status.last_error = Some(why));
+        }
+        control.health().set_phase(phase);
     }
-    if let Some(metrics) = &options.metrics {
-        metrics.set_state(state);
+}
+
+/// Asks the plugin for its lag and counters (the reader's thread: the plugin is called from
+/// one thread at a time), at most every [`LAG_REFRESH`].
+fn refresh_bus_figures(
+    consumer: &mut PluginConsumer,
+    options: &PipelineOptions,
+    asked: &mut Option<Instant>,
+) {
+    if asked.is_some_and(|at| at.elapsed() < LAG_REFRESH) {
+        return;
+    }
+    *asked = Some(Instant::now());
+    if let Some(health) = health(options) {
+        health.bus_answered(consumer.lag(), consumer.counters());
     }
 }
 
@@ -284,8 +248,7 @@ fn connect(
             Ok(()) => return Ok(true),
             Err(error) if error.error.kind().is_transient() && !options.once => {
                 tracing::warn!("{error}; retrying in {} ms", backoff.as_millis());
-                notify_status(options, &format!("waiting for the bus: {error}"));
-                set_state(options, State::Waiting(error.to_string()));
+                set_phase(options, Phase::Waiting(error.to_string()));
                 let _ = consumer.close();
                 if !shutdown.sleep(backoff) {
                     return Ok(false);
@@ -302,9 +265,8 @@ fn read_loop(
     resume: Resume,
     options: PipelineOptions,
     shutdown: Shutdown,
-    full: SyncSender<ReaderMessage>,
-    empty: Receiver<ReturnedBatch>,
-    counters: SharedCounters,
+    full: Sender<ReaderMessage>,
+    empty: std::sync::mpsc::Receiver<ReturnedBatch>,
 ) -> PluginConsumer {
     // Where to resume after a reconnection: after the last event read, else the start point.
     let mut resume = resume;
@@ -320,8 +282,7 @@ fn read_loop(
                 consumer.plugin(),
                 consumer.class()
             );
-            notify_status(&options, "consuming");
-            set_state(&options, State::Consuming);
+            set_phase(&options, Phase::Consuming);
         }
         Ok(false) => return consumer,
         Err(error) => {
@@ -330,7 +291,8 @@ fn read_loop(
         }
     }
     let mut backoff = options.initial_backoff;
-    let mut lag: Option<(Instant, Option<u64>)> = None;
+    // When the plugin was last asked for its lag and counters.
+    let mut asked: Option<Instant> = None;
     while !shutdown.requested() {
         let mut batch = match spare.take() {
             Some(batch) => batch,
@@ -353,48 +315,21 @@ fn read_loop(
             },
         };
         batch.clear();
-        // Paused: the bus stays open, nothing is read until resumed.
+        // Paused: the bus stays open, nothing is read until resumed (the lag is still asked).
         while paused(&options) && !shutdown.requested() {
+            refresh_bus_figures(&mut consumer, &options, &mut asked);
             shutdown.sleep(Duration::from_millis(50));
         }
         if shutdown.requested() {
             break;
         }
         let polled = consumer.poll(&mut batch);
-        let shown = options.metrics.is_some() || options.control.is_some();
-        let counters_every = match (options.stats_interval, shown) {
-            (Some(interval), true) => Some(interval.min(METRICS_REFRESH)),
-            (None, true) => Some(METRICS_REFRESH),
-            (interval, false) => interval,
-        };
-        if let Some(interval) = counters_every {
-            let mut now = consumer.counters();
-            // The lag may cost the plugin a request: asked once per progress line at most, and
-            // once a second when the bus has just gone quiet while the last figure said events
-            // were behind (so a drained consumer does not show a stale lag for long).
-            let quiet =
-                matches!(polled, Ok(PollStatus::Idle | PollStatus::Drained)) && batch.is_blank();
-            let stale = lag.as_ref().is_some_and(|(at, known)| {
-                quiet
-                    && known.is_some_and(|behind| behind > 0)
-                    && at.elapsed() >= Duration::from_secs(1)
-            });
-            if stale || lag.is_none_or(|(at, _)| at.elapsed() >= interval) {
-                lag = Some((Instant::now(), consumer.lag()));
+        if polled.is_ok() {
+            // Counted as read before the bus is asked: its figure starts after this batch.
+            if let Some(health) = health(&options) {
+                health.read(batch.len() as u64);
             }
-            if let Some((_, Some(events))) = lag {
-                now.push(("lag".to_owned(), events));
-            }
-            if let Some(metrics) = &options.metrics {
-                metrics.plugin_counters(&now);
-            }
-            if let Some(control) = &options.control {
-                let lag = now.iter().find(|(name, _)| name == "lag").map(|(_, v)| *v);
-                control.update(|status| status.lag = lag);
-            }
-            if let Ok(mut shared) = counters.lock() {
-                *shared = now;
-            }
+            refresh_bus_figures(&mut consumer, &options, &mut asked);
         }
         match polled {
             // A batch with only a gap in it goes to the dispatcher too: it decides.
@@ -406,11 +341,23 @@ fn read_loop(
                     resume.point = Some(ResumePoint::After(last.offset.to_owned()));
                     resume.last_timestamp = Some(last.timestamp);
                 }
-                let message = ReaderMessage::Batch {
+                let mut message = ReaderMessage::Batch {
                     batch,
                     next_after_last,
                 };
-                if full.send(message).is_err() {
+                // A full queue (the handlers are slower than the bus): wait, asking the bus
+                // for its lag meanwhile.
+                let sent = loop {
+                    match full.send_timeout(message, Duration::from_millis(250)) {
+                        Ok(()) => break true,
+                        Err(SendTimeoutError::Timeout(back)) if !shutdown.requested() => {
+                            message = back;
+                            refresh_bus_figures(&mut consumer, &options, &mut asked);
+                        }
+                        Err(_) => break false,
+                    }
+                };
+                if !sent {
                     break;
                 }
             }
@@ -436,8 +383,7 @@ fn read_loop(
             Err(error) if error.error.kind().is_transient() && !options.once => {
                 spare = Some(batch);
                 tracing::warn!("{error}; reconnecting in {} ms", backoff.as_millis());
-                notify_status(&options, &format!("reconnecting: {error}"));
-                set_state(&options, State::Waiting(error.to_string()));
+                set_phase(&options, Phase::Waiting(error.to_string()));
                 if let Some(metrics) = &options.metrics {
                     metrics.reconnected();
                 }
@@ -447,10 +393,7 @@ fn read_loop(
                 }
                 backoff = (backoff * 2).min(options.max_backoff);
                 match connect(&mut consumer, &resume, &options, &shutdown) {
-                    Ok(true) => {
-                        notify_status(&options, "consuming");
-                        set_state(&options, State::Consuming);
-                    }
+                    Ok(true) => set_phase(&options, Phase::Consuming),
                     Ok(false) => break,
                     Err(error) => {
                         finish(ReaderMessage::Failed(error));
@@ -489,8 +432,6 @@ struct Committer<'a> {
     metrics: Option<&'a Metrics>,
     /// What the control socket shows.
     control: Option<&'a crate::control::Shared>,
-    /// Events handled before this run (the control socket shows this run's).
-    handled_before: u64,
 }
 
 impl Committer<'_> {
@@ -535,6 +476,7 @@ impl Committer<'_> {
         let count = (to - from) as u64;
         self.handled_total += count;
         self.pending_count += count;
+        // (Set at the first of them by the dispatcher, when it runs.)
         self.pending_since.get_or_insert_with(Instant::now);
         self.pending = Some((last.offset.to_owned(), next, last.timestamp));
     }
@@ -576,16 +518,14 @@ impl Committer<'_> {
             metrics.committed();
         }
         if let Some(control) = self.control {
-            let (offset, handled, queued) = (
+            let (offset, queued) = (
                 self.last_committed.as_ref().map(ToString::to_string),
-                self.handled_total - self.handled_before,
                 queue.events().len(),
             );
             control.update(|status| {
                 status.error_queue = queued;
                 status.committed_offset = offset;
                 status.committed_time = Some(Utc::now());
-                status.events_handled = handled;
             });
         }
         self.pending_count = 0;
@@ -617,8 +557,8 @@ pub fn run(
     } else {
         options.queue_batches + 1
     };
-    let (full_tx, full_rx) = mpsc::sync_channel::<ReaderMessage>(options.queue_batches);
-    let (empty_tx, empty_rx) = mpsc::channel::<ReturnedBatch>();
+    let (full_tx, full_rx) = crossbeam_channel::bounded::<ReaderMessage>(options.queue_batches);
+    let (empty_tx, empty_rx) = std::sync::mpsc::channel::<ReturnedBatch>();
     for _ in 0..in_flight {
         let _ = empty_tx.send(ReturnedBatch {
             batch: EventBatch::new(options.batch_size, options.batch_bytes),
@@ -646,9 +586,15 @@ pub fn run(
         hermes: options.hermes.clone(),
         metrics: options.metrics.as_deref(),
         control: options.control.as_deref(),
-        handled_before: cached.as_ref().map_or(0, |record| record.events_handled),
     };
     let handled_before = committer.handled_total;
+    if let Some(health) = health(&options) {
+        health.begin_run(
+            handled_before,
+            options.stall_after.as_secs(),
+            options.stats_interval.map_or(0, |i| i.as_secs()),
+        );
+    }
     // What a restart resumes from is committed already: status and metrics say so from the
     // start (a commit-age alert must not fire because the daemon restarted on an idle bus).
     if let Some(record) = cached.as_ref() {
@@ -665,20 +611,16 @@ pub fn run(
             metrics.set_last_commit(record.updated_at);
         }
     }
-    let counters = SharedCounters::default();
     let reader = {
         let shutdown = shutdown.clone();
         let options = options.clone();
-        let counters = counters.clone();
         // The reader's log lines carry the consumer's span (its name, in a daemon of several).
         let span = tracing::Span::current();
         thread::Builder::new()
             .name("consumer".into())
             .spawn(move || {
                 let _span = span.entered();
-                read_loop(
-                    consumer, resume, options, shutdown, full_tx, empty_rx, counters,
-                )
+                read_loop(consumer, resume, options, shutdown, full_tx, empty_rx)
             })
             .map_err(|_| PipelineError::ReaderLost)?
     };
@@ -691,15 +633,8 @@ pub fn run(
             .unwrap_or_default(),
         "connecting to the bus",
     );
-    let watchdog = crate::service::Watchdog::from_env();
     let mut summary = RunSummary::default();
     let tick = Duration::from_millis(options.commit.every_ms.clamp(10, 200));
-    let mut progress = Progress {
-        interval: options.stats_interval,
-        since: Instant::now(),
-        handled_then: committer.handled_total,
-        counters,
-    };
     let mut retries = QueueRetries::default();
     let mut positions = Vec::with_capacity(handlers.len());
     let mut library = options.library.clone();
@@ -724,8 +659,6 @@ pub fn run(
     };
     let mut handler_counters = counters_of(handlers);
     let outcome: Result<(), PipelineError> = loop {
-        progress.report_if_due(&committer);
-        watchdog.tick();
         // A reload that changed only the handlers: swapped here, between two batches.
         if let Some(swap) = options
             .control
@@ -819,7 +752,7 @@ pub fn run(
                     metrics: options.metrics.as_deref(),
                     counters: &handler_counters,
                     control: options.control.as_deref(),
-                    watchdog: &watchdog,
+                    health: health(&options),
                 };
                 let result =
                     dispatcher.dispatch_batch(&batch, start, &next_after_last, &mut committer);
@@ -881,9 +814,9 @@ pub fn run(
         }
     };
     if shutdown.requested() {
-        set_state(&options, State::Stopping);
+        set_phase(&options, Phase::Stopping);
     } else if let Err(error) = &outcome {
-        set_state(&options, State::Failed(error.to_string()));
+        set_phase(&options, Phase::Failed(error.to_string()));
     }
     if let Some(control) = &options.control {
         control.set_serving(false);
@@ -1290,7 +1223,6 @@ pub(crate) fn deliver(
     shutdown: &Shutdown,
     counters: Option<&HandlerCounters>,
     control: Option<&crate::control::Shared>,
-    watchdog: &crate::service::Watchdog,
 ) -> Delivery {
     let mut wait = handler.retry.base;
     let mut attempt = 1;
@@ -1326,10 +1258,9 @@ pub(crate) fn deliver(
                 if let Some(control) = control {
                     control.update(|status| status.last_error = Some(problem));
                 }
-                // In steps of a second at most: the watchdog keeps hearing from a long wait.
+                // In steps of a second at most: a stop is heard during a long wait.
                 let until = Instant::now() + wait;
                 loop {
-                    watchdog.tick();
                     let left = until.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         break;
@@ -1362,13 +1293,14 @@ struct Dispatcher<'a> {
     counters: &'a [HandlerCounters],
     /// The control socket's pause and error-queue commands, looked at between two events.
     control: Option<&'a crate::control::Shared>,
-    watchdog: &'a crate::service::Watchdog,
+    /// The consumer's facts: each event handled is counted there (one atomic add), and its
+    /// tick says when what is due by the clock is looked at.
+    health: Option<&'a Health>,
 }
 
 impl Dispatcher<'_> {
     /// Gives one event to every handler that matches it; `Err` when the event is not handled.
     fn dispatch_event(&mut self, event: &DispatchedEvent<'_>) -> Result<(), PipelineError> {
-        self.watchdog.tick();
         let dead_letters_before = self.dead_letters.length();
         self.queued.clear();
         let result = self.try_dispatch_event(event);
@@ -1420,14 +1352,7 @@ impl Dispatcher<'_> {
                     continue;
                 }
             }
-            match deliver(
-                handler,
-                event,
-                self.shutdown,
-                counters,
-                self.control,
-                self.watchdog,
-            ) {
+            match deliver(handler, event, self.shutdown, counters, self.control) {
                 Delivery::Done => {}
                 Delivery::Interrupted => {
                     return Err(PipelineError::Interrupted {
@@ -1567,9 +1492,32 @@ impl Dispatcher<'_> {
                 }
             }
             handled += 1;
+            if let Some(health) = self.health {
+                health.handled();
+            }
+            // The clock of `every_ms` starts at the first event handled and not committed.
+            if committer.pending_since.is_none() {
+                committer.pending_since = Some(Instant::now());
+            }
+            // What is due by the clock, looked at every tick of the monitor (one atomic load
+            // per event): the metrics' tallies, and a commit by `every_ms` inside a batch
+            // (a slow handler must not hold the commit until the batch's end).
+            let ticked = self.health.is_some_and(Health::take_tick);
+            if ticked {
+                if let Some(metrics) = self.metrics {
+                    for (category, count) in tally.drain(..) {
+                        metrics.events_by(category, count);
+                    }
+                }
+            }
+            let due_by_time = ticked
+                && committer.pending_since.is_some_and(|since| {
+                    since.elapsed() >= Duration::from_millis(committer.policy.every_ms)
+                });
             // `every_events` holds inside a batch too: with 1, every event is committed.
-            if committer.pending_count + (handled - recorded) as u64
-                >= committer.policy.every_events
+            if due_by_time
+                || committer.pending_count + (handled - recorded) as u64
+                    >= committer.policy.every_events
             {
                 committer.record(batch, recorded, handled, next_after_last);
                 recorded = handled;
@@ -1609,6 +1557,9 @@ impl Dispatcher<'_> {
             committer.events_lost += gap.count.unwrap_or(0);
             if let Some(metrics) = self.metrics {
                 metrics.gap(gap.count.unwrap_or(0));
+            }
+            if let Some(health) = self.health {
+                health.gap(gap.count.unwrap_or(0));
             }
             let count = gap
                 .count

@@ -26,8 +26,9 @@ use crate::commands::run::{build_consumer, new_consumer, run_consumer, ConsumerC
 use crate::commands::AppError;
 use crate::config::Config;
 use crate::control::{Registry, Shared};
+use crate::health::Phase;
 use crate::lock::ConsumerLock;
-use crate::metrics::{MetricsRegistry, State};
+use crate::metrics::MetricsRegistry;
 use crate::plugin::{LoadedPlugin, PluginConsumer};
 use crate::shutdown::Shutdown;
 use std::path::{Path, PathBuf};
@@ -160,6 +161,10 @@ pub fn run(units: Vec<Unit>, daemon: &Daemon<'_>) -> Result<(), AppError> {
                 );
             }
             let _ = ended.recv_timeout(Duration::from_millis(50));
+        }
+        // Every consumer may have ended before the loop looked at the stop flag again.
+        if daemon.shutdown.requested() {
+            crate::service::stopping();
         }
         handles
             .into_iter()
@@ -331,13 +336,12 @@ fn supervise(mut unit: Unit, daemon: &Daemon<'_>, steering: &Steer) -> Result<()
         );
         let state = format!("{why} (restart {restarts} in {} s)", backoff.as_secs());
         unit.context.control.update(|status| {
-            status.state = format!("failed: {state}");
             status.last_error = Some(why.clone());
         });
-        crate::service::consumer_status(&unit.config.consumer.name, &format!("failed: {state}"));
-        if let Some(metrics) = &unit.context.metrics {
-            metrics.set_state(State::Failed(state));
-        }
+        unit.context
+            .control
+            .health()
+            .set_phase(Phase::Failed(state));
         // The wait ends early for a stop, a reload's replacement, or a retirement.
         let until = Instant::now() + backoff;
         while Instant::now() < until {
@@ -353,12 +357,7 @@ fn supervise(mut unit: Unit, daemon: &Daemon<'_>, steering: &Steer) -> Result<()
             std::thread::sleep(Duration::from_millis(50));
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
-        unit.context.control.update(|status| {
-            status.state = "connecting".to_owned();
-        });
-        if let Some(metrics) = &unit.context.metrics {
-            metrics.set_state(State::Connecting);
-        }
+        unit.context.control.health().set_phase(Phase::Connecting);
     }
 }
 

@@ -165,3 +165,32 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
 }
+
+/// `buslink ctl --config CONFIG ARGS...` (bounded to a minute).
+pub fn ctl(config: &Path, args: &[&str]) -> buslink_testkit::RunOutput {
+    let config = config.to_string_lossy();
+    let mut all = vec!["ctl", "--config", config.as_ref()];
+    all.extend_from_slice(args);
+    buslink_testkit::process::run(&all, std::time::Duration::from_secs(60))
+}
+
+/// `ctl status --json` of the running daemon (null when it does not answer).
+pub fn status(config: &Path) -> Value {
+    serde_json::from_str(&ctl(config, &["status", "--json"]).stdout).unwrap_or_default()
+}
+
+/// The status object of consumer `name` in `status --json`.
+pub fn consumer_status(status: &Value, name: &str) -> Value {
+    status["consumers"]
+        .as_array()
+        .and_then(|all| all.iter().find(|c| c["consumer"] == name))
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// GET `path` of the metrics server at `address`: (status, body).
+pub fn scrape(address: &str, path: &str) -> (u16, String) {
+    let response = reqwest::blocking::get(format!("http://{address}{path}")).expect("a scrape");
+    let status = response.status().as_u16();
+    (status, response.text().expect("a body"))
+}

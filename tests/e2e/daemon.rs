@@ -74,26 +74,6 @@ fn append(bus: &Path, events: usize) {
         .expect("events written");
 }
 
-fn ctl(config: &Path, args: &[&str]) -> buslink_testkit::RunOutput {
-    let config = config.to_string_lossy();
-    let mut all = vec!["ctl", "--config", config.as_ref()];
-    all.extend_from_slice(args);
-    buslink(&all)
-}
-
-fn status(config: &Path) -> Value {
-    serde_json::from_str(&ctl(config, &["status", "--json"]).stdout).unwrap_or_default()
-}
-
-/// The status object of consumer `name` in `status --json`.
-fn consumer_status(status: &Value, name: &str) -> Value {
-    status["consumers"]
-        .as_array()
-        .and_then(|all| all.iter().find(|c| c["consumer"] == name))
-        .cloned()
-        .unwrap_or_default()
-}
-
 #[test]
 fn two_consumers_on_two_buses_run_in_one_process_each_with_its_own_offsets() {
     let dir = TestDir::new("two-consumers");
@@ -804,7 +784,7 @@ fn with_several_consumers_the_service_manager_hears_which_one_and_stopping_only_
     let mut daemon = Daemon::start(command);
     let mut seen = Vec::new();
     notifications_until(&socket, &mut seen, "READY=1", LIMIT);
-    notifications_until(&socket, &mut seen, "STATUS=steady: consuming", LIMIT);
+    notifications_until(&socket, &mut seen, "STATUS=steady: running", LIMIT);
     daemon.wait_for("a second restart of broken", LIMIT, |d| {
         d.stderr().contains("restart 2 in 2 s")
     });

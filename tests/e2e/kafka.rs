@@ -9,7 +9,7 @@ use serde_json::Value;
 
 /// A config consuming `topic` on `mock`, with `extra` lines in `[consumer]`, more settings
 /// and `rest` (handlers).
-fn kafka_config(
+pub(crate) fn kafka_config(
     dir: &TestDir,
     mock: &KafkaMock,
     topic: &str,

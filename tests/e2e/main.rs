@@ -18,3 +18,4 @@ mod permissions;
 mod plugin_author;
 mod replay;
 mod sqlite_bus;
+mod word;

@@ -384,7 +384,7 @@ fn systemd_hears_ready_status_watchdog_pings_and_stopping() {
     let daemon = Daemon::start(command);
     let mut seen = Vec::new();
     notifications_until(&socket, &mut seen, "READY=1", LIMIT);
-    notifications_until(&socket, &mut seen, "STATUS=consuming", LIMIT);
+    notifications_until(&socket, &mut seen, "STATUS=running", LIMIT);
     // WatchdogSec=0.4 s: pings every 0.2 s, again and again.
     let pings = |seen: &[String]| {
         seen.iter()
@@ -405,12 +405,6 @@ fn systemd_hears_ready_status_watchdog_pings_and_stopping() {
 }
 
 /// `GET http://ADDRESS/PATH`: (status, body).
-fn scrape(address: &str, path: &str) -> (u16, String) {
-    let response = reqwest::blocking::get(format!("http://{address}{path}")).expect("a scrape");
-    let status = response.status().as_u16();
-    (status, response.text().expect("a body"))
-}
-
 #[test]
 fn metrics_and_health_are_served_and_move_with_the_events() {
     let dir = TestDir::new("metrics");
@@ -488,12 +482,6 @@ fn metrics_and_health_are_served_and_move_with_the_events() {
 }
 
 /// `buslink ctl --config CONFIG ARGS...`.
-fn ctl(config: &std::path::Path, args: &[&str]) -> buslink_testkit::RunOutput {
-    let config = config.to_string_lossy();
-    let mut all = vec!["ctl", "--config", config.as_ref()];
-    all.extend_from_slice(args);
-    buslink(&all)
-}
 
 #[test]
 fn the_control_socket_shows_status_pauses_resumes_and_quits() {

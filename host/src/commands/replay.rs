@@ -441,7 +441,6 @@ fn replay_loop(
     shutdown: &Shutdown,
 ) -> Result<End, AppError> {
     let mut batch = EventBatch::new(512, 4 << 20);
-    let watchdog = crate::service::Watchdog::from_env();
     loop {
         if shutdown.requested() {
             return Ok(End::Stopped);
@@ -482,14 +481,7 @@ fn replay_loop(
                     }
                     // `built` is in the matchers' order (empty in a dry run).
                     if let Some(handler) = built.get_mut(index) {
-                        match crate::pipeline::deliver(
-                            handler,
-                            &dispatched,
-                            shutdown,
-                            None,
-                            None,
-                            &watchdog,
-                        ) {
+                        match crate::pipeline::deliver(handler, &dispatched, shutdown, None, None) {
                             crate::pipeline::Delivery::Done => {}
                             crate::pipeline::Delivery::Interrupted => return Ok(End::Stopped),
                             crate::pipeline::Delivery::Failed { error, attempts } => {

@@ -15,8 +15,9 @@ use crate::plugin::{find_library, LoadedPlugin, PluginConsumer};
 use crate::shutdown::Shutdown;
 use buslink_plugin_api::ErrorKind;
 use buslink_plugin_api::PluginError;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Finds and loads the configured consumer plugin, and checks that it has the configured class.
@@ -257,6 +258,17 @@ pub fn run(config_path: &Path, once: bool) -> Result<(), AppError> {
     registry
         .reload_on_sighup()
         .map_err(|e| AppError::Runtime(format!("cannot install the SIGHUP handler: {e}")))?;
+    // Every consumer's state, lag and progress lines, derived in one place (and the
+    // watchdog's pings: the daemon's liveness, whatever its handlers take).
+    let _monitor = crate::health::Monitor::start(
+        Arc::new(Published {
+            registry: registry.clone(),
+            metrics: metrics_registry.clone(),
+            shown: Mutex::new(HashMap::new()),
+        }),
+        crate::service::Watchdog::from_env(),
+    )
+    .map_err(|e| AppError::Runtime(format!("cannot start the monitor thread: {e}")))?;
     crate::supervisor::run(
         units,
         &crate::supervisor::Daemon {
@@ -268,6 +280,52 @@ pub fn run(config_path: &Path, once: bool) -> Result<(), AppError> {
             single,
         },
     )
+}
+
+/// Where the monitor's views go: the control socket's consumers (their health), the metrics,
+/// and the service manager's status line (sent when it changes).
+struct Published {
+    registry: Arc<Registry>,
+    metrics: Option<Arc<crate::metrics::MetricsRegistry>>,
+    /// The status line last sent per consumer.
+    shown: Mutex<HashMap<String, String>>,
+}
+
+impl crate::health::Publish for Published {
+    fn consumers(&self) -> Vec<crate::health::Watched> {
+        self.registry
+            .consumers()
+            .iter()
+            .map(|shared| crate::health::Watched {
+                name: shared.name(),
+                health: shared.health().clone(),
+                paused: shared.paused(),
+                committed: shared.status().committed_offset,
+            })
+            .collect()
+    }
+
+    fn publish(&self, name: &str, view: &crate::health::View, counters: &[(String, u64)]) {
+        if let Some(metrics) = self.metrics.as_ref().and_then(|m| m.get(name)) {
+            metrics.set_view(view);
+            metrics.plugin_counters(counters);
+        }
+        // The line changes with the state (a stalled consumer's seconds are not news).
+        let line = match &view.state {
+            crate::health::State::Stalled { waiting, .. } => {
+                format!("stalled: {waiting} events wait, none handled")
+            }
+            other => other.text(),
+        };
+        let mut shown = self
+            .shown
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if shown.get(name) != Some(&line) {
+            crate::service::consumer_status(name, &line);
+            shown.insert(name.to_owned(), line);
+        }
+    }
 }
 
 /// What one consumer's pipeline shares with the rest of the daemon, kept across restarts.
@@ -380,6 +438,7 @@ pub fn run_consumer(
         max_backoff: Duration::from_secs(30),
         stats_interval: (config.stats_interval_s > 0)
             .then(|| Duration::from_secs(config.stats_interval_s)),
+        stall_after: Duration::from_secs(config.consumer.stall_after_s),
         hermes,
         library: Some(plugin.watch()),
         on_gap: config.consumer.on_gap,

@@ -187,6 +187,9 @@ pub struct ConsumerConfig {
     pub hermes: Option<HermesMode>,
     /// What a gap (events gone from the bus before they were read) does.
     pub on_gap: GapPolicy,
+    /// `stall_after_s` (default 60): events waiting and none handled for this long is the
+    /// `stalled` state.
+    pub stall_after_s: u64,
 }
 
 /// `[consumer] on_gap`: what happens when the plugin reports a **gap**, events the consumer
@@ -356,6 +359,8 @@ struct RawConsumer {
     hermes: Option<HermesMode>,
     #[serde(default)]
     on_gap: Option<GapPolicy>,
+    #[serde(default = "default_stall_after_s")]
+    stall_after_s: u64,
     /// `[[consumers.handlers]]` (only in `[[consumers]]` entries).
     #[serde(default)]
     handlers: Option<Vec<Spanned<LenientHandler>>>,
@@ -366,6 +371,10 @@ struct RawConsumer {
 
 fn default_timeout_ms() -> u64 {
     1000
+}
+
+fn default_stall_after_s() -> u64 {
+    60
 }
 
 fn default_batch_size() -> Spanned<usize> {
@@ -905,6 +914,12 @@ impl Config {
                 errors.push(at(value.span(), key, "must be at least 1".into()));
             }
         }
+        if raw.stall_after_s == 0 {
+            errors.push(at_key(
+                &["stall_after_s"],
+                "must be at least 1 (seconds)".into(),
+            ));
+        }
         if raw.timeout_ms == 0 {
             errors.push(at_key(
                 &["timeout_ms"],
@@ -941,6 +956,7 @@ impl Config {
                 GapPolicy::Warn
             }),
             hermes,
+            stall_after_s: raw.stall_after_s.max(1),
         });
         (consumer, errors)
     }

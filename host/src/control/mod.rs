@@ -174,7 +174,8 @@ pub struct Shared {
     /// group would take its partitions away from a member that stops polling).
     pausable: AtomicBool,
     status: Mutex<Status>,
-    started: Instant,
+    /// The consumer's facts and the state the monitor derives from them.
+    health: std::sync::Arc<crate::health::Health>,
 }
 
 /// The consumer's status, as `status --json` prints it.
@@ -185,7 +186,8 @@ pub struct Status {
     /// `plugin` / `class`.
     pub plugin: String,
     pub class: String,
-    /// `connecting`, `running`, `paused`, `waiting for the bus: WHY`, `stopping`.
+    /// `connecting`, `running`, `paused`, `waiting for the bus: WHY`, `stalled: ...`,
+    /// `stopping`, `failed: WHY` (the [`health`](crate::health) monitor's).
     pub state: String,
     /// The last committed offset (as the cache shows it) and when (RFC 3339).
     pub committed_offset: Option<String>,
@@ -195,10 +197,10 @@ pub struct Status {
     /// When, as the pipeline notes it (formatted only when the status is asked for).
     #[serde(skip)]
     pub committed_time: Option<chrono::DateTime<chrono::Utc>>,
-    /// Events handled in this run, and per second since the start.
+    /// Events handled in this run, and per second over the last ten seconds.
     pub events_handled: u64,
     pub events_per_second: f64,
-    /// Events behind the bus's end, where the plugin can tell.
+    /// Events on the bus after the last handled event; `None` (null) while unknown.
     pub lag: Option<u64>,
     /// Events waiting in the error queue.
     pub error_queue: usize,
@@ -226,8 +228,13 @@ impl Shared {
                 state: "connecting".to_owned(),
                 ..Status::default()
             }),
-            started: Instant::now(),
+            health: std::sync::Arc::new(crate::health::Health::default()),
         }
+    }
+
+    /// The consumer's facts and derived state (one owner: [`crate::health`]).
+    pub fn health(&self) -> &std::sync::Arc<crate::health::Health> {
+        &self.health
     }
 
     /// Whether `pause` was asked for (and no `resume` since).
@@ -375,16 +382,20 @@ impl Shared {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone();
-        let seconds = self.started.elapsed().as_secs_f64().max(0.001);
-        status.events_per_second = (status.events_handled as f64 / seconds * 10.0).round() / 10.0;
+        let view = self.health.view();
+        status.state = view.state.text();
+        // A pause asked for just now shows at once (the monitor's next look confirms it).
+        if self.paused() && view.state == crate::health::State::Running {
+            status.state = "paused".to_owned();
+        }
+        status.lag = view.lag;
+        status.events_per_second = view.events_per_second;
+        status.events_handled = self.health.handled_this_run();
         status.committed_at = status.committed_time.map(|t| t.to_rfc3339());
         status.committed_age_seconds = status.committed_time.map(|t| {
             let millis = (chrono::Utc::now() - t).num_milliseconds().max(0);
             (millis as f64 / 100.0).round() / 10.0
         });
-        if self.paused() && status.state == "running" {
-            status.state = "paused".to_owned();
-        }
         status
     }
 }

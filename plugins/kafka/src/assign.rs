@@ -26,6 +26,10 @@ enum Position {
 }
 
 /// Consumes one partition of a Kafka topic that hermes-server's kafka producer writes.
+/// How long no broker may be up before `poll` says the cluster cannot be reached (or the
+/// consumer's timeout, when longer).
+const UNREACHABLE_AFTER: Duration = Duration::from_secs(5);
+
 pub struct AssignConsumer {
     config: Config,
     client: Option<BaseConsumer<Reports>>,
@@ -456,6 +460,11 @@ impl Consumer for AssignConsumer {
                 self.last_client_error()
             )));
         }
+        // Nothing came: an idle partition, or a cluster no broker of which answers.
+        let patience = wait.max(UNREACHABLE_AFTER);
+        self.client()?
+            .context()
+            .check_reachable(patience, &self.what())?;
         Ok(PollStatus::Idle)
     }
 

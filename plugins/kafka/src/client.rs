@@ -11,6 +11,11 @@ use rdkafka::message::Message;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// How often librdkafka reports its brokers' states (ms): how buslink knows whether the cluster
+/// can be reached at all (librdkafka retries in the background, and a poll just finds nothing).
+pub const STATISTICS_INTERVAL_MS: &str = "1000";
 
 /// A topic's partition.
 pub type Partition = (String, i32);
@@ -31,11 +36,32 @@ pub struct GroupState {
     pub unstored: BTreeMap<Partition, i64>,
 }
 
+/// Whether a broker of the cluster is up, as librdkafka's statistics last said.
+#[derive(Debug)]
+struct Reach {
+    up: bool,
+    /// Since when `up` holds (the client's creation until the first statistics).
+    since: Instant,
+}
+
 /// Keeps what librdkafka reports between polls, and the consumer group's state.
-#[derive(Default)]
 pub struct Reports {
     last_error: Mutex<Option<String>>,
     group: Mutex<GroupState>,
+    reach: Mutex<Reach>,
+}
+
+impl Default for Reports {
+    fn default() -> Self {
+        Reports {
+            last_error: Mutex::new(None),
+            group: Mutex::new(GroupState::default()),
+            reach: Mutex::new(Reach {
+                up: false,
+                since: Instant::now(),
+            }),
+        }
+    }
 }
 
 impl Reports {
@@ -47,6 +73,26 @@ impl Reports {
             .and_then(|e| e.clone())
             .map(|e| format!(" (librdkafka: {e})"))
             .unwrap_or_default()
+    }
+
+    /// How long no broker of the cluster has been up (`None`: one is up).
+    pub fn unreachable_for(&self) -> Option<Duration> {
+        let reach = self.reach.lock().unwrap_or_else(|p| p.into_inner());
+        (!reach.up).then(|| reach.since.elapsed())
+    }
+
+    /// A connection error once no broker was up for `patience`: the host then shows the
+    /// consumer waiting for the bus (and re-opens it) instead of taking an empty poll for an
+    /// idle bus.
+    pub fn check_reachable(&self, patience: Duration, what: &str) -> PluginResult<()> {
+        match self.unreachable_for() {
+            Some(down) if down >= patience => Err(PluginError::connect(format!(
+                "{what}: no broker of the cluster is reachable (none up for {} s){}",
+                down.as_secs(),
+                self.last_error()
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// The group state (a poisoned lock is taken over: the state stays consistent).
@@ -67,6 +113,20 @@ impl ClientContext for Reports {
                 log::error(line)
             }
             _ => log::debug(line),
+        }
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let up = statistics
+            .brokers
+            .values()
+            .any(|broker| broker.state == "UP");
+        let mut reach = self.reach.lock().unwrap_or_else(|p| p.into_inner());
+        if up != reach.up {
+            *reach = Reach {
+                up,
+                since: Instant::now(),
+            };
         }
     }
 
@@ -194,6 +254,7 @@ pub fn create(config: &Config, what: &str) -> PluginResult<BaseConsumer<Reports>
     for (name, value) in &config.properties {
         client_config.set(name, value);
     }
+    client_config.set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
     client_config
         .create_with_context(Reports::default())
         // librdkafka's configuration errors name the property at fault.

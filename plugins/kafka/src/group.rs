@@ -33,6 +33,10 @@ pub fn parse_event_offset(text: &str) -> Option<(Partition, i64)> {
 type PartitionPosition = (Partition, Option<i64>, Option<i64>);
 
 /// Consumes the partitions a consumer group assigns it.
+/// How long no broker may be up before `poll` says the cluster cannot be reached (or the
+/// consumer's timeout, when longer).
+const UNREACHABLE_AFTER: Duration = Duration::from_secs(5);
+
 pub struct GroupConsumer {
     config: Config,
     client: Option<BaseConsumer<Reports>>,
@@ -349,11 +353,15 @@ impl Consumer for GroupConsumer {
         if !self.stop_when_drained {
             let wait = self.timeout.unwrap_or(Duration::from_secs(1));
             let added = self.read(batch, wait)?;
-            return Ok(if added > 0 || !batch.is_blank() {
-                PollStatus::Ready
-            } else {
-                PollStatus::Idle
-            });
+            if added > 0 || !batch.is_blank() {
+                return Ok(PollStatus::Ready);
+            }
+            // Nothing came: an idle bus, or a cluster no broker of which answers.
+            let patience = wait.max(UNREACHABLE_AFTER);
+            self.client()?
+                .context()
+                .check_reachable(patience, &self.what())?;
+            return Ok(PollStatus::Idle);
         }
         // Drained: this member's partitions are all at their end (once the group assigned
         // them); a group that assigns nothing in time is an error, not a drained bus.

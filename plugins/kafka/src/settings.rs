@@ -139,6 +139,10 @@ const MANAGED: &[(&str, &str)] = &[
     ("ssl.ca.location", "ssl.cafile"),
     ("ssl.certificate.location", "ssl.certfile"),
     ("ssl.key.location", "ssl.keyfile"),
+    (
+        "statistics.interval.ms",
+        "buslink reads the brokers' states from the statistics, once a second",
+    ),
 ];
 
 /// The documentation of every setting, shown by `buslink plugins describe`.

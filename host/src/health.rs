@@ -1,0 +1,586 @@
+//! A consumer's state and lag, with one owner.
+//!
+//! The reader, the dispatcher and the supervisor report **facts** into a consumer's [`Health`]:
+//! its [`Phase`] (connecting, consuming, waiting for the bus, stopping, failed), the events read
+//! and handled in this run (atomic counters: no lock per event), and the bus's own lag figure
+//! with the read count it was taken at. The [`Monitor`] alone derives the consumer's [`State`]
+//! and lag from those facts, every [`TICK`], and publishes them: the control socket and the
+//! metrics read the [`View`], systemd hears the status line, the log gets one WARN on entering
+//! a bad state and one INFO on leaving it, and progress lines keep coming whatever the
+//! dispatcher is doing (a handler may block for minutes).
+//!
+//! **Lag** is the events on the bus after the last *handled* event (committed or not): the
+//! plugin's figure (events after its read position) plus the events read and not handled
+//! yet. It is refreshed at least every second whatever the consumer does (reading, blocked on
+//! a handler, paused), and unknown (absent, never 0) while the bus cannot be asked: connecting,
+//! waiting for the bus, failed, or a plugin that cannot tell.
+//!
+//! **Stalled**: events wait (lag, or events read and not handled) and none was handled for
+//! `stall_after_s`; a paused consumer is `paused`, not stalled.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// How often the monitor looks at every consumer.
+pub const TICK: Duration = Duration::from_millis(100);
+
+/// How often the reader asks the plugin for its lag and counters (at most; also while it
+/// waits on a full queue or a pause).
+pub const LAG_REFRESH: Duration = Duration::from_secs(1);
+
+/// Wakes the monitor at once when a consumer's phase changes (otherwise it looks every
+/// [`TICK`]): what is shown follows a change within microseconds.
+static WAKE: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
+
+fn wake_monitor() {
+    *lock(&WAKE.0) = true;
+    WAKE.1.notify_all();
+}
+
+/// Waits for the next tick, or less when woken.
+fn wait_for_tick() {
+    let woken = lock(&WAKE.0);
+    let (mut woken, _) = WAKE
+        .1
+        .wait_timeout_while(woken, TICK, |woken| !*woken)
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    *woken = false;
+}
+
+/// The window over which events per second are measured.
+const RATE_WINDOW: Duration = Duration::from_secs(10);
+
+/// Where a consumer's run is, as the pipeline and the supervisor know it (facts, not the
+/// state shown: see [`State`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Opening and positioning the consumer.
+    Connecting,
+    /// Open and positioned: reading and handling.
+    Consuming,
+    /// The bus failed or cannot be reached; retrying (why).
+    Waiting(String),
+    /// A stop began.
+    Stopping,
+    /// Stopped on an error (why, and the restart to come).
+    Failed(String),
+}
+
+/// The state shown to operators (`ctl status`, `/health`, `/ready`, systemd, the metric
+/// `buslink_consumer_state`), derived by the [`Monitor`] alone.
+#[derive(Clone, Debug, PartialEq)]
+pub enum State {
+    Connecting,
+    Running,
+    /// Paused through the control socket.
+    Paused,
+    /// Waiting for the bus (why).
+    Waiting(String),
+    /// Events wait and none was handled for `stall_after_s`.
+    Stalled {
+        /// The events waiting (the lag, or those read and not handled when it is unknown).
+        waiting: u64,
+        /// Seconds since the last event handled, or since events began to wait.
+        idle_s: u64,
+        stall_after_s: u64,
+    },
+    Stopping,
+    /// Stopped on an error (why).
+    Failed(String),
+}
+
+impl State {
+    /// Every state's label, in the order of the metric's series.
+    pub const LABELS: [&'static str; 7] = [
+        "connecting",
+        "running",
+        "paused",
+        "waiting",
+        "stalled",
+        "stopping",
+        "failed",
+    ];
+
+    /// The label of the metric `buslink_consumer_state{state=...}`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            State::Connecting => "connecting",
+            State::Running => "running",
+            State::Paused => "paused",
+            State::Waiting(_) => "waiting",
+            State::Stalled { .. } => "stalled",
+            State::Stopping => "stopping",
+            State::Failed(_) => "failed",
+        }
+    }
+
+    /// What `ctl status` and systemd show: `running`, `waiting for the bus: WHY`, ...
+    pub fn text(&self) -> String {
+        match self {
+            State::Waiting(why) => format!("waiting for the bus: {why}"),
+            State::Stalled {
+                waiting,
+                idle_s,
+                stall_after_s,
+            } => format!(
+                "stalled: {waiting} events wait and none was handled for {idle_s} s \
+                 (stall_after_s = {stall_after_s})"
+            ),
+            State::Failed(why) => format!("failed: {why}"),
+            other => other.label().to_owned(),
+        }
+    }
+
+    /// A state an operator must hear about (one WARN on entering, one INFO on leaving).
+    fn is_trouble(&self) -> bool {
+        matches!(
+            self,
+            State::Waiting(_) | State::Stalled { .. } | State::Failed(_)
+        )
+    }
+}
+
+/// What the monitor last derived for a consumer.
+#[derive(Clone, Debug)]
+pub struct View {
+    pub state: State,
+    /// Events on the bus after the last handled event; `None`: unknown.
+    pub lag: Option<u64>,
+    /// Events handled per second over the last ten seconds.
+    pub events_per_second: f64,
+}
+
+impl Default for View {
+    fn default() -> Self {
+        View {
+            state: State::Connecting,
+            lag: None,
+            events_per_second: 0.0,
+        }
+    }
+}
+
+/// The bus's own lag figure and the read count it was taken at.
+#[derive(Clone, Copy, Debug)]
+struct BusLag {
+    /// Events after the plugin's read position.
+    after_read: u64,
+    /// Events read (handed to the dispatcher) in this run when it was asked.
+    read_then: u64,
+}
+
+/// One consumer's facts and derived view (kept across its restarts).
+#[derive(Debug)]
+pub struct Health {
+    phase: Mutex<Phase>,
+    /// Events the reader handed to the dispatcher in this run.
+    read: AtomicU64,
+    /// Events handled in this run (every matching handler accepted them, or passed over on
+    /// purpose).
+    handled: AtomicU64,
+    /// Events handled since the cache was created, before this run.
+    handled_before: AtomicU64,
+    bus_lag: Mutex<Option<BusLag>>,
+    /// Set by the monitor every tick; the dispatcher takes it between two events to do what
+    /// is due by the clock (a commit by `every_ms`, the metrics' tallies).
+    tick: AtomicBool,
+    stall_after_s: AtomicU64,
+    /// Seconds between progress lines (0: none).
+    stats_interval_s: AtomicU64,
+    /// The plugin's counters, as the reader last read them.
+    counters: Mutex<Vec<(String, u64)>>,
+    gaps: AtomicU64,
+    events_lost: AtomicU64,
+    view: Mutex<View>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            phase: Mutex::new(Phase::Connecting),
+            read: AtomicU64::new(0),
+            handled: AtomicU64::new(0),
+            handled_before: AtomicU64::new(0),
+            bus_lag: Mutex::new(None),
+            tick: AtomicBool::new(false),
+            stall_after_s: AtomicU64::new(60),
+            stats_interval_s: AtomicU64::new(0),
+            counters: Mutex::new(Vec::new()),
+            gaps: AtomicU64::new(0),
+            events_lost: AtomicU64::new(0),
+            view: Mutex::new(View::default()),
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Health {
+    /// A run begins: the counters start from zero; `handled_before` events were handled
+    /// since the cache was created.
+    pub fn begin_run(&self, handled_before: u64, stall_after_s: u64, stats_interval_s: u64) {
+        self.read.store(0, Ordering::SeqCst);
+        self.handled.store(0, Ordering::SeqCst);
+        self.handled_before.store(handled_before, Ordering::SeqCst);
+        self.gaps.store(0, Ordering::SeqCst);
+        self.events_lost.store(0, Ordering::SeqCst);
+        *lock(&self.bus_lag) = None;
+        self.stall_after_s
+            .store(stall_after_s.max(1), Ordering::SeqCst);
+        self.stats_interval_s
+            .store(stats_interval_s, Ordering::SeqCst);
+    }
+
+    /// The run is in `phase` now.
+    pub fn set_phase(&self, phase: Phase) {
+        if !matches!(phase, Phase::Consuming) {
+            // Whatever the bus said before does not hold while it cannot be asked.
+            *lock(&self.bus_lag) = None;
+        }
+        *lock(&self.phase) = phase;
+        wake_monitor();
+    }
+
+    /// The reader handed `count` events to the dispatcher.
+    pub fn read(&self, count: u64) {
+        self.read.fetch_add(count, Ordering::Relaxed);
+    }
+
+    /// One event was handled (or passed over on purpose).
+    pub fn handled(&self) {
+        self.handled.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Events handled in this run.
+    pub fn handled_this_run(&self) -> u64 {
+        self.handled.load(Ordering::Relaxed)
+    }
+
+    /// The plugin's lag (events after its read position; `None`: it cannot tell) and its
+    /// counters, read now by the reader.
+    pub fn bus_answered(&self, lag: Option<u64>, counters: Vec<(String, u64)>) {
+        let read_then = self.read.load(Ordering::Relaxed);
+        *lock(&self.bus_lag) = lag.map(|after_read| BusLag {
+            after_read,
+            read_then,
+        });
+        *lock(&self.counters) = counters;
+    }
+
+    /// A gap of `lost` events (0: unknown) was passed.
+    pub fn gap(&self, lost: u64) {
+        self.gaps.fetch_add(1, Ordering::Relaxed);
+        self.events_lost.fetch_add(lost, Ordering::Relaxed);
+    }
+
+    /// Whether a tick passed since the last call (the dispatcher asks between two events:
+    /// one atomic load).
+    pub fn take_tick(&self) -> bool {
+        self.tick.load(Ordering::Relaxed) && self.tick.swap(false, Ordering::Relaxed)
+    }
+
+    /// What the monitor last derived.
+    pub fn view(&self) -> View {
+        lock(&self.view).clone()
+    }
+
+    /// The plugin's counters as last read.
+    pub fn counters(&self) -> Vec<(String, u64)> {
+        lock(&self.counters).clone()
+    }
+
+    /// The lag now: the bus's figure plus what was read and not handled since, or `None`.
+    fn lag(&self, phase: &Phase) -> Option<u64> {
+        if !matches!(phase, Phase::Consuming) {
+            return None;
+        }
+        let known = (*lock(&self.bus_lag))?;
+        let handled = self.handled.load(Ordering::Relaxed);
+        Some((known.after_read + known.read_then).saturating_sub(handled))
+    }
+
+    /// Events read and not handled yet.
+    fn in_flight(&self) -> u64 {
+        self.read
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.handled.load(Ordering::Relaxed))
+    }
+}
+
+/// What the monitor keeps of one consumer between two ticks.
+struct Track {
+    handled: u64,
+    /// When the last event was handled, or when events began to wait.
+    progress_at: Instant,
+    waiting: bool,
+    /// (when, events handled) over the last [`RATE_WINDOW`].
+    samples: VecDeque<(Instant, u64)>,
+    state: State,
+    last_progress_line: Instant,
+}
+
+/// Where a consumer's derived state goes besides its [`Health`]'s view: the metrics, systemd.
+pub trait Publish: Send + Sync {
+    /// The consumers to look at now: (name, health, paused, last committed offset).
+    fn consumers(&self) -> Vec<Watched>;
+    /// A consumer's state or lag changed (or a tick passed: called every tick).
+    fn publish(&self, name: &str, view: &View, counters: &[(String, u64)]);
+}
+
+/// One consumer as the monitor sees it.
+pub struct Watched {
+    pub name: String,
+    pub health: Arc<Health>,
+    pub paused: bool,
+    pub committed: Option<String>,
+}
+
+/// The thread that derives every consumer's state (see the module's doc); stopped when
+/// dropped.
+pub struct Monitor {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Monitor {
+    /// Starts the monitor over what `publish` lists, pinging the service manager's watchdog
+    /// while it runs (`watchdog`: liveness of the daemon, not the speed of its handlers).
+    pub fn start(
+        publish: Arc<dyn Publish>,
+        watchdog: crate::service::Watchdog,
+    ) -> std::io::Result<Monitor> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("monitor".into())
+                .spawn(move || {
+                    let mut tracks: HashMap<String, Track> = HashMap::new();
+                    while !stop.load(Ordering::SeqCst) {
+                        watchdog.tick();
+                        let watched = publish.consumers();
+                        tracks.retain(|name, _| watched.iter().any(|w| &w.name == name));
+                        for consumer in &watched {
+                            let view = observe(&mut tracks, consumer, Instant::now());
+                            let counters = consumer.health.counters();
+                            publish.publish(&consumer.name, &view, &counters);
+                        }
+                        wait_for_tick();
+                    }
+                })?
+        };
+        Ok(Monitor {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        wake_monitor();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// One tick for one consumer: derives its view, logs transitions and progress lines, and
+/// stores the view in its health.
+fn observe(tracks: &mut HashMap<String, Track>, consumer: &Watched, now: Instant) -> View {
+    // Log lines carry the consumer's span, as its own threads' do.
+    let _span = tracing::info_span!("consumer", name = %consumer.name).entered();
+    let health = &consumer.health;
+    health.tick.store(true, Ordering::Relaxed);
+    let phase = lock(&health.phase).clone();
+    let handled = health.handled.load(Ordering::Relaxed);
+    let lag = health.lag(&phase);
+    let track = tracks
+        .entry(consumer.name.clone())
+        .or_insert_with(|| Track {
+            handled,
+            progress_at: now,
+            waiting: false,
+            samples: VecDeque::new(),
+            state: State::Connecting,
+            last_progress_line: now,
+        });
+    if handled < track.handled {
+        // A new run counts from zero.
+        track.samples.clear();
+        track.progress_at = now;
+    }
+    let waiting_events = lag.unwrap_or_else(|| health.in_flight());
+    if handled != track.handled {
+        track.progress_at = now;
+    } else if waiting_events > 0 && !track.waiting {
+        // Events begin to wait now: the stall clock starts here, not at the last event
+        // handled hours ago.
+        track.progress_at = now;
+    }
+    track.waiting = waiting_events > 0;
+    track.handled = handled;
+    track.samples.push_back((now, handled));
+    while track
+        .samples
+        .front()
+        .is_some_and(|(at, _)| now.duration_since(*at) > RATE_WINDOW)
+    {
+        track.samples.pop_front();
+    }
+    let events_per_second = match (track.samples.front(), track.samples.back()) {
+        (Some((first, from)), Some((last, to))) if last > first => {
+            let rate = (to - from) as f64 / last.duration_since(*first).as_secs_f64();
+            (rate * 10.0).round() / 10.0
+        }
+        _ => 0.0,
+    };
+    let stall_after_s = health.stall_after_s.load(Ordering::Relaxed);
+    let idle_s = now.duration_since(track.progress_at).as_secs();
+    let state = match phase {
+        Phase::Connecting => State::Connecting,
+        Phase::Waiting(why) => State::Waiting(why),
+        Phase::Stopping => State::Stopping,
+        Phase::Failed(why) => State::Failed(why),
+        Phase::Consuming if consumer.paused => State::Paused,
+        Phase::Consuming if waiting_events > 0 && idle_s >= stall_after_s => State::Stalled {
+            waiting: waiting_events,
+            idle_s,
+            stall_after_s,
+        },
+        Phase::Consuming => State::Running,
+    };
+    if state.label() != track.state.label() {
+        if state.is_trouble() {
+            tracing::warn!("consumer is {}", state.text());
+        } else if track.state.is_trouble() {
+            tracing::info!(
+                "consumer is {} again (was {})",
+                state.text(),
+                track.state.label()
+            );
+        }
+    }
+    track.state = state.clone();
+    let view = View {
+        state,
+        lag,
+        events_per_second,
+    };
+    let interval = health.stats_interval_s.load(Ordering::Relaxed);
+    if interval > 0 && now.duration_since(track.last_progress_line).as_secs() >= interval {
+        track.last_progress_line = now;
+        progress_line(consumer, &view);
+    }
+    *lock(&health.view) = view.clone();
+    view
+}
+
+/// The periodic progress line: state, events/s, totals, lag, last committed offset, gaps and
+/// the plugin's counters.
+fn progress_line(consumer: &Watched, view: &View) {
+    let health = &consumer.health;
+    let handled = health.handled.load(Ordering::Relaxed);
+    let total = health.handled_before.load(Ordering::Relaxed) + handled;
+    let lag = view
+        .lag
+        .map_or_else(|| "unknown".to_owned(), |lag| lag.to_string());
+    let counters = crate::pipeline::counters_text(
+        health.gaps.load(Ordering::Relaxed),
+        health.events_lost.load(Ordering::Relaxed),
+        &health.counters(),
+    );
+    tracing::info!(
+        "progress: {:.1} events/s, {total} events in total, last committed offset {}, lag \
+         {lag}, {handled} in this run{counters}; {}",
+        view.events_per_second,
+        consumer.committed.as_deref().unwrap_or("none"),
+        view.state.text(),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn watched(health: &Arc<Health>, paused: bool) -> Watched {
+        Watched {
+            name: "demo".into(),
+            health: health.clone(),
+            paused,
+            committed: None,
+        }
+    }
+
+    #[test]
+    fn lag_counts_what_was_read_and_not_handled_and_is_unknown_while_the_bus_cannot_be_asked() {
+        let health = Arc::new(Health::default());
+        health.begin_run(0, 60, 0);
+        health.set_phase(Phase::Consuming);
+        // 50 events on the bus; the reader pulled all 50 into its queue: the plugin says 0.
+        health.read(50);
+        health.bus_answered(Some(0), Vec::new());
+        let mut tracks = HashMap::new();
+        let view = observe(&mut tracks, &watched(&health, false), Instant::now());
+        assert_eq!(view.lag, Some(50));
+        for _ in 0..20 {
+            health.handled();
+        }
+        let view = observe(&mut tracks, &watched(&health, false), Instant::now());
+        assert_eq!(view.lag, Some(30));
+        health.set_phase(Phase::Waiting("the broker is down".into()));
+        let view = observe(&mut tracks, &watched(&health, false), Instant::now());
+        assert_eq!(view.lag, None);
+        assert_eq!(view.state.text(), "waiting for the bus: the broker is down");
+    }
+
+    #[test]
+    fn waiting_events_with_no_progress_for_stall_after_is_stalled_and_paused_is_not() {
+        let health = Arc::new(Health::default());
+        health.begin_run(0, 2, 0);
+        health.set_phase(Phase::Consuming);
+        let mut tracks = HashMap::new();
+        let start = Instant::now();
+        // Idle for a long time: no events wait, so not stalled.
+        let view = observe(&mut tracks, &watched(&health, false), start);
+        assert_eq!(view.state, State::Running);
+        let later = start + Duration::from_secs(100);
+        assert_eq!(
+            observe(&mut tracks, &watched(&health, false), later).state,
+            State::Running
+        );
+        // Events arrive: the clock starts now.
+        health.read(5);
+        health.bus_answered(Some(0), Vec::new());
+        assert_eq!(
+            observe(&mut tracks, &watched(&health, false), later).state,
+            State::Running
+        );
+        let stuck = later + Duration::from_secs(3);
+        assert_eq!(
+            observe(&mut tracks, &watched(&health, true), stuck).state,
+            State::Paused
+        );
+        let view = observe(&mut tracks, &watched(&health, false), stuck);
+        assert_eq!(
+            view.state,
+            State::Stalled {
+                waiting: 5,
+                idle_s: 3,
+                stall_after_s: 2
+            }
+        );
+        // One event handled: running again.
+        health.handled();
+        let view = observe(&mut tracks, &watched(&health, false), stuck);
+        assert_eq!(view.state, State::Running);
+        assert_eq!(view.lag, Some(4));
+    }
+}

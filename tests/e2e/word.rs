@@ -1,0 +1,329 @@
+//! Its word is true: the lag, state, health, status, commits and progress lines the daemon
+//! shows, compared with the truth (the events on the bus less the events in a `jsonl` output)
+//! in each state, and cleared after recovery.
+
+use crate::common::*;
+use buslink_testkit::{Daemon, HermesBusWriter, TestDir};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// An `exec` command that holds every event until the file `go` exists beside it (at most
+/// its handler's `timeout_ms`), then takes it.
+fn gate(dir: &TestDir) -> PathBuf {
+    let go = dir.join("go");
+    let script = dir.write(
+        "gate.sh",
+        format!(
+            "#!/bin/sh\nwhile [ ! -e '{}' ]; do sleep 0.05; done\ncat > /dev/null\n",
+            go.display()
+        ),
+    );
+    let mut permissions = std::fs::metadata(&script).expect("script").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+    std::fs::set_permissions(&script, permissions).expect("chmod");
+    script
+}
+
+/// A sqlite config with a progress line a second, `consumer_extra` in `[consumer]`, `handlers`
+/// and the metrics on a free port.
+fn config_with(dir: &TestDir, bus: &Path, consumer_extra: &str, handlers: &str) -> PathBuf {
+    let config = sqlite_config(dir, bus, consumer_extra, handlers);
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        text.replacen(
+            "state_dir = \"state\"",
+            "state_dir = \"state\"\nstats_interval_s = 1",
+            1,
+        ),
+    )
+    .expect("config");
+    append_to(&config, METRICS_ON_ANY_PORT);
+    config
+}
+
+/// The consumer `test` of the running daemon.
+fn test_status(config: &Path) -> Value {
+    consumer_status(&status(config), "test")
+}
+
+fn metrics_of(daemon: &mut Daemon) -> String {
+    daemon.wait_for("the metrics address", LIMIT, |d| {
+        d.stderr().contains("metrics on http://")
+    });
+    metrics_address(&daemon.stderr())
+}
+
+#[test]
+fn a_handler_blocked_on_the_first_event_shows_the_whole_bus_as_lag_and_the_consumer_stalled() {
+    let dir = TestDir::new("word-stalled");
+    let bus = bus_with(&dir, 50);
+    let handlers = format!(
+        "[[handlers]]\nname = \"hook\"\ntype = \"exec\"\ncommand = [\"{}\"]\ntimeout_ms = 60000\n\n{}",
+        gate(&dir).display(),
+        jsonl_handler("all", "")
+    );
+    let config = config_with(&dir, &bus, "stall_after_s = 2", &handlers);
+    let out = dir.join("out/all.jsonl");
+    let mut daemon = Daemon::run(&config);
+    let address = metrics_of(&mut daemon);
+    // The truth: 50 events on the bus, none handled (the archive comes after the hook).
+    daemon.wait_for("the consumer stalled with its lag", LIMIT, |_| {
+        let status = test_status(&config);
+        status["lag"] == 50 - count_lines(&out) as u64
+            && status["state"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("stalled: 50 events wait"))
+    });
+    let (_, text) = scrape(&address, "/metrics");
+    assert_eq!(
+        sample(&text, "buslink_lag_events{consumer=\"test\"}"),
+        Some(50.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "buslink_consumer_state{consumer=\"test\",state=\"stalled\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "buslink_consumer_state{consumer=\"test\",state=\"running\"}"
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&text, "buslink_commits_total{consumer=\"test\"}"),
+        Some(0.0)
+    );
+    let (code, body) = scrape(&address, "/health");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.starts_with("stalled: 50 events wait"), "{body}");
+    assert_eq!(scrape(&address, "/health/test").0, 503);
+    assert_eq!(scrape(&address, "/ready").0, 503);
+    // Progress lines keep coming while the handler blocks, with the true lag.
+    daemon.wait_for("progress lines while blocked", LIMIT, |d| {
+        d.stderr()
+            .lines()
+            .filter(|l| l.contains("progress:") && l.contains("lag 50") && l.contains("stalled"))
+            .count()
+            >= 2
+    });
+    std::fs::write(dir.join("go"), "").expect("go");
+    daemon.wait_for("every event handled, running again", LIMIT, |_| {
+        let status = test_status(&config);
+        count_lines(&out) == 50 && status["lag"] == 0 && status["state"] == "running"
+    });
+    let (code, _) = scrape(&address, "/health");
+    assert_eq!(code, 200);
+    daemon.wait_for("the metrics follow", LIMIT, |_| {
+        let (_, text) = scrape(&address, "/metrics");
+        sample(&text, "buslink_lag_events{consumer=\"test\"}") == Some(0.0)
+            && sample(
+                &text,
+                "buslink_consumer_state{consumer=\"test\",state=\"running\"}",
+            ) == Some(1.0)
+    });
+    let log = daemon.stderr();
+    assert_eq!(log.matches("consumer is stalled").count(), 1, "{log}");
+    assert_eq!(log.matches("consumer is running again").count(), 1, "{log}");
+    let out = daemon.terminate(LIMIT);
+    assert_eq!(out.code(), Some(0), "{out}");
+}
+
+#[test]
+fn a_paused_consumer_shows_events_appended_meanwhile_as_lag_and_stays_paused_not_stalled() {
+    let dir = TestDir::new("word-paused");
+    let bus = bus_with(&dir, 20);
+    let config = config_with(&dir, &bus, "stall_after_s = 1", &jsonl_handler("all", ""));
+    let out = dir.join("out/all.jsonl");
+    let mut daemon = Daemon::run(&config);
+    let address = metrics_of(&mut daemon);
+    daemon.wait_for("the bus handled", LIMIT, |_| {
+        count_lines(&out) == 20 && test_status(&config)["lag"] == 0
+    });
+    assert_eq!(ctl(&config, &["pause"]).stdout, "paused\n");
+    HermesBusWriter::open(&bus)
+        .and_then(|mut writer| writer.append_all(buslink_testkit::hermes_events(5000)))
+        .expect("events appended");
+    // The truth: 5020 on the bus, 20 in the archive.
+    daemon.wait_for("the lag of the paused consumer", LIMIT, |_| {
+        test_status(&config)["lag"] == 5020 - count_lines(&out) as u64
+    });
+    // Two more progress lines: more than stall_after_s went by, events waiting.
+    let seen = daemon.stderr().matches("progress:").count();
+    daemon.wait_for("two progress lines", LIMIT, |d| {
+        d.stderr().matches("progress:").count() >= seen + 2
+    });
+    let status = test_status(&config);
+    assert_eq!(status["state"], "paused", "{status}");
+    assert_eq!(status["lag"], 5000, "{status}");
+    let (_, text) = scrape(&address, "/metrics");
+    assert_eq!(
+        sample(
+            &text,
+            "buslink_consumer_state{consumer=\"test\",state=\"paused\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "buslink_lag_events{consumer=\"test\"}"),
+        Some(5000.0)
+    );
+    assert_eq!(scrape(&address, "/health").0, 200);
+    assert!(!daemon.stderr().contains("consumer is stalled"));
+    assert_eq!(ctl(&config, &["resume"]).stdout, "resumed\n");
+    daemon.wait_for("everything handled after the resume", LIMIT, |_| {
+        count_lines(&out) == 5020 && test_status(&config)["lag"] == 0
+    });
+    daemon.terminate(LIMIT);
+}
+
+#[test]
+fn commits_status_and_metrics_keep_their_schedule_inside_a_batch_of_a_slow_handler() {
+    let dir = TestDir::new("word-cadence");
+    let bus = bus_with(&dir, 150);
+    // About 40 events a second: the 150 events are one batch of 4 s.
+    let handlers = format!(
+        "[[handlers]]\nname = \"slow\"\ntype = \"exec\"\ncommand = [\"sh\", \"-c\", \"cat > /dev/null; sleep 0.02\"]\n\n{}",
+        jsonl_handler("all", "")
+    );
+    let config = config_with(&dir, &bus, "", &handlers);
+    let out = dir.join("out/all.jsonl");
+    let mut daemon = Daemon::run(&config);
+    let address = metrics_of(&mut daemon);
+    // every_ms = 1000 (the default): a commit lands inside the batch, and what it says is in
+    // the archive (synced before the commit).
+    let mut committed = 0;
+    daemon.wait_for("a commit inside the batch", LIMIT, |_| {
+        let status = test_status(&config);
+        committed = status["committed_offset"]
+            .as_str()
+            .and_then(|o| o.parse().ok())
+            .unwrap_or(0);
+        committed > 0
+            && committed < 150
+            && status["events_per_second"]
+                .as_f64()
+                .is_some_and(|r| r > 0.0)
+            && status["events_handled"]
+                .as_u64()
+                .is_some_and(|n| n >= committed)
+    });
+    assert!(count_lines(&out) >= committed as usize);
+    // The events counter moves before the batch ends too.
+    daemon.wait_for("events counted before the batch ends", LIMIT, |_| {
+        let (_, text) = scrape(&address, "/metrics");
+        let counted: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("buslink_events_total{consumer=\"test\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        counted > 0.0 && count_lines(&out) < 150
+    });
+    // A second commit, still inside the batch, a second or so later.
+    let first = committed;
+    daemon.wait_for("another commit inside the batch", LIMIT, |_| {
+        let now = test_status(&config)["committed_offset"]
+            .as_str()
+            .and_then(|o| o.parse().ok())
+            .unwrap_or(0);
+        now > first && now < 150
+    });
+    daemon.wait_for("the whole batch", LIMIT, |_| count_lines(&out) == 150);
+    daemon.terminate(LIMIT);
+}
+
+#[test]
+fn kafka_every_broker_down_shows_waiting_for_the_bus_with_the_lag_unknown_then_recovers() {
+    let mut mock = buslink_testkit::KafkaMock::start(3, &[("t", 1)]);
+    mock.command("produce t 50");
+    let dir = TestDir::new("word-kafka-down");
+    let config = crate::kafka::kafka_config(&dir, &mock, "t", "", "", &jsonl_handler("all", ""));
+    append_to(&config, METRICS_ON_ANY_PORT);
+    let out = dir.join("out/all.jsonl");
+    let mut daemon = Daemon::run(&config);
+    let address = metrics_of(&mut daemon);
+    daemon.wait_for("the topic handled", LIMIT, |_| {
+        let status = test_status(&config);
+        count_lines(&out) == 50 && status["lag"] == 0 && status["state"] == "running"
+    });
+    assert_eq!(scrape(&address, "/ready").0, 200);
+    mock.command("down -1");
+    daemon.wait_for("the outage shown", LIMIT, |_| {
+        let status = test_status(&config);
+        status["state"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("waiting for the bus:"))
+            && status["lag"].is_null()
+    });
+    let (code, body) = scrape(&address, "/ready");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.starts_with("waiting for the bus:"), "{body}");
+    // Waiting is no reason to restart the process.
+    assert_eq!(scrape(&address, "/health").0, 200);
+    let (_, text) = scrape(&address, "/metrics");
+    assert_eq!(
+        sample(&text, "buslink_lag_events{consumer=\"test\"}"),
+        None,
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "buslink_consumer_state{consumer=\"test\",state=\"waiting\"}"
+        ),
+        Some(1.0)
+    );
+    assert!(
+        daemon.stderr().contains("consumer is waiting for the bus"),
+        "{}",
+        daemon.stderr()
+    );
+    mock.command("up -1");
+    mock.command("produce t 10");
+    daemon.wait_for("running again, every record once", LIMIT, |_| {
+        let status = test_status(&config);
+        count_lines(&out) == 60 && status["lag"] == 0 && status["state"] == "running"
+    });
+    let handled: Vec<i64> = read_lines(&dir, "out/all.jsonl")
+        .iter()
+        .filter_map(|line| line["offset"].as_i64())
+        .collect();
+    assert_eq!(handled, (0..60).collect::<Vec<_>>());
+    assert!(daemon.stderr().contains("consumer is running again"));
+    daemon.terminate(LIMIT);
+}
+
+#[test]
+fn kafka_a_group_member_whose_cluster_never_answers_shows_waiting_for_the_bus() {
+    let dir = TestDir::new("word-kafka-never");
+    let settings =
+        "servers = \"127.0.0.1:1\"\nmode = \"group\"\ntopics = [\"t\"]\ngroup_id = \"never\"";
+    let consumer = ConsumerSpec {
+        plugin: "kafka",
+        class: "KafkaConsumer",
+        timeout_ms: 200,
+        extra: "",
+        settings,
+    };
+    let config = consumer_config(&dir, consumer, &jsonl_handler("all", ""));
+    append_to(&config, METRICS_ON_ANY_PORT);
+    let mut daemon = Daemon::run(&config);
+    let address = metrics_of(&mut daemon);
+    daemon.wait_for("the unreachable cluster shown", LIMIT, |_| {
+        test_status(&config)["state"]
+            .as_str()
+            .is_some_and(|s| s.contains("no broker of the cluster is reachable"))
+    });
+    assert_eq!(scrape(&address, "/ready").0, 503);
+    assert!(test_status(&config)["lag"].is_null());
+    daemon.terminate(LIMIT);
+}
