@@ -459,10 +459,10 @@ fn observe(tracks: &mut HashMap<String, Track>, consumer: &Watched, now: Instant
     };
     if state.label() != track.state.label() {
         if state.is_trouble() {
-            tracing::warn!("consumer is {}", state.text());
+            tracing::warn!("consumer now {}", state.text());
         } else if track.state.is_trouble() {
             tracing::info!(
-                "consumer is {} again (was {})",
+                "consumer {} again (was {})",
                 state.text(),
                 track.state.label()
             );

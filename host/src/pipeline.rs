@@ -214,6 +214,9 @@ pub struct Resume {
     /// The timestamp of the last event handled (`point` is `After` it), for
     /// `check_position`.
     pub last_timestamp: Option<DateTime<Utc>>,
+    /// The cache's `next_offset`: for a consumer whose bus keeps the position, where this
+    /// member last was (handed over with `seek`).
+    pub next_offset: Option<Offset>,
 }
 
 /// Opens and positions the consumer, and lets it check that the last event handled is still
@@ -232,9 +235,13 @@ fn connect(
             .and_then(|()| consumer.set_timeout(Some(options.timeout)))
             .and_then(|()| consumer.set_stop_when_drained(options.once))
             .and_then(|()| {
-                // A bus that keeps the position (a Kafka consumer group) resumes by itself.
+                // A bus that keeps the position (a Kafka consumer group) resumes by itself; it
+                // hears where this member last was, for what the bus has no position for.
                 if consumer.bus_owns_position() {
-                    return Ok(());
+                    return match &resume.next_offset {
+                        Some(next) => consumer.seek(next),
+                        None => Ok(()),
+                    };
                 }
                 position(consumer, resume.point.as_ref(), &options.start)?;
                 match (&resume.point, resume.last_timestamp) {
@@ -296,7 +303,7 @@ fn read_loop(
     while !shutdown.requested() {
         let mut batch = match spare.take() {
             Some(batch) => batch,
-            None => match empty.recv() {
+            None => match wait_for_batch(&empty, &mut consumer, &options, &shutdown, &mut asked) {
                 Ok(ReturnedBatch { batch, committed }) => {
                     if let Some(offset) = committed {
                         // A bus that keeps the position stores it now, before the next poll.
@@ -311,7 +318,11 @@ fn read_loop(
                     }
                     batch
                 }
-                Err(_) => break,
+                Err(Some(error)) => {
+                    finish(ReaderMessage::Failed(error));
+                    break;
+                }
+                Err(None) => break,
             },
         };
         batch.clear();
@@ -407,7 +418,52 @@ fn read_loop(
             }
         }
     }
+    // What the dispatcher committed last, handed back as it stopped: a bus that keeps the
+    // position stores it before the consumer is closed (every way of stopping).
+    let last = std::iter::from_fn(|| empty.try_recv().ok())
+        .filter_map(|returned| returned.committed)
+        .last();
+    if let Some(offset) = last {
+        if let Err(error) = consumer.acknowledge(&offset) {
+            tracing::warn!("{error}; offset {offset} is in the offset cache only");
+        }
+    }
     consumer
+}
+
+/// Waits for a batch the dispatcher is done with; meanwhile asks the bus for its lag every
+/// second and, for a bus that keeps the position, keeps it served (`serve`) four times a
+/// second. `Err(None)`: the dispatcher is gone or a stop was asked for; `Err(Some(_))`: the
+/// plugin failed.
+fn wait_for_batch(
+    empty: &std::sync::mpsc::Receiver<ReturnedBatch>,
+    consumer: &mut PluginConsumer,
+    options: &PipelineOptions,
+    shutdown: &Shutdown,
+    asked: &mut Option<Instant>,
+) -> Result<ReturnedBatch, Option<ConsumerError>> {
+    let bus_owned = consumer.bus_owns_position();
+    loop {
+        match empty.recv_timeout(Duration::from_millis(250)) {
+            Ok(returned) => return Ok(returned),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Err(None),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if shutdown.requested() {
+            // The dispatcher may still hand back what it committed: taken at the reader's end.
+            return Err(None);
+        }
+        if bus_owned {
+            match consumer.serve() {
+                Ok(()) => {}
+                Err(error) if error.error.kind().is_transient() => {
+                    tracing::warn!("{error}");
+                }
+                Err(error) => return Err(Some(error)),
+            }
+        }
+        refresh_bus_figures(consumer, options, asked);
+    }
 }
 
 /// The dispatcher's commit bookkeeping.
@@ -568,6 +624,9 @@ pub fn run(
     let resume = Resume {
         point: cached.as_ref().and_then(OffsetCache::resume_point),
         last_timestamp: cached.as_ref().and_then(|record| record.last_timestamp),
+        next_offset: cached
+            .as_ref()
+            .and_then(|record| record.next_offset.clone()),
     };
     let mut committer = Committer {
         cache,
@@ -769,13 +828,15 @@ pub fn run(
                 }
                 let result = result.map(|_| ());
                 if bus_owned {
-                    // Handled and durably committed before the bus stores the position.
-                    let committed = result
-                        .as_ref()
-                        .ok()
-                        .map(|()| committer.commit(handlers, error_queue));
-                    if let Some(Err(error)) = committed {
-                        break Err(error);
+                    // Handled and durably committed before the bus stores the position: also
+                    // when the batch stopped on a failure (what was handled before it is
+                    // stored on the bus before the partitions go).
+                    if let Err(error) = committer.commit(handlers, error_queue) {
+                        let _ = empty_tx.send(ReturnedBatch {
+                            batch,
+                            committed: None,
+                        });
+                        break Err(result.err().unwrap_or(error));
                     }
                     let _ = empty_tx.send(ReturnedBatch {
                         batch,

@@ -147,14 +147,34 @@ pub trait Consumer: Send + 'static {
     }
 
     /// Whether the bus keeps this consumer's position (a Kafka consumer group, whose offsets
-    /// live in the cluster). The host then never positions it from its cache (the cache still
-    /// records the last event handled, for people), calls [`acknowledge`](Self::acknowledge)
-    /// after every commit, and hands it the next batch only once everything before was
-    /// handled and committed: a rebalance inside `poll` never finds events in flight, so
-    /// what was handled can be stored on the bus before partitions are given up, and nothing
-    /// of a partition given up is handled afterwards. The default: the host keeps it.
+    /// live in the cluster). The host then:
+    /// - never positions it from its cache; it calls [`seek`](Self::seek) once after `open`
+    ///   with the cache's `next_offset` (the text this consumer's
+    ///   [`next_offset`](Self::next_offset) made), which tells where this member last was:
+    ///   the plugin starts there where the bus has no position or an older one (a commit that
+    ///   never reached the bus), and says so;
+    /// - polls the next batch only once the one before was handled, committed and
+    ///   [`acknowledge`](Self::acknowledge)d: one batch is in flight at a time;
+    /// - calls [`serve`](Self::serve) about four times a second while that batch is handled,
+    ///   so the bus keeps hearing from its member however long the handlers take (a Kafka
+    ///   group's `max.poll.interval.ms`);
+    /// - acknowledges what was handled before it stops, whatever the reason (a stop, a
+    ///   handler failure), before `close`.
+    ///
+    /// A revocation of partitions with events in flight may so wait (bounded, the plugin
+    /// decides how long) for the host's acknowledgement, so that what was handled is stored on
+    /// the bus before the partitions go: a rebalance never hands handled events to another
+    /// member. The default: the host keeps the position.
     fn bus_owns_position(&self) -> bool {
         false
+    }
+
+    /// Called about four times a second, on the thread that polls, while the host handles the
+    /// batch this consumer filled (only for a consumer whose bus keeps its position). A bus
+    /// that must hear from its client while the application works is served here, delivering
+    /// nothing (a record that arrives is kept for the next `poll`). The default does nothing.
+    fn serve(&mut self) -> PluginResult<()> {
+        Ok(())
     }
 
     /// Everything up to and including the event at `offset` was handled and durably committed

@@ -183,8 +183,9 @@ pub trait ConsumerFfi: Send {
     fn set_stop_when_drained(&mut self, stop: bool) -> RResult<(), RPluginError>;
     fn lag(&mut self) -> ROption<u64>;
     fn bus_owns_position(&self) -> bool;
-    #[sabi(last_prefix_field)]
     fn acknowledge(&mut self, offset: &ROffset) -> RResult<(), RPluginError>;
+    #[sabi(last_prefix_field)]
+    fn serve(&mut self) -> RResult<(), RPluginError>;
 }
 
 /// A boxed consumer trait object, owned by the host.
@@ -798,5 +799,9 @@ impl<C: Consumer> ConsumerFfi for ConsumerShim<C> {
     fn acknowledge(&mut self, offset: &ROffset) -> RResult<(), RPluginError> {
         let offset = Offset::from(offset);
         self.guard("acknowledge", |c| c.acknowledge(&offset))
+    }
+
+    fn serve(&mut self) -> RResult<(), RPluginError> {
+        self.guard("serve", |c| c.serve())
     }
 }

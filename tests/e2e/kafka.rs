@@ -510,3 +510,227 @@ fn kafka_a_reload_that_changes_only_handlers_keeps_the_group_member_s_partitions
     assert_eq!(unique.len(), 300, "each record once");
     assert_eq!(daemon.terminate(limit).code(), Some(0));
 }
+
+/// A group member on topic `one` (1 partition) with `group_id`, `batch` events per batch,
+/// librdkafka `properties` lines, and `handlers` (an archive first, as operators put it).
+fn one_partition_member(
+    dir: &TestDir,
+    mock: &KafkaMock,
+    group_id: &str,
+    batch: usize,
+    properties: &str,
+    handlers: &str,
+) -> std::path::PathBuf {
+    let consumer = ConsumerSpec {
+        plugin: "kafka",
+        class: "KafkaConsumer",
+        timeout_ms: 200,
+        extra: &format!("batch_size = {batch}"),
+        settings: &format!(
+            "servers = \"{}\"\nmode = \"group\"\ntopics = [\"one\"]\ngroup_id = \"{group_id}\"\n\
+             [consumer.settings.properties]\n\"heartbeat.interval.ms\" = 500\n{properties}{session}",
+            mock.bootstrap(),
+            // A member gone without a word is noticed within 6 s (the mock's minimum).
+            session = if properties.contains("session.timeout.ms") {
+                ""
+            } else {
+                "\"session.timeout.ms\" = 6000\n"
+            }
+        ),
+    };
+    let rest = format!(
+        "{}\n[commit]\nevery_events = {batch}\n",
+        jsonl_handler("all", "")
+    );
+    consumer_config(dir, consumer, &format!("{rest}\n{handlers}"))
+}
+
+#[test]
+fn kafka_a_group_member_whose_batch_outlasts_max_poll_interval_is_never_evicted_nor_loops() {
+    let mut mock = KafkaMock::start(1, &[("one", 1)]);
+    mock.command("produce one 40");
+    let dir = TestDir::new("kafka-group-slow");
+    // 0.2 s an event, 20 a batch: 4 s a batch, longer than max.poll.interval.ms = 3 s.
+    let slow = "[[handlers]]\nname = \"slow\"\ntype = \"exec\"\n\
+                command = [\"sh\", \"-c\", \"cat > /dev/null; sleep 0.2\"]\n";
+    let config = one_partition_member(
+        &dir,
+        &mock,
+        "slow-group",
+        20,
+        "\"max.poll.interval.ms\" = 3000\n\"session.timeout.ms\" = 3000\n",
+        slow,
+    );
+    let out = dir.join("out/all.jsonl");
+    let mut daemon = buslink_testkit::Daemon::run(&config);
+    let limit = std::time::Duration::from_secs(90);
+    daemon.wait_for("every record handled", limit, |_| count_lines(&out) >= 40);
+    let run = daemon.terminate(limit);
+    let handled: Vec<(i32, i64)> = group_offsets(&out);
+    assert_eq!(
+        handled,
+        (0..40).map(|o| (0, o)).collect::<Vec<_>>(),
+        "each record once, in order: {run}"
+    );
+    // Given up once, at the stop; never evicted, every commit reached the group.
+    assert_eq!(
+        run.stderr.matches("partitions given up").count(),
+        1,
+        "{run}"
+    );
+    assert!(!run.stderr.contains("UnknownMemberId"), "{run}");
+    assert!(!run.stderr.contains("could not be committed"), "{run}");
+}
+
+#[test]
+fn kafka_a_group_member_stopped_by_a_failing_handler_commits_what_it_handled_to_the_group() {
+    let mut mock = KafkaMock::start(1, &[("one", 1)]);
+    mock.command("produce one 60");
+    let dir = TestDir::new("kafka-group-fail-stop");
+    let flag = dir.join("fixed");
+    // Fails for good on offset 45 until `fixed` exists.
+    let hook = format!(
+        "[[handlers]]\nname = \"hook\"\ntype = \"exec\"\n\
+         command = [\"sh\", \"-c\", \"cat > /dev/null; test -e {} || test \\\"$BUSLINK_OFFSET\\\" != one:0:45\"]\n\
+         retry = {{ attempts = 1 }}\n",
+        flag.display()
+    );
+    let config = one_partition_member(&dir, &mock, "fail-group", 20, "", &hook);
+    let run1 = run_once(&config);
+    assert_eq!(run1.code(), Some(1), "{run1}");
+    let out = dir.join("out/all.jsonl");
+    assert_eq!(group_offsets(&out).len(), 45, "{run1}");
+    std::fs::write(&flag, "").expect("flag");
+    let run2 = run_once(&config);
+    assert_eq!(run2.code(), Some(0), "{run2}");
+    assert!(
+        run2.stderr
+            .contains("one:0 starts at the group's committed offset 45"),
+        "{run2}"
+    );
+    let handled = group_offsets(&out);
+    assert_eq!(
+        handled,
+        (0..60).map(|o| (0, o)).collect::<Vec<_>>(),
+        "each record once"
+    );
+}
+
+#[test]
+fn kafka_a_group_whose_offsets_are_gone_resumes_from_the_member_s_cache_with_a_warning() {
+    let mut mock = KafkaMock::start(1, &[("one", 1)]);
+    mock.command("produce one 30");
+    let dir = TestDir::new("kafka-group-gone");
+    let config = one_partition_member(&dir, &mock, "first-group", 20, "", "");
+    let run1 = run_once(&config);
+    assert_eq!(run1.code(), Some(0), "{run1}");
+    let out = dir.join("out/all.jsonl");
+    assert_eq!(group_offsets(&out).len(), 30);
+    // The group's offsets are gone (the mock cannot expire them: a new group id stands in).
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, text.replace("first-group", "second-group")).expect("config");
+    mock.command("produce one 10");
+    let run2 = run_once(&config);
+    assert_eq!(run2.code(), Some(0), "{run2}");
+    assert!(
+        run2.stderr.contains(
+            "one:0: the group has no committed offset (its offsets expired, were reset, or the \
+             group id is new), but this member's offset cache says it handled up to 29: \
+             starting at 30"
+        ),
+        "{run2}"
+    );
+    assert_eq!(
+        group_offsets(&out),
+        (0..40).map(|o| (0, o)).collect::<Vec<_>>(),
+        "nothing read twice"
+    );
+}
+
+#[test]
+fn kafka_a_rebalance_with_events_in_flight_waits_for_them_and_hands_over_nothing_handled() {
+    let mut mock = KafkaMock::start(1, &[("two", 2)]);
+    mock.command("produce two 80");
+    let slow = "[[handlers]]\nname = \"slow\"\ntype = \"exec\"\n\
+                command = [\"sh\", \"-c\", \"cat > /dev/null; sleep 0.1\"]\n";
+    let member = |dir: &TestDir| {
+        let consumer = ConsumerSpec {
+            plugin: "kafka",
+            class: "KafkaConsumer",
+            timeout_ms: 200,
+            extra: "batch_size = 20",
+            settings: &format!(
+                "servers = \"{}\"\nmode = \"group\"\ntopics = [\"two\"]\ngroup_id = \"handover\"\n\
+                 [consumer.settings.properties]\n\"heartbeat.interval.ms\" = 500\n\
+                 \"session.timeout.ms\" = 6000\n",
+                mock.bootstrap()
+            ),
+        };
+        consumer_config(
+            dir,
+            consumer,
+            &format!(
+                "{}\n{slow}\n[commit]\nevery_events = 20\n",
+                jsonl_handler("all", "")
+            ),
+        )
+    };
+    let (dir_a, dir_b) = (
+        TestDir::new("kafka-handover-a"),
+        TestDir::new("kafka-handover-b"),
+    );
+    let (out_a, out_b) = (dir_a.join("out/all.jsonl"), dir_b.join("out/all.jsonl"));
+    let limit = std::time::Duration::from_secs(90);
+    let mut a = buslink_testkit::Daemon::run(&member(&dir_a));
+    a.wait_for("member A in the middle of a batch", limit, |_| {
+        count_lines(&out_a) >= 1
+    });
+    // B joins while A holds a batch of both partitions.
+    let b = buslink_testkit::Daemon::run(&member(&dir_b));
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let mut union: std::collections::BTreeSet<(i32, i64)> =
+            group_offsets(&out_a).into_iter().collect();
+        union.extend(group_offsets(&out_b));
+        if union.len() == 80 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not every record handled ({}):\n--- A ---\n{}\n--- B ---\n{}",
+            union.len(),
+            a.stderr(),
+            b.stderr()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let run_a = a.terminate(limit);
+    let run_b = b.terminate(limit);
+    let (lines_a, lines_b) = (group_offsets(&out_a), group_offsets(&out_b));
+    // A held its batch through the revocation and committed it before giving the partitions
+    // up. A real broker takes that commit (the group is preparing the rebalance); librdkafka's
+    // mock refuses every commit until all members rejoined, so here a batch in flight at a
+    // rebalance may come again: never lost, and never silently.
+    let mut all = lines_a.clone();
+    all.extend(&lines_b);
+    let unique: std::collections::BTreeSet<_> = all.iter().collect();
+    assert_eq!(unique.len(), 80, "{run_a}\n{run_b}");
+    let repeated = all.len() - unique.len();
+    if repeated > 0 {
+        let announced = |log: &str| {
+            log.contains("this member's commit")
+                || log.contains("could not be committed before the partitions")
+        };
+        assert!(
+            announced(&run_a.stderr) || announced(&run_b.stderr),
+            "{repeated} records handled twice, unannounced:\n{run_a}\n{run_b}"
+        );
+    }
+    assert!(!lines_b.is_empty(), "B took a partition: {run_b}");
+    assert!(
+        run_a
+            .stderr
+            .contains("are being revoked while the host handles records"),
+        "{run_a}"
+    );
+}

@@ -404,6 +404,17 @@ pub fn run_consumer(
     crate::error_queue::warn_orphans(&error_queue, &config.handlers);
 
     let start_text = match cached.as_ref().and_then(OffsetCache::resume_point) {
+        // The bus keeps the position (a consumer group): the plugin says where each part
+        // starts; the cache only says where this member was.
+        Some(ResumePoint::After(last)) if consumer.bus_owns_position() => {
+            match cached.as_ref().and_then(|r| r.next_offset.as_ref()) {
+                Some(next) => format!(
+                    "the bus keeps the position; this member last handled {last} (its cache \
+                     says {next}, used where the bus has none or an older one)"
+                ),
+                None => format!("the bus keeps the position; this member last handled {last}"),
+            }
+        }
         Some(ResumePoint::After(last)) => {
             match cached.as_ref().and_then(|r| r.next_offset.as_ref()) {
                 Some(next) => format!("resumed at offset {next} (after {last})"),

@@ -155,6 +155,13 @@ impl PluginConsumer {
         self.wrap("acknowledge", result)
     }
 
+    /// Keeps the bus served while the host handles the batch in flight (a bus that keeps the
+    /// position: see the plugin-api's `Consumer::serve`).
+    pub fn serve(&mut self) -> Result<(), ConsumerError> {
+        let result = self.inner.serve();
+        self.wrap("serve", result)
+    }
+
     /// The plugin's counters (`gaps`, `reconnects`, ...).
     pub fn counters(&self) -> Vec<(String, u64)> {
         self.inner

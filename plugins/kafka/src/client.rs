@@ -5,9 +5,12 @@ use crate::settings::Config;
 use buslink_plugin_api::{log, Body, Event, EventBatch, OffsetRef, PluginError, PluginResult};
 use chrono::{DateTime, Utc};
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer as _, ConsumerContext, RebalanceProtocol,
+};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
@@ -27,8 +30,25 @@ pub struct GroupState {
     /// Partitions given up since the consumer last looked: their records not handed over yet
     /// are dropped (the next owner reads them from the group's committed offset).
     pub revoked: Vec<Partition>,
-    /// Partitions received since the consumer last looked (checked for offsets gone).
-    pub assigned: Vec<Partition>,
+    /// Partitions received since the consumer last looked, each with where it starts (the
+    /// group's committed offset, or this member's own position from its cache; `None`: the
+    /// group has none, librdkafka starts at the oldest record): checked for offsets gone.
+    pub assigned: Vec<(Partition, Option<i64>)>,
+    /// Partitions with records handed to the host and not acknowledged yet.
+    pub in_flight: std::collections::BTreeSet<Partition>,
+    /// A revocation waiting for the host's acknowledgement of the records in flight (the
+    /// group waits for this member meanwhile), and until when at most.
+    pub deferred: Option<(Vec<Partition>, Instant)>,
+    /// How long a revocation may wait for the host: 80 % of `max.poll.interval.ms` (the
+    /// group's rebalance timeout: past it the group goes on without this member).
+    pub revoke_patience: Duration,
+    /// Where this member last was (next offset per partition), from its offset cache: used
+    /// where the group has no committed offset or an older one.
+    pub hints: BTreeMap<Partition, i64>,
+    /// The request timeout, for the requests made during an assignment.
+    pub request_timeout: Duration,
+    /// The consumer is closing: a revocation is carried out at once.
+    pub closing: bool,
     /// Whether an assignment was ever received.
     pub assignment_seen: bool,
     /// Acknowledged positions (next offset) whose commit to the group failed: committed again
@@ -138,66 +158,223 @@ impl ClientContext for Reports {
     }
 }
 
-impl ConsumerContext for Reports {
-    /// Before partitions are given up: what was acknowledged and not stored yet is committed
-    /// now, and the consumer drops what it read of them and did not hand over.
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Revoke(list) = rebalance else {
-            return;
-        };
+impl Reports {
+    /// Commits what was acknowledged and not stored yet (before partitions go).
+    fn store_acknowledged(&self, consumer: &BaseConsumer<Self>) {
         let mut group = self.group();
-        if !group.unstored.is_empty() {
-            match commit_positions(consumer, &group.unstored) {
-                Ok(()) => group.unstored.clear(),
-                Err(error) => log::warn(format!(
-                    "Kafka: the acknowledged positions could not be committed before the \
-                     partitions were given up ({error}); their events will be read again by \
-                     the next owner"
-                )),
-            }
+        if group.unstored.is_empty() {
+            return;
         }
-        let revoked: Vec<Partition> = list
-            .elements()
-            .iter()
-            .map(|e| (e.topic().to_owned(), e.partition()))
-            .collect();
+        match commit_positions(consumer, &group.unstored) {
+            Ok(()) => group.unstored.clear(),
+            Err(error) => log::warn(format!(
+                "Kafka: the acknowledged positions could not be committed before the \
+                 partitions were given up ({error}); their events will be read again by the \
+                 next owner"
+            )),
+        }
+    }
+
+    /// Gives `revoked` up now: what was acknowledged is committed first; the consumer drops
+    /// what it read of them and did not hand over, and nothing of them is stored later.
+    pub fn give_up(&self, consumer: &BaseConsumer<Self>, revoked: &[Partition]) {
+        self.store_acknowledged(consumer);
+        let result = match consumer.rebalance_protocol() {
+            RebalanceProtocol::Cooperative => {
+                let mut list = TopicPartitionList::new();
+                for (topic, partition) in revoked {
+                    list.add_partition(topic, *partition);
+                }
+                consumer.incremental_unassign(&list)
+            }
+            _ => consumer.unassign(),
+        };
+        if let Err(error) = result {
+            log::warn(format!(
+                "Kafka consumer group: giving partitions up: {error}"
+            ));
+        }
+        let mut group = self.group();
+        group.deferred = None;
         // Never stored later: the next owner's position must not be moved back.
         group
             .unstored
             .retain(|partition, _| !revoked.contains(partition));
+        group
+            .in_flight
+            .retain(|partition| !revoked.contains(partition));
         if !revoked.is_empty() {
             log::info(format!(
                 "Kafka consumer group: partitions given up: {}",
-                names(&revoked)
+                names(revoked)
             ));
         }
-        group.revoked.extend(revoked);
+        group.revoked.extend(revoked.iter().cloned());
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(list) => {
-                let assigned: Vec<Partition> = list
-                    .elements()
-                    .iter()
-                    .map(|e| (e.topic().to_owned(), e.partition()))
-                    .collect();
+    /// Where each partition of an assignment starts (the list's offsets are set where this
+    /// member's own position is used), each said in the log.
+    fn start_positions(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        list: &mut TopicPartitionList,
+    ) -> Vec<(Partition, Option<i64>)> {
+        let (hints, timeout) = {
+            let group = self.group();
+            (group.hints.clone(), group.request_timeout)
+        };
+        let partitions: Vec<Partition> = list
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition()))
+            .collect();
+        let committed = match consumer.committed_offsets(list.clone(), timeout) {
+            Ok(committed) => committed,
+            Err(error) => {
+                log::warn(format!(
+                    "Kafka consumer group: cannot read the group's committed offsets of {} \
+                     ({error}): librdkafka starts them where the group says",
+                    names(&partitions)
+                ));
+                return partitions.into_iter().map(|p| (p, None)).collect();
+            }
+        };
+        let mut starts = Vec::new();
+        for (topic, partition) in partitions {
+            let group_at =
+                committed
+                    .find_partition(&topic, partition)
+                    .and_then(|e| match e.offset() {
+                        Offset::Offset(at) => Some(at),
+                        _ => None,
+                    });
+            let own = hints.get(&(topic.clone(), partition)).copied();
+            let name = format!("{topic}:{partition}");
+            let start = match (group_at, own) {
+                (None, Some(own)) => {
+                    log::warn(format!(
+                        "Kafka consumer group: {name}: the group has no committed offset (its \
+                         offsets expired, were reset, or the group id is new), but this \
+                         member's offset cache says it handled up to {}: starting at {own}, \
+                         not at the oldest record",
+                        own - 1
+                    ));
+                    Some(own)
+                }
+                (Some(at), Some(own)) if at < own => {
+                    log::warn(format!(
+                        "Kafka consumer group: {name}: the group's committed offset {at} is \
+                         behind this member's offset cache ({own}: a commit that never \
+                         reached the group): starting at {own}"
+                    ));
+                    Some(own)
+                }
+                (Some(at), _) => {
+                    log::info(format!(
+                        "Kafka consumer group: {name} starts at the group's committed offset \
+                         {at}"
+                    ));
+                    Some(at)
+                }
+                (None, None) => {
+                    log::info(format!(
+                        "Kafka consumer group: {name}: no committed offset; starting at the \
+                         oldest record"
+                    ));
+                    None
+                }
+            };
+            if let Some(start) = start.filter(|start| Some(*start) != group_at) {
+                if let Err(error) =
+                    list.set_partition_offset(&topic, partition, Offset::Offset(start))
+                {
+                    log::warn(format!("Kafka consumer group: {name}: {error}"));
+                }
+            }
+            starts.push(((topic, partition), start));
+        }
+        starts
+    }
+}
+
+impl ConsumerContext for Reports {
+    /// The group's rebalances, run inside `poll` (or `serve`):
+    /// - a revocation commits what was acknowledged, then gives the partitions up, unless
+    ///   records of them are in the host's hands: then the group waits (bounded by
+    ///   [`GroupState::revoke_patience`]) until the host acknowledged them, so what was
+    ///   handled is committed before the partitions go;
+    /// - an assignment starts each partition at the group's committed offset, or at this
+    ///   member's own position where the group has none or an older one (said in a WARN).
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        list: &mut TopicPartitionList,
+    ) {
+        let partitions: Vec<Partition> = list
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition()))
+            .collect();
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                {
+                    let mut group = self.group();
+                    let held: Vec<Partition> = partitions
+                        .iter()
+                        .filter(|p| group.in_flight.contains(*p))
+                        .cloned()
+                        .collect();
+                    if !held.is_empty() && !group.closing {
+                        log::info(format!(
+                            "Kafka consumer group: partitions {} are being revoked while the \
+                             host handles records of {}: given up once those are handled and \
+                             committed (within {} s)",
+                            names(&partitions),
+                            names(&held),
+                            group.revoke_patience.as_secs()
+                        ));
+                        group.deferred = Some((partitions, Instant::now() + group.revoke_patience));
+                        return;
+                    }
+                }
+                self.give_up(consumer, &partitions);
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let starts = self.start_positions(consumer, list);
+                let result = match consumer.rebalance_protocol() {
+                    RebalanceProtocol::Cooperative => consumer.incremental_assign(list),
+                    _ => consumer.assign(list),
+                };
+                if let Err(error) = result {
+                    log::warn(format!("Kafka consumer group: taking partitions: {error}"));
+                }
+                // librdkafka keeps a partition's pause across a revocation: one paused while
+                // the host handled a batch must fetch again now that it is assigned anew.
+                if let Err(error) = consumer.resume(list) {
+                    log::warn(format!(
+                        "Kafka consumer group: resuming partitions: {error}"
+                    ));
+                }
                 log::info(format!(
                     "Kafka consumer group: partitions assigned: {}",
-                    if assigned.is_empty() {
+                    if partitions.is_empty() {
                         "none".to_owned()
                     } else {
-                        names(&assigned)
+                        names(&partitions)
                     }
                 ));
                 let mut group = self.group();
                 group.assignment_seen = true;
-                group.assigned.extend(assigned);
+                group.assigned.extend(starts);
             }
-            Rebalance::Error(error) => {
-                log::warn(format!("Kafka consumer group: rebalance failed: {error}"))
+            other => {
+                log::warn(format!(
+                    "Kafka consumer group: rebalance failed: {:?}",
+                    rdkafka::error::RDKafkaErrorCode::from(other)
+                ));
+                let _ = consumer.unassign();
             }
-            Rebalance::Revoke(_) => {}
         }
     }
 }

@@ -80,6 +80,9 @@ impl Consumer for KafkaConsumer {
     fn acknowledge(&mut self, offset: &Offset) -> PluginResult<()> {
         self.0.acknowledge(offset)
     }
+    fn serve(&mut self) -> PluginResult<()> {
+        self.0.serve()
+    }
     fn find_next_event_of_category(
         &mut self,
         category: &str,

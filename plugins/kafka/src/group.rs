@@ -11,7 +11,6 @@ use buslink_plugin_api::{
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Message as _, OwnedMessage};
-use rdkafka::TopicPartitionList;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -33,6 +32,18 @@ pub fn parse_event_offset(text: &str) -> Option<(Partition, i64)> {
 type PartitionPosition = (Partition, Option<i64>, Option<i64>);
 
 /// Consumes the partitions a consumer group assigns it.
+/// How long a revocation may wait for the host's acknowledgement: 80 % of
+/// `max.poll.interval.ms` (librdkafka's default 300 s), the group's rebalance timeout.
+fn revoke_patience(config: &Config) -> Duration {
+    let interval_ms = config
+        .properties
+        .iter()
+        .find(|(name, _)| name == "max.poll.interval.ms")
+        .and_then(|(_, value)| value.parse::<u64>().ok())
+        .unwrap_or(300_000);
+    Duration::from_millis(interval_ms * 4 / 5)
+}
+
 /// How long no broker may be up before `poll` says the cluster cannot be reached (or the
 /// consumer's timeout, when longer).
 const UNREACHABLE_AFTER: Duration = Duration::from_secs(5);
@@ -50,6 +61,12 @@ pub struct GroupConsumer {
     tally: Tally,
     client_errors: u64,
     commits: u64,
+    /// Records that came while the host handled a batch (`serve`): handed over next.
+    stash: VecDeque<OwnedMessage>,
+    /// Whether the assigned partitions are paused (a batch is in the host's hands).
+    paused: bool,
+    /// The next offset of each partition as acknowledged by the host and committed.
+    acked: BTreeMap<Partition, i64>,
 }
 
 impl GroupConsumer {
@@ -66,6 +83,9 @@ impl GroupConsumer {
             tally: Tally::default(),
             client_errors: 0,
             commits: 0,
+            stash: VecDeque::new(),
+            paused: false,
+            acked: BTreeMap::new(),
         }
     }
 
@@ -103,7 +123,7 @@ impl GroupConsumer {
 
     /// Looks at what the group's callbacks noted: partitions given up are forgotten (and
     /// returned: what was read of them is not handed over); partitions received are checked
-    /// for committed offsets gone from them (gaps).
+    /// for a start gone from them (gaps).
     fn follow_the_group(&mut self, batch: &mut EventBatch) -> PluginResult<Vec<Partition>> {
         let (revoked, assigned) = {
             let client = self.client()?;
@@ -116,35 +136,15 @@ impl GroupConsumer {
         if !revoked.is_empty() {
             self.delivered
                 .retain(|(partition, _)| !revoked.contains(partition));
+            self.stash
+                .retain(|m| !revoked.contains(&(m.topic().to_owned(), m.partition())));
             for partition in &revoked {
                 self.next.remove(partition);
             }
         }
-        if assigned.is_empty() {
-            return Ok(revoked);
-        }
-        let mut list = TopicPartitionList::new();
-        for (topic, partition) in &assigned {
-            list.add_partition(topic, *partition);
-        }
         let what = self.what();
-        let client = self
-            .client
-            .as_ref()
-            .ok_or_else(|| PluginError::internal("the consumer is not open"))?;
-        let committed = match client.committed_offsets(list, self.config.request_timeout) {
-            Ok(committed) => committed,
-            Err(error) => {
-                buslink_plugin_api::log::warn(format!(
-                    "{what}: cannot read the group's committed offsets of {} to check them: \
-                     {error}",
-                    names(&assigned)
-                ));
-                return Ok(revoked);
-            }
-        };
-        for element in committed.elements() {
-            let (topic, partition) = (element.topic().to_owned(), element.partition());
+        for ((topic, partition), start) in assigned {
+            let client = self.client()?;
             let (low, _) = client
                 .fetch_watermarks(&topic, partition, self.config.request_timeout)
                 .map_err(|e| {
@@ -152,16 +152,12 @@ impl GroupConsumer {
                         "{what}: cannot read the offsets of {topic}:{partition}: {e}"
                     ))
                 })?;
-            // Where this member starts: the group's position, or the oldest record of a
-            // partition the group never committed.
-            let at = match element.offset() {
-                rdkafka::Offset::Offset(at) => at,
-                _ => low,
-            };
+            // Where this member starts: the decided position, or the oldest record.
+            let at = start.unwrap_or(low);
             self.next.insert((topic.clone(), partition), at.max(low));
             if at < low {
-                // The group's position is gone from the partition (retention): librdkafka
-                // goes on from the oldest record; the events in between are lost.
+                // The position is gone from the partition (retention): librdkafka goes on
+                // from the oldest record; the events in between are lost.
                 batch.report_gap(
                     &format!("{topic}:{partition} offsets {at} to {}", low - 1),
                     u64::try_from(low - at).ok(),
@@ -172,13 +168,125 @@ impl GroupConsumer {
         Ok(revoked)
     }
 
+    /// Carries out a revocation that waited for the host, once nothing of its partitions is in
+    /// the host's hands any more.
+    fn finish_revocation(&mut self) {
+        let Some(client) = self.client.as_ref() else {
+            return;
+        };
+        let ready = {
+            let group = client.context().group();
+            group.deferred.as_ref().and_then(|(partitions, _)| {
+                (!partitions.iter().any(|p| group.in_flight.contains(p)))
+                    .then(|| partitions.clone())
+            })
+        };
+        if let Some(partitions) = ready {
+            self.check_stored(&partitions);
+            if let Some(client) = self.client.as_ref() {
+                client.context().give_up(client, &partitions);
+            }
+        }
+    }
+
+    /// After a revocation waited for the host: whether the group holds what this member
+    /// committed for `partitions` (a group in the middle of a rebalance may not take a
+    /// commit); what it does not hold is said, since the next owner reads it again.
+    fn check_stored(&self, partitions: &[Partition]) {
+        let Some(client) = self.client.as_ref() else {
+            return;
+        };
+        let mut list = rdkafka::TopicPartitionList::new();
+        for (topic, partition) in partitions.iter().filter(|p| self.acked.contains_key(*p)) {
+            list.add_partition(topic, *partition);
+        }
+        if list.count() == 0 {
+            return;
+        }
+        let held = match client.committed_offsets(list, self.config.request_timeout) {
+            Ok(held) => held,
+            Err(error) => {
+                buslink_plugin_api::log::warn(format!(
+                    "{}: cannot tell whether the group took this member's commit of {} ({error}; \
+                     a rebalance in progress): if not, the next owner reads those records again",
+                    self.what(),
+                    names(partitions)
+                ));
+                return;
+            }
+        };
+        for element in held.elements() {
+            let partition = (element.topic().to_owned(), element.partition());
+            let Some(&ours) = self.acked.get(&partition) else {
+                continue;
+            };
+            let theirs = match element.offset() {
+                rdkafka::Offset::Offset(at) => Some(at),
+                _ => None,
+            };
+            if theirs.is_none_or(|at| at < ours) {
+                buslink_plugin_api::log::warn(format!(
+                    "{}: the group did not take this member's commit of {}:{} up to offset {} \
+                     (it holds {}; a rebalance in progress): the next owner reads those \
+                     records again",
+                    self.what(),
+                    partition.0,
+                    partition.1,
+                    ours - 1,
+                    theirs.map_or_else(|| "none".to_owned(), |at| at.to_string())
+                ));
+            }
+        }
+    }
+
+    /// Pauses (`true`) or resumes the partitions assigned now: paused while the host handles a
+    /// batch, so that `serve` keeps the member in the group without fetching more.
+    fn set_paused(&mut self, paused: bool) -> PluginResult<()> {
+        if self.paused == paused {
+            return Ok(());
+        }
+        let client = self.client()?;
+        let assignment = client.assignment().map_err(|e| {
+            PluginError::connect(format!("{}: cannot read the assignment: {e}", self.what()))
+        })?;
+        let result = if paused {
+            client.pause(&assignment)
+        } else {
+            client.resume(&assignment)
+        };
+        result.map_err(|e| {
+            PluginError::connect(format!(
+                "{}: cannot {} the partitions: {e}",
+                self.what(),
+                if paused { "pause" } else { "resume" }
+            ))
+        })?;
+        self.paused = paused;
+        Ok(())
+    }
+
     /// Reads records until `batch` could be full or nothing more comes within `wait`; the
     /// records of partitions given up meanwhile are not handed over. Returns the events added.
     fn read(&mut self, batch: &mut EventBatch, wait: Duration) -> PluginResult<usize> {
+        // The host asks for more: what it held is done with. A revocation still waiting for it
+        // goes on first (what was acknowledged is committed), then fetching resumes.
+        self.client()?.context().group().in_flight.clear();
+        self.finish_revocation();
+        self.set_paused(false)?;
         let deadline = Instant::now() + wait;
         let room = batch.remaining().max(1);
+        // Records that came while the host handled the last batch come first.
         let mut pending: Vec<OwnedMessage> = Vec::new();
+        while pending.len() < room {
+            match self.stash.pop_front() {
+                Some(message) => pending.push(message),
+                None => break,
+            }
+        }
         loop {
+            if pending.len() >= room {
+                break;
+            }
             let left = if pending.is_empty() {
                 deadline.saturating_duration_since(Instant::now())
             } else {
@@ -190,12 +298,7 @@ impl GroupConsumer {
                         break;
                     }
                 }
-                Some(Ok(message)) => {
-                    pending.push(message.detach());
-                    if pending.len() >= room {
-                        break;
-                    }
-                }
+                Some(Ok(message)) => pending.push(message.detach()),
                 Some(Err(error)) => {
                     self.client_errors += 1;
                     if matches!(error, KafkaError::MessageConsumptionFatal(_)) {
@@ -231,6 +334,11 @@ impl GroupConsumer {
                 .push_back((partition.clone(), message.offset()));
             self.next.insert(partition, message.offset() + 1);
             added += 1;
+        }
+        if !self.delivered.is_empty() {
+            // In the host's hands now: a revocation waits for them.
+            let in_flight = self.delivered.iter().map(|(p, _)| p.clone()).collect();
+            self.client()?.context().group().in_flight = in_flight;
         }
         Ok(added)
     }
@@ -299,14 +407,25 @@ impl Consumer for GroupConsumer {
         client
             .subscribe(&topics)
             .map_err(|e| PluginError::connect(format!("{}: cannot subscribe: {e}", self.what())))?;
+        {
+            let mut group = client.context().group();
+            group.request_timeout = self.config.request_timeout;
+            group.revoke_patience = revoke_patience(&self.config);
+        }
         self.client = Some(client);
         self.delivered.clear();
         self.next.clear();
+        self.stash.clear();
+        self.paused = false;
         Ok(())
     }
 
     fn close(&mut self) -> PluginResult<()> {
-        // Dropping the client leaves the group (what was acknowledged is committed first).
+        // Dropping the client leaves the group: what was acknowledged is committed first, and
+        // the revocation is carried out at once (nobody acknowledges anything any more).
+        if let Some(client) = &self.client {
+            client.context().group().closing = true;
+        }
         self.client = None;
         Ok(())
     }
@@ -319,8 +438,35 @@ impl Consumer for GroupConsumer {
         Err(self.moved_by_the_group())
     }
 
-    fn seek(&mut self, _offset: &Offset) -> PluginResult<()> {
-        Err(self.moved_by_the_group())
+    /// The host's cache: where this member last was (`TOPIC:PARTITION=NEXT,...`, as
+    /// [`next_offset`](Consumer::next_offset) wrote it, or `TOPIC:PARTITION:OFFSET`, the next
+    /// event of a batch). Not a move: the group's position
+    /// holds, and this one is used only for partitions the group has no offset for or an
+    /// older one (a commit that never reached the group), with a warning.
+    fn seek(&mut self, offset: &Offset) -> PluginResult<()> {
+        let Offset::String(text) = offset else {
+            return Err(self.moved_by_the_group());
+        };
+        let mut hints = BTreeMap::new();
+        for part in text.split(',').filter(|p| !p.is_empty()) {
+            let parsed = match part.rsplit_once('=') {
+                Some((name, next)) => name.rsplit_once(':').and_then(|(topic, partition)| {
+                    Some((
+                        (topic.to_owned(), partition.parse().ok()?),
+                        next.parse().ok()?,
+                    ))
+                }),
+                None => parse_event_offset(part),
+            };
+            match parsed {
+                Some((partition, next)) => {
+                    hints.insert(partition, next);
+                }
+                None => return Err(self.moved_by_the_group()),
+            }
+        }
+        self.client()?.context().group().hints = hints;
+        Ok(())
     }
 
     fn seek_after(&mut self, _offset: &Offset) -> PluginResult<()> {
@@ -405,6 +551,57 @@ impl Consumer for GroupConsumer {
         true
     }
 
+    /// Keeps the member in the group while the host handles the batch (librdkafka counts
+    /// `max.poll.interval.ms` between two polls): the partitions are paused, so nothing more
+    /// is fetched; a record already fetched is kept for the next `poll`. A revocation that waited
+    /// for the host longer than its patience is carried out here.
+    fn serve(&mut self) -> PluginResult<()> {
+        if self.client.is_none() {
+            return Ok(());
+        }
+        // A batch that takes the host this long: nothing more is fetched until it is
+        // acknowledged (a quick batch never pauses: resuming costs a fetch round).
+        self.set_paused(true)?;
+        let GroupConsumer {
+            client,
+            stash,
+            client_errors,
+            ..
+        } = self;
+        let Some(client) = client.as_ref() else {
+            return Ok(());
+        };
+        for _ in 0..1024 {
+            match client.poll(Duration::ZERO) {
+                None => break,
+                Some(Ok(message)) => stash.push_back(message.detach()),
+                Some(Err(error)) => {
+                    *client_errors += 1;
+                    buslink_plugin_api::log::debug(format!("Kafka: {error}"));
+                }
+            }
+        }
+        let expired = client
+            .context()
+            .group()
+            .deferred
+            .as_ref()
+            .filter(|(_, until)| Instant::now() >= *until)
+            .map(|(partitions, _)| partitions.clone());
+        if let Some(partitions) = expired {
+            buslink_plugin_api::log::warn(format!(
+                "{}: the host did not finish the records of {} within the group's rebalance \
+                 patience: given up now; the next owner reads them again from the last commit",
+                self.what(),
+                names(&partitions)
+            ));
+            if let Some(client) = self.client.as_ref() {
+                client.context().give_up(client, &partitions);
+            }
+        }
+        Ok(())
+    }
+
     /// Commits to the group, per partition, the position after every record handed over up
     /// to `offset` (in delivery order).
     fn acknowledge(&mut self, offset: &Offset) -> PluginResult<()> {
@@ -416,6 +613,7 @@ impl Consumer for GroupConsumer {
         };
         if !self.delivered.contains(&acked) {
             // Not ours (an earlier run's, or a partition given up since): nothing to store.
+            self.finish_revocation();
             return Ok(());
         }
         let what = self.what();
@@ -433,22 +631,29 @@ impl Consumer for GroupConsumer {
                     break;
                 }
             }
+            group.in_flight = self.delivered.iter().map(|(p, _)| p.clone()).collect();
             group.unstored.clone()
         };
-        match commit_positions(client, &positions) {
+        let outcome = match commit_positions(client, &positions) {
             Ok(()) => {
                 let mut group = client.context().group();
                 group
                     .unstored
                     .retain(|partition, next| positions.get(partition) != Some(next));
                 self.commits += 1;
+                self.acked
+                    .extend(positions.iter().map(|(p, next)| (p.clone(), *next)));
                 Ok(())
             }
             Err(error) => Err(PluginError::connect(format!(
                 "{what}: cannot commit the group's offsets ({}): {error}",
                 names(&positions.keys().cloned().collect::<Vec<_>>())
             ))),
-        }
+        };
+        // A revocation that waited for these records goes on now (what was acknowledged is
+        // committed again first, should the commit above have failed).
+        self.finish_revocation();
+        outcome
     }
 
     fn counters(&self) -> Vec<(String, u64)> {
