@@ -60,6 +60,16 @@ enum Mode {
         #[arg(long, value_enum, default_value_t = BareClient::ReqwestBlocking)]
         client: BareClient,
     },
+    /// (measured child) the bare Kafka loop: rdkafka's BaseConsumer, partition 0 of TOPIC
+    /// assigned from the beginning, each record's value written as a line to OUT (as a jsonl
+    /// handler would), until COUNT records.
+    #[command(name = "bare-kafka")]
+    BareKafka {
+        servers: String,
+        topic: String,
+        count: u64,
+        out: PathBuf,
+    },
 }
 
 /// The HTTP clients the bare HMB loop can read /recv with.
@@ -87,6 +97,12 @@ fn main() -> anyhow::Result<()> {
             count,
             client,
         }) => bare_hmb(&url, bson, count, client),
+        Some(Mode::BareKafka {
+            servers,
+            topic,
+            count,
+            out,
+        }) => bare_kafka(&servers, &topic, count, &out),
         None => run_all(cli.events, cli.runs.max(1), cli.work_dir, &cli.only),
     }
 }
@@ -260,6 +276,46 @@ fn bare_hmb(url: &str, bson: bool, count: i64, bare_client: BareClient) -> anyho
         }
     }
     println!("{bytes}");
+    Ok(())
+}
+
+fn bare_kafka(servers: &str, topic: &str, count: u64, out: &Path) -> anyhow::Result<()> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    use std::io::Write;
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .set("group.id", "bare-loop")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    // The oldest offset asked first (as the plugin does): assigning OFFSET_BEGINNING makes
+    // librdkafka look it up itself, about half a second later on the mock cluster.
+    let (low, _) = consumer.fetch_watermarks(topic, 0, Duration::from_secs(10))?;
+    let mut list = rdkafka::TopicPartitionList::new();
+    list.add_partition_offset(topic, 0, rdkafka::Offset::Offset(low))?;
+    consumer.assign(&list)?;
+    let mut file = std::io::BufWriter::with_capacity(256 * 1024, std::fs::File::create(out)?);
+    let mut seen = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while seen < count {
+        if Instant::now() > deadline {
+            bail!("{seen} of {count} records in 120 s");
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                file.write_all(message.payload().unwrap_or_default())?;
+                file.write_all(b"\n")?;
+                seen += 1;
+                if seen.is_multiple_of(512) {
+                    file.flush()?;
+                }
+            }
+            Some(Err(error)) => bail!("{error}"),
+            None => {}
+        }
+    }
+    file.flush()?;
+    println!("{seen}");
     Ok(())
 }
 
@@ -463,6 +519,9 @@ enum Part {
     /// The daemon's operations: metrics on vs off, `status` round trip while consuming,
     /// memory of several consumers in one process vs one process each.
     Ops,
+    /// Kafka on librdkafka's mock cluster: a bare rdkafka loop, the daemon and `--once` in
+    /// assign mode, one and two group members.
+    Kafka,
 }
 
 /// The printed table: ratios first, then every measured run.
@@ -533,6 +592,10 @@ fn run_all(
     }
     if wanted(Part::Ops) {
         ops_part(&mut report, &dir, events, runs)?;
+    }
+    if wanted(Part::Kafka) {
+        eprintln!("Kafka: {KAFKA_EVENTS} records on librdkafka's mock cluster...");
+        kafka_part(&mut report, &dir, &me, runs)?;
     }
     report.print(events, runs);
     Ok(())
@@ -1163,4 +1226,221 @@ fn now_seconds() -> f64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or_default()
+}
+
+// ---- Kafka ------------------------------------------------------------------------------------
+
+/// Records per Kafka run: the mock cluster keeps about the last 27 000 small records of a
+/// partition.
+const KAFKA_EVENTS: usize = 25_000;
+
+/// Counts the lines of a growing file, reading only what was appended since the last look.
+struct LineCounter {
+    path: PathBuf,
+    read: u64,
+    lines: usize,
+}
+
+impl LineCounter {
+    fn new(path: &Path) -> LineCounter {
+        LineCounter {
+            path: path.to_path_buf(),
+            read: 0,
+            lines: 0,
+        }
+    }
+
+    fn lines(&mut self) -> usize {
+        use std::io::{Read, Seek, SeekFrom};
+        let Ok(mut file) = std::fs::File::open(&self.path) else {
+            return self.lines;
+        };
+        if file.seek(SeekFrom::Start(self.read)).is_err() {
+            return self.lines;
+        }
+        let mut buffer = Vec::new();
+        if let Ok(n) = file.read_to_end(&mut buffer) {
+            self.read += n as u64;
+            self.lines += buffer.iter().filter(|b| **b == b'\n').count();
+        }
+        self.lines
+    }
+}
+
+/// Starts `buslink run` (`--once` when `once`) on each of `configs` together and returns the
+/// wall time from their start to `count` lines in their `outs` together (the last event
+/// written), then stops the daemons; a `--once` run must then exit 0 by itself.
+fn buslink_until(
+    configs: &[PathBuf],
+    outs: &[PathBuf],
+    count: usize,
+    once: bool,
+) -> anyhow::Result<Duration> {
+    for out in outs {
+        let _ = std::fs::remove_file(out);
+    }
+    let start = Instant::now();
+    let mut children = Vec::new();
+    for config in configs {
+        let mut command = Command::new(sibling("buslink")?);
+        command
+            .args(["--log-level", "warn", "run", "--config"])
+            .arg(config);
+        if once {
+            command.arg("--once");
+        }
+        children.push(
+            command
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?,
+        );
+    }
+    let mut counters: Vec<LineCounter> = outs.iter().map(|o| LineCounter::new(o)).collect();
+    let result = loop {
+        let lines: usize = counters.iter_mut().map(LineCounter::lines).sum();
+        if lines >= count {
+            break Ok(start.elapsed());
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            break Err(anyhow::anyhow!("{lines} of {count} lines in 120 s"));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    for child in &mut children {
+        if !once {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        }
+    }
+    for mut child in children {
+        let status = child.wait()?;
+        if once && !status.success() {
+            bail!("buslink run --once exited with {status}");
+        }
+    }
+    result
+}
+
+/// A Kafka consumer config: `mode` settings, its jsonl output `out`, a fresh state dir.
+fn kafka_config(dir: &Path, name: &str, settings: &str, out: &Path) -> anyhow::Result<PathBuf> {
+    let state = dir.join(format!("state-{name}"));
+    let _ = std::fs::remove_dir_all(&state);
+    let text = format!(
+        "state_dir = \"{}\"\nplugin_dirs = [\"{}\"]\nstats_interval_s = 0\n\n[consumer]\nname = \"{name}\"\nplugin = \"kafka\"\nclass = \"KafkaConsumer\"\ntimeout_ms = 200\n\n[consumer.settings]\n{settings}\n\n[[handlers]]\nname = \"out\"\ntype = \"jsonl\"\npath = \"{}\"\n",
+        state.display(),
+        buslink_testkit::build_dir().display(),
+        out.display()
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+fn kafka_part(report: &mut Report, dir: &Path, me: &Path, runs: usize) -> anyhow::Result<()> {
+    let mut mock = buslink_testkit::KafkaMock::start(1, &[("one", 1), ("two", 2)]);
+    mock.command(&format!("produce one {KAFKA_EVENTS}"));
+    mock.command(&format!("produce two {KAFKA_EVENTS}"));
+    let servers = mock.bootstrap().to_owned();
+    let assign = format!("servers = \"{servers}\"\ntopic = \"one\"");
+    let bare_out = dir.join("kafka-bare.out");
+    let (mut bare, mut once, mut daemon, mut group1, mut group2) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for run in 0..runs {
+        // Taking turns, so that load from elsewhere falls on every row alike.
+        let sample = measure(me_with(
+            me,
+            &[
+                "bare-kafka".as_ref(),
+                servers.as_ref(),
+                "one".as_ref(),
+                KAFKA_EVENTS.to_string().as_ref(),
+                bare_out.as_os_str(),
+            ],
+        ))?;
+        bare.push(sample.wall);
+        let out = dir.join("kafka-once.jsonl");
+        let config = kafka_config(dir, "kafka-once", &assign, &out)?;
+        once.push(buslink_until(
+            &[config],
+            std::slice::from_ref(&out),
+            KAFKA_EVENTS,
+            true,
+        )?);
+        if LineCounter::new(&out).lines() != KAFKA_EVENTS {
+            bail!("--once wrote {} lines", LineCounter::new(&out).lines());
+        }
+        let out = dir.join("kafka-daemon.jsonl");
+        let config = kafka_config(dir, "kafka-daemon", &assign, &out)?;
+        daemon.push(buslink_until(&[config], &[out], KAFKA_EVENTS, false)?);
+        // A new group each run: it starts at the oldest records.
+        let group = |member: &str| {
+            format!(
+                "servers = \"{servers}\"\nmode = \"group\"\ntopics = [\"two\"]\n\
+                 group_id = \"bench-{run}-{member}\""
+            )
+        };
+        let out = dir.join("kafka-group1.jsonl");
+        let config = kafka_config(dir, "kafka-group1", &group("one"), &out)?;
+        group1.push(buslink_until(&[config], &[out], KAFKA_EVENTS, false)?);
+        let outs = [
+            dir.join("kafka-group2a.jsonl"),
+            dir.join("kafka-group2b.jsonl"),
+        ];
+        let configs = [
+            kafka_config(dir, "kafka-group2a", &group("two"), &outs[0])?,
+            kafka_config(dir, "kafka-group2b", &group("two"), &outs[1])?,
+        ];
+        group2.push(buslink_until(&configs, &outs, KAFKA_EVENTS, false)?);
+    }
+    fn median(mut values: Vec<Duration>) -> Duration {
+        values.sort();
+        values[values.len() / 2]
+    }
+    fn spread(values: &[Duration]) -> String {
+        let min = values.iter().min().copied().unwrap_or_default();
+        let max = values.iter().max().copied().unwrap_or_default();
+        format!("{:.2}-{:.2} s", min.as_secs_f64(), max.as_secs_f64())
+    }
+    let (m_bare, m_once, m_daemon, m_group1, m_group2) = (
+        median(bare.clone()),
+        median(once.clone()),
+        median(daemon.clone()),
+        median(group1.clone()),
+        median(group2.clone()),
+    );
+    report.ratio(
+        "Kafka assign mode, daemon throughput / bare rdkafka loop (start to last line written)",
+        format!("{:.2}", ratio(m_bare, m_daemon)),
+        ">= 0.9",
+    );
+    report.ratio(
+        "Kafka assign mode, `--once` time / daemon time",
+        format!("{:.2}", ratio(m_once, m_daemon)),
+        "<= 1.2",
+    );
+    report.ratio(
+        "Kafka group mode, 2 members / 1 member time (2 cores shared with the mock cluster)",
+        format!("{:.2}", ratio(m_group2, m_group1)),
+        "reported",
+    );
+    for (name, median, all) in [
+        (
+            "Kafka bare rdkafka BaseConsumer loop (assign)",
+            m_bare,
+            &bare,
+        ),
+        ("Kafka buslink daemon (assign)", m_daemon, &daemon),
+        ("Kafka buslink --once (assign)", m_once, &once),
+        ("Kafka buslink group, 1 member", m_group1, &group1),
+        ("Kafka buslink group, 2 members", m_group2, &group2),
+    ] {
+        report.details.push(format!(
+            "| {name} | {:.3} s ({}) | {} | | | |",
+            median.as_secs_f64(),
+            spread(all),
+            rate(median, KAFKA_EVENTS)
+        ));
+    }
+    Ok(())
 }
