@@ -27,7 +27,7 @@ fn big_server() -> RunningServer {
 
 /// A buslink config for the HMB plugin. `settings` go under `[consumer.settings]` (before the
 /// queue tables), `queues` is the queue tables, `rest` handlers and the like.
-fn hmb_config(
+pub(crate) fn hmb_config(
     dir: &TestDir,
     url: &str,
     consumer_extra: &str,
@@ -78,7 +78,7 @@ fn archive_config(dir: &TestDir, url: &str, settings: &str, queues: &str) -> Pat
 }
 
 /// A small HMB producer speaking /open and /send in JSON or BSON, as a real client does.
-struct Producer {
+pub(crate) struct Producer {
     client: reqwest::blocking::Client,
     url: String,
     bson: bool,
@@ -86,7 +86,7 @@ struct Producer {
 }
 
 impl Producer {
-    fn open(url: &str, bson: bool) -> Producer {
+    pub(crate) fn open(url: &str, bson: bool) -> Producer {
         let client = reqwest::blocking::Client::new();
         let sid = Self::open_session(&client, url, bson);
         Producer {
@@ -122,7 +122,7 @@ impl Producer {
         answer
     }
 
-    fn send(&self, messages: &[Value]) {
+    pub(crate) fn send(&self, messages: &[Value]) {
         for part in messages.chunks(1000) {
             // A session lost to a server restart or expiry: open another one, like a client.
             if !self.send_part(part) {
@@ -185,7 +185,7 @@ fn notice(queue: &str, topic: &str, n: i64) -> Value {
 }
 
 /// Publishes `n` messages per queue (data.n = 0..n), topics cycling through `topics`.
-fn messages(queues: &[&str], topics: &[&str], from: i64, to: i64) -> Vec<Value> {
+pub(crate) fn messages(queues: &[&str], topics: &[&str], from: i64, to: i64) -> Vec<Value> {
     let mut out = Vec::new();
     for n in from..to {
         for queue in queues {

@@ -327,3 +327,53 @@ fn kafka_a_group_member_whose_cluster_never_answers_shows_waiting_for_the_bus() 
     assert!(test_status(&config)["lag"].is_null());
     daemon.terminate(LIMIT);
 }
+
+#[test]
+fn hmb_lag_and_state_follow_a_blocked_handler_and_a_frozen_server_process() {
+    let server = buslink_testkit::hmb_process::HmbServerProcess::start(1000, &[]);
+    let url = server.bus_url("word");
+    crate::hmb::Producer::open(&url, false).send(&crate::hmb::messages(&["A"], &["T"], 0, 50));
+    let dir = TestDir::new("word-hmb");
+    let handlers = format!(
+        "[[handlers]]\nname = \"hook\"\ntype = \"exec\"\ncommand = [\"{}\"]\ntimeout_ms = 60000\n\n{}",
+        gate(&dir).display(),
+        jsonl_handler("all", "")
+    );
+    let config = crate::hmb::hmb_config(
+        &dir,
+        &url,
+        "stall_after_s = 2",
+        "read_timeout_ms = 1500",
+        "[consumer.settings.queues.A]\n",
+        &handlers,
+    );
+    let out = dir.join("out/all.jsonl");
+    let mut daemon = Daemon::run(&config);
+    daemon.wait_for("the lag of a blocked handler, stalled", LIMIT, |_| {
+        let status = test_status(&config);
+        status["lag"] == 50 - count_lines(&out) as u64
+            && status["state"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("stalled"))
+    });
+    std::fs::write(dir.join("go"), "").expect("go");
+    daemon.wait_for("everything handled", LIMIT, |_| {
+        let status = test_status(&config);
+        count_lines(&out) == 50 && status["lag"] == 0 && status["state"] == "running"
+    });
+    server.freeze();
+    daemon.wait_for("the frozen server shown", LIMIT, |_| {
+        let status = test_status(&config);
+        status["state"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("waiting for the bus:"))
+            && status["lag"].is_null()
+    });
+    server.thaw();
+    crate::hmb::Producer::open(&url, false).send(&crate::hmb::messages(&["A"], &["T"], 50, 60));
+    daemon.wait_for("running again, the new messages handled", LIMIT, |_| {
+        let status = test_status(&config);
+        count_lines(&out) == 60 && status["lag"] == 0 && status["state"] == "running"
+    });
+    daemon.terminate(LIMIT);
+}

@@ -623,6 +623,35 @@ impl Consumer for HmbConsumer {
         self.counters.snapshot()
     }
 
+    /// The messages after what was handed over, from `/info` (each queue's `endseq`, last + 1,
+    /// less this consumer's next seq): `None` when the server has no INFO, a session is
+    /// failing, a queue's position is not known yet, or a queue is filtered (its `endseq`
+    /// counts messages this consumer never gets) or windowed (it stops before the end).
+    fn lag(&mut self) -> Option<u64> {
+        if !self.has_info() || lock_failing(&self.counters).is_some() {
+            return None;
+        }
+        if self
+            .config
+            .queues
+            .iter()
+            .any(|q| q.params.is_filtered() || q.params.has_window())
+        {
+            return None;
+        }
+        let info = self.http.as_ref()?.info().ok()?;
+        let mut lag = 0u64;
+        for (queue, next) in self.config.queues.iter().zip(&self.positions) {
+            let end = info
+                .queue
+                .get(&queue.name)
+                .and_then(|held| held.endseq)
+                .map_or(0, |end| end as i64);
+            lag += u64::try_from(end - (*next)?).unwrap_or(0);
+        }
+        Some(lag)
+    }
+
     fn query(&mut self, command: &str, args: &[String]) -> PluginResult<String> {
         let extra = |args: &[String]| {
             if args.is_empty() {
