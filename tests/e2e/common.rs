@@ -64,6 +64,19 @@ pub fn consumer_config(dir: &TestDir, consumer: ConsumerSpec<'_>, rest: &str) ->
     dir.write("buslink.toml", text)
 }
 
+/// A config on the `faulty` in-memory bus (100 ms polls) with `settings` (`events = N`, ...)
+/// and `rest` appended (handlers).
+pub fn faulty_config(dir: &TestDir, settings: &str, rest: &str) -> PathBuf {
+    let consumer = ConsumerSpec {
+        plugin: "faulty",
+        class: "FaultyConsumer",
+        timeout_ms: 100,
+        extra: "",
+        settings,
+    };
+    consumer_config(dir, consumer, rest)
+}
+
 /// A config for the sqlite plugin on `bus`, with `consumer_extra` lines in `[consumer]` and
 /// `rest` appended (handlers, commit).
 pub fn sqlite_config(dir: &TestDir, bus: &Path, consumer_extra: &str, rest: &str) -> PathBuf {

@@ -236,14 +236,7 @@ fn once_says_whether_the_bus_answered_drained_or_the_plugin_cannot_tell() {
     ] {
         let dir = TestDir::new("once-drained-or-unknown");
         let settings = format!("events = 7\ncannot_tell = {cannot_tell}");
-        let consumer = ConsumerSpec {
-            plugin: "faulty",
-            class: "FaultyConsumer",
-            timeout_ms: 100,
-            extra: "",
-            settings: &settings,
-        };
-        let config = consumer_config(&dir, consumer, &jsonl_handler("all", ""));
+        let config = faulty_config(&dir, &settings, &jsonl_handler("all", ""));
         let run = run_once(&config);
         assert_eq!(run.code(), Some(0), "{run}");
         assert!(run.stderr.contains(said), "expected {said:?}: {run}");

@@ -12,15 +12,7 @@ const SECRET: &str = "s3cr3t-T0KEN-do-not-print";
 
 /// A config on the `faulty` in-memory bus (`events` events, offsets 1..=events) with `handlers`.
 fn memory_bus_config(dir: &TestDir, events: u32, handlers: &str) -> PathBuf {
-    let settings = format!("events = {events}");
-    let consumer = ConsumerSpec {
-        plugin: "faulty",
-        class: "FaultyConsumer",
-        timeout_ms: 100,
-        extra: "",
-        settings: &settings,
-    };
-    consumer_config(dir, consumer, handlers)
+    faulty_config(dir, &format!("events = {events}"), handlers)
 }
 
 /// A shell script that records its stdin and environment, and fails (exit 3) while the file

@@ -521,13 +521,26 @@ fn one_partition_member(
     properties: &str,
     handlers: &str,
 ) -> std::path::PathBuf {
+    topic_member(dir, mock, "one", group_id, batch, properties, handlers)
+}
+
+/// A group member on `topic` (see [`one_partition_member`]).
+fn topic_member(
+    dir: &TestDir,
+    mock: &KafkaMock,
+    topic: &str,
+    group_id: &str,
+    batch: usize,
+    properties: &str,
+    handlers: &str,
+) -> std::path::PathBuf {
     let consumer = ConsumerSpec {
         plugin: "kafka",
         class: "KafkaConsumer",
         timeout_ms: 200,
         extra: &format!("batch_size = {batch}"),
         settings: &format!(
-            "servers = \"{}\"\nmode = \"group\"\ntopics = [\"one\"]\ngroup_id = \"{group_id}\"\n\
+            "servers = \"{}\"\nmode = \"group\"\ntopics = [\"{topic}\"]\ngroup_id = \"{group_id}\"\n\
              [consumer.settings.properties]\n\"heartbeat.interval.ms\" = 500\n{properties}{session}",
             mock.bootstrap(),
             // A member gone without a word is noticed within 6 s (the mock's minimum).
@@ -653,28 +666,7 @@ fn kafka_a_rebalance_with_events_in_flight_waits_for_them_and_hands_over_nothing
     mock.command("produce two 80");
     let slow = "[[handlers]]\nname = \"slow\"\ntype = \"exec\"\n\
                 command = [\"sh\", \"-c\", \"cat > /dev/null; sleep 0.1\"]\n";
-    let member = |dir: &TestDir| {
-        let consumer = ConsumerSpec {
-            plugin: "kafka",
-            class: "KafkaConsumer",
-            timeout_ms: 200,
-            extra: "batch_size = 20",
-            settings: &format!(
-                "servers = \"{}\"\nmode = \"group\"\ntopics = [\"two\"]\ngroup_id = \"handover\"\n\
-                 [consumer.settings.properties]\n\"heartbeat.interval.ms\" = 500\n\
-                 \"session.timeout.ms\" = 6000\n",
-                mock.bootstrap()
-            ),
-        };
-        consumer_config(
-            dir,
-            consumer,
-            &format!(
-                "{}\n{slow}\n[commit]\nevery_events = 20\n",
-                jsonl_handler("all", "")
-            ),
-        )
-    };
+    let member = |dir: &TestDir| topic_member(dir, &mock, "two", "handover", 20, "", slow);
     let (dir_a, dir_b) = (
         TestDir::new("kafka-handover-a"),
         TestDir::new("kafka-handover-b"),
