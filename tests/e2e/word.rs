@@ -319,12 +319,24 @@ fn kafka_a_group_member_whose_cluster_never_answers_shows_waiting_for_the_bus() 
     let mut daemon = Daemon::run(&config);
     let address = metrics_of(&mut daemon);
     daemon.wait_for("the unreachable cluster shown", LIMIT, |_| {
-        test_status(&config)["state"]
-            .as_str()
-            .is_some_and(|s| s.contains("no broker of the cluster is reachable"))
+        test_status(&config)["state"].as_str().is_some_and(|s| {
+            s.starts_with("waiting for the bus:") && s.contains("cannot reach the cluster")
+        })
     });
     assert_eq!(scrape(&address, "/ready").0, 503);
     assert!(test_status(&config)["lag"].is_null());
+    // It stays so through the retries: never "open and consuming", no flapping.
+    daemon.wait_for("two retries", LIMIT, |d| {
+        d.stderr().matches("cannot reach the cluster").count() >= 4
+    });
+    let log = daemon.stderr();
+    assert!(!log.contains("open and positioned"), "{log}");
+    assert!(!log.contains("running again"), "{log}");
+    assert_eq!(
+        log.matches("consumer now waiting for the bus").count(),
+        1,
+        "{log}"
+    );
     daemon.terminate(LIMIT);
 }
 

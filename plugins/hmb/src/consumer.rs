@@ -34,6 +34,12 @@ pub struct HmbConsumer {
     gap_cursor: usize,
     /// Per queue: the next seq after the last event handed to the host.
     positions: Vec<Option<i64>>,
+    /// Per queue: where the session started (`None`: the server chose), for a queue that has
+    /// handed nothing over yet.
+    started_at: Vec<Option<i64>>,
+    /// Draining: every queue's end as `/info` first answered it; the drain stops there (it
+    /// never chases a producer faster than itself).
+    drain_target: Option<Vec<i64>>,
     offset_text: String,
     pending_error: Option<PluginError>,
     ended: bool,
@@ -96,6 +102,8 @@ impl ConsumerClass for HmbConsumer {
             cursor: 0,
             gap_cursor: 0,
             positions: vec![None; queues],
+            started_at: vec![None; queues],
+            drain_target: None,
             offset_text: String::new(),
             pending_error: None,
             ended: false,
@@ -147,6 +155,13 @@ impl HmbConsumer {
         if let Some(refusal) = &self.refusal {
             return Err(refusal.clone());
         }
+        self.started_at = start
+            .iter()
+            .map(|s| match s {
+                StartSeq::Exact { seq, .. } => Some(*seq),
+                StartSeq::Server(_) => None,
+            })
+            .collect();
         let http = self.http()?.clone();
         let mut fetcher = Fetcher::new(
             http,
@@ -377,6 +392,45 @@ impl HmbConsumer {
         added
     }
 
+    /// Whether every queue's end, as `/info` answered it the first time it was asked while
+    /// draining, is at what was handed over (where
+    /// that can be told: the server offers INFO, the queue is not filtered or windowed, its
+    /// position is known; otherwise the server's word is taken as it is). An `/info` that
+    /// fails is an error: no positive answer.
+    fn end_reached(&mut self) -> PluginResult<bool> {
+        if !self.has_info() {
+            return Ok(true);
+        }
+        if self.drain_target.is_none() {
+            let info = self.http()?.info()?;
+            self.drain_target = Some(
+                self.config
+                    .queues
+                    .iter()
+                    .map(|queue| {
+                        info.queue
+                            .get(&queue.name)
+                            .and_then(|held| held.endseq)
+                            .map_or(0, |end| end as i64)
+                    })
+                    .collect(),
+            );
+        }
+        let target = self.drain_target.clone().unwrap_or_default();
+        for (index, queue) in self.config.queues.iter().enumerate() {
+            if queue.params.is_filtered() || queue.params.has_window() {
+                continue;
+            }
+            let Some(next) = self.positions[index].or(self.started_at[index]) else {
+                continue;
+            };
+            if next < target.get(index).copied().unwrap_or(0) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// The shared loop of `poll` and `find_next_event_of_category`.
     fn fill(
         &mut self,
@@ -419,9 +473,14 @@ impl HmbConsumer {
                 // Events, or a gap alone: news for the host.
                 Ok(false) if added > 0 || !batch.is_blank() => return Ok(PollStatus::Ready),
                 // The server's own word: nothing more was ready (a heartbeat, a /recv that
-                // ended before its limit, /info at the open).
+                // ended before its limit, /info at the open). Draining, /info confirms it where
+                // the server offers it: a server that reads its queues from disk may end an
+                // answer with less than is there.
                 Ok(false) if self.counters.drained.load(Ordering::SeqCst) => {
-                    return Ok(PollStatus::Drained)
+                    if !self.stop_when_drained || self.end_reached()? {
+                        return Ok(PollStatus::Drained);
+                    }
+                    deadline = Some(Instant::now() + Duration::from_millis(20));
                 }
                 // Draining without that word yet (a backlog on its way, a re-open, or a server
                 // gone quiet mid-answer): wait for it, as long as two reads may take.

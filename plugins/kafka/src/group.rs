@@ -407,6 +407,17 @@ impl Consumer for GroupConsumer {
         client
             .subscribe(&topics)
             .map_err(|e| PluginError::connect(format!("{}: cannot subscribe: {e}", self.what())))?;
+        // Open means a broker answered: a member whose cluster never answers stays "waiting
+        // for the bus", it is not "open and consuming" for a few seconds at each retry.
+        client
+            .fetch_metadata(None, self.config.request_timeout)
+            .map_err(|e| {
+                PluginError::connect(format!(
+                    "{}: cannot reach the cluster: {e}{}",
+                    self.what(),
+                    client.context().last_error()
+                ))
+            })?;
         {
             let mut group = client.context().group();
             group.request_timeout = self.config.request_timeout;
