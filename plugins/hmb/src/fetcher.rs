@@ -834,18 +834,21 @@ impl Fetcher {
             }
             let received_at = chrono::Utc::now().timestamp_micros();
             let mut frame_failure = None;
+            let framed_before = items.len();
             loop {
                 match framer.next(&buf, &mut pos) {
-                    Ok(Some(item)) => {
-                        items.push(item);
-                        progress_at = Instant::now();
-                    }
+                    Ok(Some(item)) => items.push(item),
                     Ok(None) => break,
                     Err(message) => {
                         frame_failure = Some(message);
                         break;
                     }
                 }
+            }
+            // Progress: a message completed in this read (the clock is read once per read, not
+            // per message: a read holds hundreds).
+            if items.len() > framed_before {
+                progress_at = Instant::now();
             }
             // Bounded whatever the server sends: a message (or what stands between messages)
             // longer than max_message is never waited for.
