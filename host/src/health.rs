@@ -418,7 +418,9 @@ fn observe(tracks: &mut HashMap<String, Track>, consumer: &Watched, now: Instant
         track.progress_at = now;
     }
     let waiting_events = lag.unwrap_or_else(|| health.in_flight());
-    if handled != track.handled {
+    if handled != track.handled || consumer.paused || !matches!(phase, Phase::Consuming) {
+        // Progress, or a time the consumer was not expected to make any (paused, connecting,
+        // waiting for the bus): the stall clock starts again from here.
         track.progress_at = now;
     } else if waiting_events > 0 && !track.waiting {
         // Events begin to wait now: the stall clock starts here, not at the last event
@@ -563,11 +565,17 @@ mod tests {
             observe(&mut tracks, &watched(&health, false), later).state,
             State::Running
         );
-        let stuck = later + Duration::from_secs(3);
+        let paused = later + Duration::from_secs(3);
         assert_eq!(
-            observe(&mut tracks, &watched(&health, true), stuck).state,
+            observe(&mut tracks, &watched(&health, true), paused).state,
             State::Paused
         );
+        // Resumed: the stall clock starts again at the resume, not at the pause.
+        assert_eq!(
+            observe(&mut tracks, &watched(&health, false), paused).state,
+            State::Running
+        );
+        let stuck = paused + Duration::from_secs(3);
         let view = observe(&mut tracks, &watched(&health, false), stuck);
         assert_eq!(
             view.state,

@@ -419,10 +419,15 @@ fn read_loop(
         }
     }
     // What the dispatcher committed last, handed back as it stopped: a bus that keeps the
-    // position stores it before the consumer is closed (every way of stopping).
-    let last = std::iter::from_fn(|| empty.try_recv().ok())
-        .filter_map(|returned| returned.committed)
-        .last();
+    // position stores it before the consumer is closed (every way of stopping). The dispatcher
+    // may still be finishing the event in hand: waited for until it lets go of the channel.
+    let last = if consumer.bus_owns_position() {
+        std::iter::from_fn(|| empty.recv().ok())
+            .filter_map(|returned| returned.committed)
+            .last()
+    } else {
+        None
+    };
     if let Some(offset) = last {
         if let Err(error) = consumer.acknowledge(&offset) {
             tracing::warn!("{error}; offset {offset} is in the offset cache only");
@@ -874,10 +879,12 @@ pub fn run(
             ReaderMessage::Failed(error) => break Err(error.into()),
         }
     };
-    if shutdown.requested() {
-        set_phase(&options, Phase::Stopping);
-    } else if let Err(error) = &outcome {
-        set_phase(&options, Phase::Failed(error.to_string()));
+    match &outcome {
+        Err(error) if !shutdown.requested() => {
+            set_phase(&options, Phase::Failed(error.to_string()))
+        }
+        // A stop, a drained `--once`, or a bus that ended: this run is over.
+        _ => set_phase(&options, Phase::Stopping),
     }
     if let Some(control) = &options.control {
         control.set_serving(false);
@@ -886,6 +893,13 @@ pub fn run(
     let final_commit = committer
         .commit(handlers, error_queue)
         .and_then(|()| Ok(committer.writer.finish()?));
+    if bus_owned && final_commit.is_ok() {
+        // The reader acknowledges it before the consumer is closed: the bus stores it too.
+        let _ = empty_tx.send(ReturnedBatch {
+            batch: EventBatch::new(1, 1),
+            committed: committer.last_committed.clone(),
+        });
+    }
     drop(full_rx);
     drop(empty_tx);
     let counters = shutdown_reader(reader, shutdown);

@@ -286,6 +286,7 @@ fn supervise(mut unit: Unit, daemon: &Daemon<'_>, steering: &Steer) -> Result<()
             steering.attempt = Some(attempt_stop.clone());
         }
         let started = Instant::now();
+        unit.context.control.health().set_phase(Phase::Connecting);
         let attempt = match unit.consumer.take() {
             Some(consumer) => Ok(consumer),
             None => new_consumer(&unit.config, &unit.plugin),

@@ -480,6 +480,15 @@ impl HmbConsumer {
                     if !self.stop_when_drained || self.end_reached()? {
                         return Ok(PollStatus::Drained);
                     }
+                    if news_at.elapsed() >= patience {
+                        return Err(PluginError::connect(format!(
+                            "HMB {}: the server says nothing more is ready, but its /info end \
+                             is not reached and nothing came for {} ms: cannot tell whether \
+                             the bus is drained",
+                            self.http()?.base(),
+                            patience.as_millis()
+                        )));
+                    }
                     deadline = Some(Instant::now() + Duration::from_millis(20));
                 }
                 // Draining without that word yet (a backlog on its way, a re-open, or a server
@@ -700,13 +709,19 @@ impl Consumer for HmbConsumer {
         }
         let info = self.http.as_ref()?.info().ok()?;
         let mut lag = 0u64;
-        for (queue, next) in self.config.queues.iter().zip(&self.positions) {
+        for ((queue, next), started) in self
+            .config
+            .queues
+            .iter()
+            .zip(&self.positions)
+            .zip(&self.started_at)
+        {
             let end = info
                 .queue
                 .get(&queue.name)
                 .and_then(|held| held.endseq)
                 .map_or(0, |end| end as i64);
-            lag += u64::try_from(end - (*next)?).unwrap_or(0);
+            lag += u64::try_from(end - next.or(*started)?).unwrap_or(0);
         }
         Some(lag)
     }

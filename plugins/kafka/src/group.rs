@@ -571,7 +571,9 @@ impl Consumer for GroupConsumer {
             return Ok(());
         }
         // A batch that takes the host this long: nothing more is fetched until it is
-        // acknowledged (a quick batch never pauses: resuming costs a fetch round).
+        // acknowledged (a quick batch never pauses: resuming costs a fetch round). Asked again
+        // at every call: an assignment received meanwhile comes resumed.
+        self.paused = false;
         self.set_paused(true)?;
         let GroupConsumer {
             client,
@@ -608,6 +610,13 @@ impl Consumer for GroupConsumer {
             ));
             if let Some(client) = self.client.as_ref() {
                 client.context().give_up(client, &partitions);
+            }
+            // Their records in the host's hands are no longer ours to commit: the next owner's
+            // position must never be moved back by an acknowledgement that comes later.
+            self.delivered
+                .retain(|(partition, _)| !partitions.contains(partition));
+            for partition in &partitions {
+                self.next.remove(partition);
             }
         }
         Ok(())
