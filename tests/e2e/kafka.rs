@@ -511,6 +511,16 @@ fn kafka_a_reload_that_changes_only_handlers_keeps_the_group_member_s_partitions
     assert_eq!(daemon.terminate(limit).code(), Some(0));
 }
 
+/// Every record of partition 0, offsets `0..count`, is in the `jsonl` file at `out` once, in
+/// order.
+fn assert_each_record_once(out: &std::path::Path, count: i64, context: &dyn std::fmt::Display) {
+    assert_eq!(
+        group_offsets(out),
+        (0..count).map(|o| (0, o)).collect::<Vec<_>>(),
+        "each record once, in order: {context}"
+    );
+}
+
 /// A group member on topic `one` (1 partition) with `group_id`, `batch` events per batch,
 /// librdkafka `properties` lines, and `handlers` (an archive first, as operators put it).
 fn one_partition_member(
@@ -579,12 +589,7 @@ fn kafka_a_group_member_whose_batch_outlasts_max_poll_interval_is_never_evicted_
     let limit = std::time::Duration::from_secs(90);
     daemon.wait_for("every record handled", limit, |_| count_lines(&out) >= 40);
     let run = daemon.terminate(limit);
-    let handled: Vec<(i32, i64)> = group_offsets(&out);
-    assert_eq!(
-        handled,
-        (0..40).map(|o| (0, o)).collect::<Vec<_>>(),
-        "each record once, in order: {run}"
-    );
+    assert_each_record_once(&out, 40, &run);
     // Given up once, at the stop; never evicted, every commit reached the group.
     assert_eq!(
         run.stderr.matches("partitions given up").count(),
@@ -621,12 +626,7 @@ fn kafka_a_group_member_stopped_by_a_failing_handler_commits_what_it_handled_to_
             .contains("one:0 starts at the group's committed offset 45"),
         "{run2}"
     );
-    let handled = group_offsets(&out);
-    assert_eq!(
-        handled,
-        (0..60).map(|o| (0, o)).collect::<Vec<_>>(),
-        "each record once"
-    );
+    assert_each_record_once(&out, 60, &run2);
 }
 
 #[test]
@@ -653,11 +653,7 @@ fn kafka_a_group_whose_offsets_are_gone_resumes_from_the_member_s_cache_with_a_w
         ),
         "{run2}"
     );
-    assert_eq!(
-        group_offsets(&out),
-        (0..40).map(|o| (0, o)).collect::<Vec<_>>(),
-        "nothing read twice"
-    );
+    assert_each_record_once(&out, 40, &run2);
 }
 
 #[test]

@@ -233,14 +233,7 @@ fn a_range_that_cannot_be_is_refused_before_anything_is_delivered() {
         hook_file.display()
     );
     let faulty = |name: &str, settings: &str| {
-        let consumer = ConsumerSpec {
-            plugin: "faulty",
-            class: "FaultyConsumer",
-            timeout_ms: 100,
-            extra: "",
-            settings,
-        };
-        let config = consumer_config(&dir, consumer, &hook);
+        let config = faulty_config(&dir, settings, &hook);
         let renamed = dir.join(format!("{name}.toml"));
         std::fs::rename(&config, &renamed).expect("config");
         renamed.to_string_lossy().into_owned()
