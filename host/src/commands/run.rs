@@ -300,7 +300,7 @@ impl crate::health::Publish for Published {
                 name: shared.name(),
                 health: shared.health().clone(),
                 paused: shared.paused(),
-                committed: shared.status().committed_offset,
+                committed: shared.committed_offset(),
             })
             .collect()
     }

@@ -375,6 +375,16 @@ impl Shared {
         change(&mut status);
     }
 
+    /// The last committed offset, as text (what a progress line shows), without copying the
+    /// rest of the status.
+    pub fn committed_offset(&self) -> Option<String> {
+        self.status
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .committed_offset
+            .clone()
+    }
+
     /// A copy of the status, with the derived fields filled.
     pub fn status(&self) -> Status {
         let mut status = self

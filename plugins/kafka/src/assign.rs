@@ -264,15 +264,12 @@ impl AssignConsumer {
 impl Consumer for AssignConsumer {
     fn open(&mut self) -> PluginResult<()> {
         let client = client::create(&self.config, &self.what())?;
-        let metadata = client
-            .fetch_metadata(Some(&self.config.topic), self.config.request_timeout)
-            .map_err(|e| {
-                PluginError::connect(format!(
-                    "{}: cannot reach the cluster: {e}{}",
-                    self.what(),
-                    client.context().last_error()
-                ))
-            })?;
+        let metadata = client::metadata(
+            &client,
+            Some(&self.config.topic),
+            &self.config,
+            &self.what(),
+        )?;
         let topic = metadata
             .topics()
             .iter()

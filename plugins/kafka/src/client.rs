@@ -438,6 +438,24 @@ pub fn create(config: &Config, what: &str) -> PluginResult<BaseConsumer<Reports>
         .map_err(|e| PluginError::config(format!("{what}: {e}")))
 }
 
+/// The cluster's metadata (of `topic`, or of every topic): a broker answered within the request
+/// timeout, or a connection error naming the cluster and librdkafka's last error.
+pub fn metadata(
+    client: &BaseConsumer<Reports>,
+    topic: Option<&str>,
+    config: &Config,
+    what: &str,
+) -> PluginResult<rdkafka::metadata::Metadata> {
+    client
+        .fetch_metadata(topic, config.request_timeout)
+        .map_err(|e| {
+            PluginError::connect(format!(
+                "{what}: cannot reach the cluster: {e}{}",
+                client.context().last_error()
+            ))
+        })
+}
+
 /// Records delivered other than as JSON text.
 #[derive(Debug, Default)]
 pub struct Tally {

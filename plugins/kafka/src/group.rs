@@ -409,15 +409,7 @@ impl Consumer for GroupConsumer {
             .map_err(|e| PluginError::connect(format!("{}: cannot subscribe: {e}", self.what())))?;
         // Open means a broker answered: a member whose cluster never answers stays "waiting
         // for the bus", it is not "open and consuming" for a few seconds at each retry.
-        client
-            .fetch_metadata(None, self.config.request_timeout)
-            .map_err(|e| {
-                PluginError::connect(format!(
-                    "{}: cannot reach the cluster: {e}{}",
-                    self.what(),
-                    client.context().last_error()
-                ))
-            })?;
+        client::metadata(&client, None, &self.config, &self.what())?;
         {
             let mut group = client.context().group();
             group.request_timeout = self.config.request_timeout;
