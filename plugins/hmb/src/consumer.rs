@@ -332,6 +332,7 @@ impl HmbConsumer {
             offset_text,
             config,
             ended,
+            fetcher,
             ..
         } = self;
         let Some(chunk) = current.as_ref() else {
@@ -384,6 +385,10 @@ impl HmbConsumer {
             report_gaps(batch, usize::MAX);
             if chunk.eof {
                 *ended = true;
+            }
+            // Its buffers go back to the fetcher, for the next answers.
+            if let (Some(done), Some(fetcher)) = (current.take(), fetcher.as_ref()) {
+                fetcher.spares.give_chunk(done);
             }
             *current = None;
             *cursor = 0;

@@ -25,6 +25,7 @@ use crate::client::{read_error, Http, Info, PendingRecv, RecvClient};
 use crate::framing::{Framer, Item};
 use crate::message::{parse_bson, parse_json, BodySrc, Parsed};
 use crate::settings::Format;
+use crate::spares::Pool;
 use buslink_plugin_api::{log, Body, PluginError, PluginResult};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
@@ -323,6 +324,30 @@ pub struct Fetcher {
     /// Gaps found and not yet put in a chunk (range, count if known): they go in the next
     /// one, before the event they were found at, so the host hears of each where it lies.
     pending_gaps: Vec<(String, Option<u64>)>,
+    /// Buffers the consumer handed back, read into again.
+    spares: Arc<Spares>,
+    /// The framed messages of the answer in hand (kept between answers with its room).
+    items: Vec<Item>,
+}
+
+/// The buffers of chunks the consumer is done with, for the fetcher to reuse (see
+/// [`spares`](crate::spares): fresh megabytes cost a page fault per 4 KiB).
+#[derive(Debug, Default)]
+pub struct Spares {
+    /// Answer bytes and converted text.
+    pub bytes: Pool<u8>,
+    /// Event lists.
+    pub events: Pool<ChunkEvent>,
+}
+
+impl Spares {
+    /// Takes back the buffers of a chunk whose events were all moved into batches.
+    pub fn give_chunk(&self, chunk: Chunk) {
+        self.bytes.give(chunk.raw.into_bytes());
+        self.bytes.give(chunk.extra.into_bytes());
+        self.bytes.give(chunk.bytes);
+        self.events.give(chunk.events);
+    }
 }
 
 /// The consumer's end of a running fetcher; dropping it stops the fetcher (after its current
@@ -330,6 +355,8 @@ pub struct Fetcher {
 pub struct FetcherHandle {
     /// Chunks and failures.
     pub rx: Receiver<FetchMsg>,
+    /// Where the consumer hands back the chunks it is done with.
+    pub spares: Arc<Spares>,
     stop: Arc<AtomicBool>,
 }
 
@@ -375,6 +402,8 @@ impl Fetcher {
             backoff: config.retry_wait,
             opened: false,
             pending_gaps: Vec::new(),
+            spares: Arc::default(),
+            items: Vec::new(),
             http,
             receiver: None,
             prefetched: None,
@@ -389,11 +418,12 @@ impl Fetcher {
     pub fn spawn(self) -> PluginResult<FetcherHandle> {
         let (tx, rx) = mpsc::sync_channel(CHANNEL_CHUNKS);
         let stop = Arc::clone(&self.stop);
+        let spares = Arc::clone(&self.spares);
         std::thread::Builder::new()
             .name("hmb-fetch".into())
             .spawn(move || self.run(tx))
             .map_err(|e| PluginError::internal(format!("cannot start the fetch thread: {e}")))?;
-        Ok(FetcherHandle { rx, stop })
+        Ok(FetcherHandle { rx, spares, stop })
     }
 
     fn run(mut self, tx: SyncSender<FetchMsg>) {
@@ -749,8 +779,13 @@ impl Fetcher {
             Some(receiver) => receiver,
             None => RecvClient::new(self.http.clone())?,
         };
-        let flow = self.receive_with(&receiver, tx);
+        let mut buf = self.spares.bytes.take(0);
+        let mut items = std::mem::take(&mut self.items);
+        let flow = self.receive_with(&receiver, tx, &mut buf, &mut items);
         self.receiver = Some(receiver);
+        items.clear();
+        self.items = items;
+        self.spares.bytes.give(buf);
         flow
     }
 
@@ -758,6 +793,8 @@ impl Fetcher {
         &mut self,
         receiver: &RecvClient,
         tx: &SyncSender<FetchMsg>,
+        buf: &mut Vec<u8>,
+        items: &mut Vec<Item>,
     ) -> PluginResult<Flow> {
         let config = Arc::clone(&self.http.config);
         let format = config.format;
@@ -789,10 +826,9 @@ impl Fetcher {
                 .min(EMIT_BYTES)
                 + READ_SIZE
         };
-        let mut buf: Vec<u8> = Vec::with_capacity(capacity);
+        buf.reserve(capacity);
         let mut framer = Framer::new(format);
         let mut pos = 0;
-        let mut items: Vec<Item> = Vec::new();
         let mut answer_bytes = 0usize;
         // Progress: a message completed (or the answer began). While bytes wait after the last
         // message, the next one must be whole by `message_timeout` after it: a server that
@@ -836,7 +872,7 @@ impl Fetcher {
             let mut frame_failure = None;
             let framed_before = items.len();
             loop {
-                match framer.next(&buf, &mut pos) {
+                match framer.next(buf, &mut pos) {
                     Ok(Some(item)) => items.push(item),
                     Ok(None) => break,
                     Err(message) => {
@@ -879,14 +915,13 @@ impl Fetcher {
             }
             let failed = read_failure.is_some() || frame_failure.is_some();
             if ended && !failed && !config.stream {
-                self.prefetch(receiver, &sid, &buf, pos, &framer, &items);
+                self.prefetch(receiver, &sid, buf, pos, &framer, items);
             }
             // /recv answers are handed over whole; /stream ones as they come; either way a
             // chunk never grows past EMIT_BYTES plus one message.
             let big = buf.len() >= EMIT_BYTES;
             if !items.is_empty() && (ended || failed || config.stream || big) {
-                let (eof, closed) =
-                    self.emit(&mut buf, &mut pos, &mut items, received_at, tx, &what)?;
+                let (eof, closed) = self.emit(buf, &mut pos, items, received_at, tx, &what)?;
                 if closed || self.stopped() {
                     return Ok(Flow::Finished);
                 }
@@ -1013,11 +1048,11 @@ impl Fetcher {
         let mut builder = ChunkBuilder {
             // BSON bodies are converted into it: about as large as the answer (no regrowth).
             extra: match format {
-                Format::Bson => Vec::with_capacity(consumed + consumed / 4),
+                Format::Bson => self.spares.bytes.take(consumed + consumed / 4),
                 Format::Json => Vec::new(),
             },
             bytes: Vec::new(),
-            events: Vec::with_capacity(items.len()),
+            events: self.spares.events.take(items.len()),
             gaps: Vec::new(),
         };
         // Gaps found at a (re-)open come before the first message of the session.
@@ -1032,7 +1067,8 @@ impl Fetcher {
             Format::Json => {
                 // The answer's bytes go to the consumer as they are; the rest (a message
                 // not yet whole) starts the next buffer, which gets its room on first use.
-                let rest = buf[consumed..].to_vec();
+                let mut rest = self.spares.bytes.take(buf.capacity());
+                rest.extend_from_slice(&buf[consumed..]);
                 let head = std::mem::replace(buf, rest);
                 let raw = if simdutf8::basic::from_utf8(&head).is_ok() {
                     // SAFETY: `head` was checked to be UTF-8 just above (by simdutf8, several
@@ -1082,8 +1118,13 @@ impl Fetcher {
         }
         let mut closed = false;
         if !builder.events.is_empty() || eof || !builder.gaps.is_empty() {
-            let extra = String::from_utf8(builder.extra)
-                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+            // Written from checked text, numbers and ASCII: UTF-8 (checked again, fast).
+            let extra = if simdutf8::basic::from_utf8(&builder.extra).is_ok() {
+                // SAFETY: checked just above.
+                unsafe { String::from_utf8_unchecked(builder.extra) }
+            } else {
+                String::from_utf8_lossy(&builder.extra).into_owned()
+            };
             let chunk = Chunk {
                 raw,
                 extra,

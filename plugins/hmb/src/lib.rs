@@ -22,6 +22,7 @@ pub mod json_scan;
 pub mod message;
 pub mod offset;
 pub mod settings;
+pub mod spares;
 
 pub use consumer::HmbConsumer;
 pub use settings::HmbSettings;
