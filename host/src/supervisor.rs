@@ -32,6 +32,7 @@ use crate::metrics::MetricsRegistry;
 use crate::plugin::{LoadedPlugin, PluginConsumer};
 use crate::shutdown::Shutdown;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{Scope, ScopedJoinHandle};
 use std::time::{Duration, Instant};
@@ -105,11 +106,16 @@ struct Handle<'scope> {
     shared: Arc<Shared>,
     steer: Steer,
     thread: std::io::Result<ScopedJoinHandle<'scope, Result<(), AppError>>>,
+    /// Set by the thread as its last act (its result is then about to be returned).
+    ended: Arc<AtomicBool>,
 }
 
 impl Handle<'_> {
+    /// Whether its thread has ended (or is returning: joining it takes no time). The thread's
+    /// notice comes a moment before `is_finished` turns true: looking only at that, the
+    /// supervisor missed the notice and slept its 50 ms again at every stop.
     fn finished(&self) -> bool {
-        self.thread.as_ref().map_or(true, |t| t.is_finished())
+        self.ended.load(Ordering::SeqCst) || self.thread.as_ref().map_or(true, |t| t.is_finished())
     }
 }
 
@@ -205,11 +211,13 @@ pub fn run(units: Vec<Unit>, daemon: &Daemon<'_>) -> Result<(), AppError> {
     }
 }
 
-/// Sends on its channel when dropped: a thread's end, even by a panic.
-struct EndNotice(std::sync::mpsc::Sender<()>);
+/// Marks its thread ended and sends on its channel when dropped: a thread's end, even by a
+/// panic.
+struct EndNotice(std::sync::mpsc::Sender<()>, Arc<AtomicBool>);
 
 impl Drop for EndNotice {
     fn drop(&mut self) {
+        self.1.store(true, Ordering::SeqCst);
         let _ = self.0.send(());
     }
 }
@@ -227,12 +235,14 @@ fn spawn<'scope, 'env>(
     let shared = unit.context.control.clone();
     let plugin = unit.plugin.clone();
     let steering: Steer = Arc::default();
+    let ended_flag = Arc::new(AtomicBool::new(false));
     let thread = {
         let steering = steering.clone();
+        let ended_flag = Arc::clone(&ended_flag);
         std::thread::Builder::new()
             .name(format!("consumer {name}"))
             .spawn_scoped(scope, move || {
-                let _notice = EndNotice(ended);
+                let _notice = EndNotice(ended, ended_flag);
                 supervise(unit, daemon, &steering)
             })
     };
@@ -245,6 +255,7 @@ fn spawn<'scope, 'env>(
         shared,
         steer: steering,
         thread,
+        ended: ended_flag,
     }
 }
 
