@@ -4,7 +4,8 @@
 pub mod append_file;
 pub mod cli;
 pub mod commands;
-pub mod config;
+/// The config types live in their own crate (`configuration/`), below every other part.
+pub use buslink_config as config;
 pub mod control;
 pub mod dead_letter;
 pub mod error_queue;

@@ -16,15 +16,12 @@ pub mod client;
 pub mod server;
 
 use serde::Serialize;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-/// The daemon's socket when `[control] path` does not say: `STATE_DIR/buslink.sock`.
-pub fn default_socket_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("buslink.sock")
-}
+pub use buslink_config::default_socket_path;
 
 /// Every consumer the daemon runs, as the socket sees them, and the reload request.
 #[derive(Debug, Default)]

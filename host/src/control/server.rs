@@ -1,7 +1,7 @@
 //! The daemon's side of the control socket.
 
 use super::{QueueCommand, Registry, Shared, Status};
-use crate::config::ControlSocketConfig;
+use crate::config::{accounts, ControlSocketConfig};
 use crate::shutdown::Shutdown;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -143,8 +143,12 @@ fn bind_private(path: &Path, config: &ControlSocketConfig) -> Result<UnixListene
         std::fs::set_permissions(&inside, std::fs::Permissions::from_mode(config.mode))
             .map_err(|e| format!("cannot set the mode of {}: {e}", path.display()))?;
         if config.owner.is_some() || config.group.is_some() {
-            let uid = config.owner.as_deref().map(user_id).transpose()?;
-            let gid = config.group.as_deref().map(group_id).transpose()?;
+            let uid = config.owner.as_deref().map(accounts::user_id).transpose()?;
+            let gid = config
+                .group
+                .as_deref()
+                .map(accounts::group_id)
+                .transpose()?;
             std::os::unix::fs::chown(&inside, uid, gid)
                 .map_err(|e| format!("cannot give {} its owner and group: {e}", path.display()))?;
         }
@@ -173,61 +177,6 @@ fn readable(listener: &UnixListener, woken: &std::os::unix::net::UnixStream) -> 
     // SAFETY: two valid pollfds, for the duration of the call.
     let ready = unsafe { libc::poll(entries.as_mut_ptr(), 2, 1000) };
     ready > 0 && entries[0].revents & libc::POLLIN != 0 && entries[1].revents == 0
-}
-
-/// A user name or numeric id.
-pub(crate) fn user_id(name: &str) -> Result<u32, String> {
-    // SAFETY (the closure): the pointers come from `lookup`, valid for the call.
-    lookup(
-        name,
-        "user",
-        |name, entry, buffer, size, found| unsafe {
-            libc::getpwnam_r(name, entry, buffer, size, found)
-        },
-        |entry: &libc::passwd| entry.pw_uid,
-    )
-}
-
-/// A group name or numeric id.
-pub(crate) fn group_id(name: &str) -> Result<u32, String> {
-    // SAFETY (the closure): the pointers come from `lookup`, valid for the call.
-    lookup(
-        name,
-        "group",
-        |name, entry, buffer, size, found| unsafe {
-            libc::getgrnam_r(name, entry, buffer, size, found)
-        },
-        |entry: &libc::group| entry.gr_gid,
-    )
-}
-
-/// A numeric id as it is, or the id of the entry `call` (`getpwnam_r`, `getgrnam_r`) finds
-/// for `name`.
-fn lookup<E>(
-    name: &str,
-    what: &str,
-    call: impl FnOnce(*const libc::c_char, *mut E, *mut libc::c_char, usize, *mut *mut E) -> i32,
-    id: impl FnOnce(&E) -> u32,
-) -> Result<u32, String> {
-    if let Ok(id) = name.parse::<u32>() {
-        return Ok(id);
-    }
-    let c_name = std::ffi::CString::new(name).map_err(|_| format!("bad {what} name {name:?}"))?;
-    // SAFETY: an all-zero passwd or group is a valid value to be filled in.
-    let mut entry: E = unsafe { std::mem::zeroed() };
-    let mut buffer = vec![0 as libc::c_char; 16 * 1024];
-    let mut found: *mut E = std::ptr::null_mut();
-    let code = call(
-        c_name.as_ptr(),
-        &mut entry,
-        buffer.as_mut_ptr(),
-        buffer.len(),
-        &mut found,
-    );
-    if code != 0 || found.is_null() {
-        return Err(format!("no {what} named {name:?}"));
-    }
-    Ok(id(&entry))
 }
 
 impl Drop for ControlServer {

@@ -1,8 +1,9 @@
 //! A handler's `match`: globs on category, eventtype and objtype.
 
 use super::DispatchedEvent;
+use crate::config::filter::glob_set;
 use crate::config::EventFilter;
-use globset::{Glob, GlobSet, GlobSetBuilder};
+use globset::GlobSet;
 
 /// Decides which events a handler gets. A field with no patterns matches every event; a field
 /// with patterns matches when the event has that field and one pattern matches it.
@@ -10,23 +11,6 @@ pub struct EventMatcher {
     category: Option<GlobSet>,
     eventtype: Option<GlobSet>,
     objtype: Option<GlobSet>,
-}
-
-fn glob_set(field: &str, patterns: &[String]) -> Result<Option<GlobSet>, String> {
-    if patterns.is_empty() {
-        return Ok(None);
-    }
-    let mut builder = GlobSetBuilder::new();
-    for pattern in patterns {
-        builder.add(
-            Glob::new(pattern)
-                .map_err(|e| format!("match.{field}: bad pattern '{pattern}': {e}"))?,
-        );
-    }
-    builder
-        .build()
-        .map(Some)
-        .map_err(|e| format!("match.{field}: {e}"))
 }
 
 impl EventMatcher {

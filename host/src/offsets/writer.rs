@@ -3,7 +3,6 @@
 
 use super::slots::{self, DURABLE, HOT, SLOTS};
 use super::{CacheError, OffsetCache, OffsetRecord};
-use serde::Deserialize;
 use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -11,18 +10,7 @@ use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
-/// When a commit reaches the disk (`[commit] fsync`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum FsyncMode {
-    /// Each commit is written at once (it survives the daemon's death) and made durable against
-    /// a power loss by a background `fdatasync`, a few milliseconds later; commits that come
-    /// meanwhile share the next one (group commit). A clean stop waits for it.
-    #[default]
-    Background,
-    /// Each commit waits for its own `fdatasync` before the next event is handled.
-    Each,
-}
+pub use buslink_config::FsyncMode;
 
 /// How often a commit checks that the file at the cache's path is still the open one.
 pub(super) const IDENTITY_CHECK: std::time::Duration = std::time::Duration::from_millis(20);

@@ -4,7 +4,10 @@
 //! nothing. Every table rejects unknown keys. Relative paths are relative to the config file's
 //! directory. Each section is checked on its own, so that one run reports every problem.
 
+pub mod accounts;
+pub mod filter;
 mod handler;
+pub mod modes;
 mod source;
 
 pub use handler::{
@@ -13,7 +16,6 @@ pub use handler::{
 };
 pub use source::{key_label, ConfigError, ConfigErrors, Source};
 
-use crate::offsets::FsyncMode;
 use buslink_plugin_api::Offset;
 use handler::{HandlersPlace, LenientHandler};
 use serde::de::IgnoredAny;
@@ -21,6 +23,24 @@ use serde::Deserialize;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use toml::Spanned;
+
+/// When a commit reaches the disk (`[commit] fsync`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FsyncMode {
+    /// Each commit is written at once (it survives the daemon's death) and made durable against
+    /// a power loss by a background `fdatasync`, a few milliseconds later; commits that come
+    /// meanwhile share the next one (group commit). A clean stop waits for it.
+    #[default]
+    Background,
+    /// Each commit waits for its own `fdatasync` before the next event is handled.
+    Each,
+}
+
+/// The daemon's socket when `[control] path` does not say: `STATE_DIR/buslink.sock`.
+pub fn default_socket_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("buslink.sock")
+}
 
 /// A whole config file.
 #[derive(Clone, Debug)]
@@ -80,7 +100,7 @@ impl ControlSocketConfig {
     ) -> ControlSocketConfig {
         let mode = match &raw.mode {
             None => 0o600,
-            Some(text) => crate::state_file::parse_mode(text.get_ref()).unwrap_or_else(|problem| {
+            Some(text) => crate::modes::parse_mode(text.get_ref()).unwrap_or_else(|problem| {
                 errors.push(source.error_at(
                     Some(text.span()),
                     Some("control.mode".into()),
@@ -94,13 +114,9 @@ impl ControlSocketConfig {
             (
                 "control.owner",
                 &raw.owner,
-                crate::control::server::user_id as fn(&str) -> Result<u32, String>,
+                crate::accounts::user_id as fn(&str) -> Result<u32, String>,
             ),
-            (
-                "control.group",
-                &raw.group,
-                crate::control::server::group_id,
-            ),
+            ("control.group", &raw.group, crate::accounts::group_id),
         ] {
             if let Some(name) = name {
                 if let Err(problem) = lookup(name) {
@@ -148,7 +164,7 @@ fn shared_outputs(configs: &[Config]) -> Vec<ConfigError> {
 
 /// What names the same file as `path` (its directory resolved where it exists; `.` and `..`
 /// taken out otherwise).
-pub(crate) fn same_file_key(path: &Path) -> PathBuf {
+pub fn same_file_key(path: &Path) -> PathBuf {
     let lexical = |path: &Path| {
         let mut out = PathBuf::new();
         for part in path.components() {
@@ -785,7 +801,7 @@ impl Config {
         let state_dir = resolve(top.state_dir.get_ref());
         let control = ControlSocketConfig {
             path: if control.path.as_os_str().is_empty() {
-                crate::control::default_socket_path(&state_dir)
+                default_socket_path(&state_dir)
             } else {
                 control.path.clone()
             },

@@ -428,11 +428,11 @@ fn validate_one(
         "jsonl" => match &raw.path {
             Some(path) if !path.get_ref().as_os_str().is_empty() => {
                 let mode = match &raw.mode {
-                    None => crate::state_file::OUTPUT_MODE,
+                    None => crate::modes::OUTPUT_MODE,
                     Some(text) => {
-                        crate::state_file::parse_mode(text.get_ref()).unwrap_or_else(|problem| {
+                        crate::modes::parse_mode(text.get_ref()).unwrap_or_else(|problem| {
                             errors.push(at(text.span(), "mode", problem));
-                            crate::state_file::OUTPUT_MODE
+                            crate::modes::OUTPUT_MODE
                         })
                     }
                 };
@@ -513,7 +513,7 @@ fn validate_one(
             }
         },
         _ => match &raw.url {
-            Some(url) => match reqwest::Url::parse(url.get_ref()) {
+            Some(url) => match url::Url::parse(url.get_ref()) {
                 Ok(parsed)
                     if (!parsed.username().is_empty() || parsed.password().is_some())
                         && raw.headers.as_ref().is_some_and(|h| {
@@ -597,7 +597,7 @@ fn validate_one(
             objtype: filter.objtype.into_vec(),
         },
     };
-    if let Err(problem) = crate::handlers::EventMatcher::new(&filter) {
+    if let Err(problem) = crate::filter::check(&filter) {
         errors.push(place.error_at_key(source, index, &["match"], problem));
     }
     let on_failure = raw.on_failure.unwrap_or(FailurePolicy::Stop);
