@@ -54,13 +54,72 @@ pub struct PluginHandlerConfig {
 impl HandlerKind {
     /// The `type` name.
     pub fn type_name(&self) -> &'static str {
+        self.handler_type().name()
+    }
+
+    /// Its type.
+    pub fn handler_type(&self) -> HandlerType {
         match self {
-            HandlerKind::Null => "null",
-            HandlerKind::Stdout => "stdout",
-            HandlerKind::Jsonl { .. } => "jsonl",
-            HandlerKind::Exec(_) => "exec",
-            HandlerKind::Http(_) => "http",
-            HandlerKind::Plugin(_) => "plugin",
+            HandlerKind::Null => HandlerType::Null,
+            HandlerKind::Stdout => HandlerType::Stdout,
+            HandlerKind::Jsonl { .. } => HandlerType::Jsonl,
+            HandlerKind::Exec(_) => HandlerType::Exec,
+            HandlerKind::Http(_) => HandlerType::Http,
+            HandlerKind::Plugin(_) => HandlerType::Plugin,
+        }
+    }
+}
+
+/// The handler types a config can name (`type = "..."`), with the facts the config knows of
+/// each: its name and the keys it takes besides the common ones (`name`, `type`, `match`,
+/// `retry`, `on_failure`). Matches on it are exhaustive: a new type is a compile error in
+/// every place that must know it, never a fall-through to another type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandlerType {
+    Stdout,
+    Null,
+    Jsonl,
+    Exec,
+    Http,
+    Plugin,
+}
+
+impl HandlerType {
+    /// Every type, in the order error messages list them.
+    pub const ALL: [HandlerType; 6] = [
+        HandlerType::Stdout,
+        HandlerType::Jsonl,
+        HandlerType::Exec,
+        HandlerType::Http,
+        HandlerType::Plugin,
+        HandlerType::Null,
+    ];
+
+    /// The `type` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            HandlerType::Stdout => "stdout",
+            HandlerType::Null => "null",
+            HandlerType::Jsonl => "jsonl",
+            HandlerType::Exec => "exec",
+            HandlerType::Http => "http",
+            HandlerType::Plugin => "plugin",
+        }
+    }
+
+    /// The type named `name`, if there is one.
+    pub fn from_name(name: &str) -> Option<HandlerType> {
+        HandlerType::ALL.into_iter().find(|t| t.name() == name)
+    }
+
+    /// The keys this type takes besides the common ones.
+    pub fn keys(self) -> &'static [&'static str] {
+        match self {
+            HandlerType::Stdout | HandlerType::Null => &[],
+            HandlerType::Jsonl => &["path", "mode"],
+            HandlerType::Exec => &["command", "timeout_ms", "env"],
+            HandlerType::Http => &["url", "headers", "timeout_ms", "ca_file"],
+            HandlerType::Plugin => &["plugin", "class", "settings"],
         }
     }
 }
@@ -365,23 +424,19 @@ fn validate_one(
         errors.push(at(raw.name.span(), "name", "must not be empty".into()));
     }
     let kind_name = raw.kind.get_ref().as_str();
-    let allowed: &[&str] = match kind_name {
-        "stdout" | "null" => &[],
-        "jsonl" => &["path", "mode"],
-        "exec" => &["command", "timeout_ms", "env"],
-        "http" => &["url", "headers", "timeout_ms", "ca_file"],
-        "plugin" => &["plugin", "class", "settings"],
-        other => {
-            errors.push(at(
-                raw.kind.span(),
-                "type",
-                format!(
-                    "unknown handler type '{other}' (known: stdout, jsonl, exec, http, plugin, null)"
-                ),
-            ));
-            return None;
-        }
+    let Some(handler_type) = HandlerType::from_name(kind_name) else {
+        let known: Vec<&str> = HandlerType::ALL.iter().map(|t| t.name()).collect();
+        errors.push(at(
+            raw.kind.span(),
+            "type",
+            format!(
+                "unknown handler type '{kind_name}' (known: {})",
+                known.join(", ")
+            ),
+        ));
+        return None;
     };
+    let allowed = handler_type.keys();
     let present: [(&str, Option<std::ops::Range<usize>>); 11] = [
         ("mode", raw.mode.as_ref().map(Spanned::span)),
         ("plugin", raw.plugin.as_ref().map(Spanned::span)),
@@ -422,10 +477,10 @@ fn validate_one(
             errors.push(at(t.span(), "timeout_ms", "must be at least 1".into()));
         }
     }
-    let kind = match kind_name {
-        "stdout" => Some(HandlerKind::Stdout),
-        "null" => Some(HandlerKind::Null),
-        "jsonl" => match &raw.path {
+    let kind = match handler_type {
+        HandlerType::Stdout => Some(HandlerKind::Stdout),
+        HandlerType::Null => Some(HandlerKind::Null),
+        HandlerType::Jsonl => match &raw.path {
             Some(path) if !path.get_ref().as_os_str().is_empty() => {
                 let mode = match &raw.mode {
                     None => crate::modes::OUTPUT_MODE,
@@ -450,7 +505,7 @@ fn validate_one(
                 None
             }
         },
-        "plugin" => match (&raw.plugin, &raw.class) {
+        HandlerType::Plugin => match (&raw.plugin, &raw.class) {
             (Some(plugin), Some(class)) => {
                 let settings = raw
                     .settings
@@ -482,7 +537,7 @@ fn validate_one(
                 None
             }
         },
-        "exec" => match &raw.command {
+        HandlerType::Exec => match &raw.command {
             Some(command) if command.get_ref().first().is_some_and(|p| !p.is_empty()) => {
                 Some(HandlerKind::Exec(ExecConfig {
                     command: command.get_ref().clone(),
@@ -512,7 +567,7 @@ fn validate_one(
                 None
             }
         },
-        _ => match &raw.url {
+        HandlerType::Http => match &raw.url {
             Some(url) => match url::Url::parse(url.get_ref()) {
                 Ok(parsed)
                     if (!parsed.username().is_empty() || parsed.password().is_some())
@@ -628,4 +683,25 @@ fn validate_one(
         }),
         queue_key: raw.queue_key,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_handler_type_is_found_by_its_own_name_only() {
+        for handler_type in HandlerType::ALL {
+            assert_eq!(
+                HandlerType::from_name(handler_type.name()),
+                Some(handler_type)
+            );
+        }
+        let mut names: Vec<&str> = HandlerType::ALL.iter().map(|t| t.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), HandlerType::ALL.len(), "names are unique");
+        assert_eq!(HandlerType::from_name("https"), None);
+        assert_eq!(HandlerType::from_name(""), None);
+    }
 }

@@ -11,7 +11,7 @@ pub mod modes;
 mod source;
 
 pub use handler::{
-    EventFilter, ExecConfig, FailurePolicy, HandlerConfig, HandlerKind, HttpConfig,
+    EventFilter, ExecConfig, FailurePolicy, HandlerConfig, HandlerKind, HandlerType, HttpConfig,
     PluginHandlerConfig, RetryPolicy, Secret,
 };
 pub use source::{key_label, ConfigError, ConfigErrors, Source};
