@@ -4,7 +4,8 @@
 #![no_main]
 
 use buslink_hmb::framing::Framer;
-use buslink_hmb::message::{bson_to_json_text, parse_bson};
+use buslink_hmb::bson_json::bson_to_json_text;
+use buslink_hmb::message::parse_bson;
 use buslink_hmb::settings::Format;
 use libfuzzer_sys::fuzz_target;
 

@@ -6,8 +6,9 @@
 //!
 //! `cargo bench -p buslink-hmb`
 
+use buslink_hmb::bson_json::write_document;
 use buslink_hmb::framing::Framer;
-use buslink_hmb::message::{parse_bson, parse_json, write_document, BodySrc};
+use buslink_hmb::message::{parse_bson, parse_json, BodySrc};
 use buslink_hmb::settings::Format;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::hint::black_box;

@@ -1,7 +1,7 @@
 //! The HTTP side: one keep-alive client per consumer, the HMB requests, and how HTTP failures
 //! become plugin errors.
 
-use crate::message::bson_to_json_text;
+use crate::bson_json::bson_to_json_text;
 use crate::settings::{Config, Format};
 use buslink_plugin_api::{ErrorKind, PluginError, PluginResult};
 use reqwest::blocking::{Client, RequestBuilder, Response};

@@ -13,6 +13,7 @@
 //!   (a string that is not UTF-8, ...) is delivered as its BSON bytes, counted and logged.
 #![deny(missing_docs)]
 
+pub mod bson_json;
 pub mod bson_scan;
 pub mod client;
 mod consumer;
