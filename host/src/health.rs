@@ -485,6 +485,19 @@ fn observe(tracks: &mut HashMap<String, Track>, consumer: &Watched, now: Instant
     view
 }
 
+/// `, gaps 1 (80 events known lost), reconnects 2, ...`: the gaps (when there were any) and
+/// the plugin's counters, for the progress and stop lines.
+pub fn counters_text(gaps: u64, events_lost: u64, counters: &[(String, u64)]) -> String {
+    let mut text = match gaps {
+        0 => String::new(),
+        n => format!(", gaps {n} ({events_lost} events known lost)"),
+    };
+    for (name, value) in counters {
+        text.push_str(&format!(", {name} {value}"));
+    }
+    text
+}
+
 /// The periodic progress line: state, events/s, totals, lag, last committed offset, gaps and
 /// the plugin's counters.
 fn progress_line(consumer: &Watched, view: &View) {
@@ -494,7 +507,7 @@ fn progress_line(consumer: &Watched, view: &View) {
     let lag = view
         .lag
         .map_or_else(|| "unknown".to_owned(), |lag| lag.to_string());
-    let counters = crate::pipeline::counters_text(
+    let counters = counters_text(
         health.gaps.load(Ordering::Relaxed),
         health.events_lost.load(Ordering::Relaxed),
         &health.counters(),

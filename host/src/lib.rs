@@ -8,6 +8,8 @@ pub mod commands;
 pub use buslink_config as config;
 pub mod control;
 pub mod dead_letter;
+pub mod engine;
+pub mod error;
 pub mod error_queue;
 pub mod handlers;
 pub mod health;

@@ -3,7 +3,8 @@
 use buslink::cli::{
     Cli, Command, CtlAction, CtlErrorsAction, ErrorsAction, OffsetsAction, PluginsCommand,
 };
-use buslink::commands::{check, errors, offsets, plugins, query, replay, run, AppError};
+use buslink::commands::{check, errors, offsets, plugins, query, replay, run};
+use buslink::error::AppError;
 use buslink::logging;
 use clap::Parser;
 use std::process::ExitCode;

@@ -917,7 +917,7 @@ pub fn run(
             tracing::info!(
                 "stopped on an error: {handled_this_run} events handled in this run, last \
                  committed offset {last_committed}{}{}",
-                counters_text(committer.gaps, committer.events_lost, &counters),
+                crate::health::counters_text(committer.gaps, committer.events_lost, &counters),
                 if final_commit.is_ok() {
                     ""
                 } else {
@@ -978,19 +978,6 @@ fn shutdown_reader(
             Vec::new()
         }
     }
-}
-
-/// `, gaps 1 (80 events known lost), reconnects 2, ...`: the gaps (when there were any) and
-/// the plugin's counters, for the progress and stop lines.
-pub fn counters_text(gaps: u64, events_lost: u64, counters: &[(String, u64)]) -> String {
-    let mut text = match gaps {
-        0 => String::new(),
-        n => format!(", gaps {n} ({events_lost} events known lost)"),
-    };
-    for (name, value) in counters {
-        text.push_str(&format!(", {name} {value}"));
-    }
-    text
 }
 
 /// Replaces the handlers by those of a reload, between two batches: what was handled is

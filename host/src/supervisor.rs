@@ -22,10 +22,10 @@
 //! **Invariant:** only a consumer's own thread runs its pipeline; the reloader (the main
 //! thread) only hands it a replacement and asks its current run to stop.
 
-use crate::commands::run::{build_consumer, new_consumer, run_consumer, ConsumerContext};
-use crate::commands::AppError;
 use crate::config::Config;
 use crate::control::{Registry, Shared};
+use crate::engine::{build_consumer, new_consumer, run_consumer, ConsumerContext};
+use crate::error::AppError;
 use crate::health::Phase;
 use crate::lock::ConsumerLock;
 use crate::metrics::MetricsRegistry;
@@ -486,7 +486,7 @@ fn reload<'scope, 'env>(
             continue;
         }
         for handler in &config.handlers {
-            if let Err(problem) = crate::commands::check::check_handler(
+            if let Err(problem) = crate::handlers::preflight::check_handler(
                 handler,
                 &config.base_dir,
                 &config.plugin_dirs,

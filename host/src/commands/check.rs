@@ -1,19 +1,14 @@
 //! `buslink check --config FILE [--connect]`: validates everything `run` would need, without
 //! consuming, and lists every problem found.
 
-use crate::commands::run::{build_consumer, load_consumer_plugin, settings_refusal};
-use crate::commands::AppError;
 use crate::config::{Config, EventFilter, HandlerConfig, HandlerKind};
-use crate::handlers::{displayable_url, resolve_program};
+use crate::engine::{build_consumer, load_consumer_plugin, settings_refusal};
+use crate::error::AppError;
+use crate::handlers::displayable_url;
 use crate::plugin::PluginInfo;
 use std::path::Path;
 
-/// What `check` found wrong.
-#[derive(Debug, thiserror::Error)]
-#[error("{}", .problems.join("\n"))]
-pub struct Problems {
-    pub problems: Vec<String>,
-}
+use crate::error::Problems;
 
 /// Runs every check, of every consumer or of consumer `only`; prints the summary when all pass.
 pub fn check(config_path: &Path, connect: bool, only: Option<&str>) -> Result<(), AppError> {
@@ -39,14 +34,18 @@ pub fn check(config_path: &Path, connect: bool, only: Option<&str>) -> Result<()
     for config in &configs {
         plugins.push(check_plugin(config, &mut problems));
         for handler in &config.handlers {
-            if let Err(problem) = check_handler(handler, &config.base_dir, &config.plugin_dirs) {
+            if let Err(problem) = crate::handlers::preflight::check_handler(
+                handler,
+                &config.base_dir,
+                &config.plugin_dirs,
+            ) {
                 let message = format!("handler '{}': {problem}", handler.name);
                 problems.push(config.handler_error(&handler.name, message).to_string());
             }
         }
     }
     if let Some(config) = configs.first() {
-        if let Err(problem) = check_writable_dir(&config.state_dir) {
+        if let Err(problem) = crate::handlers::preflight::check_writable_dir(&config.state_dir) {
             problems.push(format!(
                 "{}: state_dir {}: {problem}",
                 config.source.path.display(),
@@ -134,55 +133,6 @@ fn warn_if_world_writable(dir: &Path) {
                 dir.display(),
                 mode & 0o7777
             );
-        }
-    }
-}
-
-/// Whether `dir` exists and is writable, or could be created.
-fn check_writable_dir(dir: &Path) -> Result<(), String> {
-    let mut existing = dir;
-    while !existing.exists() {
-        match existing.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => existing = parent,
-            _ => return Ok(()),
-        }
-    }
-    if !existing.is_dir() {
-        return Err(format!("{} is not a directory", existing.display()));
-    }
-    tempfile::tempfile_in(existing)
-        .map(|_| ())
-        .map_err(|e| format!("cannot write in {}: {e}", existing.display()))
-}
-
-pub(crate) fn check_handler(
-    handler: &HandlerConfig,
-    base_dir: &Path,
-    plugin_dirs: &[std::path::PathBuf],
-) -> Result<(), String> {
-    match &handler.kind {
-        HandlerKind::Stdout | HandlerKind::Null => Ok(()),
-        HandlerKind::Jsonl { path, .. } => {
-            if path.is_dir() {
-                return Err(format!("{} is a directory", path.display()));
-            }
-            if path.exists() {
-                std::fs::OpenOptions::new()
-                    .append(true)
-                    .open(path)
-                    .map(|_| ())
-                    .map_err(|e| format!("cannot append to {}: {e}", path.display()))
-            } else {
-                let parent = path.parent().unwrap_or(Path::new("."));
-                check_writable_dir(parent)
-            }
-        }
-        HandlerKind::Exec(exec) => match exec.command.first() {
-            Some(program) => resolve_program(program, base_dir).map(|_| ()),
-            None => Err("`command` is empty".into()),
-        },
-        HandlerKind::Http(_) | HandlerKind::Plugin(_) => {
-            crate::handlers::build_one(handler, base_dir, plugin_dirs, None).map(|_| ())
         }
     }
 }

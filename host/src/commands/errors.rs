@@ -1,7 +1,7 @@
 //! `buslink errors list|retry|drop --config FILE [ID]`: the error queue of a consumer.
 
-use crate::commands::AppError;
 use crate::config::{Config, FailurePolicy};
+use crate::error::AppError;
 use crate::error_queue::ErrorQueue;
 use crate::handlers;
 use crate::lock::ConsumerLock;

@@ -2,9 +2,9 @@
 //! committed offset. Changes take the consumer's lock, so they are refused while its daemon
 //! runs.
 
-use crate::commands::run::build_consumer;
-use crate::commands::AppError;
 use crate::config::{Config, StartPosition};
+use crate::engine::build_consumer;
+use crate::error::AppError;
 use crate::lock::ConsumerLock;
 use crate::offsets::{OffsetCache, ResumePoint};
 use buslink_plugin_api::{ErrorKind, Offset};
@@ -67,21 +67,6 @@ fn describe_start(start: &StartPosition) -> String {
     }
 }
 
-/// Reads an offset from the command line: an integer, a float, or (else, or with `as_string`)
-/// a string.
-pub fn parse_offset(text: &str, as_string: bool) -> Offset {
-    if as_string {
-        return Offset::String(text.to_owned());
-    }
-    if let Ok(int) = text.parse::<i64>() {
-        Offset::Int(int)
-    } else if let Ok(float) = text.parse::<f64>() {
-        Offset::Float(float)
-    } else {
-        Offset::String(text.to_owned())
-    }
-}
-
 /// `offsets set OFFSET`: the next start begins at OFFSET.
 pub fn set(
     target: &crate::cli::Target,
@@ -93,7 +78,7 @@ pub fn set(
     let _lock = ConsumerLock::acquire(&config.state_dir, &config.consumer.name).map_err(runtime)?;
     let cache = cache_of(&config);
     let previous = cache.load().map_err(runtime)?;
-    let offset = parse_offset(offset, as_string);
+    let offset = crate::offsets::parse_offset(offset, as_string);
     if force {
         refuse_bus_owned(&config, &build_consumer(&config)?.1)?;
     } else {

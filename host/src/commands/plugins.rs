@@ -1,7 +1,7 @@
 //! `buslink plugins [DIR...]` and `buslink plugins describe NAME CLASS`.
 
-use crate::commands::AppError;
 use crate::config::Config;
+use crate::error::AppError;
 use crate::plugin::{find_library, LoadedPlugin};
 use serde::Serialize;
 use std::path::{Path, PathBuf};

@@ -1,8 +1,8 @@
 //! `buslink query --config FILE [COMMAND [ARGS...]]`: runs an operator command of the consumer
 //! class (e.g. HMB's `features`), or lists them.
 
-use crate::commands::run::build_consumer;
-use crate::commands::AppError;
+use crate::engine::build_consumer;
+use crate::error::AppError;
 
 pub fn query(
     target: &crate::cli::Target,

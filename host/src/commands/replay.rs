@@ -19,11 +19,11 @@
 //! state they keep (a materialised view) is the daemon's.
 
 use crate::cli::Target;
-use crate::commands::offsets::parse_offset;
-use crate::commands::run::{build_consumer, new_consumer, settings_refusal};
-use crate::commands::AppError;
 use crate::config::{EventFilter, HandlerKind};
+use crate::engine::{build_consumer, new_consumer, settings_refusal};
+use crate::error::AppError;
 use crate::handlers::{self, ConfiguredHandler, DispatchedEvent, EventMatcher};
+use crate::offsets::parse_offset;
 use crate::plugin::PluginConsumer;
 use crate::shutdown::Shutdown;
 use buslink_plugin_api::{ErrorKind, EventBatch, Offset, OffsetRef, PollStatus};

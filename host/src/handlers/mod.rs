@@ -9,6 +9,7 @@ mod filter;
 mod http;
 mod jsonl;
 mod plugin;
+pub mod preflight;
 mod stdout;
 
 pub use event::DispatchedEvent;

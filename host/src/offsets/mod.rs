@@ -28,6 +28,21 @@ use std::path::{Path, PathBuf};
 /// records of version 1 are read as they are.
 pub const FORMAT_VERSION: u32 = 2;
 
+/// Reads an offset from the command line: an integer, a float, or (else, or with `as_string`)
+/// a string.
+pub fn parse_offset(text: &str, as_string: bool) -> Offset {
+    if as_string {
+        return Offset::String(text.to_owned());
+    }
+    if let Ok(int) = text.parse::<i64>() {
+        Offset::Int(int)
+    } else if let Ok(float) = text.parse::<f64>() {
+        Offset::Float(float)
+    } else {
+        Offset::String(text.to_owned())
+    }
+}
+
 /// A problem with the offset cache; the daemon stops rather than guess.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {

@@ -359,6 +359,85 @@ fn next_bson(buf: &[u8], pos: &mut usize) -> Result<Option<Range<usize>>, String
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::{parse_bson, parse_json, BodySrc};
+
+    // What the framer cuts, read: its head parse against serde's, on the reference captures.
+    #[test]
+    fn reference_capture_decodes() {
+        // tests/fixtures/hmb/recv-bson.bin: a real BSON /recv body.
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/hmb/recv-bson.bin");
+        let body = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let mut framer = Framer::new(Format::Bson);
+        let mut pos = 0;
+        let mut kinds = Vec::new();
+        while let Some(Item { range, .. }) = framer.next(&body, &mut pos).unwrap() {
+            kinds.push(parse_bson(&body[range]).unwrap().kind.into_owned());
+        }
+        assert_eq!(pos, body.len());
+        assert_eq!(kinds.last().map(String::as_str), Some("EOF"));
+    }
+
+    /// Frames a JSON answer; every message read by the one-pass scanner equals what serde_json
+    /// reads from it.
+    fn scanner_agrees_with_serde(answer: &str) -> usize {
+        let mut framer = Framer::new(Format::Json);
+        let mut pos = 0;
+        let mut count = 0;
+        while let Some(item) = framer.next(answer.as_bytes(), &mut pos).unwrap() {
+            let head = item.head.as_ref().expect("a message head");
+            let fast = head.parsed(answer, item.range.clone());
+            let reference = parse_json(&answer[item.range.clone()]).unwrap();
+            assert_eq!(fast.kind, reference.kind, "{answer}");
+            assert_eq!(fast.queue, reference.queue, "{answer}");
+            assert_eq!(fast.topic, reference.topic, "{answer}");
+            assert_eq!(fast.seq, reference.seq, "{answer}");
+            assert_eq!(fast.starttime, reference.starttime, "{answer}");
+            match (fast.body, reference.body) {
+                (BodySrc::Text(a), BodySrc::Text(b)) => assert_eq!(a, b, "{answer}"),
+                other => panic!("{other:?}"),
+            }
+            count += 1;
+        }
+        assert!(framer.is_complete(), "{answer}");
+        count
+    }
+
+    #[test]
+    fn the_one_pass_scanner_reads_what_serde_reads() {
+        let cases = [
+            r#"{"0":{"type":"EVENT","queue":"A","topic":"base","seq":7,"starttime":"2026-11-23T01:02:03.456Z","data":{"evcategory":"base","eventtype":"added","objattrs":{"a":[1,{"b":"}"}]}}}}"#,
+            r#"{"0":{"data":{"x":1,"eventtype":"m","y":[],"evcategory":"c"},"seq":5,"type":"E","queue":"Q\"uoted","topic":null}}"#,
+            r#"{ "0" : { "type" : "N\u00e9" , "queue" : "A" , "seq" : -3 , "data" : "text" } , "1" : {"type":"EOF"} }"#,
+            r#"{"0":{"type":"X","queue":"A","seq":1,"data":{"evcategory":1,"eventtype":"e"}},"1":{"type":"HEARTBEAT"}}"#,
+            r#"{"0":{"type":"X","queue":"A","seq":2,"data":[{"evcategory":"c","eventtype":"e"}],"extra":{"k":"v"}}}"#,
+        ];
+        for answer in cases {
+            assert!(scanner_agrees_with_serde(answer) >= 1);
+        }
+    }
+
+    #[test]
+    fn the_one_pass_scanner_reads_the_reference_captures_as_serde_does() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/hmb");
+        let mut answers = 0;
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.unwrap().path();
+            if path.extension().and_then(|e| e.to_str()) != Some("http") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            for line in text.lines().filter(|l| l.starts_with("{\"0\":{")) {
+                scanner_agrees_with_serde(line);
+                answers += 1;
+            }
+        }
+        assert!(
+            answers >= 5,
+            "only {answers} JSON answers found in {}",
+            dir.display()
+        );
+    }
 
     fn frame_all(format: Format, body: &[u8]) -> (Vec<Vec<u8>>, Framer, Result<(), String>) {
         let mut framer = Framer::new(format);
