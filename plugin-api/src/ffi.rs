@@ -582,6 +582,26 @@ fn build<T>(
     ))
 }
 
+/// A consumer served through the same shim as a plugin library's (its panics caught, its
+/// errors and batches crossing the same FFI types), without a library: for a host's tests of
+/// its own engine against an in-memory bus, as abi_stable's examples test their plugins.
+/// `plugin` and `class` name it in errors.
+pub fn consumer_box<C: Consumer>(
+    consumer: C,
+    plugin: &'static str,
+    class: &'static str,
+) -> ConsumerBox {
+    ConsumerFfi_TO::from_value(
+        ConsumerShim {
+            inner: consumer,
+            plugin,
+            class,
+            poisoned_in: None,
+        },
+        abi_stable::sabi_trait::TD_Opaque,
+    )
+}
+
 /// `new_consumer` for a plugin definition.
 pub fn new_consumer(
     plugin: &'static PluginDefinition,

@@ -47,6 +47,12 @@ impl PluginConsumer {
         }
     }
 
+    /// A consumer that did not come from a library: one served in-process through
+    /// plugin-api's shim ([`buslink_plugin_api::ffi::consumer_box`]), for the engine's tests.
+    pub fn in_process(inner: ConsumerBox, plugin: &str, class: &str) -> Self {
+        PluginConsumer::new(inner, plugin, class)
+    }
+
     fn wrap<T>(
         &self,
         method: &'static str,
