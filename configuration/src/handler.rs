@@ -9,7 +9,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 /// One `[[handlers]]` entry.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct HandlerConfig {
     pub name: String,
     pub kind: HandlerKind,
@@ -23,7 +23,7 @@ pub struct HandlerConfig {
 }
 
 /// The handler types and their own settings.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum HandlerKind {
     /// Accepts every event and does nothing: for measuring buslink itself.
     Null,
@@ -40,7 +40,7 @@ pub enum HandlerKind {
 }
 
 /// `type = "plugin"`: a handler class from a plugin library.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct PluginHandlerConfig {
     /// A library name (looked up in plugin_dirs) or a path.
     pub plugin: String,
@@ -125,7 +125,7 @@ impl HandlerType {
 }
 
 /// `type = "exec"`: run a command per event.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ExecConfig {
     /// The program and its arguments (never run through a shell).
     pub command: Vec<String>,
@@ -135,7 +135,7 @@ pub struct ExecConfig {
 }
 
 /// `type = "http"`: POST each event.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct HttpConfig {
     pub url: Secret,
     pub headers: Vec<(String, Secret)>,

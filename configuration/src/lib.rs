@@ -8,6 +8,7 @@ pub mod accounts;
 pub mod filter;
 mod handler;
 pub mod modes;
+pub mod reload;
 mod source;
 
 pub use handler::{
@@ -188,7 +189,7 @@ pub fn same_file_key(path: &Path) -> PathBuf {
 }
 
 /// The `[consumer]` table.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ConsumerConfig {
     pub name: String,
     pub plugin: String,
@@ -1036,76 +1037,6 @@ impl Config {
         self.source.error_at_key(&path, message)
     }
 
-    /// This consumer's table as written (`[consumer]`, or its `[[consumers]]` entry).
-    fn consumer_value(&self) -> Option<(toml::Table, toml::Value)> {
-        let table = toml::from_str::<toml::Table>(&self.source.text).ok()?;
-        let mut value = toml::Value::Table(table.clone());
-        for part in &self.consumer_key {
-            value = match part.parse::<usize>() {
-                Ok(index) => value.get(index)?.clone(),
-                Err(_) => value.get(part.as_str())?.clone(),
-            };
-        }
-        Some((table, value))
-    }
-
-    /// What decides this consumer's pipeline besides its handlers, as written in the file: its
-    /// table, the commit policy in effect for it, the progress-line period, and what plugins
-    /// are loaded from (a change of one of these top-level keys restarts every consumer). A reload restarts
-    /// the consumer when this changed.
-    pub fn consumer_fingerprint(&self) -> String {
-        let Some((_, mut value)) = self.consumer_value() else {
-            return String::new();
-        };
-        if let Some(entry) = value.as_table_mut() {
-            entry.remove("handlers");
-        }
-        // The commit policy in effect (its own, or the top-level one): a change of the
-        // top-level [commit] does not touch a consumer with its own.
-        let parts = [
-            Some(value),
-            Some(toml::Value::String(format!("{:?}", self.commit))),
-            Some(toml::Value::Boolean(self.allow_insecure_plugins)),
-            Some(toml::Value::Integer(
-                i64::try_from(self.stats_interval_s).unwrap_or(i64::MAX),
-            )),
-            Some(toml::Value::Array(
-                self.plugin_dirs
-                    .iter()
-                    .map(|d| toml::Value::String(d.display().to_string()))
-                    .collect(),
-            )),
-        ];
-        format!("{parts:?}")
-    }
-
-    /// This consumer's handlers as written: a reload that changed only these swaps them in
-    /// the running pipeline.
-    pub fn handlers_fingerprint(&self) -> String {
-        let Some((table, value)) = self.consumer_value() else {
-            return String::new();
-        };
-        let handlers = if self.consumer_key.first().map(String::as_str) == Some("consumers") {
-            value.get("handlers").cloned()
-        } else {
-            table.get("handlers").cloned()
-        };
-        format!("{handlers:?}")
-    }
-
-    /// What the whole process shares, as written: a reload cannot change it (a restart does).
-    pub fn process_fingerprint(&self) -> String {
-        format!(
-            "{:?}",
-            (
-                &self.state_dir,
-                &self.metrics_listen,
-                &self.control,
-                self.consumer_key.first() == Some(&"consumer".to_owned()),
-            )
-        )
-    }
-
     /// `consumer` or `consumers[1]`: where this consumer is, for messages.
     pub fn consumer_label(&self) -> String {
         key_label(&self.consumer_key)
@@ -1517,18 +1448,16 @@ headers = { X-Source = "buslink" }
             Config::parse_all(Path::new("/nonexistent/x.toml"), text).expect("valid")
         };
         let (before, after) = (parse(text(10)), parse(text(20)));
+        use crate::reload::{consumer_plan, ConsumerPlan};
         assert_eq!(
-            before[0].consumer_fingerprint(),
-            after[0].consumer_fingerprint(),
+            consumer_plan(&before[0], &after[0]),
+            ConsumerPlan::Unchanged,
             "its own [consumers.commit] is what it uses"
         );
-        assert_ne!(
-            before[1].consumer_fingerprint(),
-            after[1].consumer_fingerprint()
-        );
         assert_eq!(
-            before[1].handlers_fingerprint(),
-            after[1].handlers_fingerprint()
+            consumer_plan(&before[1], &after[1]),
+            ConsumerPlan::Restart,
+            "the top-level [commit] is the one it uses"
         );
     }
 }

@@ -22,6 +22,7 @@
 //! **Invariant:** only a consumer's own thread runs its pipeline; the reloader (the main
 //! thread) only hands it a replacement and asks its current run to stop.
 
+use crate::config::reload::ConsumerPlan;
 use crate::config::Config;
 use crate::control::{Registry, Shared};
 use crate::engine::{build_consumer, new_consumer, run_consumer, ConsumerContext};
@@ -101,8 +102,12 @@ struct Handle<'scope> {
     outputs: Vec<PathBuf>,
     /// The plugin library its current run uses (a reload restarts it when the file changed).
     plugin: Arc<LoadedPlugin>,
-    fingerprint: String,
-    handlers_fingerprint: String,
+    /// The effective config its current run uses: a reload plans against it
+    /// ([`crate::config::reload`]).
+    config: Config,
+    /// Its handlers from the last reload could not be built: the next reload offers them
+    /// again even when the config did not change.
+    handlers_refused: bool,
     shared: Arc<Shared>,
     steer: Steer,
     thread: std::io::Result<ScopedJoinHandle<'scope, Result<(), AppError>>>,
@@ -133,10 +138,10 @@ pub fn run(units: Vec<Unit>, daemon: &Daemon<'_>) -> Result<(), AppError> {
                 .join(", ")
         );
     }
-    let process_fingerprint = units
-        .first()
-        .map(|u| u.config.process_fingerprint())
-        .unwrap_or_default();
+    // What the process was started with: a reload may not change its process-wide keys.
+    let Some(process_config) = units.first().map(|u| u.config.clone()) else {
+        return Ok(());
+    };
     // Each consumer's thread says when it ends (woken at once, not at the next look).
     let (ended_tx, ended) = std::sync::mpsc::channel::<()>();
     let results: Vec<(String, Result<(), AppError>)> = std::thread::scope(|scope| {
@@ -153,11 +158,11 @@ pub fn run(units: Vec<Unit>, daemon: &Daemon<'_>) -> Result<(), AppError> {
             // New handlers a dispatcher could not build: the next reload tries them again.
             for handle in &mut handles {
                 if handle.shared.take_swap_failure() {
-                    handle.handlers_fingerprint.clear();
+                    handle.handlers_refused = true;
                 }
             }
             if !daemon.once && daemon.registry.take_reload() {
-                let outcome = reload(scope, &mut handles, daemon, &process_fingerprint, &ended_tx);
+                let outcome = reload(scope, &mut handles, daemon, &process_config, &ended_tx);
                 daemon.registry.reloaded(outcome);
                 crate::service::set_consumer_count(
                     handles
@@ -230,8 +235,7 @@ fn spawn<'scope, 'env>(
 ) -> Handle<'scope> {
     let name = unit.config.consumer.name.clone();
     let outputs = exactly_once_files(&unit.config);
-    let fingerprint = unit.config.consumer_fingerprint();
-    let handlers_fingerprint = unit.config.handlers_fingerprint();
+    let config = unit.config.clone();
     let shared = unit.context.control.clone();
     let plugin = unit.plugin.clone();
     let steering: Steer = Arc::default();
@@ -250,8 +254,8 @@ fn spawn<'scope, 'env>(
         name,
         outputs,
         plugin,
-        fingerprint,
-        handlers_fingerprint,
+        config,
+        handlers_refused: false,
         shared,
         steer: steering,
         thread,
@@ -406,7 +410,7 @@ fn reload<'scope, 'env>(
     scope: &'scope Scope<'scope, 'env>,
     handles: &mut Vec<Handle<'scope>>,
     daemon: &'env Daemon<'env>,
-    process_fingerprint: &str,
+    process_config: &Config,
     ended: &std::sync::mpsc::Sender<()>,
 ) -> Result<String, String> {
     let path = daemon.config_path;
@@ -425,12 +429,11 @@ fn reload<'scope, 'env>(
         // What the whole process was started with (where the offsets, locks and socket are)
         // cannot move under running consumers: a consumer would start over from an empty
         // state dir, beside its own lock.
-        if first.process_fingerprint() != process_fingerprint {
-            return refuse(&format!(
-                "{}: state_dir, [metrics], [control] or the config's shape ([consumer] or \
-                 [[consumers]]) changed: these need a restart (systemctl restart), not a reload",
-                path.display()
-            ));
+        if let Err(why) = crate::config::reload::plan(
+            std::slice::from_ref(process_config),
+            std::slice::from_ref(first),
+        ) {
+            return refuse(&format!("{}: {why}", path.display()));
         }
     }
     // Everything is checked before anything changes.
@@ -477,10 +480,20 @@ fn reload<'scope, 'env>(
                 handle.plugin.path().display()
             );
         }
+        // The plan from the effective configs; what the config cannot see is added to it.
+        let plan =
+            running.map(
+                |h| match crate::config::reload::consumer_plan(&h.config, &config) {
+                    ConsumerPlan::Unchanged if h.handlers_refused => ConsumerPlan::HandlersOnly,
+                    plan => plan,
+                },
+            );
         let same_pipeline = upgraded.is_none()
-            && running.is_some_and(|h| h.fingerprint == config.consumer_fingerprint());
-        let same_handlers =
-            running.is_some_and(|h| h.handlers_fingerprint == config.handlers_fingerprint());
+            && matches!(
+                plan,
+                Some(ConsumerPlan::Unchanged | ConsumerPlan::HandlersOnly)
+            );
+        let same_handlers = plan == Some(ConsumerPlan::Unchanged);
         if same_pipeline && same_handlers {
             changes.push((config.consumer.name.clone(), Change::Same));
             continue;
@@ -601,7 +614,8 @@ fn reload<'scope, 'env>(
                     "reload: consumer '{name}': handlers changed: swapping them at the next \
                      batch boundary (the bus stays open)"
                 );
-                handle.handlers_fingerprint = config.handlers_fingerprint();
+                handle.config = config.clone();
+                handle.handlers_refused = false;
                 handle.outputs = exactly_once_files(&config);
                 handle.shared.offer_handlers(crate::control::HandlerSwap {
                     handlers: config.handlers.clone(),
@@ -620,8 +634,8 @@ fn reload<'scope, 'env>(
                     "reload: consumer '{name}' changed: restarting it at a batch boundary (what \
                      it handled is committed; it resumes right after)"
                 );
-                handle.fingerprint = replacement.config.consumer_fingerprint();
-                handle.handlers_fingerprint = replacement.config.handlers_fingerprint();
+                handle.config = replacement.config.clone();
+                handle.handlers_refused = false;
                 handle.plugin = replacement.plugin.clone();
                 handle.outputs = exactly_once_files(&replacement.config);
                 let mut steering = steer(&handle.steer);
