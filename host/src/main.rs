@@ -103,48 +103,41 @@ fn dispatch(command: Command) -> Result<(), AppError> {
             },
         ),
         Command::Ctl { config, action } => {
-            let with = |command: &str, consumer: Option<String>| match consumer {
-                Some(name) => format!("{command} {name}"),
-                None => command.to_owned(),
+            use buslink::control::protocol::Request;
+            use buslink::control::QueueCommand;
+            let request = match action {
+                CtlAction::Status { json, consumer } => Request::Status { json, consumer },
+                CtlAction::Pause { consumer } => Request::Pause { consumer },
+                CtlAction::Resume { consumer } => Request::Resume { consumer },
+                CtlAction::Errors { action } => match action {
+                    CtlErrorsAction::List { json, consumer } => Request::Errors {
+                        consumer,
+                        command: QueueCommand::List { json },
+                    },
+                    CtlErrorsAction::Retry { id, consumer } => Request::Errors {
+                        consumer,
+                        command: QueueCommand::Retry { id },
+                    },
+                    CtlErrorsAction::Drop { id, all, consumer } => Request::Errors {
+                        consumer,
+                        command: QueueCommand::Drop {
+                            // As the offline `errors drop`: one event, or every one on request.
+                            ids: match (id, all) {
+                                (Some(id), false) => Some(vec![id]),
+                                (None, true) => None,
+                                _ => {
+                                    return Err(AppError::Usage(
+                                        "name one queued event ID, or --all".into(),
+                                    ))
+                                }
+                            },
+                        },
+                    },
+                },
+                CtlAction::Reload => Request::Reload,
+                CtlAction::Quit => Request::Quit,
             };
-            let command = match action {
-                CtlAction::Status {
-                    json: false,
-                    consumer,
-                } => with("status", consumer),
-                CtlAction::Status {
-                    json: true,
-                    consumer,
-                } => with("status --json", consumer),
-                CtlAction::Pause { consumer } => with("pause", consumer),
-                CtlAction::Resume { consumer } => with("resume", consumer),
-                CtlAction::Errors { action } => {
-                    let on = |consumer: Option<String>| {
-                        consumer.map_or_else(String::new, |name| format!(" --consumer {name}"))
-                    };
-                    match action {
-                        CtlErrorsAction::List { json, consumer } => format!(
-                            "errors list{}{}",
-                            if json { " --json" } else { "" },
-                            on(consumer)
-                        ),
-                        CtlErrorsAction::Retry { id, consumer } => format!(
-                            "errors retry{}{}",
-                            on(consumer),
-                            id.map_or_else(String::new, |id| format!(" {id}"))
-                        ),
-                        CtlErrorsAction::Drop { id, all, consumer } => format!(
-                            "errors drop{}{}{}",
-                            on(consumer),
-                            id.map_or_else(String::new, |id| format!(" {id}")),
-                            if all { " --all" } else { "" }
-                        ),
-                    }
-                }
-                CtlAction::Reload => "reload".to_owned(),
-                CtlAction::Quit => "quit".to_owned(),
-            };
-            buslink::commands::ctl(&config, &command)
+            buslink::commands::ctl(&config, &request.to_line())
         }
     }
 }

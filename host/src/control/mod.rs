@@ -5,14 +5,17 @@
 //! Commands (`NAME`: one consumer; without it, every consumer of the daemon): `status [NAME]`
 //! (human text) and `status --json [NAME]` (`{"consumers": [..]}`, or one consumer's object),
 //! `pause [NAME]` (no more events handled, the offset committed, the bus left open), `resume
-//! [NAME]` (goes on exactly where it stopped), `reload` (re-read the config, as SIGHUP), `quit`
-//! (a stop, as SIGTERM).
+//! [NAME]` (goes on exactly where it stopped), `errors ...` (the error queue), `reload`
+//! (re-read the config, as SIGHUP), `quit` (a stop, as SIGTERM). [`protocol::Request`] is the
+//! one type of these requests, with their line both ways; `buslink ctl` maps its arguments
+//! onto it.
 //!
 //! **Invariant:** the socket only reads the [`Shared`] state and sets flags (paused, the reload
 //! request, and the stop request through [`Shutdown`](crate::shutdown::Shutdown)); the
 //! pipelines alone change their consumers.
 
 pub mod client;
+pub mod protocol;
 pub mod server;
 
 use serde::Serialize;

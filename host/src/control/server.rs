@@ -1,5 +1,6 @@
 //! The daemon's side of the control socket.
 
+use super::protocol::Request;
 use super::{QueueCommand, Registry, Shared, Status};
 use crate::config::{accounts, ControlSocketConfig};
 use crate::shutdown::Shutdown;
@@ -219,28 +220,17 @@ fn serve(stream: std::os::unix::net::UnixStream, registry: &Registry, shutdown: 
 /// Clients served at once; more are told the socket is busy.
 const MAX_CONNECTIONS: usize = 16;
 
-const COMMANDS: &str = "status [--json] [CONSUMER], pause [CONSUMER], resume [CONSUMER], \
-                        errors list [--json] [--consumer NAME], errors retry [--consumer NAME] \
-                        [ID], errors drop [--consumer NAME] ID|--all, reload, quit";
-
 /// The answer to one command line.
 pub fn answer(line: &str, registry: &Registry, shutdown: &Shutdown) -> String {
-    let words: Vec<&str> = line.split_whitespace().collect();
-    if words.first() == Some(&"errors") {
-        return errors(&words[1..], registry);
-    }
+    let request = match Request::parse(line) {
+        Ok(request) => request,
+        Err(answer) => return answer,
+    };
     let all = registry.consumers();
-    let json = words.get(1) == Some(&"--json");
-    let named: Vec<&str> = words
-        .iter()
-        .skip(1)
-        .filter(|word| **word != "--json")
-        .copied()
-        .collect();
-    let chosen = || -> Result<Vec<Arc<Shared>>, String> {
-        match named.as_slice() {
-            [] => Ok(all.clone()),
-            [name] => all
+    let chosen = |named: &Option<String>| -> Result<Vec<Arc<Shared>>, String> {
+        match named {
+            None => Ok(all.clone()),
+            Some(name) => all
                 .iter()
                 .find(|shared| shared.name() == *name)
                 .map(|shared| vec![shared.clone()])
@@ -250,18 +240,13 @@ pub fn answer(line: &str, registry: &Registry, shutdown: &Shutdown) -> String {
                         all.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")
                     )
                 }),
-            _ => Err(format!("error: one consumer at most ({COMMANDS})\n")),
         }
     };
-    let command = words.first().copied().unwrap_or("");
-    let takes_args = matches!(command, "status" | "pause" | "resume");
-    if !takes_args && words.len() > 1 || (json && command != "status") {
-        return format!("error: unknown command {line:?} ({COMMANDS})\n");
-    }
-    match command {
-        "status" => match chosen() {
+    match request {
+        Request::Errors { consumer, command } => errors(consumer.as_deref(), command, registry),
+        Request::Status { json, consumer } => match chosen(&consumer) {
             Err(error) => error,
-            Ok(chosen) if json && named.len() == 1 => {
+            Ok(chosen) if json && consumer.is_some() => {
                 serde_json::to_string(&chosen[0].status()).unwrap_or_default() + "\n"
             }
             Ok(chosen) if json => {
@@ -272,7 +257,7 @@ pub fn answer(line: &str, registry: &Registry, shutdown: &Shutdown) -> String {
             }
             Ok(chosen) => chosen.iter().map(|s| human(&s.status())).collect(),
         },
-        "pause" => match chosen() {
+        Request::Pause { consumer } => match chosen(&consumer) {
             Err(error) => error,
             Ok(chosen) => {
                 let refused: Vec<String> = chosen
@@ -286,7 +271,7 @@ pub fn answer(line: &str, registry: &Registry, shutdown: &Shutdown) -> String {
                          a member that stops reading loses its partitions to the others; stop \
                          it (quit) instead{}\n",
                         refused.join(", "),
-                        if named.is_empty() && chosen.len() > 1 {
+                        if consumer.is_none() && chosen.len() > 1 {
                             " (nothing was paused; name the consumers to pause)"
                         } else {
                             ""
@@ -304,7 +289,7 @@ pub fn answer(line: &str, registry: &Registry, shutdown: &Shutdown) -> String {
                 "paused\n".to_owned()
             }
         },
-        "resume" => match chosen() {
+        Request::Resume { consumer } => match chosen(&consumer) {
             Err(error) => error,
             Ok(chosen) => {
                 for shared in &chosen {
@@ -317,50 +302,24 @@ pub fn answer(line: &str, registry: &Registry, shutdown: &Shutdown) -> String {
                 "resumed\n".to_owned()
             }
         },
-        "reload" => {
+        Request::Reload => {
             tracing::info!("reload asked through the control socket");
             match registry.reload_and_wait(super::RELOAD_WAIT) {
                 Ok(summary) => format!("{summary}\n"),
                 Err(why) => format!("error: reload refused, the running config stays: {why}\n"),
             }
         }
-        "quit" => {
+        Request::Quit => {
             tracing::info!("stop asked through the control socket");
             shutdown.request();
             "stopping\n".to_owned()
         }
-        _ => format!("error: unknown command {line:?} ({COMMANDS})\n"),
     }
 }
 
 /// `errors list|retry|drop`, carried out by the consumers' dispatchers.
-fn errors(words: &[&str], registry: &Registry) -> String {
-    let usage = || format!("error: unknown command (errors: {COMMANDS})\n");
-    let Some((&action, mut rest)) = words.split_first() else {
-        return usage();
-    };
-    let mut consumer = None;
-    let mut json = false;
-    let mut all = false;
-    let mut ids = Vec::new();
-    while let Some((&word, tail)) = rest.split_first() {
-        rest = tail;
-        match word {
-            "--consumer" => match rest.split_first() {
-                Some((&name, tail)) => {
-                    consumer = Some(name);
-                    rest = tail;
-                }
-                None => return usage(),
-            },
-            "--json" if action == "list" => json = true,
-            "--all" if action == "drop" => all = true,
-            id => match id.parse::<u64>() {
-                Ok(id) if action != "list" => ids.push(id),
-                _ => return usage(),
-            },
-        }
-    }
+fn errors(consumer: Option<&str>, command: QueueCommand, registry: &Registry) -> String {
+    let json = matches!(command, QueueCommand::List { json: true });
     let consumers = registry.consumers();
     let chosen: Vec<Arc<Shared>> = match consumer {
         Some(name) => match consumers.iter().find(|s| s.name() == name) {
@@ -377,16 +336,6 @@ fn errors(words: &[&str], registry: &Registry) -> String {
             }
         },
         None => consumers.clone(),
-    };
-    let command = match (action, ids.as_slice(), all) {
-        ("list", [], false) => QueueCommand::List { json },
-        ("retry", [], false) => QueueCommand::Retry { id: None },
-        ("retry", [id], false) => QueueCommand::Retry { id: Some(*id) },
-        ("drop", [], true) => QueueCommand::Drop { ids: None },
-        ("drop", ids, false) if !ids.is_empty() => QueueCommand::Drop {
-            ids: Some(ids.to_vec()),
-        },
-        _ => return usage(),
     };
     // An event id, or dropping, is about one consumer's queue.
     if chosen.len() > 1

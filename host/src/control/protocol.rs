@@ -1,0 +1,265 @@
+//! The control socket's requests: one type, with its one-line wire form both ways. `buslink
+//! ctl`'s arguments (clap) map onto [`Request`] and are sent as [`Request::to_line`]; the
+//! server reads a line with [`Request::parse`] and answers the typed request. Scripts may write
+//! the lines themselves (`echo status | socat - UNIX:STATE_DIR/buslink.sock`).
+//!
+//! The lines (`NAME`: one consumer; without it, every consumer of the daemon):
+//! `status [--json] [NAME]`, `pause [NAME]`, `resume [NAME]`,
+//! `errors list [--json] [--consumer NAME]`, `errors retry [--consumer NAME] [ID]`,
+//! `errors drop [--consumer NAME] ID...|--all`, `reload`, `quit`.
+
+use super::QueueCommand;
+
+/// Every command, for error messages.
+pub const COMMANDS: &str = "status [--json] [CONSUMER], pause [CONSUMER], resume [CONSUMER], \
+                            errors list [--json] [--consumer NAME], errors retry [--consumer \
+                            NAME] [ID], errors drop [--consumer NAME] ID|--all, reload, quit";
+
+/// One request to the daemon.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// The consumers' state (human text, or JSON).
+    Status {
+        json: bool,
+        consumer: Option<String>,
+    },
+    /// No more events handled (what was handled committed, the bus left open).
+    Pause { consumer: Option<String> },
+    /// Goes on where it paused.
+    Resume { consumer: Option<String> },
+    /// An error-queue command, for one consumer or all of them.
+    Errors {
+        consumer: Option<String>,
+        command: QueueCommand,
+    },
+    /// Reads the config again (as SIGHUP) and answers what changed.
+    Reload,
+    /// Stops the daemon (as SIGTERM).
+    Quit,
+}
+
+impl Request {
+    /// The line sent on the socket (without its newline).
+    pub fn to_line(&self) -> String {
+        let mut line = String::new();
+        let named = |line: &mut String, consumer: &Option<String>| {
+            if let Some(name) = consumer {
+                line.push(' ');
+                line.push_str(name);
+            }
+        };
+        let on = |line: &mut String, consumer: &Option<String>| {
+            if let Some(name) = consumer {
+                line.push_str(" --consumer ");
+                line.push_str(name);
+            }
+        };
+        match self {
+            Request::Status { json, consumer } => {
+                line.push_str("status");
+                if *json {
+                    line.push_str(" --json");
+                }
+                named(&mut line, consumer);
+            }
+            Request::Pause { consumer } => {
+                line.push_str("pause");
+                named(&mut line, consumer);
+            }
+            Request::Resume { consumer } => {
+                line.push_str("resume");
+                named(&mut line, consumer);
+            }
+            Request::Errors { consumer, command } => match command {
+                QueueCommand::List { json } => {
+                    line.push_str("errors list");
+                    if *json {
+                        line.push_str(" --json");
+                    }
+                    on(&mut line, consumer);
+                }
+                QueueCommand::Retry { id } => {
+                    line.push_str("errors retry");
+                    on(&mut line, consumer);
+                    if let Some(id) = id {
+                        line.push_str(&format!(" {id}"));
+                    }
+                }
+                QueueCommand::Drop { ids } => {
+                    line.push_str("errors drop");
+                    on(&mut line, consumer);
+                    match ids {
+                        Some(ids) => {
+                            for id in ids {
+                                line.push_str(&format!(" {id}"));
+                            }
+                        }
+                        None => line.push_str(" --all"),
+                    }
+                }
+            },
+            Request::Reload => line.push_str("reload"),
+            Request::Quit => line.push_str("quit"),
+        }
+        line
+    }
+
+    /// Reads a line. `Err` is the answer to send back (`error: ...`, with its newline).
+    pub fn parse(line: &str) -> Result<Request, String> {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let unknown = || format!("error: unknown command {line:?} ({COMMANDS})\n");
+        let Some((&command, rest)) = words.split_first() else {
+            return Err(unknown());
+        };
+        if command == "errors" {
+            return parse_errors(rest)
+                .ok_or_else(|| format!("error: unknown command (errors: {COMMANDS})\n"));
+        }
+        let json = rest.first() == Some(&"--json");
+        let takes_args = matches!(command, "status" | "pause" | "resume");
+        if !takes_args && !rest.is_empty() || (json && command != "status") {
+            return Err(unknown());
+        }
+        let named: Vec<&str> = rest.iter().filter(|w| **w != "--json").copied().collect();
+        let consumer = match named.as_slice() {
+            [] => None,
+            [name] => Some((*name).to_owned()),
+            _ if takes_args => return Err(format!("error: one consumer at most ({COMMANDS})\n")),
+            _ => return Err(unknown()),
+        };
+        match command {
+            "status" => Ok(Request::Status { json, consumer }),
+            "pause" => Ok(Request::Pause { consumer }),
+            "resume" => Ok(Request::Resume { consumer }),
+            "reload" => Ok(Request::Reload),
+            "quit" => Ok(Request::Quit),
+            _ => Err(unknown()),
+        }
+    }
+}
+
+/// `errors list|retry|drop ...` after the word `errors`; `None` when it is not one.
+fn parse_errors(words: &[&str]) -> Option<Request> {
+    let (&action, mut rest) = words.split_first()?;
+    let mut consumer = None;
+    let mut json = false;
+    let mut all = false;
+    let mut ids = Vec::new();
+    while let Some((&word, tail)) = rest.split_first() {
+        rest = tail;
+        match word {
+            "--consumer" => {
+                let (&name, tail) = rest.split_first()?;
+                consumer = Some(name.to_owned());
+                rest = tail;
+            }
+            "--json" if action == "list" => json = true,
+            "--all" if action == "drop" => all = true,
+            id => match id.parse::<u64>() {
+                Ok(id) if action != "list" => ids.push(id),
+                _ => return None,
+            },
+        }
+    }
+    let command = match (action, ids.as_slice(), all) {
+        ("list", [], false) => QueueCommand::List { json },
+        ("retry", [], false) => QueueCommand::Retry { id: None },
+        ("retry", [id], false) => QueueCommand::Retry { id: Some(*id) },
+        ("drop", [], true) => QueueCommand::Drop { ids: None },
+        ("drop", ids, false) if !ids.is_empty() => QueueCommand::Drop {
+            ids: Some(ids.to_vec()),
+        },
+        _ => return None,
+    };
+    Some(Request::Errors { consumer, command })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn every_request() -> Vec<Request> {
+        let consumers = [None, Some("billing".to_owned())];
+        let mut all = vec![Request::Reload, Request::Quit];
+        for consumer in consumers {
+            for json in [false, true] {
+                all.push(Request::Status {
+                    json,
+                    consumer: consumer.clone(),
+                });
+                all.push(Request::Errors {
+                    consumer: consumer.clone(),
+                    command: QueueCommand::List { json },
+                });
+            }
+            all.push(Request::Pause {
+                consumer: consumer.clone(),
+            });
+            all.push(Request::Resume {
+                consumer: consumer.clone(),
+            });
+            for command in [
+                QueueCommand::Retry { id: None },
+                QueueCommand::Retry { id: Some(7) },
+                QueueCommand::Drop { ids: None },
+                QueueCommand::Drop { ids: Some(vec![3]) },
+                QueueCommand::Drop {
+                    ids: Some(vec![3, 4]),
+                },
+            ] {
+                all.push(Request::Errors {
+                    consumer: consumer.clone(),
+                    command,
+                });
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn every_request_reads_back_from_its_line() {
+        for request in every_request() {
+            let line = request.to_line();
+            assert_eq!(Request::parse(&line), Ok(request), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn the_lines_are_the_documented_ones() {
+        let status = Request::Status {
+            json: true,
+            consumer: Some("a".into()),
+        };
+        assert_eq!(status.to_line(), "status --json a");
+        let drop = Request::Errors {
+            consumer: Some("a".into()),
+            command: QueueCommand::Drop { ids: None },
+        };
+        assert_eq!(drop.to_line(), "errors drop --consumer a --all");
+    }
+
+    #[test]
+    fn bad_lines_are_refused_with_the_commands() {
+        for line in [
+            "",
+            "stop",
+            "reload now",
+            "pause --json",
+            "errors",
+            "errors list 3",
+            "errors retry 1 2",
+            "errors drop",
+            "errors drop 1 --all",
+            "errors list --consumer",
+        ] {
+            let error = Request::parse(line).expect_err(line);
+            assert!(
+                error.starts_with("error: unknown command"),
+                "{line:?}: {error}"
+            );
+            assert!(error.contains("errors drop [--consumer NAME]"), "{error}");
+        }
+        let error = Request::parse("status a b").expect_err("two consumers");
+        assert!(error.starts_with("error: one consumer at most"), "{error}");
+    }
+}
