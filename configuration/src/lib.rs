@@ -4,6 +4,8 @@
 //! nothing. Every table rejects unknown keys. Relative paths are relative to the config file's
 //! directory. Each section is checked on its own, so that one run reports every problem.
 
+#![deny(unreachable_pub)]
+
 pub mod accounts;
 pub mod filter;
 mod handler;
