@@ -3,7 +3,6 @@
 use super::source::{ConfigError, Source};
 use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
@@ -144,32 +143,9 @@ pub struct HttpConfig {
     pub ca_file: Option<PathBuf>,
 }
 
-/// A value that may carry a credential: never printed, not even by `Debug`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The value itself, for the one place that needs it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
+/// A value that may carry a credential (an http URL with a password, a header, an exec
+/// environment variable): plugin-api's type, never printed, not even by `Debug`.
+pub use buslink_plugin_api::secret::Secret;
 
 /// How a failed `handle` is retried.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -168,7 +168,12 @@ fn describe_handler(handler: &HandlerConfig) -> String {
         HandlerKind::Stdout => "stdout".to_owned(),
         HandlerKind::Jsonl { path, .. } => format!("jsonl -> {}", path.display()),
         HandlerKind::Exec(exec) => {
-            let env: Vec<_> = exec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            // Names only: a value may be a credential.
+            let env: Vec<_> = exec
+                .env
+                .iter()
+                .map(|(k, _)| format!("{k}=<redacted>"))
+                .collect();
             format!(
                 "exec {} (timeout {} ms{})",
                 exec.command.join(" "),
@@ -187,7 +192,7 @@ fn describe_handler(handler: &HandlerConfig) -> String {
             let headers: Vec<_> = http
                 .headers
                 .iter()
-                .map(|(k, v)| format!("{k}: {v}"))
+                .map(|(k, _)| format!("{k}: <redacted>"))
                 .collect();
             format!(
                 "http POST {url} (timeout {} ms{})",
