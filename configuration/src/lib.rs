@@ -45,13 +45,16 @@ pub fn default_socket_path(state_dir: &Path) -> PathBuf {
     state_dir.join("buslink.sock")
 }
 
-/// A whole config file.
+/// One consumer's view of a config file: what the whole process shares ([`ProcessConfig`]),
+/// the top-level defaults in effect for it, and its own table and handlers. `load_all` gives
+/// one per consumer of the file.
 #[derive(Clone, Debug)]
 pub struct Config {
     pub source: Source,
     /// Where relative paths start.
     pub base_dir: PathBuf,
-    pub state_dir: PathBuf,
+    /// What the whole process shares, the same in every consumer's view.
+    pub process: ProcessConfig,
     pub plugin_dirs: Vec<PathBuf>,
     pub consumer: ConsumerConfig,
     pub handlers: Vec<HandlerConfig>,
@@ -60,14 +63,22 @@ pub struct Config {
     pub stats_interval_s: u64,
     /// Load plugin libraries that other users could change (see `plugin::trust`).
     pub allow_insecure_plugins: bool,
-    /// `[metrics] listen`: where the metrics and health endpoints listen (off when absent).
-    pub metrics_listen: Option<std::net::SocketAddr>,
-    /// `[control]`: the control socket.
-    pub control: ControlSocketConfig,
     /// Where this consumer's table is in the file: `["consumer"]` or `["consumers", "N"]`.
     pub consumer_key: Vec<String>,
     /// The names of every consumer of the file, in order.
     pub consumer_names: Vec<String>,
+}
+
+/// What the whole process shares: where its state is, its metrics endpoint and its control
+/// socket. A reload cannot change it (a restart of the service does).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessConfig {
+    /// `state_dir`: the offset caches, locks, error queues and dead-letter files.
+    pub state_dir: PathBuf,
+    /// `[metrics] listen`: where the metrics and health endpoints listen (off when absent).
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `[control]`: the control socket.
+    pub control: ControlSocketConfig,
 }
 
 /// `[control]`: the control socket's place and who may use it (hermes-client's `cli_socket`).
@@ -830,12 +841,14 @@ impl Config {
         let configs: Vec<Config> = built
             .into_iter()
             .map(|(consumer, handlers, commit, consumer_key)| Config {
-                state_dir: state_dir.clone(),
+                process: ProcessConfig {
+                    state_dir: state_dir.clone(),
+                    metrics_listen,
+                    control: control.clone(),
+                },
                 plugin_dirs: top.plugin_dirs.iter().map(|d| resolve(d)).collect(),
                 stats_interval_s: top.stats_interval_s,
                 allow_insecure_plugins: top.allow_insecure_plugins,
-                metrics_listen,
-                control: control.clone(),
                 consumer,
                 handlers,
                 commit,
@@ -1221,7 +1234,7 @@ match = { eventtype = ["added", "modified"], objtype = "SRV*" }
     #[test]
     fn good_config_resolves_paths_and_settings() {
         let config = parse(GOOD).unwrap();
-        assert_eq!(config.state_dir, Path::new("/etc/buslink/var/demo"));
+        assert_eq!(config.process.state_dir, Path::new("/etc/buslink/var/demo"));
         assert_eq!(
             config.plugin_dirs,
             vec![PathBuf::from("/etc/buslink/plugins")]

@@ -11,7 +11,7 @@
 //! a consumer still stopping, an exactly-once file in use by another consumer) it checks
 //! itself.
 
-use crate::Config;
+use crate::{Config, ProcessConfig};
 
 /// What changes of one consumer's config make the daemon do, from least to most.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -98,23 +98,30 @@ pub fn field_changes(old: &Config, new: &Config) -> Vec<(&'static str, Scope)> {
     let Config {
         source: _,
         base_dir,
-        state_dir,
+        process,
         plugin_dirs,
         consumer,
         handlers,
         commit,
         stats_interval_s,
         allow_insecure_plugins,
-        metrics_listen,
-        control,
         consumer_key,
         consumer_names: _,
     } = old;
+    let ProcessConfig {
+        state_dir,
+        metrics_listen,
+        control,
+    } = process;
     let fields: [(&'static str, Scope, bool); 11] = [
         // Relative paths of the plugin's settings are read from it (`Context::config_dir`).
         ("base_dir", Scope::Restart, *base_dir != new.base_dir),
         // Where the offsets and locks are: running consumers cannot move.
-        ("state_dir", Scope::Process, *state_dir != new.state_dir),
+        (
+            "state_dir",
+            Scope::Process,
+            *state_dir != new.process.state_dir,
+        ),
         (
             "plugin_dirs",
             Scope::Restart,
@@ -137,9 +144,9 @@ pub fn field_changes(old: &Config, new: &Config) -> Vec<(&'static str, Scope)> {
         (
             "metrics",
             Scope::Process,
-            *metrics_listen != new.metrics_listen,
+            *metrics_listen != new.process.metrics_listen,
         ),
-        ("control", Scope::Process, *control != new.control),
+        ("control", Scope::Process, *control != new.process.control),
         // `[consumer]` or `[[consumers]]`: the file's shape (whether one consumer's failure
         // ends the process). Which entry of `[[consumers]]` a consumer is changes nothing.
         (

@@ -195,7 +195,7 @@ pub fn run_consumer(
     once: bool,
     shutdown: &Shutdown,
 ) -> Result<(), AppError> {
-    let cache = OffsetCache::new(&config.state_dir, &config.consumer.name);
+    let cache = OffsetCache::new(&config.process.state_dir, &config.consumer.name);
     let mut cached = cache.load().map_err(|e| AppError::Runtime(e.to_string()))?;
     // Exactly-once outputs are cut back to these lengths (kept aside: a Hermes bootstrap
     // replaces the record).
@@ -238,8 +238,8 @@ pub fn run_consumer(
     )
     .map_err(|problems| AppError::Runtime(problems.join("\n")))?;
     commit_new_outputs(&cache, &mut cached, &committed_outputs, &handlers)?;
-    let mut dead_letters = DeadLetterFile::new(&config.state_dir, &config.consumer.name);
-    let mut error_queue = ErrorQueue::load(&config.state_dir, &config.consumer.name)
+    let mut dead_letters = DeadLetterFile::new(&config.process.state_dir, &config.consumer.name);
+    let mut error_queue = ErrorQueue::load(&config.process.state_dir, &config.consumer.name)
         .map_err(|e| AppError::Runtime(e.to_string()))?;
     if !error_queue.is_empty() {
         tracing::info!(

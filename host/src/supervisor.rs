@@ -538,7 +538,7 @@ fn reload<'scope, 'env>(
             continue;
         }
         // A consumer new to this process: its lock first (another daemon may run it).
-        let lock = match ConsumerLock::acquire(&config.state_dir, &name) {
+        let lock = match ConsumerLock::acquire(&config.process.state_dir, &name) {
             Ok(lock) => lock,
             Err(error) => {
                 problems.push(error.to_string());

@@ -45,20 +45,23 @@ pub fn check(config_path: &Path, connect: bool, only: Option<&str>) -> Result<()
         }
     }
     if let Some(config) = configs.first() {
-        if let Err(problem) = crate::handlers::preflight::check_writable_dir(&config.state_dir) {
+        if let Err(problem) =
+            crate::handlers::preflight::check_writable_dir(&config.process.state_dir)
+        {
             problems.push(format!(
                 "{}: state_dir {}: {problem}",
                 config.source.path.display(),
-                config.state_dir.display()
+                config.process.state_dir.display()
             ));
         }
-        warn_if_world_writable(&config.state_dir);
+        warn_if_world_writable(&config.process.state_dir);
         // A socket elsewhere than the state dir needs its directory (the daemon makes none).
         if let Some(dir) = config
+            .process
             .control
             .path
             .parent()
-            .filter(|dir| *dir != config.state_dir)
+            .filter(|dir| *dir != config.process.state_dir)
         {
             if !dir.is_dir() {
                 problems.push(
@@ -243,8 +246,8 @@ fn print_summary(config: &Config, plugin: Option<&(PluginInfo, String)>, connect
     }
     println!(
         "state: {} (offset cache {}, commit every {} events or {} ms, fsync {})",
-        config.state_dir.display(),
-        crate::offsets::OffsetCache::new(&config.state_dir, &config.consumer.name)
+        config.process.state_dir.display(),
+        crate::offsets::OffsetCache::new(&config.process.state_dir, &config.consumer.name)
             .path()
             .display(),
         config.commit.every_events,

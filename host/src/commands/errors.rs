@@ -15,19 +15,21 @@ fn runtime(error: impl ToString) -> AppError {
 /// The consumer's lock, or an error that points at `buslink ctl errors ACTION` (the same
 /// command through the daemon) when its daemon runs.
 fn lock(config: &Config, action: &str) -> Result<ConsumerLock, AppError> {
-    ConsumerLock::acquire(&config.state_dir, &config.consumer.name).map_err(|error| match error {
-        crate::lock::LockError::Held { .. } => AppError::Runtime(format!(
-            "{error}: its daemon owns the error queue; do it through the daemon: buslink ctl \
+    ConsumerLock::acquire(&config.process.state_dir, &config.consumer.name).map_err(|error| {
+        match error {
+            crate::lock::LockError::Held { .. } => AppError::Runtime(format!(
+                "{error}: its daemon owns the error queue; do it through the daemon: buslink ctl \
              --config {} errors {action} --consumer {}",
-            config.source.path.display(),
-            config.consumer.name
-        )),
-        other => runtime(other),
+                config.source.path.display(),
+                config.consumer.name
+            )),
+            other => runtime(other),
+        }
     })
 }
 
 fn load(config: &Config) -> Result<ErrorQueue, AppError> {
-    ErrorQueue::load(&config.state_dir, &config.consumer.name).map_err(runtime)
+    ErrorQueue::load(&config.process.state_dir, &config.consumer.name).map_err(runtime)
 }
 
 /// `errors list`.
@@ -55,7 +57,7 @@ pub fn retry(target: &crate::cli::Target, id: Option<u64>) -> Result<(), AppErro
         }
     }
     // Exactly-once outputs: a retry writes to them, so their committed lengths move with it.
-    let cache = OffsetCache::new(&config.state_dir, &config.consumer.name);
+    let cache = OffsetCache::new(&config.process.state_dir, &config.consumer.name);
     let mut record = cache.load().map_err(runtime)?;
     let mut handled = 0;
     for handler_config in &config.handlers {

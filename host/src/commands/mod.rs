@@ -29,8 +29,8 @@ pub fn ctl(config_path: &std::path::Path, command: &str) -> Result<(), AppError>
                 .into(),
         ));
     }
-    let answer =
-        crate::control::client::send(&config.control.path, command).map_err(AppError::Runtime)?;
+    let answer = crate::control::client::send(&config.process.control.path, command)
+        .map_err(AppError::Runtime)?;
     if let Some(error) = answer.strip_prefix("error: ") {
         return Err(AppError::Usage(error.trim_end().to_owned()));
     }

@@ -11,7 +11,7 @@ use buslink_plugin_api::{ErrorKind, Offset};
 use std::path::Path;
 
 fn cache_of(config: &Config) -> OffsetCache {
-    OffsetCache::new(&config.state_dir, &config.consumer.name)
+    OffsetCache::new(&config.process.state_dir, &config.consumer.name)
 }
 
 fn runtime(error: impl ToString) -> AppError {
@@ -75,7 +75,8 @@ pub fn set(
     force: bool,
 ) -> Result<(), AppError> {
     let config = target.load()?;
-    let _lock = ConsumerLock::acquire(&config.state_dir, &config.consumer.name).map_err(runtime)?;
+    let _lock =
+        ConsumerLock::acquire(&config.process.state_dir, &config.consumer.name).map_err(runtime)?;
     let cache = cache_of(&config);
     let previous = cache.load().map_err(runtime)?;
     let offset = crate::offsets::parse_offset(offset, as_string);
@@ -199,7 +200,8 @@ pub fn import_hermes(
             place.queued_errors
         )));
     }
-    let _lock = ConsumerLock::acquire(&config.state_dir, &config.consumer.name).map_err(runtime)?;
+    let _lock =
+        ConsumerLock::acquire(&config.process.state_dir, &config.consumer.name).map_err(runtime)?;
     let next = Offset::Int(place.next_offset);
     if force {
         refuse_bus_owned(&config, &build_consumer(&config)?.1)?;
@@ -267,7 +269,8 @@ fn refuse_bus_owned(
 /// `offsets reset`: forget the committed offset; the next start uses `start`.
 pub fn reset(target: &crate::cli::Target) -> Result<(), AppError> {
     let config = target.load()?;
-    let _lock = ConsumerLock::acquire(&config.state_dir, &config.consumer.name).map_err(runtime)?;
+    let _lock =
+        ConsumerLock::acquire(&config.process.state_dir, &config.consumer.name).map_err(runtime)?;
     let cache = cache_of(&config);
     let removed = cache.remove().map_err(runtime)?;
     println!(

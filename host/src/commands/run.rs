@@ -28,7 +28,7 @@ pub fn run(config_path: &Path, once: bool) -> Result<(), AppError> {
     let mut units = Vec::new();
     for config in configs {
         let (plugin, consumer) = build_consumer(&config)?;
-        let lock = ConsumerLock::acquire(&config.state_dir, &config.consumer.name)
+        let lock = ConsumerLock::acquire(&config.process.state_dir, &config.consumer.name)
             .map_err(|e| AppError::Runtime(e.to_string()))?;
         units.push((config, plugin, consumer, lock));
     }
@@ -51,7 +51,7 @@ pub fn run(config_path: &Path, once: bool) -> Result<(), AppError> {
     // The control socket (`buslink ctl`): status, pause, resume, reload, quit.
     let first = &units[0].0;
     let _control_server = crate::control::server::ControlServer::start(
-        &first.control,
+        &first.process.control,
         registry.clone(),
         shutdown.clone(),
     )
@@ -59,9 +59,10 @@ pub fn run(config_path: &Path, once: bool) -> Result<(), AppError> {
     // Opt-in metrics and health endpoints, up before the pipelines so that a scrape sees them
     // connect.
     let metrics_registry = first
+        .process
         .metrics_listen
         .map(|_| Arc::new(crate::metrics::MetricsRegistry::new()));
-    let _metrics_server = match (first.metrics_listen, &metrics_registry) {
+    let _metrics_server = match (first.process.metrics_listen, &metrics_registry) {
         (Some(listen), Some(metrics)) => {
             let server = crate::metrics::MetricsServer::start(listen, metrics.clone())
                 .map_err(AppError::Runtime)?;
