@@ -10,7 +10,7 @@
 //! - `STATE_DIR/NAME.error-queue.json`, written atomically (temp, fsync, rename, fsync dir)
 //!   before any offset commit that moves past a newly queued event.
 
-use crate::handlers::DispatchedEvent;
+use crate::handlers::{ConfiguredHandler, DispatchedEvent};
 use base64::Engine as _;
 use buslink_plugin_api::hermes::HermesEvent;
 use buslink_plugin_api::{Body, Event, Offset};
@@ -318,4 +318,62 @@ impl ErrorQueue {
         self.dirty = false;
         Ok(())
     }
+}
+/// Tries `handler`'s queued events again (only the object of `only` when given): for each
+/// object, oldest first, until one fails. Returns how many were handled.
+pub fn retry_queued(
+    handler: &mut ConfiguredHandler,
+    queue: &mut ErrorQueue,
+    only: Option<u64>,
+) -> usize {
+    let mut done = 0;
+    for head in queue.heads() {
+        let Some(first) = queue.get(head) else {
+            continue;
+        };
+        if first.handler != handler.name
+            || only.is_some_and(|id| queue.get(id).is_none_or(|e| e.key != first.key))
+        {
+            continue;
+        }
+        let mut current = Some(head);
+        while let Some(id) = current {
+            let Some(entry) = queue.get(id).cloned() else {
+                break;
+            };
+            let body = entry.body_bytes();
+            let event = buslink_plugin_api::Event {
+                offset: entry.offset.as_ref(),
+                timestamp: entry.timestamp,
+                category: &entry.category,
+                body: match &entry.body {
+                    StoredBody::Json(text) => buslink_plugin_api::Body::Json(text),
+                    StoredBody::Base64(_) => buslink_plugin_api::Body::Bytes(&body),
+                },
+            };
+            match handler.handler.handle(&DispatchedEvent::new(event)) {
+                Ok(()) => {
+                    tracing::info!(
+                        "handler '{}': queued event #{id} (offset {}) handled on retry",
+                        handler.name,
+                        entry.offset
+                    );
+                    current = queue.next_of_same_object(id);
+                    queue.remove(id);
+                    done += 1;
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        "handler '{}': queued event #{id} (offset {}) failed again: {}",
+                        handler.name,
+                        entry.offset,
+                        error.message
+                    );
+                    queue.failed(id, error.message);
+                    break;
+                }
+            }
+        }
+    }
+    done
 }

@@ -157,7 +157,7 @@ fn commit_new_outputs(
     committed: &std::collections::BTreeMap<String, crate::offsets::OutputPosition>,
     handlers: &[handlers::ConfiguredHandler],
 ) -> Result<(), AppError> {
-    let now = pipeline::output_positions(handlers);
+    let now = crate::handlers::output_positions(handlers);
     if now
         .iter()
         .all(|(name, position)| committed.get(name) == Some(position))

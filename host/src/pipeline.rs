@@ -18,9 +18,7 @@ use crate::health::{Health, Phase, LAG_REFRESH};
 use crate::hermes_mode::HermesFilter;
 use crate::lock::LockWatch;
 use crate::metrics::{HandlerCounters, Metrics, Outcome};
-use crate::offsets::{
-    CacheError, CacheWriter, OffsetCache, OffsetRecord, OutputPosition, ResumePoint,
-};
+use crate::offsets::{CacheError, CacheWriter, OffsetCache, OffsetRecord, ResumePoint};
 use crate::plugin::{ConsumerError, LibraryWatch, PluginConsumer};
 use crate::shutdown::Shutdown;
 use buslink_plugin_api::{EventBatch, Gap, Offset, PollStatus};
@@ -503,7 +501,7 @@ impl Committer<'_> {
             .last_record
             .clone()
             .unwrap_or_else(|| self.cache.record(None, None, self.handled_total));
-        let outputs = output_positions(handlers);
+        let outputs = crate::handlers::output_positions(handlers);
         if outputs == record.outputs {
             return Ok(());
         }
@@ -564,7 +562,7 @@ impl Committer<'_> {
         let mut record: OffsetRecord =
             self.cache
                 .record(Some(last.clone()), next, self.handled_total);
-        record.outputs = output_positions(handlers);
+        record.outputs = crate::handlers::output_positions(handlers);
         record.last_timestamp = Some(last_timestamp);
         if let Some(hermes) = &self.hermes {
             record.initstartoffset = Some(hermes.sequence.start.clone());
@@ -1159,7 +1157,7 @@ fn retry_handlers(
     committer.commit(handlers, queue)?;
     let mut handled = 0;
     for &index in chosen {
-        handled += retry_queued(&mut handlers[index], queue, only);
+        handled += crate::error_queue::retry_queued(&mut handlers[index], queue, only);
     }
     for_each_handler(
         handlers
@@ -1172,89 +1170,6 @@ fn retry_handlers(
     committer.commit_outputs(handlers)?;
     queue.save()?;
     Ok(handled)
-}
-
-/// Tries `handler`'s queued events again (only the object of `only` when given): for each
-/// object, oldest first, until one fails. Returns how many were handled.
-pub fn retry_queued(
-    handler: &mut ConfiguredHandler,
-    queue: &mut ErrorQueue,
-    only: Option<u64>,
-) -> usize {
-    let mut done = 0;
-    for head in queue.heads() {
-        let Some(first) = queue.get(head) else {
-            continue;
-        };
-        if first.handler != handler.name
-            || only.is_some_and(|id| queue.get(id).is_none_or(|e| e.key != first.key))
-        {
-            continue;
-        }
-        let mut current = Some(head);
-        while let Some(id) = current {
-            let Some(entry) = queue.get(id).cloned() else {
-                break;
-            };
-            let body = entry.body_bytes();
-            let event = buslink_plugin_api::Event {
-                offset: entry.offset.as_ref(),
-                timestamp: entry.timestamp,
-                category: &entry.category,
-                body: match &entry.body {
-                    crate::error_queue::StoredBody::Json(text) => {
-                        buslink_plugin_api::Body::Json(text)
-                    }
-                    crate::error_queue::StoredBody::Base64(_) => {
-                        buslink_plugin_api::Body::Bytes(&body)
-                    }
-                },
-            };
-            match handler.handler.handle(&DispatchedEvent::new(event)) {
-                Ok(()) => {
-                    tracing::info!(
-                        "handler '{}': queued event #{id} (offset {}) handled on retry",
-                        handler.name,
-                        entry.offset
-                    );
-                    current = queue.next_of_same_object(id);
-                    queue.remove(id);
-                    done += 1;
-                }
-                Err(error) => {
-                    tracing::warn!(
-                        "handler '{}': queued event #{id} (offset {}) failed again: {}",
-                        handler.name,
-                        entry.offset,
-                        error.message
-                    );
-                    queue.failed(id, error.message);
-                    break;
-                }
-            }
-        }
-    }
-    done
-}
-
-/// The exactly-once outputs' positions (after a `sync`: their files' lengths), by handler.
-pub fn output_positions(
-    handlers: &[ConfiguredHandler],
-) -> std::collections::BTreeMap<String, OutputPosition> {
-    handlers
-        .iter()
-        .filter_map(|h| {
-            let ((path, (dev, ino)), length) = (h.handler.output_file()?, h.handler.position()?);
-            Some((
-                h.name.clone(),
-                OutputPosition {
-                    path: path.to_path_buf(),
-                    length,
-                    file_id: Some([dev, ino]),
-                },
-            ))
-        })
-        .collect()
 }
 
 /// Runs `step` (flush or sync) on each handler; the first failure names its handler.

@@ -154,3 +154,22 @@ pub fn build(
         Err(failed.into_iter().filter_map(Result::err).collect())
     }
 }
+/// The exactly-once outputs' positions (after a `sync`: their files' lengths), by handler.
+pub fn output_positions(
+    handlers: &[ConfiguredHandler],
+) -> std::collections::BTreeMap<String, OutputPosition> {
+    handlers
+        .iter()
+        .filter_map(|h| {
+            let ((path, (dev, ino)), length) = (h.handler.output_file()?, h.handler.position()?);
+            Some((
+                h.name.clone(),
+                OutputPosition {
+                    path: path.to_path_buf(),
+                    length,
+                    file_id: Some([dev, ino]),
+                },
+            ))
+        })
+        .collect()
+}

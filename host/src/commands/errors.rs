@@ -2,11 +2,12 @@
 
 use crate::config::{Config, FailurePolicy};
 use crate::error::AppError;
+use crate::error_queue::retry_queued;
 use crate::error_queue::ErrorQueue;
 use crate::handlers;
+use crate::handlers::output_positions;
 use crate::lock::ConsumerLock;
 use crate::offsets::OffsetCache;
-use crate::pipeline::{output_positions, retry_queued};
 
 fn runtime(error: impl ToString) -> AppError {
     AppError::Runtime(error.to_string())
