@@ -1,6 +1,7 @@
 //! The parts of one consumer's run, below the daemon: loading plugin libraries (`plugin`),
 //! the offset cache and the state files (`offsets`, `state_file`, `append_file`, `lock`), the
-//! handlers with the dead-letter file and the error queue, Hermes mode, and the stop flag.
+//! handlers with the dead-letter file and the error queue, Hermes mode, the stop flag, and a
+//! consumer's health (the facts its run reports and the monitor that derives its state).
 //! Nothing here opens a socket, serves HTTP, talks to systemd or parses arguments; the host
 //! (`host/`) builds the daemon on it. See ARCHITECTURE.md for the map.
 //!
@@ -11,6 +12,7 @@ pub mod append_file;
 pub mod dead_letter;
 pub mod error_queue;
 pub mod handlers;
+pub mod health;
 pub mod hermes_mode;
 pub mod lock;
 pub mod offsets;

@@ -7,13 +7,12 @@ pub mod commands;
 pub use buslink_config as config;
 /// The parts of a consumer's run live in the engine crate (`engine/`).
 pub use buslink_engine::{
-    append_file, dead_letter, error_queue, handlers, hermes_mode, lock, offsets, plugin, shutdown,
-    state_file,
+    append_file, dead_letter, error_queue, handlers, health, hermes_mode, lock, offsets, plugin,
+    shutdown, state_file,
 };
 pub mod control;
 pub mod engine;
 pub mod error;
-pub mod health;
 pub mod logging;
 pub mod metrics;
 pub mod pipeline;

@@ -104,7 +104,10 @@ pub fn run(config_path: &Path, once: bool) -> Result<(), AppError> {
             metrics: metrics_registry.clone(),
             shown: Mutex::new(HashMap::new()),
         }),
-        crate::service::Watchdog::from_env(),
+        {
+            let watchdog = crate::service::Watchdog::from_env();
+            move || watchdog.tick()
+        },
     )
     .map_err(|e| AppError::Runtime(format!("cannot start the monitor thread: {e}")))?;
     crate::supervisor::run(

@@ -349,11 +349,12 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    /// Starts the monitor over what `publish` lists, pinging the service manager's watchdog
-    /// while it runs (`watchdog`: liveness of the daemon, not the speed of its handlers).
+    /// Starts the monitor over what `publish` lists, calling `alive` at every tick while it
+    /// runs (the daemon pings the service manager's watchdog there: liveness of the daemon,
+    /// not the speed of its handlers).
     pub fn start(
         publish: Arc<dyn Publish>,
-        watchdog: crate::service::Watchdog,
+        alive: impl Fn() + Send + 'static,
     ) -> std::io::Result<Monitor> {
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -363,7 +364,7 @@ impl Monitor {
                 .spawn(move || {
                     let mut tracks: HashMap<String, Track> = HashMap::new();
                     while !stop.load(Ordering::SeqCst) {
-                        watchdog.tick();
+                        alive();
                         let watched = publish.consumers();
                         tracks.retain(|name, _| watched.iter().any(|w| &w.name == name));
                         for consumer in &watched {
