@@ -19,6 +19,7 @@ pub mod offsets;
 pub mod plugin;
 pub mod shutdown;
 pub mod state_file;
+pub mod steering;
 
 /// The config types (`crate::config::...` inside this crate).
 pub use buslink_config as config;
