@@ -46,15 +46,8 @@ pub enum ConsumerPlan {
 /// reload is refused (the first process-wide key that changed).
 pub fn plan(old: &[Config], new: &[Config]) -> Result<Vec<(String, ConsumerPlan)>, String> {
     if let (Some(before), Some(after)) = (old.first(), new.first()) {
-        if let Some(key) = field_changes(before, after)
-            .into_iter()
-            .find(|(_, scope)| *scope == Scope::Process)
-            .map(|(key, _)| key)
-        {
-            return Err(format!(
-                "`{key}` changed: process-wide settings (state_dir, [metrics], [control], the \
-                 file's shape) need a restart (systemctl restart), not a reload"
-            ));
+        if let Some(why) = process_refusal(before, after) {
+            return Err(why);
         }
     }
     let mut plans = Vec::new();
@@ -75,6 +68,20 @@ pub fn plan(old: &[Config], new: &[Config]) -> Result<Vec<(String, ConsumerPlan)
         }
     }
     Ok(plans)
+}
+
+/// Why a reload from `old` to `new` is refused: the first process-wide key that changed
+/// (`None`: none did). The daemon checks it against the config it was started with.
+pub fn process_refusal(old: &Config, new: &Config) -> Option<String> {
+    field_changes(old, new)
+        .into_iter()
+        .find(|(_, scope)| *scope == Scope::Process)
+        .map(|(key, _)| {
+            format!(
+                "`{key}` changed: process-wide settings (state_dir, [metrics], [control], the \
+                 file's shape) need a restart (systemctl restart), not a reload"
+            )
+        })
 }
 
 /// What a reload does with a consumer present in both configs (process-wide keys aside).

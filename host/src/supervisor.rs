@@ -429,10 +429,7 @@ fn reload<'scope, 'env>(
         // What the whole process was started with (where the offsets, locks and socket are)
         // cannot move under running consumers: a consumer would start over from an empty
         // state dir, beside its own lock.
-        if let Err(why) = crate::config::reload::plan(
-            std::slice::from_ref(process_config),
-            std::slice::from_ref(first),
-        ) {
+        if let Some(why) = crate::config::reload::process_refusal(process_config, first) {
             return refuse(&format!("{}: {why}", path.display()));
         }
     }

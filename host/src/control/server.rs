@@ -226,22 +226,7 @@ pub fn answer(line: &str, registry: &Registry, shutdown: &Shutdown) -> String {
         Ok(request) => request,
         Err(answer) => return answer,
     };
-    let all = registry.consumers();
-    let chosen = |named: &Option<String>| -> Result<Vec<Arc<Shared>>, String> {
-        match named {
-            None => Ok(all.clone()),
-            Some(name) => all
-                .iter()
-                .find(|shared| shared.name() == *name)
-                .map(|shared| vec![shared.clone()])
-                .ok_or_else(|| {
-                    format!(
-                        "error: no consumer named {name:?} in this daemon (it runs: {})\n",
-                        all.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")
-                    )
-                }),
-        }
-    };
+    let chosen = |named: &Option<String>| choose(registry, named.as_deref());
     match request {
         Request::Errors { consumer, command } => errors(consumer.as_deref(), command, registry),
         Request::Status { json, consumer } => match chosen(&consumer) {
@@ -317,25 +302,31 @@ pub fn answer(line: &str, registry: &Registry, shutdown: &Shutdown) -> String {
     }
 }
 
+/// The consumer named `name`, or every consumer of the daemon; `Err` is the answer naming the
+/// ones it runs.
+fn choose(registry: &Registry, name: Option<&str>) -> Result<Vec<Arc<Shared>>, String> {
+    let all = registry.consumers();
+    match name {
+        None => Ok(all),
+        Some(name) => all
+            .iter()
+            .find(|shared| shared.name() == name)
+            .map(|shared| vec![shared.clone()])
+            .ok_or_else(|| {
+                format!(
+                    "error: no consumer named {name:?} in this daemon (it runs: {})\n",
+                    all.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")
+                )
+            }),
+    }
+}
+
 /// `errors list|retry|drop`, carried out by the consumers' dispatchers.
 fn errors(consumer: Option<&str>, command: QueueCommand, registry: &Registry) -> String {
     let json = matches!(command, QueueCommand::List { json: true });
-    let consumers = registry.consumers();
-    let chosen: Vec<Arc<Shared>> = match consumer {
-        Some(name) => match consumers.iter().find(|s| s.name() == name) {
-            Some(shared) => vec![shared.clone()],
-            None => {
-                return format!(
-                    "error: no consumer named {name:?} in this daemon (it runs: {})\n",
-                    consumers
-                        .iter()
-                        .map(|s| s.name())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            }
-        },
-        None => consumers.clone(),
+    let chosen = match choose(registry, consumer) {
+        Ok(chosen) => chosen,
+        Err(error) => return error,
     };
     // An event id, or dropping, is about one consumer's queue.
     if chosen.len() > 1
