@@ -61,14 +61,10 @@ impl<T> Pool<T> {
         }
     }
 
-    /// How many vectors are kept (for tests).
-    pub fn len(&self) -> usize {
+    /// How many vectors are kept.
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.kept.lock().map_or(0, |kept| kept.len())
-    }
-
-    /// Whether none is kept.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -88,7 +84,7 @@ mod tests {
         assert!(again.is_empty());
         assert_eq!(again.as_ptr(), address, "the same allocation is reused");
         assert!(again.capacity() >= 1000);
-        assert!(pool.is_empty());
+        assert_eq!(pool.len(), 0);
     }
 
     #[test]
@@ -101,8 +97,9 @@ mod tests {
         let pool = Pool::<u8>::default();
         pool.give(Vec::with_capacity(LARGEST + 1));
         pool.give(Vec::new());
-        assert!(
-            pool.is_empty(),
+        assert_eq!(
+            pool.len(),
+            0,
             "a huge or never-allocated buffer is not kept"
         );
     }
