@@ -333,6 +333,33 @@ pub trait Publish: Send + Sync {
     fn publish(&self, name: &str, view: &View, counters: &[(String, u64)]);
 }
 
+/// Who hears that a consumer's run is up (the daemon tells the service manager `READY=1` with
+/// the status line): called with (consumer name, status line) once the pipeline's reader runs,
+/// and before a Hermes-mode bootstrap that may wait long. The engine knows nothing of systemd.
+#[derive(Clone)]
+pub struct Ready(Arc<Hear>);
+
+/// What [`Ready`] calls: (consumer name, status line).
+type Hear = dyn Fn(&str, &str) + Send + Sync;
+
+impl Ready {
+    /// Calls `hear(consumer, status)` at each announcement.
+    pub fn new(hear: impl Fn(&str, &str) + Send + Sync + 'static) -> Ready {
+        Ready(Arc::new(hear))
+    }
+
+    /// Consumer `name`'s run is up, `status` says how.
+    pub fn announce(&self, name: &str, status: &str) {
+        (self.0)(name, status)
+    }
+}
+
+impl std::fmt::Debug for Ready {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Ready")
+    }
+}
+
 /// One consumer as the monitor sees it.
 pub struct Watched {
     pub name: String,

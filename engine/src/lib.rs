@@ -4,19 +4,20 @@
 //! consumer's health (the facts its run reports and the monitor that derives its state).
 //! Nothing here opens a socket, serves HTTP, talks to systemd or parses arguments; the host
 //! (`host/`) builds the daemon on it. See ARCHITECTURE.md for the map.
-//!
-//! The pipeline and one consumer's run (`host/src/pipeline.rs`, `engine.rs`) join this crate
-//! once their ties to the control socket, the metrics and systemd are observers.
 
 pub mod append_file;
 pub mod dead_letter;
+pub mod error;
 pub mod error_queue;
 pub mod handlers;
 pub mod health;
 pub mod hermes_mode;
 pub mod lock;
+pub mod metrics;
 pub mod offsets;
+pub mod pipeline;
 pub mod plugin;
+pub mod run;
 pub mod shutdown;
 pub mod state_file;
 pub mod steering;

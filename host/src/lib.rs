@@ -5,16 +5,15 @@ pub mod cli;
 pub mod commands;
 /// The config types live in their own crate (`configuration/`), below every other part.
 pub use buslink_config as config;
+/// One consumer's run (the engine crate's `run` module).
+pub use buslink_engine::run as engine;
 /// The parts of a consumer's run live in the engine crate (`engine/`).
 pub use buslink_engine::{
-    append_file, dead_letter, error_queue, handlers, health, hermes_mode, lock, offsets, plugin,
-    shutdown, state_file,
+    append_file, dead_letter, error, error_queue, handlers, health, hermes_mode, lock, offsets,
+    pipeline, plugin, shutdown, state_file,
 };
 pub mod control;
-pub mod engine;
-pub mod error;
 pub mod logging;
 pub mod metrics;
-pub mod pipeline;
 pub mod service;
 pub mod supervisor;

@@ -37,6 +37,11 @@ pub fn consumer_ready(name: &str, text: &str) {
     ready(&of_consumer(name, text));
 }
 
+/// What the engine calls when a consumer's run is up: [`consumer_ready`].
+pub fn ready_hook() -> crate::health::Ready {
+    crate::health::Ready::new(consumer_ready)
+}
+
 fn send(states: &[sd_notify::NotifyState<'_>]) {
     if std::env::var_os("NOTIFY_SOCKET").is_none() {
         return;

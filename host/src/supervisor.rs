@@ -561,6 +561,7 @@ fn reload<'scope, 'env>(
                     control,
                     metrics,
                     lock,
+                    ready: Some(crate::service::ready_hook()),
                 },
             }),
         ));

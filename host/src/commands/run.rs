@@ -86,6 +86,7 @@ pub fn run(config_path: &Path, once: bool) -> Result<(), AppError> {
                     control,
                     metrics,
                     lock,
+                    ready: Some(crate::service::ready_hook()),
                 },
                 config,
                 plugin,

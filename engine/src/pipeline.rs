@@ -57,7 +57,9 @@ pub struct PipelineOptions {
     /// The metrics and health state, when `[metrics]` is on.
     pub metrics: Option<std::sync::Arc<Metrics>>,
     /// What the control socket shows and the pause it asks for.
-    pub control: Option<std::sync::Arc<crate::control::Shared>>,
+    pub control: Option<std::sync::Arc<crate::steering::Shared>>,
+    /// Who hears that the run is up (the service manager), once the reader runs.
+    pub ready: Option<crate::health::Ready>,
 }
 
 /// Why the pipeline stopped with an error.
@@ -490,7 +492,7 @@ struct Committer<'a> {
     /// The metrics, when `[metrics]` is on.
     metrics: Option<&'a Metrics>,
     /// What the control socket shows.
-    control: Option<&'a crate::control::Shared>,
+    control: Option<&'a crate::steering::Shared>,
 }
 
 impl Committer<'_> {
@@ -687,14 +689,16 @@ pub fn run(
             .map_err(|_| PipelineError::ReaderLost)?
     };
 
-    crate::service::consumer_ready(
-        &options
-            .control
-            .as_ref()
-            .map(|control| control.name())
-            .unwrap_or_default(),
-        "connecting to the bus",
-    );
+    if let Some(ready) = &options.ready {
+        ready.announce(
+            &options
+                .control
+                .as_ref()
+                .map(|control| control.name())
+                .unwrap_or_default(),
+            "connecting to the bus",
+        );
+    }
     let mut summary = RunSummary::default();
     let tick = Duration::from_millis(options.commit.every_ms.clamp(10, 200));
     let mut retries = QueueRetries::default();
@@ -725,7 +729,7 @@ pub fn run(
         if let Some(swap) = options
             .control
             .as_deref()
-            .and_then(crate::control::Shared::take_handler_swap)
+            .and_then(crate::steering::Shared::take_handler_swap)
         {
             match swap_handlers(
                 options.control.as_deref(),
@@ -983,8 +987,8 @@ fn shutdown_reader(
 /// just committed (an exactly-once file they keep is not cut), and their positions are
 /// committed before the next event. New handlers that cannot be built leave the old ones.
 fn swap_handlers(
-    control: Option<&crate::control::Shared>,
-    swap: crate::control::HandlerSwap,
+    control: Option<&crate::steering::Shared>,
+    swap: crate::steering::HandlerSwap,
     handlers: &mut Vec<ConfiguredHandler>,
     queue: &mut ErrorQueue,
     committer: &mut Committer<'_>,
@@ -1027,12 +1031,12 @@ fn swap_handlers(
 
 /// Carries out the error-queue commands of the control socket (`ctl errors`), between batches.
 fn serve_queue_requests(
-    control: &crate::control::Shared,
+    control: &crate::steering::Shared,
     handlers: &mut [ConfiguredHandler],
     queue: &mut ErrorQueue,
     committer: &mut Committer<'_>,
 ) -> Result<(), PipelineError> {
-    use crate::control::QueueCommand;
+    use crate::steering::QueueCommand;
     let name = control.name();
     for request in control.take_requests() {
         let answer = match &request.command {
@@ -1109,7 +1113,7 @@ impl QueueRetries {
         handlers: &mut [ConfiguredHandler],
         queue: &mut ErrorQueue,
         committer: &mut Committer<'_>,
-        control: Option<&crate::control::Shared>,
+        control: Option<&crate::steering::Shared>,
     ) -> Result<(), PipelineError> {
         if queue.is_empty() {
             return Ok(());
@@ -1187,19 +1191,19 @@ fn for_each_handler<'a>(
 }
 
 /// How delivering one event to one handler ended.
-pub(crate) enum Delivery {
+pub enum Delivery {
     Done,
     Failed { error: String, attempts: u32 },
     Interrupted,
 }
 
 /// Gives one event to one handler, retrying with exponential backoff as configured.
-pub(crate) fn deliver(
+pub fn deliver(
     handler: &mut ConfiguredHandler,
     event: &DispatchedEvent<'_>,
     shutdown: &Shutdown,
     counters: Option<&HandlerCounters>,
-    control: Option<&crate::control::Shared>,
+    control: Option<&crate::steering::Shared>,
 ) -> Delivery {
     let mut wait = handler.retry.base;
     let mut attempt = 1;
@@ -1269,7 +1273,7 @@ struct Dispatcher<'a> {
     /// Each handler's outcome counters, in the handlers' order (empty without metrics).
     counters: &'a [HandlerCounters],
     /// The control socket's pause and error-queue commands, looked at between two events.
-    control: Option<&'a crate::control::Shared>,
+    control: Option<&'a crate::steering::Shared>,
     /// The consumer's facts: each event handled is counted there (one atomic add), and its
     /// tick says when what is due by the clock is looked at.
     health: Option<&'a Health>,

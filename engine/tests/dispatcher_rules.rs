@@ -4,16 +4,18 @@
 //! rule of ARCHITECTURE.md ("The dispatcher's rules") it proves; the end-to-end suite proves the
 //! same rules through the binary.
 
-use buslink::config::{
+use buslink_engine::config::{
     CommitPolicy, EventFilter, FailurePolicy, FsyncMode, GapPolicy, RetryPolicy, StartPosition,
 };
-use buslink::dead_letter::DeadLetterFile;
-use buslink::error_queue::ErrorQueue;
-use buslink::handlers::{ConfiguredHandler, DispatchedEvent, EventMatcher, Handler, HandlerError};
-use buslink::offsets::OffsetCache;
-use buslink::pipeline::{self, Outputs, PipelineError, PipelineOptions, RunSummary};
-use buslink::plugin::PluginConsumer;
-use buslink::shutdown::Shutdown;
+use buslink_engine::dead_letter::DeadLetterFile;
+use buslink_engine::error_queue::ErrorQueue;
+use buslink_engine::handlers::{
+    ConfiguredHandler, DispatchedEvent, EventMatcher, Handler, HandlerError,
+};
+use buslink_engine::offsets::OffsetCache;
+use buslink_engine::pipeline::{self, Outputs, PipelineError, PipelineOptions, RunSummary};
+use buslink_engine::plugin::PluginConsumer;
+use buslink_engine::shutdown::Shutdown;
 use buslink_plugin_api::{
     Body, Consumer, Event, EventBatch, Offset, OffsetRef, PluginResult, PollStatus,
 };
@@ -193,6 +195,7 @@ fn options(batch_size: usize, every_events: u64) -> PipelineOptions {
         lock: None,
         metrics: None,
         control: None,
+        ready: None,
     }
 }
 

@@ -4,7 +4,6 @@
 //! `offsets`, `query` and `replay` for their consumer. No command module is imported here.
 
 use crate::config::{Config, ConfigErrors, HermesMode, StartPosition};
-use crate::control::Shared;
 use crate::dead_letter::DeadLetterFile;
 use crate::error::AppError;
 use crate::error_queue::ErrorQueue;
@@ -16,6 +15,7 @@ use crate::offsets::{OffsetCache, ResumePoint};
 use crate::pipeline::{self, Outputs, PipelineOptions};
 use crate::plugin::{find_library, LoadedPlugin, PluginConsumer};
 use crate::shutdown::Shutdown;
+use crate::steering::Shared;
 use buslink_plugin_api::ErrorKind;
 use buslink_plugin_api::PluginError;
 use std::path::PathBuf;
@@ -183,6 +183,8 @@ pub struct ConsumerContext {
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
     /// Its lock, held for the daemon's life.
     pub lock: ConsumerLock,
+    /// Who hears that its run is up (the service manager's `READY=1`).
+    pub ready: Option<crate::health::Ready>,
 }
 
 /// Runs one consumer until it stops: the offset cache, the Hermes bootstrap, the handlers, the
@@ -207,10 +209,12 @@ pub fn run_consumer(
     if config.consumer.hermes.is_some() {
         // The bootstrap may wait long for a complete initsync sequence: the service manager
         // hears the daemon is up (and why it consumes nothing yet) instead of timing out.
-        crate::service::consumer_ready(
-            &config.consumer.name,
-            "Hermes mode: looking for a complete initsync sequence",
-        );
+        if let Some(ready) = &context.ready {
+            ready.announce(
+                &config.consumer.name,
+                "Hermes mode: looking for a complete initsync sequence",
+            );
+        }
     }
     let hermes = match config.consumer.hermes {
         None => None,
@@ -303,6 +307,7 @@ pub fn run_consumer(
         lock: Some(context.lock.watch()),
         metrics: context.metrics.clone(),
         control: Some(context.control.clone()),
+        ready: context.ready.clone(),
     };
     let summary = pipeline::run(
         consumer,
