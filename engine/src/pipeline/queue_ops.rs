@@ -1,0 +1,157 @@
+//! The error queue's operations while the consumer runs: the control socket's `ctl errors`
+//! commands and the timed retries of queued events.
+
+use super::commit::Committer;
+use super::deliver::for_each_handler;
+use super::PipelineError;
+use crate::config::FailurePolicy;
+use crate::error_queue::ErrorQueue;
+use crate::handlers::ConfiguredHandler;
+use std::time::Instant;
+
+/// Carries out the error-queue commands of the control socket (`ctl errors`), between batches.
+pub(super) fn serve_queue_requests(
+    control: &crate::steering::Shared,
+    handlers: &mut [ConfiguredHandler],
+    queue: &mut ErrorQueue,
+    committer: &mut Committer<'_>,
+) -> Result<(), PipelineError> {
+    use crate::steering::QueueCommand;
+    let name = control.name();
+    for request in control.take_requests() {
+        let answer = match &request.command {
+            QueueCommand::List { json } => queue.describe(&name, *json),
+            QueueCommand::Retry { id: Some(id) } if queue.get(*id).is_none() => {
+                format!("error: consumer '{name}' has no queued event #{id}\n")
+            }
+            QueueCommand::Retry { id } => {
+                let chosen: Vec<usize> = handlers
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, handler)| {
+                        handler.on_failure == FailurePolicy::ErrorQueue
+                            && match id {
+                                Some(id) => {
+                                    queue.get(*id).is_some_and(|e| e.handler == handler.name)
+                                }
+                                None => queue.holds_any(&handler.name),
+                            }
+                    })
+                    .map(|(index, _)| index)
+                    .collect();
+                let handled = retry_handlers(handlers, &chosen, *id, queue, committer)?;
+                format!(
+                    "consumer '{name}': {handled} queued event(s) handled, {} left\n",
+                    queue.events().len()
+                )
+            }
+            QueueCommand::Drop { ids } => {
+                let ids: Vec<u64> = match ids {
+                    Some(ids) => ids.clone(),
+                    None => queue.events().iter().map(|e| e.id).collect(),
+                };
+                match ids.iter().find(|id| queue.get(**id).is_none()) {
+                    Some(missing) => {
+                        format!("error: consumer '{name}' has no queued event #{missing}\n")
+                    }
+                    None => {
+                        for id in &ids {
+                            queue.remove(*id);
+                        }
+                        queue.save()?;
+                        tracing::info!(
+                            "dropped {} queued event(s) through the control socket",
+                            ids.len()
+                        );
+                        format!(
+                            "consumer '{name}': dropped {} event(s), {} left\n",
+                            ids.len(),
+                            queue.events().len()
+                        )
+                    }
+                }
+            }
+        };
+        let left = queue.events().len();
+        control.update(|status| status.error_queue = left);
+        let _ = request.reply.send(answer);
+    }
+    Ok(())
+}
+
+/// Retries of the error queue, on each handler's `retry_interval`.
+#[derive(Default)]
+pub(super) struct QueueRetries {
+    pub(super) last: std::collections::HashMap<String, Instant>,
+}
+
+impl QueueRetries {
+    /// Tries the oldest queued event of each object whose handler's interval has passed; after
+    /// a success the object's next events follow at once, in order.
+    pub(super) fn run_due(
+        &mut self,
+        handlers: &mut [ConfiguredHandler],
+        queue: &mut ErrorQueue,
+        committer: &mut Committer<'_>,
+        control: Option<&crate::steering::Shared>,
+    ) -> Result<(), PipelineError> {
+        if queue.is_empty() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let due: Vec<usize> = handlers
+            .iter()
+            .enumerate()
+            .filter(|(_, handler)| {
+                handler.on_failure == FailurePolicy::ErrorQueue
+                    && queue.holds_any(&handler.name)
+                    && now.duration_since(*self.last.entry(handler.name.clone()).or_insert(now))
+                        >= handler.retry_interval
+            })
+            .map(|(index, _)| index)
+            .collect();
+        if due.is_empty() {
+            return Ok(());
+        }
+        for &index in &due {
+            self.last.insert(handlers[index].name.clone(), now);
+        }
+        retry_handlers(handlers, &due, None, queue, committer)?;
+        if let Some(control) = control {
+            let left = queue.events().len();
+            control.update(|status| status.error_queue = left);
+        }
+        Ok(())
+    }
+}
+
+/// Tries the queued events of the handlers at `chosen` (only the object of `only` when given),
+/// as the retry interval and `ctl errors retry` do: what was handled is committed first (with
+/// the events it queued), the retried handlers are synced, their outputs' new lengths are
+/// committed before the queue that no longer holds what they took is saved (a crash in between
+/// repeats a retried event rather than cutting it out of its file). Returns how many were
+/// handled.
+pub(super) fn retry_handlers(
+    handlers: &mut [ConfiguredHandler],
+    chosen: &[usize],
+    only: Option<u64>,
+    queue: &mut ErrorQueue,
+    committer: &mut Committer<'_>,
+) -> Result<usize, PipelineError> {
+    committer.commit(handlers, queue)?;
+    let mut handled = 0;
+    for &index in chosen {
+        handled += crate::error_queue::retry_queued(&mut handlers[index], queue, only);
+    }
+    for_each_handler(
+        handlers
+            .iter_mut()
+            .enumerate()
+            .filter(|(index, _)| chosen.contains(index))
+            .map(|(_, handler)| handler),
+        |h| h.sync(),
+    )?;
+    committer.commit_outputs(handlers)?;
+    queue.save()?;
+    Ok(handled)
+}
