@@ -490,7 +490,7 @@ fn validate_one(
                     .unwrap_or_default();
                 let settings_path = place.path(index, &["settings"]);
                 let settings_path: Vec<&str> = settings_path.iter().map(String::as_str).collect();
-                super::refuse_non_finite(source, &settings, &settings_path, errors);
+                crate::settings::refuse_non_finite(source, &settings, &settings_path, errors);
                 match serde_json::to_string(&settings) {
                     Ok(settings_json) => Some(HandlerKind::Plugin(PluginHandlerConfig {
                         plugin: plugin.get_ref().clone(),

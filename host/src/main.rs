@@ -137,7 +137,7 @@ fn dispatch(command: Command) -> Result<(), AppError> {
                 CtlAction::Reload => Request::Reload,
                 CtlAction::Quit => Request::Quit,
             };
-            buslink::commands::ctl(&config, &request.to_line())
+            buslink::commands::ctl::ctl(&config, &request.to_line())
         }
     }
 }

@@ -1,39 +1,14 @@
-//! The subcommands of `buslink`, one module each, and the error that decides the exit code.
+//! The subcommands of `buslink`, one thin module each over the engine and the daemon crates;
+//! no command imports another.
 
 pub mod check;
+pub mod ctl;
 pub mod errors;
 pub mod offsets;
 pub mod plugins;
 pub mod query;
 pub mod replay;
-pub mod run;
-
-use crate::error::AppError;
-
-/// `buslink ctl --config FILE COMMAND`: sends COMMAND to the running daemon's control socket
-/// and prints its answer.
-pub fn ctl(config_path: &std::path::Path, command: &str) -> Result<(), AppError> {
-    // Leniently: `reload` is how a fixed config reaches the daemon, and a config with a
-    // problem elsewhere still says where the socket is (the daemon reports the problem).
-    let (configs, _) = crate::config::Config::load_lenient(config_path)?;
-    let Some(config) = configs.first() else {
-        return Err(AppError::Usage(format!(
-            "{}: no consumer",
-            config_path.display()
-        )));
-    };
-    if command.len() > 1000 || command.contains(['\n', '\r']) {
-        return Err(AppError::Usage(
-            "a consumer name is letters, digits, '-', '_' and '.': no line breaks, and a \
-             command is one line of at most 1000 bytes"
-                .into(),
-        ));
-    }
-    let answer = crate::control::client::send(&config.process.control.path, command)
-        .map_err(AppError::Runtime)?;
-    if let Some(error) = answer.strip_prefix("error: ") {
-        return Err(AppError::Usage(error.trim_end().to_owned()));
-    }
-    print!("{answer}");
-    Ok(())
+/// `buslink run`: the daemon (the daemon crate's `start::run`).
+pub mod run {
+    pub use buslink_daemon::start::run;
 }

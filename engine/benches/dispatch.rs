@@ -1,8 +1,8 @@
-//! Micro benchmarks of the host's per-event work: the JSON line handlers write (compact
+//! Micro benchmarks of the engine's per-event work: the JSON line handlers write (compact
 //! transcoding of the body) and `match` evaluation.
 
-use buslink::config::EventFilter;
-use buslink::handlers::{DispatchedEvent, EventMatcher};
+use buslink_engine::config::EventFilter;
+use buslink_engine::handlers::{DispatchedEvent, EventMatcher};
 use buslink_plugin_api::{Body, Event, OffsetRef};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::hint::black_box;

@@ -1,4 +1,7 @@
-//! `buslink run`: config → plugin → consumer → pipeline.
+//! The daemon's start (`buslink run`): every consumer of the config built (plugins check their
+//! settings, locks taken) before anything runs, then the control socket, the metrics and
+//! health endpoints, the health monitor (its news to the metrics and systemd), and the
+//! consumers handed to the supervisor.
 
 use crate::config::Config;
 use crate::control::{Registry, Shared};
