@@ -3,10 +3,16 @@
 //! The key names are a contract with the tools outside the project that write configs: rename
 //! nothing. Every table rejects unknown keys. Relative paths are relative to the config file's
 //! directory. Each section is checked on its own, so that one run reports every problem.
+//!
+//! Modules: `parse` reads a file into one [`Config`] per consumer (`raw`: the top level's shape
+//! as written), `consumer` is the `[consumer]` table and `[commit]`, `handler` the
+//! `[[handlers]]` entries, `reload` plans a reload from two configs, `source` points errors at
+//! file, line and key.
 
 #![deny(unreachable_pub)]
 
 pub mod accounts;
+mod consumer;
 pub mod filter;
 mod handler;
 pub mod modes;
@@ -16,29 +22,15 @@ pub mod reload;
 mod settings;
 mod source;
 
+pub use consumer::{CommitPolicy, ConsumerConfig, FsyncMode, GapPolicy, HermesMode, StartPosition};
 pub use handler::{
     EventFilter, ExecConfig, FailurePolicy, HandlerConfig, HandlerKind, HandlerType, HttpConfig,
     PluginHandlerConfig, RetryPolicy, Secret,
 };
 pub use source::{key_label, ConfigError, ConfigErrors, Source};
 
-use buslink_plugin_api::Offset;
 use raw::RawControl;
-use serde::Deserialize;
 use std::path::{Path, PathBuf};
-
-/// When a commit reaches the disk (`[commit] fsync`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum FsyncMode {
-    /// Each commit is written at once (it survives the daemon's death) and made durable against
-    /// a power loss by a background `fdatasync`, a few milliseconds later; commits that come
-    /// meanwhile share the next one (group commit). A clean stop waits for it.
-    #[default]
-    Background,
-    /// Each commit waits for its own `fdatasync` before the next event is handled.
-    Each,
-}
 
 /// The daemon's socket when `[control] path` does not say: `STATE_DIR/buslink.sock`.
 pub fn default_socket_path(state_dir: &Path) -> PathBuf {
@@ -172,71 +164,6 @@ pub fn same_file_key(path: &Path) -> PathBuf {
     }
 }
 
-/// The `[consumer]` table.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ConsumerConfig {
-    pub name: String,
-    pub plugin: String,
-    pub class: String,
-    pub start: StartPosition,
-    pub timeout_ms: u64,
-    pub batch_size: usize,
-    pub queue_batches: usize,
-    /// The plugin's settings, as JSON text.
-    pub settings_json: String,
-    /// `[consumer.hermes]`: hermes-client semantics (initsync bootstrap, category filtering).
-    pub hermes: Option<HermesMode>,
-    /// What a gap (events gone from the bus before they were read) does.
-    pub on_gap: GapPolicy,
-    /// `stall_after_s` (default 60): events waiting and none handled for this long is the
-    /// `stalled` state.
-    pub stall_after_s: u64,
-}
-
-/// `[consumer] on_gap`: what happens when the plugin reports a **gap**, events the consumer
-/// never saw that are gone from the bus. Default: `stop` in Hermes mode (a gap breaks a
-/// replica), `warn` otherwise.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum GapPolicy {
-    /// The run stops before the first event after the gap (exit 1), naming the range and
-    /// count; a restart stops there again until an operator moves the offset or says `warn`.
-    Stop,
-    /// A warning with the range and count, counted in the progress line; the run goes on.
-    Warn,
-}
-
-/// `[consumer.hermes]`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HermesMode {
-    /// Whether Hermes mode is on.
-    #[serde(default)]
-    pub enabled: bool,
-    /// Replay the first complete initsync sequence of the bus instead of the latest.
-    #[serde(default)]
-    pub use_first_initsync: bool,
-}
-
-/// Where to start when there is no cached offset.
-#[derive(Clone, Debug, PartialEq)]
-pub enum StartPosition {
-    Beginning,
-    End,
-    At(Offset),
-}
-
-/// When the offset cache is written (always also on stop).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CommitPolicy {
-    /// Commit after this many handled events.
-    pub every_events: u64,
-    /// Commit when the oldest uncommitted event was handled this long ago.
-    pub every_ms: u64,
-    /// When a commit is made durable.
-    pub fsync: FsyncMode,
-}
-
 impl Config {
     /// Points at a key of this consumer's `settings` table (for errors the plugin reports).
     pub fn settings_error(&self, key: Option<&str>, message: impl Into<String>) -> ConfigError {
@@ -306,6 +233,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use buslink_plugin_api::Offset;
 
     const GOOD: &str = r#"
 state_dir = "var/demo"

@@ -2,27 +2,15 @@
 //! deserialised on its own (so one run reports every problem), each handler entry leniently,
 //! and every error names the file, the line and the key.
 
+use crate::consumer::{CommitSection, ConsumerSection, ConsumersSection};
 use crate::handler::{self, HandlersPlace, LenientHandler};
 use crate::raw::*;
-use crate::settings::refuse_non_finite;
 use crate::{
-    default_socket_path, key_label, same_file_key, CommitPolicy, Config, ConfigError, ConfigErrors,
-    ConsumerConfig, ControlSocketConfig, GapPolicy, HandlerConfig, HandlerKind, ProcessConfig,
-    Source, StartPosition,
+    default_socket_path, same_file_key, CommitPolicy, Config, ConfigError, ConfigErrors,
+    ConsumerConfig, ControlSocketConfig, HandlerConfig, HandlerKind, ProcessConfig, Source,
 };
-use buslink_plugin_api::Offset;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use toml::Spanned;
-
-/// Characters allowed in a consumer name (it names the offset cache file).
-fn is_valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        && !name.starts_with('.')
-}
 
 impl Config {
     /// Reads and validates a config file with one consumer (`[consumer]`, or `[[consumers]]`
@@ -432,137 +420,6 @@ impl Config {
         errors.extend(shared_outputs(&configs));
         Ok((configs, errors))
     }
-
-    /// A `[commit]` table (`base`: where it is, `[]` for the top level).
-    fn commit(
-        source: &Source,
-        base: &[String],
-        raw: RawCommit,
-        errors: &mut Vec<ConfigError>,
-    ) -> CommitPolicy {
-        let every_events = raw.every_events;
-        if *every_events.get_ref() == 0 {
-            let mut label = key_label(base);
-            if !label.is_empty() {
-                label.push('.');
-            }
-            errors.push(source.error_at(
-                Some(every_events.span()),
-                Some(format!("{label}commit.every_events")),
-                "must be at least 1",
-            ));
-        }
-        CommitPolicy {
-            every_events: every_events.into_inner().max(1),
-            every_ms: raw.every_ms,
-            fsync: raw.fsync,
-        }
-    }
-
-    /// The `[consumer]` table, as far as it can be built (a bad name, start or size replaced by
-    /// a default), and every problem in it.
-    fn consumer(
-        source: &Source,
-        base: &[String],
-        raw: RawConsumer,
-    ) -> (Option<ConsumerConfig>, Vec<ConfigError>) {
-        let label = key_label(base);
-        let at = |spanned_span: Range<usize>, key: &str, message: String| {
-            source.error_at(Some(spanned_span), Some(format!("{label}.{key}")), message)
-        };
-        let path = |rest: &[&str]| {
-            let mut path: Vec<String> = base.to_vec();
-            path.extend(rest.iter().map(|part| (*part).to_owned()));
-            path
-        };
-        let at_key = |rest: &[&str], message: String| {
-            let path = path(rest);
-            let path: Vec<&str> = path.iter().map(String::as_str).collect();
-            source.error_at_key(&path, message)
-        };
-        let mut errors = Vec::new();
-        if !is_valid_name(raw.name.get_ref()) {
-            errors.push(at(
-                raw.name.span(),
-                "name",
-                format!(
-                    "'{}' is not a valid consumer name: use letters, digits, '-', '_' and '.' \
-                     (it names the offset cache file)",
-                    raw.name.get_ref()
-                ),
-            ));
-        }
-        let mut buildable = true;
-        for (key, value) in [("plugin", &raw.plugin), ("class", &raw.class)] {
-            if value.get_ref().trim().is_empty() {
-                errors.push(at(value.span(), key, "must not be empty".into()));
-                buildable = false;
-            }
-        }
-        let start = match raw.start {
-            None => StartPosition::Beginning,
-            Some(value) => {
-                let span = value.span();
-                parse_start(value.into_inner()).unwrap_or_else(|message| {
-                    errors.push(at(span, "start", message));
-                    StartPosition::Beginning
-                })
-            }
-        };
-        for (key, value) in [
-            ("batch_size", &raw.batch_size),
-            ("queue_batches", &raw.queue_batches),
-        ] {
-            if *value.get_ref() == 0 {
-                errors.push(at(value.span(), key, "must be at least 1".into()));
-            }
-        }
-        if raw.stall_after_s == 0 {
-            errors.push(at_key(
-                &["stall_after_s"],
-                "must be at least 1 (seconds)".into(),
-            ));
-        }
-        if raw.timeout_ms == 0 {
-            errors.push(at_key(
-                &["timeout_ms"],
-                "must be at least 1 (a poll that never waits makes an idle daemon spin)".into(),
-            ));
-        }
-        let settings_path = path(&["settings"]);
-        let settings_path: Vec<&str> = settings_path.iter().map(String::as_str).collect();
-        refuse_non_finite(source, &raw.settings, &settings_path, &mut errors);
-        let hermes = raw.hermes.filter(|mode| mode.enabled);
-        let settings_json = match serde_json::to_string(&raw.settings) {
-            Ok(json) => json,
-            Err(e) => {
-                errors.push(at_key(
-                    &["settings"],
-                    format!("cannot hand these settings to a plugin: {e}"),
-                ));
-                buildable = false;
-                String::new()
-            }
-        };
-        let consumer = buildable.then(|| ConsumerConfig {
-            name: raw.name.into_inner(),
-            plugin: raw.plugin.into_inner(),
-            class: raw.class.into_inner(),
-            start,
-            timeout_ms: raw.timeout_ms.max(1),
-            batch_size: raw.batch_size.into_inner().max(1),
-            queue_batches: raw.queue_batches.into_inner().max(1),
-            settings_json,
-            on_gap: raw.on_gap.unwrap_or(if hermes.is_some() {
-                GapPolicy::Stop
-            } else {
-                GapPolicy::Warn
-            }),
-            hermes,
-            stall_after_s: raw.stall_after_s.max(1),
-        });
-        (consumer, errors)
-    }
 }
 
 /// The text of a config file; bytes that are not UTF-8 are an error at their line and column.
@@ -601,63 +458,6 @@ fn section<T: serde::de::DeserializeOwned>(
     toml::from_str(&source.text)
         .map_err(|e| errors.push(source.error_from_toml(&e)))
         .ok()
-}
-
-/// A misspelt `beginning` or `end` (`begining`, `Beginning`, `END`): at most two edits away,
-/// ignoring case.
-fn looks_like_a_keyword(text: &str) -> bool {
-    let text = text.to_lowercase();
-    ["beginning", "end"]
-        .iter()
-        .any(|keyword| edit_distance(&text, keyword) <= if keyword.len() > 3 { 2 } else { 0 })
-}
-
-/// Levenshtein distance (short strings only: config keywords).
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut previous = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let current = row[j + 1];
-            row[j + 1] = if ca == *cb {
-                previous
-            } else {
-                1 + previous.min(row[j]).min(current)
-            };
-            previous = current;
-        }
-    }
-    row[b.len()]
-}
-
-fn parse_start(value: toml::Value) -> Result<StartPosition, String> {
-    match value {
-        toml::Value::String(text) if text == "beginning" => Ok(StartPosition::Beginning),
-        toml::Value::String(text) if text == "end" => Ok(StartPosition::End),
-        toml::Value::String(text) if looks_like_a_keyword(&text) => Err(format!(
-            "\"{text}\": did you mean \"beginning\" or \"end\"? (a string offset that looks \
-             like this is written {{ string = \"{text}\" }})"
-        )),
-        toml::Value::String(text) => Ok(StartPosition::At(Offset::String(text))),
-        toml::Value::Integer(i) => Ok(StartPosition::At(Offset::Int(i))),
-        toml::Value::Float(x) => Ok(StartPosition::At(Offset::Float(x))),
-        toml::Value::Table(table) => {
-            let json = serde_json::to_value(&table).map_err(|e| e.to_string())?;
-            serde_json::from_value(json)
-                .map(StartPosition::At)
-                .map_err(|_| {
-                    "an offset table has one key: int, float, string or bytes (base64), \
-                 e.g. { string = \"end\" }"
-                        .to_owned()
-                })
-        }
-        other => Err(format!(
-            "expected \"beginning\", \"end\" or an offset, found {}",
-            other.type_str()
-        )),
-    }
 }
 
 /// An error for every `jsonl` file that a second handler (of any consumer) also writes: an

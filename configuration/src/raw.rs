@@ -2,7 +2,6 @@
 //! what `parse.rs` validates into [`Config`](crate::Config). Every table rejects unknown keys.
 
 use crate::handler::LenientHandler;
-use crate::{FsyncMode, GapPolicy, HermesMode};
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -52,18 +51,6 @@ pub(crate) fn default_stats_interval_s() -> u64 {
 }
 
 #[derive(Deserialize)]
-pub(crate) struct ConsumerSection {
-    #[serde(default)]
-    pub(crate) consumer: Option<RawConsumer>,
-}
-
-#[derive(Deserialize)]
-pub(crate) struct ConsumersSection {
-    #[serde(default)]
-    pub(crate) consumers: Option<Vec<Spanned<RawConsumer>>>,
-}
-
-#[derive(Deserialize)]
 pub(crate) struct HandlersSection {
     #[serde(default)]
     pub(crate) handlers: Option<Vec<Spanned<LenientHandler>>>,
@@ -101,85 +88,4 @@ pub(crate) struct MetricsSection {
 pub(crate) struct RawMetrics {
     /// `HOST:PORT` (`127.0.0.1:9464`; port 0: any free port, logged).
     pub(crate) listen: Spanned<String>,
-}
-
-#[derive(Deserialize)]
-pub(crate) struct CommitSection {
-    #[serde(default)]
-    pub(crate) commit: RawCommit,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawConsumer {
-    pub(crate) name: Spanned<String>,
-    pub(crate) plugin: Spanned<String>,
-    pub(crate) class: Spanned<String>,
-    #[serde(default)]
-    pub(crate) start: Option<Spanned<toml::Value>>,
-    #[serde(default = "default_timeout_ms")]
-    pub(crate) timeout_ms: u64,
-    #[serde(default = "default_batch_size")]
-    pub(crate) batch_size: Spanned<usize>,
-    #[serde(default = "default_queue_batches")]
-    pub(crate) queue_batches: Spanned<usize>,
-    #[serde(default)]
-    pub(crate) settings: toml::Table,
-    #[serde(default)]
-    pub(crate) hermes: Option<HermesMode>,
-    #[serde(default)]
-    pub(crate) on_gap: Option<GapPolicy>,
-    #[serde(default = "default_stall_after_s")]
-    pub(crate) stall_after_s: u64,
-    /// `[[consumers.handlers]]` (only in `[[consumers]]` entries).
-    #[serde(default)]
-    pub(crate) handlers: Option<Vec<Spanned<LenientHandler>>>,
-    /// `[consumers.commit]` (only in `[[consumers]]` entries; replaces the top-level one).
-    #[serde(default)]
-    pub(crate) commit: Option<RawCommit>,
-}
-
-pub(crate) fn default_timeout_ms() -> u64 {
-    1000
-}
-
-pub(crate) fn default_stall_after_s() -> u64 {
-    60
-}
-
-pub(crate) fn default_batch_size() -> Spanned<usize> {
-    Spanned::new(0..0, 512)
-}
-
-pub(crate) fn default_queue_batches() -> Spanned<usize> {
-    Spanned::new(0..0, 4)
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawCommit {
-    #[serde(default = "default_every_events")]
-    pub(crate) every_events: Spanned<u64>,
-    #[serde(default = "default_every_ms")]
-    pub(crate) every_ms: u64,
-    #[serde(default)]
-    pub(crate) fsync: FsyncMode,
-}
-
-impl Default for RawCommit {
-    fn default() -> Self {
-        RawCommit {
-            every_events: default_every_events(),
-            every_ms: default_every_ms(),
-            fsync: FsyncMode::default(),
-        }
-    }
-}
-
-pub(crate) fn default_every_events() -> Spanned<u64> {
-    Spanned::new(0..0, 1000)
-}
-
-pub(crate) fn default_every_ms() -> u64 {
-    1000
 }
