@@ -128,6 +128,34 @@ pub fn object_key(event: &DispatchedEvent<'_>, queue_key: Option<&str>) -> Strin
     format!("category={}", event.event.category)
 }
 
+/// How `errors list` (offline, and `ctl errors list`) shows consumer `consumer`'s queued
+/// `events`: a line per event, or a JSON array (`json`) of [`QueuedEvent`]s.
+pub fn describe(consumer: &str, events: &[QueuedEvent], json: bool) -> String {
+    if json {
+        return serde_json::to_string_pretty(events).unwrap_or_default() + "\n";
+    }
+    if events.is_empty() {
+        return format!("consumer '{consumer}': the error queue is empty\n");
+    }
+    let mut text = format!("consumer '{consumer}': {} queued event(s)\n", events.len());
+    for event in events {
+        text.push_str(&format!(
+            "#{} handler '{}' offset {} object {} attempts {} queued {}: {}\n",
+            event.id,
+            event.handler,
+            event.offset,
+            event.key,
+            event.attempts,
+            event.queued_at.to_rfc3339(),
+            event
+                .error
+                .as_deref()
+                .unwrap_or("waiting behind an earlier event of the same object")
+        ));
+    }
+    text
+}
+
 impl ErrorQueue {
     /// Loads the queue of consumer `name` (empty when there is no file).
     pub fn load(state_dir: &Path, name: &str) -> Result<ErrorQueue, QueueError> {
@@ -163,32 +191,7 @@ impl ErrorQueue {
 
     /// The queue as `buslink errors list` prints it (`json`: a pretty JSON array).
     pub fn describe(&self, consumer: &str, json: bool) -> String {
-        if json {
-            return serde_json::to_string_pretty(self.events()).unwrap_or_default() + "\n";
-        }
-        if self.is_empty() {
-            return format!("consumer '{consumer}': the error queue is empty\n");
-        }
-        let mut text = format!(
-            "consumer '{consumer}': {} queued event(s)\n",
-            self.events().len()
-        );
-        for event in self.events() {
-            text.push_str(&format!(
-                "#{} handler '{}' offset {} object {} attempts {} queued {}: {}\n",
-                event.id,
-                event.handler,
-                event.offset,
-                event.key,
-                event.attempts,
-                event.queued_at.to_rfc3339(),
-                event
-                    .error
-                    .as_deref()
-                    .unwrap_or("waiting behind an earlier event of the same object")
-            ));
-        }
-        text
+        describe(consumer, self.events(), json)
     }
 
     pub fn events(&self) -> &[QueuedEvent] {

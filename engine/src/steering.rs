@@ -32,12 +32,25 @@ pub enum QueueCommand {
     Drop { ids: Option<Vec<u64>> },
 }
 
+/// The dispatcher's answer to a [`QueueCommand`]; the control socket words it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum QueueReply {
+    /// The queued events, oldest first (`List`).
+    Listed(Vec<crate::error_queue::QueuedEvent>),
+    /// `handled` queued events were handled, `left` wait still (`Retry`).
+    Retried { handled: usize, left: usize },
+    /// `dropped` events were removed without being handled, `left` wait still (`Drop`).
+    Dropped { dropped: usize, left: usize },
+    /// The queue has no event with this id: nothing was done.
+    NoSuchEvent(u64),
+}
+
 /// A [`QueueCommand`] waiting for the dispatcher, and where its answer goes.
 #[derive(Debug)]
 pub struct QueueRequest {
     pub command: QueueCommand,
     id: u64,
-    pub reply: std::sync::mpsc::Sender<String>,
+    pub reply: std::sync::mpsc::Sender<QueueReply>,
 }
 
 /// How long the socket waits for a dispatcher to take a request. One not taken by then is
@@ -47,7 +60,7 @@ pub const QUEUE_ANSWER_WAIT: std::time::Duration = std::time::Duration::from_sec
 /// A request handed to a dispatcher, not answered yet.
 pub struct PendingRequest {
     id: u64,
-    answer: std::sync::mpsc::Receiver<String>,
+    answer: std::sync::mpsc::Receiver<QueueReply>,
 }
 
 /// What the pipeline tells the socket, and the pause flag the socket sets.
@@ -198,7 +211,7 @@ impl Shared {
     /// The answer to `pending`, waiting until `deadline` for the dispatcher to take it: a
     /// request not taken by then is withdrawn (`Err`: not carried out); one taken is waited
     /// for [`QUEUE_ANSWER_WAIT`] more (`Err` then: the outcome is unknown).
-    pub fn wait(&self, pending: PendingRequest, deadline: Instant) -> Result<String, String> {
+    pub fn wait(&self, pending: PendingRequest, deadline: Instant) -> Result<QueueReply, String> {
         let left = deadline.saturating_duration_since(Instant::now());
         if let Ok(answer) = pending.answer.recv_timeout(left) {
             return Ok(answer);

@@ -1002,7 +1002,10 @@ fn queue_run(retry_interval: Duration) -> QueueRun {
 }
 
 impl QueueRun {
-    fn ask(&self, command: buslink_engine::steering::QueueCommand) -> String {
+    fn ask(
+        &self,
+        command: buslink_engine::steering::QueueCommand,
+    ) -> buslink_engine::steering::QueueReply {
         let pending = self.shared.submit(command);
         self.shared
             .wait(pending, std::time::Instant::now() + Duration::from_secs(20))
@@ -1018,13 +1021,24 @@ impl QueueRun {
 /// Rule: `ctl errors list` shows each queued event, the failed one and those behind it.
 #[test]
 fn the_queue_list_shows_each_queued_event() {
-    use buslink_engine::steering::QueueCommand;
+    use buslink_engine::steering::{QueueCommand, QueueReply};
     let run = queue_run(Duration::from_secs(3600));
-    let answer = run.ask(QueueCommand::List { json: true });
-    let listed: serde_json::Value = serde_json::from_str(&answer).expect("a JSON answer");
-    let listed = listed.as_array().expect("an array");
-    assert_eq!(listed.len(), 3, "{answer}");
-    assert!(answer.contains("Station/1"), "{answer}");
+    let QueueReply::Listed(listed) = run.ask(QueueCommand::List { json: true }) else {
+        panic!("a list expected");
+    };
+    let listed: Vec<(String, String, bool)> = listed
+        .into_iter()
+        .map(|event| (event.offset.to_string(), event.key, event.error.is_some()))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("1".to_owned(), "Station/1".to_owned(), true),
+            ("4".to_owned(), "Station/1".to_owned(), false),
+            ("7".to_owned(), "Station/1".to_owned(), false),
+        ],
+        "the failed event with its error, then the two waiting behind it"
+    );
     run.stop().result.expect("a stop is no error");
 }
 
@@ -1032,12 +1046,15 @@ fn the_queue_list_shows_each_queued_event() {
 /// one first and then those behind it in order; the queue is empty after.
 #[test]
 fn a_queue_retry_delivers_the_object_s_events_in_order() {
-    use buslink_engine::steering::QueueCommand;
+    use buslink_engine::steering::{QueueCommand, QueueReply};
     let run = queue_run(Duration::from_secs(3600));
     let answer = run.ask(QueueCommand::Retry { id: None });
     assert_eq!(
         answer,
-        "consumer 'rules': 3 queued event(s) handled, 0 left\n"
+        QueueReply::Retried {
+            handled: 3,
+            left: 0
+        }
     );
     let log = Arc::clone(&run.log);
     let ran = run.stop();
@@ -1056,12 +1073,18 @@ fn a_queue_retry_delivers_the_object_s_events_in_order() {
 /// Rule: `ctl errors drop` removes queued events without delivering them.
 #[test]
 fn a_queue_drop_removes_the_events_without_delivering_them() {
-    use buslink_engine::steering::QueueCommand;
+    use buslink_engine::steering::{QueueCommand, QueueReply};
     let run = queue_run(Duration::from_secs(3600));
     let answer = run.ask(QueueCommand::Drop { ids: None });
-    assert_eq!(answer, "consumer 'rules': dropped 3 event(s), 0 left\n");
+    assert_eq!(
+        answer,
+        QueueReply::Dropped {
+            dropped: 3,
+            left: 0
+        }
+    );
     let missing = run.ask(QueueCommand::Retry { id: Some(99) });
-    assert!(missing.starts_with("error: "), "{missing}");
+    assert_eq!(missing, QueueReply::NoSuchEvent(99));
     let log = Arc::clone(&run.log);
     let ran = run.stop();
     ran.result.expect("a stop is no error");

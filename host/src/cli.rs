@@ -1,6 +1,8 @@
 //! The command line.
 
 use crate::logging::LogFormat;
+use buslink_daemon::control::protocol::Request;
+use buslink_daemon::control::QueueCommand;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -280,4 +282,38 @@ pub enum ErrorsAction {
         #[arg(long, conflicts_with = "id")]
         all: bool,
     },
+}
+
+impl CtlAction {
+    /// The control socket's request these arguments ask for (`Err`: arguments that name none).
+    pub fn request(self) -> Result<Request, String> {
+        Ok(match self {
+            CtlAction::Status { json, consumer } => Request::Status { json, consumer },
+            CtlAction::Pause { consumer } => Request::Pause { consumer },
+            CtlAction::Resume { consumer } => Request::Resume { consumer },
+            CtlAction::Errors { action } => match action {
+                CtlErrorsAction::List { json, consumer } => Request::Errors {
+                    consumer,
+                    command: QueueCommand::List { json },
+                },
+                CtlErrorsAction::Retry { id, consumer } => Request::Errors {
+                    consumer,
+                    command: QueueCommand::Retry { id },
+                },
+                CtlErrorsAction::Drop { id, all, consumer } => Request::Errors {
+                    consumer,
+                    command: QueueCommand::Drop {
+                        // As the offline `errors drop`: one event, or every one on request.
+                        ids: match (id, all) {
+                            (Some(id), false) => Some(vec![id]),
+                            (None, true) => None,
+                            _ => return Err("name one queued event ID, or --all".into()),
+                        },
+                    },
+                },
+            },
+            CtlAction::Reload => Request::Reload,
+            CtlAction::Quit => Request::Quit,
+        })
+    }
 }

@@ -1,8 +1,6 @@
 //! The `buslink` daemon. See ARCHITECTURE.md for the map.
 
-use buslink::cli::{
-    Cli, Command, CtlAction, CtlErrorsAction, ErrorsAction, OffsetsAction, PluginsCommand,
-};
+use buslink::cli::{Cli, Command, ErrorsAction, OffsetsAction, PluginsCommand};
 use buslink::commands::{check, errors, offsets, plugins, query, replay, run};
 use buslink::error::AppError;
 use buslink::logging;
@@ -103,40 +101,7 @@ fn dispatch(command: Command) -> Result<(), AppError> {
             },
         ),
         Command::Ctl { config, action } => {
-            use buslink::control::protocol::Request;
-            use buslink::control::QueueCommand;
-            let request = match action {
-                CtlAction::Status { json, consumer } => Request::Status { json, consumer },
-                CtlAction::Pause { consumer } => Request::Pause { consumer },
-                CtlAction::Resume { consumer } => Request::Resume { consumer },
-                CtlAction::Errors { action } => match action {
-                    CtlErrorsAction::List { json, consumer } => Request::Errors {
-                        consumer,
-                        command: QueueCommand::List { json },
-                    },
-                    CtlErrorsAction::Retry { id, consumer } => Request::Errors {
-                        consumer,
-                        command: QueueCommand::Retry { id },
-                    },
-                    CtlErrorsAction::Drop { id, all, consumer } => Request::Errors {
-                        consumer,
-                        command: QueueCommand::Drop {
-                            // As the offline `errors drop`: one event, or every one on request.
-                            ids: match (id, all) {
-                                (Some(id), false) => Some(vec![id]),
-                                (None, true) => None,
-                                _ => {
-                                    return Err(AppError::Usage(
-                                        "name one queued event ID, or --all".into(),
-                                    ))
-                                }
-                            },
-                        },
-                    },
-                },
-                CtlAction::Reload => Request::Reload,
-                CtlAction::Quit => Request::Quit,
-            };
+            let request = action.request().map_err(AppError::Usage)?;
             buslink::commands::ctl::ctl(&config, &request.to_line())
         }
     }

@@ -8,7 +8,7 @@
 //! `errors list [--json] [--consumer NAME]`, `errors retry [--consumer NAME] [ID]`,
 //! `errors drop [--consumer NAME] ID...|--all`, `reload`, `quit`.
 
-use super::QueueCommand;
+use super::{QueueCommand, QueueReply};
 
 /// Every command, for error messages.
 pub const COMMANDS: &str = "status [--json] [CONSUMER], pause [CONSUMER], resume [CONSUMER], \
@@ -172,6 +172,25 @@ fn parse_errors(words: &[&str]) -> Option<Request> {
         _ => return None,
     };
     Some(Request::Errors { consumer, command })
+}
+
+/// The words of one consumer's answer to an error-queue command (`ctl errors`): `Err` for an
+/// answer that did nothing (`ctl` then exits 2).
+pub fn queue_answer(consumer: &str, reply: &QueueReply, json: bool) -> Result<String, String> {
+    match reply {
+        QueueReply::Listed(events) => Ok(buslink_engine::error_queue::describe(
+            consumer, events, json,
+        )),
+        QueueReply::Retried { handled, left } => Ok(format!(
+            "consumer '{consumer}': {handled} queued event(s) handled, {left} left\n"
+        )),
+        QueueReply::Dropped { dropped, left } => Ok(format!(
+            "consumer '{consumer}': dropped {dropped} event(s), {left} left\n"
+        )),
+        QueueReply::NoSuchEvent(id) => {
+            Err(format!("consumer '{consumer}' has no queued event #{id}\n"))
+        }
+    }
 }
 
 #[cfg(test)]

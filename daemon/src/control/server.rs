@@ -355,18 +355,21 @@ fn errors(consumer: Option<&str>, command: QueueCommand, registry: &Registry) ->
     let answers: Vec<(String, Result<String, String>)> = chosen
         .iter()
         .zip(pending)
-        .map(|(shared, pending)| (shared.name(), shared.wait(pending, deadline)))
+        .map(|(shared, pending)| {
+            let name = shared.name();
+            let answer = match shared.wait(pending, deadline) {
+                Ok(reply) => super::protocol::queue_answer(&name, &reply, json),
+                Err(why) => Err(format!("consumer '{name}': {why}\n")),
+            };
+            (name, answer)
+        })
         .collect();
     // Each consumer's outcome is told, the failures too (ctl then exits 2).
-    let failed = answers
-        .iter()
-        .any(|(_, answer)| !matches!(answer, Ok(text) if !text.starts_with("error: ")));
-    if failed {
+    if answers.iter().any(|(_, answer)| answer.is_err()) {
         let mut text = String::from("error: ");
-        for (name, answer) in &answers {
+        for (_, answer) in &answers {
             match answer {
-                Ok(answer) => text.push_str(answer.trim_start_matches("error: ")),
-                Err(why) => text.push_str(&format!("consumer '{name}': {why}\n")),
+                Ok(answer) | Err(answer) => text.push_str(answer),
             }
         }
         return text;
@@ -479,8 +482,13 @@ mod tests {
         let pending = shared.submit(QueueCommand::List { json: false });
         let taken = shared.take_requests();
         assert_eq!(taken.len(), 1);
-        let _ = taken[0].reply.send("listed\n".into());
+        let _ = taken[0]
+            .reply
+            .send(super::super::QueueReply::Listed(Vec::new()));
         let deadline = std::time::Instant::now() + Duration::from_secs(1);
-        assert_eq!(shared.wait(pending, deadline), Ok("listed\n".to_owned()));
+        assert_eq!(
+            shared.wait(pending, deadline),
+            Ok(super::super::QueueReply::Listed(Vec::new()))
+        );
     }
 }

@@ -16,13 +16,12 @@ pub(super) fn serve_queue_requests(
     queue: &mut ErrorQueue,
     committer: &mut Committer<'_>,
 ) -> Result<(), PipelineError> {
-    use crate::steering::QueueCommand;
-    let name = control.name();
+    use crate::steering::{QueueCommand, QueueReply};
     for request in control.take_requests() {
         let answer = match &request.command {
-            QueueCommand::List { json } => queue.describe(&name, *json),
+            QueueCommand::List { .. } => QueueReply::Listed(queue.events().to_vec()),
             QueueCommand::Retry { id: Some(id) } if queue.get(*id).is_none() => {
-                format!("error: consumer '{name}' has no queued event #{id}\n")
+                QueueReply::NoSuchEvent(*id)
             }
             QueueCommand::Retry { id } => {
                 let chosen: Vec<usize> = handlers
@@ -40,10 +39,10 @@ pub(super) fn serve_queue_requests(
                     .map(|(index, _)| index)
                     .collect();
                 let handled = retry_handlers(handlers, &chosen, *id, queue, committer)?;
-                format!(
-                    "consumer '{name}': {handled} queued event(s) handled, {} left\n",
-                    queue.events().len()
-                )
+                QueueReply::Retried {
+                    handled,
+                    left: queue.events().len(),
+                }
             }
             QueueCommand::Drop { ids } => {
                 let ids: Vec<u64> = match ids {
@@ -51,9 +50,7 @@ pub(super) fn serve_queue_requests(
                     None => queue.events().iter().map(|e| e.id).collect(),
                 };
                 match ids.iter().find(|id| queue.get(**id).is_none()) {
-                    Some(missing) => {
-                        format!("error: consumer '{name}' has no queued event #{missing}\n")
-                    }
+                    Some(missing) => QueueReply::NoSuchEvent(*missing),
                     None => {
                         for id in &ids {
                             queue.remove(*id);
@@ -63,11 +60,10 @@ pub(super) fn serve_queue_requests(
                             "dropped {} queued event(s) through the control socket",
                             ids.len()
                         );
-                        format!(
-                            "consumer '{name}': dropped {} event(s), {} left\n",
-                            ids.len(),
-                            queue.events().len()
-                        )
+                        QueueReply::Dropped {
+                            dropped: ids.len(),
+                            left: queue.events().len(),
+                        }
                     }
                 }
             }
