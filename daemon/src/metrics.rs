@@ -271,6 +271,7 @@ mod tests {
         metrics.committed();
         metrics.gap(34);
         metrics.skipped(3);
+        metrics.restarted();
         metrics.plugin_counters(&[("reconnects".into(), 2)]);
         metrics.set_view(&View {
             state: State::Running,
@@ -285,6 +286,7 @@ mod tests {
             "buslink_gaps_total{consumer=\"demo\"} 1",
             "buslink_events_lost_total{consumer=\"demo\"} 34",
             "buslink_events_skipped_total{consumer=\"demo\"} 3",
+            "buslink_restarts_total{consumer=\"demo\"} 1",
             "buslink_lag_events{consumer=\"demo\"} 7",
             "buslink_consumer_state{consumer=\"demo\",state=\"running\"} 1",
             "buslink_consumer_state{consumer=\"demo\",state=\"stalled\"} 0",

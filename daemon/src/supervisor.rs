@@ -350,6 +350,9 @@ fn supervise(mut unit: Unit, daemon: &Daemon<'_>, steering: &Steer) -> Result<()
             "failed: {why}; restart {restarts} in {} s (the other consumers go on)",
             backoff.as_secs()
         );
+        if let Some(metrics) = &unit.context.metrics {
+            metrics.restarted();
+        }
         let state = format!("{why} (restart {restarts} in {} s)", backoff.as_secs());
         unit.context.control.update(|status| {
             status.last_error = Some(why.clone());

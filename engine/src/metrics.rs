@@ -1,6 +1,6 @@
 //! One consumer's series in the Prometheus registry: what its run counts (events by
 //! category, handler outcomes, commits and the last commit's time, gaps and events lost,
-//! events skipped, reconnects) and what the health monitor publishes (state, lag, the plugin's
+//! events skipped, reconnects, restarts) and what the health monitor publishes (state, lag, the plugin's
 //! own counters). The daemon owns the registry and serves it (`host/src/metrics.rs`); the
 //! series, their names and help texts live here, so a new metric is one file.
 //!
@@ -115,6 +115,7 @@ pub struct Families {
     events_lost: Family<ConsumerLabel, Counter>,
     skipped: Family<ConsumerLabel, Counter>,
     reconnects: Family<ConsumerLabel, Counter>,
+    restarts: Family<ConsumerLabel, Counter>,
     lag: Family<ConsumerLabel, Gauge>,
     state: Family<StateLabels, Gauge>,
     plugin: Family<PluginLabels, Gauge>,
@@ -166,6 +167,12 @@ impl Families {
             families.reconnects.clone(),
         );
         registry.register(
+            "buslink_restarts",
+            "Restarts of the consumer by the daemon after it failed ([[consumers]]; a single \
+             [consumer]'s failure ends the process)",
+            families.restarts.clone(),
+        );
+        registry.register(
             "buslink_lag_events",
             "Events on the bus after the last handled event (committed or not); absent while \
              unknown (the bus cannot be asked)",
@@ -198,6 +205,7 @@ pub struct Metrics {
     events_lost: Counter,
     skipped: Counter,
     reconnects: Counter,
+    restarts: Counter,
     lag: Family<ConsumerLabel, Gauge>,
     state_series: Family<StateLabels, Gauge>,
     plugin: Family<PluginLabels, Gauge>,
@@ -230,6 +238,7 @@ impl Metrics {
             events_lost: families.events_lost.get_or_create_owned(&consumer),
             skipped: families.skipped.get_or_create_owned(&consumer),
             reconnects: families.reconnects.get_or_create_owned(&consumer),
+            restarts: families.restarts.get_or_create_owned(&consumer),
             lag: families.lag.clone(),
             state_series: families.state.clone(),
             consumer,
@@ -259,6 +268,7 @@ impl Metrics {
         families.events_lost.remove(label);
         families.skipped.remove(label);
         families.reconnects.remove(label);
+        families.restarts.remove(label);
         families.lag.remove(label);
         let consumer = || label.consumer.clone();
         for state in State::LABELS {
@@ -373,6 +383,11 @@ impl Metrics {
     /// The consumer was re-opened after a bus error.
     pub fn reconnected(&self) {
         self.reconnects.inc();
+    }
+
+    /// The daemon restarts the consumer after a failure.
+    pub fn restarted(&self) {
+        self.restarts.inc();
     }
 
     /// The plugin's counters, as the reader last read them.

@@ -227,6 +227,35 @@ fn a_failing_consumer_is_restarted_with_backoff_and_the_others_go_on() {
 }
 
 #[test]
+fn the_restarts_of_a_failing_consumer_are_counted_in_the_metrics_as_the_log_tells_them() {
+    let dir = TestDir::new("restarts-metric");
+    let bus_b = bus(&dir, "b.sqlite", 3);
+    let config = broken_and_steady(&dir, METRICS_ON_ANY_PORT, &bus_b);
+    let mut daemon = Daemon::run(&config);
+    daemon.wait_for("a second restart", LIMIT, |d| {
+        d.stderr().contains("restart 2 in 2 s")
+    });
+    let restarts_logged = |d: &mut Daemon| d.stderr().matches("; restart ").count() as f64;
+    let address = metrics_address(&daemon.stderr());
+    // The truth is the log: the scrape falls between two reads of it.
+    let before = restarts_logged(&mut daemon);
+    let (code, text) = scrape(&address, "/metrics");
+    let after = restarts_logged(&mut daemon);
+    assert_eq!(code, 200);
+    let counted = sample(&text, "buslink_restarts_total{consumer=\"broken\"}").expect("the series");
+    assert!(
+        before <= counted && counted <= after && counted >= 2.0,
+        "{before} <= {counted} <= {after}\n{text}"
+    );
+    assert_eq!(
+        sample(&text, "buslink_restarts_total{consumer=\"steady\"}"),
+        Some(0.0),
+        "{text}"
+    );
+    daemon.terminate(LIMIT);
+}
+
+#[test]
 fn once_drains_every_consumer_and_fails_when_one_failed() {
     let dir = TestDir::new("once-several");
     let bus_b = bus(&dir, "b.sqlite", 12);
