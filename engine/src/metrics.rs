@@ -1,7 +1,7 @@
 //! One consumer's series in the Prometheus registry: what its run counts (events by
 //! category, handler outcomes, commits and the last commit's time, gaps and events lost,
 //! events skipped, reconnects, restarts) and what the health monitor publishes (state, lag, the plugin's
-//! own counters). The daemon owns the registry and serves it (`host/src/metrics.rs`); the
+//! own counters). The daemon owns the registry and serves it (`daemon/src/metrics.rs`); the
 //! series, their names and help texts live here, so a new metric is one file.
 //!
 //! Names follow Prometheus conventions: `buslink_` prefix, `_total` for counters, seconds.

@@ -144,6 +144,8 @@ pub enum CtlAction {
     },
     /// Re-read the config, as SIGHUP does.
     Reload,
+    /// The running daemon's version, process id and time up.
+    Version,
     /// Stop the daemon, as SIGTERM does.
     Quit,
 }
@@ -313,6 +315,7 @@ impl CtlAction {
                 },
             },
             CtlAction::Reload => Request::Reload,
+            CtlAction::Version => Request::Version,
             CtlAction::Quit => Request::Quit,
         })
     }

@@ -235,12 +235,12 @@ fn the_restarts_of_a_failing_consumer_are_counted_in_the_metrics_as_the_log_tell
     daemon.wait_for("a second restart", LIMIT, |d| {
         d.stderr().contains("restart 2 in 2 s")
     });
-    let restarts_logged = |d: &mut Daemon| d.stderr().matches("; restart ").count() as f64;
+    let restarts_logged = |d: &Daemon| d.stderr().matches("; restart ").count() as f64;
     let address = metrics_address(&daemon.stderr());
     // The truth is the log: the scrape falls between two reads of it.
-    let before = restarts_logged(&mut daemon);
+    let before = restarts_logged(&daemon);
     let (code, text) = scrape(&address, "/metrics");
-    let after = restarts_logged(&mut daemon);
+    let after = restarts_logged(&daemon);
     assert_eq!(code, 200);
     let counted = sample(&text, "buslink_restarts_total{consumer=\"broken\"}").expect("the series");
     assert!(

@@ -481,7 +481,31 @@ fn metrics_and_health_are_served_and_move_with_the_events() {
     assert_eq!(run.code(), Some(0), "{run}");
 }
 
-/// `buslink ctl --config CONFIG ARGS...`.
+#[test]
+fn the_control_socket_tells_the_running_daemon_s_version_pid_and_time_up() {
+    let dir = TestDir::new("ctl-version");
+    let bus = bus_with(&dir, 3);
+    let config = sqlite_config(&dir, &bus, "", &jsonl_handler("all", ""));
+    let mut daemon = Daemon::run(&config);
+    daemon.wait_for("the 3 events", LIMIT, |_| {
+        count_lines(&dir.join("out/all.jsonl")) == 3
+    });
+    let version = ctl(&config, &["version"]);
+    assert_eq!(version.code(), Some(0), "{version}");
+    // The truth: the binary's own `--version` and the process this test started.
+    let built = buslink_testkit::process::run(&["--version"], LIMIT);
+    let prefix = format!("{} (pid {}, up ", built.stdout.trim_end(), daemon.pid());
+    let up = version
+        .stdout
+        .strip_prefix(&prefix)
+        .and_then(|rest| rest.strip_suffix(" s)\n"))
+        .unwrap_or_else(|| panic!("{prefix}N s) expected: {version}"));
+    assert!(up.parse::<u64>().is_ok_and(|s| s < 60), "{version}");
+    // A word after it is refused, as for every command without arguments.
+    let refused = ctl(&config, &["version", "now"]);
+    assert_ne!(refused.code(), Some(0), "{refused}");
+    daemon.terminate(LIMIT);
+}
 
 #[test]
 fn the_control_socket_shows_status_pauses_resumes_and_quits() {

@@ -144,6 +144,11 @@ impl Daemon {
         }
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends a signal (e.g. `libc::SIGTERM`).
     pub fn signal(&self, signal: i32) {
         let pid = self.child.id() as i32;

@@ -6,14 +6,15 @@
 //! The lines (`NAME`: one consumer; without it, every consumer of the daemon):
 //! `status [--json] [NAME]`, `pause [NAME]`, `resume [NAME]`,
 //! `errors list [--json] [--consumer NAME]`, `errors retry [--consumer NAME] [ID]`,
-//! `errors drop [--consumer NAME] ID...|--all`, `reload`, `quit`.
+//! `errors drop [--consumer NAME] ID...|--all`, `reload`, `version`, `quit`.
 
 use super::{QueueCommand, QueueReply};
 
 /// Every command, for error messages.
 pub const COMMANDS: &str = "status [--json] [CONSUMER], pause [CONSUMER], resume [CONSUMER], \
                             errors list [--json] [--consumer NAME], errors retry [--consumer \
-                            NAME] [ID], errors drop [--consumer NAME] ID|--all, reload, quit";
+                            NAME] [ID], errors drop [--consumer NAME] ID|--all, reload, version, \
+                            quit";
 
 /// One request to the daemon.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,6 +35,8 @@ pub enum Request {
     },
     /// Reads the config again (as SIGHUP) and answers what changed.
     Reload,
+    /// The running daemon's version, process id and time up (is it the build on disk?).
+    Version,
     /// Stops the daemon (as SIGTERM).
     Quit,
 }
@@ -99,6 +102,7 @@ impl Request {
                 }
             },
             Request::Reload => line.push_str("reload"),
+            Request::Version => line.push_str("version"),
             Request::Quit => line.push_str("quit"),
         }
         line
@@ -132,6 +136,7 @@ impl Request {
             "pause" => Ok(Request::Pause { consumer }),
             "resume" => Ok(Request::Resume { consumer }),
             "reload" => Ok(Request::Reload),
+            "version" => Ok(Request::Version),
             "quit" => Ok(Request::Quit),
             _ => Err(unknown()),
         }
@@ -199,7 +204,7 @@ mod tests {
 
     fn every_request() -> Vec<Request> {
         let consumers = [None, Some("billing".to_owned())];
-        let mut all = vec![Request::Reload, Request::Quit];
+        let mut all = vec![Request::Reload, Request::Version, Request::Quit];
         for consumer in consumers {
             for json in [false, true] {
                 all.push(Request::Status {

@@ -30,6 +30,7 @@ impl ControlServer {
         registry: Arc<Registry>,
         shutdown: Shutdown,
     ) -> Result<ControlServer, String> {
+        STARTED.get_or_init(std::time::Instant::now);
         let path = config.path.as_path();
         match std::fs::symlink_metadata(path) {
             Ok(meta) if meta.file_type().is_symlink() => {
@@ -220,6 +221,10 @@ fn serve(stream: std::os::unix::net::UnixStream, registry: &Registry, shutdown: 
 /// Clients served at once; more are told the socket is busy.
 const MAX_CONNECTIONS: usize = 16;
 
+/// When the control socket opened (the daemon's start, give or take its consumers' checks):
+/// what `version` counts its time up from.
+static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
 /// The answer to one command line.
 pub fn answer(line: &str, registry: &Registry, shutdown: &Shutdown) -> String {
     let request = match Request::parse(line) {
@@ -294,6 +299,15 @@ pub fn answer(line: &str, registry: &Registry, shutdown: &Shutdown) -> String {
                 Err(why) => format!("error: reload refused, the running config stays: {why}\n"),
             }
         }
+        Request::Version => format!(
+            "buslink {} (pid {}, up {})\n",
+            env!("CARGO_PKG_VERSION"),
+            std::process::id(),
+            STARTED.get().map_or_else(
+                || "for a time unknown".to_owned(),
+                |at| format!("{} s", at.elapsed().as_secs())
+            )
+        ),
         Request::Quit => {
             tracing::info!("stop asked through the control socket");
             shutdown.request();
