@@ -21,6 +21,14 @@ pub struct HandlerConfig {
     pub queue_key: Option<String>,
 }
 
+/// `url` as it may be shown: without its user and password.
+pub fn displayable_url(url: &url::Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_password(None);
+    let _ = shown.set_username("");
+    shown.to_string()
+}
+
 /// The handler types and their own settings.
 #[derive(Clone, Debug, PartialEq)]
 pub enum HandlerKind {
@@ -51,6 +59,69 @@ pub struct PluginHandlerConfig {
 }
 
 impl HandlerKind {
+    /// One line on what the handler does, as `buslink check` prints it: credentials (a URL's
+    /// user and password, header and environment values) are never shown.
+    pub fn summary(&self) -> String {
+        match self {
+            HandlerKind::Null => "null (discards events)".to_owned(),
+            HandlerKind::Plugin(plugin) => {
+                format!("plugin {} class {}", plugin.plugin, plugin.class)
+            }
+            HandlerKind::Stdout => "stdout".to_owned(),
+            HandlerKind::Jsonl { path, .. } => format!("jsonl -> {}", path.display()),
+            HandlerKind::Exec(exec) => {
+                // Names only: a value may be a credential.
+                let env: Vec<_> = exec
+                    .env
+                    .iter()
+                    .map(|(k, _)| format!("{k}=<redacted>"))
+                    .collect();
+                format!(
+                    "exec {} (timeout {} ms{})",
+                    exec.command.join(" "),
+                    exec.timeout.as_millis(),
+                    if env.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", env {}", env.join(" "))
+                    }
+                )
+            }
+            HandlerKind::Http(http) => {
+                let url = url::Url::parse(http.url.expose())
+                    .map(|url| displayable_url(&url))
+                    .unwrap_or_else(|_| "<unparsable url>".into());
+                let headers: Vec<_> = http
+                    .headers
+                    .iter()
+                    .map(|(k, _)| format!("{k}: <redacted>"))
+                    .collect();
+                format!(
+                    "http POST {url} (timeout {} ms{})",
+                    http.timeout.as_millis(),
+                    if headers.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", headers {}", headers.join(", "))
+                    }
+                )
+            }
+        }
+    }
+
+    /// The file an exactly-once output writes (its committed length is kept with the offset):
+    /// a `jsonl` handler's path.
+    pub fn exactly_once_file(&self) -> Option<&std::path::Path> {
+        match self {
+            HandlerKind::Jsonl { path, .. } => Some(path),
+            HandlerKind::Null
+            | HandlerKind::Stdout
+            | HandlerKind::Exec(_)
+            | HandlerKind::Http(_)
+            | HandlerKind::Plugin(_) => None,
+        }
+    }
+
     /// The `type` name.
     pub fn type_name(&self) -> &'static str {
         self.handler_type().name()
@@ -103,6 +174,24 @@ impl HandlerType {
             HandlerType::Exec => "exec",
             HandlerType::Http => "http",
             HandlerType::Plugin => "plugin",
+        }
+    }
+
+    /// Why `buslink replay` refuses to deliver past events to a handler of this type (said
+    /// after "handler 'NAME' "), or `None` when it may.
+    pub fn replay_refusal(self) -> Option<&'static str> {
+        match self {
+            HandlerType::Jsonl => Some(
+                "is an exactly-once jsonl output: its committed length belongs to the daemon, \
+                 which would cut replayed lines off at its next start",
+            ),
+            // A handler plugin keeps state the daemon's instance saves too (a materialised
+            // view): old events replayed into it would roll that state back under the daemon.
+            HandlerType::Plugin => Some(
+                "is a handler plugin: the state it keeps is the daemon's, and past events would \
+                 roll it back",
+            ),
+            HandlerType::Stdout | HandlerType::Null | HandlerType::Exec | HandlerType::Http => None,
         }
     }
 

@@ -24,8 +24,8 @@ mod source;
 
 pub use consumer::{CommitPolicy, ConsumerConfig, FsyncMode, GapPolicy, HermesMode, StartPosition};
 pub use handler::{
-    EventFilter, ExecConfig, FailurePolicy, HandlerConfig, HandlerKind, HandlerType, HttpConfig,
-    PluginHandlerConfig, RetryPolicy, Secret,
+    displayable_url, EventFilter, ExecConfig, FailurePolicy, HandlerConfig, HandlerKind,
+    HandlerType, HttpConfig, PluginHandlerConfig, RetryPolicy, Secret,
 };
 pub use source::{key_label, ConfigError, ConfigErrors, Source};
 

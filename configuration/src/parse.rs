@@ -467,7 +467,7 @@ fn shared_outputs(configs: &[Config]) -> Vec<ConfigError> {
     let mut errors = Vec::new();
     for config in configs {
         for handler in &config.handlers {
-            let HandlerKind::Jsonl { path, .. } = &handler.kind else {
+            let Some(path) = handler.kind.exactly_once_file() else {
                 continue;
             };
             let key = same_file_key(path);

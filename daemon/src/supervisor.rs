@@ -385,12 +385,7 @@ fn exactly_once_files(config: &Config) -> Vec<PathBuf> {
     config
         .handlers
         .iter()
-        .filter_map(|h| match &h.kind {
-            crate::config::HandlerKind::Jsonl { path, .. } => {
-                Some(crate::config::same_file_key(path))
-            }
-            _ => None,
-        })
+        .filter_map(|h| h.kind.exactly_once_file().map(crate::config::same_file_key))
         .collect()
 }
 
@@ -499,11 +494,9 @@ fn reload<'scope, 'env>(
             continue;
         }
         for handler in &config.handlers {
-            if let Err(problem) = crate::handlers::preflight::check_handler(
-                handler,
-                &config.base_dir,
-                &config.plugin_dirs,
-            ) {
+            if let Err(problem) =
+                crate::handlers::check_handler(handler, &config.base_dir, &config.plugin_dirs)
+            {
                 problems.push(
                     config
                         .handler_error(

@@ -2,7 +2,7 @@
 //! the URL may hold credentials: they are never printed.
 
 use super::{DispatchedEvent, Handler, HandlerError};
-use crate::config::HttpConfig;
+use crate::config::{displayable_url, HttpConfig};
 use reqwest::blocking::Client;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 
@@ -11,14 +11,6 @@ pub struct HttpHandler {
     url: reqwest::Url,
     /// The URL with any password removed, for messages.
     shown_url: String,
-}
-
-/// The URL as it may be printed: user info dropped.
-pub fn displayable_url(url: &reqwest::Url) -> String {
-    let mut shown = url.clone();
-    let _ = shown.set_password(None);
-    let _ = shown.set_username("");
-    shown.to_string()
 }
 
 impl HttpHandler {

@@ -15,7 +15,6 @@ mod stdout;
 pub use event::DispatchedEvent;
 pub use exec::resolve_program;
 pub use filter::EventMatcher;
-pub use http::displayable_url;
 
 use crate::config::{FailurePolicy, HandlerConfig, HandlerKind, RetryPolicy};
 pub use crate::offsets::OutputPosition;
@@ -172,4 +171,39 @@ pub fn output_positions(
             ))
         })
         .collect()
+}
+
+/// Whether `handler` could be built and run here: its output writable, its program found, an
+/// http or plugin handler built (nothing sent). `check` runs it, and a reload before it swaps
+/// handlers.
+pub fn check_handler(
+    handler: &HandlerConfig,
+    base_dir: &Path,
+    plugin_dirs: &[std::path::PathBuf],
+) -> Result<(), String> {
+    match &handler.kind {
+        HandlerKind::Stdout | HandlerKind::Null => Ok(()),
+        HandlerKind::Jsonl { path, .. } => {
+            if path.is_dir() {
+                return Err(format!("{} is a directory", path.display()));
+            }
+            if path.exists() {
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(path)
+                    .map(|_| ())
+                    .map_err(|e| format!("cannot append to {}: {e}", path.display()))
+            } else {
+                let parent = path.parent().unwrap_or(Path::new("."));
+                preflight::check_writable_dir(parent)
+            }
+        }
+        HandlerKind::Exec(exec) => match exec.command.first() {
+            Some(program) => resolve_program(program, base_dir).map(|_| ()),
+            None => Err("`command` is empty".into()),
+        },
+        HandlerKind::Http(_) | HandlerKind::Plugin(_) => {
+            build_one(handler, base_dir, plugin_dirs, None).map(|_| ())
+        }
+    }
 }

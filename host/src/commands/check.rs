@@ -1,10 +1,9 @@
 //! `buslink check --config FILE [--connect]`: validates everything `run` would need, without
 //! consuming, and lists every problem found.
 
-use crate::config::{Config, EventFilter, HandlerConfig, HandlerKind};
+use crate::config::{Config, EventFilter, HandlerConfig};
 use crate::engine::{build_consumer, load_consumer_plugin, settings_refusal};
 use crate::error::AppError;
-use crate::handlers::displayable_url;
 use crate::plugin::PluginInfo;
 use std::path::Path;
 
@@ -34,11 +33,9 @@ pub fn check(config_path: &Path, connect: bool, only: Option<&str>) -> Result<()
     for config in &configs {
         plugins.push(check_plugin(config, &mut problems));
         for handler in &config.handlers {
-            if let Err(problem) = crate::handlers::preflight::check_handler(
-                handler,
-                &config.base_dir,
-                &config.plugin_dirs,
-            ) {
+            if let Err(problem) =
+                crate::handlers::check_handler(handler, &config.base_dir, &config.plugin_dirs)
+            {
                 let message = format!("handler '{}': {problem}", handler.name);
                 problems.push(config.handler_error(&handler.name, message).to_string());
             }
@@ -165,49 +162,7 @@ fn describe_filter(filter: &EventFilter) -> String {
 }
 
 fn describe_handler(handler: &HandlerConfig) -> String {
-    let what = match &handler.kind {
-        HandlerKind::Null => "null (discards events)".to_owned(),
-        HandlerKind::Plugin(plugin) => format!("plugin {} class {}", plugin.plugin, plugin.class),
-        HandlerKind::Stdout => "stdout".to_owned(),
-        HandlerKind::Jsonl { path, .. } => format!("jsonl -> {}", path.display()),
-        HandlerKind::Exec(exec) => {
-            // Names only: a value may be a credential.
-            let env: Vec<_> = exec
-                .env
-                .iter()
-                .map(|(k, _)| format!("{k}=<redacted>"))
-                .collect();
-            format!(
-                "exec {} (timeout {} ms{})",
-                exec.command.join(" "),
-                exec.timeout.as_millis(),
-                if env.is_empty() {
-                    String::new()
-                } else {
-                    format!(", env {}", env.join(" "))
-                }
-            )
-        }
-        HandlerKind::Http(http) => {
-            let url = reqwest::Url::parse(http.url.expose())
-                .map(|url| displayable_url(&url))
-                .unwrap_or_else(|_| "<unparsable url>".into());
-            let headers: Vec<_> = http
-                .headers
-                .iter()
-                .map(|(k, _)| format!("{k}: <redacted>"))
-                .collect();
-            format!(
-                "http POST {url} (timeout {} ms{})",
-                http.timeout.as_millis(),
-                if headers.is_empty() {
-                    String::new()
-                } else {
-                    format!(", headers {}", headers.join(", "))
-                }
-            )
-        }
-    };
+    let what = handler.kind.summary();
     format!(
         "{}: {what}; match {}; retry {} attempt(s) {}..{} ms; on failure {}",
         handler.name,

@@ -19,7 +19,7 @@
 //! state they keep (a materialised view) is the daemon's.
 
 use crate::cli::Target;
-use crate::config::{EventFilter, HandlerKind};
+use crate::config::{EventFilter, HandlerType};
 use crate::engine::{build_consumer, new_consumer, settings_refusal};
 use crate::error::AppError;
 use crate::handlers::{self, ConfiguredHandler, DispatchedEvent, EventMatcher};
@@ -244,28 +244,17 @@ pub fn replay(target: &Target, request: &ReplayRequest) -> Result<(), AppError> 
         chosen
     };
     if !request.dry_run {
-        if let Some(jsonl) = chosen
-            .iter()
-            .find(|h| matches!(h.kind, HandlerKind::Jsonl { .. }))
-        {
+        // The first refused type in `HandlerType::ALL`'s order (exactly-once outputs first).
+        let refused = HandlerType::ALL.iter().find_map(|refused| {
+            let why = refused.replay_refusal()?;
+            let handler = chosen.iter().find(|h| h.kind.handler_type() == *refused)?;
+            Some((handler, why))
+        });
+        if let Some((handler, why)) = refused {
             return Err(AppError::Usage(format!(
-                "handler '{}' is an exactly-once jsonl output: its committed length belongs to \
-                 the daemon, which would cut replayed lines off at its next start; replay to \
-                 other handlers (--handler), or look with --dry-run",
-                jsonl.name
-            )));
-        }
-        // A handler plugin keeps state the daemon's instance saves too (a materialised view):
-        // old events replayed into it would roll that state back under the daemon.
-        if let Some(plugin) = chosen
-            .iter()
-            .find(|h| matches!(h.kind, HandlerKind::Plugin(_)))
-        {
-            return Err(AppError::Usage(format!(
-                "handler '{}' is a handler plugin: the state it keeps is the daemon's, and past \
-                 events would roll it back; replay to other handlers (--handler), or look with \
+                "handler '{}' {why}; replay to other handlers (--handler), or look with \
                  --dry-run",
-                plugin.name
+                handler.name
             )));
         }
     }
