@@ -1,8 +1,9 @@
 //! Helpers shared by the end-to-end tests.
 
-use buslink_testkit::{build_dir, fixture, TestDir};
+use buslink_testkit::{build_dir, fixture, HermesBusWriter, TestDir};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// The fixture bus written by the real Hermes server.
 pub fn fixture_bus() -> PathBuf {
@@ -206,4 +207,86 @@ pub fn scrape(address: &str, path: &str) -> (u16, String) {
     let response = reqwest::blocking::get(format!("http://{address}{path}")).expect("a scrape");
     let status = response.status().as_u16();
     (status, response.text().expect("a body"))
+}
+
+/// A `[[consumers]]` entry on the sqlite bus `bus`, with a jsonl handler `out/NAME.jsonl`.
+pub fn sqlite_consumer(name: &str, bus: &Path) -> String {
+    format!(
+        "[[consumers]]\nname = \"{name}\"\nplugin = \"sqlite\"\nclass = \"SqliteConsumer\"\n\
+         timeout_ms = 200\n[consumers.settings]\nuri = \"{bus}\"\npoll_interval_ms = 10\n\
+         [[consumers.handlers]]\nname = \"out\"\ntype = \"jsonl\"\npath = \"out/{name}.jsonl\"\n",
+        bus = bus.display()
+    )
+}
+
+/// A `[[consumers]]` entry on the in-memory `faulty` bus with `settings`.
+pub fn faulty_consumer(name: &str, settings: &str) -> String {
+    format!(
+        "[[consumers]]\nname = \"{name}\"\nplugin = \"faulty\"\nclass = \"FaultyConsumer\"\n\
+         timeout_ms = 100\nbatch_size = 5\n[consumers.settings]\n{settings}\n\
+         [[consumers.handlers]]\nname = \"out\"\ntype = \"jsonl\"\npath = \"out/{name}.jsonl\"\n"
+    )
+}
+
+/// `broken` (panics when event 8 is next: it handles 1-5, then every restart fails at once)
+/// beside `steady` on the sqlite bus `bus`.
+pub fn broken_and_steady(dir: &TestDir, head: &str, bus: &Path) -> PathBuf {
+    several(
+        dir,
+        head,
+        &[
+            faulty_consumer(
+                "broken",
+                "events = 20\npanic_in = \"poll\"\npanic_at_event = 8",
+            ),
+            sqlite_consumer("steady", bus),
+        ],
+    )
+}
+
+/// A config of `entries` (state in `state/`, plugins from the build directory).
+pub fn several(dir: &TestDir, head: &str, entries: &[String]) -> PathBuf {
+    dir.write(
+        "buslink.toml",
+        format!(
+            "state_dir = \"state\"\nplugin_dirs = [\"{}\"]\n{head}\n{}",
+            build_dir().display(),
+            entries.join("\n")
+        ),
+    )
+}
+
+pub fn bus(dir: &TestDir, name: &str, events: usize) -> PathBuf {
+    let bus = dir.join(name);
+    append(&bus, events);
+    bus
+}
+
+pub fn append(bus: &Path, events: usize) {
+    HermesBusWriter::open(bus)
+        .and_then(|mut writer| writer.append_all(buslink_testkit::hermes_events(events)))
+        .expect("events written");
+}
+
+/// Reads the service manager's socket until `wanted` was received (or panics after `limit`).
+pub fn notifications_until(
+    socket: &std::os::unix::net::UnixDatagram,
+    seen: &mut Vec<String>,
+    wanted: &str,
+    limit: Duration,
+) {
+    let deadline = std::time::Instant::now() + limit;
+    let mut buffer = [0u8; 4096];
+    while !seen
+        .iter()
+        .any(|message| message.lines().any(|line| line == wanted))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {wanted} within {limit:?}; got {seen:?}"
+        );
+        if let Ok(n) = socket.recv(&mut buffer) {
+            seen.push(String::from_utf8_lossy(&buffer[..n]).into_owned());
+        }
+    }
 }

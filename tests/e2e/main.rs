@@ -2,10 +2,11 @@
 //!
 //! Build the workspace first (`cargo build --workspace`); the README's test command does.
 
+mod check;
 mod common;
-mod config_errors;
-mod daemon;
+mod ctl;
 mod durability;
+mod errors;
 mod examples;
 mod faults;
 mod handlers;
@@ -13,9 +14,15 @@ mod hermes;
 mod hmb;
 mod kafka;
 mod loading;
-mod ops;
+mod metrics;
+mod offsets;
 mod permissions;
 mod plugin_author;
+mod plugins;
+mod reload;
 mod replay;
+mod run;
+mod several;
 mod sqlite_bus;
+mod systemd;
 mod word;

@@ -1,8 +1,16 @@
-//! Bad configs: each gets one clear error naming the file, the line and the key, exit code 2.
+//! `buslink check`: a good config summarised, every problem of a broken one listed; bad configs
+//! get one clear error naming the file, the line and the key, exit code 2.
 
 use crate::common::*;
-use buslink_testkit::process::run_once;
+use buslink_testkit::process::{run, run_once};
 use buslink_testkit::{build_dir, TestDir};
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn buslink(args: &[&str]) -> buslink_testkit::RunOutput {
+    run(args, LIMIT)
+}
 
 /// A valid config; each case below breaks one thing in it.
 fn good_config() -> String {
@@ -419,4 +427,197 @@ fn check_warns_about_a_state_dir_every_user_can_write() {
         std::time::Duration::from_secs(60),
     );
     assert!(!check.stderr.contains("writable by every user"), "{check}");
+}
+
+#[test]
+fn check_accepts_a_good_config_and_summarises_it() {
+    let dir = TestDir::new("check-good");
+    let config = sqlite_config(
+        &dir,
+        &fixture_bus(),
+        "",
+        &jsonl_handler("all", r#"{ objtype = "SRV*" }"#),
+    );
+    let out = buslink(&["check", "--config", &config.to_string_lossy(), "--connect"]);
+    assert_eq!(out.code(), Some(0), "{out}");
+    for text in [
+        "plugin: sqlite 0.1.0 (plugin-api 0.4.0)",
+        "class SqliteConsumer",
+        "all: jsonl ->",
+        "match objtype=SRV*",
+        "connect: opened and closed the bus",
+    ] {
+        assert!(out.stdout.contains(text), "expected {text:?}:\n{out}");
+    }
+    assert!(!dir.join("out").exists(), "check writes no output file");
+}
+
+#[test]
+fn check_lists_every_problem_of_a_broken_config() {
+    let dir = TestDir::new("check-broken");
+    // Each line carries its own problem; all must be reported in one run.
+    let text = format!(
+        r#"state_dir = "state"
+plugin_dirs = ["{plugins}"]
+colour = "blue"
+
+[consumer]
+name = "test"
+plugin = "sqlite"
+class = "SqliteConsumer"
+timeout = 5
+
+[consumer.settings]
+uri = "bus.sqlite"
+
+[[handlers]]
+name = "a"
+type = "jsonl"
+pth = "x.jsonl"
+
+[[handlers]]
+name = "b"
+type = "http"
+url = "ftp://example.org/"
+
+[[handlers]]
+name = "c"
+type = "stdout"
+match = {{ eventtype = "[" }}
+"#,
+        plugins = build_dir().display()
+    );
+    let config = dir.write("buslink.toml", text);
+    let out = buslink(&["check", "--config", &config.to_string_lossy()]);
+    assert_eq!(out.code(), Some(2), "{out}");
+    for text in [
+        "buslink.toml:3:1: key `colour`: unknown field `colour`",
+        "buslink.toml:9:1: key `consumer.timeout`: unknown field `timeout`",
+        "buslink.toml:17:1: key `handlers[0].pth`: unknown field `pth`",
+        "buslink.toml:22:7: key `handlers[1].url`: scheme 'ftp' is not http or https",
+        "key `handlers[2].match`",
+    ] {
+        assert!(out.stderr.contains(text), "expected {text:?}:\n{out}");
+    }
+}
+
+#[test]
+fn check_reports_plugin_settings_handlers_and_commands_together() {
+    let dir = TestDir::new("check-semantic");
+    let handlers = "[[handlers]]\nname = \"notify\"\ntype = \"exec\"\ncommand = [\"/nonexistent/notify\"]\n".to_owned()
+        + "[[handlers]]\nname = \"archive\"\ntype = \"jsonl\"\npath = \"/proc/forbidden/x.jsonl\"\n";
+    let config = sqlite_config(&dir, &fixture_bus(), "", &handlers)
+        .to_string_lossy()
+        .into_owned();
+    let text = std::fs::read_to_string(&config)
+        .expect("config")
+        .replace("poll_interval_ms = 10", "poll_interval_ms = 0");
+    std::fs::write(&config, text).expect("config");
+    let out = buslink(&["check", "--config", &config]);
+    assert_eq!(out.code(), Some(2), "{out}");
+    for text in [
+        "key `consumer.settings.poll_interval_ms`",
+        "at least 1",
+        "handler 'notify': command '/nonexistent/notify' not found",
+        "handler 'archive'",
+    ] {
+        assert!(out.stderr.contains(text), "expected {text:?}:\n{out}");
+    }
+}
+
+#[test]
+fn several_consumer_configs_are_checked_entry_by_entry() {
+    let dir = TestDir::new("several-config-errors");
+    let bus_a = bus(&dir, "a.sqlite", 1);
+    let duplicate = several(
+        &dir,
+        "",
+        &[
+            sqlite_consumer("same", &bus_a),
+            sqlite_consumer("same", &bus_a),
+        ],
+    );
+    let out = buslink(&["check", "--config", &duplicate.to_string_lossy()]);
+    assert_eq!(out.code(), Some(2), "{out}");
+    assert!(
+        out.stderr.contains(
+            "key `consumers[1].name`: consumers[0] and consumers[1] are both named 'same'"
+        ),
+        "{out}"
+    );
+    // A plugin's refusal of a setting points at that consumer's own table.
+    let bad_setting = several(
+        &dir,
+        "",
+        &[
+            sqlite_consumer("good", &bus_a),
+            sqlite_consumer("bad", &bus_a)
+                .replace("poll_interval_ms = 10", "poll_interval_ms = -1"),
+        ],
+    );
+    let out = buslink(&["check", "--config", &bad_setting.to_string_lossy()]);
+    assert_eq!(out.code(), Some(2), "{out}");
+    assert!(
+        out.stderr
+            .contains("key `consumers[1].settings.poll_interval_ms`"),
+        "{out}"
+    );
+    let only_good = buslink(&[
+        "check",
+        "--config",
+        &bad_setting.to_string_lossy(),
+        "--consumer",
+        "good",
+    ]);
+    assert_eq!(only_good.code(), Some(0), "{only_good}");
+    // Two writers of one exactly-once file (here ./out/same.jsonl spelt two ways).
+    let shared = several(
+        &dir,
+        "",
+        &[
+            sqlite_consumer("one", &bus_a).replace("out/one.jsonl", "out/same.jsonl"),
+            sqlite_consumer("two", &bus_a).replace("out/two.jsonl", "./out/../out/same.jsonl"),
+        ],
+    );
+    let out = buslink(&["check", "--config", &shared.to_string_lossy()]);
+    assert_eq!(out.code(), Some(2), "{out}");
+    assert!(
+        out.stderr.contains("key `consumers[1].handlers[0].name`")
+            && out
+                .stderr
+                .contains("which handler 'out' of consumer 'one' writes too"),
+        "{out}"
+    );
+    // Mixing the two shapes is refused.
+    let text = format!(
+        "{}\n[[handlers]]\nname = \"x\"\ntype = \"stdout\"\n",
+        std::fs::read_to_string(&duplicate).expect("config")
+    );
+    let mixed = dir.write(
+        "mixed.toml",
+        text.replace("name = \"same\"", "name = \"one\""),
+    );
+    let out = buslink(&["check", "--config", &mixed.to_string_lossy()]);
+    assert_eq!(out.code(), Some(2), "{out}");
+    assert!(
+        out.stderr
+            .contains("[[handlers]] go with a single [consumer]"),
+        "{out}"
+    );
+    // A consumer without handlers.
+    let bare = dir.write(
+        "bare.toml",
+        format!(
+            "state_dir = \"state\"\n[[consumers]]\nname = \"x\"\nplugin = \"sqlite\"\n\
+             class = \"SqliteConsumer\"\n[consumers.settings]\nuri = \"{}\"\n",
+            bus_a.display()
+        ),
+    );
+    let out = buslink(&["check", "--config", &bare.to_string_lossy()]);
+    assert_eq!(out.code(), Some(2), "{out}");
+    assert!(
+        out.stderr
+            .contains("key `consumers[0].handlers`: no [[consumers.handlers]]"),
+        "{out}"
+    );
 }
