@@ -35,6 +35,10 @@ struct Cli {
     /// Run only these parts (repeatable; default: all).
     #[arg(long, value_enum)]
     only: Vec<Part>,
+    /// Another `buslink` binary (an older build) to measure side by side with this one in the
+    /// sqlite part, with the same plugin libraries: a change of the host alone.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -103,7 +107,13 @@ fn main() -> anyhow::Result<()> {
             count,
             out,
         }) => bare_kafka(&servers, &topic, count, &out),
-        None => run_all(cli.events, cli.runs.max(1), cli.work_dir, &cli.only),
+        None => run_all(
+            cli.events,
+            cli.runs.max(1),
+            cli.work_dir,
+            &cli.only,
+            cli.baseline.as_deref(),
+        ),
     }
 }
 
@@ -483,11 +493,16 @@ fn sqlite_config(
 
 /// `buslink run --once` on a fresh state directory.
 fn buslink_once(config: &Path) -> anyhow::Result<Command> {
+    buslink_once_with(&sibling("buslink")?, config)
+}
+
+/// `PROGRAM run --once` (a `buslink` binary) on a fresh state directory.
+fn buslink_once_with(program: &Path, config: &Path) -> anyhow::Result<Command> {
     let text = std::fs::read_to_string(config)?;
     if let Some(state) = text.lines().find_map(|l| l.strip_prefix("state_dir = \"")) {
         let _ = std::fs::remove_dir_all(state.trim_end_matches('"'));
     }
-    let mut command = Command::new(sibling("buslink")?);
+    let mut command = Command::new(program);
     command
         .args(["--log-level", "warn", "run", "--once", "--config"])
         .arg(config);
@@ -599,6 +614,7 @@ fn run_all(
     runs: usize,
     work_dir: Option<PathBuf>,
     only: &[Part],
+    baseline: Option<&Path>,
 ) -> anyhow::Result<()> {
     let temp = tempfile::tempdir()?;
     let dir = work_dir.unwrap_or_else(|| temp.path().to_path_buf());
@@ -608,6 +624,9 @@ fn run_all(
     let mut report = Report::default();
     if wanted(Part::Sqlite) {
         sqlite_part(&mut report, &dir, &me, events, runs)?;
+        if let Some(baseline) = baseline {
+            baseline_part(&mut report, &dir, baseline, events, runs)?;
+        }
     }
     if wanted(Part::Commit) {
         commit_part(&mut report, &dir, events, runs)?;
@@ -624,6 +643,57 @@ fn run_all(
         kafka_part(&mut report, &dir, &me, runs)?;
     }
     report.print(events, runs);
+    Ok(())
+}
+
+/// This `buslink` and `baseline` (another build) draining the same sqlite bus to a null
+/// handler, side by side: the host's own cost, before and after a change.
+fn baseline_part(
+    report: &mut Report,
+    dir: &Path,
+    baseline: &Path,
+    events: usize,
+    runs: usize,
+) -> anyhow::Result<()> {
+    let bus = dir.join("bus.sqlite");
+    if !bus.exists() {
+        write_bus(&bus, events)?;
+    }
+    let null = sqlite_config(dir, "null-baseline", &bus, "", "type = \"null\"")?;
+    let this = sibling("buslink")?;
+    eprintln!(
+        "sqlite: this buslink and {} side by side...",
+        baseline.display()
+    );
+    let samples = side_by_side(
+        runs,
+        &mut [&mut || buslink_once_with(&this, &null), &mut || {
+            buslink_once_with(baseline, &null)
+        }],
+    )?;
+    let [new, old] = samples[..] else {
+        bail!("two runs expected");
+    };
+    expect_handled(&null, events)?;
+    report.ratio(
+        "sqlite: this buslink / --baseline buslink, wall (CPU)",
+        format!(
+            "{:.3} ({:.3})",
+            new.wall.as_secs_f64() / old.wall.as_secs_f64(),
+            new.cpu.as_secs_f64() / old.cpu.as_secs_f64()
+        ),
+        "within 5%",
+    );
+    report.detail(
+        "buslink run --once, sqlite, null handler (this build)",
+        new,
+        events,
+    );
+    report.detail(
+        "buslink run --once, sqlite, null handler (--baseline)",
+        old,
+        events,
+    );
     Ok(())
 }
 
