@@ -5,6 +5,8 @@
 //! Nothing here opens a socket, serves HTTP, talks to systemd or parses arguments; the host
 //! (`host/`) builds the daemon on it. See ARCHITECTURE.md for the map.
 
+#![deny(unreachable_pub)]
+
 pub mod append_file;
 pub mod dead_letter;
 pub mod error;

@@ -1,6 +1,8 @@
 //! The buslink host: everything behind the `buslink` binary, as a library so that tests and
 //! benchmarks can drive the same code. See ARCHITECTURE.md for the map.
 
+#![deny(unreachable_pub)]
+
 pub mod cli;
 pub mod commands;
 /// The config types live in their own crate (`configuration/`), below every other part.

@@ -13,7 +13,7 @@ use wait_timeout::ChildExt;
 /// At most this much of a command's stderr and stdout is kept for the log.
 const OUTPUT_LIMIT: usize = 16 * 1024;
 
-pub struct ExecHandler {
+pub(super) struct ExecHandler {
     name: String,
     program: PathBuf,
     args: Vec<String>,
@@ -50,7 +50,7 @@ pub fn resolve_program(program: &str, base_dir: &Path) -> Result<PathBuf, String
 }
 
 impl ExecHandler {
-    pub fn new(name: &str, config: &ExecConfig, base_dir: &Path) -> Result<Self, String> {
+    pub(super) fn new(name: &str, config: &ExecConfig, base_dir: &Path) -> Result<Self, String> {
         let (program, args) = config
             .command
             .split_first()

@@ -6,7 +6,7 @@ use crate::config::{displayable_url, HttpConfig};
 use reqwest::blocking::Client;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 
-pub struct HttpHandler {
+pub(super) struct HttpHandler {
     client: Client,
     url: reqwest::Url,
     /// The URL with any password removed, for messages.
@@ -14,7 +14,7 @@ pub struct HttpHandler {
 }
 
 impl HttpHandler {
-    pub fn new(config: &HttpConfig) -> Result<Self, String> {
+    pub(super) fn new(config: &HttpConfig) -> Result<Self, String> {
         let url = reqwest::Url::parse(config.url.expose()).map_err(|e| format!("bad url: {e}"))?;
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

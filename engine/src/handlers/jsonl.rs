@@ -13,7 +13,7 @@ use std::path::Path;
 /// Lines kept in memory before they are written.
 const BUFFER: usize = 256 * 1024;
 
-pub struct JsonlHandler {
+pub(super) struct JsonlHandler {
     file: LineFile,
     /// Lines handled but not yet written.
     pending: Vec<u8>,
@@ -23,7 +23,11 @@ impl JsonlHandler {
     /// Opens (creating it and its directory if needed) the file for appending, cut back to
     /// `committed` bytes (the length committed with the offset) or to its last whole line. A
     /// new file gets `mode` (the handler's `mode`, default 0640).
-    pub fn open(path: &Path, committed: Option<Committed>, mode: u32) -> Result<Self, String> {
+    pub(super) fn open(
+        path: &Path,
+        committed: Option<Committed>,
+        mode: u32,
+    ) -> Result<Self, String> {
         let (file, repair) = LineFile::open(path, committed, mode)?;
         repair.log(path, "jsonl output");
         Ok(JsonlHandler {

@@ -9,13 +9,13 @@ use buslink_plugin_api::ffi::REventRef;
 use buslink_plugin_api::PluginError;
 use std::path::{Path, PathBuf};
 
-pub struct PluginHandler {
+pub(super) struct PluginHandler {
     inner: HandlerBox,
     label: String,
 }
 
 impl PluginHandler {
-    pub fn new(
+    pub(super) fn new(
         config: &PluginHandlerConfig,
         base_dir: &Path,
         plugin_dirs: &[PathBuf],

@@ -3,12 +3,12 @@
 use super::{DispatchedEvent, Handler, HandlerError};
 use std::io::{BufWriter, Stdout, Write};
 
-pub struct StdoutHandler {
+pub(super) struct StdoutHandler {
     out: BufWriter<Stdout>,
 }
 
 impl StdoutHandler {
-    pub fn new() -> Self {
+    pub(super) fn new() -> Self {
         StdoutHandler {
             out: BufWriter::with_capacity(64 * 1024, std::io::stdout()),
         }

@@ -21,19 +21,19 @@
 //! the highest generation; slots are aligned on 4 KiB so that each lies in pages of its own.
 
 /// Slot sizes are multiples of this (a page: writes to different slots never share one).
-pub const SLOT_ALIGN: usize = 4096;
+pub(super) const SLOT_ALIGN: usize = 4096;
 /// Slots in a file.
-pub const SLOTS: usize = 3;
+pub(super) const SLOTS: usize = 3;
 /// The slot written at every commit.
-pub const HOT: usize = 0;
+pub(super) const HOT: usize = 0;
 /// The slots written in turn, each made durable before the other is touched.
-pub const DURABLE: [usize; 2] = [1, 2];
+pub(super) const DURABLE: [usize; 2] = [1, 2];
 
 const MAGIC: &str = "buslink-offsets v2 ";
 
 /// One readable slot.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Slot<'a> {
+pub(super) struct Slot<'a> {
     /// Which slot of the file (0..SLOTS).
     pub index: usize,
     /// The commit generation (higher is newer).
@@ -50,7 +50,7 @@ fn checksum(generation: u64, json: &[u8]) -> u32 {
 }
 
 /// The smallest slot size that holds `json` (a multiple of [`SLOT_ALIGN`]).
-pub fn slot_size_for(json: &[u8]) -> usize {
+pub(super) fn slot_size_for(json: &[u8]) -> usize {
     // Header (magic + three fields of at most 20 digits) + newline + JSON + newline.
     let needed = MAGIC.len() + 64 + 1 + json.len() + 1;
     needed.div_ceil(SLOT_ALIGN) * SLOT_ALIGN
@@ -58,7 +58,7 @@ pub fn slot_size_for(json: &[u8]) -> usize {
 
 /// The bytes of a slot holding `json` at `generation`, into `out` (cleared first): header,
 /// JSON, newline. The rest of the slot is padding, which readers ignore.
-pub fn encode_into(generation: u64, json: &[u8], out: &mut Vec<u8>) {
+pub(super) fn encode_into(generation: u64, json: &[u8], out: &mut Vec<u8>) {
     // One commit per event makes this hot: no formatting machinery.
     let mut digits = itoa::Buffer::new();
     out.clear();
@@ -80,7 +80,7 @@ pub fn encode_into(generation: u64, json: &[u8], out: &mut Vec<u8>) {
 }
 
 /// Reads one slot; `Err` says why it is not a valid record (empty, torn, foreign).
-pub fn decode(index: usize, bytes: &[u8]) -> Result<Slot<'_>, String> {
+pub(super) fn decode(index: usize, bytes: &[u8]) -> Result<Slot<'_>, String> {
     let Some(rest) = bytes.strip_prefix(MAGIC.as_bytes()) else {
         return Err(if bytes.iter().all(|&b| b == 0) {
             "empty".to_owned()
@@ -121,7 +121,7 @@ pub fn decode(index: usize, bytes: &[u8]) -> Result<Slot<'_>, String> {
 }
 
 /// Every slot of a file: the readable ones, and why each other one is not.
-pub fn scan(bytes: &[u8]) -> (Vec<Slot<'_>>, Vec<String>) {
+pub(super) fn scan(bytes: &[u8]) -> (Vec<Slot<'_>>, Vec<String>) {
     let mut slots = Vec::new();
     let mut problems = Vec::new();
     if bytes.is_empty() || !bytes.len().is_multiple_of(SLOT_ALIGN * SLOTS) {
@@ -142,7 +142,7 @@ pub fn scan(bytes: &[u8]) -> (Vec<Slot<'_>>, Vec<String>) {
 }
 
 /// The newest readable slot of a file.
-pub fn newest(bytes: &[u8]) -> Result<Slot<'_>, String> {
+pub(super) fn newest(bytes: &[u8]) -> Result<Slot<'_>, String> {
     let (slots, problems) = scan(bytes);
     slots
         .into_iter()

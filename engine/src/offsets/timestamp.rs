@@ -45,12 +45,12 @@ fn format_in(
 }
 
 /// `2026-11-23T01:02:03.456Z`, the form `DateTime<Utc>` reads back.
-pub fn format(time: &DateTime<Utc>) -> String {
+pub(super) fn format(time: &DateTime<Utc>) -> String {
     format_in(&NOW_SECOND, time, 3)
 }
 
 /// serde `serialize_with` for `updated_at`.
-pub fn serialize<S: serde::Serializer>(
+pub(super) fn serialize<S: serde::Serializer>(
     time: &DateTime<Utc>,
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
@@ -58,7 +58,7 @@ pub fn serialize<S: serde::Serializer>(
 }
 
 /// serde `serialize_with` for `last_timestamp` (to the microsecond, as events carry it).
-pub fn serialize_micros<S: serde::Serializer>(
+pub(super) fn serialize_micros<S: serde::Serializer>(
     time: &Option<DateTime<Utc>>,
     serializer: S,
 ) -> Result<S::Ok, S::Error> {

@@ -16,14 +16,14 @@ use std::time::{Duration, Instant, SystemTime};
 /// The sealed copy of a library. Its memory file is never closed: the library is never
 /// unloaded, and `dlopen` recognises a loaded library by its path, so a descriptor number
 /// freed and reused by another library's copy would be taken for the first library.
-pub struct PrivateCopy {
+pub(super) struct PrivateCopy {
     load_path: PathBuf,
 }
 
 impl PrivateCopy {
     /// Copies `library` (the open file) into a sealed memory file named after `name`, in the
     /// kernel (`copy_file_range`): no copy of the library passes through the process's memory.
-    pub fn new(name: &str, library: &mut File) -> std::io::Result<PrivateCopy> {
+    pub(super) fn new(name: &str, library: &mut File) -> std::io::Result<PrivateCopy> {
         let c_name = std::ffi::CString::new(format!("buslink-plugin:{name}"))
             .map_err(std::io::Error::other)?;
         // SAFETY: a valid NUL-terminated name and flags; the result is checked.
@@ -52,7 +52,7 @@ impl PrivateCopy {
     }
 
     /// The path to hand to `dlopen`.
-    pub fn load_path(&self) -> &Path {
+    pub(super) fn load_path(&self) -> &Path {
         &self.load_path
     }
 }

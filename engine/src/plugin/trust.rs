@@ -9,7 +9,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 /// Why `path` (a library) could be changed by someone else, or `None` when it cannot.
-pub fn insecure(path: &Path) -> Option<String> {
+pub(super) fn insecure(path: &Path) -> Option<String> {
     let library = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
