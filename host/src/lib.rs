@@ -14,6 +14,6 @@ pub use buslink_engine::run as engine;
 /// The parts of a consumer's run live in the engine crate (`engine/`).
 pub use buslink_engine::{
     append_file, dead_letter, error, error_queue, handlers, health, hermes_mode, lock, offsets,
-    pipeline, plugin, shutdown, state_file,
+    pipeline, plugin, replay, shutdown, state_file,
 };
 pub mod logging;

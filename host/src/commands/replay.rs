@@ -22,11 +22,11 @@ use crate::cli::Target;
 use crate::config::{EventFilter, HandlerType};
 use crate::engine::{build_consumer, new_consumer, settings_refusal};
 use crate::error::AppError;
-use crate::handlers::{self, ConfiguredHandler, DispatchedEvent, EventMatcher};
+use crate::handlers::{self, ConfiguredHandler, EventMatcher};
 use crate::offsets::parse_offset;
-use crate::plugin::PluginConsumer;
+use crate::replay::{find, past, position, replay_range, End, ReplayCount};
 use crate::shutdown::Shutdown;
-use buslink_plugin_api::{ErrorKind, EventBatch, Offset, OffsetRef, PollStatus};
+use buslink_plugin_api::{ErrorKind, Offset};
 use std::time::{Duration, Instant};
 
 /// What `buslink replay` was asked.
@@ -68,31 +68,11 @@ fn match_filter(matches: &[String]) -> Result<EventFilter, AppError> {
     Ok(filter)
 }
 
-/// Whether `offset` is past `to`: beyond it for integers and floats (a bus without that exact
-/// offset still ends the range), never for other types (they end at `to` itself).
-fn past(offset: OffsetRef<'_>, to: &Offset) -> bool {
-    let number = |o: OffsetRef<'_>| match o {
-        OffsetRef::Int(i) => Some(i as f64),
-        OffsetRef::Float(x) => Some(x),
-        _ => None,
-    };
-    match (offset, to) {
-        (OffsetRef::Int(a), Offset::Int(b)) => a > *b,
-        _ => match (number(offset), number(to.as_ref())) {
-            (Some(a), Some(b)) => a > b,
-            _ => false,
-        },
-    }
-}
-
 /// How far the replay got, shown as it goes.
 struct Progress {
     bar: Option<indicatif::ProgressBar>,
     dry_run: bool,
     last_line: Instant,
-    events: u64,
-    delivered: u64,
-    offset: String,
 }
 
 impl Progress {
@@ -111,30 +91,27 @@ impl Progress {
             bar,
             dry_run,
             last_line: Instant::now(),
-            events: 0,
-            delivered: 0,
-            offset: String::new(),
         }
     }
 
-    fn show(&mut self) {
+    fn show(&mut self, count: &ReplayCount) {
         match &self.bar {
             Some(bar) => {
-                bar.set_position(self.events);
+                bar.set_position(count.events);
                 bar.set_message(format!(
                     "{} deliveries, at offset {}",
-                    self.delivered, self.offset
+                    count.delivered, count.offset
                 ));
             }
             None if self.last_line.elapsed() >= Duration::from_secs(1) => {
                 self.last_line = Instant::now();
-                eprintln!("{}", self.json("progress"));
+                eprintln!("{}", self.json("progress", count));
             }
             None => {}
         }
     }
 
-    fn json(&self, kind: &str) -> String {
+    fn json(&self, kind: &str, count: &ReplayCount) -> String {
         // A dry run delivers nothing: it says what it would have.
         let delivered = if self.dry_run {
             "would_deliver"
@@ -143,9 +120,9 @@ impl Progress {
         };
         serde_json::json!({
             "replay": kind,
-            "events": self.events,
-            delivered: self.delivered,
-            "offset": self.offset,
+            "events": count.events,
+            delivered: count.delivered,
+            "offset": count.offset,
         })
         .to_string()
     }
@@ -157,56 +134,11 @@ impl Progress {
     }
 }
 
-/// Opens `consumer`, drained-aware, at `from` (`None`: the beginning).
-fn position(
-    consumer: &mut PluginConsumer,
-    from: Option<&Offset>,
-    timeout: Duration,
-) -> Result<(), crate::plugin::ConsumerError> {
-    let positioned = consumer
-        .open()
-        .and_then(|()| consumer.set_timeout(Some(timeout)))
-        .and_then(|()| consumer.set_stop_when_drained(true))
-        .and_then(|()| match from {
-            None => consumer.seek_to_beginning(),
-            Some(offset) => consumer.seek(offset),
-        });
-    if positioned.is_err() {
-        let _ = consumer.close();
-    }
-    positioned
-}
-
 /// A plugin's refusal: a config error at the settings key where it names one.
 fn refusal(config: &crate::config::Config, error: crate::plugin::ConsumerError) -> AppError {
     match error.error.kind() {
         ErrorKind::Config => settings_refusal(config, &error.plugin, &error.error),
         _ => AppError::Runtime(error.to_string()),
-    }
-}
-
-/// Reads on until `to` is met (`Some(true)`), the bus has no more (`Some(false)`), or a stop
-/// is asked for (`None`).
-fn find(
-    consumer: &mut PluginConsumer,
-    to: &Offset,
-    shutdown: &Shutdown,
-) -> Result<Option<bool>, AppError> {
-    let mut batch = EventBatch::new(512, 4 << 20);
-    loop {
-        if shutdown.requested() {
-            return Ok(None);
-        }
-        batch.clear();
-        let status = consumer
-            .poll(&mut batch)
-            .map_err(|e| AppError::Runtime(format!("looking for --to {to}: {e}")))?;
-        if batch.iter().any(|event| event.offset == to.as_ref()) {
-            return Ok(Some(true));
-        }
-        if !matches!(status, PollStatus::Ready) {
-            return Ok(Some(false));
-        }
     }
 }
 
@@ -338,14 +270,16 @@ pub fn replay(target: &Target, request: &ReplayRequest) -> Result<(), AppError> 
     );
     let mut counts = vec![0u64; matchers.len()];
     let mut progress = Progress::new(request.dry_run);
-    let result = replay_loop(
+    let mut count = ReplayCount::default();
+    let result = replay_range(
         &mut consumer,
         &mut built,
         &matchers,
         &extra,
         to.as_ref(),
         &mut counts,
-        &mut progress,
+        &mut count,
+        &mut |count| progress.show(count),
         &shutdown,
     );
     progress.finish();
@@ -364,11 +298,11 @@ pub fn replay(target: &Target, request: &ReplayRequest) -> Result<(), AppError> 
     eprintln!(
         "replay of consumer '{}': {} events read{}",
         config.consumer.name,
-        progress.events,
-        if progress.offset.is_empty() {
+        count.events,
+        if count.offset.is_empty() {
             String::new()
         } else {
-            format!(", the last at offset {}", progress.offset)
+            format!(", the last at offset {}", count.offset)
         }
     );
     for ((name, _), count) in matchers.iter().zip(&counts) {
@@ -380,7 +314,7 @@ pub fn replay(target: &Target, request: &ReplayRequest) -> Result<(), AppError> 
             Ok(End::Stopped) => "stopped",
             _ => "failed",
         };
-        eprintln!("{}", progress.json(ended));
+        eprintln!("{}", progress.json(ended, &count));
     }
     if let Err((name, error)) = flushed {
         return Err(AppError::Runtime(format!(
@@ -399,115 +333,19 @@ pub fn replay(target: &Target, request: &ReplayRequest) -> Result<(), AppError> 
         }
         End::Stopped => Err(AppError::Runtime(format!(
             "stopped by a signal: replayed up to offset {}; go on with --from after it",
-            if progress.offset.is_empty() {
+            if count.offset.is_empty() {
                 "none"
             } else {
-                &progress.offset
+                &count.offset
             }
         ))),
-    }
-}
-
-/// How the replay loop ended.
-enum End {
-    /// `--to` was met or passed.
-    Reached,
-    /// The bus had nothing more.
-    Drained,
-    /// A stop was asked for.
-    Stopped,
-}
-
-#[allow(clippy::too_many_arguments)]
-fn replay_loop(
-    consumer: &mut PluginConsumer,
-    built: &mut [ConfiguredHandler],
-    matchers: &[(String, EventMatcher)],
-    extra: &EventMatcher,
-    to: Option<&Offset>,
-    counts: &mut [u64],
-    progress: &mut Progress,
-    shutdown: &Shutdown,
-) -> Result<End, AppError> {
-    let mut batch = EventBatch::new(512, 4 << 20);
-    loop {
-        if shutdown.requested() {
-            return Ok(End::Stopped);
-        }
-        batch.clear();
-        let status = consumer.poll(&mut batch).map_err(|e| {
-            AppError::Runtime(format!("{e}: replayed up to offset {}", progress.offset))
-        })?;
-        for gap in batch.gaps() {
-            tracing::warn!(
-                "gap: {} event(s) gone from the bus ({}) are not replayed",
-                gap.count
-                    .map_or_else(|| "some".to_owned(), |c| c.to_string()),
-                gap.range
-            );
-        }
-        for event in batch.iter() {
-            if let Some(to) = to.filter(|_| progress.events == 0) {
-                let numeric = |name: &str| name == "int" || name == "float";
-                let (bus, given) = (event.offset.type_name(), to.type_name());
-                if bus != given && !(numeric(bus) && numeric(given)) {
-                    return Err(AppError::Usage(format!(
-                        "--to {to} is {given}, but the bus's offsets are {bus} (take --to as \
-                         a string with --string): nothing was delivered"
-                    )));
-                }
-            }
-            if to.is_some_and(|to| past(event.offset, to)) {
-                return Ok(End::Reached);
-            }
-            let dispatched = DispatchedEvent::new(event);
-            progress.events += 1;
-            progress.offset = dispatched.offset_text();
-            if extra.matches(&dispatched) {
-                for (index, (name, matcher)) in matchers.iter().enumerate() {
-                    if !matcher.matches(&dispatched) {
-                        continue;
-                    }
-                    // `built` is in the matchers' order (empty in a dry run).
-                    if let Some(handler) = built.get_mut(index) {
-                        match crate::pipeline::deliver(handler, &dispatched, shutdown, None, None) {
-                            crate::pipeline::Delivery::Done => {}
-                            crate::pipeline::Delivery::Interrupted => return Ok(End::Stopped),
-                            crate::pipeline::Delivery::Failed { error, attempts } => {
-                                return Err(AppError::Runtime(format!(
-                                    "handler '{name}' failed on offset {} after {attempts} \
-                                     attempt(s): {error}; the replay stopped there (go on \
-                                     with --from {})",
-                                    progress.offset, progress.offset
-                                )))
-                            }
-                        }
-                    }
-                    counts[index] += 1;
-                    progress.delivered += 1;
-                }
-            }
-            progress.show();
-            if to.is_some_and(|to| event.offset == to.as_ref()) {
-                return Ok(End::Reached);
-            }
-        }
-        for handler in built.iter_mut() {
-            handler
-                .handler
-                .flush()
-                .map_err(|e| AppError::Runtime(format!("handler '{}': {e}", handler.name)))?;
-        }
-        match status {
-            PollStatus::Ready => {}
-            PollStatus::Idle | PollStatus::Drained | PollStatus::Ended => return Ok(End::Drained),
-        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use buslink_plugin_api::OffsetRef;
 
     #[test]
     fn numeric_offsets_end_the_range_past_to_and_others_only_at_it() {
