@@ -14,6 +14,7 @@ use crate::handlers::DispatchedEvent;
 use crate::plugin::{ConsumerError, PluginConsumer};
 use crate::shutdown::Shutdown;
 use buslink_plugin_api::hermes::HermesHeader;
+use buslink_plugin_api::session::{open_at, Position};
 use buslink_plugin_api::{Body, EventBatch, Offset};
 use std::time::Duration;
 
@@ -73,8 +74,8 @@ pub fn bootstrap(
     once: bool,
     shutdown: &Shutdown,
 ) -> Result<Option<InitsyncSequence>, ConsumerError> {
-    consumer.open()?;
-    consumer.set_timeout(Some(timeout))?;
+    // No position here: `find_initsync` seeks to the beginning at each look.
+    open_at(consumer, Some(timeout), false, Position::Unpositioned)?;
     let mut told = false;
     let result = loop {
         match find_initsync(consumer, use_first)? {

@@ -8,6 +8,7 @@ use crate::error::AppError;
 use crate::handlers::{ConfiguredHandler, DispatchedEvent, EventMatcher};
 use crate::plugin::PluginConsumer;
 use crate::shutdown::Shutdown;
+use buslink_plugin_api::session::{open_at, Position};
 use buslink_plugin_api::{EventBatch, Offset, OffsetRef, PollStatus};
 use std::time::Duration;
 
@@ -34,14 +35,11 @@ pub fn position(
     from: Option<&Offset>,
     timeout: Duration,
 ) -> Result<(), crate::plugin::ConsumerError> {
-    let positioned = consumer
-        .open()
-        .and_then(|()| consumer.set_timeout(Some(timeout)))
-        .and_then(|()| consumer.set_stop_when_drained(true))
-        .and_then(|()| match from {
-            None => consumer.seek_to_beginning(),
-            Some(offset) => consumer.seek(offset),
-        });
+    let position = match from {
+        None => Position::Beginning,
+        Some(offset) => Position::At(offset),
+    };
+    let positioned = open_at(consumer, Some(timeout), true, position);
     if positioned.is_err() {
         let _ = consumer.close();
     }

@@ -35,11 +35,15 @@ pub enum PollStatus {
 
 /// A consumer of one bus: what a plugin author implements, with ordinary Rust types.
 ///
-/// The host calls the methods from one thread at a time, in this order: [`open`](Self::open),
-/// then one positioning call ([`seek_to_beginning`](Self::seek_to_beginning),
-/// [`seek_to_end`](Self::seek_to_end), [`seek`](Self::seek) or [`seek_after`](Self::seek_after)),
-/// then [`poll`](Self::poll) repeatedly, and [`close`](Self::close) at the end, also after an
-/// error. After a transient error it may call `close`, `open` and a positioning call again.
+/// The host calls the methods from one thread at a time, in the order the
+/// [`session`](crate::session) module gives (its one owner): [`set_timeout`](Self::set_timeout),
+/// [`open`](Self::open), [`set_stop_when_drained`](Self::set_stop_when_drained), one
+/// positioning call ([`seek_to_beginning`](Self::seek_to_beginning),
+/// [`seek_to_end`](Self::seek_to_end), [`seek`](Self::seek) or [`seek_after`](Self::seek_after),
+/// then [`check_position`](Self::check_position) when resuming), then [`poll`](Self::poll)
+/// repeatedly (with `lag`, `counters`, `acknowledge` and `serve` between polls), and
+/// [`close`](Self::close) at the end, also after an error. After a transient error it closes
+/// and opens a new session from the start.
 ///
 /// A panic in any method is caught by the export shim: the host receives an
 /// [`ErrorKind::Internal`](crate::ErrorKind::Internal) error naming the plugin, the class and

@@ -582,6 +582,22 @@ fn build<T>(
     ))
 }
 
+/// A consumer of class `C` built from its settings (JSON text) exactly as a plugin library's
+/// `new_consumer` builds it (settings parsed, `validate`, `new`, the shim; panics contained),
+/// without a library: for the conformance kit and for tests of a plugin in its own crate.
+/// `plugin` names it in errors.
+pub fn class_consumer<C: ConsumerClass>(
+    settings_json: &str,
+    config_dir: &std::path::Path,
+    plugin: &'static str,
+) -> PluginResult<ConsumerBox> {
+    let context = Context::new(config_dir);
+    contain_flat(
+        || format!("plugin '{plugin}' class '{}' in new()", C::NAME),
+        || build_consumer::<C>(settings_json, &context, plugin),
+    )
+}
+
 /// A consumer served through the same shim as a plugin library's (its panics caught, its
 /// errors and batches crossing the same FFI types), without a library: for a host's tests of
 /// its own engine against an in-memory bus, as abi_stable's examples test their plugins.

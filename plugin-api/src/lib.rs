@@ -41,6 +41,7 @@ pub mod json_text;
 pub mod log;
 mod offset;
 pub mod secret;
+pub mod session;
 pub mod settings;
 
 #[doc(hidden)]

@@ -8,6 +8,7 @@ use crate::health::{Phase, LAG_REFRESH};
 use crate::offsets::ResumePoint;
 use crate::plugin::{ConsumerError, PluginConsumer};
 use crate::shutdown::Shutdown;
+use buslink_plugin_api::session::{open_at, Position};
 use buslink_plugin_api::{EventBatch, Offset, PollStatus};
 use chrono::{DateTime, Utc};
 use crossbeam_channel::{SendTimeoutError, Sender};
@@ -29,18 +30,21 @@ pub(super) enum ReaderMessage {
     Failed(ConsumerError),
 }
 
-/// Positions the consumer: at the resume point, else at the configured start.
-pub(super) fn position(
-    consumer: &mut PluginConsumer,
-    resume: Option<&ResumePoint>,
-    start: &StartPosition,
-) -> Result<(), ConsumerError> {
+/// Where a session positions the consumer: at the resume point, else at the configured start.
+pub(super) fn position<'a>(
+    resume: Option<&'a ResumePoint>,
+    last_timestamp: Option<DateTime<Utc>>,
+    start: &'a StartPosition,
+) -> Position<'a> {
     match (resume, start) {
-        (Some(ResumePoint::After(offset)), _) => consumer.seek_after(offset),
-        (Some(ResumePoint::At(offset)), _) => consumer.seek(offset),
-        (None, StartPosition::Beginning) => consumer.seek_to_beginning(),
-        (None, StartPosition::End) => consumer.seek_to_end(),
-        (None, StartPosition::At(offset)) => consumer.seek(offset),
+        (Some(ResumePoint::After(offset)), _) => Position::After {
+            offset,
+            timestamp: last_timestamp,
+        },
+        (Some(ResumePoint::At(offset)), _) => Position::At(offset),
+        (None, StartPosition::Beginning) => Position::Beginning,
+        (None, StartPosition::End) => Position::End,
+        (None, StartPosition::At(offset)) => Position::At(offset),
     }
 }
 
@@ -91,27 +95,14 @@ pub(super) fn connect(
 ) -> Result<bool, ConsumerError> {
     let mut backoff = options.initial_backoff;
     loop {
-        let attempt = consumer
-            .open()
-            .and_then(|()| consumer.set_timeout(Some(options.timeout)))
-            .and_then(|()| consumer.set_stop_when_drained(options.once))
-            .and_then(|()| {
-                // A bus that keeps the position (a Kafka consumer group) resumes by itself; it
-                // hears where this member last was, for what the bus has no position for.
-                if consumer.bus_owns_position() {
-                    return match &resume.next_offset {
-                        Some(next) => consumer.seek(next),
-                        None => Ok(()),
-                    };
-                }
-                position(consumer, resume.point.as_ref(), &options.start)?;
-                match (&resume.point, resume.last_timestamp) {
-                    (Some(ResumePoint::After(last)), Some(timestamp)) => {
-                        consumer.check_position(last, timestamp)
-                    }
-                    _ => Ok(()),
-                }
-            });
+        let position = if consumer.bus_owns_position() {
+            // A bus that keeps the position (a Kafka consumer group) resumes by itself; it
+            // hears where this member last was, for what the bus has no position for.
+            Position::BusKept(resume.next_offset.as_ref())
+        } else {
+            position(resume.point.as_ref(), resume.last_timestamp, &options.start)
+        };
+        let attempt = open_at(consumer, Some(options.timeout), options.once, position);
         match attempt {
             Ok(()) => return Ok(true),
             Err(error) if error.error.kind().is_transient() && !options.once => {

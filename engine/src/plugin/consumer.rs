@@ -193,3 +193,37 @@ impl PluginConsumer {
         &self.class
     }
 }
+
+/// The host opens every session through plugin-api's one call order
+/// ([`open_at`](buslink_plugin_api::session::open_at)).
+impl buslink_plugin_api::session::Calls for PluginConsumer {
+    type Error = ConsumerError;
+    fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<(), ConsumerError> {
+        PluginConsumer::set_timeout(self, timeout)
+    }
+    fn open(&mut self) -> Result<(), ConsumerError> {
+        PluginConsumer::open(self)
+    }
+    fn set_stop_when_drained(&mut self, stop: bool) -> Result<(), ConsumerError> {
+        PluginConsumer::set_stop_when_drained(self, stop)
+    }
+    fn seek_to_beginning(&mut self) -> Result<(), ConsumerError> {
+        PluginConsumer::seek_to_beginning(self)
+    }
+    fn seek_to_end(&mut self) -> Result<(), ConsumerError> {
+        PluginConsumer::seek_to_end(self)
+    }
+    fn seek(&mut self, offset: &Offset) -> Result<(), ConsumerError> {
+        PluginConsumer::seek(self, offset)
+    }
+    fn seek_after(&mut self, offset: &Offset) -> Result<(), ConsumerError> {
+        PluginConsumer::seek_after(self, offset)
+    }
+    fn check_position(
+        &mut self,
+        last: &Offset,
+        timestamp: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), ConsumerError> {
+        PluginConsumer::check_position(self, last, timestamp)
+    }
+}

@@ -5,6 +5,7 @@ use crate::config::{Config, EventFilter, HandlerConfig};
 use crate::engine::{build_consumer, load_consumer_plugin, settings_refusal};
 use crate::error::AppError;
 use crate::plugin::PluginInfo;
+use buslink_plugin_api::session::{open_at, Position};
 use std::path::Path;
 
 use crate::error::Problems;
@@ -139,7 +140,8 @@ fn warn_if_world_writable(dir: &Path) {
 
 fn try_connect(config: &Config) -> Result<(), String> {
     let (_plugin, mut consumer) = build_consumer(config).map_err(|e| e.to_string())?;
-    consumer.open().map_err(|e| e.to_string())?;
+    let timeout = Some(std::time::Duration::from_millis(config.consumer.timeout_ms));
+    open_at(&mut consumer, timeout, false, Position::Unpositioned).map_err(|e| e.to_string())?;
     consumer.close().map_err(|e| e.to_string())
 }
 

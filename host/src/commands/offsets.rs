@@ -7,6 +7,7 @@ use crate::engine::build_consumer;
 use crate::error::AppError;
 use crate::lock::ConsumerLock;
 use crate::offsets::{OffsetCache, ResumePoint};
+use buslink_plugin_api::session::{open_at, Position};
 use buslink_plugin_api::{ErrorKind, Offset};
 use std::path::Path;
 
@@ -102,7 +103,8 @@ pub fn set(
 fn check_on_the_bus(config: &Config, offset: &Offset) -> Result<(), AppError> {
     let (_plugin, mut consumer) = build_consumer(config)?;
     refuse_bus_owned(config, &consumer)?;
-    let checked = consumer.open().and_then(|()| consumer.seek(offset));
+    let timeout = Some(std::time::Duration::from_millis(config.consumer.timeout_ms));
+    let checked = open_at(&mut consumer, timeout, false, Position::At(offset));
     let _ = consumer.close();
     match checked {
         Ok(()) => Ok(()),

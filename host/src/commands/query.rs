@@ -3,6 +3,7 @@
 
 use crate::engine::build_consumer;
 use crate::error::AppError;
+use buslink_plugin_api::session::{open_at, Position};
 
 pub fn query(
     target: &crate::cli::Target,
@@ -48,8 +49,8 @@ pub fn query(
             }
         )));
     }
-    consumer
-        .open()
+    let timeout = Some(std::time::Duration::from_millis(config.consumer.timeout_ms));
+    open_at(&mut consumer, timeout, false, Position::Unpositioned)
         .map_err(|e| AppError::Runtime(e.to_string()))?;
     let output = consumer.query(command, args);
     if let Err(error) = consumer.close() {
