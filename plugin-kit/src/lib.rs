@@ -189,6 +189,8 @@ pub struct Kit {
     timeout: Duration,
     bad_settings: Vec<(serde_json::Value, String)>,
     exempt: Vec<(Rule, String)>,
+    /// The bus keeps the position (a consumer group): reads start where the bus says.
+    bus_keeps_the_position: bool,
 }
 
 impl Kit {
@@ -202,6 +204,7 @@ impl Kit {
             timeout: Duration::from_millis(500),
             bad_settings: Vec::new(),
             exempt: Vec::new(),
+            bus_keeps_the_position: false,
         }
     }
 
@@ -221,6 +224,39 @@ impl Kit {
     /// consumer group keeps its position on the bus, so the seek rules do not apply to it.
     pub fn exempt(mut self, rule: Rule, why: &str) -> Kit {
         self.exempt.push((rule, why.to_owned()));
+        self
+    }
+
+    /// Checks `rule` alone (the others are skipped, saying so): for a bus whose consumers need
+    /// something of their own per rule (a consumer group per rule, so that one rule's member
+    /// does not wait for the group to forget the last one's).
+    pub fn only(mut self, rule: Rule) -> Kit {
+        for other in Rule::ALL.into_iter().filter(|other| *other != rule) {
+            if !self.exempt.iter().any(|(exempt, _)| *exempt == other) {
+                self.exempt
+                    .push((other, format!("checked alone: {rule:?}")));
+            }
+        }
+        self
+    }
+
+    /// The class keeps its position on the bus (`bus_owns_position`: a Kafka consumer group):
+    /// the host never positions it, so the reads start where the bus says (a new group: the
+    /// oldest event), and the positioning rules (`seek`, `seek_after`, `seek_to_end`, offsets
+    /// not on the bus, `find_next_event_of_category`, which Hermes mode alone calls and refuses
+    /// such a consumer for) are exempt, saying why.
+    pub fn bus_keeps_the_position(mut self) -> Kit {
+        self.bus_keeps_the_position = true;
+        let why = "the bus keeps the position (a consumer group): the host never positions it";
+        for rule in [
+            Rule::SeekIsExact,
+            Rule::SeekAfterResumesAfter,
+            Rule::SeekToEndReadsOnlyNewEvents,
+            Rule::OffsetsNotOnTheBusAreRefused,
+            Rule::FindLeavesThePositionAfterTheEvent,
+        ] {
+            self.exempt.push((rule, why.to_owned()));
+        }
         self
     }
 

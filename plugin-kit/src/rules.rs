@@ -134,18 +134,24 @@ fn not_applicable(rule: Rule, kit: &Kit) -> Option<String> {
 fn run(rule: Rule, kit: &Kit, consumer: &mut Driven) -> Broken {
     let timeout = Some(kit.timeout);
     let bus = &kit.bus;
+    // Where reads "from the beginning" start: the bus's own position for a consumer group.
+    let beginning = if kit.bus_keeps_the_position {
+        Position::BusKept(None)
+    } else {
+        Position::Beginning
+    };
     let open = |consumer: &mut Driven, stop: bool, position| {
         open_at(consumer, timeout, stop, position)
             .map_err(|error| format!("opening refused: {error}"))
     };
     match rule {
         Rule::ReadsEveryEventInOrder => {
-            open(consumer, false, Position::Beginning)?;
+            open(consumer, false, beginning)?;
             let (read, _) = read_all(consumer, 512)?;
             same_events(&read, &bus.events)
         }
         Rule::SmallBatchesLoseNothing => {
-            open(consumer, false, Position::Beginning)?;
+            open(consumer, false, beginning)?;
             let (read, _) = read_all(consumer, 2)?;
             same_events(&read, &bus.events)
         }
@@ -193,7 +199,7 @@ fn run(rule: Rule, kit: &Kit, consumer: &mut Driven) -> Broken {
             Ok(())
         }
         Rule::StopWhenDrainedEndsWithEveryEvent => {
-            open(consumer, true, Position::Beginning)?;
+            open(consumer, true, beginning)?;
             let (read, last_poll) = read_all(consumer, 512)?;
             same_events(&read, &bus.events)?;
             // Knowing it is drained, it says so without waiting out the timeout; a plugin that
@@ -203,7 +209,7 @@ fn run(rule: Rule, kit: &Kit, consumer: &mut Driven) -> Broken {
         Rule::TimeoutIsHonoured => {
             // Everything read, not stopping when drained: the empty poll at the end waits for
             // the timeout (or says Drained at once), no longer.
-            open(consumer, false, Position::Beginning)?;
+            open(consumer, false, beginning)?;
             let (_, last_poll) = read_all(consumer, 512)?;
             within(last_poll, kit.timeout)
         }

@@ -59,6 +59,17 @@ impl JsonLinesConsumer {
             return Ok(0);
         };
         let io = |e: std::io::Error| PluginError::connect(format!("{}: {e}", self.path.display()));
+        // A file shorter than the position was cut or replaced: the lines read before are not
+        // there any more, and what is there now was never read. Said, never skipped.
+        let length = file.metadata().map_err(io)?.len();
+        if length < self.position {
+            return Err(PluginError::data(format!(
+                "{} is {length} bytes long, shorter than the position {}: the file was cut or \
+                 replaced; move the offset (`buslink offsets set`) to go on",
+                self.path.display(),
+                self.position
+            )));
+        }
         let mut reader = BufReader::new(file);
         reader.seek(SeekFrom::Start(self.position)).map_err(io)?;
         let (mut line, mut added) = (String::new(), 0);
@@ -89,14 +100,31 @@ impl Consumer for JsonLinesConsumer {
         Ok(())
     }
 
+    /// Only where a line starts is an event: the beginning of the file, or the byte after a
+    /// newline, before the end.
     fn seek(&mut self, offset: &Offset) -> PluginResult<()> {
-        let length = std::fs::metadata(&self.path).map_or(0, |m| m.len());
+        let starts_a_line = |at: u64| -> std::io::Result<bool> {
+            let mut file = std::fs::File::open(&self.path)?;
+            if at >= file.metadata()?.len() {
+                return Ok(false);
+            }
+            if at == 0 {
+                return Ok(true);
+            }
+            let mut before = [0u8; 1];
+            file.seek(SeekFrom::Start(at - 1))?;
+            std::io::Read::read_exact(&mut file, &mut before)?;
+            Ok(before[0] == b'\n')
+        };
         match offset {
-            Offset::Int(at) if (0..=length as i64).contains(at) => {
+            Offset::Int(at) if *at >= 0 && starts_a_line(*at as u64).unwrap_or(false) => {
                 self.position = *at as u64;
                 Ok(())
             }
-            other => Err(PluginError::offset_not_found(format!("no line at {other}"))),
+            other => Err(PluginError::offset_not_found(format!(
+                "no line starts at {other} in {}",
+                self.path.display()
+            ))),
         }
     }
 

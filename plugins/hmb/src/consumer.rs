@@ -189,6 +189,30 @@ impl HmbConsumer {
         }
     }
 
+    /// `seek` to a seq past the queue's next one (`endseq` of /info, when the server offers
+    /// it) names no message, now or next: refused. The next seq itself is accepted (the next
+    /// message), and so is one older than the oldest held (the messages between are gone: the
+    /// first read reports the gap). A resume (`seek_after`) is never refused here: a server
+    /// that lost its queues is reported by the session, and new messages read.
+    fn refuse_beyond_the_end(&self, seq: i64) -> PluginResult<()> {
+        if seq < 0 || self.config.queues.len() != 1 || !self.has_info() {
+            return Ok(());
+        }
+        let queue = &self.config.queues[0].name;
+        let info = self.http()?.info()?;
+        let Some(end) = info.queue.get(queue).and_then(|held| held.endseq) else {
+            return Ok(());
+        };
+        let end = end as i64;
+        if seq > end {
+            return Err(PluginError::offset_not_found(format!(
+                "seq {seq} is beyond the end of queue {queue} (its next message will be seq \
+                 {end})"
+            )));
+        }
+        Ok(())
+    }
+
     /// Every queue's oldest held seq, from /info (when the server offers it).
     fn oldest(&self) -> PluginResult<Vec<Option<i64>>> {
         if !self.has_info() {
@@ -649,7 +673,10 @@ impl Consumer for HmbConsumer {
 
     fn seek(&mut self, offset: &Offset) -> PluginResult<()> {
         match offset {
-            Offset::Int(seq) => self.seek_int(*seq),
+            Offset::Int(seq) => {
+                self.refuse_beyond_the_end(*seq)?;
+                self.seek_int(*seq)
+            }
             Offset::String(text) => self.start_at_composite(text),
             other => Err(PluginError::offset_not_found(format!(
                 "HMB offsets are a seq (one queue) or \"QUEUE=SEQ,...\" (several), not a {} \
