@@ -26,7 +26,11 @@
 //! [`Rule::SeekIsExact`], [`Rule::SeekAfterResumesAfter`], [`Rule::SeekToEndReadsOnlyNewEvents`],
 //! [`Rule::OffsetsNotOnTheBusAreRefused`], [`Rule::StopWhenDrainedEndsWithEveryEvent`],
 //! [`Rule::TimeoutIsHonoured`], [`Rule::FindLeavesThePositionAfterTheEvent`],
-//! [`Rule::SettingsErrorsNameTheKey`].
+//! [`Rule::SettingsErrorsNameTheKey`], [`Rule::GapsAreReported`].
+//!
+//! Panics need no rule: the export shim catches every one (the call answers an `internal`
+//! error naming the method, and the consumer refuses every later call), so a panicking plugin
+//! fails the rule it panicked in, with that error.
 
 #![deny(missing_docs)]
 
@@ -59,6 +63,10 @@ pub struct Bus {
     /// Offsets of the bus's kind that no event has: `seek` must refuse them with
     /// `ErrorKind::OffsetNotFound`.
     pub not_on_bus: Vec<Offset>,
+    /// Events the test removed from the bus (purged, fell out of a buffer) just before the
+    /// event at this offset, and how many when the bus can count them: a read from the
+    /// beginning must report that gap there.
+    pub gap_before: Option<(Offset, Option<u64>)>,
 }
 
 impl Bus {
@@ -73,6 +81,7 @@ impl Bus {
                 })
                 .collect(),
             not_on_bus: Vec::new(),
+            gap_before: None,
         }
     }
 
@@ -113,11 +122,15 @@ pub enum Rule {
     FindLeavesThePositionAfterTheEvent,
     /// Settings the class must refuse are refused by `new` with a config error naming the key.
     SettingsErrorsNameTheKey,
+    /// Events gone from the bus before they were read are reported as a gap
+    /// (`EventBatch::report_gap`) right before the first event after them, never skipped
+    /// silently (checked when the test made one: [`Bus::gap_before`]).
+    GapsAreReported,
 }
 
 impl Rule {
     /// Every rule, in the order the kit checks them.
-    pub const ALL: [Rule; 10] = [
+    pub const ALL: [Rule; 11] = [
         Rule::ReadsEveryEventInOrder,
         Rule::SmallBatchesLoseNothing,
         Rule::SeekIsExact,
@@ -128,6 +141,7 @@ impl Rule {
         Rule::TimeoutIsHonoured,
         Rule::FindLeavesThePositionAfterTheEvent,
         Rule::SettingsErrorsNameTheKey,
+        Rule::GapsAreReported,
     ];
 }
 

@@ -117,6 +117,9 @@ fn not_applicable(rule: Rule, kit: &Kit) -> Option<String> {
         Rule::OffsetsNotOnTheBusAreRefused if kit.bus.not_on_bus.is_empty() => {
             Some("no offset not on the bus was given (Bus::not_on_bus)".into())
         }
+        Rule::GapsAreReported if kit.bus.gap_before.is_none() => {
+            Some("no gap was made on the bus (Bus::gap_before)".into())
+        }
         Rule::SettingsErrorsNameTheKey if kit.bad_settings.is_empty() => {
             Some("no settings to refuse were given (Kit::bad_settings)".into())
         }
@@ -250,6 +253,51 @@ fn run(rule: Rule, kit: &Kit, consumer: &mut Driven) -> Broken {
                     "find_next_event_of_category({absent:?}) failed: {error}"
                 )),
             }
+        }
+        Rule::GapsAreReported => {
+            let Some((before, count)) = &bus.gap_before else {
+                return Ok(());
+            };
+            open(consumer, false, beginning)?;
+            let mut batch = EventBatch::new(512, 4 << 20);
+            let mut read = 0usize;
+            for _ in 0..MAX_POLLS {
+                let status = consumer
+                    .poll(&mut batch)
+                    .map_err(|error| format!("poll failed after {read} event(s): {error}"))?;
+                if let Some(gap) = batch.gaps().next() {
+                    let at = batch.get(gap.before_event).map(|e| e.offset.to_owned());
+                    if at.as_ref() != Some(before) {
+                        return Err(format!(
+                            "a gap ({}) reported before {}, the test made it before {before}",
+                            gap.range,
+                            at.map_or_else(|| "the end of a batch".to_owned(), |o| o.to_string())
+                        ));
+                    }
+                    if count.is_some() && gap.count != *count {
+                        return Err(format!(
+                            "the gap before {before} counts {:?} events, the test removed {count:?}",
+                            gap.count
+                        ));
+                    }
+                    return Ok(());
+                }
+                if batch.iter().any(|event| event.offset == before.as_ref()) {
+                    return Err(format!(
+                        "event {before} came with no gap reported before it (events were \
+                         removed before it)"
+                    ));
+                }
+                read += batch.len();
+                if status != PollStatus::Ready {
+                    return Err(format!(
+                        "the bus was read to its end ({read} events) with no gap reported"
+                    ));
+                }
+            }
+            Err(format!(
+                "{MAX_POLLS} polls and still events: an endless bus?"
+            ))
         }
         Rule::SettingsErrorsNameTheKey => Ok(()),
     }

@@ -35,6 +35,8 @@ enum Broken {
     FindStaysOnTheEvent,
     /// Refuses bad settings without naming the key.
     ErrorsWithoutKey,
+    /// Says nothing of the events lost before event 6.
+    HidesTheGap,
 }
 
 #[derive(Deserialize)]
@@ -164,6 +166,9 @@ impl Consumer for MemoryBus {
                 break;
             }
             let at = self.next;
+            if at == GAP_BEFORE && self.broken != Broken::HidesTheGap {
+                batch.report_gap("two events before 6", Some(2));
+            }
             batch.push(Event {
                 offset: OffsetRef::Int(at),
                 timestamp: chrono::DateTime::default(),
@@ -234,11 +239,14 @@ impl ConsumerClass for MemoryBus {
 }
 
 const EVENTS: i64 = 9;
+/// The bus lost two events (of its own numbering) before this one.
+const GAP_BEFORE: i64 = 6;
 
 fn kit(broken: Broken, dir: &std::path::Path) -> Kit {
     let name = serde_json::to_value(broken).unwrap_or_default();
-    let bus = Bus::of((0..EVENTS).map(|i| (Offset::Int(i), MemoryBus::category(i))))
+    let mut bus = Bus::of((0..EVENTS).map(|i| (Offset::Int(i), MemoryBus::category(i))))
         .not_on_bus(EVENTS + 5);
+    bus.gap_before = Some((Offset::Int(GAP_BEFORE), Some(2)));
     Kit::new(
         serde_json::json!({ "events": EVENTS, "broken": name }),
         dir,

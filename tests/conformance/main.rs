@@ -28,11 +28,21 @@ fn the_sqlite_plugin_keeps_the_consumer_contract() {
             category: category_of(&json),
         });
     }
+    // Rows 10 to 12 deleted under the consumer (a producer's cleanup): a gap before 13.
+    let connection = rusqlite::Connection::open(dir.path().join("bus.sqlite")).expect("the bus");
+    connection
+        .execute(
+            "DELETE FROM hermesmessages WHERE msgid BETWEEN 10 AND 12",
+            (),
+        )
+        .expect("rows deleted");
+    events.retain(|known| !matches!(known.offset, Offset::Int(10..=12)));
     // Beyond the next msgid. (A msgid before the oldest row is accepted by design: the rows
     // in between were purged, which the first read reports as a gap.)
     let bus = Bus {
         events,
         not_on_bus: vec![Offset::Int(40), Offset::Int(1000)],
+        gap_before: Some((Offset::Int(13), Some(3))),
     };
     Kit::new(
         serde_json::json!({ "uri": "bus.sqlite", "poll_interval_ms": 10 }),
@@ -68,6 +78,7 @@ fn the_example_plugin_keeps_the_consumer_contract() {
         events,
         // Inside the first line, and the end of the file: no line starts there.
         not_on_bus: vec![Offset::Int(3), Offset::Int(text.len() as i64)],
+        gap_before: None,
     };
     Kit::new(serde_json::json!({ "path": "bus.jsonl" }), dir.path(), bus)
         .timeout(Duration::from_millis(300))
@@ -102,6 +113,7 @@ fn the_hmb_plugin_keeps_the_consumer_contract() {
     let bus = Bus {
         events,
         not_on_bus: vec![Offset::Int(1000)],
+        gap_before: None,
     };
     let settings = |url: &str| {
         serde_json::json!({
@@ -140,6 +152,7 @@ fn the_kafka_plugin_in_assign_mode_keeps_the_consumer_contract() {
     let dir = tempfile::tempdir().expect("a temp dir");
     let bus = Bus {
         not_on_bus: vec![Offset::Int(events.len() as i64 + 10)],
+        gap_before: None,
         events,
     };
     let settings = |servers: &str| serde_json::json!({ "servers": servers, "topic": "hermes", "group_id": "kit" });
@@ -185,6 +198,7 @@ fn the_kafka_plugin_in_group_mode_keeps_the_consumer_contract_but_the_seek_rules
             Bus {
                 events: events.clone(),
                 not_on_bus: Vec::new(),
+                gap_before: None,
             },
         )
         // A new member waits for the group's assignment (seconds on the mock): a poll may
