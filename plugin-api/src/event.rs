@@ -191,6 +191,11 @@ impl EventBatch {
         self.max_events as usize
     }
 
+    /// The most bytes of event data this batch takes (one larger event still fits alone).
+    pub fn max_bytes(&self) -> usize {
+        usize::try_from(self.max_bytes).unwrap_or(usize::MAX)
+    }
+
     /// Copies an event into the batch. Events must be pushed in bus order.
     pub fn push(&mut self, event: Event<'_>) {
         let (offset_tag, offset_number, offset_span) = match event.offset {

@@ -41,8 +41,11 @@ pub mod json_text;
 pub mod log;
 mod offset;
 pub mod secret;
+pub mod serve;
 pub mod session;
 pub mod settings;
+pub mod subprocess;
+pub mod wire;
 
 #[doc(hidden)]
 pub mod ffi;

@@ -284,4 +284,34 @@ impl Kit {
         };
         rules::check_all(self, &build)
     }
+
+    /// Checks class `class` of a plugin executable (`command`: the program and its
+    /// arguments), driven over the subprocess protocol exactly as the host drives it: a child
+    /// per rule, the handshake, the class built from the settings, every call a frame.
+    pub fn check_executable(&self, command: &[String], class: &str) -> Report {
+        let config_dir = self.config_dir.clone();
+        let command = command.to_vec();
+        let class = class.to_owned();
+        let build = move |settings: &str| {
+            let settings = serde_json::from_str(settings).map_err(|e| {
+                buslink_plugin_api::PluginError::internal(format!("the kit's settings: {e}"))
+            })?;
+            let consumer = buslink_plugin_api::subprocess::SubprocessConsumer::start(
+                buslink_plugin_api::subprocess::Spec {
+                    command: command.clone(),
+                    env: Vec::new(),
+                    class: class.clone(),
+                    settings,
+                    config_dir: config_dir.clone(),
+                    limits: Default::default(),
+                },
+            )?;
+            Ok(Driven::new(buslink_plugin_api::ffi::consumer_box(
+                consumer,
+                "executable",
+                "subprocess",
+            )))
+        };
+        rules::check_all(self, &build)
+    }
 }

@@ -15,10 +15,9 @@ fn category_of(json: &str) -> String {
         .unwrap_or_default()
 }
 
-#[test]
-fn the_sqlite_plugin_keeps_the_consumer_contract() {
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let writer = HermesBusWriter::open(&dir.path().join("bus.sqlite")).expect("a bus");
+/// The sqlite bus of the kit: 32 Hermes events, rows 10 to 12 deleted; and its kit.
+fn sqlite_kit(dir: &std::path::Path) -> Kit {
+    let writer = HermesBusWriter::open(&dir.join("bus.sqlite")).expect("a bus");
     // 26 initsync events, then base events: the last category's first event is the 27th.
     let mut events = Vec::new();
     for (json, timestamp) in hermes_events(32) {
@@ -29,7 +28,7 @@ fn the_sqlite_plugin_keeps_the_consumer_contract() {
         });
     }
     // Rows 10 to 12 deleted under the consumer (a producer's cleanup): a gap before 13.
-    let connection = rusqlite::Connection::open(dir.path().join("bus.sqlite")).expect("the bus");
+    let connection = rusqlite::Connection::open(dir.join("bus.sqlite")).expect("the bus");
     connection
         .execute(
             "DELETE FROM hermesmessages WHERE msgid BETWEEN 10 AND 12",
@@ -46,7 +45,7 @@ fn the_sqlite_plugin_keeps_the_consumer_contract() {
     };
     Kit::new(
         serde_json::json!({ "uri": "bus.sqlite", "poll_interval_ms": 10 }),
-        dir.path(),
+        dir,
         bus,
     )
     .timeout(Duration::from_millis(300))
@@ -55,8 +54,34 @@ fn the_sqlite_plugin_keeps_the_consumer_contract() {
         serde_json::json!({ "uri": "bus.sqlite", "poll_intervall_ms": 10 }),
         "poll_intervall_ms",
     )
-    .check::<buslink_sqlite::SqliteConsumer>()
-    .assert_passed();
+}
+
+#[test]
+fn the_sqlite_plugin_keeps_the_consumer_contract() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    sqlite_kit(dir.path())
+        .check::<buslink_sqlite::SqliteConsumer>()
+        .assert_passed();
+}
+
+/// The same class as an executable (`buslink-plugin-sqlite`), over the subprocess protocol.
+#[test]
+fn the_sqlite_plugin_executable_keeps_the_consumer_contract() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let program = buslink_testkit::build_dir().join("buslink-plugin-sqlite");
+    assert!(
+        program.is_file(),
+        "{}: build the workspace first",
+        program.display()
+    );
+    let report =
+        sqlite_kit(dir.path()).check_executable(&[program.display().to_string()], "SqliteConsumer");
+    report.assert_passed();
+    assert_eq!(
+        report.passed.len(),
+        buslink_plugin_kit::Rule::ALL.len(),
+        "{report:?}"
+    );
 }
 
 #[test]

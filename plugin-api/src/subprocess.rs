@@ -1,0 +1,704 @@
+//! The host's side of the subprocess protocol ([`wire`](crate::wire);
+//! docs/subprocess-protocol.md): a plugin executable run as a child process and driven as a
+//! [`Consumer`], so that everything that drives a consumer (the buslink host through
+//! [`ffi::consumer_box`](crate::ffi::consumer_box), the conformance kit) drives it unchanged.
+//!
+//! The child runs in a process group of its own, with a clean environment (`PATH`, `HOME`,
+//! `LANG`, `TZ` and the plugin's own `env`). Its standard output carries frames only; its
+//! standard error is taken into the host's log (`[Level] message` lines at that level), at most
+//! [`STDERR_LINES_PER_SECOND`] lines a second. A child that dies, writes something that is not
+//! a frame, or does not answer within the call's time (a poll's timeout plus
+//! [`CallLimits::grace`]) is killed with its group and the call fails with a transient error
+//! naming the exit status or signal; the next `open` starts a new child (the host re-opens
+//! after a transient error, with backoff).
+
+use crate::error::{PluginError, PluginResult};
+use crate::event::{Body, Event, EventBatch};
+use crate::log::Level;
+use crate::offset::{Offset, OffsetRef};
+use crate::wire::{
+    read_frame, write_frame, Batch, FrameError, Hello, Op, Outcome, Reply, Request, VersionRange,
+    PROTOCOL,
+};
+use crate::{Consumer, PollStatus};
+use base64::Engine as _;
+use std::io::{BufRead, BufReader, BufWriter};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+/// The most lines of a child's standard error taken into the log per second; the rest are
+/// counted and said in one line.
+pub const STDERR_LINES_PER_SECOND: u32 = 50;
+
+/// How long the host waits for answers.
+#[derive(Clone, Copy, Debug)]
+pub struct CallLimits {
+    /// A call other than `poll` (and `poll` without a timeout is bounded by this too).
+    pub call: Duration,
+    /// Added to a poll's timeout.
+    pub grace: Duration,
+}
+
+impl Default for CallLimits {
+    fn default() -> Self {
+        CallLimits {
+            call: Duration::from_secs(30),
+            grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What to run and what to ask of it.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    /// The program and its arguments (the program resolved already).
+    pub command: Vec<String>,
+    /// Extra environment variables (`[consumer.plugin] env`).
+    pub env: Vec<(String, String)>,
+    /// The class to build.
+    pub class: String,
+    /// `[consumer.settings]`.
+    pub settings: serde_json::Value,
+    /// The config file's directory (the child's working directory too).
+    pub config_dir: PathBuf,
+    /// How long calls may take.
+    pub limits: CallLimits,
+}
+
+/// A running child and the pipes to it.
+struct Running {
+    child: Child,
+    input: BufWriter<ChildStdin>,
+    replies: Receiver<Result<Reply, FrameError>>,
+    next_id: u64,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = write_frame(
+            &mut self.input,
+            &Request {
+                id: u64::MAX,
+                op: Op::Bye,
+            },
+        );
+        // The child gets a moment to end by itself, then its group is killed.
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        kill_group(&mut self.child);
+    }
+}
+
+fn kill_group(child: &mut Child) {
+    // SAFETY: kill(2) on the process group the child leads (it was started in its own group).
+    unsafe {
+        libc::kill(-(child.id() as i32), libc::SIGKILL);
+    }
+    let _ = child.wait();
+}
+
+/// A plugin executable driven as a [`Consumer`].
+pub struct SubprocessConsumer {
+    spec: Spec,
+    running: Option<Running>,
+    hello: Hello,
+    timeout: Option<Duration>,
+    /// The child's pid, and how many children were started (for status and metrics).
+    pid: u32,
+    starts: u64,
+    /// The class's answer to `bus_owns_position`, asked once it is built.
+    bus_owns_position: bool,
+}
+
+impl SubprocessConsumer {
+    /// Starts the child, agrees on a protocol version and builds the consumer (the class
+    /// checks its settings).
+    pub fn start(spec: Spec) -> PluginResult<SubprocessConsumer> {
+        let (running, hello, pid) = spawn(&spec)?;
+        let mut consumer = SubprocessConsumer {
+            spec,
+            running: Some(running),
+            hello,
+            timeout: None,
+            pid,
+            starts: 1,
+            bus_owns_position: false,
+        };
+        consumer.new_consumer()?;
+        Ok(consumer)
+    }
+
+    /// What the child said at the handshake: its name, version, classes, protocol and
+    /// capabilities.
+    pub fn hello(&self) -> &Hello {
+        &self.hello
+    }
+
+    /// The current child's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// How many children were started (1 until one died and was replaced).
+    pub fn starts(&self) -> u64 {
+        self.starts
+    }
+
+    fn new_consumer(&mut self) -> PluginResult<()> {
+        let op = Op::NewConsumer {
+            class: self.spec.class.clone(),
+            settings: self.spec.settings.clone(),
+            config_dir: self.spec.config_dir.display().to_string(),
+        };
+        self.call(op, Some(self.spec.limits.call))?;
+        if self.has("bus_owns_position") {
+            self.bus_owns_position = self.value(Op::BusOwnsPosition)?;
+        }
+        Ok(())
+    }
+
+    fn has(&self, capability: &str) -> bool {
+        self.hello.capabilities.iter().any(|c| c == capability)
+    }
+
+    fn name(&self) -> String {
+        format!(
+            "plugin process '{}' (pid {})",
+            self.spec.command.first().map(String::as_str).unwrap_or(""),
+            self.pid
+        )
+    }
+
+    /// Sends `op` and waits for its answer until `limit` (`None`: for ever).
+    fn call(&mut self, op: Op, limit: Option<Duration>) -> PluginResult<serde_json::Value> {
+        let name = self.name();
+        let Some(running) = self.running.as_mut() else {
+            return Err(PluginError::connect(format!(
+                "{name} is not running (it is started again at the next open)"
+            )));
+        };
+        let id = running.next_id;
+        running.next_id += 1;
+        let what = op_name(&op);
+        if let Err(error) = write_frame(&mut running.input, &Request { id, op }) {
+            return Err(self.lost(format!("cannot send {what}: {error}")));
+        }
+        let received = match limit {
+            Some(limit) => running.replies.recv_timeout(limit),
+            None => running
+                .replies
+                .recv()
+                .map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        match received {
+            Ok(Ok(Reply { id: got, outcome })) if got == id => match outcome {
+                Outcome::Ok(value) => Ok(value),
+                Outcome::Error(error) => Err(from_wire(error)),
+            },
+            Ok(Ok(reply)) => Err(self.lost(format!(
+                "answered request {} while {what} (request {id}) waited: out of step",
+                reply.id
+            ))),
+            Ok(Err(FrameError::Closed)) | Err(RecvTimeoutError::Disconnected) => {
+                Err(self.lost(format!("ended during {what}")))
+            }
+            Ok(Err(error)) => Err(self.lost(format!("during {what}: {error}"))),
+            Err(RecvTimeoutError::Timeout) => {
+                let waited = limit.unwrap_or_default();
+                let error = self.lost(format!(
+                    "did not answer {what} within {} ms",
+                    waited.as_millis()
+                ));
+                Err(PluginError::timeout(error.message().to_owned()))
+            }
+        }
+    }
+
+    /// The child is gone or no use: killed with its group, its end said, and a transient
+    /// error naming `what` (the next `open` starts another).
+    fn lost(&mut self, what: String) -> PluginError {
+        let name = self.name();
+        let end = match self.running.take() {
+            Some(mut running) => {
+                let status = match running.child.try_wait() {
+                    Ok(Some(status)) => Some(status),
+                    _ => {
+                        kill_group(&mut running.child);
+                        None
+                    }
+                };
+                // Dropping `running` now only finds the child ended.
+                match status {
+                    Some(status) => match (status.code(), status.signal()) {
+                        (Some(code), _) => format!("; it exited with status {code}"),
+                        (None, Some(signal)) => format!("; it was killed by signal {signal}"),
+                        _ => String::new(),
+                    },
+                    None => "; killed".to_owned(),
+                }
+            }
+            None => String::new(),
+        };
+        PluginError::connect(format!(
+            "{name} {what}{end}; it is started again at the next open"
+        ))
+    }
+
+    fn unit(&mut self, op: Op) -> PluginResult<()> {
+        let limit = self.spec.limits.call;
+        self.call(op, Some(limit)).map(|_| ())
+    }
+
+    fn value<T: serde::de::DeserializeOwned>(&mut self, op: Op) -> PluginResult<T> {
+        let limit = self.spec.limits.call;
+        let value = self.call(op, Some(limit))?;
+        serde_json::from_value(value).map_err(|e| {
+            PluginError::protocol(format!(
+                "{}: an answer of the wrong shape: {e}",
+                self.name()
+            ))
+        })
+    }
+
+    fn batch(&mut self, op: Op, limit: Option<Duration>) -> PluginResult<Batch> {
+        let value = self.call(op, limit)?;
+        serde_json::from_value(value).map_err(|e| {
+            PluginError::protocol(format!("{}: a batch of the wrong shape: {e}", self.name()))
+        })
+    }
+}
+
+impl Drop for SubprocessConsumer {
+    fn drop(&mut self) {
+        self.running.take();
+    }
+}
+
+fn op_name(op: &Op) -> String {
+    serde_json::to_value(op)
+        .ok()
+        .and_then(|value| value["op"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "a call".into())
+}
+
+fn from_wire(error: crate::wire::WireError) -> PluginError {
+    let plugin_error = PluginError::new(crate::wire::kind_of(&error.kind), error.message);
+    match error.key {
+        Some(key) => plugin_error.with_key(key),
+        None => plugin_error,
+    }
+}
+
+/// Starts the child and shakes hands.
+fn spawn(spec: &Spec) -> PluginResult<(Running, Hello, u32)> {
+    let Some((program, args)) = spec.command.split_first() else {
+        return Err(PluginError::config("the plugin's command is empty").with_key("plugin"));
+    };
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .current_dir(&spec.config_dir)
+        .env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    for kept in ["PATH", "HOME", "LANG", "TZ"] {
+        if let Some(value) = std::env::var_os(kept) {
+            command.env(kept, value);
+        }
+    }
+    for (name, value) in &spec.env {
+        command.env(name, value);
+    }
+    let mut child = command
+        .spawn()
+        .map_err(|e| PluginError::connect(format!("cannot start {program}: {e}")))?;
+    let pid = child.id();
+    let (Some(input), Some(output), Some(errors)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        kill_group(&mut child);
+        return Err(PluginError::internal("the child's pipes were not set up"));
+    };
+    let label = format!("{program} (pid {pid})");
+    forward_stderr(errors, label.clone());
+    let (tx, replies) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("plugin-frames".into())
+        .spawn(move || {
+            let mut output = BufReader::new(output);
+            let mut buffer = Vec::new();
+            loop {
+                let frame = read_frame::<Reply>(&mut output, &mut buffer);
+                let end = frame.is_err();
+                if tx.send(frame).is_err() || end {
+                    return;
+                }
+            }
+        });
+    if spawned.is_err() {
+        kill_group(&mut child);
+        return Err(PluginError::internal(
+            "cannot start the thread reading the child",
+        ));
+    }
+    let mut running = Running {
+        child,
+        input: BufWriter::new(input),
+        replies,
+        next_id: 1,
+    };
+    let hello_request = Request {
+        id: 0,
+        op: Op::Hello {
+            protocol: PROTOCOL,
+            host: concat!("buslink-plugin-api ", env!("CARGO_PKG_VERSION")).into(),
+        },
+    };
+    if let Err(error) = write_frame(&mut running.input, &hello_request) {
+        return Err(PluginError::connect(format!(
+            "{label}: cannot send the handshake: {error}"
+        )));
+    }
+    let reply = match running.replies.recv_timeout(spec.limits.call) {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(error)) => {
+            return Err(PluginError::protocol(format!(
+                "{label}: no handshake: {error}"
+            )))
+        }
+        Err(_) => {
+            return Err(PluginError::timeout(format!(
+                "{label}: no handshake within {} ms",
+                spec.limits.call.as_millis()
+            )))
+        }
+    };
+    let hello: Hello = match reply.outcome {
+        Outcome::Ok(value) => serde_json::from_value(value).map_err(|e| {
+            PluginError::protocol(format!("{label}: a handshake of the wrong shape: {e}"))
+        })?,
+        Outcome::Error(error) => return Err(from_wire(error)),
+    };
+    refuse_versions(&label, hello.protocol, hello.chosen)?;
+    Ok((running, hello, pid))
+}
+
+/// A plugin whose versions do not overlap the host's, or that chose one the host does not
+/// speak, is refused naming both ranges (a config error: another build of the plugin is
+/// needed, retrying does not help).
+fn refuse_versions(label: &str, plugin: VersionRange, chosen: u32) -> PluginResult<()> {
+    match PROTOCOL.highest_common(plugin) {
+        Some(common) if common == chosen => Ok(()),
+        Some(common) => Err(PluginError::protocol(format!(
+            "{label} chose protocol version {chosen}, not {common}, the highest both speak \
+             (host {PROTOCOL}, plugin {plugin})"
+        ))),
+        None => Err(PluginError::config(format!(
+            "{label} speaks subprocess protocol {plugin}, this host {PROTOCOL}: no version in \
+             common; use a build of the plugin that speaks one of the host's"
+        ))
+        .with_key("plugin")),
+    }
+}
+
+/// Takes the child's standard error into the log, at most [`STDERR_LINES_PER_SECOND`] lines
+/// a second.
+fn forward_stderr(errors: std::process::ChildStderr, label: String) {
+    let _ = std::thread::Builder::new()
+        .name("plugin-stderr".into())
+        .spawn(move || {
+            let mut second = Instant::now();
+            let (mut shown, mut dropped) = (0u32, 0u64);
+            for line in BufReader::new(errors).lines() {
+                let Ok(line) = line else { return };
+                if second.elapsed() >= Duration::from_secs(1) {
+                    if dropped > 0 {
+                        crate::log::warn(format!(
+                            "{label}: {dropped} more line(s) of standard error not logged"
+                        ));
+                    }
+                    second = Instant::now();
+                    (shown, dropped) = (0, 0);
+                }
+                if shown >= STDERR_LINES_PER_SECOND {
+                    dropped += 1;
+                    continue;
+                }
+                shown += 1;
+                let (level, text) = split_level(&line);
+                crate::log::log(level, format!("{label}: {text}"));
+            }
+        });
+}
+
+/// `[Warn] text` as (level, text); other lines are warnings as they are.
+fn split_level(line: &str) -> (Level, &str) {
+    for (tag, level) in [
+        ("[Error] ", Level::Error),
+        ("[Warn] ", Level::Warn),
+        ("[Info] ", Level::Info),
+        ("[Debug] ", Level::Debug),
+    ] {
+        if let Some(text) = line.strip_prefix(tag) {
+            return (level, text);
+        }
+    }
+    (Level::Warn, line)
+}
+
+/// Adds the wire batch's events and gaps to `batch`.
+fn fill(batch: &mut EventBatch, wire: &Batch, label: &str) -> PluginResult<()> {
+    let mut gaps = wire.gaps.iter().peekable();
+    for (index, event) in wire.events.iter().enumerate() {
+        let decoded: Vec<u8>;
+        while let Some(gap) = gaps.next_if(|gap| gap.before <= index) {
+            batch.report_gap(&gap.range, gap.count);
+        }
+        let body = match (&event.json, &event.bytes) {
+            (Some(text), _) => Body::Json(text),
+            (None, Some(encoded)) => {
+                decoded = base64::engine::general_purpose::STANDARD
+                    .decode(encoded)
+                    .map_err(|e| {
+                        PluginError::protocol(format!(
+                            "{label}: event {}: bytes that are not base64: {e}",
+                            event.offset
+                        ))
+                    })?;
+                Body::Bytes(&decoded)
+            }
+            (None, None) => Body::Bytes(&[]),
+        };
+        let timestamp = chrono::DateTime::from_timestamp_micros(event.time_us).unwrap_or_default();
+        batch.push(Event {
+            offset: event.offset.as_ref(),
+            timestamp,
+            category: &event.category,
+            body,
+        });
+    }
+    for gap in gaps {
+        batch.report_gap(&gap.range, gap.count);
+    }
+    Ok(())
+}
+
+fn status_of(name: &str, label: &str) -> PluginResult<PollStatus> {
+    match name {
+        "ready" => Ok(PollStatus::Ready),
+        "idle" => Ok(PollStatus::Idle),
+        "ended" => Ok(PollStatus::Ended),
+        "drained" => Ok(PollStatus::Drained),
+        other => Err(PluginError::protocol(format!(
+            "{label}: a poll status {other:?} (ready, idle, ended or drained)"
+        ))),
+    }
+}
+
+impl Consumer for SubprocessConsumer {
+    fn open(&mut self) -> PluginResult<()> {
+        if self.running.is_none() {
+            let (running, hello, pid) = spawn(&self.spec)?;
+            self.running = Some(running);
+            self.hello = hello;
+            self.pid = pid;
+            self.starts += 1;
+            self.new_consumer()?;
+            if let Some(timeout) = self.timeout {
+                self.set_timeout(Some(timeout))?;
+            }
+        }
+        self.unit(Op::Open)
+    }
+
+    fn close(&mut self) -> PluginResult<()> {
+        if self.running.is_none() {
+            return Ok(());
+        }
+        self.unit(Op::Close)
+    }
+
+    fn seek_to_beginning(&mut self) -> PluginResult<()> {
+        self.unit(Op::SeekToBeginning)
+    }
+
+    fn seek_to_end(&mut self) -> PluginResult<()> {
+        if !self.has("seek_to_end") {
+            return Err(PluginError::config(
+                "this consumer cannot start at the end of the bus; use start = \"beginning\" or an offset",
+            ));
+        }
+        self.unit(Op::SeekToEnd)
+    }
+
+    fn seek(&mut self, offset: &Offset) -> PluginResult<()> {
+        self.unit(Op::Seek {
+            offset: offset.clone(),
+        })
+    }
+
+    fn seek_after(&mut self, offset: &Offset) -> PluginResult<()> {
+        if !self.has("seek_after") {
+            return match offset {
+                Offset::Int(i) => self.seek(&Offset::Int(i.saturating_add(1))),
+                other => Err(PluginError::offset_not_found(format!(
+                    "this consumer cannot resume after a {} offset ({other})",
+                    other.type_name()
+                ))),
+            };
+        }
+        self.unit(Op::SeekAfter {
+            offset: offset.clone(),
+        })
+    }
+
+    fn next_offset(&self, offset: OffsetRef<'_>) -> Option<Offset> {
+        // A `&self` call cannot wait on the child: the trait's default (integers + 1) for
+        // every plugin; one whose offsets have no successor says so in `next_offset` of its
+        // cdylib form only.
+        match offset {
+            OffsetRef::Int(i) => Some(Offset::Int(i.saturating_add(1))),
+            _ => None,
+        }
+    }
+
+    fn set_timeout(&mut self, timeout: Option<Duration>) -> PluginResult<()> {
+        self.timeout = timeout;
+        if self.running.is_none() {
+            return Ok(());
+        }
+        let timeout_ms = timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
+        self.unit(Op::SetTimeout { timeout_ms })
+    }
+
+    fn set_stop_when_drained(&mut self, stop: bool) -> PluginResult<()> {
+        if !self.has("set_stop_when_drained") {
+            return Ok(());
+        }
+        self.unit(Op::SetStopWhenDrained { stop })
+    }
+
+    fn poll(&mut self, batch: &mut EventBatch) -> PluginResult<PollStatus> {
+        let limit = self
+            .timeout
+            .map(|timeout| timeout + self.spec.limits.grace)
+            .or(Some(self.spec.limits.call));
+        let wire = self.batch(
+            Op::Poll {
+                max_events: batch.max_events(),
+                max_bytes: batch.max_bytes(),
+            },
+            limit,
+        )?;
+        let label = self.name();
+        if wire.events.len() > batch.remaining() {
+            return Err(PluginError::protocol(format!(
+                "{label}: {} events for a batch of {} more",
+                wire.events.len(),
+                batch.remaining()
+            )));
+        }
+        fill(batch, &wire, &label)?;
+        status_of(&wire.status, &label)
+    }
+
+    fn find_next_event_of_category(
+        &mut self,
+        category: &str,
+        found: &mut EventBatch,
+    ) -> PluginResult<bool> {
+        if !self.has("find_next_event_of_category") {
+            // The trait's default: one event at a time until one of `category`.
+            let mut one = EventBatch::new(1, usize::MAX);
+            loop {
+                one.clear();
+                if self.poll(&mut one)? != PollStatus::Ready {
+                    return Ok(false);
+                }
+                if let Some(event) = one.iter().find(|e| e.category == category) {
+                    found.push(event);
+                    return Ok(true);
+                }
+            }
+        }
+        let limit = self.timeout.map(|timeout| timeout + self.spec.limits.call);
+        let wire = self.batch(
+            Op::FindNextEventOfCategory {
+                category: category.to_owned(),
+            },
+            limit,
+        )?;
+        let label = self.name();
+        fill(found, &wire, &label)?;
+        Ok(wire.status == "ready" && !wire.events.is_empty())
+    }
+
+    fn check_position(
+        &mut self,
+        last: &Offset,
+        timestamp: chrono::DateTime<chrono::Utc>,
+    ) -> PluginResult<()> {
+        if !self.has("check_position") {
+            return Ok(());
+        }
+        self.unit(Op::CheckPosition {
+            offset: last.clone(),
+            timestamp_us: timestamp.timestamp_micros(),
+        })
+    }
+
+    fn lag(&mut self) -> Option<u64> {
+        if !self.has("lag") || self.running.is_none() {
+            return None;
+        }
+        self.value::<Option<u64>>(Op::Lag).ok().flatten()
+    }
+
+    fn counters(&self) -> Vec<(String, u64)> {
+        // A `&self` call cannot wait on the child: the host's own counters of it.
+        vec![
+            ("plugin_process_pid".into(), u64::from(self.pid)),
+            ("plugin_process_starts".into(), self.starts),
+        ]
+    }
+
+    fn query(&mut self, command: &str, args: &[String]) -> PluginResult<String> {
+        if !self.has("query") {
+            return Err(PluginError::config(format!("no command '{command}'")));
+        }
+        self.value(Op::Query {
+            command: command.to_owned(),
+            args: args.to_vec(),
+        })
+    }
+
+    fn bus_owns_position(&self) -> bool {
+        self.bus_owns_position
+    }
+
+    fn acknowledge(&mut self, offset: &Offset) -> PluginResult<()> {
+        if !self.has("acknowledge") {
+            return Ok(());
+        }
+        self.unit(Op::Acknowledge {
+            offset: offset.clone(),
+        })
+    }
+
+    fn serve(&mut self) -> PluginResult<()> {
+        if !self.has("serve") {
+            return Ok(());
+        }
+        self.unit(Op::Serve)
+    }
+}

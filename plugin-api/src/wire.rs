@@ -1,0 +1,440 @@
+//! The subprocess protocol's frames (docs/subprocess-protocol.md is its specification): what a
+//! host and a plugin executable write to each other over the plugin's stdin and stdout. Both
+//! sides of buslink use these types (the host's client in [`subprocess`](crate::subprocess),
+//! the plugin's loop in [`serve`](crate::serve)); a plugin in another language writes the same
+//! JSON.
+//!
+//! A frame is a 4-byte big-endian length followed by that many bytes of UTF-8 JSON: one
+//! [`Request`] from the host, one [`Reply`] from the plugin, in turn. A frame longer than
+//! [`MAX_FRAME`] is a protocol error.
+
+use crate::offset::Offset;
+use serde::{Deserialize, Serialize};
+use std::io::{Read, Write};
+
+/// The protocol versions this build speaks, both ends included.
+pub const PROTOCOL: VersionRange = VersionRange { min: 1, max: 1 };
+
+/// The longest frame either side accepts, in bytes (a poll's batch is bounded by the host's
+/// `max_bytes` well below it).
+pub const MAX_FRAME: usize = 64 << 20;
+
+/// A range of protocol versions, both ends included.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionRange {
+    /// The oldest version spoken.
+    pub min: u32,
+    /// The newest version spoken.
+    pub max: u32,
+}
+
+impl VersionRange {
+    /// The highest version both ranges hold, if they overlap.
+    pub fn highest_common(self, other: VersionRange) -> Option<u32> {
+        let high = self.max.min(other.max);
+        (high >= self.min.max(other.min)).then_some(high)
+    }
+}
+
+impl std::fmt::Display for VersionRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.min == self.max {
+            write!(f, "{}", self.min)
+        } else {
+            write!(f, "{} to {}", self.min, self.max)
+        }
+    }
+}
+
+/// What the host asks, with the id its reply carries.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// Numbers the request; the reply carries it back.
+    pub id: u64,
+    /// The operation.
+    #[serde(flatten)]
+    pub op: Op,
+}
+
+/// The operations: the handshake, building the consumer, and the `Consumer` trait's methods.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// The first request: the host's versions. Answered by [`Hello`].
+    Hello {
+        /// The versions the host speaks.
+        protocol: VersionRange,
+        /// The host, for the plugin's log (`buslink-plugin-api 0.4.0`).
+        host: String,
+    },
+    /// Builds the process's one consumer of `class` from its settings. Answered by `null`.
+    NewConsumer {
+        /// The class name (`class = "..."` in the config).
+        class: String,
+        /// `[consumer.settings]` as JSON.
+        settings: serde_json::Value,
+        /// The config file's directory: relative paths in the settings are relative to it.
+        config_dir: String,
+    },
+    /// `Consumer::open`.
+    Open,
+    /// `Consumer::close`.
+    Close,
+    /// `Consumer::seek_to_beginning`.
+    SeekToBeginning,
+    /// `Consumer::seek_to_end` (optional: capability `seek_to_end`).
+    SeekToEnd,
+    /// `Consumer::seek`.
+    Seek {
+        /// Where.
+        offset: Offset,
+    },
+    /// `Consumer::seek_after` (optional: capability `seek_after`).
+    SeekAfter {
+        /// After which event.
+        offset: Offset,
+    },
+    /// `Consumer::next_offset`, answered by an offset or `null` (optional: `next_offset`).
+    NextOffset {
+        /// The event's offset.
+        offset: Offset,
+    },
+    /// `Consumer::set_timeout`: milliseconds, `null` for none.
+    SetTimeout {
+        /// How long a poll waits for a first event.
+        timeout_ms: Option<u64>,
+    },
+    /// `Consumer::set_stop_when_drained` (optional: `set_stop_when_drained`).
+    SetStopWhenDrained {
+        /// Stop when drained (`run --once`).
+        stop: bool,
+    },
+    /// `Consumer::poll`, answered by a [`Batch`].
+    Poll {
+        /// The most events the batch takes.
+        max_events: usize,
+        /// The most bytes of event data it takes (one larger event still fits alone).
+        max_bytes: usize,
+    },
+    /// `Consumer::find_next_event_of_category`, answered by a [`Batch`] of the event found or
+    /// of none (optional: `find_next_event_of_category`).
+    FindNextEventOfCategory {
+        /// The category.
+        category: String,
+    },
+    /// `Consumer::check_position` (optional: `check_position`).
+    CheckPosition {
+        /// The last event handled.
+        offset: Offset,
+        /// Its timestamp, microseconds since the Unix epoch.
+        timestamp_us: i64,
+    },
+    /// `Consumer::lag`, answered by a number or `null` (optional: `lag`).
+    Lag,
+    /// `Consumer::counters`, answered by `[[name, value], ...]` (optional: `counters`).
+    Counters,
+    /// `Consumer::query`, answered by the text (optional: `query`).
+    Query {
+        /// The command.
+        command: String,
+        /// Its arguments.
+        args: Vec<String>,
+    },
+    /// `Consumer::bus_owns_position`, answered by a boolean (optional: `bus_owns_position`).
+    BusOwnsPosition,
+    /// `Consumer::acknowledge` (optional: `acknowledge`).
+    Acknowledge {
+        /// Everything up to this event was handled and committed.
+        offset: Offset,
+    },
+    /// `Consumer::serve` (optional: `serve`).
+    Serve,
+    /// The host is done: the plugin answers `null` and exits 0.
+    Bye,
+}
+
+/// The plugin's answer to [`Op::Hello`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The versions the plugin speaks.
+    pub protocol: VersionRange,
+    /// The version both use from now on: the highest both speak.
+    pub chosen: u32,
+    /// The plugin's name and version.
+    pub plugin: PluginName,
+    /// Its consumer classes.
+    pub classes: Vec<ClassInfo>,
+    /// The optional operations it implements (their `op` names); the host does what the
+    /// `Consumer` trait's default does for the others.
+    pub capabilities: Vec<String>,
+}
+
+/// A plugin's name and version.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PluginName {
+    /// Its name (`plugin = "..."`).
+    pub name: String,
+    /// Its version.
+    pub version: String,
+}
+
+/// A consumer class, as `buslink plugins describe` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClassInfo {
+    /// `class = "..."`.
+    pub name: String,
+    /// One line.
+    pub description: String,
+    /// Every setting (Markdown).
+    pub settings_doc: String,
+}
+
+/// A reply: the request's id and its outcome.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    /// The request's id.
+    pub id: u64,
+    /// The outcome.
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+/// What a request gave.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// It worked: the answer (`null` for operations without one).
+    Ok(serde_json::Value),
+    /// It failed.
+    Error(WireError),
+}
+
+/// A `PluginError` on the wire.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WireError {
+    /// `config`, `connect`, `timeout`, `protocol`, `offset_not_found`, `data` or `internal`.
+    pub kind: String,
+    /// For people.
+    pub message: String,
+    /// The settings key it is about, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// A poll's (or a find's) events and gaps.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Batch {
+    /// `ready`, `idle`, `ended` or `drained` (a find: `ready` when it found one).
+    pub status: String,
+    /// The events, in bus order.
+    pub events: Vec<WireEvent>,
+    /// The gaps, each before the event at its index.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gaps: Vec<WireGap>,
+}
+
+/// One event.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WireEvent {
+    /// Its offset.
+    pub offset: Offset,
+    /// When it was produced, microseconds since the Unix epoch.
+    pub time_us: i64,
+    /// Its category.
+    pub category: String,
+    /// Its body as JSON text, or
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json: Option<String>,
+    /// its body as bytes (base64) when it is not JSON text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<String>,
+}
+
+/// A gap before the event at `before` (the batch's length: after the last).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WireGap {
+    /// The index of the event after the gap.
+    pub before: usize,
+    /// Which events, for people.
+    pub range: String,
+    /// How many, when the bus can count them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+}
+
+/// An error kind's name on the wire.
+pub fn kind_name(kind: crate::ErrorKind) -> &'static str {
+    use crate::ErrorKind;
+    match kind {
+        ErrorKind::Config => "config",
+        ErrorKind::Connect => "connect",
+        ErrorKind::Timeout => "timeout",
+        ErrorKind::Protocol => "protocol",
+        ErrorKind::OffsetNotFound => "offset_not_found",
+        ErrorKind::Data => "data",
+        ErrorKind::Internal => "internal",
+    }
+}
+
+/// The error kind a wire name gives (an unknown one is `internal`).
+pub fn kind_of(name: &str) -> crate::ErrorKind {
+    use crate::ErrorKind;
+    match name {
+        "config" => ErrorKind::Config,
+        "connect" => ErrorKind::Connect,
+        "timeout" => ErrorKind::Timeout,
+        "protocol" => ErrorKind::Protocol,
+        "offset_not_found" => ErrorKind::OffsetNotFound,
+        "data" => ErrorKind::Data,
+        _ => ErrorKind::Internal,
+    }
+}
+
+/// Why a frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The other side closed the pipe.
+    #[error("the pipe was closed")]
+    Closed,
+    /// Reading or writing failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// A length over [`MAX_FRAME`]: the bytes are not a frame (a stray write on stdout?).
+    #[error("a frame of {length} bytes announced (the most is {MAX_FRAME}): not a frame; the bytes read were {shown}")]
+    TooLong {
+        /// The length read.
+        length: usize,
+        /// The four bytes, as text where printable.
+        shown: String,
+    },
+    /// The frame is not the JSON expected.
+    #[error("a frame that is not a protocol message ({error}): {shown}")]
+    NotAMessage {
+        /// What serde said.
+        error: String,
+        /// The start of the frame, as text where printable.
+        shown: String,
+    },
+}
+
+/// Up to 64 bytes as text, with what is not printable escaped: for error messages.
+pub fn show_bytes(bytes: &[u8]) -> String {
+    let shown: String = bytes
+        .iter()
+        .take(64)
+        .flat_map(|b| std::ascii::escape_default(*b))
+        .map(char::from)
+        .collect();
+    if bytes.len() > 64 {
+        format!("\"{shown}\"...")
+    } else {
+        format!("\"{shown}\"")
+    }
+}
+
+/// Writes `message` as one frame and flushes.
+pub fn write_frame<T: Serialize>(out: &mut impl Write, message: &T) -> Result<(), FrameError> {
+    let body = serde_json::to_vec(message).map_err(|e| FrameError::Io(e.into()))?;
+    let length = u32::try_from(body.len()).map_err(|_| FrameError::TooLong {
+        length: body.len(),
+        shown: String::new(),
+    })?;
+    out.write_all(&length.to_be_bytes())?;
+    out.write_all(&body)?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Reads one frame into `buffer` and parses it.
+pub fn read_frame<T: serde::de::DeserializeOwned>(
+    input: &mut impl Read,
+    buffer: &mut Vec<u8>,
+) -> Result<T, FrameError> {
+    let mut head = [0u8; 4];
+    match input.read_exact(&mut head) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
+            return Err(FrameError::Closed)
+        }
+        Err(error) => return Err(error.into()),
+    }
+    let length = u32::from_be_bytes(head) as usize;
+    if length > MAX_FRAME {
+        return Err(FrameError::TooLong {
+            length,
+            shown: show_bytes(&head),
+        });
+    }
+    buffer.clear();
+    buffer.resize(length, 0);
+    input
+        .read_exact(buffer)
+        .map_err(|error| match error.kind() {
+            std::io::ErrorKind::UnexpectedEof => FrameError::Closed,
+            _ => error.into(),
+        })?;
+    serde_json::from_slice(buffer).map_err(|error| FrameError::NotAMessage {
+        error: error.to_string(),
+        shown: show_bytes(&[&head[..], buffer.as_slice()].concat()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_replies_read_back_from_their_frames() {
+        let request = Request {
+            id: 7,
+            op: Op::Seek {
+                offset: Offset::Int(41),
+            },
+        };
+        let mut pipe = Vec::new();
+        write_frame(&mut pipe, &request).expect("written");
+        assert_eq!(&pipe[4..], br#"{"id":7,"op":"seek","offset":{"int":41}}"#);
+        let mut buffer = Vec::new();
+        let back: Request = read_frame(&mut pipe.as_slice(), &mut buffer).expect("read");
+        assert_eq!(back, request);
+        let reply = Reply {
+            id: 7,
+            outcome: Outcome::Error(WireError {
+                kind: "offset_not_found".into(),
+                message: "no event at 41".into(),
+                key: None,
+            }),
+        };
+        let mut pipe = Vec::new();
+        write_frame(&mut pipe, &reply).expect("written");
+        assert_eq!(
+            &pipe[4..],
+            br#"{"id":7,"error":{"kind":"offset_not_found","message":"no event at 41"}}"#
+        );
+    }
+
+    #[test]
+    fn stray_bytes_are_named_not_waited_for() {
+        let mut buffer = Vec::new();
+        let error = read_frame::<Request>(&mut &b"hello world\n"[..], &mut buffer)
+            .expect_err("not a frame");
+        assert!(error.to_string().contains("\"hell\""), "{error}");
+        let error =
+            read_frame::<Request>(&mut &b"\0\0\0\x05oops!"[..], &mut buffer).expect_err("not JSON");
+        assert!(error.to_string().contains("oops!"), "{error}");
+    }
+
+    #[test]
+    fn the_highest_common_version_is_chosen() {
+        let host = VersionRange { min: 1, max: 3 };
+        assert_eq!(
+            host.highest_common(VersionRange { min: 2, max: 5 }),
+            Some(3)
+        );
+        assert_eq!(
+            host.highest_common(VersionRange { min: 1, max: 1 }),
+            Some(1)
+        );
+        assert_eq!(host.highest_common(VersionRange { min: 4, max: 9 }), None);
+    }
+}

@@ -1,0 +1,9 @@
+//! The sqlite consumer as a plugin executable: the same `SqliteConsumer` as the library, served
+//! over the subprocess protocol on standard input and output (docs/subprocess-protocol.md).
+
+fn main() -> std::process::ExitCode {
+    buslink_plugin_api::serve::serve_stdio::<buslink_sqlite::SqliteConsumer>(
+        "sqlite",
+        env!("CARGO_PKG_VERSION"),
+    )
+}
