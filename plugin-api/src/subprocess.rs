@@ -189,7 +189,7 @@ impl SubprocessConsumer {
         running.next_id += 1;
         let what = op_name(&op);
         if let Err(error) = write_frame(&mut running.input, &Request { id, op }) {
-            return Err(self.lost(format!("cannot send {what}: {error}")));
+            return Err(self.ended(format!("cannot send {what}: {error}")));
         }
         let received = match limit {
             Some(limit) => running.replies.recv_timeout(limit),
@@ -208,7 +208,7 @@ impl SubprocessConsumer {
                 reply.id
             ))),
             Ok(Err(FrameError::Closed)) | Err(RecvTimeoutError::Disconnected) => {
-                Err(self.lost(format!("ended during {what}")))
+                Err(self.ended(format!("ended during {what}")))
             }
             Ok(Err(error)) => Err(self.lost(format!("during {what}: {error}"))),
             Err(RecvTimeoutError::Timeout) => {
@@ -225,14 +225,31 @@ impl SubprocessConsumer {
     /// The child is gone or no use: killed with its group, its end said, and a transient
     /// error naming `what` (the next `open` starts another).
     fn lost(&mut self, what: String) -> PluginError {
+        self.lost_child(what, false)
+    }
+
+    /// [`lost`](Self::lost) for a child whose pipe ended: its exit status is waited for a
+    /// moment before it is killed.
+    fn ended(&mut self, what: String) -> PluginError {
+        self.lost_child(what, true)
+    }
+
+    fn lost_child(&mut self, what: String, ending: bool) -> PluginError {
         let name = self.name();
         let end = match self.running.take() {
             Some(mut running) => {
-                let status = match running.child.try_wait() {
-                    Ok(Some(status)) => Some(status),
-                    _ => {
-                        kill_group(&mut running.child);
-                        None
+                // A child whose pipe closed is ending: its status comes a moment later.
+                let deadline = Instant::now() + Duration::from_millis(500);
+                let status = loop {
+                    match running.child.try_wait() {
+                        Ok(Some(status)) => break Some(status),
+                        Ok(None) if ending && Instant::now() < deadline => {
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                        _ => {
+                            kill_group(&mut running.child);
+                            break None;
+                        }
                     }
                 };
                 // Dropping `running` now only finds the child ended.

@@ -2,6 +2,8 @@
 //! (`buslink-plugin-kit`): each bus filled with known events by the test, each class checked
 //! rule by rule through the export shim, in the host's call order.
 
+mod isolation;
+
 use buslink_plugin_api::Offset;
 use buslink_plugin_kit::{Bus, Kit, Known};
 use buslink_testkit::{hermes_events, HermesBusWriter};

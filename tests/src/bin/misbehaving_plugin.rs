@@ -1,0 +1,141 @@
+//! `buslink-misbehaving-plugin`: a plugin executable that speaks the subprocess protocol by
+//! hand (plugin-api's `wire` types, not its `serve` loop) and misbehaves on demand, for the
+//! host's isolation tests. Its bus: three events (offsets 0, 1, 2, category `base`), then idle.
+//!
+//! ```text
+//! buslink-misbehaving-plugin [--protocol MIN MAX] [--garbage-at OP] [--exit-at OP CODE]
+//! ```
+//!
+//! `--protocol`: the versions it announces (default: the host's). `--garbage-at OP`: answers
+//! operation OP (`open`, `poll`, ...) with a line of text instead of a frame. `--exit-at OP
+//! CODE`: exits with CODE when asked OP.
+
+use buslink_plugin_api::wire::{
+    read_frame, write_frame, Batch, ClassInfo, FrameError, Hello, Op, Outcome, PluginName, Reply,
+    Request, VersionRange, WireError, WireEvent, PROTOCOL,
+};
+use buslink_plugin_api::Offset;
+use std::io::Write;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut protocol = PROTOCOL;
+    let mut garbage_at = None;
+    let mut exit_at = None;
+    let mut rest = args.as_slice();
+    while let Some((flag, tail)) = rest.split_first() {
+        match (flag.as_str(), tail) {
+            ("--protocol", [min, max, tail @ ..]) => {
+                protocol = VersionRange {
+                    min: min.parse().unwrap_or(0),
+                    max: max.parse().unwrap_or(0),
+                };
+                rest = tail;
+            }
+            ("--garbage-at", [op, tail @ ..]) => {
+                garbage_at = Some(op.clone());
+                rest = tail;
+            }
+            ("--exit-at", [op, code, tail @ ..]) => {
+                exit_at = Some((op.clone(), code.parse::<i32>().unwrap_or(1)));
+                rest = tail;
+            }
+            _ => {
+                eprintln!("[Error] unknown arguments {rest:?}");
+                std::process::exit(2);
+            }
+        }
+    }
+    let mut input = std::io::stdin().lock();
+    let mut output = std::io::stdout().lock();
+    let mut buffer = Vec::new();
+    let mut next = 0i64;
+    loop {
+        let request: Request = match read_frame(&mut input, &mut buffer) {
+            Ok(request) => request,
+            Err(FrameError::Closed) => return,
+            Err(error) => {
+                eprintln!("[Error] {error}");
+                std::process::exit(2);
+            }
+        };
+        let name = serde_json::to_value(&request.op)
+            .ok()
+            .and_then(|v| v["op"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        if let Some((_, code)) = exit_at.as_ref().filter(|(op, _)| *op == name) {
+            eprintln!("[Warn] exiting at {name} as asked");
+            std::process::exit(*code);
+        }
+        if garbage_at.as_deref() == Some(name.as_str()) {
+            let _ = output.write_all(b"hello world\n");
+            let _ = output.flush();
+            continue;
+        }
+        let ok = |value: serde_json::Value| Outcome::Ok(value);
+        let outcome = match request.op {
+            Op::Hello { protocol: host, .. } => match protocol.highest_common(host) {
+                Some(chosen) => ok(serde_json::to_value(Hello {
+                    protocol,
+                    chosen,
+                    plugin: PluginName {
+                        name: "misbehaving".into(),
+                        version: "0.0.1".into(),
+                    },
+                    classes: vec![ClassInfo {
+                        name: "Misbehaving".into(),
+                        description: "misbehaves on demand".into(),
+                        settings_doc: String::new(),
+                    }],
+                    capabilities: Vec::new(),
+                })
+                .unwrap_or_default()),
+                None => Outcome::Error(WireError {
+                    kind: "protocol".into(),
+                    message: format!("this plugin speaks {protocol}, the host {host}"),
+                    key: None,
+                }),
+            },
+            Op::Seek { offset } => {
+                next = offset.as_int().unwrap_or(0);
+                ok(serde_json::Value::Null)
+            }
+            Op::SeekToBeginning => {
+                next = 0;
+                ok(serde_json::Value::Null)
+            }
+            Op::Poll { max_events, .. } => {
+                let events: Vec<WireEvent> = (next..3)
+                    .take(max_events)
+                    .map(|at| WireEvent {
+                        offset: Offset::Int(at),
+                        time_us: 1_700_000_000_000_000 + at,
+                        category: "base".into(),
+                        json: Some(format!("{{\"n\":{at}}}")),
+                        bytes: None,
+                    })
+                    .collect();
+                next += events.len() as i64;
+                let status = if events.is_empty() { "idle" } else { "ready" };
+                ok(serde_json::to_value(Batch {
+                    status: status.into(),
+                    events,
+                    gaps: Vec::new(),
+                })
+                .unwrap_or_default())
+            }
+            _ => ok(serde_json::Value::Null),
+        };
+        if write_frame(
+            &mut output,
+            &Reply {
+                id: request.id,
+                outcome,
+            },
+        )
+        .is_err()
+        {
+            return;
+        }
+    }
+}
