@@ -19,12 +19,12 @@ use crate::event::Body;
 use crate::ffi::{class_consumer, ConsumerBox, ROffset};
 use crate::offset::Offset;
 use crate::wire::{
-    read_frame, write_frame, Batch, ClassInfo, FrameError, Hello, Op, Outcome, PluginName, Reply,
-    Request, WireError, WireEvent, WireGap, PROTOCOL,
+    read_frame, write_frame_with, Batch, ClassInfo, FrameError, Hello, Op, Outcome, PluginName,
+    Reply, Request, WireError, WireEvent, WireGap, PROTOCOL,
 };
 use crate::{ConsumerClass, EventBatch, PluginError, PollStatus};
 use abi_stable::std_types::{RResult, RSlice, RString};
-use base64::Engine as _;
+use serde_json::value::RawValue;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::ExitCode;
@@ -94,6 +94,8 @@ pub fn serve<C: ConsumerClass>(
     let mut buffer = Vec::new();
     let mut consumer: Option<ConsumerBox> = None;
     let mut batch = EventBatch::new(1, 1);
+    // The bodies of the batch in the reply: the frame's body section.
+    let mut section = Vec::new();
     loop {
         let request: Request = match read_frame(input, &mut buffer) {
             Ok(request) => request,
@@ -101,7 +103,16 @@ pub fn serve<C: ConsumerClass>(
             Err(error) => return Err(error),
         };
         let bye = request.op == Op::Bye;
-        let outcome = match answer::<C>(plugin, version, request.op, &mut consumer, &mut batch) {
+        section.clear();
+        let answered = answer::<C>(
+            plugin,
+            version,
+            request.op,
+            &mut consumer,
+            &mut batch,
+            &mut section,
+        );
+        let outcome = match answered {
             Ok(value) => Outcome::Ok(value),
             Err(error) => Outcome::Error(WireError {
                 kind: crate::wire::kind_name(error.kind()).to_owned(),
@@ -109,13 +120,7 @@ pub fn serve<C: ConsumerClass>(
                 key: error.key().map(str::to_owned),
             }),
         };
-        write_frame(
-            output,
-            &Reply {
-                id: request.id,
-                outcome,
-            },
-        )?;
+        write_frame_with(output, &Reply::new(request.id, outcome), &section)?;
         if bye {
             return Ok(());
         }
@@ -126,8 +131,8 @@ fn plain<T>(result: RResult<T, crate::ffi::RPluginError>) -> Result<T, PluginErr
     result.into_result().map_err(Into::into)
 }
 
-fn to_json<T: serde::Serialize>(value: T) -> Result<serde_json::Value, PluginError> {
-    serde_json::to_value(value).map_err(|e| PluginError::internal(e.to_string()))
+fn to_json<T: serde::Serialize>(value: T) -> Result<Box<RawValue>, PluginError> {
+    serde_json::value::to_raw_value(&value).map_err(|e| PluginError::internal(e.to_string()))
 }
 
 fn answer<C: ConsumerClass>(
@@ -136,8 +141,8 @@ fn answer<C: ConsumerClass>(
     op: Op,
     consumer: &mut Option<ConsumerBox>,
     batch: &mut EventBatch,
-) -> Result<serde_json::Value, PluginError> {
-    let null = serde_json::Value::Null;
+    section: &mut Vec<u8>,
+) -> Result<Box<RawValue>, PluginError> {
     match op {
         Op::Hello { protocol, .. } => {
             let chosen = PROTOCOL.highest_common(protocol).ok_or_else(|| {
@@ -179,16 +184,16 @@ fn answer<C: ConsumerClass>(
                 plugin,
             )?;
             *consumer = Some(built);
-            Ok(null)
+            to_json(())
         }
-        Op::Bye => Ok(null),
+        Op::Bye => to_json(()),
         op => {
             let Some(consumer) = consumer.as_mut() else {
                 return Err(PluginError::protocol(
                     "a consumer operation before new_consumer",
                 ));
             };
-            call(consumer, op, batch)
+            call(consumer, op, batch, section)
         }
     }
 }
@@ -197,8 +202,9 @@ fn call(
     consumer: &mut ConsumerBox,
     op: Op,
     batch: &mut EventBatch,
-) -> Result<serde_json::Value, PluginError> {
-    let null = Ok(serde_json::Value::Null);
+    section: &mut Vec<u8>,
+) -> Result<Box<RawValue>, PluginError> {
+    let null = to_json(());
     match op {
         Op::Open => plain(consumer.open()).and(null),
         Op::Close => plain(consumer.close()).and(null),
@@ -224,14 +230,14 @@ fn call(
             }
             batch.clear();
             let status = plain(consumer.poll(batch))?;
-            to_json(wire_batch(status_name(status), batch))
+            to_json(wire_batch(status_name(status), batch, section))
         }
         Op::FindNextEventOfCategory { category } => {
             let mut found = EventBatch::new(1, usize::MAX);
             let any =
                 plain(consumer.find_next_event_of_category(category.as_str().into(), &mut found))?;
             let status = if any { "ready" } else { "idle" };
-            to_json(wire_batch(status, &found))
+            to_json(wire_batch(status, &found, section))
         }
         Op::CheckPosition {
             offset,
@@ -271,19 +277,20 @@ fn status_name(status: PollStatus) -> &'static str {
     }
 }
 
-/// A batch's events and gaps as wire values.
-pub(crate) fn wire_batch(status: &str, batch: &EventBatch) -> Batch {
+/// A batch's events and gaps as wire values, their bodies appended to `section`.
+pub(crate) fn wire_batch(status: &str, batch: &EventBatch, section: &mut Vec<u8>) -> Batch {
     Batch {
         status: status.to_owned(),
         events: batch
             .iter()
             .map(|event| {
+                let start = section.len() as u64;
+                let raw = event.body.as_bytes();
+                section.extend_from_slice(raw);
+                let at = Some((start, raw.len() as u64));
                 let (json, bytes) = match event.body {
-                    Body::Json(text) => (Some(text.to_owned()), None),
-                    Body::Bytes(raw) => (
-                        None,
-                        Some(base64::engine::general_purpose::STANDARD.encode(raw)),
-                    ),
+                    Body::Json(_) => (at, None),
+                    Body::Bytes(_) => (None, at),
                 };
                 WireEvent {
                     offset: event.offset.to_owned(),

@@ -17,11 +17,11 @@ use crate::event::{Body, Event, EventBatch};
 use crate::log::Level;
 use crate::offset::{Offset, OffsetRef};
 use crate::wire::{
-    read_frame, write_frame, Batch, FrameError, Hello, Op, Outcome, Reply, Request, VersionRange,
-    PROTOCOL,
+    read_frame_with, write_frame, Batch, FrameError, Hello, Op, Outcome, Reply, Request,
+    VersionRange, PROTOCOL,
 };
 use crate::{Consumer, PollStatus};
-use base64::Engine as _;
+use serde_json::value::RawValue;
 use std::io::{BufRead, BufReader, BufWriter};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
@@ -32,6 +32,9 @@ use std::time::{Duration, Instant};
 /// The most lines of a child's standard error taken into the log per second; the rest are
 /// counted and said in one line.
 pub const STDERR_LINES_PER_SECOND: u32 = 50;
+
+/// The size asked for the pipes to and from a child (a batch's frame in one go).
+const PIPE_BYTES: libc::c_int = 1 << 20;
 
 /// How long the host waits for answers.
 #[derive(Clone, Copy, Debug)]
@@ -72,8 +75,22 @@ pub struct Spec {
 struct Running {
     child: Child,
     input: BufWriter<ChildStdin>,
-    replies: Receiver<Result<Reply, FrameError>>,
+    replies: Receiver<Result<Answer, FrameError>>,
     next_id: u64,
+}
+
+/// A reply, with its frame (the body section is `frame[section..]`).
+struct Answer {
+    reply: Reply,
+    frame: Vec<u8>,
+    section: usize,
+}
+
+/// An answer's value and the frame's body section.
+struct Answered {
+    value: Box<RawValue>,
+    frame: Vec<u8>,
+    section: usize,
 }
 
 impl Drop for Running {
@@ -178,7 +195,7 @@ impl SubprocessConsumer {
     }
 
     /// Sends `op` and waits for its answer until `limit` (`None`: for ever).
-    fn call(&mut self, op: Op, limit: Option<Duration>) -> PluginResult<serde_json::Value> {
+    fn call(&mut self, op: Op, limit: Option<Duration>) -> PluginResult<Answered> {
         let name = self.name();
         let Some(running) = self.running.as_mut() else {
             return Err(PluginError::connect(format!(
@@ -199,13 +216,21 @@ impl SubprocessConsumer {
                 .map_err(|_| RecvTimeoutError::Disconnected),
         };
         match received {
-            Ok(Ok(Reply { id: got, outcome })) if got == id => match outcome {
-                Outcome::Ok(value) => Ok(value),
+            Ok(Ok(Answer {
+                reply,
+                frame,
+                section,
+            })) if reply.id == id => match reply.outcome() {
+                Outcome::Ok(value) => Ok(Answered {
+                    value,
+                    frame,
+                    section,
+                }),
                 Outcome::Error(error) => Err(from_wire(error)),
             },
-            Ok(Ok(reply)) => Err(self.lost(format!(
+            Ok(Ok(answer)) => Err(self.lost(format!(
                 "answered request {} while {what} (request {id}) waited: out of step",
-                reply.id
+                answer.reply.id
             ))),
             Ok(Err(FrameError::Closed)) | Err(RecvTimeoutError::Disconnected) => {
                 Err(self.ended(format!("ended during {what}")))
@@ -276,8 +301,8 @@ impl SubprocessConsumer {
 
     fn value<T: serde::de::DeserializeOwned>(&mut self, op: Op) -> PluginResult<T> {
         let limit = self.spec.limits.call;
-        let value = self.call(op, Some(limit))?;
-        serde_json::from_value(value).map_err(|e| {
+        let answered = self.call(op, Some(limit))?;
+        serde_json::from_str(answered.value.get()).map_err(|e| {
             PluginError::protocol(format!(
                 "{}: an answer of the wrong shape: {e}",
                 self.name()
@@ -285,11 +310,13 @@ impl SubprocessConsumer {
         })
     }
 
-    fn batch(&mut self, op: Op, limit: Option<Duration>) -> PluginResult<Batch> {
-        let value = self.call(op, limit)?;
-        serde_json::from_value(value).map_err(|e| {
+    /// A batch and the frame holding its bodies (`frame[section..]`).
+    fn batch(&mut self, op: Op, limit: Option<Duration>) -> PluginResult<(Batch, Answered)> {
+        let answered = self.call(op, limit)?;
+        let batch = serde_json::from_str(answered.value.get()).map_err(|e| {
             PluginError::protocol(format!("{}: a batch of the wrong shape: {e}", self.name()))
-        })
+        })?;
+        Ok((batch, answered))
     }
 }
 
@@ -347,17 +374,35 @@ fn spawn(spec: &Spec) -> PluginResult<(Running, Hello, u32)> {
         return Err(PluginError::internal("the child's pipes were not set up"));
     };
     let label = format!("{program} (pid {pid})");
+    // A batch's frame fits the pipe whole (fewer switches between the two processes); a
+    // kernel that refuses keeps its default.
+    for fd in [
+        std::os::fd::AsRawFd::as_raw_fd(&output),
+        std::os::fd::AsRawFd::as_raw_fd(&input),
+    ] {
+        // SAFETY: fcntl(2) on a pipe descriptor this process owns.
+        unsafe {
+            libc::fcntl(fd, libc::F_SETPIPE_SZ, PIPE_BYTES);
+        }
+    }
     forward_stderr(errors, label.clone());
     let (tx, replies) = std::sync::mpsc::channel();
     let spawned = std::thread::Builder::new()
         .name("plugin-frames".into())
         .spawn(move || {
             let mut output = BufReader::new(output);
-            let mut buffer = Vec::new();
             loop {
-                let frame = read_frame::<Reply>(&mut output, &mut buffer);
-                let end = frame.is_err();
-                if tx.send(frame).is_err() || end {
+                let mut frame = Vec::new();
+                let read =
+                    read_frame_with::<Reply>(&mut output, &mut frame).map(|(reply, section)| {
+                        Answer {
+                            reply,
+                            frame,
+                            section,
+                        }
+                    });
+                let end = read.is_err();
+                if tx.send(read).is_err() || end {
                     return;
                 }
             }
@@ -387,7 +432,7 @@ fn spawn(spec: &Spec) -> PluginResult<(Running, Hello, u32)> {
         )));
     }
     let reply = match running.replies.recv_timeout(spec.limits.call) {
-        Ok(Ok(reply)) => reply,
+        Ok(Ok(answer)) => answer.reply,
         Ok(Err(error)) => {
             return Err(PluginError::protocol(format!(
                 "{label}: no handshake: {error}"
@@ -400,8 +445,8 @@ fn spawn(spec: &Spec) -> PluginResult<(Running, Hello, u32)> {
             )))
         }
     };
-    let hello: Hello = match reply.outcome {
-        Outcome::Ok(value) => serde_json::from_value(value).map_err(|e| {
+    let hello: Hello = match reply.outcome() {
+        Outcome::Ok(value) => serde_json::from_str(value.get()).map_err(|e| {
             PluginError::protocol(format!("{label}: a handshake of the wrong shape: {e}"))
         })?,
         Outcome::Error(error) => return Err(from_wire(error)),
@@ -473,27 +518,36 @@ fn split_level(line: &str) -> (Level, &str) {
     (Level::Warn, line)
 }
 
-/// Adds the wire batch's events and gaps to `batch`.
-fn fill(batch: &mut EventBatch, wire: &Batch, label: &str) -> PluginResult<()> {
+/// Adds the wire batch's events and gaps to `batch`, their bodies taken from `section`.
+fn fill(batch: &mut EventBatch, wire: &Batch, section: &[u8], label: &str) -> PluginResult<()> {
     let mut gaps = wire.gaps.iter().peekable();
+    let body_of = |at: (u64, u64), offset: &Offset| {
+        let (start, length) = (at.0 as usize, at.1 as usize);
+        section
+            .get(start..start.saturating_add(length))
+            .ok_or_else(|| {
+                PluginError::protocol(format!(
+                    "{label}: event {offset}: its body ({start}, {length}) is outside the \
+                     frame's {} bytes of bodies",
+                    section.len()
+                ))
+            })
+    };
     for (index, event) in wire.events.iter().enumerate() {
-        let decoded: Vec<u8>;
         while let Some(gap) = gaps.next_if(|gap| gap.before <= index) {
             batch.report_gap(&gap.range, gap.count);
         }
-        let body = match (&event.json, &event.bytes) {
-            (Some(text), _) => Body::Json(text),
-            (None, Some(encoded)) => {
-                decoded = base64::engine::general_purpose::STANDARD
-                    .decode(encoded)
-                    .map_err(|e| {
-                        PluginError::protocol(format!(
-                            "{label}: event {}: bytes that are not base64: {e}",
-                            event.offset
-                        ))
-                    })?;
-                Body::Bytes(&decoded)
+        let body = match (event.json, event.bytes) {
+            (Some(at), _) => {
+                let raw = body_of(at, &event.offset)?;
+                Body::Json(simdutf8::basic::from_utf8(raw).map_err(|_| {
+                    PluginError::protocol(format!(
+                        "{label}: event {}: a JSON body that is not UTF-8",
+                        event.offset
+                    ))
+                })?)
             }
+            (None, Some(at)) => Body::Bytes(body_of(at, &event.offset)?),
             (None, None) => Body::Bytes(&[]),
         };
         let timestamp = chrono::DateTime::from_timestamp_micros(event.time_us).unwrap_or_default();
@@ -610,7 +664,7 @@ impl Consumer for SubprocessConsumer {
             .timeout
             .map(|timeout| timeout + self.spec.limits.grace)
             .or(Some(self.spec.limits.call));
-        let wire = self.batch(
+        let (wire, answered) = self.batch(
             Op::Poll {
                 max_events: batch.max_events(),
                 max_bytes: batch.max_bytes(),
@@ -625,7 +679,7 @@ impl Consumer for SubprocessConsumer {
                 batch.remaining()
             )));
         }
-        fill(batch, &wire, &label)?;
+        fill(batch, &wire, &answered.frame[answered.section..], &label)?;
         status_of(&wire.status, &label)
     }
 
@@ -649,14 +703,14 @@ impl Consumer for SubprocessConsumer {
             }
         }
         let limit = self.timeout.map(|timeout| timeout + self.spec.limits.call);
-        let wire = self.batch(
+        let (wire, answered) = self.batch(
             Op::FindNextEventOfCategory {
                 category: category.to_owned(),
             },
             limit,
         )?;
         let label = self.name();
-        fill(found, &wire, &label)?;
+        fill(found, &wire, &answered.frame[answered.section..], &label)?;
         Ok(wire.status == "ready" && !wire.events.is_empty())
     }
 

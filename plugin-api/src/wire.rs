@@ -4,9 +4,11 @@
 //! the plugin's loop in [`serve`](crate::serve)); a plugin in another language writes the same
 //! JSON.
 //!
-//! A frame is a 4-byte big-endian length followed by that many bytes of UTF-8 JSON: one
-//! [`Request`] from the host, one [`Reply`] from the plugin, in turn. A frame longer than
-//! [`MAX_FRAME`] is a protocol error.
+//! A frame is a 4-byte big-endian length `N`, then `N` bytes: a 4-byte big-endian length `J`,
+//! `J` bytes of UTF-8 JSON (one [`Request`] from the host, one [`Reply`] from the plugin, in
+//! turn), and the frame's **body section**, the remaining `N - 4 - J` bytes: the event bodies
+//! of a batch, which its events point into (no escaping, no parsing of bodies). A frame longer
+//! than [`MAX_FRAME`] is a protocol error.
 
 use crate::offset::Offset;
 use serde::{Deserialize, Serialize};
@@ -189,22 +191,58 @@ pub struct ClassInfo {
     pub settings_doc: String,
 }
 
-/// A reply: the request's id and its outcome.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// A reply: the request's id and either `ok`, the answer as JSON text (`null` for operations
+/// without one), or `error`. (Two fields rather than a flattened enum: serde cannot flatten
+/// the raw answer.)
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Reply {
     /// The request's id.
     pub id: u64,
-    /// The outcome.
-    #[serde(flatten)]
-    pub outcome: Outcome,
+    /// The answer, kept as JSON text to be parsed into the type the request expects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ok: Option<Box<serde_json::value::RawValue>>,
+    /// The failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<WireError>,
+}
+
+impl Reply {
+    /// The reply to request `id` with `outcome`.
+    pub fn new(id: u64, outcome: Outcome) -> Reply {
+        match outcome {
+            Outcome::Ok(value) => Reply {
+                id,
+                ok: Some(value),
+                error: None,
+            },
+            Outcome::Error(error) => Reply {
+                id,
+                ok: None,
+                error: Some(error),
+            },
+        }
+    }
+
+    /// What it says: an `error`, else `ok` (`null` when absent or null).
+    pub fn outcome(self) -> Outcome {
+        match (self.error, self.ok) {
+            (Some(error), _) => Outcome::Error(error),
+            (None, Some(value)) => Outcome::Ok(value),
+            (None, None) => Outcome::Ok(null()),
+        }
+    }
+}
+
+/// `null` as a raw answer.
+pub fn null() -> Box<serde_json::value::RawValue> {
+    serde_json::value::RawValue::from_string("null".into()).unwrap_or_else(|_| unreachable!())
 }
 
 /// What a request gave.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Debug)]
 pub enum Outcome {
     /// It worked: the answer (`null` for operations without one).
-    Ok(serde_json::Value),
+    Ok(Box<serde_json::value::RawValue>),
     /// It failed.
     Error(WireError),
 }
@@ -242,12 +280,12 @@ pub struct WireEvent {
     pub time_us: i64,
     /// Its category.
     pub category: String,
-    /// Its body as JSON text, or
+    /// Its body, JSON text: `[start, length]` in the frame's body section; or
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub json: Option<String>,
-    /// its body as bytes (base64) when it is not JSON text.
+    pub json: Option<(u64, u64)>,
+    /// its body, other bytes: `[start, length]` in the body section.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bytes: Option<String>,
+    pub bytes: Option<(u64, u64)>,
 }
 
 /// A gap before the event at `before` (the batch's length: after the last).
@@ -332,24 +370,47 @@ pub fn show_bytes(bytes: &[u8]) -> String {
     }
 }
 
-/// Writes `message` as one frame and flushes.
+/// Writes `message` as one frame without a body section, and flushes.
 pub fn write_frame<T: Serialize>(out: &mut impl Write, message: &T) -> Result<(), FrameError> {
-    let body = serde_json::to_vec(message).map_err(|e| FrameError::Io(e.into()))?;
-    let length = u32::try_from(body.len()).map_err(|_| FrameError::TooLong {
-        length: body.len(),
-        shown: String::new(),
-    })?;
-    out.write_all(&length.to_be_bytes())?;
-    out.write_all(&body)?;
+    write_frame_with(out, message, &[])
+}
+
+/// Writes `message` and the body section `section` as one frame, and flushes.
+pub fn write_frame_with<T: Serialize>(
+    out: &mut impl Write,
+    message: &T,
+    section: &[u8],
+) -> Result<(), FrameError> {
+    let json = serde_json::to_vec(message).map_err(|e| FrameError::Io(e.into()))?;
+    let total = 4 + json.len() + section.len();
+    if total > MAX_FRAME {
+        return Err(FrameError::TooLong {
+            length: total,
+            shown: String::new(),
+        });
+    }
+    out.write_all(&(total as u32).to_be_bytes())?;
+    out.write_all(&(json.len() as u32).to_be_bytes())?;
+    out.write_all(&json)?;
+    out.write_all(section)?;
     out.flush()?;
     Ok(())
 }
 
-/// Reads one frame into `buffer` and parses it.
+/// Reads one frame and parses its message; its body section is left out.
 pub fn read_frame<T: serde::de::DeserializeOwned>(
     input: &mut impl Read,
     buffer: &mut Vec<u8>,
 ) -> Result<T, FrameError> {
+    read_frame_with(input, buffer).map(|(message, _)| message)
+}
+
+/// Reads one frame into `buffer` and parses its message; the body section is
+/// `buffer[start..]`, `start` the second value.
+pub fn read_frame_with<T: serde::de::DeserializeOwned>(
+    input: &mut impl Read,
+    buffer: &mut Vec<u8>,
+) -> Result<(T, usize), FrameError> {
     let mut head = [0u8; 4];
     match input.read_exact(&mut head) {
         Ok(()) => {}
@@ -373,10 +434,18 @@ pub fn read_frame<T: serde::de::DeserializeOwned>(
             std::io::ErrorKind::UnexpectedEof => FrameError::Closed,
             _ => error.into(),
         })?;
-    serde_json::from_slice(buffer).map_err(|error| FrameError::NotAMessage {
-        error: error.to_string(),
-        shown: show_bytes(&[&head[..], buffer.as_slice()].concat()),
-    })
+    let not_a_message = |error: String, buffer: &[u8]| FrameError::NotAMessage {
+        error,
+        shown: show_bytes(&[&head[..], buffer].concat()),
+    };
+    let json_length = buffer
+        .get(..4)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        .filter(|json| 4 + json <= length)
+        .ok_or_else(|| not_a_message("no JSON length inside the frame".into(), buffer))?;
+    let message = serde_json::from_slice(&buffer[4..4 + json_length])
+        .map_err(|error| not_a_message(error.to_string(), buffer))?;
+    Ok((message, 4 + json_length))
 }
 
 #[cfg(test)]
@@ -393,23 +462,41 @@ mod tests {
         };
         let mut pipe = Vec::new();
         write_frame(&mut pipe, &request).expect("written");
-        assert_eq!(&pipe[4..], br#"{"id":7,"op":"seek","offset":{"int":41}}"#);
+        assert_eq!(&pipe[8..], br#"{"id":7,"op":"seek","offset":{"int":41}}"#);
         let mut buffer = Vec::new();
         let back: Request = read_frame(&mut pipe.as_slice(), &mut buffer).expect("read");
         assert_eq!(back, request);
-        let reply = Reply {
-            id: 7,
-            outcome: Outcome::Error(WireError {
+        let reply = Reply::new(
+            7,
+            Outcome::Error(WireError {
                 kind: "offset_not_found".into(),
                 message: "no event at 41".into(),
                 key: None,
             }),
-        };
+        );
         let mut pipe = Vec::new();
         write_frame(&mut pipe, &reply).expect("written");
         assert_eq!(
-            &pipe[4..],
+            &pipe[8..],
             br#"{"id":7,"error":{"kind":"offset_not_found","message":"no event at 41"}}"#
+        );
+        let mut pipe = Vec::new();
+        let ok = Reply::new(
+            8,
+            Outcome::Ok(serde_json::value::to_raw_value(&[0, 5]).expect("raw")),
+        );
+        write_frame_with(&mut pipe, &ok, b"{\"a\":1}").expect("written");
+        let (back, start): (Reply, usize) =
+            read_frame_with(&mut pipe.as_slice(), &mut buffer).expect("read");
+        assert_eq!(back.id, 8);
+        match back.outcome() {
+            Outcome::Ok(value) => assert_eq!(value.get(), "[0,5]"),
+            Outcome::Error(error) => panic!("{error:?}"),
+        }
+        assert_eq!(
+            &buffer[start..],
+            b"{\"a\":1}",
+            "the body section, untouched"
         );
     }
 
@@ -419,8 +506,8 @@ mod tests {
         let error = read_frame::<Request>(&mut &b"hello world\n"[..], &mut buffer)
             .expect_err("not a frame");
         assert!(error.to_string().contains("\"hell\""), "{error}");
-        let error =
-            read_frame::<Request>(&mut &b"\0\0\0\x05oops!"[..], &mut buffer).expect_err("not JSON");
+        let error = read_frame::<Request>(&mut &b"\0\0\0\x09\0\0\0\x05oops!"[..], &mut buffer)
+            .expect_err("not JSON");
         assert!(error.to_string().contains("oops!"), "{error}");
     }
 

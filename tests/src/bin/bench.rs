@@ -52,6 +52,10 @@ enum Mode {
     /// (measured child) drain the bus with the sqlite consumer loaded through the ABI.
     #[command(name = "loaded-sqlite")]
     LoadedThroughAbi { bus: PathBuf, library: PathBuf },
+    /// (measured child) drain the bus with the sqlite consumer run as an executable
+    /// (`buslink-plugin-sqlite`), over the subprocess protocol.
+    #[command(name = "subprocess-sqlite")]
+    Subprocess { bus: PathBuf, program: PathBuf },
     /// (measured child) the bare HMB loop: /open, then /recv until EOF, reading only the bytes.
     #[command(name = "bare-hmb")]
     BareHmb {
@@ -95,6 +99,7 @@ fn main() -> anyhow::Result<()> {
         Some(Mode::ScanAndParse { bus }) => bare_sqlite(&bus),
         Some(Mode::LinkedStatically { bus }) => static_sqlite(&bus),
         Some(Mode::LoadedThroughAbi { bus, library }) => loaded_sqlite(&bus, &library),
+        Some(Mode::Subprocess { bus, program }) => subprocess_sqlite(&bus, &program),
         Some(Mode::BareHmb {
             url,
             bson,
@@ -164,6 +169,23 @@ fn static_sqlite(bus: &Path) -> anyhow::Result<()> {
     let mut consumer = buslink_sqlite::SqliteConsumer::new(settings, &context)?;
     consumer.open()?;
     consumer.set_timeout(Some(Duration::ZERO))?;
+    consumer.seek_to_beginning()?;
+    drain(|batch| Ok(consumer.poll(batch)?))
+}
+
+fn subprocess_sqlite(bus: &Path, program: &Path) -> anyhow::Result<()> {
+    use buslink_plugin_api::subprocess::{Spec, SubprocessConsumer};
+    use buslink_plugin_api::Consumer;
+    let mut consumer = SubprocessConsumer::start(Spec {
+        command: vec![program.display().to_string()],
+        env: Vec::new(),
+        class: "SqliteConsumer".into(),
+        settings: serde_json::json!({ "uri": bus, "poll_interval_ms": 5 }),
+        config_dir: PathBuf::from("."),
+        limits: Default::default(),
+    })?;
+    consumer.set_timeout(Some(Duration::ZERO))?;
+    consumer.open()?;
     consumer.seek_to_beginning()?;
     drain(|batch| Ok(consumer.poll(batch)?))
 }
@@ -705,12 +727,16 @@ fn sqlite_part(
     runs: usize,
 ) -> anyhow::Result<()> {
     let library = sibling("libbuslink_sqlite.so")?;
+    let program = sibling("buslink-plugin-sqlite")?;
     let bus = dir.join("bus.sqlite");
     eprintln!("writing a {events}-event Hermes bus...");
     write_bus(&bus, events)?;
     let null = sqlite_config(dir, "null", &bus, "", "type = \"null\"")?;
 
-    eprintln!("sqlite: buslink run --once, the bare scan+parse loop, static and ABI-loaded...");
+    eprintln!(
+        "sqlite: buslink run --once, the bare scan+parse loop, static, ABI-loaded and as a \
+         subprocess..."
+    );
     let samples = side_by_side(
         runs,
         &mut [
@@ -727,10 +753,20 @@ fn sqlite_part(
                     ],
                 ))
             },
+            &mut || {
+                Ok(me_with(
+                    me,
+                    &[
+                        "subprocess-sqlite".as_ref(),
+                        bus.as_os_str(),
+                        program.as_os_str(),
+                    ],
+                ))
+            },
         ],
     )?;
-    let [host, bare, linked, loaded] = samples[..] else {
-        bail!("four runs expected");
+    let [host, bare, linked, loaded, subprocess] = samples[..] else {
+        bail!("five runs expected");
     };
     expect_handled(&null, events)?;
 
@@ -755,6 +791,16 @@ fn sqlite_part(
         "sqlite: ABI-loaded time / statically linked time",
         format!("{:.2}", ratio(loaded.wall, linked.wall)),
         "<= 1.1",
+    );
+    report.ratio(
+        "sqlite plugin as a subprocess / as a cdylib, throughput (512-event batches)",
+        format!(
+            "{:.2} (CPU per event {:.2} / {:.2} us, the child's included)",
+            ratio(loaded.wall, subprocess.wall),
+            subprocess.cpu.as_secs_f64() * 1e6 / events as f64,
+            loaded.cpu.as_secs_f64() * 1e6 / events as f64
+        ),
+        ">= 0.7",
     );
     report.ratio(
         "sqlite publish -> handler latency p50 / p99 (100 events/s)",
@@ -783,6 +829,11 @@ fn sqlite_part(
     report.detail(
         "sqlite consumer, loaded through the ABI, poll loop",
         loaded,
+        events,
+    );
+    report.detail(
+        "sqlite consumer as a subprocess (buslink-plugin-sqlite), poll loop",
+        subprocess,
         events,
     );
     report.detail("buslink run --once, 3x backlog", host_big, events * 3);

@@ -11,10 +11,11 @@
 //! CODE`: exits with CODE when asked OP.
 
 use buslink_plugin_api::wire::{
-    read_frame, write_frame, Batch, ClassInfo, FrameError, Hello, Op, Outcome, PluginName, Reply,
-    Request, VersionRange, WireError, WireEvent, PROTOCOL,
+    read_frame, write_frame_with, Batch, ClassInfo, FrameError, Hello, Op, Outcome, PluginName,
+    Reply, Request, VersionRange, WireError, WireEvent, PROTOCOL,
 };
 use buslink_plugin_api::Offset;
+use serde_json::value::{to_raw_value, RawValue};
 use std::io::Write;
 
 fn main() {
@@ -72,10 +73,13 @@ fn main() {
             let _ = output.flush();
             continue;
         }
-        let ok = |value: serde_json::Value| Outcome::Ok(value);
+        let ok = |value: Box<RawValue>| Outcome::Ok(value);
+        let null = || to_raw_value(&()).expect("null is JSON");
+        // The bodies of a poll's events: the frame's body section.
+        let mut section = Vec::new();
         let outcome = match request.op {
             Op::Hello { protocol: host, .. } => match protocol.highest_common(host) {
-                Some(chosen) => ok(serde_json::to_value(Hello {
+                Some(chosen) => ok(to_raw_value(&Hello {
                     protocol,
                     chosen,
                     plugin: PluginName {
@@ -89,7 +93,7 @@ fn main() {
                     }],
                     capabilities: Vec::new(),
                 })
-                .unwrap_or_default()),
+                .unwrap_or_else(|_| null())),
                 None => Outcome::Error(WireError {
                     kind: "protocol".into(),
                     message: format!("this plugin speaks {protocol}, the host {host}"),
@@ -98,43 +102,40 @@ fn main() {
             },
             Op::Seek { offset } => {
                 next = offset.as_int().unwrap_or(0);
-                ok(serde_json::Value::Null)
+                ok(null())
             }
             Op::SeekToBeginning => {
                 next = 0;
-                ok(serde_json::Value::Null)
+                ok(null())
             }
             Op::Poll { max_events, .. } => {
                 let events: Vec<WireEvent> = (next..3)
                     .take(max_events)
-                    .map(|at| WireEvent {
-                        offset: Offset::Int(at),
-                        time_us: 1_700_000_000_000_000 + at,
-                        category: "base".into(),
-                        json: Some(format!("{{\"n\":{at}}}")),
-                        bytes: None,
+                    .map(|at| {
+                        let body = format!("{{\"n\":{at}}}");
+                        let start = section.len() as u64;
+                        section.extend_from_slice(body.as_bytes());
+                        WireEvent {
+                            offset: Offset::Int(at),
+                            time_us: 1_700_000_000_000_000 + at,
+                            category: "base".into(),
+                            json: Some((start, body.len() as u64)),
+                            bytes: None,
+                        }
                     })
                     .collect();
                 next += events.len() as i64;
                 let status = if events.is_empty() { "idle" } else { "ready" };
-                ok(serde_json::to_value(Batch {
+                ok(to_raw_value(&Batch {
                     status: status.into(),
                     events,
                     gaps: Vec::new(),
                 })
-                .unwrap_or_default())
+                .unwrap_or_else(|_| null()))
             }
-            _ => ok(serde_json::Value::Null),
+            _ => ok(null()),
         };
-        if write_frame(
-            &mut output,
-            &Reply {
-                id: request.id,
-                outcome,
-            },
-        )
-        .is_err()
-        {
+        if write_frame_with(&mut output, &Reply::new(request.id, outcome), &section).is_err() {
             return;
         }
     }
