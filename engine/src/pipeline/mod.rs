@@ -359,17 +359,10 @@ pub fn run(
             // and the reader gets a bounded time to come back (`shutdown_reader`).
             Err(RecvTimeoutError::Timeout) if shutdown.requested() => break Ok(()),
             Err(RecvTimeoutError::Timeout) => {
-                if committer.due() {
-                    if let Err(error) = committer.commit(handlers, error_queue) {
-                        break Err(error);
-                    }
-                }
-                if let Err(error) = retries.run_due(
-                    handlers,
-                    error_queue,
-                    &mut committer,
-                    options.control.as_deref(),
-                ) {
+                let control = options.control.as_deref();
+                let due =
+                    between_batches(handlers, error_queue, &mut committer, &mut retries, control);
+                if let Err(error) = due {
                     break Err(error);
                 }
                 continue;
@@ -437,17 +430,10 @@ pub fn run(
                 if let Err(error) = result {
                     break Err(error);
                 }
-                if committer.due() {
-                    if let Err(error) = committer.commit(handlers, error_queue) {
-                        break Err(error);
-                    }
-                }
-                if let Err(error) = retries.run_due(
-                    handlers,
-                    error_queue,
-                    &mut committer,
-                    options.control.as_deref(),
-                ) {
+                let control = options.control.as_deref();
+                let due =
+                    between_batches(handlers, error_queue, &mut committer, &mut retries, control);
+                if let Err(error) = due {
                     break Err(error);
                 }
             }
@@ -517,4 +503,19 @@ pub fn run(
     summary.events_handled = committer.handled_total;
     summary.last_committed = committer.last_committed;
     Ok(summary)
+}
+
+/// What is due between two batches (or while none comes): the commit its cadence asks for,
+/// then the error queue's timed retries.
+fn between_batches(
+    handlers: &mut [ConfiguredHandler],
+    error_queue: &mut ErrorQueue,
+    committer: &mut Committer<'_>,
+    retries: &mut QueueRetries,
+    control: Option<&crate::steering::Shared>,
+) -> Result<(), PipelineError> {
+    if committer.due() {
+        committer.commit(handlers, error_queue)?;
+    }
+    retries.run_due(handlers, error_queue, committer, control)
 }
