@@ -73,7 +73,8 @@ fn private_stdout() -> std::io::Result<OwnedFd> {
     // SAFETY: dup and dup2 on the process's own standard descriptors; the duplicate is owned
     // by the returned value alone.
     unsafe {
-        let copy = libc::dup(1);
+        // Close-on-exec: a helper process the plugin starts never holds the host's pipe.
+        let copy = libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3);
         if copy < 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -112,6 +113,21 @@ pub fn serve<C: ConsumerClass>(
             &mut batch,
             &mut section,
         );
+        // A batch whose bodies would not fit a frame: said for the event, not a dead plugin.
+        let answered = answered.and_then(|value| {
+            let size = value.get().len() + section.len() + 8;
+            if size > crate::wire::MAX_FRAME {
+                section.clear();
+                let first = batch.iter().next().map(|e| e.offset.to_string());
+                return Err(PluginError::data(format!(
+                    "a batch of {size} bytes (from the event at offset {}) does not fit the \
+                     protocol's frame of {} bytes: an event too large for a subprocess plugin",
+                    first.unwrap_or_else(|| "?".into()),
+                    crate::wire::MAX_FRAME
+                )));
+            }
+            Ok(value)
+        });
         let outcome = match answered {
             Ok(value) => Outcome::Ok(value),
             Err(error) => Outcome::Error(WireError {

@@ -22,7 +22,7 @@ use crate::wire::{
 };
 use crate::{Consumer, PollStatus};
 use serde_json::value::RawValue;
-use std::io::{BufRead, BufReader, BufWriter};
+use std::io::{BufRead, BufReader, BufWriter, Read};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -445,11 +445,25 @@ fn spawn(spec: &Spec) -> PluginResult<(Running, Hello, u32)> {
             )))
         }
     };
+    if reply.id != 0 {
+        return Err(PluginError::protocol(format!(
+            "{label}: answered the handshake (request 0) as request {}",
+            reply.id
+        )));
+    }
     let hello: Hello = match reply.outcome() {
         Outcome::Ok(value) => serde_json::from_str(value.get()).map_err(|e| {
             PluginError::protocol(format!("{label}: a handshake of the wrong shape: {e}"))
         })?,
-        Outcome::Error(error) => return Err(from_wire(error)),
+        // A plugin that refuses the handshake (versions without overlap, most likely) is
+        // refused in turn: another build of it is needed, a restart would not help.
+        Outcome::Error(error) => {
+            return Err(PluginError::config(format!(
+                "{label} refused the handshake: {}",
+                error.message
+            ))
+            .with_key("plugin"))
+        }
     };
     refuse_versions(&label, hello.protocol, hello.chosen)?;
     Ok((running, hello, pid))
@@ -461,10 +475,11 @@ fn spawn(spec: &Spec) -> PluginResult<(Running, Hello, u32)> {
 fn refuse_versions(label: &str, plugin: VersionRange, chosen: u32) -> PluginResult<()> {
     match PROTOCOL.highest_common(plugin) {
         Some(common) if common == chosen => Ok(()),
-        Some(common) => Err(PluginError::protocol(format!(
+        Some(common) => Err(PluginError::config(format!(
             "{label} chose protocol version {chosen}, not {common}, the highest both speak \
              (host {PROTOCOL}, plugin {plugin})"
-        ))),
+        ))
+        .with_key("plugin")),
         None => Err(PluginError::config(format!(
             "{label} speaks subprocess protocol {plugin}, this host {PROTOCOL}: no version in \
              common; use a build of the plugin that speaks one of the host's"
@@ -473,16 +488,37 @@ fn refuse_versions(label: &str, plugin: VersionRange, chosen: u32) -> PluginResu
     }
 }
 
+/// The longest line of a child's standard error taken whole; the rest of it is cut off.
+const STDERR_LINE_BYTES: usize = 8 << 10;
+
 /// Takes the child's standard error into the log, at most [`STDERR_LINES_PER_SECOND`] lines
-/// a second.
+/// a second, until the child closes it: bytes that are not UTF-8 are replaced, a line longer
+/// than [`STDERR_LINE_BYTES`] is cut, and the pipe is always drained (a child never blocks
+/// or dies writing its log).
 fn forward_stderr(errors: std::process::ChildStderr, label: String) {
     let _ = std::thread::Builder::new()
         .name("plugin-stderr".into())
         .spawn(move || {
+            let mut reader = BufReader::new(errors);
             let mut second = Instant::now();
             let (mut shown, mut dropped) = (0u32, 0u64);
-            for line in BufReader::new(errors).lines() {
-                let Ok(line) = line else { return };
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                // At most a line's worth at a time; the rest of a longer line is skipped.
+                let read = (&mut reader)
+                    .take(STDERR_LINE_BYTES as u64)
+                    .read_until(b'\n', &mut line);
+                match read {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                if line.last() != Some(&b'\n') && line.len() >= STDERR_LINE_BYTES {
+                    let mut rest = Vec::new();
+                    if matches!(reader.read_until(b'\n', &mut rest), Ok(0) | Err(_)) {
+                        return;
+                    }
+                }
                 if second.elapsed() >= Duration::from_secs(1) {
                     if dropped > 0 {
                         crate::log::warn(format!(
@@ -497,7 +533,8 @@ fn forward_stderr(errors: std::process::ChildStderr, label: String) {
                     continue;
                 }
                 shown += 1;
-                let (level, text) = split_level(&line);
+                let text = String::from_utf8_lossy(&line);
+                let (level, text) = split_level(text.trim_end_matches(['\n', '\r']));
                 crate::log::log(level, format!("{label}: {text}"));
             }
         });
@@ -550,7 +587,13 @@ fn fill(batch: &mut EventBatch, wire: &Batch, section: &[u8], label: &str) -> Pl
             (None, Some(at)) => Body::Bytes(body_of(at, &event.offset)?),
             (None, None) => Body::Bytes(&[]),
         };
-        let timestamp = chrono::DateTime::from_timestamp_micros(event.time_us).unwrap_or_default();
+        let timestamp =
+            chrono::DateTime::from_timestamp_micros(event.time_us).ok_or_else(|| {
+                PluginError::protocol(format!(
+                    "{label}: event {}: a time of {} us, outside what a timestamp can hold",
+                    event.offset, event.time_us
+                ))
+            })?;
         batch.push(Event {
             offset: event.offset.as_ref(),
             timestamp,
@@ -584,9 +627,14 @@ impl Consumer for SubprocessConsumer {
             self.hello = hello;
             self.pid = pid;
             self.starts += 1;
-            self.new_consumer()?;
-            if let Some(timeout) = self.timeout {
-                self.set_timeout(Some(timeout))?;
+            // A child that cannot build its consumer is no use: it goes, and the next open
+            // starts another (never a child left without a consumer).
+            let built = self
+                .new_consumer()
+                .and_then(|()| self.set_timeout(self.timeout));
+            if let Err(error) = built {
+                self.running = None;
+                return Err(error);
             }
         }
         self.unit(Op::Open)
@@ -660,10 +708,8 @@ impl Consumer for SubprocessConsumer {
     }
 
     fn poll(&mut self, batch: &mut EventBatch) -> PluginResult<PollStatus> {
-        let limit = self
-            .timeout
-            .map(|timeout| timeout + self.spec.limits.grace)
-            .or(Some(self.spec.limits.call));
+        // No timeout (`set_timeout(None)`): the poll may wait for ever, as the trait says.
+        let limit = self.timeout.map(|timeout| timeout + self.spec.limits.grace);
         let (wire, answered) = self.batch(
             Op::Poll {
                 max_events: batch.max_events(),
@@ -702,7 +748,7 @@ impl Consumer for SubprocessConsumer {
                 }
             }
         }
-        let limit = self.timeout.map(|timeout| timeout + self.spec.limits.call);
+        let limit = Some(self.timeout.unwrap_or_default() + self.spec.limits.call);
         let (wire, answered) = self.batch(
             Op::FindNextEventOfCategory {
                 category: category.to_owned(),

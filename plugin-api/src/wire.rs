@@ -436,7 +436,7 @@ pub fn read_frame_with<T: serde::de::DeserializeOwned>(
         })?;
     let not_a_message = |error: String, buffer: &[u8]| FrameError::NotAMessage {
         error,
-        shown: show_bytes(&[&head[..], buffer].concat()),
+        shown: show_bytes(&[&head[..], &buffer[..buffer.len().min(64)]].concat()),
     };
     let json_length = buffer
         .get(..4)

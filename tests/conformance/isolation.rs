@@ -40,7 +40,8 @@ fn a_plugin_whose_versions_do_not_overlap_the_host_s_is_refused_naming_both_rang
     let Err(error) = SubprocessConsumer::start(misbehaving(&["--protocol", "5", "7"])) else {
         panic!("a plugin speaking 5 to 7 was accepted");
     };
-    assert_eq!(error.kind(), ErrorKind::Protocol, "{error}");
+    // Not transient: another build of the plugin is needed, a restart would not help.
+    assert_eq!(error.kind(), ErrorKind::Config, "{error}");
     assert!(
         error
             .message()
@@ -85,6 +86,23 @@ fn a_child_that_exits_at_open_is_a_transient_error_with_its_exit_status() {
     let error = consumer.open().expect_err("the child exits");
     assert!(error.kind().is_transient(), "{error}");
     assert!(error.message().contains("exited with status 3"), "{error}");
+}
+
+#[test]
+fn a_child_s_noisy_stderr_neither_blocks_nor_kills_it() {
+    // Bytes that are not UTF-8, a line of 100 KiB and 500 lines at once: the host drains them
+    // all (logging at most its rate), and the child goes on answering.
+    let mut consumer =
+        SubprocessConsumer::start(misbehaving(&["--noisy-stderr"])).expect("started");
+    consumer.open().expect("open, after the noise");
+    consumer.seek_to_beginning().expect("positioned");
+    let mut batch = EventBatch::new(10, 1 << 20);
+    assert_eq!(
+        consumer.poll(&mut batch).expect("a poll"),
+        PollStatus::Ready
+    );
+    assert_eq!(offsets(&batch), [0, 1, 2]);
+    assert_eq!(consumer.starts(), 1, "the same child throughout");
 }
 
 /// The sqlite class as an executable on a bus of `events` Hermes events.

@@ -4,11 +4,13 @@
 //!
 //! ```text
 //! buslink-misbehaving-plugin [--protocol MIN MAX] [--garbage-at OP] [--exit-at OP CODE]
+//!                            [--noisy-stderr]
 //! ```
 //!
 //! `--protocol`: the versions it announces (default: the host's). `--garbage-at OP`: answers
 //! operation OP (`open`, `poll`, ...) with a line of text instead of a frame. `--exit-at OP
-//! CODE`: exits with CODE when asked OP.
+//! CODE`: exits with CODE when asked OP. `--noisy-stderr`: at `open`, writes bytes that are not
+//! UTF-8, a 100 KiB line and 500 short lines on standard error before it answers.
 
 use buslink_plugin_api::wire::{
     read_frame, write_frame_with, Batch, ClassInfo, FrameError, Hello, Op, Outcome, PluginName,
@@ -23,6 +25,7 @@ fn main() {
     let mut protocol = PROTOCOL;
     let mut garbage_at = None;
     let mut exit_at = None;
+    let mut noisy = false;
     let mut rest = args.as_slice();
     while let Some((flag, tail)) = rest.split_first() {
         match (flag.as_str(), tail) {
@@ -35,6 +38,10 @@ fn main() {
             }
             ("--garbage-at", [op, tail @ ..]) => {
                 garbage_at = Some(op.clone());
+                rest = tail;
+            }
+            ("--noisy-stderr", tail) => {
+                noisy = true;
                 rest = tail;
             }
             ("--exit-at", [op, code, tail @ ..]) => {
@@ -67,6 +74,26 @@ fn main() {
         if let Some((_, code)) = exit_at.as_ref().filter(|(op, _)| *op == name) {
             eprintln!("[Warn] exiting at {name} as asked");
             std::process::exit(*code);
+        }
+        if noisy && name == "open" {
+            let mut errors = std::io::stderr().lock();
+            // A plugin whose log pipe is closed dies (SIGPIPE for most languages): so does
+            // this one, with status 9, at the first write that fails.
+            let mut say = |bytes: &[u8]| {
+                if errors
+                    .write_all(bytes)
+                    .and_then(|()| errors.flush())
+                    .is_err()
+                {
+                    std::process::exit(9);
+                }
+            };
+            say(b"[Warn] \xff\xfe not UTF-8\n");
+            say(&vec![b'x'; 100 << 10]);
+            say(b"\n");
+            for n in 0..500 {
+                say(format!("[Info] line {n}\n").as_bytes());
+            }
         }
         if garbage_at.as_deref() == Some(name.as_str()) {
             let _ = output.write_all(b"hello world\n");
