@@ -20,7 +20,8 @@
 //! boundary the host crosses), opens it in the host's one call order
 //! ([`buslink_plugin_api::session`]), and checks what the calls answer against what the bus
 //! holds. A failure names the rule, what was wrong and the calls made, in order. A rule whose
-//! calls do not return within [`RULE_LIMIT`] fails as hung (its thread is left behind).
+//! calls do not return within [`RULE_LIMIT`] fails as hung (its thread is left behind; building
+//! the consumer, `new` and `validate`, is not bounded: a class that blocks there blocks the test).
 //!
 //! The rules: [`Rule::ReadsEveryEventInOrder`], [`Rule::SmallBatchesLoseNothing`],
 //! [`Rule::SeekIsExact`], [`Rule::SeekAfterResumesAfter`], [`Rule::SeekToEndReadsOnlyNewEvents`],
