@@ -114,10 +114,9 @@ fn the_example_plugin_keeps_the_consumer_contract() {
         .assert_passed();
 }
 
-#[test]
-fn the_hmb_plugin_keeps_the_consumer_contract() {
-    use buslink_hmb_server::{Incoming, Server, Settings};
-    let server = Server::start(Settings::for_tests()).expect("the HMB server starts");
+/// The HMB server with 12 messages on queue Q, and the kit of a consumer of it.
+fn hmb_kit(server: &buslink_hmb_server::RunningServer, dir: &std::path::Path) -> Kit {
+    use buslink_hmb_server::Incoming;
     let topics = ["PICK", "ORIGIN", "AMP"];
     let mut events = Vec::new();
     for n in 0..12i64 {
@@ -136,7 +135,6 @@ fn the_hmb_plugin_keeps_the_consumer_contract() {
             category: topic.into(),
         });
     }
-    let dir = tempfile::tempdir().expect("a temp dir");
     let bus = Bus {
         events,
         not_on_bus: vec![Offset::Int(1000)],
@@ -148,19 +146,42 @@ fn the_hmb_plugin_keeps_the_consumer_contract() {
             "queues": { "Q": {} }
         })
     };
-    Kit::new(settings(&server.bus_url("kit")), dir.path(), bus)
+    Kit::new(settings(&server.bus_url("kit")), dir, bus)
         .timeout(Duration::from_millis(500))
         .bad_settings(settings("not a url"), "url")
+}
+
+#[test]
+fn the_hmb_plugin_keeps_the_consumer_contract() {
+    use buslink_hmb_server::{Server, Settings};
+    let server = Server::start(Settings::for_tests()).expect("the HMB server starts");
+    let dir = tempfile::tempdir().expect("a temp dir");
+    hmb_kit(&server, dir.path())
         .check::<buslink_hmb::HmbConsumer>()
+        .assert_passed();
+}
+
+/// The same class as an executable (`buslink-plugin-hmb`), over the subprocess protocol.
+#[test]
+fn the_hmb_plugin_executable_keeps_the_consumer_contract() {
+    use buslink_hmb_server::{Server, Settings};
+    let server = Server::start(Settings::for_tests()).expect("the HMB server starts");
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let program = buslink_testkit::build_dir().join("buslink-plugin-hmb");
+    assert!(
+        program.is_file(),
+        "{}: build the workspace first",
+        program.display()
+    );
+    hmb_kit(&server, dir.path())
+        .check_executable(&[program.display().to_string()], "HmbConsumer")
         .assert_passed();
 }
 
 /// The Kafka plugin in assign mode (as hermes-client reads: one partition, the position kept
 /// by buslink) on librdkafka's mock cluster, with the fixture bus produced as hermes-server
-/// does (key = category, offsets from 0).
-#[test]
-fn the_kafka_plugin_in_assign_mode_keeps_the_consumer_contract() {
-    let mut mock = buslink_testkit::KafkaMock::start(1, &[("hermes", 1)]);
+/// does (key = category, offsets from 0); the kit of a consumer of it.
+fn kafka_assign_kit(mock: &mut buslink_testkit::KafkaMock, dir: &std::path::Path) -> Kit {
     let rows_file = buslink_testkit::fixture("hermes/bus-rows.jsonl");
     let produced = mock.command(&format!("produce-rows hermes 0 {}", rows_file.display()));
     let rows = std::fs::read_to_string(&rows_file).expect("the fixture rows");
@@ -176,20 +197,42 @@ fn the_kafka_plugin_in_assign_mode_keeps_the_consumer_contract() {
         })
         .collect();
     assert_eq!(produced, format!("ok {}", events.len()));
-    let dir = tempfile::tempdir().expect("a temp dir");
     let bus = Bus {
         not_on_bus: vec![Offset::Int(events.len() as i64 + 10)],
         gap_before: None,
         events,
     };
     let settings = |servers: &str| serde_json::json!({ "servers": servers, "topic": "hermes", "group_id": "kit" });
-    Kit::new(settings(mock.bootstrap()), dir.path(), bus)
+    Kit::new(settings(mock.bootstrap()), dir, bus)
         .timeout(Duration::from_millis(500))
         .bad_settings(
             serde_json::json!({ "servers": mock.bootstrap(), "group_id": "kit" }),
             "topic",
         )
+}
+
+#[test]
+fn the_kafka_plugin_in_assign_mode_keeps_the_consumer_contract() {
+    let mut mock = buslink_testkit::KafkaMock::start(1, &[("hermes", 1)]);
+    let dir = tempfile::tempdir().expect("a temp dir");
+    kafka_assign_kit(&mut mock, dir.path())
         .check::<buslink_kafka::KafkaConsumer>()
+        .assert_passed();
+}
+
+/// The same class as an executable (`buslink-plugin-kafka`), over the subprocess protocol.
+#[test]
+fn the_kafka_plugin_executable_in_assign_mode_keeps_the_consumer_contract() {
+    let mut mock = buslink_testkit::KafkaMock::start(1, &[("hermes", 1)]);
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let program = buslink_testkit::build_dir().join("buslink-plugin-kafka");
+    assert!(
+        program.is_file(),
+        "{}: build the workspace first",
+        program.display()
+    );
+    kafka_assign_kit(&mut mock, dir.path())
+        .check_executable(&[program.display().to_string()], "KafkaConsumer")
         .assert_passed();
 }
 
