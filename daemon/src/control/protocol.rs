@@ -179,6 +179,131 @@ fn parse_errors(words: &[&str]) -> Option<Request> {
     Some(Request::Errors { consumer, command })
 }
 
+/// The daemon's answer to one [`Request`], before it is worded: the server decides it, and
+/// [`Reply::to_text`] alone writes the socket's text (one line or more, ending in a newline;
+/// an answer that did nothing begins with `error: `, and `buslink ctl` exits 2 on it).
+#[derive(Clone, Debug)]
+pub enum Reply {
+    /// `status`: every consumer's (or the one named), as text or JSON.
+    Status {
+        statuses: Vec<super::Status>,
+        json: bool,
+        /// One consumer was named: its JSON object alone.
+        named: bool,
+    },
+    /// `pause` done.
+    Paused,
+    /// `pause` refused: these consumers' buses keep the position; `nothing_paused` when none of
+    /// several was paused for it.
+    PauseRefused {
+        consumers: Vec<String>,
+        nothing_paused: bool,
+    },
+    /// `resume` done.
+    Resumed,
+    /// `errors ...`: the consumers' answers, worded already by [`queue_answer`] (each
+    /// consumer's part), `Err` when one of them did nothing.
+    Queue(Result<String, String>),
+    /// `reload` done: what changed.
+    Reloaded(String),
+    /// `reload` refused: why; the running config stays.
+    ReloadRefused(String),
+    /// `version`.
+    Version {
+        version: String,
+        pid: u32,
+        /// Seconds since the control socket opened, when known.
+        up_s: Option<u64>,
+    },
+    /// `quit`: the stop began.
+    Stopping,
+    /// The request named no consumer the daemon runs, or could not be read: why.
+    Refused(String),
+}
+
+impl Reply {
+    /// The socket's text.
+    pub fn to_text(&self) -> String {
+        match self {
+            Reply::Status {
+                statuses,
+                json: true,
+                named: true,
+            } => statuses
+                .first()
+                .map(|status| serde_json::to_string(status).unwrap_or_default() + "\n")
+                .unwrap_or_default(),
+            Reply::Status {
+                statuses,
+                json: true,
+                named: false,
+            } => {
+                serde_json::to_string(&serde_json::json!({ "consumers": statuses }))
+                    .unwrap_or_default()
+                    + "\n"
+            }
+            Reply::Status { statuses, .. } => statuses.iter().map(human).collect(),
+            Reply::Paused => "paused\n".into(),
+            Reply::PauseRefused {
+                consumers,
+                nothing_paused,
+            } => format!(
+                "error: {}: this consumer's bus keeps its position (a consumer group): a member \
+                 that stops reading loses its partitions to the others; stop it (quit) \
+                 instead{}\n",
+                consumers.join(", "),
+                if *nothing_paused {
+                    " (nothing was paused; name the consumers to pause)"
+                } else {
+                    ""
+                }
+            ),
+            Reply::Resumed => "resumed\n".into(),
+            Reply::Queue(Ok(text)) => text.clone(),
+            Reply::Queue(Err(text)) => format!("error: {text}"),
+            Reply::Reloaded(summary) => format!("{summary}\n"),
+            Reply::ReloadRefused(why) => {
+                format!("error: reload refused, the running config stays: {why}\n")
+            }
+            Reply::Version { version, pid, up_s } => format!(
+                "buslink {version} (pid {pid}, up {})\n",
+                up_s.map_or_else(|| "for a time unknown".to_owned(), |s| format!("{s} s"))
+            ),
+            Reply::Stopping => "stopping\n".into(),
+            Reply::Refused(text) => text.clone(),
+        }
+    }
+}
+
+/// One consumer's `status`, for people.
+fn human(status: &super::Status) -> String {
+    let mut text = format!(
+        "consumer {}: {} (plugin {} class {})\n",
+        status.consumer, status.state, status.plugin, status.class
+    );
+    text.push_str(&format!(
+        "  committed offset: {}{}\n",
+        status.committed_offset.as_deref().unwrap_or("none"),
+        match (&status.committed_at, status.committed_age_seconds) {
+            (Some(at), Some(age)) => format!(" at {at} ({age} s ago)"),
+            (Some(at), None) => format!(" at {at}"),
+            _ => String::new(),
+        }
+    ));
+    text.push_str(&format!(
+        "  events handled: {} ({} events/s)\n",
+        status.events_handled, status.events_per_second
+    ));
+    if let Some(lag) = status.lag {
+        text.push_str(&format!("  lag: {lag} events\n"));
+    }
+    text.push_str(&format!("  error queue: {} events\n", status.error_queue));
+    if let Some(error) = &status.last_error {
+        text.push_str(&format!("  last error: {error}\n"));
+    }
+    text
+}
+
 /// The words of one consumer's answer to an error-queue command (`ctl errors`): `Err` for an
 /// answer that did nothing (`ctl` then exits 2).
 pub fn queue_answer(consumer: &str, reply: &QueueReply, json: bool) -> Result<String, String> {
@@ -201,6 +326,55 @@ pub fn queue_answer(consumer: &str, reply: &QueueReply, json: bool) -> Result<St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reply_that_did_nothing_begins_with_error_and_no_other_does() {
+        let done = [
+            Reply::Paused,
+            Reply::Resumed,
+            Reply::Stopping,
+            Reply::Reloaded("reloaded: 1 consumer(s) unchanged".into()),
+            Reply::Queue(Ok("consumer 'a': dropped 1 event(s), 0 left\n".into())),
+            Reply::Version {
+                version: "0.1.0".into(),
+                pid: 42,
+                up_s: Some(7),
+            },
+            Reply::Status {
+                statuses: Vec::new(),
+                json: true,
+                named: false,
+            },
+        ];
+        for reply in &done {
+            let text = reply.to_text();
+            assert!(
+                !text.starts_with("error: ") && text.ends_with('\n'),
+                "{reply:?}: {text:?}"
+            );
+        }
+        let refused = [
+            Reply::PauseRefused {
+                consumers: vec!["group".into()],
+                nothing_paused: true,
+            },
+            Reply::ReloadRefused("bad key".into()),
+            Reply::Queue(Err("consumer 'a' has no queued event #9\n".into())),
+            Reply::Refused("error: no consumer named \"x\" in this daemon (it runs: a)\n".into()),
+        ];
+        for reply in &refused {
+            let text = reply.to_text();
+            assert!(
+                text.starts_with("error: ") && text.ends_with('\n'),
+                "{reply:?}: {text:?}"
+            );
+        }
+        assert_eq!(
+            done[5].to_text(),
+            "buslink 0.1.0 (pid 42, up 7 s)\n",
+            "the version's words"
+        );
+    }
 
     fn every_request() -> Vec<Request> {
         let consumers = [None, Some("billing".to_owned())];

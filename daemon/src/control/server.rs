@@ -1,7 +1,7 @@
 //! The daemon's side of the control socket.
 
-use super::protocol::Request;
-use super::{QueueCommand, Registry, Shared, Status};
+use super::protocol::{Reply, Request};
+use super::{QueueCommand, Registry, Shared};
 use crate::config::{accounts, ControlSocketConfig};
 use crate::shutdown::Shutdown;
 use std::io::Write;
@@ -225,30 +225,30 @@ const MAX_CONNECTIONS: usize = 16;
 /// what `version` counts its time up from.
 static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
 
-/// The answer to one command line.
+/// The answer to one command line: what the request asks, carried out ([`reply`]), worded by
+/// [`Reply::to_text`].
 pub fn answer(line: &str, registry: &Registry, shutdown: &Shutdown) -> String {
-    let request = match Request::parse(line) {
-        Ok(request) => request,
-        Err(answer) => return answer,
-    };
+    match Request::parse(line) {
+        Ok(request) => reply(request, registry, shutdown).to_text(),
+        Err(answer) => answer,
+    }
+}
+
+/// Carries out `request` and says how it went.
+pub fn reply(request: Request, registry: &Registry, shutdown: &Shutdown) -> Reply {
     let chosen = |named: &Option<String>| choose(registry, named.as_deref());
     match request {
         Request::Errors { consumer, command } => errors(consumer.as_deref(), command, registry),
         Request::Status { json, consumer } => match chosen(&consumer) {
-            Err(error) => error,
-            Ok(chosen) if json && consumer.is_some() => {
-                serde_json::to_string(&chosen[0].status()).unwrap_or_default() + "\n"
-            }
-            Ok(chosen) if json => {
-                let statuses: Vec<Status> = chosen.iter().map(|s| s.status()).collect();
-                serde_json::to_string(&serde_json::json!({ "consumers": statuses }))
-                    .unwrap_or_default()
-                    + "\n"
-            }
-            Ok(chosen) => chosen.iter().map(|s| human(&s.status())).collect(),
+            Err(error) => Reply::Refused(error),
+            Ok(chosen) => Reply::Status {
+                statuses: chosen.iter().map(|s| s.status()).collect(),
+                json,
+                named: consumer.is_some(),
+            },
         },
         Request::Pause { consumer } => match chosen(&consumer) {
-            Err(error) => error,
+            Err(error) => Reply::Refused(error),
             Ok(chosen) => {
                 let refused: Vec<String> = chosen
                     .iter()
@@ -256,17 +256,10 @@ pub fn answer(line: &str, registry: &Registry, shutdown: &Shutdown) -> String {
                     .map(|s| s.name())
                     .collect();
                 if !refused.is_empty() {
-                    return format!(
-                        "error: {}: this consumer's bus keeps its position (a consumer group): \
-                         a member that stops reading loses its partitions to the others; stop \
-                         it (quit) instead{}\n",
-                        refused.join(", "),
-                        if consumer.is_none() && chosen.len() > 1 {
-                            " (nothing was paused; name the consumers to pause)"
-                        } else {
-                            ""
-                        }
-                    );
+                    return Reply::PauseRefused {
+                        consumers: refused,
+                        nothing_paused: consumer.is_none() && chosen.len() > 1,
+                    };
                 }
                 for shared in &chosen {
                     shared.set_paused(true);
@@ -276,11 +269,11 @@ pub fn answer(line: &str, registry: &Registry, shutdown: &Shutdown) -> String {
                         shared.name()
                     );
                 }
-                "paused\n".to_owned()
+                Reply::Paused
             }
         },
         Request::Resume { consumer } => match chosen(&consumer) {
-            Err(error) => error,
+            Err(error) => Reply::Refused(error),
             Ok(chosen) => {
                 for shared in &chosen {
                     shared.set_paused(false);
@@ -289,29 +282,25 @@ pub fn answer(line: &str, registry: &Registry, shutdown: &Shutdown) -> String {
                         shared.name()
                     );
                 }
-                "resumed\n".to_owned()
+                Reply::Resumed
             }
         },
         Request::Reload => {
             tracing::info!("reload asked through the control socket");
             match registry.reload_and_wait(super::RELOAD_WAIT) {
-                Ok(summary) => format!("{summary}\n"),
-                Err(why) => format!("error: reload refused, the running config stays: {why}\n"),
+                Ok(summary) => Reply::Reloaded(summary),
+                Err(why) => Reply::ReloadRefused(why),
             }
         }
-        Request::Version => format!(
-            "buslink {} (pid {}, up {})\n",
-            env!("CARGO_PKG_VERSION"),
-            std::process::id(),
-            STARTED.get().map_or_else(
-                || "for a time unknown".to_owned(),
-                |at| format!("{} s", at.elapsed().as_secs())
-            )
-        ),
+        Request::Version => Reply::Version {
+            version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+            up_s: STARTED.get().map(|at| at.elapsed().as_secs()),
+        },
         Request::Quit => {
             tracing::info!("stop asked through the control socket");
             shutdown.request();
-            "stopping\n".to_owned()
+            Reply::Stopping
         }
     }
 }
@@ -336,11 +325,11 @@ fn choose(registry: &Registry, name: Option<&str>) -> Result<Vec<Arc<Shared>>, S
 }
 
 /// `errors list|retry|drop`, carried out by the consumers' dispatchers.
-fn errors(consumer: Option<&str>, command: QueueCommand, registry: &Registry) -> String {
+fn errors(consumer: Option<&str>, command: QueueCommand, registry: &Registry) -> Reply {
     let json = matches!(command, QueueCommand::List { json: true });
     let chosen = match choose(registry, consumer) {
         Ok(chosen) => chosen,
-        Err(error) => return error,
+        Err(error) => return Reply::Refused(error),
     };
     // An event id, or dropping, is about one consumer's queue.
     if chosen.len() > 1
@@ -349,16 +338,17 @@ fn errors(consumer: Option<&str>, command: QueueCommand, registry: &Registry) ->
             QueueCommand::List { .. } | QueueCommand::Retry { id: None }
         )
     {
-        return "error: this daemon runs several consumers: name one with --consumer NAME\n"
-            .to_owned();
+        return Reply::Refused(
+            "error: this daemon runs several consumers: name one with --consumer NAME\n".into(),
+        );
     }
     if let Some(idle) = chosen.iter().find(|shared| !shared.serving()) {
-        return format!(
+        return Reply::Refused(format!(
             "error: consumer '{}' is not consuming now ({}): its queue is taken only between \
              two events; try again once it runs\n",
             idle.name(),
             idle.status().state
-        );
+        ));
     }
     // Every consumer gets the command at once; one deadline for all of them.
     let pending: Vec<_> = chosen
@@ -380,13 +370,13 @@ fn errors(consumer: Option<&str>, command: QueueCommand, registry: &Registry) ->
         .collect();
     // Each consumer's outcome is told, the failures too (ctl then exits 2).
     if answers.iter().any(|(_, answer)| answer.is_err()) {
-        let mut text = String::from("error: ");
+        let mut text = String::new();
         for (_, answer) in &answers {
             match answer {
                 Ok(answer) | Err(answer) => text.push_str(answer),
             }
         }
-        return text;
+        return Reply::Queue(Err(text));
     }
     let answers: Vec<(String, String)> = answers
         .into_iter()
@@ -395,43 +385,17 @@ fn errors(consumer: Option<&str>, command: QueueCommand, registry: &Registry) ->
     if json {
         // One JSON document: the array of one consumer, or an object of arrays by name.
         if let [(_, one)] = answers.as_slice() {
-            return one.clone();
+            return Reply::Queue(Ok(one.clone()));
         }
         let by_name: serde_json::Map<String, serde_json::Value> = answers
             .into_iter()
             .map(|(name, text)| (name, serde_json::from_str(&text).unwrap_or_default()))
             .collect();
-        return serde_json::to_string_pretty(&by_name).unwrap_or_default() + "\n";
+        return Reply::Queue(Ok(serde_json::to_string_pretty(&by_name)
+            .unwrap_or_default()
+            + "\n"));
     }
-    answers.into_iter().map(|(_, text)| text).collect()
-}
-
-fn human(status: &super::Status) -> String {
-    let mut text = format!(
-        "consumer {}: {} (plugin {} class {})\n",
-        status.consumer, status.state, status.plugin, status.class
-    );
-    text.push_str(&format!(
-        "  committed offset: {}{}\n",
-        status.committed_offset.as_deref().unwrap_or("none"),
-        match (&status.committed_at, status.committed_age_seconds) {
-            (Some(at), Some(age)) => format!(" at {at} ({age} s ago)"),
-            (Some(at), None) => format!(" at {at}"),
-            _ => String::new(),
-        }
-    ));
-    text.push_str(&format!(
-        "  events handled: {} ({} events/s)\n",
-        status.events_handled, status.events_per_second
-    ));
-    if let Some(lag) = status.lag {
-        text.push_str(&format!("  lag: {lag} events\n"));
-    }
-    text.push_str(&format!("  error queue: {} events\n", status.error_queue));
-    if let Some(error) = &status.last_error {
-        text.push_str(&format!("  last error: {error}\n"));
-    }
-    text
+    Reply::Queue(Ok(answers.into_iter().map(|(_, text)| text).collect()))
 }
 
 #[cfg(test)]
