@@ -15,7 +15,7 @@ import pathlib
 import re
 import sys
 
-CRATES = ["configuration", "engine", "daemon", "host", "plugin-api", "plugins/hmb", "plugins/kafka", "plugins/sqlite"]
+CRATES = ["configuration", "engine", "daemon", "host", "plugin-api", "plugin-kit", "plugins/hmb", "plugins/kafka", "plugins/sqlite"]
 KNOWN = pathlib.Path(".ci/module-cycles.known")
 PATH = re.compile(r"\bcrate::([a-z_][a-z0-9_]*)")
 SUPER = re.compile(r"\bsuper::([a-z_][a-z0-9_]*)")
