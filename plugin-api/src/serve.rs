@@ -22,7 +22,7 @@ use crate::wire::{
     read_frame, write_frame_with, Batch, ClassInfo, FrameError, Hello, Op, Outcome, PluginName,
     Reply, Request, WireError, WireEvent, WireGap, PROTOCOL,
 };
-use crate::{ConsumerClass, EventBatch, PluginError, PollStatus};
+use crate::{ConsumerClass, EventBatch, PluginError};
 use abi_stable::std_types::{RResult, RSlice, RString};
 use serde_json::value::RawValue;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -246,7 +246,7 @@ fn call(
             }
             batch.clear();
             let status = plain(consumer.poll(batch))?;
-            to_json(wire_batch(status_name(status), batch, section))
+            to_json(wire_batch(crate::wire::status_name(status), batch, section))
         }
         Op::FindNextEventOfCategory { category } => {
             let mut found = EventBatch::new(1, usize::MAX);
@@ -281,15 +281,6 @@ fn call(
         Op::Hello { .. } | Op::NewConsumer { .. } | Op::Bye => Err(PluginError::protocol(
             "hello, new_consumer and bye are not consumer operations",
         )),
-    }
-}
-
-fn status_name(status: PollStatus) -> &'static str {
-    match status {
-        PollStatus::Ready => "ready",
-        PollStatus::Idle => "idle",
-        PollStatus::Ended => "ended",
-        PollStatus::Drained => "drained",
     }
 }
 

@@ -320,12 +320,6 @@ impl SubprocessConsumer {
     }
 }
 
-impl Drop for SubprocessConsumer {
-    fn drop(&mut self) {
-        self.running.take();
-    }
-}
-
 fn op_name(op: &Op) -> String {
     serde_json::to_value(op)
         .ok()
@@ -607,18 +601,6 @@ fn fill(batch: &mut EventBatch, wire: &Batch, section: &[u8], label: &str) -> Pl
     Ok(())
 }
 
-fn status_of(name: &str, label: &str) -> PluginResult<PollStatus> {
-    match name {
-        "ready" => Ok(PollStatus::Ready),
-        "idle" => Ok(PollStatus::Idle),
-        "ended" => Ok(PollStatus::Ended),
-        "drained" => Ok(PollStatus::Drained),
-        other => Err(PluginError::protocol(format!(
-            "{label}: a poll status {other:?} (ready, idle, ended or drained)"
-        ))),
-    }
-}
-
 impl Consumer for SubprocessConsumer {
     fn open(&mut self) -> PluginResult<()> {
         if self.running.is_none() {
@@ -726,7 +708,12 @@ impl Consumer for SubprocessConsumer {
             )));
         }
         fill(batch, &wire, &answered.frame[answered.section..], &label)?;
-        status_of(&wire.status, &label)
+        crate::wire::status_of(&wire.status).ok_or_else(|| {
+            PluginError::protocol(format!(
+                "{label}: a poll status {:?} (ready, idle, ended or drained)",
+                wire.status
+            ))
+        })
     }
 
     fn find_next_event_of_category(

@@ -300,6 +300,30 @@ pub struct WireGap {
     pub count: Option<u64>,
 }
 
+/// A poll status's name on the wire.
+pub fn status_name(status: crate::PollStatus) -> &'static str {
+    use crate::PollStatus;
+    match status {
+        PollStatus::Ready => "ready",
+        PollStatus::Idle => "idle",
+        PollStatus::Ended => "ended",
+        PollStatus::Drained => "drained",
+    }
+}
+
+/// The poll status a wire name gives, if it is one.
+pub fn status_of(name: &str) -> Option<crate::PollStatus> {
+    use crate::PollStatus;
+    [
+        PollStatus::Ready,
+        PollStatus::Idle,
+        PollStatus::Ended,
+        PollStatus::Drained,
+    ]
+    .into_iter()
+    .find(|status| status_name(*status) == name)
+}
+
 /// An error kind's name on the wire.
 pub fn kind_name(kind: crate::ErrorKind) -> &'static str {
     use crate::ErrorKind;
