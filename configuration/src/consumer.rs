@@ -4,6 +4,7 @@
 //! its reload scope in `reload.rs`.
 
 use crate::handler::LenientHandler;
+use crate::plugin::PluginSource;
 use crate::settings::refuse_non_finite;
 use crate::{key_label, Config, ConfigError, Source};
 use buslink_plugin_api::Offset;
@@ -15,7 +16,8 @@ use toml::Spanned;
 #[derive(Clone, Debug, PartialEq)]
 pub struct ConsumerConfig {
     pub name: String,
-    pub plugin: String,
+    /// `plugin`: a library or an executable.
+    pub plugin: PluginSource,
     pub class: String,
     pub start: StartPosition,
     pub timeout_ms: u64,
@@ -111,7 +113,7 @@ pub(crate) struct CommitSection {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawConsumer {
     pub(crate) name: Spanned<String>,
-    pub(crate) plugin: Spanned<String>,
+    pub(crate) plugin: Spanned<toml::Value>,
     pub(crate) class: Spanned<String>,
     #[serde(default)]
     pub(crate) start: Option<Spanned<toml::Value>>,
@@ -252,12 +254,24 @@ impl Config {
             ));
         }
         let mut buildable = true;
-        for (key, value) in [("plugin", &raw.plugin), ("class", &raw.class)] {
-            if value.get_ref().trim().is_empty() {
-                errors.push(at(value.span(), key, "must not be empty".into()));
-                buildable = false;
-            }
+        if raw.class.get_ref().trim().is_empty() {
+            errors.push(at(raw.class.span(), "class", "must not be empty".into()));
+            buildable = false;
         }
+        let plugin_span = raw.plugin.span();
+        let plugin = match crate::plugin::parse(raw.plugin.into_inner()) {
+            Ok(plugin) => Some(plugin),
+            Err(problems) => {
+                for (key, message) in problems {
+                    errors.push(match key {
+                        None => at(plugin_span.clone(), "plugin", message),
+                        Some(key) => at_key(&["plugin", key], message),
+                    });
+                }
+                buildable = false;
+                None
+            }
+        };
         let start = match raw.start {
             None => StartPosition::Beginning,
             Some(value) => {
@@ -303,9 +317,9 @@ impl Config {
                 String::new()
             }
         };
-        let consumer = buildable.then(|| ConsumerConfig {
+        let consumer = plugin.filter(|_| buildable).map(|plugin| ConsumerConfig {
             name: raw.name.into_inner(),
-            plugin: raw.plugin.into_inner(),
+            plugin,
             class: raw.class.into_inner(),
             start,
             timeout_ms: raw.timeout_ms.max(1),

@@ -17,6 +17,7 @@ pub mod filter;
 mod handler;
 pub mod modes;
 mod parse;
+mod plugin;
 mod raw;
 pub mod reload;
 mod settings;
@@ -27,6 +28,7 @@ pub use handler::{
     displayable_url, EventFilter, ExecConfig, FailurePolicy, HandlerConfig, HandlerKind,
     HandlerType, HttpConfig, PluginHandlerConfig, RetryPolicy, Secret,
 };
+pub use plugin::{PluginCommand, PluginSource};
 pub use source::{key_label, ConfigError, ConfigErrors, Source};
 
 use raw::RawControl;

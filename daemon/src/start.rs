@@ -40,7 +40,7 @@ pub fn run(config_path: &Path, once: bool) -> Result<(), AppError> {
         .map(|(config, ..)| {
             Arc::new(Shared::new(
                 &config.consumer.name,
-                &config.consumer.plugin,
+                &config.consumer.plugin.label(),
                 &config.consumer.class,
             ))
         })

@@ -287,7 +287,7 @@ fn supervise(mut unit: Unit, daemon: &Daemon<'_>, steering: &Steer) -> Result<()
             }
             if let Some(replacement) = steering.replacement.take() {
                 unit.context.control.update(|status| {
-                    status.plugin = replacement.config.consumer.plugin.clone();
+                    status.plugin = replacement.config.consumer.plugin.label();
                     status.class = replacement.config.consumer.class.clone();
                 });
                 unit.context
@@ -469,9 +469,14 @@ fn reload<'scope, 'env>(
         let upgraded = running.filter(|h| h.plugin.changed_on_disk());
         if let Some(handle) = upgraded {
             tracing::info!(
-                "reload: consumer '{}': its plugin library {} changed on disk: it restarts on \
-                 the new code",
+                "reload: consumer '{}': its plugin {} {} changed on disk: it restarts on the \
+                 new code",
                 handle.name,
+                if handle.plugin.is_executable() {
+                    "executable"
+                } else {
+                    "library"
+                },
                 handle.plugin.path().display()
             );
         }
@@ -540,7 +545,7 @@ fn reload<'scope, 'env>(
         };
         let control = Arc::new(Shared::new(
             &name,
-            &config.consumer.plugin,
+            &config.consumer.plugin.label(),
             &config.consumer.class,
         ));
         if consumer.bus_owns_position() {

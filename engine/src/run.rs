@@ -3,6 +3,7 @@
 //! handlers, the pipeline). The `run` command and the supervisor call it; so do `check`,
 //! `offsets`, `query` and `replay` for their consumer. No command module is imported here.
 
+use crate::config::PluginSource;
 use crate::config::{Config, ConfigErrors, HermesMode, StartPosition};
 use crate::dead_letter::DeadLetterFile;
 use crate::error::AppError;
@@ -13,7 +14,7 @@ use crate::lock::ConsumerLock;
 use crate::offsets::OffsetRecord;
 use crate::offsets::{OffsetCache, ResumePoint};
 use crate::pipeline::{self, Outputs, PipelineOptions};
-use crate::plugin::{find_library, LoadedPlugin, PluginConsumer};
+use crate::plugin::{find_executable, find_library, LoadedPlugin, PluginConsumer};
 use crate::shutdown::Shutdown;
 use crate::steering::Shared;
 use buslink_plugin_api::ErrorKind;
@@ -24,12 +25,26 @@ use std::time::Duration;
 
 /// Finds and loads the configured consumer plugin, and checks that it has the configured class.
 pub fn load_consumer_plugin(config: &Config) -> Result<(Arc<LoadedPlugin>, PathBuf), AppError> {
-    let path = find_library(
-        &config.consumer.plugin,
-        &config.base_dir,
-        &config.plugin_dirs,
-    )?;
-    let plugin = LoadedPlugin::shared(&path, config.allow_insecure_plugins)?;
+    let (plugin, path) = match &config.consumer.plugin {
+        PluginSource::Library(name) => {
+            let path = find_library(name, &config.base_dir, &config.plugin_dirs)?;
+            (
+                LoadedPlugin::shared(&path, config.allow_insecure_plugins)?,
+                path,
+            )
+        }
+        PluginSource::Executable(command) => {
+            let program = command.command.first().map(String::as_str).unwrap_or("");
+            let path = find_executable(program, &config.base_dir, &config.plugin_dirs)?;
+            let plugin = LoadedPlugin::executable(
+                &path,
+                Some(command),
+                config.allow_insecure_plugins,
+                &config.base_dir,
+            )?;
+            (Arc::new(plugin), path)
+        }
+    };
     let info = plugin.info();
     if !info
         .consumer_classes
@@ -89,10 +104,10 @@ pub fn build_consumer(config: &Config) -> Result<(Arc<LoadedPlugin>, PluginConsu
     let info = plugin.info();
     let consumer = new_consumer(config, &plugin)?;
     tracing::info!(
-        "loaded plugin '{}' {} (plugin-api {}) from {}",
+        "loaded plugin '{}' {} ({}) from {}",
         info.name,
         info.version,
-        info.api_version,
+        info.speaks(),
         path.display()
     );
     Ok((plugin, consumer))

@@ -118,6 +118,36 @@ pub struct Status {
     pub error_queue: usize,
     /// The last error or warning the pipeline met, if any.
     pub last_error: Option<String>,
+    /// The plugin's own counters, as the reader last read them (name: value).
+    pub plugin_counters: std::collections::BTreeMap<String, u64>,
+    /// A plugin executable's child process; `None` for a library.
+    pub plugin_process: Option<PluginProcess>,
+}
+
+/// A plugin executable's child, as its consumer's counters say it (`plugin_process_*`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PluginProcess {
+    /// The running child's pid; `None` while none runs (it died and is not started again yet).
+    pub pid: Option<u32>,
+    /// Children started for this consumer's run.
+    pub starts: u64,
+    /// Of those, the ones that replaced a child that died, hung or broke the protocol.
+    pub restarts: u64,
+}
+
+impl PluginProcess {
+    /// From a consumer's counters; `None` when they do not speak of a process (a library).
+    pub fn from_counters(counters: &[(String, u64)]) -> Option<PluginProcess> {
+        let get = |name: &str| counters.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
+        let starts = get("plugin_process_starts")?;
+        Some(PluginProcess {
+            pid: get("plugin_process_pid")
+                .filter(|pid| *pid != 0)
+                .and_then(|pid| u32::try_from(pid).ok()),
+            starts,
+            restarts: get("plugin_process_restarts").unwrap_or(starts.saturating_sub(1)),
+        })
+    }
 }
 
 impl Shared {
@@ -315,6 +345,12 @@ impl Shared {
         status.lag = view.lag;
         status.events_per_second = view.events_per_second;
         status.events_handled = self.health.handled_this_run();
+        let counters = self.health.counters();
+        status.plugin_process = PluginProcess::from_counters(&counters);
+        status.plugin_counters = counters
+            .into_iter()
+            .filter(|(name, _)| !name.starts_with("plugin_process_"))
+            .collect();
         status.committed_at = status.committed_time.map(|t| t.to_rfc3339());
         status.committed_age_seconds = status.committed_time.map(|t| {
             let millis = (chrono::Utc::now() - t).num_milliseconds().max(0);

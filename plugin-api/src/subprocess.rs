@@ -69,6 +69,20 @@ pub struct Spec {
     pub config_dir: PathBuf,
     /// How long calls may take.
     pub limits: CallLimits,
+    /// Logs every frame to and from the child (`trace_frames = true`): the JSON part whole
+    /// (up to [`TRACE_BYTES`]) and the size of the body section.
+    pub trace_frames: bool,
+}
+
+/// The most bytes of a frame's JSON part a trace line shows.
+pub const TRACE_BYTES: usize = 4096;
+
+/// Starts the executable of `spec`, shakes hands and ends it: what it says it is (its name,
+/// version, classes, protocol and capabilities). Its class and settings are not used.
+pub fn describe(spec: &Spec) -> PluginResult<Hello> {
+    let (running, hello, _) = spawn(spec)?;
+    drop(running);
+    Ok(hello)
 }
 
 /// A running child and the pipes to it.
@@ -133,6 +147,9 @@ pub struct SubprocessConsumer {
     starts: u64,
     /// The class's answer to `bus_owns_position`, asked once it is built.
     bus_owns_position: bool,
+    /// The plugin's own counters, as it answered last (asked with the lag: `counters` is a
+    /// `&self` call, which cannot wait on the child).
+    plugin_counters: Vec<(String, u64)>,
 }
 
 impl SubprocessConsumer {
@@ -148,6 +165,7 @@ impl SubprocessConsumer {
             pid,
             starts: 1,
             bus_owns_position: false,
+            plugin_counters: Vec::new(),
         };
         consumer.new_consumer()?;
         Ok(consumer)
@@ -205,7 +223,11 @@ impl SubprocessConsumer {
         let id = running.next_id;
         running.next_id += 1;
         let what = op_name(&op);
-        if let Err(error) = write_frame(&mut running.input, &Request { id, op }) {
+        let request = Request { id, op };
+        if self.spec.trace_frames {
+            trace_request(&name, &request);
+        }
+        if let Err(error) = write_frame(&mut running.input, &request) {
             return Err(self.ended(format!("cannot send {what}: {error}")));
         }
         let received = match limit {
@@ -215,6 +237,11 @@ impl SubprocessConsumer {
                 .recv()
                 .map_err(|_| RecvTimeoutError::Disconnected),
         };
+        if self.spec.trace_frames {
+            if let Ok(Ok(answer)) = &received {
+                trace_reply(&name, &answer.frame, answer.section);
+            }
+        }
         match received {
             Ok(Ok(Answer {
                 reply,
@@ -234,6 +261,9 @@ impl SubprocessConsumer {
             ))),
             Ok(Err(FrameError::Closed)) | Err(RecvTimeoutError::Disconnected) => {
                 Err(self.ended(format!("ended during {what}")))
+            }
+            Ok(Err(error @ FrameError::Truncated { .. })) => {
+                Err(self.ended(format!("ended during {what}: {error}")))
             }
             Ok(Err(error)) => Err(self.lost(format!("during {what}: {error}"))),
             Err(RecvTimeoutError::Timeout) => {
@@ -318,6 +348,40 @@ impl SubprocessConsumer {
         })?;
         Ok((batch, answered))
     }
+}
+
+/// A trace line for a request sent (`trace_frames`).
+fn trace_request(name: &str, request: &Request) {
+    let json = serde_json::to_string(request).unwrap_or_default();
+    crate::log::info(format!("{name} <- {}", shorten(&json)));
+}
+
+/// A trace line for a reply received (`trace_frames`): its JSON part, and the size of its
+/// body section.
+fn trace_reply(name: &str, frame: &[u8], section: usize) {
+    let json = String::from_utf8_lossy(frame.get(4..section).unwrap_or_default());
+    let bodies = frame.len().saturating_sub(section);
+    crate::log::info(format!(
+        "{name} -> {}{}",
+        shorten(&json),
+        if bodies > 0 {
+            format!(" + {bodies} bytes of bodies")
+        } else {
+            String::new()
+        }
+    ));
+}
+
+/// `text`, cut at [`TRACE_BYTES`] (on a character boundary) with the size left out said.
+fn shorten(text: &str) -> String {
+    if text.len() <= TRACE_BYTES {
+        return text.to_owned();
+    }
+    let mut end = TRACE_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} more bytes)", &text[..end], text.len() - end)
 }
 
 fn op_name(op: &Op) -> String {
@@ -762,6 +826,14 @@ impl Consumer for SubprocessConsumer {
     }
 
     fn lag(&mut self) -> Option<u64> {
+        self.running.as_ref()?;
+        // The host asks the lag and then the counters, between polls: the plugin's counters
+        // are fetched here, for `counters` (a `&self` call) to give.
+        if self.has("counters") {
+            if let Ok(counters) = self.value::<Vec<(String, u64)>>(Op::Counters) {
+                self.plugin_counters = counters;
+            }
+        }
         if !self.has("lag") || self.running.is_none() {
             return None;
         }
@@ -769,11 +841,31 @@ impl Consumer for SubprocessConsumer {
     }
 
     fn counters(&self) -> Vec<(String, u64)> {
-        // A `&self` call cannot wait on the child: the host's own counters of it.
-        vec![
-            ("plugin_process_pid".into(), u64::from(self.pid)),
+        // The plugin's own (as of the last `lag`), then the host's own counters of the child:
+        // its pid (0 while none runs), how many were started and how many of those replaced
+        // one that died.
+        let mut counters: Vec<(String, u64)> = self
+            .plugin_counters
+            .iter()
+            .filter(|(name, _)| !name.starts_with("plugin_process_"))
+            .cloned()
+            .collect();
+        counters.extend([
+            (
+                "plugin_process_pid".into(),
+                if self.running.is_some() {
+                    u64::from(self.pid)
+                } else {
+                    0
+                },
+            ),
             ("plugin_process_starts".into(), self.starts),
-        ]
+            (
+                "plugin_process_restarts".into(),
+                self.starts.saturating_sub(1),
+            ),
+        ]);
+        counters
     }
 
     fn query(&mut self, command: &str, args: &[String]) -> PluginResult<String> {

@@ -355,9 +355,17 @@ pub fn kind_of(name: &str) -> crate::ErrorKind {
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
-    /// The other side closed the pipe.
+    /// The other side closed the pipe between two frames.
     #[error("the pipe was closed")]
     Closed,
+    /// The other side closed the pipe in the middle of a frame (it died writing it).
+    #[error("the pipe closed in the middle of a frame ({got} of {expected} bytes)")]
+    Truncated {
+        /// The bytes of the frame read, its length prefix included.
+        got: usize,
+        /// The frame's length with its prefix (4 when the prefix itself was cut).
+        expected: usize,
+    },
     /// Reading or writing failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -429,6 +437,20 @@ pub fn read_frame<T: serde::de::DeserializeOwned>(
     read_frame_with(input, buffer).map(|(message, _)| message)
 }
 
+/// Fills `buffer` from `input` until it is full or the pipe ends: the bytes read.
+fn read_all(input: &mut impl Read, buffer: &mut [u8]) -> Result<usize, FrameError> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match input.read(&mut buffer[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(filled)
+}
+
 /// Reads one frame into `buffer` and parses its message; the body section is
 /// `buffer[start..]`, `start` the second value.
 pub fn read_frame_with<T: serde::de::DeserializeOwned>(
@@ -436,12 +458,10 @@ pub fn read_frame_with<T: serde::de::DeserializeOwned>(
     buffer: &mut Vec<u8>,
 ) -> Result<(T, usize), FrameError> {
     let mut head = [0u8; 4];
-    match input.read_exact(&mut head) {
-        Ok(()) => {}
-        Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
-            return Err(FrameError::Closed)
-        }
-        Err(error) => return Err(error.into()),
+    match read_all(input, &mut head)? {
+        0 => return Err(FrameError::Closed),
+        4 => {}
+        got => return Err(FrameError::Truncated { got, expected: 4 }),
     }
     let length = u32::from_be_bytes(head) as usize;
     if length > MAX_FRAME {
@@ -452,12 +472,13 @@ pub fn read_frame_with<T: serde::de::DeserializeOwned>(
     }
     buffer.clear();
     buffer.resize(length, 0);
-    input
-        .read_exact(buffer)
-        .map_err(|error| match error.kind() {
-            std::io::ErrorKind::UnexpectedEof => FrameError::Closed,
-            _ => error.into(),
-        })?;
+    let got = read_all(input, buffer)?;
+    if got < length {
+        return Err(FrameError::Truncated {
+            got: 4 + got,
+            expected: 4 + length,
+        });
+    }
     let not_a_message = |error: String, buffer: &[u8]| FrameError::NotAMessage {
         error,
         shown: show_bytes(&[&head[..], &buffer[..buffer.len().min(64)]].concat()),
@@ -533,6 +554,33 @@ mod tests {
         let error = read_frame::<Request>(&mut &b"\0\0\0\x09\0\0\0\x05oops!"[..], &mut buffer)
             .expect_err("not JSON");
         assert!(error.to_string().contains("oops!"), "{error}");
+    }
+
+    #[test]
+    fn a_frame_cut_short_is_told_from_a_pipe_closed_between_frames() {
+        let mut whole = Vec::new();
+        write_frame_with(
+            &mut whole,
+            &Request {
+                id: 1,
+                op: Op::Open,
+            },
+            b"bodies",
+        )
+        .unwrap();
+        let mut buffer = Vec::new();
+        let closed = read_frame::<Request>(&mut &b""[..], &mut buffer).unwrap_err();
+        assert!(matches!(closed, FrameError::Closed), "{closed}");
+        let cut = read_frame::<Request>(&mut &whole[..whole.len() - 3], &mut buffer).unwrap_err();
+        assert!(
+            matches!(cut, FrameError::Truncated { got, expected } if got == whole.len() - 3 && expected == whole.len()),
+            "{cut}"
+        );
+        let head_cut = read_frame::<Request>(&mut &whole[..2], &mut buffer).unwrap_err();
+        assert_eq!(
+            head_cut.to_string(),
+            "the pipe closed in the middle of a frame (2 of 4 bytes)"
+        );
     }
 
     #[test]

@@ -305,6 +305,7 @@ impl Kit {
                     settings,
                     config_dir: config_dir.clone(),
                     limits: Default::default(),
+                    trace_frames: false,
                 },
             )?;
             Ok(Driven::new(buslink_plugin_api::ffi::consumer_box(

@@ -25,6 +25,7 @@ fn misbehaving(args: &[&str]) -> Spec {
             call: Duration::from_secs(10),
             grace: Duration::from_millis(500),
         },
+        trace_frames: false,
     }
 }
 
@@ -122,6 +123,7 @@ fn sqlite_child(dir: &std::path::Path, events: usize) -> SubprocessConsumer {
             call: Duration::from_secs(10),
             grace: Duration::from_millis(500),
         },
+        trace_frames: false,
     })
     .expect("the sqlite executable starts");
     consumer

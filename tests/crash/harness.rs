@@ -163,19 +163,19 @@ impl std::fmt::Display for Trigger {
 }
 
 /// The jsonl file, line by line.
-struct Scan {
+pub(crate) struct Scan {
     /// The offsets of the valid lines, in file order.
-    offsets: Vec<i64>,
+    pub(crate) offsets: Vec<i64>,
     /// Complete lines that are not one JSON event with an integer offset (torn, glued).
-    invalid: usize,
+    pub(crate) invalid: usize,
     /// The first few of them (shortened), for messages.
     invalid_samples: Vec<String>,
     /// The file does not end with a newline: its last line is torn.
-    torn_tail: bool,
+    pub(crate) torn_tail: bool,
 }
 
 impl Scan {
-    fn of(path: &Path) -> Scan {
+    pub(crate) fn of(path: &Path) -> Scan {
         let bytes = match std::fs::read(path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -224,7 +224,7 @@ fn shorten(line: &[u8]) -> String {
 }
 
 /// The offset of the file's last complete line, if it is a valid event (cheap: reads the end).
-fn tail_offset(path: &Path) -> Option<i64> {
+pub(crate) fn tail_offset(path: &Path) -> Option<i64> {
     let mut file = File::open(path).ok()?;
     let start = file.metadata().ok()?.len().saturating_sub(TAIL_WINDOW);
     file.seek(SeekFrom::Start(start)).ok()?;

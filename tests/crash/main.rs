@@ -3,7 +3,11 @@
 //!
 //! - the **sqlite** bus: a generated Hermes bus (`HermesBusWriter`), offsets are msgids `1..=N`;
 //! - **HMB**: the in-repo HMB server (in process), one queue published before the run, offsets
-//!   are the seqs.
+//!   are the seqs;
+//! - **plugin executables** (`children.rs`): one daemon runs the sqlite plugin's executable and
+//!   its *child* is killed instead, half of the kills with a reply frame half written (the
+//!   daemon frozen until the child is seen blocked writing to it); every event once, in order,
+//!   and the restart counter equal to the kills.
 //!
 //! Each start draws its `batch_size`, `queue_batches` and `[commit]` cadence from the seed and
 //! alternates `fsync = "each"` / `"background"`; the HMB consumer also varies `format`,
@@ -31,6 +35,7 @@
 //! cargo test -p buslink-e2e --test crash -- --nocapture                  # 20 kills per bus
 //! BUSLINK_CRASH_KILLS=200 cargo test -p buslink-e2e --test crash -- --nocapture   # 200+ kills
 //! BUSLINK_CRASH_SEED=1234 cargo test -p buslink-e2e --test crash sqlite -- --nocapture  # replay
+//! BUSLINK_CRASH_KILLS=60 cargo test -p buslink-e2e --test crash children -- --nocapture  # 60 child kills
 //! ```
 //!
 //! Environment: `BUSLINK_CRASH_SEED` (decimal or `0x` hex; default: from the clock, each bus
@@ -41,6 +46,7 @@
 //! daemon's work is timing, not seed. 20 kills per bus take about 5 s (both buses in parallel,
 //! debug build, 2 cores), 200 about 60-80 s.
 
+mod children;
 mod harness;
 mod rng;
 
@@ -175,6 +181,11 @@ fn sqlite_bus_survives_sigkills_exactly_once() {
     let dir = TestDir::new("crash-sqlite");
     let bus = SqliteBus::generate(&dir, settings.events);
     crash_loop(&bus, &dir, settings);
+}
+
+#[test]
+fn sqlite_executable_children_survive_sigkills_some_mid_frame() {
+    children::child_crash_loop(CrashSettings::from_env());
 }
 
 #[test]

@@ -8,6 +8,7 @@ mod ctl;
 mod durability;
 mod errors;
 mod examples;
+mod executables;
 mod faults;
 mod handlers;
 mod hermes;
@@ -24,5 +25,10 @@ mod replay;
 mod run;
 mod several;
 mod sqlite_bus;
+/// The sqlite bus tests again, on the sqlite plugin's executable (see `sqlite_bus.rs`): the
+/// same file on purpose.
+#[allow(clippy::duplicate_mod)]
+#[path = "sqlite_bus.rs"]
+mod sqlite_bus_executable;
 mod systemd;
 mod word;

@@ -9,6 +9,53 @@ use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
+/// This file's tests run twice: as `sqlite_bus`, on the sqlite plugin's library, and as
+/// `sqlite_bus_executable`, on its executable (`plugin = { command = [...] }`, the subprocess
+/// protocol), the same tests asserting the same.
+const EXECUTABLE: bool = ends_with(module_path!(), "_executable");
+
+const fn ends_with(text: &str, end: &str) -> bool {
+    let (text, end) = (text.as_bytes(), end.as_bytes());
+    if end.len() > text.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < end.len() {
+        if text[text.len() - end.len() + i] != end[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// The config written, its plugin the executable when this is the `_executable` run.
+fn on_transport(config: std::path::PathBuf) -> std::path::PathBuf {
+    if EXECUTABLE {
+        let text = std::fs::read_to_string(&config).expect("the config just written");
+        assert!(text.contains("plugin = \"sqlite\""), "{text}");
+        let text = text.replace(
+            "plugin = \"sqlite\"",
+            "plugin = { command = [\"buslink-plugin-sqlite\"] }",
+        );
+        std::fs::write(&config, text).expect("the config rewritten");
+    }
+    config
+}
+
+fn sqlite_config(
+    dir: &TestDir,
+    bus: &std::path::Path,
+    extra: &str,
+    rest: &str,
+) -> std::path::PathBuf {
+    on_transport(crate::common::sqlite_config(dir, bus, extra, rest))
+}
+
+fn consumer_config(dir: &TestDir, consumer: ConsumerSpec<'_>, rest: &str) -> std::path::PathBuf {
+    on_transport(crate::common::consumer_config(dir, consumer, rest))
+}
+
 #[test]
 fn fixture_bus_is_consumed_completely_and_in_order() {
     let dir = TestDir::new("fixture");

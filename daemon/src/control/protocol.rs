@@ -297,6 +297,15 @@ fn human(status: &super::Status) -> String {
     if let Some(lag) = status.lag {
         text.push_str(&format!("  lag: {lag} events\n"));
     }
+    if let Some(process) = &status.plugin_process {
+        text.push_str(&format!(
+            "  plugin process: {}, {} restart(s)\n",
+            process
+                .pid
+                .map_or_else(|| "none running".to_owned(), |pid| format!("pid {pid}")),
+            process.restarts
+        ));
+    }
     text.push_str(&format!("  error queue: {} events\n", status.error_queue));
     if let Some(error) = &status.last_error {
         text.push_str(&format!("  last error: {error}\n"));

@@ -2,7 +2,10 @@
 //! and method.
 
 use buslink_plugin_api::ffi::{ConsumerBox, ROffset};
-use buslink_plugin_api::{EventBatch, Offset, OffsetRef, PluginError, PollStatus};
+use buslink_plugin_api::subprocess::SubprocessConsumer;
+use buslink_plugin_api::{
+    Consumer, EventBatch, Offset, OffsetRef, PluginError, PluginResult, PollStatus,
+};
 use std::fmt;
 use std::time::Duration;
 
@@ -31,17 +34,130 @@ impl fmt::Display for ConsumerError {
 
 impl std::error::Error for ConsumerError {}
 
-/// A consumer built by a plugin.
+/// A consumer built by a plugin: a library's, through the stable ABI, or a plugin
+/// executable's, through the subprocess protocol.
 pub struct PluginConsumer {
-    inner: ConsumerBox,
+    inner: Box<dyn Consumer>,
     plugin: String,
     class: String,
+}
+
+/// A library's consumer as a plain [`Consumer`]: the FFI types converted, in one place.
+struct LibraryConsumer(ConsumerBox);
+
+impl Consumer for LibraryConsumer {
+    fn open(&mut self) -> PluginResult<()> {
+        self.0.open().into_result().map_err(Into::into)
+    }
+    fn close(&mut self) -> PluginResult<()> {
+        self.0.close().into_result().map_err(Into::into)
+    }
+    fn seek_to_beginning(&mut self) -> PluginResult<()> {
+        self.0.seek_to_beginning().into_result().map_err(Into::into)
+    }
+    fn seek_to_end(&mut self) -> PluginResult<()> {
+        self.0.seek_to_end().into_result().map_err(Into::into)
+    }
+    fn seek(&mut self, offset: &Offset) -> PluginResult<()> {
+        self.0
+            .seek(&ROffset::from(offset))
+            .into_result()
+            .map_err(Into::into)
+    }
+    fn seek_after(&mut self, offset: &Offset) -> PluginResult<()> {
+        self.0
+            .seek_after(&ROffset::from(offset))
+            .into_result()
+            .map_err(Into::into)
+    }
+    fn next_offset(&self, offset: OffsetRef<'_>) -> Option<Offset> {
+        self.0
+            .next_offset(&ROffset::from(&offset.to_owned()))
+            .into_option()
+            .map(|next| Offset::from(&next))
+    }
+    fn set_timeout(&mut self, timeout: Option<Duration>) -> PluginResult<()> {
+        let millis = timeout.map(|t| t.as_millis().min(u64::MAX as u128) as u64);
+        self.0
+            .set_timeout(millis.into())
+            .into_result()
+            .map_err(Into::into)
+    }
+    fn set_stop_when_drained(&mut self, stop: bool) -> PluginResult<()> {
+        self.0
+            .set_stop_when_drained(stop)
+            .into_result()
+            .map_err(Into::into)
+    }
+    fn poll(&mut self, batch: &mut EventBatch) -> PluginResult<PollStatus> {
+        self.0.poll(batch).into_result().map_err(Into::into)
+    }
+    fn counters(&self) -> Vec<(String, u64)> {
+        self.0
+            .counters()
+            .into_iter()
+            .map(|pair| (pair.0.into_string(), pair.1))
+            .collect()
+    }
+    fn query(&mut self, command: &str, args: &[String]) -> PluginResult<String> {
+        let args: Vec<abi_stable::std_types::RString> =
+            args.iter().map(|arg| arg.as_str().into()).collect();
+        self.0
+            .query(command.into(), args.as_slice().into())
+            .into_result()
+            .map(|text| text.into_string())
+            .map_err(Into::into)
+    }
+    fn check_position(
+        &mut self,
+        last: &Offset,
+        timestamp: chrono::DateTime<chrono::Utc>,
+    ) -> PluginResult<()> {
+        self.0
+            .check_position(&ROffset::from(last), timestamp.timestamp_micros())
+            .into_result()
+            .map_err(Into::into)
+    }
+    fn lag(&mut self) -> Option<u64> {
+        self.0.lag().into_option()
+    }
+    fn bus_owns_position(&self) -> bool {
+        self.0.bus_owns_position()
+    }
+    fn serve(&mut self) -> PluginResult<()> {
+        self.0.serve().into_result().map_err(Into::into)
+    }
+    fn acknowledge(&mut self, offset: &Offset) -> PluginResult<()> {
+        self.0
+            .acknowledge(&ROffset::from(offset))
+            .into_result()
+            .map_err(Into::into)
+    }
+    fn find_next_event_of_category(
+        &mut self,
+        category: &str,
+        found: &mut EventBatch,
+    ) -> PluginResult<bool> {
+        self.0
+            .find_next_event_of_category(category.into(), found)
+            .into_result()
+            .map_err(Into::into)
+    }
 }
 
 impl PluginConsumer {
     pub(super) fn new(inner: ConsumerBox, plugin: &str, class: &str) -> Self {
         PluginConsumer {
-            inner,
+            inner: Box::new(LibraryConsumer(inner)),
+            plugin: plugin.to_owned(),
+            class: class.to_owned(),
+        }
+    }
+
+    /// A plugin executable's consumer (its child started and its consumer built).
+    pub(super) fn process(inner: SubprocessConsumer, plugin: &str, class: &str) -> Self {
+        PluginConsumer {
+            inner: Box::new(inner),
             plugin: plugin.to_owned(),
             class: class.to_owned(),
         }
@@ -53,16 +169,12 @@ impl PluginConsumer {
         PluginConsumer::new(inner, plugin, class)
     }
 
-    fn wrap<T>(
-        &self,
-        method: &'static str,
-        result: abi_stable::std_types::RResult<T, buslink_plugin_api::ffi::RPluginError>,
-    ) -> Result<T, ConsumerError> {
-        result.into_result().map_err(|e| ConsumerError {
+    fn wrap<T>(&self, method: &'static str, result: PluginResult<T>) -> Result<T, ConsumerError> {
+        result.map_err(|error| ConsumerError {
             plugin: self.plugin.clone(),
             class: self.class.clone(),
             method,
-            error: e.into(),
+            error,
         })
     }
 
@@ -87,26 +199,22 @@ impl PluginConsumer {
     }
 
     pub fn seek(&mut self, offset: &Offset) -> Result<(), ConsumerError> {
-        let result = self.inner.seek(&ROffset::from(offset));
+        let result = self.inner.seek(offset);
         self.wrap("seek", result)
     }
 
     pub fn seek_after(&mut self, offset: &Offset) -> Result<(), ConsumerError> {
-        let result = self.inner.seek_after(&ROffset::from(offset));
+        let result = self.inner.seek_after(offset);
         self.wrap("seek_after", result)
     }
 
     /// The offset of the event after `offset`, if the bus defines one.
     pub fn next_offset(&self, offset: OffsetRef<'_>) -> Option<Offset> {
-        self.inner
-            .next_offset(&ROffset::from(&offset.to_owned()))
-            .into_option()
-            .map(|next| Offset::from(&next))
+        self.inner.next_offset(offset)
     }
 
     pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<(), ConsumerError> {
-        let millis = timeout.map(|t| t.as_millis().min(u64::MAX as u128) as u64);
-        let result = self.inner.set_timeout(millis.into());
+        let result = self.inner.set_timeout(timeout);
         self.wrap("set_timeout", result)
     }
 
@@ -120,9 +228,7 @@ impl PluginConsumer {
         category: &str,
         found: &mut EventBatch,
     ) -> Result<bool, ConsumerError> {
-        let result = self
-            .inner
-            .find_next_event_of_category(category.into(), found);
+        let result = self.inner.find_next_event_of_category(category, found);
         self.wrap("find_next_event_of_category", result)
     }
 
@@ -139,15 +245,13 @@ impl PluginConsumer {
         last: &Offset,
         timestamp: chrono::DateTime<chrono::Utc>,
     ) -> Result<(), ConsumerError> {
-        let result = self
-            .inner
-            .check_position(&ROffset::from(last), timestamp.timestamp_micros());
+        let result = self.inner.check_position(last, timestamp);
         self.wrap("check_position", result)
     }
 
     /// How far behind the end of the bus the consumer is, when the plugin can tell.
     pub fn lag(&mut self) -> Option<u64> {
-        self.inner.lag().into_option()
+        self.inner.lag()
     }
 
     /// Whether the bus keeps the consumer's position (see the plugin-api's `Consumer`).
@@ -157,7 +261,7 @@ impl PluginConsumer {
 
     /// Tells the plugin everything up to `offset` is handled and durably committed.
     pub fn acknowledge(&mut self, offset: &Offset) -> Result<(), ConsumerError> {
-        let result = self.inner.acknowledge(&ROffset::from(offset));
+        let result = self.inner.acknowledge(offset);
         self.wrap("acknowledge", result)
     }
 
@@ -168,21 +272,16 @@ impl PluginConsumer {
         self.wrap("serve", result)
     }
 
-    /// The plugin's counters (`gaps`, `reconnects`, ...).
+    /// The plugin's counters (`gaps`, `reconnects`, ...); a plugin executable's also say its
+    /// process (`plugin_process_pid`, `plugin_process_starts`, `plugin_process_restarts`).
     pub fn counters(&self) -> Vec<(String, u64)> {
-        self.inner
-            .counters()
-            .into_iter()
-            .map(|pair| (pair.0.into_string(), pair.1))
-            .collect()
+        self.inner.counters()
     }
 
     /// Runs an operator command of the class.
     pub fn query(&mut self, command: &str, args: &[String]) -> Result<String, ConsumerError> {
-        let args: Vec<abi_stable::std_types::RString> =
-            args.iter().map(|arg| arg.as_str().into()).collect();
-        let result = self.inner.query(command.into(), args.as_slice().into());
-        self.wrap("query", result).map(|text| text.into_string())
+        let result = self.inner.query(command, args);
+        self.wrap("query", result)
     }
 
     pub fn plugin(&self) -> &str {

@@ -1,10 +1,13 @@
 //! Finding and loading plugin libraries, with one clear error per way it can fail.
 
 use super::consumer::PluginConsumer;
+use super::executable::Executable;
 use super::private_copy::{DiskIdentity, LibraryWatch, PrivateCopy};
+use crate::config::PluginCommand;
 use abi_stable::std_types::RStr;
 use buslink_plugin_api::ffi::{HandlerBox, PluginModuleRef, RClassKind, API_VERSION_SYMBOL};
 use buslink_plugin_api::log::{HostLog, Level};
+use buslink_plugin_api::subprocess::{self, SubprocessConsumer};
 use buslink_plugin_api::{PluginError, API_VERSION};
 use std::ffi::CStr;
 use std::os::raw::c_char;
@@ -42,6 +45,10 @@ pub enum LoadError {
     },
     #[error("plugin library {}: {message}", .path.display())]
     Failed { path: PathBuf, message: String },
+    #[error("plugin executable {}: cannot be run: {reason}", .path.display())]
+    NotAnExecutable { path: PathBuf, reason: String },
+    #[error("plugin executable {}: {error}", .path.display())]
+    Process { path: PathBuf, error: PluginError },
     #[error(
         "plugin library {}: not loaded: {reason}. Loading a library runs its code as buslink: \
          make it and its directory writable only by their owner, root or buslink's user (chmod \
@@ -94,12 +101,25 @@ extern "C" fn plugin_log(level: Level, message: RStr<'_>) {
 pub struct PluginInfo {
     pub name: String,
     pub version: String,
+    /// A library's plugin-api version (`0.4.0`), or an executable's protocol version (`1`).
     pub api_version: String,
+    /// Whether it is a plugin executable (run as a child process), not a library.
+    pub executable: bool,
     pub consumer_classes: Vec<ClassInfo>,
     pub handler_classes: Vec<ClassInfo>,
 }
 
 impl PluginInfo {
+    /// How the plugin speaks to buslink, for people: `plugin-api 0.4.0` or `subprocess
+    /// protocol 1`.
+    pub fn speaks(&self) -> String {
+        if self.executable {
+            format!("subprocess protocol {}", self.api_version)
+        } else {
+            format!("plugin-api {}", self.api_version)
+        }
+    }
+
     /// Why class `name` cannot serve as a consumer (`consumer`) or handler class of this
     /// plugin (at `path`): the classes it has of that kind, and whether `name` is one of the
     /// other kind.
@@ -144,16 +164,27 @@ impl PluginInfo {
     }
 }
 
-/// A loaded plugin library. Libraries are never unloaded (abi_stable keeps them for the life
-/// of the process).
+/// A plugin ready to build consumers: a loaded library, or a plugin executable that answered
+/// the handshake. Libraries are never unloaded (abi_stable keeps them for the life of the
+/// process); an executable runs as one child per consumer.
 pub struct LoadedPlugin {
     path: PathBuf,
-    module: PluginModuleRef,
+    code: Code,
     info: PluginInfo,
     /// The file's identity when it was read.
     on_disk: Option<DiskIdentity>,
-    /// Where the code was loaded from (kept open for the life of the library).
-    _copy: Option<PrivateCopy>,
+}
+
+/// Where a plugin's code runs.
+enum Code {
+    /// In the daemon: the library's root module.
+    Library {
+        module: PluginModuleRef,
+        /// Where the code was loaded from (kept open for the life of the library).
+        _copy: Option<PrivateCopy>,
+    },
+    /// In a child process per consumer.
+    Executable(Executable),
 }
 
 /// Finds a plugin library: `plugin` is a path (it contains a `/` or ends in `.so`, relative to
@@ -441,16 +472,81 @@ impl LoadedPlugin {
             name: info.name.into_string(),
             version: info.version.into_string(),
             api_version: info.api_version.into_string(),
+            executable: false,
             consumer_classes: classes(consumers),
             handler_classes: classes(handlers),
         };
         Ok(LoadedPlugin {
             path: path.to_path_buf(),
-            module,
+            code: Code::Library {
+                module,
+                _copy: copy,
+            },
             info,
             on_disk,
-            _copy: copy,
         })
+    }
+
+    /// A plugin executable (found at `program`; `config`: its arguments, environment and
+    /// trace switch, `None` for the program alone): the same trust rule as a library's, then
+    /// it is started once to shake hands and say what it is (the child ends at once; every
+    /// consumer gets its own). `config_dir` is the child's working directory.
+    pub fn executable(
+        program: &Path,
+        config: Option<&PluginCommand>,
+        allow_insecure: bool,
+        config_dir: &Path,
+    ) -> Result<LoadedPlugin, LoadError> {
+        if let Some(reason) = super::trust::insecure(program) {
+            if !allow_insecure {
+                return Err(LoadError::Insecure {
+                    path: program.to_path_buf(),
+                    reason,
+                });
+            }
+            tracing::warn!(
+                "plugin executable {}: {reason}; run anyway (allow_insecure_plugins = true)",
+                program.display()
+            );
+        }
+        let on_disk = DiskIdentity::of(program);
+        let executable = match config {
+            Some(config) => Executable::new(program, config),
+            None => Executable::bare(program),
+        };
+        let spec = executable.spec("", serde_json::Value::Null, config_dir);
+        let hello = subprocess::describe(&spec).map_err(|error| LoadError::Process {
+            path: program.to_path_buf(),
+            error,
+        })?;
+        let info = PluginInfo {
+            name: hello.plugin.name.clone(),
+            version: hello.plugin.version.clone(),
+            api_version: hello.chosen.to_string(),
+            executable: true,
+            consumer_classes: hello
+                .classes
+                .iter()
+                .map(|class| ClassInfo {
+                    name: class.name.clone(),
+                    description: class.description.clone(),
+                    settings_doc: class.settings_doc.clone(),
+                    commands: Vec::new(),
+                })
+                .collect(),
+            handler_classes: Vec::new(),
+        };
+        Ok(LoadedPlugin {
+            path: program.to_path_buf(),
+            code: Code::Executable(executable),
+            info,
+            on_disk,
+        })
+    }
+
+    /// Whether the plugin runs as a child process (an executable) rather than in the daemon.
+    pub fn is_executable(&self) -> bool {
+        matches!(self.code, Code::Executable(_))
     }
 
     /// What the plugin says about itself.
@@ -472,14 +568,31 @@ impl LoadedPlugin {
     /// A watch that tells when the file at [`path`](Self::path) is no longer the one that was
     /// loaded (written over, replaced or deleted since).
     pub fn watch(&self) -> LibraryWatch {
-        LibraryWatch::new(&self.path, self.on_disk.clone())
+        if self.is_executable() {
+            LibraryWatch::executable(&self.path, self.on_disk.clone())
+        } else {
+            LibraryWatch::new(&self.path, self.on_disk.clone())
+        }
     }
 
-    /// Lets the plugin check settings (JSON text) for a class, without connecting.
-    pub fn validate_settings(&self, class: &str, settings_json: &str) -> Result<(), PluginError> {
-        self.module.validate_settings()(class.into(), settings_json.into())
-            .into_result()
-            .map_err(PluginError::from)
+    /// Lets the plugin check settings (JSON text) for a class, without connecting (an
+    /// executable builds its consumer in a child that ends at once).
+    pub fn validate_settings(
+        &self,
+        class: &str,
+        settings_json: &str,
+        config_dir: &Path,
+    ) -> Result<(), PluginError> {
+        match &self.code {
+            Code::Library { module, .. } => {
+                module.validate_settings()(class.into(), settings_json.into())
+                    .into_result()
+                    .map_err(PluginError::from)
+            }
+            Code::Executable(_) => self
+                .new_consumer(class, settings_json, config_dir)
+                .map(drop),
+        }
     }
 
     /// Builds a consumer of `class` with its settings (JSON text); relative paths in the
@@ -490,8 +603,18 @@ impl LoadedPlugin {
         settings_json: &str,
         config_dir: &Path,
     ) -> Result<PluginConsumer, PluginError> {
+        let module = match &self.code {
+            Code::Library { module, .. } => module,
+            Code::Executable(executable) => {
+                let settings = serde_json::from_str(settings_json)
+                    .map_err(|e| PluginError::config(format!("the settings are not JSON: {e}")))?;
+                let spec = executable.spec(class, settings, config_dir);
+                let consumer = SubprocessConsumer::start(spec)?;
+                return Ok(PluginConsumer::process(consumer, &self.info.name, class));
+            }
+        };
         let config_dir = config_dir.to_string_lossy();
-        let inner = self.module.new_consumer()(
+        let inner = module.new_consumer()(
             class.into(),
             settings_json.into(),
             config_dir.as_ref().into(),
@@ -508,8 +631,14 @@ impl LoadedPlugin {
         settings_json: &str,
         config_dir: &Path,
     ) -> Result<HandlerBox, PluginError> {
+        let Code::Library { module, .. } = &self.code else {
+            return Err(PluginError::config(format!(
+                "plugin executable {} has no handler classes: handler plugins are libraries",
+                self.path.display()
+            )));
+        };
         let config_dir = config_dir.to_string_lossy();
-        self.module.new_handler()(
+        module.new_handler()(
             class.into(),
             settings_json.into(),
             config_dir.as_ref().into(),

@@ -5,11 +5,13 @@
 //! `RResult`, `*_TO`); everything else gets plain host types.
 
 mod consumer;
+mod executable;
 mod loader;
 mod private_copy;
 mod trust;
 
 pub use buslink_plugin_api::ffi::HandlerBox;
 pub use consumer::{ConsumerError, PluginConsumer};
+pub use executable::{find_executable, is_plugin_executable, EXECUTABLE_PREFIX};
 pub use loader::{find_library, ClassInfo, LoadError, LoadedPlugin, PluginInfo};
 pub use private_copy::{DiskIdentity, LibraryWatch};

@@ -90,6 +90,8 @@ pub struct LibraryWatch {
     loaded: Option<DiskIdentity>,
     checked: Instant,
     warned: bool,
+    /// A plugin executable's, not a library's.
+    executable: bool,
 }
 
 impl LibraryWatch {
@@ -103,6 +105,15 @@ impl LibraryWatch {
             loaded,
             checked: Instant::now(),
             warned: false,
+            executable: false,
+        }
+    }
+
+    /// A watch of a plugin executable at `path` (said so in the warning).
+    pub fn executable(path: &Path, loaded: Option<DiskIdentity>) -> LibraryWatch {
+        LibraryWatch {
+            executable: true,
+            ..LibraryWatch::new(path, loaded)
         }
     }
 
@@ -112,7 +123,15 @@ impl LibraryWatch {
             return self.warned;
         }
         self.checked = Instant::now();
-        if DiskIdentity::of(&self.path) != self.loaded {
+        if DiskIdentity::of(&self.path) != self.loaded && self.executable {
+            tracing::warn!(
+                "plugin executable {}: the file changed on disk since the consumer started \
+                 (written over, replaced or deleted); the running child goes on; a reload \
+                 (buslink ctl reload) restarts the consumer on the new file",
+                self.path.display()
+            );
+            self.warned = true;
+        } else if DiskIdentity::of(&self.path) != self.loaded {
             tracing::warn!(
                 "plugin library {}: the file changed on disk since it was loaded (written \
                  over, replaced or deleted); buslink goes on with the code it loaded, from its \

@@ -116,7 +116,9 @@ fn check_plugin(config: &Config, problems: &mut Vec<String>) -> Option<(PluginIn
         }
     };
     let info = plugin.info().clone();
-    if let Err(error) = plugin.validate_settings(&consumer.class, &consumer.settings_json) {
+    if let Err(error) =
+        plugin.validate_settings(&consumer.class, &consumer.settings_json, &config.base_dir)
+    {
         problems.push(settings_refusal(config, &info.name, &error).to_string());
     }
     Some((info, path.display().to_string()))
@@ -183,8 +185,10 @@ fn describe_handler(handler: &HandlerConfig) -> String {
 fn print_summary(config: &Config, plugin: Option<&(PluginInfo, String)>, connected: Option<&str>) {
     if let Some((info, path)) = plugin {
         println!(
-            "plugin: {} {} (plugin-api {}) from {path}",
-            info.name, info.version, info.api_version
+            "plugin: {} {} ({}) from {path}",
+            info.name,
+            info.version,
+            info.speaks()
         );
         let description = info
             .consumer_classes

@@ -2,11 +2,13 @@
 
 use crate::config::Config;
 use crate::error::AppError;
-use crate::plugin::{find_library, LoadedPlugin};
+use crate::plugin::{
+    find_executable, find_library, is_plugin_executable, LoadedPlugin, EXECUTABLE_PREFIX,
+};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
-/// One library found in a plugin directory.
+/// One library or plugin executable found in a plugin directory.
 #[derive(Debug, Serialize)]
 pub struct LibraryReport {
     pub path: PathBuf,
@@ -18,9 +20,14 @@ pub struct LibraryReport {
 #[serde(untagged)]
 pub enum LibraryOutcome {
     Plugin {
+        /// `library` (loaded into the daemon) or `executable` (run as a child process).
+        kind: &'static str,
         name: String,
         version: String,
+        /// A library's plugin-api version (`0.4.0`), or an executable's protocol version (`1`).
         api_version: String,
+        /// How it speaks to buslink: `plugin-api 0.4.0`, `subprocess protocol 1`.
+        speaks: String,
         classes: Vec<ClassReport>,
     },
     Unusable {
@@ -65,8 +72,9 @@ fn allow_insecure(config: Option<&Path>) -> Result<bool, AppError> {
     })
 }
 
-/// Every shared library in `dirs`, with what it is (`allow_insecure`: the config's
-/// `allow_insecure_plugins`, so the listing says what `run` would do).
+/// Every shared library and every plugin executable (`buslink-plugin-*`, executable) in
+/// `dirs`, with what it is (`allow_insecure`: the config's `allow_insecure_plugins`, so the
+/// listing says what `run` would do). No other file is run or loaded.
 pub fn scan(dirs: &[PathBuf], allow_insecure: bool) -> Result<Vec<LibraryReport>, AppError> {
     let mut reports = Vec::new();
     for dir in dirs {
@@ -79,22 +87,24 @@ pub fn scan(dirs: &[PathBuf], allow_insecure: bool) -> Result<Vec<LibraryReport>
         let mut paths: Vec<PathBuf> = entries
             .filter_map(Result::ok)
             .map(|entry| entry.path())
-            .filter(|path| {
-                path.is_file()
-                    && path
-                        .to_string_lossy()
-                        .ends_with(std::env::consts::DLL_SUFFIX)
-            })
+            .filter(|path| is_library(path) || is_plugin_executable(path))
             .collect();
         paths.sort();
         for path in paths {
-            let outcome = match LoadedPlugin::load(&path, allow_insecure) {
+            let loaded = if is_library(&path) {
+                LoadedPlugin::load(&path, allow_insecure)
+            } else {
+                LoadedPlugin::executable(&path, None, allow_insecure, dir)
+            };
+            let outcome = match loaded {
                 Ok(plugin) => {
                     let info = plugin.info();
                     LibraryOutcome::Plugin {
+                        kind: kind(&plugin),
                         name: info.name.clone(),
                         version: info.version.clone(),
                         api_version: info.api_version.clone(),
+                        speaks: info.speaks(),
                         classes: info
                             .consumer_classes
                             .iter()
@@ -118,6 +128,26 @@ pub fn scan(dirs: &[PathBuf], allow_insecure: bool) -> Result<Vec<LibraryReport>
     Ok(reports)
 }
 
+fn is_library(path: &Path) -> bool {
+    path.is_file()
+        && path
+            .to_string_lossy()
+            .ends_with(std::env::consts::DLL_SUFFIX)
+}
+
+fn is_executable_file(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+fn kind(plugin: &LoadedPlugin) -> &'static str {
+    if plugin.is_executable() {
+        "executable"
+    } else {
+        "library"
+    }
+}
+
 /// `buslink plugins`: prints what `scan` found, as text or JSON.
 pub fn list(dirs: &[PathBuf], config: Option<&Path>, json: bool) -> Result<(), AppError> {
     let dirs = plugin_dirs(dirs, config)?;
@@ -130,18 +160,24 @@ pub fn list(dirs: &[PathBuf], config: Option<&Path>, json: bool) -> Result<(), A
     }
     if reports.is_empty() {
         let shown: Vec<_> = dirs.iter().map(|d| d.display().to_string()).collect();
-        println!("no libraries in {}", shown.join(", "));
+        println!("no plugins in {}", shown.join(", "));
     }
     for report in reports {
         println!("{}", report.path.display());
         match report.outcome {
             LibraryOutcome::Plugin {
+                kind,
                 name,
                 version,
-                api_version,
+                speaks,
                 classes,
+                ..
             } => {
-                println!("  plugin {name} {version} (plugin-api {api_version})");
+                if kind == "executable" {
+                    println!("  plugin {name} {version} (executable, {speaks})");
+                } else {
+                    println!("  plugin {name} {version} ({speaks})");
+                }
                 for class in classes {
                     println!("    {} ({}): {}", class.name, class.kind, class.description);
                 }
@@ -159,7 +195,7 @@ pub fn describe(
     dirs: &[PathBuf],
     config: Option<&Path>,
 ) -> Result<(), AppError> {
-    // A path to a library needs no directories to look in.
+    // A path to a library or an executable needs no directories to look in.
     let is_path = name.contains('/') || Path::new(name).is_file();
     let dirs = if is_path {
         dirs.to_vec()
@@ -169,9 +205,25 @@ pub fn describe(
     let path = if is_path {
         PathBuf::from(name)
     } else {
-        find_library(name, Path::new("."), &dirs)?
+        // A library by its name, else the executable `buslink-plugin-NAME` (or `NAME`).
+        find_library(name, Path::new("."), &dirs).or_else(|not_found| {
+            let program = if name.starts_with(EXECUTABLE_PREFIX) {
+                name.to_owned()
+            } else {
+                format!("{EXECUTABLE_PREFIX}{name}")
+            };
+            find_executable(&program, Path::new("."), &dirs).map_err(|_| not_found)
+        })?
     };
-    let plugin = LoadedPlugin::load(&path, allow_insecure(config)?)?;
+    let allow = allow_insecure(config)?;
+    // A `.so` is a library (cdylibs are executable files too); another executable file is
+    // run as a plugin executable.
+    let plugin = if is_library(&path) || !is_executable_file(&path) {
+        LoadedPlugin::load(&path, allow)?
+    } else {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        LoadedPlugin::executable(&path, None, allow, dir)?
+    };
     let info = plugin.info();
     let all = || {
         info.consumer_classes

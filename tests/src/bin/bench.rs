@@ -183,6 +183,7 @@ fn subprocess_sqlite(bus: &Path, program: &Path) -> anyhow::Result<()> {
         settings: serde_json::json!({ "uri": bus, "poll_interval_ms": 5 }),
         config_dir: PathBuf::from("."),
         limits: Default::default(),
+        trace_frames: false,
     })?;
     consumer.set_timeout(Some(Duration::ZERO))?;
     consumer.open()?;

@@ -1,0 +1,484 @@
+//! Plugin executables (`plugin = { command = [...] }`): the consumer runs in a child process
+//! that speaks the subprocess protocol. Listing, describing, checking, running, the child's
+//! environment, its death and freezing under the daemon, status and metrics, reload of a
+//! replaced executable, the trust rule and the frame trace.
+
+use crate::common::*;
+use buslink_testkit::process::{run, run_once};
+use buslink_testkit::{build_dir, Daemon, TestDir};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn buslink(args: &[&str]) -> buslink_testkit::RunOutput {
+    run(args, LIMIT)
+}
+
+/// The sqlite plugin's executable, as `cargo build --workspace` makes it.
+fn sqlite_executable() -> PathBuf {
+    build_dir().join("buslink-plugin-sqlite")
+}
+
+/// A sqlite config on `bus` whose `plugin` is the table `plugin` (TOML inline table).
+fn executable_config(dir: &TestDir, bus: &Path, plugin: &str, rest: &str) -> PathBuf {
+    let config = sqlite_config(dir, bus, "", rest);
+    let text = std::fs::read_to_string(&config).expect("config");
+    assert!(text.contains("plugin = \"sqlite\""), "{text}");
+    let text = text.replace("plugin = \"sqlite\"", &format!("plugin = {plugin}"));
+    std::fs::write(&config, text).expect("config");
+    config
+}
+
+/// `{ command = ["PATH"] }` for the program at `path`.
+fn command_of(path: &Path) -> String {
+    format!("{{ command = [\"{}\"] }}", path.display())
+}
+
+/// Writes an executable shell script at `path`.
+fn script(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).expect("script");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+/// Whether process `pid` still runs (a zombie does not).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            // The state follows the command name in parentheses.
+            let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+            !state.starts_with('Z') && !state.starts_with('X')
+        })
+        .unwrap_or(false)
+}
+
+/// Polls `condition` until it holds, panicking with `what` after `limit`.
+fn until(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The child process in consumer `test`'s status: (pid, restarts).
+fn process_of(config: &Path) -> (Option<u64>, u64) {
+    let process = consumer_status(&status(config), "test")["plugin_process"].clone();
+    (
+        process["pid"].as_u64(),
+        process["restarts"].as_u64().unwrap_or(u64::MAX),
+    )
+}
+
+#[test]
+fn a_plugin_executable_delivers_the_same_events_as_the_library_and_its_child_ends_with_the_run() {
+    let dir = TestDir::new("exe-same");
+    let bus = bus_with(&dir, 300);
+    let library = sqlite_config(&dir, &bus, "", &jsonl_handler("all", ""));
+    let first = run_once(&library);
+    assert_eq!(first.code(), Some(0), "{first}");
+    let by_library = dir.read("out/all.jsonl");
+    assert_eq!(by_library.lines().count(), 300);
+
+    let other = TestDir::new("exe-same-2");
+    let hook_file = other.join("out/hook.jsonl");
+    let handlers = format!(
+        "{}\n[[handlers]]\nname = \"hook\"\ntype = \"exec\"\n\
+         command = [\"sh\", \"-c\", \"cat >> {}\"]\n",
+        jsonl_handler("all", ""),
+        hook_file.display()
+    );
+    let config = executable_config(
+        &other,
+        &bus,
+        "{ command = [\"buslink-plugin-sqlite\"] }",
+        &handlers,
+    );
+    let run = run_once(&config);
+    assert_eq!(run.code(), Some(0), "{run}");
+    assert!(
+        run.stderr.contains("(subprocess protocol 1) from")
+            && run.stderr.contains("buslink-plugin-sqlite"),
+        "{run}"
+    );
+    assert_eq!(other.read("out/all.jsonl"), by_library, "the same lines");
+    assert_eq!(read_cache(&other)["last_offset"]["int"], 300);
+    // The stop line gives the child's pid: it ended with the run.
+    let pid: u32 = run
+        .stderr
+        .split("plugin_process_pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|digits| digits.parse().ok())
+        .expect("the child's pid in the stop line");
+    assert!(pid > 0, "{run}");
+    until("the child gone", LIMIT, || !alive(pid));
+
+    // `offsets set` and `replay` drive the executable's consumer too.
+    let config_arg = config.to_string_lossy().into_owned();
+    let set = buslink(&["offsets", "set", "--config", &config_arg, "290"]);
+    assert_eq!(set.code(), Some(0), "{set}");
+    let beyond = buslink(&["offsets", "set", "--config", &config_arg, "5000"]);
+    assert_ne!(beyond.code(), Some(0), "an offset not on the bus: {beyond}");
+    let again = run_once(&config);
+    assert_eq!(again.code(), Some(0), "{again}");
+    let lines = read_lines(&other, "out/all.jsonl");
+    assert_eq!(offsets(&lines[300..]), (290..=300).collect::<Vec<_>>());
+    let replay = buslink(&[
+        "replay",
+        "--config",
+        &config_arg,
+        "--from",
+        "7",
+        "--to",
+        "9",
+        "--handler",
+        "hook",
+    ]);
+    assert_eq!(replay.code(), Some(0), "{replay}");
+    let hooked = offsets(&read_lines(&other, "out/hook.jsonl"));
+    assert_eq!(hooked[311..], [7, 8, 9]);
+}
+
+#[test]
+fn plugins_lists_executables_named_buslink_plugin_and_runs_no_other_file() {
+    let dir = TestDir::new("exe-list");
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).expect("dir");
+    std::fs::copy(sqlite_executable(), plugins.join("buslink-plugin-sqlite")).expect("copy");
+    let marker = dir.join("ran");
+    // Another executable in the directory: never run.
+    script(
+        &plugins.join("helper-tool"),
+        &format!("#!/bin/sh\ntouch {}\n", marker.display()),
+    );
+    // A plugin name that does not speak the protocol: listed as unusable.
+    script(
+        &plugins.join("buslink-plugin-garbage"),
+        "#!/bin/sh\necho 'hello, I am not a frame'\nsleep 5\n",
+    );
+    let listing = buslink(&["plugins", &plugins.to_string_lossy()]);
+    assert_eq!(listing.code(), Some(0), "{listing}");
+    for text in [
+        "buslink-plugin-sqlite\n  plugin sqlite 0.1.0 (executable, subprocess protocol 1)",
+        "SqliteConsumer (consumer): Hermes sqlite bus",
+        "buslink-plugin-garbage\n  not usable: plugin executable",
+    ] {
+        assert!(
+            listing.stdout.contains(text),
+            "expected {text:?}:\n{listing}"
+        );
+    }
+    assert!(!listing.stdout.contains("helper-tool"), "{listing}");
+    assert!(
+        !marker.exists(),
+        "a file not named buslink-plugin-* was run"
+    );
+    let json = buslink(&["plugins", "--json", &plugins.to_string_lossy()]);
+    let list: Value = serde_json::from_str(&json.stdout).expect("JSON");
+    let sqlite = list
+        .as_array()
+        .and_then(|all| all.iter().find(|p| p["name"] == "sqlite"))
+        .expect("sqlite listed");
+    assert_eq!(sqlite["kind"], "executable");
+    assert_eq!(sqlite["speaks"], "subprocess protocol 1");
+
+    // `describe` finds `buslink-plugin-NAME` by the plugin's name.
+    let describe = buslink(&[
+        "plugins",
+        "describe",
+        "sqlite",
+        "SqliteConsumer",
+        "--dir",
+        &plugins.to_string_lossy(),
+    ]);
+    assert_eq!(describe.code(), Some(0), "{describe}");
+    assert!(
+        describe.stdout.contains("`uri` (string, required)"),
+        "{describe}"
+    );
+}
+
+#[test]
+fn check_reports_the_executable_and_points_at_bad_plugin_tables_and_settings() {
+    let dir = TestDir::new("exe-check");
+    let bus = bus_with(&dir, 5);
+    let handlers = jsonl_handler("all", "");
+    let config = executable_config(&dir, &bus, &command_of(&sqlite_executable()), &handlers);
+    let check = buslink(&["check", "--config", &config.to_string_lossy()]);
+    assert_eq!(check.code(), Some(0), "{check}");
+    assert!(
+        check
+            .stdout
+            .contains("plugin: sqlite 0.1.0 (subprocess protocol 1) from"),
+        "{check}"
+    );
+
+    // The child's refusal of its settings points at the settings key.
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        text.replace("poll_interval_ms = 10", "poll_interval_ms = \"often\""),
+    )
+    .expect("config");
+    let refused = buslink(&["check", "--config", &config.to_string_lossy()]);
+    assert_eq!(refused.code(), Some(2), "{refused}");
+    assert!(
+        refused
+            .stderr
+            .contains("consumer.settings.poll_interval_ms"),
+        "{refused}"
+    );
+
+    for (plugin, expected) in [
+        ("{ command = [] }", "consumer.plugin.command"),
+        ("{ command = [\"x\"], nev = {} }", "unknown key 'nev'"),
+        (
+            "{ command = [\"buslink-plugin-nowhere\"] }",
+            "plugin 'buslink-plugin-nowhere' not found; tried:",
+        ),
+    ] {
+        let bad = executable_config(&dir, &bus, plugin, &handlers);
+        let out = buslink(&["check", "--config", &bad.to_string_lossy()]);
+        assert_eq!(out.code(), Some(2), "{plugin}: {out}");
+        assert!(out.stderr.contains(expected), "{plugin}: {out}");
+        assert!(
+            out.stderr.contains("buslink.toml:"),
+            "names the file: {out}"
+        );
+    }
+}
+
+#[test]
+fn the_child_gets_its_arguments_its_env_table_and_no_other_variable_of_the_daemon() {
+    let dir = TestDir::new("exe-env");
+    let bus = bus_with(&dir, 3);
+    let wrapper = dir.join("buslink-plugin-wrapped");
+    script(
+        &wrapper,
+        &format!(
+            "#!/bin/sh\nenv > child-env.txt\necho \"$@\" > child-args.txt\nexec {} \"$@\"\n",
+            sqlite_executable().display()
+        ),
+    );
+    let plugin = format!(
+        "{{ command = [\"{}\", \"--one\", \"two words\"], env = {{ BUS_REGION = \"eu-west\" }} }}",
+        wrapper.display()
+    );
+    let config = executable_config(&dir, &bus, &plugin, &jsonl_handler("all", ""));
+    let out = Daemon::start({
+        let mut command = buslink_testkit::process::buslink(&[
+            "run",
+            "--once",
+            "--config",
+            &config.to_string_lossy(),
+        ]);
+        command.env("DAEMON_SECRET", "do-not-pass");
+        command
+    })
+    .finish(LIMIT);
+    assert_eq!(out.code(), Some(0), "{out}");
+    assert_eq!(count_lines(&dir.join("out/all.jsonl")), 3);
+    let env = dir.read("child-env.txt");
+    assert!(env.lines().any(|l| l == "BUS_REGION=eu-west"), "{env}");
+    assert!(env.lines().any(|l| l.starts_with("PATH=")), "{env}");
+    assert!(!env.contains("DAEMON_SECRET"), "{env}");
+    assert!(
+        !env.contains("NO_COLOR"),
+        "the daemon's own variable: {env}"
+    );
+    assert_eq!(dir.read("child-args.txt"), "--one two words\n");
+}
+
+#[test]
+fn a_killed_or_frozen_child_is_replaced_and_status_metrics_and_events_say_so() {
+    let dir = TestDir::new("exe-kill");
+    let bus = bus_with(&dir, 100);
+    let config = executable_config(
+        &dir,
+        &bus,
+        "{ command = [\"buslink-plugin-sqlite\"] }",
+        &format!("{}\n{METRICS_ON_ANY_PORT}", jsonl_handler("all", "")),
+    );
+    let out = dir.join("out/all.jsonl");
+    let mut daemon = Daemon::run(&config);
+    daemon.wait_for("100 events", LIMIT, |_| count_lines(&out) == 100);
+    let address = metrics_address(&daemon.stderr());
+    let (Some(first), 0) = process_of(&config) else {
+        panic!("a child and no restart: {}", status(&config));
+    };
+    let human = ctl(&config, &["status"]);
+    assert!(
+        human
+            .stdout
+            .contains(&format!("plugin process: pid {first}, 0 restart(s)")),
+        "{human}"
+    );
+
+    // kill -9: a transient error, a new child, positioned after the last event read.
+    // SAFETY: kill(2) on the plugin's child, a process this test's daemon started.
+    unsafe { libc::kill(first as i32, libc::SIGKILL) };
+    append(&bus, 50);
+    daemon.wait_for("150 events", LIMIT, |_| count_lines(&out) == 150);
+    until(
+        "a restart in the status",
+        LIMIT,
+        || matches!(process_of(&config), (Some(pid), 1) if pid != first),
+    );
+    let (Some(second), _) = process_of(&config) else {
+        unreachable!()
+    };
+    assert!(alive(second as u32) && !alive(first as u32));
+    assert!(
+        daemon.stderr().contains("was killed by signal 9"),
+        "the death logged with its signal:\n{}",
+        daemon.stderr()
+    );
+    until("the restart in the metrics", LIMIT, || {
+        let (_, body) = scrape(&address, "/metrics");
+        sample(
+            &body,
+            "buslink_plugin_counter{consumer=\"test\",counter=\"plugin_process_restarts\"}",
+        ) == Some(1.0)
+    });
+
+    // Frozen (SIGSTOP): no answer within the poll's timeout plus the grace; killed, replaced.
+    // SAFETY: kill(2) on the plugin's child, a process this test's daemon started.
+    unsafe { libc::kill(second as i32, libc::SIGSTOP) };
+    until(
+        "the frozen child replaced",
+        LIMIT,
+        || matches!(process_of(&config), (Some(pid), 2) if pid != second),
+    );
+    assert!(
+        daemon.stderr().contains("did not answer"),
+        "{}",
+        daemon.stderr()
+    );
+    append(&bus, 50);
+    daemon.wait_for("200 events", LIMIT, |_| count_lines(&out) == 200);
+    let (Some(third), _) = process_of(&config) else {
+        unreachable!()
+    };
+
+    // SIGTERM: the daemon ends its child before it exits.
+    let stopped = daemon.terminate(LIMIT);
+    assert_eq!(stopped.code(), Some(0), "{stopped}");
+    until("the last child gone", Duration::from_secs(5), || {
+        !alive(third as u32)
+    });
+    let lines = read_lines(&dir, "out/all.jsonl");
+    assert_eq!(
+        offsets(&lines),
+        (1..=200).collect::<Vec<_>>(),
+        "every event once, in order"
+    );
+}
+
+#[test]
+fn a_reload_restarts_a_consumer_whose_executable_was_replaced() {
+    let dir = TestDir::new("exe-reload");
+    let bus = bus_with(&dir, 20);
+    let program = dir.join("buslink-plugin-mine");
+    std::fs::copy(sqlite_executable(), &program).expect("copy");
+    let config = executable_config(&dir, &bus, &command_of(&program), &jsonl_handler("all", ""));
+    let out = dir.join("out/all.jsonl");
+    let mut daemon = Daemon::run(&config);
+    daemon.wait_for("20 events", LIMIT, |_| count_lines(&out) == 20);
+    let (Some(first), _) = process_of(&config) else {
+        panic!("a child: {}", status(&config));
+    };
+    // A reload with nothing changed keeps the child.
+    let reload = ctl(&config, &["reload"]);
+    assert_eq!(reload.code(), Some(0), "{reload}");
+    assert_eq!(process_of(&config).0, Some(first));
+    // The upgrade: a new file renamed over the old one.
+    let staged = dir.join("staged");
+    std::fs::copy(sqlite_executable(), &staged).expect("copy");
+    std::fs::rename(&staged, &program).expect("rename");
+    let reload = ctl(&config, &["reload"]);
+    assert_eq!(reload.code(), Some(0), "{reload}");
+    daemon.wait_for("the restart on the new file", LIMIT, |d| {
+        d.stderr().contains("its plugin executable")
+            && d.stderr()
+                .contains("changed on disk: it restarts on the new code")
+    });
+    until(
+        "a new child",
+        LIMIT,
+        || matches!(process_of(&config).0, Some(pid) if pid != first),
+    );
+    append(&bus, 5);
+    daemon.wait_for("25 events", LIMIT, |_| count_lines(&out) == 25);
+    let stopped = daemon.terminate(LIMIT);
+    assert_eq!(stopped.code(), Some(0), "{stopped}");
+    assert_eq!(
+        offsets(&read_lines(&dir, "out/all.jsonl")),
+        (1..=25).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn an_executable_others_can_change_is_refused_unless_allowed() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TestDir::new("exe-trust");
+    let bus = bus_with(&dir, 2);
+    let open = dir.join("open");
+    std::fs::create_dir_all(&open).expect("dir");
+    let program = open.join("buslink-plugin-sqlite");
+    std::fs::copy(sqlite_executable(), &program).expect("copy");
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o757)).expect("chmod");
+    let config = executable_config(&dir, &bus, &command_of(&program), &jsonl_handler("all", ""));
+    let refused = run_once(&config);
+    assert_eq!(refused.code(), Some(2), "{refused}");
+    assert!(
+        refused
+            .stderr
+            .contains("is writable by every user (mode 757)"),
+        "{refused}"
+    );
+    assert!(!dir.join("out/all.jsonl").exists());
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, format!("allow_insecure_plugins = true\n{text}")).expect("config");
+    let allowed = run_once(&config);
+    assert_eq!(allowed.code(), Some(0), "{allowed}");
+    assert!(allowed.stderr.contains("run anyway"), "{allowed}");
+    assert_eq!(count_lines(&dir.join("out/all.jsonl")), 2);
+}
+
+#[test]
+fn trace_frames_logs_each_frame_to_and_from_the_child() {
+    let dir = TestDir::new("exe-trace");
+    let bus = bus_with(&dir, 4);
+    let config = executable_config(
+        &dir,
+        &bus,
+        "{ command = [\"buslink-plugin-sqlite\"], trace_frames = true }",
+        &jsonl_handler("all", ""),
+    );
+    let out = run_once(&config);
+    assert_eq!(out.code(), Some(0), "{out}");
+    for text in [
+        "<- {\"id\":",
+        "\"op\":\"new_consumer\"",
+        "\"op\":\"open\"",
+        "\"op\":\"poll\"",
+        "-> {\"id\":",
+        "bytes of bodies",
+    ] {
+        assert!(out.stderr.contains(text), "expected {text:?}:\n{out}");
+    }
+    // Off by default.
+    let quiet_dir = TestDir::new("exe-trace-off");
+    let quiet = executable_config(
+        &quiet_dir,
+        &bus,
+        "{ command = [\"buslink-plugin-sqlite\"] }",
+        &jsonl_handler("all", ""),
+    );
+    let out = run_once(&quiet);
+    assert_eq!(out.code(), Some(0), "{out}");
+    assert!(!out.stderr.contains("<- {\"id\":"), "{out}");
+}
