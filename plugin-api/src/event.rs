@@ -262,6 +262,29 @@ impl EventBatch {
         simdutf8::basic::from_utf8(self.slice(span)).unwrap_or("")
     }
 
+    /// The events as stored, without checking text again (for the subprocess protocol's
+    /// encoder, which copies bytes as they are): (offset, time in microseconds, category,
+    /// whether the body is JSON text, body).
+    pub(crate) fn raw_events(
+        &self,
+    ) -> impl ExactSizeIterator<Item = (OffsetRef<'_>, i64, &[u8], bool, &[u8])> + '_ {
+        self.records.iter().map(move |record| {
+            let offset = match record.offset_tag {
+                OffsetTag::Int => OffsetRef::Int(record.offset_number),
+                OffsetTag::Float => OffsetRef::Float(f64::from_bits(record.offset_number as u64)),
+                OffsetTag::String => OffsetRef::String(self.text(record.offset_span)),
+                OffsetTag::Bytes => OffsetRef::Bytes(self.slice(record.offset_span)),
+            };
+            (
+                offset,
+                record.timestamp_micros,
+                self.slice(record.category),
+                record.body_tag == BodyTag::Json,
+                self.slice(record.body),
+            )
+        })
+    }
+
     fn view(&self, record: &EventRecord) -> Event<'_> {
         let offset = match record.offset_tag {
             OffsetTag::Int => OffsetRef::Int(record.offset_number),

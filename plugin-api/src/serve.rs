@@ -15,12 +15,11 @@
 //! `println!` never corrupts the protocol. Log lines (`buslink_plugin_api::log`) go to standard
 //! error as `[Level] message`, where the host takes them into its log.
 
-use crate::event::Body;
 use crate::ffi::{class_consumer, ConsumerBox, ROffset};
 use crate::offset::Offset;
 use crate::wire::{
-    read_frame, write_frame_with, Batch, ClassInfo, FrameError, Hello, Op, Outcome, PluginName,
-    Reply, Request, WireError, WireEvent, WireGap, PROTOCOL,
+    read_frame, write_frame_with, ClassInfo, FrameError, Hello, Op, Outcome, PluginName, Reply,
+    Request, WireError, PROTOCOL,
 };
 use crate::{ConsumerClass, EventBatch, PluginError};
 use abi_stable::std_types::{RResult, RSlice, RString};
@@ -246,14 +245,18 @@ fn call(
             }
             batch.clear();
             let status = plain(consumer.poll(batch))?;
-            to_json(wire_batch(crate::wire::status_name(status), batch, section))
+            to_json(crate::wire::encode_batch(
+                crate::wire::status_name(status),
+                batch,
+                section,
+            ))
         }
         Op::FindNextEventOfCategory { category } => {
             let mut found = EventBatch::new(1, usize::MAX);
             let any =
                 plain(consumer.find_next_event_of_category(category.as_str().into(), &mut found))?;
             let status = if any { "ready" } else { "idle" };
-            to_json(wire_batch(status, &found, section))
+            to_json(crate::wire::encode_batch(status, &found, section))
         }
         Op::CheckPosition {
             offset,
@@ -281,40 +284,5 @@ fn call(
         Op::Hello { .. } | Op::NewConsumer { .. } | Op::Bye => Err(PluginError::protocol(
             "hello, new_consumer and bye are not consumer operations",
         )),
-    }
-}
-
-/// A batch's events and gaps as wire values, their bodies appended to `section`.
-pub(crate) fn wire_batch(status: &str, batch: &EventBatch, section: &mut Vec<u8>) -> Batch {
-    Batch {
-        status: status.to_owned(),
-        events: batch
-            .iter()
-            .map(|event| {
-                let start = section.len() as u64;
-                let raw = event.body.as_bytes();
-                section.extend_from_slice(raw);
-                let at = Some((start, raw.len() as u64));
-                let (json, bytes) = match event.body {
-                    Body::Json(_) => (at, None),
-                    Body::Bytes(_) => (None, at),
-                };
-                WireEvent {
-                    offset: event.offset.to_owned(),
-                    time_us: event.timestamp.timestamp_micros(),
-                    category: event.category.to_owned(),
-                    json,
-                    bytes,
-                }
-            })
-            .collect(),
-        gaps: batch
-            .gaps()
-            .map(|gap| WireGap {
-                before: gap.before_event,
-                range: gap.range.to_owned(),
-                count: gap.count,
-            })
-            .collect(),
     }
 }

@@ -13,7 +13,7 @@
 //! after a transient error, with backoff).
 
 use crate::error::{PluginError, PluginResult};
-use crate::event::{Body, Event, EventBatch};
+use crate::event::EventBatch;
 use crate::log::Level;
 use crate::offset::{Offset, OffsetRef};
 use crate::wire::{
@@ -116,13 +116,16 @@ impl Drop for Running {
                 op: Op::Bye,
             },
         );
-        // The child gets a moment to end by itself, then its group is killed.
+        // The child gets a moment to end by itself (looked at often at first: it usually
+        // ends at once), then its group is killed.
         let deadline = Instant::now() + Duration::from_millis(500);
+        let mut pause = Duration::from_micros(50);
         while Instant::now() < deadline {
             if matches!(self.child.try_wait(), Ok(Some(_))) {
                 return;
             }
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(5));
         }
         kill_group(&mut self.child);
     }
@@ -150,6 +153,65 @@ pub struct SubprocessConsumer {
     /// The plugin's own counters, as it answered last (asked with the lag: `counters` is a
     /// `&self` call, which cannot wait on the child).
     plugin_counters: Vec<(String, u64)>,
+    /// The poll sent ahead of the caller's (read-ahead), or its reply kept.
+    ahead: Option<Ahead>,
+    /// The offset of the last event handed to the caller (where a dropped read-ahead puts
+    /// the child back).
+    handed_over: Option<Offset>,
+}
+
+/// A poll's `(max_events, max_bytes)`.
+type Limits = (usize, usize);
+
+/// Read-ahead: while the caller handles a full batch, the child reads the next one. Only when
+/// a poll filled its batch (a backlog: the next poll answers at once), never for a bus that
+/// keeps the position (its acknowledgements follow the caller's pace).
+enum Ahead {
+    /// The poll is sent, its reply not yet received.
+    Sent { id: u64, limits: Limits },
+    /// Its reply, kept for the next poll.
+    Received {
+        limits: Limits,
+        result: PluginResult<(Batch, Answered)>,
+    },
+}
+
+/// What another request does with a read-ahead.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    /// Kept for the next poll (the call does not move the position).
+    Kept,
+    /// Dropped: the call positions the consumer anew, or closes it.
+    Dropped,
+    /// Dropped, and the child put back after the last event handed over (the call reads).
+    PutBack,
+}
+
+/// What a request `op` does with a read-ahead.
+fn op_keeps_read_ahead(op: &Op) -> Keep {
+    match op {
+        Op::Open
+        | Op::Close
+        | Op::SeekToBeginning
+        | Op::SeekToEnd
+        | Op::Seek { .. }
+        | Op::SeekAfter { .. }
+        | Op::NewConsumer { .. }
+        | Op::Hello { .. }
+        | Op::Bye => Keep::Dropped,
+        Op::FindNextEventOfCategory { .. } | Op::Poll { .. } => Keep::PutBack,
+        _ => Keep::Kept,
+    }
+}
+
+/// Parses a batch reply (`label`: the child, for errors).
+fn parse_batch_of(label: &str) -> impl Fn(Answered) -> PluginResult<(Batch, Answered)> + '_ {
+    move |answered| {
+        let batch = serde_json::from_str(answered.value.get()).map_err(|e| {
+            PluginError::protocol(format!("{label}: a batch of the wrong shape: {e}"))
+        })?;
+        Ok((batch, answered))
+    }
 }
 
 impl SubprocessConsumer {
@@ -166,6 +228,8 @@ impl SubprocessConsumer {
             starts: 1,
             bus_owns_position: false,
             plugin_counters: Vec::new(),
+            ahead: None,
+            handed_over: None,
         };
         consumer.new_consumer()?;
         Ok(consumer)
@@ -214,6 +278,14 @@ impl SubprocessConsumer {
 
     /// Sends `op` and waits for its answer until `limit` (`None`: for ever).
     fn call(&mut self, op: Op, limit: Option<Duration>) -> PluginResult<Answered> {
+        self.settle_ahead(op_keeps_read_ahead(&op))?;
+        let what = op_name(&op);
+        let id = self.send(op)?;
+        self.receive(id, &what, limit)
+    }
+
+    /// Sends `op`: its request id.
+    fn send(&mut self, op: Op) -> PluginResult<u64> {
         let name = self.name();
         let Some(running) = self.running.as_mut() else {
             return Err(PluginError::connect(format!(
@@ -230,6 +302,17 @@ impl SubprocessConsumer {
         if let Err(error) = write_frame(&mut running.input, &request) {
             return Err(self.ended(format!("cannot send {what}: {error}")));
         }
+        Ok(id)
+    }
+
+    /// Waits for the answer to request `id` (`what`) until `limit` (`None`: for ever).
+    fn receive(&mut self, id: u64, what: &str, limit: Option<Duration>) -> PluginResult<Answered> {
+        let name = self.name();
+        let Some(running) = self.running.as_mut() else {
+            return Err(PluginError::connect(format!(
+                "{name} is not running (it is started again at the next open)"
+            )));
+        };
         let received = match limit {
             Some(limit) => running.replies.recv_timeout(limit),
             None => running
@@ -277,6 +360,41 @@ impl SubprocessConsumer {
         }
     }
 
+    /// Before another request: the poll read ahead is received (the pipe stays in step) and
+    /// kept for the next `poll` (`keep`), or dropped, and the child put back after the last
+    /// event handed over when it must read on from there (`keep` false for a call that reads:
+    /// `find_next_event_of_category`; a positioning call or `close` needs no putting back).
+    fn settle_ahead(&mut self, keep: Keep) -> PluginResult<()> {
+        let Some(ahead) = self.ahead.take() else {
+            return Ok(());
+        };
+        let received = match ahead {
+            Ahead::Sent { id, limits } => {
+                let limit = self.timeout.map(|timeout| timeout + self.spec.limits.grace);
+                Ahead::Received {
+                    limits,
+                    result: self
+                        .receive(id, "poll", limit)
+                        .and_then(parse_batch_of(&self.name())),
+                }
+            }
+            received => received,
+        };
+        match keep {
+            Keep::Kept => {
+                self.ahead = Some(received);
+                Ok(())
+            }
+            Keep::Dropped => Ok(()),
+            Keep::PutBack => match (&received, self.handed_over.clone()) {
+                // A failed read ahead moved nothing; a dead child is started again at the
+                // next open, positioned by the host.
+                (Ahead::Received { result: Err(_), .. }, _) | (_, None) => Ok(()),
+                (_, Some(last)) => self.seek_after(&last),
+            },
+        }
+    }
+
     /// The child is gone or no use: killed with its group, its end said, and a transient
     /// error naming `what` (the next `open` starts another).
     fn lost(&mut self, what: String) -> PluginError {
@@ -291,6 +409,8 @@ impl SubprocessConsumer {
 
     fn lost_child(&mut self, what: String, ending: bool) -> PluginError {
         let name = self.name();
+        // What the child read ahead goes with it (the host positions the next one).
+        self.ahead = None;
         let end = match self.running.take() {
             Some(mut running) => {
                 // A child whose pipe closed is ending: its status comes a moment later.
@@ -343,10 +463,7 @@ impl SubprocessConsumer {
     /// A batch and the frame holding its bodies (`frame[section..]`).
     fn batch(&mut self, op: Op, limit: Option<Duration>) -> PluginResult<(Batch, Answered)> {
         let answered = self.call(op, limit)?;
-        let batch = serde_json::from_str(answered.value.get()).map_err(|e| {
-            PluginError::protocol(format!("{}: a batch of the wrong shape: {e}", self.name()))
-        })?;
-        Ok((batch, answered))
+        parse_batch_of(&self.name())(answered)
     }
 }
 
@@ -613,51 +730,18 @@ fn split_level(line: &str) -> (Level, &str) {
     (Level::Warn, line)
 }
 
-/// Adds the wire batch's events and gaps to `batch`, their bodies taken from `section`.
+/// Adds the wire batch's events and gaps to `batch`, from the frame's body `section`.
 fn fill(batch: &mut EventBatch, wire: &Batch, section: &[u8], label: &str) -> PluginResult<()> {
+    let bad = |what: String| PluginError::protocol(format!("{label}: a batch: {what}"));
     let mut gaps = wire.gaps.iter().peekable();
-    let body_of = |at: (u64, u64), offset: &Offset| {
-        let (start, length) = (at.0 as usize, at.1 as usize);
-        section
-            .get(start..start.saturating_add(length))
-            .ok_or_else(|| {
-                PluginError::protocol(format!(
-                    "{label}: event {offset}: its body ({start}, {length}) is outside the \
-                     frame's {} bytes of bodies",
-                    section.len()
-                ))
-            })
-    };
-    for (index, event) in wire.events.iter().enumerate() {
+    for (index, event) in crate::wire::decode_batch(wire, section)
+        .map_err(bad)?
+        .enumerate()
+    {
         while let Some(gap) = gaps.next_if(|gap| gap.before <= index) {
             batch.report_gap(&gap.range, gap.count);
         }
-        let body = match (event.json, event.bytes) {
-            (Some(at), _) => {
-                let raw = body_of(at, &event.offset)?;
-                Body::Json(simdutf8::basic::from_utf8(raw).map_err(|_| {
-                    PluginError::protocol(format!(
-                        "{label}: event {}: a JSON body that is not UTF-8",
-                        event.offset
-                    ))
-                })?)
-            }
-            (None, Some(at)) => Body::Bytes(body_of(at, &event.offset)?),
-            (None, None) => Body::Bytes(&[]),
-        };
-        let timestamp =
-            chrono::DateTime::from_timestamp_micros(event.time_us).ok_or_else(|| {
-                PluginError::protocol(format!(
-                    "{label}: event {}: a time of {} us, outside what a timestamp can hold",
-                    event.offset, event.time_us
-                ))
-            })?;
-        batch.push(Event {
-            offset: event.offset.as_ref(),
-            timestamp,
-            category: &event.category,
-            body,
-        });
+        batch.push(event.map_err(bad)?);
     }
     for gap in gaps {
         batch.report_gap(&gap.range, gap.count);
@@ -756,28 +840,66 @@ impl Consumer for SubprocessConsumer {
     fn poll(&mut self, batch: &mut EventBatch) -> PluginResult<PollStatus> {
         // No timeout (`set_timeout(None)`): the poll may wait for ever, as the trait says.
         let limit = self.timeout.map(|timeout| timeout + self.spec.limits.grace);
-        let (wire, answered) = self.batch(
-            Op::Poll {
-                max_events: batch.max_events(),
-                max_bytes: batch.max_bytes(),
-            },
-            limit,
-        )?;
+        let limits = (batch.remaining(), batch.max_bytes());
+        // The poll read ahead answers this one when it asked no more than this one may take.
+        let read_ahead = match self.ahead.take() {
+            Some(Ahead::Sent { id, limits: asked }) if asked == limits => Some(
+                self.receive(id, "poll", limit)
+                    .and_then(parse_batch_of(&self.name())),
+            ),
+            Some(Ahead::Received {
+                limits: asked,
+                result,
+            }) if asked == limits => Some(result),
+            other => {
+                self.ahead = other;
+                None
+            }
+        };
+        let (wire, answered) = match read_ahead {
+            Some(result) => result?,
+            None => self.batch(
+                Op::Poll {
+                    max_events: limits.0,
+                    max_bytes: limits.1,
+                },
+                limit,
+            )?,
+        };
         let label = self.name();
-        if wire.events.len() > batch.remaining() {
+        if wire.count > batch.remaining() {
             return Err(PluginError::protocol(format!(
                 "{label}: {} events for a batch of {} more",
-                wire.events.len(),
+                wire.count,
                 batch.remaining()
             )));
         }
-        fill(batch, &wire, &answered.frame[answered.section..], &label)?;
-        crate::wire::status_of(&wire.status).ok_or_else(|| {
+        let status = crate::wire::status_of(&wire.status).ok_or_else(|| {
             PluginError::protocol(format!(
                 "{label}: a poll status {:?} (ready, idle, ended or drained)",
                 wire.status
             ))
-        })
+        })?;
+        // A full batch: more is waiting; the child reads it while this one is unpacked and
+        // handled (asked first, so that the child never waits for the host's work).
+        if status == PollStatus::Ready
+            && wire.count == limits.0
+            && !self.bus_owns_position
+            && self.running.is_some()
+        {
+            let ahead = (batch.max_events(), limits.1);
+            if let Ok(id) = self.send(Op::Poll {
+                max_events: ahead.0,
+                max_bytes: ahead.1,
+            }) {
+                self.ahead = Some(Ahead::Sent { id, limits: ahead });
+            }
+        }
+        fill(batch, &wire, &answered.frame[answered.section..], &label)?;
+        if wire.count > 0 {
+            self.handed_over = batch.last().map(|event| event.offset.to_owned());
+        }
+        Ok(status)
     }
 
     fn find_next_event_of_category(
@@ -808,7 +930,7 @@ impl Consumer for SubprocessConsumer {
         )?;
         let label = self.name();
         fill(found, &wire, &answered.frame[answered.section..], &label)?;
-        Ok(wire.status == "ready" && !wire.events.is_empty())
+        Ok(wire.status == "ready" && wire.count > 0)
     }
 
     fn check_position(
@@ -837,7 +959,16 @@ impl Consumer for SubprocessConsumer {
         if !self.has("lag") || self.running.is_none() {
             return None;
         }
-        self.value::<Option<u64>>(Op::Lag).ok().flatten()
+        let lag = self.value::<Option<u64>>(Op::Lag).ok().flatten()?;
+        // Events read ahead are behind the child's position but not yet handed over.
+        let kept = match &self.ahead {
+            Some(Ahead::Received {
+                result: Ok((batch, _)),
+                ..
+            }) => batch.count as u64,
+            _ => 0,
+        };
+        Some(lag + kept)
     }
 
     fn counters(&self) -> Vec<(String, u64)> {

@@ -259,33 +259,180 @@ pub struct WireError {
     pub key: Option<String>,
 }
 
-/// A poll's (or a find's) events and gaps.
+/// A poll's (or a find's) reply: this JSON part, and in the frame's body section a table of
+/// `count` event records ([`EVENT_RECORD_BYTES`] each, see [`encode_batch`]) followed by the
+/// events' bodies, one after the other in event order.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Batch {
     /// `ready`, `idle`, `ended` or `drained` (a find: `ready` when it found one).
     pub status: String,
-    /// The events, in bus order.
-    pub events: Vec<WireEvent>,
+    /// How many events the body section holds.
+    #[serde(default)]
+    pub count: usize,
+    /// The categories the events have, each once: a record names one by its index.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub categories: Vec<String>,
+    /// The events' offsets that are not integers, in event order: a record names one by its
+    /// index.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub offsets: Vec<Offset>,
     /// The gaps, each before the event at its index.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gaps: Vec<WireGap>,
 }
 
-/// One event.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct WireEvent {
-    /// Its offset.
-    pub offset: Offset,
-    /// When it was produced, microseconds since the Unix epoch.
-    pub time_us: i64,
-    /// Its category.
-    pub category: String,
-    /// Its body, JSON text: `[start, length]` in the frame's body section; or
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub json: Option<(u64, u64)>,
-    /// its body, other bytes: `[start, length]` in the body section.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bytes: Option<(u64, u64)>,
+/// The size of an event's record in a batch's body section, in bytes. All big-endian:
+///
+/// | bytes | field |
+/// | --- | --- |
+/// | 0..8 | the offset, a signed integer; or, with flag 1, the index of the offset in `offsets` |
+/// | 8..16 | the event's time, signed microseconds since the Unix epoch |
+/// | 16..20 | the body's length in bytes, unsigned |
+/// | 20..22 | the category's index in `categories`, unsigned |
+/// | 22 | flags: 1 = the offset is in `offsets` (not an integer) |
+/// | 23 | the body's kind: 0 none, 1 JSON text (UTF-8), 2 other bytes |
+pub const EVENT_RECORD_BYTES: usize = 24;
+
+const OFFSET_LISTED: u8 = 1;
+const BODY_NONE: u8 = 0;
+const BODY_JSON: u8 = 1;
+const BODY_BYTES: u8 = 2;
+
+/// A batch as a reply: its JSON part, with its records and bodies appended to `section`.
+pub fn encode_batch(status: &str, batch: &crate::EventBatch, section: &mut Vec<u8>) -> Batch {
+    let mut wire = Batch {
+        status: status.to_owned(),
+        count: batch.len(),
+        categories: Vec::new(),
+        offsets: Vec::new(),
+        gaps: batch
+            .gaps()
+            .map(|gap| WireGap {
+                before: gap.before_event,
+                range: gap.range.to_owned(),
+                count: gap.count,
+            })
+            .collect(),
+    };
+    let table = section.len();
+    section.resize(table + batch.len() * EVENT_RECORD_BYTES, 0);
+    for (index, (offset, time_us, category, json, body)) in batch.raw_events().enumerate() {
+        let category = match wire
+            .categories
+            .iter()
+            .rposition(|c| c.as_bytes() == category)
+        {
+            Some(known) => known,
+            None => {
+                wire.categories
+                    .push(String::from_utf8_lossy(category).into_owned());
+                wire.categories.len() - 1
+            }
+        };
+        let (offset, flags) = match offset {
+            crate::OffsetRef::Int(i) => (i, 0),
+            other => {
+                wire.offsets.push(other.to_owned());
+                ((wire.offsets.len() - 1) as i64, OFFSET_LISTED)
+            }
+        };
+        let kind = match (json, body.is_empty()) {
+            (true, _) => BODY_JSON,
+            (false, true) => BODY_NONE,
+            (false, false) => BODY_BYTES,
+        };
+        let record = &mut section[table + index * EVENT_RECORD_BYTES..][..EVENT_RECORD_BYTES];
+        record[0..8].copy_from_slice(&offset.to_be_bytes());
+        record[8..16].copy_from_slice(&time_us.to_be_bytes());
+        record[16..20].copy_from_slice(&(body.len() as u32).to_be_bytes());
+        record[20..22].copy_from_slice(&(category as u16).to_be_bytes());
+        record[22] = flags;
+        record[23] = kind;
+        section.extend_from_slice(body);
+    }
+    wire
+}
+
+/// The events of a batch reply, from its JSON part and its body section, in order: each an
+/// event borrowing from them, or what is wrong with its record.
+pub fn decode_batch<'a>(
+    batch: &'a Batch,
+    section: &'a [u8],
+) -> Result<impl Iterator<Item = Result<crate::Event<'a>, String>> + 'a, String> {
+    let table_bytes = batch
+        .count
+        .checked_mul(EVENT_RECORD_BYTES)
+        .filter(|bytes| *bytes <= section.len())
+        .ok_or_else(|| {
+            format!(
+                "{} events announced, but the body section holds {} bytes (a record is {} bytes)",
+                batch.count,
+                section.len(),
+                EVENT_RECORD_BYTES
+            )
+        })?;
+    let (table, mut bodies) = section.split_at(table_bytes);
+    Ok(table
+        .chunks_exact(EVENT_RECORD_BYTES)
+        .enumerate()
+        .map(move |(index, record)| {
+            let number = |range: std::ops::Range<usize>| {
+                let mut bytes = [0u8; 8];
+                bytes[8 - range.len()..].copy_from_slice(&record[range]);
+                u64::from_be_bytes(bytes)
+            };
+            let raw_offset = number(0..8) as i64;
+            let time_us = number(8..16) as i64;
+            let length = number(16..20) as usize;
+            let category = number(20..22) as usize;
+            let offset = if record[22] & OFFSET_LISTED != 0 {
+                batch
+                    .offsets
+                    .get(usize::try_from(raw_offset).unwrap_or(usize::MAX))
+                    .map(Offset::as_ref)
+                    .ok_or_else(|| {
+                        format!(
+                            "event {index}: offset {raw_offset} of `offsets`, which has {}",
+                            batch.offsets.len()
+                        )
+                    })?
+            } else {
+                crate::OffsetRef::Int(raw_offset)
+            };
+            let category = batch.categories.get(category).ok_or_else(|| {
+                format!(
+                    "event {index} ({offset}): category {category} of `categories`, which has {}",
+                    batch.categories.len()
+                )
+            })?;
+            if length > bodies.len() {
+                return Err(format!(
+                    "event {index} ({offset}): a body of {length} bytes, {} left in the frame",
+                    bodies.len()
+                ));
+            }
+            let (body, rest) = bodies.split_at(length);
+            bodies = rest;
+            let body = match record[23] {
+                BODY_NONE | BODY_BYTES => crate::Body::Bytes(body),
+                BODY_JSON => crate::Body::Json(simdutf8::basic::from_utf8(body).map_err(|_| {
+                    format!("event {index} ({offset}): a JSON body that is not UTF-8")
+                })?),
+                other => return Err(format!("event {index} ({offset}): a body of kind {other}")),
+            };
+            let timestamp = chrono::DateTime::from_timestamp_micros(time_us).ok_or_else(|| {
+                format!(
+                    "event {index} ({offset}): a time of {time_us} us, outside what a timestamp \
+                     can hold"
+                )
+            })?;
+            Ok(crate::Event {
+                offset,
+                timestamp,
+                category,
+                body,
+            })
+        }))
 }
 
 /// A gap before the event at `before` (the batch's length: after the last).
@@ -554,6 +701,73 @@ mod tests {
         let error = read_frame::<Request>(&mut &b"\0\0\0\x09\0\0\0\x05oops!"[..], &mut buffer)
             .expect_err("not JSON");
         assert!(error.to_string().contains("oops!"), "{error}");
+    }
+
+    #[test]
+    fn a_batch_reads_back_from_its_records_and_bodies() {
+        use crate::{Body, Event, EventBatch, OffsetRef};
+        let at = |us| chrono::DateTime::from_timestamp_micros(us).unwrap();
+        let mut batch = EventBatch::new(10, usize::MAX);
+        let events = [
+            (OffsetRef::Int(-5), "base", Body::Json("{\"a\":1}")),
+            (
+                OffsetRef::String("k/7"),
+                "initsync",
+                Body::Bytes(&[0, 1, 2]),
+            ),
+            (OffsetRef::Int(i64::MAX), "base", Body::Bytes(&[])),
+        ];
+        for (i, (offset, category, body)) in events.iter().enumerate() {
+            batch.push(Event {
+                offset: *offset,
+                timestamp: at(1_795_345_271_747_962 + i as i64),
+                category,
+                body: *body,
+            });
+        }
+        let mut section = Vec::new();
+        let wire = encode_batch("ready", &batch, &mut section);
+        assert_eq!(wire.count, 3);
+        assert_eq!(wire.categories, ["base", "initsync"]);
+        assert_eq!(wire.offsets, [Offset::String("k/7".into())]);
+        assert_eq!(section.len(), 3 * EVENT_RECORD_BYTES + 7 + 3);
+        let back: Vec<_> = decode_batch(&wire, &section)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(back.len(), 3);
+        for (i, (event, (offset, category, body))) in back.iter().zip(&events).enumerate() {
+            assert_eq!(event.offset, *offset);
+            assert_eq!(event.category, *category);
+            assert_eq!(event.body, *body);
+            assert_eq!(event.timestamp, at(1_795_345_271_747_962 + i as i64));
+        }
+        // A count the section cannot hold, a body past the end, a category not listed.
+        let too_many = Batch {
+            count: 4,
+            ..wire.clone()
+        };
+        assert!(decode_batch(&too_many, &section).is_err());
+        let short = &section[..section.len() - 1];
+        let errors: Vec<_> = decode_batch(&wire, short)
+            .unwrap()
+            .filter_map(Result::err)
+            .collect();
+        assert!(
+            errors[0].contains("event 1 (\"k/7\"): a body of 3 bytes, 2 left"),
+            "{errors:?}"
+        );
+        let no_categories = Batch {
+            categories: Vec::new(),
+            ..wire.clone()
+        };
+        let first = decode_batch(&no_categories, &section)
+            .unwrap()
+            .next()
+            .unwrap();
+        assert!(first
+            .unwrap_err()
+            .contains("category 0 of `categories`, which has 0"));
     }
 
     #[test]

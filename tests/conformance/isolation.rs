@@ -212,3 +212,35 @@ fn a_child_killed_by_signal_9_is_named_and_the_next_open_resumes_where_the_host_
         ("plugin_process_starts".to_owned(), 2)
     );
 }
+
+#[test]
+fn a_batch_read_ahead_is_handed_over_next_counted_in_the_lag_and_dropped_by_a_seek() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let mut consumer = sqlite_child(dir.path(), 12);
+    let mut batch = EventBatch::new(4, 1 << 20);
+    let mut poll = |consumer: &mut SubprocessConsumer| {
+        batch.clear();
+        assert_eq!(
+            consumer.poll(&mut batch).expect("a poll"),
+            PollStatus::Ready
+        );
+        offsets(&batch)
+    };
+    // A full batch: the next one is read ahead while this one is handled.
+    assert_eq!(poll(&mut consumer), [1, 2, 3, 4]);
+    // The lag counts from what was handed over, not from what the child read ahead.
+    assert_eq!(consumer.lag(), Some(8));
+    assert_eq!(poll(&mut consumer), [5, 6, 7, 8]);
+    assert_eq!(consumer.lag(), Some(4));
+    // A seek drops what was read ahead.
+    consumer.seek(&Offset::Int(2)).expect("a seek");
+    assert_eq!(poll(&mut consumer), [2, 3, 4, 5]);
+    // A find reads on from the last event handed over, not from the child's read-ahead.
+    let mut found = EventBatch::new(1, 1 << 20);
+    assert!(consumer
+        .find_next_event_of_category("initsync", &mut found)
+        .expect("a find"));
+    assert_eq!(offsets(&found), [6]);
+    assert_eq!(poll(&mut consumer), [7, 8, 9, 10]);
+    assert_eq!(consumer.starts(), 1, "one child throughout");
+}

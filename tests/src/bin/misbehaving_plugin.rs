@@ -13,10 +13,10 @@
 //! UTF-8, a 100 KiB line and 500 short lines on standard error before it answers.
 
 use buslink_plugin_api::wire::{
-    read_frame, write_frame_with, Batch, ClassInfo, FrameError, Hello, Op, Outcome, PluginName,
-    Reply, Request, VersionRange, WireError, WireEvent, PROTOCOL,
+    encode_batch, read_frame, write_frame_with, ClassInfo, FrameError, Hello, Op, Outcome,
+    PluginName, Reply, Request, VersionRange, WireError, PROTOCOL,
 };
-use buslink_plugin_api::Offset;
+use buslink_plugin_api::{Body, Event, EventBatch, OffsetRef};
 use serde_json::value::{to_raw_value, RawValue};
 use std::io::Write;
 
@@ -136,29 +136,23 @@ fn main() {
                 ok(null())
             }
             Op::Poll { max_events, .. } => {
-                let events: Vec<WireEvent> = (next..3)
-                    .take(max_events)
-                    .map(|at| {
-                        let body = format!("{{\"n\":{at}}}");
-                        let start = section.len() as u64;
-                        section.extend_from_slice(body.as_bytes());
-                        WireEvent {
-                            offset: Offset::Int(at),
-                            time_us: 1_700_000_000_000_000 + at,
-                            category: "base".into(),
-                            json: Some((start, body.len() as u64)),
-                            bytes: None,
-                        }
-                    })
-                    .collect();
-                next += events.len() as i64;
-                let status = if events.is_empty() { "idle" } else { "ready" };
-                ok(to_raw_value(&Batch {
-                    status: status.into(),
-                    events,
-                    gaps: Vec::new(),
-                })
-                .unwrap_or_else(|_| null()))
+                let mut batch = EventBatch::new(max_events, usize::MAX);
+                for at in (next..3).take(max_events) {
+                    let body = format!("{{\"n\":{at}}}");
+                    batch.push(Event {
+                        offset: OffsetRef::Int(at),
+                        timestamp: chrono::DateTime::from_timestamp_micros(
+                            1_700_000_000_000_000 + at,
+                        )
+                        .unwrap_or_default(),
+                        category: "base",
+                        body: Body::Json(&body),
+                    });
+                }
+                next += batch.len() as i64;
+                let status = if batch.is_empty() { "idle" } else { "ready" };
+                ok(to_raw_value(&encode_batch(status, &batch, &mut section))
+                    .unwrap_or_else(|_| null()))
             }
             _ => ok(null()),
         };
