@@ -153,19 +153,24 @@ pub struct SubprocessConsumer {
     /// The plugin's own counters, as it answered last (asked with the lag: `counters` is a
     /// `&self` call, which cannot wait on the child).
     plugin_counters: Vec<(String, u64)>,
-    /// The poll sent ahead of the caller's (read-ahead), or its reply kept.
-    ahead: Option<Ahead>,
+    /// The polls sent ahead of the caller's (read-ahead), or their replies kept, in order.
+    ahead: std::collections::VecDeque<Ahead>,
     /// The offset of the last event handed to the caller (where a dropped read-ahead puts
     /// the child back).
     handed_over: Option<Offset>,
 }
 
+/// The most polls sent ahead of the caller's: two, so that the child always has the next
+/// request waiting when it finishes a batch.
+const READ_AHEAD: usize = 2;
+
 /// A poll's `(max_events, max_bytes)`.
 type Limits = (usize, usize);
 
-/// Read-ahead: while the caller handles a full batch, the child reads the next one. Only when
-/// a poll filled its batch (a backlog: the next poll answers at once), never for a bus that
-/// keeps the position (its acknowledgements follow the caller's pace).
+/// Read-ahead: while the caller handles a full batch, the child reads the next ones (at most
+/// [`READ_AHEAD`] polls in flight). Only when a poll filled its batch (a backlog: the next poll
+/// answers at once), never for a bus that keeps the position (its acknowledgements follow the
+/// caller's pace).
 enum Ahead {
     /// The poll is sent, its reply not yet received.
     Sent { id: u64, limits: Limits },
@@ -228,7 +233,7 @@ impl SubprocessConsumer {
             starts: 1,
             bus_owns_position: false,
             plugin_counters: Vec::new(),
-            ahead: None,
+            ahead: std::collections::VecDeque::new(),
             handed_over: None,
         };
         consumer.new_consumer()?;
@@ -365,32 +370,39 @@ impl SubprocessConsumer {
     /// event handed over when it must read on from there (`keep` false for a call that reads:
     /// `find_next_event_of_category`; a positioning call or `close` needs no putting back).
     fn settle_ahead(&mut self, keep: Keep) -> PluginResult<()> {
-        let Some(ahead) = self.ahead.take() else {
+        if self.ahead.is_empty() {
             return Ok(());
-        };
-        let received = match ahead {
-            Ahead::Sent { id, limits } => {
-                let limit = self.timeout.map(|timeout| timeout + self.spec.limits.grace);
-                Ahead::Received {
-                    limits,
-                    result: self
-                        .receive(id, "poll", limit)
-                        .and_then(parse_batch_of(&self.name())),
+        }
+        let mut settled = std::collections::VecDeque::new();
+        while let Some(ahead) = self.ahead.pop_front() {
+            settled.push_back(match ahead {
+                Ahead::Sent { id, limits } => {
+                    let limit = self.timeout.map(|timeout| timeout + self.spec.limits.grace);
+                    Ahead::Received {
+                        limits,
+                        result: self
+                            .receive(id, "poll", limit)
+                            .and_then(parse_batch_of(&self.name())),
+                    }
                 }
+                received => received,
+            });
+            if self.running.is_none() {
+                // The child died: the polls still in flight died with it.
+                self.ahead.clear();
+                break;
             }
-            received => received,
-        };
+        }
         match keep {
             Keep::Kept => {
-                self.ahead = Some(received);
+                self.ahead = settled;
                 Ok(())
             }
             Keep::Dropped => Ok(()),
-            Keep::PutBack => match (&received, self.handed_over.clone()) {
-                // A failed read ahead moved nothing; a dead child is started again at the
-                // next open, positioned by the host.
-                (Ahead::Received { result: Err(_), .. }, _) | (_, None) => Ok(()),
-                (_, Some(last)) => self.seek_after(&last),
+            // A dead child is started again at the next open, positioned by the host.
+            Keep::PutBack => match self.handed_over.clone() {
+                Some(last) if self.running.is_some() => self.seek_after(&last),
+                _ => Ok(()),
             },
         }
     }
@@ -410,7 +422,7 @@ impl SubprocessConsumer {
     fn lost_child(&mut self, what: String, ending: bool) -> PluginError {
         let name = self.name();
         // What the child read ahead goes with it (the host positions the next one).
-        self.ahead = None;
+        self.ahead.clear();
         let end = match self.running.take() {
             Some(mut running) => {
                 // A child whose pipe closed is ending: its status comes a moment later.
@@ -842,7 +854,7 @@ impl Consumer for SubprocessConsumer {
         let limit = self.timeout.map(|timeout| timeout + self.spec.limits.grace);
         let limits = (batch.remaining(), batch.max_bytes());
         // The poll read ahead answers this one when it asked no more than this one may take.
-        let read_ahead = match self.ahead.take() {
+        let read_ahead = match self.ahead.pop_front() {
             Some(Ahead::Sent { id, limits: asked }) if asked == limits => Some(
                 self.receive(id, "poll", limit)
                     .and_then(parse_batch_of(&self.name())),
@@ -851,10 +863,11 @@ impl Consumer for SubprocessConsumer {
                 limits: asked,
                 result,
             }) if asked == limits => Some(result),
-            other => {
-                self.ahead = other;
+            Some(other) => {
+                self.ahead.push_front(other);
                 None
             }
+            None => None,
         };
         let (wire, answered) = match read_ahead {
             Some(result) => result?,
@@ -888,11 +901,14 @@ impl Consumer for SubprocessConsumer {
             && self.running.is_some()
         {
             let ahead = (batch.max_events(), limits.1);
-            if let Ok(id) = self.send(Op::Poll {
-                max_events: ahead.0,
-                max_bytes: ahead.1,
-            }) {
-                self.ahead = Some(Ahead::Sent { id, limits: ahead });
+            while self.ahead.len() < READ_AHEAD {
+                let Ok(id) = self.send(Op::Poll {
+                    max_events: ahead.0,
+                    max_bytes: ahead.1,
+                }) else {
+                    break;
+                };
+                self.ahead.push_back(Ahead::Sent { id, limits: ahead });
             }
         }
         fill(batch, &wire, &answered.frame[answered.section..], &label)?;
@@ -961,13 +977,17 @@ impl Consumer for SubprocessConsumer {
         }
         let lag = self.value::<Option<u64>>(Op::Lag).ok().flatten()?;
         // Events read ahead are behind the child's position but not yet handed over.
-        let kept = match &self.ahead {
-            Some(Ahead::Received {
-                result: Ok((batch, _)),
-                ..
-            }) => batch.count as u64,
-            _ => 0,
-        };
+        let kept: u64 = self
+            .ahead
+            .iter()
+            .map(|ahead| match ahead {
+                Ahead::Received {
+                    result: Ok((batch, _)),
+                    ..
+                } => batch.count as u64,
+                _ => 0,
+            })
+            .sum();
         Some(lag + kept)
     }
 

@@ -733,6 +733,13 @@ fn sqlite_part(
     eprintln!("writing a {events}-event Hermes bus...");
     write_bus(&bus, events)?;
     let null = sqlite_config(dir, "null", &bus, "", "type = \"null\"")?;
+    // The same daemon run with the plugin's executable (`plugin = { command = [...] }`).
+    let null_exe = sqlite_config(dir, "null-exe", &bus, "", "type = \"null\"")?;
+    let text = std::fs::read_to_string(&null_exe)?.replace(
+        "plugin = \"sqlite\"",
+        &format!("plugin = {{ command = [\"{}\"] }}", program.display()),
+    );
+    std::fs::write(&null_exe, text)?;
 
     eprintln!(
         "sqlite: buslink run --once, the bare scan+parse loop, static, ABI-loaded and as a \
@@ -764,12 +771,14 @@ fn sqlite_part(
                     ],
                 ))
             },
+            &mut || buslink_once(&null_exe),
         ],
     )?;
-    let [host, bare, linked, loaded, subprocess] = samples[..] else {
-        bail!("five runs expected");
+    let [host, bare, linked, loaded, subprocess, host_exe] = samples[..] else {
+        bail!("six runs expected");
     };
     expect_handled(&null, events)?;
+    expect_handled(&null_exe, events)?;
 
     eprintln!("peak RSS with a 3x backlog...");
     let big_bus = dir.join("big.sqlite");
@@ -804,6 +813,16 @@ fn sqlite_part(
         ">= 0.7",
     );
     report.ratio(
+        "buslink run --once with the sqlite executable / with the library, throughput",
+        format!(
+            "{:.2} (CPU per event {:.2} / {:.2} us, the child's included)",
+            ratio(host.wall, host_exe.wall),
+            host_exe.cpu.as_secs_f64() * 1e6 / events as f64,
+            host.cpu.as_secs_f64() * 1e6 / events as f64
+        ),
+        "reported",
+    );
+    report.ratio(
         "sqlite publish -> handler latency p50 / p99 (100 events/s)",
         format!("{:.2} ms / {:.2} ms", latency.0, latency.1),
         "p99 < 5 ms",
@@ -835,6 +854,11 @@ fn sqlite_part(
     report.detail(
         "sqlite consumer as a subprocess (buslink-plugin-sqlite), poll loop",
         subprocess,
+        events,
+    );
+    report.detail(
+        "buslink run --once, sqlite executable, null handler",
+        host_exe,
         events,
     );
     report.detail("buslink run --once, 3x backlog", host_big, events * 3);
