@@ -86,6 +86,24 @@ fn the_sqlite_plugin_executable_keeps_the_consumer_contract() {
     );
 }
 
+/// The Python SDK's example (`sdk/python/examples/hermes_sqlite.py`, written from the
+/// protocol document alone) on the same bus, through `python3`.
+#[test]
+fn the_python_sdk_s_sqlite_example_keeps_the_consumer_contract() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let script = buslink_testkit::workspace_root().join("sdk/python/examples/hermes_sqlite.py");
+    let report = sqlite_kit(dir.path()).check_executable(
+        &["python3".to_owned(), script.display().to_string()],
+        "PythonSqliteConsumer",
+    );
+    report.assert_passed();
+    assert_eq!(
+        report.passed.len(),
+        buslink_plugin_kit::Rule::ALL.len(),
+        "{report:?}"
+    );
+}
+
 #[test]
 fn the_example_plugin_keeps_the_consumer_contract() {
     let dir = tempfile::tempdir().expect("a temp dir");

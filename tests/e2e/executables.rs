@@ -482,3 +482,72 @@ fn trace_frames_logs_each_frame_to_and_from_the_child() {
     assert_eq!(out.code(), Some(0), "{out}");
     assert!(!out.stderr.contains("<- {\"id\":"), "{out}");
 }
+
+/// The Python SDK's example plugin (`sdk/python/examples/hermes_sqlite.py`, written from the
+/// protocol document alone) under the daemon: the fixture bus gives the same events as the
+/// library, and Hermes mode finds the same initsync sequence as the real hermes-client.
+#[test]
+fn a_python_plugin_written_from_the_protocol_document_runs_under_the_daemon() {
+    let script = buslink_testkit::workspace_root().join("sdk/python/examples/hermes_sqlite.py");
+    let plugin = format!("{{ command = [\"python3\", \"{}\"] }}", script.display());
+    let with_class = |config: PathBuf| {
+        let text = std::fs::read_to_string(&config).expect("config");
+        let text = text.replace(
+            "class = \"SqliteConsumer\"",
+            "class = \"PythonSqliteConsumer\"",
+        );
+        std::fs::write(&config, text).expect("config");
+        config
+    };
+    let library_dir = TestDir::new("exe-python-lib");
+    let library = sqlite_config(&library_dir, &fixture_bus(), "", &jsonl_handler("all", ""));
+    assert_eq!(run_once(&library).code(), Some(0));
+    let dir = TestDir::new("exe-python");
+    let config = with_class(executable_config(
+        &dir,
+        &fixture_bus(),
+        &plugin,
+        &jsonl_handler("all", ""),
+    ));
+    let check = buslink(&["check", "--config", &config.to_string_lossy()]);
+    assert_eq!(check.code(), Some(0), "{check}");
+    assert!(
+        check
+            .stdout
+            .contains("plugin: python-sqlite 0.1.0 (subprocess protocol 1)"),
+        "{check}"
+    );
+    let out = run_once(&config);
+    assert_eq!(out.code(), Some(0), "{out}");
+    let by_python = read_lines(&dir, "out/all.jsonl");
+    let by_library = read_lines(&library_dir, "out/all.jsonl");
+    assert_eq!(by_python.len(), 163);
+    assert_eq!(by_python, by_library, "the same events, bodies and times");
+
+    // Hermes mode: the latest complete initsync sequence, as the real client finds it.
+    let hermes_dir = TestDir::new("exe-python-hermes");
+    let config = with_class(executable_config(
+        &hermes_dir,
+        &fixture_bus(),
+        &plugin,
+        &jsonl_handler("all", ""),
+    ));
+    let text = std::fs::read_to_string(&config).expect("config");
+    let text = text.replace(
+        "[consumer.settings]",
+        "[consumer.hermes]\nenabled = true\n\n[consumer.settings]",
+    );
+    std::fs::write(&config, text).expect("config");
+    let out = run_once(&config);
+    assert_eq!(out.code(), Some(0), "{out}");
+    let cache = read_cache(&hermes_dir);
+    assert_eq!(
+        (
+            cache["initstartoffset"]["int"].as_i64(),
+            cache["initstopoffset"]["int"].as_i64(),
+            cache["next_offset"]["int"].as_i64(),
+        ),
+        (Some(79), Some(140), Some(164)),
+        "{cache}"
+    );
+}
