@@ -28,7 +28,7 @@ pub use handler::{
     displayable_url, EventFilter, ExecConfig, FailurePolicy, HandlerConfig, HandlerKind,
     HandlerType, HttpConfig, PluginHandlerConfig, RetryPolicy, Secret,
 };
-pub use plugin::{PluginCommand, PluginSource};
+pub use plugin::{HermesPlugin, PluginCommand, PluginSource};
 pub use source::{key_label, ConfigError, ConfigErrors, Source};
 
 use raw::RawControl;

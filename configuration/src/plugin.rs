@@ -19,6 +19,29 @@ pub enum PluginSource {
     Library(String),
     /// `plugin = { command = [...] }`: an executable run as a child process.
     Executable(PluginCommand),
+    /// `plugin = { hermes_plugin = "DIR" }`: an unchanged Hermes messagebus consumer plugin (a
+    /// Python directory), served by the Python side of buslink (`sdk/python`) in a child.
+    Hermes(HermesPlugin),
+}
+
+/// `plugin = { hermes_plugin = "DIR", python = "python3", hermes_root = "...", class = "..." }`
+/// (and `env`, `trace_frames` as for a command).
+#[derive(Clone, Debug, PartialEq)]
+pub struct HermesPlugin {
+    /// The plugin's directory (`.../plugins/messagebus_consumers/NAME`, holding `NAME.py`),
+    /// relative to the config's directory.
+    pub dir: String,
+    /// The Python interpreter (default `python3`; Hermes's venv's to use Hermes's `lib`).
+    pub python: String,
+    /// Hermes's source tree, whose `lib` the plugin then imports; without it, buslink's
+    /// stand-ins serve plugins that use only what the consumer contract documents.
+    pub hermes_root: Option<String>,
+    /// The plugin class, when not the module's `HERMES_PLUGIN_CLASSNAME`.
+    pub class: Option<String>,
+    /// As for a command: added to the child's clean environment.
+    pub env: Vec<(String, Secret)>,
+    /// As for a command: logs every frame.
+    pub trace_frames: bool,
 }
 
 /// `plugin = { command = [...], env = {...}, trace_frames = false }`.
@@ -42,6 +65,7 @@ impl PluginSource {
             PluginSource::Executable(command) => {
                 command.command.first().cloned().unwrap_or_default()
             }
+            PluginSource::Hermes(hermes) => format!("hermes:{}", hermes.dir),
         }
     }
 }
@@ -52,14 +76,17 @@ impl fmt::Display for PluginSource {
     }
 }
 
-/// Reads the `plugin` value as written: a non-empty string, or a table with `command` (a
-/// non-empty list of strings), `env` (a table of strings) and `trace_frames` (a boolean).
-/// `Err`: each problem as (the key under `plugin`, or `None` for `plugin` itself, message).
-pub(crate) fn parse(
-    value: toml::Value,
-) -> Result<PluginSource, Vec<(Option<&'static str>, String)>> {
-    const SHAPE: &str = "must name a plugin library (\"sqlite\", \"plugins/libmy_bus.so\") or \
-                         an executable ({ command = [\"buslink-plugin-sqlite\"] })";
+/// A problem of the `plugin` value: the key under `plugin` (`None`: `plugin` itself) and what.
+type Problem = (Option<&'static str>, String);
+
+/// Reads the `plugin` value as written: a non-empty string; a table with `command` (a
+/// non-empty list of strings); or a table with `hermes_plugin` (a directory), `python`,
+/// `hermes_root` and `class` (strings). Both tables take `env` (a table of strings) and
+/// `trace_frames` (a boolean). `Err`: every problem.
+pub(crate) fn parse(value: toml::Value) -> Result<PluginSource, Vec<Problem>> {
+    const SHAPE: &str = "must name a plugin library (\"sqlite\", \"plugins/libmy_bus.so\"), \
+                         an executable ({ command = [\"buslink-plugin-sqlite\"] }) or a Hermes \
+                         plugin ({ hermes_plugin = \"DIR\" })";
     let table = match value {
         toml::Value::String(name) if name.trim().is_empty() => {
             return Err(vec![(None, "must not be empty".into())])
@@ -69,20 +96,86 @@ pub(crate) fn parse(
         other => return Err(vec![(None, format!("{SHAPE}, not {}", a(&other)))]),
     };
     let mut problems = Vec::new();
+    let hermes = table.contains_key("hermes_plugin");
+    let allowed: &[&str] = if hermes {
+        &[
+            "hermes_plugin",
+            "python",
+            "hermes_root",
+            "class",
+            "env",
+            "trace_frames",
+        ]
+    } else {
+        &["command", "env", "trace_frames"]
+    };
     for key in table.keys() {
-        if !matches!(key.as_str(), "command" | "env" | "trace_frames") {
+        if !allowed.contains(&key.as_str()) {
             problems.push((
                 None,
-                format!("unknown key '{key}' (a plugin table has command, env and trace_frames)"),
+                format!(
+                    "unknown key '{key}' (a plugin table with {} has {})",
+                    if hermes { "hermes_plugin" } else { "command" },
+                    allowed.join(", ")
+                ),
             ));
         }
     }
-    let command = match table.get("command") {
+    let env = parse_env(&table, &mut problems);
+    let trace_frames = match table.get("trace_frames") {
+        None => false,
+        Some(toml::Value::Boolean(on)) => *on,
+        Some(other) => {
+            problems.push((
+                Some("trace_frames"),
+                format!("must be true or false, not {}", a(other)),
+            ));
+            false
+        }
+    };
+    let source = if hermes {
+        let text = |key: &'static str, problems: &mut Vec<Problem>| match table.get(key) {
+            None => None,
+            Some(toml::Value::String(value)) if !value.trim().is_empty() => Some(value.clone()),
+            Some(other) => {
+                problems.push((
+                    Some(key),
+                    format!("must be a non-empty string, not {}", a(other)),
+                ));
+                None
+            }
+        };
+        let dir = text("hermes_plugin", &mut problems).unwrap_or_default();
+        PluginSource::Hermes(HermesPlugin {
+            dir,
+            python: text("python", &mut problems).unwrap_or_else(|| "python3".into()),
+            hermes_root: text("hermes_root", &mut problems),
+            class: text("class", &mut problems),
+            env,
+            trace_frames,
+        })
+    } else {
+        PluginSource::Executable(PluginCommand {
+            command: parse_command(&table, &mut problems),
+            env,
+            trace_frames,
+        })
+    };
+    if problems.is_empty() {
+        Ok(source)
+    } else {
+        Err(problems)
+    }
+}
+
+fn parse_command(table: &toml::Table, problems: &mut Vec<Problem>) -> Vec<String> {
+    match table.get("command") {
         None => {
             problems.push((
                 None,
                 "a plugin table needs `command`, the executable and its arguments, e.g. \
-                 { command = [\"buslink-plugin-sqlite\"] }"
+                 { command = [\"buslink-plugin-sqlite\"] } (or `hermes_plugin`, a Hermes \
+                 plugin's directory)"
                     .into(),
             ));
             Vec::new()
@@ -117,7 +210,10 @@ pub(crate) fn parse(
             ));
             Vec::new()
         }
-    };
+    }
+}
+
+fn parse_env(table: &toml::Table, problems: &mut Vec<Problem>) -> Vec<(String, Secret)> {
     let mut env = Vec::new();
     match table.get("env") {
         None => {}
@@ -146,26 +242,7 @@ pub(crate) fn parse(
             ),
         )),
     }
-    let trace_frames = match table.get("trace_frames") {
-        None => false,
-        Some(toml::Value::Boolean(on)) => *on,
-        Some(other) => {
-            problems.push((
-                Some("trace_frames"),
-                format!("must be true or false, not {}", a(other)),
-            ));
-            false
-        }
-    };
-    if problems.is_empty() {
-        Ok(PluginSource::Executable(PluginCommand {
-            command,
-            env,
-            trace_frames,
-        }))
-    } else {
-        Err(problems)
-    }
+    env
 }
 
 /// "a string", "an integer": the kind of a TOML value, for messages.
@@ -206,6 +283,30 @@ mod tests {
     }
 
     #[test]
+    fn a_table_with_hermes_plugin_names_a_hermes_plugin_directory() {
+        let PluginSource::Hermes(hermes) = parse(value(
+            "{ hermes_plugin = \"plugins/sqlite\", hermes_root = \"/opt/hermes\" }",
+        ))
+        .unwrap() else {
+            panic!("not a Hermes plugin")
+        };
+        assert_eq!(hermes.dir, "plugins/sqlite");
+        assert_eq!(hermes.python, "python3");
+        assert_eq!(hermes.hermes_root.as_deref(), Some("/opt/hermes"));
+        assert_eq!(hermes.class, None);
+        let problems = parse(value(
+            "{ hermes_plugin = \"\", command = [\"x\"], python = 3 }",
+        ))
+        .unwrap_err();
+        let keys: Vec<_> = problems.iter().map(|(key, _)| *key).collect();
+        assert_eq!(
+            keys,
+            [None, Some("hermes_plugin"), Some("python")],
+            "{problems:?}"
+        );
+    }
+
+    #[test]
     fn each_problem_of_a_plugin_table_names_its_key() {
         let problems = parse(value(
             "{ command = [], env = { A = 1 }, trace_frames = \"yes\", comand = 1 }",
@@ -214,7 +315,7 @@ mod tests {
         let keys: Vec<_> = problems.iter().map(|(key, _)| *key).collect();
         assert_eq!(
             keys,
-            [None, Some("command"), Some("env"), Some("trace_frames")],
+            [None, Some("env"), Some("trace_frames"), Some("command")],
             "{problems:?}"
         );
         assert!(

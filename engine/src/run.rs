@@ -44,6 +44,16 @@ pub fn load_consumer_plugin(config: &Config) -> Result<(Arc<LoadedPlugin>, PathB
             )?;
             (Arc::new(plugin), path)
         }
+        PluginSource::Hermes(hermes) => {
+            let plugin = LoadedPlugin::hermes(
+                hermes,
+                &config.consumer.class,
+                &config.base_dir,
+                config.allow_insecure_plugins,
+            )?;
+            let path = plugin.path().to_path_buf();
+            (Arc::new(plugin), path)
+        }
     };
     let info = plugin.info();
     if !info

@@ -12,6 +12,7 @@ mod executables;
 mod faults;
 mod handlers;
 mod hermes;
+mod hermes_plugins;
 mod hmb;
 mod kafka;
 mod loading;

@@ -3,7 +3,7 @@
 //! ([`buslink_plugin_api::subprocess`]).
 
 use super::loader::LoadError;
-use crate::config::PluginCommand;
+use crate::config::{HermesPlugin, PluginCommand};
 use buslink_plugin_api::subprocess::{CallLimits, Spec};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -94,6 +94,45 @@ impl Executable {
     pub(super) fn new(program: &Path, config: &PluginCommand) -> Executable {
         let mut command = vec![program.display().to_string()];
         command.extend(config.command.iter().skip(1).cloned());
+        Executable {
+            command,
+            env: config
+                .env
+                .iter()
+                .map(|(name, value)| (name.clone(), value.expose().to_owned()))
+                .collect(),
+            trace_frames: config.trace_frames,
+        }
+    }
+
+    /// The Python side of buslink serving the Hermes plugin in `plugin_dir` with `python`
+    /// (found), from the package in `sdk` (the directory holding `buslink_plugin/`).
+    pub(super) fn hermes(
+        python: &Path,
+        sdk: &Path,
+        plugin_dir: &Path,
+        hermes_root: Option<&Path>,
+        config: &HermesPlugin,
+        serve_as: &str,
+    ) -> Executable {
+        let mut command: Vec<String> = vec![
+            python.display().to_string(),
+            "-I".into(),
+            "-B".into(),
+            "-c".into(),
+            super::python_sdk::BOOTSTRAP.into(),
+            sdk.display().to_string(),
+            "--plugin-dir".into(),
+            plugin_dir.display().to_string(),
+            "--serve-as".into(),
+            serve_as.to_owned(),
+        ];
+        if let Some(root) = hermes_root {
+            command.extend(["--hermes-root".into(), root.display().to_string()]);
+        }
+        if let Some(class) = &config.class {
+            command.extend(["--class".into(), class.clone()]);
+        }
         Executable {
             command,
             env: config

@@ -3,7 +3,7 @@
 use super::consumer::PluginConsumer;
 use super::executable::Executable;
 use super::private_copy::{DiskIdentity, LibraryWatch, PrivateCopy};
-use crate::config::PluginCommand;
+use crate::config::{HermesPlugin, PluginCommand};
 use abi_stable::std_types::RStr;
 use buslink_plugin_api::ffi::{HandlerBox, PluginModuleRef, RClassKind, API_VERSION_SYMBOL};
 use buslink_plugin_api::log::{HostLog, Level};
@@ -509,11 +509,67 @@ impl LoadedPlugin {
                 program.display()
             );
         }
-        let on_disk = DiskIdentity::of(program);
         let executable = match config {
             Some(config) => Executable::new(program, config),
             None => Executable::bare(program),
         };
+        Self::start_executable(program, executable, config_dir)
+    }
+
+    /// An unchanged Hermes messagebus consumer plugin (`plugin = { hermes_plugin = "DIR" }`):
+    /// the Python side of buslink, carried in the binary, serves it in a child run by
+    /// `python` (found in `PATH` when it has no `/`). The trust rule holds for the plugin's
+    /// module and directory and for `hermes_root`. Its path is the module (`DIR/NAME.py`): a
+    /// reload restarts the consumer when it was replaced. The plugin's class is served under
+    /// the name `class` (the consumer's `class`).
+    pub fn hermes(
+        config: &HermesPlugin,
+        class: &str,
+        base_dir: &Path,
+        allow_insecure: bool,
+    ) -> Result<LoadedPlugin, LoadError> {
+        let dir = base_dir.join(&config.dir);
+        let name = dir
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let module = dir.join(format!("{name}.py"));
+        if !module.is_file() {
+            return Err(LoadError::MissingFile { path: module });
+        }
+        let root = config.hermes_root.as_ref().map(|root| base_dir.join(root));
+        for path in std::iter::once(&module).chain(root.as_ref()) {
+            if let Some(reason) = super::trust::insecure(path) {
+                if !allow_insecure {
+                    return Err(LoadError::Insecure {
+                        path: path.clone(),
+                        reason,
+                    });
+                }
+                tracing::warn!(
+                    "Hermes plugin {}: {reason}; run anyway (allow_insecure_plugins = true)",
+                    path.display()
+                );
+            }
+        }
+        let python = super::executable::find_executable(&config.python, base_dir, &[])?;
+        let sdk = super::python_sdk::package_parent().map_err(|e| LoadError::NotAnExecutable {
+            path: python.clone(),
+            reason: format!("cannot write the Python side of buslink: {e}"),
+        })?;
+        let executable = Executable::hermes(&python, &sdk, &dir, root.as_deref(), config, class);
+        Self::start_executable(&module, executable, base_dir)
+    }
+
+    /// Starts `executable` once to shake hands; `path` is the file whose identity a reload
+    /// compares.
+    fn start_executable(
+        path: &Path,
+        executable: Executable,
+        config_dir: &Path,
+    ) -> Result<LoadedPlugin, LoadError> {
+        let program = path;
+        let on_disk = DiskIdentity::of(program);
         let spec = executable.spec("", serde_json::Value::Null, config_dir);
         let hello = subprocess::describe(&spec).map_err(|error| LoadError::Process {
             path: program.to_path_buf(),

@@ -8,6 +8,7 @@ mod consumer;
 mod executable;
 mod loader;
 mod private_copy;
+pub mod python_sdk;
 mod trust;
 
 pub use buslink_plugin_api::ffi::HandlerBox;

@@ -1,0 +1,428 @@
+"""Serves an unchanged Hermes messagebus consumer plugin (a directory
+`plugins/messagebus_consumers/NAME/` holding `NAME.py`) over buslink's subprocess protocol.
+
+    python3 -m buslink_plugin.hermes --plugin-dir DIR --serve-as NAME [--hermes-root ROOT]
+                                     [--class CLASS]
+
+buslink runs it for `plugin = { hermes_plugin = "DIR" }`. With `--hermes-root`, Hermes's own
+`lib` is imported from ROOT; without it, the stand-ins of `hermes_standins` serve plugins that
+use only what the consumer contract documents.
+
+How Hermes's contract maps onto buslink's, faithful to what hermes-client does:
+
+- `setTimeout` is called before `open` (Hermes's Kafka plugin reads it only there), with the
+  consumer's `timeout_ms`.
+- One iteration of the plugin is kept across polls, read by a thread into a bounded queue, so
+  that a batch forms without a round trip per event and without restarting the plugin's
+  iteration (a new `iter()` per poll would read the whole remainder again). A poll waits up to
+  the timeout for a first event, then takes what is there. When the plugin's iteration ends (its
+  own timeout), the next poll starts another from where it stopped, as hermes-client loops.
+- Resuming: `seek(last + 1)` for integers, as hermes-client does; for other offsets
+  `seek(last)` and the first event dropped when its offset is `last`.
+- `findNextEventOfCategory`, then a step past the event it returned (Hermes's sqlite plugin
+  leaves its position on that event; buslink's contract wants it after).
+- An `IndexError` from `seek` is an offset that is not on the bus. A plugin whose `seek` cannot
+  fail is checked against the first event read after it.
+- Offsets of the four Python types become buslink offsets and back; a bool, a NaN or an int
+  beyond 64 bits is refused naming the event. The body is the plugin's `Event.to_json()`; the
+  time its `timestamp`, a naive datetime read in the child's time zone (TZ), sent as UTC.
+- Hermes plugins cannot tell "drained" from "idle": with `--once` the run ends at the first
+  idle timeout, and buslink says it could not tell.
+"""
+
+import argparse
+import importlib.util
+import math
+import os
+import queue
+import sys
+import threading
+import traceback
+from datetime import datetime, timezone
+from typing import Any, List, Optional
+
+from .protocol import (
+    Batch,
+    ConfigError,
+    ConnectError,
+    Consumer,
+    DataError,
+    Event,
+    Gap,
+    OffsetNotFound,
+    PluginError,
+    log,
+    serve,
+)
+
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+#: How many events the reading thread may hold ahead of the polls.
+_AHEAD = 1024
+
+
+def _where(error: BaseException) -> str:
+    """`Type: message (at file:line)`: the exception and its last frame."""
+    frames = traceback.extract_tb(error.__traceback__) if error.__traceback__ else []
+    at = f" (at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno})" if frames else ""
+    return f"{type(error).__name__}: {error}{at}"
+
+
+def _check_offset(offset: Any, event: Any) -> Any:
+    """The event's offset if buslink can keep it, else a data error naming the event."""
+    if isinstance(offset, bool) or offset is None:
+        raise DataError(f"event {event!r}: offset {offset!r} is not an offset")
+    if isinstance(offset, int) and not _INT64[0] <= offset <= _INT64[1]:
+        raise DataError(f"event {event!r}: offset {offset} is beyond a signed 64-bit integer")
+    if isinstance(offset, float) and math.isnan(offset):
+        raise DataError(f"event {event!r}: offset NaN is not an offset")
+    if not isinstance(offset, (int, float, str, bytes)):
+        raise DataError(f"event {event!r}: offset {offset!r} of type {type(offset).__name__}")
+    return offset
+
+
+def _time_us(timestamp: Any, event: Any) -> int:
+    """A Hermes timestamp (a naive local datetime; an aware one as it says) as microseconds
+    since the Unix epoch."""
+    if not isinstance(timestamp, datetime):
+        raise DataError(f"event {event!r}: timestamp {timestamp!r} is not a datetime")
+    aware = timestamp if timestamp.tzinfo is not None else timestamp.astimezone()
+    delta = aware - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _to_event(hermes_event: Any) -> Event:
+    offset = _check_offset(getattr(hermes_event, "offset", None), hermes_event)
+    return Event(
+        offset=offset,
+        time_us=_time_us(getattr(hermes_event, "timestamp", None), hermes_event),
+        category=str(getattr(hermes_event, "evcategory", "") or ""),
+        body=hermes_event.to_json(),
+    )
+
+
+class _Worker:
+    """The one thread that touches the plugin. Hermes plugins may hold objects bound to the
+    thread that made them (an `sqlite3` connection refuses every other thread), so the
+    constructor, every call and the iteration all run here. While iterating, it puts events
+    into a bounded queue: ("event", Event), ("end", None) when the plugin's iteration ended (its
+    timeout), ("error", exception); between two events it runs the calls asked of it."""
+
+    def __init__(self):
+        self.commands: "queue.Queue" = queue.Queue()
+        self.events: "queue.Queue" = queue.Queue(maxsize=_AHEAD)
+        self.iterator: Any = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def call(self, function, *args):
+        """Runs `function(*args)` on the worker's thread: its result, or its exception raised
+        here. While the plugin is inside a read this waits for the read (at most the plugin's
+        own timeout when the bus is idle)."""
+        reply: "queue.Queue" = queue.Queue(maxsize=1)
+        self.commands.put((function, args, reply))
+        ok, value = reply.get()
+        if ok:
+            return value
+        raise value
+
+    def start(self, plugin: Any) -> None:
+        """Starts iterating `plugin` (no-op when iterating already)."""
+        self.call(self._start, plugin)
+
+    def stop(self) -> None:
+        """Stops iterating (the generator is dropped, as hermes-client drops it) and forgets
+        the events read and not taken."""
+        self.call(self._stop)
+
+    def _start(self, plugin: Any) -> None:
+        if self.iterator is None:
+            self.iterator = iter(plugin)
+
+    def _stop(self) -> None:
+        iterator, self.iterator = self.iterator, None
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception as error:
+                log("Warn", f"dropping the plugin's iteration: {_where(error)}")
+        while True:
+            try:
+                self.events.get_nowait()
+            except queue.Empty:
+                return
+
+    def _run(self) -> None:
+        while True:
+            try:
+                waiting = self.iterator is None or self.events.full()
+                function, args, reply = self.commands.get(block=waiting, timeout=0.05 if self.iterator else None)
+            except queue.Empty:
+                function = None
+            if function is not None:
+                try:
+                    reply.put((True, function(*args)))
+                except BaseException as error:  # handed back to the caller
+                    reply.put((False, error))
+                continue
+            if self.iterator is None or self.events.full():
+                continue
+            try:
+                item = ("event", _to_event(next(self.iterator)))
+            except StopIteration:
+                item, self.iterator = ("end", None), None
+            except Exception as error:  # the plugin's failure, handed to the next poll
+                item, self.iterator = ("error", error), None
+            self.events.put(item)
+
+
+def _load_plugin_class(plugin_dir: str, class_name: Optional[str]) -> type:
+    name = os.path.basename(os.path.normpath(plugin_dir))
+    path = os.path.join(plugin_dir, f"{name}.py")
+    if not os.path.isfile(path):
+        raise ConfigError(f"Hermes plugin directory {plugin_dir}: no {name}.py in it", key="plugin")
+    spec = importlib.util.spec_from_file_location(f"hermes_plugin_{name}", path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"{path}: cannot be imported", key="plugin")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except ImportError as error:
+        wanted = os.path.join(plugin_dir, "requirements.txt")
+        hint = f"; the plugin's requirements.txt lists what it needs" if os.path.isfile(wanted) else ""
+        raise ConfigError(f"{path}: {_where(error)}{hint}", key="plugin")
+    except Exception as error:
+        raise ConfigError(f"{path}: {_where(error)}", key="plugin")
+    wanted_class = class_name or getattr(module, "HERMES_PLUGIN_CLASSNAME", None)
+    if not wanted_class:
+        raise ConfigError(f"{path}: no HERMES_PLUGIN_CLASSNAME, and no class named", key="plugin")
+    cls = getattr(module, wanted_class, None)
+    if not isinstance(cls, type):
+        raise ConfigError(f"{path}: no class {wanted_class!r}", key="plugin")
+    return cls
+
+
+def make_consumer_class(plugin_cls: type, plugin_dir: str, serve_as: str) -> type:
+    """A buslink `Consumer` class named `serve_as` that drives `plugin_cls`, a Hermes consumer
+    plugin class."""
+
+    class HermesConsumer(Consumer):
+        NAME = serve_as
+        DESCRIPTION = f"Hermes messagebus consumer plugin {plugin_cls.__name__} ({plugin_dir})"
+        SETTINGS_DOC = (plugin_cls.__doc__ or "").strip() or "the plugin's settings dict"
+
+        def __init__(self, settings, config_dir):
+            super().__init__(settings, config_dir)
+            _validate_schema(plugin_dir, settings)
+            self.worker = _Worker()
+            try:
+                self.plugin = self.worker.call(plugin_cls, dict(settings))
+            except Exception as error:
+                raise ConfigError(f"{plugin_cls.__name__}(settings): {_where(error)}")
+            self.timeout: Optional[float] = None
+            self.iterating = False
+            # After a seek the first event read is checked against it; for non-integer
+            # resumes the event at `skip` is dropped.
+            self.expect: Any = None
+            self.skip: Any = None
+            # The last event handed over, and how the plugin was last positioned.
+            self.last: Any = None
+            self.origin = None
+
+        # -- the session ------------------------------------------------------------------
+
+        def _call(self, what: str, method, *args):
+            """The plugin's `method(*args)` on the worker: other failures than buslink's own
+            are connect errors (retried), named with the exception and its line."""
+            try:
+                return self.worker.call(method, *args)
+            except PluginError:
+                raise
+            except Exception as error:
+                raise ConnectError(f"{what}: {_where(error)}")
+
+        def set_timeout(self, timeout):
+            self.timeout = timeout
+            millis = None if timeout is None else int(round(timeout * 1000))
+            self._call("setTimeout", self.plugin.setTimeout, millis)
+
+        def open(self):
+            self._call("open", self.plugin.open)
+
+        def close(self):
+            self._halt()
+            try:
+                self.worker.call(self.plugin.close)
+            except Exception as error:
+                log("Warn", f"close: {_where(error)}")
+
+        def _halt(self, reposition=False):
+            """Stops the iteration; with `reposition`, puts the plugin back right after the
+            last event handed over (the iteration may have read further)."""
+            if not self.iterating:
+                return
+            self.worker.stop()
+            self.iterating = False
+            if reposition:
+                if self.last is not None:
+                    self.seek_after(self.last)
+                elif self.origin is not None:
+                    self.origin()
+
+        def seek_to_beginning(self):
+            self._halt()
+            self._call("seekToBeginning", self.plugin.seekToBeginning)
+            self.expect = self.skip = self.last = None
+            self.origin = self.seek_to_beginning
+
+        def seek(self, offset):
+            self._halt()
+            try:
+                self.worker.call(self.plugin.seek, offset)
+            except IndexError as error:
+                raise OffsetNotFound(f"no event at offset {offset!r}: {error}")
+            except Exception as error:
+                raise ConnectError(f"seek({offset!r}): {_where(error)}")
+            self.expect, self.skip, self.last = offset, None, None
+            self.origin = lambda: self.seek(offset)
+
+        def seek_after(self, offset):
+            if isinstance(offset, int):
+                self.seek(offset + 1)
+                # The event after `offset` may be further on (a gap): not checked.
+                self.expect = None
+                self.last = offset
+            else:
+                self.seek(offset)
+                self.expect, self.skip, self.last = None, offset, offset
+
+        def find_next_event_of_category(self, category):
+            self._halt(reposition=True)
+            found = self._call(
+                "findNextEventOfCategory", self.plugin.findNextEventOfCategory, category
+            )
+            if found is None:
+                return None
+            event = _to_event(found)
+            # Hermes's plugins may leave their position on the event found: step past it.
+            self.seek_after(event.offset)
+            return event
+
+        def poll(self, max_events, max_bytes):
+            if not self.iterating:
+                try:
+                    self.worker.start(self.plugin)
+                except Exception as error:
+                    raise ConnectError(f"__iter__: {_where(error)}")
+                self.iterating = True
+            batch = Batch("ready")
+            size = 0
+            wait = self.timeout
+            while len(batch.events) < max_events and size < max_bytes:
+                try:
+                    if wait is None:
+                        kind, item = self.worker.events.get()
+                    else:
+                        kind, item = self.worker.events.get(timeout=max(wait, 0.0))
+                except queue.Empty:
+                    break
+                if kind == "end":
+                    # The plugin's iteration ended (its timeout): the next poll starts another.
+                    self.iterating = False
+                    break
+                if kind == "error":
+                    self.iterating = False
+                    if batch.events:
+                        log("Warn", f"the plugin's iteration failed after a batch: {_where(item)}")
+                        break
+                    if isinstance(item, PluginError):
+                        raise item
+                    raise ConnectError(f"iterating: {_where(item)}")
+                event = item
+                if self.skip is not None:
+                    drop = event.offset == self.skip
+                    self.skip = None
+                    if drop:
+                        continue
+                if self.expect is not None:
+                    expected, self.expect = self.expect, None
+                    if event.offset != expected:
+                        if isinstance(expected, int) and isinstance(event.offset, int) and event.offset > expected:
+                            batch.gaps.append(
+                                Gap(len(batch.events), f"offsets {expected} to {event.offset - 1}", event.offset - expected)
+                            )
+                        else:
+                            self._halt()
+                            raise OffsetNotFound(
+                                f"after seek({expected!r}) the plugin read offset {event.offset!r} first: "
+                                f"{expected!r} is not on the bus"
+                            )
+                batch.events.append(event)
+                size += len(event.body)
+                self.last = event.offset
+                # After the first event, take what is there without waiting (an idle cut).
+                wait = 0.005
+            if not batch.events:
+                batch.status = "idle"
+            return batch
+
+    return HermesConsumer
+
+
+def _validate_schema(plugin_dir: str, settings: dict) -> None:
+    """The plugin's `config-schema-plugin-NAME.yml` (Cerberus rules), when Cerberus and PyYAML
+    are importable: errors name the key. Without them the plugin's own checks are all."""
+    name = os.path.basename(os.path.normpath(plugin_dir))
+    path = os.path.join(plugin_dir, f"config-schema-plugin-{name}.yml")
+    if not os.path.isfile(path):
+        return
+    try:
+        import cerberus  # type: ignore
+        import yaml  # type: ignore
+    except ImportError:
+        return
+    with open(path, encoding="utf-8") as file:
+        schema = yaml.safe_load(file) or {}
+    validator = cerberus.Validator(schema)
+    if not validator.validate(settings):
+        key, problems = sorted(validator.errors.items())[0]
+        raise ConfigError(f"{key}: {problems} (the plugin's {os.path.basename(path)})", key=str(key))
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="buslink_plugin.hermes")
+    parser.add_argument("--plugin-dir", required=True)
+    parser.add_argument("--serve-as", required=True, help="the class name buslink's config uses")
+    parser.add_argument("--hermes-root")
+    parser.add_argument("--class", dest="class_name")
+    args = parser.parse_args(argv)
+    from . import hermes_standins
+
+    if args.hermes_root:
+        sys.path.insert(0, args.hermes_root)
+        hermes_standins.install_hermes_builtin()
+    else:
+        hermes_standins.install_standins()
+    plugin_dir = os.path.abspath(args.plugin_dir)
+    name = os.path.basename(os.path.normpath(plugin_dir))
+    try:
+        plugin_cls = _load_plugin_class(plugin_dir, args.class_name)
+        classes = [make_consumer_class(plugin_cls, plugin_dir, args.serve_as)]
+    except PluginError as error:
+        # The handshake still happens; building the consumer says what is wrong.
+        failure = error
+
+        class Unloadable(Consumer):
+            NAME = args.serve_as
+
+            def __init__(self, settings, config_dir):
+                raise failure
+
+        classes = [Unloadable]
+    return serve(classes, plugin=f"hermes-{name}", version="hermes")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

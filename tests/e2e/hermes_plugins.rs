@@ -1,0 +1,169 @@
+//! Unchanged Hermes messagebus consumer plugins (`plugin = { hermes_plugin = "DIR" }`), served
+//! by the Python side of buslink carried in the binary. The plugin under test is
+//! `tests/fixture-plugins/hermes/sqlitelike` (see its docstring for the Hermes behaviours it
+//! reproduces).
+
+use crate::common::*;
+use buslink_testkit::process::{run, run_once};
+use buslink_testkit::{workspace_root, TestDir};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn plugin_dir() -> PathBuf {
+    workspace_root().join("tests/fixture-plugins/hermes/sqlitelike")
+}
+
+/// A config whose consumer is the test Hermes plugin on `bus` (`settings`: more lines of
+/// `[consumer.settings]`; `consumer_extra`: more tables after it).
+fn hermes_plugin_config(
+    dir: &TestDir,
+    bus: &Path,
+    settings: &str,
+    consumer_extra: &str,
+) -> PathBuf {
+    let text = format!(
+        "state_dir = \"state\"\n\n[consumer]\nname = \"test\"\n\
+         plugin = {{ hermes_plugin = \"{plugin}\" }}\nclass = \"SqliteLikeConsumerPlugin\"\n\
+         timeout_ms = 300\n{consumer_extra}\n\n[consumer.settings]\nuri = \"{bus}\"\n{settings}\n\n{handler}",
+        plugin = plugin_dir().display(),
+        bus = bus.display(),
+        handler = jsonl_handler("all", ""),
+    );
+    dir.write("buslink.toml", text)
+}
+
+/// The fields of a Hermes event body that the plugin's `Event.to_json()` and the bus row share
+/// (the forms differ: compare values, not text).
+fn fields(line: &Value) -> Value {
+    let body = &line["data"];
+    serde_json::json!({
+        "offset": line["offset"],
+        "timestamp": line["timestamp"],
+        "category": line["category"],
+        "evcategory": body["evcategory"],
+        "eventtype": body["eventtype"],
+        "objtype": body["objtype"],
+        "objpkey": body["objpkey"],
+        "objattrs": body["objattrs"],
+    })
+}
+
+#[test]
+fn a_hermes_plugin_directory_delivers_the_fixture_bus_as_the_rust_plugin_does() {
+    let library_dir = TestDir::new("hermes-plugin-lib");
+    let library = sqlite_config(&library_dir, &fixture_bus(), "", &jsonl_handler("all", ""));
+    assert_eq!(run_once(&library).code(), Some(0));
+    let expected: Vec<Value> = read_lines(&library_dir, "out/all.jsonl")
+        .iter()
+        .map(fields)
+        .collect();
+
+    let dir = TestDir::new("hermes-plugin");
+    let config = hermes_plugin_config(&dir, &fixture_bus(), "", "");
+    let check = run(&["check", "--config", &config.to_string_lossy()], LIMIT);
+    assert_eq!(check.code(), Some(0), "{check}");
+    assert!(
+        check
+            .stdout
+            .contains("plugin: hermes-sqlitelike hermes (subprocess protocol 1)"),
+        "{check}"
+    );
+    let out = run_once(&config);
+    assert_eq!(out.code(), Some(0), "{out}");
+    let got: Vec<Value> = read_lines(&dir, "out/all.jsonl")
+        .iter()
+        .map(fields)
+        .collect();
+    assert_eq!(got.len(), 163);
+    assert_eq!(got, expected, "the same events, fields and times");
+    // What the plugin printed went to the log, not into the frames.
+    assert!(out.stderr.contains("sqlitelike: opening the bus"), "{out}");
+
+    // A restart resumes after the last event; new rows are the only ones read.
+    let again = run_once(&config);
+    assert_eq!(again.code(), Some(0), "{again}");
+    assert_eq!(read_lines(&dir, "out/all.jsonl").len(), 163, "{again}");
+}
+
+#[test]
+fn a_hermes_plugin_resumes_after_new_rows_and_hermes_mode_finds_the_client_s_sequence() {
+    let dir = TestDir::new("hermes-plugin-resume");
+    let bus = dir.join("bus.sqlite");
+    std::fs::copy(fixture_bus(), &bus).expect("a copy of the fixture bus");
+    let config = hermes_plugin_config(&dir, &bus, "", "[consumer.hermes]\nenabled = true");
+    let first = run_once(&config);
+    assert_eq!(first.code(), Some(0), "{first}");
+    let cache = read_cache(&dir);
+    assert_eq!(
+        (
+            cache["initstartoffset"]["int"].as_i64(),
+            cache["initstopoffset"]["int"].as_i64(),
+            cache["next_offset"]["int"].as_i64(),
+        ),
+        (Some(79), Some(140), Some(164)),
+        "{cache}"
+    );
+    let delivered = offsets(&read_lines(&dir, "out/all.jsonl"));
+    append(&bus, 30);
+    let second = run_once(&config);
+    assert_eq!(second.code(), Some(0), "{second}");
+    let after = offsets(&read_lines(&dir, "out/all.jsonl"));
+    assert_eq!(after[..delivered.len()], delivered[..]);
+    let new: Vec<i64> = after[delivered.len()..].to_vec();
+    // The appended events start a new initsync sequence of their own; in Hermes mode the
+    // ones handed to handlers are the base events after the chosen sequence.
+    assert!(new.iter().all(|offset| *offset >= 164), "{new:?}");
+    assert_eq!(read_cache(&dir)["next_offset"]["int"].as_i64(), Some(194));
+}
+
+#[test]
+fn a_hermes_plugin_s_failures_are_named_with_their_kind_and_line() {
+    let dir = TestDir::new("hermes-plugin-fail");
+    // Bad settings, refused by the plugin's constructor: a config error (exit 2).
+    let config = hermes_plugin_config(&dir, &fixture_bus(), "fail_in = \"__init__\"", "");
+    let out = run_once(&config);
+    assert_eq!(out.code(), Some(2), "{out}");
+    assert!(
+        out.stderr
+            .contains("RuntimeError: asked to fail in __init__ (at sqlitelike.py:"),
+        "{out}"
+    );
+    // A failure in open: a connect error, named with the exception and its line; `--once`
+    // ends on it (exit 1).
+    let config = hermes_plugin_config(&dir, &fixture_bus(), "fail_in = \"open\"", "");
+    let out = run_once(&config);
+    assert_eq!(out.code(), Some(1), "{out}");
+    assert!(
+        out.stderr
+            .contains("open: RuntimeError: asked to fail in open (at sqlitelike.py:"),
+        "{out}"
+    );
+    // An offset not on the bus: `offsets set` refuses it, naming it.
+    let config = hermes_plugin_config(&dir, &fixture_bus(), "", "");
+    let set = run(
+        &[
+            "offsets",
+            "set",
+            "--config",
+            &config.to_string_lossy(),
+            "900",
+        ],
+        LIMIT,
+    );
+    assert_ne!(set.code(), Some(0), "{set}");
+    assert!(set.stderr.contains("900"), "{set}");
+    // A directory without its module.
+    let empty = dir.join("plugins/nothing");
+    std::fs::create_dir_all(&empty).expect("dir");
+    let text = std::fs::read_to_string(&config).expect("config").replace(
+        &plugin_dir().display().to_string(),
+        &empty.display().to_string(),
+    );
+    std::fs::write(&config, text).expect("config");
+    let out = run(&["check", "--config", &config.to_string_lossy()], LIMIT);
+    assert_eq!(out.code(), Some(2), "{out}");
+    assert!(out.stderr.contains("nothing.py"), "{out}");
+}
