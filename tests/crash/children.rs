@@ -122,20 +122,66 @@ pub struct ChildOutcome {
     pub cut_frames_logged: usize,
 }
 
+/// Which child the daemon runs.
+#[derive(Clone, Copy, Debug)]
+pub enum Child {
+    /// The sqlite plugin's executable (`plugin = { command = [...] }`).
+    SqliteExecutable,
+    /// The test Hermes plugin (`tests/fixture-plugins/hermes/sqlitelike`) under the Python side
+    /// of buslink (`plugin = { hermes_plugin = "..." }`).
+    HermesPython,
+}
+
+impl Child {
+    fn name(self) -> &'static str {
+        match self {
+            Child::SqliteExecutable => "sqlite-executable",
+            Child::HermesPython => "hermes-python",
+        }
+    }
+
+    /// Whether half of the kills are made mid-frame. The Python side's batches form in time
+    /// (an idle cut), mostly smaller than the pipe: its kills land at random instants while
+    /// it reads a chunk (mid-batch).
+    fn mid_frame(self) -> bool {
+        matches!(self, Child::SqliteExecutable)
+    }
+
+    /// The config's `plugin`, `class` and settings lines for the bus at `bus`.
+    fn consumer_lines(self, bus: &Path) -> String {
+        match self {
+            Child::SqliteExecutable => format!(
+                "plugin = {{ command = [\"{}\"] }}\nclass = \"SqliteConsumer\"\n\
+                 [consumer.settings]\nuri = \"{}\"\npoll_interval_ms = 10\n",
+                build_dir().join("buslink-plugin-sqlite").display(),
+                bus.display()
+            ),
+            Child::HermesPython => format!(
+                "plugin = {{ hermes_plugin = \"{}\" }}\nclass = \"SqliteLikeConsumerPlugin\"\n\
+                 [consumer.settings]\nuri = \"{}\"\n",
+                buslink_testkit::workspace_root()
+                    .join("tests/fixture-plugins/hermes/sqlitelike")
+                    .display(),
+                bus.display()
+            ),
+        }
+    }
+}
+
 /// The loop: `settings.kills` kills of the child of one daemon, each after [`CHUNK`] padded
 /// events were appended to the bus (`settings.events` is not used: the bus grows with the
 /// kills).
-pub fn child_crash_loop(settings: CrashSettings) -> ChildOutcome {
+pub fn child_crash_loop(settings: CrashSettings, child: Child) -> ChildOutcome {
     let seed = settings.seed;
+    let name = child.name();
     eprintln!(
-        "crash sqlite-executable: seed {seed} (replay: BUSLINK_CRASH_SEED={seed}), {} kills, {} \
-         events",
+        "crash {name}: seed {seed} (replay: BUSLINK_CRASH_SEED={seed}), {} kills, {} events",
         settings.kills,
         CHUNK * (settings.kills + 1)
     );
-    let outcome = naming_the_seed("sqlite-executable", seed, || run_children(settings));
+    let outcome = naming_the_seed(name, seed, || run_children(settings, child));
     eprintln!(
-        "crash summary: bus=sqlite-executable seed={seed} kills={} mid_frame={} events={} \
+        "crash summary: bus={name} seed={seed} kills={} mid_frame={} events={} \
          lost={} duplicated={} invalid_lines={} restarts={} cut_frames_logged={}",
         outcome.kills,
         outcome.mid_frame,
@@ -149,7 +195,7 @@ pub fn child_crash_loop(settings: CrashSettings) -> ChildOutcome {
     outcome
 }
 
-fn run_children(settings: CrashSettings) -> ChildOutcome {
+fn run_children(settings: CrashSettings, kind: Child) -> ChildOutcome {
     let mut rng = Rng::new(settings.seed, "children");
     let dir = TestDir::new("crash-children");
     let bus = dir.join("bus.sqlite");
@@ -160,14 +206,11 @@ fn run_children(settings: CrashSettings) -> ChildOutcome {
         "buslink.toml",
         format!(
             "state_dir = \"state\"\nstats_interval_s = 0\n\n[consumer]\nname = \"crash\"\n\
-             plugin = {{ command = [\"{program}\"] }}\nclass = \"SqliteConsumer\"\n\
-             timeout_ms = 200\nbatch_size = 512\nqueue_batches = {queue}\n\
-             [consumer.settings]\nuri = \"{bus}\"\npoll_interval_ms = 10\n\n\
+             timeout_ms = 200\nbatch_size = 512\nqueue_batches = {queue}\n{plugin}\n\
              [commit]\nevery_events = {every_events}\nevery_ms = 50\n\n\
              [[handlers]]\nname = \"all\"\ntype = \"jsonl\"\npath = \"{OUT}\"\n",
-            program = build_dir().join("buslink-plugin-sqlite").display(),
             queue = rng.range(1, 4),
-            bus = bus.display(),
+            plugin = kind.consumer_lines(&bus),
         ),
     );
     let out = dir.join(OUT);
@@ -184,7 +227,9 @@ fn run_children(settings: CrashSettings) -> ChildOutcome {
         // sometimes after it read them all).
         append_padded(&bus, events, CHUNK);
         events += CHUNK;
-        let caught = kill % 2 == 0 && kill_mid_frame(daemon.pid(), current, &mut rng, 40);
+        let caught = kind.mid_frame()
+            && kill % 2 == 0
+            && kill_mid_frame(daemon.pid(), current, &mut rng, 40);
         if caught {
             mid_frame += 1;
         } else {
@@ -232,7 +277,7 @@ fn run_children(settings: CrashSettings) -> ChildOutcome {
         "the restart counter against the kills made"
     );
     assert!(
-        settings.kills < 2 || mid_frame > 0,
+        !kind.mid_frame() || settings.kills < 2 || mid_frame > 0,
         "no kill landed mid-frame in {} tries: {outcome:?}",
         settings.kills
     );

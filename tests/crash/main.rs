@@ -7,7 +7,8 @@
 //! - **plugin executables** (`children.rs`): one daemon runs the sqlite plugin's executable and
 //!   its *child* is killed instead, half of the kills with a reply frame half written (the
 //!   daemon frozen until the child is seen blocked writing to it); every event once, in order,
-//!   and the restart counter equal to the kills.
+//!   and the restart counter equal to the kills; the same for the test Hermes plugin under the
+//!   Python side of buslink (`plugin = { hermes_plugin = "..." }`).
 //!
 //! Each start draws its `batch_size`, `queue_batches` and `[commit]` cadence from the seed and
 //! alternates `fsync = "each"` / `"background"`; the HMB consumer also varies `format`,
@@ -185,7 +186,12 @@ fn sqlite_bus_survives_sigkills_exactly_once() {
 
 #[test]
 fn sqlite_executable_children_survive_sigkills_some_mid_frame() {
-    children::child_crash_loop(CrashSettings::from_env());
+    children::child_crash_loop(CrashSettings::from_env(), children::Child::SqliteExecutable);
+}
+
+#[test]
+fn hermes_plugin_children_survive_sigkills_some_mid_frame() {
+    children::child_crash_loop(CrashSettings::from_env(), children::Child::HermesPython);
 }
 
 #[test]

@@ -50,8 +50,8 @@ pub enum LoadError {
     #[error("plugin executable {}: {error}", .path.display())]
     Process { path: PathBuf, error: PluginError },
     #[error(
-        "plugin library {}: not loaded: {reason}. Loading a library runs its code as buslink: \
-         make it and its directory writable only by their owner, root or buslink's user (chmod \
+        "plugin {}: not loaded: {reason}. Loading a plugin runs its code as buslink: make \
+         it and its directory writable only by their owner, root or buslink's user (chmod \
          go-w, chown), or set allow_insecure_plugins = true at the top of the config",
         .path.display()
     )]
