@@ -190,7 +190,7 @@ fn sqlite_executable_children_survive_sigkills_some_mid_frame() {
 }
 
 #[test]
-fn hermes_plugin_children_survive_sigkills_some_mid_frame() {
+fn hermes_plugin_children_survive_sigkills_mid_batch() {
     children::child_crash_loop(CrashSettings::from_env(), children::Child::HermesPython);
 }
 

@@ -31,12 +31,14 @@ How Hermes's contract maps onto buslink's, faithful to what hermes-client does:
 """
 
 import argparse
+import collections
 import importlib.util
 import math
 import os
 import queue
 import sys
 import threading
+import time
 import traceback
 from datetime import datetime, timezone
 from typing import Any, List, Optional
@@ -82,13 +84,28 @@ def _check_offset(offset: Any, event: Any) -> Any:
     return offset
 
 
+#: The local zone's offset from UTC by (year, month, day, hour) of a naive local time: zones
+#: change their offset on the hour, and a bus's events come hours at a time.
+_OFFSETS: dict = {}
+_NAIVE_EPOCH = datetime(1970, 1, 1)
+
+
 def _time_us(timestamp: Any, event: Any) -> int:
     """A Hermes timestamp (a naive local datetime; an aware one as it says) as microseconds
     since the Unix epoch."""
     if not isinstance(timestamp, datetime):
         raise DataError(f"event {event!r}: timestamp {timestamp!r} is not a datetime")
-    aware = timestamp if timestamp.tzinfo is not None else timestamp.astimezone()
-    delta = aware - _EPOCH
+    if timestamp.tzinfo is not None:
+        delta = timestamp - _EPOCH
+    else:
+        hour = (timestamp.year, timestamp.month, timestamp.day, timestamp.hour)
+        offset = _OFFSETS.get(hour)
+        if offset is None:
+            offset = timestamp.astimezone().utcoffset()
+            if len(_OFFSETS) > 10_000:
+                _OFFSETS.clear()
+            _OFFSETS[hour] = offset
+        delta = timestamp - _NAIVE_EPOCH - offset
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
@@ -111,7 +128,12 @@ class _Worker:
 
     def __init__(self):
         self.commands: "queue.Queue" = queue.Queue()
-        self.events: "queue.Queue" = queue.Queue(maxsize=_AHEAD)
+        # Events read and not taken: a deque (appends and pops need no lock), with an event
+        # flag the taker waits on only when it is empty.
+        self.events: "collections.deque" = collections.deque()
+        self.arrived = threading.Event()
+        # Set while the taker waits for an event: only then is `arrived` signalled.
+        self.waiting = False
         self.iterator: Any = None
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -148,26 +170,28 @@ class _Worker:
                 close()
             except Exception as error:
                 log("Warn", f"dropping the plugin's iteration: {_where(error)}")
-        while True:
-            try:
-                self.events.get_nowait()
-            except queue.Empty:
-                return
+        self.events.clear()
 
     def _run(self) -> None:
         while True:
-            try:
-                waiting = self.iterator is None or self.events.full()
-                function, args, reply = self.commands.get(block=waiting, timeout=0.05 if self.iterator else None)
-            except queue.Empty:
-                function = None
+            waiting = self.iterator is None or len(self.events) >= _AHEAD
+            function = None
+            # While reading, a call asked for is looked for between two events (`empty` is
+            # cheaper than a `get` that raises).
+            if waiting or not self.commands.empty():
+                try:
+                    function, args, reply = self.commands.get(
+                        block=waiting, timeout=0.05 if self.iterator else None
+                    )
+                except queue.Empty:
+                    pass
             if function is not None:
                 try:
                     reply.put((True, function(*args)))
                 except BaseException as error:  # handed back to the caller
                     reply.put((False, error))
                 continue
-            if self.iterator is None or self.events.full():
+            if self.iterator is None or len(self.events) >= _AHEAD:
                 continue
             try:
                 item = ("event", _to_event(next(self.iterator)))
@@ -175,7 +199,43 @@ class _Worker:
                 item, self.iterator = ("end", None), None
             except Exception as error:  # the plugin's failure, handed to the next poll
                 item, self.iterator = ("error", error), None
-            self.events.put(item)
+            self.events.append(item)
+            if self.waiting:
+                self.arrived.set()
+
+    def take(self, wait: Optional[float]) -> Any:
+        """The next item read, waiting up to `wait` seconds (`None`: for ever) for one;
+        `None` when none came."""
+        while True:
+            try:
+                return self.events.popleft()
+            except IndexError:
+                pass
+            self.waiting = True
+            self.arrived.clear()
+            try:
+                if self.events:
+                    continue
+                if not self.arrived.wait(wait):
+                    try:
+                        return self.events.popleft()
+                    except IndexError:
+                        return None
+            finally:
+                self.waiting = False
+
+    def take_now(self) -> Any:
+        """The next item read if one is there, else, after a millisecond to let the plugin
+        read on (the idle cut), the next one or `None`. The taker never wakes per event."""
+        try:
+            return self.events.popleft()
+        except IndexError:
+            pass
+        time.sleep(0.001)
+        try:
+            return self.events.popleft()
+        except IndexError:
+            return None
 
 
 def _load_plugin_class(plugin_dir: str, class_name: Optional[str]) -> type:
@@ -319,15 +379,16 @@ def make_consumer_class(plugin_cls: type, plugin_dir: str, serve_as: str) -> typ
                 self.iterating = True
             batch = Batch("ready")
             size = 0
-            wait = self.timeout
+            first = True
             while len(batch.events) < max_events and size < max_bytes:
-                try:
-                    if wait is None:
-                        kind, item = self.worker.events.get()
-                    else:
-                        kind, item = self.worker.events.get(timeout=max(wait, 0.0))
-                except queue.Empty:
+                if first:
+                    wait = self.timeout
+                    taken = self.worker.take(None if wait is None else max(wait, 0.0))
+                else:
+                    taken = self.worker.take_now()
+                if taken is None:
                     break
+                kind, item = taken
                 if kind == "end":
                     # The plugin's iteration ended (its timeout): the next poll starts another.
                     self.iterating = False
@@ -362,8 +423,8 @@ def make_consumer_class(plugin_cls: type, plugin_dir: str, serve_as: str) -> typ
                 batch.events.append(event)
                 size += len(event.body)
                 self.last = event.offset
-                # After the first event, take what is there without waiting (an idle cut).
-                wait = 0.005
+                # After the first event, what is there, until the plugin pauses (an idle cut).
+                first = False
             if not batch.events:
                 batch.status = "idle"
             return batch

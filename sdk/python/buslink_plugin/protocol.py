@@ -83,7 +83,7 @@ class DataError(PluginError):
     kind = "data"
 
 
-@dataclass
+@dataclass(slots=True)
 class Event:
     """One event: its offset, its time in microseconds since the Unix epoch, its category, and
     its body: `str` for JSON text exactly as the bus holds it, `bytes` for anything else."""

@@ -583,6 +583,8 @@ enum Part {
     /// Kafka on librdkafka's mock cluster: a bare rdkafka loop, the daemon and `--once` in
     /// assign mode, one and two group members.
     Kafka,
+    /// A Hermes Python plugin under buslink vs the same plugin in a plain Python loop.
+    Hermes,
 }
 
 /// The printed table: ratios first, then every measured run.
@@ -665,7 +667,119 @@ fn run_all(
         eprintln!("Kafka: {KAFKA_EVENTS} records on librdkafka's mock cluster...");
         kafka_part(&mut report, &dir, &me, runs)?;
     }
+    if wanted(Part::Hermes) {
+        hermes_part(&mut report, &dir, events, runs)?;
+    }
     report.print(events, runs);
+    Ok(())
+}
+
+/// The plain Python loop a Hermes client would run over a consumer plugin: the stand-ins
+/// installed, the plugin's class built, `setTimeout`, `open`, `seekToBeginning`, then each
+/// event iterated and turned into its body (`to_json`), until the bus's last event.
+/// argv: the SDK's directory, the plugin module, the bus, the number of events.
+const HERMES_LOOP: &str = "import sys, importlib.util
+sys.path.insert(0, sys.argv[1])
+from buslink_plugin import hermes_standins
+hermes_standins.install_standins()
+spec = importlib.util.spec_from_file_location('plugin', sys.argv[2])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+plugin = getattr(module, module.HERMES_PLUGIN_CLASSNAME)({'uri': sys.argv[3]})
+plugin.setTimeout(200)
+plugin.open()
+plugin.seekToBeginning()
+want, count = int(sys.argv[4]), 0
+for event in plugin:
+    event.to_json()
+    count += 1
+    if count == want:
+        break
+print(count)
+";
+
+/// The test Hermes plugin (`tests/fixture-plugins/hermes/sqlitelike`) draining the sqlite bus:
+/// under buslink (`plugin = { hermes_plugin = ... }`, `run --once`, a null handler) and in the
+/// plain Python loop above, side by side; and the Rust library's daemon run beside them.
+fn hermes_part(report: &mut Report, dir: &Path, events: usize, runs: usize) -> anyhow::Result<()> {
+    let bus = dir.join("bus.sqlite");
+    if !bus.exists() {
+        write_bus(&bus, events)?;
+    }
+    let root = buslink_testkit::workspace_root();
+    let plugin_dir = root.join("tests/fixture-plugins/hermes/sqlitelike");
+    let library = sqlite_config(dir, "null-rust", &bus, "", "type = \"null\"")?;
+    let hermes = sqlite_config(dir, "null-hermes", &bus, "", "type = \"null\"")?;
+    let text = std::fs::read_to_string(&hermes)?
+        .replace(
+            "plugin = \"sqlite\"",
+            &format!(
+                "plugin = {{ hermes_plugin = \"{}\" }}",
+                plugin_dir.display()
+            ),
+        )
+        .replace(
+            "class = \"SqliteConsumer\"",
+            "class = \"SqliteLikeConsumerPlugin\"",
+        )
+        .replace("timeout_ms = 1\n", "timeout_ms = 200\n")
+        .replace("poll_interval_ms = 5\n", "");
+    std::fs::write(&hermes, text)?;
+    let sdk = root.join("sdk/python");
+    let module = plugin_dir.join("sqlitelike.py");
+    let count = events.to_string();
+    eprintln!("Hermes: the test Hermes plugin under buslink and in a plain Python loop...");
+    let samples = side_by_side(
+        runs,
+        &mut [
+            &mut || buslink_once(&hermes),
+            &mut || {
+                let mut command = Command::new("python3");
+                command
+                    .args(["-I", "-B", "-c", HERMES_LOOP])
+                    .arg(&sdk)
+                    .arg(&module)
+                    .arg(&bus)
+                    .arg(&count);
+                Ok(command)
+            },
+            &mut || buslink_once(&library),
+        ],
+    )?;
+    let [under_buslink, plain_loop, rust] = samples[..] else {
+        bail!("three runs expected");
+    };
+    expect_handled(&hermes, events)?;
+    report.ratio(
+        "Hermes Python plugin under buslink / in a plain Python loop, throughput",
+        format!(
+            "{:.2} (CPU per event {:.2} / {:.2} us)",
+            ratio(plain_loop.wall, under_buslink.wall),
+            under_buslink.cpu.as_secs_f64() * 1e6 / events as f64,
+            plain_loop.cpu.as_secs_f64() * 1e6 / events as f64
+        ),
+        ">= 0.67",
+    );
+    report.ratio(
+        "Hermes Python plugin under buslink / the Rust sqlite library under buslink, throughput",
+        format!("{:.3}", ratio(rust.wall, under_buslink.wall)),
+        "reported",
+    );
+    report.detail(
+        "buslink run --once, Hermes Python plugin (sqlitelike), null handler",
+        under_buslink,
+        events,
+    );
+    report.detail(
+        "plain Python loop over the same plugin (iterate, to_json)",
+        plain_loop,
+        events,
+    );
+    report.detail(
+        "buslink run --once, Rust sqlite library, null handler",
+        rust,
+        events,
+    );
     Ok(())
 }
 
