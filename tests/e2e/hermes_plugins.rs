@@ -141,6 +141,63 @@ fn a_hermes_plugin_s_failures_are_named_with_their_kind_and_line() {
             .contains("open: RuntimeError: asked to fail in open (at sqlitelike.py:"),
         "{out}"
     );
+    // A failure in each other method, named with the method, the exception and its line.
+    for (method, code, expected) in [
+        (
+            "seekToBeginning",
+            Some(1),
+            "seekToBeginning: RuntimeError: asked to fail in seekToBeginning",
+        ),
+        (
+            "__iter__",
+            Some(1),
+            "iterating: RuntimeError: asked to fail in __iter__",
+        ),
+        // An exception from close is logged, not raised (as Hermes's own context does).
+        (
+            "close",
+            Some(0),
+            "close: RuntimeError: asked to fail in close",
+        ),
+    ] {
+        let config =
+            hermes_plugin_config(&dir, &fixture_bus(), &format!("fail_in = \"{method}\""), "");
+        let out = run_once(&config);
+        assert_eq!(out.code(), code, "{method}: {out}");
+        assert!(out.stderr.contains(expected), "{method}: {out}");
+        assert!(out.stderr.contains("(at sqlitelike.py:"), "{method}: {out}");
+    }
+    let config = hermes_plugin_config(
+        &dir,
+        &fixture_bus(),
+        "fail_in = \"findNextEventOfCategory\"",
+        "[consumer.hermes]\nenabled = true",
+    );
+    let out = run_once(&config);
+    assert_eq!(out.code(), Some(1), "{out}");
+    assert!(
+        out.stderr.contains(
+            "findNextEventOfCategory: RuntimeError: asked to fail in findNextEventOfCategory"
+        ),
+        "{out}"
+    );
+    // A module whose requirement is not installed: named, with the requirement.
+    let needy = hermes_plugin_config(&dir, &fixture_bus(), "", "");
+    let text = std::fs::read_to_string(&needy)
+        .expect("config")
+        .replace("hermes/sqlitelike", "hermes/needsmodule")
+        .replace("SqliteLikeConsumerPlugin", "NeedsModulePlugin");
+    std::fs::write(&needy, text).expect("config");
+    let out = run(&["check", "--config", &needy.to_string_lossy()], LIMIT);
+    assert_eq!(out.code(), Some(2), "{out}");
+    assert!(
+        out.stderr
+            .contains("needs the module 'buslink_test_absent_package'")
+            && out
+                .stderr
+                .contains("its requirements.txt lists 'buslink-test-absent-package==1.0'"),
+        "{out}"
+    );
     // An offset not on the bus: `offsets set` refuses it, naming it.
     let config = hermes_plugin_config(&dir, &fixture_bus(), "", "");
     let set = run(

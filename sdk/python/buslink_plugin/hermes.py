@@ -238,6 +238,41 @@ class _Worker:
             return None
 
 
+def _requirements(plugin_dir: str) -> List[str]:
+    """The lines of the plugin's `requirements.txt` that name a package."""
+    try:
+        with open(os.path.join(plugin_dir, "requirements.txt"), encoding="utf-8") as file:
+            lines = [line.split("#", 1)[0].strip() for line in file]
+    except OSError:
+        return []
+    return [line for line in lines if line]
+
+
+def _missing_module(error: ImportError, plugin_dir: str) -> str:
+    """What an import error means for an operator: the module missing, the requirement that
+    provides it when `requirements.txt` names one, and the interpreter to install it for."""
+    module = (getattr(error, "name", None) or "").split(".")[0]
+    if not module:
+        return _where(error)
+    wanted = _requirements(plugin_dir)
+    simple = module.lower().replace("_", "-")
+    listed = [
+        line
+        for line in wanted
+        if line.lower().replace("_", "-").split("=")[0].split("<")[0].split(">")[0].strip()
+        in (simple, f"python-{simple}", f"py{simple}")
+    ]
+    if module == "lib":
+        advice = "it imports Hermes's own lib: set hermes_root to Hermes's source tree"
+    elif listed:
+        advice = f"its requirements.txt lists {listed[0]!r}: install it for {sys.executable}"
+    elif wanted:
+        advice = f"its requirements.txt lists {', '.join(wanted)}: install them for {sys.executable}"
+    else:
+        advice = f"install it for {sys.executable}"
+    return f"needs the module {module!r}, which {sys.executable} cannot import; {advice} ({_where(error)})"
+
+
 def _load_plugin_class(plugin_dir: str, class_name: Optional[str]) -> type:
     name = os.path.basename(os.path.normpath(plugin_dir))
     path = os.path.join(plugin_dir, f"{name}.py")
@@ -250,9 +285,7 @@ def _load_plugin_class(plugin_dir: str, class_name: Optional[str]) -> type:
     try:
         spec.loader.exec_module(module)
     except ImportError as error:
-        wanted = os.path.join(plugin_dir, "requirements.txt")
-        hint = f"; the plugin's requirements.txt lists what it needs" if os.path.isfile(wanted) else ""
-        raise ConfigError(f"{path}: {_where(error)}{hint}", key="plugin")
+        raise ConfigError(f"{path}: {_missing_module(error, plugin_dir)}", key="plugin")
     except Exception as error:
         raise ConfigError(f"{path}: {_where(error)}", key="plugin")
     wanted_class = class_name or getattr(module, "HERMES_PLUGIN_CLASSNAME", None)
