@@ -80,6 +80,13 @@ pub fn is_plugin_executable(path: &Path) -> bool {
         && std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
+/// The `env` table's variables with their values in the clear (for the child only).
+fn plain_env(env: &[(String, crate::config::Secret)]) -> Vec<(String, String)> {
+    env.iter()
+        .map(|(name, value)| (name.clone(), value.expose().to_owned()))
+        .collect()
+}
+
 /// A found plugin executable: the program, its arguments and its environment.
 #[derive(Clone, Debug)]
 pub(super) struct Executable {
@@ -96,11 +103,7 @@ impl Executable {
         command.extend(config.command.iter().skip(1).cloned());
         Executable {
             command,
-            env: config
-                .env
-                .iter()
-                .map(|(name, value)| (name.clone(), value.expose().to_owned()))
-                .collect(),
+            env: plain_env(&config.env),
             trace_frames: config.trace_frames,
         }
     }
@@ -135,11 +138,7 @@ impl Executable {
         }
         Executable {
             command,
-            env: config
-                .env
-                .iter()
-                .map(|(name, value)| (name.clone(), value.expose().to_owned()))
-                .collect(),
+            env: plain_env(&config.env),
             trace_frames: config.trace_frames,
         }
     }
