@@ -224,3 +224,72 @@ fn a_hermes_plugin_s_failures_are_named_with_their_kind_and_line() {
     assert_eq!(out.code(), Some(2), "{out}");
     assert!(out.stderr.contains("nothing.py"), "{out}");
 }
+
+/// A config on the `nocheck` test plugin (an in-memory bus whose seek checks nothing).
+fn nocheck_config(dir: &TestDir, settings: &str) -> PathBuf {
+    let text = format!(
+        "state_dir = \"state\"\n\n[consumer]\nname = \"test\"\n\
+         plugin = {{ hermes_plugin = \"{plugin}\" }}\nclass = \"NoCheckPlugin\"\n\
+         timeout_ms = 300\n\n[consumer.settings]\n{settings}\n\n{handler}",
+        plugin = workspace_root()
+            .join("tests/fixture-plugins/hermes/nocheck")
+            .display(),
+        handler = jsonl_handler("all", ""),
+    );
+    dir.write("buslink.toml", text)
+}
+
+#[test]
+fn a_seek_that_cannot_fail_is_checked_against_the_first_event_read() {
+    // Offsets 0, 2, 4, ...: a start at 5 finds 6 first, a gap of one offset, said.
+    let dir = TestDir::new("hermes-nocheck-gap");
+    let config = nocheck_config(&dir, "events = 10\nstep = 2");
+    let config_arg = config.to_string_lossy().into_owned();
+    let set = run(&["offsets", "set", "--config", &config_arg, "5"], LIMIT);
+    assert_eq!(set.code(), Some(0), "{set}");
+    let out = run_once(&config);
+    assert_eq!(out.code(), Some(0), "{out}");
+    assert_eq!(
+        offsets(&read_lines(&dir, "out/all.jsonl")),
+        [6, 8, 10, 12, 14, 16, 18]
+    );
+    assert!(out.stderr.contains("offsets 5 to 5"), "the gap said: {out}");
+
+    // A seek the plugin ignores (it starts over at 0): the first event read is not the one
+    // asked for, and nothing is handed to the handlers.
+    let broken = TestDir::new("hermes-nocheck-broken");
+    let config = nocheck_config(&broken, "events = 10\nignore_seek = true");
+    let config_arg = config.to_string_lossy().into_owned();
+    let set = run(&["offsets", "set", "--config", &config_arg, "5"], LIMIT);
+    assert_eq!(set.code(), Some(0), "{set}");
+    let out = run_once(&config);
+    assert_ne!(out.code(), Some(0), "{out}");
+    assert!(
+        out.stderr
+            .contains("after seek(5) the plugin read offset 0 first: 5 is not on the bus"),
+        "{out}"
+    );
+    assert!(read_lines(&broken, "out/all.jsonl").is_empty());
+}
+
+#[test]
+fn plugins_describe_shows_a_hermes_plugin_s_settings_schema() {
+    let out = run(
+        &[
+            "plugins",
+            "describe",
+            &plugin_dir().to_string_lossy(),
+            "SqliteLikeConsumerPlugin",
+        ],
+        LIMIT,
+    );
+    assert_eq!(out.code(), Some(0), "{out}");
+    for text in [
+        "SqliteLikeConsumerPlugin (consumer class of plugin hermes-sqlitelike hermes",
+        "Reads a Hermes sqlite bus (test plugin)",
+        "config-schema-plugin-sqlitelike.yml, Cerberus rules",
+        "uri:\n  type: string",
+    ] {
+        assert!(out.stdout.contains(text), "expected {text:?}:\n{out}");
+    }
+}

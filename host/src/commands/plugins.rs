@@ -218,7 +218,18 @@ pub fn describe(
     let allow = allow_insecure(config)?;
     // A `.so` is a library (cdylibs are executable files too); another executable file is
     // run as a plugin executable.
-    let plugin = if is_library(&path) || !is_executable_file(&path) {
+    // A directory is a Hermes plugin's (`NAME/NAME.py`), served under `class`.
+    let plugin = if path.is_dir() {
+        let hermes = crate::config::HermesPlugin {
+            dir: path.display().to_string(),
+            python: "python3".into(),
+            hermes_root: None,
+            class: None,
+            env: Vec::new(),
+            trace_frames: false,
+        };
+        LoadedPlugin::hermes(&hermes, class, Path::new("."), allow)?
+    } else if is_library(&path) || !is_executable_file(&path) {
         LoadedPlugin::load(&path, allow)?
     } else {
         let dir = path.parent().unwrap_or(Path::new("."));

@@ -297,6 +297,21 @@ def _load_plugin_class(plugin_dir: str, class_name: Optional[str]) -> type:
     return cls
 
 
+def _settings_doc(plugin_cls: type, plugin_dir: str) -> str:
+    """The class's docstring, and the plugin's settings schema (Cerberus rules) as written."""
+    doc = (plugin_cls.__doc__ or "").strip() or "The plugin's settings dict."
+    name = os.path.basename(os.path.normpath(plugin_dir))
+    path = os.path.join(plugin_dir, f"config-schema-plugin-{name}.yml")
+    try:
+        with open(path, encoding="utf-8") as file:
+            rules = "\n".join(
+                line.rstrip() for line in file if line.strip() and not line.lstrip().startswith("#")
+            )
+    except OSError:
+        return doc
+    return f"{doc}\n\nThe plugin's schema ({os.path.basename(path)}, Cerberus rules):\n\n{rules}"
+
+
 def make_consumer_class(plugin_cls: type, plugin_dir: str, serve_as: str) -> type:
     """A buslink `Consumer` class named `serve_as` that drives `plugin_cls`, a Hermes consumer
     plugin class."""
@@ -304,7 +319,7 @@ def make_consumer_class(plugin_cls: type, plugin_dir: str, serve_as: str) -> typ
     class HermesConsumer(Consumer):
         NAME = serve_as
         DESCRIPTION = f"Hermes messagebus consumer plugin {plugin_cls.__name__} ({plugin_dir})"
-        SETTINGS_DOC = (plugin_cls.__doc__ or "").strip() or "the plugin's settings dict"
+        SETTINGS_DOC = _settings_doc(plugin_cls, plugin_dir)
 
         def __init__(self, settings, config_dir):
             super().__init__(settings, config_dir)
