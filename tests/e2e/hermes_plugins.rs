@@ -293,3 +293,77 @@ fn plugins_describe_shows_a_hermes_plugin_s_settings_schema() {
         assert!(out.stdout.contains(text), "expected {text:?}:\n{out}");
     }
 }
+
+#[test]
+fn offsets_of_other_python_types_resume_or_are_refused_naming_the_event() {
+    // Strings: delivered as string offsets; a restart seeks the last one and drops it when the
+    // plugin reads it again (nothing repeated).
+    let dir = TestDir::new("hermes-offset-str");
+    let config = nocheck_config(&dir, "events = 6\noffset_type = \"str\"");
+    let first = run_once(&config);
+    assert_eq!(first.code(), Some(0), "{first}");
+    let lines = read_lines(&dir, "out/all.jsonl");
+    let got: Vec<&str> = lines
+        .iter()
+        .map(|line| line["offset"].as_str().expect("a string offset"))
+        .collect();
+    assert_eq!(got, ["k000", "k001", "k002", "k003", "k004", "k005"]);
+    let again = run_once(&config);
+    assert_eq!(again.code(), Some(0), "{again}");
+    assert_eq!(read_lines(&dir, "out/all.jsonl").len(), 6, "{again}");
+
+    // A bool, an int beyond 64 bits, a NaN: refused, naming the event, nothing handed over.
+    for (kind, expected) in [
+        ("bool", "offset False is not an offset"),
+        ("bigint", "beyond a signed 64-bit integer"),
+        ("nan", "offset NaN is not an offset"),
+    ] {
+        let dir = TestDir::new("hermes-offset-bad");
+        let config = nocheck_config(&dir, &format!("events = 3\noffset_type = \"{kind}\""));
+        let out = run_once(&config);
+        assert_ne!(out.code(), Some(0), "{kind}: {out}");
+        assert!(out.stderr.contains(expected), "{kind}: {out}");
+        assert!(
+            out.stderr.contains("<Event(base_added, T, 0)>"),
+            "names the event: {out}"
+        );
+        assert!(read_lines(&dir, "out/all.jsonl").is_empty(), "{kind}");
+    }
+}
+
+#[test]
+fn naive_local_timestamps_are_read_in_the_daemon_s_time_zone() {
+    // The plugin writes `datetime.fromtimestamp` (local) times; under TZ=Asia/Tokyo and
+    // TZ=America/Sao_Paulo buslink must give the same instants as the Rust plugin.
+    let library_dir = TestDir::new("hermes-tz-lib");
+    let library = sqlite_config(&library_dir, &fixture_bus(), "", &jsonl_handler("all", ""));
+    assert_eq!(run_once(&library).code(), Some(0));
+    let expected: Vec<Value> = read_lines(&library_dir, "out/all.jsonl")
+        .iter()
+        .map(|line| line["timestamp"].clone())
+        .collect();
+    for (zone, abbreviation) in [("Asia/Tokyo", "JST"), ("America/Sao_Paulo", "-03")] {
+        let dir = TestDir::new("hermes-tz");
+        let config = hermes_plugin_config(&dir, &fixture_bus(), "", "");
+        let mut command = buslink_testkit::process::buslink(&[
+            "run",
+            "--once",
+            "--config",
+            &config.to_string_lossy(),
+        ]);
+        command.env("TZ", zone);
+        let out = buslink_testkit::Daemon::start(command).finish(LIMIT);
+        assert_eq!(out.code(), Some(0), "{zone}: {out}");
+        // The child really ran in that zone (the plugin logs its local zone's name).
+        assert!(
+            out.stderr
+                .contains(&format!("sqlitelike: local time zone {abbreviation}")),
+            "{zone}: {out}"
+        );
+        let got: Vec<Value> = read_lines(&dir, "out/all.jsonl")
+            .iter()
+            .map(|line| line["timestamp"].clone())
+            .collect();
+        assert_eq!(got, expected, "{zone}");
+    }
+}

@@ -46,6 +46,7 @@ class SqliteLikeConsumerPlugin(AbstractMessageBusConsumerPlugin):
     def open(self):
         self._maybe_fail("open")
         print("sqlitelike: opening the bus")  # stdout: must never reach buslink's frames
+        __hermes__.logger.info(f"sqlitelike: local time zone {time.strftime('%Z')}")
         # The timeout is read here, not when it is set.
         self._timeout = None if self._asked_timeout is None else self._asked_timeout / 1000
         try:
