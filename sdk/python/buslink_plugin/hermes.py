@@ -61,7 +61,7 @@ _INT64 = (-(1 << 63), (1 << 63) - 1)
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 #: How many events the reading thread may hold ahead of the polls.
-_AHEAD = 1024
+_AHEAD = 4096
 
 
 def _where(error: BaseException) -> str:
@@ -181,7 +181,7 @@ class _Worker:
             if waiting or not self.commands.empty():
                 try:
                     function, args, reply = self.commands.get(
-                        block=waiting, timeout=0.05 if self.iterator else None
+                        block=waiting, timeout=0.002 if self.iterator else None
                     )
                 except queue.Empty:
                     pass
