@@ -104,3 +104,76 @@ fn offsets_changes_and_a_second_daemon_are_refused_while_the_consumer_runs() {
         Some(0)
     );
 }
+
+#[test]
+fn offsets_show_gives_every_consumer_of_a_config_with_several() {
+    let dir = TestDir::new("offsets-several");
+    let first = bus(&dir, "first.sqlite", 7);
+    let second = bus(&dir, "second.sqlite", 3);
+    let config = several(
+        &dir,
+        "",
+        &[
+            sqlite_consumer("first", &first),
+            sqlite_consumer("second", &second),
+        ],
+    );
+    let config_arg = config.to_string_lossy().into_owned();
+    // Before any run: both said, none committed.
+    let none = run(&["offsets", "show", "--config", &config_arg], LIMIT);
+    assert_eq!(none.code(), Some(0), "{none}");
+    assert!(
+        none.stdout
+            .contains("consumer 'first': no committed offset")
+            && none
+                .stdout
+                .contains("consumer 'second': no committed offset"),
+        "{none}"
+    );
+    let ran = run_once(&config);
+    assert_eq!(ran.code(), Some(0), "{ran}");
+    let text = run(&["offsets", "show", "--config", &config_arg], LIMIT);
+    assert_eq!(text.code(), Some(0), "{text}");
+    assert!(
+        text.stdout
+            .contains("consumer 'first': last handled offset 7")
+            && text
+                .stdout
+                .contains("consumer 'second': last handled offset 3"),
+        "{text}"
+    );
+    let json = run(
+        &["offsets", "show", "--json", "--config", &config_arg],
+        LIMIT,
+    );
+    assert_eq!(json.code(), Some(0), "{json}");
+    let all: serde_json::Value = serde_json::from_str(&json.stdout).expect("JSON");
+    let shown: Vec<(String, i64)> = all["consumers"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|c| {
+            (
+                c["consumer"].as_str().unwrap_or_default().to_owned(),
+                c["record"]["last_offset"]["int"].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect();
+    assert_eq!(shown, [("first".to_owned(), 7), ("second".to_owned(), 3)]);
+    // One named: its record alone, as for a config of one consumer.
+    let one = run(
+        &[
+            "offsets",
+            "show",
+            "--json",
+            "--consumer",
+            "second",
+            "--config",
+            &config_arg,
+        ],
+        LIMIT,
+    );
+    assert_eq!(one.code(), Some(0), "{one}");
+    let record: serde_json::Value = serde_json::from_str(&one.stdout).expect("JSON");
+    assert_eq!(record["last_offset"]["int"], 3);
+}

@@ -78,9 +78,19 @@ fn two_consumers_on_two_buses_run_in_one_process_each_with_its_own_offsets() {
     // Log lines name their consumer.
     assert!(run.stderr.contains("consumer{name=alpha}"), "{run}");
 
-    // Each consumer has its own offset cache; commands about one need --consumer.
+    // Each consumer has its own offset cache: `show` gives both; a change needs --consumer.
     let config_arg = config.to_string_lossy();
-    let ambiguous = buslink(&["offsets", "show", "--config", &config_arg]);
+    let both = buslink(&["offsets", "show", "--config", &config_arg]);
+    assert_eq!(both.code(), Some(0), "{both}");
+    assert!(
+        both.stdout
+            .contains("consumer 'alpha': last handled offset 25")
+            && both
+                .stdout
+                .contains("consumer 'beta': last handled offset 35"),
+        "{both}"
+    );
+    let ambiguous = buslink(&["offsets", "set", "--config", &config_arg, "5"]);
     assert_eq!(ambiguous.code(), Some(2), "{ambiguous}");
     assert!(
         ambiguous

@@ -19,10 +19,40 @@ fn runtime(error: impl ToString) -> AppError {
     AppError::Runtime(error.to_string())
 }
 
-/// `offsets show`.
+/// `offsets show`: the named consumer's committed offset, or the only one's; with several
+/// consumers and none named, every consumer's (JSON: `{"consumers": [{"consumer": NAME,
+/// "record": RECORD or null}, ...]}`).
 pub fn show(target: &crate::cli::Target, json: bool) -> Result<(), AppError> {
-    let config = target.load()?;
-    let cache = cache_of(&config);
+    let configs = match &target.consumer {
+        Some(_) => vec![target.load()?],
+        None => Config::load_all(&target.config)?,
+    };
+    if let [config] = configs.as_slice() {
+        return show_one(config, json);
+    }
+    if json {
+        let mut consumers = Vec::new();
+        for config in &configs {
+            let record = cache_of(config).load().map_err(runtime)?;
+            consumers.push(serde_json::json!({
+                "consumer": config.consumer.name,
+                "record": record,
+            }));
+        }
+        let all = serde_json::json!({ "consumers": consumers });
+        let text = serde_json::to_string_pretty(&all).map_err(runtime)?;
+        println!("{text}");
+        return Ok(());
+    }
+    for config in &configs {
+        show_one(config, false)?;
+    }
+    Ok(())
+}
+
+/// One consumer's committed offset, as a line or as its cache record in JSON.
+fn show_one(config: &Config, json: bool) -> Result<(), AppError> {
+    let cache = cache_of(config);
     let record = cache.load().map_err(runtime)?;
     if json {
         let text = serde_json::to_string_pretty(&record).map_err(runtime)?;
