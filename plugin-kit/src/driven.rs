@@ -1,9 +1,9 @@
 //! The consumer under test, as the host drives it: every call crosses the export shim and is
 //! written down (the calls a failure shows).
 
-use buslink_plugin_api::ffi::{ConsumerBox, ROffset};
+use buslink_plugin_api::ffi::{ConsumerBox, FfiConsumer};
 use buslink_plugin_api::session::Calls;
-use buslink_plugin_api::{EventBatch, Offset, PluginError, PluginResult, PollStatus};
+use buslink_plugin_api::{Consumer, EventBatch, Offset, PluginError, PluginResult, PollStatus};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ pub(crate) type CallLog = Arc<Mutex<Vec<String>>>;
 
 /// A consumer built through the export shim, with the log of the calls made to it.
 pub struct Driven {
-    inner: ConsumerBox,
+    inner: FfiConsumer,
     log: CallLog,
 }
 
@@ -21,7 +21,7 @@ impl Driven {
     /// [`class_consumer`](buslink_plugin_api::ffi::class_consumer)).
     pub fn new(inner: ConsumerBox) -> Driven {
         Driven {
-            inner,
+            inner: FfiConsumer(inner),
             log: CallLog::default(),
         }
     }
@@ -41,7 +41,7 @@ impl Driven {
     pub fn poll(&mut self, batch: &mut EventBatch) -> PluginResult<PollStatus> {
         batch.clear();
         self.note(format!("poll(max {})", batch.max_events()));
-        self.inner.poll(batch).into_result().map_err(Into::into)
+        Consumer::poll(&mut self.inner, batch)
     }
 
     /// `find_next_event_of_category`, into `found` (cleared first).
@@ -52,16 +52,13 @@ impl Driven {
     ) -> PluginResult<bool> {
         found.clear();
         self.note(format!("find_next_event_of_category({category:?})"));
-        self.inner
-            .find_next_event_of_category(category.into(), found)
-            .into_result()
-            .map_err(Into::into)
+        Consumer::find_next_event_of_category(&mut self.inner, category, found)
     }
 
     /// `close`.
     pub fn close(&mut self) -> PluginResult<()> {
         self.note("close".into());
-        self.inner.close().into_result().map_err(Into::into)
+        Consumer::close(&mut self.inner)
     }
 }
 
@@ -69,47 +66,31 @@ impl Calls for Driven {
     type Error = PluginError;
     fn set_timeout(&mut self, timeout: Option<Duration>) -> PluginResult<()> {
         self.note(format!("set_timeout({timeout:?})"));
-        let millis = timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
-        self.inner
-            .set_timeout(millis.into())
-            .into_result()
-            .map_err(Into::into)
+        Consumer::set_timeout(&mut self.inner, timeout)
     }
     fn open(&mut self) -> PluginResult<()> {
         self.note("open".into());
-        self.inner.open().into_result().map_err(Into::into)
+        Consumer::open(&mut self.inner)
     }
     fn set_stop_when_drained(&mut self, stop: bool) -> PluginResult<()> {
         self.note(format!("set_stop_when_drained({stop})"));
-        self.inner
-            .set_stop_when_drained(stop)
-            .into_result()
-            .map_err(Into::into)
+        Consumer::set_stop_when_drained(&mut self.inner, stop)
     }
     fn seek_to_beginning(&mut self) -> PluginResult<()> {
         self.note("seek_to_beginning".into());
-        self.inner
-            .seek_to_beginning()
-            .into_result()
-            .map_err(Into::into)
+        Consumer::seek_to_beginning(&mut self.inner)
     }
     fn seek_to_end(&mut self) -> PluginResult<()> {
         self.note("seek_to_end".into());
-        self.inner.seek_to_end().into_result().map_err(Into::into)
+        Consumer::seek_to_end(&mut self.inner)
     }
     fn seek(&mut self, offset: &Offset) -> PluginResult<()> {
         self.note(format!("seek({offset})"));
-        self.inner
-            .seek(&ROffset::from(offset))
-            .into_result()
-            .map_err(Into::into)
+        Consumer::seek(&mut self.inner, offset)
     }
     fn seek_after(&mut self, offset: &Offset) -> PluginResult<()> {
         self.note(format!("seek_after({offset})"));
-        self.inner
-            .seek_after(&ROffset::from(offset))
-            .into_result()
-            .map_err(Into::into)
+        Consumer::seek_after(&mut self.inner, offset)
     }
     fn check_position(
         &mut self,
@@ -117,9 +98,6 @@ impl Calls for Driven {
         timestamp: chrono::DateTime<chrono::Utc>,
     ) -> PluginResult<()> {
         self.note(format!("check_position({last})"));
-        self.inner
-            .check_position(&ROffset::from(last), timestamp.timestamp_micros())
-            .into_result()
-            .map_err(Into::into)
+        Consumer::check_position(&mut self.inner, last, timestamp)
     }
 }

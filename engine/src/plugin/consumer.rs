@@ -1,7 +1,7 @@
 //! The host's handle on a plugin consumer: plain Rust results, errors that name plugin, class
 //! and method.
 
-use buslink_plugin_api::ffi::{ConsumerBox, ROffset};
+use buslink_plugin_api::ffi::{ConsumerBox, FfiConsumer};
 use buslink_plugin_api::subprocess::SubprocessConsumer;
 use buslink_plugin_api::{
     Consumer, EventBatch, Offset, OffsetRef, PluginError, PluginResult, PollStatus,
@@ -42,113 +42,10 @@ pub struct PluginConsumer {
     class: String,
 }
 
-/// A library's consumer as a plain [`Consumer`]: the FFI types converted, in one place.
-struct LibraryConsumer(ConsumerBox);
-
-impl Consumer for LibraryConsumer {
-    fn open(&mut self) -> PluginResult<()> {
-        self.0.open().into_result().map_err(Into::into)
-    }
-    fn close(&mut self) -> PluginResult<()> {
-        self.0.close().into_result().map_err(Into::into)
-    }
-    fn seek_to_beginning(&mut self) -> PluginResult<()> {
-        self.0.seek_to_beginning().into_result().map_err(Into::into)
-    }
-    fn seek_to_end(&mut self) -> PluginResult<()> {
-        self.0.seek_to_end().into_result().map_err(Into::into)
-    }
-    fn seek(&mut self, offset: &Offset) -> PluginResult<()> {
-        self.0
-            .seek(&ROffset::from(offset))
-            .into_result()
-            .map_err(Into::into)
-    }
-    fn seek_after(&mut self, offset: &Offset) -> PluginResult<()> {
-        self.0
-            .seek_after(&ROffset::from(offset))
-            .into_result()
-            .map_err(Into::into)
-    }
-    fn next_offset(&self, offset: OffsetRef<'_>) -> Option<Offset> {
-        self.0
-            .next_offset(&ROffset::from(&offset.to_owned()))
-            .into_option()
-            .map(|next| Offset::from(&next))
-    }
-    fn set_timeout(&mut self, timeout: Option<Duration>) -> PluginResult<()> {
-        let millis = timeout.map(|t| t.as_millis().min(u64::MAX as u128) as u64);
-        self.0
-            .set_timeout(millis.into())
-            .into_result()
-            .map_err(Into::into)
-    }
-    fn set_stop_when_drained(&mut self, stop: bool) -> PluginResult<()> {
-        self.0
-            .set_stop_when_drained(stop)
-            .into_result()
-            .map_err(Into::into)
-    }
-    fn poll(&mut self, batch: &mut EventBatch) -> PluginResult<PollStatus> {
-        self.0.poll(batch).into_result().map_err(Into::into)
-    }
-    fn counters(&self) -> Vec<(String, u64)> {
-        self.0
-            .counters()
-            .into_iter()
-            .map(|pair| (pair.0.into_string(), pair.1))
-            .collect()
-    }
-    fn query(&mut self, command: &str, args: &[String]) -> PluginResult<String> {
-        let args: Vec<abi_stable::std_types::RString> =
-            args.iter().map(|arg| arg.as_str().into()).collect();
-        self.0
-            .query(command.into(), args.as_slice().into())
-            .into_result()
-            .map(|text| text.into_string())
-            .map_err(Into::into)
-    }
-    fn check_position(
-        &mut self,
-        last: &Offset,
-        timestamp: chrono::DateTime<chrono::Utc>,
-    ) -> PluginResult<()> {
-        self.0
-            .check_position(&ROffset::from(last), timestamp.timestamp_micros())
-            .into_result()
-            .map_err(Into::into)
-    }
-    fn lag(&mut self) -> Option<u64> {
-        self.0.lag().into_option()
-    }
-    fn bus_owns_position(&self) -> bool {
-        self.0.bus_owns_position()
-    }
-    fn serve(&mut self) -> PluginResult<()> {
-        self.0.serve().into_result().map_err(Into::into)
-    }
-    fn acknowledge(&mut self, offset: &Offset) -> PluginResult<()> {
-        self.0
-            .acknowledge(&ROffset::from(offset))
-            .into_result()
-            .map_err(Into::into)
-    }
-    fn find_next_event_of_category(
-        &mut self,
-        category: &str,
-        found: &mut EventBatch,
-    ) -> PluginResult<bool> {
-        self.0
-            .find_next_event_of_category(category.into(), found)
-            .into_result()
-            .map_err(Into::into)
-    }
-}
-
 impl PluginConsumer {
     pub(super) fn new(inner: ConsumerBox, plugin: &str, class: &str) -> Self {
         PluginConsumer {
-            inner: Box::new(LibraryConsumer(inner)),
+            inner: Box::new(FfiConsumer(inner)),
             plugin: plugin.to_owned(),
             class: class.to_owned(),
         }

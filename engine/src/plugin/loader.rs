@@ -568,11 +568,10 @@ impl LoadedPlugin {
         executable: Executable,
         config_dir: &Path,
     ) -> Result<LoadedPlugin, LoadError> {
-        let program = path;
-        let on_disk = DiskIdentity::of(program);
+        let on_disk = DiskIdentity::of(path);
         let spec = executable.spec("", serde_json::Value::Null, config_dir);
         let hello = subprocess::describe(&spec).map_err(|error| LoadError::Process {
-            path: program.to_path_buf(),
+            path: path.to_path_buf(),
             error,
         })?;
         let info = PluginInfo {
@@ -593,7 +592,7 @@ impl LoadedPlugin {
             handler_classes: Vec::new(),
         };
         Ok(LoadedPlugin {
-            path: program.to_path_buf(),
+            path: path.to_path_buf(),
             code: Code::Executable(executable),
             info,
             on_disk,

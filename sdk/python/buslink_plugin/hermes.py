@@ -33,7 +33,6 @@ How Hermes's contract maps onto buslink's, faithful to what hermes-client does:
 import argparse
 import collections
 import importlib.util
-import math
 import os
 import queue
 import sys
@@ -53,11 +52,11 @@ from .protocol import (
     Gap,
     OffsetNotFound,
     PluginError,
+    check_offset,
     log,
     serve,
 )
 
-_INT64 = (-(1 << 63), (1 << 63) - 1)
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 #: How many events the reading thread may hold ahead of the polls.
@@ -73,14 +72,10 @@ def _where(error: BaseException) -> str:
 
 def _check_offset(offset: Any, event: Any) -> Any:
     """The event's offset if buslink can keep it, else a data error naming the event."""
-    if isinstance(offset, bool) or offset is None:
-        raise DataError(f"event {event!r}: offset {offset!r} is not an offset")
-    if isinstance(offset, int) and not _INT64[0] <= offset <= _INT64[1]:
-        raise DataError(f"event {event!r}: offset {offset} is beyond a signed 64-bit integer")
-    if isinstance(offset, float) and math.isnan(offset):
-        raise DataError(f"event {event!r}: offset NaN is not an offset")
-    if not isinstance(offset, (int, float, str, bytes)):
-        raise DataError(f"event {event!r}: offset {offset!r} of type {type(offset).__name__}")
+    try:
+        check_offset(offset)
+    except DataError as error:
+        raise DataError(f"event {event!r}: {error.message}")
     return offset
 
 

@@ -182,23 +182,33 @@ def log(level: str, message: str) -> None:
 # --- offsets ---------------------------------------------------------------------------------
 
 
-def offset_to_wire(offset: Offset) -> Dict[str, Any]:
-    """`41` as `{"int": 41}`, and so on; a bool, a NaN or an int beyond 64 bits is refused."""
-    if isinstance(offset, bool):
-        raise DataError(f"offset {offset!r}: a bool is not an offset")
+def check_offset(offset: Any) -> None:
+    """A data error when buslink cannot keep `offset`: not an int, float, str or bytes, or a
+    bool, a NaN or an int beyond 64 bits."""
+    if isinstance(offset, bool) or offset is None:
+        raise DataError(f"offset {offset!r} is not an offset")
     if isinstance(offset, int):
         if not _INT64[0] <= offset <= _INT64[1]:
-            raise DataError(f"offset {offset}: beyond a signed 64-bit integer")
+            raise DataError(f"offset {offset} is beyond a signed 64-bit integer")
+    elif isinstance(offset, float):
+        if math.isnan(offset):
+            raise DataError("offset NaN is not an offset")
+    elif not isinstance(offset, (str, bytes, bytearray)):
+        raise DataError(
+            f"offset {offset!r} of type {type(offset).__name__}, not int, float, str or bytes"
+        )
+
+
+def offset_to_wire(offset: Offset) -> Dict[str, Any]:
+    """`41` as `{"int": 41}`, and so on; what `check_offset` refuses is refused."""
+    check_offset(offset)
+    if isinstance(offset, int):
         return {"int": offset}
     if isinstance(offset, float):
-        if math.isnan(offset):
-            raise DataError("offset NaN: not an offset")
         return {"float": offset}
     if isinstance(offset, str):
         return {"string": offset}
-    if isinstance(offset, (bytes, bytearray)):
-        return {"bytes": base64.b64encode(bytes(offset)).decode("ascii")}
-    raise DataError(f"offset {offset!r}: of type {type(offset).__name__}, not int, float, str or bytes")
+    return {"bytes": base64.b64encode(bytes(offset)).decode("ascii")}
 
 
 def offset_from_wire(value: Dict[str, Any]) -> Offset:
@@ -282,7 +292,7 @@ def encode_batch(batch: Batch) -> Tuple[Dict[str, Any], bytes]:
             categories.append(event.category)
         flags = 0
         if isinstance(event.offset, int) and not isinstance(event.offset, bool):
-            offset_to_wire(event.offset)  # the range check
+            check_offset(event.offset)
             number = event.offset
         else:
             listed.append(offset_to_wire(event.offset))
