@@ -154,6 +154,9 @@ impl crate::health::Publish for Published {
         if let Some(metrics) = self.metrics.as_ref().and_then(|m| m.get(name)) {
             metrics.set_view(view);
             metrics.plugin_counters(counters);
+            if let Some(shared) = self.registry.consumers().iter().find(|s| s.name() == name) {
+                metrics.set_error_queue(shared.status().error_queue);
+            }
         }
         // The line changes with the state (a stalled consumer's seconds are not news).
         let line = match &view.state {

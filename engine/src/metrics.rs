@@ -1,7 +1,7 @@
 //! One consumer's series in the Prometheus registry: what its run counts (events by
 //! category, handler outcomes, commits and the last commit's time, gaps and events lost,
 //! events skipped, reconnects, restarts) and what the health monitor publishes (state, lag, the plugin's
-//! own counters). The daemon owns the registry and serves it (`daemon/src/metrics.rs`); the
+//! own counts, the pid of a plugin executable's child). The daemon owns the registry and serves it (`daemon/src/metrics.rs`); the
 //! series, their names and help texts live here, so a new metric is one file.
 //!
 //! Names follow Prometheus conventions: `buslink_` prefix, `_total` for counters, seconds.
@@ -42,8 +42,12 @@ struct StateLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PluginLabels {
     consumer: String,
-    counter: String,
+    name: String,
 }
+
+/// The plugin counter that is no count: a plugin executable's child's pid (it has a gauge of
+/// its own, `buslink_plugin_process_pid`).
+const PLUGIN_PID: &str = "plugin_process_pid";
 
 /// How a handler's delivery of one event ended, for `buslink_handler_events_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,7 +60,8 @@ pub enum Outcome {
     Failure,
     /// Written to the dead-letter file.
     DeadLettered,
-    /// Put in the error queue.
+    /// Put in the error queue: after its last attempt failed, or without an attempt behind an
+    /// earlier event of the same object waiting there.
     Queued,
 }
 
@@ -117,8 +122,10 @@ pub struct Families {
     reconnects: Family<ConsumerLabel, Counter>,
     restarts: Family<ConsumerLabel, Counter>,
     lag: Family<ConsumerLabel, Gauge>,
+    error_queue: Family<ConsumerLabel, Gauge>,
     state: Family<StateLabels, Gauge>,
-    plugin: Family<PluginLabels, Gauge>,
+    plugin: Family<PluginLabels, Counter>,
+    plugin_pid: Family<ConsumerLabel, Gauge>,
 }
 
 impl Families {
@@ -179,15 +186,27 @@ impl Families {
             families.lag.clone(),
         );
         registry.register(
+            "buslink_error_queue_events",
+            "Events waiting in the consumer's error queue (handlers with on_failure = \
+             \"error-queue\"), retried in the background",
+            families.error_queue.clone(),
+        );
+        registry.register(
             "buslink_consumer_state",
             "1 for the consumer's current state (connecting, running, paused, waiting, \
              stalled, stopping, failed), 0 for the others",
             families.state.clone(),
         );
         registry.register(
-            "buslink_plugin_counter",
-            "The consumer plugin's own counters, by name",
+            "buslink_plugin_counts",
+            "The consumer plugin's own counts (gaps, reconnects, client_errors, ...), by name, \
+             added up over the plugin's restarts",
             families.plugin.clone(),
+        );
+        registry.register(
+            "buslink_plugin_process_pid",
+            "The pid of the consumer's plugin executable's child (plugins run as a subprocess)",
+            families.plugin_pid.clone(),
         );
         families
     }
@@ -207,8 +226,10 @@ pub struct Metrics {
     reconnects: Counter,
     restarts: Counter,
     lag: Family<ConsumerLabel, Gauge>,
+    error_queue: Gauge,
     state_series: Family<StateLabels, Gauge>,
-    plugin: Family<PluginLabels, Gauge>,
+    plugin: Family<PluginLabels, Counter>,
+    plugin_pid: Family<ConsumerLabel, Gauge>,
     state: Mutex<State>,
     /// The state label and lag last published (series change only when they do).
     shown: Mutex<Option<(&'static str, Option<u64>)>>,
@@ -217,8 +238,9 @@ pub struct Metrics {
     categories: Mutex<std::collections::HashMap<String, Counter>>,
     /// Each handler's counters, by [`Outcome`] (in the order of [`Outcome::ALL`]).
     handlers: Mutex<std::collections::HashMap<String, HandlerCounters>>,
-    /// The names of the plugin's counters met (to remove their series with the consumer).
-    plugin_counters: Mutex<std::collections::HashSet<String>>,
+    /// Each plugin counter met: its series and the plugin's value last read (the series adds
+    /// the increase; a value below the last one is a restarted plugin counting from 0).
+    plugin_counters: Mutex<std::collections::HashMap<String, (Counter, u64)>>,
 }
 
 /// Distinct categories counted apart; the rest are counted as `other` (a bus whose categories
@@ -240,16 +262,18 @@ impl Metrics {
             reconnects: families.reconnects.get_or_create_owned(&consumer),
             restarts: families.restarts.get_or_create_owned(&consumer),
             lag: families.lag.clone(),
+            error_queue: families.error_queue.get_or_create_owned(&consumer),
             state_series: families.state.clone(),
             consumer,
             events: families.events.clone(),
             handler: families.handler.clone(),
             plugin: families.plugin.clone(),
+            plugin_pid: families.plugin_pid.clone(),
             state: Mutex::new(State::Connecting),
             shown: Mutex::new(None),
             categories: Mutex::new(std::collections::HashMap::new()),
             handlers: Mutex::new(std::collections::HashMap::new()),
-            plugin_counters: Mutex::new(std::collections::HashSet::new()),
+            plugin_counters: Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -270,6 +294,8 @@ impl Metrics {
         families.reconnects.remove(label);
         families.restarts.remove(label);
         families.lag.remove(label);
+        families.plugin_pid.remove(label);
+        families.error_queue.remove(label);
         let consumer = || label.consumer.clone();
         for state in State::LABELS {
             families.state.remove(&StateLabels {
@@ -292,10 +318,10 @@ impl Metrics {
                 });
             }
         }
-        for counter in lock(&self.plugin_counters).iter() {
+        for name in lock(&self.plugin_counters).keys() {
             families.plugin.remove(&PluginLabels {
                 consumer: consumer(),
-                counter: counter.clone(),
+                name: name.clone(),
             });
         }
     }
@@ -390,20 +416,38 @@ impl Metrics {
         self.restarts.inc();
     }
 
-    /// The plugin's counters, as the reader last read them.
+    /// The plugin's counters, as the reader last read them: each adds its increase since the
+    /// last read to `buslink_plugin_counts_total` (all of it when it went down: the plugin was
+    /// restarted and counts from 0); `plugin_process_pid` sets `buslink_plugin_process_pid`.
     pub fn plugin_counters(&self, counters: &[(String, u64)]) {
         let mut known = lock(&self.plugin_counters);
         for (name, value) in counters {
-            if !known.contains(name) {
-                known.insert(name.clone());
+            if name == PLUGIN_PID {
+                self.plugin_pid
+                    .get_or_create(&self.consumer)
+                    .set(i64::try_from(*value).unwrap_or(i64::MAX));
+                continue;
             }
-            self.plugin
-                .get_or_create(&PluginLabels {
+            let (series, last) = known.entry(name.clone()).or_insert_with(|| {
+                let series = self.plugin.get_or_create_owned(&PluginLabels {
                     consumer: self.consumer.consumer.clone(),
-                    counter: name.clone(),
-                })
-                .set(i64::try_from(*value).unwrap_or(i64::MAX));
+                    name: name.clone(),
+                });
+                (series, 0)
+            });
+            series.inc_by(if *value >= *last {
+                *value - *last
+            } else {
+                *value
+            });
+            *last = *value;
         }
+    }
+
+    /// `events` wait in the error queue (as the status shows it).
+    pub fn set_error_queue(&self, events: usize) {
+        self.error_queue
+            .set(i64::try_from(events).unwrap_or(i64::MAX));
     }
 
     /// The monitor's view of the consumer: its state (`/health`, `/ready`,

@@ -336,12 +336,13 @@ fn a_killed_or_frozen_child_is_replaced_and_status_metrics_and_events_say_so() {
         "the death logged with its signal:\n{}",
         daemon.stderr()
     );
-    until("the restart in the metrics", LIMIT, || {
+    until("the restart and the new pid in the metrics", LIMIT, || {
         let (_, body) = scrape(&address, "/metrics");
         sample(
             &body,
-            "buslink_plugin_counter{consumer=\"test\",counter=\"plugin_process_restarts\"}",
+            "buslink_plugin_counts_total{consumer=\"test\",name=\"plugin_process_restarts\"}",
         ) == Some(1.0)
+            && sample(&body, "buslink_plugin_process_pid{consumer=\"test\"}") == Some(second as f64)
     });
 
     // Frozen (SIGSTOP): no answer within the poll's timeout plus the grace; killed, replaced.

@@ -21,6 +21,7 @@ mod offsets;
 mod permissions;
 mod plugin_author;
 mod plugins;
+mod prometheus;
 mod reload;
 mod replay;
 mod run;

@@ -80,9 +80,14 @@ pub struct Daemon {
 
 impl Daemon {
     /// Starts `command` with piped output.
-    pub fn start(mut command: Command) -> Daemon {
+    pub fn start(command: Command) -> Daemon {
+        Daemon::start_with_input(command, Stdio::null())
+    }
+
+    /// Starts `command` with piped output and `stdin` as its input.
+    pub fn start_with_input(mut command: Command, stdin: Stdio) -> Daemon {
         let mut child = command
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -206,6 +211,33 @@ impl Drop for Daemon {
 /// Runs `buslink` with `args` to completion (killed after `limit`).
 pub fn run(args: &[&str], limit: Duration) -> RunOutput {
     Daemon::start(buslink(args)).finish(limit)
+}
+
+/// Runs another program (a tool the tests check buslink's output with: `promtool`, `tmux`)
+/// to completion in a process group of its own, `stdin` its input (none: empty), killed after
+/// `limit`. Panics naming the Debian package to install when the program is not on `PATH`.
+pub fn run_tool(
+    program: &str,
+    args: &[&str],
+    stdin: Option<&Path>,
+    package: &str,
+    limit: Duration,
+) -> RunOutput {
+    use std::os::unix::process::CommandExt;
+    let found = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()));
+    assert!(
+        found,
+        "{program} is not installed: `apt-get install {package}` (`bash .ci/setup` installs \
+         what the tests need)"
+    );
+    let mut command = Command::new(program);
+    command.args(args).process_group(0);
+    let input = match stdin {
+        Some(path) => Stdio::from(std::fs::File::open(path).expect("the tool's input file")),
+        None => Stdio::null(),
+    };
+    Daemon::start_with_input(command, input).finish(limit)
 }
 
 /// Runs `buslink run --once --config CONFIG` to completion (killed after a minute).

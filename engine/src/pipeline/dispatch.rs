@@ -89,6 +89,10 @@ impl Dispatcher<'_> {
                         .error_queue
                         .push(&handler.name, key, &event.event, None, 0);
                     self.queued.push(id);
+                    // Put in the error queue as surely as a failed one: counted the same.
+                    if let Some(counters) = counters {
+                        counters.count(Outcome::Queued);
+                    }
                     tracing::info!(
                         "handler '{}': offset {} queued (#{id}) behind an earlier event of the same object",
                         handler.name,

@@ -1,8 +1,9 @@
 //! Metrics and health over HTTP, opt-in (`[metrics] listen = "127.0.0.1:9464"`):
 //!
-//! - `GET /metrics`: Prometheus / OpenMetrics text (the `prometheus-client` crate), per
-//!   consumer: events by category, handler outcomes, commits and the last commit's time, gaps
-//!   and events lost, reconnects, lag, and the plugin's own counters.
+//! - `GET /metrics`: the classic Prometheus text format, or OpenMetrics when the scraper asks
+//!   for it ([`exposition`]); per consumer: events by category, handler outcomes, commits and
+//!   the last commit's time, gaps and events lost, reconnects, lag, state and the plugin's own
+//!   counts; per process: `buslink_build_info` and the usual `process_*` series ([`process`]).
 //! - `GET /health`: 200 while the consumer runs, is paused or waits for its bus; 503 with the
 //!   reason when it is stalled, stopping or failed. `/health/NAME`: one consumer's (a stalled
 //!   consumer must not make a liveness probe restart the others).
@@ -13,8 +14,12 @@
 //! `buslink_consumer_state`) every tick. The series themselves (names, help, labels) are the
 //! engine's (`engine/src/metrics.rs`); this module owns the registry and its HTTP server.
 
+pub mod exposition;
+pub mod process;
+
 use crate::health::State;
 pub use buslink_engine::metrics::{Families, HandlerCounters, Metrics, Outcome};
+use exposition::Format;
 use prometheus_client::registry::Registry;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,6 +46,15 @@ impl MetricsRegistry {
     pub fn new() -> MetricsRegistry {
         let mut registry = Registry::default();
         let families = Families::register(&mut registry);
+        registry.register(
+            "buslink_build",
+            "The version of buslink and of the plugin API it loads plugins of",
+            prometheus_client::metrics::info::Info::new(vec![
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("plugin_api", buslink_plugin_api::API_VERSION),
+            ]),
+        );
+        registry.register_collector(Box::new(process::ProcessCollector));
         MetricsRegistry {
             registry,
             families,
@@ -80,13 +94,22 @@ impl MetricsRegistry {
         consumers.retain(|m| names.iter().any(|n| n == m.name()));
     }
 
-    /// The text for `GET /metrics`.
+    /// The OpenMetrics text of every series (`GET /metrics` in the format asked for: see
+    /// [`encode_as`](Self::encode_as)).
     pub fn encode(&self) -> String {
         let mut text = String::new();
         if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
             text.clear();
         }
         text
+    }
+
+    /// The text for `GET /metrics` in `format`.
+    pub fn encode_as(&self, format: Format) -> String {
+        match format {
+            Format::OpenMetrics => self.encode(),
+            Format::Classic => exposition::to_classic(&self.encode()),
+        }
     }
 
     /// The metrics of consumer `name`, if it has some.
@@ -102,9 +125,9 @@ impl MetricsRegistry {
     /// (status, body) for a path. With several consumers, `/health` and `/ready` answer 200
     /// only when each would alone, and the body has a line per consumer; `/health/NAME` and
     /// `/ready/NAME` answer for one.
-    fn answer(&self, path: &str) -> (u16, String) {
+    fn answer(&self, path: &str, format: Format) -> (u16, String) {
         if path == "/metrics" {
-            return (200, self.encode());
+            return (200, self.encode_as(format));
         }
         let consumers = self
             .consumers
@@ -144,6 +167,13 @@ impl MetricsRegistry {
                 (status, body)
             }
         }
+    }
+}
+
+#[cfg(test)]
+impl MetricsRegistry {
+    fn answer_plain(&self, path: &str) -> (u16, String) {
+        self.answer(path, Format::Classic)
     }
 }
 
@@ -206,16 +236,23 @@ impl MetricsServer {
                         };
                         let path = request.url().split('?').next().unwrap_or("").to_owned();
                         let head = request.method() == &tiny_http::Method::Head;
+                        let format = exposition::negotiate(
+                            request
+                                .headers()
+                                .iter()
+                                .find(|h| h.field.equiv("Accept"))
+                                .map(|h| h.value.as_str()),
+                        );
                         let (status, body) = if request.method() == &tiny_http::Method::Get || head
                         {
-                            metrics.answer(&path)
+                            metrics.answer(&path, format)
                         } else {
                             (405, "GET or HEAD only\n".into())
                         };
                         // HEAD: the status alone (load balancers' health checks).
                         let body = if head { String::new() } else { body };
                         let content_type = if path == "/metrics" {
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8"
+                            format.content_type()
                         } else {
                             "text/plain; charset=utf-8"
                         };
@@ -290,7 +327,34 @@ mod tests {
             "buslink_lag_events{consumer=\"demo\"} 7",
             "buslink_consumer_state{consumer=\"demo\",state=\"running\"} 1",
             "buslink_consumer_state{consumer=\"demo\",state=\"stalled\"} 0",
-            "buslink_plugin_counter{consumer=\"demo\",counter=\"reconnects\"} 2",
+            "buslink_plugin_counts_total{consumer=\"demo\",name=\"reconnects\"} 2",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+        let build = format!(
+            "buslink_build_info{{version=\"{}\",plugin_api=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            buslink_plugin_api::API_VERSION
+        );
+        assert!(text.contains(&build), "{build} in\n{text}");
+        // The classic format names each family by its samples.
+        let classic = registry.encode_as(Format::Classic);
+        for line in [
+            "# TYPE buslink_events_total counter",
+            "# TYPE buslink_build_info gauge",
+            "# TYPE process_cpu_seconds_total counter",
+            "# TYPE buslink_plugin_counts_total counter",
+        ] {
+            assert!(classic.contains(line), "{line} in\n{classic}");
+        }
+        assert!(!classic.contains("# EOF"), "{classic}");
+        // A plugin counter adds its increases, and a restarted plugin's count from 0.
+        metrics.plugin_counters(&[("reconnects".into(), 5)]);
+        metrics.plugin_counters(&[("reconnects".into(), 1), ("plugin_process_pid".into(), 42)]);
+        let text = registry.encode();
+        for line in [
+            "buslink_plugin_counts_total{consumer=\"demo\",name=\"reconnects\"} 6",
+            "buslink_plugin_process_pid{consumer=\"demo\"} 42",
         ] {
             assert!(text.contains(line), "{line} in\n{text}");
         }
@@ -309,18 +373,18 @@ mod tests {
             events_per_second: 0.0,
         };
         metrics.set_view(&view(State::Connecting, None));
-        assert_eq!(registry.answer("/ready").0, 503);
+        assert_eq!(registry.answer_plain("/ready").0, 503);
         // An unknown lag is absent, not 0.
         assert!(!registry.encode().contains("buslink_lag_events{"));
         metrics.set_view(&view(State::Running, Some(0)));
-        assert_eq!(registry.answer("/ready").0, 200);
+        assert_eq!(registry.answer_plain("/ready").0, 200);
         metrics.set_view(&view(State::Failed("the bus is gone".into()), None));
         assert_eq!(
-            registry.answer("/health"),
+            registry.answer_plain("/health"),
             (503, "failed: the bus is gone\n".into())
         );
-        assert_eq!(registry.answer("/health/demo").0, 503);
-        assert_eq!(registry.answer("/health/other").0, 404);
+        assert_eq!(registry.answer_plain("/health/demo").0, 503);
+        assert_eq!(registry.answer_plain("/health/other").0, 404);
     }
 
     #[test]
@@ -346,6 +410,6 @@ mod tests {
             text.contains("buslink_commits_total{consumer=\"kept\"} 1"),
             "{text}"
         );
-        assert_eq!(registry.answer("/health").0, 200);
+        assert_eq!(registry.answer_plain("/health").0, 200);
     }
 }
