@@ -205,7 +205,7 @@ impl HandlerType {
         match self {
             HandlerType::Stdout | HandlerType::Null => &[],
             HandlerType::Jsonl => &["path", "mode"],
-            HandlerType::Exec => &["command", "timeout_ms", "env"],
+            HandlerType::Exec => &["command", "timeout_ms", "env", "cwd"],
             HandlerType::Http => &["url", "headers", "timeout_ms", "ca_file"],
             HandlerType::Plugin => &["plugin", "class", "settings"],
         }
@@ -220,6 +220,27 @@ pub struct ExecConfig {
     pub timeout: Duration,
     /// Added to the otherwise empty environment.
     pub env: Vec<(String, Secret)>,
+    /// The working directory the command runs in.
+    pub cwd: ExecCwd,
+}
+
+/// The working directory of an `exec` handler's command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExecCwd {
+    /// The `cwd` key, relative to the config's directory: it must exist.
+    Set(PathBuf),
+    /// No `cwd`: the state dir (`state_dir`), made at start and writable under the systemd
+    /// unit, where the daemon's own working directory is `/`.
+    StateDir(PathBuf),
+}
+
+impl ExecCwd {
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        match self {
+            ExecCwd::Set(path) | ExecCwd::StateDir(path) => path,
+        }
+    }
 }
 
 /// `type = "http"`: POST each event.
@@ -316,6 +337,8 @@ pub(super) struct RawHandler {
     timeout_ms: Option<Spanned<u64>>,
     #[serde(default)]
     env: Option<Spanned<BTreeMap<String, String>>>,
+    #[serde(default)]
+    cwd: Option<Spanned<PathBuf>>,
     #[serde(default)]
     url: Option<Spanned<String>>,
     #[serde(default)]
@@ -502,7 +525,7 @@ fn validate_one(
         return None;
     };
     let allowed = handler_type.keys();
-    let present: [(&str, Option<std::ops::Range<usize>>); 11] = [
+    let present: [(&str, Option<std::ops::Range<usize>>); 12] = [
         ("mode", raw.mode.as_ref().map(Spanned::span)),
         ("plugin", raw.plugin.as_ref().map(Spanned::span)),
         ("class", raw.class.as_ref().map(Spanned::span)),
@@ -511,6 +534,7 @@ fn validate_one(
         ("command", raw.command.as_ref().map(Spanned::span)),
         ("timeout_ms", raw.timeout_ms.as_ref().map(Spanned::span)),
         ("env", raw.env.as_ref().map(Spanned::span)),
+        ("cwd", raw.cwd.as_ref().map(Spanned::span)),
         ("url", raw.url.as_ref().map(Spanned::span)),
         ("headers", raw.headers.as_ref().map(Spanned::span)),
         ("ca_file", raw.ca_file.as_ref().map(Spanned::span)),
@@ -617,6 +641,15 @@ fn validate_one(
                                 .collect()
                         })
                         .unwrap_or_default(),
+                    // The state dir is the process's: `Config::parse` sets it.
+                    cwd: match &raw.cwd {
+                        Some(cwd) if cwd.get_ref().as_os_str().is_empty() => {
+                            errors.push(at(cwd.span(), "cwd", "must name a directory".into()));
+                            ExecCwd::StateDir(PathBuf::new())
+                        }
+                        Some(cwd) => ExecCwd::Set(resolve(cwd.get_ref())),
+                        None => ExecCwd::StateDir(PathBuf::new()),
+                    },
                 }))
             }
             Some(command) => {

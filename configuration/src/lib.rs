@@ -25,7 +25,7 @@ mod source;
 
 pub use consumer::{CommitPolicy, ConsumerConfig, FsyncMode, GapPolicy, HermesMode, StartPosition};
 pub use handler::{
-    displayable_url, EventFilter, ExecConfig, FailurePolicy, HandlerConfig, HandlerKind,
+    displayable_url, EventFilter, ExecConfig, ExecCwd, FailurePolicy, HandlerConfig, HandlerKind,
     HandlerType, HttpConfig, PluginHandlerConfig, RetryPolicy, Secret,
 };
 pub use plugin::{HermesPlugin, PluginCommand, PluginSource};

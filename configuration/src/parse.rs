@@ -246,8 +246,16 @@ impl Config {
             let mut handlers =
                 handler::validate_handlers(&source, place, entries, &resolve, errors);
             for handler in &mut handlers {
-                if let HandlerKind::Plugin(plugin) = &mut handler.kind {
-                    plugin.allow_insecure = allow;
+                match &mut handler.kind {
+                    HandlerKind::Plugin(plugin) => plugin.allow_insecure = allow,
+                    HandlerKind::Exec(exec) => {
+                        if let (crate::handler::ExecCwd::StateDir(dir), Some(top)) =
+                            (&mut exec.cwd, &top)
+                        {
+                            *dir = resolve(top.state_dir.get_ref());
+                        }
+                    }
+                    _ => {}
                 }
             }
             handlers

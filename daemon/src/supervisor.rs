@@ -16,7 +16,8 @@
 //! (`control::HandlerSwap`; the bus stays open); one whose table or commit policy changed is
 //! stopped at a batch boundary (what it handled is committed) and started again with the new
 //! config, resuming right after its committed offset; a new consumer is started, a removed one
-//! stopped; the others are not touched.
+//! stopped; the others are not touched. A failed consumer waiting out its backoff whose
+//! config or handlers changed starts again at once, its backoff back at 1 s.
 //! State dir, `[metrics]` and `[control]` take effect at the next start.
 //!
 //! **Invariant:** only a consumer's own thread runs its pipeline; the reloader (the main
@@ -284,6 +285,8 @@ fn supervise(mut unit: Unit, daemon: &Daemon<'_>, steering: &Steer) -> Result<()
                 // This run builds the new handlers itself: a swap not yet taken is moot.
                 unit.config = config;
                 unit.context.control.take_handler_swap();
+                // A new config is a new start, not one more failure of the old.
+                backoff = FIRST_BACKOFF;
             }
             if let Some(replacement) = steering.replacement.take() {
                 unit.context.control.update(|status| {
@@ -361,7 +364,8 @@ fn supervise(mut unit: Unit, daemon: &Daemon<'_>, steering: &Steer) -> Result<()
             .control
             .health()
             .set_phase(Phase::Failed(state));
-        // The wait ends early for a stop, a reload's replacement, or a retirement.
+        // The wait ends early for a stop, a retirement, or a reload that changed the consumer
+        // (a replacement) or only its handlers (a new config): the operator's fix runs at once.
         let until = Instant::now() + backoff;
         while Instant::now() < until {
             if shutdown.requested() {
@@ -369,7 +373,8 @@ fn supervise(mut unit: Unit, daemon: &Daemon<'_>, steering: &Steer) -> Result<()
             }
             {
                 let steering = steer(steering);
-                if steering.retire || steering.replacement.is_some() {
+                if steering.retire || steering.replacement.is_some() || steering.config.is_some() {
+                    tracing::info!("the reload cuts the wait short: starting again now");
                     break;
                 }
             }

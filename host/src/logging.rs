@@ -23,3 +23,24 @@ pub fn init(level: &str, format: LogFormat) {
         LogFormat::Json => builder.json().init(),
     }
 }
+
+/// Tells why a command failed, one line per problem, each naming the file, key or plugin it is
+/// about: as a command-line tool does (`error: ...` on stderr, no timestamp nor level: the
+/// service manager's journal adds its own) with human logs, as JSON log lines at level ERROR
+/// with `--log-format json` (what reads them is a program).
+pub fn command_failed(message: &str, format: LogFormat) {
+    match format {
+        LogFormat::Json => {
+            for line in message.lines() {
+                tracing::error!("{line}");
+            }
+        }
+        LogFormat::Human => {
+            use std::io::Write;
+            let mut stderr = std::io::stderr().lock();
+            for line in message.lines() {
+                let _ = writeln!(stderr, "error: {line}");
+            }
+        }
+    }
+}

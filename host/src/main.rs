@@ -10,6 +10,7 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(&cli.log_level, cli.log_format);
+    let log_format = cli.log_format;
     // `run`, `replay` and `errors retry` deliver to handlers: a handler's closed pipe (an `exec` command that
     // exits without reading) is its failure, handled by its policy, never a silent death.
     let delivers = matches!(
@@ -32,10 +33,7 @@ fn main() -> ExitCode {
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            // One error line per problem, each with the file, key or plugin it is about.
-            for line in error.to_string().lines() {
-                tracing::error!("{line}");
-            }
+            logging::command_failed(&error.to_string(), log_format);
             ExitCode::from(error.exit_code())
         }
     }

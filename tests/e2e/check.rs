@@ -247,6 +247,44 @@ fn a_missing_config_file_is_named() {
 }
 
 #[test]
+fn a_command_s_error_reads_as_a_tool_s_and_as_json_with_json_logs() {
+    let dir = TestDir::new("cli-error");
+    let path = dir.join("absent.toml");
+    let config = path.to_string_lossy();
+    let limit = std::time::Duration::from_secs(30);
+    // Plain: `error: ` and the message, no timestamp or level, for every command.
+    for args in [
+        vec!["check", "--config", &config],
+        vec!["offsets", "show", "--config", &config],
+        vec!["run", "--once", "--config", &config],
+    ] {
+        let run = buslink_testkit::process::run(&args, limit);
+        assert_eq!(run.code(), Some(2), "{run}");
+        assert_eq!(
+            run.stderr,
+            format!(
+                "error: {config}: cannot read config file: No such file or directory (os error 2)\n"
+            ),
+            "{args:?}"
+        );
+    }
+    // JSON logs: the error is a JSON log line at level ERROR.
+    let run = buslink_testkit::process::run(
+        &["--log-format", "json", "check", "--config", &config],
+        limit,
+    );
+    assert_eq!(run.code(), Some(2), "{run}");
+    let line: serde_json::Value = serde_json::from_str(run.stderr.trim()).expect("one JSON line");
+    assert_eq!(line["level"], "ERROR", "{line}");
+    assert!(
+        line["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("cannot read config file")),
+        "{line}"
+    );
+}
+
+#[test]
 fn a_corrupt_offset_cache_stops_the_daemon_clearly() {
     // The cache file (in-place slots), and one of version 1 (a JSON file).
     let cases: [(&str, &[u8], &str); 2] = [

@@ -78,6 +78,67 @@ fn exec_runs_the_command_per_event_with_stdin_and_a_clean_environment() {
 }
 
 #[test]
+fn exec_runs_in_the_state_dir_or_its_cwd_and_a_cwd_that_is_no_directory_is_refused() {
+    let handler = |cwd: &str| {
+        format!(
+            "[[handlers]]\nname = \"where\"\ntype = \"exec\"\n\
+             command = [\"sh\", \"-c\", \"pwd >> where.txt\"]\n{cwd}"
+        )
+    };
+    // No `cwd`: the state dir (the daemon's own is `/` under systemd).
+    let dir = TestDir::new("exec-cwd-default");
+    let run = run_once(&memory_bus_config(&dir, 2, &handler("")));
+    assert_eq!(run.code(), Some(0), "{run}");
+    let state = dir.join("state").canonicalize().expect("the state dir");
+    assert_eq!(
+        std::fs::read_to_string(state.join("where.txt")).expect("written in the state dir"),
+        format!("{0}\n{0}\n", state.display())
+    );
+    // `cwd`, relative to the config's directory.
+    let dir = TestDir::new("exec-cwd-set");
+    std::fs::create_dir(dir.join("work")).expect("a directory");
+    let run = run_once(&memory_bus_config(&dir, 1, &handler("cwd = \"work\"\n")));
+    assert_eq!(run.code(), Some(0), "{run}");
+    let work = dir.join("work").canonicalize().expect("work");
+    assert_eq!(
+        std::fs::read_to_string(work.join("where.txt")).expect("written in cwd"),
+        format!("{}\n", work.display())
+    );
+    // A `cwd` that does not exist: `check` and `run` refuse it, naming the handler and the
+    // directory, and nothing is consumed.
+    let dir = TestDir::new("exec-cwd-missing");
+    let config = memory_bus_config(&dir, 1, &handler("cwd = \"nowhere\"\n"));
+    let missing = format!(
+        "cwd {} is not a directory (it does not exist)",
+        dir.join("nowhere").display()
+    );
+    let check = buslink_testkit::process::run(
+        &["check", "--config", &config.to_string_lossy()],
+        std::time::Duration::from_secs(30),
+    );
+    assert_eq!(check.code(), Some(2), "{check}");
+    assert!(
+        check
+            .stderr
+            .contains(&format!("handler 'where': {missing}")),
+        "{check}"
+    );
+    let run = run_once(&config);
+    assert_eq!(run.code(), Some(1), "{run}");
+    assert!(
+        run.stderr.contains(&format!("handler 'where': {missing}")),
+        "{run}"
+    );
+    assert!(!dir.join("state/test.offsets").exists(), "{run}");
+    // An empty `cwd` is refused at its line.
+    let dir = TestDir::new("exec-cwd-empty");
+    let run = run_once(&memory_bus_config(&dir, 1, &handler("cwd = \"\"\n")));
+    assert_eq!(run.code(), Some(2), "{run}");
+    assert!(run.stderr.contains("handlers[0].cwd"), "{run}");
+    assert!(run.stderr.contains("must name a directory"), "{run}");
+}
+
+#[test]
 fn a_failing_exec_is_retried_then_stop_keeps_the_offset_for_the_next_start() {
     let dir = TestDir::new("exec-stop");
     let script = recorder_script(&dir);

@@ -1226,7 +1226,7 @@ fn hmb_connection_errors_name_the_server_once() {
     let line = run
         .stderr
         .lines()
-        .find(|line| line.contains("ERROR"))
+        .find(|line| line.starts_with("error: "))
         .unwrap_or_else(|| panic!("an error line: {run}"));
     assert_eq!(
         line.matches(&format!("127.0.0.1:{port}")).count(),

@@ -115,6 +115,69 @@ fn sighup_swaps_changed_handlers_restarts_a_changed_consumer_and_refuses_a_bad_c
 }
 
 #[test]
+fn a_reload_that_changes_a_failing_consumer_starts_it_again_at_once_not_after_its_backoff() {
+    let dir = TestDir::new("reload-backoff");
+    let bus_a = bus(&dir, "a.sqlite", 5);
+    // `refusing` fails on its first event (a handler with on_failure = "stop"); `broken`'s
+    // plugin panics on its third: both are restarted with backoff, 1 s doubling.
+    let refusing = |command: &str| {
+        sqlite_consumer("refusing", &bus_a)
+            + &format!(
+                "[[consumers.handlers]]\nname = \"gate\"\ntype = \"exec\"\n\
+                 command = [\"{command}\"]\nretry = {{ attempts = 1 }}\n"
+            )
+    };
+    let broken = |panic: &str| faulty_consumer("broken", &format!("events = 6\n{panic}"));
+    let config = several(
+        &dir,
+        "",
+        &[
+            refusing("false"),
+            broken("panic_in = \"poll\"\npanic_at_event = 3"),
+        ],
+    );
+    let mut daemon = Daemon::run(&config);
+    // Both wait 8 s now: a reload fixes them (only the handlers of one, the plugin's settings
+    // of the other).
+    daemon.wait_for("both in an 8 s backoff", LIMIT, |d| {
+        let log = d.stderr();
+        ["refusing", "broken"].iter().all(|name| {
+            log.lines().any(|line| {
+                line.contains(&format!("consumer{{name={name}}}"))
+                    && line.contains("restart 4 in 8 s")
+            })
+        })
+    });
+    several(&dir, "", &[refusing("true"), broken("")]);
+    let reloaded = std::time::Instant::now();
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_for("every event of both", LIMIT, |_| {
+        count_lines(&dir.join("out/refusing.jsonl")) == 5
+            && count_lines(&dir.join("out/broken.jsonl")) == 6
+    });
+    let took = reloaded.elapsed();
+    // Had either waited out its backoff, this would be 8 s at least.
+    assert!(
+        took < std::time::Duration::from_secs(7),
+        "{took:?}\n{}",
+        daemon.stderr()
+    );
+    let log = daemon.stderr();
+    assert!(
+        log.contains("reloaded: 0 consumer(s) unchanged, 1 with new handlers, 1 restarted"),
+        "{log}"
+    );
+    assert!(!log.contains("restart 5 in"), "{log}");
+    assert_eq!(
+        log.matches("the reload cuts the wait short").count(),
+        2,
+        "{log}"
+    );
+    let run = daemon.terminate(LIMIT);
+    assert_eq!(run.code(), Some(0), "{run}");
+}
+
+#[test]
 fn a_reload_starts_a_new_consumer_and_stops_a_removed_one_leaving_the_rest() {
     let dir = TestDir::new("reload-several");
     let (bus_a, bus_b) = (bus(&dir, "a.sqlite", 10), bus(&dir, "b.sqlite", 15));

@@ -212,8 +212,8 @@ fn once_drains_every_consumer_and_fails_when_one_failed() {
     let config = broken_and_steady(&dir, "", &bus_b);
     let once = buslink(&["run", "--once", "--config", &config.to_string_lossy()]);
     assert_eq!(once.code(), Some(1), "{once}");
-    assert!(once.stderr.contains("consumer 'broken':"), "{once}");
-    assert!(!once.stderr.contains("ERROR consumer 'steady'"), "{once}");
+    assert!(once.stderr.contains("error: consumer 'broken':"), "{once}");
+    assert!(!once.stderr.contains("error: consumer 'steady'"), "{once}");
     assert_eq!(count_lines(&dir.join("out/steady.jsonl")), 12);
     assert_eq!(count_lines(&dir.join("out/broken.jsonl")), 5);
 }

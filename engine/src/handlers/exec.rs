@@ -1,5 +1,6 @@
 //! `type = "exec"`: runs a command per event, never through a shell, with the event line on
-//! stdin and `BUSLINK_*` variables in an otherwise clean environment.
+//! stdin and `BUSLINK_*` variables in an otherwise clean environment, in its `cwd` (default:
+//! the state dir).
 
 use super::{DispatchedEvent, Handler, HandlerError};
 use crate::config::ExecConfig;
@@ -19,6 +20,7 @@ pub(super) struct ExecHandler {
     args: Vec<String>,
     env: Vec<(String, String)>,
     timeout: Duration,
+    cwd: PathBuf,
 }
 
 /// Finds the program: a path with a `/` (relative to the config's directory), or a name looked
@@ -49,6 +51,23 @@ pub fn resolve_program(program: &str, base_dir: &Path) -> Result<PathBuf, String
     Ok(path)
 }
 
+/// The command's working directory: a `cwd` that is no directory is refused (the state dir,
+/// the default, is made at start).
+pub(super) fn checked_cwd(cwd: &crate::config::ExecCwd) -> Result<PathBuf, String> {
+    match cwd {
+        crate::config::ExecCwd::Set(dir) if !dir.is_dir() => Err(format!(
+            "cwd {} is not a directory{}",
+            dir.display(),
+            if dir.exists() {
+                ""
+            } else {
+                " (it does not exist)"
+            }
+        )),
+        other => Ok(other.path().to_path_buf()),
+    }
+}
+
 impl ExecHandler {
     pub(super) fn new(name: &str, config: &ExecConfig, base_dir: &Path) -> Result<Self, String> {
         let (program, args) = config
@@ -65,6 +84,7 @@ impl ExecHandler {
                 .map(|(key, value)| (key.clone(), value.expose().to_owned()))
                 .collect(),
             timeout: config.timeout,
+            cwd: checked_cwd(&config.cwd)?,
         })
     }
 
@@ -120,11 +140,17 @@ impl Handler for ExecHandler {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            .current_dir(&self.cwd)
             // Its own process group: a timeout kills whatever it started too.
             .process_group(0)
             .spawn()
             .map_err(|e| {
-                HandlerError::new(format!("cannot run {}: {e}", self.program.display()))
+                let place = if self.cwd.is_dir() {
+                    String::new()
+                } else {
+                    format!(" (its cwd {} is not a directory)", self.cwd.display())
+                };
+                HandlerError::new(format!("cannot run {}{place}: {e}", self.program.display()))
             })?;
         let line = event.line();
         let (stdin, stdout, stderr) =

@@ -199,7 +199,9 @@ pub fn check_handler(
             }
         }
         HandlerKind::Exec(exec) => match exec.command.first() {
-            Some(program) => resolve_program(program, base_dir).map(|_| ()),
+            Some(program) => resolve_program(program, base_dir)
+                .and_then(|_| exec::checked_cwd(&exec.cwd))
+                .map(|_| ()),
             None => Err("`command` is empty".into()),
         },
         HandlerKind::Http(_) | HandlerKind::Plugin(_) => {
