@@ -88,6 +88,19 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Print a shell completion script for buslink (bash: save it as
+    /// /usr/share/bash-completion/completions/buslink; the package installs them).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print buslink's man page (roff: `buslink man | man -l -`), or write one page per
+    /// command into a directory.
+    Man {
+        /// Write buslink.1 and buslink-COMMAND.1 for every command into this directory.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
     /// Talk to the running daemon through its control socket (STATE_DIR/buslink.sock, or
     /// `[control] path`).
     Ctl {

@@ -98,6 +98,11 @@ fn dispatch(command: Command) -> Result<(), AppError> {
                 dry_run,
             },
         ),
+        Command::Completions { shell } => {
+            buslink::commands::docs::completions(shell);
+            Ok(())
+        }
+        Command::Man { out_dir } => buslink::commands::docs::man(out_dir.as_deref()),
         Command::Ctl { config, action } => {
             let request = action.request().map_err(AppError::Usage)?;
             buslink::commands::ctl::ctl(&config, &request.to_line())

@@ -659,3 +659,46 @@ fn several_consumer_configs_are_checked_entry_by_entry() {
         "{out}"
     );
 }
+
+#[test]
+fn completions_and_man_pages_come_from_the_command_line_itself() {
+    let limit = std::time::Duration::from_secs(30);
+    let bash = buslink_testkit::process::run(&["completions", "bash"], limit);
+    assert_eq!(bash.code(), Some(0), "{bash}");
+    assert!(bash.stdout.contains("_buslink()"), "{bash}");
+    for word in [
+        "run",
+        "check",
+        "offsets",
+        "replay",
+        "ctl",
+        "completions",
+        "--once",
+    ] {
+        assert!(bash.stdout.contains(word), "{word} in the bash completion");
+    }
+    for shell in ["zsh", "fish"] {
+        let out = buslink_testkit::process::run(&["completions", shell], limit);
+        assert_eq!(out.code(), Some(0), "{out}");
+        assert!(out.stdout.contains("import-hermes"), "{shell}: {out}");
+    }
+    let nope = buslink_testkit::process::run(&["completions", "tcsh"], limit);
+    assert_eq!(nope.code(), Some(2), "{nope}");
+    assert!(nope.stderr.contains("tcsh"), "{nope}");
+    let man = buslink_testkit::process::run(&["man"], limit);
+    assert_eq!(man.code(), Some(0), "{man}");
+    assert!(man.stdout.contains(".TH buslink 1"), "{man}");
+    let dir = TestDir::new("man-pages");
+    let out = dir.join("man1");
+    let pages = buslink_testkit::process::run(&["man", "--out-dir", &out.to_string_lossy()], limit);
+    assert_eq!(pages.code(), Some(0), "{pages}");
+    for page in [
+        "buslink.1",
+        "buslink-run.1",
+        "buslink-ctl-status.1",
+        "buslink-offsets-set.1",
+    ] {
+        let text = std::fs::read_to_string(out.join(page)).expect(page);
+        assert!(text.contains(".TH"), "{page}");
+    }
+}

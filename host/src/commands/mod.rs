@@ -3,6 +3,7 @@
 
 pub mod check;
 pub mod ctl;
+pub mod docs;
 pub mod errors;
 pub mod offsets;
 pub mod plugins;
