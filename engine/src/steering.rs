@@ -4,7 +4,7 @@
 //! The daemon's control socket and supervisor read and set it; the pipeline alone acts on it.
 //! Plain state behind a mutex and atomics: no socket here.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -90,8 +90,10 @@ pub struct Shared {
     health: std::sync::Arc<crate::health::Health>,
 }
 
-/// The consumer's status, as `status --json` prints it.
-#[derive(Clone, Debug, Default, Serialize)]
+/// The consumer's status, as `status --json` prints it (and `buslink top` reads it back: a
+/// key a daemon does not send takes its default).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Status {
     /// The consumer's name.
     pub consumer: String,
@@ -122,10 +124,14 @@ pub struct Status {
     pub plugin_counters: std::collections::BTreeMap<String, u64>,
     /// A plugin executable's child process; `None` for a library.
     pub plugin_process: Option<PluginProcess>,
+    /// Whether `pause` is taken: false for a consumer whose bus keeps the position (a Kafka
+    /// consumer group).
+    pub pausable: bool,
 }
 
 /// A plugin executable's child, as its consumer's counters say it (`plugin_process_*`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct PluginProcess {
     /// The running child's pid; `None` while none runs (it died and is not started again yet).
     pub pid: Option<u32>,
@@ -345,6 +351,7 @@ impl Shared {
         status.lag = view.lag;
         status.events_per_second = view.events_per_second;
         status.events_handled = self.health.handled_this_run();
+        status.pausable = self.pausable();
         let counters = self.health.counters();
         status.plugin_process = PluginProcess::from_counters(&counters);
         status.plugin_counters = counters

@@ -88,6 +88,17 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// A live view of the running daemon in the terminal: one row per consumer (state,
+    /// events/s, lag, committed offset and its age, error queue, last error); p pauses and r
+    /// resumes the selected consumer, q quits.
+    Top {
+        /// The config file (its control socket is the daemon's).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// How often the view is refreshed, in milliseconds.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..))]
+        interval_ms: u64,
+    },
     /// Print a shell completion script for buslink (bash: save it as
     /// /usr/share/bash-completion/completions/buslink; the package installs them).
     Completions {

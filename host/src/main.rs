@@ -98,6 +98,10 @@ fn dispatch(command: Command) -> Result<(), AppError> {
                 dry_run,
             },
         ),
+        Command::Top {
+            config,
+            interval_ms,
+        } => buslink::commands::top::top(&config, std::time::Duration::from_millis(interval_ms)),
         Command::Completions { shell } => {
             buslink::commands::docs::completions(shell);
             Ok(())

@@ -33,4 +33,5 @@ mod sqlite_bus;
 #[path = "sqlite_bus.rs"]
 mod sqlite_bus_executable;
 mod systemd;
+mod top;
 mod word;

@@ -7,6 +7,7 @@ pub mod hmb_process;
 pub mod http_sink;
 pub mod kafka;
 pub mod process;
+pub mod tmux;
 pub mod workspace;
 
 pub use bus::{hermes_events, HermesBusWriter};

@@ -9,6 +9,7 @@ pub mod offsets;
 pub mod plugins;
 pub mod query;
 pub mod replay;
+pub mod top;
 /// `buslink run`: the daemon (the daemon crate's `start::run`).
 pub mod run {
     pub use buslink_daemon::start::run;

@@ -36,6 +36,10 @@ pub struct Settings {
     /// way to say it is drained.
     #[serde(default)]
     cannot_tell: bool,
+    /// Say the bus keeps the position (as a Kafka consumer group does): the daemon then
+    /// refuses `pause` for this consumer.
+    #[serde(default)]
+    owns_position: bool,
 }
 
 fn default_events() -> u64 {
@@ -146,6 +150,10 @@ impl Consumer for FaultyConsumer {
 
     fn set_timeout(&mut self, _timeout: Option<Duration>) -> PluginResult<()> {
         Ok(())
+    }
+
+    fn bus_owns_position(&self) -> bool {
+        self.settings.owns_position
     }
 
     fn poll(&mut self, batch: &mut EventBatch) -> PluginResult<PollStatus> {
