@@ -183,7 +183,8 @@ impl HandlerType {
         match self {
             HandlerType::Jsonl => Some(
                 "is an exactly-once jsonl output: its committed length belongs to the daemon, \
-                 which would cut replayed lines off at its next start",
+                 which would cut replayed lines off at its next start (`buslink ctl replay` \
+                 has the running daemon append them and commit the new length)",
             ),
             // A handler plugin keeps state the daemon's instance saves too (a materialised
             // view): old events replayed into it would roll that state back under the daemon.
@@ -192,6 +193,15 @@ impl HandlerType {
                  roll it back",
             ),
             HandlerType::Stdout | HandlerType::Null | HandlerType::Exec | HandlerType::Http => None,
+        }
+    }
+
+    /// Why `ctl replay` (the running daemon's own dispatcher) does not deliver to this type:
+    /// a handler plugin's state is the daemon's, and past events would roll it back.
+    pub fn daemon_replay_refusal(self) -> Option<&'static str> {
+        match self {
+            HandlerType::Plugin => HandlerType::Plugin.replay_refusal(),
+            _ => None,
         }
     }
 

@@ -29,6 +29,31 @@ pub fn past(offset: OffsetRef<'_>, to: &Offset) -> bool {
     }
 }
 
+/// `--match FIELD=GLOB` filters (category, eventtype, objtype; repeatable) as one
+/// [`EventFilter`](crate::config::EventFilter). `Err`: the problem, naming the filter.
+pub fn match_filter(matches: &[String]) -> Result<crate::config::EventFilter, String> {
+    let mut filter = crate::config::EventFilter::default();
+    for text in matches {
+        let Some((field, glob)) = text.split_once('=') else {
+            return Err(format!(
+                "--match {text:?}: write FIELD=GLOB (category, eventtype or objtype)"
+            ));
+        };
+        let list = match field.trim() {
+            "category" => &mut filter.category,
+            "eventtype" => &mut filter.eventtype,
+            "objtype" => &mut filter.objtype,
+            other => {
+                return Err(format!(
+                    "--match {text:?}: no field {other:?} (category, eventtype or objtype)"
+                ))
+            }
+        };
+        list.push(glob.trim().to_owned());
+    }
+    Ok(filter)
+}
+
 /// Opens `consumer`, drained-aware, at `from` (`None`: the beginning).
 pub fn position(
     consumer: &mut PluginConsumer,

@@ -345,6 +345,7 @@ pub fn run_consumer(
         &cache,
         options,
         shutdown,
+        Some(&|| new_consumer(config, plugin).map_err(|e| e.to_string())),
     )
     .map_err(|error| match error {
         // The plugin refused its settings only once it met the bus (a queue the server does

@@ -1,6 +1,7 @@
 //! A running consumer's steering surface: what its pipeline shows ([`Status`], with its
 //! [`Health`](crate::health::Health)), and what it takes between two events: the pause flag,
-//! error-queue requests ([`QueueCommand`]) and new handlers from a reload ([`HandlerSwap`]).
+//! requests ([`Command`]: the error queue's, a replay job's) and new handlers from a reload
+//! ([`HandlerSwap`]).
 //! The daemon's control socket and supervisor read and set it; the pipeline alone acts on it.
 //! Plain state behind a mutex and atomics: no socket here.
 
@@ -32,9 +33,85 @@ pub enum QueueCommand {
     Drop { ids: Option<Vec<u64>> },
 }
 
-/// The dispatcher's answer to a [`QueueCommand`]; the control socket words it.
+/// What `ctl replay` asks a running consumer for: the same range, handlers and filters as
+/// `buslink replay`, delivered by the consumer's own dispatcher between live batches (so
+/// `jsonl` outputs are appended to and committed exactly once).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplaySpec {
+    /// `beginning`, or the first offset (included).
+    pub from: String,
+    /// The last offset (included); `None`: the end of the bus when met.
+    pub to: Option<String>,
+    /// Take `from` and `to` as strings even if they look like numbers.
+    pub string: bool,
+    /// The handlers to deliver to (empty: every handler of the consumer).
+    pub handlers: Vec<String>,
+    /// `FIELD=GLOB` filters (category, eventtype, objtype), on top of the handlers' matches.
+    pub matches: Vec<String>,
+    /// Count what each handler would get; deliver nothing.
+    pub dry_run: bool,
+}
+
+/// A consumer's replay job as `status` shows it: the one running, or the last one.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ReplayJob {
+    /// Numbers the consumer's jobs, from 1 in a daemon's life.
+    pub id: u64,
+    /// `running`, `done`, `failed` or `cancelled`.
+    pub state: String,
+    pub from: String,
+    pub to: Option<String>,
+    /// The handlers it delivers to.
+    pub handlers: Vec<String>,
+    pub dry_run: bool,
+    /// Events read from the range, deliveries made (or that a dry run would make), the offset
+    /// of the last event read (empty before the first).
+    pub events: u64,
+    pub delivered: u64,
+    pub offset: String,
+    /// Why it failed or was cancelled.
+    pub error: Option<String>,
+    /// When it started and ended (RFC 3339).
+    pub started_at: String,
+    pub ended_at: Option<String>,
+}
+
+impl ReplayJob {
+    /// Whether it still runs.
+    pub fn running(&self) -> bool {
+        self.state == "running"
+    }
+}
+
+/// A request the socket hands to a consumer's dispatcher, which carries it out between two
+/// batches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// The error queue's (`ctl errors`).
+    Queue(QueueCommand),
+    /// Start a replay job (`ctl replay`).
+    Replay(ReplaySpec),
+    /// Cancel the running replay job (`ctl replay --cancel`).
+    CancelReplay,
+}
+
+impl From<QueueCommand> for Command {
+    fn from(command: QueueCommand) -> Command {
+        Command::Queue(command)
+    }
+}
+
+/// The dispatcher's answer to a [`Command`]; the control socket words it.
 #[derive(Clone, Debug, PartialEq)]
 pub enum QueueReply {
+    /// A replay job started (as it is now).
+    ReplayStarted(ReplayJob),
+    /// No replay job was started: why.
+    ReplayRefused(String),
+    /// The running job was cancelled (`None`: none was running).
+    ReplayCancelled(Option<ReplayJob>),
     /// The queued events, oldest first (`List`).
     Listed(Vec<crate::error_queue::QueuedEvent>),
     /// `handled` queued events were handled, `left` wait still (`Retry`).
@@ -45,10 +122,10 @@ pub enum QueueReply {
     NoSuchEvent(u64),
 }
 
-/// A [`QueueCommand`] waiting for the dispatcher, and where its answer goes.
+/// A [`Command`] waiting for the dispatcher, and where its answer goes.
 #[derive(Debug)]
 pub struct QueueRequest {
-    pub command: QueueCommand,
+    pub command: Command,
     id: u64,
     pub reply: std::sync::mpsc::Sender<QueueReply>,
 }
@@ -127,6 +204,8 @@ pub struct Status {
     /// Whether `pause` is taken: false for a consumer whose bus keeps the position (a Kafka
     /// consumer group).
     pub pausable: bool,
+    /// The running replay job (`ctl replay`), or the last one.
+    pub replay: Option<ReplayJob>,
 }
 
 /// A plugin executable's child, as its consumer's counters say it (`plugin_process_*`).
@@ -232,7 +311,8 @@ impl Shared {
     }
 
     /// Hands `command` to the dispatcher; [`wait`](Self::wait) for the answer.
-    pub fn submit(&self, command: QueueCommand) -> PendingRequest {
+    pub fn submit(&self, command: impl Into<Command>) -> PendingRequest {
+        let command = command.into();
         let (reply, answer) = std::sync::mpsc::channel();
         let id = self.next_request.fetch_add(1, Ordering::SeqCst);
         let mut requests = self

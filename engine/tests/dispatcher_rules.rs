@@ -190,6 +190,7 @@ fn handler(
 fn configured(scripted: Scripted, on_failure: FailurePolicy) -> ConfiguredHandler {
     ConfiguredHandler {
         name: scripted.name.to_owned(),
+        kind: buslink_engine::config::HandlerType::Exec,
         matcher: EventMatcher::new(&EventFilter::default()).expect("no patterns"),
         retry: RetryPolicy {
             attempts: 1,
@@ -293,6 +294,7 @@ fn run_in(
         &cache,
         options,
         shutdown,
+        None,
     );
     Ran {
         result,

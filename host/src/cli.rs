@@ -2,7 +2,7 @@
 
 use crate::logging::LogFormat;
 use buslink_daemon::control::protocol::Request;
-use buslink_daemon::control::QueueCommand;
+use buslink_daemon::control::{QueueCommand, ReplaySpec};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -165,6 +165,37 @@ pub enum CtlAction {
     Errors {
         #[command(subcommand)]
         action: CtlErrorsAction,
+    },
+    /// Re-deliver a past range through the running daemon, jsonl outputs included: its
+    /// dispatcher appends the range between live batches and commits the new file lengths
+    /// with the offset unchanged. Shows the progress and returns when the job ends (the job
+    /// goes on if this command is interrupted; --cancel stops it).
+    Replay {
+        /// The consumer (needed where the daemon runs several).
+        #[arg(long)]
+        consumer: Option<String>,
+        /// Where to start: `beginning`, or an offset (included).
+        #[arg(long, required_unless_present = "cancel")]
+        from: Option<String>,
+        /// The last offset to deliver (included); default: the end of the bus when met.
+        #[arg(long)]
+        to: Option<String>,
+        /// Take --from and --to as strings even if they look like numbers.
+        #[arg(long)]
+        string: bool,
+        /// Only this handler of the consumer (repeatable; default: all of them).
+        #[arg(long = "handler")]
+        handlers: Vec<String>,
+        /// Only events matching FIELD=GLOB, FIELD one of category, eventtype, objtype
+        /// (repeatable; the handlers' own matches apply too).
+        #[arg(long = "match")]
+        matches: Vec<String>,
+        /// Read the range and count what each handler would get; deliver nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Cancel the consumer's running replay job instead.
+        #[arg(long, conflicts_with_all = ["from", "to", "string", "handlers", "matches", "dry_run"])]
+        cancel: bool,
     },
     /// Re-read the config, as SIGHUP does.
     Reload,
@@ -336,6 +367,31 @@ impl CtlAction {
                             _ => return Err("name one queued event ID, or --all".into()),
                         },
                     },
+                },
+            },
+            CtlAction::Replay {
+                consumer,
+                cancel: true,
+                ..
+            } => Request::CancelReplay { consumer },
+            CtlAction::Replay {
+                consumer,
+                from,
+                to,
+                string,
+                handlers,
+                matches,
+                dry_run,
+                cancel: false,
+            } => Request::Replay {
+                consumer,
+                spec: ReplaySpec {
+                    from: from.ok_or("--from is required (beginning or an offset)")?,
+                    to,
+                    string,
+                    handlers,
+                    matches,
+                    dry_run,
                 },
             },
             CtlAction::Reload => Request::Reload,

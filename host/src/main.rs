@@ -109,6 +109,9 @@ fn dispatch(command: Command) -> Result<(), AppError> {
         Command::Man { out_dir } => buslink::commands::docs::man(out_dir.as_deref()),
         Command::Ctl { config, action } => {
             let request = action.request().map_err(AppError::Usage)?;
+            if let buslink_daemon::control::protocol::Request::Replay { .. } = &request {
+                return buslink::commands::ctl::replay(&config, &request.to_line());
+            }
             buslink::commands::ctl::ctl(&config, &request.to_line())
         }
     }

@@ -94,6 +94,7 @@ fn a_range_is_replayed_to_one_handler_while_the_daemon_runs_and_the_offset_stays
             .contains("handler 'archive' is an exactly-once jsonl output"),
         "{refused}"
     );
+    assert!(refused.stderr.contains("`buslink ctl replay`"), "{refused}");
     // A handler plugin keeps the daemon's state (a view): refused too.
     let view = config_arg.replace("buslink.toml", "view.toml");
     std::fs::write(
@@ -282,4 +283,200 @@ fn a_range_that_cannot_be_is_refused_before_anything_is_delivered() {
         .map(|line| line["offset"].as_str().unwrap_or_default().to_owned())
         .collect();
     assert_eq!(offsets, ["ev-0005", "ev-0006", "ev-0007"]);
+}
+
+/// The offsets of a jsonl output's lines, counted: offset -> how many lines carry it.
+fn tally(dir: &TestDir, relative: &str) -> std::collections::BTreeMap<i64, usize> {
+    let mut tally = std::collections::BTreeMap::new();
+    for offset in offsets(&read_lines(dir, relative)) {
+        *tally.entry(offset).or_insert(0) += 1;
+    }
+    tally
+}
+
+#[test]
+fn ctl_replay_appends_a_range_to_a_jsonl_output_between_live_batches_and_a_kill_keeps_it() {
+    let dir = TestDir::new("ctl-replay");
+    let bus = bus_with(&dir, 3000);
+    let config = sqlite_config(&dir, &bus, "batch_size = 100", &jsonl_handler("all", ""));
+    let config_arg = config.to_string_lossy().into_owned();
+    let mut daemon = Daemon::run(&config);
+    daemon.wait_for("the bus handled and committed", LIMIT, |_| {
+        consumer_status(&status(&config), "test")["committed_offset"] == "3000"
+    });
+    // The replay of 1..=3000 runs while 200 live events arrive.
+    let writer = {
+        let bus = bus.clone();
+        std::thread::spawn(move || {
+            for _ in 0..20 {
+                append(&bus, 10);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let replay = buslink(&[
+        "ctl",
+        "--config",
+        &config_arg,
+        "replay",
+        "--from",
+        "1",
+        "--to",
+        "3000",
+    ]);
+    writer.join().expect("the writer");
+    assert_eq!(replay.code(), Some(0), "{replay}");
+    assert!(
+        replay.stderr.contains("consumer 'test': replay #1 running"),
+        "{replay}"
+    );
+    assert!(
+        replay.stderr.contains(
+            "consumer 'test': replay #1 done, from 1 to 3000 to all: 3000 events read, 3000 \
+             delivered, at offset 3000"
+        ),
+        "{replay}"
+    );
+    let last: Value = serde_json::from_str(
+        replay
+            .stderr
+            .lines()
+            .rfind(|line| line.starts_with('{'))
+            .expect("a JSON line at the end"),
+    )
+    .expect("JSON");
+    assert_eq!(last["replay"], "done", "{replay}");
+    assert_eq!(last["delivered"], 3000, "{replay}");
+    daemon.wait_for("the live events committed", LIMIT, |_| {
+        consumer_status(&status(&config), "test")["committed_offset"] == "3200"
+    });
+    let job = consumer_status(&status(&config), "test")["replay"].clone();
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(job["events"], 3000, "{job}");
+    // Every replayed event once more, every live event once; the replayed lines in order.
+    let expected: std::collections::BTreeMap<i64, usize> = (1..=3200)
+        .map(|offset| (offset, if offset <= 3000 { 2 } else { 1 }))
+        .collect();
+    assert_eq!(tally(&dir, "out/all.jsonl"), expected);
+    let lines = offsets(&read_lines(&dir, "out/all.jsonl"));
+    let replayed: Vec<i64> = lines[3000..]
+        .iter()
+        .copied()
+        .filter(|offset| *offset <= 3000)
+        .collect();
+    assert_eq!(replayed, (1..=3000).collect::<Vec<_>>());
+    // kill -9: the next start cuts the file back to its committed length, which holds the
+    // replayed lines: nothing lost, nothing twice.
+    daemon.signal(libc::SIGKILL);
+    let _ = daemon.finish(LIMIT);
+    append(&bus, 5);
+    let once = run_once(&config);
+    assert_eq!(once.code(), Some(0), "{once}");
+    let expected: std::collections::BTreeMap<i64, usize> = (1..=3205)
+        .map(|offset| (offset, if offset <= 3000 { 2 } else { 1 }))
+        .collect();
+    assert_eq!(tally(&dir, "out/all.jsonl"), expected, "{once}");
+}
+
+#[test]
+fn ctl_replay_is_one_job_at_a_time_cancelled_on_request_and_refused_where_it_cannot_be() {
+    let dir = TestDir::new("ctl-replay-cancel");
+    let bus = bus_with(&dir, 150);
+    // A slow hook (20 ms an event): the job runs long enough to be seen and cancelled.
+    let handlers = format!(
+        "{}\n[[handlers]]\nname = \"slow\"\ntype = \"exec\"\n\
+         command = [\"sh\", \"-c\", \"cat > /dev/null; sleep 0.02\"]\n",
+        jsonl_handler("all", "")
+    );
+    let config = sqlite_config(&dir, &bus, "", &handlers);
+    let config_arg = config.to_string_lossy().into_owned();
+    let mut daemon = Daemon::run(&config);
+    daemon.wait_for("the bus handled", LIMIT, |_| {
+        consumer_status(&status(&config), "test")["committed_offset"] == "150"
+    });
+    // Refused before anything starts: an unknown handler, a range backwards.
+    let unknown = buslink(&[
+        "ctl",
+        "--config",
+        &config_arg,
+        "replay",
+        "--from",
+        "1",
+        "--handler",
+        "nope",
+    ]);
+    assert_eq!(unknown.code(), Some(2), "{unknown}");
+    assert!(
+        unknown.stderr.contains(
+            "--handler \"nope\": consumer 'test' has no such handler (it has: all, slow)"
+        ),
+        "{unknown}"
+    );
+    let backwards = buslink(&[
+        "ctl",
+        "--config",
+        &config_arg,
+        "replay",
+        "--from",
+        "9",
+        "--to",
+        "3",
+    ]);
+    assert_eq!(backwards.code(), Some(2), "{backwards}");
+    assert!(
+        backwards.stderr.contains("--to 3 comes before --from 9"),
+        "{backwards}"
+    );
+    // The slow job, followed by `ctl replay` in the background.
+    let mut follower = Daemon::start(buslink_testkit::process::buslink(&[
+        "ctl",
+        "--config",
+        &config_arg,
+        "replay",
+        "--from",
+        "beginning",
+        "--handler",
+        "all",
+        "--handler",
+        "slow",
+        "--match",
+        "category=*",
+    ]));
+    daemon.wait_for("the job running", LIMIT, |_| {
+        let job = consumer_status(&status(&config), "test")["replay"].clone();
+        job["state"] == "running" && job["events"].as_u64().is_some_and(|n| n > 0)
+    });
+    // A second job is refused while the first runs.
+    let second = buslink(&["ctl", "--config", &config_arg, "replay", "--from", "1"]);
+    assert_eq!(second.code(), Some(2), "{second}");
+    assert!(
+        second
+            .stderr
+            .contains("replay #1 is running: one at a time"),
+        "{second}"
+    );
+    let cancel = buslink(&["ctl", "--config", &config_arg, "replay", "--cancel"]);
+    assert_eq!(cancel.code(), Some(0), "{cancel}");
+    assert!(cancel.stdout.contains("replay #1 cancelled"), "{cancel}");
+    follower.wait_for("the follower's end", LIMIT, |f| {
+        f.stderr().contains("replay #1 cancelled")
+    });
+    let follower = follower.finish(LIMIT);
+    assert_eq!(follower.code(), Some(1), "{follower}");
+    let job = consumer_status(&status(&config), "test")["replay"].clone();
+    assert_eq!(job["state"], "cancelled", "{job}");
+    let replayed = job["events"].as_u64().expect("events");
+    assert!(replayed > 0 && replayed < 150, "{job}");
+    // What was replayed before the cancel is in the output, once; the rest is not.
+    daemon.wait_for("the outputs committed", LIMIT, |_| {
+        count_lines(&dir.join("out/all.jsonl")) as u64 == 150 + replayed
+    });
+    let again = buslink(&["ctl", "--config", &config_arg, "replay", "--cancel"]);
+    assert_eq!(again.code(), Some(2), "{again}");
+    assert!(
+        again.stderr.contains("runs no replay: nothing cancelled"),
+        "{again}"
+    );
+    let run = daemon.terminate(LIMIT);
+    assert_eq!(run.code(), Some(0), "{run}");
 }

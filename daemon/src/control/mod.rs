@@ -25,8 +25,8 @@ pub use buslink_config::default_socket_path;
 /// A consumer's steering surface (status, pause, queue requests, handler swaps) is the
 /// engine's; the socket reads and sets it.
 pub use buslink_engine::steering::{
-    HandlerSwap, PendingRequest, QueueCommand, QueueReply, QueueRequest, Shared, Status,
-    QUEUE_ANSWER_WAIT,
+    Command, HandlerSwap, PendingRequest, QueueCommand, QueueReply, QueueRequest, ReplayJob,
+    ReplaySpec, Shared, Status, QUEUE_ANSWER_WAIT,
 };
 
 /// Every consumer the daemon runs, as the socket sees them, and the reload request.

@@ -6,15 +6,16 @@
 //! The lines (`NAME`: one consumer; without it, every consumer of the daemon):
 //! `status [--json] [NAME]`, `pause [NAME]`, `resume [NAME]`,
 //! `errors list [--json] [--consumer NAME]`, `errors retry [--consumer NAME] [ID]`,
-//! `errors drop [--consumer NAME] ID...|--all`, `reload`, `version`, `quit`.
+//! `errors drop [--consumer NAME] ID...|--all`, `replay JSON` (a [`ReplaySpec`] object with an
+//! optional `"consumer"`), `replay-cancel [NAME]`, `reload`, `version`, `quit`.
 
-use super::{QueueCommand, QueueReply};
+use super::{QueueCommand, QueueReply, ReplaySpec};
 
 /// Every command, for error messages.
 pub const COMMANDS: &str = "status [--json] [CONSUMER], pause [CONSUMER], resume [CONSUMER], \
                             errors list [--json] [--consumer NAME], errors retry [--consumer \
-                            NAME] [ID], errors drop [--consumer NAME] ID|--all, reload, version, \
-                            quit";
+                            NAME] [ID], errors drop [--consumer NAME] ID|--all, replay JSON, \
+                            replay-cancel [CONSUMER], reload, version, quit";
 
 /// One request to the daemon.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,6 +34,13 @@ pub enum Request {
         consumer: Option<String>,
         command: QueueCommand,
     },
+    /// Starts a replay job on one consumer (`ctl replay`).
+    Replay {
+        consumer: Option<String>,
+        spec: ReplaySpec,
+    },
+    /// Cancels one consumer's running replay job (`ctl replay --cancel`).
+    CancelReplay { consumer: Option<String> },
     /// Reads the config again (as SIGHUP) and answers what changed.
     Reload,
     /// The running daemon's version, process id and time up (is it the build on disk?).
@@ -101,6 +109,18 @@ impl Request {
                     }
                 }
             },
+            Request::Replay { consumer, spec } => {
+                let mut object = serde_json::to_value(spec).unwrap_or_default();
+                if let (Some(name), Some(map)) = (consumer, object.as_object_mut()) {
+                    map.insert("consumer".into(), serde_json::Value::String(name.clone()));
+                }
+                line.push_str("replay ");
+                line.push_str(&object.to_string());
+            }
+            Request::CancelReplay { consumer } => {
+                line.push_str("replay-cancel");
+                named(&mut line, consumer);
+            }
             Request::Reload => line.push_str("reload"),
             Request::Version => line.push_str("version"),
             Request::Quit => line.push_str("quit"),
@@ -115,12 +135,40 @@ impl Request {
         let Some((&command, rest)) = words.split_first() else {
             return Err(unknown());
         };
+        if command == "replay" {
+            let json = line
+                .trim_start()
+                .strip_prefix("replay")
+                .unwrap_or("")
+                .trim();
+            let mut object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(json)
+                .map_err(|e| {
+                    format!("error: replay takes a JSON object (from, to, handlers, ...): {e}\n")
+                })?;
+            let consumer = match object.remove("consumer") {
+                None | Some(serde_json::Value::Null) => None,
+                Some(serde_json::Value::String(name)) => Some(name),
+                Some(other) => {
+                    return Err(format!(
+                        "error: replay: \"consumer\" is a name, not {other}\n"
+                    ))
+                }
+            };
+            let spec: ReplaySpec = serde_json::from_value(serde_json::Value::Object(object))
+                .map_err(|e| format!("error: replay: {e}\n"))?;
+            if spec.from.is_empty() {
+                return Err(
+                    "error: replay: \"from\" is required (beginning or an offset)\n".into(),
+                );
+            }
+            return Ok(Request::Replay { consumer, spec });
+        }
         if command == "errors" {
             return parse_errors(rest)
                 .ok_or_else(|| format!("error: unknown command (errors: {COMMANDS})\n"));
         }
         let json = rest.first() == Some(&"--json");
-        let takes_args = matches!(command, "status" | "pause" | "resume");
+        let takes_args = matches!(command, "status" | "pause" | "resume" | "replay-cancel");
         if !takes_args && !rest.is_empty() || (json && command != "status") {
             return Err(unknown());
         }
@@ -135,6 +183,7 @@ impl Request {
             "status" => Ok(Request::Status { json, consumer }),
             "pause" => Ok(Request::Pause { consumer }),
             "resume" => Ok(Request::Resume { consumer }),
+            "replay-cancel" => Ok(Request::CancelReplay { consumer }),
             "reload" => Ok(Request::Reload),
             "version" => Ok(Request::Version),
             "quit" => Ok(Request::Quit),
@@ -310,7 +359,39 @@ fn human(status: &super::Status) -> String {
     if let Some(error) = &status.last_error {
         text.push_str(&format!("  last error: {error}\n"));
     }
+    if let Some(job) = &status.replay {
+        text.push_str(&format!("  replay: {}\n", replay_line(job)));
+    }
     text
+}
+
+/// A replay job in one line: `#2 running, from 1 to 500 to archive: 120 events read, 60
+/// delivered, at offset 120`.
+pub fn replay_line(job: &super::ReplayJob) -> String {
+    format!(
+        "#{} {}{}, from {} to {} to {}: {} events read, {} {}{}{}",
+        job.id,
+        job.state,
+        if job.dry_run { " (dry run)" } else { "" },
+        job.from,
+        job.to.as_deref().unwrap_or("the end"),
+        job.handlers.join(", "),
+        job.events,
+        job.delivered,
+        if job.dry_run {
+            "deliveries it would make"
+        } else {
+            "delivered"
+        },
+        if job.offset.is_empty() {
+            String::new()
+        } else {
+            format!(", at offset {}", job.offset)
+        },
+        job.error
+            .as_deref()
+            .map_or_else(String::new, |why| format!(" ({why})"))
+    )
 }
 
 /// The words of one consumer's answer to an error-queue command (`ctl errors`): `Err` for an
@@ -329,6 +410,20 @@ pub fn queue_answer(consumer: &str, reply: &QueueReply, json: bool) -> Result<St
         QueueReply::NoSuchEvent(id) => {
             Err(format!("consumer '{consumer}' has no queued event #{id}\n"))
         }
+        QueueReply::ReplayStarted(job) => Ok(format!(
+            "consumer '{consumer}': replay {}\n",
+            replay_line(job)
+        )),
+        QueueReply::ReplayRefused(why) => {
+            Err(format!("consumer '{consumer}': no replay started: {why}\n"))
+        }
+        QueueReply::ReplayCancelled(Some(job)) => Ok(format!(
+            "consumer '{consumer}': replay {}\n",
+            replay_line(job)
+        )),
+        QueueReply::ReplayCancelled(None) => Err(format!(
+            "consumer '{consumer}' runs no replay: nothing cancelled\n"
+        )),
     }
 }
 

@@ -1,7 +1,7 @@
 //! The daemon's side of the control socket.
 
 use super::protocol::{Reply, Request};
-use super::{QueueCommand, Registry, Shared};
+use super::{Command, QueueCommand, Registry, Shared};
 use crate::config::{accounts, ControlSocketConfig};
 use crate::shutdown::Shutdown;
 use std::io::Write;
@@ -239,6 +239,12 @@ pub fn reply(request: Request, registry: &Registry, shutdown: &Shutdown) -> Repl
     let chosen = |named: &Option<String>| choose(registry, named.as_deref());
     match request {
         Request::Errors { consumer, command } => errors(consumer.as_deref(), command, registry),
+        Request::Replay { consumer, spec } => {
+            replay(consumer.as_deref(), Command::Replay(spec), registry)
+        }
+        Request::CancelReplay { consumer } => {
+            replay(consumer.as_deref(), Command::CancelReplay, registry)
+        }
         Request::Status { json, consumer } => match chosen(&consumer) {
             Err(error) => Reply::Refused(error),
             Ok(chosen) => Reply::Status {
@@ -322,6 +328,35 @@ fn choose(registry: &Registry, name: Option<&str>) -> Result<Vec<Arc<Shared>>, S
                 )
             }),
     }
+}
+
+/// `replay` and `replay-cancel`: one consumer's dispatcher starts or cancels its job (the job
+/// runs on; `status` follows it).
+fn replay(consumer: Option<&str>, command: Command, registry: &Registry) -> Reply {
+    let chosen = match choose(registry, consumer) {
+        Ok(chosen) => chosen,
+        Err(error) => return Reply::Refused(error),
+    };
+    let [shared] = chosen.as_slice() else {
+        return Reply::Refused(
+            "error: this daemon runs several consumers: name one with --consumer NAME\n".into(),
+        );
+    };
+    if !shared.serving() {
+        return Reply::Refused(format!(
+            "error: consumer '{}' is not consuming now ({}): a replay is taken only while it \
+             runs; try again once it does\n",
+            shared.name(),
+            shared.status().state
+        ));
+    }
+    let pending = shared.submit(command);
+    let deadline = std::time::Instant::now() + super::QUEUE_ANSWER_WAIT;
+    let name = shared.name();
+    Reply::Queue(match shared.wait(pending, deadline) {
+        Ok(reply) => super::protocol::queue_answer(&name, &reply, false),
+        Err(why) => Err(format!("consumer '{name}': {why}\n")),
+    })
 }
 
 /// `errors list|retry|drop`, carried out by the consumers' dispatchers.

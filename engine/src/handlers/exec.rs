@@ -51,9 +51,13 @@ pub fn resolve_program(program: &str, base_dir: &Path) -> Result<PathBuf, String
     Ok(path)
 }
 
-/// The command's working directory: a `cwd` that is no directory is refused (the state dir,
-/// the default, is made at start).
-pub(super) fn checked_cwd(cwd: &crate::config::ExecCwd) -> Result<PathBuf, String> {
+/// The command's working directory: a `cwd` that is no directory is refused; the state dir,
+/// the default, is checked only (`check`) or made where missing (`make_state_dir`: a run, a
+/// replay or a retry before the daemon ever ran), as the daemon makes it.
+pub(super) fn checked_cwd(
+    cwd: &crate::config::ExecCwd,
+    make_state_dir: bool,
+) -> Result<PathBuf, String> {
     match cwd {
         crate::config::ExecCwd::Set(dir) if !dir.is_dir() => Err(format!(
             "cwd {} is not a directory{}",
@@ -64,6 +68,11 @@ pub(super) fn checked_cwd(cwd: &crate::config::ExecCwd) -> Result<PathBuf, Strin
                 " (it does not exist)"
             }
         )),
+        crate::config::ExecCwd::StateDir(dir) if make_state_dir && !dir.is_dir() => {
+            crate::state_file::create_dir_all(dir)
+                .map_err(|e| format!("cannot make the state dir {}: {e}", dir.display()))?;
+            Ok(dir.clone())
+        }
         other => Ok(other.path().to_path_buf()),
     }
 }
@@ -84,7 +93,7 @@ impl ExecHandler {
                 .map(|(key, value)| (key.clone(), value.expose().to_owned()))
                 .collect(),
             timeout: config.timeout,
-            cwd: checked_cwd(&config.cwd)?,
+            cwd: checked_cwd(&config.cwd, true)?,
         })
     }
 

@@ -7,6 +7,7 @@ use globset::GlobSet;
 
 /// Decides which events a handler gets. A field with no patterns matches every event; a field
 /// with patterns matches when the event has that field and one pattern matches it.
+#[derive(Clone)]
 pub struct EventMatcher {
     category: Option<GlobSet>,
     eventtype: Option<GlobSet>,

@@ -90,6 +90,8 @@ impl Handler for NullHandler {
 /// A configured handler: its name, its match, its failure handling, and the handler itself.
 pub struct ConfiguredHandler {
     pub name: String,
+    /// Its `type` (what a replay may deliver to depends on it).
+    pub kind: crate::config::HandlerType,
     pub matcher: EventMatcher,
     pub retry: RetryPolicy,
     pub on_failure: FailurePolicy,
@@ -123,6 +125,7 @@ pub fn build_one(
     };
     Ok(ConfiguredHandler {
         name: config.name.clone(),
+        kind: config.kind.handler_type(),
         matcher,
         retry: config.retry,
         on_failure: config.on_failure,
@@ -200,7 +203,7 @@ pub fn check_handler(
         }
         HandlerKind::Exec(exec) => match exec.command.first() {
             Some(program) => resolve_program(program, base_dir)
-                .and_then(|_| exec::checked_cwd(&exec.cwd))
+                .and_then(|_| exec::checked_cwd(&exec.cwd, false))
                 .map(|_| ()),
             None => Err("`command` is empty".into()),
         },

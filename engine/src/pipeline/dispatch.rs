@@ -16,7 +16,7 @@ use buslink_plugin_api::{EventBatch, Gap, Offset};
 use std::time::{Duration, Instant};
 
 /// The handlers and what they need while dispatching.
-pub(super) struct Dispatcher<'a> {
+pub(super) struct Dispatcher<'a, 'r> {
     pub(super) handlers: &'a mut [ConfiguredHandler],
     pub(super) dead_letters: &'a mut DeadLetterFile,
     pub(super) error_queue: &'a mut ErrorQueue,
@@ -35,9 +35,11 @@ pub(super) struct Dispatcher<'a> {
     /// The consumer's facts: each event handled is counted there (one atomic add), and its
     /// tick says when what is due by the clock is looked at.
     pub(super) health: Option<&'a Health>,
+    /// The replay job the socket's requests may start or cancel.
+    pub(super) replays: &'a mut super::queue_ops::Replays<'r>,
 }
 
-impl Dispatcher<'_> {
+impl Dispatcher<'_, '_> {
     /// Gives one event to every handler that matches it; `Err` when the event is not handled.
     pub(super) fn dispatch_event(
         &mut self,
@@ -200,7 +202,13 @@ impl Dispatcher<'_> {
                 let served = committer
                     .commit(self.handlers, self.error_queue)
                     .and_then(|()| {
-                        serve_queue_requests(control, self.handlers, self.error_queue, committer)
+                        serve_queue_requests(
+                            control,
+                            self.handlers,
+                            self.error_queue,
+                            committer,
+                            self.replays,
+                        )
                     });
                 if let Err(error) = served {
                     outcome = Err(error);

@@ -9,8 +9,9 @@
 //! One job per file: `reader` (the reader thread: connect, poll, reconnect, serve, lag),
 //! `commit` (the commit bookkeeping and cadence), `dispatch` (match, failure policies,
 //! per-object queueing, rewind, gaps), `deliver` (one event to one handler with retries, also
-//! `buslink replay`'s), `queue_ops` (the error queue's `ctl` commands and timed retries),
-//! `swap` (a reload's handler swap); this file holds the run loop that ties them (pause, held
+//! `buslink replay`'s), `queue_ops` (the socket's requests and the error queue's timed
+//! retries), `replay_job` (`ctl replay`: a past range delivered between live batches), `swap`
+//! (a reload's handler swap); this file holds the run loop that ties them (pause, held
 //! batch, stop grace) and the types they share.
 //!
 //! **Architecture invariant:** an offset is committed only after every matching handler
@@ -38,14 +39,16 @@ mod deliver;
 mod dispatch;
 mod queue_ops;
 mod reader;
+mod replay_job;
 mod swap;
 
 use commit::Committer;
 pub use deliver::{deliver, Delivery};
 use dispatch::Dispatcher;
-use queue_ops::{serve_queue_requests, QueueRetries};
+use queue_ops::{serve_queue_requests, QueueRetries, Replays};
 pub use reader::Resume;
 use reader::{read_loop, shutdown_reader, ReaderMessage, ReturnedBatch};
+pub use replay_job::ReplaySource;
 use swap::swap_handlers;
 
 /// How the pipeline runs.
@@ -175,7 +178,8 @@ fn paused(options: &PipelineOptions) -> bool {
 }
 
 /// Runs the pipeline until the bus is drained (`once`), ends, fails, or a stop is asked for.
-/// Returns the consumer (closed) with the summary.
+/// Returns the consumer (closed) with the summary. `replay_source` makes the consumer
+/// instances of `ctl replay` jobs (`None`: no replay).
 pub fn run(
     consumer: PluginConsumer,
     cached: Option<OffsetRecord>,
@@ -183,6 +187,7 @@ pub fn run(
     cache: &OffsetCache,
     options: PipelineOptions,
     shutdown: &Shutdown,
+    replay_source: Option<ReplaySource<'_>>,
 ) -> Result<RunSummary, PipelineError> {
     let Outputs {
         handlers,
@@ -303,6 +308,13 @@ pub fn run(
             .unwrap_or_default()
     };
     let mut handler_counters = counters_of(handlers);
+    let mut replays = Replays {
+        run: None,
+        source: replay_source,
+        bus_owned,
+        batch_size: options.batch_size,
+        timeout: options.timeout,
+    };
     let outcome: Result<(), PipelineError> = loop {
         // A reload that changed only the handlers: swapped here, between two batches.
         if let Some(swap) = options
@@ -322,7 +334,8 @@ pub fn run(
             }
         }
         if let Some(control) = options.control.as_deref().filter(|c| c.has_requests()) {
-            if let Err(error) = serve_queue_requests(control, handlers, error_queue, &mut committer)
+            if let Err(error) =
+                serve_queue_requests(control, handlers, error_queue, &mut committer, &mut replays)
             {
                 break Err(error);
             }
@@ -341,6 +354,37 @@ pub fn run(
             }
             shutdown.sleep(tick);
             continue;
+        }
+        // A replay job fills the time no live batch waits (live batches go first).
+        if let (Some(job), None, Some(control)) = (
+            replays.run.as_mut(),
+            held.as_ref(),
+            options.control.as_deref(),
+        ) {
+            if full_rx.is_empty() && !shutdown.requested() {
+                let live_waits = || !full_rx.is_empty();
+                let step = job.step(
+                    tick,
+                    handlers,
+                    error_queue,
+                    &mut committer,
+                    shutdown,
+                    control,
+                    &live_waits,
+                );
+                match step {
+                    Ok(replay_job::Step::Running) => {}
+                    Ok(replay_job::Step::Ended) => replays.run = None,
+                    Err(error) => break Err(error),
+                }
+                let control = options.control.as_deref();
+                let due =
+                    between_batches(handlers, error_queue, &mut committer, &mut retries, control);
+                if let Err(error) = due {
+                    break Err(error);
+                }
+                continue;
+            }
         }
         let (received, start) = match held.take() {
             Some((message, start)) => (Ok(message), start),
@@ -391,6 +435,7 @@ pub fn run(
                     counters: &handler_counters,
                     control: options.control.as_deref(),
                     health: health(&options),
+                    replays: &mut replays,
                 };
                 let result =
                     dispatcher.dispatch_batch(&batch, start, &next_after_last, &mut committer);
@@ -455,6 +500,12 @@ pub fn run(
     }
     if let Some(control) = &options.control {
         control.set_serving(false);
+        if let Some(mut job) = replays.run.take() {
+            job.cancel(
+                "the consumer stopped (a stop, a restart or a reload): run it again",
+                control,
+            );
+        }
     }
     // Whatever happened, keep what was fully handled, durably.
     let final_commit = committer

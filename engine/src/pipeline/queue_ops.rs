@@ -1,5 +1,5 @@
-//! The error queue's operations while the consumer runs: the control socket's `ctl errors`
-//! commands and the timed retries of queued events.
+//! The requests the control socket hands the dispatcher (`ctl errors`, `ctl replay`), and the
+//! timed retries of queued events.
 
 use super::commit::Committer;
 use super::deliver::for_each_handler;
@@ -9,16 +9,66 @@ use crate::error_queue::ErrorQueue;
 use crate::handlers::ConfiguredHandler;
 use std::time::Instant;
 
-/// Carries out the error-queue commands of the control socket (`ctl errors`), between batches.
+/// A consumer's replay job, and what starting one takes.
+pub(super) struct Replays<'a> {
+    /// The running job.
+    pub(super) run: Option<super::replay_job::ReplayRun>,
+    pub(super) source: Option<super::replay_job::ReplaySource<'a>>,
+    pub(super) bus_owned: bool,
+    pub(super) batch_size: usize,
+    pub(super) timeout: std::time::Duration,
+}
+
+/// Carries out the requests of the control socket (`ctl errors`, `ctl replay`), between
+/// batches.
 pub(super) fn serve_queue_requests(
     control: &crate::steering::Shared,
     handlers: &mut [ConfiguredHandler],
     queue: &mut ErrorQueue,
     committer: &mut Committer<'_>,
+    replays: &mut Replays<'_>,
 ) -> Result<(), PipelineError> {
-    use crate::steering::{QueueCommand, QueueReply};
+    use crate::steering::{Command, QueueCommand, QueueReply};
     for request in control.take_requests() {
-        let answer = match &request.command {
+        let command = match &request.command {
+            Command::Queue(command) => command,
+            Command::Replay(spec) => {
+                let answer = if let Some(running) = replays.run.as_ref() {
+                    QueueReply::ReplayRefused(format!(
+                        "replay #{} is running: one at a time (`ctl replay --cancel` stops it)",
+                        running.id()
+                    ))
+                } else {
+                    match super::replay_job::start(
+                        spec,
+                        handlers,
+                        replays.source,
+                        replays.bus_owned,
+                        replays.batch_size,
+                        replays.timeout,
+                        control,
+                    ) {
+                        Ok(run) => {
+                            let job = run.job().clone();
+                            replays.run = Some(run);
+                            QueueReply::ReplayStarted(job)
+                        }
+                        Err(why) => QueueReply::ReplayRefused(why),
+                    }
+                };
+                let _ = request.reply.send(answer);
+                continue;
+            }
+            Command::CancelReplay => {
+                let cancelled = replays
+                    .run
+                    .take()
+                    .map(|mut run| run.cancel("cancelled through the control socket", control));
+                let _ = request.reply.send(QueueReply::ReplayCancelled(cancelled));
+                continue;
+            }
+        };
+        let answer = match command {
             QueueCommand::List { .. } => QueueReply::Listed(queue.events().to_vec()),
             QueueCommand::Retry { id: Some(id) } if queue.get(*id).is_none() => {
                 QueueReply::NoSuchEvent(*id)

@@ -46,26 +46,7 @@ pub struct ReplayRequest {
 
 /// The `--match` filters as one [`EventFilter`].
 fn match_filter(matches: &[String]) -> Result<EventFilter, AppError> {
-    let mut filter = EventFilter::default();
-    for text in matches {
-        let Some((field, glob)) = text.split_once('=') else {
-            return Err(AppError::Usage(format!(
-                "--match {text:?}: write FIELD=GLOB (category, eventtype or objtype)"
-            )));
-        };
-        let list = match field.trim() {
-            "category" => &mut filter.category,
-            "eventtype" => &mut filter.eventtype,
-            "objtype" => &mut filter.objtype,
-            other => {
-                return Err(AppError::Usage(format!(
-                    "--match {text:?}: no field {other:?} (category, eventtype or objtype)"
-                )))
-            }
-        };
-        list.push(glob.trim().to_owned());
-    }
-    Ok(filter)
+    crate::replay::match_filter(matches).map_err(AppError::Usage)
 }
 
 /// How far the replay got, shown as it goes.

@@ -10,7 +10,7 @@
 //! `top` exits 1 naming the socket and the error.
 
 use crate::error::AppError;
-use buslink_engine::steering::Status;
+use buslink_daemon::control::Status;
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use ratatui::layout::{Constraint, Layout};
 use ratatui::style::{Modifier, Style};
