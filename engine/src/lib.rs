@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod offsets;
 pub mod pipeline;
 pub mod plugin;
+pub mod range;
 pub mod replay;
 pub mod run;
 pub mod shutdown;

@@ -8,68 +8,9 @@ use crate::error::AppError;
 use crate::handlers::{ConfiguredHandler, DispatchedEvent, EventMatcher};
 use crate::plugin::PluginConsumer;
 use crate::shutdown::Shutdown;
-use buslink_plugin_api::session::{open_at, Position};
-use buslink_plugin_api::{EventBatch, Offset, OffsetRef, PollStatus};
-use std::time::Duration;
+use buslink_plugin_api::{EventBatch, Offset, PollStatus};
 
-/// Whether `offset` is past `to`: beyond it for integers and floats (a bus without that exact
-/// offset still ends the range), never for other types (they end at `to` itself).
-pub fn past(offset: OffsetRef<'_>, to: &Offset) -> bool {
-    let number = |o: OffsetRef<'_>| match o {
-        OffsetRef::Int(i) => Some(i as f64),
-        OffsetRef::Float(x) => Some(x),
-        _ => None,
-    };
-    match (offset, to) {
-        (OffsetRef::Int(a), Offset::Int(b)) => a > *b,
-        _ => match (number(offset), number(to.as_ref())) {
-            (Some(a), Some(b)) => a > b,
-            _ => false,
-        },
-    }
-}
-
-/// `--match FIELD=GLOB` filters (category, eventtype, objtype; repeatable) as one
-/// [`EventFilter`](crate::config::EventFilter). `Err`: the problem, naming the filter.
-pub fn match_filter(matches: &[String]) -> Result<crate::config::EventFilter, String> {
-    let mut filter = crate::config::EventFilter::default();
-    for text in matches {
-        let Some((field, glob)) = text.split_once('=') else {
-            return Err(format!(
-                "--match {text:?}: write FIELD=GLOB (category, eventtype or objtype)"
-            ));
-        };
-        let list = match field.trim() {
-            "category" => &mut filter.category,
-            "eventtype" => &mut filter.eventtype,
-            "objtype" => &mut filter.objtype,
-            other => {
-                return Err(format!(
-                    "--match {text:?}: no field {other:?} (category, eventtype or objtype)"
-                ))
-            }
-        };
-        list.push(glob.trim().to_owned());
-    }
-    Ok(filter)
-}
-
-/// Opens `consumer`, drained-aware, at `from` (`None`: the beginning).
-pub fn position(
-    consumer: &mut PluginConsumer,
-    from: Option<&Offset>,
-    timeout: Duration,
-) -> Result<(), crate::plugin::ConsumerError> {
-    let position = match from {
-        None => Position::Beginning,
-        Some(offset) => Position::At(offset),
-    };
-    let positioned = open_at(consumer, Some(timeout), true, position);
-    if positioned.is_err() {
-        let _ = consumer.close();
-    }
-    positioned
-}
+pub use crate::range::{match_filter, past, position};
 
 /// Reads on until `to` is met (`Some(true)`), the bus has no more (`Some(false)`), or a stop
 /// is asked for (`None`).
@@ -78,22 +19,7 @@ pub fn find(
     to: &Offset,
     shutdown: &Shutdown,
 ) -> Result<Option<bool>, AppError> {
-    let mut batch = EventBatch::new(512, 4 << 20);
-    loop {
-        if shutdown.requested() {
-            return Ok(None);
-        }
-        batch.clear();
-        let status = consumer
-            .poll(&mut batch)
-            .map_err(|e| AppError::Runtime(format!("looking for --to {to}: {e}")))?;
-        if batch.iter().any(|event| event.offset == to.as_ref()) {
-            return Ok(Some(true));
-        }
-        if !matches!(status, PollStatus::Ready) {
-            return Ok(Some(false));
-        }
-    }
+    crate::range::find(consumer, to, shutdown).map_err(AppError::Runtime)
 }
 
 /// How the replay loop ended.

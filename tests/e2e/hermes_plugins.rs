@@ -367,3 +367,65 @@ fn naive_local_timestamps_are_read_in_the_daemon_s_time_zone() {
         assert_eq!(got, expected, "{zone}");
     }
 }
+
+#[test]
+fn check_validates_a_hermes_plugin_s_settings_against_its_cerberus_schema() {
+    // Debian's interpreter, where `.ci/setup` installs Cerberus and PyYAML (python3-cerberus,
+    // python3-yaml): the schema is read only when both import.
+    let python = "/usr/bin/python3";
+    let probe = std::process::Command::new(python)
+        .args(["-c", "import cerberus, yaml"])
+        .output()
+        .expect("Debian's python3");
+    assert!(
+        probe.status.success(),
+        "{python} cannot import cerberus and yaml (apt-get install python3-cerberus \
+         python3-yaml; `bash .ci/setup` does): {}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
+    let dir = TestDir::new("hermes-cerberus");
+    let bus = bus_with(&dir, 3);
+    let config = |settings: &str| {
+        let config = hermes_plugin_config(&dir, &bus, settings, "");
+        let text = std::fs::read_to_string(&config).expect("config").replace(
+            "plugin = { hermes_plugin = ",
+            &format!("plugin = {{ python = \"{python}\", hermes_plugin = "),
+        );
+        std::fs::write(&config, text).expect("config");
+        config
+    };
+    let check = |config: &Path| run(&["check", "--config", &config.to_string_lossy()], LIMIT);
+    // Settings the schema takes pass.
+    let good = check(&config(""));
+    assert_eq!(good.code(), Some(0), "{good}");
+    // A key the schema does not know: named, at its line.
+    let unknown = check(&config("colour = \"red\""));
+    assert_eq!(unknown.code(), Some(2), "{unknown}");
+    assert!(
+        unknown.stderr.contains("consumer.settings.colour"),
+        "{unknown}"
+    );
+    assert!(unknown.stderr.contains("unknown field"), "{unknown}");
+    assert!(
+        unknown
+            .stderr
+            .contains("config-schema-plugin-sqlitelike.yml"),
+        "{unknown}"
+    );
+    // A value the schema refuses: named too.
+    let text = std::fs::read_to_string(config("")).expect("config");
+    let empty = dir.write(
+        "empty.toml",
+        text.replace(&format!("uri = \"{}\"", bus.display()), "uri = \"\""),
+    );
+    let refused = check(&empty);
+    assert_eq!(refused.code(), Some(2), "{refused}");
+    assert!(
+        refused.stderr.contains("consumer.settings.uri"),
+        "{refused}"
+    );
+    assert!(
+        refused.stderr.contains("empty values not allowed"),
+        "{refused}"
+    );
+}

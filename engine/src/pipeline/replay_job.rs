@@ -17,7 +17,7 @@ use super::PipelineError;
 use crate::error_queue::ErrorQueue;
 use crate::handlers::{ConfiguredHandler, DispatchedEvent, EventMatcher};
 use crate::plugin::PluginConsumer;
-use crate::replay::{past, position};
+use crate::range::{past, position};
 use crate::shutdown::Shutdown;
 use crate::steering::{ReplayJob, ReplaySpec, Shared};
 use buslink_plugin_api::{EventBatch, Offset, PollStatus};
@@ -128,7 +128,7 @@ pub(super) fn start(
         }
         chosen.push((name.clone(), handler.matcher.clone()));
     }
-    let extra = EventMatcher::new(&crate::replay::match_filter(&spec.matches)?)?;
+    let extra = EventMatcher::new(&crate::range::match_filter(&spec.matches)?)?;
     let parse = |text: &str| crate::offsets::parse_offset(text, spec.string);
     let from = (spec.from != "beginning").then(|| parse(&spec.from));
     let to = spec.to.as_deref().map(parse);
@@ -209,7 +209,7 @@ fn read_range(
             .filter(|to| !matches!(to, Offset::Int(_) | Offset::Float(_)))
         {
             position(&mut consumer, from.as_ref(), timeout).map_err(|e| e.to_string())?;
-            let found = crate::replay::find(&mut consumer, to, &stop).map_err(|e| e.to_string());
+            let found = crate::range::find(&mut consumer, to, &stop);
             let _ = consumer.close();
             if found? != Some(true) {
                 return Err(format!(
