@@ -29,20 +29,9 @@ use crate::shutdown::Shutdown;
 use buslink_plugin_api::{ErrorKind, Offset};
 use std::time::{Duration, Instant};
 
-/// What `buslink replay` was asked.
-#[derive(Debug)]
-pub struct ReplayRequest {
-    /// `beginning` or an offset.
-    pub from: String,
-    pub to: Option<String>,
-    /// Take `from` and `to` as string offsets.
-    pub string: bool,
-    /// Handler names (empty: all of the consumer's).
-    pub handlers: Vec<String>,
-    /// `FIELD=GLOB` (category, eventtype, objtype).
-    pub matches: Vec<String>,
-    pub dry_run: bool,
-}
+/// What `buslink replay` was asked: the same request as `ctl replay`'s (the engine's
+/// [`ReplaySpec`](crate::control::ReplaySpec)).
+pub use crate::control::ReplaySpec as ReplayRequest;
 
 /// The `--match` filters as one [`EventFilter`].
 fn match_filter(matches: &[String]) -> Result<EventFilter, AppError> {
