@@ -137,7 +137,7 @@ fn the_alert_rules_load_and_pass_their_promtool_tests() {
         None,
     );
     assert_eq!(check.code(), Some(0), "{check}");
-    assert!(check.stdout.contains("SUCCESS: 9 rules found"), "{check}");
+    assert!(check.stdout.contains("SUCCESS: 11 rules found"), "{check}");
     let test = promtool(
         &[
             "test",
@@ -155,7 +155,7 @@ fn the_alert_rules_load_and_pass_their_promtool_tests() {
         .lines()
         .filter_map(|line| line.trim().strip_prefix("- alert: "))
         .collect();
-    assert_eq!(names.len(), 9);
+    assert_eq!(names.len(), 11);
     assert_eq!(rules.matches("\n        for: ").count(), names.len());
     for name in names {
         let fires = tests
