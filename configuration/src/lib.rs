@@ -179,6 +179,17 @@ impl Config {
 
     /// Points at the `name` key of this consumer's handler entry named `name`.
     pub fn handler_error(&self, name: &str, message: impl Into<String>) -> ConfigError {
+        self.handler_error_at(name, "name", message)
+    }
+
+    /// Points at key `key` of this consumer's handler entry named `name` (at the entry's
+    /// `name` when it has no such key).
+    pub fn handler_error_at(
+        &self,
+        name: &str,
+        key: &str,
+        message: impl Into<String>,
+    ) -> ConfigError {
         let entries = toml::from_str::<toml::Table>(&self.source.text)
             .ok()
             .and_then(|table| {
@@ -207,8 +218,9 @@ impl Config {
         path.push("handlers".into());
         match index {
             Some(index) => {
+                let has_key = entries_key(&self.source.text, &self.consumer_key, index, key);
                 path.push(index.to_string());
-                path.push("name".into());
+                path.push(if has_key { key.into() } else { "name".into() });
                 let path: Vec<&str> = path.iter().map(String::as_str).collect();
                 self.source.error_at_key(&path, message)
             }
@@ -230,6 +242,31 @@ impl Config {
     pub fn consumer_label(&self) -> String {
         key_label(&self.consumer_key)
     }
+}
+
+/// Whether handler entry `index` of the consumer at `consumer_key` (`[]`: the single
+/// `[consumer]`'s top-level `[[handlers]]`) has `key`.
+fn entries_key(text: &str, consumer_key: &[String], index: usize, key: &str) -> bool {
+    let Ok(table) = toml::from_str::<toml::Table>(text) else {
+        return false;
+    };
+    let mut value = toml::Value::Table(table);
+    if consumer_key.first().map(String::as_str) == Some("consumers") {
+        for part in consumer_key {
+            let next = match part.parse::<usize>() {
+                Ok(i) => value.get(i).cloned(),
+                Err(_) => value.get(part.as_str()).cloned(),
+            };
+            match next {
+                Some(next) => value = next,
+                None => return false,
+            }
+        }
+    }
+    value
+        .get("handlers")
+        .and_then(|h| h.get(index))
+        .is_some_and(|entry| entry.get(key).is_some())
 }
 
 #[cfg(test)]

@@ -509,8 +509,9 @@ fn reload<'scope, 'env>(
             {
                 problems.push(
                     config
-                        .handler_error(
+                        .handler_error_at(
                             &handler.name,
+                            problem.key,
                             format!("handler '{}': {problem}", handler.name),
                         )
                         .to_string(),

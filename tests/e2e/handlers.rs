@@ -123,6 +123,18 @@ fn exec_runs_in_the_state_dir_or_its_cwd_and_a_cwd_that_is_no_directory_is_refus
             .contains(&format!("handler 'where': {missing}")),
         "{check}"
     );
+    // At the key's own line, not the handler's name.
+    let text = std::fs::read_to_string(&config).expect("config");
+    let line = 1 + text
+        .lines()
+        .position(|l| l.starts_with("cwd = "))
+        .expect("the cwd line");
+    assert!(
+        check
+            .stderr
+            .contains(&format!(":{line}:1: key `handlers[0].cwd`")),
+        "{check}"
+    );
     let run = run_once(&config);
     assert_eq!(run.code(), Some(1), "{run}");
     assert!(

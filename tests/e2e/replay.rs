@@ -427,6 +427,14 @@ fn ctl_replay_is_one_job_at_a_time_cancelled_on_request_and_refused_where_it_can
         backwards.stderr.contains("--to 3 comes before --from 9"),
         "{backwards}"
     );
+    // A --from the bus does not have: refused before a job is numbered.
+    let absent = buslink(&["ctl", "--config", &config_arg, "replay", "--from", "abc"]);
+    assert_eq!(absent.code(), Some(2), "{absent}");
+    assert!(
+        absent.stderr.contains("no replay started: --from \"abc\""),
+        "{absent}"
+    );
+    assert!(consumer_status(&status(&config), "test")["replay"].is_null());
     // The slow job, followed by `ctl replay` in the background.
     let mut follower = Daemon::start(buslink_testkit::process::buslink(&[
         "ctl",

@@ -343,8 +343,9 @@ fn human(status: &super::Status) -> String {
         "  events handled: {} ({} events/s)\n",
         status.events_handled, status.events_per_second
     ));
-    if let Some(lag) = status.lag {
-        text.push_str(&format!("  lag: {lag} events\n"));
+    match status.lag {
+        Some(lag) => text.push_str(&format!("  lag: {lag} events\n")),
+        None => text.push_str("  lag: unknown (the bus cannot be asked now)\n"),
     }
     if let Some(process) = &status.plugin_process {
         text.push_str(&format!(

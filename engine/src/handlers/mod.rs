@@ -176,39 +176,68 @@ pub fn output_positions(
         .collect()
 }
 
-/// Whether `handler` could be built and run here: its output writable, its program found, an
-/// http or plugin handler built (nothing sent). `check` runs it, and a reload before it swaps
-/// handlers.
+/// Why a handler could not be built or run here, and the key of its table the problem is
+/// about (`path`, `command`, `cwd`; `name` where it is the handler as a whole).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandlerProblem {
+    pub key: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for HandlerProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Whether `handler` could be built and run here: its output writable, its program found and
+/// its `cwd` a directory, an http or plugin handler built (nothing sent). `check` runs it, and
+/// a reload before it swaps handlers.
 pub fn check_handler(
     handler: &HandlerConfig,
     base_dir: &Path,
     plugin_dirs: &[std::path::PathBuf],
-) -> Result<(), String> {
+) -> Result<(), HandlerProblem> {
+    let at = |key: &'static str| move |message: String| HandlerProblem { key, message };
+    check_handler_kind(handler, base_dir, plugin_dirs).map_err(|(key, message)| at(key)(message))
+}
+
+fn check_handler_kind(
+    handler: &HandlerConfig,
+    base_dir: &Path,
+    plugin_dirs: &[std::path::PathBuf],
+) -> Result<(), (&'static str, String)> {
+    let on = |key: &'static str| move |message: String| (key, message);
     match &handler.kind {
         HandlerKind::Stdout | HandlerKind::Null => Ok(()),
         HandlerKind::Jsonl { path, .. } => {
             if path.is_dir() {
-                return Err(format!("{} is a directory", path.display()));
+                return Err(("path", format!("{} is a directory", path.display())));
             }
             if path.exists() {
                 std::fs::OpenOptions::new()
                     .append(true)
                     .open(path)
                     .map(|_| ())
-                    .map_err(|e| format!("cannot append to {}: {e}", path.display()))
+                    .map_err(|e| ("path", format!("cannot append to {}: {e}", path.display())))
             } else {
                 let parent = path.parent().unwrap_or(Path::new("."));
-                preflight::check_writable_dir(parent)
+                preflight::check_writable_dir(parent).map_err(on("path"))
             }
         }
         HandlerKind::Exec(exec) => match exec.command.first() {
-            Some(program) => resolve_program(program, base_dir)
-                .and_then(|_| exec::checked_cwd(&exec.cwd, false))
-                .map(|_| ()),
-            None => Err("`command` is empty".into()),
+            Some(program) => {
+                resolve_program(program, base_dir).map_err(on("command"))?;
+                exec::checked_cwd(&exec.cwd, false)
+                    .map(|_| ())
+                    .map_err(on("cwd"))
+            }
+            None => Err(("command", "`command` is empty".into())),
         },
         HandlerKind::Http(_) | HandlerKind::Plugin(_) => {
-            build_one(handler, base_dir, plugin_dirs, None).map(|_| ())
+            build_one(handler, base_dir, plugin_dirs, None)
+                .map(|_| ())
+                .map_err(on("name"))
         }
     }
 }

@@ -139,7 +139,16 @@ pub(super) fn start(
             ));
         }
     }
-    let consumer = source()?;
+    // Positioned here, before the job is numbered: a --from the bus does not have (another
+    // type, past its end) is refused as `buslink replay` refuses it, nothing started.
+    let mut consumer = source()?;
+    position(&mut consumer, from.as_ref(), timeout).map_err(|error| {
+        format!(
+            "--from {}: {error}: nothing was delivered",
+            from.as_ref()
+                .map_or_else(|| "beginning".to_owned(), ToString::to_string)
+        )
+    })?;
     let (chunks_tx, chunks) = crossbeam_channel::bounded(2);
     let cancel = Arc::new(AtomicBool::new(false));
     let reader = {
@@ -189,10 +198,10 @@ pub(super) fn start(
     Ok(run)
 }
 
-/// The job's reader: opens its consumer at `from`, and sends batches until the bus has no
-/// more, a batch reaches `to`, or a cancel. An end that is not a number is looked for first
-/// (a read of the range that sends nothing): one not on the bus ends the job before anything
-/// is delivered, as `buslink replay` does.
+/// The job's reader: its consumer comes positioned at `from`; it sends batches until the bus
+/// has no more, a batch reaches `to`, or a cancel. An end that is not a number is looked for
+/// first (a read of the range that sends nothing, then the consumer is positioned again): one
+/// not on the bus ends the job before anything is delivered, as `buslink replay` does.
 fn read_range(
     mut consumer: PluginConsumer,
     from: Option<Offset>,
@@ -208,7 +217,6 @@ fn read_range(
             .as_ref()
             .filter(|to| !matches!(to, Offset::Int(_) | Offset::Float(_)))
         {
-            position(&mut consumer, from.as_ref(), timeout).map_err(|e| e.to_string())?;
             let found = crate::range::find(&mut consumer, to, &stop);
             let _ = consumer.close();
             if found? != Some(true) {
@@ -218,8 +226,8 @@ fn read_range(
                         .map_or_else(|| "its beginning".to_owned(), |o| format!("offset {o}"))
                 ));
             }
+            position(&mut consumer, from.as_ref(), timeout).map_err(|e| e.to_string())?;
         }
-        position(&mut consumer, from.as_ref(), timeout).map_err(|e| e.to_string())?;
         loop {
             if cancel.load(Ordering::SeqCst) {
                 return Ok(());

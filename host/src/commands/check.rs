@@ -38,7 +38,11 @@ pub fn check(config_path: &Path, connect: bool, only: Option<&str>) -> Result<()
                 crate::handlers::check_handler(handler, &config.base_dir, &config.plugin_dirs)
             {
                 let message = format!("handler '{}': {problem}", handler.name);
-                problems.push(config.handler_error(&handler.name, message).to_string());
+                problems.push(
+                    config
+                        .handler_error_at(&handler.name, problem.key, message)
+                        .to_string(),
+                );
             }
         }
     }

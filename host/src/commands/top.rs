@@ -190,7 +190,7 @@ impl App {
         let [head, table, detail, foot] = Layout::vertical([
             Constraint::Length(1),
             Constraint::Min(4),
-            Constraint::Length(4),
+            Constraint::Length(5),
             Constraint::Length(1),
         ])
         .areas(frame.area());
@@ -259,7 +259,11 @@ impl App {
             table,
             &mut self.table,
         );
-        frame.render_widget(Paragraph::new(self.detail()), detail);
+        // Long states and errors wrap: the detail is where they are read in full.
+        frame.render_widget(
+            Paragraph::new(self.detail()).wrap(ratatui::widgets::Wrap { trim: false }),
+            detail,
+        );
         let keys = match self.selected() {
             Some(s) if !s.pausable => {
                 "q quit  up/down select  (read-only: the bus keeps the position)"
