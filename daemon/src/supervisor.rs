@@ -358,7 +358,7 @@ fn supervise(mut unit: Unit, daemon: &Daemon<'_>, steering: &Steer) -> Result<()
         }
         let state = format!("{why} (restart {restarts} in {} s)", backoff.as_secs());
         unit.context.control.update(|status| {
-            status.last_error = Some(why.clone());
+            status.note_error(why.clone());
         });
         unit.context
             .control

@@ -195,8 +195,11 @@ pub struct Status {
     pub lag: Option<u64>,
     /// Events waiting in the error queue.
     pub error_queue: usize,
-    /// The last error or warning the pipeline met, if any.
+    /// The last error or warning the pipeline met, if any, and when (RFC 3339): it stays
+    /// after a recovery (the state says whether the consumer runs), so its time tells an old
+    /// one from a current one. Set through [`Status::note_error`].
     pub last_error: Option<String>,
+    pub last_error_at: Option<String>,
     /// The plugin's own counters, as the reader last read them (name: value).
     pub plugin_counters: std::collections::BTreeMap<String, u64>,
     /// A plugin executable's child process; `None` for a library.
@@ -218,6 +221,15 @@ pub struct PluginProcess {
     pub starts: u64,
     /// Of those, the ones that replaced a child that died, hung or broke the protocol.
     pub restarts: u64,
+}
+
+impl Status {
+    /// The pipeline met `error` now.
+    pub fn note_error(&mut self, error: String) {
+        self.last_error = Some(error);
+        self.last_error_at =
+            Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    }
 }
 
 impl PluginProcess {

@@ -205,6 +205,15 @@ fn status_pause_and_quit_answer_while_a_handler_fails_and_retries() {
             .is_some_and(|e| e.contains("handler 'flaky' failed on offset 1 (attempt")),
         "{test}"
     );
+    // When, to tell it from an old one: a time of this run.
+    let at = test["last_error_at"]
+        .as_str()
+        .expect("when the error was met");
+    let at = chrono::DateTime::parse_from_rfc3339(at).expect("RFC 3339");
+    let age = chrono::Utc::now().signed_duration_since(at).num_seconds();
+    assert!((0..60).contains(&age), "{test}");
+    let human = ctl(&config, &["status"]).stdout;
+    assert!(human.contains("  last error (at 20"), "{human}");
     assert_eq!(test["committed_offset"], Value::Null, "{test}");
     assert_eq!(ctl(&config, &["pause"]).stdout, "paused\n");
     // Quit ends the retries at once (the event comes again at the next start).

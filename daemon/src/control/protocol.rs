@@ -358,7 +358,10 @@ fn human(status: &super::Status) -> String {
     }
     text.push_str(&format!("  error queue: {} events\n", status.error_queue));
     if let Some(error) = &status.last_error {
-        text.push_str(&format!("  last error: {error}\n"));
+        match &status.last_error_at {
+            Some(at) => text.push_str(&format!("  last error (at {at}): {error}\n")),
+            None => text.push_str(&format!("  last error: {error}\n")),
+        }
     }
     if let Some(job) = &status.replay {
         text.push_str(&format!("  replay: {}\n", replay_line(job)));

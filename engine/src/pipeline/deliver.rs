@@ -67,7 +67,7 @@ pub fn deliver(
                 tracing::warn!("{problem}; retrying in {} ms", wait.as_millis());
                 // `status` shows why the consumer is not moving while it retries.
                 if let Some(control) = control {
-                    control.update(|status| status.last_error = Some(problem));
+                    control.update(|status| status.note_error(problem));
                 }
                 // In steps of a second at most: a stop is heard during a long wait.
                 let until = Instant::now() + wait;

@@ -166,7 +166,7 @@ fn set_phase(options: &PipelineOptions, phase: Phase) {
     if let Some(control) = &options.control {
         if let Phase::Waiting(why) | Phase::Failed(why) = &phase {
             let why = why.clone();
-            control.update(|status| status.last_error = Some(why));
+            control.update(|status| status.note_error(why));
         }
         control.health().set_phase(phase);
     }

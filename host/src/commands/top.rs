@@ -305,10 +305,11 @@ impl App {
                 "plugin {} class {}; {committed}",
                 s.plugin, s.class
             )),
-            Line::from(format!(
-                "last error: {}",
-                s.last_error.as_deref().unwrap_or("none")
-            )),
+            Line::from(match (&s.last_error, &s.last_error_at) {
+                (Some(error), Some(at)) => format!("last error (at {at}): {error}"),
+                (Some(error), None) => format!("last error: {error}"),
+                (None, _) => "last error: none".to_owned(),
+            }),
         ]
     }
 }
