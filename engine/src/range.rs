@@ -9,6 +9,10 @@ use buslink_plugin_api::session::{open_at, Position};
 use buslink_plugin_api::{EventBatch, Offset, OffsetRef, PollStatus};
 use std::time::Duration;
 
+/// What a class's replay reader is named after it (`KafkaConsumer` -> `KafkaConsumerReader`):
+/// the class both replays read a range with when the consumer's bus keeps the position.
+pub const REPLAY_READER_SUFFIX: &str = "Reader";
+
 /// Whether `offset` is past `to`: beyond it for integers and floats (a bus without that exact
 /// offset still ends the range), never for other types (they end at `to` itself).
 pub fn past(offset: OffsetRef<'_>, to: &Offset) -> bool {

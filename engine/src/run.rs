@@ -84,6 +84,32 @@ pub fn settings_refusal(config: &Config, plugin: &str, error: &PluginError) -> A
     }
 }
 
+/// A consumer instance to read a past range with (`buslink replay`, `ctl replay`): one of the
+/// configured class, or, where that one's bus keeps the position (a consumer group: reading
+/// would join the group), one of the plugin's class `CLASS` + `Reader` with the same settings,
+/// which reads without joining. Without such a class the consumer that keeps the position is
+/// returned: the caller refuses it.
+pub fn new_replay_reader(
+    config: &Config,
+    plugin: &LoadedPlugin,
+) -> Result<PluginConsumer, AppError> {
+    let consumer = new_consumer(config, plugin)?;
+    if !consumer.bus_owns_position() {
+        return Ok(consumer);
+    }
+    let reader_class = format!("{}{}", config.consumer.class, REPLAY_READER_SUFFIX);
+    match plugin.new_consumer(
+        &reader_class,
+        &config.consumer.settings_json,
+        &config.base_dir,
+    ) {
+        Ok(reader) if !reader.bus_owns_position() => Ok(reader),
+        _ => Ok(consumer),
+    }
+}
+
+pub use crate::range::REPLAY_READER_SUFFIX;
+
 /// A new consumer of the configured class from a loaded `plugin` (which validates the
 /// settings).
 pub fn new_consumer(config: &Config, plugin: &LoadedPlugin) -> Result<PluginConsumer, AppError> {
@@ -345,7 +371,7 @@ pub fn run_consumer(
         &cache,
         options,
         shutdown,
-        Some(&|| new_consumer(config, plugin).map_err(|e| e.to_string())),
+        Some(&|| new_replay_reader(config, plugin).map_err(|e| e.to_string())),
     )
     .map_err(|error| match error {
         // The plugin refused its settings only once it met the bus (a queue the server does

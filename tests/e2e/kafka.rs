@@ -404,7 +404,8 @@ fn kafka_group_mode_once_drains_resumes_from_the_group_and_refuses_hermes_mode()
             "{refused}"
         );
     }
-    // A replay would join the group and take partitions from its members: refused.
+    // A replay reads with the plugin's reader class, which never joins the group: every
+    // partition from its beginning, each record once.
     let replay = buslink_testkit::process::run(
         &[
             "replay",
@@ -416,9 +417,11 @@ fn kafka_group_mode_once_drains_resumes_from_the_group_and_refuses_hermes_mode()
         ],
         std::time::Duration::from_secs(60),
     );
-    assert_eq!(replay.code(), Some(2), "{replay}");
+    assert_eq!(replay.code(), Some(0), "{replay}");
     assert!(
-        replay.stderr.contains("a replay would join the group"),
+        replay
+            .stderr
+            .contains("handler all: would deliver 440 events"),
         "{replay}"
     );
     // Hermes mode needs offsets buslink keeps.
@@ -721,4 +724,84 @@ fn kafka_a_rebalance_with_events_in_flight_waits_for_them_and_hands_over_nothing
             .contains("are being revoked while the host handles records"),
         "{run_a}"
     );
+}
+
+#[test]
+fn kafka_a_group_member_s_ctl_replay_reads_without_joining_the_group() {
+    let limit = std::time::Duration::from_secs(120);
+    let mut mock = KafkaMock::start(1, &[("scale", 2)]);
+    let dir = TestDir::new("kafka-group-replay");
+    let config = group_member(&dir, &mock, 20);
+    let mut daemon = buslink_testkit::Daemon::run(&config);
+    daemon.wait_for("the member's partitions", limit, |d| {
+        d.stderr().contains("partitions assigned: scale:")
+    });
+    mock.command("produce scale 200");
+    let out = dir.join("out/all.jsonl");
+    daemon.wait_for("every record handled", limit, |_| {
+        group_offsets(&out).len() == 200
+    });
+    let rebalances = |d: &buslink_testkit::Daemon| {
+        d.stderr()
+            .lines()
+            .filter(|l| l.contains("partitions assigned:") || l.contains("revoked"))
+            .count()
+    };
+    let before = rebalances(&daemon);
+    // The range of one partition, read by the plugin's reader class (never a member).
+    let replay = buslink_testkit::process::run(
+        &[
+            "ctl",
+            "--config",
+            &config.to_string_lossy(),
+            "replay",
+            "--from",
+            "scale:0:0",
+            "--to",
+            "scale:0:9",
+        ],
+        limit,
+    );
+    assert_eq!(replay.code(), Some(0), "{replay}");
+    assert!(
+        replay
+            .stderr
+            .contains("done, from scale:0:0 to scale:0:9 to all: 10 events read, 10 delivered"),
+        "{replay}"
+    );
+    daemon.wait_for("the replayed lines", limit, |_| {
+        group_offsets(&out).len() == 210
+    });
+    let mut seen: std::collections::BTreeMap<(i32, i64), usize> = Default::default();
+    for record in group_offsets(&out) {
+        *seen.entry(record).or_default() += 1;
+    }
+    let twice: Vec<(i32, i64)> = seen
+        .iter()
+        .filter(|(_, n)| **n == 2)
+        .map(|(record, _)| *record)
+        .collect();
+    assert_eq!(twice, (0..10).map(|at| (0, at)).collect::<Vec<_>>());
+    assert!(seen.values().all(|n| *n <= 2), "{seen:?}");
+    // The member kept its partitions: no rebalance while the reader read.
+    assert_eq!(rebalances(&daemon), before, "{}", daemon.stderr());
+    // A replay with an offset that is not the group's form is refused, nothing started.
+    let refused = buslink_testkit::process::run(
+        &[
+            "ctl",
+            "--config",
+            &config.to_string_lossy(),
+            "replay",
+            "--from",
+            "12",
+        ],
+        limit,
+    );
+    assert_eq!(refused.code(), Some(2), "{refused}");
+    assert!(
+        refused.stderr.contains("TOPIC:PARTITION:OFFSET"),
+        "{refused}"
+    );
+    let run = daemon.terminate(limit);
+    assert_eq!(run.code(), Some(0), "{run}");
 }

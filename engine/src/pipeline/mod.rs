@@ -311,7 +311,6 @@ pub fn run(
     let mut replays = Replays {
         run: None,
         source: replay_source,
-        bus_owned,
         batch_size: options.batch_size,
         timeout: options.timeout,
     };

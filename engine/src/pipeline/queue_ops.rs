@@ -14,7 +14,6 @@ pub(super) struct Replays<'a> {
     /// The running job.
     pub(super) run: Option<super::replay_job::ReplayRun>,
     pub(super) source: Option<super::replay_job::ReplaySource<'a>>,
-    pub(super) bus_owned: bool,
     pub(super) batch_size: usize,
     pub(super) timeout: std::time::Duration,
 }
@@ -43,7 +42,6 @@ pub(super) fn serve_queue_requests(
                         spec,
                         handlers,
                         replays.source,
-                        replays.bus_owned,
                         replays.batch_size,
                         replays.timeout,
                         control,

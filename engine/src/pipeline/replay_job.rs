@@ -74,7 +74,6 @@ pub(super) fn start(
     spec: &ReplaySpec,
     handlers: &[ConfiguredHandler],
     source: Option<ReplaySource<'_>>,
-    bus_owns_position: bool,
     batch_size: usize,
     timeout: Duration,
     control: &Shared,
@@ -82,14 +81,6 @@ pub(super) fn start(
     let Some(source) = source else {
         return Err("this consumer cannot replay (no plugin to read with)".into());
     };
-    if bus_owns_position {
-        return Err(format!(
-            "consumer '{}' keeps its position on the bus (a consumer group): a reader of the \
-             range would join the group and take partitions from its members; replay with a \
-             config that reads the topic without a group (Kafka: mode = \"assign\")",
-            control.name()
-        ));
-    }
     let chosen_names: Vec<String> = if spec.handlers.is_empty() {
         handlers.iter().map(|h| h.name.clone()).collect()
     } else {
@@ -142,6 +133,16 @@ pub(super) fn start(
     // Positioned here, before the job is numbered: a --from the bus does not have (another
     // type, past its end) is refused as `buslink replay` refuses it, nothing started.
     let mut consumer = source()?;
+    if consumer.bus_owns_position() {
+        return Err(format!(
+            "consumer '{}' keeps its position on the bus (a consumer group) and its plugin has \
+             no class '{}{}' to read the range without joining: a reader of its own would \
+             take partitions from the group's members",
+            control.name(),
+            consumer.class(),
+            crate::range::REPLAY_READER_SUFFIX
+        ));
+    }
     position(&mut consumer, from.as_ref(), timeout).map_err(|error| {
         format!(
             "--from {}: {error}: nothing was delivered",

@@ -10,8 +10,9 @@
 //! of another type than the bus's offsets, or, for offsets that are not numbers (which can
 //! only be met, not passed), not found by a first read of the range that delivers nothing. A handler failing after its retries stops the replay (exit 1) and names the offset to
 //! go on `--from`. Exactly-once outputs (`jsonl`) are refused: their committed length belongs
-//! to the daemon, which would cut replayed lines off at its next start. So is a consumer whose
-//! bus keeps the position (a Kafka consumer group): the replay would join the group.
+//! to the daemon, which would cut replayed lines off at its next start (`ctl replay` does it).
+//! A consumer whose bus keeps the position (a Kafka consumer group) is read by its plugin's
+//! reader class (`CLASS` + `Reader`, never joining the group); without one it is refused.
 //!
 //! Progress: a bar on a terminal, else a JSON line a second on stderr (`{"replay":"progress",
 //! "events":N,"delivered":N,"offset":"X"}`, `would_deliver` in a dry run); a summary on stderr
@@ -20,7 +21,7 @@
 
 use crate::cli::Target;
 use crate::config::{EventFilter, HandlerType};
-use crate::engine::{build_consumer, new_consumer, settings_refusal};
+use crate::engine::{build_consumer, new_replay_reader, settings_refusal};
 use crate::error::AppError;
 use crate::handlers::{self, ConfiguredHandler, EventMatcher};
 use crate::offsets::parse_offset;
@@ -182,11 +183,18 @@ pub fn replay(target: &Target, request: &ReplayRequest) -> Result<(), AppError> 
     };
     let (plugin, mut consumer) = build_consumer(&config)?;
     if consumer.bus_owns_position() {
+        // A group member: its plugin's reader class reads the range without joining.
+        consumer = new_replay_reader(&config, &plugin)?;
+    }
+    if consumer.bus_owns_position() {
         return Err(AppError::Usage(format!(
-            "consumer '{}' keeps its position on the bus (a consumer group): a replay would join \
-             the group and take partitions from its members; replay with a config that reads \
-             the topic without a group (Kafka: mode = \"assign\" and the partition)",
-            config.consumer.name
+            "consumer '{}' keeps its position on the bus (a consumer group) and its plugin has \
+             no class '{}{}' to read the range without joining: a replay would take \
+             partitions from the group's members; replay with a config that reads the topic \
+             without a group (Kafka: mode = \"assign\" and the partition)",
+            config.consumer.name,
+            config.consumer.class,
+            crate::engine::REPLAY_READER_SUFFIX
         )));
     }
     let from = (request.from != "beginning").then(|| parse_offset(&request.from, request.string));
@@ -208,7 +216,7 @@ pub fn replay(target: &Target, request: &ReplayRequest) -> Result<(), AppError> 
         .as_ref()
         .filter(|to| !matches!(to, Offset::Int(_) | Offset::Float(_)))
     {
-        let mut scout = new_consumer(&config, &plugin)?;
+        let mut scout = new_replay_reader(&config, &plugin)?;
         position(&mut scout, from.as_ref(), timeout).map_err(|error| refusal(&config, error))?;
         let found = find(&mut scout, to, &shutdown);
         if let Err(error) = scout.close() {

@@ -1,8 +1,11 @@
 //! The `KafkaConsumer` class: `mode = "assign"` ([`AssignConsumer`]) or `mode = "group"`
-//! ([`GroupConsumer`]), chosen by the settings.
+//! ([`GroupConsumer`]), chosen by the settings; and `KafkaConsumerReader`, its reader for
+//! replays: the same settings, never joining a group (group mode: [`GroupReader`]). buslink's
+//! replays look for a class named `CLASS` + `Reader` when a consumer's bus keeps its position.
 
 use crate::assign::AssignConsumer;
 use crate::group::GroupConsumer;
+use crate::reader::GroupReader;
 use crate::settings::{self, KafkaSettings, Mode};
 use buslink_plugin_api::{
     Consumer, ConsumerClass, Context, EventBatch, Offset, OffsetRef, PluginResult, PollStatus,
@@ -10,10 +13,46 @@ use buslink_plugin_api::{
 use chrono::{DateTime, Utc};
 use std::time::Duration;
 
-/// Consumes Kafka, in the mode the settings name.
-pub struct KafkaConsumer(Box<dyn Consumer>);
+/// Consumes Kafka, in the mode the settings name (`Role`: a member of the bus, or a reader of
+/// a past range for a replay).
+pub struct Kafka<Role>(Box<dyn Consumer>, std::marker::PhantomData<Role>);
 
-impl ConsumerClass for KafkaConsumer {
+/// The consumer a config names: joins the group in group mode.
+pub struct Member;
+/// The reader of a replay: never joins a group.
+pub struct Reader;
+
+/// `KafkaConsumer`: assign or group mode, as the settings say.
+pub type KafkaConsumer = Kafka<Member>;
+/// `KafkaConsumerReader`: a replay's reader, with a member's settings.
+pub type KafkaConsumerReader = Kafka<Reader>;
+
+impl ConsumerClass for Kafka<Reader> {
+    const NAME: &'static str = "KafkaConsumerReader";
+    const DESCRIPTION: &'static str = "Kafka, read for a replay with a KafkaConsumer's \
+         settings: assign mode as KafkaConsumer; group mode assigns the range's partition (or \
+         every partition, from the beginning) to itself and never joins the group";
+    const SETTINGS_DOC: &'static str = settings::SETTINGS_DOC;
+
+    type Settings = KafkaSettings;
+
+    fn validate(settings: &KafkaSettings) -> PluginResult<()> {
+        settings::validate(settings)
+    }
+
+    fn new(settings: KafkaSettings, context: &Context) -> PluginResult<Self> {
+        let config = settings::resolve(settings, context)?;
+        Ok(Kafka(
+            match config.mode {
+                Mode::Assign => Box::new(AssignConsumer::new(config)),
+                Mode::Group => Box::new(GroupReader::new(config)),
+            },
+            std::marker::PhantomData,
+        ))
+    }
+}
+
+impl ConsumerClass for Kafka<Member> {
     const NAME: &'static str = "KafkaConsumer";
     const DESCRIPTION: &'static str = "Kafka: one partition of a topic (hermes-client's kafka \
          consumer, offsets kept by buslink) or a consumer group (offsets kept by the group)";
@@ -27,14 +66,17 @@ impl ConsumerClass for KafkaConsumer {
 
     fn new(settings: KafkaSettings, context: &Context) -> PluginResult<Self> {
         let config = settings::resolve(settings, context)?;
-        Ok(KafkaConsumer(match config.mode {
-            Mode::Assign => Box::new(AssignConsumer::new(config)),
-            Mode::Group => Box::new(GroupConsumer::new(config)),
-        }))
+        Ok(Kafka(
+            match config.mode {
+                Mode::Assign => Box::new(AssignConsumer::new(config)),
+                Mode::Group => Box::new(GroupConsumer::new(config)),
+            },
+            std::marker::PhantomData,
+        ))
     }
 }
 
-impl Consumer for KafkaConsumer {
+impl<Role: Send + 'static> Consumer for Kafka<Role> {
     fn open(&mut self) -> PluginResult<()> {
         self.0.open()
     }

@@ -20,13 +20,14 @@ mod assign;
 mod client;
 mod consumer;
 mod group;
+mod reader;
 pub mod settings;
 
-pub use consumer::KafkaConsumer;
+pub use consumer::{KafkaConsumer, KafkaConsumerReader};
 pub use settings::KafkaSettings;
 
 buslink_plugin_api::export_plugin! {
     name: "kafka",
     version: env!("CARGO_PKG_VERSION"),
-    consumers: [KafkaConsumer],
+    consumers: [KafkaConsumer, KafkaConsumerReader],
 }
