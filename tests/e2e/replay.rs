@@ -298,7 +298,13 @@ fn tally(dir: &TestDir, relative: &str) -> std::collections::BTreeMap<i64, usize
 fn ctl_replay_appends_a_range_to_a_jsonl_output_between_live_batches_and_a_kill_keeps_it() {
     let dir = TestDir::new("ctl-replay");
     let bus = bus_with(&dir, 3000);
-    let config = sqlite_config(&dir, &bus, "batch_size = 100", &jsonl_handler("all", ""));
+    // stall_after_s = 2: a live batch left waiting 2 s behind the replay would show.
+    let config = sqlite_config(
+        &dir,
+        &bus,
+        "batch_size = 100\nstall_after_s = 2",
+        &jsonl_handler("all", ""),
+    );
     let config_arg = config.to_string_lossy().into_owned();
     let mut daemon = Daemon::run(&config);
     daemon.wait_for("the bus handled and committed", LIMIT, |_| {
@@ -353,6 +359,8 @@ fn ctl_replay_appends_a_range_to_a_jsonl_output_between_live_batches_and_a_kill_
     let job = consumer_status(&status(&config), "test")["replay"].clone();
     assert_eq!(job["state"], "done", "{job}");
     assert_eq!(job["events"], 3000, "{job}");
+    // Live consumption went on beside the replay: never stalled.
+    assert!(!daemon.stderr().contains("stalled"), "{}", daemon.stderr());
     // Every replayed event once more, every live event once; the replayed lines in order.
     let expected: std::collections::BTreeMap<i64, usize> = (1..=3200)
         .map(|offset| (offset, if offset <= 3000 { 2 } else { 1 }))
