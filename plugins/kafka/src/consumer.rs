@@ -17,21 +17,46 @@ use std::time::Duration;
 /// a past range for a replay).
 pub struct Kafka<Role>(Box<dyn Consumer>, std::marker::PhantomData<Role>);
 
+/// What a class does in group mode, and its name.
+pub trait Role: Send + 'static {
+    const NAME: &'static str;
+    const DESCRIPTION: &'static str;
+    /// The consumer of a group-mode config.
+    fn group(config: crate::settings::Config) -> Box<dyn Consumer>;
+}
+
 /// The consumer a config names: joins the group in group mode.
 pub struct Member;
 /// The reader of a replay: never joins a group.
 pub struct Reader;
+
+impl Role for Member {
+    const NAME: &'static str = "KafkaConsumer";
+    const DESCRIPTION: &'static str = "Kafka: one partition of a topic (hermes-client's kafka \
+         consumer, offsets kept by buslink) or a consumer group (offsets kept by the group)";
+    fn group(config: crate::settings::Config) -> Box<dyn Consumer> {
+        Box::new(GroupConsumer::new(config))
+    }
+}
+
+impl Role for Reader {
+    const NAME: &'static str = "KafkaConsumerReader";
+    const DESCRIPTION: &'static str = "Kafka, read for a replay with a KafkaConsumer's \
+         settings: assign mode as KafkaConsumer; group mode assigns the range's partition (or \
+         every partition, from the beginning) to itself and never joins the group";
+    fn group(config: crate::settings::Config) -> Box<dyn Consumer> {
+        Box::new(GroupReader::new(config))
+    }
+}
 
 /// `KafkaConsumer`: assign or group mode, as the settings say.
 pub type KafkaConsumer = Kafka<Member>;
 /// `KafkaConsumerReader`: a replay's reader, with a member's settings.
 pub type KafkaConsumerReader = Kafka<Reader>;
 
-impl ConsumerClass for Kafka<Reader> {
-    const NAME: &'static str = "KafkaConsumerReader";
-    const DESCRIPTION: &'static str = "Kafka, read for a replay with a KafkaConsumer's \
-         settings: assign mode as KafkaConsumer; group mode assigns the range's partition (or \
-         every partition, from the beginning) to itself and never joins the group";
+impl<R: Role> ConsumerClass for Kafka<R> {
+    const NAME: &'static str = R::NAME;
+    const DESCRIPTION: &'static str = R::DESCRIPTION;
     const SETTINGS_DOC: &'static str = settings::SETTINGS_DOC;
 
     type Settings = KafkaSettings;
@@ -45,31 +70,7 @@ impl ConsumerClass for Kafka<Reader> {
         Ok(Kafka(
             match config.mode {
                 Mode::Assign => Box::new(AssignConsumer::new(config)),
-                Mode::Group => Box::new(GroupReader::new(config)),
-            },
-            std::marker::PhantomData,
-        ))
-    }
-}
-
-impl ConsumerClass for Kafka<Member> {
-    const NAME: &'static str = "KafkaConsumer";
-    const DESCRIPTION: &'static str = "Kafka: one partition of a topic (hermes-client's kafka \
-         consumer, offsets kept by buslink) or a consumer group (offsets kept by the group)";
-    const SETTINGS_DOC: &'static str = settings::SETTINGS_DOC;
-
-    type Settings = KafkaSettings;
-
-    fn validate(settings: &KafkaSettings) -> PluginResult<()> {
-        settings::validate(settings)
-    }
-
-    fn new(settings: KafkaSettings, context: &Context) -> PluginResult<Self> {
-        let config = settings::resolve(settings, context)?;
-        Ok(Kafka(
-            match config.mode {
-                Mode::Assign => Box::new(AssignConsumer::new(config)),
-                Mode::Group => Box::new(GroupConsumer::new(config)),
+                Mode::Group => R::group(config),
             },
             std::marker::PhantomData,
         ))
