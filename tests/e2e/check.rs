@@ -697,6 +697,7 @@ fn completions_and_man_pages_come_from_the_command_line_itself() {
         "buslink-run.1",
         "buslink-ctl-status.1",
         "buslink-offsets-set.1",
+        "buslink-help.1",
     ] {
         let text = std::fs::read_to_string(out.join(page)).expect(page);
         assert!(text.contains(".TH"), "{page}");

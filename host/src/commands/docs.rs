@@ -22,7 +22,8 @@ pub fn man(out_dir: Option<&Path>) -> Result<(), AppError> {
             .render(&mut std::io::stdout())
             .map_err(|e| AppError::Runtime(format!("cannot write the man page: {e}"))),
         Some(dir) => std::fs::create_dir_all(dir)
-            .and_then(|()| clap_mangen::generate_to(command, dir))
+            .and_then(|()| clap_mangen::generate_to(command.clone(), dir))
+            .and_then(|()| help_page(command, dir))
             .map_err(|e| {
                 AppError::Runtime(format!(
                     "cannot write the man pages to {}: {e}",
@@ -30,4 +31,20 @@ pub fn man(out_dir: Option<&Path>) -> Result<(), AppError> {
                 ))
             }),
     }
+}
+
+/// `buslink-help.1`: clap's own `help` command, which `buslink(1)` lists among the commands
+/// but `generate_to` writes no page for.
+fn help_page(command: clap::Command, dir: &Path) -> std::io::Result<()> {
+    let mut built = command;
+    built.build();
+    let Some(help) = built.find_subcommand("help") else {
+        return Ok(());
+    };
+    let page = help
+        .clone()
+        .name("buslink-help")
+        .version(env!("CARGO_PKG_VERSION"));
+    let mut file = std::fs::File::create(dir.join("buslink-help.1"))?;
+    clap_mangen::Man::new(page).render(&mut file)
 }
