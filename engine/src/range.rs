@@ -96,3 +96,26 @@ pub fn find(
         }
     }
 }
+
+/// Why `to` cannot end a range whose first event has offset `first`: another type than the
+/// bus's offsets (integers and floats are both numbers), so it would never be met. `None`: it
+/// can.
+pub fn to_type_refusal(first: OffsetRef<'_>, to: &Offset) -> Option<String> {
+    let numeric = |name: &str| name == "int" || name == "float";
+    let (bus, given) = (first.type_name(), to.type_name());
+    (bus != given && !(numeric(bus) && numeric(given))).then(|| {
+        format!(
+            "--to {to} is {given}, but the bus's offsets are {bus} (take --to as a string with \
+             --string): nothing was delivered"
+        )
+    })
+}
+
+/// What a replay says when handler `name` failed its last attempt on the event at `offset`:
+/// the replay stops there, and goes on from it.
+pub fn handler_failed(name: &str, offset: &str, attempts: u32, error: &str) -> String {
+    format!(
+        "handler '{name}' failed on offset {offset} after {attempts} attempt(s): {error}; the \
+         replay stopped there (go on with --from {offset})"
+    )
+}

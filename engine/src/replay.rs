@@ -77,15 +77,11 @@ pub fn replay_range(
             );
         }
         for event in batch.iter() {
-            if let Some(to) = to.filter(|_| progress.events == 0) {
-                let numeric = |name: &str| name == "int" || name == "float";
-                let (bus, given) = (event.offset.type_name(), to.type_name());
-                if bus != given && !(numeric(bus) && numeric(given)) {
-                    return Err(AppError::Usage(format!(
-                        "--to {to} is {given}, but the bus's offsets are {bus} (take --to as \
-                         a string with --string): nothing was delivered"
-                    )));
-                }
+            if let Some(refusal) = to
+                .filter(|_| progress.events == 0)
+                .and_then(|to| crate::range::to_type_refusal(event.offset, to))
+            {
+                return Err(AppError::Usage(refusal));
             }
             if to.is_some_and(|to| past(event.offset, to)) {
                 return Ok(End::Reached);
@@ -104,11 +100,11 @@ pub fn replay_range(
                             crate::pipeline::Delivery::Done => {}
                             crate::pipeline::Delivery::Interrupted => return Ok(End::Stopped),
                             crate::pipeline::Delivery::Failed { error, attempts } => {
-                                return Err(AppError::Runtime(format!(
-                                    "handler '{name}' failed on offset {} after {attempts} \
-                                     attempt(s): {error}; the replay stopped there (go on \
-                                     with --from {})",
-                                    progress.offset, progress.offset
+                                return Err(AppError::Runtime(crate::range::handler_failed(
+                                    name,
+                                    &progress.offset,
+                                    attempts,
+                                    &error,
                                 )))
                             }
                         }

@@ -376,9 +376,13 @@ pub fn run(
                     Ok(replay_job::Step::Ended) => replays.run = None,
                     Err(error) => break Err(error),
                 }
-                let control = options.control.as_deref();
-                let due =
-                    between_batches(handlers, error_queue, &mut committer, &mut retries, control);
+                let due = between_batches(
+                    handlers,
+                    error_queue,
+                    &mut committer,
+                    &mut retries,
+                    Some(control),
+                );
                 if let Err(error) = due {
                     break Err(error);
                 }

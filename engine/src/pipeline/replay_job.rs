@@ -69,7 +69,6 @@ fn now() -> String {
 }
 
 /// Starts the job `spec` asks for, or says why not (nothing started).
-#[allow(clippy::too_many_arguments)]
 pub(super) fn start(
     spec: &ReplaySpec,
     handlers: &[ConfiguredHandler],
@@ -316,16 +315,14 @@ impl ReplayRun {
                 next = index;
                 break;
             }
-            if let Some(to) = self.to.as_ref().filter(|_| self.job.events == 0) {
-                let numeric = |name: &str| name == "int" || name == "float";
-                let (bus, given) = (event.offset.type_name(), to.type_name());
-                if bus != given && !(numeric(bus) && numeric(given)) {
-                    failure = Some(format!(
-                        "--to {to} is {given}, but the bus's offsets are {bus} (take --to as \
-                         a string with --string): nothing was delivered"
-                    ));
-                    break;
-                }
+            if let Some(refusal) = self
+                .to
+                .as_ref()
+                .filter(|_| self.job.events == 0)
+                .and_then(|to| crate::range::to_type_refusal(event.offset, to))
+            {
+                failure = Some(refusal);
+                break;
             }
             if self.to.as_ref().is_some_and(|to| past(event.offset, to)) {
                 reached = true;
@@ -355,11 +352,11 @@ impl ReplayRun {
                                 break;
                             }
                             Delivery::Failed { error, attempts } => {
-                                failure = Some(format!(
-                                    "handler '{name}' failed on offset {} after {attempts} \
-                                     attempt(s): {error}; the replay stopped there (go on with \
-                                     --from {})",
-                                    self.job.offset, self.job.offset
+                                failure = Some(crate::range::handler_failed(
+                                    name,
+                                    &self.job.offset,
+                                    attempts,
+                                    &error,
                                 ));
                                 break;
                             }
