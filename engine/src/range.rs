@@ -1,7 +1,8 @@
 //! A past range of the bus, as `buslink replay` and `ctl replay` read it: where it ends
 //! ([`past`]), positioning a reader at its start ([`position`]), finding an end that is not a
-//! number ([`find`]), and the `--match FIELD=GLOB` filters ([`match_filter`]). Errors are
-//! text: the callers say what they mean.
+//! number ([`find`]), a `--to` of another type ([`to_type_refusal`]), the `--match
+//! FIELD=GLOB` filters ([`match_filter`]) and a handler's failure ([`handler_failed`]). Errors
+//! are text: the callers say what they mean.
 
 use crate::plugin::PluginConsumer;
 use crate::shutdown::Shutdown;
