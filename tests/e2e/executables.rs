@@ -552,3 +552,89 @@ fn a_python_plugin_written_from_the_protocol_document_runs_under_the_daemon() {
         "{cache}"
     );
 }
+
+/// A Python plugin's batch mixing every kind of body (ASCII JSON, JSON with non-ASCII text,
+/// bytes, empty, ASCII again) and a string offset: each arrives as the plugin wrote it (the SDK
+/// packs a batch of ASCII text without encoding each body, and must switch to bytes mid-batch).
+#[test]
+fn a_python_plugin_s_batch_of_mixed_bodies_arrives_as_written() {
+    let dir = TestDir::new("exe-python-bodies");
+    let sdk = buslink_testkit::workspace_root().join("sdk/python");
+    let program = dir.join("bodies.py");
+    std::fs::write(
+        &program,
+        format!(
+            r#"import sys
+sys.path.insert(0, {sdk:?})
+from buslink_plugin import Batch, Consumer, Event, serve
+
+BODIES = ['{{"n": 1}}', '{{"name": "Gr\u00e2ce \u6771\u4eac"}}', b"\x00\xff\x01", b"", '{{"n": 5}}']
+
+
+class Bodies(Consumer):
+    NAME = "Bodies"
+    DESCRIPTION = "five events, one of each body"
+    SETTINGS_DOC = "none"
+
+    def __init__(self, settings, config_dir):
+        super().__init__(settings, config_dir)
+        self.next = 0
+
+    def open(self): pass
+    def close(self): pass
+    def seek_to_beginning(self): self.next = 0
+    def seek(self, offset): self.next = int(offset)
+    def set_timeout(self, timeout): pass
+
+    def poll(self, max_events, max_bytes):
+        if self.next >= len(BODIES):
+            return Batch("drained")
+        events = [
+            Event(offset=("five" if i == 4 else i), time_us=1_700_000_000_000_000 + i, category="c", body=body)
+            for i, body in enumerate(BODIES)
+        ][self.next:]
+        self.next = len(BODIES)
+        return Batch("ready", events)
+
+
+sys.exit(serve([Bodies], plugin="bodies", version="1"))
+"#,
+            sdk = sdk.display().to_string()
+        ),
+    )
+    .expect("plugin script");
+    let plugin = format!("{{ command = [\"python3\", \"{}\"] }}", program.display());
+    let config = executable_config(&dir, &fixture_bus(), &plugin, &jsonl_handler("all", ""));
+    let text = std::fs::read_to_string(&config)
+        .expect("config")
+        .replace("class = \"SqliteConsumer\"", "class = \"Bodies\"");
+    std::fs::write(&config, text).expect("config");
+    let out = run_once(&config);
+    assert_eq!(out.code(), Some(0), "{out}");
+    let lines = read_lines(&dir, "out/all.jsonl");
+    let got: Vec<(Value, Value)> = lines
+        .iter()
+        .map(|line| {
+            let body = if line.get("event").is_some() {
+                line["event"].clone()
+            } else {
+                line["body_base64"].clone()
+            };
+            (line["offset"].clone(), body)
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (serde_json::json!(0), serde_json::json!({"n": 1})),
+            (
+                serde_json::json!(1),
+                serde_json::json!({"name": "Gr\u{e2}ce \u{6771}\u{4eac}"})
+            ),
+            (serde_json::json!(2), serde_json::json!("AP8B")),
+            (serde_json::json!(3), serde_json::json!("")),
+            (serde_json::json!("five"), serde_json::json!({"n": 5})),
+        ],
+        "{out}"
+    );
+}

@@ -32,6 +32,7 @@ How Hermes's contract maps onto buslink's, faithful to what hermes-client does:
 
 import argparse
 import collections
+import gc
 import importlib.util
 import os
 import queue
@@ -525,6 +526,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                 raise failure
 
         classes = [Unloadable]
+    # What is loaded by now (the interpreter's, Hermes's and the plugin's modules) lives as long
+    # as the process: frozen out of the collector's sight, its full collections do not walk it
+    # again and again while events stream (about 6% of the child's time on the bench's bus).
+    gc.freeze()
     return serve(classes, plugin=f"hermes-{name}", version="hermes")
 
 

@@ -284,27 +284,41 @@ def encode_batch(batch: Batch) -> Tuple[Dict[str, Any], bytes]:
     index_of: Dict[str, int] = {}
     listed: List[Dict[str, Any]] = []
     records = []
-    bodies = []
+    # The bodies in order: `str` while every one so far is ASCII (its length in characters is
+    # its length in bytes, and the section is encoded once at the end), `bytes` after.
+    bodies: List[Union[str, bytes]] = []
+    as_text = True
+    pack = RECORD.pack
     for event in batch.events:
         category = index_of.get(event.category)
         if category is None:
             category = index_of[event.category] = len(categories)
             categories.append(event.category)
         flags = 0
-        if isinstance(event.offset, int) and not isinstance(event.offset, bool):
-            check_offset(event.offset)
-            number = event.offset
+        offset = event.offset
+        if type(offset) is int:
+            if not _INT64[0] <= offset <= _INT64[1]:
+                check_offset(offset)
+            number = offset
         else:
-            listed.append(offset_to_wire(event.offset))
+            listed.append(offset_to_wire(offset))
             number = len(listed) - 1
             flags = _OFFSET_LISTED
-        if isinstance(event.body, str):
-            body = event.body.encode("utf-8")
+        body = event.body
+        if isinstance(body, str):
             kind = _BODY_JSON
+            if not (as_text and body.isascii()):
+                if as_text:
+                    bodies = [text.encode("ascii") for text in bodies]  # type: ignore[union-attr]
+                    as_text = False
+                body = body.encode("utf-8")
         else:
-            body = bytes(event.body)
+            body = bytes(body)
             kind = _BODY_BYTES if body else _BODY_NONE
-        records.append(RECORD.pack(number, int(event.time_us), len(body), category, flags, kind))
+            if as_text:
+                bodies = [text.encode("ascii") for text in bodies]  # type: ignore[union-attr]
+                as_text = False
+        records.append(pack(number, int(event.time_us), len(body), category, flags, kind))
         bodies.append(body)
     message: Dict[str, Any] = {"status": batch.status, "count": len(batch.events)}
     if categories:
@@ -318,7 +332,8 @@ def encode_batch(batch: Batch) -> Tuple[Dict[str, Any], bytes]:
             else {"before": gap.before, "range": gap.range}
             for gap in batch.gaps
         ]
-    return message, b"".join(records) + b"".join(bodies)
+    section = "".join(bodies).encode("ascii") if as_text else b"".join(bodies)  # type: ignore[arg-type]
+    return message, b"".join(records) + section
 
 
 # --- the serve loop ------------------------------------------------------------------------
