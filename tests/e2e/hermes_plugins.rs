@@ -429,3 +429,115 @@ fn check_validates_a_hermes_plugin_s_settings_against_its_cerberus_schema() {
         "{refused}"
     );
 }
+
+/// A stand-in for a Hermes source tree: `lib.plugins` and `lib.datamodel.event` whose events
+/// say where they come from (`"lib": "hermes_root"` in their body).
+fn fake_hermes_root(dir: &TestDir) -> PathBuf {
+    let root = dir.join("hermes-root");
+    std::fs::create_dir_all(root.join("lib/datamodel")).expect("hermes root");
+    for (path, text) in [
+        ("lib/__init__.py", ""),
+        ("lib/datamodel/__init__.py", ""),
+        (
+            "lib/plugins.py",
+            "class AbstractMessageBusConsumerPlugin:\n    def __init__(self, settings):\n        \
+             self._settings = dict(settings)\n",
+        ),
+        (
+            "lib/datamodel/event.py",
+            "import json\n\n\nclass Event:\n    @classmethod\n    def from_json(cls, data):\n        \
+             event = cls()\n        event.__dict__.update(json.loads(data))\n        return event\n\n    \
+             def to_json(self):\n        body = {k: v for k, v in self.__dict__.items() if k not in ('offset', 'timestamp')}\n        \
+             body['lib'] = 'hermes_root'\n        return json.dumps(body)\n",
+        ),
+    ] {
+        std::fs::write(root.join(path), text).expect("hermes root file");
+    }
+    root
+}
+
+/// With `hermes_root`, the plugin gets Hermes's own `lib` from that tree, not buslink's
+/// stand-ins; a tree other users can change is refused like a plugin library, unless allowed.
+#[test]
+fn hermes_root_s_own_lib_is_the_one_imported_and_a_root_others_can_change_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TestDir::new("hermes-root");
+    let bus = bus_with(&dir, 3);
+    let root = fake_hermes_root(&dir);
+    let config = hermes_plugin_config(&dir, &bus, "", "");
+    let text = std::fs::read_to_string(&config).expect("config").replace(
+        "plugin = { hermes_plugin = ",
+        &format!(
+            "plugin = {{ hermes_root = \"{}\", hermes_plugin = ",
+            root.display()
+        ),
+    );
+    std::fs::write(&config, text).expect("config");
+    let out = run_once(&config);
+    assert_eq!(out.code(), Some(0), "{out}");
+    let lines = read_lines(&dir, "out/all.jsonl");
+    assert_eq!(lines.len(), 3, "{out}");
+    for line in &lines {
+        assert_eq!(line["event"]["lib"], "hermes_root", "{line}");
+    }
+
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    std::fs::remove_file(dir.join("out/all.jsonl")).expect("output");
+    let _ = std::fs::remove_dir_all(dir.join("state"));
+    let refused = run_once(&config);
+    assert_eq!(refused.code(), Some(2), "{refused}");
+    assert!(
+        refused.stderr.contains(&root.display().to_string())
+            && refused
+                .stderr
+                .contains("is writable by every user (mode 777)"),
+        "{refused}"
+    );
+    assert!(!dir.join("out/all.jsonl").exists(), "{refused}");
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, format!("allow_insecure_plugins = true\n{text}")).expect("config");
+    let allowed = run_once(&config);
+    assert_eq!(allowed.code(), Some(0), "{allowed}");
+    assert!(allowed.stderr.contains("run anyway"), "{allowed}");
+    assert_eq!(read_lines(&dir, "out/all.jsonl").len(), 3, "{allowed}");
+}
+
+/// An interpreter without Cerberus (Debian's, its site packages left out by `-S`): the
+/// schema is not applied, so a key it does not know passes, and the log says the settings
+/// were not checked against it and which module is missing.
+#[test]
+fn without_cerberus_the_schema_is_not_applied_and_the_log_says_so() {
+    let dir = TestDir::new("hermes-no-cerberus");
+    let bus = bus_with(&dir, 3);
+    let python = dir.join("python-without-site");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(&python, "#!/bin/sh\nexec /usr/bin/python3 -S \"$@\"\n").expect("wrapper");
+        std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let probe = std::process::Command::new(&python)
+        .args(["-c", "import cerberus"])
+        .output()
+        .expect("the wrapped python3");
+    assert!(
+        !probe.status.success(),
+        "cerberus imports without site packages"
+    );
+    let config = hermes_plugin_config(&dir, &bus, "colour = \"red\"", "");
+    let text = std::fs::read_to_string(&config).expect("config").replace(
+        "plugin = { hermes_plugin = ",
+        &format!(
+            "plugin = {{ python = \"{}\", hermes_plugin = ",
+            python.display()
+        ),
+    );
+    std::fs::write(&config, text).expect("config");
+    let check = run(&["check", "--config", &config.to_string_lossy()], LIMIT);
+    assert_eq!(check.code(), Some(0), "{check}");
+    assert!(
+        check.stderr.contains(
+            "the settings are not checked against the plugin's config-schema-plugin-sqlitelike.yml"
+        ) && check.stderr.contains("cannot import cerberus"),
+        "{check}"
+    );
+}

@@ -478,7 +478,8 @@ def make_consumer_class(plugin_cls: type, plugin_dir: str, serve_as: str) -> typ
 
 def _validate_schema(plugin_dir: str, settings: dict) -> None:
     """The plugin's `config-schema-plugin-NAME.yml` (Cerberus rules), when Cerberus and PyYAML
-    are importable: errors name the key. Without them the plugin's own checks are all."""
+    are importable: errors name the key. Without them the plugin's own checks are all, and a
+    warning says so."""
     name = os.path.basename(os.path.normpath(plugin_dir))
     path = os.path.join(plugin_dir, f"config-schema-plugin-{name}.yml")
     if not os.path.isfile(path):
@@ -486,7 +487,13 @@ def _validate_schema(plugin_dir: str, settings: dict) -> None:
     try:
         import cerberus  # type: ignore
         import yaml  # type: ignore
-    except ImportError:
+    except ImportError as error:
+        log(
+            "Warn",
+            f"the settings are not checked against the plugin's {os.path.basename(path)}: "
+            f"{sys.executable} cannot import {getattr(error, 'name', None) or error} "
+            "(Cerberus and PyYAML are needed for that)",
+        )
         return
     with open(path, encoding="utf-8") as file:
         schema = yaml.safe_load(file) or {}
