@@ -34,35 +34,130 @@ pub fn string_end(buf: &[u8], mut at: usize) -> Option<usize> {
 
 /// The index after the object or array starting at `start`; `Ok(None)` when incomplete.
 ///
-/// A plain byte loop: tried side by side (callgrind, 300-byte messages), it beat both a
-/// lookup-table `position` and `memchr` over the quotes, which are too dense in event bodies
-/// for a vectorised search to pay.
+/// On x86_64 the bytes are looked at 16 at a time (SSE2, which every x86_64 has): a chunk's
+/// quotes and brackets become bit masks and only those bytes are visited, so the cost follows
+/// the structure (quotes are dense in event bodies: about one byte in eight) rather than every
+/// byte; a chunk holding a backslash is walked byte by byte. Elsewhere, and for the last
+/// bytes, a plain byte loop (which beat a lookup-table `position` and `memchr` over the
+/// quotes, measured with callgrind on 300-byte messages).
 pub fn container_end(buf: &[u8], start: usize) -> Result<Option<usize>, String> {
-    let mut depth = 0usize;
-    let mut at = start;
-    while at < buf.len() {
-        match buf[at] {
-            b'{' | b'[' => depth += 1,
-            b'}' | b']' => {
-                depth = depth
-                    .checked_sub(1)
-                    .ok_or_else(|| "unbalanced brackets in a message".to_owned())?;
-                if depth == 0 {
-                    return Ok(Some(at + 1));
+    let mut scan = Containers {
+        at: start,
+        depth: 0,
+        in_string: false,
+    };
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    // SAFETY: the build targets SSE2 (the cfg above), which `chunks` needs.
+    if let Some(found) = unsafe { scan.chunks(buf) }? {
+        return Ok(Some(found));
+    }
+    scan.bytes(buf, buf.len())
+}
+
+/// Where a scan for a container's end stands: the next byte to look at, the bracket depth, and
+/// whether that byte is inside a string.
+struct Containers {
+    at: usize,
+    depth: usize,
+    in_string: bool,
+}
+
+impl Containers {
+    /// One closing bracket: `Some(end)` when it closes the container.
+    fn close(&mut self, at: usize) -> Result<Option<usize>, String> {
+        self.depth = self
+            .depth
+            .checked_sub(1)
+            .ok_or_else(|| "unbalanced brackets in a message".to_owned())?;
+        Ok((self.depth == 0).then_some(at + 1))
+    }
+
+    /// Byte by byte, up to `until` (a backslash's escaped byte may lie past it): the end, or
+    /// `Ok(None)` with `self.at` where the scan goes on.
+    fn bytes(&mut self, buf: &[u8], until: usize) -> Result<Option<usize>, String> {
+        while self.at < until {
+            let byte = buf[self.at];
+            if self.in_string {
+                match byte {
+                    b'"' => self.in_string = false,
+                    b'\\' => self.at += 1,
+                    _ => {}
+                }
+            } else {
+                match byte {
+                    b'{' | b'[' => self.depth += 1,
+                    b'}' | b']' => {
+                        if let Some(end) = self.close(self.at)? {
+                            return Ok(Some(end));
+                        }
+                    }
+                    b'"' => self.in_string = true,
+                    _ => {}
                 }
             }
-            b'"' => match string_end(buf, at + 1) {
-                Some(end) => {
-                    at = end;
-                    continue;
-                }
-                None => return Ok(None),
-            },
-            _ => {}
+            self.at += 1;
         }
-        at += 1;
+        if self.at > buf.len() {
+            // A backslash was the last byte: its escaped byte is still to come.
+            self.at = buf.len();
+            return Ok(None);
+        }
+        Ok(None)
     }
-    Ok(None)
+
+    /// Sixteen bytes at a time while sixteen are left: the end, or `Ok(None)` with `self.at`
+    /// at the last (fewer than 16) bytes.
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    #[target_feature(enable = "sse2")]
+    fn chunks(&mut self, buf: &[u8]) -> Result<Option<usize>, String> {
+        use std::arch::x86_64::{
+            __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128,
+            _mm_set1_epi8,
+        };
+        let [quote, backslash, open_brace, open_bracket, close_brace, close_bracket] =
+            [b'"', b'\\', b'{', b'[', b'}', b']'].map(|byte| _mm_set1_epi8(byte as i8));
+        while self.at + 16 <= buf.len() {
+            let at = self.at;
+            // SAFETY: `at + 16 <= buf.len()`, so the 16 bytes read lie inside `buf`; the load
+            // takes any alignment.
+            let chunk = unsafe { _mm_loadu_si128(buf.as_ptr().add(at).cast::<__m128i>()) };
+            let mask = |byte| _mm_movemask_epi8(_mm_cmpeq_epi8(chunk, byte)) as u32;
+            if mask(backslash) != 0 {
+                if let Some(end) = self.bytes(buf, at + 16)? {
+                    return Ok(Some(end));
+                }
+                if self.at >= buf.len() {
+                    return Ok(None);
+                }
+                continue;
+            }
+            let quotes = mask(quote);
+            let opens = _mm_movemask_epi8(_mm_or_si128(
+                _mm_cmpeq_epi8(chunk, open_brace),
+                _mm_cmpeq_epi8(chunk, open_bracket),
+            )) as u32;
+            let closes = _mm_movemask_epi8(_mm_or_si128(
+                _mm_cmpeq_epi8(chunk, close_brace),
+                _mm_cmpeq_epi8(chunk, close_bracket),
+            )) as u32;
+            let mut marks = quotes | opens | closes;
+            while marks != 0 {
+                let bit = marks & marks.wrapping_neg();
+                marks ^= bit;
+                if quotes & bit != 0 {
+                    self.in_string = !self.in_string;
+                } else if self.in_string {
+                    // A bracket inside a string.
+                } else if opens & bit != 0 {
+                    self.depth += 1;
+                } else if let Some(end) = self.close(at + bit.trailing_zeros() as usize)? {
+                    return Ok(Some(end));
+                }
+            }
+            self.at = at + 16;
+        }
+        Ok(None)
+    }
 }
 
 /// The index after any value starting at `start` (string, object, array, or a scalar, which
@@ -224,6 +319,79 @@ mod tests {
         // Cut anywhere before the end: more bytes needed, never a wrong end.
         for cut in 0..text.len() - 5 {
             assert_eq!(container_end(&text[..cut.max(1)], 0), Ok(None), "cut {cut}");
+        }
+    }
+
+    /// The byte loop alone, as `container_end` was before chunks: the reference the chunked
+    /// scan must agree with.
+    fn bytewise(buf: &[u8], start: usize) -> Result<Option<usize>, String> {
+        Containers {
+            at: start,
+            depth: 0,
+            in_string: false,
+        }
+        .bytes(buf, buf.len())
+    }
+
+    #[test]
+    fn chunks_and_bytes_agree_around_every_chunk_boundary() {
+        // Escapes, quotes and brackets at every position relative to the 16-byte chunks, cut
+        // at every length.
+        let pieces = [
+            r#""k":"v""#,
+            r#""a\"b""#,
+            r#""\\""#,
+            r#""}]{[""#,
+            "[1,2]",
+            "{}",
+            r#""x\\\"y""#,
+            " ",
+        ];
+        for shift in 0..17 {
+            let mut text = String::from("{");
+            text.push_str(&" ".repeat(shift));
+            for (i, piece) in pieces.iter().cycle().take(40).enumerate() {
+                if i > 0 {
+                    text.push(',');
+                }
+                text.push_str(&format!(r#""f{i}":[{piece}]"#).replace("[ ]", "[0]"));
+            }
+            text.push_str("} tail");
+            let bytes = text.as_bytes();
+            let whole = bytewise(bytes, 0);
+            assert_eq!(whole, Ok(Some(bytes.len() - 5)), "{text}");
+            for cut in 1..bytes.len() {
+                assert_eq!(
+                    container_end(&bytes[..cut], 0),
+                    bytewise(&bytes[..cut], 0),
+                    "shift {shift}, cut {cut}: {text}"
+                );
+            }
+        }
+        // The first balancing bracket ends it, past a chunk; a close before any open is an
+        // error either way.
+        let spaced = format!("[{}]]]", " ".repeat(30));
+        assert_eq!(container_end(spaced.as_bytes(), 0), Ok(Some(32)));
+        let unbalanced = format!("{}}}]", " ".repeat(20));
+        assert!(container_end(unbalanced.as_bytes(), 0).is_err());
+        assert_eq!(
+            container_end(unbalanced.as_bytes(), 0),
+            bytewise(unbalanced.as_bytes(), 0)
+        );
+    }
+
+    proptest::proptest! {
+        /// Any bytes made of JSON's structural characters, letters and escapes: the chunked
+        /// scan and the byte loop give the same end, `None` or error.
+        #[test]
+        fn the_chunked_scan_is_the_byte_loop(
+            body in proptest::collection::vec(
+                proptest::sample::select(b"{}[]\"\\ab:, ".to_vec()), 0..200),
+            open in proptest::sample::select(b"{[".to_vec()),
+        ) {
+            let mut text = vec![open];
+            text.extend(body);
+            proptest::prop_assert_eq!(container_end(&text, 0), bytewise(&text, 0));
         }
     }
 
