@@ -163,6 +163,31 @@ mod tests {
     }
 
     #[test]
+    fn doubles_are_written_as_serde_json_writes_them() {
+        for value in [
+            48.58,
+            7.75,
+            142.5,
+            -0.1,
+            1e-7,
+            1.5e300,
+            f64::MIN_POSITIVE,
+            f64::MAX,
+            9_007_199_254_740_993.0,
+            -2.5e-310,
+            0.30000000000000004,
+        ] {
+            let mut out = Vec::new();
+            write_f64(&mut out, value);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                serde_json::to_string(&value).unwrap(),
+                "{value:e}"
+            );
+        }
+    }
+
+    #[test]
     fn bson_types_map_faithfully() {
         let oid = bson::oid::ObjectId::parse_str("65a1b2c3d4e5f60718293a4b").unwrap();
         let d = doc! {

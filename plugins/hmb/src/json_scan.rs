@@ -213,6 +213,10 @@ pub enum Text {
 }
 
 /// Reads the string value at `span` (quotes included); `None` for `null`.
+///
+/// A plain string's bytes are not checked for UTF-8 here: the whole answer is checked once
+/// before any text of it is used (`fetcher::receive`; a message read alone goes through
+/// `HeadText::text_in`, which checks its bytes).
 pub fn string_value(buf: &[u8], span: Range<usize>, key: &str) -> Result<Option<Text>, String> {
     let bytes = &buf[span.clone()];
     if bytes == b"null" {
@@ -230,9 +234,7 @@ pub fn string_value(buf: &[u8], span: Range<usize>, key: &str) -> Result<Option<
             .map(|text| Some(Text::Unescaped(text)))
             .map_err(|e| format!("message field `{key}`: {e}"))
     } else {
-        std::str::from_utf8(&buf[inner.clone()])
-            .map(|_| Some(Text::Plain(inner)))
-            .map_err(|_| format!("message field `{key}` is not UTF-8"))
+        Ok(Some(Text::Plain(inner)))
     }
 }
 
@@ -242,6 +244,17 @@ pub fn integer_value(buf: &[u8], span: Range<usize>, key: &str) -> Result<Option
     let bytes = &buf[span];
     if bytes == b"null" {
         return Ok(None);
+    }
+    // The usual case, a sequence number of up to 18 digits: read as it is scanned.
+    let (negative, digits) = match bytes.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, bytes),
+    };
+    if !digits.is_empty() && digits.len() <= 18 && digits.iter().all(u8::is_ascii_digit) {
+        let value = digits
+            .iter()
+            .fold(0i64, |value, digit| value * 10 + i64::from(digit - b'0'));
+        return Ok(Some(if negative { -value } else { value }));
     }
     let text = std::str::from_utf8(bytes).unwrap_or("");
     if let Ok(value) = text.parse::<i64>() {
@@ -393,6 +406,26 @@ mod tests {
             text.extend(body);
             proptest::prop_assert_eq!(container_end(&text, 0), bytewise(&text, 0));
         }
+    }
+
+    #[test]
+    fn integers_of_every_form() {
+        let read = |text: &str| integer_value(text.as_bytes(), 0..text.len(), "seq");
+        assert_eq!(read("0"), Ok(Some(0)));
+        assert_eq!(read("41"), Ok(Some(41)));
+        assert_eq!(read("-7"), Ok(Some(-7)));
+        assert_eq!(
+            read("999999999999999999"),
+            Ok(Some(999_999_999_999_999_999))
+        );
+        assert_eq!(read("9223372036854775807"), Ok(Some(i64::MAX)));
+        assert_eq!(read("-9223372036854775808"), Ok(Some(i64::MIN)));
+        assert_eq!(read("12.0"), Ok(Some(12)));
+        assert_eq!(read("1e3"), Ok(Some(1000)));
+        assert_eq!(read("null"), Ok(None));
+        assert!(read("-").is_err());
+        assert!(read("12.5").is_err());
+        assert!(read("9223372036854775808").is_err());
     }
 
     #[test]
