@@ -46,7 +46,8 @@ pub fn write_f64(out: &mut Vec<u8>, value: f64) {
         } else {
             b"\"-Infinity\""
         });
-    } else if value.fract() == 0.0 && value.abs() < 9_007_199_254_740_992.0 {
+    } else if value.abs() < 9_007_199_254_740_992.0 && (value as i64) as f64 == value {
+        // Integral (the casts, exact below 2^53, spare a call to `trunc`).
         write_i64(out, value as i64);
     } else {
         let _ = serde_json::to_writer(&mut *out, &value);
@@ -176,6 +177,7 @@ mod tests {
             9_007_199_254_740_993.0,
             -2.5e-310,
             0.30000000000000004,
+            9_007_199_254_740_992.0,
         ] {
             let mut out = Vec::new();
             write_f64(&mut out, value);
@@ -184,6 +186,17 @@ mod tests {
                 serde_json::to_string(&value).unwrap(),
                 "{value:e}"
             );
+        }
+        // Integral doubles below 2^53 as integers (Hermes's JSON has no `6.0`).
+        for (value, text) in [
+            (6.0, "6"),
+            (-0.0, "0"),
+            (-3.0, "-3"),
+            (9_007_199_254_740_991.0, "9007199254740991"),
+        ] {
+            let mut out = Vec::new();
+            write_f64(&mut out, value);
+            assert_eq!(String::from_utf8(out).unwrap(), text);
         }
     }
 
