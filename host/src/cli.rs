@@ -115,9 +115,10 @@ pub enum Command {
     /// Talk to the running daemon through its control socket (STATE_DIR/buslink.sock, or
     /// `[control] path`).
     Ctl {
-        /// The config file.
-        #[arg(long, short)]
-        config: PathBuf,
+        /// The config file (required; before or after the action: `ctl --config F status`
+        /// or `ctl status --config F`).
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
         #[command(subcommand)]
         action: CtlAction,
     },

@@ -108,6 +108,10 @@ fn dispatch(command: Command) -> Result<(), AppError> {
         }
         Command::Man { out_dir } => buslink::commands::docs::man(out_dir.as_deref()),
         Command::Ctl { config, action } => {
+            // Optional to clap only so that it may follow the action (a global argument).
+            let config = config.ok_or_else(|| {
+                AppError::Usage("ctl needs the daemon's config: --config FILE".to_owned())
+            })?;
             let request = action.request().map_err(AppError::Usage)?;
             if let buslink_daemon::control::protocol::Request::Replay { .. } = &request {
                 return buslink::commands::ctl::replay(&config, &request.to_line());

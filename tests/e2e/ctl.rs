@@ -214,6 +214,16 @@ fn status_pause_and_quit_answer_while_a_handler_fails_and_retries() {
     assert!((0..60).contains(&age), "{test}");
     let human = ctl(&config, &["status"]).stdout;
     assert!(human.contains("  last error (at 20"), "{human}");
+    // `--config` may follow the action too, as operators type it.
+    let after = buslink_testkit::process::run(
+        &["ctl", "status", "--config", &config.to_string_lossy()],
+        LIMIT,
+    );
+    assert_eq!(after.code(), Some(0), "{after}");
+    assert!(after.stdout.contains("  last error (at 20"), "{after}");
+    let without = buslink_testkit::process::run(&["ctl", "status"], LIMIT);
+    assert_eq!(without.code(), Some(2), "{without}");
+    assert!(without.stderr.contains("--config FILE"), "{without}");
     assert_eq!(test["committed_offset"], Value::Null, "{test}");
     assert_eq!(ctl(&config, &["pause"]).stdout, "paused\n");
     // Quit ends the retries at once (the event comes again at the next start).
