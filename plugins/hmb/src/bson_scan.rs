@@ -293,12 +293,26 @@ pub fn write_document(doc: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
     write_container(doc, out, true)
 }
 
+/// Writes the elements of `doc` as a JSON object or array. The types event bodies carry are
+/// written straight from their bytes as they are read (the name scanned once, no [`Value`] made
+/// for them); the rest go through [`Elements::read_marked`] and [`write_value`]. Both ways check
+/// the same lengths and give the same errors.
 fn write_container(doc: &[u8], out: &mut Vec<u8>, object: bool) -> Result<(), String> {
     out.push(if object { b'{' } else { b'[' });
     let mut fields = elements(doc)?;
+    let last = doc.len() - 1;
     let mut first = true;
-    // `read_marked` directly rather than the iterator: measurably fewer moves per element.
-    while let Some((key, plain, value)) = fields.read_marked()? {
+    loop {
+        let at = fields.at;
+        let kind = doc[at];
+        if kind == 0 {
+            if at == last {
+                break;
+            }
+            return Err("undecodable BSON: bytes after the end of a document".to_owned());
+        }
+        let (key_end, plain) = name_end(doc, at + 1)?;
+        let key = &doc[at + 1..key_end];
         if !std::mem::take(&mut first) {
             out.push(b',');
         }
@@ -312,7 +326,61 @@ fn write_container(doc: &[u8], out: &mut Vec<u8>, object: bool) -> Result<(), St
                 out.push(b':');
             }
         }
-        write_value(doc, key, value, out)?;
+        let value = key_end + 1;
+        let end = match kind {
+            0x02 => {
+                let (bytes, end) = string_at(doc, value)?;
+                write_text(out, bytes)?;
+                end
+            }
+            0x01 => {
+                write_f64(out, f64::from_le_bytes(fixed(doc, value)?));
+                value + 8
+            }
+            0x10 => {
+                write_i64(out, i64::from(i32::from_le_bytes(fixed(doc, value)?)));
+                value + 4
+            }
+            0x12 => {
+                write_i64(out, i64::from_le_bytes(fixed(doc, value)?));
+                value + 8
+            }
+            0x08 => {
+                let [byte] = fixed::<1>(doc, value)?;
+                out.extend_from_slice(if byte != 0 { b"true" } else { b"false" });
+                value + 1
+            }
+            0x0A => {
+                out.extend_from_slice(b"null");
+                value
+            }
+            0x03 | 0x04 => {
+                let len = int32_at(doc, value)?;
+                let end = value + len;
+                if len < 5 || end > last || doc[end - 1] != 0 {
+                    return Err(format!(
+                        "undecodable BSON: field `{}`: a bad embedded length",
+                        String::from_utf8_lossy(key)
+                    ));
+                }
+                write_container(&doc[value..end], out, kind == 0x03)?;
+                end
+            }
+            _ => {
+                let (key, _, value) = fields
+                    .read_marked()?
+                    .ok_or("undecodable BSON: an element read twice")?;
+                write_value(doc, key, value, out)?;
+                continue;
+            }
+        };
+        if end > last {
+            return Err(format!(
+                "undecodable BSON: field `{}` runs past its document",
+                String::from_utf8_lossy(key)
+            ));
+        }
+        fields.at = end;
     }
     out.push(if object { b'}' } else { b']' });
     Ok(())
