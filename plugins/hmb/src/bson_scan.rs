@@ -530,6 +530,36 @@ mod tests {
         assert!(name_end(b"no end at all", 0).is_err());
     }
 
+    proptest::proptest! {
+        /// A document with bytes changed anywhere: written as JSON that parses, or an error;
+        /// never a panic, never text that is not JSON.
+        #[test]
+        fn changed_documents_are_json_or_errors(
+            changes in proptest::collection::vec((0usize..400, proptest::num::u8::ANY), 1..4),
+        ) {
+            let document = doc! {
+                "evcategory": "base", "eventtype": "modified", "objpkey": 7_i32, "big": 1_i64 << 40,
+                "objattrs": {"modified": {"latitude": 48.58, "name": "Gr\u{e2}ce", "ok": true,
+                "none": Bson::Null, "list": [1_i32, "two", 3.5, {"k": "v"}]}}, "step": 0_i32,
+            };
+            let mut bytes = bson::to_vec(&document).unwrap();
+            for (at, byte) in changes {
+                let at = at % bytes.len();
+                bytes[at] = byte;
+            }
+            let mut out = Vec::new();
+            if write_document(&bytes, &mut out).is_ok() {
+                let text = String::from_utf8(out);
+                proptest::prop_assert!(text.is_ok());
+                let text = text.unwrap();
+                proptest::prop_assert!(
+                    serde_json::from_str::<serde_json::Value>(&text).is_ok(),
+                    "{}", text
+                );
+            }
+        }
+    }
+
     #[test]
     fn broken_documents_are_errors_not_panics() {
         let bytes = bson::to_vec(&doc! {"type": "T", "data": {"a": "text", "b": [1_i32]}}).unwrap();
