@@ -171,6 +171,18 @@ pub fn append_to(config: &Path, text: &str) {
     std::fs::write(config, format!("{before}\n{text}")).expect("config");
 }
 
+/// Replaces `from` by `to` in the config file at `config`; panics when `from` is not in it (a
+/// replacement that silently did nothing would test another config than the one meant).
+pub fn replace_in(config: &Path, from: &str, to: &str) {
+    let before = std::fs::read_to_string(config).expect("config");
+    assert!(
+        before.contains(from),
+        "{}: no {from:?} to replace in:\n{before}",
+        config.display()
+    );
+    std::fs::write(config, before.replace(from, to)).expect("config");
+}
+
 /// `[metrics]` on any free port (the daemon logs which: [`metrics_address`]).
 pub const METRICS_ON_ANY_PORT: &str = "[metrics]\nlisten = \"127.0.0.1:0\"\n";
 

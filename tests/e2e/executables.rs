@@ -605,10 +605,7 @@ sys.exit(serve([Bodies], plugin="bodies", version="1"))
     .expect("plugin script");
     let plugin = format!("{{ command = [\"python3\", \"{}\"] }}", program.display());
     let config = executable_config(&dir, &fixture_bus(), &plugin, &jsonl_handler("all", ""));
-    let text = std::fs::read_to_string(&config)
-        .expect("config")
-        .replace("class = \"SqliteConsumer\"", "class = \"Bodies\"");
-    std::fs::write(&config, text).expect("config");
+    replace_in(&config, "class = \"SqliteConsumer\"", "class = \"Bodies\"");
     let out = run_once(&config);
     assert_eq!(out.code(), Some(0), "{out}");
     let lines = read_lines(&dir, "out/all.jsonl");

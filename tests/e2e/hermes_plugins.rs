@@ -35,6 +35,18 @@ fn hermes_plugin_config(
     dir.write("buslink.toml", text)
 }
 
+/// Adds `key = "value"` to the `plugin` table of `config` (written by `hermes_plugin_config`).
+fn set_plugin_key(config: &Path, key: &str, value: &Path) {
+    replace_in(
+        config,
+        "plugin = { hermes_plugin = ",
+        &format!(
+            "plugin = {{ {key} = \"{}\", hermes_plugin = ",
+            value.display()
+        ),
+    );
+}
+
 /// The fields of a Hermes event body that the plugin's `Event.to_json()` and the bus row share
 /// (the forms differ: compare values, not text).
 fn fields(line: &Value) -> Value {
@@ -387,11 +399,7 @@ fn check_validates_a_hermes_plugin_s_settings_against_its_cerberus_schema() {
     let bus = bus_with(&dir, 3);
     let config = |settings: &str| {
         let config = hermes_plugin_config(&dir, &bus, settings, "");
-        let text = std::fs::read_to_string(&config).expect("config").replace(
-            "plugin = { hermes_plugin = ",
-            &format!("plugin = {{ python = \"{python}\", hermes_plugin = "),
-        );
-        std::fs::write(&config, text).expect("config");
+        set_plugin_key(&config, "python", Path::new(python));
         config
     };
     let check = |config: &Path| run(&["check", "--config", &config.to_string_lossy()], LIMIT);
@@ -465,14 +473,7 @@ fn hermes_root_s_own_lib_is_the_one_imported_and_a_root_others_can_change_is_ref
     let bus = bus_with(&dir, 3);
     let root = fake_hermes_root(&dir);
     let config = hermes_plugin_config(&dir, &bus, "", "");
-    let text = std::fs::read_to_string(&config).expect("config").replace(
-        "plugin = { hermes_plugin = ",
-        &format!(
-            "plugin = {{ hermes_root = \"{}\", hermes_plugin = ",
-            root.display()
-        ),
-    );
-    std::fs::write(&config, text).expect("config");
+    set_plugin_key(&config, "hermes_root", &root);
     let out = run_once(&config);
     assert_eq!(out.code(), Some(0), "{out}");
     let lines = read_lines(&dir, "out/all.jsonl");
@@ -524,14 +525,7 @@ fn without_cerberus_the_schema_is_not_applied_and_the_log_says_so() {
         "cerberus imports without site packages"
     );
     let config = hermes_plugin_config(&dir, &bus, "colour = \"red\"", "");
-    let text = std::fs::read_to_string(&config).expect("config").replace(
-        "plugin = { hermes_plugin = ",
-        &format!(
-            "plugin = {{ python = \"{}\", hermes_plugin = ",
-            python.display()
-        ),
-    );
-    std::fs::write(&config, text).expect("config");
+    set_plugin_key(&config, "python", &python);
     let check = run(&["check", "--config", &config.to_string_lossy()], LIMIT);
     assert_eq!(check.code(), Some(0), "{check}");
     assert!(
