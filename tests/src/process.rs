@@ -130,7 +130,15 @@ impl Daemon {
                 return;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                // One last look: the condition may have become true just before the exit.
+                // One last look once what it wrote last has been read (its readers reach the
+                // end of the pipes; bounded, in case a child of its own still holds them): the
+                // condition may have become true just before the exit.
+                let drained = Instant::now() + Duration::from_secs(2);
+                while !self.readers.iter().all(|reader| reader.is_finished())
+                    && Instant::now() < drained
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
                 if condition(self) {
                     return;
                 }
@@ -246,4 +254,24 @@ pub fn run_once(config: &Path) -> RunOutput {
         &["run", "--once", "--config", &config.to_string_lossy()],
         Duration::from_secs(60),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A process that writes its last line and exits at once: `wait_for` sees the line, never
+    /// "exited before" (the exit can be noticed before the line is read from the pipe).
+    #[test]
+    fn a_line_written_just_before_the_exit_is_seen() {
+        for _ in 0..200 {
+            let mut command = Command::new("sh");
+            command.args(["-c", "echo 'the last word' >&2"]);
+            let mut process = Daemon::start(command);
+            process.wait_for("the last word", Duration::from_secs(10), |p| {
+                p.stderr().contains("the last word")
+            });
+            let _ = process.finish(Duration::from_secs(10));
+        }
+    }
 }
