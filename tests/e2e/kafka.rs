@@ -231,6 +231,32 @@ fn group_offsets(path: &std::path::Path) -> Vec<(i32, i64)> {
         .collect()
 }
 
+/// A group member on topic `scale` (`batch_size` events a poll) running as a daemon, its
+/// partitions assigned and the 200 records produced then all handled: (config, daemon, its
+/// jsonl output).
+fn member_with_200_handled(
+    dir: &TestDir,
+    mock: &mut KafkaMock,
+    batch_size: usize,
+    limit: std::time::Duration,
+) -> (
+    std::path::PathBuf,
+    buslink_testkit::Daemon,
+    std::path::PathBuf,
+) {
+    let config = group_member(dir, mock, batch_size);
+    let mut daemon = buslink_testkit::Daemon::run(&config);
+    daemon.wait_for("the member's partitions", limit, |d| {
+        d.stderr().contains("partitions assigned: scale:")
+    });
+    mock.command("produce scale 200");
+    let out = dir.join("out/all.jsonl");
+    daemon.wait_for("the 200 records handled", limit, |_| {
+        group_offsets(&out).len() == 200
+    });
+    (config, daemon, out)
+}
+
 /// A group member: its own directory, state and `jsonl` file; one group and topic.
 fn group_member(dir: &TestDir, mock: &KafkaMock, batch: usize) -> std::path::PathBuf {
     let settings = "mode = \"group\"\n\
@@ -477,16 +503,7 @@ fn kafka_a_reload_that_changes_only_handlers_keeps_the_group_member_s_partitions
     let limit = std::time::Duration::from_secs(120);
     let mut mock = KafkaMock::start(1, &[("scale", 4)]);
     let dir = TestDir::new("kafka-group-reload");
-    let config = group_member(&dir, &mock, 50);
-    let mut daemon = buslink_testkit::Daemon::run(&config);
-    daemon.wait_for("its partitions", limit, |d| {
-        d.stderr().contains("partitions assigned: scale:")
-    });
-    mock.command("produce scale 200");
-    let out = dir.join("out/all.jsonl");
-    daemon.wait_for("the 200 records", limit, |_| {
-        group_offsets(&out).len() == 200
-    });
+    let (config, mut daemon, out) = member_with_200_handled(&dir, &mut mock, 50, limit);
     let assignments =
         |d: &buslink_testkit::Daemon| d.stderr().matches("partitions assigned:").count();
     let before = assignments(&daemon);
@@ -731,16 +748,7 @@ fn kafka_a_group_member_s_ctl_replay_reads_without_joining_the_group() {
     let limit = std::time::Duration::from_secs(120);
     let mut mock = KafkaMock::start(1, &[("scale", 2)]);
     let dir = TestDir::new("kafka-group-replay");
-    let config = group_member(&dir, &mock, 20);
-    let mut daemon = buslink_testkit::Daemon::run(&config);
-    daemon.wait_for("the member's partitions", limit, |d| {
-        d.stderr().contains("partitions assigned: scale:")
-    });
-    mock.command("produce scale 200");
-    let out = dir.join("out/all.jsonl");
-    daemon.wait_for("every record handled", limit, |_| {
-        group_offsets(&out).len() == 200
-    });
+    let (config, mut daemon, out) = member_with_200_handled(&dir, &mut mock, 20, limit);
     let rebalances = |d: &buslink_testkit::Daemon| {
         d.stderr()
             .lines()
