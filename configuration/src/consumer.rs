@@ -83,8 +83,9 @@ pub struct CommitPolicy {
 #[serde(rename_all = "kebab-case")]
 pub enum FsyncMode {
     /// Each commit is written at once (it survives the daemon's death) and made durable against
-    /// a power loss by a background `fdatasync`, a few milliseconds later; commits that come
-    /// meanwhile share the next one (group commit). A clean stop waits for it.
+    /// a power loss by a background `fdatasync`, a few milliseconds later (at most one every
+    /// 5 ms); commits that come meanwhile share the next one (group commit). A clean stop waits
+    /// for it.
     #[default]
     Background,
     /// Each commit waits for its own `fdatasync` before the next event is handled.
