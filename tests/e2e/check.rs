@@ -549,7 +549,7 @@ fn check_reports_plugin_settings_handlers_and_commands_together() {
         .into_owned();
     let text = std::fs::read_to_string(&config)
         .expect("config")
-        .replace("poll_interval_ms = 10", "poll_interval_ms = 0");
+        .edit("poll_interval_ms = 10", "poll_interval_ms = 0");
     std::fs::write(&config, text).expect("config");
     let out = buslink(&["check", "--config", &config]);
     assert_eq!(out.code(), Some(2), "{out}");
@@ -589,8 +589,7 @@ fn several_consumer_configs_are_checked_entry_by_entry() {
         "",
         &[
             sqlite_consumer("good", &bus_a),
-            sqlite_consumer("bad", &bus_a)
-                .replace("poll_interval_ms = 10", "poll_interval_ms = -1"),
+            sqlite_consumer("bad", &bus_a).edit("poll_interval_ms = 10", "poll_interval_ms = -1"),
         ],
     );
     let out = buslink(&["check", "--config", &bad_setting.to_string_lossy()]);
@@ -613,8 +612,8 @@ fn several_consumer_configs_are_checked_entry_by_entry() {
         &dir,
         "",
         &[
-            sqlite_consumer("one", &bus_a).replace("out/one.jsonl", "out/same.jsonl"),
-            sqlite_consumer("two", &bus_a).replace("out/two.jsonl", "./out/../out/same.jsonl"),
+            sqlite_consumer("one", &bus_a).edit("out/one.jsonl", "out/same.jsonl"),
+            sqlite_consumer("two", &bus_a).edit("out/two.jsonl", "./out/../out/same.jsonl"),
         ],
     );
     let out = buslink(&["check", "--config", &shared.to_string_lossy()]);
@@ -626,15 +625,16 @@ fn several_consumer_configs_are_checked_entry_by_entry() {
                 .contains("which handler 'out' of consumer 'one' writes too"),
         "{out}"
     );
-    // Mixing the two shapes is refused.
+    // Mixing the two shapes is refused: a valid config of one entry, plus [[handlers]]. (This
+    // once read `duplicate`'s path, which the configs above had overwritten since.)
+    let valid = several(&dir, "", &[sqlite_consumer("one", &bus_a)]);
+    let out = buslink(&["check", "--config", &valid.to_string_lossy()]);
+    assert_eq!(out.code(), Some(0), "{out}");
     let text = format!(
         "{}\n[[handlers]]\nname = \"x\"\ntype = \"stdout\"\n",
-        std::fs::read_to_string(&duplicate).expect("config")
+        std::fs::read_to_string(&valid).expect("config")
     );
-    let mixed = dir.write(
-        "mixed.toml",
-        text.replace("name = \"same\"", "name = \"one\""),
-    );
+    let mixed = dir.write("mixed.toml", text);
     let out = buslink(&["check", "--config", &mixed.to_string_lossy()]);
     assert_eq!(out.code(), Some(2), "{out}");
     assert!(

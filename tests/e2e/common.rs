@@ -183,6 +183,20 @@ pub fn replace_in(config: &Path, from: &str, to: &str) {
     std::fs::write(config, before.replace(from, to)).expect("config");
 }
 
+/// Edits of a config's (or a path's) text that fail when the text to replace is not there: a
+/// silent `str::replace` that matched nothing would test another config than the test says.
+pub trait Edit {
+    /// The text with every `from` replaced by `to`; panics naming `from` when it is absent.
+    fn edit(&self, from: &str, to: &str) -> String;
+}
+
+impl Edit for str {
+    fn edit(&self, from: &str, to: &str) -> String {
+        assert!(self.contains(from), "no {from:?} to replace in:\n{self}");
+        self.replace(from, to)
+    }
+}
+
 /// `[metrics]` on any free port (the daemon logs which: [`metrics_address`]).
 pub const METRICS_ON_ANY_PORT: &str = "[metrics]\nlisten = \"127.0.0.1:0\"\n";
 

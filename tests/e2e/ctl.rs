@@ -45,7 +45,7 @@ fn the_control_socket_takes_its_path_mode_and_group_from_the_config() {
         "other.toml",
         std::fs::read_to_string(&config)
             .expect("config")
-            .replace("name = \"test\"", "name = \"other\""),
+            .edit("name = \"test\"", "name = \"other\""),
     );
     let second = buslink(&["run", "--once", "--config", &other.to_string_lossy()]);
     assert_eq!(second.code(), Some(1), "{second}");
@@ -57,7 +57,7 @@ fn the_control_socket_takes_its_path_mode_and_group_from_the_config() {
     assert!(!socket.exists(), "removed at exit");
     // A mode that locks the owner out is a config error.
     let text = std::fs::read_to_string(&config).expect("config");
-    std::fs::write(&config, text.replace("mode = \"0660\"", "mode = \"0460\"")).expect("config");
+    std::fs::write(&config, text.edit("mode = \"0660\"", "mode = \"0460\"")).expect("config");
     let check = buslink(&["check", "--config", &config.to_string_lossy()]);
     assert_eq!(check.code(), Some(2), "{check}");
     assert!(check.stderr.contains("key `control.mode`"), "{check}");
@@ -65,11 +65,11 @@ fn the_control_socket_takes_its_path_mode_and_group_from_the_config() {
     let text = std::fs::read_to_string(&config).expect("config");
     std::fs::write(
         &config,
-        text.replace(
+        text.edit(
             "mode = \"0460\"",
             "mode = \"0660\"\nowner = \"no-such-user-here\"",
         )
-        .replace("run/ctl.sock", "nowhere/ctl.sock"),
+        .edit("run/ctl.sock", "nowhere/ctl.sock"),
     )
     .expect("config");
     let check = buslink(&["check", "--config", &config.to_string_lossy()]);
@@ -86,7 +86,7 @@ fn the_control_socket_takes_its_path_mode_and_group_from_the_config() {
         &config,
         std::fs::read_to_string(&config)
             .expect("config")
-            .replace("owner = \"no-such-user-here\"\n", ""),
+            .edit("owner = \"no-such-user-here\"\n", ""),
     )
     .expect("config");
     let check = buslink(&["check", "--config", &config.to_string_lossy()]);

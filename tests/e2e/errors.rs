@@ -119,7 +119,7 @@ fn the_error_queue_in_status_follows_background_retries_and_orphans_are_named() 
     assert_eq!(once.code(), Some(0), "{once}");
     let renamed = std::fs::read_to_string(&config)
         .expect("config")
-        .replace("name = \"hook\"", "name = \"renamed\"");
+        .edit("name = \"hook\"", "name = \"renamed\"");
     std::fs::write(&config, renamed).expect("config");
     let again = buslink_testkit::process::run_once(&config);
     assert_eq!(again.code(), Some(0), "{again}");

@@ -26,7 +26,7 @@ fn executable_config(dir: &TestDir, bus: &Path, plugin: &str, rest: &str) -> Pat
     let config = sqlite_config(dir, bus, "", rest);
     let text = std::fs::read_to_string(&config).expect("config");
     assert!(text.contains("plugin = \"sqlite\""), "{text}");
-    let text = text.replace("plugin = \"sqlite\"", &format!("plugin = {plugin}"));
+    let text = text.edit("plugin = \"sqlite\"", &format!("plugin = {plugin}"));
     std::fs::write(&config, text).expect("config");
     config
 }
@@ -220,7 +220,7 @@ fn check_reports_the_executable_and_points_at_bad_plugin_tables_and_settings() {
     let text = std::fs::read_to_string(&config).expect("config");
     std::fs::write(
         &config,
-        text.replace("poll_interval_ms = 10", "poll_interval_ms = \"often\""),
+        text.edit("poll_interval_ms = 10", "poll_interval_ms = \"often\""),
     )
     .expect("config");
     let refused = buslink(&["check", "--config", &config.to_string_lossy()]);
@@ -493,7 +493,7 @@ fn a_python_plugin_written_from_the_protocol_document_runs_under_the_daemon() {
     let plugin = format!("{{ command = [\"python3\", \"{}\"] }}", script.display());
     let with_class = |config: PathBuf| {
         let text = std::fs::read_to_string(&config).expect("config");
-        let text = text.replace(
+        let text = text.edit(
             "class = \"SqliteConsumer\"",
             "class = \"PythonSqliteConsumer\"",
         );
@@ -534,7 +534,7 @@ fn a_python_plugin_written_from_the_protocol_document_runs_under_the_daemon() {
         &jsonl_handler("all", ""),
     ));
     let text = std::fs::read_to_string(&config).expect("config");
-    let text = text.replace(
+    let text = text.edit(
         "[consumer.settings]",
         "[consumer.hermes]\nenabled = true\n\n[consumer.settings]",
     );

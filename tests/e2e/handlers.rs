@@ -307,7 +307,7 @@ fn http_an_endpoint_answering_a_body_without_end_is_not_read_past_a_bound() {
     let dir = TestDir::new("http-endless");
     // A timeout longer than the run's limit: a handler that read the body to its end would
     // never get past the first event.
-    let handler = http_handler(&sink, "").replace("timeout_ms = 2000", "timeout_ms = 600000");
+    let handler = http_handler(&sink, "").edit("timeout_ms = 2000", "timeout_ms = 600000");
     let run = run_once(&memory_bus_config(&dir, 3, &handler));
     assert_eq!(run.code(), Some(0), "{run}");
     assert_eq!(sink.received().len(), 3, "each event posted once: {run}");

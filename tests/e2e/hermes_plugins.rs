@@ -197,8 +197,8 @@ fn a_hermes_plugin_s_failures_are_named_with_their_kind_and_line() {
     let needy = hermes_plugin_config(&dir, &fixture_bus(), "", "");
     let text = std::fs::read_to_string(&needy)
         .expect("config")
-        .replace("hermes/sqlitelike", "hermes/needsmodule")
-        .replace("SqliteLikeConsumerPlugin", "NeedsModulePlugin");
+        .edit("hermes/sqlitelike", "hermes/needsmodule")
+        .edit("SqliteLikeConsumerPlugin", "NeedsModulePlugin");
     std::fs::write(&needy, text).expect("config");
     let out = run(&["check", "--config", &needy.to_string_lossy()], LIMIT);
     assert_eq!(out.code(), Some(2), "{out}");
@@ -227,7 +227,7 @@ fn a_hermes_plugin_s_failures_are_named_with_their_kind_and_line() {
     // A directory without its module.
     let empty = dir.join("plugins/nothing");
     std::fs::create_dir_all(&empty).expect("dir");
-    let text = std::fs::read_to_string(&config).expect("config").replace(
+    let text = std::fs::read_to_string(&config).expect("config").edit(
         &plugin_dir().display().to_string(),
         &empty.display().to_string(),
     );
@@ -424,7 +424,7 @@ fn check_validates_a_hermes_plugin_s_settings_against_its_cerberus_schema() {
     let text = std::fs::read_to_string(config("")).expect("config");
     let empty = dir.write(
         "empty.toml",
-        text.replace(&format!("uri = \"{}\"", bus.display()), "uri = \"\""),
+        text.edit(&format!("uri = \"{}\"", bus.display()), "uri = \"\""),
     );
     let refused = check(&empty);
     assert_eq!(refused.code(), Some(2), "{refused}");

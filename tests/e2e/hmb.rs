@@ -531,7 +531,7 @@ fn hmb_gap_reported_when_the_server_no_longer_holds_messages() {
         "stop.toml",
         std::fs::read_to_string(&config)
             .expect("config")
-            .replace("timeout_ms = 400", "timeout_ms = 400\non_gap = \"stop\""),
+            .edit("timeout_ms = 400", "timeout_ms = 400\non_gap = \"stop\""),
     );
     let stopped = run_once(&stop);
     assert_eq!(stopped.code(), Some(1), "{stopped}");
@@ -1166,7 +1166,7 @@ fn hmb_bson_string_not_utf8_is_delivered_as_bytes_in_order_and_counted() {
     // stats_interval_s = 1 after the events and a progress line shows the counters.
     let text = dir
         .read("buslink.toml")
-        .replace("timeout_ms = 400", "timeout_ms = 2000");
+        .edit("timeout_ms = 400", "timeout_ms = 2000");
     let config = dir.write("buslink.toml", text);
     let run = run_once(&config);
     assert_eq!(run.code(), Some(0), "{run}");

@@ -661,7 +661,7 @@ fn kafka_a_group_whose_offsets_are_gone_resumes_from_the_member_s_cache_with_a_w
     assert_eq!(group_offsets(&out).len(), 30);
     // The group's offsets are gone (the mock cannot expire them: a new group id stands in).
     let text = std::fs::read_to_string(&config).expect("config");
-    std::fs::write(&config, text.replace("first-group", "second-group")).expect("config");
+    std::fs::write(&config, text.edit("first-group", "second-group")).expect("config");
     mock.command("produce one 10");
     let run2 = run_once(&config);
     assert_eq!(run2.code(), Some(0), "{run2}");

@@ -244,7 +244,7 @@ fn events_handled_before_a_panic_are_committed_and_the_panic_does_not_abort() {
     // Batches of 5: the first batch (1-5) is handled, the panic hits while filling 6-10.
     let text = std::fs::read_to_string(&config)
         .expect("config")
-        .replace("timeout_ms = 100", "timeout_ms = 100\nbatch_size = 5");
+        .edit("timeout_ms = 100", "timeout_ms = 100\nbatch_size = 5");
     std::fs::write(&config, text).expect("config");
     let run = run_once(&config);
     assert_eq!(run.code(), Some(1), "{run}");

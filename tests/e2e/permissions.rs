@@ -88,7 +88,7 @@ fn under_umask_000_every_file_and_directory_buslink_creates_stays_closed() {
     let text = std::fs::read_to_string(&config).expect("config");
     std::fs::write(
         &config,
-        text.replace("state_dir = \"state\"", "state_dir = \"state/deep\""),
+        text.edit("state_dir = \"state\"", "state_dir = \"state/deep\""),
     )
     .expect("config");
     let mut command = buslink(&["run", "--config", &config.to_string_lossy()]);

@@ -16,8 +16,8 @@ fn a_plugin_built_outside_the_workspace_is_listed_checked_and_consumed() {
     let api = root.join("plugin-api");
     let manifest = std::fs::read_to_string(root.join("plugins/example/Cargo.toml"))
         .expect("example manifest")
-        .replace("name = \"buslink-example\"", "name = \"my-bus\"")
-        .replace(
+        .edit("name = \"buslink-example\"", "name = \"my-bus\"")
+        .edit(
             "path = \"../../plugin-api\"",
             &format!("path = \"{}\"", api.display()),
         )
@@ -26,7 +26,7 @@ fn a_plugin_built_outside_the_workspace_is_listed_checked_and_consumed() {
     let code = std::fs::read_to_string(root.join("plugins/example/src/lib.rs")).expect("example");
     write_if_changed(
         &source.join("src/lib.rs"),
-        &code.replace("name: \"example\"", "name: \"my-bus\""),
+        &code.edit("name: \"example\"", "name: \"my-bus\""),
     );
     let _ = std::fs::copy(root.join("Cargo.lock"), source.join("Cargo.lock"));
     let built = cargo_build_outside(&source.join("Cargo.toml"), "my-bus").join("libmy_bus.so");
@@ -130,7 +130,7 @@ fn the_plugin_authors_guide_compiles_and_its_config_runs() {
 
     // The crate exactly as the guide writes it, plugin-api found where this checkout has it.
     let source = buslink_testkit::build_dir().join("../fixture-sources/guide-plugin");
-    let manifest = toml_blocks[0].replace(
+    let manifest = toml_blocks[0].edit(
         "path = \"/path/to/buslink/plugin-api\"",
         &format!("path = \"{}\"", root.join("plugin-api").display()),
     ) + "\n[workspace]\n";

@@ -37,11 +37,7 @@ fn sighup_swaps_changed_handlers_restarts_a_changed_consumer_and_refuses_a_bad_c
     });
     // A changed consumer table restarts the consumer: it resumes right after what it handled.
     let text = std::fs::read_to_string(&config).expect("config");
-    std::fs::write(
-        &config,
-        text.replace("timeout_ms = 200", "timeout_ms = 150"),
-    )
-    .expect("config");
+    std::fs::write(&config, text.edit("timeout_ms = 200", "timeout_ms = 150")).expect("config");
     daemon.signal(libc::SIGHUP);
     daemon.wait_for("the restart", LIMIT, |d| {
         d.stderr().contains(
@@ -72,7 +68,7 @@ fn sighup_swaps_changed_handlers_restarts_a_changed_consumer_and_refuses_a_bad_c
     // Where the offsets and locks are cannot move under running consumers: a restart's job.
     std::fs::write(
         &config,
-        good.replace("state_dir = \"state\"", "state_dir = \"elsewhere\""),
+        good.edit("state_dir = \"state\"", "state_dir = \"elsewhere\""),
     )
     .expect("config");
     // (SIGHUP: `ctl` looks for the socket where the new config says.)
@@ -85,7 +81,7 @@ fn sighup_swaps_changed_handlers_restarts_a_changed_consumer_and_refuses_a_bad_c
     // A plugin's refusal of its settings is caught before anything stops, too.
     std::fs::write(
         &config,
-        good.replace("poll_interval_ms = 10", "poll_interval_ms = \"soon\""),
+        good.edit("poll_interval_ms = 10", "poll_interval_ms = \"soon\""),
     )
     .expect("config");
     daemon.signal(libc::SIGHUP);
@@ -242,7 +238,7 @@ fn a_reload_after_a_plugin_library_was_replaced_restarts_its_consumer_on_the_new
     let text = std::fs::read_to_string(&config).expect("config");
     std::fs::write(
         &config,
-        text.replace(
+        text.edit(
             &format!("plugin_dirs = [\"{}\"]", build_dir().display()),
             &format!("plugin_dirs = [\"{}\"]", plugins.display()),
         ),
@@ -299,9 +295,9 @@ fn a_reload_that_hands_an_exactly_once_file_to_another_consumer_is_refused() {
     let text = std::fs::read_to_string(&config).expect("config");
     std::fs::write(
         &config,
-        text.replace("out/alpha.jsonl", "out/TMP")
-            .replace("out/beta.jsonl", "out/alpha.jsonl")
-            .replace("out/TMP", "out/beta.jsonl"),
+        text.edit("out/alpha.jsonl", "out/TMP")
+            .edit("out/beta.jsonl", "out/alpha.jsonl")
+            .edit("out/TMP", "out/beta.jsonl"),
     )
     .expect("config");
     let refused = ctl(&config, &["reload"]);

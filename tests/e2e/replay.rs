@@ -96,7 +96,7 @@ fn a_range_is_replayed_to_one_handler_while_the_daemon_runs_and_the_offset_stays
     );
     assert!(refused.stderr.contains("`buslink ctl replay`"), "{refused}");
     // A handler plugin keeps the daemon's state (a view): refused too.
-    let view = config_arg.replace("buslink.toml", "view.toml");
+    let view = config_arg.edit("buslink.toml", "view.toml");
     std::fs::write(
         &view,
         format!(
@@ -156,11 +156,11 @@ fn a_range_is_replayed_to_one_handler_while_the_daemon_runs_and_the_offset_stays
     );
 
     // A failing handler stops the replay and says where to go on.
-    let failing = config_arg.replace("buslink.toml", "failing.toml");
+    let failing = config_arg.edit("buslink.toml", "failing.toml");
     let text = std::fs::read_to_string(&config)
         .expect("config")
-        .replace("cat >> ", "exit 3; cat >> ")
-        .replace(
+        .edit("cat >> ", "exit 3; cat >> ")
+        .edit(
             "[[handlers]]\nname = \"hook\"",
             "[[handlers]]\nname = \"hook\"\nretry = { attempts = 1 }",
         );

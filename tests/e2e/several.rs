@@ -227,7 +227,7 @@ fn several_consumers_killed_again_and_again_lose_nothing_and_repeat_nothing() {
         .iter()
         .map(|name| {
             sqlite_consumer(name, &bus(&dir, &format!("{name}.sqlite"), EVENTS))
-                .replace("timeout_ms = 200", "timeout_ms = 200\nbatch_size = 37")
+                .edit("timeout_ms = 200", "timeout_ms = 200\nbatch_size = 37")
         })
         .collect();
     // A commit made durable at every event: slow enough for the kills to land mid-stream.

@@ -34,7 +34,7 @@ fn on_transport(config: std::path::PathBuf) -> std::path::PathBuf {
     if EXECUTABLE {
         let text = std::fs::read_to_string(&config).expect("the config just written");
         assert!(text.contains("plugin = \"sqlite\""), "{text}");
-        let text = text.replace(
+        let text = text.edit(
             "plugin = \"sqlite\"",
             "plugin = { command = [\"buslink-plugin-sqlite\"] }",
         );
@@ -358,7 +358,7 @@ fn a_missing_bus_file_is_an_error_with_once_and_a_warned_wait_for_the_daemon() {
 
     // Waiting on purpose: `wait_for_bus = true`, and `--once` finds an empty bus.
     let quiet = dir.join("quiet.toml");
-    let text = std::fs::read_to_string(&config).expect("config").replace(
+    let text = std::fs::read_to_string(&config).expect("config").edit(
         "later/bus.sqlite\"",
         "nowhere/bus.sqlite\"\nwait_for_bus = true",
     );
