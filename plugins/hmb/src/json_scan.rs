@@ -97,11 +97,9 @@ impl Containers {
             }
             self.at += 1;
         }
-        if self.at > buf.len() {
-            // A backslash was the last byte: its escaped byte is still to come.
-            self.at = buf.len();
-            return Ok(None);
-        }
+        // A backslash as the last byte leaves `at` past the end (its escaped byte is still to
+        // come): the scan goes on from the end.
+        self.at = self.at.min(buf.len());
         Ok(None)
     }
 
@@ -125,9 +123,6 @@ impl Containers {
             if mask(backslash) != 0 {
                 if let Some(end) = self.bytes(buf, at + 16)? {
                     return Ok(Some(end));
-                }
-                if self.at >= buf.len() {
-                    return Ok(None);
                 }
                 continue;
             }
