@@ -271,8 +271,13 @@ fn open_library(path: &Path) -> Result<std::fs::File, LoadError> {
 
 /// Reads the plugin-api version a library (the file at `path`, loaded from `load_path`, its
 /// private copy) was built against, without using abi_stable (which prints pages of layout
-/// diffs for an incompatible library).
-fn probe_api_version(path: &Path, load_path: &Path) -> Result<String, LoadError> {
+/// diffs for an incompatible library). Gives back the loaded library too: held open while
+/// abi_stable loads the same path, that load finds it loaded instead of mapping and relocating
+/// it a second time.
+fn probe_api_version(
+    path: &Path,
+    load_path: &Path,
+) -> Result<(String, libloading::Library), LoadError> {
     // SAFETY: loading a library runs its initialisers: plugin_dirs hold trusted code, as the
     // operator's documentation says.
     let library =
@@ -296,7 +301,7 @@ fn probe_api_version(path: &Path, load_path: &Path) -> Result<String, LoadError>
         }
         CStr::from_ptr(pointer).to_string_lossy().into_owned()
     };
-    Ok(version)
+    Ok((version, library))
 }
 
 /// dlopen errors repeat the path; keep the reason.
@@ -407,7 +412,7 @@ impl LoadedPlugin {
         };
         drop(file);
         let load_path = copy.as_ref().map_or(path, PrivateCopy::load_path);
-        let found = probe_api_version(path, load_path)?;
+        let (found, probed) = probe_api_version(path, load_path)?;
         if !api_compatible(&found, API_VERSION) {
             return Err(LoadError::IncompatibleApi {
                 path: path.to_path_buf(),
@@ -421,6 +426,8 @@ impl LoadedPlugin {
                 message: e.to_string(),
             }
         })?;
+        // abi_stable keeps its own handle for the life of the process.
+        drop(probed);
         let module = header
             .init_root_module::<PluginModuleRef>()
             .map_err(|e| match e {
