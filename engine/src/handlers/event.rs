@@ -72,7 +72,7 @@ fn write_line(out: &mut Vec<u8>, event: &Event<'_>) {
         Body::Json(text) => {
             let mark = out.len();
             out.extend_from_slice(b",\"event\":");
-            if transcode_compact(text, out).is_err() {
+            if compact(text, out).is_err() {
                 out.truncate(mark);
                 if is_python_json(text) {
                     // JSON to Python and Hermes (lone surrogate escapes): kept verbatim.
@@ -124,7 +124,87 @@ fn compact_verbatim(text: &str, out: &mut Vec<u8>) {
     }
 }
 
-/// Copies JSON text to `out` without insignificant whitespace, validating it on the way.
+/// Copies JSON text to `out` without insignificant whitespace, validating it: the bytes
+/// [`transcode_compact`] writes (serde_json's own form: strings unescaped and escaped again,
+/// numbers read and written again), or its error.
+///
+/// Text without a backslash (the usual body) takes a shorter way: one validating read that
+/// builds nothing, then a copy without the whitespace in which only the numbers are read and
+/// written again (a plain integer of up to 18 digits is already in that form). A backslash
+/// sends the whole text through [`transcode_compact`], since an escape may be written back
+/// another way (`\u00e9` as `é`, `\/` as `/`).
+fn compact(text: &str, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+    let bytes = text.as_bytes();
+    if memchr::memchr(b'\\', bytes).is_some() {
+        return transcode_compact(text, out);
+    }
+    serde_json::from_str::<serde::de::IgnoredAny>(text)?;
+    let mark = out.len();
+    out.reserve(bytes.len());
+    let (mut at, mut depth) = (0, 0);
+    while let Some(&byte) = bytes.get(at) {
+        match byte {
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > DEEP {
+                    // The transcoder's recursion limit decides (the validating read has none).
+                    out.truncate(mark);
+                    return transcode_compact(text, out);
+                }
+                out.push(byte);
+                at += 1;
+            }
+            b'"' => {
+                // Valid JSON without a backslash: the string ends at the next quote.
+                let end =
+                    memchr::memchr(b'"', &bytes[at + 1..]).map_or(bytes.len(), |n| at + 2 + n);
+                out.extend_from_slice(&bytes[at..end]);
+                at = end;
+            }
+            b' ' | b'\t' | b'\n' | b'\r' => at += 1,
+            b'-' | b'0'..=b'9' => {
+                let start = at;
+                while bytes
+                    .get(at)
+                    .is_some_and(|b| matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+                {
+                    at += 1;
+                }
+                let number = &text[start..at];
+                if is_plain_integer(number) {
+                    out.extend_from_slice(number.as_bytes());
+                } else {
+                    // As serde_json reads and writes it (`1e2` as `100.0`, `-0` as `-0.0`).
+                    let value: serde_json::Number = serde_json::from_str(number)?;
+                    serde_json::to_writer(&mut *out, &value)?;
+                }
+            }
+            // Brackets, commas, colons and the letters of true, false and null.
+            _ => {
+                out.push(byte);
+                at += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Containers nested deeper than this go to [`transcode_compact`], whose reader stops at
+/// serde_json's recursion limit (128).
+const DEEP: usize = 100;
+
+/// An integer serde_json writes back as it is: no sign but `-`, no leading zero, not `-0`, and
+/// at most 18 digits (inside both i64 and u64).
+fn is_plain_integer(number: &str) -> bool {
+    let digits = number.strip_prefix('-').unwrap_or(number);
+    !digits.is_empty()
+        && digits.len() <= 18
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (!digits.starts_with('0') || (digits == "0" && !number.starts_with('-')))
+}
+
+/// Copies JSON text to `out` without insignificant whitespace, validating it on the way: the
+/// reference [`compact`] keeps to.
 fn transcode_compact(text: &str, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
     let mut deserializer = serde_json::Deserializer::from_str(text);
     let mut serializer = serde_json::Serializer::new(&mut *out);
@@ -172,6 +252,131 @@ mod tests {
             "{line}"
         );
         assert_eq!(dispatched.header().eventtype.as_deref(), Some("added"));
+    }
+
+    /// `compact`'s output and error are `transcode_compact`'s.
+    fn same_as_transcode(text: &str) {
+        let (mut fast, mut reference) = (Vec::new(), Vec::new());
+        let fast_result = compact(text, &mut fast);
+        let reference_result = transcode_compact(text, &mut reference);
+        assert_eq!(
+            fast_result.is_ok(),
+            reference_result.is_ok(),
+            "{text:?}: {fast_result:?} vs {reference_result:?}"
+        );
+        if reference_result.is_ok() {
+            assert_eq!(
+                String::from_utf8_lossy(&fast),
+                String::from_utf8_lossy(&reference),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_short_way_writes_what_the_transcoder_writes() {
+        for text in [
+            "{}",
+            " [ ] ",
+            "0",
+            "-0",
+            "-0.0",
+            "7",
+            "-7",
+            "1.0",
+            "1e2",
+            "1E+2",
+            "-1e-2",
+            "0.1",
+            "48.580",
+            "123456789012345678",
+            "-123456789012345678",
+            "1234567890123456789",
+            "18446744073709551615",
+            "18446744073709551616",
+            "-9223372036854775808",
+            "-9223372036854775809",
+            "1.7976931348623157e308",
+            "1e400",
+            "01",
+            "1.",
+            "-",
+            "+1",
+            "true",
+            " null ",
+            "tru",
+            "\"a b\"",
+            "\"a\\u00e9\"",
+            "\"a\\/b\"",
+            "\"\\ud800\"",
+            "{\"a\" : [1, 2.50, {\"b\":null}], \"c\":\"x y\"}",
+            "{\n  \"evcategory\": \"base\",\n  \"objattrs\": {\"latitude\": 48.58}\n}",
+            "{\"a\":1} x",
+            "{\"a\":1,}",
+            "[1 2]",
+            "{\"a\"}",
+            "\"\u{1}\"",
+            "\"caf\u{e9} \u{1F600}\"",
+            "",
+        ] {
+            same_as_transcode(text);
+        }
+        for depth in [99, 100, 101, 127, 128, 129, 200] {
+            same_as_transcode(&format!("{}{}", "[".repeat(depth), "]".repeat(depth)));
+        }
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn json() -> impl Strategy<Value = serde_json::Value> {
+            let leaf = prop_oneof![
+                Just(serde_json::Value::Null),
+                any::<bool>().prop_map(serde_json::Value::Bool),
+                any::<i64>().prop_map(serde_json::Value::from),
+                any::<u64>().prop_map(serde_json::Value::from),
+                any::<f64>()
+                    .prop_filter("finite", |x| x.is_finite())
+                    .prop_map(serde_json::Value::from),
+                ".{0,8}".prop_map(serde_json::Value::String),
+            ];
+            leaf.prop_recursive(4, 32, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::Array),
+                    prop::collection::btree_map(".{0,6}", inner, 0..6)
+                        .prop_map(|map| serde_json::Value::Object(map.into_iter().collect())),
+                ]
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn any_json_compact_or_pretty_is_written_as_the_transcoder_writes_it(
+                value in json(),
+                cut in 0usize..64,
+            ) {
+                let compact_text = value.to_string();
+                let pretty = serde_json::to_string_pretty(&value).unwrap_or_default();
+                for text in [&compact_text, &pretty] {
+                    same_as_transcode(text);
+                    // A cut text is (mostly) not JSON: the same error either way.
+                    let mut end = cut.min(text.len());
+                    while !text.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    same_as_transcode(&text[..end]);
+                }
+            }
+
+            #[test]
+            fn numbers_as_people_write_them_are_written_as_the_transcoder_writes_them(
+                text in "-?(0|[1-9][0-9]{0,22})(\\.[0-9]{1,20})?([eE][-+]?[0-9]{1,3})?"
+            ) {
+                same_as_transcode(&text);
+                same_as_transcode(&format!("[{text}, {{\"x\": {text}}}]"));
+            }
+        }
     }
 
     #[test]
