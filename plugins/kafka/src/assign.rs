@@ -313,7 +313,9 @@ impl Consumer for AssignConsumer {
 
     fn close(&mut self) -> PluginResult<()> {
         self.end = None;
-        self.client = None;
+        if let Some(client) = self.client.take() {
+            client::close_ungrouped(&client, self.config.request_timeout);
+        }
         self.assigned = None;
         Ok(())
     }

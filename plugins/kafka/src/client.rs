@@ -425,6 +425,22 @@ pub fn cached_watermarks(
         .then_some((low.max(0), high))
 }
 
+/// Closes a consumer that never joined its group (assign mode, the replay reader) before it is
+/// dropped. rust-rdkafka's drop closes a consumer that has a `group.id` (buslink always sets
+/// one) by polling its queue 100 ms at a time until librdkafka says it is closed, which kept
+/// every `--once` 100 ms past its last event; here the queue is polled a millisecond at a time,
+/// for at most `limit`. Records still queued are dropped: these modes store nothing in the
+/// cluster.
+pub fn close_ungrouped(client: &BaseConsumer<Reports>, limit: Duration) {
+    if client.close_queue().is_err() {
+        return;
+    }
+    let deadline = Instant::now() + limit;
+    while !client.closed() && Instant::now() < deadline {
+        let _ = client.poll(Duration::from_millis(1));
+    }
+}
+
 /// A librdkafka consumer with the settings' properties.
 pub fn create(config: &Config, what: &str) -> PluginResult<BaseConsumer<Reports>> {
     let mut client_config = ClientConfig::new();

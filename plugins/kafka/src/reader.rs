@@ -151,7 +151,9 @@ impl Consumer for GroupReader {
     }
 
     fn close(&mut self) -> PluginResult<()> {
-        self.client = None;
+        if let Some(client) = self.client.take() {
+            client::close_ungrouped(&client, self.config.request_timeout);
+        }
         self.assigned = false;
         Ok(())
     }
