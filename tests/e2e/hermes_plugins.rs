@@ -101,6 +101,24 @@ fn a_hermes_plugin_directory_delivers_the_fixture_bus_as_the_rust_plugin_does() 
 }
 
 #[test]
+fn once_waits_for_a_hermes_plugin_s_slow_first_read_instead_of_ending_with_nothing() {
+    // The first query takes five times the timeout (a large backlog): that silence is not the
+    // plugin's word that the bus is idle. Before, `--once` ended after 300 ms with nothing
+    // handled, exit 0.
+    let dir = TestDir::new("hermes-plugin-slow-first-read");
+    let config = hermes_plugin_config(&dir, &fixture_bus(), "first_read_delay_ms = 1500", "");
+    let out = run_once(&config);
+    assert_eq!(out.code(), Some(0), "{out}");
+    assert_eq!(read_lines(&dir, "out/all.jsonl").len(), 163, "{out}");
+    assert!(
+        out.stderr
+            .contains("the plugin cannot tell whether the bus is drained")
+            && out.stderr.contains("163 events handled in this run"),
+        "{out}"
+    );
+}
+
+#[test]
 fn a_hermes_plugin_resumes_after_new_rows_and_hermes_mode_finds_the_client_s_sequence() {
     let dir = TestDir::new("hermes-plugin-resume");
     let bus = dir.join("bus.sqlite");

@@ -27,7 +27,9 @@ How Hermes's contract maps onto buslink's, faithful to what hermes-client does:
   beyond 64 bits is refused naming the event. The body is the plugin's `Event.to_json()`; the
   time its `timestamp`, a naive datetime read in the child's time zone (TZ), sent as UTC.
 - Hermes plugins cannot tell "drained" from "idle": with `--once` the run ends at the first
-  idle timeout, and buslink says it could not tell.
+  idle poll, and buslink says it could not tell. Idle is the plugin's iteration ending (its own
+  timeout) with no event, or no event for the timeout plus `ONCE_PATIENCE_S`: a plugin still
+  reading its first rows is not idle.
 """
 
 import argparse
@@ -62,6 +64,12 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 #: How many events the reading thread may hold ahead of the polls.
 _AHEAD = 4096
+
+
+# Under `--once`, how much longer than the timeout a poll waits for the plugin's first event or
+# the end of its iteration. The host allows a poll its timeout plus a grace of 5 s
+# (docs/subprocess-protocol.md) before it counts the child as frozen.
+ONCE_PATIENCE_S = 4.0
 
 
 def _where(error: BaseException) -> str:
@@ -326,6 +334,7 @@ def make_consumer_class(plugin_cls: type, plugin_dir: str, serve_as: str) -> typ
             except Exception as error:
                 raise ConfigError(f"{plugin_cls.__name__}(settings): {_where(error)}")
             self.timeout: Optional[float] = None
+            self.stop_when_drained = False
             self.iterating = False
             # After a seek the first event read is checked against it; for non-integer
             # resumes the event at `skip` is dropped.
@@ -351,6 +360,9 @@ def make_consumer_class(plugin_cls: type, plugin_dir: str, serve_as: str) -> typ
             self.timeout = timeout
             millis = None if timeout is None else int(round(timeout * 1000))
             self._call("setTimeout", self.plugin.setTimeout, millis)
+
+        def set_stop_when_drained(self, stop):
+            self.stop_when_drained = stop
 
         def open(self):
             self._call("open", self.plugin.open)
@@ -427,6 +439,12 @@ def make_consumer_class(plugin_cls: type, plugin_dir: str, serve_as: str) -> typ
             while len(batch.events) < max_events and size < max_bytes:
                 if first:
                     wait = self.timeout
+                    if self.stop_when_drained and wait is not None:
+                        # `--once` ends at the first idle poll. A Hermes plugin says the bus is
+                        # idle by ending its iteration (its own timeout); silence while it is
+                        # still reading (a first query over a large backlog) is not that: wait
+                        # for an event or the iteration's end, within the host's grace.
+                        wait += ONCE_PATIENCE_S
                     taken = self.worker.take(None if wait is None else max(wait, 0.0))
                 else:
                     taken = self.worker.take_now()

@@ -14,7 +14,8 @@ documented to behave, so that buslink's Hermes host meets each behaviour:
 - it logs through the builtin `__hermes__.logger` and prints to standard output.
 
 Settings: `uri` (the bus file), `fail_in` (a method name: that method raises RuntimeError, for
-the tests of errors).
+the tests of errors), `first_read_delay_ms` (each iteration waits that long before its first
+query, as a query over a large backlog does).
 """
 
 import sqlite3
@@ -98,6 +99,8 @@ class SqliteLikeConsumerPlugin(AbstractMessageBusConsumerPlugin):
 
     def __iter__(self):
         self._maybe_fail("__iter__")
+        # A first read that takes a while (a query over a large backlog), for the tests.
+        time.sleep(float(self._settings.get("first_read_delay_ms", 0)) / 1000.0)
         give_up = None if self._timeout is None else time.monotonic() + self._timeout
         while give_up is None or time.monotonic() < give_up:
             if self._db is None:
