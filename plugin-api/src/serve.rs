@@ -234,7 +234,9 @@ fn call(
                 .map(|next| Offset::from(&next));
             to_json(next)
         }
-        Op::SetTimeout { timeout_ms } => plain(consumer.set_timeout(timeout_ms.into())).and(null),
+        Op::SetTimeout { timeout_ms, .. } => {
+            plain(consumer.set_timeout(timeout_ms.into())).and(null)
+        }
         Op::SetStopWhenDrained { stop } => plain(consumer.set_stop_when_drained(stop)).and(null),
         Op::Poll {
             max_events,

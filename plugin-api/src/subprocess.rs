@@ -838,8 +838,11 @@ impl Consumer for SubprocessConsumer {
         if self.running.is_none() {
             return Ok(());
         }
-        let timeout_ms = timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
-        self.unit(Op::SetTimeout { timeout_ms })
+        let millis = |t: Duration| u64::try_from(t.as_millis()).unwrap_or(u64::MAX);
+        self.unit(Op::SetTimeout {
+            timeout_ms: timeout.map(millis),
+            poll_limit_ms: timeout.map(|t| millis(t.saturating_add(self.spec.limits.grace))),
+        })
     }
 
     fn set_stop_when_drained(&mut self, stop: bool) -> PluginResult<()> {

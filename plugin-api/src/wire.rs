@@ -105,6 +105,12 @@ pub enum Op {
     SetTimeout {
         /// How long a poll waits for a first event.
         timeout_ms: Option<u64>,
+        /// How long the host waits for a poll's answer before it counts the child as frozen and
+        /// kills it: the timeout plus the host's grace, in milliseconds; absent with no timeout
+        /// (and from older hosts). A child that must wait longer than `timeout_ms` for a
+        /// first event (a Hermes plugin reading its backlog under `--once`) answers before it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        poll_limit_ms: Option<u64>,
     },
     /// `Consumer::set_stop_when_drained` (optional: `set_stop_when_drained`).
     SetStopWhenDrained {
@@ -643,6 +649,32 @@ pub fn read_frame_with<T: serde::de::DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn set_timeout_tells_the_poll_limit_and_reads_without_it() {
+        let request = Request {
+            id: 1,
+            op: Op::SetTimeout {
+                timeout_ms: Some(300),
+                poll_limit_ms: Some(5300),
+            },
+        };
+        let text = serde_json::to_string(&request).expect("json");
+        assert_eq!(
+            text,
+            r#"{"id":1,"op":"set_timeout","timeout_ms":300,"poll_limit_ms":5300}"#
+        );
+        // From a host that does not send it, and with no timeout: no limit.
+        let old: Request =
+            serde_json::from_str(r#"{"id":1,"op":"set_timeout","timeout_ms":null}"#).expect("read");
+        assert_eq!(
+            old.op,
+            Op::SetTimeout {
+                timeout_ms: None,
+                poll_limit_ms: None
+            }
+        );
+    }
 
     #[test]
     fn requests_and_replies_read_back_from_their_frames() {

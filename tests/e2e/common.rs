@@ -175,12 +175,7 @@ pub fn append_to(config: &Path, text: &str) {
 /// replacement that silently did nothing would test another config than the one meant).
 pub fn replace_in(config: &Path, from: &str, to: &str) {
     let before = std::fs::read_to_string(config).expect("config");
-    assert!(
-        before.contains(from),
-        "{}: no {from:?} to replace in:\n{before}",
-        config.display()
-    );
-    std::fs::write(config, before.replace(from, to)).expect("config");
+    std::fs::write(config, before.edit(from, to)).expect("config");
 }
 
 /// Edits of a config's (or a path's) text that fail when the text to replace is not there: a

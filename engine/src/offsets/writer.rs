@@ -358,7 +358,7 @@ fn lock(state: &Mutex<SyncState>) -> std::sync::MutexGuard<'_, SyncState> {
 /// The shortest time between two background `fdatasync`s: commits that come meanwhile share the
 /// next one (group commit), so a commit per event costs one `pwrite` each and a few syncs a
 /// second, not a sync per commit. A power loss loses at most this much more than the last sync.
-pub(super) const GROUP_COMMIT: std::time::Duration = std::time::Duration::from_millis(5);
+const GROUP_COMMIT: std::time::Duration = std::time::Duration::from_millis(5);
 
 fn sync_loop(shared: &SyncShared, mut file: SlotFile, mut next_durable: usize) -> usize {
     // When the last sync ended: the next waits until GROUP_COMMIT after it (not on a stop).
@@ -370,7 +370,7 @@ fn sync_loop(shared: &SyncShared, mut file: SlotFile, mut next_durable: usize) -
                 let wait = synced_at
                     .map(|at| GROUP_COMMIT.saturating_sub(at.elapsed()))
                     .filter(|wait| !wait.is_zero() && !state.stop);
-                if state.pending.is_some() && wait.is_none() {
+                if wait.is_none() {
                     if let Some(pending) = state.pending.take() {
                         state.idle = false;
                         break pending;

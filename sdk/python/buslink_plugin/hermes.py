@@ -28,8 +28,9 @@ How Hermes's contract maps onto buslink's, faithful to what hermes-client does:
   time its `timestamp`, a naive datetime read in the child's time zone (TZ), sent as UTC.
 - Hermes plugins cannot tell "drained" from "idle": with `--once` the run ends at the first
   idle poll, and buslink says it could not tell. Idle is the plugin's iteration ending (its own
-  timeout) with no event, or no event for the timeout plus `ONCE_PATIENCE_S`: a plugin still
-  reading its first rows is not idle.
+  timeout) with no event, or no event until a second before the host's poll limit (the timeout
+  plus the host's grace, which `set_timeout` carries): a plugin still reading its first rows is
+  not idle.
 """
 
 import argparse
@@ -66,9 +67,12 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _AHEAD = 4096
 
 
-# Under `--once`, how much longer than the timeout a poll waits for the plugin's first event or
-# the end of its iteration. The host allows a poll its timeout plus a grace of 5 s
-# (docs/subprocess-protocol.md) before it counts the child as frozen.
+# Under `--once`, how much sooner than the host's poll limit (`poll_limit`: the timeout plus
+# the host's grace, sent with `set_timeout`) a poll gives up waiting for the plugin's first
+# event or the end of its iteration: time to answer before the host counts the child as frozen.
+ONCE_ANSWER_MARGIN_S = 1.0
+# The same wait from a host that does not send its limit: the timeout plus this (its grace was
+# 5 s, docs/subprocess-protocol.md).
 ONCE_PATIENCE_S = 4.0
 
 
@@ -443,8 +447,11 @@ def make_consumer_class(plugin_cls: type, plugin_dir: str, serve_as: str) -> typ
                         # `--once` ends at the first idle poll. A Hermes plugin says the bus is
                         # idle by ending its iteration (its own timeout); silence while it is
                         # still reading (a first query over a large backlog) is not that: wait
-                        # for an event or the iteration's end, within the host's grace.
-                        wait += ONCE_PATIENCE_S
+                        # for an event or the iteration's end, within the host's limit.
+                        if self.poll_limit is not None:
+                            wait = max(wait, self.poll_limit - ONCE_ANSWER_MARGIN_S)
+                        else:
+                            wait += ONCE_PATIENCE_S
                     taken = self.worker.take(None if wait is None else max(wait, 0.0))
                 else:
                     taken = self.worker.take_now()

@@ -147,6 +147,11 @@ class Consumer:
         """How long a poll waits for a first event, in seconds (`None`: for ever)."""
         raise NotImplementedError
 
+    #: How long the host waits for a poll's answer before it counts this process as frozen and
+    #: kills it, in seconds: the timeout plus the host's grace, set with each `set_timeout`
+    #: (`None`: no timeout, or a host that does not say). A poll must answer within it.
+    poll_limit: Optional[float] = None
+
     def poll(self, max_events: int, max_bytes: int) -> Batch:
         """At most `max_events` events, about `max_bytes` of bodies at most, from the position
         on; when none is waiting, wait up to the timeout for a first one."""
@@ -415,6 +420,8 @@ class _Session:
             consumer.seek_after(offset_from_wire(request["offset"]))  # type: ignore[attr-defined]
         elif op == "set_timeout":
             millis = request.get("timeout_ms")
+            limit = request.get("poll_limit_ms")
+            consumer.poll_limit = None if limit is None else limit / 1000.0
             consumer.set_timeout(None if millis is None else millis / 1000.0)
         elif op == "set_stop_when_drained":
             consumer.set_stop_when_drained(bool(request.get("stop")))  # type: ignore[attr-defined]
