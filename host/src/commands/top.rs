@@ -203,7 +203,7 @@ impl App {
             )),
             head,
         );
-        let rows: Vec<Row<'_>> = self.consumers.iter().map(row).collect();
+        let rows: Vec<[String; 8]> = self.consumers.iter().map(cells).collect();
         // Rows shown: the table's height less its header and borders. The first row shown
         // keeps the selection in view (set here, so the title and the table agree).
         let shown = usize::from(table.height.saturating_sub(3)).max(1);
@@ -226,27 +226,23 @@ impl App {
         } else {
             " consumers ".to_owned()
         };
-        let widths = [
-            Constraint::Length(12),
-            Constraint::Length(10),
-            Constraint::Length(7),
-            Constraint::Length(7),
-            Constraint::Length(11),
-            Constraint::Length(6),
-            Constraint::Length(5),
-            Constraint::Min(8),
-        ];
-        let header = Row::new([
-            "CONSUMER",
-            "STATE",
-            "EV/S",
-            "LAG",
-            "COMMITTED",
-            "AGE",
-            "ERRQ",
-            "LAST ERROR",
-        ])
-        .style(Style::new().add_modifier(Modifier::BOLD));
+        // The columns that fit whole: a narrow terminal drops the least needed ones (the
+        // detail below shows them for the selected consumer) rather than cut every heading.
+        let shown = columns_for(table.width);
+        let rows: Vec<Row<'_>> = rows
+            .into_iter()
+            .map(|cells| Row::new(shown.iter().map(|&c| cells[c].clone())))
+            .collect();
+        let widths = shown.iter().map(|&c| {
+            let (_, width) = COLUMNS[c];
+            if c == LAST_ERROR {
+                Constraint::Min(width)
+            } else {
+                Constraint::Length(width)
+            }
+        });
+        let header = Row::new(shown.iter().map(|&c| COLUMNS[c].0))
+            .style(Style::new().add_modifier(Modifier::BOLD));
         frame.render_stateful_widget(
             Table::new(rows, widths)
                 .header(header)
@@ -315,8 +311,44 @@ impl App {
 }
 
 /// A consumer's row.
-fn row(s: &Status) -> Row<'static> {
-    Row::new([
+/// The table's columns, in their order: heading and width (the last one takes what is left,
+/// at least its width).
+const COLUMNS: [(&str, u16); 8] = [
+    ("CONSUMER", 12),
+    ("STATE", 10),
+    ("EV/S", 7),
+    ("LAG", 7),
+    ("COMMITTED", 11),
+    ("AGE", 6),
+    ("ERRQ", 5),
+    ("LAST ERROR", 10),
+];
+
+/// The index of LAST ERROR in [`COLUMNS`].
+const LAST_ERROR: usize = 7;
+
+/// The order in which a narrow terminal drops columns: CONSUMER, STATE and LAG always stay.
+const DROPPED_FIRST: [usize; 5] = [LAST_ERROR, 6, 5, 4, 2];
+
+/// The columns shown in a table `width` cells wide (indexes into [`COLUMNS`], in order): all
+/// when they fit with a space between each two, else without the least needed ones.
+fn columns_for(width: u16) -> Vec<usize> {
+    let needed = |shown: &[usize]| {
+        shown.iter().map(|&c| COLUMNS[c].1).sum::<u16>() + shown.len().saturating_sub(1) as u16
+    };
+    let mut shown: Vec<usize> = (0..COLUMNS.len()).collect();
+    for dropped in DROPPED_FIRST {
+        if needed(&shown) <= width {
+            break;
+        }
+        shown.retain(|&c| c != dropped);
+    }
+    shown
+}
+
+/// A consumer's cells, one per column of [`COLUMNS`].
+fn cells(s: &Status) -> [String; 8] {
+    [
         s.consumer.clone(),
         state_label(&s.state).to_owned(),
         format!("{:.1}", s.events_per_second),
@@ -325,7 +357,7 @@ fn row(s: &Status) -> Row<'static> {
         s.committed_age_seconds.map_or("-".to_owned(), age),
         s.error_queue.to_string(),
         s.last_error.clone().unwrap_or_default(),
-    ])
+    ]
 }
 
 /// The state's first word (`stalled: 5 events wait ...` is `stalled`; the detail has the rest).
@@ -363,5 +395,41 @@ mod tests {
         assert_eq!(age(100.0), "1m");
         assert_eq!(age(7200.0), "2h");
         assert_eq!(age(3.0 * 86_400.0), "3d");
+    }
+
+    #[test]
+    fn a_narrow_terminal_drops_whole_columns_instead_of_cutting_headings() {
+        let headings = |width| -> Vec<&str> {
+            columns_for(width)
+                .into_iter()
+                .map(|c| COLUMNS[c].0)
+                .collect()
+        };
+        let all = [
+            "CONSUMER",
+            "STATE",
+            "EV/S",
+            "LAG",
+            "COMMITTED",
+            "AGE",
+            "ERRQ",
+            "LAST ERROR",
+        ];
+        assert_eq!(headings(80), all);
+        assert_eq!(headings(75), all);
+        assert_eq!(headings(74), all[..7]);
+        assert_eq!(headings(64), all[..7]);
+        assert_eq!(headings(63), all[..6]);
+        assert_eq!(headings(51), all[..5]);
+        assert_eq!(headings(50), ["CONSUMER", "STATE", "EV/S", "LAG"]);
+        assert_eq!(headings(39), ["CONSUMER", "STATE", "EV/S", "LAG"]);
+        assert_eq!(headings(38), ["CONSUMER", "STATE", "LAG"]);
+        assert_eq!(headings(20), ["CONSUMER", "STATE", "LAG"]);
+        // Whatever the width, every heading shown fits its column whole.
+        for width in 0..200 {
+            for c in columns_for(width) {
+                assert!(COLUMNS[c].0.len() <= usize::from(COLUMNS[c].1), "{c}");
+            }
+        }
     }
 }
