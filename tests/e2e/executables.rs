@@ -635,3 +635,65 @@ sys.exit(serve([Bodies], plugin="bodies", version="1"))
         "{out}"
     );
 }
+
+/// The host tells a child how long it waits for a poll's answer (the timeout plus its grace of
+/// 5 s) with each `set_timeout`; the Python SDK keeps it as `Consumer.poll_limit`, which a
+/// plugin that waits longer than its timeout for a first event (the Hermes host under
+/// `--once`) must answer within.
+#[test]
+fn a_python_plugin_is_told_the_host_s_poll_limit_with_its_timeout() {
+    let dir = TestDir::new("exe-python-poll-limit");
+    let sdk = buslink_testkit::workspace_root().join("sdk/python");
+    let program = dir.join("limit.py");
+    std::fs::write(
+        &program,
+        format!(
+            r#"import json, sys
+sys.path.insert(0, {sdk:?})
+from buslink_plugin import Batch, Consumer, Event, serve
+
+
+class Limit(Consumer):
+    NAME = "Limit"
+    DESCRIPTION = "one event: the timeout and the poll limit it was given"
+    SETTINGS_DOC = "none"
+
+    def __init__(self, settings, config_dir):
+        super().__init__(settings, config_dir)
+        self.done = False
+        self.timeout = None
+
+    def open(self): pass
+    def close(self): pass
+    def seek_to_beginning(self): self.done = False
+    def seek(self, offset): self.done = True
+    def set_timeout(self, timeout): self.timeout = timeout
+
+    def poll(self, max_events, max_bytes):
+        if self.done:
+            return Batch("drained")
+        self.done = True
+        body = json.dumps({{"timeout": self.timeout, "poll_limit": self.poll_limit}})
+        return Batch("ready", [Event(offset=1, time_us=1_700_000_000_000_000, category="c", body=body)])
+
+
+sys.exit(serve([Limit], plugin="limit", version="1"))
+"#,
+            sdk = sdk.display().to_string()
+        ),
+    )
+    .expect("plugin script");
+    let plugin = format!("{{ command = [\"python3\", \"{}\"] }}", program.display());
+    let config = executable_config(&dir, &fixture_bus(), &plugin, &jsonl_handler("all", ""));
+    replace_in(&config, "class = \"SqliteConsumer\"", "class = \"Limit\"");
+    replace_in(&config, "timeout_ms = 200", "timeout_ms = 300");
+    let out = run_once(&config);
+    assert_eq!(out.code(), Some(0), "{out}");
+    let lines = read_lines(&dir, "out/all.jsonl");
+    assert_eq!(lines.len(), 1, "{out}");
+    assert_eq!(
+        lines[0]["event"],
+        serde_json::json!({"timeout": 0.3, "poll_limit": 5.3}),
+        "{out}"
+    );
+}

@@ -421,7 +421,10 @@ class _Session:
         elif op == "set_timeout":
             millis = request.get("timeout_ms")
             limit = request.get("poll_limit_ms")
-            consumer.poll_limit = None if limit is None else limit / 1000.0
+            try:
+                consumer.poll_limit = None if limit is None else limit / 1000.0
+            except AttributeError:
+                pass  # a class with __slots__ of its own does not keep it
             consumer.set_timeout(None if millis is None else millis / 1000.0)
         elif op == "set_stop_when_drained":
             consumer.set_stop_when_drained(bool(request.get("stop")))  # type: ignore[attr-defined]
