@@ -310,7 +310,6 @@ impl App {
     }
 }
 
-/// A consumer's row.
 /// The table's columns, in their order: heading and width (the last one takes what is left,
 /// at least its width).
 const COLUMNS: [(&str, u16); 8] = [
@@ -425,11 +424,20 @@ mod tests {
         assert_eq!(headings(39), ["CONSUMER", "STATE", "EV/S", "LAG"]);
         assert_eq!(headings(38), ["CONSUMER", "STATE", "LAG"]);
         assert_eq!(headings(20), ["CONSUMER", "STATE", "LAG"]);
-        // Whatever the width, every heading shown fits its column whole.
-        for width in 0..200 {
-            for c in columns_for(width) {
+        // From the narrowest table that can hold the three kept columns (31 cells) up: the
+        // columns shown and a space between each two fit, every heading fits its column, and
+        // a wider table never shows fewer columns.
+        let mut shown_before = 0;
+        for width in 31..200 {
+            let shown = columns_for(width);
+            let needed: u16 =
+                shown.iter().map(|&c| COLUMNS[c].1).sum::<u16>() + shown.len() as u16 - 1;
+            assert!(needed <= width, "{width}: {shown:?}");
+            for &c in &shown {
                 assert!(COLUMNS[c].0.len() <= usize::from(COLUMNS[c].1), "{c}");
             }
+            assert!(shown.len() >= shown_before, "{width}: {shown:?}");
+            shown_before = shown.len();
         }
     }
 }
