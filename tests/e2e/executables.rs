@@ -553,22 +553,38 @@ fn a_python_plugin_written_from_the_protocol_document_runs_under_the_daemon() {
     );
 }
 
+/// A config whose plugin is a Python program on buslink's SDK: `code` (Python, defining the
+/// consumer class `class`; `sys`, `Batch`, `Consumer`, `Event` and `serve` imported), served
+/// as plugin "test" and read by a `jsonl` handler "all" into `out/all.jsonl`.
+fn python_sdk_plugin(dir: &TestDir, class: &str, code: &str) -> PathBuf {
+    let sdk = buslink_testkit::workspace_root().join("sdk/python");
+    let program = dir.join(format!("{class}.py"));
+    let text = format!(
+        "import sys\nsys.path.insert(0, {sdk:?})\nfrom buslink_plugin import Batch, Consumer, \
+         Event, serve\n\n{code}\n\n\nsys.exit(serve([{class}], plugin=\"test\", version=\"1\"))\n",
+        sdk = sdk.display().to_string()
+    );
+    std::fs::write(&program, text).expect("plugin script");
+    let plugin = format!("{{ command = [\"python3\", \"{}\"] }}", program.display());
+    let config = executable_config(dir, &fixture_bus(), &plugin, &jsonl_handler("all", ""));
+    replace_in(
+        &config,
+        "class = \"SqliteConsumer\"",
+        &format!("class = \"{class}\""),
+    );
+    config
+}
+
 /// A Python plugin's batch mixing every kind of body (ASCII JSON, JSON with non-ASCII text,
 /// bytes, empty, ASCII again) and a string offset: each arrives as the plugin wrote it (the SDK
 /// packs a batch of ASCII text without encoding each body, and must switch to bytes mid-batch).
 #[test]
 fn a_python_plugin_s_batch_of_mixed_bodies_arrives_as_written() {
     let dir = TestDir::new("exe-python-bodies");
-    let sdk = buslink_testkit::workspace_root().join("sdk/python");
-    let program = dir.join("bodies.py");
-    std::fs::write(
-        &program,
-        format!(
-            r#"import sys
-sys.path.insert(0, {sdk:?})
-from buslink_plugin import Batch, Consumer, Event, serve
-
-BODIES = ['{{"n": 1}}', '{{"name": "Gr\u00e2ce \u6771\u4eac"}}', b"\x00\xff\x01", b"", '{{"n": 5}}']
+    let config = python_sdk_plugin(
+        &dir,
+        "Bodies",
+        r#"BODIES = ['{"n": 1}', '{"name": "Gr\u00e2ce \u6771\u4eac"}', b"\x00\xff\x01", b"", '{"n": 5}']
 
 
 class Bodies(Consumer):
@@ -595,17 +611,8 @@ class Bodies(Consumer):
         ][self.next:]
         self.next = len(BODIES)
         return Batch("ready", events)
-
-
-sys.exit(serve([Bodies], plugin="bodies", version="1"))
 "#,
-            sdk = sdk.display().to_string()
-        ),
-    )
-    .expect("plugin script");
-    let plugin = format!("{{ command = [\"python3\", \"{}\"] }}", program.display());
-    let config = executable_config(&dir, &fixture_bus(), &plugin, &jsonl_handler("all", ""));
-    replace_in(&config, "class = \"SqliteConsumer\"", "class = \"Bodies\"");
+    );
     let out = run_once(&config);
     assert_eq!(out.code(), Some(0), "{out}");
     let lines = read_lines(&dir, "out/all.jsonl");
@@ -643,14 +650,10 @@ sys.exit(serve([Bodies], plugin="bodies", version="1"))
 #[test]
 fn a_python_plugin_is_told_the_host_s_poll_limit_with_its_timeout() {
     let dir = TestDir::new("exe-python-poll-limit");
-    let sdk = buslink_testkit::workspace_root().join("sdk/python");
-    let program = dir.join("limit.py");
-    std::fs::write(
-        &program,
-        format!(
-            r#"import json, sys
-sys.path.insert(0, {sdk:?})
-from buslink_plugin import Batch, Consumer, Event, serve
+    let config = python_sdk_plugin(
+        &dir,
+        "Limit",
+        r#"import json
 
 
 class Limit(Consumer):
@@ -673,19 +676,10 @@ class Limit(Consumer):
         if self.done:
             return Batch("drained")
         self.done = True
-        body = json.dumps({{"timeout": self.timeout, "poll_limit": self.poll_limit}})
+        body = json.dumps({"timeout": self.timeout, "poll_limit": self.poll_limit})
         return Batch("ready", [Event(offset=1, time_us=1_700_000_000_000_000, category="c", body=body)])
-
-
-sys.exit(serve([Limit], plugin="limit", version="1"))
 "#,
-            sdk = sdk.display().to_string()
-        ),
-    )
-    .expect("plugin script");
-    let plugin = format!("{{ command = [\"python3\", \"{}\"] }}", program.display());
-    let config = executable_config(&dir, &fixture_bus(), &plugin, &jsonl_handler("all", ""));
-    replace_in(&config, "class = \"SqliteConsumer\"", "class = \"Limit\"");
+    );
     replace_in(&config, "timeout_ms = 200", "timeout_ms = 300");
     let out = run_once(&config);
     assert_eq!(out.code(), Some(0), "{out}");
