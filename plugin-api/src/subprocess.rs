@@ -220,6 +220,13 @@ fn parse_batch_of(label: &str) -> impl Fn(Answered) -> PluginResult<(Batch, Answ
 }
 
 impl SubprocessConsumer {
+    /// How long a `poll` may take before the child counts as frozen: the timeout plus the
+    /// grace; none without a timeout. `set_timeout` tells the child the same limit.
+    fn poll_limit(&self) -> Option<Duration> {
+        self.timeout
+            .map(|timeout| timeout.saturating_add(self.spec.limits.grace))
+    }
+
     /// Starts the child, agrees on a protocol version and builds the consumer (the class
     /// checks its settings).
     pub fn start(spec: Spec) -> PluginResult<SubprocessConsumer> {
@@ -377,7 +384,7 @@ impl SubprocessConsumer {
         while let Some(ahead) = self.ahead.pop_front() {
             settled.push_back(match ahead {
                 Ahead::Sent { id, limits } => {
-                    let limit = self.timeout.map(|timeout| timeout + self.spec.limits.grace);
+                    let limit = self.poll_limit();
                     Ahead::Received {
                         limits,
                         result: self
@@ -841,7 +848,7 @@ impl Consumer for SubprocessConsumer {
         let millis = |t: Duration| u64::try_from(t.as_millis()).unwrap_or(u64::MAX);
         self.unit(Op::SetTimeout {
             timeout_ms: timeout.map(millis),
-            poll_limit_ms: timeout.map(|t| millis(t.saturating_add(self.spec.limits.grace))),
+            poll_limit_ms: self.poll_limit().map(millis),
         })
     }
 
@@ -854,7 +861,7 @@ impl Consumer for SubprocessConsumer {
 
     fn poll(&mut self, batch: &mut EventBatch) -> PluginResult<PollStatus> {
         // No timeout (`set_timeout(None)`): the poll may wait for ever, as the trait says.
-        let limit = self.timeout.map(|timeout| timeout + self.spec.limits.grace);
+        let limit = self.poll_limit();
         let limits = (batch.remaining(), batch.max_bytes());
         // The poll read ahead answers this one when it asked no more than this one may take.
         let read_ahead = match self.ahead.pop_front() {
