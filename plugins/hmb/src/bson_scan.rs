@@ -255,14 +255,25 @@ const NOT_PLAIN: [u8; 256] = {
 
 /// The end (the index of the NUL) of the element name starting at `at`, and whether it is
 /// plain: no byte before the NUL is one [`NOT_PLAIN`] marks, so that it is written as JSON as
-/// it is. One pass over its bytes. (Eight bytes at a time with bit tricks was tried: more
-/// instructions on these names of 4 to 12 bytes, measured with callgrind.)
+/// it is. One pass over its bytes: 16 at a time where 16 are left ([`marks16`]), else one by
+/// one. (Eight bytes at a time with integer bit tricks was tried: more instructions on these
+/// names of 4 to 12 bytes, measured with callgrind.)
 #[inline(always)]
 fn name_end(doc: &[u8], mut at: usize) -> Result<(usize, bool), String> {
+    let mut plain = true;
+    while let Some((nul, marks)) = marks16(doc, at) {
+        if nul != 0 {
+            let end = nul.trailing_zeros();
+            // Only the marks before the NUL count (the NUL itself is a control byte).
+            return Ok((at + end as usize, plain && marks & ((1 << end) - 1) == 0));
+        }
+        plain &= marks == 0;
+        at += 16;
+    }
     let mut marks = 0u8;
     loop {
         match doc.get(at) {
-            Some(0) => return Ok((at, marks == 0)),
+            Some(0) => return Ok((at, plain && marks == 0)),
             Some(&byte) => marks |= NOT_PLAIN[usize::from(byte)],
             None => return Err("undecodable BSON: a name without its end".to_owned()),
         }
@@ -270,14 +281,50 @@ fn name_end(doc: &[u8], mut at: usize) -> Result<(usize, bool), String> {
     }
 }
 
+/// For the 16 bytes at `at`, when there are 16: the bit masks of the NUL bytes and of the
+/// bytes [`NOT_PLAIN`] marks (bit `i` for byte `at + i`). SSE2 on x86_64 (a signed compare
+/// with 0x20 finds the controls and the non-ASCII bytes at once); `None` elsewhere.
+#[inline(always)]
+fn marks16(bytes: &[u8], at: usize) -> Option<(u32, u32)> {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    if at + 16 <= bytes.len() {
+        use std::arch::x86_64::{
+            __m128i, _mm_cmpeq_epi8, _mm_cmplt_epi8, _mm_loadu_si128, _mm_movemask_epi8,
+            _mm_or_si128, _mm_set1_epi8, _mm_setzero_si128,
+        };
+        // SAFETY: SSE2 is there (the cfg above); `at + 16 <= bytes.len()`, so the 16 bytes
+        // read lie inside `bytes`, and the load takes any alignment.
+        return Some(unsafe {
+            let chunk = _mm_loadu_si128(bytes.as_ptr().add(at).cast::<__m128i>());
+            let nul = _mm_movemask_epi8(_mm_cmpeq_epi8(chunk, _mm_setzero_si128()));
+            let marks = _mm_movemask_epi8(_mm_or_si128(
+                _mm_cmplt_epi8(chunk, _mm_set1_epi8(0x20)),
+                _mm_or_si128(
+                    _mm_cmpeq_epi8(chunk, _mm_set1_epi8(b'"' as i8)),
+                    _mm_cmpeq_epi8(chunk, _mm_set1_epi8(b'\\' as i8)),
+                ),
+            ));
+            (nul as u32, marks as u32)
+        });
+    }
+    let _ = (bytes, at);
+    None
+}
+
 /// Writes BSON string bytes as a JSON string, checking them on the way: one pass over
 /// printable ASCII without quotes or backslashes (the usual case: valid, nothing to escape),
 /// else a UTF-8 check and escaping.
 pub fn write_text(out: &mut Vec<u8>, bytes: &[u8]) -> Result<(), String> {
-    // One table lookup per byte, no branch.
-    let special = bytes
-        .iter()
-        .fold(0u8, |special, &b| special | NOT_PLAIN[usize::from(b)]);
+    // Sixteen bytes a step where 16 are left, then one table lookup per byte, no branch.
+    let mut at = 0;
+    let mut special = 0u32;
+    while let Some((_, marks)) = marks16(bytes, at) {
+        special |= marks;
+        at += 16;
+    }
+    let special = bytes[at..].iter().fold(special, |special, &b| {
+        special | u32::from(NOT_PLAIN[usize::from(b)])
+    });
     if special == 0 {
         out.push(b'"');
         out.extend_from_slice(bytes);
@@ -533,6 +580,34 @@ mod tests {
     proptest::proptest! {
         /// A document with bytes changed anywhere: written as JSON that parses, or an error;
         /// never a panic, never text that is not JSON.
+        #[test]
+        fn names_and_texts_are_read_16_bytes_at_a_time_as_byte_by_byte(
+            bytes in proptest::collection::vec(
+                proptest::sample::select(b"abcdefgh_0\0\x01\"\\\x7f\x80\xc3\xa9 ".to_vec()),
+                0..80),
+            at in 0usize..80,
+        ) {
+            let at = at.min(bytes.len());
+            // The byte loop: the reference.
+            let reference = bytes[at..].iter().position(|&b| b == 0).map(|n| {
+                let name = &bytes[at..at + n];
+                (at + n, name.iter().all(|&b| NOT_PLAIN[usize::from(b)] == 0))
+            });
+            proptest::prop_assert_eq!(name_end(&bytes, at).ok(), reference);
+            let mut out = Vec::new();
+            let written = write_text(&mut out, &bytes[at..]);
+            match std::str::from_utf8(&bytes[at..]) {
+                Ok(text) => {
+                    proptest::prop_assert!(written.is_ok());
+                    proptest::prop_assert_eq!(
+                        String::from_utf8(out).ok(),
+                        serde_json::to_string(text).ok()
+                    );
+                }
+                Err(_) => proptest::prop_assert!(written.is_err()),
+            }
+        }
+
         #[test]
         fn changed_documents_are_json_or_errors(
             changes in proptest::collection::vec((0usize..400, proptest::num::u8::ANY), 1..4),
