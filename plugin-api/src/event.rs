@@ -236,7 +236,23 @@ impl EventBatch {
 
     /// The events, in bus order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = Event<'_>> + '_ {
-        self.records.iter().map(move |record| self.view(record))
+        // Events of one read often share their time (a bus that gives none: the time they were
+        // received): the last conversion from microseconds is kept.
+        let mut last = None;
+        self.records.iter().map(move |record| {
+            let timestamp = match last {
+                Some((micros, time)) if micros == record.timestamp_micros => time,
+                _ => {
+                    let time = timestamp_of(record.timestamp_micros);
+                    last = Some((record.timestamp_micros, time));
+                    time
+                }
+            };
+            Event {
+                timestamp,
+                ..self.view_untimed(record)
+            }
+        })
     }
 
     fn append(&mut self, bytes: &[u8]) -> Span {
@@ -286,6 +302,14 @@ impl EventBatch {
     }
 
     fn view(&self, record: &EventRecord) -> Event<'_> {
+        Event {
+            timestamp: timestamp_of(record.timestamp_micros),
+            ..self.view_untimed(record)
+        }
+    }
+
+    /// [`view`](Self::view) with the epoch as its time (for the caller to set).
+    fn view_untimed(&self, record: &EventRecord) -> Event<'_> {
         let offset = match record.offset_tag {
             OffsetTag::Int => OffsetRef::Int(record.offset_number),
             OffsetTag::Float => OffsetRef::Float(f64::from_bits(record.offset_number as u64)),
@@ -298,16 +322,60 @@ impl EventBatch {
         };
         Event {
             offset,
-            timestamp: DateTime::from_timestamp_micros(record.timestamp_micros).unwrap_or_default(),
+            timestamp: DateTime::UNIX_EPOCH,
             category: self.text(record.category),
             body,
         }
     }
 }
 
+/// An event's time from its microseconds since the epoch (the epoch for one out of chrono's
+/// range, which `push` cannot have stored).
+fn timestamp_of(micros: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(micros).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_event_keeps_its_own_time_when_times_repeat_and_change() {
+        let mut batch = EventBatch::new(10, 1 << 20);
+        let micros = [
+            1_795_345_271_747_962,
+            1_795_345_271_747_962,
+            1,
+            1_795_345_271_747_962,
+            -86_400_000_001,
+            -86_400_000_001,
+        ];
+        for (index, &at) in micros.iter().enumerate() {
+            batch.push(Event {
+                offset: OffsetRef::Int(index as i64),
+                timestamp: DateTime::from_timestamp_micros(at).unwrap(),
+                category: "c",
+                body: Body::Json("{}"),
+            });
+        }
+        let read: Vec<i64> = batch
+            .iter()
+            .map(|e| e.timestamp.timestamp_micros())
+            .collect();
+        assert_eq!(read, micros);
+        let one_by_one: Vec<i64> = (0..micros.len())
+            .filter_map(|index| batch.get(index))
+            .map(|e| e.timestamp.timestamp_micros())
+            .collect();
+        assert_eq!(one_by_one, micros);
+        // Skipping into the batch (as the dispatcher does after a partial batch).
+        let skipped: Vec<i64> = batch
+            .iter()
+            .skip(2)
+            .map(|e| e.timestamp.timestamp_micros())
+            .collect();
+        assert_eq!(skipped, micros[2..]);
+    }
 
     #[test]
     fn batch_keeps_every_field_of_every_event() {

@@ -793,6 +793,17 @@ fn hmb_hermes_event_reaches_handlers_as_a_hermes_event() {
         assert_eq!(all[1]["category"], "NOTICE", "no topic: the type");
         assert_eq!(all[1]["event"]["data"]["text"], "not hermes");
         assert_eq!(all[1]["event"]["seq"], 1);
+        // Read in the same answer, without a starttime: its own time (when it was received),
+        // not the one before it.
+        assert_eq!(all[0]["timestamp"], "2024-01-01T08:30:00.500000Z");
+        let received = all[1]["timestamp"].as_str().unwrap_or("");
+        let received = chrono::DateTime::parse_from_rfc3339(received)
+            .unwrap_or_else(|e| panic!("{format}: {received:?}: {e}"));
+        let age = chrono::Utc::now().signed_duration_since(received);
+        assert!(
+            age >= chrono::Duration::zero() && age < chrono::Duration::minutes(10),
+            "{format}: received {received}, {age} ago"
+        );
     }
 }
 

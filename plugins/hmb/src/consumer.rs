@@ -373,6 +373,7 @@ impl HmbConsumer {
             }
         };
         let mut added = 0;
+        let mut last_time = None;
         while *cursor < chunk.events.len() && added < limit && !batch.is_full() {
             report_gaps(batch, *cursor);
             let event = chunk.events[*cursor];
@@ -397,9 +398,18 @@ impl HmbConsumer {
                 );
                 OffsetRef::String(offset_text)
             };
+            // The events of one read share their time when the bus gives none: converted once.
+            let timestamp = match last_time {
+                Some((micros, time)) if micros == event.micros => time,
+                _ => {
+                    let time = DateTime::from_timestamp_micros(event.micros).unwrap_or_default();
+                    last_time = Some((event.micros, time));
+                    time
+                }
+            };
             batch.push(Event {
                 offset,
-                timestamp: DateTime::from_timestamp_micros(event.micros).unwrap_or_default(),
+                timestamp,
                 category: event_category,
                 body: chunk.body(event.body),
             });
