@@ -117,6 +117,11 @@ impl Framer {
     }
 
     fn next_json(&mut self, buf: &[u8], pos: &mut usize) -> Result<Option<Item>, String> {
+        if matches!(self.step, Step::First | Step::Next) && self.scanned == 0 {
+            if let Some(item) = self.whole_entry(buf, pos) {
+                return Ok(Some(item));
+            }
+        }
         let base = *pos;
         let mut at = base + self.scanned;
         while let Some(&byte) = buf.get(at) {
@@ -261,6 +266,57 @@ impl Framer {
         }
         self.scanned = at - base;
         Ok(None)
+    }
+
+    /// The usual case, read at once: from `*pos` (after the body's `{` or after an item), `,`
+    /// (not before the first), a key, `:` and a whole message object, all in `buf`. `None`
+    /// leaves it to the byte-by-byte steps, which find the same item or say what is wrong (so
+    /// errors are theirs alone): they cost some 40 instructions a byte on the `,"123":` between
+    /// messages, a twentieth of a JSON message's (callgrind).
+    fn whole_entry(&mut self, buf: &[u8], pos: &mut usize) -> Option<Item> {
+        use crate::json_scan::{skip_ws, string_end};
+        let mut at = skip_ws(buf, *pos);
+        if self.step == Step::Next {
+            if buf.get(at) != Some(&b',') {
+                return None;
+            }
+            at = skip_ws(buf, at + 1);
+        }
+        if buf.get(at) != Some(&b'"') {
+            return None;
+        }
+        let key_end = string_end(buf, at + 1)?;
+        if key_end - at > MAX_KEY {
+            return None;
+        }
+        let colon = skip_ws(buf, key_end);
+        if buf.get(colon) != Some(&b':') {
+            return None;
+        }
+        let value = skip_ws(buf, colon + 1);
+        if buf.get(value) != Some(&b'{') {
+            return None;
+        }
+        #[cfg(test)]
+        {
+            self.looked += value - *pos;
+        }
+        match JsonHead::read(buf, value) {
+            Ok(Some((end, head))) => {
+                #[cfg(test)]
+                {
+                    self.looked += end - value;
+                }
+                Some(self.item(pos, value..end, Some(head)))
+            }
+            _ => {
+                #[cfg(test)]
+                {
+                    self.looked += buf.len() - value;
+                }
+                None
+            }
+        }
     }
 
     /// Ends the item at `range`: `*pos` moves past it and the scan restarts there.
