@@ -78,16 +78,20 @@ pub fn container_end(buf: &[u8], start: usize) -> Result<Option<usize>, String> 
     };
     #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     {
-        // POPCNT (every x86_64 CPU since 2008, but not in the baseline target) counts a
-        // block's brackets in one instruction each instead of a dozen; asked once per process
-        // (std keeps the answer).
-        let found = if std::is_x86_feature_detected!("popcnt") {
-            // SAFETY: SSE2 is the build's (the cfg above), POPCNT was just detected.
-            unsafe { scan.blocks_popcnt(buf) }
-        } else {
-            // SAFETY: the build targets SSE2 (the cfg above).
-            unsafe { scan.blocks(buf) }
-        };
+        // The widest build of the block loop the CPU runs: AVX2 (2013 on), POPCNT (2008 on;
+        // neither in the baseline target), else SSE2 alone. Asked once per process (std keeps
+        // the answers).
+        let found =
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("popcnt") {
+                // SAFETY: AVX2 and POPCNT were just detected.
+                unsafe { scan.blocks_avx2(buf) }
+            } else if std::is_x86_feature_detected!("popcnt") {
+                // SAFETY: SSE2 is the build's (the cfg above), POPCNT was just detected.
+                unsafe { scan.blocks_popcnt(buf) }
+            } else {
+                // SAFETY: the build targets SSE2 (the cfg above).
+                unsafe { scan.blocks(buf) }
+            };
         if let Some(found) = found? {
             return Ok(Some(found));
         }
@@ -170,57 +174,42 @@ impl Containers {
     #[target_feature(enable = "sse2")]
     fn blocks(&mut self, buf: &[u8]) -> Result<Option<usize>, String> {
         // SAFETY: SSE2 is enabled here.
-        unsafe { self.blocks_inline(buf) }
+        unsafe { self.blocks_with::<lanes::Sse2>(buf) }
     }
 
-    /// [`blocks`](Self::blocks) built for CPUs with POPCNT.
+    /// [`blocks`](Self::blocks) for CPUs with POPCNT (a block's brackets counted in one
+    /// instruction each instead of a dozen).
     #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     #[target_feature(enable = "sse2,popcnt")]
     fn blocks_popcnt(&mut self, buf: &[u8]) -> Result<Option<usize>, String> {
         // SAFETY: SSE2 is enabled here.
-        unsafe { self.blocks_inline(buf) }
+        unsafe { self.blocks_with::<lanes::Sse2>(buf) }
+    }
+
+    /// [`blocks`](Self::blocks) for CPUs with AVX2 (and POPCNT): a block in two loads.
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    #[target_feature(enable = "avx2,popcnt")]
+    fn blocks_avx2(&mut self, buf: &[u8]) -> Result<Option<usize>, String> {
+        // SAFETY: AVX2 is enabled here.
+        unsafe { self.blocks_with::<lanes::Avx2>(buf) }
     }
 
     /// The body of [`blocks`](Self::blocks), inlined into each build of it.
     ///
     /// # Safety
-    /// SSE2 must be there (the build's baseline on x86_64: the cfg).
+    /// The instructions `L` uses must be there.
     #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     #[inline(always)]
-    unsafe fn blocks_inline(&mut self, buf: &[u8]) -> Result<Option<usize>, String> {
-        use std::arch::x86_64::{
-            __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128,
-            _mm_set1_epi8,
-        };
-        // `{` and `[` are 0x7b and 0x5b, `}` and `]` 0x7d and 0x5d: with bit 0x20 set, one
-        // comparison finds each pair (no other byte becomes 0x7b or 0x7d that way).
-        // SAFETY (every intrinsic below): SSE2 is there (this function's contract).
-        let [quote, backslash, bit_5, open, close] =
-            [b'"', b'\\', 0x20, b'{', b'}'].map(|byte| unsafe { _mm_set1_epi8(byte as i8) });
+    unsafe fn blocks_with<L: lanes::Lanes>(&mut self, buf: &[u8]) -> Result<Option<usize>, String> {
         while self.at + 64 <= buf.len() {
             let at = self.at;
-            let (mut quotes, mut backslashes, mut opens, mut closes) = (0u64, 0u64, 0u64, 0u64);
-            for part in 0..4 {
-                // SAFETY: `at + 64 <= buf.len()`, so the 16 bytes at `at + 16 * part` lie
-                // inside `buf`; the load takes any alignment.
-                let chunk =
-                    unsafe { _mm_loadu_si128(buf.as_ptr().add(at + 16 * part).cast::<__m128i>()) };
-                let mask =
-                    |vector| u64::from(unsafe { _mm_movemask_epi8(vector) } as u16) << (16 * part);
-                let (quote_bytes, backslash_bytes, open_bytes, close_bytes) = unsafe {
-                    let folded = _mm_or_si128(chunk, bit_5);
-                    (
-                        _mm_cmpeq_epi8(chunk, quote),
-                        _mm_cmpeq_epi8(chunk, backslash),
-                        _mm_cmpeq_epi8(folded, open),
-                        _mm_cmpeq_epi8(folded, close),
-                    )
-                };
-                quotes |= mask(quote_bytes);
-                backslashes |= mask(backslash_bytes);
-                opens |= mask(open_bytes);
-                closes |= mask(close_bytes);
-            }
+            // SAFETY: `at + 64 <= buf.len()`; the instructions are there (the contract).
+            let lanes::Block {
+                quotes,
+                backslashes,
+                opens,
+                closes,
+            } = unsafe { L::block(buf, at) };
             if backslashes != 0 {
                 if let Some(end) = self.bytes(buf, at + 64)? {
                     return Ok(Some(end));
@@ -456,6 +445,102 @@ pub fn has_string_fields(buf: &[u8], span: Range<usize>, keys: [&[u8]; 2]) -> bo
     false
 }
 
+/// How a 64-byte block becomes the bit masks [`container_end`] needs, per instruction set.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+mod lanes {
+    use std::arch::x86_64::{
+        __m128i, __m256i, _mm256_cmpeq_epi8, _mm256_loadu_si256, _mm256_movemask_epi8,
+        _mm256_or_si256, _mm256_set1_epi8, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8,
+        _mm_or_si128, _mm_set1_epi8,
+    };
+
+    /// A block's bytes of each kind: bit `i` for byte `at + i`.
+    pub struct Block {
+        pub quotes: u64,
+        pub backslashes: u64,
+        /// `{` and `[`.
+        pub opens: u64,
+        /// `}` and `]`.
+        pub closes: u64,
+    }
+
+    /// An instruction set's way of reading a block.
+    pub trait Lanes {
+        /// The masks of the 64 bytes at `at`.
+        ///
+        /// # Safety
+        /// `at + 64 <= buf.len()`, and the instruction set is there.
+        unsafe fn block(buf: &[u8], at: usize) -> Block;
+    }
+
+    /// Sixteen bytes a load (x86_64's baseline).
+    pub struct Sse2;
+
+    /// Thirty-two bytes a load.
+    pub struct Avx2;
+
+    // `{` and `[` are 0x7b and 0x5b, `}` and `]` 0x7d and 0x5d: with bit 0x20 set, one
+    // comparison finds each pair (no other byte becomes 0x7b or 0x7d that way).
+
+    impl Lanes for Sse2 {
+        #[inline(always)]
+        unsafe fn block(buf: &[u8], at: usize) -> Block {
+            let mut block = Block {
+                quotes: 0,
+                backslashes: 0,
+                opens: 0,
+                closes: 0,
+            };
+            for part in 0..4 {
+                // SAFETY: the 16 bytes at `at + 16 * part` lie in `buf` (the contract); the
+                // load takes any alignment; SSE2 is there.
+                unsafe {
+                    let chunk = _mm_loadu_si128(buf.as_ptr().add(at + 16 * part).cast::<__m128i>());
+                    let folded = _mm_or_si128(chunk, _mm_set1_epi8(0x20));
+                    let shift = 16 * part;
+                    let mask = |vector| u64::from(_mm_movemask_epi8(vector) as u16) << shift;
+                    block.quotes |= mask(_mm_cmpeq_epi8(chunk, _mm_set1_epi8(b'"' as i8)));
+                    block.backslashes |= mask(_mm_cmpeq_epi8(chunk, _mm_set1_epi8(b'\\' as i8)));
+                    block.opens |= mask(_mm_cmpeq_epi8(folded, _mm_set1_epi8(b'{' as i8)));
+                    block.closes |= mask(_mm_cmpeq_epi8(folded, _mm_set1_epi8(b'}' as i8)));
+                }
+            }
+            block
+        }
+    }
+
+    impl Lanes for Avx2 {
+        #[inline(always)]
+        unsafe fn block(buf: &[u8], at: usize) -> Block {
+            // SAFETY: the 64 bytes at `at` lie in `buf` (the contract); the loads take any
+            // alignment; AVX2 is there (the contract).
+            unsafe {
+                let low = _mm256_loadu_si256(buf.as_ptr().add(at).cast::<__m256i>());
+                let high = _mm256_loadu_si256(buf.as_ptr().add(at + 32).cast::<__m256i>());
+                let bit_5 = _mm256_set1_epi8(0x20);
+                let (low_folded, high_folded) =
+                    (_mm256_or_si256(low, bit_5), _mm256_or_si256(high, bit_5));
+                #[inline(always)]
+                unsafe fn equal(low: __m256i, high: __m256i, byte: u8) -> u64 {
+                    // SAFETY: AVX2 is there (the caller's contract).
+                    unsafe {
+                        let byte = _mm256_set1_epi8(byte as i8);
+                        u64::from(_mm256_movemask_epi8(_mm256_cmpeq_epi8(low, byte)) as u32)
+                            | u64::from(_mm256_movemask_epi8(_mm256_cmpeq_epi8(high, byte)) as u32)
+                                << 32
+                    }
+                }
+                Block {
+                    quotes: equal(low, high, b'"'),
+                    backslashes: equal(low, high, b'\\'),
+                    opens: equal(low_folded, high_folded, b'{'),
+                    closes: equal(low_folded, high_folded, b'}'),
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -503,6 +588,44 @@ mod tests {
         .bytes(buf, buf.len())
     }
 
+    /// `container_end` with each build of the block loop this CPU runs (the tests run on one
+    /// machine, which would try only the widest otherwise).
+    fn every_build(buf: &[u8], start: usize) -> Vec<Result<Option<usize>, String>> {
+        #[allow(unused_mut)]
+        let mut found = vec![container_end(buf, start)];
+        #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+        for build in 0..3 {
+            let mut scan = Containers {
+                at: start,
+                depth: 0,
+                in_string: false,
+            };
+            // SAFETY: each build runs only where its instructions were detected.
+            let blocks = unsafe {
+                match build {
+                    0 => scan.blocks(buf),
+                    1 if std::is_x86_feature_detected!("popcnt") => scan.blocks_popcnt(buf),
+                    2 if std::is_x86_feature_detected!("avx2")
+                        && std::is_x86_feature_detected!("popcnt") =>
+                    {
+                        scan.blocks_avx2(buf)
+                    }
+                    _ => continue,
+                }
+            };
+            let end = blocks.and_then(|end| match end {
+                Some(end) => Ok(Some(end)),
+                // SAFETY: SSE2 is the build's (the cfg).
+                None => unsafe { scan.chunks(buf) }.and_then(|end| match end {
+                    Some(end) => Ok(Some(end)),
+                    None => scan.bytes(buf, buf.len()),
+                }),
+            });
+            found.push(end);
+        }
+        found
+    }
+
     #[test]
     fn chunks_and_bytes_agree_around_every_chunk_boundary() {
         // Escapes, quotes and brackets at every position relative to the 16-byte chunks, cut
@@ -531,23 +654,27 @@ mod tests {
             let whole = bytewise(bytes, 0);
             assert_eq!(whole, Ok(Some(bytes.len() - 5)), "{text}");
             for cut in 1..bytes.len() {
-                assert_eq!(
-                    container_end(&bytes[..cut], 0),
-                    bytewise(&bytes[..cut], 0),
-                    "shift {shift}, cut {cut}: {text}"
-                );
+                for found in every_build(&bytes[..cut], 0) {
+                    assert_eq!(
+                        found,
+                        bytewise(&bytes[..cut], 0),
+                        "shift {shift}, cut {cut}: {text}"
+                    );
+                }
             }
         }
-        // The first balancing bracket ends it, past a chunk; a close before any open is an
-        // error either way.
-        let spaced = format!("[{}]]]", " ".repeat(30));
-        assert_eq!(container_end(spaced.as_bytes(), 0), Ok(Some(32)));
-        let unbalanced = format!("{}}}]", " ".repeat(20));
-        assert!(container_end(unbalanced.as_bytes(), 0).is_err());
-        assert_eq!(
-            container_end(unbalanced.as_bytes(), 0),
-            bytewise(unbalanced.as_bytes(), 0)
-        );
+        // The first balancing bracket ends it, past a chunk or a block; a close before any
+        // open is an error either way.
+        for spaces in [30, 80] {
+            let spaced = format!("[{}]]]", " ".repeat(spaces));
+            for found in every_build(spaced.as_bytes(), 0) {
+                assert_eq!(found, Ok(Some(spaces + 2)));
+            }
+            let unbalanced = format!("{}}}]", " ".repeat(spaces - 10));
+            for found in every_build(unbalanced.as_bytes(), 0) {
+                assert!(found.is_err());
+            }
+        }
     }
 
     proptest::proptest! {
@@ -561,7 +688,9 @@ mod tests {
         ) {
             let mut text = vec![open];
             text.extend(body);
-            proptest::prop_assert_eq!(container_end(&text, 0), bytewise(&text, 0));
+            for found in every_build(&text, 0) {
+                proptest::prop_assert_eq!(found, bytewise(&text, 0));
+            }
         }
 
         /// Long texts with one backslash or none, so that whole 64-byte blocks are read from
@@ -581,11 +710,12 @@ mod tests {
                 text[at] = b'\\';
             }
             let cut = cut.clamp(1, text.len());
-            proptest::prop_assert_eq!(container_end(&text, 0), bytewise(&text, 0));
-            proptest::prop_assert_eq!(
-                container_end(&text[..cut], 0),
-                bytewise(&text[..cut], 0)
-            );
+            for found in every_build(&text, 0) {
+                proptest::prop_assert_eq!(found, bytewise(&text, 0));
+            }
+            for found in every_build(&text[..cut], 0) {
+                proptest::prop_assert_eq!(found, bytewise(&text[..cut], 0));
+            }
         }
     }
 
@@ -601,11 +731,9 @@ mod tests {
         text.push_str(&"]".repeat(100));
         let end = text.len();
         text.push_str(&" ".repeat(70));
-        assert_eq!(container_end(text.as_bytes(), 0), Ok(Some(end)));
-        assert_eq!(
-            container_end(text.as_bytes(), 0),
-            bytewise(text.as_bytes(), 0)
-        );
+        for found in every_build(text.as_bytes(), 0) {
+            assert_eq!(found, Ok(Some(end)));
+        }
     }
 
     #[test]
