@@ -309,22 +309,24 @@ pub fn value_end(buf: &[u8], start: usize) -> Result<Option<usize>, String> {
             // A number, `true`, `false` or `null`: anything else (a bracket or a quote in
             // it) is refused here, so that where a message ends never depends on how its
             // bytes were cut into reads (the framer's bracket count agrees).
-            let rest = &buf[start..];
-            let end = rest
-                .iter()
-                .position(|b| matches!(b, b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t'));
-            let scalar = &rest[..end.unwrap_or(rest.len())];
-            match scalar
-                .iter()
-                .position(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.')))
-            {
-                Some(bad) => Err(format!(
-                    "an invalid value at byte {} ({})",
-                    start + bad,
-                    show(scalar[bad])
-                )),
-                None => Ok(end.map(|n| start + n)),
+            // One pass: to the first delimiter, every byte before it checked.
+            for (n, &byte) in buf[start..].iter().enumerate() {
+                match byte {
+                    b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t' => {
+                        return Ok(Some(start + n))
+                    }
+                    b'+' | b'-' | b'.' => {}
+                    _ if byte.is_ascii_alphanumeric() => {}
+                    _ => {
+                        return Err(format!(
+                            "an invalid value at byte {} ({})",
+                            start + n,
+                            show(byte)
+                        ))
+                    }
+                }
             }
+            Ok(None)
         }
     }
 }
@@ -363,7 +365,9 @@ pub fn string_value(buf: &[u8], span: Range<usize>, key: &str) -> Result<Option<
         ));
     }
     let inner = span.start + 1..span.end - 1;
-    if buf[inner.clone()].contains(&b'\\') {
+    // The content holds no unescaped quote (`span` is one string), so the first quote or
+    // backslash from its start is its closing quote unless it has escapes.
+    if quote_or_backslash(buf, inner.start).is_some_and(|at| at < inner.end) {
         serde_json::from_slice::<String>(bytes)
             .map(|text| Some(Text::Unescaped(text)))
             .map_err(|e| format!("message field `{key}`: {e}"))
