@@ -22,8 +22,8 @@
 //! seq and count).
 
 //!
-//! The parts: [`session`] opens (and re-opens) the session and checks positions; [`receive`]
-//! runs one request and turns its answer into a chunk; [`chunk`] holds a chunk's events and
+//! The parts: `session` opens (and re-opens) the session and checks positions; `receive`
+//! runs one request and turns its answer into a chunk; `chunk` holds a chunk's events and
 //! text.
 
 mod chunk;
