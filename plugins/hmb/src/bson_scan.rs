@@ -624,14 +624,24 @@ mod tests {
         assert_eq!(name_end(b"quo\"te\0", 0), Ok((6, false)));
         assert_eq!(name_end(b"0123456789\\x\0", 0), Ok((12, false)));
         assert_eq!(name_end(b"d\xc3\xa9j\xc3\xa0\0", 0), Ok((6, false)));
-        // A mark after the NUL does not count.
+        // A mark after the NUL does not count, in a 16-byte step or byte by byte.
         assert_eq!(name_end(b"ab\0\"\x01\xff\\cdefgh", 0), Ok((2, true)));
+        assert_eq!(
+            name_end(b"abcdefgh\0\"\x01\xff\\cdefghijklmn", 0),
+            Ok((8, true))
+        );
+        assert_eq!(name_end(b"abcdefgh\x01\0cdefghijklmn", 0), Ok((9, false)));
+        // A NUL past the first 16 bytes, marks before it in either step.
+        assert_eq!(name_end(b"abcdefghijklmnopqrs\0tail", 0), Ok((19, true)));
+        assert_eq!(name_end(b"abc\"efghijklmnopqrs\0tail", 0), Ok((19, false)));
+        assert_eq!(name_end(b"abcdefghijklmnopq\"s\0tail", 0), Ok((19, false)));
         assert!(name_end(b"no end at all", 0).is_err());
     }
 
     proptest::proptest! {
-        /// A document with bytes changed anywhere: written as JSON that parses, or an error;
-        /// never a panic, never text that is not JSON.
+        /// Names and texts of any bytes, at any place relative to a 16-byte step: the same
+        /// end and plainness as the byte loop, and the text written as serde_json writes it
+        /// (or refused when it is not UTF-8).
         #[test]
         fn names_and_texts_are_read_16_bytes_at_a_time_as_byte_by_byte(
             bytes in proptest::collection::vec(
@@ -664,6 +674,8 @@ mod tests {
             }
         }
 
+        /// A document with bytes changed anywhere: written as JSON that parses, or an error;
+        /// never a panic, never text that is not JSON.
         #[test]
         fn changed_documents_are_json_or_errors(
             changes in proptest::collection::vec((0usize..400, proptest::num::u8::ANY), 1..4),
