@@ -52,7 +52,7 @@ pub mod ffi;
 
 pub use consumer::{poll_until, CommandInfo, Consumer, ConsumerClass, Context, PollStatus};
 pub use error::{ErrorKind, PluginError, PluginResult};
-pub use event::{Body, Event, EventBatch, Gap};
+pub use event::{Body, Event, EventBatch, Gap, Timestamps};
 pub use handler::{route, EventHandler, HandlerClass};
 pub use offset::{Offset, OffsetRef};
 pub use settings::{optional_table, table, tables};

@@ -6,9 +6,8 @@ use crate::offset::{format_composite, parse_composite};
 use crate::settings::{self, Config, HmbSettings};
 use buslink_plugin_api::{
     log, CommandInfo, Consumer, ConsumerClass, Context, Event, EventBatch, Offset, OffsetRef,
-    PluginError, PluginResult, PollStatus,
+    PluginError, PluginResult, PollStatus, Timestamps,
 };
-use chrono::DateTime;
 use std::io::Read;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::RecvTimeoutError;
@@ -373,7 +372,8 @@ impl HmbConsumer {
             }
         };
         let mut added = 0;
-        let mut last_time = None;
+        // The events of one read share their time when the bus gives none: converted once.
+        let mut times = Timestamps::default();
         while *cursor < chunk.events.len() && added < limit && !batch.is_full() {
             report_gaps(batch, *cursor);
             let event = chunk.events[*cursor];
@@ -398,18 +398,9 @@ impl HmbConsumer {
                 );
                 OffsetRef::String(offset_text)
             };
-            // The events of one read share their time when the bus gives none: converted once.
-            let timestamp = match last_time {
-                Some((micros, time)) if micros == event.micros => time,
-                _ => {
-                    let time = DateTime::from_timestamp_micros(event.micros).unwrap_or_default();
-                    last_time = Some((event.micros, time));
-                    time
-                }
-            };
             batch.push(Event {
                 offset,
-                timestamp,
+                timestamp: times.at(event.micros),
                 category: event_category,
                 body: chunk.body(event.body),
             });
