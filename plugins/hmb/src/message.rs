@@ -101,7 +101,7 @@ pub fn parse_json(item: &str) -> Result<Parsed<'_>, String> {
 
 /// A string of a JSON message read while framing: where it lies in the answer, or its text
 /// when it had escapes.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum HeadText {
     /// Bytes of the answer (absolute positions).
     At(Range<usize>),
@@ -132,7 +132,7 @@ impl HeadText {
 
 /// The fields of a JSON message, read in the same pass that finds where the message ends (so
 /// each message is scanned once): positions in the answer, valid while its bytes stay put.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct JsonHead {
     kind: HeadText,
     queue: Option<HeadText>,
@@ -149,6 +149,14 @@ impl JsonHead {
     /// pass ([`json_scan`](crate::json_scan) says what is checked); `Ok(None)` when the bytes
     /// end before the message does.
     pub fn read(buf: &[u8], start: usize) -> Result<Option<(usize, JsonHead)>, String> {
+        match Self::read_as_written(buf, start) {
+            Some(read) => Ok(Some(read)),
+            None => Self::read_field_by_field(buf, start),
+        }
+    }
+
+    /// [`read`](Self::read) for any layout: the fields in any order, with whitespace.
+    fn read_field_by_field(buf: &[u8], start: usize) -> Result<Option<(usize, JsonHead)>, String> {
         use crate::json_scan::{
             has_string_fields, integer_value, skip_ws, string_end, string_value, value_end, Text,
         };
@@ -228,6 +236,99 @@ impl JsonHead {
             hermes,
         };
         Ok(Some((at + 1, head)))
+    }
+
+    /// The message at `buf[start]` when it is laid out as httpmsgbus writes it (and the
+    /// in-repo server): no whitespace, the fields in the server's order (`type`, `queue`,
+    /// `sender`, `topic`, `seq`, `starttime`, `endtime`, `data`, each but `type` optional), strings
+    /// without escapes, `seq` an integer of at most 18 digits. Read with a few fixed compares
+    /// instead of a loop over any fields; `None` for anything else (an incomplete message too),
+    /// which [`read`](Self::read) then reads field by field, to the same result where both read
+    /// (tested).
+    fn read_as_written(buf: &[u8], start: usize) -> Option<(usize, JsonHead)> {
+        use crate::json_scan::{has_string_fields, literal_at, plain_string_end, value_end};
+        // `"` then the string's content: its range, `at` moved past its closing quote.
+        let string = |at: &mut usize| {
+            let content = *at;
+            *at = plain_string_end(buf, content)?;
+            Some(HeadText::At(content..*at - 1))
+        };
+        let mut at = start;
+        if !literal_at(buf, at, br#"{"type":""#) {
+            return None;
+        }
+        at += 9;
+        let kind = string(&mut at)?;
+        let field = |at: &mut usize, literal: &[u8]| {
+            let found = literal_at(buf, *at, literal);
+            if found {
+                *at += literal.len();
+            }
+            found
+        };
+        let queue = if field(&mut at, br#","queue":""#) {
+            Some(string(&mut at)?)
+        } else {
+            None
+        };
+        if field(&mut at, br#","sender":""#) {
+            string(&mut at)?;
+        }
+        let topic = if field(&mut at, br#","topic":""#) {
+            Some(string(&mut at)?)
+        } else {
+            None
+        };
+        let seq = if field(&mut at, br#","seq":"#) {
+            let negative = buf.get(at) == Some(&b'-');
+            let digits = at + usize::from(negative);
+            let end = digits
+                + buf
+                    .get(digits..)?
+                    .iter()
+                    .take(19)
+                    .take_while(|b| b.is_ascii_digit())
+                    .count();
+            if end == digits || end - digits > 18 || !matches!(buf.get(end), Some(b',' | b'}')) {
+                return None;
+            }
+            let value = buf[digits..end]
+                .iter()
+                .fold(0i64, |value, digit| value * 10 + i64::from(digit - b'0'));
+            at = end;
+            Some(if negative { -value } else { value })
+        } else {
+            None
+        };
+        let starttime = if field(&mut at, br#","starttime":""#) {
+            Some(string(&mut at)?)
+        } else {
+            None
+        };
+        if field(&mut at, br#","endtime":""#) {
+            string(&mut at)?;
+        }
+        let (mut data, mut hermes) = (None, false);
+        if field(&mut at, br#","data":"#) {
+            let end = value_end(buf, at).ok()??;
+            let span = at..end;
+            hermes = has_string_fields(buf, span.clone(), [b"evcategory", b"eventtype"]);
+            data = Some(span);
+            at = end;
+        }
+        if buf.get(at) != Some(&b'}') {
+            return None;
+        }
+        let head = JsonHead {
+            kind,
+            queue,
+            topic,
+            seq,
+            starttime,
+            data,
+            hermes,
+        };
+        Some((at + 1, head))
     }
 
     /// The fields continuity needs (type, queue, seq), reading `buf` (the answer's bytes); the
@@ -511,9 +612,120 @@ mod tests {
         );
     }
 
+    /// A message as the servers write it, with the given parts (`None`: field left out).
+    fn as_written(fields: &[(&str, Option<&str>)]) -> String {
+        let parts: Vec<String> = fields
+            .iter()
+            .filter_map(|(key, value)| value.map(|v| format!("\"{key}\":{v}")))
+            .collect();
+        format!("{{{}}}", parts.join(","))
+    }
+
+    #[test]
+    fn messages_as_the_servers_write_them_are_read_with_fixed_compares() {
+        let hermes =
+            r#"{"evcategory":"base","eventtype":"modified","objattrs":{"a":"}"},"step":0}"#;
+        let full = as_written(&[
+            ("type", Some(r#""EVENT""#)),
+            ("queue", Some(r#""A""#)),
+            ("sender", Some(r#""cid-1""#)),
+            ("topic", Some(r#""base""#)),
+            ("seq", Some("123456789012345678")),
+            ("starttime", Some(r#""2026-12-07T01:02:03.000004Z""#)),
+            ("endtime", Some(r#""2026-12-07T01:02:04.000004Z""#)),
+            ("data", Some(hermes)),
+        ]);
+        let text = format!("{full},");
+        let (end, head) = JsonHead::read_as_written(text.as_bytes(), 0).expect("read as written");
+        assert_eq!(end, full.len());
+        assert_eq!(
+            Ok(Some((end, head.clone()))),
+            JsonHead::read_field_by_field(text.as_bytes(), 0)
+        );
+        let parsed = head.parsed(&text, 0..end);
+        assert_eq!(parsed.kind, "EVENT");
+        assert_eq!(parsed.queue.as_deref(), Some("A"));
+        assert_eq!(parsed.topic.as_deref(), Some("base"));
+        assert_eq!(parsed.seq, Some(123_456_789_012_345_678));
+        assert_eq!(parsed.timestamp_micros(), Some(1_796_605_323_000_004));
+        assert!(parsed.body_is_data);
+        assert!(matches!(parsed.body, BodySrc::Text(body) if body == hermes));
+        for short in [r#"{"type":"EOF"}"#, r#"{"type":"HEARTBEAT"}"#] {
+            assert!(
+                JsonHead::read_as_written(short.as_bytes(), 0).is_some(),
+                "{short}"
+            );
+        }
+        // Left to the field-by-field reader: escapes, whitespace, another order, null, a
+        // fractional or 19-digit seq, an unknown field, an incomplete message.
+        for other in [
+            r#"{"type":"E\"","seq":1}"#,
+            r#"{"type": "E","seq":1}"#,
+            r#"{"seq":1,"type":"E"}"#,
+            r#"{"type":"E","queue":null}"#,
+            r#"{"type":"E","seq":1.0}"#,
+            r#"{"type":"E","seq":1234567890123456789}"#,
+            r#"{"type":"E","seq":1,"extra":2}"#,
+            r#"{"type":"E","seq":1"#,
+        ] {
+            assert!(
+                JsonHead::read_as_written(other.as_bytes(), 0).is_none(),
+                "{other}"
+            );
+            assert!(JsonHead::read(other.as_bytes(), 0).is_ok(), "{other}");
+        }
+    }
+
     mod properties {
         use super::super::*;
+        use super::as_written;
         use proptest::prelude::*;
+
+        /// A string field as some server may write it: usually plain, sometimes with escapes,
+        /// null, a number, or left out.
+        fn text_value() -> impl Strategy<Value = Option<String>> {
+            prop_oneof![
+                12 => "[a-zA-Z0-9_:. -]{0,20}".prop_map(|s| Some(format!("\"{s}\""))),
+                1 => ".{0,10}".prop_map(|s| Some(serde_json::to_string(&s).unwrap())),
+                1 => Just(Some("null".to_owned())),
+                1 => Just(Some("7".to_owned())),
+                3 => Just(None),
+            ]
+        }
+
+        /// `seq` as some server may write it.
+        fn seq_value() -> impl Strategy<Value = Option<String>> {
+            prop_oneof![
+                6 => (-1_000i64..1_000).prop_map(|n| Some(n.to_string())),
+                6 => (0..1_000_000_000_000i64).prop_map(|n| Some(n.to_string())),
+                1 => any::<i64>().prop_map(|n| Some(n.to_string())),
+                1 => "-?[0-9]{17,20}(\\.[0-9])?(e[0-9])?".prop_map(Some),
+                1 => Just(Some("9999999999999999999".to_owned())),
+                1 => Just(Some("null".to_owned())),
+                1 => Just(Some("\"5\"".to_owned())),
+                2 => Just(None),
+            ]
+        }
+
+        /// `data` as some server may write it: Hermes events (keys sorted) most often.
+        fn data_value() -> impl Strategy<Value = Option<String>> {
+            let hermes = (text_value(), text_value(), "[ -~]{0,30}").prop_map(|(c, e, rest)| {
+                let mut object = serde_json::Map::new();
+                for (key, value) in [("evcategory", c), ("eventtype", e)] {
+                    if let Some(value) = value {
+                        object.insert(key.to_owned(), serde_json::from_str(&value).unwrap());
+                    }
+                }
+                object.insert("objattrs".to_owned(), serde_json::json!({"text": rest}));
+                Some(serde_json::Value::Object(object).to_string())
+            });
+            prop_oneof![
+                4 => hermes,
+                1 => "[ -~]{0,20}".prop_map(|s| Some(serde_json::json!([s, {"k": s}]).to_string())),
+                1 => Just(Some("12".to_owned())),
+                1 => Just(None),
+            ]
+        }
 
         proptest! {
             /// Whatever a server (or something pretending to be one) sends as a message, reading
@@ -528,6 +740,58 @@ mod tests {
             #[test]
             fn any_json_text_is_read_without_a_panic(text in ".{0,300}") {
                 let _ = parse_json(&text);
+            }
+
+        }
+
+        proptest! {
+            // About one case in eight is a message the fixed compares read.
+            #![proptest_config(ProptestConfig::with_cases(2048))]
+
+            /// Whatever the fields' values, their presence, and whether the message is cut
+            /// short or has a byte changed: where the fixed-compare reader reads a message, the
+            /// field-by-field reader reads the same.
+            #[test]
+            fn messages_read_with_fixed_compares_are_read_alike_field_by_field(
+                kind in text_value(),
+                queue in text_value(),
+                sender in text_value(),
+                topic in text_value(),
+                seq in seq_value(),
+                starttime in text_value(),
+                endtime in text_value(),
+                data in data_value(),
+                cut in any::<proptest::sample::Index>(),
+                change in proptest::option::of((
+                    any::<proptest::sample::Index>(),
+                    proptest::sample::select(br#" ,:{}"\0"#.to_vec()),
+                )),
+            ) {
+                let text = as_written(&[
+                    ("type", kind.as_deref()),
+                    ("queue", queue.as_deref()),
+                    ("sender", sender.as_deref()),
+                    ("topic", topic.as_deref()),
+                    ("seq", seq.as_deref()),
+                    ("starttime", starttime.as_deref()),
+                    ("endtime", endtime.as_deref()),
+                    ("data", data.as_deref()),
+                ]);
+                let mut bytes = text.into_bytes();
+                if let Some((at, byte)) = change {
+                    let at = at.index(bytes.len());
+                    bytes[at] = byte;
+                }
+                for len in [bytes.len(), cut.index(bytes.len() + 1)] {
+                    let bytes = &bytes[..len];
+                    if let Some(read) = JsonHead::read_as_written(bytes, 0) {
+                        prop_assert_eq!(
+                            Ok(Some(read)),
+                            JsonHead::read_field_by_field(bytes, 0),
+                            "{}", String::from_utf8_lossy(bytes)
+                        );
+                    }
+                }
             }
 
             /// Structured JSON messages with arbitrary field values, the scanner's fast path.
