@@ -50,7 +50,9 @@ pub fn write_f64(out: &mut Vec<u8>, value: f64) {
         // Integral (the casts, exact below 2^53, spare a call to `trunc`).
         write_i64(out, value as i64);
     } else {
-        let _ = serde_json::to_writer(&mut *out, &value);
+        // What serde_json writes for a finite f64 (its formatter calls the same), without its
+        // serializer around it.
+        out.extend_from_slice(zmij::Buffer::new().format_finite(value).as_bytes());
     }
 }
 
@@ -186,6 +188,19 @@ mod tests {
                 serde_json::to_string(&value).unwrap(),
                 "{value:e}"
             );
+        }
+        for bits in (0..4096u64).map(|n| n.wrapping_mul(0x9E37_79B9_7F4A_7C15)) {
+            let value = f64::from_bits(bits);
+            if value.is_finite() {
+                let mut out = Vec::new();
+                write_f64(&mut out, value);
+                let written = String::from_utf8(out).unwrap();
+                let read: f64 = written.parse().unwrap();
+                assert!(read == value, "{value:e} written {written}");
+                if value.abs() >= 9_007_199_254_740_992.0 || value.fract() != 0.0 {
+                    assert_eq!(written, serde_json::to_string(&value).unwrap());
+                }
+            }
         }
         // Integral doubles below 2^53 as integers (Hermes's JSON has no `6.0`).
         for (value, text) in [

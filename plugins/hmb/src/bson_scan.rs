@@ -109,6 +109,21 @@ fn string_at(doc: &[u8], at: usize) -> Result<(&[u8], usize), String> {
     Ok((&doc[at + 4..end - 1], end))
 }
 
+/// The string value at `at` of an element of `doc` (not the last byte's: that ends `doc`), as
+/// [`Elements::read`] reads it: its bytes and the index after it; `None` where `read` finds an
+/// error.
+pub(crate) fn string_value_at(doc: &[u8], at: usize) -> Option<(&[u8], usize)> {
+    string_at(doc, at).ok().filter(|&(_, end)| end < doc.len())
+}
+
+/// The embedded document at `at` of an element of `doc`, as [`Elements::read`] reads it: its
+/// bytes; `None` where `read` finds an error.
+pub(crate) fn document_value_at(doc: &[u8], at: usize) -> Option<&[u8]> {
+    let len = int32_at(doc, at).ok()?;
+    let end = at.checked_add(len)?;
+    (len >= 5 && end < doc.len() && doc[end - 1] == 0).then(|| &doc[at..end])
+}
+
 /// A string's bytes as text.
 pub fn text(bytes: &[u8]) -> Result<&str, String> {
     std::str::from_utf8(bytes)

@@ -398,6 +398,23 @@ fn type_name(value: Value<'_>) -> &'static str {
 /// Whether a BSON document is a Hermes event: string `evcategory` and `eventtype` (reading
 /// stops once both were seen).
 fn is_hermes_bson(doc: &[u8]) -> bool {
+    bson_scan::elements(doc).is_ok() && (hermes_fields_first(doc) || is_hermes_bson_by_loop(doc))
+}
+
+/// As Hermes events come from httpmsgbus (keys sorted): string `evcategory` and `eventtype`
+/// the first two elements of `doc` (a document's frame already checked), seen with a few
+/// compares.
+fn hermes_fields_first(doc: &[u8]) -> bool {
+    let string = |at| bson_scan::string_value_at(doc, at).map(|(_, end)| end);
+    element_at(doc, 4, 0x02, b"evcategory")
+        .and_then(string)
+        .and_then(|at| element_at(doc, at, 0x02, b"eventtype"))
+        .and_then(string)
+        .is_some()
+}
+
+/// [`is_hermes_bson`] for any order of the elements.
+fn is_hermes_bson_by_loop(doc: &[u8]) -> bool {
     let Ok(fields) = bson_scan::elements(doc) else {
         return false;
     };
@@ -424,6 +441,101 @@ fn is_hermes_bson(doc: &[u8]) -> bool {
 /// fails, so the event is delivered with the message's BSON bytes as its body; such a topic
 /// gives the category with U+FFFD for the bad bytes (as the server's own JSON encoder writes it).
 pub fn parse_bson(bytes: &[u8]) -> Result<Parsed<'_>, String> {
+    match parse_bson_as_written(bytes) {
+        Some(parsed) => Ok(parsed),
+        None => parse_bson_field_by_field(bytes),
+    }
+}
+
+/// The message when it is laid out as httpmsgbus writes it (and the in-repo server): the
+/// fields in the server's order (`type`, `queue`, `sender`, `topic`, `seq`, `starttime`,
+/// `endtime`, `data`; each but `type` optional), the strings UTF-8, `seq` an int32 or int64,
+/// `data` a document. Read with fixed compares instead of a loop over any fields; `None` for
+/// anything else, which [`parse_bson`] then reads field by field, to the same result where
+/// both read (tested).
+fn parse_bson_as_written(bytes: &[u8]) -> Option<Parsed<'_>> {
+    use crate::bson_scan::{document_value_at, string_value_at};
+    let declared = i32::from_le_bytes(bytes.get(..4)?.try_into().ok()?);
+    let last = bytes.len() - 1;
+    if declared < 5 || declared as usize != bytes.len() || bytes[last] != 0 {
+        return None;
+    }
+    let element = |at: &mut usize, kind: u8, name: &[u8]| match element_at(bytes, *at, kind, name) {
+        Some(value) => {
+            *at = value;
+            true
+        }
+        None => false,
+    };
+    // A string value at `*at`, as text: `*at` moved past it.
+    let string = |at: &mut usize| {
+        let (text, end) = string_value_at(bytes, *at)?;
+        *at = end;
+        std::str::from_utf8(text).ok()
+    };
+    let mut at = 4;
+    if !element(&mut at, 0x02, b"type") {
+        return None;
+    }
+    let kind = string(&mut at)?;
+    let optional_string = |at: &mut usize, name: &[u8]| {
+        if element(at, 0x02, name) {
+            string(at).map(Some)
+        } else {
+            Some(None)
+        }
+    };
+    let queue = optional_string(&mut at, b"queue")?;
+    optional_string(&mut at, b"sender")?;
+    let topic = optional_string(&mut at, b"topic")?;
+    let seq = if element(&mut at, 0x10, b"seq") {
+        let value = i32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?);
+        at += 4;
+        Some(i64::from(value))
+    } else if element(&mut at, 0x12, b"seq") {
+        let value = i64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?);
+        at += 8;
+        Some(value)
+    } else {
+        None
+    };
+    let starttime = optional_string(&mut at, b"starttime")?;
+    optional_string(&mut at, b"endtime")?;
+    let mut data = None;
+    if element(&mut at, 0x03, b"data") {
+        let doc = document_value_at(bytes, at)?;
+        at += doc.len();
+        data = Some(doc);
+    }
+    if at != last {
+        return None;
+    }
+    let (body, body_is_data) = match data {
+        Some(data) if is_hermes_bson(data) => (BodySrc::BsonDoc(data), true),
+        _ => (BodySrc::BsonDoc(bytes), false),
+    };
+    Some(Parsed {
+        kind: Cow::Borrowed(kind),
+        queue: queue.map(Cow::Borrowed),
+        topic: topic.map(Cow::Borrowed),
+        seq,
+        starttime: starttime.map(Cow::Borrowed),
+        body,
+        body_is_data,
+    })
+}
+
+/// With an element of type `kind` named `name` at `at` in `doc`: the index of its value.
+fn element_at(doc: &[u8], at: usize, kind: u8, name: &[u8]) -> Option<usize> {
+    let value = at + 2 + name.len();
+    (doc.get(at) == Some(&kind)
+        && crate::json_scan::literal_at(doc, at + 1, name)
+        && doc.get(value - 1) == Some(&0))
+    .then_some(value)
+}
+
+/// [`parse_bson`] for any layout.
+fn parse_bson_field_by_field(bytes: &[u8]) -> Result<Parsed<'_>, String> {
     let (mut kind, mut queue, mut topic, mut starttime) = (None, None, None, None);
     let (mut seq, mut data) = (None, None);
     // A field besides the head could not be read: the body is the whole message, raw.
@@ -650,6 +762,39 @@ mod tests {
         assert_eq!(parsed.timestamp_micros(), Some(1_796_605_323_000_004));
         assert!(parsed.body_is_data);
         assert!(matches!(parsed.body, BodySrc::Text(body) if body == hermes));
+        // BSON the same way.
+        let data = bson::doc! {"evcategory": "base", "eventtype": "added", "objpkey": 1.0};
+        let message = bson::doc! {
+            "type": "EVENT", "queue": "A", "sender": "cid", "topic": "base", "seq": 7_i64,
+            "starttime": "2026-12-07T01:02:03.000004Z", "endtime": "2026-12-07T01:02:03.000004Z",
+            "data": data.clone(),
+        };
+        let bytes = bson::to_vec(&message).unwrap();
+        let parsed = parse_bson_as_written(&bytes).expect("read as written");
+        assert_eq!(
+            format!("{parsed:?}"),
+            format!("{:?}", parse_bson_field_by_field(&bytes).unwrap())
+        );
+        assert_eq!((parsed.kind.as_ref(), parsed.seq), ("EVENT", Some(7)));
+        assert_eq!(parsed.category(), "base");
+        assert!(
+            matches!(parsed.body, BodySrc::BsonDoc(body) if body == bson::to_vec(&data).unwrap())
+        );
+        let message = bson::doc! {"type": "EVENT", "queue": "A", "seq": -7_i32, "data": data};
+        let bytes = bson::to_vec(&message).unwrap();
+        let parsed = parse_bson_as_written(&bytes).expect("an int32 seq read as written");
+        assert_eq!((parsed.seq, parsed.body_is_data), (Some(-7), true));
+        for other in [
+            bson::doc! {"type": "E", "seq": 7.0},
+            bson::doc! {"seq": 7_i32, "type": "E"},
+            bson::doc! {"type": "E", "queue": bson::Bson::Null},
+            bson::doc! {"type": "E", "data": [1_i32]},
+            bson::doc! {"type": "E", "scMessageType": "x"},
+        ] {
+            let bytes = bson::to_vec(&other).unwrap();
+            assert!(parse_bson_as_written(&bytes).is_none(), "{other}");
+            assert!(parse_bson(&bytes).is_ok(), "{other}");
+        }
         for short in [r#"{"type":"EOF"}"#, r#"{"type":"HEARTBEAT"}"#] {
             assert!(
                 JsonHead::read_as_written(short.as_bytes(), 0).is_some(),
@@ -742,6 +887,122 @@ mod tests {
                 let _ = parse_json(&text);
             }
 
+        }
+
+        /// A BSON field value as some server may write it (`None`: left out).
+        fn bson_value(strings: u32) -> impl Strategy<Value = Option<bson::Bson>> {
+            use bson::Bson;
+            prop_oneof![
+                strings => "[a-zA-Z0-9 ]{0,12}".prop_map(|s| Some(Bson::String(s))),
+                1 => ".{0,6}".prop_map(|s| Some(Bson::String(s))),
+                1 => Just(Some(Bson::Null)),
+                1 => any::<i32>().prop_map(|n| Some(Bson::Int32(n))),
+                1 => any::<i64>().prop_map(|n| Some(Bson::Int64(n))),
+                1 => (-1000i64..1000).prop_map(|n| Some(Bson::Double(n as f64))),
+                2 => Just(None),
+            ]
+        }
+
+        fn bson_data() -> impl Strategy<Value = Option<bson::Bson>> {
+            (
+                bson_value(6),
+                bson_value(6),
+                proptest::option::of("[a-d]{1,2}"),
+            )
+                .prop_map(|(category, event_type, before)| {
+                    let mut data = bson::Document::new();
+                    if let Some(key) = before {
+                        data.insert(key, 1_i32);
+                    }
+                    for (key, value) in [("evcategory", category), ("eventtype", event_type)] {
+                        if let Some(value) = value {
+                            data.insert(key, value);
+                        }
+                    }
+                    data.insert("objattrs", bson::doc! {"k": [1.5, "v"]});
+                    Some(bson::Bson::Document(data))
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2048))]
+
+            /// As for JSON: where the fixed-compare reader reads a BSON message, the
+            /// field-by-field reader reads the same, whatever the fields' types and presence,
+            /// cut short or with a byte changed.
+            #[test]
+            fn bson_messages_read_with_fixed_compares_are_read_alike_field_by_field(
+                kind in bson_value(12),
+                queue in bson_value(12),
+                sender in bson_value(12),
+                topic in bson_value(12),
+                seq in prop_oneof![
+                    3 => (-1000i64..1000).prop_map(|n| Some(bson::Bson::Int64(n))),
+                    3 => any::<i32>().prop_map(|n| Some(bson::Bson::Int32(n))),
+                    1 => bson_value(1),
+                ],
+                starttime in bson_value(12),
+                endtime in bson_value(12),
+                data in prop_oneof![4 => bson_data(), 1 => bson_value(1)],
+                extra in proptest::bool::weighted(0.1),
+                cut in any::<proptest::sample::Index>(),
+                change in proptest::option::of((any::<proptest::sample::Index>(), any::<u8>())),
+            ) {
+                let mut message = bson::Document::new();
+                for (key, value) in [
+                    ("type", kind), ("queue", queue), ("sender", sender), ("topic", topic),
+                    ("seq", seq), ("starttime", starttime), ("endtime", endtime), ("data", data),
+                ] {
+                    if let Some(value) = value {
+                        message.insert(key, value);
+                    }
+                }
+                if extra {
+                    message.insert("scMessageType", "x");
+                }
+                let mut bytes = bson::to_vec(&message).unwrap();
+                if let Some((at, byte)) = change {
+                    let at = at.index(bytes.len());
+                    bytes[at] = byte;
+                }
+                for len in [bytes.len(), cut.index(bytes.len() + 1)] {
+                    let bytes = &bytes[..len];
+                    if let Some(read) = parse_bson_as_written(bytes) {
+                        prop_assert_eq!(
+                            format!("{:?}", Ok::<_, String>(read)),
+                            format!("{:?}", parse_bson_field_by_field(bytes)),
+                        );
+                    }
+                }
+            }
+        }
+
+        proptest! {
+            /// The Hermes check on a BSON `data` says what the bson crate reads of it.
+            #[test]
+            fn the_bson_hermes_check_says_what_the_bson_crate_reads(
+                data in bson_data(),
+                cut in proptest::option::of(any::<proptest::sample::Index>()),
+                change in (any::<proptest::sample::Index>(), any::<u8>()),
+            ) {
+                let Some(bson::Bson::Document(data)) = data else {
+                    unreachable!("bson_data makes documents")
+                };
+                let bytes = bson::to_vec(&data).unwrap();
+                let expected = data.get_str("evcategory").is_ok() && data.get_str("eventtype").is_ok();
+                prop_assert_eq!(is_hermes_bson(&bytes), expected);
+                if let Some(cut) = cut {
+                    // Cut short, it is no document: never a Hermes event.
+                    prop_assert!(!is_hermes_bson(&bytes[..cut.index(bytes.len())]));
+                }
+                // A byte changed: where the compares see a Hermes event, the loop does too.
+                let mut changed = bytes.clone();
+                let at = change.0.index(changed.len());
+                changed[at] = change.1;
+                if bson_scan::elements(&changed).is_ok() && hermes_fields_first(&changed) {
+                    prop_assert!(is_hermes_bson_by_loop(&changed));
+                }
+            }
         }
 
         proptest! {
