@@ -60,7 +60,19 @@ pub struct Elements<'a> {
 }
 
 /// Reads a document's frame: its length prefix must match its bytes, and it ends with 0.
+#[inline]
 pub fn elements(doc: &[u8]) -> Result<Elements<'_>, String> {
+    check_frame(doc)?;
+    Ok(Elements {
+        doc,
+        at: 4,
+        done: false,
+    })
+}
+
+/// [`elements`]'s check of a document's frame alone.
+#[inline]
+fn check_frame(doc: &[u8]) -> Result<(), String> {
     let declared = doc
         .get(..4)
         .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -71,13 +83,10 @@ pub fn elements(doc: &[u8]) -> Result<Elements<'_>, String> {
             doc.len()
         ));
     }
-    Ok(Elements {
-        doc,
-        at: 4,
-        done: false,
-    })
+    Ok(())
 }
 
+#[inline]
 fn int32_at(doc: &[u8], at: usize) -> Result<usize, String> {
     let bytes = doc
         .get(at..at + 4)
@@ -100,6 +109,7 @@ fn cstring_end(doc: &[u8], at: usize) -> Result<usize, String> {
 }
 
 /// A length-prefixed string at `at`: (its bytes, index after it).
+#[inline]
 fn string_at(doc: &[u8], at: usize) -> Result<(&[u8], usize), String> {
     let len = int32_at(doc, at)?;
     let end = at + 4 + len;
@@ -112,12 +122,14 @@ fn string_at(doc: &[u8], at: usize) -> Result<(&[u8], usize), String> {
 /// The string value at `at` of an element of `doc` (not the last byte's: that ends `doc`), as
 /// [`Elements::read`] reads it: its bytes and the index after it; `None` where `read` finds an
 /// error.
+#[inline]
 pub(crate) fn string_value_at(doc: &[u8], at: usize) -> Option<(&[u8], usize)> {
     string_at(doc, at).ok().filter(|&(_, end)| end < doc.len())
 }
 
 /// The embedded document at `at` of an element of `doc`, as [`Elements::read`] reads it: its
 /// bytes; `None` where `read` finds an error.
+#[inline]
 pub(crate) fn document_value_at(doc: &[u8], at: usize) -> Option<&[u8]> {
     let len = int32_at(doc, at).ok()?;
     let end = at.checked_add(len)?;
@@ -125,6 +137,7 @@ pub(crate) fn document_value_at(doc: &[u8], at: usize) -> Option<&[u8]> {
 }
 
 /// A string's bytes as text.
+#[inline]
 pub fn text(bytes: &[u8]) -> Result<&str, String> {
     std::str::from_utf8(bytes)
         .map_err(|_| "undecodable BSON: a string that is not UTF-8".to_owned())
@@ -414,11 +427,14 @@ pub fn write_document(doc: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
 /// the same lengths and give the same errors.
 fn write_container(doc: &[u8], out: &mut Vec<u8>, object: bool) -> Result<(), String> {
     out.push(if object { b'{' } else { b'[' });
-    let mut fields = elements(doc)?;
+    // The element at `next`; no `Elements` made unless a rare type needs one (building it in
+    // memory and reading it back at once stalled every container's start: perf annotate).
+    check_frame(doc)?;
+    let mut next = 4;
     let last = doc.len() - 1;
     let mut first = true;
     loop {
-        let at = fields.at;
+        let at = next;
         let kind = doc[at];
         if kind == 0 {
             if at == last {
@@ -481,10 +497,16 @@ fn write_container(doc: &[u8], out: &mut Vec<u8>, object: bool) -> Result<(), St
                 end
             }
             _ => {
+                let mut fields = Elements {
+                    doc,
+                    at,
+                    done: false,
+                };
                 let (key, _, value) = fields
                     .read_marked()?
                     .ok_or("undecodable BSON: an element read twice")?;
                 write_value(doc, key, value, out)?;
+                next = fields.at;
                 continue;
             }
         };
@@ -494,7 +516,7 @@ fn write_container(doc: &[u8], out: &mut Vec<u8>, object: bool) -> Result<(), St
                 String::from_utf8_lossy(key)
             ));
         }
-        fields.at = end;
+        next = end;
     }
     out.push(if object { b'}' } else { b']' });
     Ok(())
