@@ -136,6 +136,31 @@ pub(crate) fn document_value_at(doc: &[u8], at: usize) -> Option<&[u8]> {
     (len >= 5 && end < doc.len() && doc[end - 1] == 0).then(|| &doc[at..end])
 }
 
+/// `text` (a part of `doc`) as text: a string of up to 16 bytes with 16 bytes of `doc` to read
+/// from its start is seen to be ASCII in one step (SSE2 on x86_64), else checked as UTF-8 by the
+/// standard check; `None` when it is not UTF-8.
+#[inline]
+pub(crate) fn short_text<'a>(doc: &[u8], text: &'a [u8]) -> Option<&'a str> {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    {
+        let start = (text.as_ptr() as usize).wrapping_sub(doc.as_ptr() as usize);
+        if text.len() <= 16 && start <= doc.len() && doc.len() - start >= 16 {
+            use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_movemask_epi8};
+            // SAFETY: SSE2 is there (the cfg above); `text` starts at `start` in `doc` and 16
+            // bytes from there lie inside `doc`; the load takes any alignment.
+            let high = unsafe {
+                _mm_movemask_epi8(_mm_loadu_si128(doc.as_ptr().add(start).cast::<__m128i>()))
+            } as u32;
+            if high & ((1u32 << text.len()) - 1) == 0 {
+                // SAFETY: every byte of `text` is below 0x80 (their high bits, just read, are
+                // clear): ASCII, which is UTF-8.
+                return Some(unsafe { std::str::from_utf8_unchecked(text) });
+            }
+        }
+    }
+    std::str::from_utf8(text).ok()
+}
+
 /// A string's bytes as text.
 #[inline]
 pub fn text(bytes: &[u8]) -> Result<&str, String> {
@@ -676,6 +701,23 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// Any bytes at any place in a document, ASCII most often: read as the standard
+        /// check reads them.
+        #[test]
+        fn short_texts_are_read_as_the_standard_check_reads_them(
+            doc in proptest::collection::vec(
+                proptest::prop_oneof![4 => 0u8..0x80, 1 => proptest::prelude::any::<u8>()],
+                0..40,
+            ),
+            start in proptest::prelude::any::<proptest::sample::Index>(),
+            len in 0usize..20,
+        ) {
+            let start = start.index(doc.len() + 1);
+            let end = (start + len).min(doc.len());
+            let text = &doc[start..end];
+            proptest::prop_assert_eq!(short_text(&doc, text), std::str::from_utf8(text).ok());
+        }
+
         /// Names and texts of any bytes, at any place relative to a 16-byte step: the same
         /// end and plainness as the byte loop, and the text written as serde_json writes it
         /// (or refused when it is not UTF-8).

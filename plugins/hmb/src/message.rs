@@ -471,7 +471,7 @@ fn parse_bson_as_written(bytes: &[u8]) -> Option<Parsed<'_>> {
     let string = |at: &mut usize| {
         let (text, end) = string_value_at(bytes, *at)?;
         *at = end;
-        std::str::from_utf8(text).ok()
+        bson_scan::short_text(bytes, text)
     };
     let mut at = 4;
     if !element(&mut at, 0x02, b"type") {
@@ -526,6 +526,9 @@ fn parse_bson_as_written(bytes: &[u8]) -> Option<Parsed<'_>> {
 }
 
 /// With an element of type `kind` named `name` at `at` in `doc`: the index of its value.
+/// (Inlined where the name is a constant: the compare is then a few integer compares, not a
+/// `memcmp` call.)
+#[inline(always)]
 fn element_at(doc: &[u8], at: usize, kind: u8, name: &[u8]) -> Option<usize> {
     let value = at + 2 + name.len();
     (doc.get(at) == Some(&kind)
