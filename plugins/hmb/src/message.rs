@@ -266,19 +266,18 @@ impl JsonHead {
             }
             found
         };
-        let queue = if field(&mut at, br#","queue":""#) {
-            Some(string(&mut at)?)
-        } else {
-            None
+        // `,"name":"..."` at `*at`: `Some(Some(text))`, `Some(None)` when the field is not
+        // there, `None` when its string is not plain.
+        let optional_string = |at: &mut usize, literal: &[u8]| {
+            if field(at, literal) {
+                string(at).map(Some)
+            } else {
+                Some(None)
+            }
         };
-        if field(&mut at, br#","sender":""#) {
-            string(&mut at)?;
-        }
-        let topic = if field(&mut at, br#","topic":""#) {
-            Some(string(&mut at)?)
-        } else {
-            None
-        };
+        let queue = optional_string(&mut at, br#","queue":""#)?;
+        optional_string(&mut at, br#","sender":""#)?;
+        let topic = optional_string(&mut at, br#","topic":""#)?;
         let seq = if field(&mut at, br#","seq":"#) {
             let negative = buf.get(at) == Some(&b'-');
             let digits = at + usize::from(negative);
@@ -300,14 +299,8 @@ impl JsonHead {
         } else {
             None
         };
-        let starttime = if field(&mut at, br#","starttime":""#) {
-            Some(string(&mut at)?)
-        } else {
-            None
-        };
-        if field(&mut at, br#","endtime":""#) {
-            string(&mut at)?;
-        }
+        let starttime = optional_string(&mut at, br#","starttime":""#)?;
+        optional_string(&mut at, br#","endtime":""#)?;
         let (mut data, mut hermes) = (None, false);
         if field(&mut at, br#","data":"#) {
             let end = value_end(buf, at).ok()??;
