@@ -207,6 +207,49 @@ fn kafka_the_lag_behind_the_partition_end_is_in_the_progress_line() {
     assert_eq!(daemon.terminate(limit).code(), Some(0));
 }
 
+/// A group member that holds no partition yet (the mock keeps the first assignment for its 3 s
+/// initial rebalance delay) cannot tell how many events wait for it: its progress lines say
+/// `lag unknown`, never `lag 0` while 30 events are on its topic and none was handled; once it
+/// holds the partition the lag is counted again and ends at 0 with every event handled.
+#[test]
+fn kafka_a_group_member_holding_no_partition_shows_its_lag_unknown_not_0() {
+    let mut mock = KafkaMock::start(1, &[("one", 1)]);
+    mock.command("produce one 30");
+    let dir = TestDir::new("kafka-group-lag");
+    let config = one_partition_member(&dir, &mock, "lag-group", 10, "", "");
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, format!("stats_interval_s = 1\n{text}")).expect("config");
+    let mut daemon = buslink_testkit::Daemon::run(&config);
+    let limit = std::time::Duration::from_secs(60);
+    daemon.wait_for("every event handled, lag 0", limit, |d| {
+        d.stderr()
+            .lines()
+            .any(|l| l.contains("30 events in total") && l.contains(", lag 0,"))
+    });
+    let stderr = daemon.stderr();
+    let before: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("progress: ") && l.contains(" 0 events in total"))
+        .collect();
+    assert!(
+        !before.is_empty(),
+        "no progress line before the first assignment:\n{stderr}"
+    );
+    // Before the assignment `unknown`; between it and the first event handled (a moment) the
+    // 30 waiting: never 0.
+    for line in &before {
+        assert!(
+            !line.contains(", lag 0,"),
+            "30 events wait, none handled, yet: {line}"
+        );
+    }
+    assert!(
+        before.iter().any(|l| l.contains(", lag unknown,")),
+        "no `lag unknown` before the first assignment:\n{stderr}"
+    );
+    assert_eq!(daemon.terminate(limit).code(), Some(0));
+}
+
 /// The offsets (`TOPIC:PARTITION:OFFSET`) of the whole lines of a `jsonl` file, in file order
 /// (a daemon killed mid-write may leave a torn last line: not counted).
 fn group_offsets(path: &std::path::Path) -> Vec<(i32, i64)> {

@@ -542,9 +542,16 @@ impl Consumer for GroupConsumer {
         }
     }
 
+    /// The events after this member's position in the partitions it holds; unknown while it
+    /// holds none (before its first assignment, in a rebalance, or with more members than
+    /// partitions): it cannot tell how many wait on the topic for whoever gets them.
     fn lag(&mut self) -> Option<u64> {
+        let positions = self.positions().ok()?;
+        if positions.is_empty() {
+            return None;
+        }
         let mut lag = 0;
-        for (_, next, high) in self.positions().ok()? {
+        for (_, next, high) in positions {
             lag += u64::try_from(high? - next?).unwrap_or(0);
         }
         Some(lag)
