@@ -392,12 +392,12 @@ pub fn string_value(buf: &[u8], span: Range<usize>, key: &str) -> Result<Option<
     let inner = span.start + 1..span.end - 1;
     // The content holds no unescaped quote (`span` is one string), so the first quote or
     // backslash from its start is its closing quote unless it has escapes.
-    if quote_or_backslash(buf, inner.start).is_some_and(|at| at < inner.end) {
+    if plain_string_end(buf, inner.start) == Some(span.end) {
+        Ok(Some(Text::Plain(inner)))
+    } else {
         serde_json::from_slice::<String>(bytes)
             .map(|text| Some(Text::Unescaped(text)))
             .map_err(|e| format!("message field `{key}`: {e}"))
-    } else {
-        Ok(Some(Text::Plain(inner)))
     }
 }
 
@@ -408,16 +408,8 @@ pub fn integer_value(buf: &[u8], span: Range<usize>, key: &str) -> Result<Option
     if bytes == b"null" {
         return Ok(None);
     }
-    // The usual case, a sequence number of up to 18 digits: read as it is scanned.
-    let (negative, digits) = match bytes.split_first() {
-        Some((b'-', rest)) => (true, rest),
-        _ => (false, bytes),
-    };
-    if !digits.is_empty() && digits.len() <= 18 && digits.iter().all(u8::is_ascii_digit) {
-        let value = digits
-            .iter()
-            .fold(0i64, |value, digit| value * 10 + i64::from(digit - b'0'));
-        return Ok(Some(if negative { -value } else { value }));
+    if let Some(value) = plain_integer(bytes) {
+        return Ok(Some(value));
     }
     let text = std::str::from_utf8(bytes).unwrap_or("");
     if let Ok(value) = text.parse::<i64>() {
@@ -430,6 +422,22 @@ pub fn integer_value(buf: &[u8], span: Range<usize>, key: &str) -> Result<Option
             String::from_utf8_lossy(&bytes[..bytes.len().min(40)])
         )),
     }
+}
+
+/// The usual integer, a sequence number: an optional `-` and 1 to 18 ASCII digits (no `i64`
+/// overflow possible), read as it is scanned; `None` for anything else.
+pub fn plain_integer(bytes: &[u8]) -> Option<i64> {
+    let (negative, digits) = match bytes.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, bytes),
+    };
+    if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let value = digits
+        .iter()
+        .fold(0i64, |value, digit| value * 10 + i64::from(digit - b'0'));
+    Some(if negative { -value } else { value })
 }
 
 /// Whether the object at `span` has string values for both `keys` among its top-level

@@ -246,7 +246,9 @@ impl JsonHead {
     /// which [`read`](Self::read) then reads field by field, to the same result where both read
     /// (tested).
     fn read_as_written(buf: &[u8], start: usize) -> Option<(usize, JsonHead)> {
-        use crate::json_scan::{has_string_fields, literal_at, plain_string_end, value_end};
+        use crate::json_scan::{
+            has_string_fields, literal_at, plain_integer, plain_string_end, value_end,
+        };
         // `"` then the string's content: its range, `at` moved past its closing quote.
         let string = |at: &mut usize| {
             let content = *at;
@@ -279,23 +281,20 @@ impl JsonHead {
         optional_string(&mut at, br#","sender":""#)?;
         let topic = optional_string(&mut at, br#","topic":""#)?;
         let seq = if field(&mut at, br#","seq":"#) {
-            let negative = buf.get(at) == Some(&b'-');
-            let digits = at + usize::from(negative);
-            let end = digits
+            // A sign and up to 19 digits, then the field's end; `plain_integer` takes 18.
+            let end = at
                 + buf
-                    .get(digits..)?
+                    .get(at..)?
                     .iter()
-                    .take(19)
-                    .take_while(|b| b.is_ascii_digit())
+                    .take(20)
+                    .take_while(|&&b| b.is_ascii_digit() || b == b'-')
                     .count();
-            if end == digits || end - digits > 18 || !matches!(buf.get(end), Some(b',' | b'}')) {
+            if !matches!(buf.get(end), Some(b',' | b'}')) {
                 return None;
             }
-            let value = buf[digits..end]
-                .iter()
-                .fold(0i64, |value, digit| value * 10 + i64::from(digit - b'0'));
+            let value = plain_integer(&buf[at..end])?;
             at = end;
-            Some(if negative { -value } else { value })
+            Some(value)
         } else {
             None
         };
@@ -391,7 +390,8 @@ fn type_name(value: Value<'_>) -> &'static str {
 /// Whether a BSON document is a Hermes event: string `evcategory` and `eventtype` (reading
 /// stops once both were seen).
 fn is_hermes_bson(doc: &[u8]) -> bool {
-    bson_scan::elements(doc).is_ok() && (hermes_fields_first(doc) || is_hermes_bson_by_loop(doc))
+    bson_scan::elements(doc)
+        .is_ok_and(|fields| hermes_fields_first(doc) || is_hermes_bson_by_loop(fields))
 }
 
 /// As Hermes events come from httpmsgbus (keys sorted): string `evcategory` and `eventtype`
@@ -406,11 +406,8 @@ fn hermes_fields_first(doc: &[u8]) -> bool {
         .is_some()
 }
 
-/// [`is_hermes_bson`] for any order of the elements.
-fn is_hermes_bson_by_loop(doc: &[u8]) -> bool {
-    let Ok(fields) = bson_scan::elements(doc) else {
-        return false;
-    };
+/// [`is_hermes_bson`] for any order of the elements (`fields`: the document's, from its first).
+fn is_hermes_bson_by_loop(fields: bson_scan::Elements<'_>) -> bool {
     let (mut category, mut event_type) = (false, false);
     for element in fields {
         match element {
@@ -995,8 +992,10 @@ mod tests {
                 let mut changed = bytes.clone();
                 let at = change.0.index(changed.len());
                 changed[at] = change.1;
-                if bson_scan::elements(&changed).is_ok() && hermes_fields_first(&changed) {
-                    prop_assert!(is_hermes_bson_by_loop(&changed));
+                if let Ok(fields) = bson_scan::elements(&changed) {
+                    if hermes_fields_first(&changed) {
+                        prop_assert!(is_hermes_bson_by_loop(fields));
+                    }
                 }
             }
         }
