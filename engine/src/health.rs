@@ -183,6 +183,9 @@ pub struct Health {
     /// Events handled since the cache was created, before this run.
     handled_before: AtomicU64,
     bus_lag: Mutex<Option<BusLag>>,
+    /// Why the bus holds the consumer up though it answers, as the plugin last said (a
+    /// group's long rebalance): shown as waiting for the bus while consuming.
+    held_up: Mutex<Option<String>>,
     /// Set by the monitor every tick; the dispatcher takes it between two events to do what
     /// is due by the clock (a commit by `every_ms`, the metrics' tallies).
     tick: AtomicBool,
@@ -204,6 +207,7 @@ impl Default for Health {
             handled: AtomicU64::new(0),
             handled_before: AtomicU64::new(0),
             bus_lag: Mutex::new(None),
+            held_up: Mutex::new(None),
             tick: AtomicBool::new(false),
             stall_after_s: AtomicU64::new(60),
             stats_interval_s: AtomicU64::new(0),
@@ -231,6 +235,7 @@ impl Health {
         self.gaps.store(0, Ordering::SeqCst);
         self.events_lost.store(0, Ordering::SeqCst);
         *lock(&self.bus_lag) = None;
+        *lock(&self.held_up) = None;
         self.stall_after_s
             .store(stall_after_s.max(1), Ordering::SeqCst);
         self.stats_interval_s
@@ -242,6 +247,7 @@ impl Health {
         if !matches!(phase, Phase::Consuming) {
             // Whatever the bus said before does not hold while it cannot be asked.
             *lock(&self.bus_lag) = None;
+            *lock(&self.held_up) = None;
         }
         *lock(&self.phase) = phase;
         wake_monitor();
@@ -262,15 +268,30 @@ impl Health {
         self.handled.load(Ordering::Relaxed)
     }
 
-    /// The plugin's lag (events after its read position; `None`: it cannot tell) and its
-    /// counters, read now by the reader.
-    pub fn bus_answered(&self, lag: Option<u64>, counters: Vec<(String, u64)>) {
+    /// The plugin's lag (events after its read position; `None`: it cannot tell), why the
+    /// bus holds it up (`None`: it does not, or the plugin cannot tell) and its counters, read
+    /// now by the reader.
+    pub fn bus_answered(
+        &self,
+        lag: Option<u64>,
+        held_up: Option<String>,
+        counters: Vec<(String, u64)>,
+    ) {
         let read_then = self.read.load(Ordering::Relaxed);
         *lock(&self.bus_lag) = lag.map(|after_read| BusLag {
             after_read,
             read_then,
         });
+        let changed = {
+            let mut was = lock(&self.held_up);
+            let changed = *was != held_up;
+            *was = held_up;
+            changed
+        };
         *lock(&self.counters) = counters;
+        if changed {
+            wake_monitor();
+        }
     }
 
     /// A gap of `lost` events (0: unknown) was passed.
@@ -428,6 +449,7 @@ fn observe(tracks: &mut HashMap<String, Track>, consumer: &Watched, now: Instant
     let health = &consumer.health;
     health.tick.store(true, Ordering::Relaxed);
     let phase = lock(&health.phase).clone();
+    let held_up = lock(&health.held_up).clone();
     let handled = health.handled.load(Ordering::Relaxed);
     let lag = health.lag(&phase);
     let track = tracks
@@ -446,7 +468,11 @@ fn observe(tracks: &mut HashMap<String, Track>, consumer: &Watched, now: Instant
         track.progress_at = now;
     }
     let waiting_events = lag.unwrap_or_else(|| health.in_flight());
-    if handled != track.handled || consumer.paused || !matches!(phase, Phase::Consuming) {
+    if handled != track.handled
+        || consumer.paused
+        || held_up.is_some()
+        || !matches!(phase, Phase::Consuming)
+    {
         // Progress, or a time the consumer was not expected to make any (paused, connecting,
         // waiting for the bus): the stall clock starts again from here.
         track.progress_at = now;
@@ -480,6 +506,7 @@ fn observe(tracks: &mut HashMap<String, Track>, consumer: &Watched, now: Instant
         Phase::Stopping => State::Stopping,
         Phase::Failed(why) => State::Failed(why),
         Phase::Consuming if consumer.paused => State::Paused,
+        Phase::Consuming if held_up.is_some() => State::Waiting(held_up.unwrap_or_default()),
         Phase::Consuming if waiting_events > 0 && idle_s >= stall_after_s => State::Stalled {
             waiting: waiting_events,
             idle_s,
@@ -569,7 +596,7 @@ mod tests {
         health.set_phase(Phase::Consuming);
         // 50 events on the bus; the reader pulled all 50 into its queue: the plugin says 0.
         health.read(50);
-        health.bus_answered(Some(0), Vec::new());
+        health.bus_answered(Some(0), None, Vec::new());
         let mut tracks = HashMap::new();
         let view = observe(&mut tracks, &watched(&health, false), Instant::now());
         assert_eq!(view.lag, Some(50));
@@ -601,7 +628,7 @@ mod tests {
         );
         // Events arrive: the clock starts now.
         health.read(5);
-        health.bus_answered(Some(0), Vec::new());
+        health.bus_answered(Some(0), None, Vec::new());
         assert_eq!(
             observe(&mut tracks, &watched(&health, false), later).state,
             State::Running
@@ -631,5 +658,46 @@ mod tests {
         let view = observe(&mut tracks, &watched(&health, false), stuck);
         assert_eq!(view.state, State::Running);
         assert_eq!(view.lag, Some(4));
+    }
+
+    #[test]
+    fn a_consumer_the_bus_holds_up_is_waiting_for_the_bus_until_it_is_not_and_never_stalled() {
+        let health = Arc::new(Health::default());
+        health.begin_run(0, 2, 0);
+        health.set_phase(Phase::Consuming);
+        let mut tracks = HashMap::new();
+        let start = Instant::now();
+        health.read(5);
+        health.bus_answered(None, Some("a rebalance for 6 s".into()), Vec::new());
+        let view = observe(&mut tracks, &watched(&health, false), start);
+        assert_eq!(
+            view.state.text(),
+            "waiting for the bus: a rebalance for 6 s"
+        );
+        assert_eq!(view.state.label(), "waiting");
+        // However long the hold-up, 5 events read and none handled: not stalled.
+        let later = start + Duration::from_secs(30);
+        let view = observe(&mut tracks, &watched(&health, false), later);
+        assert_eq!(view.state.label(), "waiting");
+        // Paused by the operator: paused wins.
+        let view = observe(&mut tracks, &watched(&health, true), later);
+        assert_eq!(view.state, State::Paused);
+        // The hold-up ends: running, and the stall clock starts there.
+        health.bus_answered(Some(0), None, Vec::new());
+        let view = observe(&mut tracks, &watched(&health, false), later);
+        assert_eq!(view.state, State::Running);
+        assert_eq!(view.lag, Some(5));
+        let view = observe(
+            &mut tracks,
+            &watched(&health, false),
+            later + Duration::from_secs(2),
+        );
+        assert_eq!(view.state.label(), "stalled");
+        // A new phase forgets what the plugin said before.
+        health.bus_answered(None, Some("a rebalance for 6 s".into()), Vec::new());
+        health.set_phase(Phase::Connecting);
+        health.set_phase(Phase::Consuming);
+        let view = observe(&mut tracks, &watched(&health, false), later);
+        assert_eq!(view.state, State::Running);
     }
 }

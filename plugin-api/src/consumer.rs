@@ -150,6 +150,18 @@ pub trait Consumer: Send + 'static {
         None
     }
 
+    /// Why the bus holds this consumer up though it answers, while it does: a consumer
+    /// group's rebalance that has lasted longer than a bus may take to answer (max(timeout,
+    /// 5 s)), this member holding no partition meanwhile, for example. The host asks it with
+    /// the [`lag`](Self::lag), about every second on the thread that polls, and shows the
+    /// consumer `waiting for the bus: WHY` (503 on `/ready`) while it is `Some`, `running`
+    /// again once it is `None`. A bus that cannot be reached is an error from `poll` instead
+    /// (the host then re-opens the consumer); a hold-up is waited out. The default: never
+    /// held up (or cannot tell). Since plugin-api 0.4.1.
+    fn held_up(&mut self) -> Option<String> {
+        None
+    }
+
     /// Whether the bus keeps this consumer's position (a Kafka consumer group, whose offsets
     /// live in the cluster). The host then:
     /// - never positions it from its cache; it calls [`seek`](Self::seek) once after `open`

@@ -186,6 +186,11 @@ pub trait ConsumerFfi: Send {
     fn acknowledge(&mut self, offset: &ROffset) -> RResult<(), RPluginError>;
     #[sabi(last_prefix_field)]
     fn serve(&mut self) -> RResult<(), RPluginError>;
+    /// Since plugin-api 0.4.1: a plugin built against 0.4.0 lacks it, and the default (not
+    /// held up) answers for it.
+    fn held_up(&mut self) -> ROption<RString> {
+        ROption::RNone
+    }
 }
 
 /// A boxed consumer trait object, owned by the host.
@@ -698,6 +703,9 @@ impl Consumer for FfiConsumer {
     fn lag(&mut self) -> Option<u64> {
         self.0.lag().into_option()
     }
+    fn held_up(&mut self) -> Option<String> {
+        self.0.held_up().into_option().map(RString::into_string)
+    }
     fn bus_owns_position(&self) -> bool {
         self.0.bus_owns_position()
     }
@@ -926,6 +934,17 @@ impl<C: Consumer> ConsumerFfi for ConsumerShim<C> {
         catch_unwind(AssertUnwindSafe(|| self.inner.lag()))
             .ok()
             .flatten()
+            .into()
+    }
+
+    fn held_up(&mut self) -> ROption<RString> {
+        if self.poisoned_in.is_some() {
+            return ROption::RNone;
+        }
+        catch_unwind(AssertUnwindSafe(|| self.inner.held_up()))
+            .ok()
+            .flatten()
+            .map(RString::from)
             .into()
     }
 

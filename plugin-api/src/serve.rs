@@ -30,7 +30,7 @@ use std::process::ExitCode;
 
 /// Every optional operation: a served class implements them all (the trait's defaults are the
 /// class's own).
-const CAPABILITIES: [&str; 12] = [
+const CAPABILITIES: [&str; 13] = [
     "seek_to_end",
     "seek_after",
     "next_offset",
@@ -38,6 +38,7 @@ const CAPABILITIES: [&str; 12] = [
     "find_next_event_of_category",
     "check_position",
     "lag",
+    "held_up",
     "counters",
     "query",
     "bus_owns_position",
@@ -265,6 +266,7 @@ fn call(
             timestamp_us,
         } => plain(consumer.check_position(&ROffset::from(&offset), timestamp_us)).and(null),
         Op::Lag => to_json(consumer.lag().into_option()),
+        Op::HeldUp => to_json(consumer.held_up().into_option().map(RString::into_string)),
         Op::Counters => {
             let counters: Vec<(String, u64)> = consumer
                 .counters()

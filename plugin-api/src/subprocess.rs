@@ -1001,6 +1001,13 @@ impl Consumer for SubprocessConsumer {
         Some(lag + kept)
     }
 
+    fn held_up(&mut self) -> Option<String> {
+        if !self.has("held_up") || self.running.is_none() {
+            return None;
+        }
+        self.value::<Option<String>>(Op::HeldUp).ok().flatten()
+    }
+
     fn counters(&self) -> Vec<(String, u64)> {
         // The plugin's own (as of the last `lag`), then the host's own counters of the child:
         // its pid (0 while none runs), how many were started and how many of those replaced

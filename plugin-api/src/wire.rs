@@ -66,7 +66,7 @@ pub enum Op {
     Hello {
         /// The versions the host speaks.
         protocol: VersionRange,
-        /// The host, for the plugin's log (`buslink-plugin-api 0.4.0`).
+        /// The host, for the plugin's log (`buslink-plugin-api 0.4.1`).
         host: String,
     },
     /// Builds the process's one consumer of `class` from its settings. Answered by `null`.
@@ -139,6 +139,8 @@ pub enum Op {
     },
     /// `Consumer::lag`, answered by a number or `null` (optional: `lag`).
     Lag,
+    /// `Consumer::held_up`, answered by the reason or `null` (optional: `held_up`).
+    HeldUp,
     /// `Consumer::counters`, answered by `[[name, value], ...]` (optional: `counters`).
     Counters,
     /// `Consumer::query`, answered by the text (optional: `query`).

@@ -250,6 +250,109 @@ fn kafka_a_group_member_holding_no_partition_shows_its_lag_unknown_not_0() {
     assert_eq!(daemon.terminate(limit).code(), Some(0));
 }
 
+/// A member that the group's rebalance keeps without a partition for longer than it would
+/// wait for a broker (max(timeout, 5 s)) says so: `waiting for the bus: ... no partition for
+/// N s, waiting for a rebalance` (one WARN), and `running` again once the group assigns it
+/// partitions (one INFO), never `running` in between. The hold-up is real: a second member
+/// joins, and the mock cluster keeps the group in its join phase for the group's
+/// `session.timeout.ms` less 1 s (15 s here), as a broker does while a member that stopped
+/// answering has not rejoined. What A's own log says of its partitions is the truth the states
+/// are checked against: given up before the WARN, assigned again before the INFO. B, the
+/// plugin in a child process, waits for its first assignment the same way. Every event is
+/// handled once by the two members.
+#[test]
+fn kafka_a_group_member_held_up_by_a_long_rebalance_shows_waiting_then_running_again() {
+    let limit = std::time::Duration::from_secs(60);
+    let mut mock = KafkaMock::start(1, &[("held", 2)]);
+    mock.command("produce held 20");
+    let session = "\"session.timeout.ms\" = 15000\n";
+    let (dir_a, dir_b) = (TestDir::new("kafka-held-a"), TestDir::new("kafka-held-b"));
+    let config_a = topic_member(&dir_a, &mock, "held", "held-group", 10, session, "");
+    let mut a = buslink_testkit::Daemon::run(&config_a);
+    let out_a = dir_a.join("out/all.jsonl");
+    a.wait_for(
+        "A holding both partitions, the 20 events handled",
+        limit,
+        |_| group_offsets(&out_a).len() == 20,
+    );
+    // B runs the plugin as a child process (the subprocess protocol's `held_up`).
+    let config_b = topic_member(&dir_b, &mock, "held", "held-group", 10, session, "");
+    let text = std::fs::read_to_string(&config_b).expect("config");
+    assert!(text.contains("plugin = \"kafka\""), "{text}");
+    let text = text.replacen(
+        "plugin = \"kafka\"",
+        "plugin = { command = [\"buslink-plugin-kafka\"] }",
+        1,
+    );
+    std::fs::write(&config_b, text).expect("config");
+    let mut b = buslink_testkit::Daemon::run(&config_b);
+    let waiting = "consumer now waiting for the bus: ";
+    a.wait_for("A waiting for the rebalance", limit, |d| {
+        d.stderr().contains(waiting)
+    });
+    a.wait_for("A running again", limit, |d| {
+        d.stderr().contains("consumer running again (was waiting)")
+    });
+    let stderr = a.stderr();
+    let at = |needle: &str| stderr.find(needle).unwrap_or(usize::MAX);
+    let warn = at(waiting);
+    let line = stderr[warn..].lines().next().unwrap_or_default();
+    assert!(
+        line.contains("consumer group held-group")
+            && line.contains("no partition for")
+            && line.contains("waiting for a rebalance"),
+        "{line}"
+    );
+    // Given up before the WARN; no partition assigned between it and the INFO; assigned again
+    // before the INFO.
+    let given_up = at("partitions given up: held:");
+    let running = at("consumer running again (was waiting)");
+    assert!(
+        given_up < warn,
+        "A gave nothing up before it waited:\n{stderr}"
+    );
+    let assigned_again = stderr[warn..]
+        .find("partitions assigned: held:")
+        .map(|i| warn + i)
+        .unwrap_or(usize::MAX);
+    assert!(
+        assigned_again < running,
+        "A running again before it held a partition:\n{stderr}"
+    );
+    assert_eq!(
+        stderr.matches(waiting).count(),
+        1,
+        "one WARN for the whole hold-up:\n{stderr}"
+    );
+    // B waited for its first assignment the same way, and both then share the work: the 20
+    // new events are handled, every event once.
+    b.wait_for("B running", limit, |d| {
+        d.stderr().contains("partitions assigned: held:")
+    });
+    mock.command("produce held 20");
+    let out_b = dir_b.join("out/all.jsonl");
+    a.wait_for("the 40 events handled", limit, |_| {
+        group_offsets(&out_a).len() + group_offsets(&out_b).len() >= 40
+    });
+    let mut all: Vec<(i32, i64)> = group_offsets(&out_a);
+    all.extend(group_offsets(&out_b));
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(
+        all.len(),
+        group_offsets(&out_a).len() + group_offsets(&out_b).len(),
+        "an event handled twice"
+    );
+    assert_eq!(all.len(), 40);
+    assert!(
+        b.stderr().contains(waiting) && b.stderr().contains("waiting for its first assignment"),
+        "B:\n{}",
+        b.stderr()
+    );
+    assert_eq!(b.terminate(limit).code(), Some(0));
+    assert_eq!(a.terminate(limit).code(), Some(0));
+}
+
 /// The offsets (`TOPIC:PARTITION:OFFSET`) of the whole lines of a `jsonl` file, in file order
 /// (a daemon killed mid-write may leave a torn last line: not counted).
 fn group_offsets(path: &std::path::Path) -> Vec<(i32, i64)> {

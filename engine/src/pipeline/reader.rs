@@ -48,8 +48,8 @@ pub(super) fn position<'a>(
     }
 }
 
-/// Asks the plugin for its lag and counters (the reader's thread: the plugin is called from
-/// one thread at a time), at most every [`LAG_REFRESH`].
+/// Asks the plugin for its lag, whether the bus holds it up, and its counters (the reader's
+/// thread: the plugin is called from one thread at a time), at most every [`LAG_REFRESH`].
 pub(super) fn refresh_bus_figures(
     consumer: &mut PluginConsumer,
     options: &PipelineOptions,
@@ -60,7 +60,7 @@ pub(super) fn refresh_bus_figures(
     }
     *asked = Some(Instant::now());
     if let Some(health) = health(options) {
-        health.bus_answered(consumer.lag(), consumer.counters());
+        health.bus_answered(consumer.lag(), consumer.held_up(), consumer.counters());
     }
 }
 

@@ -151,6 +151,12 @@ impl PluginConsumer {
         self.inner.lag()
     }
 
+    /// Why the bus holds the consumer up though it answers (a group's long rebalance), when
+    /// the plugin can tell.
+    pub fn held_up(&mut self) -> Option<String> {
+        self.inner.held_up()
+    }
+
     /// Whether the bus keeps the consumer's position (see the plugin-api's `Consumer`).
     pub fn bus_owns_position(&self) -> bool {
         self.inner.bus_owns_position()

@@ -51,6 +51,10 @@ pub struct GroupState {
     pub closing: bool,
     /// Whether an assignment was ever received.
     pub assignment_seen: bool,
+    /// Since when this member waits for the group to assign it partitions: from its joining
+    /// (`open`) or a revocation to the next assignment (`None` meanwhile). A rebalance held
+    /// up longer than the consumer's patience shows as the member held up.
+    pub rebalance_since: Option<Instant>,
     /// Acknowledged positions (next offset) whose commit to the group failed: committed again
     /// with the next acknowledgement, and before partitions are given up.
     pub unstored: BTreeMap<Partition, i64>,
@@ -320,6 +324,7 @@ impl ConsumerContext for Reports {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 {
                     let mut group = self.group();
+                    group.rebalance_since.get_or_insert_with(Instant::now);
                     let held: Vec<Partition> = partitions
                         .iter()
                         .filter(|p| group.in_flight.contains(*p))
@@ -366,6 +371,7 @@ impl ConsumerContext for Reports {
                 ));
                 let mut group = self.group();
                 group.assignment_seen = true;
+                group.rebalance_since = None;
                 group.assigned.extend(starts);
             }
             other => {

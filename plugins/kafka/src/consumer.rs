@@ -117,6 +117,9 @@ impl<Role: Send + 'static> Consumer for Kafka<Role> {
     fn lag(&mut self) -> Option<u64> {
         self.0.lag()
     }
+    fn held_up(&mut self) -> Option<String> {
+        self.0.held_up()
+    }
     fn bus_owns_position(&self) -> bool {
         self.0.bus_owns_position()
     }

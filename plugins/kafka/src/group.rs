@@ -414,6 +414,7 @@ impl Consumer for GroupConsumer {
             let mut group = client.context().group();
             group.request_timeout = self.config.request_timeout;
             group.revoke_patience = revoke_patience(&self.config);
+            group.rebalance_since = Some(Instant::now());
         }
         self.client = Some(client);
         self.delivered.clear();
@@ -555,6 +556,38 @@ impl Consumer for GroupConsumer {
             lag += u64::try_from(high? - next?).unwrap_or(0);
         }
         Some(lag)
+    }
+
+    /// Held up while the group's rebalance keeps this member without a partition for longer
+    /// than it would wait for a broker (max(timeout, 5 s)): from its joining or a revocation
+    /// to the next assignment. A group waits for every member to rejoin, so one frozen or
+    /// gone (until its `session.timeout.ms` ends) holds every other member up. A member the
+    /// group assigned nothing (more members than partitions) is not held up: it stands by.
+    fn held_up(&mut self) -> Option<String> {
+        let client = self.client.as_ref()?;
+        let (since, seen) = {
+            let group = client.context().group();
+            (group.rebalance_since?, group.assignment_seen)
+        };
+        let patience = self
+            .timeout
+            .unwrap_or(Duration::from_secs(1))
+            .max(UNREACHABLE_AFTER);
+        let waited = since.elapsed();
+        if waited < patience || !self.positions().ok()?.is_empty() {
+            return None;
+        }
+        let what = if seen {
+            "a rebalance"
+        } else {
+            "its first assignment"
+        };
+        Some(format!(
+            "{}: no partition for {} s, waiting for {what} (the group waits for every member \
+             to rejoin: one frozen or gone holds it up until its session.timeout.ms ends)",
+            self.what(),
+            waited.as_secs()
+        ))
     }
 
     fn bus_owns_position(&self) -> bool {
