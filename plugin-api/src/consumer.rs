@@ -157,7 +157,7 @@ pub trait Consumer: Send + 'static {
     /// consumer `waiting for the bus: WHY` (503 on `/ready`) while it is `Some`, `running`
     /// again once it is `None`. A bus that cannot be reached is an error from `poll` instead
     /// (the host then re-opens the consumer); a hold-up is waited out. The default: never
-    /// held up (or cannot tell). Since plugin-api 0.4.1.
+    /// held up (or cannot tell). Since plugin-api 0.5.
     fn held_up(&mut self) -> Option<String> {
         None
     }

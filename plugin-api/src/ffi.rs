@@ -186,8 +186,9 @@ pub trait ConsumerFfi: Send {
     fn acknowledge(&mut self, offset: &ROffset) -> RResult<(), RPluginError>;
     #[sabi(last_prefix_field)]
     fn serve(&mut self) -> RResult<(), RPluginError>;
-    /// Since plugin-api 0.4.1: a plugin built against 0.4.0 lacks it, and the default (not
-    /// held up) answers for it.
+    /// Since plugin-api 0.5: a field added to the vtable, which abi_stable's load check
+    /// refuses in a library built against an older plugin-api (it accepts only libraries
+    /// with at least the host's fields), hence the minor version (breaking before 1.0).
     fn held_up(&mut self) -> ROption<RString> {
         ROption::RNone
     }

@@ -66,7 +66,7 @@ pub enum Op {
     Hello {
         /// The versions the host speaks.
         protocol: VersionRange,
-        /// The host, for the plugin's log (`buslink-plugin-api 0.4.1`).
+        /// The host, for the plugin's log (`buslink-plugin-api 0.5.0`).
         host: String,
     },
     /// Builds the process's one consumer of `class` from its settings. Answered by `null`.

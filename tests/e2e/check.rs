@@ -479,7 +479,7 @@ fn check_accepts_a_good_config_and_summarises_it() {
     let out = buslink(&["check", "--config", &config.to_string_lossy(), "--connect"]);
     assert_eq!(out.code(), Some(0), "{out}");
     for text in [
-        "plugin: sqlite 0.1.0 (plugin-api 0.4.1)",
+        "plugin: sqlite 0.1.0 (plugin-api 0.5.0)",
         "class SqliteConsumer",
         "all: jsonl ->",
         "match objtype=SRV*",

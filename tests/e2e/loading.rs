@@ -125,7 +125,7 @@ pub fn other_api_plugin() -> &'static Path {
             .split("\n[dev-dependencies]")
             .next()
             .unwrap_or(&api_manifest);
-        let api_manifest = library_part.replacen("version = \"0.4.1\"", "version = \"0.9.0\"", 1);
+        let api_manifest = library_part.replacen("version = \"0.5.0\"", "version = \"0.9.0\"", 1);
         assert!(
             api_manifest.contains("version = \"0.9.0\""),
             "plugin-api version bumped"
@@ -199,8 +199,8 @@ fn a_plugin_built_against_another_plugin_api_is_refused_naming_both_versions() {
     for text in [
         library.to_string_lossy().as_ref(),
         "built against plugin-api 0.9.0",
-        "this buslink uses plugin-api 0.4.1",
-        "rebuild the plugin against plugin-api 0.4.1",
+        "this buslink uses plugin-api 0.5.0",
+        "rebuild the plugin against plugin-api 0.5.0",
     ] {
         assert!(run.stderr.contains(text), "expected {text:?} in:\n{run}");
     }

@@ -43,7 +43,7 @@ fn a_plugin_built_outside_the_workspace_is_listed_checked_and_consumed() {
     assert!(
         listed
             .stdout
-            .contains("plugin my-bus 0.1.0 (plugin-api 0.4.1)"),
+            .contains("plugin my-bus 0.1.0 (plugin-api 0.5.0)"),
         "{listed}"
     );
     assert!(

@@ -28,9 +28,9 @@ fn plugins_lists_good_incompatible_and_foreign_libraries() {
     let out = buslink(&["plugins", &libs.to_string_lossy()]);
     assert_eq!(out.code(), Some(0), "{out}");
     for text in [
-        "plugin sqlite 0.1.0 (plugin-api 0.4.1)",
+        "plugin sqlite 0.1.0 (plugin-api 0.5.0)",
         "SqliteConsumer (consumer): Hermes sqlite bus",
-        "built against plugin-api 0.9.0, but this buslink uses plugin-api 0.4.1",
+        "built against plugin-api 0.9.0, but this buslink uses plugin-api 0.5.0",
         "not a buslink plugin",
     ] {
         assert!(out.stdout.contains(text), "expected {text:?}:\n{out}");

@@ -101,7 +101,7 @@ extern "C" fn plugin_log(level: Level, message: RStr<'_>) {
 pub struct PluginInfo {
     pub name: String,
     pub version: String,
-    /// A library's plugin-api version (`0.4.1`), or an executable's protocol version (`1`).
+    /// A library's plugin-api version (`0.5.0`), or an executable's protocol version (`1`).
     pub api_version: String,
     /// Whether it is a plugin executable (run as a child process), not a library.
     pub executable: bool,
@@ -110,7 +110,7 @@ pub struct PluginInfo {
 }
 
 impl PluginInfo {
-    /// How the plugin speaks to buslink, for people: `plugin-api 0.4.1` or `subprocess
+    /// How the plugin speaks to buslink, for people: `plugin-api 0.5.0` or `subprocess
     /// protocol 1`.
     pub fn speaks(&self) -> String {
         if self.executable {

@@ -24,9 +24,9 @@ pub enum LibraryOutcome {
         kind: &'static str,
         name: String,
         version: String,
-        /// A library's plugin-api version (`0.4.1`), or an executable's protocol version (`1`).
+        /// A library's plugin-api version (`0.5.0`), or an executable's protocol version (`1`).
         api_version: String,
-        /// How it speaks to buslink: `plugin-api 0.4.1`, `subprocess protocol 1`.
+        /// How it speaks to buslink: `plugin-api 0.5.0`, `subprocess protocol 1`.
         speaks: String,
         classes: Vec<ClassReport>,
     },
