@@ -10,6 +10,7 @@
 //! next event or in the background ([`CacheWriter`]). Caches of version 1 (`NAME.offsets.json`,
 //! one JSON file replaced by rename) are still read, and replaced at the first commit.
 
+mod record_json;
 mod slots;
 mod timestamp;
 mod writer;

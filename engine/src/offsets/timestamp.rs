@@ -14,13 +14,15 @@ thread_local! {
         const { RefCell::new((i64::MIN, String::new())) };
 }
 
-/// `2026-11-23T01:02:03.456Z` (`digits` = 3) or `...03.456789Z` (6), the forms `DateTime<Utc>`
-/// reads back, the date and time of day taken from `cache` when it holds that second.
-fn format_in(
+/// Appends `2026-11-23T01:02:03.456Z` (`digits` = 3) or `...03.456789Z` (6) to `out`, the
+/// forms `DateTime<Utc>` reads back, the date and time of day taken from `cache` when it holds
+/// that second.
+fn write_in(
     cache: &'static std::thread::LocalKey<RefCell<(i64, String)>>,
     time: &DateTime<Utc>,
     digits: u32,
-) -> String {
+    out: &mut Vec<u8>,
+) {
     let seconds = time.timestamp();
     let fraction = match digits {
         3 => time.timestamp_subsec_millis().min(999),
@@ -33,15 +35,35 @@ fn format_in(
             cached.1 = whole.trim_end_matches('Z').to_owned();
             cached.0 = seconds;
         }
-        let mut text = String::with_capacity(cached.1.len() + 8);
-        text.push_str(&cached.1);
-        text.push('.');
-        for place in (0..digits).rev() {
-            text.push(char::from(b'0' + (fraction / 10u32.pow(place) % 10) as u8));
-        }
-        text.push('Z');
-        text
-    })
+        out.extend_from_slice(cached.1.as_bytes());
+    });
+    out.push(b'.');
+    for place in (0..digits).rev() {
+        out.push(b'0' + (fraction / 10u32.pow(place) % 10) as u8);
+    }
+    out.push(b'Z');
+}
+
+/// [`write_in`] as a `String`.
+fn format_in(
+    cache: &'static std::thread::LocalKey<RefCell<(i64, String)>>,
+    time: &DateTime<Utc>,
+    digits: u32,
+) -> String {
+    let mut text = Vec::with_capacity(32);
+    write_in(cache, time, digits, &mut text);
+    // Only ASCII was written: chrono's RFC 3339 text, digits, '.' and 'Z'.
+    String::from_utf8(text).unwrap_or_default()
+}
+
+/// Appends `updated_at`'s text (to the millisecond, no quotes) to `out`.
+pub(super) fn write_millis(time: &DateTime<Utc>, out: &mut Vec<u8>) {
+    write_in(&NOW_SECOND, time, 3, out)
+}
+
+/// Appends `last_timestamp`'s text (to the microsecond, no quotes) to `out`.
+pub(super) fn write_micros(time: &DateTime<Utc>, out: &mut Vec<u8>) {
+    write_in(&EVENT_SECOND, time, 6, out)
 }
 
 /// `2026-11-23T01:02:03.456Z`, the form `DateTime<Utc>` reads back.

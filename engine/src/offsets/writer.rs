@@ -152,7 +152,7 @@ impl CacheWriter {
     pub fn commit(&mut self, record: &OffsetRecord) -> Result<(), CacheError> {
         let mut json = std::mem::take(&mut self.json);
         json.clear();
-        serde_json::to_writer(&mut json, record)
+        super::record_json::write(record, &mut json)
             .map_err(|e| self.write_error(std::io::Error::other(e)))?;
         let generation = self.generation + 1;
         let mut slot = std::mem::take(&mut self.slot);

@@ -117,6 +117,7 @@ impl Committer<'_> {
             record.initsync_done = hermes.initsync_done;
         }
         self.writer.commit(&record)?;
+        let committed_time = record.updated_at;
         self.last_record = Some(record);
         tracing::debug!("committed offset {last}");
         self.last_committed = Some(last);
@@ -131,7 +132,7 @@ impl Committer<'_> {
             control.update(|status| {
                 status.error_queue = queued;
                 status.committed_offset = offset;
-                status.committed_time = Some(Utc::now());
+                status.committed_time = Some(committed_time);
             });
         }
         self.pending_count = 0;
