@@ -63,6 +63,30 @@ fn assert_modes(dir: &TestDir, made_here: &[&str], group_writable: &[&str]) -> u
     checked
 }
 
+/// `buslink man --out-dir` (what the Debian package runs) under `umask 000`: the directory
+/// 0755, the pages 0644, never writable by group or others.
+#[test]
+fn under_umask_000_the_man_pages_and_their_directory_stay_closed() {
+    let dir = TestDir::new("umask-000-man");
+    let pages = dir.join("man/man1");
+    let mut command = buslink(&["man", "--out-dir", &pages.to_string_lossy()]);
+    // SAFETY: umask(2) only, in the child between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+            libc::umask(0);
+            Ok(())
+        });
+    }
+    let out = Daemon::start(command).finish(LIMIT);
+    assert_eq!(out.code(), Some(0), "{out}");
+    let found = walk(&dir.join("man"));
+    assert!(found.len() > 10, "{found:?}");
+    for (path, mode) in found {
+        let expected = if path.is_dir() { 0o755 } else { 0o644 };
+        assert_eq!(mode, expected, "{}: {mode:o}", path.display());
+    }
+}
+
 #[test]
 fn under_umask_000_every_file_and_directory_buslink_creates_stays_closed() {
     let dir = TestDir::new("umask-000");
