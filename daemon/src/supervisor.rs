@@ -151,10 +151,20 @@ pub fn run(units: Vec<Unit>, daemon: &Daemon<'_>) -> Result<(), AppError> {
             .map(|unit| spawn(scope, unit, daemon, ended_tx.clone()))
             .collect();
         crate::service::set_consumer_count(handles.len());
+        let mut stop_said = false;
         while !handles.iter().all(Handle::finished) {
             if daemon.shutdown.requested() {
                 // The service's stop (sent once): not a consumer's restart.
                 crate::service::stopping();
+                if !std::mem::replace(&mut stop_said, true) {
+                    tracing::info!(
+                        "stop asked for: each consumer finishes the event in hand, commits \
+                         what it handled and stops (a second SIGTERM or SIGINT exits at once)"
+                    );
+                    for handle in handles.iter().filter(|h| !h.finished()) {
+                        handle.shared.health().stop_asked();
+                    }
+                }
             }
             // New handlers a dispatcher could not build: the next reload tries them again.
             for handle in &mut handles {
@@ -588,6 +598,7 @@ fn reload<'scope, 'env>(
             steering.retire = true;
             if let Some(stop) = &steering.attempt {
                 stop.request();
+                handle.shared.health().stop_asked();
             }
             removed += 1;
         }
@@ -647,6 +658,7 @@ fn reload<'scope, 'env>(
                 steering.replacement = Some(replacement);
                 if let Some(stop) = &steering.attempt {
                     stop.request();
+                    handle.shared.health().stop_asked();
                 }
                 restarted += 1;
             }

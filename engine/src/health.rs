@@ -186,6 +186,9 @@ pub struct Health {
     /// Why the bus holds the consumer up though it answers, as the plugin last said (a
     /// group's long rebalance): shown as waiting for the bus while consuming.
     held_up: Mutex<Option<String>>,
+    /// A stop of this run was asked for (a signal, `ctl quit`, a reload restarting it): shown
+    /// as stopping at once, also while a handler still holds the event in hand.
+    stop_asked: AtomicBool,
     /// Set by the monitor every tick; the dispatcher takes it between two events to do what
     /// is due by the clock (a commit by `every_ms`, the metrics' tallies).
     tick: AtomicBool,
@@ -208,6 +211,7 @@ impl Default for Health {
             handled_before: AtomicU64::new(0),
             bus_lag: Mutex::new(None),
             held_up: Mutex::new(None),
+            stop_asked: AtomicBool::new(false),
             tick: AtomicBool::new(false),
             stall_after_s: AtomicU64::new(60),
             stats_interval_s: AtomicU64::new(0),
@@ -236,6 +240,7 @@ impl Health {
         self.events_lost.store(0, Ordering::SeqCst);
         *lock(&self.bus_lag) = None;
         *lock(&self.held_up) = None;
+        self.stop_asked.store(false, Ordering::SeqCst);
         self.stall_after_s
             .store(stall_after_s.max(1), Ordering::SeqCst);
         self.stats_interval_s
@@ -251,6 +256,14 @@ impl Health {
         }
         *lock(&self.phase) = phase;
         wake_monitor();
+    }
+
+    /// A stop of this run was asked for: the consumer shows `stopping` from now on (until a
+    /// new run begins), whatever its threads are doing.
+    pub fn stop_asked(&self) {
+        if !self.stop_asked.swap(true, Ordering::SeqCst) {
+            wake_monitor();
+        }
     }
 
     /// The reader handed `count` events to the dispatcher.
@@ -500,7 +513,11 @@ fn observe(tracks: &mut HashMap<String, Track>, consumer: &Watched, now: Instant
     };
     let stall_after_s = health.stall_after_s.load(Ordering::Relaxed);
     let idle_s = now.duration_since(track.progress_at).as_secs();
+    let stopping = health.stop_asked.load(Ordering::SeqCst);
     let state = match phase {
+        // A stop asked for shows at once (the event in hand may take long to finish; a failed
+        // consumer's restart will not come).
+        _ if stopping => State::Stopping,
         Phase::Connecting => State::Connecting,
         Phase::Waiting(why) => State::Waiting(why),
         Phase::Stopping => State::Stopping,

@@ -137,6 +137,56 @@ fn a_handler_blocked_on_the_first_event_shows_the_whole_bus_as_lag_and_the_consu
     assert_eq!(out.code(), Some(0), "{out}");
 }
 
+/// A stop asked for while a handler holds an event (SIGTERM): the daemon says at once, in its
+/// log, `ctl status`, `/health` (503) and the metric, that the consumer is stopping, not
+/// `running` or `stalled` until the handler returns; then it commits what it handled and exits 0.
+#[test]
+fn a_stop_asked_for_while_a_handler_holds_an_event_shows_stopping_at_once() {
+    let dir = TestDir::new("word-stopping");
+    let bus = bus_with(&dir, 10);
+    let handlers = format!(
+        "[[handlers]]\nname = \"hook\"\ntype = \"exec\"\ncommand = [\"{}\"]\ntimeout_ms = 60000\n\n{}",
+        gate(&dir).display(),
+        jsonl_handler("all", "")
+    );
+    let config = config_with(&dir, &bus, "stall_after_s = 600", &handlers);
+    let mut daemon = Daemon::run(&config);
+    let address = metrics_of(&mut daemon);
+    daemon.wait_for("the first event in the hook's hands", LIMIT, |_| {
+        test_status(&config)["state"] == "running" && test_status(&config)["lag"] == 10
+    });
+    daemon.signal(libc::SIGTERM);
+    daemon.wait_for("stopping shown", LIMIT, |_| {
+        test_status(&config)["state"] == "stopping"
+    });
+    let (code, body) = scrape(&address, "/health");
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(body.trim(), "stopping", "{body}");
+    let (_, text) = scrape(&address, "/metrics");
+    assert_eq!(
+        sample(
+            &text,
+            "buslink_consumer_state{consumer=\"test\",state=\"stopping\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        daemon
+            .stderr()
+            .contains("stop asked for: each consumer finishes the event in hand"),
+        "{}",
+        daemon.stderr()
+    );
+    // The handler still holds the event: nothing was handled yet.
+    assert_eq!(count_lines(&dir.join("out/all.jsonl")), 0);
+    std::fs::write(dir.join("go"), "").expect("go");
+    let out = daemon.finish(LIMIT);
+    assert_eq!(out.code(), Some(0), "{out}");
+    // The event in hand was finished and committed, and nothing after it read on.
+    assert_eq!(count_lines(&dir.join("out/all.jsonl")), 1);
+}
+
 #[test]
 fn a_paused_consumer_shows_events_appended_meanwhile_as_lag_and_stays_paused_not_stalled() {
     let dir = TestDir::new("word-paused");
