@@ -535,8 +535,14 @@ fn observe(tracks: &mut HashMap<String, Track>, consumer: &Watched, now: Instant
         if state.is_trouble() {
             tracing::warn!("consumer now {}", state.text());
         } else if track.state.is_trouble() {
+            // "running again"; a stop that ends the trouble is no return to anything.
+            let again = if state == State::Running {
+                " again"
+            } else {
+                ""
+            };
             tracing::info!(
-                "consumer {} again (was {})",
+                "consumer {}{again} (was {})",
                 state.text(),
                 track.state.label()
             );

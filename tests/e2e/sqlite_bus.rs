@@ -365,6 +365,46 @@ fn a_missing_bus_file_is_an_error_with_once_and_a_warned_wait_for_the_daemon() {
     std::fs::write(&quiet, text).expect("config");
     let run = run_once(&quiet);
     assert_eq!(run.code(), Some(0), "{run}");
+    // Not "drained": there was no bus to say so; the log says what was so.
+    assert!(
+        run.stderr
+            .contains("does not exist yet (wait_for_bus = true): nothing to read now")
+            && run
+                .stderr
+                .contains("the plugin cannot tell whether the bus is drained")
+            && !run.stderr.contains("bus drained"),
+        "{run}"
+    );
+    // The daemon shows the consumer waiting for its bus (503 on /ready), then running once
+    // the producer made it.
+    // (A state and an output of its own: the first daemon's cache is of another bus.)
+    let text = std::fs::read_to_string(&quiet)
+        .expect("config")
+        .edit("state_dir = \"state\"", "state_dir = \"state-quiet\"")
+        .edit("out/all.jsonl", "out/quiet.jsonl");
+    std::fs::write(&quiet, format!("{text}\n{METRICS_ON_ANY_PORT}")).expect("config");
+    let out = dir.join("out/quiet.jsonl");
+    let mut daemon = Daemon::run(&quiet);
+    daemon.wait_for("the metrics address", LIMIT, |d| {
+        d.stderr().contains("metrics on http://")
+    });
+    let address = metrics_address(&daemon.stderr());
+    let waiting = format!(
+        "waiting for the bus: bus database {} does not exist yet (wait_for_bus = true)",
+        dir.join("nowhere/bus.sqlite").display()
+    );
+    daemon.wait_for("waiting for the bus", LIMIT, |_| {
+        let (code, body) = scrape(&address, "/ready");
+        code == 503 && body.contains(&waiting)
+    });
+    std::fs::create_dir_all(dir.join("nowhere")).expect("dir");
+    let mut writer = HermesBusWriter::open(&dir.join("nowhere/bus.sqlite")).expect("bus");
+    writer.append_all(hermes_events(3)).expect("append");
+    daemon.wait_for("running with the bus's events", LIMIT, |_| {
+        scrape(&address, "/ready").0 == 200 && count_lines(&out) == 3
+    });
+    let run = daemon.terminate(LIMIT);
+    assert_eq!(run.code(), Some(0), "{run}");
 }
 
 /// A bus with the Hermes table but no NOT NULL constraints (rows the real producer never

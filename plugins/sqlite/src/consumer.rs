@@ -46,6 +46,9 @@ pub struct SqliteConsumer {
     timeout: Option<Duration>,
     position: Position,
     wait_for_bus: bool,
+    /// Why the bus cannot be read yet, while `wait_for_bus` waits for it (no file, no table):
+    /// shown as the consumer held up; `None` once a read found it.
+    missing: Option<String>,
     /// The last row read (msgid, timestamp), or the host's last handled event: checked against
     /// the bus when it is (re)opened, so another bus under the same msgids is found.
     last: Option<(i64, DateTime<Utc>)>,
@@ -69,7 +72,8 @@ sqlite bus producer; relative to the config file. The file and its table may not
 the consumer waits for them.
 - `poll_interval_ms` (integer, default 50): how often to look for new rows while waiting.
 - `wait_for_bus` (boolean, default false): a bus file that does not exist (or has no \
-`hermesmessages` table) is waited for quietly. By default it is a connection error naming the \
+`hermesmessages` table) is waited for without an error: the consumer shows waiting for the bus \
+meanwhile, and `run --once` ends saying it cannot tell (never drained). By default it is a connection error naming the \
 resolved path: retried with a warning each time by the daemon, and a failed `run --once`.";
 
     type Settings = SqliteSettings;
@@ -98,6 +102,7 @@ resolved path: retried with a warning each time by the daemon, and a failed `run
             timeout: None,
             position: Position::Unset,
             wait_for_bus: settings.wait_for_bus,
+            missing: None,
             last: None,
             check_last: false,
             undecodable: 0,
@@ -118,12 +123,17 @@ impl SqliteConsumer {
     }
 
     /// The bus is missing (no file, or no table): an error naming the path unless
-    /// `wait_for_bus`.
-    fn missing_bus(&self) -> PluginResult<()> {
+    /// `wait_for_bus` (then the reason is kept for [`held_up`](Consumer::held_up)).
+    fn missing_bus(&mut self) -> PluginResult<()> {
+        let path = self.bus.path().display();
         if self.wait_for_bus {
+            self.missing = Some(if self.bus.exists() {
+                format!("bus database {path} has no hermesmessages table yet (wait_for_bus = true)")
+            } else {
+                format!("bus database {path} does not exist yet (wait_for_bus = true)")
+            });
             return Ok(());
         }
-        let path = self.bus.path().display();
         Err(PluginError::connect(if self.bus.exists() {
             format!(
                 "bus database {path} has no hermesmessages table (not a Hermes bus, or no \
@@ -196,6 +206,8 @@ impl SqliteConsumer {
         let outcome = self.bus.read_into(from, contiguous, category, batch)?;
         if outcome.bus_missing {
             self.missing_bus()?;
+        } else {
+            self.missing = None;
         }
         if let (Some(msgid), Some(timestamp)) = (outcome.last_msgid, outcome.last_timestamp) {
             self.position = Position::At {
@@ -317,10 +329,24 @@ impl Consumer for SqliteConsumer {
             true => (Some(Duration::ZERO), self.poll_interval),
             false => (self.timeout, self.poll_interval),
         };
-        poll_until(timeout, interval, || {
+        let status = poll_until(timeout, interval, || {
             // A gap alone is news too: the host decides about it.
             self.read(None, batch).map(|(events, gaps)| events + gaps)
-        })
+        })?;
+        match &self.missing {
+            // No bus is no answer that it is drained: `run --once` stops on "cannot tell"
+            // (waiting for the bus was asked for), and the log says why.
+            Some(why) if self.stop_when_drained => {
+                log::info(format!("{why}: nothing to read now"));
+                Ok(PollStatus::Idle)
+            }
+            _ => Ok(status),
+        }
+    }
+
+    /// While `wait_for_bus` waits for a bus that is not there yet (no file, no table).
+    fn held_up(&mut self) -> Option<String> {
+        self.missing.clone()
     }
 
     /// The msgids allocated after the position (rows purged meanwhile still counted: an
