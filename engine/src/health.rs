@@ -180,6 +180,9 @@ pub struct Health {
     /// Events handled in this run (every matching handler accepted them, or passed over on
     /// purpose).
     handled: AtomicU64,
+    /// Events the dispatcher began to hand to the handlers in this run: one more than
+    /// `handled` while an event is in the handlers' hands.
+    started: AtomicU64,
     /// Events handled since the cache was created, before this run.
     handled_before: AtomicU64,
     bus_lag: Mutex<Option<BusLag>>,
@@ -208,6 +211,7 @@ impl Default for Health {
             phase: Mutex::new(Phase::Connecting),
             read: AtomicU64::new(0),
             handled: AtomicU64::new(0),
+            started: AtomicU64::new(0),
             handled_before: AtomicU64::new(0),
             bus_lag: Mutex::new(None),
             held_up: Mutex::new(None),
@@ -235,6 +239,7 @@ impl Health {
     pub fn begin_run(&self, handled_before: u64, stall_after_s: u64, stats_interval_s: u64) {
         self.read.store(0, Ordering::SeqCst);
         self.handled.store(0, Ordering::SeqCst);
+        self.started.store(0, Ordering::SeqCst);
         self.handled_before.store(handled_before, Ordering::SeqCst);
         self.gaps.store(0, Ordering::SeqCst);
         self.events_lost.store(0, Ordering::SeqCst);
@@ -269,6 +274,11 @@ impl Health {
     /// The reader handed `count` events to the dispatcher.
     pub fn read(&self, count: u64) {
         self.read.fetch_add(count, Ordering::Relaxed);
+    }
+
+    /// The dispatcher begins to hand an event to the handlers.
+    pub fn started(&self) {
+        self.started.fetch_add(1, Ordering::Relaxed);
     }
 
     /// One event was handled (or passed over on purpose).
@@ -481,13 +491,17 @@ fn observe(tracks: &mut HashMap<String, Track>, consumer: &Watched, now: Instant
         track.progress_at = now;
     }
     let waiting_events = lag.unwrap_or_else(|| health.in_flight());
+    // An event in the handlers' hands (read after `handled`: `started` only grows first).
+    let started = health.started.load(Ordering::Relaxed);
+    let in_call = started > handled;
     if handled != track.handled
-        || consumer.paused
-        || held_up.is_some()
-        || !matches!(phase, Phase::Consuming)
+        || (!in_call
+            && (consumer.paused || held_up.is_some() || !matches!(phase, Phase::Consuming)))
     {
         // Progress, or a time the consumer was not expected to make any (paused, connecting,
-        // waiting for the bus): the stall clock starts again from here.
+        // waiting for the bus): the stall clock starts again from here. Not while an event
+        // stays in the handlers' hands: a handler blocked through a pause, an outage or a
+        // hold-up of the bus is what stalls the consumer, whatever the bus does.
         track.progress_at = now;
     } else if waiting_events > 0 && !track.waiting {
         // Events begin to wait now: the stall clock starts here, not at the last event
@@ -513,6 +527,7 @@ fn observe(tracks: &mut HashMap<String, Track>, consumer: &Watched, now: Instant
     };
     let stall_after_s = health.stall_after_s.load(Ordering::Relaxed);
     let idle_s = now.duration_since(track.progress_at).as_secs();
+    let stalled = waiting_events > 0 && idle_s >= stall_after_s;
     let stopping = health.stop_asked.load(Ordering::SeqCst);
     let state = match phase {
         // A stop asked for shows at once (the event in hand may take long to finish; a failed
@@ -522,9 +537,10 @@ fn observe(tracks: &mut HashMap<String, Track>, consumer: &Watched, now: Instant
         Phase::Waiting(why) => State::Waiting(why),
         Phase::Stopping => State::Stopping,
         Phase::Failed(why) => State::Failed(why),
-        Phase::Consuming if consumer.paused => State::Paused,
+        // A pause takes effect between two events: one stuck in a handler stalls it still.
+        Phase::Consuming if consumer.paused && !(in_call && stalled) => State::Paused,
         Phase::Consuming if held_up.is_some() => State::Waiting(held_up.unwrap_or_default()),
-        Phase::Consuming if waiting_events > 0 && idle_s >= stall_after_s => State::Stalled {
+        Phase::Consuming if stalled => State::Stalled {
             waiting: waiting_events,
             idle_s,
             stall_after_s,
@@ -681,6 +697,51 @@ mod tests {
         let view = observe(&mut tracks, &watched(&health, false), stuck);
         assert_eq!(view.state, State::Running);
         assert_eq!(view.lag, Some(4));
+    }
+
+    #[test]
+    fn a_handler_blocked_through_a_pause_and_an_outage_stalls_with_the_true_idle_time() {
+        let health = Arc::new(Health::default());
+        health.begin_run(0, 2, 0);
+        health.set_phase(Phase::Consuming);
+        let mut tracks = HashMap::new();
+        let start = Instant::now();
+        health.read(5);
+        health.bus_answered(Some(0), None, Vec::new());
+        // The first event goes into a handler, which blocks.
+        health.started();
+        let at = |s: u64| start + Duration::from_secs(s);
+        assert_eq!(
+            observe(&mut tracks, &watched(&health, false), at(0)).state,
+            State::Running
+        );
+        // Paused meanwhile: the pause waits for the event in hand, the handler stalls it.
+        let view = observe(&mut tracks, &watched(&health, true), at(3));
+        assert_eq!(view.state.label(), "stalled", "{view:?}");
+        // The bus goes away and comes back: the stall clock does not start again.
+        health.set_phase(Phase::Waiting("the bus is down".into()));
+        let view = observe(&mut tracks, &watched(&health, false), at(4));
+        assert_eq!(view.state.label(), "waiting");
+        health.set_phase(Phase::Consuming);
+        health.bus_answered(Some(0), None, Vec::new());
+        let view = observe(&mut tracks, &watched(&health, false), at(5));
+        assert_eq!(
+            view.state,
+            State::Stalled {
+                waiting: 5,
+                idle_s: 5,
+                stall_after_s: 2
+            }
+        );
+        // The handler returns: running.
+        health.handled();
+        let view = observe(&mut tracks, &watched(&health, false), at(5));
+        assert_eq!(view.state, State::Running);
+        // With nothing in hand, a pause and an outage start the clock again.
+        let view = observe(&mut tracks, &watched(&health, true), at(9));
+        assert_eq!(view.state, State::Paused);
+        let view = observe(&mut tracks, &watched(&health, false), at(10));
+        assert_eq!(view.state, State::Running);
     }
 
     #[test]

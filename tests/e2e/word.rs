@@ -137,6 +137,50 @@ fn a_handler_blocked_on_the_first_event_shows_the_whole_bus_as_lag_and_the_consu
     assert_eq!(out.code(), Some(0), "{out}");
 }
 
+/// A handler blocked on an event stalls the consumer through a pause and its resume: the pause
+/// waits for the event in hand, so the consumer shows `stalled` (503), not `paused` (200),
+/// and the resume does not start the stall clock again: the seconds shown are the true ones.
+#[test]
+fn a_handler_blocked_through_a_pause_and_resume_stays_stalled_with_its_true_idle_time() {
+    let dir = TestDir::new("word-stalled-paused");
+    let bus = bus_with(&dir, 10);
+    let handlers = format!(
+        "[[handlers]]\nname = \"hook\"\ntype = \"exec\"\ncommand = [\"{}\"]\ntimeout_ms = 60000\n\n{}",
+        gate(&dir).display(),
+        jsonl_handler("all", "")
+    );
+    let config = config_with(&dir, &bus, "stall_after_s = 2", &handlers);
+    let mut daemon = Daemon::run(&config);
+    let address = metrics_of(&mut daemon);
+    let stalled_for = |config: &Path| -> Option<u64> {
+        let state = test_status(config)["state"].as_str()?.to_owned();
+        let rest = state.strip_prefix("stalled: 10 events wait and none was handled for ")?;
+        rest.split(' ').next()?.parse().ok()
+    };
+    daemon.wait_for("stalled", LIMIT, |_| stalled_for(&config).is_some());
+    let began = std::time::Instant::now();
+    assert_eq!(ctl(&config, &["pause"]).stdout, "paused\n");
+    // Still stalled while paused (the pause cannot take the event from the handler).
+    daemon.wait_for("3 s more", LIMIT, |_| {
+        began.elapsed() >= Duration::from_secs(3)
+    });
+    assert!(stalled_for(&config).is_some(), "{}", test_status(&config));
+    assert_eq!(scrape(&address, "/health").0, 503);
+    assert_eq!(ctl(&config, &["resume"]).stdout, "resumed\n");
+    // After the resume: the seconds go on from the first stall (at least 2 + 3), never from
+    // the resume.
+    let idle = stalled_for(&config).expect("stalled after the resume");
+    assert!(idle >= 5, "{idle} s, {}", test_status(&config));
+    std::fs::write(dir.join("go"), "").expect("go");
+    daemon.wait_for("every event handled, running", LIMIT, |_| {
+        count_lines(&dir.join("out/all.jsonl")) == 10 && test_status(&config)["state"] == "running"
+    });
+    let log = daemon.stderr();
+    assert_eq!(log.matches("consumer now stalled").count(), 1, "{log}");
+    let out = daemon.terminate(LIMIT);
+    assert_eq!(out.code(), Some(0), "{out}");
+}
+
 /// A stop asked for while a handler holds an event (SIGTERM): the daemon says at once, in its
 /// log, `ctl status`, `/health` (503) and the metric, that the consumer is stopping, not
 /// `running` or `stalled` until the handler returns; then it commits what it handled and exits 0.

@@ -225,6 +225,9 @@ impl Dispatcher<'_, '_> {
                 break;
             }
             let event = DispatchedEvent::new(event);
+            if let Some(health) = self.health {
+                health.started();
+            }
             // Hermes mode skips some events: they advance the offset all the same.
             let admitted = committer.hermes.as_ref().is_none_or(|h| h.admit(&event));
             if admitted {
