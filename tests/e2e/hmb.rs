@@ -596,6 +596,46 @@ fn hmb_server_restart_losing_queues_is_reported_and_new_messages_read() {
     assert_eq!(after, (0..5).map(|s| (s, 100 + s)).collect::<Vec<_>>());
 }
 
+/// The server **process** killed (SIGKILL) and started again empty on the same port, after
+/// the consumer handled all 20 messages: the daemon shows it waiting for the bus while the
+/// queue is gone (a queue its sessions knew is the server's loss, retried: never a config
+/// error, never exit 2), says a loss only as possible, and reads the queue again once a
+/// producer sends to it.
+#[test]
+fn hmb_server_process_killed_and_restarted_empty_is_waited_for_then_read_again() {
+    let mut server = buslink_testkit::hmb_process::HmbServerProcess::start(1000, &[]);
+    let url = server.bus_url("crash");
+    let dir = TestDir::new("hmb-crash");
+    Producer::open(&url, false).send(&messages(&["Q"], &["T"], 0, 20));
+    let config = archive_config(
+        &dir,
+        &url,
+        "format = \"json\"\nread_timeout_ms = 2000",
+        "[consumer.settings.queues.Q]\n",
+    );
+    let mut daemon = Daemon::run(&config);
+    wait_lines(&mut daemon, &dir, 20, "the first 20 messages");
+    // Down long enough for the host to re-open the consumer itself (not only the plugin's
+    // fetcher), then back, empty.
+    server.kill();
+    daemon.wait_for("waiting for the server", LIMIT, |d| {
+        d.stderr().contains("consumer now waiting for the bus")
+    });
+    server.start_again(1000, &[]);
+    daemon.wait_for("waiting for the queue to come back", LIMIT, |d| {
+        d.stderr().contains("consumer now waiting for the bus")
+            && d.stderr().contains("queue not found: Q")
+    });
+    Producer::open(&url, false).send(&messages(&["Q"], &["T"], 100, 105));
+    wait_lines(&mut daemon, &dir, 25, "the messages sent after the restart");
+    let run = daemon.terminate(LIMIT);
+    assert_eq!(run.code(), Some(0), "{run}");
+    assert!(!run.stderr.contains("[config]"), "{}", run.stderr);
+    let lines = read_lines(&dir, "out/all.jsonl");
+    let after: Vec<(i64, i64)> = per_queue(&lines)["Q"][20..].to_vec();
+    assert_eq!(after, (0..5).map(|s| (s, 100 + s)).collect::<Vec<_>>());
+}
+
 #[test]
 fn hmb_topics_filter_and_endseq_window_end_the_run() {
     let server = big_server();

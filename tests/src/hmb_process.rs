@@ -17,6 +17,35 @@ impl HmbServerProcess {
     /// Starts the server on a free loopback port, holding `buffer_size` messages per queue,
     /// with `extra` flags; it exits by itself after five minutes at the latest.
     pub fn start(buffer_size: u32, extra: &[&str]) -> HmbServerProcess {
+        HmbServerProcess::start_on("0", buffer_size, extra)
+    }
+
+    /// Kills the process (SIGKILL: no word to its clients); [`start_again`](Self::start_again)
+    /// brings a new one up on the same port.
+    pub fn kill(&mut self) {
+        // SAFETY: kill(2) on the process group the server leads.
+        unsafe {
+            libc::kill(-(self.child.id() as i32), libc::SIGKILL);
+        }
+        let _ = self.child.wait();
+    }
+
+    /// After [`kill`](Self::kill): starts a new, empty server on the same port, as an
+    /// operator's restart of a crashed server does.
+    pub fn start_again(&mut self, buffer_size: u32, extra: &[&str]) {
+        let port = self
+            .address
+            .rsplit(':')
+            .next()
+            .expect("host:port")
+            .to_owned();
+        let next = HmbServerProcess::start_on(&port, buffer_size, extra);
+        // The old child is reaped: the new one takes its place (and its Drop).
+        let old = std::mem::replace(self, next);
+        std::mem::forget(old);
+    }
+
+    fn start_on(port: &str, buffer_size: u32, extra: &[&str]) -> HmbServerProcess {
         let path = crate::build_dir().join("buslink-hmb-server");
         assert!(
             path.is_file(),
@@ -24,7 +53,7 @@ impl HmbServerProcess {
             path.display()
         );
         let mut child = Command::new(path)
-            .args(["--port", "0", "--max-seconds", "300"])
+            .args(["--port", port, "--max-seconds", "300"])
             .args(["--buffer-size", &buffer_size.to_string()])
             .args(extra)
             .stdin(Stdio::null())

@@ -45,6 +45,9 @@ pub struct HmbConsumer {
     /// `buslink run --once`: `poll` answers only with events, the server's word that nothing
     /// is ready (`Drained`), or an error.
     stop_when_drained: bool,
+    /// A session was opened before (this consumer's queues existed on the server): a queue
+    /// not found afterwards is the server's loss (a restart), retried, not a config error.
+    opened_before: bool,
 }
 
 const COMMANDS: &[CommandInfo] = &[
@@ -107,6 +110,7 @@ impl ConsumerClass for HmbConsumer {
             pending_error: None,
             ended: false,
             stop_when_drained: false,
+            opened_before: false,
         })
     }
 }
@@ -169,7 +173,8 @@ impl HmbConsumer {
             self.cid.clone(),
             self.has_info(),
         );
-        fetcher.open_session(true)?;
+        fetcher.open_session(!self.opened_before)?;
+        self.opened_before = true;
         self.cid = fetcher.cid.clone();
         self.positions = vec![None; self.config.queues.len()];
         self.fetcher = Some(fetcher.spawn()?);

@@ -12,8 +12,10 @@ impl Fetcher {
         }
     }
 
-    /// Opens a session at the current positions. `first`: the open the host asked for (its
-    /// errors go to the host); otherwise a re-open by the fetcher.
+    /// Opens a session at the current positions. `first`: this consumer's first session (no
+    /// session was opened before, by the host or the fetcher): a queue the server does not know
+    /// is then a config error (a name it never had); afterwards the server lost it (a restart
+    /// without its queues), which is transient.
     pub fn open_session(&mut self, first: bool) -> PluginResult<()> {
         let config = Arc::clone(&self.http.config);
         let mut asked: Vec<(Option<i64>, bool)> =
@@ -213,8 +215,9 @@ impl Fetcher {
                 log::warn(format!(
                     "HMB {}: queue {}: expected seq {want}, but the server's queue ends before \
                      it (next seq {end}): the server lost the queue (restarted without its \
-                     messages?); messages the old server held from seq {want} on are lost (count \
-                     unknown); reading the queue again from seq {restart_at}",
+                     messages?); whatever the old server held from seq {want} on is lost, if it held \
+                     any (count unknown: reported as a gap); reading the queue again from seq \
+                     {restart_at}",
                     self.http.base(),
                     queue.name
                 ));
