@@ -65,20 +65,60 @@ pub fn find_initsync(
     }
 }
 
+/// The first wait after a transient error of the bus during the bootstrap; doubled at each
+/// failure up to [`MAX_BACKOFF`] (as the pipeline's reconnections).
+const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
 /// Opens the consumer and waits until the bus holds a complete initsync sequence (`None` if a
-/// stop was asked for, or with `once` when there is none now).
+/// stop was asked for, or with `once` when there is none now). A transient error of the bus
+/// (a file moved away, a lock, a server down) is retried with backoff, `waiting` hearing why
+/// (and `None` once the bus answers again); with `once` it is returned.
 pub fn bootstrap(
     consumer: &mut PluginConsumer,
     use_first: bool,
     timeout: Duration,
     once: bool,
     shutdown: &Shutdown,
+    waiting: &dyn Fn(Option<String>),
 ) -> Result<Option<InitsyncSequence>, ConsumerError> {
-    // No position here: `find_initsync` seeks to the beginning at each look.
-    open_at(consumer, Some(timeout), false, Position::Unpositioned)?;
     let mut told = false;
+    let mut open = false;
+    let mut backoff = INITIAL_BACKOFF;
+    let mut failing = false;
     let result = loop {
-        match find_initsync(consumer, use_first)? {
+        // No position here: `find_initsync` seeks to the beginning at each look.
+        let looked = if open {
+            find_initsync(consumer, use_first)
+        } else {
+            open_at(consumer, Some(timeout), false, Position::Unpositioned)
+                .and_then(|()| find_initsync(consumer, use_first))
+        };
+        open = true;
+        let found = match looked {
+            Ok(found) => found,
+            Err(error) if error.error.kind().is_transient() && !once => {
+                tracing::warn!(
+                    "Hermes mode: looking for an initsync sequence: {error}; retrying in {} ms",
+                    backoff.as_millis()
+                );
+                waiting(Some(error.to_string()));
+                failing = true;
+                let _ = consumer.close();
+                open = false;
+                if !shutdown.sleep(backoff) {
+                    break None;
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
+        if std::mem::take(&mut failing) {
+            waiting(None);
+            backoff = INITIAL_BACKOFF;
+        }
+        match found {
             Some(sequence) => break Some(sequence),
             None if once => break None,
             None => {

@@ -153,12 +153,12 @@ pub fn build_consumer(config: &Config) -> Result<(Arc<LoadedPlugin>, PluginConsu
 /// run starts at its `init-start`). `None`: none yet and `--once`, or a stop was asked for.
 fn hermes_filter(
     cached: &mut Option<OffsetRecord>,
-    cache: &OffsetCache,
     consumer: &mut PluginConsumer,
     mode: HermesMode,
     config: &Config,
     once: bool,
     shutdown: &Shutdown,
+    health: &crate::health::Health,
 ) -> Result<Option<HermesFilter>, AppError> {
     if let Some(record) = cached.as_ref() {
         if let (Some(start), Some(stop)) = (&record.initstartoffset, &record.initstopoffset) {
@@ -172,9 +172,21 @@ fn hermes_filter(
         }
     }
     let timeout = Duration::from_millis(config.consumer.timeout_ms);
-    let sequence =
-        hermes_mode::bootstrap(consumer, mode.use_first_initsync, timeout, once, shutdown)
-            .map_err(|e| AppError::Runtime(e.to_string()))?;
+    // The consumer shows waiting for the bus while a transient error is retried.
+    let waiting = |why: Option<String>| {
+        health.set_phase(why.map_or(crate::health::Phase::Connecting, |why| {
+            crate::health::Phase::Waiting(why)
+        }))
+    };
+    let sequence = hermes_mode::bootstrap(
+        consumer,
+        mode.use_first_initsync,
+        timeout,
+        once,
+        shutdown,
+        &waiting,
+    )
+    .map_err(|e| AppError::Runtime(e.to_string()))?;
     let Some(sequence) = sequence else {
         return Ok(None);
     };
@@ -189,6 +201,7 @@ fn hermes_filter(
         sequence.stop
     );
     let handled = cached.as_ref().map_or(0, |record| record.events_handled);
+    let cache = OffsetCache::new(&config.process.state_dir, &config.consumer.name);
     let mut record = cache.record(None, Some(sequence.start.clone()), handled);
     record.initstartoffset = Some(sequence.start.clone());
     record.initstopoffset = Some(sequence.stop.clone());
@@ -271,12 +284,12 @@ pub fn run_consumer(
         None => None,
         Some(mode) => match hermes_filter(
             &mut cached,
-            &cache,
             &mut consumer,
             mode,
             config,
             once,
             shutdown,
+            context.control.health(),
         )? {
             Some(filter) => Some(filter),
             None => {

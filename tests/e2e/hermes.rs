@@ -221,6 +221,19 @@ fn a_bus_without_a_complete_initsync_is_waited_for() {
     daemon.wait_for("the wait", LIMIT, |d| {
         d.stderr().contains("waiting for one")
     });
+    // The bus goes away for a moment while the daemon waits: retried (the consumer waiting for
+    // the bus meanwhile), never the end of the daemon.
+    let moved = dir.join("bus.moved");
+    std::fs::rename(&bus, &moved).expect("moved away");
+    daemon.wait_for("waiting for the bus", LIMIT, |d| {
+        d.stderr().contains("consumer now waiting for the bus")
+            && d.stderr()
+                .contains("Hermes mode: looking for an initsync sequence: ")
+    });
+    std::fs::rename(&moved, &bus).expect("moved back");
+    daemon.wait_for("connecting again", LIMIT, |d| {
+        d.stderr().contains("(was waiting)")
+    });
     for (data, ts) in &events[10..] {
         writer.append(data, *ts).expect("append");
     }
