@@ -3,7 +3,7 @@
 //! in each state, and cleared after recovery.
 
 use crate::common::*;
-use buslink_testkit::{Daemon, HermesBusWriter, TestDir};
+use buslink_testkit::{hermes_events, Daemon, HermesBusWriter, TestDir};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -177,6 +177,39 @@ fn a_handler_blocked_through_a_pause_and_resume_stays_stalled_with_its_true_idle
     });
     let log = daemon.stderr();
     assert_eq!(log.matches("consumer now stalled").count(), 1, "{log}");
+    let out = daemon.terminate(LIMIT);
+    assert_eq!(out.code(), Some(0), "{out}");
+}
+
+/// A sqlite bus locked by another process's write transaction (`BEGIN EXCLUSIVE`) longer than
+/// max(timeout_ms, 5 s): the consumer says it is waiting for the bus (the lock named), within
+/// about that time (it was 10 s, sqlite's busy timeout), and runs again once the lock goes.
+#[test]
+fn a_sqlite_bus_locked_shows_waiting_for_the_bus_within_5_s_then_runs_again() {
+    let dir = TestDir::new("word-locked");
+    let bus = bus_with(&dir, 10);
+    let config = config_with(&dir, &bus, "", &jsonl_handler("all", ""));
+    let mut daemon = Daemon::run(&config);
+    let out = dir.join("out/all.jsonl");
+    daemon.wait_for("the 10 events", LIMIT, |_| count_lines(&out) == 10);
+    let lock = rusqlite::Connection::open(&bus).expect("bus");
+    lock.execute_batch("BEGIN EXCLUSIVE").expect("locked");
+    let locked_at = std::time::Instant::now();
+    daemon.wait_for("waiting for the bus", LIMIT, |_| {
+        test_status(&config)["state"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("waiting for the bus: ") && s.contains("locked"))
+    });
+    let took = locked_at.elapsed();
+    // 5 s of sqlite's busy wait, then the next look (the monitor's tick, `ctl`'s round trip).
+    assert!(took < Duration::from_secs(9), "{took:?}");
+    lock.execute_batch("COMMIT").expect("unlocked");
+    drop(lock);
+    let mut writer = HermesBusWriter::open(&bus).expect("bus");
+    writer.append_all(hermes_events(3)).expect("append");
+    daemon.wait_for("running again with the new events", LIMIT, |_| {
+        count_lines(&out) == 13 && test_status(&config)["state"] == "running"
+    });
     let out = daemon.terminate(LIMIT);
     assert_eq!(out.code(), Some(0), "{out}");
 }

@@ -8,8 +8,11 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// How long a read waits for the producer's write lock before giving up.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a read waits for the producer's write lock before giving up, at least: the
+/// consumer's timeout when longer (see [`BusFile::set_patience`]). A bus locked longer is a
+/// connection error, so the consumer shows waiting for the bus within max(timeout, 5 s), as
+/// every plugin does.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The msgids a bus holds now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,6 +29,8 @@ pub struct BusFile {
     connection: Option<Connection>,
     /// Device and inode of the file the connection reads.
     identity: Option<(u64, u64)>,
+    /// How long a read waits for a lock: max(the consumer's timeout, [`BUSY_TIMEOUT`]).
+    busy_timeout: Duration,
 }
 
 /// The device and inode of the file at `path` now.
@@ -40,7 +45,14 @@ impl BusFile {
             path,
             connection: None,
             identity: None,
+            busy_timeout: BUSY_TIMEOUT,
         }
+    }
+
+    /// The consumer's timeout (`None`: none): a read waits max(it, [`BUSY_TIMEOUT`]) for a
+    /// lock (from the next connection on).
+    pub fn set_patience(&mut self, timeout: Option<Duration>) {
+        self.busy_timeout = timeout.map_or(BUSY_TIMEOUT, |t| t.max(BUSY_TIMEOUT));
     }
 
     /// Whether the file at the path is no longer the one the open connection reads (replaced
@@ -85,7 +97,7 @@ impl BusFile {
                 ))
             })?;
             connection
-                .busy_timeout(BUSY_TIMEOUT)
+                .busy_timeout(self.busy_timeout)
                 .map_err(|e| self.error(e))?;
             self.identity = identity_of(&self.path);
             self.connection = Some(connection);

@@ -313,6 +313,7 @@ impl Consumer for SqliteConsumer {
 
     fn set_timeout(&mut self, timeout: Option<Duration>) -> PluginResult<()> {
         self.timeout = timeout;
+        self.bus.set_patience(timeout);
         Ok(())
     }
 
