@@ -156,8 +156,11 @@ pub trait Consumer: Send + 'static {
     /// the [`lag`](Self::lag), about every second on the thread that polls, and shows the
     /// consumer `waiting for the bus: WHY` (503 on `/ready`) while it is `Some`, `running`
     /// again once it is `None`. A bus that cannot be reached is an error from `poll` instead
-    /// (the host then re-opens the consumer); a hold-up is waited out. The default: never
-    /// held up (or cannot tell). Since plugin-api 0.5.
+    /// (the host then re-opens the consumer); a hold-up is waited out. A plugin that reads
+    /// ahead and retries its bus itself may say here that its requests fail while `poll` still
+    /// hands over events read before (HMB): the consumer is then shown waiting at once, not
+    /// only once that backlog is handled. The default: never held up (or cannot tell). Since
+    /// plugin-api 0.5.
     fn held_up(&mut self) -> Option<String> {
         None
     }

@@ -196,7 +196,7 @@ pub(crate) fn messages(queues: &[&str], topics: &[&str], from: i64, to: i64) -> 
 }
 
 /// The events of a jsonl file grouped per queue: (seq, data.n) in file order.
-fn per_queue(lines: &[Value]) -> BTreeMap<String, Vec<(i64, i64)>> {
+pub(crate) fn per_queue(lines: &[Value]) -> BTreeMap<String, Vec<(i64, i64)>> {
     let mut out: BTreeMap<String, Vec<(i64, i64)>> = BTreeMap::new();
     for line in lines {
         let event = &line["event"];

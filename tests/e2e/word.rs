@@ -467,6 +467,62 @@ fn kafka_a_group_member_whose_cluster_never_answers_shows_waiting_for_the_bus() 
     daemon.terminate(LIMIT);
 }
 
+/// The HMB server **process** frozen while the daemon still handles events it read before (a
+/// slow handler): the consumer shows `waiting for the bus` once the plugin's requests have
+/// failed (read_timeout_ms), not only after the backlog in hand is done; then running again
+/// after the thaw, every message handled once.
+#[test]
+fn hmb_a_server_frozen_behind_a_backlog_shows_waiting_before_the_backlog_is_done() {
+    let server = buslink_testkit::hmb_process::HmbServerProcess::start(1000, &[]);
+    let url = server.bus_url("backlog");
+    crate::hmb::Producer::open(&url, false).send(&crate::hmb::messages(&["A"], &["T"], 0, 300));
+    let dir = TestDir::new("word-hmb-backlog");
+    let handlers = format!(
+        "[[handlers]]\nname = \"slow\"\ntype = \"exec\"\n\
+         command = [\"sh\", \"-c\", \"sleep 0.03; cat > /dev/null\"]\n\n{}",
+        jsonl_handler("all", "")
+    );
+    // Small batches: the plugin keeps most of the 300 messages read ahead (one answer) while
+    // the host takes 10 at a time, so its polls keep finding events after the freeze.
+    let config = crate::hmb::hmb_config(
+        &dir,
+        &url,
+        "batch_size = 10",
+        "read_timeout_ms = 1500",
+        "[consumer.settings.queues.A]\n",
+        &handlers,
+    );
+    let out = dir.join("out/all.jsonl");
+    let mut daemon = Daemon::run(&config);
+    daemon.wait_for("a few events handled", LIMIT, |_| count_lines(&out) >= 10);
+    server.freeze();
+    daemon.wait_for("the frozen server shown", LIMIT, |_| {
+        test_status(&config)["state"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("waiting for the bus:") && s.contains("HMB "))
+    });
+    // The truth: most of the backlog read before the freeze is still to be handled (about
+    // 90 events are handled in the 3 s the plugin takes to give up on the server; the old
+    // code said it only with the last batch of the backlog in hand).
+    let handled = count_lines(&out);
+    assert!(
+        handled < 220,
+        "waiting shown only after the backlog: {handled}"
+    );
+    server.thaw();
+    daemon.wait_for("every message handled, running", LIMIT, |_| {
+        count_lines(&out) == 300 && test_status(&config)["state"] == "running"
+    });
+    let lines = read_lines(&dir, "out/all.jsonl");
+    let seqs: Vec<i64> = crate::hmb::per_queue(&lines)["A"]
+        .iter()
+        .map(|(seq, _)| *seq)
+        .collect();
+    assert_eq!(seqs, (0..300).collect::<Vec<_>>());
+    let out = daemon.terminate(LIMIT);
+    assert_eq!(out.code(), Some(0), "{out}");
+}
+
 #[test]
 fn hmb_lag_and_state_follow_a_blocked_handler_and_a_frozen_server_process() {
     let server = buslink_testkit::hmb_process::HmbServerProcess::start(1000, &[]);

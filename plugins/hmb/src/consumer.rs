@@ -638,7 +638,7 @@ impl Consumer for HmbConsumer {
         };
         let (capabilities, answer) = http.features()?;
         // The server answers: earlier failures say nothing about the session to come.
-        *lock_failing(&self.counters) = None;
+        self.counters.recovered();
         let missing: Vec<String> = needed_capabilities(&self.config)
             .into_iter()
             .filter(|(capability, _)| !capabilities.iter().any(|c| c == capability))
@@ -727,6 +727,13 @@ impl Consumer for HmbConsumer {
 
     fn counters(&self) -> Vec<(String, u64)> {
         self.counters.snapshot()
+    }
+
+    /// The fetcher's requests have failed for a second and none succeeded since (a server
+    /// down, frozen or failing): said at once, also while the host still handles events read
+    /// before, instead of at the next poll.
+    fn held_up(&mut self) -> Option<String> {
+        self.counters.failing_for(Duration::from_secs(1))
     }
 
     /// The messages after what was handed over, from `/info` (each queue's `endseq`, last + 1,

@@ -80,6 +80,8 @@ pub struct Counters {
     /// Not a counter: the fetcher's last request failed and none succeeded since (it is
     /// re-opening); `poll` then cannot tell that the bus is drained, and says so.
     pub failing: std::sync::Mutex<Option<String>>,
+    /// Not a counter: since when `failing` holds (the first failure of the run of them).
+    pub failing_since: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// The `failing` slot of `counters` (a poisoned lock still holds a usable value).
@@ -91,6 +93,28 @@ pub fn lock_failing(counters: &Counters) -> std::sync::MutexGuard<'_, Option<Str
 }
 
 impl Counters {
+    /// The fetcher's failure, once requests have failed (none succeeding) for `patience`: the
+    /// consumer is then shown waiting for the bus, also while the host still handles events
+    /// read before (one failure recovered at once is no news).
+    pub fn failing_for(&self, patience: Duration) -> Option<String> {
+        let since = *self
+            .failing_since
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        since
+            .filter(|since| since.elapsed() >= patience)
+            .and_then(|_| lock_failing(self).clone())
+    }
+
+    /// Requests succeed again.
+    pub fn recovered(&self) {
+        *lock_failing(self) = None;
+        *self
+            .failing_since
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+    }
+
     /// The counters as the host shows them.
     pub fn snapshot(&self) -> Vec<(String, u64)> {
         [
@@ -293,7 +317,7 @@ impl Fetcher {
             match self.receive_once(&tx) {
                 Ok(Flow::Continue) => {
                     if self.failures > 0 {
-                        *lock_failing(&self.counters) = None;
+                        self.counters.recovered();
                     }
                     self.failures = 0;
                     self.backoff = self.http.config.retry_wait;
@@ -314,6 +338,11 @@ impl Fetcher {
     /// sent to the consumer).
     fn retry_after(&mut self, error: PluginError, tx: &SyncSender<FetchMsg>) -> bool {
         if error.kind().is_transient() {
+            self.counters
+                .failing_since
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .get_or_insert_with(Instant::now);
             *lock_failing(&self.counters) = Some(format!(
                 "HMB {}: {error} ({} failed attempt(s) in a row)",
                 self.http.base(),
