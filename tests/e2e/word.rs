@@ -523,6 +523,48 @@ fn hmb_a_server_frozen_behind_a_backlog_shows_waiting_before_the_backlog_is_done
     assert_eq!(out.code(), Some(0), "{out}");
 }
 
+/// A queue that holds only the TOUCH message creating it (this consumer's own, with
+/// `autocreate_queues`, or another client's) has nothing for the consumer: lag 0 and `running`
+/// past `stall_after_s`, never "stalled: 1 events wait" (503); the messages sent next are
+/// handled and the lag is 0 again.
+#[test]
+fn hmb_a_queue_holding_only_touch_messages_shows_lag_0_never_stalled() {
+    let server = buslink_testkit::hmb_process::HmbServerProcess::start(1000, &[]);
+    let url = server.bus_url("touched");
+    // Queue B is created by another client's TOUCH (seq 0); queue A by this consumer's.
+    crate::hmb::Producer::open(&url, false)
+        .send(&[serde_json::json!({"type": "TOUCH", "queue": "B"})]);
+    for queue in ["A", "B"] {
+        let dir = TestDir::new(&format!("word-hmb-touch-{queue}"));
+        let config = crate::hmb::hmb_config(
+            &dir,
+            &url,
+            "stall_after_s = 2",
+            "autocreate_queues = true",
+            &format!("[consumer.settings.queues.{queue}]\nseq = 0\n"),
+            &jsonl_handler("all", ""),
+        );
+        let mut daemon = Daemon::run(&config);
+        let began = std::time::Instant::now();
+        daemon.wait_for("3.5 s of lag 0, running", LIMIT, |_| {
+            let status = test_status(&config);
+            if began.elapsed() > Duration::from_secs(1) {
+                assert_eq!(status["lag"], 0, "queue {queue}: {status}");
+                assert_eq!(status["state"], "running", "queue {queue}: {status}");
+            }
+            began.elapsed() > Duration::from_millis(3500)
+        });
+        crate::hmb::Producer::open(&url, false).send(&crate::hmb::messages(&[queue], &["T"], 0, 5));
+        let out = dir.join("out/all.jsonl");
+        daemon.wait_for("the 5 messages handled, lag 0", LIMIT, |_| {
+            count_lines(&out) == 5 && test_status(&config)["lag"] == 0
+        });
+        let run = daemon.terminate(LIMIT);
+        assert_eq!(run.code(), Some(0), "{run}");
+        assert!(!run.stderr.contains("stalled"), "{}", run.stderr);
+    }
+}
+
 #[test]
 fn hmb_lag_and_state_follow_a_blocked_handler_and_a_frozen_server_process() {
     let server = buslink_testkit::hmb_process::HmbServerProcess::start(1000, &[]);

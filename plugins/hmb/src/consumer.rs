@@ -175,6 +175,12 @@ impl HmbConsumer {
         );
         fetcher.open_session(!self.opened_before)?;
         self.opened_before = true;
+        // Where the session really starts (past the TOUCH that created a queue, say).
+        for (started, next) in self.started_at.iter_mut().zip(fetcher.next_positions()) {
+            if next.is_some() {
+                *started = *next;
+            }
+        }
         self.cid = fetcher.cid.clone();
         self.positions = vec![None; self.config.queues.len()];
         self.fetcher = Some(fetcher.spawn()?);
@@ -413,6 +419,13 @@ impl HmbConsumer {
         }
         if *cursor >= chunk.events.len() {
             report_gaps(batch, usize::MAX);
+            // Past messages skipped after the last event (a TOUCH): the lag must not count
+            // them.
+            for (slot, after) in positions.iter_mut().zip(&chunk.after) {
+                if let Some(after) = after {
+                    *slot = Some(slot.map_or(*after, |at| at.max(*after)));
+                }
+            }
             if chunk.eof {
                 *ended = true;
             }
@@ -738,17 +751,22 @@ impl Consumer for HmbConsumer {
 
     /// The messages after what was handed over, from `/info` (each queue's `endseq`, last + 1,
     /// less this consumer's next seq): `None` when the server has no INFO, a session is
-    /// failing, a queue's position is not known yet, or a queue is filtered (its `endseq`
-    /// counts messages this consumer never gets) or windowed (it stops before the end).
+    /// failing, a queue's position is not known yet, a queue is filtered (its `endseq` counts
+    /// messages this consumer never gets) or windowed (it stops before the end), or a `cid`
+    /// is configured (the server never sends a client its own messages). Messages skipped
+    /// (TOUCH) move the position as events do.
     fn lag(&mut self) -> Option<u64> {
         if !self.has_info() || lock_failing(&self.counters).is_some() {
             return None;
         }
-        if self
-            .config
-            .queues
-            .iter()
-            .any(|q| q.params.is_filtered() || q.params.has_window())
+        // A cid given in the settings may be a producer's: the server never sends a client
+        // its own messages, which `/info` counts all the same.
+        if self.config.cid.is_some()
+            || self
+                .config
+                .queues
+                .iter()
+                .any(|q| q.params.is_filtered() || q.params.has_window())
         {
             return None;
         }

@@ -52,6 +52,9 @@ pub struct Chunk {
     pub events: Vec<ChunkEvent>,
     /// Every queue's next seq right after a (re-)open, before these events.
     pub positions: Option<Vec<Option<i64>>>,
+    /// Every queue's next seq after this answer's messages, skipped ones (TOUCH) included:
+    /// where the consumer is once it handed all these events over.
+    pub after: Vec<Option<i64>>,
     /// The window ended after these events.
     pub eof: bool,
     /// Gaps, in order: (the index of the event they come before, range, count if known).
@@ -197,6 +200,7 @@ mod tests {
             bytes: builder.bytes,
             events: builder.events,
             positions: None,
+            after: Vec::new(),
             eof: false,
             gaps: builder.gaps,
         }

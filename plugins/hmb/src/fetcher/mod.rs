@@ -289,6 +289,12 @@ impl Fetcher {
         self.stop.load(Ordering::SeqCst)
     }
 
+    /// Every queue's next seq as the open session has it (the server's answer to the open):
+    /// `None` where the server chose and said nothing.
+    pub fn next_positions(&self) -> &[Option<i64>] {
+        &self.next
+    }
+
     /// Starts the fetcher thread (after a first [`open_session`](Self::open_session)).
     pub fn spawn(self) -> PluginResult<FetcherHandle> {
         let (tx, rx) = mpsc::sync_channel(CHANNEL_CHUNKS);

@@ -277,6 +277,9 @@ impl Fetcher {
         let format = self.http.config.format;
         let consumed = items.last().map_or(0, |item| item.range.end);
         let positions = self.pending_positions.then(|| self.next.clone());
+        // TOUCH messages skipped in this answer move the position without an event: the
+        // consumer hears it with the chunk (its lag must not count them for ever).
+        let touches_before = self.counters.touches.load(Ordering::Relaxed);
         let mut builder = ChunkBuilder {
             // BSON bodies are converted into it: about as large as the answer (no regrowth).
             extra: match format {
@@ -349,7 +352,8 @@ impl Fetcher {
             }
         }
         let mut closed = false;
-        if !builder.events.is_empty() || eof || !builder.gaps.is_empty() {
+        let skipped = self.counters.touches.load(Ordering::Relaxed) != touches_before;
+        if !builder.events.is_empty() || eof || !builder.gaps.is_empty() || skipped {
             // Written from checked text, numbers and ASCII: UTF-8 (checked again, fast).
             let extra = if simdutf8::basic::from_utf8(&builder.extra).is_ok() {
                 // SAFETY: checked just above.
@@ -363,6 +367,7 @@ impl Fetcher {
                 bytes: builder.bytes,
                 events: builder.events,
                 positions,
+                after: self.next.clone(),
                 eof,
                 gaps: builder.gaps,
             };
