@@ -366,7 +366,14 @@ fn supervise(mut unit: Unit, daemon: &Daemon<'_>, steering: &Steer) -> Result<()
         if let Some(metrics) = &unit.context.metrics {
             metrics.restarted();
         }
-        let state = format!("{why} (restart {restarts} in {} s)", backoff.as_secs());
+        // Shown for the whole wait: the time it ends stays true however late it is read.
+        let at = chrono::Utc::now()
+            + chrono::Duration::from_std(backoff).unwrap_or_else(|_| chrono::Duration::zero());
+        let state = format!(
+            "{why} (restart {restarts} in {} s, at {} UTC)",
+            backoff.as_secs(),
+            at.format("%H:%M:%S")
+        );
         unit.context.control.update(|status| {
             status.note_error(why.clone());
         });
