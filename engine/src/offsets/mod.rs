@@ -199,7 +199,8 @@ impl OffsetCache {
     pub fn load(&self) -> Result<Option<OffsetRecord>, CacheError> {
         if self.temp_path.exists() {
             tracing::warn!(
-                "ignoring {}: left by an interrupted commit; {} holds the last complete one",
+                "ignoring {}: a commit not finished (interrupted, or being made by a running \
+                 daemon this instant); {} holds the last complete one",
                 self.temp_path.display(),
                 self.path.display()
             );
