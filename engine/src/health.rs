@@ -192,6 +192,11 @@ pub struct Health {
     /// A stop of this run was asked for (a signal, `ctl quit`, a reload restarting it): shown
     /// as stopping at once, also while a handler still holds the event in hand.
     stop_asked: AtomicBool,
+    /// Since when the reader has been inside the plugin's `poll`, and how long a poll may take
+    /// (the consumer's timeout and a second): past that, what the bus said last is no longer
+    /// news (the lag is unknown), and past max(that, 5 s) the consumer is shown waiting for
+    /// the bus (a plugin or plugin process that does not answer).
+    polling: Mutex<Option<(Instant, Duration)>>,
     /// Set by the monitor every tick; the dispatcher takes it between two events to do what
     /// is due by the clock (a commit by `every_ms`, the metrics' tallies).
     tick: AtomicBool,
@@ -216,6 +221,7 @@ impl Default for Health {
             bus_lag: Mutex::new(None),
             held_up: Mutex::new(None),
             stop_asked: AtomicBool::new(false),
+            polling: Mutex::new(None),
             tick: AtomicBool::new(false),
             stall_after_s: AtomicU64::new(60),
             stats_interval_s: AtomicU64::new(0),
@@ -269,6 +275,23 @@ impl Health {
         if !self.stop_asked.swap(true, Ordering::SeqCst) {
             wake_monitor();
         }
+    }
+
+    /// The reader calls the plugin's `poll`, which should answer within `timeout`.
+    pub fn poll_began(&self, timeout: Duration) {
+        *lock(&self.polling) = Some((Instant::now(), timeout + Duration::from_secs(1)));
+    }
+
+    /// The plugin's `poll` answered.
+    pub fn poll_ended(&self) {
+        *lock(&self.polling) = None;
+    }
+
+    /// How long the current `poll` has run past what it may take (`None`: not overdue).
+    fn poll_overdue(&self, now: Instant) -> Option<(Duration, Duration)> {
+        let (since, patience) = (*lock(&self.polling))?;
+        let running = now.saturating_duration_since(since);
+        (running > patience).then_some((running, patience))
     }
 
     /// The reader handed `count` events to the dispatcher.
@@ -340,8 +363,8 @@ impl Health {
     }
 
     /// The lag now: the bus's figure plus what was read and not handled since, or `None`.
-    fn lag(&self, phase: &Phase) -> Option<u64> {
-        if !matches!(phase, Phase::Consuming) {
+    fn lag(&self, phase: &Phase, now: Instant) -> Option<u64> {
+        if !matches!(phase, Phase::Consuming) || self.poll_overdue(now).is_some() {
             return None;
         }
         let known = (*lock(&self.bus_lag))?;
@@ -474,7 +497,18 @@ fn observe(tracks: &mut HashMap<String, Track>, consumer: &Watched, now: Instant
     let phase = lock(&health.phase).clone();
     let held_up = lock(&health.held_up).clone();
     let handled = health.handled.load(Ordering::Relaxed);
-    let lag = health.lag(&phase);
+    let lag = health.lag(&phase, now);
+    // A poll far past its time: the plugin (or its process) does not answer.
+    let unanswered = health
+        .poll_overdue(now)
+        .filter(|(running, _)| *running >= Duration::from_secs(5))
+        .map(|(running, patience)| {
+            format!(
+                "the plugin's poll has not answered for {} s (it should within {} ms)",
+                running.as_secs(),
+                patience.saturating_sub(Duration::from_secs(1)).as_millis()
+            )
+        });
     let track = tracks
         .entry(consumer.name.clone())
         .or_insert_with(|| Track {
@@ -540,6 +574,7 @@ fn observe(tracks: &mut HashMap<String, Track>, consumer: &Watched, now: Instant
         // A pause takes effect between two events: one stuck in a handler stalls it still.
         Phase::Consuming if consumer.paused && !(in_call && stalled) => State::Paused,
         Phase::Consuming if held_up.is_some() => State::Waiting(held_up.unwrap_or_default()),
+        Phase::Consuming if unanswered.is_some() => State::Waiting(unanswered.unwrap_or_default()),
         Phase::Consuming if stalled => State::Stalled {
             waiting: waiting_events,
             idle_s,
@@ -742,6 +777,34 @@ mod tests {
         assert_eq!(view.state, State::Paused);
         let view = observe(&mut tracks, &watched(&health, false), at(10));
         assert_eq!(view.state, State::Running);
+    }
+
+    #[test]
+    fn a_poll_far_past_its_timeout_makes_the_lag_unknown_then_the_consumer_waiting() {
+        let health = Arc::new(Health::default());
+        health.begin_run(0, 60, 0);
+        health.set_phase(Phase::Consuming);
+        health.bus_answered(Some(0), None, Vec::new());
+        let mut tracks = HashMap::new();
+        health.poll_began(Duration::from_secs(1));
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        // Within the timeout and its second: what the bus said last holds.
+        let view = observe(&mut tracks, &watched(&health, false), at(1500));
+        assert_eq!((view.lag, view.state.clone()), (Some(0), State::Running));
+        // Past it: the bus could not be asked since, the lag is unknown.
+        let view = observe(&mut tracks, &watched(&health, false), at(2500));
+        assert_eq!((view.lag, view.state.clone()), (None, State::Running));
+        // Five seconds: the plugin does not answer.
+        let view = observe(&mut tracks, &watched(&health, false), at(6200));
+        assert_eq!(
+            view.state.text(),
+            "waiting for the bus: the plugin's poll has not answered for 6 s (it should \
+             within 1000 ms)"
+        );
+        health.poll_ended();
+        let view = observe(&mut tracks, &watched(&health, false), at(6300));
+        assert_eq!((view.lag, view.state), (Some(0), State::Running));
     }
 
     #[test]

@@ -346,19 +346,33 @@ fn a_killed_or_frozen_child_is_replaced_and_status_metrics_and_events_say_so() {
     });
 
     // Frozen (SIGSTOP): no answer within the poll's timeout plus the grace; killed, replaced.
+    // Meanwhile the bus cannot be asked: the lag is unknown (a second past the poll's
+    // timeout), never the last figure (0) while events wait.
     // SAFETY: kill(2) on the plugin's child, a process this test's daemon started.
     unsafe { libc::kill(second as i32, libc::SIGSTOP) };
     until(
-        "the frozen child replaced",
+        "the lag unknown while the child does not answer",
         LIMIT,
-        || matches!(process_of(&config), (Some(pid), 2) if pid != second),
+        || consumer_status(&status(&config), "test")["lag"].is_null(),
+    );
+    append(&bus, 50);
+    let mut lags = Vec::new();
+    until("the frozen child replaced", LIMIT, || {
+        let replaced = matches!(process_of(&config), (Some(pid), 2) if pid != second);
+        if !replaced {
+            lags.push(consumer_status(&status(&config), "test")["lag"].clone());
+        }
+        replaced
+    });
+    assert!(
+        lags.iter().all(|lag| lag.is_null()),
+        "a lag shown while the frozen child could not be asked: {lags:?}"
     );
     assert!(
         daemon.stderr().contains("did not answer"),
         "{}",
         daemon.stderr()
     );
-    append(&bus, 50);
     daemon.wait_for("200 events", LIMIT, |_| count_lines(&out) == 200);
     let (Some(third), _) = process_of(&config) else {
         unreachable!()

@@ -186,7 +186,13 @@ pub(super) fn read_loop(
         if shutdown.requested() {
             break;
         }
+        if let Some(health) = health(&options) {
+            health.poll_began(options.timeout);
+        }
         let polled = consumer.poll(&mut batch);
+        if let Some(health) = health(&options) {
+            health.poll_ended();
+        }
         if polled.is_ok() {
             // Counted as read before the bus is asked: its figure starts after this batch.
             if let Some(health) = health(&options) {
