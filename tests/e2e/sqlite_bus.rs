@@ -575,6 +575,43 @@ fn rows_purged_while_the_daemon_is_behind_are_a_gap_the_same_as_at_a_start() {
     }
 }
 
+/// A bus overwritten **in place** (the same file, other contents: `cp other.sqlite bus.sqlite`,
+/// `cat other > bus`) while the daemon runs: noticed within about a second by looking at the
+/// last event read again, the same error as a replaced file, never a silent resume into the
+/// other bus's events.
+#[test]
+fn a_bus_overwritten_in_place_is_noticed_live_never_followed() {
+    let dir = TestDir::new("bus-overwritten");
+    let bus = dir.join("bus.sqlite");
+    HermesBusWriter::open(&bus)
+        .and_then(|mut w| w.append_all(hermes_events(30)))
+        .expect("bus A");
+    let other = dir.join("other.sqlite");
+    let writer = HermesBusWriter::open(&other).expect("bus B");
+    for (data, timestamp) in hermes_events(40) {
+        writer.append(&data, timestamp + 3600.0).expect("append");
+    }
+    drop(writer);
+    let config = sqlite_config(&dir, &bus, "", &jsonl_handler("all", ""));
+    let out = dir.join("out/all.jsonl");
+    let mut daemon = Daemon::run(&config);
+    daemon.wait_for("bus A read", LIMIT, |_| count_lines(&out) >= 30);
+    let inode = |path: &std::path::Path| {
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).expect("metadata"))
+    };
+    let before = inode(&bus);
+    // In place: truncated and written through the same inode.
+    std::fs::write(&bus, std::fs::read(&other).expect("bus B")).expect("overwritten");
+    assert_eq!(inode(&bus), before);
+    let run = daemon.finish(LIMIT);
+    assert_eq!(run.code(), Some(1), "{run}");
+    assert!(
+        run.stderr.contains("holds another event at offset 30"),
+        "{run}"
+    );
+    assert_eq!(count_lines(&out), 30, "nothing of bus B handled");
+}
+
 #[test]
 fn a_bus_replaced_under_the_consumer_is_noticed_live_and_at_a_restart() {
     let dir = TestDir::new("bus-replaced");

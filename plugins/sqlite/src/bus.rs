@@ -120,6 +120,20 @@ impl BusFile {
             .map(|row| row.is_some())
     }
 
+    /// sqlite's `PRAGMA data_version` of the open connection: it changes whenever another
+    /// process changed the file (an append, a purge, the file overwritten in place); `None`
+    /// while the file does not exist.
+    pub fn data_version(&mut self) -> PluginResult<Option<i64>> {
+        let Some(connection) = self.connection()? else {
+            return Ok(None);
+        };
+        connection
+            .prepare_cached("PRAGMA data_version")
+            .and_then(|mut statement| statement.query_row([], |row| row.get(0)))
+            .map(Some)
+            .map_err(|e| self.error(e))
+    }
+
     /// The msgids on the bus now; `None` when the file or the table does not exist yet.
     pub fn bounds(&mut self) -> PluginResult<Option<Bounds>> {
         let Some(connection) = self.connection()? else {

@@ -49,6 +49,8 @@ pub struct SqliteConsumer {
     /// Why the bus cannot be read yet, while `wait_for_bus` waits for it (no file, no table):
     /// shown as the consumer held up; `None` once a read found it.
     missing: Option<String>,
+    /// The bus file's `data_version` when the last event read was last checked against it.
+    seen_version: Option<i64>,
     /// The last row read (msgid, timestamp), or the host's last handled event: checked against
     /// the bus when it is (re)opened, so another bus under the same msgids is found.
     last: Option<(i64, DateTime<Utc>)>,
@@ -103,6 +105,7 @@ resolved path: retried with a warning each time by the daemon, and a failed `run
             position: Position::Unset,
             wait_for_bus: settings.wait_for_bus,
             missing: None,
+            seen_version: None,
             last: None,
             check_last: false,
             undecodable: 0,
@@ -156,6 +159,15 @@ impl SqliteConsumer {
                  read; re-opened, checking the position against it",
                 self.bus.path().display()
             ));
+            self.check_last = true;
+        }
+        // A bus overwritten in place (same file, other contents: `cp other.sqlite bus.sqlite`)
+        // is found by looking at the last event read again whenever the file changed since the
+        // last look (sqlite's `data_version`: an append changes it too), before new rows are
+        // read: never a read into another bus's events.
+        let version = self.bus.data_version()?;
+        if version != self.seen_version {
+            self.seen_version = version;
             self.check_last = true;
         }
         if !self.check_last {
