@@ -300,13 +300,19 @@ impl Health {
     }
 
     /// The dispatcher begins to hand an event to the handlers.
+    ///
+    /// Only the dispatcher writes `started` and `handled` (one thread): a load and a store,
+    /// no locked read-modify-write on the path of every event.
     pub fn started(&self) {
-        self.started.fetch_add(1, Ordering::Relaxed);
+        self.started
+            .store(self.handled.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
     }
 
-    /// One event was handled (or passed over on purpose).
+    /// One event was handled (or passed over on purpose). The dispatcher's alone (see
+    /// [`started`](Self::started)).
     pub fn handled(&self) {
-        self.handled.fetch_add(1, Ordering::Relaxed);
+        self.handled
+            .store(self.handled.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
     }
 
     /// Events handled in this run.
