@@ -660,6 +660,16 @@ fn progress_line(consumer: &Watched, view: &View) {
 mod tests {
     use super::*;
 
+    /// A consumer in a run (`stall_after_s`), consuming, the reader having handed over `read`
+    /// events.
+    fn consuming(stall_after_s: u64, read: u64) -> Arc<Health> {
+        let health = Arc::new(Health::default());
+        health.begin_run(0, stall_after_s, 0);
+        health.set_phase(Phase::Consuming);
+        health.read(read);
+        health
+    }
+
     fn watched(health: &Arc<Health>, paused: bool) -> Watched {
         Watched {
             name: "demo".into(),
@@ -742,12 +752,9 @@ mod tests {
 
     #[test]
     fn a_handler_blocked_through_a_pause_and_an_outage_stalls_with_the_true_idle_time() {
-        let health = Arc::new(Health::default());
-        health.begin_run(0, 2, 0);
-        health.set_phase(Phase::Consuming);
+        let health = consuming(2, 5);
         let mut tracks = HashMap::new();
         let start = Instant::now();
-        health.read(5);
         health.bus_answered(Some(0), None, Vec::new());
         // The first event goes into a handler, which blocks.
         health.started();
@@ -815,12 +822,9 @@ mod tests {
 
     #[test]
     fn a_consumer_the_bus_holds_up_is_waiting_for_the_bus_until_it_is_not_and_never_stalled() {
-        let health = Arc::new(Health::default());
-        health.begin_run(0, 2, 0);
-        health.set_phase(Phase::Consuming);
+        let health = consuming(2, 5);
         let mut tracks = HashMap::new();
         let start = Instant::now();
-        health.read(5);
         health.bus_answered(None, Some("a rebalance for 6 s".into()), Vec::new());
         let view = observe(&mut tracks, &watched(&health, false), start);
         assert_eq!(

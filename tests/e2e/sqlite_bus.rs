@@ -575,13 +575,9 @@ fn rows_purged_while_the_daemon_is_behind_are_a_gap_the_same_as_at_a_start() {
     }
 }
 
-/// A bus overwritten **in place** (the same file, other contents: `cp other.sqlite bus.sqlite`,
-/// `cat other > bus`) while the daemon runs: noticed within about a second by looking at the
-/// last event read again, the same error as a replaced file, never a silent resume into the
-/// other bus's events.
-#[test]
-fn a_bus_overwritten_in_place_is_noticed_live_never_followed() {
-    let dir = TestDir::new("bus-overwritten");
+/// Bus A (`bus.sqlite`, 30 events) and bus B (`other.sqlite`): other events (an hour later)
+/// under the same msgids, and more of them (40).
+fn bus_and_another(dir: &TestDir) -> (std::path::PathBuf, std::path::PathBuf) {
     let bus = dir.join("bus.sqlite");
     HermesBusWriter::open(&bus)
         .and_then(|mut w| w.append_all(hermes_events(30)))
@@ -591,7 +587,17 @@ fn a_bus_overwritten_in_place_is_noticed_live_never_followed() {
     for (data, timestamp) in hermes_events(40) {
         writer.append(&data, timestamp + 3600.0).expect("append");
     }
-    drop(writer);
+    (bus, other)
+}
+
+/// A bus overwritten **in place** (the same file, other contents: `cp other.sqlite bus.sqlite`,
+/// `cat other > bus`) while the daemon runs: noticed within about a second by looking at the
+/// last event read again, the same error as a replaced file, never a silent resume into the
+/// other bus's events.
+#[test]
+fn a_bus_overwritten_in_place_is_noticed_live_never_followed() {
+    let dir = TestDir::new("bus-overwritten");
+    let (bus, other) = bus_and_another(&dir);
     let config = sqlite_config(&dir, &bus, "", &jsonl_handler("all", ""));
     let out = dir.join("out/all.jsonl");
     let mut daemon = Daemon::run(&config);
@@ -615,17 +621,7 @@ fn a_bus_overwritten_in_place_is_noticed_live_never_followed() {
 #[test]
 fn a_bus_replaced_under_the_consumer_is_noticed_live_and_at_a_restart() {
     let dir = TestDir::new("bus-replaced");
-    let bus = dir.join("bus.sqlite");
-    HermesBusWriter::open(&bus)
-        .and_then(|mut w| w.append_all(hermes_events(30)))
-        .expect("bus A");
-    // Bus B: other events (an hour later) under the same msgids, and more of them.
-    let other = dir.join("other.sqlite");
-    let writer = HermesBusWriter::open(&other).expect("bus B");
-    for (data, timestamp) in hermes_events(40) {
-        writer.append(&data, timestamp + 3600.0).expect("append");
-    }
-    drop(writer);
+    let (bus, other) = bus_and_another(&dir);
     let config = sqlite_config(&dir, &bus, "", &jsonl_handler("all", ""));
     let out = dir.join("out/all.jsonl");
     let mut daemon = Daemon::run(&config);
