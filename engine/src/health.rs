@@ -369,8 +369,9 @@ impl Health {
     }
 
     /// The lag now: the bus's figure plus what was read and not handled since, or `None`.
-    fn lag(&self, phase: &Phase, now: Instant) -> Option<u64> {
-        if !matches!(phase, Phase::Consuming) || self.poll_overdue(now).is_some() {
+    /// `poll_overdue`: the plugin's poll runs past its time, so the bus was not asked since.
+    fn lag(&self, phase: &Phase, poll_overdue: bool) -> Option<u64> {
+        if !matches!(phase, Phase::Consuming) || poll_overdue {
             return None;
         }
         let known = (*lock(&self.bus_lag))?;
@@ -501,20 +502,22 @@ fn observe(tracks: &mut HashMap<String, Track>, consumer: &Watched, now: Instant
     let health = &consumer.health;
     health.tick.store(true, Ordering::Relaxed);
     let phase = lock(&health.phase).clone();
-    let held_up = lock(&health.held_up).clone();
     let handled = health.handled.load(Ordering::Relaxed);
-    let lag = health.lag(&phase, now);
-    // A poll far past its time: the plugin (or its process) does not answer.
-    let unanswered = health
-        .poll_overdue(now)
-        .filter(|(running, _)| *running >= Duration::from_secs(5))
-        .map(|(running, patience)| {
-            format!(
-                "the plugin's poll has not answered for {} s (it should within {} ms)",
-                running.as_secs(),
-                patience.saturating_sub(Duration::from_secs(1)).as_millis()
-            )
-        });
+    let overdue = health.poll_overdue(now);
+    let lag = health.lag(&phase, overdue.is_some());
+    // Why the bus holds the consumer up while it consumes: as the plugin says, or a poll far
+    // past its time (the plugin, or its process, does not answer).
+    let held_up = lock(&health.held_up).clone().or_else(|| {
+        overdue
+            .filter(|(running, _)| *running >= Duration::from_secs(5))
+            .map(|(running, patience)| {
+                format!(
+                    "the plugin's poll has not answered for {} s (it should within {} ms)",
+                    running.as_secs(),
+                    patience.saturating_sub(Duration::from_secs(1)).as_millis()
+                )
+            })
+    });
     let track = tracks
         .entry(consumer.name.clone())
         .or_insert_with(|| Track {
@@ -580,7 +583,6 @@ fn observe(tracks: &mut HashMap<String, Track>, consumer: &Watched, now: Instant
         // A pause takes effect between two events: one stuck in a handler stalls it still.
         Phase::Consuming if consumer.paused && !(in_call && stalled) => State::Paused,
         Phase::Consuming if held_up.is_some() => State::Waiting(held_up.unwrap_or_default()),
-        Phase::Consuming if unanswered.is_some() => State::Waiting(unanswered.unwrap_or_default()),
         Phase::Consuming if stalled => State::Stalled {
             waiting: waiting_events,
             idle_s,

@@ -65,11 +65,6 @@ pub fn find_initsync(
     }
 }
 
-/// The first wait after a transient error of the bus during the bootstrap; doubled at each
-/// failure up to [`MAX_BACKOFF`] (as the pipeline's reconnections).
-const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
-
 /// Opens the consumer and waits until the bus holds a complete initsync sequence (`None` if a
 /// stop was asked for, or with `once` when there is none now). A transient error of the bus
 /// (a file moved away, a lock, a server down) is retried with backoff, `waiting` hearing why
@@ -84,7 +79,7 @@ pub fn bootstrap(
 ) -> Result<Option<InitsyncSequence>, ConsumerError> {
     let mut told = false;
     let mut open = false;
-    let mut backoff = INITIAL_BACKOFF;
+    let mut backoff = crate::backoff::INITIAL;
     let mut failing = false;
     let result = loop {
         // No position here: `find_initsync` seeks to the beginning at each look.
@@ -109,14 +104,14 @@ pub fn bootstrap(
                 if !shutdown.sleep(backoff) {
                     break None;
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                backoff = (backoff * 2).min(crate::backoff::MAX);
                 continue;
             }
             Err(error) => return Err(error),
         };
         if std::mem::take(&mut failing) {
             waiting(None);
-            backoff = INITIAL_BACKOFF;
+            backoff = crate::backoff::INITIAL;
         }
         match found {
             Some(sequence) => break Some(sequence),

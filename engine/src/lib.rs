@@ -8,6 +8,7 @@
 #![deny(unreachable_pub)]
 
 pub mod append_file;
+pub mod backoff;
 pub mod dead_letter;
 pub mod error;
 pub mod error_queue;

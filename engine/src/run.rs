@@ -360,8 +360,8 @@ pub fn run_consumer(
         queue_batches: config.consumer.queue_batches,
         commit: config.commit,
         start: config.consumer.start.clone(),
-        initial_backoff: Duration::from_millis(200),
-        max_backoff: Duration::from_secs(30),
+        initial_backoff: crate::backoff::INITIAL,
+        max_backoff: crate::backoff::MAX,
         stats_interval: (config.stats_interval_s > 0)
             .then(|| Duration::from_secs(config.stats_interval_s)),
         stall_after: Duration::from_secs(config.consumer.stall_after_s),

@@ -831,6 +831,17 @@ impl<C: Consumer> ConsumerShim<C> {
         });
         to_ffi(result)
     }
+
+    /// A question with no error to give (`lag`, `held_up`): `None` from a consumer that
+    /// panicked before, or panics now.
+    fn ask<T>(&mut self, question: impl FnOnce(&mut C) -> Option<T>) -> Option<T> {
+        if self.poisoned_in.is_some() {
+            return None;
+        }
+        catch_unwind(AssertUnwindSafe(|| question(&mut self.inner)))
+            .ok()
+            .flatten()
+    }
 }
 
 impl<C: Consumer> ConsumerFfi for ConsumerShim<C> {
@@ -929,24 +940,11 @@ impl<C: Consumer> ConsumerFfi for ConsumerShim<C> {
     }
 
     fn lag(&mut self) -> ROption<u64> {
-        if self.poisoned_in.is_some() {
-            return ROption::RNone;
-        }
-        catch_unwind(AssertUnwindSafe(|| self.inner.lag()))
-            .ok()
-            .flatten()
-            .into()
+        self.ask(|c| c.lag()).into()
     }
 
     fn held_up(&mut self) -> ROption<RString> {
-        if self.poisoned_in.is_some() {
-            return ROption::RNone;
-        }
-        catch_unwind(AssertUnwindSafe(|| self.inner.held_up()))
-            .ok()
-            .flatten()
-            .map(RString::from)
-            .into()
+        self.ask(|c| c.held_up()).map(RString::from).into()
     }
 
     fn bus_owns_position(&self) -> bool {

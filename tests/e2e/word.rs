@@ -27,6 +27,16 @@ fn gate(dir: &TestDir) -> PathBuf {
     script
 }
 
+/// The handlers most tests here use: `hook`, the [`gate`] (every event held until `go`
+/// exists), then the archive `out/all.jsonl`.
+fn gated_handlers(dir: &TestDir) -> String {
+    format!(
+        "[[handlers]]\nname = \"hook\"\ntype = \"exec\"\ncommand = [\"{}\"]\ntimeout_ms = 60000\n\n{}",
+        gate(dir).display(),
+        jsonl_handler("all", "")
+    )
+}
+
 /// A sqlite config with a progress line a second, `consumer_extra` in `[consumer]`, `handlers`
 /// and the metrics on a free port.
 fn config_with(dir: &TestDir, bus: &Path, consumer_extra: &str, handlers: &str) -> PathBuf {
@@ -61,11 +71,7 @@ fn metrics_of(daemon: &mut Daemon) -> String {
 fn a_handler_blocked_on_the_first_event_shows_the_whole_bus_as_lag_and_the_consumer_stalled() {
     let dir = TestDir::new("word-stalled");
     let bus = bus_with(&dir, 50);
-    let handlers = format!(
-        "[[handlers]]\nname = \"hook\"\ntype = \"exec\"\ncommand = [\"{}\"]\ntimeout_ms = 60000\n\n{}",
-        gate(&dir).display(),
-        jsonl_handler("all", "")
-    );
+    let handlers = gated_handlers(&dir);
     let config = config_with(&dir, &bus, "stall_after_s = 2", &handlers);
     let out = dir.join("out/all.jsonl");
     let mut daemon = Daemon::run(&config);
@@ -144,11 +150,7 @@ fn a_handler_blocked_on_the_first_event_shows_the_whole_bus_as_lag_and_the_consu
 fn a_handler_blocked_through_a_pause_and_resume_stays_stalled_with_its_true_idle_time() {
     let dir = TestDir::new("word-stalled-paused");
     let bus = bus_with(&dir, 10);
-    let handlers = format!(
-        "[[handlers]]\nname = \"hook\"\ntype = \"exec\"\ncommand = [\"{}\"]\ntimeout_ms = 60000\n\n{}",
-        gate(&dir).display(),
-        jsonl_handler("all", "")
-    );
+    let handlers = gated_handlers(&dir);
     let config = config_with(&dir, &bus, "stall_after_s = 2", &handlers);
     let mut daemon = Daemon::run(&config);
     let address = metrics_of(&mut daemon);
@@ -221,11 +223,7 @@ fn a_sqlite_bus_locked_shows_waiting_for_the_bus_within_5_s_then_runs_again() {
 fn a_stop_asked_for_while_a_handler_holds_an_event_shows_stopping_at_once() {
     let dir = TestDir::new("word-stopping");
     let bus = bus_with(&dir, 10);
-    let handlers = format!(
-        "[[handlers]]\nname = \"hook\"\ntype = \"exec\"\ncommand = [\"{}\"]\ntimeout_ms = 60000\n\n{}",
-        gate(&dir).display(),
-        jsonl_handler("all", "")
-    );
+    let handlers = gated_handlers(&dir);
     let config = config_with(&dir, &bus, "stall_after_s = 600", &handlers);
     let mut daemon = Daemon::run(&config);
     let address = metrics_of(&mut daemon);
@@ -571,11 +569,7 @@ fn hmb_lag_and_state_follow_a_blocked_handler_and_a_frozen_server_process() {
     let url = server.bus_url("word");
     crate::hmb::Producer::open(&url, false).send(&crate::hmb::messages(&["A"], &["T"], 0, 50));
     let dir = TestDir::new("word-hmb");
-    let handlers = format!(
-        "[[handlers]]\nname = \"hook\"\ntype = \"exec\"\ncommand = [\"{}\"]\ntimeout_ms = 60000\n\n{}",
-        gate(&dir).display(),
-        jsonl_handler("all", "")
-    );
+    let handlers = gated_handlers(&dir);
     let config = crate::hmb::hmb_config(
         &dir,
         &url,

@@ -17,15 +17,20 @@ impl HmbServerProcess {
     /// Starts the server on a free loopback port, holding `buffer_size` messages per queue,
     /// with `extra` flags; it exits by itself after five minutes at the latest.
     pub fn start(buffer_size: u32, extra: &[&str]) -> HmbServerProcess {
-        HmbServerProcess::start_on("0", buffer_size, extra)
+        let (child, address) = spawn("0", buffer_size, extra);
+        HmbServerProcess { child, address }
     }
 
     /// Kills the process (SIGKILL: no word to its clients); [`start_again`](Self::start_again)
     /// brings a new one up on the same port.
     pub fn kill(&mut self) {
-        // SAFETY: kill(2) on the process group the server leads.
-        unsafe {
-            libc::kill(-(self.child.id() as i32), libc::SIGKILL);
+        // Not once it was reaped: its pid may belong to another process by now.
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: kill(2) on the process group the server leads (SIGKILL ends a frozen
+            // one).
+            unsafe {
+                libc::kill(-(self.child.id() as i32), libc::SIGKILL);
+            }
         }
         let _ = self.child.wait();
     }
@@ -39,39 +44,7 @@ impl HmbServerProcess {
             .next()
             .expect("host:port")
             .to_owned();
-        let next = HmbServerProcess::start_on(&port, buffer_size, extra);
-        // The old child is reaped: the new one takes its place (and its Drop).
-        let old = std::mem::replace(self, next);
-        std::mem::forget(old);
-    }
-
-    fn start_on(port: &str, buffer_size: u32, extra: &[&str]) -> HmbServerProcess {
-        let path = crate::build_dir().join("buslink-hmb-server");
-        assert!(
-            path.is_file(),
-            "{} does not exist: build the workspace first (`cargo build --workspace`)",
-            path.display()
-        );
-        let mut child = Command::new(path)
-            .args(["--port", port, "--max-seconds", "300"])
-            .args(["--buffer-size", &buffer_size.to_string()])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("buslink-hmb-server starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("piped stdout"))
-            .read_line(&mut line)
-            .expect("the listening line");
-        let address = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("buslink-hmb-server said {line:?}"))
-            .to_owned();
-        HmbServerProcess { child, address }
+        (self.child, self.address) = spawn(&port, buffer_size, extra);
     }
 
     /// The URL of bus `bus` (`http://127.0.0.1:PORT/bus`).
@@ -99,10 +72,36 @@ impl HmbServerProcess {
 
 impl Drop for HmbServerProcess {
     fn drop(&mut self) {
-        // SAFETY: kill(2) on the process group the server leads (SIGKILL ends a frozen one).
-        unsafe {
-            libc::kill(-(self.child.id() as i32), libc::SIGKILL);
-        }
-        let _ = self.child.wait();
+        self.kill();
     }
+}
+
+/// Starts `buslink-hmb-server` on `port` ("0": a free one): the child and its address.
+fn spawn(port: &str, buffer_size: u32, extra: &[&str]) -> (Child, String) {
+    let path = crate::build_dir().join("buslink-hmb-server");
+    assert!(
+        path.is_file(),
+        "{} does not exist: build the workspace first (`cargo build --workspace`)",
+        path.display()
+    );
+    let mut child = Command::new(path)
+        .args(["--port", port, "--max-seconds", "300"])
+        .args(["--buffer-size", &buffer_size.to_string()])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("buslink-hmb-server starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped stdout"))
+        .read_line(&mut line)
+        .expect("the listening line");
+    let address = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("buslink-hmb-server said {line:?}"))
+        .to_owned();
+    (child, address)
 }

@@ -1,7 +1,7 @@
 //! The `HmbConsumer` class: positioning, polling, offsets, operator commands.
 
 use crate::client::Http;
-use crate::fetcher::{lock_failing, Chunk, Counters, FetchMsg, Fetcher, FetcherHandle, StartSeq};
+use crate::fetcher::{Chunk, Counters, FetchMsg, Fetcher, FetcherHandle, StartSeq};
 use crate::offset::{format_composite, parse_composite};
 use crate::settings::{self, Config, HmbSettings};
 use buslink_plugin_api::{
@@ -545,7 +545,7 @@ impl HmbConsumer {
                     deadline = Some(Instant::now() + Duration::from_millis(20));
                 }
                 Ok(false) if self.stop_when_drained => {
-                    let failing = lock_failing(&self.counters).clone();
+                    let failing = self.counters.failing();
                     return Err(PluginError::connect(format!(
                         "HMB {}: no word from the server for {} ms that nothing more is ready \
                          (a heartbeat or a whole answer){}: cannot tell whether the bus is \
@@ -558,7 +558,7 @@ impl HmbConsumer {
                 Ok(false) => {
                     // While the fetcher is re-opening after failures nothing can be told: a
                     // connection error (the daemon shows it waiting for the bus and re-opens).
-                    if let Some(failing) = lock_failing(&self.counters).clone() {
+                    if let Some(failing) = self.counters.failing() {
                         return Err(PluginError::connect(format!(
                             "{failing}; cannot tell whether the bus is drained"
                         )));
@@ -756,7 +756,7 @@ impl Consumer for HmbConsumer {
     /// is configured (the server never sends a client its own messages). Messages skipped
     /// (TOUCH) move the position as events do.
     fn lag(&mut self) -> Option<u64> {
-        if !self.has_info() || lock_failing(&self.counters).is_some() {
+        if !self.has_info() || self.counters.failing().is_some() {
             return None;
         }
         // A cid given in the settings may be a producer's: the server never sends a client

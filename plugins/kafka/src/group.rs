@@ -89,6 +89,17 @@ impl GroupConsumer {
         }
     }
 
+    /// How long a member waits for the cluster (no broker up) or the group (no partition)
+    /// before it says so: max(timeout, [`UNREACHABLE_AFTER`]).
+    fn patience(&self) -> Duration {
+        self.poll_wait().max(UNREACHABLE_AFTER)
+    }
+
+    /// How long a `poll` waits for records (the host's timeout; a second without one).
+    fn poll_wait(&self) -> Duration {
+        self.timeout.unwrap_or(Duration::from_secs(1))
+    }
+
     fn what(&self) -> String {
         format!(
             "Kafka {} consumer group {} topics {}",
@@ -501,16 +512,14 @@ impl Consumer for GroupConsumer {
     fn poll(&mut self, batch: &mut EventBatch) -> PluginResult<PollStatus> {
         self.client()?;
         if !self.stop_when_drained {
-            let wait = self.timeout.unwrap_or(Duration::from_secs(1));
-            let added = self.read(batch, wait)?;
+            let added = self.read(batch, self.poll_wait())?;
             if added > 0 || !batch.is_blank() {
                 return Ok(PollStatus::Ready);
             }
             // Nothing came: an idle bus, or a cluster no broker of which answers.
-            let patience = wait.max(UNREACHABLE_AFTER);
             self.client()?
                 .context()
-                .check_reachable(patience, &self.what())?;
+                .check_reachable(self.patience(), &self.what())?;
             return Ok(PollStatus::Idle);
         }
         // Drained: this member's partitions are all at their end (once the group assigned
@@ -569,12 +578,8 @@ impl Consumer for GroupConsumer {
             let group = client.context().group();
             (group.rebalance_since?, group.assignment_seen)
         };
-        let patience = self
-            .timeout
-            .unwrap_or(Duration::from_secs(1))
-            .max(UNREACHABLE_AFTER);
         let waited = since.elapsed();
-        if waited < patience || !self.positions().ok()?.is_empty() {
+        if waited < self.patience() || !self.positions().ok()?.is_empty() {
             return None;
         }
         let what = if seen {

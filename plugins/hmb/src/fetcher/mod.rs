@@ -78,41 +78,46 @@ pub struct Counters {
     /// alone: silence, a stalled answer or a failing session never set it.
     pub drained: AtomicBool,
     /// Not a counter: the fetcher's last request failed and none succeeded since (it is
-    /// re-opening); `poll` then cannot tell that the bus is drained, and says so.
-    pub failing: std::sync::Mutex<Option<String>>,
-    /// Not a counter: since when `failing` holds (the first failure of the run of them).
-    pub failing_since: std::sync::Mutex<Option<std::time::Instant>>,
-}
-
-/// The `failing` slot of `counters` (a poisoned lock still holds a usable value).
-pub fn lock_failing(counters: &Counters) -> std::sync::MutexGuard<'_, Option<String>> {
-    counters
-        .failing
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// re-opening): why, and since when (the first failure of the run of them). `poll` then
+    /// cannot tell that the bus is drained, and says so. See [`failed`](Self::failed).
+    failing: std::sync::Mutex<Option<(String, Instant)>>,
 }
 
 impl Counters {
+    /// The `failing` slot (a poisoned lock still holds a usable value).
+    fn lock_failing(&self) -> std::sync::MutexGuard<'_, Option<(String, Instant)>> {
+        self.failing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A request failed (`why`); the run of failures keeps the time of its first.
+    pub fn failed(&self, why: String) {
+        let mut failing = self.lock_failing();
+        let since = failing
+            .as_ref()
+            .map_or_else(Instant::now, |(_, since)| *since);
+        *failing = Some((why, since));
+    }
+
+    /// Why the fetcher's requests fail now (`None`: the last one succeeded).
+    pub fn failing(&self) -> Option<String> {
+        self.lock_failing().as_ref().map(|(why, _)| why.clone())
+    }
+
     /// The fetcher's failure, once requests have failed (none succeeding) for `patience`: the
     /// consumer is then shown waiting for the bus, also while the host still handles events
     /// read before (one failure recovered at once is no news).
     pub fn failing_for(&self, patience: Duration) -> Option<String> {
-        let since = *self
-            .failing_since
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        since
-            .filter(|since| since.elapsed() >= patience)
-            .and_then(|_| lock_failing(self).clone())
+        self.lock_failing()
+            .as_ref()
+            .filter(|(_, since)| since.elapsed() >= patience)
+            .map(|(why, _)| why.clone())
     }
 
     /// Requests succeed again.
     pub fn recovered(&self) {
-        *lock_failing(self) = None;
-        *self
-            .failing_since
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+        *self.lock_failing() = None;
     }
 
     /// The counters as the host shows them.
@@ -344,12 +349,7 @@ impl Fetcher {
     /// sent to the consumer).
     fn retry_after(&mut self, error: PluginError, tx: &SyncSender<FetchMsg>) -> bool {
         if error.kind().is_transient() {
-            self.counters
-                .failing_since
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .get_or_insert_with(Instant::now);
-            *lock_failing(&self.counters) = Some(format!(
+            self.counters.failed(format!(
                 "HMB {}: {error} ({} failed attempt(s) in a row)",
                 self.http.base(),
                 self.failures + 1
