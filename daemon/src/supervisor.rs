@@ -5,7 +5,9 @@
 //! **Failures.** With `[[consumers]]`, a consumer that fails is logged, shown as `failed: WHY
 //! (restart N in S s)` by `status` and `/health`, and restarted with backoff (1 s doubling to
 //! 60 s; back to 1 s after a run of a minute or more) without touching the others; the plugin
-//! library stays loaded and each restart is a new consumer instance. With one `[consumer]`, a
+//! library stays loaded and each restart is a new consumer instance. A stop (SIGTERM, `ctl
+//! quit`) while a consumer waits for its restart, or before its restarted run lasted a minute
+//! without failing, ends the process with exit 1 naming that failure. With one `[consumer]`, a
 //! failure ends the process (exit 1; a service manager restarts it), as it always did. With
 //! `--once` every consumer drains, there is no restart, and the run fails if any consumer did.
 //!
@@ -282,6 +284,10 @@ fn supervise(mut unit: Unit, daemon: &Daemon<'_>, steering: &Steer) -> Result<()
     let shutdown = daemon.shutdown;
     let mut backoff = FIRST_BACKOFF;
     let mut restarts = 0u64;
+    // The last failure, until a run lasts HEALTHY_RUN: a stop during a run that has not yet
+    // shown the consumer healthy again ends the process as a failure, like one during the
+    // wait before it (exit 0 would say the consumer worked).
+    let mut recovering: Option<String> = None;
     loop {
         // Its own stop flag: a pipeline stops itself after an error, and a reload stops it,
         // without stopping the others.
@@ -342,7 +348,21 @@ fn supervise(mut unit: Unit, daemon: &Daemon<'_>, steering: &Steer) -> Result<()
                 continue;
             }
         }
+        if started.elapsed() >= HEALTHY_RUN {
+            recovering = None;
+        }
         let error = match result {
+            Ok(()) if shutdown.requested() => {
+                return match recovering {
+                    Some(why) => Err(AppError::Runtime(format!(
+                        "stopped {} s into restart {restarts}, before it ran {} s without \
+                         failing; the failure before it: {why}",
+                        started.elapsed().as_secs(),
+                        HEALTHY_RUN.as_secs()
+                    ))),
+                    None => Ok(()),
+                }
+            }
             Ok(()) => return Ok(()),
             Err(error) if daemon.once || daemon.single || shutdown.requested() => {
                 return Err(error)
@@ -359,6 +379,7 @@ fn supervise(mut unit: Unit, daemon: &Daemon<'_>, steering: &Steer) -> Result<()
             .next()
             .unwrap_or_default()
             .to_owned();
+        recovering = Some(why.clone());
         tracing::error!(
             "failed: {why}; restart {restarts} in {} s (the other consumers go on)",
             backoff.as_secs()

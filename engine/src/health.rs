@@ -74,8 +74,11 @@ pub enum Phase {
 pub enum State {
     Connecting,
     Running,
-    /// Paused through the control socket.
+    /// Paused through the control socket: the dispatcher stopped between two events.
     Paused,
+    /// A pause was asked for and the dispatcher has not stopped yet: its handlers hold the
+    /// event in hand (a pause takes effect between two events).
+    Pausing,
     /// Waiting for the bus (why).
     Waiting(String),
     /// Events wait and none was handled for `stall_after_s`.
@@ -93,10 +96,11 @@ pub enum State {
 
 impl State {
     /// Every state's label, in the order of the metric's series.
-    pub const LABELS: [&'static str; 7] = [
+    pub const LABELS: [&'static str; 8] = [
         "connecting",
         "running",
         "paused",
+        "pausing",
         "waiting",
         "stalled",
         "stopping",
@@ -109,6 +113,7 @@ impl State {
             State::Connecting => "connecting",
             State::Running => "running",
             State::Paused => "paused",
+            State::Pausing => "pausing",
             State::Waiting(_) => "waiting",
             State::Stalled { .. } => "stalled",
             State::Stopping => "stopping",
@@ -129,6 +134,9 @@ impl State {
                  (stall_after_s = {stall_after_s})"
             ),
             State::Failed(why) => format!("failed: {why}"),
+            State::Pausing => "pausing: the handlers hold the event in hand; no event after it \
+                               is handled"
+                .to_owned(),
             other => other.label().to_owned(),
         }
     }
@@ -192,13 +200,16 @@ pub struct Health {
     /// A stop of this run was asked for (a signal, `ctl quit`, a reload restarting it): shown
     /// as stopping at once, also while a handler still holds the event in hand.
     stop_asked: AtomicBool,
+    /// The dispatcher stopped between two events for a pause (the pipeline's own word: the
+    /// pause flag is the operator's wish, this is its effect).
+    pause_in_effect: AtomicBool,
     /// Since when the reader has been inside the plugin's `poll`, and how long a poll may take
     /// (the consumer's timeout and a second): past that, what the bus said last is no longer
     /// news (the lag is unknown), and past max(that, 5 s) the consumer is shown waiting for
     /// the bus (a plugin or plugin process that does not answer).
     polling: Mutex<Option<(Instant, Duration)>>,
     /// Set by the monitor every tick; the dispatcher takes it between two events to do what
-    /// is due by the clock (a commit by `every_ms`, the metrics' tallies).
+    /// is due by the clock (a commit by `every_ms`).
     tick: AtomicBool,
     stall_after_s: AtomicU64,
     /// Seconds between progress lines (0: none).
@@ -221,6 +232,7 @@ impl Default for Health {
             bus_lag: Mutex::new(None),
             held_up: Mutex::new(None),
             stop_asked: AtomicBool::new(false),
+            pause_in_effect: AtomicBool::new(false),
             polling: Mutex::new(None),
             tick: AtomicBool::new(false),
             stall_after_s: AtomicU64::new(60),
@@ -252,6 +264,7 @@ impl Health {
         *lock(&self.bus_lag) = None;
         *lock(&self.held_up) = None;
         self.stop_asked.store(false, Ordering::SeqCst);
+        self.pause_in_effect.store(false, Ordering::SeqCst);
         self.stall_after_s
             .store(stall_after_s.max(1), Ordering::SeqCst);
         self.stats_interval_s
@@ -275,6 +288,22 @@ impl Health {
         if !self.stop_asked.swap(true, Ordering::SeqCst) {
             wake_monitor();
         }
+    }
+
+    /// The dispatcher stopped for a pause (`true`, between two events, what it handled
+    /// committed) or goes on (`false`). The dispatcher's alone.
+    pub fn pause_taken(&self, taken: bool) {
+        if self.pause_in_effect.load(Ordering::Relaxed) != taken {
+            self.pause_in_effect.store(taken, Ordering::SeqCst);
+            wake_monitor();
+        }
+    }
+
+    /// Whether a pause holds every event now: the dispatcher stopped for it, or no run
+    /// dispatches (a failed consumer waiting for its restart; the next run pauses first).
+    pub fn pause_in_effect(&self) -> bool {
+        self.pause_in_effect.load(Ordering::SeqCst)
+            || matches!(*lock(&self.phase), Phase::Failed(_))
     }
 
     /// The reader calls the plugin's `poll`, which should answer within `timeout`.
@@ -581,7 +610,13 @@ fn observe(tracks: &mut HashMap<String, Track>, consumer: &Watched, now: Instant
         Phase::Stopping => State::Stopping,
         Phase::Failed(why) => State::Failed(why),
         // A pause takes effect between two events: one stuck in a handler stalls it still.
-        Phase::Consuming if consumer.paused && !(in_call && stalled) => State::Paused,
+        Phase::Consuming if consumer.paused && !(in_call && stalled) => {
+            if health.pause_in_effect.load(Ordering::SeqCst) {
+                State::Paused
+            } else {
+                State::Pausing
+            }
+        }
         Phase::Consuming if held_up.is_some() => State::Waiting(held_up.unwrap_or_default()),
         Phase::Consuming if stalled => State::Stalled {
             waiting: waiting_events,
@@ -726,10 +761,17 @@ mod tests {
             State::Running
         );
         let paused = later + Duration::from_secs(3);
+        // Asked for, not yet taken by the dispatcher: pausing; then paused.
+        assert_eq!(
+            observe(&mut tracks, &watched(&health, true), paused).state,
+            State::Pausing
+        );
+        health.pause_taken(true);
         assert_eq!(
             observe(&mut tracks, &watched(&health, true), paused).state,
             State::Paused
         );
+        health.pause_taken(false);
         // Resumed: the stall clock starts again at the resume, not at the pause.
         assert_eq!(
             observe(&mut tracks, &watched(&health, false), paused).state,
@@ -788,8 +830,10 @@ mod tests {
         let view = observe(&mut tracks, &watched(&health, false), at(5));
         assert_eq!(view.state, State::Running);
         // With nothing in hand, a pause and an outage start the clock again.
+        health.pause_taken(true);
         let view = observe(&mut tracks, &watched(&health, true), at(9));
         assert_eq!(view.state, State::Paused);
+        health.pause_taken(false);
         let view = observe(&mut tracks, &watched(&health, false), at(10));
         assert_eq!(view.state, State::Running);
     }
@@ -839,8 +883,10 @@ mod tests {
         let view = observe(&mut tracks, &watched(&health, false), later);
         assert_eq!(view.state.label(), "waiting");
         // Paused by the operator: paused wins.
+        health.pause_taken(true);
         let view = observe(&mut tracks, &watched(&health, true), later);
         assert_eq!(view.state, State::Paused);
+        health.pause_taken(false);
         // The hold-up ends: running, and the stall clock starts there.
         health.bus_answered(Some(0), None, Vec::new());
         let view = observe(&mut tracks, &watched(&health, false), later);

@@ -108,6 +108,18 @@ impl HandlerCounters {
     }
 }
 
+/// The counter of one category's handled events in `buslink_events_total`: counting is one
+/// atomic add.
+#[derive(Clone, Debug)]
+pub struct CategoryCounter(Counter);
+
+impl CategoryCounter {
+    /// One more event of this category was handled.
+    pub fn count(&self) {
+        self.0.inc();
+    }
+}
+
 /// The series every consumer reports into, labelled with its name: made once per process
 /// ([`Families::register`]), shared by every consumer's [`Metrics`].
 #[derive(Clone, Default)]
@@ -193,8 +205,8 @@ impl Families {
         );
         registry.register(
             "buslink_consumer_state",
-            "1 for the consumer's current state (connecting, running, paused, waiting, \
-             stalled, stopping, failed), 0 for the others",
+            "1 for the consumer's current state (connecting, running, paused, pausing, \
+             waiting, stalled, stopping, failed), 0 for the others",
             families.state.clone(),
         );
         registry.register(
@@ -328,33 +340,36 @@ impl Metrics {
 
     /// An event of `category` was handled.
     pub fn event(&self, category: &str) {
-        self.events_by(category, 1);
+        self.category_counter(category).count();
     }
 
-    /// `count` events of `category` were handled (a batch's tally).
-    pub fn events_by(&self, category: &str, count: u64) {
+    /// The counter of `category`'s events (`other` past [`MAX_CATEGORIES`]), to count with no
+    /// lookup: the dispatcher keeps the ones it meets for its run, so what was handled shows
+    /// at the next scrape even while a handler holds the next event.
+    pub fn category_counter(&self, category: &str) -> CategoryCounter {
         let mut known = self
             .categories
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(counter) = known.get(category) {
-            counter.inc_by(count);
-            return;
+            return CategoryCounter(counter.clone());
         }
         let counted = if known.len() < MAX_CATEGORIES {
             category
         } else {
             "other"
         };
-        known
-            .entry(counted.to_owned())
-            .or_insert_with(|| {
-                self.events.get_or_create_owned(&CategoryLabels {
-                    consumer: self.consumer.consumer.clone(),
-                    category: counted.to_owned(),
+        CategoryCounter(
+            known
+                .entry(counted.to_owned())
+                .or_insert_with(|| {
+                    self.events.get_or_create_owned(&CategoryLabels {
+                        consumer: self.consumer.consumer.clone(),
+                        category: counted.to_owned(),
+                    })
                 })
-            })
-            .inc_by(count);
+                .clone(),
+        )
     }
 
     /// A handler's delivery ended so.

@@ -177,8 +177,8 @@ pub struct Status {
     /// `plugin` / `class`.
     pub plugin: String,
     pub class: String,
-    /// `connecting`, `running`, `paused`, `waiting for the bus: WHY`, `stalled: ...`,
-    /// `stopping`, `failed: WHY` (the [`health`](crate::health) monitor's).
+    /// `connecting`, `running`, `paused`, `pausing: ...`, `waiting for the bus: WHY`,
+    /// `stalled: ...`, `stopping`, `failed: WHY` (the [`health`](crate::health) monitor's).
     pub state: String,
     /// The last committed offset (as the cache shows it) and when (RFC 3339).
     pub committed_offset: Option<String>,
@@ -436,9 +436,14 @@ impl Shared {
             .clone();
         let view = self.health.view();
         status.state = view.state.text();
-        // A pause asked for just now shows at once (the monitor's next look confirms it).
+        // A pause asked for just now shows at once (the monitor's next look confirms it):
+        // `paused` once the dispatcher stopped for it, `pausing` until then.
         if self.paused() && view.state == crate::health::State::Running {
-            status.state = "paused".to_owned();
+            status.state = if self.health.pause_in_effect() {
+                crate::health::State::Paused.text()
+            } else {
+                crate::health::State::Pausing.text()
+            };
         }
         status.lag = view.lag;
         status.events_per_second = view.events_per_second;

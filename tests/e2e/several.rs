@@ -176,6 +176,62 @@ fn a_failing_consumer_is_restarted_with_backoff_and_the_others_go_on() {
     daemon.terminate(LIMIT);
 }
 
+/// `flaky`'s hook fails while the file `fail` exists (`on_failure = "stop"`): its run fails,
+/// the file goes, the restarted run handles every event and shows `running`. A stop then,
+/// before that run lasted a minute without failing, exits 1 naming the failure (it exited 0:
+/// the restart's run had not failed yet); `steady` stops as it should.
+#[test]
+fn a_stop_before_a_restarted_consumer_ran_a_minute_exits_1_naming_its_failure() {
+    let dir = TestDir::new("stop-while-recovering");
+    let bus_a = bus(&dir, "a.sqlite", 5);
+    let bus_b = bus(&dir, "b.sqlite", 5);
+    let fail = dir.join("fail");
+    std::fs::write(&fail, "").expect("fail");
+    let hook = dir.write(
+        "hook.sh",
+        format!(
+            "#!/bin/sh\ncat > /dev/null\nif [ -e '{}' ]; then echo 'the hook refuses' >&2; exit 1; fi\n",
+            fail.display()
+        ),
+    );
+    let mut permissions = std::fs::metadata(&hook).expect("hook").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+    std::fs::set_permissions(&hook, permissions).expect("chmod");
+    let flaky = sqlite_consumer("flaky", &bus_a).replacen(
+        "[[consumers.handlers]]\n",
+        &format!(
+            "[[consumers.handlers]]\nname = \"hook\"\ntype = \"exec\"\ncommand = [\"{}\"]\n\
+             retry = {{ attempts = 1, base_ms = 10, max_ms = 10 }}\non_failure = \"stop\"\n\n\
+             [[consumers.handlers]]\n",
+            hook.display()
+        ),
+        1,
+    );
+    let config = several(&dir, "", &[flaky, sqlite_consumer("steady", &bus_b)]);
+    let mut daemon = Daemon::run(&config);
+    daemon.wait_for("flaky's first failure", LIMIT, |d| {
+        d.stderr().contains("restart 1 in 1 s")
+    });
+    std::fs::remove_file(&fail).expect("fail removed");
+    daemon.wait_for("flaky's restarted run handles everything", LIMIT, |_| {
+        count_lines(&dir.join("out/flaky.jsonl")) == 5
+            && consumer_status(&status(&config), "flaky")["state"] == "running"
+            && count_lines(&dir.join("out/steady.jsonl")) == 5
+    });
+    let out = daemon.terminate(LIMIT);
+    assert_eq!(out.code(), Some(1), "{out}");
+    let stderr = &out.stderr;
+    assert!(
+        stderr.contains("consumer 'flaky': stopped ")
+            && stderr.contains(
+                "into restart 1, before it ran 60 s without failing; the failure before it: "
+            )
+            && stderr.contains("the hook refuses"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("consumer 'steady': stopped"), "{stderr}");
+}
+
 #[test]
 fn the_restarts_of_a_failing_consumer_are_counted_in_the_metrics_as_the_log_tells_them() {
     let dir = TestDir::new("restarts-metric");

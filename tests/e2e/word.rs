@@ -161,7 +161,13 @@ fn a_handler_blocked_through_a_pause_and_resume_stays_stalled_with_its_true_idle
     };
     daemon.wait_for("stalled", LIMIT, |_| stalled_for(&config).is_some());
     let began = std::time::Instant::now();
-    assert_eq!(ctl(&config, &["pause"]).stdout, "paused\n");
+    assert!(
+        ctl(&config, &["pause"])
+            .stdout
+            .starts_with("pausing: consumer 'test': its handlers still hold the event in hand"),
+        "{}",
+        test_status(&config)
+    );
     // Still stalled while paused (the pause cannot take the event from the handler).
     daemon.wait_for("3 s more", LIMIT, |_| {
         began.elapsed() >= Duration::from_secs(3)
@@ -179,6 +185,98 @@ fn a_handler_blocked_through_a_pause_and_resume_stays_stalled_with_its_true_idle
     });
     let log = daemon.stderr();
     assert_eq!(log.matches("consumer now stalled").count(), 1, "{log}");
+    let out = daemon.terminate(LIMIT);
+    assert_eq!(out.code(), Some(0), "{out}");
+}
+
+/// The sum of `buslink_events_total` of consumer `test`, as `/metrics` says now.
+fn events_counted(address: &str) -> u64 {
+    let (_, text) = scrape(address, "/metrics");
+    text.lines()
+        .filter(|l| l.starts_with("buslink_events_total{consumer=\"test\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// A hook that takes 3 events at once and holds the 4th until `go` exists: the 3 handled are
+/// in `buslink_events_total` while it holds (they were counted once per second, and not at
+/// all while a handler held the next event); `ctl pause` answers `pausing` (not `paused`)
+/// and `status` shows `pausing` until the hook gives the event back, then `paused` with 4
+/// handled and the rest waiting.
+#[test]
+fn while_a_handler_holds_an_event_those_before_are_counted_and_a_pause_says_pausing() {
+    let dir = TestDir::new("word-pausing");
+    let bus = bus_with(&dir, 10);
+    let script = dir.write(
+        "gate-after-3.sh",
+        format!(
+            "#!/bin/sh\ncat > /dev/null\nn=$(cat '{count}' 2>/dev/null || echo 0)\necho $((n + 1)) > '{count}'\n\
+             if [ \"$n\" -ge 3 ]; then while [ ! -e '{go}' ]; do sleep 0.05; done; fi\n",
+            count = dir.join("count").display(),
+            go = dir.join("go").display()
+        ),
+    );
+    let mut permissions = std::fs::metadata(&script).expect("script").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+    std::fs::set_permissions(&script, permissions).expect("chmod");
+    let handlers = format!(
+        "[[handlers]]\nname = \"hook\"\ntype = \"exec\"\ncommand = [\"{}\"]\ntimeout_ms = 60000\n\n{}",
+        script.display(),
+        jsonl_handler("all", "")
+    );
+    let config = config_with(&dir, &bus, "", &handlers);
+    let out = dir.join("out/all.jsonl");
+    let mut daemon = Daemon::run(&config);
+    let address = metrics_of(&mut daemon);
+    // (The archive's lines are written at the next commit: a batch's end or a pause.)
+    daemon.wait_for("3 handled, the 4th held", LIMIT, |_| {
+        test_status(&config)["events_handled"] == 3
+    });
+    // Counted as handled, not when the held one comes back (a few seconds for the scrape).
+    daemon.wait_for(
+        "the 3 in buslink_events_total",
+        Duration::from_secs(5),
+        |_| events_counted(&address) == 3,
+    );
+    let answer = ctl(&config, &["pause"]).stdout;
+    assert_eq!(
+        answer,
+        "pausing: consumer 'test': its handlers still hold the event in hand; no event after \
+         it is handled, and `status` shows `paused` once they give it back\n"
+    );
+    let state = test_status(&config)["state"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(state.starts_with("pausing: "), "{state}");
+    assert_eq!(scrape(&address, "/ready/test").0, 200);
+    assert_eq!(events_counted(&address), 3);
+    daemon.wait_for("the metric's state pausing", LIMIT, |_| {
+        sample(
+            &scrape(&address, "/metrics").1,
+            "buslink_consumer_state{consumer=\"test\",state=\"pausing\"}",
+        ) == Some(1.0)
+    });
+    std::fs::write(dir.join("go"), "").expect("go");
+    daemon.wait_for("paused after the 4th", LIMIT, |_| {
+        test_status(&config)["state"] == "paused"
+    });
+    assert_eq!(count_lines(&out), 4);
+    assert_eq!(test_status(&config)["events_handled"], 4);
+    assert_eq!(ctl(&config, &["pause"]).stdout, "paused\n");
+    let state_series = |state: &str| {
+        sample(
+            &scrape(&address, "/metrics").1,
+            &format!("buslink_consumer_state{{consumer=\"test\",state=\"{state}\"}}"),
+        )
+    };
+    daemon.wait_for("the metric's state paused", LIMIT, |_| {
+        state_series("paused") == Some(1.0)
+    });
+    assert_eq!(state_series("pausing"), Some(0.0));
+    assert_eq!(ctl(&config, &["resume"]).stdout, "resumed\n");
+    daemon.wait_for("every event", LIMIT, |_| count_lines(&out) == 10);
+    daemon.wait_for("all 10 counted", LIMIT, |_| events_counted(&address) == 10);
     let out = daemon.terminate(LIMIT);
     assert_eq!(out.code(), Some(0), "{out}");
 }

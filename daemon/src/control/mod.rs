@@ -111,5 +111,9 @@ impl Registry {
     }
 }
 
+/// How long `pause` waits for the dispatchers to stop between two events before it answers
+/// `pausing` for those whose handlers still hold the event in hand.
+pub const PAUSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How long `reload` waits for the daemon's outcome (removed consumers get 15 s to stop).
 pub const RELOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(25);

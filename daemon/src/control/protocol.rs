@@ -240,8 +240,9 @@ pub enum Reply {
         /// One consumer was named: its JSON object alone.
         named: bool,
     },
-    /// `pause` done.
-    Paused,
+    /// `pause` taken: in effect for every consumer but `pausing`, whose handlers still hold
+    /// the event in hand after the server's wait ([`PAUSE_WAIT`](super::PAUSE_WAIT)).
+    Paused { pausing: Vec<String> },
     /// `pause` refused: these consumers' buses keep the position; `nothing_paused` when none of
     /// several was paused for it.
     PauseRefused {
@@ -292,7 +293,17 @@ impl Reply {
                     + "\n"
             }
             Reply::Status { statuses, .. } => statuses.iter().map(human).collect(),
-            Reply::Paused => "paused\n".into(),
+            Reply::Paused { pausing } if pausing.is_empty() => "paused\n".into(),
+            Reply::Paused { pausing } => pausing
+                .iter()
+                .map(|name| {
+                    format!(
+                        "pausing: consumer '{name}': its handlers still hold the event in \
+                         hand; no event after it is handled, and `status` shows `paused` \
+                         once they give it back\n"
+                    )
+                })
+                .collect(),
             Reply::PauseRefused {
                 consumers,
                 nothing_paused,
@@ -438,7 +449,10 @@ mod tests {
     #[test]
     fn a_reply_that_did_nothing_begins_with_error_and_no_other_does() {
         let done = [
-            Reply::Paused,
+            Reply::Paused { pausing: vec![] },
+            Reply::Paused {
+                pausing: vec!["demo".into()],
+            },
             Reply::Resumed,
             Reply::Stopping,
             Reply::Reloaded("reloaded: 1 consumer(s) unchanged".into()),
@@ -478,7 +492,7 @@ mod tests {
             );
         }
         assert_eq!(
-            done[5].to_text(),
+            done[6].to_text(),
             "buslink 0.1.0 (pid 42, up 7 s)\n",
             "the version's words"
         );

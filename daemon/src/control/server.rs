@@ -270,12 +270,26 @@ pub fn reply(request: Request, registry: &Registry, shutdown: &Shutdown) -> Repl
                 for shared in &chosen {
                     shared.set_paused(true);
                     tracing::info!(
-                        "consumer '{}': paused through the control socket: no more events \
-                         handled",
+                        "consumer '{}': pause asked for through the control socket: no event \
+                         after the one in hand is handled",
                         shared.name()
                     );
                 }
-                Reply::Paused
+                // Answered once the pause holds (the dispatcher stopped between two events),
+                // or after a bounded wait with those whose handlers still hold an event.
+                let until = std::time::Instant::now() + super::PAUSE_WAIT;
+                let pausing = loop {
+                    let pausing: Vec<String> = chosen
+                        .iter()
+                        .filter(|s| s.paused() && !s.health().pause_in_effect())
+                        .map(|s| s.name())
+                        .collect();
+                    if pausing.is_empty() || std::time::Instant::now() >= until {
+                        break pausing;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                };
+                Reply::Paused { pausing }
             }
         },
         Request::Resume { consumer } => match chosen(&consumer) {
@@ -443,8 +457,16 @@ mod tests {
         let other = Arc::new(Shared::new("other", "sqlite", "SqliteConsumer"));
         let registry = Registry::new(vec![shared.clone(), other.clone()]);
         let shutdown = Shutdown::default();
-        assert_eq!(answer("pause", &registry, &shutdown), "paused\n");
+        // `other`'s dispatcher stops between two events, `demo`'s handlers hold their event.
+        other.health().pause_taken(true);
+        assert_eq!(
+            answer("pause", &registry, &shutdown),
+            "pausing: consumer 'demo': its handlers still hold the event in hand; no event \
+             after it is handled, and `status` shows `paused` once they give it back\n"
+        );
         assert!(shared.paused() && other.paused());
+        shared.health().pause_taken(true);
+        assert_eq!(answer("pause", &registry, &shutdown), "paused\n");
         assert_eq!(answer("resume demo", &registry, &shutdown), "resumed\n");
         assert!(!shared.paused() && other.paused());
         assert!(answer("resume nobody", &registry, &shutdown).starts_with("error: no consumer"));

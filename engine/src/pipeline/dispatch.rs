@@ -10,7 +10,7 @@ use crate::dead_letter::DeadLetterFile;
 use crate::error_queue::{object_key, ErrorQueue};
 use crate::handlers::{ConfiguredHandler, DispatchedEvent};
 use crate::health::Health;
-use crate::metrics::{HandlerCounters, Metrics, Outcome};
+use crate::metrics::{CategoryCounter, HandlerCounters, Metrics, Outcome};
 use crate::shutdown::Shutdown;
 use buslink_plugin_api::{EventBatch, Gap, Offset};
 use std::time::{Duration, Instant};
@@ -178,9 +178,10 @@ impl Dispatcher<'_, '_> {
         let mut recorded = start;
         let mut paused_at = None;
         let mut outcome = Ok(());
-        // Events by category, and those Hermes mode skips, counted into the metrics once per
-        // batch.
-        let mut tally: Vec<(&str, u64)> = Vec::new();
+        // The counters of the categories met in this batch (counted as each event is handled,
+        // so a scrape shows them while a handler holds the next one), and the events Hermes
+        // mode skips, counted once per batch.
+        let mut tally: Vec<(&str, CategoryCounter)> = Vec::new();
         let mut skipped = 0;
         // (The gaps before `start` were dealt with before the pause.)
         let mut gaps = batch
@@ -244,11 +245,15 @@ impl Dispatcher<'_, '_> {
             // `buslink_events_total` counts what reached the handlers; skipped ones apart.
             if let Some(metrics) = self.metrics.filter(|_| admitted) {
                 let category = event.event.category;
-                match tally.iter().position(|(known, _)| *known == category) {
-                    Some(at) => tally[at].1 += 1,
-                    // Free-text categories (Kafka keys) are counted one by one.
+                match tally.iter().find(|(known, _)| *known == category) {
+                    Some((_, counter)) => counter.count(),
+                    // Free-text categories (Kafka keys) are looked up one by one.
                     None if tally.len() >= 16 => metrics.event(category),
-                    None => tally.push((category, 1)),
+                    None => {
+                        let counter = metrics.category_counter(category);
+                        counter.count();
+                        tally.push((category, counter));
+                    }
                 }
             }
             handled += 1;
@@ -259,17 +264,10 @@ impl Dispatcher<'_, '_> {
             if committer.pending_since.is_none() {
                 committer.pending_since = Some(Instant::now());
             }
-            // What is due by the clock, looked at every tick of the monitor (one atomic load
-            // per event): the metrics' tallies, and a commit by `every_ms` inside a batch
-            // (a slow handler must not hold the commit until the batch's end).
+            // A commit by `every_ms` inside a batch (a slow handler must not hold the commit
+            // until the batch's end), looked at every tick of the monitor (one atomic load per
+            // event).
             let ticked = self.health.is_some_and(Health::take_tick);
-            if ticked {
-                if let Some(metrics) = self.metrics {
-                    for (category, count) in tally.drain(..) {
-                        metrics.events_by(category, count);
-                    }
-                }
-            }
             let due_by_time = ticked
                 && committer.pending_since.is_some_and(|since| {
                     since.elapsed() >= Duration::from_millis(committer.policy.every_ms)
@@ -291,13 +289,8 @@ impl Dispatcher<'_, '_> {
             // Gaps after the batch's last event.
             outcome = self.pass_gaps(&mut gaps, batch.len(), committer);
         }
-        if let Some(metrics) = self.metrics {
-            for (category, count) in tally {
-                metrics.events_by(category, count);
-            }
-            if skipped > 0 {
-                metrics.skipped(skipped);
-            }
+        if let Some(metrics) = self.metrics.filter(|_| skipped > 0) {
+            metrics.skipped(skipped);
         }
         committer.record(batch, recorded, handled, next_after_last);
         for_each_handler(self.handlers.iter_mut(), |h| h.flush())?;

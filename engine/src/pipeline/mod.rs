@@ -351,8 +351,15 @@ pub fn run(
             if let Err(error) = committer.commit(handlers, error_queue) {
                 break Err(error);
             }
+            // In effect now: no event is in the handlers' hands (`ctl pause` waits for this).
+            if let Some(health) = health(&options) {
+                health.pause_taken(true);
+            }
             shutdown.sleep(tick);
             continue;
+        }
+        if let Some(health) = health(&options) {
+            health.pause_taken(false);
         }
         // A replay job fills the time no live batch waits (live batches go first).
         if let (Some(job), None, Some(control)) = (

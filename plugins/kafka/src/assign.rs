@@ -26,10 +26,6 @@ enum Position {
 }
 
 /// Consumes one partition of a Kafka topic that hermes-server's kafka producer writes.
-/// How long no broker may be up before `poll` says the cluster cannot be reached (or the
-/// consumer's timeout, when longer).
-const UNREACHABLE_AFTER: Duration = Duration::from_secs(5);
-
 pub struct AssignConsumer {
     config: Config,
     client: Option<BaseConsumer<Reports>>,
@@ -460,10 +456,9 @@ impl Consumer for AssignConsumer {
             )));
         }
         // Nothing came: an idle partition, or a cluster no broker of which answers.
-        let patience = wait.max(UNREACHABLE_AFTER);
         self.client()?
             .context()
-            .check_reachable(patience, &self.what())?;
+            .check_reachable(crate::client::patience(wait), &self.what())?;
         Ok(PollStatus::Idle)
     }
 

@@ -23,6 +23,13 @@ pub const STATISTICS_INTERVAL_MS: &str = "1000";
 /// A topic's partition.
 pub type Partition = (String, i32);
 
+/// How long no broker may be up, or a group member be left without a partition, before a
+/// consumer says so (the host then shows `waiting for the bus`): its `poll` wait (the
+/// consumer's `timeout_ms`), at least 5 s. Both consumer types ask here.
+pub fn patience(poll_wait: Duration) -> Duration {
+    poll_wait.max(Duration::from_secs(5))
+}
+
 /// What the consumer group's callbacks and the consumer share (the callbacks run inside
 /// `poll`, on the consumer's thread).
 #[derive(Debug, Default)]
@@ -105,7 +112,7 @@ impl Reports {
         (!reach.up).then(|| reach.since.elapsed())
     }
 
-    /// A connection error once no broker was up for `patience`: the host then shows the
+    /// A connection error once no broker was up for `patience` ([`patience`]): the host then shows the
     /// consumer waiting for the bus (and re-opens it) instead of taking an empty poll for an
     /// idle bus.
     pub fn check_reachable(&self, patience: Duration, what: &str) -> PluginResult<()> {

@@ -44,10 +44,6 @@ fn revoke_patience(config: &Config) -> Duration {
     Duration::from_millis(interval_ms * 4 / 5)
 }
 
-/// How long no broker may be up before `poll` says the cluster cannot be reached (or the
-/// consumer's timeout, when longer).
-const UNREACHABLE_AFTER: Duration = Duration::from_secs(5);
-
 pub struct GroupConsumer {
     config: Config,
     client: Option<BaseConsumer<Reports>>,
@@ -90,9 +86,9 @@ impl GroupConsumer {
     }
 
     /// How long a member waits for the cluster (no broker up) or the group (no partition)
-    /// before it says so: max(timeout, [`UNREACHABLE_AFTER`]).
+    /// before it says so ([`crate::client::patience`]).
     fn patience(&self) -> Duration {
-        self.poll_wait().max(UNREACHABLE_AFTER)
+        crate::client::patience(self.poll_wait())
     }
 
     /// How long a `poll` waits for records (the host's timeout; a second without one).
