@@ -7,7 +7,8 @@
 //! 60 s; back to 1 s after a run of a minute or more) without touching the others; the plugin
 //! library stays loaded and each restart is a new consumer instance. A stop (SIGTERM, `ctl
 //! quit`) while a consumer waits for its restart, or before its restarted run lasted a minute
-//! without failing, ends the process with exit 1 naming that failure. With one `[consumer]`, a
+//! without failing (and no reload changed it since), ends the process with exit 1 naming that
+//! failure. With one `[consumer]`, a
 //! failure ends the process (exit 1; a service manager restarts it), as it always did. With
 //! `--once` every consumer drains, there is no restart, and the run fails if any consumer did.
 //!
@@ -284,9 +285,10 @@ fn supervise(mut unit: Unit, daemon: &Daemon<'_>, steering: &Steer) -> Result<()
     let shutdown = daemon.shutdown;
     let mut backoff = FIRST_BACKOFF;
     let mut restarts = 0u64;
-    // The last failure, until a run lasts HEALTHY_RUN: a stop during a run that has not yet
-    // shown the consumer healthy again ends the process as a failure, like one during the
-    // wait before it (exit 0 would say the consumer worked).
+    // The last failure, until a run lasts HEALTHY_RUN or a reload changes the consumer (the
+    // operator's fix is a new start): a stop during a run that has not yet shown the consumer
+    // healthy again ends the process as a failure, like one during the wait before it (exit 0
+    // would say the consumer worked).
     let mut recovering: Option<String> = None;
     loop {
         // Its own stop flag: a pipeline stops itself after an error, and a reload stops it,
@@ -303,6 +305,7 @@ fn supervise(mut unit: Unit, daemon: &Daemon<'_>, steering: &Steer) -> Result<()
                 unit.context.control.take_handler_swap();
                 // A new config is a new start, not one more failure of the old.
                 backoff = FIRST_BACKOFF;
+                recovering = None;
             }
             if let Some(replacement) = steering.replacement.take() {
                 unit.context.control.update(|status| {
@@ -316,6 +319,7 @@ fn supervise(mut unit: Unit, daemon: &Daemon<'_>, steering: &Steer) -> Result<()
                 unit.plugin = replacement.plugin;
                 unit.consumer = Some(replacement.consumer);
                 backoff = FIRST_BACKOFF;
+                recovering = None;
             }
             steering.attempt = Some(attempt_stop.clone());
         }

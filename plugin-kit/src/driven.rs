@@ -55,6 +55,12 @@ impl Driven {
         Consumer::find_next_event_of_category(&mut self.inner, category, found)
     }
 
+    /// `held_up`: why the bus holds the consumer up though it answers (`None`: it does not).
+    pub fn held_up(&mut self) -> Option<String> {
+        self.note("held_up".into());
+        Consumer::held_up(&mut self.inner)
+    }
+
     /// `close`.
     pub fn close(&mut self) -> PluginResult<()> {
         self.note("close".into());

@@ -97,7 +97,9 @@ impl Bus {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Rule {
     /// From `seek_to_beginning`, polls give every event, in bus order, once, then an empty poll
-    /// (`Drained` or `Idle`) within the timeout.
+    /// (`Drained` or `Idle`) within the timeout. Here and in every rule that reads to the end,
+    /// an `Idle` poll while `held_up` says the bus holds the consumer up (a group member not
+    /// yet given a partition) is not the end: the kit polls again for up to 15 s.
     ReadsEveryEventInOrder,
     /// A batch of two events is never overfilled, and reading the bus two events at a time
     /// gives the same events as reading it whole.
