@@ -76,9 +76,11 @@ pub enum State {
     Running,
     /// Paused through the control socket: the dispatcher stopped between two events.
     Paused,
-    /// A pause was asked for and the dispatcher has not stopped yet: its handlers hold the
-    /// event in hand (a pause takes effect between two events).
-    Pausing,
+    /// A pause was asked for and the dispatcher has not stopped yet (a pause takes effect
+    /// between two events); `in_hand`: its handlers hold an event.
+    Pausing {
+        in_hand: bool,
+    },
     /// Waiting for the bus (why).
     Waiting(String),
     /// Events wait and none was handled for `stall_after_s`.
@@ -113,7 +115,7 @@ impl State {
             State::Connecting => "connecting",
             State::Running => "running",
             State::Paused => "paused",
-            State::Pausing => "pausing",
+            State::Pausing { .. } => "pausing",
             State::Waiting(_) => "waiting",
             State::Stalled { .. } => "stalled",
             State::Stopping => "stopping",
@@ -134,8 +136,8 @@ impl State {
                  (stall_after_s = {stall_after_s})"
             ),
             State::Failed(why) => format!("failed: {why}"),
-            State::Pausing => "pausing: the handlers hold the event in hand; no event after it \
-                               is handled"
+            State::Pausing { in_hand: true } => "pausing: the handlers hold the event in hand; \
+                                                 no event after it is handled"
                 .to_owned(),
             other => other.label().to_owned(),
         }
@@ -297,6 +299,13 @@ impl Health {
             self.pause_in_effect.store(taken, Ordering::SeqCst);
             wake_monitor();
         }
+    }
+
+    /// Whether the handlers hold an event now (the dispatcher began to hand it over and it is
+    /// not handled yet).
+    pub fn in_hand(&self) -> bool {
+        let handled = self.handled.load(Ordering::Relaxed);
+        self.started.load(Ordering::Relaxed) > handled
     }
 
     /// Whether a pause holds every event now: the dispatcher stopped for it, or no run
@@ -614,7 +623,7 @@ fn observe(tracks: &mut HashMap<String, Track>, consumer: &Watched, now: Instant
             if health.pause_in_effect.load(Ordering::SeqCst) {
                 State::Paused
             } else {
-                State::Pausing
+                State::Pausing { in_hand: in_call }
             }
         }
         Phase::Consuming if held_up.is_some() => State::Waiting(held_up.unwrap_or_default()),
@@ -764,7 +773,7 @@ mod tests {
         // Asked for, not yet taken by the dispatcher: pausing; then paused.
         assert_eq!(
             observe(&mut tracks, &watched(&health, true), paused).state,
-            State::Pausing
+            State::Pausing { in_hand: false }
         );
         health.pause_taken(true);
         assert_eq!(

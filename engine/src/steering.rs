@@ -442,7 +442,10 @@ impl Shared {
             status.state = if self.health.pause_in_effect() {
                 crate::health::State::Paused.text()
             } else {
-                crate::health::State::Pausing.text()
+                crate::health::State::Pausing {
+                    in_hand: self.health.in_hand(),
+                }
+                .text()
             };
         }
         status.lag = view.lag;

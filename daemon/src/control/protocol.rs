@@ -240,9 +240,10 @@ pub enum Reply {
         /// One consumer was named: its JSON object alone.
         named: bool,
     },
-    /// `pause` taken: in effect for every consumer but `pausing`, whose handlers still hold
-    /// the event in hand after the server's wait ([`PAUSE_WAIT`](super::PAUSE_WAIT)).
-    Paused { pausing: Vec<String> },
+    /// `pause` taken: in effect for every consumer but those in `pausing`, whose dispatchers
+    /// had not stopped between two events after the server's wait
+    /// ([`PAUSE_WAIT`](super::PAUSE_WAIT)): (name, whether its handlers hold an event).
+    Paused { pausing: Vec<(String, bool)> },
     /// `pause` refused: these consumers' buses keep the position; `nothing_paused` when none of
     /// several was paused for it.
     PauseRefused {
@@ -296,12 +297,20 @@ impl Reply {
             Reply::Paused { pausing } if pausing.is_empty() => "paused\n".into(),
             Reply::Paused { pausing } => pausing
                 .iter()
-                .map(|name| {
-                    format!(
-                        "pausing: consumer '{name}': its handlers still hold the event in \
-                         hand; no event after it is handled, and `status` shows `paused` \
-                         once they give it back\n"
-                    )
+                .map(|(name, in_hand)| {
+                    if *in_hand {
+                        format!(
+                            "pausing: consumer '{name}': its handlers still hold the event in \
+                             hand; no event after it is handled, and `status` shows `paused` \
+                             once they give it back\n"
+                        )
+                    } else {
+                        format!(
+                            "pausing: consumer '{name}': not in effect yet (it is not between \
+                             two events of a run: see `status`); no event is handled until \
+                             `resume`\n"
+                        )
+                    }
                 })
                 .collect(),
             Reply::PauseRefused {
@@ -451,7 +460,7 @@ mod tests {
         let done = [
             Reply::Paused { pausing: vec![] },
             Reply::Paused {
-                pausing: vec!["demo".into()],
+                pausing: vec![("demo".into(), true), ("other".into(), false)],
             },
             Reply::Resumed,
             Reply::Stopping,

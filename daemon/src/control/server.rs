@@ -279,10 +279,10 @@ pub fn reply(request: Request, registry: &Registry, shutdown: &Shutdown) -> Repl
                 // or after a bounded wait with those whose handlers still hold an event.
                 let until = std::time::Instant::now() + super::PAUSE_WAIT;
                 let pausing = loop {
-                    let pausing: Vec<String> = chosen
+                    let pausing: Vec<(String, bool)> = chosen
                         .iter()
                         .filter(|s| s.paused() && !s.health().pause_in_effect())
-                        .map(|s| s.name())
+                        .map(|s| (s.name(), s.health().in_hand()))
                         .collect();
                     if pausing.is_empty() || std::time::Instant::now() >= until {
                         break pausing;
@@ -459,6 +459,7 @@ mod tests {
         let shutdown = Shutdown::default();
         // `other`'s dispatcher stops between two events, `demo`'s handlers hold their event.
         other.health().pause_taken(true);
+        shared.health().started();
         assert_eq!(
             answer("pause", &registry, &shutdown),
             "pausing: consumer 'demo': its handlers still hold the event in hand; no event \

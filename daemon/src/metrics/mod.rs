@@ -184,7 +184,7 @@ fn health_answer(state: &State, path: &str) -> (u16, String) {
             State::Stalled { .. } | State::Stopping | State::Failed(_) => {
                 (503, format!("{}\n", state.text()))
             }
-            State::Waiting(_) | State::Paused | State::Pausing => {
+            State::Waiting(_) | State::Paused | State::Pausing { .. } => {
                 (200, format!("ok ({})\n", state.text()))
             }
             State::Connecting | State::Running => (200, "ok\n".into()),
@@ -192,7 +192,7 @@ fn health_answer(state: &State, path: &str) -> (u16, String) {
         "/ready" => match state {
             State::Running => (200, "ready\n".into()),
             State::Paused => (200, "ready (paused)\n".into()),
-            State::Pausing => (200, "ready (pausing)\n".into()),
+            State::Pausing { .. } => (200, "ready (pausing)\n".into()),
             State::Connecting => (503, "connecting to the bus\n".into()),
             other => (503, format!("{}\n", other.text())),
         },
