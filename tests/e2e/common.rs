@@ -311,3 +311,13 @@ pub fn notifications_until(
         }
     }
 }
+
+/// Writes `text` to `name` in `dir` as an executable script (0755): an `exec` handler's
+/// command.
+pub fn script(dir: &TestDir, name: &str, text: impl AsRef<str>) -> PathBuf {
+    let path = dir.write(name, text.as_ref());
+    let mut permissions = std::fs::metadata(&path).expect("script").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+    std::fs::set_permissions(&path, permissions).expect("chmod");
+    path
+}

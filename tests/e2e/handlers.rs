@@ -18,7 +18,8 @@ fn memory_bus_config(dir: &TestDir, events: u32, handlers: &str) -> PathBuf {
 /// A shell script that records its stdin and environment, and fails (exit 3) while the file
 /// `fail` exists in its directory, or for the event whose offset is in `fail-offset`.
 fn recorder_script(dir: &TestDir) -> PathBuf {
-    let script = dir.write(
+    script(
+        dir,
         "recorder.sh",
         r#"#!/bin/sh
 here=$(dirname "$0")
@@ -29,11 +30,7 @@ if [ -e "$here/fail" ]; then exit 3; fi
 if [ -e "$here/fail-offset" ] && [ "$(cat "$here/fail-offset")" = "$BUSLINK_OFFSET" ]; then exit 3; fi
 exit 0
 "#,
-    );
-    let mut permissions = std::fs::metadata(&script).expect("script").permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
-    std::fs::set_permissions(&script, permissions).expect("chmod");
-    script
+    )
 }
 
 fn calls(dir: &TestDir) -> Vec<Vec<String>> {

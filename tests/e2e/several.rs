@@ -187,16 +187,14 @@ fn a_stop_before_a_restarted_consumer_ran_a_minute_exits_1_naming_its_failure() 
     let bus_b = bus(&dir, "b.sqlite", 5);
     let fail = dir.join("fail");
     std::fs::write(&fail, "").expect("fail");
-    let hook = dir.write(
+    let hook = script(
+        &dir,
         "hook.sh",
         format!(
             "#!/bin/sh\ncat > /dev/null\nif [ -e '{}' ]; then echo 'the hook refuses' >&2; exit 1; fi\n",
             fail.display()
         ),
     );
-    let mut permissions = std::fs::metadata(&hook).expect("hook").permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
-    std::fs::set_permissions(&hook, permissions).expect("chmod");
     let flaky = sqlite_consumer("flaky", &bus_a).replacen(
         "[[consumers.handlers]]\n",
         &format!(

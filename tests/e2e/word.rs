@@ -14,17 +14,14 @@ const LIMIT: Duration = Duration::from_secs(60);
 /// its handler's `timeout_ms`), then takes it.
 fn gate(dir: &TestDir) -> PathBuf {
     let go = dir.join("go");
-    let script = dir.write(
+    script(
+        dir,
         "gate.sh",
         format!(
             "#!/bin/sh\nwhile [ ! -e '{}' ]; do sleep 0.05; done\ncat > /dev/null\n",
             go.display()
         ),
-    );
-    let mut permissions = std::fs::metadata(&script).expect("script").permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
-    std::fs::set_permissions(&script, permissions).expect("chmod");
-    script
+    )
 }
 
 /// The handlers most tests here use: `hook`, the [`gate`] (every event held until `go`
@@ -207,7 +204,8 @@ fn events_counted(address: &str) -> u64 {
 fn while_a_handler_holds_an_event_those_before_are_counted_and_a_pause_says_pausing() {
     let dir = TestDir::new("word-pausing");
     let bus = bus_with(&dir, 10);
-    let script = dir.write(
+    let hook = script(
+        &dir,
         "gate-after-3.sh",
         format!(
             "#!/bin/sh\ncat > /dev/null\nn=$(cat '{count}' 2>/dev/null || echo 0)\necho $((n + 1)) > '{count}'\n\
@@ -216,12 +214,9 @@ fn while_a_handler_holds_an_event_those_before_are_counted_and_a_pause_says_paus
             go = dir.join("go").display()
         ),
     );
-    let mut permissions = std::fs::metadata(&script).expect("script").permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
-    std::fs::set_permissions(&script, permissions).expect("chmod");
     let handlers = format!(
         "[[handlers]]\nname = \"hook\"\ntype = \"exec\"\ncommand = [\"{}\"]\ntimeout_ms = 60000\n\n{}",
-        script.display(),
+        hook.display(),
         jsonl_handler("all", "")
     );
     let config = config_with(&dir, &bus, "", &handlers);
