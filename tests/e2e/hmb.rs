@@ -636,6 +636,46 @@ fn hmb_server_process_killed_and_restarted_empty_is_waited_for_then_read_again()
     assert_eq!(after, (0..5).map(|s| (s, 100 + s)).collect::<Vec<_>>());
 }
 
+/// The daemon frozen (SIGSTOP) while the server process is killed, started again empty and
+/// given 30 new messages (seqs 0-29, the old queue had 0-19): woken, the daemon's next
+/// position (20) lies inside the new queue. It read on from seq 20 (10 of the 30 new
+/// messages, 20 lost without a word); it now asks the server for seq 19 again, finds
+/// another message there, says so (a gap of unknown count) and reads the new queue from
+/// its start: all 30.
+#[test]
+fn hmb_server_restarted_with_other_messages_under_the_same_seqs_is_read_from_its_start() {
+    let mut server = buslink_testkit::hmb_process::HmbServerProcess::start(1000, &[]);
+    let url = server.bus_url("anew");
+    let dir = TestDir::new("hmb-anew");
+    Producer::open(&url, false).send(&messages(&["Q"], &["T"], 0, 20));
+    let config = archive_config(
+        &dir,
+        &url,
+        "format = \"json\"\nread_timeout_ms = 2000",
+        "[consumer.settings.queues.Q]\n",
+    );
+    let mut daemon = Daemon::run(&config);
+    wait_lines(&mut daemon, &dir, 20, "the first 20 messages");
+    daemon.signal(libc::SIGSTOP);
+    server.kill();
+    server.start_again(1000, &[]);
+    Producer::open(&url, false).send(&messages(&["Q"], &["T"], 200, 230));
+    daemon.signal(libc::SIGCONT);
+    wait_lines(&mut daemon, &dir, 50, "the 30 messages of the new queue");
+    let run = daemon.terminate(LIMIT);
+    assert_eq!(run.code(), Some(0), "{run}");
+    assert!(
+        run.stderr.contains(
+            "the server holds another message at seq 19 than the one this consumer read there"
+        ),
+        "{}",
+        run.stderr
+    );
+    let lines = read_lines(&dir, "out/all.jsonl");
+    let after: Vec<(i64, i64)> = per_queue(&lines)["Q"][20..].to_vec();
+    assert_eq!(after, (0..30).map(|s| (s, 200 + s)).collect::<Vec<_>>());
+}
+
 #[test]
 fn hmb_topics_filter_and_endseq_window_end_the_run() {
     let server = big_server();

@@ -355,6 +355,39 @@ fn a_stop_asked_for_while_a_handler_holds_an_event_shows_stopping_at_once() {
     assert_eq!(count_lines(&dir.join("out/all.jsonl")), 1);
 }
 
+/// `run --once` stopped by SIGTERM while a handler holds an event, the reader having read the
+/// whole bus: it said `stopped (bus drained)` and exited 0 with 9 of 10 events unhandled.
+#[test]
+fn once_stopped_by_a_signal_while_a_handler_holds_an_event_is_no_drained_bus() {
+    let dir = TestDir::new("word-once-stopped");
+    let bus = bus_with(&dir, 10);
+    let handlers = gated_handlers(&dir);
+    let config = config_with(&dir, &bus, "stall_after_s = 600", &handlers);
+    let mut daemon = Daemon::start(buslink_testkit::process::buslink(&[
+        "run",
+        "--once",
+        "--config",
+        &config.to_string_lossy(),
+    ]));
+    daemon.wait_for("the first event in the hook's hands", LIMIT, |_| {
+        test_status(&config)["state"] == "running" && test_status(&config)["lag"] == 10
+    });
+    daemon.signal(libc::SIGTERM);
+    daemon.wait_for("stopping shown", LIMIT, |_| {
+        test_status(&config)["state"] == "stopping"
+    });
+    std::fs::write(dir.join("go"), "").expect("go");
+    let out = daemon.finish(LIMIT);
+    assert_eq!(out.code(), Some(1), "{out}");
+    assert!(
+        out.stderr
+            .contains("stopped by a signal before the bus was drained: 1 events handled"),
+        "{out}"
+    );
+    assert!(!out.stderr.contains("bus drained)"), "{out}");
+    assert_eq!(count_lines(&dir.join("out/all.jsonl")), 1);
+}
+
 #[test]
 fn a_paused_consumer_shows_events_appended_meanwhile_as_lag_and_stays_paused_not_stalled() {
     let dir = TestDir::new("word-paused");

@@ -485,6 +485,12 @@ pub fn run(
                 if let Err(error) = result {
                     break Err(error);
                 }
+                // A stop cut the batch short (or came just after it): the run ends here, and
+                // the reader's end of the bus, still in the channel, is not this run's end (a
+                // `--once` stopped so has not drained the bus).
+                if shutdown.requested() {
+                    break Ok(());
+                }
                 let control = options.control.as_deref();
                 let due =
                     between_batches(handlers, error_queue, &mut committer, &mut retries, control);

@@ -263,6 +263,59 @@ impl Http {
         })
     }
 
+    /// The message the server holds at `seq` of `queue`, as it writes it in a `/recv` answer
+    /// in `format` (the bytes of the item: a JSON object, or a BSON document), read through a
+    /// session of its own with the window `seq..=seq` (`keep = false`). `None`: the queue holds
+    /// nothing from `seq` on. `Some((s, bytes))` with `s > seq`: it no longer holds `seq`, and
+    /// `s` is the oldest message after it. Used to tell whether a queue is still the one read
+    /// before a re-open (a server restarted with other messages under the same seqs).
+    pub fn message_at(
+        &self,
+        format: Format,
+        queue: &str,
+        seq: i64,
+    ) -> PluginResult<Option<(i64, Vec<u8>)>> {
+        let body = serde_json::json!({
+            "heartbeat": 1,
+            "queue": { queue: { "seq": seq, "endseq": seq, "keep": false } },
+        });
+        let ack = self.open(format, &body)?;
+        let url = self.url(&["recv", &ack.sid]);
+        let what = format!("GET {}", self.url(&["recv", "SID"]));
+        let response = self.execute(&what, self.client.get(url))?;
+        let bytes = bounded_body(&what, response)?;
+        let mut framer = crate::framing::Framer::new(format);
+        let mut pos = 0;
+        while let Some(item) = framer
+            .next(&bytes, &mut pos)
+            .map_err(|e| PluginError::protocol(format!("{what}: {e}")))?
+        {
+            let raw = &bytes[item.range.clone()];
+            let text = match format {
+                Format::Json => String::from_utf8_lossy(raw).into_owned(),
+                Format::Bson => bson_to_json_text(raw).map_err(|e| {
+                    PluginError::protocol(format!("{what}: undecodable BSON message: {e}"))
+                })?,
+            };
+            let message: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                PluginError::protocol(format!(
+                    "{what}: unreadable message ({e}): {}",
+                    excerpt(raw)
+                ))
+            })?;
+            match message.get("type").and_then(|t| t.as_str()) {
+                Some("HEARTBEAT") => continue,
+                Some("EOF") | None => return Ok(None),
+                Some(_) => {}
+            }
+            return Ok(message
+                .get("seq")
+                .and_then(serde_json::Value::as_i64)
+                .map(|at| (at, raw.to_vec())));
+        }
+        Ok(None)
+    }
+
     /// `POST /send/SID` with messages in `format`.
     pub fn send(
         &self,

@@ -208,6 +208,14 @@ pub struct Fetcher {
     spares: Arc<Spares>,
     /// The framed messages of the answer in hand (kept between answers with its room).
     items: Vec<Item>,
+    /// Per queue, the last message received (its seq and its bytes as the server wrote them):
+    /// a re-open after a lost session asks the server for it again, and another message
+    /// there means the queue was made anew (a server restarted without its messages and
+    /// written to again), never read on from the old position.
+    last_message: Vec<Option<(i64, Vec<u8>)>>,
+    /// Per queue, where the last message of the answer in hand lies in its buffer (filled
+    /// by `process`, copied into `last_message` once per answer).
+    last_range: Vec<Option<(i64, std::ops::Range<usize>)>>,
 }
 
 /// The buffers of chunks the consumer is done with, for the fetcher to reuse (see
@@ -284,6 +292,8 @@ impl Fetcher {
             pending_gaps: Vec::new(),
             spares: Arc::default(),
             items: Vec::new(),
+            last_message: Vec::new(),
+            last_range: Vec::new(),
             http,
             receiver: None,
             prefetched: None,

@@ -327,6 +327,7 @@ impl Fetcher {
                     received_at,
                     what,
                 );
+                self.keep_last_messages(raw.as_bytes());
                 (raw, outcome)
             }
             Format::Bson => {
@@ -340,6 +341,7 @@ impl Fetcher {
                     received_at,
                     what,
                 );
+                self.keep_last_messages(buf);
                 buf.drain(..consumed);
                 (String::new(), outcome)
             }
@@ -471,6 +473,7 @@ impl Fetcher {
                     "HMB: queue {queue} seq {seq}: a TOUCH message (queue creation), skipped"
                 ));
                 self.next[index] = Some(seq + 1);
+                self.note_last(index, seq, &item.range);
                 continue;
             }
             let micros = parsed.timestamp_micros().unwrap_or(received_at);
@@ -479,7 +482,33 @@ impl Fetcher {
             }
             // Only once the event is in the chunk: a message is never passed over.
             self.next[index] = Some(seq + 1);
+            self.note_last(index, seq, &item.range);
         }
         Ok(())
+    }
+
+    /// Queue `index`'s message `seq` lies at `range` of the answer in hand.
+    fn note_last(&mut self, index: usize, seq: i64, range: &std::ops::Range<usize>) {
+        if self.last_range.len() <= index {
+            self.last_range.resize(index + 1, None);
+        }
+        self.last_range[index] = Some((seq, range.clone()));
+    }
+
+    /// Copies each queue's last message of the answer in hand (`bytes`, the answer's buffer)
+    /// into `last_message`: one copy per queue and answer.
+    fn keep_last_messages(&mut self, bytes: &[u8]) {
+        if self.last_message.len() < self.last_range.len() {
+            self.last_message.resize(self.last_range.len(), None);
+        }
+        for (index, noted) in self.last_range.iter_mut().enumerate() {
+            if let Some((seq, range)) = noted.take() {
+                let kept = self.last_message[index].get_or_insert_with(|| (seq, Vec::new()));
+                kept.0 = seq;
+                kept.1.clear();
+                kept.1
+                    .extend_from_slice(bytes.get(range).unwrap_or_default());
+            }
+        }
     }
 }

@@ -192,7 +192,10 @@ impl Fetcher {
         if !self.has_info || !asked.iter().any(|(seq, _)| seq.is_some_and(|s| s >= 0)) {
             return None;
         }
-        let info = match self.http.info() {
+        // Asked twice: after a server restart the first request may go out on a connection
+        // the old server left in the client's pool, and fail for that alone; without this
+        // answer a queue made anew would be read on from the old position.
+        let info = match self.http.info().or_else(|_| self.http.info()) {
             Ok(info) => info,
             Err(error) => {
                 log::debug(format!("HMB: /info before the open failed: {error}"));
@@ -210,14 +213,22 @@ impl Fetcher {
             let held = info.queue.get(&queue.name).cloned().unwrap_or_default();
             let end = held.endseq.map_or(0, |e| e as i64);
             let oldest = held.startseq.map(|s| s as i64);
-            if known && want > end {
+            let made_anew = if known && want > end {
+                Some(format!(
+                    "the server's queue ends before it (next seq {end}): the server lost the \
+                     queue (restarted without its messages?)"
+                ))
+            } else if known {
+                self.other_message_at(index, &queue.name, want)
+            } else {
+                None
+            };
+            if let Some(why) = made_anew {
                 let restart_at = oldest.unwrap_or(0);
                 log::warn(format!(
-                    "HMB {}: queue {}: expected seq {want}, but the server's queue ends before \
-                     it (next seq {end}): the server lost the queue (restarted without its \
-                     messages?); whatever the old server held from seq {want} on is lost, if it held \
-                     any (count unknown: reported as a gap); reading the queue again from seq \
-                     {restart_at}",
+                    "HMB {}: queue {}: expected seq {want}, but {why}; whatever the old server \
+                     held from seq {want} on is lost, if it held any (count unknown: reported \
+                     as a gap); reading the queue again from seq {restart_at}",
                     self.http.base(),
                     queue.name
                 ));
@@ -247,6 +258,37 @@ impl Fetcher {
             }
         }
         Some(info)
+    }
+
+    /// Why queue `index` is not the queue read before, when the message before `want` (the
+    /// last one received) is another message on the server now, or `None` (the same, or the
+    /// server no longer holds it or cannot be asked: cannot tell).
+    fn other_message_at(&self, index: usize, queue: &str, want: i64) -> Option<String> {
+        let (seq, bytes) = self.last_message.get(index)?.as_ref()?;
+        if *seq != want - 1 {
+            return None;
+        }
+        let format = self.http.config.format;
+        // Asked twice, as `/info` is (a connection the old server left in the pool).
+        let probe = self
+            .http
+            .message_at(format, queue, *seq)
+            .or_else(|_| self.http.message_at(format, queue, *seq));
+        match probe {
+            Ok(Some((at, now))) if at == *seq && now != *bytes => Some(format!(
+                "the server holds another message at seq {seq} than the one this consumer \
+                 read there: the queue was made anew (the server restarted without its \
+                 messages, and messages were written since)"
+            )),
+            Ok(_) => None,
+            Err(error) => {
+                log::debug(format!(
+                    "HMB: queue {queue}: asking for seq {seq} again before a re-open failed: \
+                     {error}"
+                ));
+                None
+            }
+        }
     }
 
     pub(super) fn report_gap(
