@@ -9,6 +9,7 @@
 
 pub mod append_file;
 pub mod backoff;
+pub mod children;
 pub mod dead_letter;
 pub mod error;
 pub mod error_queue;

@@ -14,18 +14,40 @@ pub struct Shutdown {
 }
 
 impl Shutdown {
-    /// Installs handlers for SIGINT and SIGTERM.
+    /// Installs handlers for SIGINT and SIGTERM, heard on a thread of their own: the first
+    /// asks for a stop; a second one (a stop taking too long for whoever sent it) logs why the
+    /// process ends now, kills the commands handlers run (their process groups:
+    /// [`crate::children`]) and exits 1. The event in hand is not committed: it comes again at
+    /// the next start.
     pub fn install() -> std::io::Result<Shutdown> {
         let shutdown = Shutdown::default();
-        for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-            // A second signal while the first is being honoured ends the process (exit 1).
-            signal_hook::flag::register_conditional_shutdown(
-                signal,
-                1,
-                Arc::clone(&shutdown.requested),
-            )?;
-            signal_hook::flag::register(signal, Arc::clone(&shutdown.requested))?;
-        }
+        let mut signals = signal_hook::iterator::Signals::new([
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGTERM,
+        ])?;
+        let requested = Arc::clone(&shutdown.requested);
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                for signal in signals.forever() {
+                    let name = if signal == signal_hook::consts::SIGINT {
+                        "SIGINT"
+                    } else {
+                        "SIGTERM"
+                    };
+                    if !requested.swap(true, Ordering::SeqCst) {
+                        continue;
+                    }
+                    let killed = crate::children::kill_all();
+                    tracing::error!(
+                        "a second {name} during the stop: exiting at once (exit 1) without \
+                         finishing the event in hand, which is not committed and comes again \
+                         at the next start; {killed} handler command(s) killed with their \
+                         process groups"
+                    );
+                    std::process::exit(1);
+                }
+            })?;
         Ok(shutdown)
     }
 

@@ -355,6 +355,70 @@ fn a_stop_asked_for_while_a_handler_holds_an_event_shows_stopping_at_once() {
     assert_eq!(count_lines(&dir.join("out/all.jsonl")), 1);
 }
 
+/// A second SIGTERM while a handler holds the event in hand: exit 1 at once with an ERROR
+/// saying why (it was a bare exit 1), and the handler's command killed with its process group
+/// (it ran on under init).
+#[test]
+fn a_second_sigterm_during_the_stop_exits_1_saying_why_and_leaves_no_command_running() {
+    let dir = TestDir::new("word-second-sigterm");
+    let bus = bus_with(&dir, 10);
+    let pid_file = dir.join("hook.pid");
+    let hook = script(
+        &dir,
+        "hook.sh",
+        format!(
+            "#!/bin/sh\necho $$ > '{}'\nwhile true; do sleep 0.05; done\n",
+            pid_file.display()
+        ),
+    );
+    let handlers = format!(
+        "[[handlers]]\nname = \"hook\"\ntype = \"exec\"\ncommand = [\"{}\"]\ntimeout_ms = 60000\n\n{}",
+        hook.display(),
+        jsonl_handler("all", "")
+    );
+    let config = config_with(&dir, &bus, "stall_after_s = 600", &handlers);
+    let mut daemon = Daemon::run(&config);
+    daemon.wait_for("the hook running", LIMIT, |_| {
+        std::fs::read_to_string(&pid_file).is_ok_and(|pid| pid.trim().parse::<i32>().is_ok())
+    });
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .expect("pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    daemon.signal(libc::SIGTERM);
+    daemon.wait_for("stopping shown", LIMIT, |_| {
+        test_status(&config)["state"] == "stopping"
+    });
+    daemon.signal(libc::SIGTERM);
+    let out = daemon.finish(LIMIT);
+    assert_eq!(out.code(), Some(1), "{out}");
+    assert!(
+        out.stderr.contains(
+            "a second SIGTERM during the stop: exiting at once (exit 1) without finishing the \
+             event in hand"
+        ) && out.stderr.contains("1 handler command(s) killed"),
+        "{out}"
+    );
+    // Gone (or a zombie waiting for init to reap it), never running on.
+    let gone = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !gone() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        gone(),
+        "the hook (pid {pid}) still runs after the daemon's exit"
+    );
+    assert_eq!(count_lines(&dir.join("out/all.jsonl")), 0);
+}
+
 /// `run --once` stopped by SIGTERM while a handler holds an event, the reader having read the
 /// whole bus: it said `stopped (bus drained)` and exited 0 with 9 of 10 events unhandled.
 #[test]

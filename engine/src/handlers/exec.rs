@@ -109,16 +109,6 @@ impl ExecHandler {
     }
 }
 
-/// SIGKILL to the process group `group` (an exec command and what it started); a group
-/// already empty is no error.
-fn kill_group(group: i32) {
-    // SAFETY: kill(2) with a negative pid signals the process group the command leads; it
-    // touches no memory.
-    unsafe {
-        libc::kill(-group, libc::SIGKILL);
-    }
-}
-
 fn read_limited(mut pipe: impl Read) -> Vec<u8> {
     let mut kept = Vec::new();
     let mut buffer = [0u8; 4096];
@@ -174,11 +164,13 @@ impl Handler for ExecHandler {
             let out = scope.spawn(move || stdout.map(read_limited).unwrap_or_default());
             let err = scope.spawn(move || stderr.map(read_limited).unwrap_or_default());
             let group = child.id() as i32;
+            // Killed by a forced exit of the daemon too (`crate::children`).
+            let _running = crate::children::Running::register(group);
             let status = child.wait_timeout(self.timeout);
             let status = match status {
                 Ok(Some(status)) => Ok(status),
                 Ok(None) => {
-                    kill_group(group);
+                    crate::children::kill_group(group);
                     let _ = child.kill();
                     let _ = child.wait();
                     Err(format!(
@@ -191,7 +183,7 @@ impl Handler for ExecHandler {
             };
             // What the command left running (a background child holding its pipes) goes too:
             // nothing outlives the event, and the pipes close so the readers end.
-            kill_group(group);
+            crate::children::kill_group(group);
             (
                 status,
                 out.join().unwrap_or_default(),
