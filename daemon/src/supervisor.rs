@@ -117,6 +117,8 @@ struct Handle<'scope> {
     thread: std::io::Result<ScopedJoinHandle<'scope, Result<(), AppError>>>,
     /// Set by the thread as its last act (its result is then about to be returned).
     ended: Arc<AtomicBool>,
+    /// Taken out of what operators see (a reload removed it and it has stopped).
+    unlisted: bool,
 }
 
 impl Handle<'_> {
@@ -184,6 +186,13 @@ pub fn run(units: Vec<Unit>, daemon: &Daemon<'_>) -> Result<(), AppError> {
                         .filter(|h| !h.finished() && !steer(&h.steer).retire)
                         .count(),
                 );
+            }
+            // A consumer a reload removed is shown (`stopping`) until it has stopped.
+            if handles
+                .iter()
+                .any(|h| !h.unlisted && h.finished() && steer(&h.steer).retire)
+            {
+                publish(&mut handles, daemon);
             }
             let _ = ended.recv_timeout(Duration::from_millis(50));
         }
@@ -274,6 +283,7 @@ fn spawn<'scope, 'env>(
         steer: steering,
         thread,
         ended: ended_flag,
+        unlisted: false,
     }
 }
 
@@ -424,6 +434,23 @@ fn supervise(mut unit: Unit, daemon: &Daemon<'_>, steering: &Steer) -> Result<()
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
         unit.context.control.health().set_phase(Phase::Connecting);
+    }
+}
+
+/// Publishes the consumers operators see (`ctl status`, `/health`, the metrics, systemd):
+/// every one but those a reload removed that have stopped (one still stopping shows
+/// `stopping`).
+fn publish(handles: &mut [Handle<'_>], daemon: &Daemon<'_>) {
+    for handle in handles.iter_mut() {
+        handle.unlisted = handle.finished() && steer(&handle.steer).retire;
+    }
+    let shown: Vec<&Handle<'_>> = handles.iter().filter(|h| !h.unlisted).collect();
+    daemon
+        .registry
+        .set_consumers(shown.iter().map(|h| h.shared.clone()).collect());
+    if let Some(metrics) = &daemon.metrics {
+        let names: Vec<String> = shown.iter().map(|h| h.name.clone()).collect();
+        metrics.keep_only(&names);
     }
 }
 
@@ -701,23 +728,23 @@ fn reload<'scope, 'env>(
             }
         }
     }
-    let running: Vec<Arc<Shared>> = handles
+    publish(handles, daemon);
+    let stopping = handles
         .iter()
-        .filter(|h| !h.finished() && !steer(&h.steer).retire)
-        .map(|h| h.shared.clone())
-        .collect();
-    daemon.registry.set_consumers(running);
-    if let Some(metrics) = &daemon.metrics {
-        let names: Vec<String> = handles
-            .iter()
-            .filter(|h| !steer(&h.steer).retire)
-            .map(|h| h.name.clone())
-            .collect();
-        metrics.keep_only(&names);
-    }
+        .filter(|h| !h.finished() && steer(&h.steer).retire)
+        .count();
     let summary = format!(
         "reloaded: {same} consumer(s) unchanged, {swapped} with new handlers, {restarted} \
-         restarted, {added} started, {removed} stopped"
+         restarted, {added} started, {} stopped{}",
+        removed - stopping,
+        if stopping > 0 {
+            format!(
+                ", {stopping} still stopping (a handler holds its event in hand: shown as \
+                 stopping until it has stopped)"
+            )
+        } else {
+            String::new()
+        }
     );
     tracing::info!("{summary}");
     Ok(summary)

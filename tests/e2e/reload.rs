@@ -224,6 +224,70 @@ fn a_reload_starts_a_new_consumer_and_stops_a_removed_one_leaving_the_rest() {
     assert_eq!(run.code(), Some(0), "{run}");
 }
 
+/// A reload removes `held`, whose hook holds an event: it stays in `status` (and the
+/// metrics) as `stopping` until the hook gives the event back, then goes; the reload's answer
+/// says it is still stopping. (It vanished from `status`, `/health` and the metrics at once,
+/// and the reload said `1 stopped`.)
+#[test]
+fn a_removed_consumer_whose_handler_holds_an_event_shows_stopping_until_it_has_stopped() {
+    let dir = TestDir::new("reload-removed-held");
+    let (bus_a, bus_b) = (bus(&dir, "a.sqlite", 5), bus(&dir, "b.sqlite", 5));
+    let (go, holding) = (dir.join("go"), dir.join("holding"));
+    let hook = script(
+        &dir,
+        "hook.sh",
+        format!(
+            "#!/bin/sh\ncat > /dev/null\ntouch '{}'\nwhile [ ! -e '{}' ]; do sleep 0.05; done\n",
+            holding.display(),
+            go.display()
+        ),
+    );
+    let held = sqlite_consumer("held", &bus_a).replacen(
+        "[[consumers.handlers]]\n",
+        &format!(
+            "[[consumers.handlers]]\nname = \"hook\"\ntype = \"exec\"\ncommand = [\"{}\"]\n\
+             timeout_ms = 120000\n\n[[consumers.handlers]]\n",
+            hook.display()
+        ),
+        1,
+    );
+    let steady = sqlite_consumer("steady", &bus_b);
+    let config = several(&dir, METRICS_ON_ANY_PORT, &[held, steady.clone()]);
+    let mut daemon = Daemon::run(&config);
+    daemon.wait_for("steady's events, held's first in the hook", LIMIT, |_| {
+        count_lines(&dir.join("out/steady.jsonl")) == 5 && holding.exists()
+    });
+    let address = metrics_address(&daemon.stderr());
+    several(&dir, METRICS_ON_ANY_PORT, &[steady]);
+    let reload = ctl(&config, &["reload"]).stdout;
+    assert!(
+        reload.contains("0 started, 0 stopped, 1 still stopping"),
+        "{reload}"
+    );
+    assert_eq!(
+        consumer_status(&status(&config), "held")["state"],
+        "stopping"
+    );
+    let state_of_held = || {
+        sample(
+            &scrape(&address, "/metrics").1,
+            "buslink_consumer_state{consumer=\"held\",state=\"stopping\"}",
+        )
+    };
+    assert_eq!(state_of_held(), Some(1.0));
+    std::fs::write(&go, "").expect("go");
+    daemon.wait_for("held gone once stopped", LIMIT, |_| {
+        let status = status(&config);
+        status["consumers"].as_array().map(Vec::len) == Some(1)
+            && consumer_status(&status, "steady")["state"] == "running"
+            && state_of_held().is_none()
+    });
+    // It finished the event in hand and committed it before it went.
+    assert_eq!(count_lines(&dir.join("out/held.jsonl")), 1);
+    let out = daemon.terminate(LIMIT);
+    assert_eq!(out.code(), Some(0), "{out}");
+}
+
 #[test]
 fn a_reload_after_a_plugin_library_was_replaced_restarts_its_consumer_on_the_new_code() {
     let dir = TestDir::new("reload-upgrade");
