@@ -674,6 +674,10 @@ pub fn counters_text(gaps: u64, events_lost: u64, counters: &[(String, u64)]) ->
         n => format!(", gaps {n} ({events_lost} events known lost)"),
     };
     for (name, value) in counters {
+        // The plugin's own `gaps` is the figure just written (every plugin reports one).
+        if gaps > 0 && name == "gaps" {
+            continue;
+        }
         text.push_str(&format!(", {name} {value}"));
     }
     text
@@ -745,6 +749,16 @@ mod tests {
         let view = observe(&mut tracks, &watched(&health, false), Instant::now());
         assert_eq!(view.lag, None);
         assert_eq!(view.state.text(), "waiting for the bus: the broker is down");
+    }
+
+    #[test]
+    fn the_counters_text_names_the_gaps_once() {
+        let counters = [("gaps".to_owned(), 1), ("reconnects".to_owned(), 2)];
+        assert_eq!(
+            counters_text(1, 0, &counters),
+            ", gaps 1 (0 events known lost), reconnects 2"
+        );
+        assert_eq!(counters_text(0, 0, &[("gaps".to_owned(), 0)]), ", gaps 0");
     }
 
     #[test]

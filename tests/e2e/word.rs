@@ -753,6 +753,50 @@ fn hmb_a_queue_holding_only_touch_messages_shows_lag_0_never_stalled() {
     }
 }
 
+/// The example's settings (heartbeat 10 s, `read_timeout_ms` 30 s), an idle consumer, the
+/// server process frozen: the lag goes unknown within a few seconds and the consumer
+/// `waiting for the bus` within max(timeout, 5 s) and the 2 s `/info` may take, not after
+/// the 30 s read timeout (it showed `running`, lag 0, `/ready` 200 for 30 s); running again,
+/// lag 0, once it thaws.
+#[test]
+fn hmb_an_idle_consumer_of_a_frozen_server_shows_waiting_long_before_the_read_timeout() {
+    let server = buslink_testkit::hmb_process::HmbServerProcess::start(1000, &[]);
+    let url = server.bus_url("idle");
+    crate::hmb::Producer::open(&url, false).send(&crate::hmb::messages(&["A"], &["T"], 0, 5));
+    let dir = TestDir::new("word-hmb-idle");
+    let config = crate::hmb::hmb_config(
+        &dir,
+        &url,
+        "",
+        "heartbeat = 10\nread_timeout_ms = 30000",
+        "[consumer.settings.queues.A]\n",
+        &jsonl_handler("all", ""),
+    );
+    let out = dir.join("out/all.jsonl");
+    let mut daemon = Daemon::run(&config);
+    daemon.wait_for("everything handled", LIMIT, |_| {
+        let status = test_status(&config);
+        count_lines(&out) == 5 && status["lag"] == 0 && status["state"] == "running"
+    });
+    server.freeze();
+    let limit = Duration::from_secs(20);
+    daemon.wait_for("the lag unknown", limit, |_| {
+        test_status(&config)["lag"].is_null()
+    });
+    daemon.wait_for("waiting for the bus", limit, |_| {
+        test_status(&config)["state"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("waiting for the bus:") && s.contains("/info"))
+    });
+    server.thaw();
+    daemon.wait_for("running again", LIMIT, |_| {
+        let status = test_status(&config);
+        status["lag"] == 0 && status["state"] == "running"
+    });
+    let out = daemon.terminate(LIMIT);
+    assert_eq!(out.code(), Some(0), "{out}");
+}
+
 #[test]
 fn hmb_lag_and_state_follow_a_blocked_handler_and_a_frozen_server_process() {
     let server = buslink_testkit::hmb_process::HmbServerProcess::start(1000, &[]);

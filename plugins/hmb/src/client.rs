@@ -182,9 +182,21 @@ impl Http {
 
     /// GET a sessionless JSON method (`features`, `info`, `status`).
     pub fn get_json(&self, method: &str) -> PluginResult<serde_json::Value> {
+        self.get_json_within(method, None)
+    }
+
+    fn get_json_within(
+        &self,
+        method: &str,
+        wait: Option<std::time::Duration>,
+    ) -> PluginResult<serde_json::Value> {
         let url = self.url(&[method]);
         let what = format!("GET {url}");
-        let response = self.execute(&what, self.client.get(url.clone()))?;
+        let mut request = self.client.get(url.clone());
+        if let Some(wait) = wait {
+            request = request.timeout(wait);
+        }
+        let response = self.execute(&what, request)?;
         let bytes = bounded_body(&what, response)?;
         serde_json::from_slice(&bytes).map_err(|e| {
             PluginError::protocol(format!(
@@ -216,7 +228,16 @@ impl Http {
 
     /// `/info`, typed.
     pub fn info(&self) -> PluginResult<Info> {
-        let value = self.get_json("info")?;
+        self.info_with(None)
+    }
+
+    /// `/info`, typed, answered within `wait` (the client's read timeout otherwise applies).
+    pub fn info_within(&self, wait: std::time::Duration) -> PluginResult<Info> {
+        self.info_with(Some(wait))
+    }
+
+    fn info_with(&self, wait: Option<std::time::Duration>) -> PluginResult<Info> {
+        let value = self.get_json_within("info", wait)?;
         serde_json::from_value(value).map_err(|e| {
             PluginError::protocol(format!(
                 "GET {}: unexpected answer: {e}",

@@ -48,7 +48,15 @@ pub struct HmbConsumer {
     /// A session was opened before (this consumer's queues existed on the server): a queue
     /// not found afterwards is the server's loss (a restart), retried, not a config error.
     opened_before: bool,
+    /// Since when the `/info` the lag is read from has failed or not answered within
+    /// [`INFO_WAIT`] (`None`: it answered last time): a server that accepts connections but
+    /// answers nothing (frozen) is seen so within seconds, not after `read_timeout_ms`.
+    info_silent_since: Option<std::time::Instant>,
 }
+
+/// How long the `/info` asked for the lag may take: past it, the lag is unknown (a reader
+/// thread blocked on a frozen server for `read_timeout_ms` kept the last figure on show).
+const INFO_WAIT: Duration = Duration::from_secs(2);
 
 const COMMANDS: &[CommandInfo] = &[
     CommandInfo {
@@ -105,6 +113,7 @@ impl ConsumerClass for HmbConsumer {
             gap_cursor: 0,
             positions: vec![None; queues],
             started_at: vec![None; queues],
+            info_silent_since: None,
             drain_target: None,
             offset_text: String::new(),
             pending_error: None,
@@ -745,8 +754,24 @@ impl Consumer for HmbConsumer {
     /// The fetcher's requests have failed for a second and none succeeded since (a server
     /// down, frozen or failing): said at once, also while the host still handles events read
     /// before, instead of at the next poll.
+    ///
+    /// Also a server whose `/info` (asked for the lag every second) has not answered within 2 s
+    /// for max(timeout, 5 s): one frozen while the fetcher waits out a long poll.
     fn held_up(&mut self) -> Option<String> {
-        self.counters.failing_for(Duration::from_secs(1))
+        self.counters
+            .failing_for(Duration::from_secs(1))
+            .or_else(|| {
+                let since = self.info_silent_since?;
+                let patience = self.timeout.unwrap_or_default().max(Duration::from_secs(5));
+                (since.elapsed() >= patience).then(|| {
+                    format!(
+                        "{}: the server has not answered /info within {} s for {} s",
+                        self.config.base,
+                        INFO_WAIT.as_secs(),
+                        since.elapsed().as_secs()
+                    )
+                })
+            })
     }
 
     /// The messages after what was handed over, from `/info` (each queue's `endseq`, last + 1,
@@ -770,7 +795,17 @@ impl Consumer for HmbConsumer {
         {
             return None;
         }
-        let info = self.http.as_ref()?.info().ok()?;
+        let info = match self.http.as_ref()?.info_within(INFO_WAIT) {
+            Ok(info) => {
+                self.info_silent_since = None;
+                info
+            }
+            Err(_) => {
+                self.info_silent_since
+                    .get_or_insert_with(std::time::Instant::now);
+                return None;
+            }
+        };
         let mut lag = 0u64;
         for ((queue, next), started) in self
             .config
