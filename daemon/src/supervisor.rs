@@ -3,8 +3,9 @@
 //! the log (each line carries a `consumer{name=..}` span), the control socket and the metrics.
 //!
 //! **Failures.** With `[[consumers]]`, a consumer that fails is logged, shown as `failed: WHY
-//! (restart N in S s)` by `status` and `/health`, and restarted with backoff (1 s doubling to
-//! 60 s; back to 1 s after a run of a minute or more) without touching the others; the plugin
+//! (restart N at HH:MM:SS UTC, S s after the failure)` by `status` and `/health`, and
+//! restarted with backoff (1 s doubling to 60 s; back to 1 s after a run of a minute or more)
+//! without touching the others; the plugin
 //! library stays loaded and each restart is a new consumer instance. A stop (SIGTERM, `ctl
 //! quit`) while a consumer waits for its restart, or before its restarted run lasted a minute
 //! without failing (and no reload changed it since), ends the process with exit 1 naming that
@@ -405,9 +406,9 @@ fn supervise(mut unit: Unit, daemon: &Daemon<'_>, steering: &Steer) -> Result<()
         let at = chrono::Utc::now()
             + chrono::Duration::from_std(backoff).unwrap_or_else(|_| chrono::Duration::zero());
         let state = format!(
-            "{why} (restart {restarts} in {} s, at {} UTC)",
-            backoff.as_secs(),
-            at.format("%H:%M:%S")
+            "{why} (restart {restarts} at {} UTC, {} s after the failure)",
+            at.format("%H:%M:%S"),
+            backoff.as_secs()
         );
         unit.context.control.update(|status| {
             status.note_error(why.clone());

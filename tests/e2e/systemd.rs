@@ -66,7 +66,9 @@ fn with_several_consumers_the_service_manager_hears_which_one_and_stopping_only_
     let failed = |seen: &[String]| {
         seen.iter().any(|m| {
             m.lines().any(|l| {
-                l.starts_with("STATUS=broken: failed:") && l.contains("(restart 1 in 1 s, at ")
+                l.starts_with("STATUS=broken: failed:")
+                    && l.contains("(restart 1 at ")
+                    && l.contains(" UTC, 1 s after the failure)")
             })
         })
     };
