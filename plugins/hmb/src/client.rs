@@ -396,6 +396,12 @@ fn check_status(what: &str, response: Response, user: Option<&str>) -> PluginRes
     Err(status_error(what, status, &body, user))
 }
 
+/// Whether `error` is a 5xx answer of the server (written by [`status_error`]): the server
+/// is up and the same one (it answered on the session's connection), only busy or failing.
+pub fn is_server_answer_5xx(error: &PluginError) -> bool {
+    error.to_string().contains(": HTTP 5")
+}
+
 /// The error for an answer with a non-2xx `status` and `body` (its start).
 fn status_error(what: &str, status: StatusCode, body: &[u8], user: Option<&str>) -> PluginError {
     let text = excerpt(body);

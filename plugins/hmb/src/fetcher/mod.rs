@@ -216,6 +216,10 @@ pub struct Fetcher {
     /// Per queue, where the last message of the answer in hand lies in its buffer (filled
     /// by `process`, copied into `last_message` once per answer).
     last_range: Vec<Option<(i64, std::ops::Range<usize>)>>,
+    /// The session was lost in a way a restarted server causes (a broken connection, a
+    /// session the server no longer knows), not by a 5xx answer of the server still up: the
+    /// next re-open asks for `last_message` again.
+    may_be_another_server: bool,
 }
 
 /// The buffers of chunks the consumer is done with, for the fetcher to reuse (see
@@ -294,6 +298,7 @@ impl Fetcher {
             items: Vec::new(),
             last_message: Vec::new(),
             last_range: Vec::new(),
+            may_be_another_server: false,
             http,
             receiver: None,
             prefetched: None,
@@ -347,6 +352,9 @@ impl Fetcher {
                 Err(error) => {
                     self.session = None;
                     self.prefetched = None;
+                    if !crate::client::is_server_answer_5xx(&error) {
+                        self.may_be_another_server = true;
+                    }
                     if !self.retry_after(error, &tx) {
                         return;
                     }

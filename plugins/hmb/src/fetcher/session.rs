@@ -145,6 +145,8 @@ impl Fetcher {
                 "opened"
             };
             self.opened = true;
+            // Checked at this open (`check_positions`): the server is the one read from now.
+            self.may_be_another_server = false;
             let at: Vec<String> = config
                 .queues
                 .iter()
@@ -218,7 +220,7 @@ impl Fetcher {
                     "the server's queue ends before it (next seq {end}): the server lost the \
                      queue (restarted without its messages?)"
                 ))
-            } else if known {
+            } else if known && self.may_be_another_server {
                 self.other_message_at(index, &queue.name, want)
             } else {
                 None
