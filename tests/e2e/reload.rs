@@ -237,7 +237,7 @@ fn a_removed_consumer_whose_handler_holds_an_event_shows_stopping_until_it_has_s
         &dir,
         "hook.sh",
         format!(
-            "#!/bin/sh\ncat > /dev/null\ntouch '{}'\nwhile [ ! -e '{}' ]; do sleep 0.05; done\n",
+            "#!/bin/sh\ncat > /dev/null\ntouch '{}'\ni=0; while [ ! -e '{}' ] && [ $i -lt 2400 ]; do sleep 0.05; i=$((i + 1)); done\n",
             holding.display(),
             go.display()
         ),

@@ -11,14 +11,15 @@ use std::time::Duration;
 const LIMIT: Duration = Duration::from_secs(60);
 
 /// An `exec` command that holds every event until the file `go` exists beside it (at most
-/// its handler's `timeout_ms`), then takes it.
+/// its handler's `timeout_ms`, and 2 minutes whatever happens to the test: no command outlives
+/// a failed test for long), then takes it.
 fn gate(dir: &TestDir) -> PathBuf {
     let go = dir.join("go");
     script(
         dir,
         "gate.sh",
         format!(
-            "#!/bin/sh\nwhile [ ! -e '{}' ]; do sleep 0.05; done\ncat > /dev/null\n",
+            "#!/bin/sh\ni=0; while [ ! -e '{}' ] && [ $i -lt 2400 ]; do sleep 0.05; i=$((i + 1)); done\ncat > /dev/null\n",
             go.display()
         ),
     )
@@ -209,7 +210,7 @@ fn while_a_handler_holds_an_event_those_before_are_counted_and_a_pause_says_paus
         "gate-after-3.sh",
         format!(
             "#!/bin/sh\ncat > /dev/null\nn=$(cat '{count}' 2>/dev/null || echo 0)\necho $((n + 1)) > '{count}'\n\
-             if [ \"$n\" -ge 3 ]; then while [ ! -e '{go}' ]; do sleep 0.05; done; fi\n",
+             if [ \"$n\" -ge 3 ]; then i=0; while [ ! -e '{go}' ] && [ $i -lt 2400 ]; do sleep 0.05; i=$((i + 1)); done; fi\n",
             count = dir.join("count").display(),
             go = dir.join("go").display()
         ),
@@ -367,7 +368,7 @@ fn a_second_sigterm_during_the_stop_exits_1_saying_why_and_leaves_no_command_run
         &dir,
         "hook.sh",
         format!(
-            "#!/bin/sh\necho $$ > '{}'\nwhile true; do sleep 0.05; done\n",
+            "#!/bin/sh\necho $$ > '{}'\ni=0; while [ $i -lt 2400 ]; do sleep 0.05; i=$((i + 1)); done\n",
             pid_file.display()
         ),
     );
