@@ -676,6 +676,50 @@ fn hmb_server_restarted_with_other_messages_under_the_same_seqs_is_read_from_its
     assert_eq!(after, (0..30).map(|s| (s, 200 + s)).collect::<Vec<_>>());
 }
 
+/// Messages with a `starttime` (the event's timestamp): the daemon handles 20 and stops; the
+/// server process is killed, started again empty and given 30 others (seqs 0-29, other
+/// times). The next start resumes after seq 19 (the cache): the server holds another message
+/// there, and the run fails with a data error naming it instead of reading on from seq 20
+/// (which lost the new queue's first 20 messages without a word).
+#[test]
+fn hmb_a_start_after_the_server_made_the_queue_anew_is_a_data_error_not_a_resume() {
+    let timed = |n: i64, base: &str| {
+        let mut message = notice("Q", "T", n);
+        message["starttime"] = format!("{base}:{:02}.000000Z", n).into();
+        message
+    };
+    let mut server = buslink_testkit::hmb_process::HmbServerProcess::start(1000, &[]);
+    let url = server.bus_url("again");
+    let dir = TestDir::new("hmb-again");
+    let first: Vec<Value> = (0..20).map(|n| timed(n, "2026-12-01T10:00")).collect();
+    Producer::open(&url, false).send(&first);
+    let config = archive_config(
+        &dir,
+        &url,
+        "format = \"json\"\nread_timeout_ms = 2000",
+        "[consumer.settings.queues.Q]\n",
+    );
+    let mut daemon = Daemon::run(&config);
+    wait_lines(&mut daemon, &dir, 20, "the first 20 messages");
+    let run = daemon.terminate(LIMIT);
+    assert_eq!(run.code(), Some(0), "{run}");
+    server.kill();
+    server.start_again(1000, &[]);
+    let second: Vec<Value> = (100..130)
+        .map(|n| timed(n % 60, "2026-12-02T11:00"))
+        .collect();
+    Producer::open(&url, false).send(&second);
+    let again = run_once(&config);
+    assert_eq!(again.code(), Some(1), "{again}");
+    assert!(
+        again
+            .stderr
+            .contains("queue Q holds another message at seq 19 than the one handled there"),
+        "{again}"
+    );
+    assert_eq!(count_lines(&dir.join("out/all.jsonl")), 20);
+}
+
 #[test]
 fn hmb_topics_filter_and_endseq_window_end_the_run() {
     let server = big_server();

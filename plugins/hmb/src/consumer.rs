@@ -726,6 +726,66 @@ impl Consumer for HmbConsumer {
         }
     }
 
+    /// The message at `last` (one queue; a composite offset does not say which queue's event
+    /// was last) is asked for again: when it carries a `starttime` (the event's timestamp)
+    /// and that is not `timestamp`, the queue holds another message under that seq now (a
+    /// server restarted without its messages and written to since): a data error, never a
+    /// silent resume in the middle of the new queue. A message without `starttime` (its
+    /// timestamp was the time it was received), a seq no longer held or a server that cannot
+    /// be asked cannot tell: accepted (the open's `/info` check still sees a queue that ends
+    /// before the position).
+    fn check_position(
+        &mut self,
+        last: &Offset,
+        timestamp: chrono::DateTime<chrono::Utc>,
+    ) -> PluginResult<()> {
+        let (Offset::Int(seq), [queue]) = (last, self.config.queues.as_slice()) else {
+            return Ok(());
+        };
+        let http = self.http()?;
+        let format = self.config.format;
+        // Asked twice: the first request after a server restart may meet a dead connection.
+        let held = http
+            .message_at(format, &queue.name, *seq)
+            .or_else(|_| http.message_at(format, &queue.name, *seq));
+        let Ok(Some((at, bytes))) = held else {
+            return Ok(());
+        };
+        if at != *seq {
+            return Ok(());
+        }
+        let text = match format {
+            settings::Format::Json => String::from_utf8_lossy(&bytes).into_owned(),
+            settings::Format::Bson => match crate::bson_json::bson_to_json_text(&bytes) {
+                Ok(text) => text,
+                Err(_) => return Ok(()),
+            },
+        };
+        let held_at = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|message| {
+                let start = message.get("starttime")?.as_str()?.to_owned();
+                chrono::DateTime::parse_from_rfc3339(&start).ok()
+            })
+            .map(|t| t.timestamp_micros());
+        match held_at {
+            Some(micros) if micros != timestamp.timestamp_micros() => {
+                Err(PluginError::data(format!(
+                    "HMB {}: queue {} holds another message at seq {seq} than the one handled \
+                     there (its starttime {}, the cache's {}): the queue was made anew (a \
+                     server restarted without its messages and written to since); set where to \
+                     go on with `buslink offsets set`",
+                    self.config.base,
+                    queue.name,
+                    chrono::DateTime::from_timestamp_micros(micros)
+                        .map_or_else(|| micros.to_string(), |t| t.to_rfc3339()),
+                    timestamp.to_rfc3339()
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn next_offset(&self, offset: OffsetRef<'_>) -> Option<Offset> {
         match offset {
             OffsetRef::Int(seq) => Some(Offset::Int(seq.saturating_add(1))),
