@@ -596,17 +596,23 @@ fn hmb_server_restart_losing_queues_is_reported_and_new_messages_read() {
     assert_eq!(after, (0..5).map(|s| (s, 100 + s)).collect::<Vec<_>>());
 }
 
-/// The server **process** killed (SIGKILL) and started again empty on the same port, after
-/// the consumer handled all 20 messages: the daemon shows it waiting for the bus while the
-/// queue is gone (a queue its sessions knew is the server's loss, retried: never a config
-/// error, never exit 2), says a loss only as possible, and reads the queue again once a
-/// producer sends to it.
-#[test]
-fn hmb_server_process_killed_and_restarted_empty_is_waited_for_then_read_again() {
-    let mut server = buslink_testkit::hmb_process::HmbServerProcess::start(1000, &[]);
-    let url = server.bus_url("crash");
-    let dir = TestDir::new("hmb-crash");
-    Producer::open(&url, false).send(&messages(&["Q"], &["T"], 0, 20));
+/// An HMB server process holding `first` on queue Q of bus `bus`, and a daemon archiving Q
+/// (JSON, `read_timeout_ms` 2 s, in a fresh `TestDir` named `dir_name`) that handled them.
+fn daemon_that_read(
+    bus: &str,
+    dir_name: &str,
+    first: &[Value],
+) -> (
+    buslink_testkit::hmb_process::HmbServerProcess,
+    String,
+    TestDir,
+    PathBuf,
+    Daemon,
+) {
+    let server = buslink_testkit::hmb_process::HmbServerProcess::start(1000, &[]);
+    let url = server.bus_url(bus);
+    let dir = TestDir::new(dir_name);
+    Producer::open(&url, false).send(first);
     let config = archive_config(
         &dir,
         &url,
@@ -614,7 +620,19 @@ fn hmb_server_process_killed_and_restarted_empty_is_waited_for_then_read_again()
         "[consumer.settings.queues.Q]\n",
     );
     let mut daemon = Daemon::run(&config);
-    wait_lines(&mut daemon, &dir, 20, "the first 20 messages");
+    wait_lines(&mut daemon, &dir, first.len(), "the first messages");
+    (server, url, dir, config, daemon)
+}
+
+/// The server **process** killed (SIGKILL) and started again empty on the same port, after
+/// the consumer handled all 20 messages: the daemon shows it waiting for the bus while the
+/// queue is gone (a queue its sessions knew is the server's loss, retried: never a config
+/// error, never exit 2), says a loss only as possible, and reads the queue again once a
+/// producer sends to it.
+#[test]
+fn hmb_server_process_killed_and_restarted_empty_is_waited_for_then_read_again() {
+    let (mut server, url, dir, _config, mut daemon) =
+        daemon_that_read("crash", "hmb-crash", &messages(&["Q"], &["T"], 0, 20));
     // Down long enough for the host to re-open the consumer itself (not only the plugin's
     // fetcher), then back, empty.
     server.kill();
@@ -644,18 +662,8 @@ fn hmb_server_process_killed_and_restarted_empty_is_waited_for_then_read_again()
 /// its start: all 30.
 #[test]
 fn hmb_server_restarted_with_other_messages_under_the_same_seqs_is_read_from_its_start() {
-    let mut server = buslink_testkit::hmb_process::HmbServerProcess::start(1000, &[]);
-    let url = server.bus_url("anew");
-    let dir = TestDir::new("hmb-anew");
-    Producer::open(&url, false).send(&messages(&["Q"], &["T"], 0, 20));
-    let config = archive_config(
-        &dir,
-        &url,
-        "format = \"json\"\nread_timeout_ms = 2000",
-        "[consumer.settings.queues.Q]\n",
-    );
-    let mut daemon = Daemon::run(&config);
-    wait_lines(&mut daemon, &dir, 20, "the first 20 messages");
+    let (mut server, url, dir, _config, mut daemon) =
+        daemon_that_read("anew", "hmb-anew", &messages(&["Q"], &["T"], 0, 20));
     daemon.signal(libc::SIGSTOP);
     server.kill();
     server.start_again(1000, &[]);
@@ -688,19 +696,8 @@ fn hmb_a_start_after_the_server_made_the_queue_anew_is_a_data_error_not_a_resume
         message["starttime"] = format!("{base}:{:02}.000000Z", n).into();
         message
     };
-    let mut server = buslink_testkit::hmb_process::HmbServerProcess::start(1000, &[]);
-    let url = server.bus_url("again");
-    let dir = TestDir::new("hmb-again");
     let first: Vec<Value> = (0..20).map(|n| timed(n, "2026-12-01T10:00")).collect();
-    Producer::open(&url, false).send(&first);
-    let config = archive_config(
-        &dir,
-        &url,
-        "format = \"json\"\nread_timeout_ms = 2000",
-        "[consumer.settings.queues.Q]\n",
-    );
-    let mut daemon = Daemon::run(&config);
-    wait_lines(&mut daemon, &dir, 20, "the first 20 messages");
+    let (mut server, url, dir, config, daemon) = daemon_that_read("again", "hmb-again", &first);
     let run = daemon.terminate(LIMIT);
     assert_eq!(run.code(), Some(0), "{run}");
     server.kill();
