@@ -277,11 +277,13 @@ impl Fetcher {
             .message_at(format, queue, *seq)
             .or_else(|_| self.http.message_at(format, queue, *seq));
         match probe {
-            Ok(Some((at, now))) if at == *seq && now != *bytes => Some(format!(
-                "the server holds another message at seq {seq} than the one this consumer \
+            Ok(Some((at, now))) if at == *seq && !same_message(format, &now, bytes) => {
+                Some(format!(
+                    "the server holds another message at seq {seq} than the one this consumer \
                  read there: the queue was made anew (the server restarted without its \
                  messages, and messages were written since)"
-            )),
+                ))
+            }
             Ok(_) => None,
             Err(error) => {
                 log::debug(format!(
@@ -314,5 +316,49 @@ impl Fetcher {
              {lost} message(s) lost ({why})",
             self.http.base()
         ));
+    }
+}
+
+/// Whether two copies of a message as a server wrote them (`format`) say the same: compared
+/// as JSON values, so that the order of a document's keys (a server encoding a map in its
+/// own order each time) does not count; bytes that do not read as a message are compared
+/// as bytes.
+fn same_message(format: crate::settings::Format, a: &[u8], b: &[u8]) -> bool {
+    if a == b {
+        return true;
+    }
+    let value = |bytes: &[u8]| -> Option<serde_json::Value> {
+        let text = match format {
+            crate::settings::Format::Json => std::str::from_utf8(bytes).ok()?.to_owned(),
+            crate::settings::Format::Bson => crate::bson_json::bson_to_json_text(bytes).ok()?,
+        };
+        serde_json::from_str(&text).ok()
+    };
+    match (value(a), value(b)) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_message;
+    use crate::settings::Format;
+
+    #[test]
+    fn a_message_is_the_same_whatever_the_order_of_its_keys_and_another_is_not() {
+        let json = |text: &str| text.as_bytes().to_vec();
+        let a = json(r#"{"type":"EVENT","queue":"Q","seq":19,"data":{"n":19,"q":"Q"}}"#);
+        let reordered = json(r#"{"seq":19,"queue":"Q","type":"EVENT","data":{"q":"Q","n":19}}"#);
+        let other = json(r#"{"type":"EVENT","queue":"Q","seq":19,"data":{"n":219,"q":"Q"}}"#);
+        assert!(same_message(Format::Json, &a, &reordered));
+        assert!(!same_message(Format::Json, &a, &other));
+        let bson = |doc: bson::Document| bson::to_vec(&doc).expect("BSON");
+        let one = bson(bson::doc! {"type": "EVENT", "seq": 19_i64, "data": {"n": 19, "q": "Q"}});
+        let two = bson(bson::doc! {"seq": 19_i64, "data": {"q": "Q", "n": 19}, "type": "EVENT"});
+        let three = bson(bson::doc! {"type": "EVENT", "seq": 19_i64, "data": {"n": 219, "q": "Q"}});
+        assert_ne!(one, two);
+        assert!(same_message(Format::Bson, &one, &two));
+        assert!(!same_message(Format::Bson, &one, &three));
     }
 }
