@@ -289,8 +289,19 @@ impl Http {
     /// session of its own with the window `seq..=seq` (`keep = false`). `None`: the queue holds
     /// nothing from `seq` on. `Some((s, bytes))` with `s > seq`: it no longer holds `seq`, and
     /// `s` is the oldest message after it. Used to tell whether a queue is still the one read
-    /// before a re-open (a server restarted with other messages under the same seqs).
+    /// before (a server restarted with other messages under the same seqs). Asked twice: the
+    /// first request after a server restart may go out on a connection of the old server.
     pub fn message_at(
+        &self,
+        format: Format,
+        queue: &str,
+        seq: i64,
+    ) -> PluginResult<Option<(i64, Vec<u8>)>> {
+        self.message_at_once(format, queue, seq)
+            .or_else(|_| self.message_at_once(format, queue, seq))
+    }
+
+    fn message_at_once(
         &self,
         format: Format,
         queue: &str,
@@ -312,17 +323,8 @@ impl Http {
             .map_err(|e| PluginError::protocol(format!("{what}: {e}")))?
         {
             let raw = &bytes[item.range.clone()];
-            let text = match format {
-                Format::Json => String::from_utf8_lossy(raw).into_owned(),
-                Format::Bson => bson_to_json_text(raw).map_err(|e| {
-                    PluginError::protocol(format!("{what}: undecodable BSON message: {e}"))
-                })?,
-            };
-            let message: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-                PluginError::protocol(format!(
-                    "{what}: unreadable message ({e}): {}",
-                    excerpt(raw)
-                ))
+            let message = message_value(format, raw).ok_or_else(|| {
+                PluginError::protocol(format!("{what}: unreadable message: {}", excerpt(raw)))
             })?;
             match message.get("type").and_then(|t| t.as_str()) {
                 Some("HEARTBEAT") => continue,
@@ -394,6 +396,16 @@ fn check_status(what: &str, response: Response, user: Option<&str>) -> PluginRes
     let mut body = Vec::new();
     let _ = (&mut response).take(400).read_to_end(&mut body);
     Err(status_error(what, status, &body, user))
+}
+
+/// A message as a server wrote it in `format` (a JSON object, or a BSON document), as a JSON
+/// value (`None`: it does not read as one). For the rare looks at one message (`message_at`
+/// and what its answer is compared with), not for the read path.
+pub fn message_value(format: Format, raw: &[u8]) -> Option<serde_json::Value> {
+    match format {
+        Format::Json => serde_json::from_slice(raw).ok(),
+        Format::Bson => serde_json::from_str(&bson_to_json_text(raw).ok()?).ok(),
+    }
 }
 
 /// Whether `error` is a 5xx answer of the server (written by [`status_error`]): the server

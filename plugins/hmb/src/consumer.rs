@@ -742,27 +742,14 @@ impl Consumer for HmbConsumer {
         let (Offset::Int(seq), [queue]) = (last, self.config.queues.as_slice()) else {
             return Ok(());
         };
-        let http = self.http()?;
         let format = self.config.format;
-        // Asked twice: the first request after a server restart may meet a dead connection.
-        let held = http
-            .message_at(format, &queue.name, *seq)
-            .or_else(|_| http.message_at(format, &queue.name, *seq));
-        let Ok(Some((at, bytes))) = held else {
+        let Ok(Some((at, bytes))) = self.http()?.message_at(format, &queue.name, *seq) else {
             return Ok(());
         };
         if at != *seq {
             return Ok(());
         }
-        let text = match format {
-            settings::Format::Json => String::from_utf8_lossy(&bytes).into_owned(),
-            settings::Format::Bson => match crate::bson_json::bson_to_json_text(&bytes) {
-                Ok(text) => text,
-                Err(_) => return Ok(()),
-            },
-        };
-        let held_at = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
+        let held_at = crate::client::message_value(format, &bytes)
             .and_then(|message| {
                 let start = message.get("starttime")?.as_str()?.to_owned();
                 chrono::DateTime::parse_from_rfc3339(&start).ok()

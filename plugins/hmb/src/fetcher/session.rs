@@ -271,12 +271,7 @@ impl Fetcher {
             return None;
         }
         let format = self.http.config.format;
-        // Asked twice, as `/info` is (a connection the old server left in the pool).
-        let probe = self
-            .http
-            .message_at(format, queue, *seq)
-            .or_else(|_| self.http.message_at(format, queue, *seq));
-        match probe {
+        match self.http.message_at(format, queue, *seq) {
             Ok(Some((at, now))) if at == *seq && !same_message(format, &now, bytes) => {
                 Some(format!(
                     "the server holds another message at seq {seq} than the one this consumer \
@@ -327,13 +322,7 @@ fn same_message(format: crate::settings::Format, a: &[u8], b: &[u8]) -> bool {
     if a == b {
         return true;
     }
-    let value = |bytes: &[u8]| -> Option<serde_json::Value> {
-        let text = match format {
-            crate::settings::Format::Json => std::str::from_utf8(bytes).ok()?.to_owned(),
-            crate::settings::Format::Bson => crate::bson_json::bson_to_json_text(bytes).ok()?,
-        };
-        serde_json::from_str(&text).ok()
-    };
+    let value = |bytes| crate::client::message_value(format, bytes);
     match (value(a), value(b)) {
         (Some(a), Some(b)) => a == b,
         _ => false,
